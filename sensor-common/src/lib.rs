@@ -1,0 +1,218 @@
+//! Types shared by the kernel programs (`sensor-ebpf`) and the agent (`sensor`).
+//!
+//! Every type here is `#[repr(C)]` with explicit padding fields, so that the bytes the kernel
+//! hashes for a map key are exactly the bytes userspace builds: implicit padding would be
+//! uninitialised stack memory on the BPF side and make equal keys hash differently.
+#![no_std]
+
+/// Names of the maps and globals in the eBPF object, so both sides spell them once.
+pub mod names {
+    pub const FLOWS: &str = "FLOWS";
+    pub const CLIENTS: &str = "CLIENTS";
+    pub const STATS: &str = "STATS";
+    pub const LAN_PREFIXES: &str = "LAN_PREFIXES";
+    pub const XDP_PROGRAM: &str = "gwsensor_xdp";
+    pub const TC_PROGRAM: &str = "gwsensor_tc";
+    /// A program that only returns XDP_PASS: the baseline of `cargo xtask bench`.
+    pub const XDP_PASS_PROGRAM: &str = "gwsensor_xdp_pass";
+}
+
+/// Default capacity of the flow LRU map.
+pub const DEFAULT_FLOW_CAPACITY: u32 = 65_536;
+/// Default capacity of the per-client totals map (not LRU: totals must never be evicted).
+pub const DEFAULT_CLIENT_CAPACITY: u32 = 4_096;
+/// Most LAN prefixes (IPv4 and IPv6 together) the kernel program checks.
+pub const MAX_LAN_PREFIXES: usize = 16;
+/// Most VLAN tags (802.1Q / 802.1ad) the parser walks before giving up.
+pub const MAX_VLAN_TAGS: usize = 2;
+/// Most IPv6 extension headers the parser walks before giving up.
+pub const MAX_IPV6_EXT_HEADERS: usize = 8;
+
+/// Direction of a packet, seen from the LAN client.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    /// Client to anywhere: seen by XDP on the LAN interface's ingress.
+    Upload = 0,
+    /// Anywhere to client: seen by TC on the LAN interface's egress.
+    Download = 1,
+}
+
+impl Direction {
+    pub const ALL: [Direction; 2] = [Direction::Upload, Direction::Download];
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Direction::Upload => "upload",
+            Direction::Download => "download",
+        }
+    }
+}
+
+/// One flow: a client (MAC + IP) talking to one remote endpoint.
+///
+/// IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`) so that one key type serves both
+/// families. `remote_port` is in host byte order and 0 where there is no port (ICMP, other
+/// protocols, non-first fragments).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct FlowKey {
+    pub client_ip: [u8; 16],
+    pub remote_ip: [u8; 16],
+    pub client_mac: [u8; 6],
+    pub remote_port: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+/// A client, identified by its MAC only: one device, whatever addresses it uses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ClientKey {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Packet and byte counters by direction (indexed by [`Direction::index`]), with first and
+/// last time seen (`bpf_ktime_get_coarse_ns`, CLOCK_MONOTONIC). Used per CPU for both flows and
+/// client totals; userspace sums the CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counters {
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+}
+
+impl Counters {
+    /// Adds another CPU's share: counts add up, first/last seen take the extremes
+    /// (0 means "never" on a CPU that did not see the flow).
+    pub fn merge(&mut self, other: &Counters) {
+        for d in 0..2 {
+            self.packets[d] += other.packets[d];
+            self.bytes[d] += other.bytes[d];
+        }
+        if other.first_seen_ns != 0
+            && (self.first_seen_ns == 0 || other.first_seen_ns < self.first_seen_ns)
+        {
+            self.first_seen_ns = other.first_seen_ns;
+        }
+        if other.last_seen_ns > self.last_seen_ns {
+            self.last_seen_ns = other.last_seen_ns;
+        }
+    }
+}
+
+/// One LAN prefix, IPv4-mapped like [`FlowKey`] addresses, as four 32-bit words in network
+/// byte order (the kernel compares `ip & mask == addr` word by word).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LanPrefix {
+    pub addr: [u32; 4],
+    pub mask: [u32; 4],
+}
+
+/// The LAN prefixes, set as a read-only global when the program is loaded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LanPrefixes {
+    pub count: u32,
+    pub _pad: u32,
+    pub prefixes: [LanPrefix; MAX_LAN_PREFIXES],
+}
+
+/// What happened to a packet. The STATS per-CPU array has `2 * Stat::COUNT` slots:
+/// `direction * Stat::COUNT + stat`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stat {
+    /// Every packet the program ran on.
+    Seen = 0,
+    /// Counted in the client's totals (and, unless `FlowUpdateFailed`, in its flow).
+    Counted,
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...).
+    NotIp,
+    /// IP, but the client side is outside the LAN prefixes or not a unicast MAC.
+    NotClient,
+    /// Ethernet header or a VLAN tag cut short.
+    TruncatedL2,
+    /// More VLAN tags than [`MAX_VLAN_TAGS`].
+    VlanDepth,
+    /// IPv4/IPv6 header (or an IPv6 extension header) cut short.
+    TruncatedL3,
+    /// IP version field does not match the EtherType, or IPv4 IHL below 5.
+    BadL3Header,
+    /// More IPv6 extension headers than [`MAX_IPV6_EXT_HEADERS`].
+    Ipv6ExtLimit,
+    /// TCP or UDP header cut short in a first (or unfragmented) packet.
+    TruncatedL4,
+    /// Counted in the client totals but the flow map refused the update.
+    FlowUpdateFailed,
+    /// The client totals map is full: the packet could not be counted.
+    ClientTableFull,
+}
+
+impl Stat {
+    pub const COUNT: usize = 12;
+    pub const ALL: [Stat; Stat::COUNT] = [
+        Stat::Seen,
+        Stat::Counted,
+        Stat::NotIp,
+        Stat::NotClient,
+        Stat::TruncatedL2,
+        Stat::VlanDepth,
+        Stat::TruncatedL3,
+        Stat::BadL3Header,
+        Stat::Ipv6ExtLimit,
+        Stat::TruncatedL4,
+        Stat::FlowUpdateFailed,
+        Stat::ClientTableFull,
+    ];
+
+    /// Slot of this stat for a direction in the STATS array.
+    pub const fn slot(self, dir: Direction) -> u32 {
+        (dir as u32) * (Stat::COUNT as u32) + self as u32
+    }
+
+    /// The `reason` label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Stat::Seen => "seen",
+            Stat::Counted => "counted",
+            Stat::NotIp => "not_ip",
+            Stat::NotClient => "not_client",
+            Stat::TruncatedL2 => "truncated_l2",
+            Stat::VlanDepth => "vlan_depth",
+            Stat::TruncatedL3 => "truncated_l3",
+            Stat::BadL3Header => "bad_l3_header",
+            Stat::Ipv6ExtLimit => "ipv6_ext_limit",
+            Stat::TruncatedL4 => "truncated_l4",
+            Stat::FlowUpdateFailed => "flow_update_failed",
+            Stat::ClientTableFull => "client_table_full",
+        }
+    }
+}
+
+/// Size of the STATS array.
+pub const STATS_LEN: u32 = 2 * Stat::COUNT as u32;
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all of these are repr(C), Copy, made of integers and byte arrays with explicit
+    // padding fields, so every bit pattern is valid and there are no implicit padding bytes.
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::ClientKey {}
+    unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::LanPrefixes {}
+}
+
+// Layout is part of the kernel/user contract: a change here must be deliberate.
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
+const _: () = assert!(core::mem::size_of::<ClientKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Counters>() == 48);
+const _: () = assert!(core::mem::size_of::<LanPrefixes>() == 8 + 32 * MAX_LAN_PREFIXES);

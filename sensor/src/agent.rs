@@ -1,0 +1,172 @@
+//! The running agent: load and attach, then poll the kernel maps on an interval until told to
+//! stop, publishing metrics and saving state.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use tokio::{signal::unix::{SignalKind, signal}, sync::watch};
+use tracing::{info, warn};
+
+use crate::{
+    accounting::{Accounting, Params},
+    collector::KernelMaps,
+    config::Config,
+    loader::{self, LoadOptions},
+    metrics::Metrics,
+    netif, server, state,
+};
+
+/// How fast a remote's activity score halves: ranks "top" remotes by the last minutes.
+const SCORE_HALF_LIFE: Duration = Duration::from_secs(120);
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    netif::ifindex(&config.interface)?;
+    let prefixes = if config.lan_prefixes.is_empty() {
+        let derived = netif::prefixes(&config.interface)?;
+        info!(interface = %config.interface, "lan_prefixes not set: using the interface's own prefixes");
+        derived
+    } else {
+        config.lan_prefixes.clone()
+    };
+    let shown: Vec<String> = prefixes.iter().map(ToString::to_string).collect();
+    info!(prefixes = %shown.join(", "), "clients are the hosts inside these LAN prefixes");
+    raise_memlock_limit();
+
+    let (mut ebpf, capacities) = loader::load(&LoadOptions {
+        lan_prefixes: &prefixes,
+        flow_capacity: config.flow_capacity,
+        client_capacity: config.client_capacity,
+        pin_dir: Some(&config.pin_path),
+        kernel_btf: true,
+    })?;
+    spawn_kernel_logger(&mut ebpf);
+    let attachment = loader::attach(&mut ebpf, &config.interface, config.xdp_mode, config.tc_attach)?;
+    let maps = KernelMaps::take(&mut ebpf)?;
+
+    let metrics = Arc::new(Metrics::new()?);
+    metrics.flows_capacity.set(capacities.flows.into());
+    metrics.clients_capacity.set(capacities.clients.into());
+    metrics.xdp_attach_mode.with_label_values(&[config.interface.as_str(), attachment.xdp_mode]).set(1);
+    metrics.tc_attach_mode.with_label_values(&[config.interface.as_str(), attachment.tc_mode]).set(1);
+
+    let mut accounting = state::load(&config.state_path)?;
+    let params = Params {
+        top_remotes: config.top_remotes,
+        remote_idle_expiry_secs: config.remote_idle_expiry.as_secs().max(1),
+        score_half_life_secs: SCORE_HALF_LIFE.as_secs_f64(),
+    };
+    let listener = server::bind(config.metrics_listen).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let http = tokio::spawn(server::serve(listener, metrics.clone(), stop_rx));
+    info!(
+        interface = %config.interface,
+        xdp = attachment.xdp_mode,
+        tc = attachment.tc_mode,
+        pins = %config.pin_path.display(),
+        "counting; metrics at http://{}/metrics",
+        config.metrics_listen
+    );
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut ticker = tokio::time::interval(config.poll_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_save = Instant::now();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                if let Err(e) = poll(&maps, &mut accounting, &metrics, &params) {
+                    warn!("poll failed: {e:#}");
+                }
+                if last_save.elapsed() >= config.state_save_interval {
+                    save_state(&config, &accounting, &metrics);
+                    last_save = Instant::now();
+                }
+            }
+            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
+            _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
+        }
+    }
+
+    // A last poll so that the state file holds everything counted up to now.
+    if let Err(e) = poll(&maps, &mut accounting, &metrics, &params) {
+        warn!("final poll failed: {e:#}");
+    }
+    save_state(&config, &accounting, &metrics);
+    let _ = stop_tx.send(true);
+    let _ = http.await;
+    drop(maps);
+    drop(ebpf);
+    info!(
+        "stopped: programs detached from {} (traffic flows on, uncounted); counters kept in {} and {}",
+        config.interface,
+        config.pin_path.display(),
+        config.state_path.display()
+    );
+    Ok(())
+}
+
+fn poll(maps: &KernelMaps, accounting: &mut Accounting, metrics: &Metrics, params: &Params) -> anyhow::Result<()> {
+    let started = Instant::now();
+    // Map reads are blocking syscalls (tens of ms for a full map): keep them off the reactor.
+    let snap = tokio::task::block_in_place(|| maps.read())?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    accounting.update(&snap, now, params);
+    metrics.publish(accounting, &snap);
+    metrics.flows_tracked.set(snap.flows.len() as i64);
+    metrics.clients_tracked.set(snap.clients.len() as i64);
+    metrics.poll_duration.observe(started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn save_state(config: &Config, accounting: &Accounting, metrics: &Metrics) {
+    match state::save(&config.state_path, accounting) {
+        Ok(()) => metrics.state_save_failures.set(0),
+        Err(e) => {
+            metrics.state_save_failures.inc();
+            warn!("saving state failed (counters would restart after a crash): {e:#}");
+        }
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; routers often run those.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        let old_kernel = aya::util::KernelVersion::current().is_ok_and(|v| v < aya::util::KernelVersion::new(5, 11, 0));
+        if old_kernel {
+            warn!("could not raise RLIMIT_MEMLOCK: map creation may fail on this kernel (before 5.11)");
+        }
+    }
+}
+
+/// Forwards aya-log records from the kernel programs (rare diagnostics) into our logs.
+fn spawn_kernel_logger(ebpf: &mut aya::Ebpf) {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => logger,
+        Err(e) => {
+            warn!("kernel-side diagnostics unavailable: {e}");
+            return;
+        }
+    };
+    // SAFETY: the logger owns its ring-buffer fd and keeps it open for as long as it lives,
+    // and the AsyncFd owns the logger.
+    let registered = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!("kernel-side diagnostics unavailable: {e}");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while let Ok(mut guard) = fd.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}

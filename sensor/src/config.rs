@@ -1,0 +1,306 @@
+//! The agent's YAML configuration: parsing, defaults and validation with errors that name the
+//! file, line and column, and say how to fix them.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use sensor_common::{DEFAULT_CLIENT_CAPACITY, DEFAULT_FLOW_CAPACITY, MAX_LAN_PREFIXES};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// LAN interface: a plain interface or a bridge such as OpenWrt's `br-lan`.
+    pub interface: String,
+    /// Prefixes whose hosts are clients. Empty: the interface's own prefixes at startup.
+    #[serde(default)]
+    pub lan_prefixes: Vec<IpNet>,
+    #[serde(default = "default_flow_capacity")]
+    pub flow_capacity: u32,
+    #[serde(default = "default_client_capacity")]
+    pub client_capacity: u32,
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: SocketAddr,
+    /// Remote series per client and direction; the rest are summed into `remote="other"`.
+    #[serde(default = "default_top_remotes")]
+    pub top_remotes: usize,
+    #[serde(default = "default_remote_idle_expiry", with = "humantime_serde")]
+    pub remote_idle_expiry: Duration,
+    #[serde(default = "default_pin_path")]
+    pub pin_path: PathBuf,
+    #[serde(default = "default_state_path")]
+    pub state_path: PathBuf,
+    #[serde(default = "default_state_save_interval", with = "humantime_serde")]
+    pub state_save_interval: Duration,
+    #[serde(default)]
+    pub xdp_mode: XdpMode,
+    #[serde(default)]
+    pub tc_attach: TcAttach,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Driver (native) mode, falling back to generic (skb) mode where the driver lacks XDP.
+    #[default]
+    Auto,
+    Driver,
+    Generic,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TcAttach {
+    /// TCX where the kernel has it (6.6+), else a clsact qdisc filter over netlink.
+    #[default]
+    Auto,
+    Tcx,
+    Netlink,
+}
+
+fn default_flow_capacity() -> u32 {
+    DEFAULT_FLOW_CAPACITY
+}
+fn default_client_capacity() -> u32 {
+    DEFAULT_CLIENT_CAPACITY
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_metrics_listen() -> SocketAddr {
+    // Loopback by default: exposing traffic metadata to the LAN is the user's decision.
+    SocketAddr::from(([127, 0, 0, 1], 9977))
+}
+fn default_top_remotes() -> usize {
+    20
+}
+fn default_remote_idle_expiry() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_pin_path() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/gateway-sensor")
+}
+fn default_state_path() -> PathBuf {
+    PathBuf::from("/var/lib/gateway-sensor/state.json")
+}
+fn default_state_save_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// A configuration error located in its file.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    /// 1-based line and column, where known.
+    pub location: Option<(usize, usize)>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if let Some((line, col)) = self.location {
+            write!(f, ":{line}:{col}")?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            location: None,
+            message: format!("cannot read the file: {e}"),
+            hint: Some("pass the path of a YAML config, e.g. deploy/sensor.yaml".into()),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = serde_yaml::from_str(text).map_err(|e| {
+            let location = e.location().map(|l| (l.line(), l.column()));
+            let message = e.to_string();
+            // serde_yaml appends " at line X column Y"; the location is already in front.
+            let message = match message.find(" at line ") {
+                Some(i) => message[..i].to_string(),
+                None => message,
+            };
+            ConfigError {
+                path: path.to_owned(),
+                location,
+                hint: hint_for(&message),
+                message,
+            }
+        })?;
+        config.validate(text, path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let fail = |key: &str, message: String, hint: &str| ConfigError {
+            path: path.to_owned(),
+            location: locate_key(text, key),
+            message,
+            hint: Some(hint.to_string()),
+        };
+        if self.interface.is_empty() || self.interface.len() >= libc::IFNAMSIZ {
+            return Err(fail(
+                "interface",
+                format!("`interface` must be 1 to {} characters", libc::IFNAMSIZ - 1),
+                "name the LAN interface, e.g. `interface: br-lan`",
+            ));
+        }
+        if self.lan_prefixes.len() > MAX_LAN_PREFIXES {
+            return Err(fail(
+                "lan_prefixes",
+                format!(
+                    "{} LAN prefixes given; the kernel program checks at most {MAX_LAN_PREFIXES}",
+                    self.lan_prefixes.len()
+                ),
+                "merge adjacent prefixes into larger ones",
+            ));
+        }
+        if self.flow_capacity < 16 || self.client_capacity < 1 {
+            return Err(fail(
+                if self.flow_capacity < 16 { "flow_capacity" } else { "client_capacity" },
+                "map capacities must be at least 16 flows and 1 client".into(),
+                "the defaults (65536 flows, 4096 clients) suit a household",
+            ));
+        }
+        if self.poll_interval < Duration::from_millis(100) {
+            return Err(fail(
+                "poll_interval",
+                format!("poll_interval {:?} is below 100ms", self.poll_interval),
+                "use e.g. `poll_interval: 5s`; Prometheus scrapes every 15s or more anyway",
+            ));
+        }
+        if self.top_remotes == 0 {
+            return Err(fail(
+                "top_remotes",
+                "top_remotes must be at least 1".into(),
+                "e.g. `top_remotes: 20`; everything beyond is summed into remote=\"other\"",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Extra advice for the most common mistakes, keyed on serde's message.
+fn hint_for(message: &str) -> Option<String> {
+    if message.starts_with("unknown field") {
+        Some("check the spelling; docs/config.md lists every key".into())
+    } else if message.contains("missing field `interface`") {
+        Some("add `interface: <LAN interface>`, e.g. `interface: br-lan`".into())
+    } else if message.contains("invalid IP address syntax") || message.contains("IpNet") {
+        Some("write prefixes in CIDR form, e.g. 192.168.1.0/24 or \"fd00::/64\"".into())
+    } else if message.contains("duration") || message.contains("time unit") {
+        Some("durations look like 500ms, 5s, 10m or 1h".into())
+    } else if message.contains("SocketAddr") || message.contains("socket address") {
+        Some("write host:port, e.g. 127.0.0.1:9977 or \"[::]:9977\"".into())
+    } else {
+        None
+    }
+}
+
+/// Line and column of a top-level `key:` in the YAML text, for semantic errors.
+fn locate_key(text: &str, key: &str) -> Option<(usize, usize)> {
+    text.lines().enumerate().find_map(|(i, line)| {
+        let rest = line.strip_prefix(key)?;
+        rest.trim_start().starts_with(':').then_some((i + 1, 1))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("sensor.yaml"))
+    }
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let c = parse("interface: br-lan\n").unwrap();
+        assert_eq!(c.interface, "br-lan");
+        assert!(c.lan_prefixes.is_empty());
+        assert_eq!(c.flow_capacity, 65_536);
+        assert_eq!(c.client_capacity, 4_096);
+        assert_eq!(c.poll_interval, Duration::from_secs(5));
+        assert_eq!(c.metrics_listen, "127.0.0.1:9977".parse().unwrap());
+        assert_eq!(c.top_remotes, 20);
+        assert_eq!(c.xdp_mode, XdpMode::Auto);
+        assert_eq!(c.tc_attach, TcAttach::Auto);
+        assert_eq!(c.pin_path, PathBuf::from("/sys/fs/bpf/gateway-sensor"));
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let c = parse(
+            "interface: lan0\nlan_prefixes: [10.0.0.0/8, \"fd00::/64\"]\nflow_capacity: 1000\n\
+             client_capacity: 10\npoll_interval: 250ms\nmetrics_listen: \"[::]:9100\"\n\
+             top_remotes: 3\nremote_idle_expiry: 1h\npin_path: /sys/fs/bpf/x\n\
+             state_path: /tmp/s.json\nstate_save_interval: 30s\nxdp_mode: generic\ntc_attach: netlink\n",
+        )
+        .unwrap();
+        assert_eq!(c.lan_prefixes, vec!["10.0.0.0/8".parse::<IpNet>().unwrap(), "fd00::/64".parse().unwrap()]);
+        assert_eq!(c.poll_interval, Duration::from_millis(250));
+        assert_eq!(c.remote_idle_expiry, Duration::from_secs(3600));
+        assert_eq!(c.xdp_mode, XdpMode::Generic);
+        assert_eq!(c.tc_attach, TcAttach::Netlink);
+        assert_eq!(c.metrics_listen, "[::]:9100".parse().unwrap());
+    }
+
+    #[test]
+    fn unknown_key_names_line_column_and_hint() {
+        let e = parse("interface: br-lan\npoll_intervall: 5s\n").unwrap_err();
+        assert_eq!(e.location, Some((2, 1)));
+        let text = e.to_string();
+        assert!(text.starts_with("sensor.yaml:2:1: unknown field `poll_intervall`"), "{text}");
+        assert!(text.contains("hint: check the spelling"), "{text}");
+    }
+
+    #[test]
+    fn bad_prefix_is_located() {
+        let e = parse("interface: br-lan\nlan_prefixes:\n  - 10.0.0.0/33\n").unwrap_err();
+        assert_eq!(e.location.map(|l| l.0), Some(3), "{e}");
+        assert!(e.to_string().contains("CIDR"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_is_located() {
+        let e = parse("interface: br-lan\npoll_interval: 5 parsecs\n").unwrap_err();
+        assert_eq!(e.location.map(|l| l.0), Some(2), "{e}");
+        assert!(e.to_string().contains("durations look like"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_key() {
+        let e = parse("interface: br-lan\n\npoll_interval: 10ms\n").unwrap_err();
+        assert_eq!(e.location, Some((3, 1)));
+        assert!(e.message.contains("below 100ms"));
+        let e = parse("interface: br-lan\ntop_remotes: 0\n").unwrap_err();
+        assert_eq!(e.location, Some((2, 1)));
+    }
+
+    #[test]
+    fn missing_interface_says_what_to_add() {
+        let e = parse("flow_capacity: 100\n").unwrap_err();
+        assert!(e.to_string().contains("missing field `interface`"), "{e}");
+        assert!(e.to_string().contains("interface: br-lan"), "{e}");
+    }
+}

@@ -1,0 +1,17 @@
+//! The gateway sensor agent. Data flows one way:
+//! kernel maps → [`collector`] → [`accounting`] → [`metrics`] / [`server`].
+//! [`loader`] puts the eBPF programs in the kernel; [`state`] keeps the accounting across
+//! restarts; [`config`] is the YAML configuration.
+
+pub mod accounting;
+pub mod agent;
+pub mod collector;
+pub mod config;
+pub mod labels;
+pub mod loader;
+pub mod metrics;
+pub mod netif;
+pub mod server;
+pub mod state;
+
+pub use sensor_common as common;

@@ -1,0 +1,234 @@
+//! Puts the embedded eBPF programs into the kernel: sets the LAN prefixes and map capacities,
+//! reuses pinned maps so counts survive restarts, and attaches XDP (upload) and TC (download)
+//! to the LAN interface.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::MapInfo,
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, Xdp,
+        tc::{self, NlOptions, TcAttachOptions},
+        xdp::XdpMode as AyaXdpMode,
+    },
+};
+use ipnet::IpNet;
+use sensor_common::{ClientKey, Counters, FlowKey, LanPrefix, LanPrefixes, MAX_LAN_PREFIXES, names};
+use tracing::{info, warn};
+
+use crate::config::{TcAttach, XdpMode};
+
+/// The eBPF object built by build.rs, embedded so the agent is one self-contained binary.
+pub fn ebpf_object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"))
+}
+
+/// What to load. `pin_dir: None` keeps the maps private to this process (tests, benchmarks).
+pub struct LoadOptions<'a> {
+    pub lan_prefixes: &'a [IpNet],
+    pub flow_capacity: u32,
+    pub client_capacity: u32,
+    pub pin_dir: Option<&'a Path>,
+    /// Use the kernel's BTF when it has one. Off proves the programs need none (old routers).
+    pub kernel_btf: bool,
+}
+
+/// Map capacities as the kernel has them (a pinned map keeps the capacity it was made with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacities {
+    pub flows: u32,
+    pub clients: u32,
+}
+
+/// The `LAN_PREFIXES` global: each prefix IPv4-mapped, as address and mask words.
+pub fn lan_prefixes_global(prefixes: &[IpNet]) -> anyhow::Result<LanPrefixes> {
+    if prefixes.len() > MAX_LAN_PREFIXES {
+        bail!("{} LAN prefixes; at most {MAX_LAN_PREFIXES} are supported", prefixes.len());
+    }
+    let mut global = LanPrefixes::default();
+    for (slot, net) in global.prefixes.iter_mut().zip(prefixes) {
+        let (addr, len) = match net.trunc() {
+            IpNet::V4(n) => (n.addr().to_ipv6_mapped().octets(), 96 + n.prefix_len()),
+            IpNet::V6(n) => (n.addr().octets(), n.prefix_len()),
+        };
+        let mask = (u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)).to_be_bytes();
+        *slot = LanPrefix { addr: words(&addr), mask: words(&mask) };
+    }
+    global.count = prefixes.len() as u32;
+    Ok(global)
+}
+
+fn words(b: &[u8; 16]) -> [u32; 4] {
+    std::array::from_fn(|i| u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]))
+}
+
+/// Loads the object (programs are not yet verified; see [`attach`]).
+pub fn load(opts: &LoadOptions) -> anyhow::Result<(Ebpf, Capacities)> {
+    let prefixes = lan_prefixes_global(opts.lan_prefixes)?;
+    let mut capacities = Capacities { flows: opts.flow_capacity, clients: opts.client_capacity };
+    let mut loader = EbpfLoader::new();
+    if !opts.kernel_btf {
+        loader.btf(None);
+    }
+    loader
+        .override_global(names::LAN_PREFIXES, &prefixes, true)
+        .map_max_entries(names::FLOWS, opts.flow_capacity)
+        .map_max_entries(names::CLIENTS, opts.client_capacity);
+    let pins: Vec<(&str, PathBuf)>;
+    if let Some(dir) = opts.pin_dir {
+        prepare_pin_dir(dir)?;
+        pins = [names::FLOWS, names::CLIENTS, names::STATS]
+            .into_iter()
+            .map(|name| (name, dir.join(name)))
+            .collect();
+        check_pinned::<FlowKey, Counters>(&pins[0].1, &mut capacities.flows)?;
+        check_pinned::<ClientKey, Counters>(&pins[1].1, &mut capacities.clients)?;
+        check_pinned::<u32, u64>(&pins[2].1, &mut 0)?;
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+    }
+    let ebpf = loader.load(ebpf_object()).context("loading the eBPF object into the kernel")?;
+    Ok((ebpf, capacities))
+}
+
+/// The pin directory must be on a BPF filesystem, or pinning fails with an obscure error.
+fn prepare_pin_dir(dir: &Path) -> anyhow::Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let parent = dir.parent().unwrap_or(dir);
+    let fs = nix::sys::statfs::statfs(parent).with_context(|| {
+        format!("{} does not exist: mount the BPF filesystem with `mount -t bpf bpf /sys/fs/bpf`", parent.display())
+    })?;
+    if fs.filesystem_type().0 as i64 != BPF_FS_MAGIC {
+        bail!(
+            "{} is not on a BPF filesystem, so maps cannot be pinned there: mount one with \
+             `mount -t bpf bpf /sys/fs/bpf`, or set `pin_path` below a bpf mount. (Started with \
+             `ip netns exec`? It mounts a fresh /sys without the BPF filesystem: use \
+             `nsenter --net=/run/netns/NAME` instead.)",
+            parent.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))
+}
+
+/// A pinned map from an older build must have the same layout; its capacity wins over the
+/// config because resizing means recreating it (losing the counts).
+fn check_pinned<K, V>(path: &Path, capacity: &mut u32) -> anyhow::Result<()> {
+    let info = match MapInfo::from_pin(path) {
+        Ok(info) => info,
+        Err(_) if !path.exists() => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading pinned map {}", path.display())),
+    };
+    let (k, v) = (size_of::<K>() as u32, size_of::<V>() as u32);
+    if info.key_size() != k || info.value_size() != v {
+        bail!(
+            "pinned map {} has key/value sizes {}/{} but this build uses {k}/{v} (its layout \
+             changed): remove the old maps with `rm -r {}` (this resets the kernel counters; the \
+             exported counters continue from the state file)",
+            path.display(),
+            info.key_size(),
+            info.value_size(),
+            path.parent().unwrap_or(path).display()
+        );
+    }
+    if *capacity != 0 && info.max_entries() != *capacity {
+        warn!(
+            pinned = info.max_entries(),
+            configured = *capacity,
+            "pinned map {} keeps its capacity; to resize, stop the agent and remove {} (resets \
+             kernel counters; exported counters continue from the state file)",
+            path.display(),
+            path.display()
+        );
+        *capacity = info.max_entries();
+    }
+    Ok(())
+}
+
+/// How the programs ended up attached, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attachment {
+    pub xdp_mode: &'static str,
+    pub tc_mode: &'static str,
+}
+
+/// Verifies and attaches both programs to `iface`. The links live as long as `ebpf`: dropping
+/// it detaches them (traffic then flows uncounted; the pinned maps keep their counts).
+pub fn attach(ebpf: &mut Ebpf, iface: &str, xdp: XdpMode, tc: TcAttach) -> anyhow::Result<Attachment> {
+    let xdp_mode = attach_xdp(ebpf, iface, xdp)?;
+    let tc_mode = attach_tc(ebpf, iface, tc)?;
+    Ok(Attachment { xdp_mode, tc_mode })
+}
+
+fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode) -> anyhow::Result<&'static str> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(names::XDP_PROGRAM)
+        .context("XDP program missing from the eBPF object")?
+        .try_into()?;
+    prog.load().context("the kernel verifier rejected the XDP program")?;
+    match mode {
+        XdpMode::Driver => {
+            prog.attach(iface, AyaXdpMode::Driver)
+                .with_context(|| format!("attaching XDP in driver mode to {iface}"))?;
+            Ok("driver")
+        }
+        XdpMode::Generic => {
+            prog.attach(iface, AyaXdpMode::Skb)
+                .with_context(|| format!("attaching XDP in generic mode to {iface}"))?;
+            Ok("generic")
+        }
+        XdpMode::Auto => match prog.attach(iface, AyaXdpMode::Driver) {
+            Ok(_) => {
+                info!(interface = iface, "XDP attached in driver (native) mode");
+                Ok("driver")
+            }
+            Err(e) => {
+                prog.attach(iface, AyaXdpMode::Skb).with_context(|| {
+                    format!("attaching XDP to {iface} (driver mode failed first: {e})")
+                })?;
+                info!(
+                    interface = iface,
+                    "XDP attached in generic (skb) mode: the driver has no native XDP ({e})"
+                );
+                Ok("generic")
+            }
+        },
+    }
+}
+
+fn attach_tc(ebpf: &mut Ebpf, iface: &str, mode: TcAttach) -> anyhow::Result<&'static str> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(names::TC_PROGRAM)
+        .context("TC program missing from the eBPF object")?
+        .try_into()?;
+    prog.load().context("the kernel verifier rejected the TC program")?;
+    if mode != TcAttach::Netlink {
+        match prog.attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::default())) {
+            Ok(_) => {
+                info!(interface = iface, "TC egress program attached with TCX");
+                return Ok("tcx");
+            }
+            Err(e) if mode == TcAttach::Tcx => {
+                return Err(e).with_context(|| format!("attaching TC egress with TCX to {iface} (needs kernel 6.6+; try `tc_attach: netlink`)"));
+            }
+            Err(e) => info!(interface = iface, "TCX unavailable ({e}); using a clsact qdisc"),
+        }
+    }
+    // A netlink filter outlives a crashed agent: remove ours before adding, or packets would
+    // be counted twice.
+    if let Err(e) = tc::qdisc_detach_program(iface, TcAttachType::Egress, names::TC_PROGRAM) {
+        tracing::debug!("no stale TC filter to remove: {e}");
+    }
+    if let Err(e) = tc::qdisc_add_clsact(iface) {
+        let exists = matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
+        if !exists && !e.to_string().contains("exists") {
+            return Err(e).with_context(|| format!("adding a clsact qdisc to {iface}"));
+        }
+    }
+    prog.attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::Netlink(NlOptions::default()))
+        .with_context(|| format!("attaching the TC egress filter to {iface}"))?;
+    info!(interface = iface, "TC egress program attached as a clsact filter (netlink)");
+    Ok("netlink")
+}

@@ -1,0 +1,165 @@
+//! The Prometheus exposition: traffic counters rendered from the accounting after each poll,
+//! and the agent's own health metrics.
+
+use std::sync::RwLock;
+
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    proto::{Counter, LabelPair, Metric, MetricFamily, MetricType},
+};
+use sensor_common::{Direction, Stat};
+
+use crate::{
+    accounting::{Accounting, Tally},
+    collector::Snapshot,
+    labels,
+};
+
+pub const NAMESPACE: &str = "gwsensor";
+
+/// Health metrics are ordinary registered collectors; traffic families are rebuilt each poll.
+pub struct Metrics {
+    registry: Registry,
+    pub poll_duration: Histogram,
+    pub flows_tracked: IntGauge,
+    pub flows_capacity: IntGauge,
+    pub clients_tracked: IntGauge,
+    pub clients_capacity: IntGauge,
+    pub xdp_attach_mode: IntGaugeVec,
+    pub tc_attach_mode: IntGaugeVec,
+    pub state_save_failures: IntGauge,
+    traffic: RwLock<Vec<MetricFamily>>,
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Metrics> {
+        let registry = Registry::new_custom(Some(NAMESPACE.into()), None)?;
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntGaugeVec> {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let poll_duration = Histogram::with_opts(
+            HistogramOpts::new("poll_duration_seconds", "Time to read the kernel maps and update the counters.")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+        )?;
+        registry.register(Box::new(poll_duration.clone()))?;
+        let build_info = gauge_vec("build_info", "Version of the running agent (always 1).", &["version"])?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        Ok(Metrics {
+            poll_duration,
+            flows_tracked: gauge("flows_tracked", "Flows in the kernel flow map at the last poll.")?,
+            flows_capacity: gauge("flows_capacity", "Capacity of the kernel flow map (LRU: beyond it the least recent flows are evicted).")?,
+            clients_tracked: gauge("clients_tracked", "Clients in the kernel totals map at the last poll.")?,
+            clients_capacity: gauge("clients_capacity", "Capacity of the kernel totals map (beyond it new clients are not counted).")?,
+            xdp_attach_mode: gauge_vec("xdp_attach_mode", "XDP attach mode in use on the LAN interface (1 for the mode in use).", &["interface", "mode"])?,
+            tc_attach_mode: gauge_vec("tc_attach_mode", "How the TC egress program is attached (1 for the mode in use).", &["interface", "mode"])?,
+            state_save_failures: gauge("state_save_failures", "Consecutive failures to write the state file (0 when the last save worked).")?,
+            traffic: RwLock::new(Vec::new()),
+            registry,
+        })
+    }
+
+    /// Rebuilds the traffic families from the accounting and the kernel stats.
+    pub fn publish(&self, acct: &Accounting, snap: &Snapshot) {
+        let families = traffic_families(acct, snap);
+        if let Ok(mut slot) = self.traffic.write() {
+            *slot = families;
+        }
+    }
+
+    /// The text exposition for a scrape.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut families = self.registry.gather();
+        if let Ok(traffic) = self.traffic.read() {
+            families.extend(traffic.iter().cloned());
+        }
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&families, &mut out)?;
+        String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+fn label(name: &str, value: impl Into<String>) -> LabelPair {
+    let mut l = LabelPair::default();
+    l.set_name(name.into());
+    l.set_value(value.into());
+    l
+}
+
+fn counter(labels: Vec<LabelPair>, value: u64) -> Metric {
+    let mut c = Counter::default();
+    c.set_value(value as f64);
+    let mut m = Metric::from_label(labels);
+    m.set_counter(c);
+    m
+}
+
+fn family(name: &str, help: &str, metrics: Vec<Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(format!("{NAMESPACE}_{name}"));
+    f.set_help(help.into());
+    f.set_field_type(MetricType::COUNTER);
+    f.set_metric(metrics);
+    f
+}
+
+/// Label values a client's series share.
+fn client_labels(mac: &str, dir: Direction) -> Vec<LabelPair> {
+    vec![label("client", mac), label("mac", mac), label("direction", dir.as_str())]
+}
+
+fn push_tally(packets: &mut Vec<Metric>, bytes: &mut Vec<Metric>, base: &[LabelPair], dir: Direction, t: &Tally) {
+    packets.push(counter(base.to_vec(), t.packets(dir)));
+    bytes.push(counter(base.to_vec(), t.bytes(dir)));
+}
+
+fn traffic_families(acct: &Accounting, snap: &Snapshot) -> Vec<MetricFamily> {
+    let (mut client_packets, mut client_bytes) = (Vec::new(), Vec::new());
+    let (mut remote_packets, mut remote_bytes) = (Vec::new(), Vec::new());
+    for (mac, account) in &acct.clients {
+        let mac = labels::mac(mac);
+        for dir in Direction::ALL {
+            let base = client_labels(&mac, dir);
+            push_tally(&mut client_packets, &mut client_bytes, &base, dir, &account.totals);
+            for (id, remote) in account.remotes.iter().filter(|(_, r)| r.in_top) {
+                let mut l = base.clone();
+                l.push(label("remote", labels::ip(&id.ip).to_string()));
+                l.push(label("protocol", labels::protocol(id.protocol)));
+                l.push(label("port", id.port.to_string()));
+                push_tally(&mut remote_packets, &mut remote_bytes, &l, dir, &remote.exported);
+            }
+            // Only clients that ever overflowed their top-N carry an "other" series.
+            if !account.other.is_zero() {
+                let mut l = base.clone();
+                l.extend([label("remote", "other"), label("protocol", ""), label("port", "")]);
+                push_tally(&mut remote_packets, &mut remote_bytes, &l, dir, &account.other);
+            }
+        }
+    }
+    let mut stats = Vec::new();
+    for dir in Direction::ALL {
+        for stat in Stat::ALL {
+            let l = vec![label("direction", dir.as_str()), label("reason", stat.as_str())];
+            stats.push(counter(l, snap.stat(stat, dir)));
+        }
+    }
+    let evictions = vec![counter(Vec::new(), acct.flow_evictions)];
+    [
+        family("client_packets_total", "Packets of a client (one per MAC, whatever its IPs), by direction.", client_packets),
+        family("client_bytes_total", "Bytes (Ethernet frames) of a client, by direction.", client_bytes),
+        family("remote_packets_total", "Packets between a client and a remote endpoint; remote=\"other\" sums the remotes beyond the client's top-N.", remote_packets),
+        family("remote_bytes_total", "Bytes between a client and a remote endpoint; remote=\"other\" sums the remotes beyond the client's top-N.", remote_bytes),
+        family("packets_total", "Every packet the kernel programs saw, by direction and outcome (reason=\"seen\" is all of them).", stats),
+        family("flow_evictions_total", "Flows that left the kernel flow map between two polls (LRU evictions).", evictions),
+    ]
+    .into_iter()
+    .filter(|f| !f.get_metric().is_empty())
+    .collect()
+}

@@ -1,0 +1,83 @@
+//! The accounting on disk, so that exported counters continue across agent restarts, upgrades
+//! and reboots instead of starting again from zero.
+
+use std::{
+    fs,
+    io::Write as _,
+    path::Path,
+};
+
+use anyhow::Context as _;
+
+use crate::accounting::Accounting;
+
+/// Format version of the state file: bumped when its meaning changes.
+const VERSION: u32 = 1;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StateFile {
+    version: u32,
+    accounting: Accounting,
+}
+
+/// Loads the state, or a fresh accounting when there is no file yet. A file that cannot be
+/// read as state is kept aside (renamed `.corrupt`) rather than silently overwritten.
+pub fn load(path: &Path) -> anyhow::Result<Accounting> {
+    let text = match fs::read(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Accounting::default()),
+        Err(e) => return Err(e).with_context(|| format!("reading state file {}", path.display())),
+    };
+    match serde_json::from_slice::<StateFile>(&text) {
+        Ok(state) if state.version == VERSION => Ok(state.accounting),
+        Ok(state) => anyhow::bail!(
+            "state file {} has version {} but this agent reads version {VERSION}: move it away to start counting afresh",
+            path.display(),
+            state.version
+        ),
+        Err(e) => {
+            let aside = path.with_extension("corrupt");
+            fs::rename(path, &aside).with_context(|| format!("moving unreadable state file {} aside", path.display()))?;
+            tracing::warn!("state file {} is unreadable ({e}); kept as {} and starting afresh", path.display(), aside.display());
+            Ok(Accounting::default())
+        }
+    }
+}
+
+/// Writes the state atomically: a crash mid-write leaves the previous file intact.
+pub fn save(path: &Path, accounting: &Accounting) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let body = serde_json::to_vec(&StateFile { version: VERSION, accounting: accounting.clone() })?;
+    let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(&body).and_then(|()| file.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("replacing state file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_file_is_a_fresh_start_and_save_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/state.json");
+        let fresh = load(&path).unwrap();
+        assert!(fresh.clients.is_empty());
+        let mut a = Accounting::default();
+        a.flow_evictions = 7;
+        save(&path, &a).unwrap();
+        assert_eq!(load(&path).unwrap().flow_evictions, 7);
+    }
+
+    #[test]
+    fn corrupt_file_is_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        fs::write(&path, b"{not json").unwrap();
+        assert!(load(&path).unwrap().clients.is_empty());
+        assert_eq!(fs::read(dir.path().join("state.corrupt")).unwrap(), b"{not json");
+    }
+}
