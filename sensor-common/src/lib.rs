@@ -10,6 +10,14 @@ pub mod names {
     pub const FLOWS: &str = "FLOWS";
     pub const CLIENTS: &str = "CLIENTS";
     pub const STATS: &str = "STATS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const EVENT_STATS: &str = "EVENT_STATS";
+    pub const EVENT_RATE: &str = "EVENT_RATE";
+    pub const EVENT_PENDING: &str = "EVENT_PENDING";
+    pub const EVENT_TAIL: &str = "EVENT_TAIL";
+    /// XDP program that copies a staged event's payload (tail-called by the XDP program).
+    pub const XDP_CAPTURE_PROGRAM: &str = "gwsensor_xdp_capture";
+    pub const EVENTS_PER_SEC_PER_CPU: &str = "EVENTS_PER_SEC_PER_CPU";
     pub const LAN_PREFIXES: &str = "LAN_PREFIXES";
     pub const XDP_PROGRAM: &str = "gwsensor_xdp";
     pub const TC_PROGRAM: &str = "gwsensor_tc";
@@ -201,6 +209,111 @@ impl Stat {
 /// Size of the STATS array.
 pub const STATS_LEN: u32 = 2 * Stat::COUNT as u32;
 
+/// Bytes of L4 payload an event carries at most: an EDNS answer of 1232 bytes, or a
+/// ClientHello that fits one segment, fits.
+pub const EVENT_DATA_MAX: usize = 1280;
+/// Size of the events ring buffer (a power of two, a multiple of the page size).
+pub const EVENT_RING_BYTES: u32 = 256 * 1024;
+/// Default ceiling of events per second and CPU (the kernel drops, and counts, the excess).
+pub const DEFAULT_EVENTS_PER_SEC_PER_CPU: u32 = 500;
+
+/// What an event carries: the start of a packet payload that names a destination.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A DNS response (from port 53, UDP or TCP) going to a client.
+    DnsResponse = 0,
+    /// A TLS ClientHello from a client (any TCP port): carries the SNI.
+    TlsClientHello = 1,
+    /// A plain HTTP request from a client: carries the Host header.
+    HttpRequest = 2,
+}
+
+impl EventKind {
+    pub const COUNT: usize = 3;
+    pub const ALL: [EventKind; 3] = [EventKind::DnsResponse, EventKind::TlsClientHello, EventKind::HttpRequest];
+
+    pub fn from_u8(v: u8) -> Option<EventKind> {
+        EventKind::ALL.get(v as usize).copied()
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventKind::DnsResponse => "dns",
+            EventKind::TlsClientHello => "tls",
+            EventKind::HttpRequest => "http",
+        }
+    }
+}
+
+/// Outcome of an event in the kernel: `EVENT_STATS[kind * EventOutcome::COUNT + outcome]`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventOutcome {
+    Sent = 0,
+    /// Over the per-second ceiling.
+    RateLimited = 1,
+    /// The ring buffer was full (userspace too slow).
+    RingFull = 2,
+}
+
+impl EventOutcome {
+    pub const COUNT: usize = 3;
+    pub const ALL: [EventOutcome; 3] = [EventOutcome::Sent, EventOutcome::RateLimited, EventOutcome::RingFull];
+
+    pub const fn slot(self, kind: EventKind) -> u32 {
+        (kind as u32) * (EventOutcome::COUNT as u32) + self as u32
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventOutcome::Sent => "sent",
+            EventOutcome::RateLimited => "rate_limited",
+            EventOutcome::RingFull => "ring_full",
+        }
+    }
+}
+
+pub const EVENT_STATS_LEN: u32 = (EventKind::COUNT * EventOutcome::COUNT) as u32;
+
+/// One event in the ring buffer: which flow it belongs to and the start of its payload.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    pub key: FlowKey,
+    pub kind: u8,
+    pub direction: u8,
+    /// Bytes of `data` that are valid.
+    pub captured: u16,
+    /// L4 payload length in the packet (can exceed `captured`).
+    pub payload_len: u32,
+    pub _pad: u32,
+    pub ktime_ns: u64,
+    pub data: [u8; EVENT_DATA_MAX],
+}
+
+/// An event decided on but not yet copied: staged per CPU by the XDP program for the capture
+/// program it tail-calls (the copy loop is verified there, on its own).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PendingEvent {
+    pub key: FlowKey,
+    pub kind: u8,
+    pub direction: u8,
+    pub payload_off: u16,
+    pub payload_len: u32,
+    pub _pad: u32,
+    pub ktime_ns: u64,
+}
+
+/// Per-CPU window of the event rate limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RateWindow {
+    pub start_ns: u64,
+    pub count: u64,
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: all of these are repr(C), Copy, made of integers and byte arrays with explicit
@@ -209,6 +322,9 @@ mod user {
     unsafe impl aya::Pod for super::ClientKey {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::LanPrefixes {}
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::PendingEvent {}
+    unsafe impl aya::Pod for super::RateWindow {}
 }
 
 // Layout is part of the kernel/user contract: a change here must be deliberate.
@@ -216,3 +332,4 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
 const _: () = assert!(core::mem::size_of::<ClientKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Counters>() == 48);
 const _: () = assert!(core::mem::size_of::<LanPrefixes>() == 8 + 32 * MAX_LAN_PREFIXES);
+const _: () = assert!(core::mem::size_of::<Event>() == 44 + 4 + 4 + 4 + 8 + EVENT_DATA_MAX);

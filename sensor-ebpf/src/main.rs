@@ -10,15 +10,17 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action},
-    helpers::bpf_ktime_get_coarse_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_skb_load_bytes},
     macros::{classifier, map, xdp},
-    maps::{LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::warn;
 use sensor_common::{
-    ClientKey, Counters, DEFAULT_CLIENT_CAPACITY, DEFAULT_FLOW_CAPACITY, Direction, FlowKey,
-    LanPrefix, LanPrefixes, MAX_IPV6_EXT_HEADERS, MAX_LAN_PREFIXES, MAX_VLAN_TAGS, STATS_LEN, Stat,
+    ClientKey, Counters, DEFAULT_CLIENT_CAPACITY, DEFAULT_FLOW_CAPACITY, Direction, EVENT_DATA_MAX,
+    EVENT_RING_BYTES, EVENT_STATS_LEN, Event, EventKind, EventOutcome, FlowKey, LanPrefix,
+    LanPrefixes, MAX_IPV6_EXT_HEADERS, MAX_LAN_PREFIXES, MAX_VLAN_TAGS, PendingEvent, RateWindow,
+    STATS_LEN, Stat,
 };
 
 /// Per-flow counters. LRU so that memory stays bounded whatever the traffic; the per-client
@@ -36,6 +38,31 @@ static CLIENTS: PerCpuHashMap<ClientKey, Counters> =
 /// Packet outcomes by direction: slot `Stat::slot(direction)`.
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+
+/// Payload starts that name a destination (DNS answers, TLS ClientHellos, HTTP requests),
+/// for the agent to parse. Bounded twice: the ring's size and a per-second ceiling.
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
+
+/// Events by kind and outcome: slot `EventOutcome::slot(kind)`.
+#[map(name = "EVENT_STATS")]
+static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_STATS_LEN, 0);
+
+/// The current one-second window of the event rate limit, per CPU.
+#[map(name = "EVENT_RATE")]
+static EVENT_RATE: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(1, 0);
+
+/// The XDP program's staged event, read by the capture program it tail-calls.
+#[map(name = "EVENT_PENDING")]
+static EVENT_PENDING: PerCpuArray<PendingEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Slot 0: the XDP capture program (set by the loader).
+#[map(name = "EVENT_TAIL")]
+static EVENT_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Events allowed per second on each CPU (set by the loader; 0 disables events).
+#[unsafe(no_mangle)]
+static EVENTS_PER_SEC_PER_CPU: u32 = 0;
 
 /// LAN prefixes, written by the loader into .rodata: the verifier sees a frozen map, so the
 /// common case (a few prefixes) costs a handful of compares and no map lookup.
@@ -62,11 +89,31 @@ const IPV6_FRAGMENT: u8 = 44;
 const IPV6_AH: u8 = 51;
 const IPV6_DSTOPTS: u8 = 60;
 const EEXIST: i32 = 17;
+/// Deepest payload offset an event is taken from (headers beyond this are not worth naming).
+const MAX_PAYLOAD_OFF: usize = 1024;
 
 #[xdp]
 pub fn gwsensor_xdp(ctx: XdpContext) -> u32 {
-    let len = (ctx.data_end() - ctx.data()) as u64;
-    observe(&ctx, ctx.data(), ctx.data_end(), Direction::Upload, len, 1);
+    let len = ctx.data_end() - ctx.data();
+    if let Some(pending) = observe(&ctx, ctx.data(), ctx.data_end(), Direction::Upload, len, len as u64, 1) {
+        if let Some(slot) = EVENT_PENDING.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot; the tail call below runs on this CPU, right after.
+            unsafe {
+                *slot = pending;
+                // Does not return on success; on failure the packet passes all the same.
+                EVENT_TAIL.tail_call(&ctx, 0);
+            }
+        }
+    }
+    xdp_action::XDP_PASS
+}
+
+/// Tail-called by `gwsensor_xdp` to copy a staged event's payload into the ring buffer.
+#[xdp]
+pub fn gwsensor_xdp_capture(ctx: XdpContext) -> u32 {
+    if let Some(pending) = EVENT_PENDING.get(0) {
+        emit(&ctx, pending);
+    }
     xdp_action::XDP_PASS
 }
 
@@ -90,19 +137,108 @@ pub fn gwsensor_tc(ctx: TcContext) -> i32 {
     }
     // A GSO skb is several frames on the wire: count each, with its own copy of the headers.
     let segs = if gso_segs > 1 { gso_segs } else { 1 };
-    observe(&ctx, ctx.data(), ctx.data_end(), Direction::Download, len, segs);
+    if let Some(pending) = observe(&ctx, ctx.data(), ctx.data_end(), Direction::Download, ctx.len() as usize, len, segs) {
+        emit(&ctx, &pending);
+    }
     // "Unspecified": carry on with whatever else is attached (TCX next / next filter).
     TC_ACT_UNSPEC
 }
 
+/// Copies packet bytes into an event, however the program type allows.
+trait Capture: EbpfContext {
+    /// Copies up to `want` (at most EVENT_DATA_MAX) bytes from packet offset `off`; returns how
+    /// many were copied.
+    fn capture(&self, off: usize, dst: &mut [u8; EVENT_DATA_MAX], want: usize) -> usize;
+}
+
+impl Capture for XdpContext {
+    fn capture(&self, off: usize, dst: &mut [u8; EVENT_DATA_MAX], want: usize) -> usize {
+        // bpf_xdp_load_bytes needs 5.18; router kernels are older. Eight bytes at a time, each
+        // read checked against the packet end.
+        let (data, end) = (self.data(), self.data_end());
+        // `off` comes through a map: give the verifier its bound again.
+        if off > MAX_PAYLOAD_OFF {
+            return 0;
+        }
+        let mut n = 0;
+        for i in 0..EVENT_DATA_MAX / 8 {
+            let o = i * 8;
+            if o + 8 > want {
+                break;
+            }
+            match at::<[u8; 8]>(data, end, off + o) {
+                // SAFETY: packet read bounds-checked by `at`; o + 8 <= EVENT_DATA_MAX.
+                Some(p) => unsafe { core::ptr::write_unaligned(dst.as_mut_ptr().add(o).cast::<[u8; 8]>(), *p) },
+                None => break,
+            }
+            n = o + 8;
+        }
+        // The tail: the last eight bytes, overlapping what is already copied. (A byte-wise
+        // tail compiles to `p >= end` checks the verifier does not accept for packet reads.)
+        if n < want && want >= 8 && want <= EVENT_DATA_MAX {
+            // Opaque to LLVM: otherwise it folds `o + 8` into `want` and checks a different
+            // pointer than the one it reads through, which the verifier refuses.
+            let o = core::hint::black_box(want - 8);
+            if let Some(p) = at::<[u8; 8]>(data, end, off + o) {
+                // SAFETY: as above; o + 8 == want <= EVENT_DATA_MAX.
+                unsafe { core::ptr::write_unaligned(dst.as_mut_ptr().add(o).cast::<[u8; 8]>(), *p) };
+                n = want;
+            }
+        }
+        n
+    }
+}
+
+impl Capture for TcContext {
+    fn capture(&self, off: usize, dst: &mut [u8; EVENT_DATA_MAX], want: usize) -> usize {
+        if want == 0 || want > EVENT_DATA_MAX {
+            return 0;
+        }
+        // skb_load_bytes also reads what sits outside the linear area. Called directly: the
+        // verifier must see a length of at least 1, which aya's wrapper does not prove.
+        // SAFETY: dst holds EVENT_DATA_MAX bytes and 1 <= want <= EVENT_DATA_MAX.
+        let rc = unsafe { bpf_skb_load_bytes(self.skb.skb.cast(), off as u32, dst.as_mut_ptr().cast(), want as u32) };
+        if rc == 0 { want } else { 0 }
+    }
+}
+
+/// Parses and counts one packet; returns an event to emit if its payload names a destination
+/// and the rate limit allows it.
 #[inline(always)]
-fn observe<C: EbpfContext>(ctx: &C, data: usize, end: usize, dir: Direction, len: u64, segs: u32) {
+fn observe<C: EbpfContext>(
+    ctx: &C,
+    data: usize,
+    end: usize,
+    dir: Direction,
+    pkt_len: usize,
+    len: u64,
+    segs: u32,
+) -> Option<PendingEvent> {
     bump_stat(Stat::Seen, dir);
+    let mut pending = None;
     let outcome = match parse(data, end, dir) {
         Ok(p) => {
             let packets = segs as u64;
             let bytes = len + (packets - 1) * p.header_len as u64;
-            account(&p.key, dir, packets, bytes)
+            // SAFETY: coarse ktime has no preconditions.
+            let now = unsafe { bpf_ktime_get_coarse_ns() };
+            let outcome = account(&p.key, dir, packets, bytes, now);
+            if let Some(kind) = event_kind(&p, dir, data, end) {
+                if allow_event(now) && p.header_len <= MAX_PAYLOAD_OFF {
+                    pending = Some(PendingEvent {
+                        key: p.key,
+                        kind: kind as u8,
+                        direction: dir as u8,
+                        payload_off: p.header_len as u16,
+                        payload_len: pkt_len.saturating_sub(p.header_len) as u32,
+                        _pad: 0,
+                        ktime_ns: now,
+                    });
+                } else {
+                    bump_event(kind, EventOutcome::RateLimited);
+                }
+            }
+            outcome
         }
         Err(stat) => stat,
     };
@@ -113,6 +249,7 @@ fn observe<C: EbpfContext>(ctx: &C, data: usize, end: usize, dir: Direction, len
         let which = outcome as u32;
         warn!(ctx, "gwsensor: map update failed (stat {}), occurrence {}", which, n);
     }
+    pending
 }
 
 /// Increments a stat and returns its new per-CPU value (0 if the slot is missing).
@@ -127,11 +264,85 @@ fn bump_stat(stat: Stat, dir: Direction) -> u64 {
     }
 }
 
+/// Does this packet's payload name a destination? DNS answers to clients, ClientHellos and
+/// HTTP requests from clients. Only the first bytes are looked at.
+#[inline(always)]
+fn event_kind(p: &Parsed, dir: Direction, data: usize, end: usize) -> Option<EventKind> {
+    let proto = p.key.protocol;
+    match dir {
+        Direction::Download if p.key.remote_port == 53 && (proto == IPPROTO_UDP || proto == IPPROTO_TCP) => {
+            // A TCP segment with no payload (an ACK) carries no answer.
+            at::<u8>(data, end, p.header_len).map(|_| EventKind::DnsResponse)
+        }
+        Direction::Upload if proto == IPPROTO_TCP && p.key.remote_port != 0 => {
+            let head: [u8; 6] = read(data, end, p.header_len, Stat::Seen).ok()?;
+            // TLS record: handshake (22), version 3.x, first message a ClientHello (1).
+            if head[0] == 22 && head[1] == 3 && head[5] == 1 {
+                return Some(EventKind::TlsClientHello);
+            }
+            let method = [head[0], head[1], head[2], head[3]];
+            matches!(&method, b"GET " | b"POST" | b"HEAD" | b"PUT " | b"DELE" | b"OPTI" | b"PATC")
+                .then_some(EventKind::HttpRequest)
+        }
+        _ => None,
+    }
+}
+
+/// Copies a staged event with the start of its payload into the ring buffer.
+#[inline(always)]
+fn emit<C: Capture>(ctx: &C, pending: &PendingEvent) {
+    let Some(kind) = EventKind::from_u8(pending.kind) else { return };
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        bump_event(kind, EventOutcome::RingFull);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    let payload_len = pending.payload_len as usize;
+    let want = if payload_len < EVENT_DATA_MAX { payload_len } else { EVENT_DATA_MAX };
+    // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer record of Event size.
+    unsafe {
+        (*ev).key = pending.key;
+        (*ev).kind = pending.kind;
+        (*ev).direction = pending.direction;
+        (*ev).payload_len = pending.payload_len;
+        (*ev)._pad = 0;
+        (*ev).ktime_ns = pending.ktime_ns;
+        let captured = ctx.capture(pending.payload_off as usize, &mut (*ev).data, want);
+        (*ev).captured = captured as u16;
+    }
+    entry.submit(0);
+    bump_event(kind, EventOutcome::Sent);
+}
+
+#[inline(always)]
+fn allow_event(now: u64) -> bool {
+    // SAFETY: read of a loader-set static.
+    let limit = unsafe { core::ptr::read_volatile(&EVENTS_PER_SEC_PER_CPU) } as u64;
+    let Some(w) = EVENT_RATE.get_ptr_mut(0) else { return false };
+    // SAFETY: per-CPU slot, no concurrent writer.
+    let w = unsafe { &mut *w };
+    if now.wrapping_sub(w.start_ns) >= 1_000_000_000 {
+        w.start_ns = now;
+        w.count = 0;
+    }
+    if w.count >= limit {
+        return false;
+    }
+    w.count += 1;
+    true
+}
+
+#[inline(always)]
+fn bump_event(kind: EventKind, outcome: EventOutcome) {
+    if let Some(p) = EVENT_STATS.get_ptr_mut(outcome.slot(kind)) {
+        // SAFETY: per-CPU slot.
+        unsafe { *p += 1 };
+    }
+}
+
 /// Adds one packet (or a GSO batch) to the client's totals and to its flow.
 #[inline(always)]
-fn account(key: &FlowKey, dir: Direction, packets: u64, bytes: u64) -> Stat {
-    // SAFETY: coarse ktime has no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+fn account(key: &FlowKey, dir: Direction, packets: u64, bytes: u64, now: u64) -> Stat {
     let client = ClientKey {
         mac: key.client_mac,
         _pad: [0; 2],
@@ -271,8 +482,9 @@ fn parse(data: usize, end: usize, dir: Direction) -> Result<Parsed, Stat> {
     } else {
         (l3.dst, l3.src, src_port)
     };
-    // Group/broadcast MACs are never a client; nor is an address outside the LAN.
-    if client_mac[0] & 1 != 0 || !in_lan(&client_ip) {
+    // Group/broadcast MACs are never a client; nor is an address outside the LAN, nor an
+    // IPv4-mapped address in an IPv6 header (it would pose as an IPv4 LAN host).
+    if client_mac[0] & 1 != 0 || (l3.v6 && is_v4_mapped(&client_ip)) || !in_lan(&client_ip) {
         return Err(Stat::NotClient);
     }
     Ok(Parsed {
@@ -289,11 +501,18 @@ fn parse(data: usize, end: usize, dir: Direction) -> Result<Parsed, Stat> {
 }
 
 struct L3 {
+    /// IPv6 (addresses are native), not IPv4 (addresses are IPv4-mapped).
+    v6: bool,
     src: [u8; 16],
     dst: [u8; 16],
     protocol: u8,
     l4_off: usize,
     first_fragment: bool,
+}
+
+#[inline(always)]
+fn is_v4_mapped(ip: &[u8; 16]) -> bool {
+    ip[..10].iter().all(|b| *b == 0) && ip[10] == 0xff && ip[11] == 0xff
 }
 
 #[inline(always)]
@@ -317,6 +536,7 @@ fn parse_ipv4(data: usize, end: usize, off: usize) -> Result<L3, Stat> {
     }
     let frag_offset = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff;
     Ok(L3 {
+        v6: false,
         src: mapped(ip[12], ip[13], ip[14], ip[15]),
         dst: mapped(ip[16], ip[17], ip[18], ip[19]),
         protocol: ip[9],
@@ -369,7 +589,12 @@ fn parse_ipv6(data: usize, end: usize, off: usize) -> Result<L3, Stat> {
     if first_fragment && is_ipv6_ext(nh) {
         return Err(Stat::Ipv6ExtLimit);
     }
+    // The last extension header must end inside the packet, even when nothing after it is read.
+    if data + l4 > end {
+        return Err(Stat::TruncatedL3);
+    }
     Ok(L3 {
+        v6: true,
         src,
         dst,
         protocol: nh,

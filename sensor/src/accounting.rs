@@ -7,7 +7,10 @@
 //! whatever is evicted or whichever remotes enter or leave a client's top-N, and the sum over
 //! a client's remote series (including `other`) equals what its flows were seen to carry.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    hash::Hash,
+};
 
 use sensor_common::{Counters, Direction, FlowKey};
 use serde::{Deserialize, Serialize};
@@ -79,9 +82,20 @@ impl RemoteId {
     }
 }
 
+/// A destination as the per-destination series name it: the name at the configured level
+/// (domain, fqdn, ip, asn or country) and the network it is in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DestKey {
+    pub destination: String,
+    pub country: String,
+    /// 0 when unknown.
+    pub asn: u32,
+}
+
+/// One key's series in a [`Ranked`] set.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct RemoteAccount {
-    /// The value of this remote's series: what it carried while it was in the top set.
+pub struct Entry {
+    /// The value of this key's series: what it carried while it had a series.
     pub exported: Tally,
     /// Has a series of its own right now.
     pub in_top: bool,
@@ -92,21 +106,111 @@ pub struct RemoteAccount {
     pub last_active: u64,
 }
 
+/// One client's series of one kind (remotes, destinations): its most active keys have a
+/// series of their own, the others' traffic is summed into `other`. A key that loses its series
+/// keeps its value in memory, so that if it wins one back the series continues where it was.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(bound(serialize = "K: Serialize", deserialize = "K: Deserialize<'de> + Eq + Hash"))]
+pub struct Ranked<K> {
+    #[serde(with = "as_pairs")]
+    pub entries: HashMap<K, Entry>,
+    pub other: Tally,
+}
+
+impl<K> Default for Ranked<K> {
+    fn default() -> Self {
+        Ranked { entries: HashMap::new(), other: Tally::default() }
+    }
+}
+
+impl<K: Clone + Eq + Hash + Ord> Ranked<K> {
+    /// Ages every key's activity and adds this poll's.
+    fn observe(&mut self, deltas: &HashMap<K, Tally>, decay: f64, now: u64) {
+        for entry in self.entries.values_mut() {
+            entry.score *= decay;
+        }
+        for (key, delta) in deltas {
+            let entry = self.entries.entry(key.clone()).or_default();
+            entry.score += delta.total_bytes() as f64;
+            entry.last_active = now;
+        }
+    }
+
+    /// The `n` most active keys get a series; on equal activity the incumbent keeps it.
+    fn choose_top(&mut self, n: usize) {
+        let mut ranked: Vec<(&K, &Entry)> = self.entries.iter().collect();
+        ranked.sort_by(|a, b| b.1.score.total_cmp(&a.1.score).then(b.1.in_top.cmp(&a.1.in_top)).then(a.0.cmp(b.0)));
+        let top: HashSet<K> = ranked.iter().take(n).map(|(k, _)| (*k).clone()).collect();
+        for (key, entry) in self.entries.iter_mut() {
+            entry.in_top = top.contains(key);
+        }
+    }
+
+    /// Adds each delta to exactly one series: the key's own, or `other`.
+    fn attribute(&mut self, deltas: &HashMap<K, Tally>) {
+        for (key, delta) in deltas {
+            match self.entries.get_mut(key) {
+                Some(entry) if entry.in_top => entry.exported.add(delta),
+                _ => self.other.add(delta),
+            }
+        }
+    }
+
+    /// Forgets keys idle for `expiry` seconds: their series (if any) ends, memory stays bounded.
+    fn expire(&mut self, now: u64, expiry: u64) {
+        self.entries.retain(|_, e| now.saturating_sub(e.last_active) < expiry);
+    }
+
+    /// Keys with a series of their own.
+    pub fn series(&self) -> impl Iterator<Item = (&K, &Entry)> {
+        self.entries.iter().filter(|(_, e)| e.in_top)
+    }
+
+    /// Keys tracked without a series of their own (their traffic goes to `other`).
+    pub fn in_other(&self) -> usize {
+        self.entries.values().filter(|e| !e.in_top).count()
+    }
+}
+
+/// Takes series away from the least active keys, across all clients, until at most `budget`
+/// keys have one: the global bound on series whatever the number of clients.
+fn enforce_budget<'a, K: 'a>(sets: impl Iterator<Item = &'a mut Ranked<K>>, budget: usize) {
+    let mut holders: Vec<&mut Entry> = sets.flat_map(|set| set.entries.values_mut()).filter(|e| e.in_top).collect();
+    if holders.len() <= budget {
+        return;
+    }
+    holders.sort_by(|a, b| a.score.total_cmp(&b.score));
+    let excess = holders.len() - budget;
+    for entry in holders.into_iter().take(excess) {
+        entry.in_top = false;
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ClientAccount {
     /// Client totals, from the kernel's per-client map (exact even when flows are evicted).
     pub totals: Tally,
-    /// Traffic to remotes without a series of their own: `remote="other"`.
-    pub other: Tally,
-    #[serde(with = "as_pairs")]
-    pub remotes: HashMap<RemoteId, RemoteAccount>,
+    /// Per remote endpoint (IP, protocol, port).
+    pub remotes: Ranked<RemoteId>,
+    /// Per named destination.
+    pub destinations: Ranked<DestKey>,
+    /// Unix seconds of the last poll that saw the client's totals grow.
+    pub last_seen: u64,
 }
 
 /// Knobs from the config.
 #[derive(Debug, Clone, Copy)]
 pub struct Params {
+    /// Remote series per client.
     pub top_remotes: usize,
+    /// Destination series per client.
+    pub top_destinations: usize,
+    /// Most remote series, and most destination series, over all clients.
+    pub series_budget: usize,
     pub remote_idle_expiry_secs: u64,
+    pub destination_idle_expiry_secs: u64,
+    /// A client unseen this long is retired: its series end until it is seen again.
+    pub client_idle_expiry_secs: u64,
     pub score_half_life_secs: f64,
 }
 
@@ -140,26 +244,42 @@ impl FlowKeyBytes {
     }
 }
 
+/// One client's gains in one poll.
+#[derive(Default)]
+struct ClientDeltas {
+    remotes: HashMap<RemoteId, Tally>,
+    destinations: HashMap<DestKey, Tally>,
+}
+
 impl Accounting {
-    /// Folds one snapshot in. `now` is Unix seconds.
-    pub fn update(&mut self, snap: &Snapshot, now: u64, params: &Params) {
+    /// Folds one snapshot in. `now` is Unix seconds; `destination` names a flow's remote end.
+    /// Returns the clients retired in this poll (unseen for `client_idle_expiry_secs`): the
+    /// caller removes them from the kernel's totals map so that the map never fills with
+    /// departed devices (a retired client seen again starts from zero, as a new series).
+    pub fn update(&mut self, snap: &Snapshot, now: u64, params: &Params, destination: &dyn Fn(&FlowKey) -> DestKey) -> Vec<Mac> {
         let mut clients_last = HashMap::with_capacity(snap.clients.len());
         for (mac, counters) in &snap.clients {
             let cur = Tally::of(counters);
             let delta = cur.since(self.clients_last.get(mac).unwrap_or(&Tally::default()));
-            self.clients.entry(*mac).or_default().totals.add(&delta);
+            if !delta.is_zero() {
+                let account = self.clients.entry(*mac).or_default();
+                account.totals.add(&delta);
+                account.last_seen = now;
+            }
             clients_last.insert(*mac, cur);
         }
         self.clients_last = clients_last;
 
-        let mut deltas: HashMap<Mac, HashMap<RemoteId, Tally>> = HashMap::new();
+        let mut deltas: HashMap<Mac, ClientDeltas> = HashMap::new();
         let mut flows_last = HashMap::with_capacity(snap.flows.len());
         for (key, counters) in &snap.flows {
             let id = FlowKeyBytes::of(key);
             let cur = Tally::of(counters);
             let delta = cur.since(self.flows_last.get(&id).unwrap_or(&Tally::default()));
             if !delta.is_zero() {
-                deltas.entry(key.client_mac).or_default().entry(RemoteId::of(key)).or_default().add(&delta);
+                let client = deltas.entry(key.client_mac).or_default();
+                client.remotes.entry(RemoteId::of(key)).or_default().add(&delta);
+                client.destinations.entry(destination(key)).or_default().add(&delta);
             }
             flows_last.insert(id, cur);
         }
@@ -169,50 +289,35 @@ impl Accounting {
         let elapsed = now.saturating_sub(self.last_update) as f64;
         let decay = if self.last_update == 0 { 1.0 } else { 0.5f64.powf(elapsed / params.score_half_life_secs) };
         self.last_update = now;
+        let none = ClientDeltas::default();
         for (mac, account) in self.clients.iter_mut() {
-            let empty = HashMap::new();
-            account.apply(deltas.get(mac).unwrap_or(&empty), decay, now, params);
+            let d = deltas.get(mac).unwrap_or(&none);
+            account.remotes.observe(&d.remotes, decay, now);
+            account.remotes.choose_top(params.top_remotes);
+            account.destinations.observe(&d.destinations, decay, now);
+            account.destinations.choose_top(params.top_destinations);
         }
-    }
+        enforce_budget(self.clients.values_mut().map(|a| &mut a.remotes), params.series_budget);
+        enforce_budget(self.clients.values_mut().map(|a| &mut a.destinations), params.series_budget);
+        for (mac, account) in self.clients.iter_mut() {
+            let d = deltas.get(mac).unwrap_or(&none);
+            account.remotes.attribute(&d.remotes);
+            account.destinations.attribute(&d.destinations);
+            account.remotes.expire(now, params.remote_idle_expiry_secs);
+            account.destinations.expire(now, params.destination_idle_expiry_secs);
+        }
 
-    /// The last kernel reading, for a client that wants to know what is in flight.
-    pub fn flows_tracked(&self) -> usize {
-        self.flows_last.len()
-    }
-}
-
-impl ClientAccount {
-    fn apply(&mut self, deltas: &HashMap<RemoteId, Tally>, decay: f64, now: u64, params: &Params) {
-        for remote in self.remotes.values_mut() {
-            remote.score *= decay;
+        let retired: Vec<Mac> = self
+            .clients
+            .iter()
+            .filter(|(_, a)| now.saturating_sub(a.last_seen) >= params.client_idle_expiry_secs)
+            .map(|(mac, _)| *mac)
+            .collect();
+        for mac in &retired {
+            self.clients.remove(mac);
+            self.clients_last.remove(mac);
         }
-        for (id, delta) in deltas {
-            let remote = self.remotes.entry(*id).or_default();
-            remote.score += delta.total_bytes() as f64;
-            remote.last_active = now;
-        }
-        self.choose_top(params.top_remotes);
-        for (id, delta) in deltas {
-            match self.remotes.get_mut(id) {
-                Some(remote) if remote.in_top => remote.exported.add(delta),
-                _ => self.other.add(delta),
-            }
-        }
-        // Forget remotes idle for long: their series (if any) ends, memory stays bounded.
-        let expiry = params.remote_idle_expiry_secs;
-        self.remotes.retain(|_, r| now.saturating_sub(r.last_active) < expiry);
-    }
-
-    /// The `n` most active remotes get a series; on equal activity the incumbent keeps it.
-    fn choose_top(&mut self, n: usize) {
-        let mut ranked: Vec<(&RemoteId, &RemoteAccount)> = self.remotes.iter().collect();
-        ranked.sort_by(|a, b| {
-            b.1.score.total_cmp(&a.1.score).then(b.1.in_top.cmp(&a.1.in_top)).then(a.0.cmp(b.0))
-        });
-        let top: Vec<RemoteId> = ranked.iter().take(n).map(|(id, _)| **id).collect();
-        for (id, remote) in self.remotes.iter_mut() {
-            remote.in_top = top.contains(id);
-        }
+        retired
     }
 }
 
@@ -266,7 +371,15 @@ mod hex {
 mod tests {
     use super::*;
 
-    const PARAMS: Params = Params { top_remotes: 2, remote_idle_expiry_secs: 600, score_half_life_secs: 60.0 };
+    const PARAMS: Params = Params {
+        top_remotes: 2,
+        top_destinations: 2,
+        series_budget: 100,
+        remote_idle_expiry_secs: 600,
+        destination_idle_expiry_secs: 600,
+        client_idle_expiry_secs: 3600,
+        score_half_life_secs: 60.0,
+    };
     const MAC: Mac = [2, 0, 0, 0, 0, 1];
 
     fn key(remote: u8, port: u16) -> FlowKey {
@@ -276,35 +389,55 @@ mod tests {
         k
     }
 
+    /// Destinations named by the remote's last byte: remotes 1 and 2 are one domain.
+    fn by_domain(key: &FlowKey) -> DestKey {
+        let destination = if key.remote_ip[15] <= 2 { "one.example".to_string() } else { format!("r{}.example", key.remote_ip[15]) };
+        DestKey { destination, country: "ZZ".into(), asn: 64_500 }
+    }
+
     fn counters(up_pk: u64, up_b: u64, down_pk: u64, down_b: u64) -> Counters {
         Counters { packets: [up_pk, down_pk], bytes: [up_b, down_b], first_seen_ns: 1, last_seen_ns: 2 }
     }
 
-    fn snap(flows: &[(FlowKey, Counters)]) -> Snapshot {
+    fn snap_for(mac: Mac, flows: &[(FlowKey, Counters)]) -> Snapshot {
         let mut s = Snapshot::default();
         let mut total = Counters::default();
         for (k, c) in flows {
-            s.flows.insert(*k, *c);
+            let mut k = *k;
+            k.client_mac = mac;
+            s.flows.insert(k, *c);
             total.merge(c);
         }
-        s.clients.insert(MAC, total);
+        s.clients.insert(mac, total);
         s
     }
 
-    fn remote(a: &Accounting, r: u8, port: u16) -> Option<&RemoteAccount> {
-        a.clients[&MAC].remotes.get(&RemoteId::of(&key(r, port)))
+    fn snap(flows: &[(FlowKey, Counters)]) -> Snapshot {
+        snap_for(MAC, flows)
+    }
+
+    fn update(a: &mut Accounting, s: &Snapshot, now: u64, p: &Params) -> Vec<Mac> {
+        a.update(s, now, p, &by_domain)
+    }
+
+    fn remote(a: &Accounting, r: u8, port: u16) -> Option<&Entry> {
+        a.clients[&MAC].remotes.entries.get(&RemoteId::of(&key(r, port)))
+    }
+
+    fn exported_bytes<K>(set: &Ranked<K>) -> u64 {
+        set.entries.values().map(|e| e.exported.bytes[0]).sum::<u64>() + set.other.bytes[0]
     }
 
     #[test]
     fn deltas_accumulate_into_monotonic_counters() {
         let mut a = Accounting::default();
-        a.update(&snap(&[(key(1, 53), counters(2, 200, 1, 100))]), 100, &PARAMS);
-        a.update(&snap(&[(key(1, 53), counters(5, 500, 3, 300))]), 105, &PARAMS);
+        update(&mut a, &snap(&[(key(1, 53), counters(2, 200, 1, 100))]), 100, &PARAMS);
+        update(&mut a, &snap(&[(key(1, 53), counters(5, 500, 3, 300))]), 105, &PARAMS);
         let r = remote(&a, 1, 53).unwrap();
         assert!(r.in_top);
         assert_eq!(r.exported, Tally { packets: [5, 3], bytes: [500, 300] });
         assert_eq!(a.clients[&MAC].totals, Tally { packets: [5, 3], bytes: [500, 300] });
-        assert_eq!(a.clients[&MAC].other, Tally::default());
+        assert_eq!(a.clients[&MAC].remotes.other, Tally::default());
     }
 
     #[test]
@@ -315,28 +448,60 @@ mod tests {
             (key(2, 443), counters(5, 5_000, 0, 0)),
             (key(3, 443), counters(1, 100, 0, 0)),
         ];
-        a.update(&snap(&flows), 100, &PARAMS);
+        update(&mut a, &snap(&flows), 100, &PARAMS);
         let c = &a.clients[&MAC];
         assert!(remote(&a, 1, 443).unwrap().in_top && remote(&a, 2, 443).unwrap().in_top);
         assert!(!remote(&a, 3, 443).unwrap().in_top);
-        assert_eq!(c.other, Tally { packets: [1, 0], bytes: [100, 0] });
-        let sum: u64 = c.remotes.values().map(|r| r.exported.bytes[0]).sum::<u64>() + c.other.bytes[0];
-        assert_eq!(sum, c.totals.bytes[0]);
+        assert_eq!(c.remotes.other, Tally { packets: [1, 0], bytes: [100, 0] });
+        assert_eq!(exported_bytes(&c.remotes), c.totals.bytes[0]);
+    }
+
+    #[test]
+    fn destinations_aggregate_flows_by_name() {
+        let mut a = Accounting::default();
+        let flows = [
+            (key(1, 443), counters(10, 10_000, 0, 0)),
+            (key(2, 80), counters(5, 5_000, 0, 0)),
+            (key(3, 443), counters(1, 100, 0, 0)),
+        ];
+        update(&mut a, &snap(&flows), 100, &PARAMS);
+        let d = &a.clients[&MAC].destinations;
+        let one = DestKey { destination: "one.example".into(), country: "ZZ".into(), asn: 64_500 };
+        assert_eq!(d.entries[&one].exported, Tally { packets: [15, 0], bytes: [15_000, 0] });
+        assert_eq!(d.series().count(), 2);
+        assert_eq!(d.other, Tally::default());
+    }
+
+    #[test]
+    fn the_global_budget_moves_the_least_active_series_to_other() {
+        let mut a = Accounting::default();
+        let params = Params { series_budget: 3, ..PARAMS };
+        let mut s = snap_for([2, 0, 0, 0, 0, 1], &[(key(1, 1), counters(1, 1000, 0, 0)), (key(3, 1), counters(1, 900, 0, 0))]);
+        let other = snap_for([2, 0, 0, 0, 0, 2], &[(key(4, 1), counters(1, 800, 0, 0)), (key(5, 1), counters(1, 10, 0, 0))]);
+        s.flows.extend(other.flows);
+        s.clients.extend(other.clients);
+        update(&mut a, &s, 100, &params);
+        let held: usize = a.clients.values().map(|c| c.remotes.series().count()).sum();
+        assert_eq!(held, 3);
+        let second = &a.clients[&[2, 0, 0, 0, 0, 2]];
+        // The 10-byte remote lost its series; its bytes are in that client's other.
+        assert_eq!(second.remotes.other.bytes[0], 10);
+        assert_eq!(exported_bytes(&second.remotes), 810);
     }
 
     #[test]
     fn eviction_and_reappearance_never_go_backwards() {
         let mut a = Accounting::default();
-        a.update(&snap(&[(key(1, 80), counters(4, 400, 0, 0))]), 100, &PARAMS);
+        update(&mut a, &snap(&[(key(1, 80), counters(4, 400, 0, 0))]), 100, &PARAMS);
         // Evicted: the flow is gone from the map, the client total still holds it.
         let mut s = snap(&[]);
         s.clients.insert(MAC, counters(4, 400, 0, 0));
-        a.update(&s, 105, &PARAMS);
+        update(&mut a, &s, 105, &PARAMS);
         assert_eq!(a.flow_evictions, 1);
         // Seen again from zero: its new counts add on top.
         let mut s = snap(&[(key(1, 80), counters(1, 100, 0, 0))]);
         s.clients.insert(MAC, counters(5, 500, 0, 0));
-        a.update(&s, 110, &PARAMS);
+        update(&mut a, &s, 110, &PARAMS);
         assert_eq!(remote(&a, 1, 80).unwrap().exported.bytes, [500, 0]);
         assert_eq!(a.clients[&MAC].totals.bytes, [500, 0]);
     }
@@ -345,35 +510,49 @@ mod tests {
     fn a_busier_remote_takes_the_series_of_an_idle_one_and_nothing_is_double_counted() {
         let mut a = Accounting::default();
         let mut f = vec![(key(1, 1), counters(1, 1000, 0, 0)), (key(2, 2), counters(1, 1000, 0, 0))];
-        a.update(&snap(&f), 100, &PARAMS);
+        update(&mut a, &snap(&f), 100, &PARAMS);
         // Much later, remote 3 is busy while 1 and 2 are idle: 3 displaces one of them.
         f.push((key(3, 3), counters(9, 9000, 0, 0)));
-        a.update(&snap(&f), 500, &PARAMS);
+        update(&mut a, &snap(&f), 500, &PARAMS);
         assert!(remote(&a, 3, 3).unwrap().in_top);
         assert_eq!(remote(&a, 3, 3).unwrap().exported.bytes[0], 9000);
         let c = &a.clients[&MAC];
-        let exported: u64 = c.remotes.values().map(|r| r.exported.bytes[0]).sum();
-        assert_eq!(exported + c.other.bytes[0], 11_000);
-        assert_eq!(c.remotes.values().filter(|r| r.in_top).count(), 2);
+        assert_eq!(exported_bytes(&c.remotes), 11_000);
+        assert_eq!(c.remotes.series().count(), 2);
     }
 
     #[test]
     fn idle_remotes_are_forgotten_after_expiry() {
         let mut a = Accounting::default();
-        a.update(&snap(&[(key(1, 1), counters(1, 10, 0, 0))]), 100, &PARAMS);
-        a.update(&snap(&[(key(1, 1), counters(1, 10, 0, 0))]), 800, &PARAMS);
+        update(&mut a, &snap(&[(key(1, 1), counters(1, 10, 0, 0))]), 100, &PARAMS);
+        let mut s = snap(&[(key(1, 1), counters(1, 10, 0, 0))]);
+        s.clients.insert(MAC, counters(2, 20, 0, 0));
+        update(&mut a, &s, 800, &PARAMS);
         assert!(remote(&a, 1, 1).is_none());
+    }
+
+    #[test]
+    fn idle_clients_retire_and_come_back_as_new_series() {
+        let mut a = Accounting::default();
+        let s = snap(&[(key(1, 1), counters(1, 10, 0, 0))]);
+        assert!(update(&mut a, &s, 100, &PARAMS).is_empty());
+        assert_eq!(update(&mut a, &s, 100 + 3600, &PARAMS), vec![MAC]);
+        assert!(!a.clients.contains_key(&MAC));
+        // The kernel entry was removed by the agent; the device returns with fresh counts.
+        update(&mut a, &snap(&[(key(1, 1), counters(1, 30, 0, 0))]), 5000, &PARAMS);
+        assert_eq!(a.clients[&MAC].totals.bytes, [30, 0]);
     }
 
     #[test]
     fn state_round_trips_through_json() {
         let mut a = Accounting::default();
-        a.update(&snap(&[(key(1, 53), counters(2, 200, 1, 100))]), 100, &PARAMS);
+        update(&mut a, &snap(&[(key(1, 53), counters(2, 200, 1, 100))]), 100, &PARAMS);
         let text = serde_json::to_string(&a).unwrap();
         let mut b: Accounting = serde_json::from_str(&text).unwrap();
         // After a restart the same kernel values add nothing; new ones add only the delta.
-        b.update(&snap(&[(key(1, 53), counters(3, 300, 1, 100))]), 105, &PARAMS);
-        assert_eq!(remote(&b, 1, 53).unwrap().exported, Tally { packets: [3, 1], bytes: [300, 100] });
+        update(&mut b, &snap(&[(key(1, 53), counters(3, 300, 1, 100))]), 105, &PARAMS);
+        let r = b.clients[&MAC].remotes.entries.get(&RemoteId::of(&key(1, 53))).unwrap();
+        assert_eq!(r.exported, Tally { packets: [3, 1], bytes: [300, 100] });
         assert_eq!(b.clients[&MAC].totals, Tally { packets: [3, 1], bytes: [300, 100] });
     }
 }

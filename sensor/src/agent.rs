@@ -35,13 +35,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(prefixes = %shown.join(", "), "clients are the hosts inside these LAN prefixes");
     raise_memlock_limit();
 
-    let (mut ebpf, capacities) = loader::load(&LoadOptions {
+    let (mut ebpf, capacities) = loader::load_with_events(&LoadOptions {
         lan_prefixes: &prefixes,
         flow_capacity: config.flow_capacity,
         client_capacity: config.client_capacity,
         pin_dir: Some(&config.pin_path),
         kernel_btf: true,
-    })?;
+    }, sensor_common::DEFAULT_EVENTS_PER_SEC_PER_CPU)?;
     spawn_kernel_logger(&mut ebpf);
     let attachment = loader::attach(&mut ebpf, &config.interface, config.xdp_mode, config.tc_attach)?;
     let maps = KernelMaps::take(&mut ebpf)?;
@@ -55,12 +55,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut accounting = state::load(&config.state_path)?;
     let params = Params {
         top_remotes: config.top_remotes,
+        top_destinations: config.destinations.top_per_client,
+        series_budget: config.series_budget,
         remote_idle_expiry_secs: config.remote_idle_expiry.as_secs().max(1),
+        destination_idle_expiry_secs: config.destinations.idle_expiry.as_secs().max(1),
+        client_idle_expiry_secs: config.client_idle_expiry.as_secs().max(1),
         score_half_life_secs: SCORE_HALF_LIFE.as_secs_f64(),
     };
     let listener = server::bind(config.metrics_listen).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let http = tokio::spawn(server::serve(listener, metrics.clone(), stop_rx));
+    let view = server::SharedView::default();
+    let http = tokio::spawn(server::serve(listener, metrics.clone(), view.clone(), stop_rx));
     info!(
         interface = %config.interface,
         xdp = attachment.xdp_mode,
@@ -114,7 +119,12 @@ fn poll(maps: &KernelMaps, accounting: &mut Accounting, metrics: &Metrics, param
     // Map reads are blocking syscalls (tens of ms for a full map): keep them off the reactor.
     let snap = tokio::task::block_in_place(|| maps.read())?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    accounting.update(&snap, now, params);
+    let destination = |key: &sensor_common::FlowKey| crate::accounting::DestKey {
+        destination: crate::labels::ip(&key.remote_ip).to_string(),
+        country: String::new(),
+        asn: 0,
+    };
+    accounting.update(&snap, now, params, &destination);
     metrics.publish(accounting, &snap);
     metrics.flows_tracked.set(snap.flows.len() as i64);
     metrics.clients_tracked.set(snap.clients.len() as i64);

@@ -33,6 +33,15 @@ pub struct Config {
     pub top_remotes: usize,
     #[serde(default = "default_remote_idle_expiry", with = "humantime_serde")]
     pub remote_idle_expiry: Duration,
+    /// Per-destination series (names rather than addresses).
+    #[serde(default)]
+    pub destinations: DestinationsConfig,
+    /// Most remote series, and most destination series, over all clients together.
+    #[serde(default = "default_series_budget")]
+    pub series_budget: usize,
+    /// A client unseen this long is retired from the metrics until it is seen again.
+    #[serde(default = "default_client_idle_expiry", with = "humantime_serde")]
+    pub client_idle_expiry: Duration,
     #[serde(default = "default_pin_path")]
     pub pin_path: PathBuf,
     #[serde(default = "default_state_path")]
@@ -43,6 +52,45 @@ pub struct Config {
     pub xdp_mode: XdpMode,
     #[serde(default)]
     pub tc_attach: TcAttach,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationsConfig {
+    /// What names a destination series.
+    #[serde(default)]
+    pub level: DestinationLevel,
+    /// Destination series per client; the rest are summed into destination="other".
+    #[serde(default = "default_top_remotes")]
+    pub top_per_client: usize,
+    /// A destination idle this long loses its series.
+    #[serde(default = "default_destination_idle_expiry", with = "humantime_serde")]
+    pub idle_expiry: Duration,
+}
+
+impl Default for DestinationsConfig {
+    fn default() -> Self {
+        DestinationsConfig {
+            level: DestinationLevel::default(),
+            top_per_client: default_top_remotes(),
+            idle_expiry: default_destination_idle_expiry(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DestinationLevel {
+    /// Registrable domain (`xiaomi.net`), else the IP.
+    #[default]
+    Domain,
+    /// The full name (`api.micloud.xiaomi.net`), else the IP.
+    Fqdn,
+    Ip,
+    /// `AS4808`, else the IP.
+    Asn,
+    /// ISO country code, else the IP.
+    Country,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -83,6 +131,15 @@ fn default_top_remotes() -> usize {
 }
 fn default_remote_idle_expiry() -> Duration {
     Duration::from_secs(600)
+}
+fn default_destination_idle_expiry() -> Duration {
+    Duration::from_secs(900)
+}
+fn default_series_budget() -> usize {
+    10_000
+}
+fn default_client_idle_expiry() -> Duration {
+    Duration::from_secs(3600)
 }
 fn default_pin_path() -> PathBuf {
     PathBuf::from("/sys/fs/bpf/gateway-sensor")

@@ -5,8 +5,11 @@
 
 pub mod accounting;
 pub mod agent;
+pub mod api;
 pub mod collector;
 pub mod config;
+pub mod enrich;
+pub mod events;
 pub mod labels;
 pub mod loader;
 pub mod metrics;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::MapInfo,
+    maps::{MapInfo, ProgramArray},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp,
         tc::{self, NlOptions, TcAttachOptions},
@@ -64,8 +64,14 @@ fn words(b: &[u8; 16]) -> [u32; 4] {
     std::array::from_fn(|i| u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]))
 }
 
-/// Loads the object (programs are not yet verified; see [`attach`]).
+/// Loads the object with naming events off (programs are not yet verified; see [`attach`]).
 pub fn load(opts: &LoadOptions) -> anyhow::Result<(Ebpf, Capacities)> {
+    load_with_events(opts, 0)
+}
+
+/// Loads the object with naming events (DNS answers, TLS ClientHellos, HTTP requests) allowed
+/// up to `events_per_sec_per_cpu` per second on each CPU.
+pub fn load_with_events(opts: &LoadOptions, events_per_sec_per_cpu: u32) -> anyhow::Result<(Ebpf, Capacities)> {
     let prefixes = lan_prefixes_global(opts.lan_prefixes)?;
     let mut capacities = Capacities { flows: opts.flow_capacity, clients: opts.client_capacity };
     let mut loader = EbpfLoader::new();
@@ -74,6 +80,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<(Ebpf, Capacities)> {
     }
     loader
         .override_global(names::LAN_PREFIXES, &prefixes, true)
+        .override_global(names::EVENTS_PER_SEC_PER_CPU, &events_per_sec_per_cpu, true)
         .map_max_entries(names::FLOWS, opts.flow_capacity)
         .map_max_entries(names::CLIENTS, opts.client_capacity);
     let pins: Vec<(&str, PathBuf)>;
@@ -101,7 +108,10 @@ fn prepare_pin_dir(dir: &Path) -> anyhow::Result<()> {
     let fs = nix::sys::statfs::statfs(parent).with_context(|| {
         format!("{} does not exist: mount the BPF filesystem with `mount -t bpf bpf /sys/fs/bpf`", parent.display())
     })?;
-    if fs.filesystem_type().0 as i64 != BPF_FS_MAGIC {
+    // f_type is an i32 on 32-bit routers and an i64 elsewhere.
+    #[allow(clippy::unnecessary_cast)]
+    let fs_type = fs.filesystem_type().0 as i64;
+    if fs_type != BPF_FS_MAGIC {
         bail!(
             "{} is not on a BPF filesystem, so maps cannot be pinned there: mount one with \
              `mount -t bpf bpf /sys/fs/bpf`, or set `pin_path` below a bpf mount. (Started with \
@@ -163,6 +173,7 @@ pub fn attach(ebpf: &mut Ebpf, iface: &str, xdp: XdpMode, tc: TcAttach) -> anyho
 }
 
 fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode) -> anyhow::Result<&'static str> {
+    install_capture(ebpf)?;
     let prog: &mut Xdp = ebpf
         .program_mut(names::XDP_PROGRAM)
         .context("XDP program missing from the eBPF object")?
@@ -198,6 +209,24 @@ fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode) -> anyhow::Result<&'s
     }
 }
 
+/// Loads the XDP capture program into the tail-call slot, so that the counting program never
+/// runs without it (it copies event payloads; verified on its own to keep the verifier's work
+/// small).
+pub fn install_capture(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let capture: &mut Xdp = ebpf
+        .program_mut(names::XDP_CAPTURE_PROGRAM)
+        .context("XDP capture program missing from the eBPF object")?
+        .try_into()?;
+    capture.load().context("the kernel verifier rejected the XDP capture program")?;
+    let capture_fd = capture.fd()?.try_clone()?;
+    let mut tail: ProgramArray<_> = ebpf
+        .map_mut(names::EVENT_TAIL)
+        .context("tail-call map missing from the eBPF object")?
+        .try_into()?;
+    tail.set(0, &capture_fd, 0).context("installing the XDP capture program")?;
+    Ok(())
+}
+
 fn attach_tc(ebpf: &mut Ebpf, iface: &str, mode: TcAttach) -> anyhow::Result<&'static str> {
     let prog: &mut SchedClassifier = ebpf
         .program_mut(names::TC_PROGRAM)
@@ -231,4 +260,33 @@ fn attach_tc(ebpf: &mut Ebpf, iface: &str, mode: TcAttach) -> anyhow::Result<&'s
         .with_context(|| format!("attaching the TC egress filter to {iface}"))?;
     info!(interface = iface, "TC egress program attached as a clsact filter (netlink)");
     Ok("netlink")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn be_words(hex: u128) -> [u32; 4] {
+        words(&hex.to_be_bytes())
+    }
+
+    #[test]
+    fn prefixes_become_mapped_address_and_mask_words() {
+        let nets: Vec<IpNet> = vec!["192.168.1.77/24".parse().unwrap(), "fd00:1::/64".parse().unwrap(), "::/0".parse().unwrap()];
+        let g = lan_prefixes_global(&nets).unwrap();
+        assert_eq!(g.count, 3);
+        // Host bits are dropped; IPv4 sits behind ::ffff: with 96 more mask bits.
+        assert_eq!(g.prefixes[0].addr, be_words(0xffff_c0a8_0100));
+        assert_eq!(g.prefixes[0].mask, be_words(u128::MAX << 8));
+        assert_eq!(g.prefixes[1].addr, be_words(0xfd00_0001_0000_0000_0000_0000_0000_0000));
+        assert_eq!(g.prefixes[1].mask, be_words(u128::MAX << 64));
+        assert_eq!(g.prefixes[2].mask, [0; 4]);
+        assert_eq!(g.prefixes[3], LanPrefix::default());
+    }
+
+    #[test]
+    fn too_many_prefixes_are_refused() {
+        let nets: Vec<IpNet> = (0..=MAX_LAN_PREFIXES).map(|i| format!("10.{i}.0.0/16").parse().unwrap()).collect();
+        assert!(lan_prefixes_global(&nets).is_err());
+    }
 }

@@ -1,6 +1,6 @@
 //! `sensor`: the gateway sensor agent.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use sensor::config::Config;
@@ -33,11 +33,87 @@ enum Command {
         /// YAML config file.
         file: PathBuf,
     },
+    /// List the clients the running agent sees: name, MAC, vendor, addresses, traffic.
+    Clients {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List the current flows, named (SNI, HTTP Host, DNS), with country and ASN.
+    Flows {
+        /// Only this client (its name or MAC).
+        #[arg(long)]
+        client: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// Base URL of the running agent (its `metrics_listen`).
+    #[arg(long, env = "GWSENSOR_API", default_value = "http://127.0.0.1:9977")]
+    api: String,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Fetches an API path from the running agent and decodes it.
+fn fetch(api: &ApiArgs, path: &str) -> Result<serde_json::Value, String> {
+    let url = format!("{}{path}", api.api.trim_end_matches('/'));
+    let body = ureq::get(&url)
+        .call()
+        .and_then(|mut r| r.body_mut().read_to_string())
+        .map_err(|e| format!("cannot reach the agent at {url}: {e} (is `sensor run` running? pass --api URL)"))?;
+    serde_json::from_str(&body).map_err(|e| format!("{url} did not answer JSON: {e}"))
+}
+
+fn print_api(api: &ApiArgs, path: &str, render: impl Fn(&sensor::api::View) -> String) -> ExitCode {
+    let value = match fetch(api, path) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if api.json {
+        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    // The endpoints return parts of a View: fill the rest with defaults.
+    match serde_json::from_value::<sensor::api::View>(merge_view(value)) {
+        Ok(view) => {
+            print!("{}", render(&view));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: unexpected answer from the agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn merge_view(mut value: serde_json::Value) -> serde_json::Value {
+    if let Some(obj) = value.as_object_mut() {
+        for key in ["clients", "flows"] {
+            obj.entry(key).or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        }
+        obj.entry("updated").or_insert(serde_json::Value::from(0));
+    }
+    value
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Clients { api } => print_api(&api, "/api/v1/clients", sensor::api::clients_table),
+        Command::Flows { client, api } => {
+            let path = match &client {
+                Some(c) => format!("/api/v1/flows?client={}", percent_encode(c)),
+                None => "/api/v1/flows".to_string(),
+            };
+            print_api(&api, &path, |v| sensor::api::flows_table(&v.flows))
+        }
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
                 println!("{}: ok (interface {})", file.display(), config.interface);
@@ -55,6 +131,7 @@ fn main() -> ExitCode {
                         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
                 )
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
                 .init();
             let config = match Config::load(&config) {
                 Ok(config) => config,
@@ -79,4 +156,14 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Query-string encoding for a client name (names come from DHCP and may hold anything).
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

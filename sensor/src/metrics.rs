@@ -120,6 +120,15 @@ fn push_tally(packets: &mut Vec<Metric>, bytes: &mut Vec<Metric>, base: &[LabelP
     bytes.push(counter(base.to_vec(), t.bytes(dir)));
 }
 
+/// Remote series exist per direction only once that direction carried traffic: most remotes
+/// are one-sided for a long time (a DNS server, an upload target), and a zero series would
+/// double the series count for nothing.
+fn push_remote(packets: &mut Vec<Metric>, bytes: &mut Vec<Metric>, base: &[LabelPair], dir: Direction, t: &Tally) {
+    if t.packets(dir) != 0 {
+        push_tally(packets, bytes, base, dir, t);
+    }
+}
+
 fn traffic_families(acct: &Accounting, snap: &Snapshot) -> Vec<MetricFamily> {
     let (mut client_packets, mut client_bytes) = (Vec::new(), Vec::new());
     let (mut remote_packets, mut remote_bytes) = (Vec::new(), Vec::new());
@@ -128,19 +137,17 @@ fn traffic_families(acct: &Accounting, snap: &Snapshot) -> Vec<MetricFamily> {
         for dir in Direction::ALL {
             let base = client_labels(&mac, dir);
             push_tally(&mut client_packets, &mut client_bytes, &base, dir, &account.totals);
-            for (id, remote) in account.remotes.iter().filter(|(_, r)| r.in_top) {
+            for (id, remote) in account.remotes.series() {
                 let mut l = base.clone();
                 l.push(label("remote", labels::ip(&id.ip).to_string()));
                 l.push(label("protocol", labels::protocol(id.protocol)));
                 l.push(label("port", id.port.to_string()));
-                push_tally(&mut remote_packets, &mut remote_bytes, &l, dir, &remote.exported);
+                push_remote(&mut remote_packets, &mut remote_bytes, &l, dir, &remote.exported);
             }
-            // Only clients that ever overflowed their top-N carry an "other" series.
-            if !account.other.is_zero() {
-                let mut l = base.clone();
-                l.extend([label("remote", "other"), label("protocol", ""), label("port", "")]);
-                push_tally(&mut remote_packets, &mut remote_bytes, &l, dir, &account.other);
-            }
+            // Only clients that overflowed their top-N carry an "other" series.
+            let mut l = base.clone();
+            l.extend([label("remote", "other"), label("protocol", ""), label("port", "")]);
+            push_remote(&mut remote_packets, &mut remote_bytes, &l, dir, &account.remotes.other);
         }
     }
     let mut stats = Vec::new();

@@ -1,15 +1,54 @@
-//! HTTP endpoints: `/metrics` for Prometheus and `/healthz` for service managers.
+//! HTTP endpoints: `/metrics` for Prometheus, `/healthz` for service managers, and the local
+//! JSON API under `/api/v1/` (docs/api.md).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+};
 
 use anyhow::Context as _;
-use axum::{Router, extract::State, http::{StatusCode, header}, response::IntoResponse, routing::get};
+use axum::{
+    Json, Router,
+    extract::{Query, State},
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
+use crate::{api::View, metrics::Metrics};
 
-async fn scrape(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    match metrics.render() {
+/// The latest API view, replaced whole after each poll.
+pub type SharedView = Arc<RwLock<Arc<View>>>;
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Arc<Metrics>,
+    view: SharedView,
+}
+
+fn current(view: &SharedView) -> Arc<View> {
+    view.read().map(|v| v.clone()).unwrap_or_default()
+}
+
+async fn clients(State(state): State<AppState>) -> impl IntoResponse {
+    let view = current(&state.view);
+    Json(serde_json::json!({ "updated": view.updated, "clients": view.clients }))
+}
+
+#[derive(Deserialize)]
+struct FlowsQuery {
+    client: Option<String>,
+}
+
+async fn flows(State(state): State<AppState>, Query(q): Query<FlowsQuery>) -> impl IntoResponse {
+    let view = current(&state.view);
+    Json(serde_json::json!({ "updated": view.updated, "flows": view.flows_of(q.client.as_deref()) }))
+}
+
+async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
+    match state.metrics.render() {
         Ok(body) => (StatusCode::OK, [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], format!("rendering metrics failed: {e}\n")),
     }
@@ -22,11 +61,18 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
         .with_context(|| format!("listening on {addr} for /metrics (is another agent running? change `metrics_listen`)"))
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    view: SharedView,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(metrics);
+        .route("/api/v1/clients", get(clients))
+        .route("/api/v1/flows", get(flows))
+        .with_state(AppState { metrics, view });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;

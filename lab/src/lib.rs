@@ -1,0 +1,100 @@
+//! A disposable network-namespace lab for the gateway sensor: a home network (clients, a
+//! gateway, an "internet" host) built from namespaces and veth pairs, so the real agent can be
+//! run against real kernel traffic in tests, the demo and benchmarks without touching the
+//! host's own network.
+//!
+//! Everything a [`Lab`] creates is named `<prefix>-<pid>-<seq>-<role>` (parallel tests in one
+//! process and concurrent processes never collide) and is removed when the lab is dropped.
+//! Traffic only ever goes to addresses inside the lab (10.77.0.0/16, fd77::/16).
+//!
+//! Needs root (CAP_SYS_ADMIN + CAP_NET_ADMIN) and iproute2 (`ip`, `bridge`).
+
+mod cmd;
+mod netns;
+mod process;
+pub mod prom;
+mod topology;
+mod traffic;
+
+pub use cmd::{bridge, ip, run};
+pub use netns::{Lab, in_netns};
+pub use process::Process;
+pub use topology::{Client, Gateway, Internet, LAN_PREFIXES, LanKind, Topology, TopologyBuilder};
+pub use traffic::{TcpForwarder, UdpReceiver, http_get, send_udp};
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use anyhow::{Context as _, bail};
+
+/// Whether this process can build a lab at all: root, iproute2 present, namespaces creatable.
+/// Tests call this first so an unprivileged run fails (or skips) with one clear reason instead
+/// of a cascade of `ip` errors. Probed once per process (tests call it from parallel threads).
+pub fn check_privileged() -> anyhow::Result<()> {
+    static RESULT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    RESULT
+        .get_or_init(|| probe_privileges().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn probe_privileges() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("not running as root (the lab creates network namespaces and veth pairs)");
+    }
+    ip(&["-V"]).context("iproute2 `ip` is needed")?;
+    let probe = format!("lab-probe-{}", std::process::id());
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &probe])
+        .output();
+    ip(&["netns", "add", &probe]).context("cannot create a network namespace")?;
+    ip(&["netns", "del", &probe])?;
+    Ok(())
+}
+
+/// Makes sure a BPF filesystem is mounted at /sys/fs/bpf, where the agent pins its maps.
+/// Most distributions mount it at boot; minimal containers and CI VMs often do not. Mounted
+/// in the host's mount namespace, as systemd would.
+pub fn ensure_bpffs() -> anyhow::Result<()> {
+    // Serialized: two parallel tests mounting at once would stack two bpffs instances.
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let path = "/sys/fs/bpf";
+    // f_type's width differs between architectures, hence the cast.
+    #[allow(clippy::unnecessary_cast)]
+    let is_bpffs = |p: &str| {
+        nix::sys::statfs::statfs(p)
+            .map(|fs| fs.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+            .unwrap_or(false)
+    };
+    if is_bpffs(path) {
+        return Ok(());
+    }
+    run("mount", &["-t", "bpf", "bpf", path])?;
+    if !is_bpffs(path) {
+        bail!("mounted bpffs at {path} but statfs still does not report a BPF filesystem");
+    }
+    Ok(())
+}
+
+/// A flag that turns true on SIGINT/SIGTERM, so long-running lab users (demo, benchmarks)
+/// leave their loops and let [`Lab`]'s Drop remove the namespaces. Installs a process-wide
+/// handler: call it once per process.
+pub fn interrupt_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    ctrlc::set_handler(move || f.store(true, Ordering::SeqCst))
+        .context("installing the SIGINT/SIGTERM handler")?;
+    Ok(flag)
+}
+
+/// Writes `msg` straight to the process's stderr, past the test harness's output capture
+/// (which only catches `eprintln!`), so a skipped privileged test is visible in a plain
+/// `cargo test` run instead of passing silently.
+pub fn notice(msg: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "\n******** {msg} ********\n");
+}

@@ -1,0 +1,242 @@
+//! Traffic of known shape between lab hosts, and reaching servers inside a namespace.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::netns::in_netns;
+
+/// Sends `count` UDP datagrams of `payload` bytes from `from` (bound there, so the remote
+/// port the sensor sees is known) to `to`, inside namespace `ns`. Bind the receiver first:
+/// a datagram to a closed port makes the receiver answer with ICMP port-unreachable, which
+/// the sensor would count too.
+pub fn send_udp(
+    ns: &str,
+    from: SocketAddr,
+    to: SocketAddr,
+    count: usize,
+    payload: usize,
+) -> anyhow::Result<()> {
+    in_netns(ns, || -> anyhow::Result<()> {
+        let sock = UdpSocket::bind(from).with_context(|| format!("binding UDP {from} in {ns}"))?;
+        let buf: Vec<u8> = (0..payload).map(|i| (i % 251) as u8).collect();
+        for _ in 0..count {
+            let n = sock
+                .send_to(&buf, to)
+                .with_context(|| format!("sending UDP {from} -> {to} in {ns}"))?;
+            if n != payload {
+                bail!("short UDP send {from} -> {to}: {n} of {payload} bytes");
+            }
+        }
+        Ok(())
+    })?
+}
+
+/// A UDP socket bound inside a namespace that counts what arrives, on a background thread,
+/// so tests can confirm the traffic they sent really crossed the gateway (and a count
+/// mismatch in the sensor is not just a lost datagram).
+pub struct UdpReceiver {
+    addr: SocketAddr,
+    sock: UdpSocket,
+    datagrams: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpReceiver {
+    pub fn bind(ns: &str, addr: SocketAddr) -> anyhow::Result<UdpReceiver> {
+        let sock = in_netns(ns, || UdpSocket::bind(addr))?
+            .with_context(|| format!("binding UDP {addr} in {ns}"))?;
+        sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let datagrams = Arc::new(AtomicU64::new(0));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (d, b, s) = (datagrams.clone(), bytes.clone(), stop.clone());
+        let sock_for_thread = sock.try_clone()?;
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok(n) = sock_for_thread.recv(&mut buf) {
+                    b.fetch_add(n as u64, Ordering::Relaxed);
+                    d.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Ok(UdpReceiver {
+            addr,
+            sock,
+            datagrams,
+            bytes,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sends `count` datagrams of `payload` bytes to `to` from this socket, as a server
+    /// answers from its listening port (so the port is both the upload's destination and
+    /// the download's source).
+    pub fn reply(&self, to: SocketAddr, count: usize, payload: usize) -> anyhow::Result<()> {
+        let buf: Vec<u8> = (0..payload).map(|i| (i % 251) as u8).collect();
+        for _ in 0..count {
+            let n = self
+                .sock
+                .send_to(&buf, to)
+                .with_context(|| format!("sending UDP {} -> {to}", self.addr))?;
+            if n != payload {
+                bail!(
+                    "short UDP send {} -> {to}: {n} of {payload} bytes",
+                    self.addr
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn datagrams(&self) -> u64 {
+        self.datagrams.load(Ordering::Relaxed)
+    }
+
+    /// UDP payload bytes received.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Waits until at least `datagrams` have arrived in total; an error says how many did.
+    pub fn wait_for(&self, datagrams: u64, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.datagrams() < datagrams {
+            if Instant::now() >= deadline {
+                bail!(
+                    "UDP receiver {}: {} of {datagrams} datagrams arrived within {timeout:?}",
+                    self.addr,
+                    self.datagrams()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for UdpReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// HTTP/1.0 GET of `url` (`http://host:port/path`) from inside `ns`; the body on a 200, an
+/// error with the status line otherwise. The agent serves /metrics on the gateway's
+/// loopback, which only code inside the gateway namespace can reach.
+pub fn http_get(ns: &str, url: &str) -> anyhow::Result<String> {
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url}: only http:// URLs are supported"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr: SocketAddr = authority
+        .parse()
+        .with_context(|| format!("{url}: host must be an IP:port"))?;
+    let response = in_netns(ns, || -> anyhow::Result<Vec<u8>> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)?;
+        Ok(buf)
+    })?
+    .with_context(|| format!("GET {url} in {ns}"))?;
+    let text =
+        String::from_utf8(response).with_context(|| format!("GET {url}: response is not UTF-8"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("GET {url}: malformed response"))?;
+    let status = head.lines().next().unwrap_or("");
+    if status.split_whitespace().nth(1) != Some("200") {
+        bail!("GET {url} in {ns}: {status}\n{body}");
+    }
+    Ok(body.to_string())
+}
+
+/// Forwards TCP connections accepted on a host address to a server inside a namespace, e.g.
+/// to make the agent's /metrics (on the gateway's loopback) reachable from the host.
+pub struct TcpForwarder {
+    local: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl TcpForwarder {
+    /// Listens on `listen` in the caller's namespace; each connection is relayed to `target`
+    /// as connected from inside `ns`.
+    pub fn start(listen: SocketAddr, ns: &str, target: SocketAddr) -> anyhow::Result<TcpForwarder> {
+        let listener =
+            TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+        let local = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let ns = ns.to_string();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(client) = conn else { continue };
+                let upstream = match in_netns(&ns, || {
+                    TcpStream::connect_timeout(&target, Duration::from_secs(2))
+                }) {
+                    Ok(Ok(u)) => u,
+                    _ => continue, // dropping `client` closes it: the caller sees a refused-like EOF
+                };
+                let _ = relay(client, upstream);
+            }
+        });
+        Ok(TcpForwarder { local, stop })
+    }
+
+    /// The address actually listened on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+impl Drop for TcpForwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect_timeout(&self.local, Duration::from_millis(200)); // wake accept()
+    }
+}
+
+fn relay(a: TcpStream, b: TcpStream) -> std::io::Result<()> {
+    let (mut a2, mut b2) = (a.try_clone()?, b.try_clone()?);
+    let (mut a1, mut b1) = (a, b);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut a1, &mut b1);
+        let _ = b1.shutdown(Shutdown::Write);
+    });
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut b2, &mut a2);
+        let _ = a2.shutdown(Shutdown::Write);
+    });
+    Ok(())
+}

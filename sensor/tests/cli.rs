@@ -1,0 +1,44 @@
+//! The `sensor` binary's command line, as a user meets it (no privileges needed).
+
+use std::{path::Path, process::Command};
+
+fn sensor(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sensor")).args(args).output().expect("running sensor");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn check_config_accepts_the_shipped_example() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/sensor.yaml");
+    let (ok, stdout, stderr) = sensor(&["check-config", example.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.ends_with("sensor.yaml: ok (interface br-lan)\n"), "{stdout}");
+}
+
+#[test]
+fn check_config_names_file_line_and_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, "interface: br-lan\nlan_prefixes:\n  - 192.168.1.0/24\nflow_capacty: 100\n").unwrap();
+    let (ok, stdout, stderr) = sensor(&["check-config", path.to_str().unwrap()]);
+    assert!(!ok, "a bad config must fail: {stdout}");
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(first.starts_with(&format!("{}:4:1: unknown field `flow_capacty`", path.display())), "{stderr}");
+    assert!(stderr.contains("hint:"), "{stderr}");
+}
+
+#[test]
+fn check_config_reports_a_missing_file() {
+    let (ok, _, stderr) = sensor(&["check-config", "/nonexistent/sensor.yaml"]);
+    assert!(!ok);
+    assert!(stderr.starts_with("/nonexistent/sensor.yaml: cannot read the file"), "{stderr}");
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let (ok, stdout, _) = sensor(&["--help"]);
+    assert!(ok);
+    for word in ["run", "check-config", "XDP", "Prometheus"] {
+        assert!(stdout.contains(word), "--help lacks {word}: {stdout}");
+    }
+}

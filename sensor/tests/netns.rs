@@ -1,0 +1,664 @@
+//! End-to-end: the real agent binary on a namespace lab, real kernel traffic of known sizes,
+//! and exact per-client and per-remote numbers on /metrics, across an agent restart.
+//!
+//! Needs root (network namespaces, BPF). Without it the tests print a loud SKIPPED line and
+//! pass, unless CI=true or GWSENSOR_TEST_REQUIRE_PRIVILEGED=1, where they fail.
+//!
+//! Frame sizes: the sensor counts whole Ethernet frames without FCS, so a UDP datagram of
+//! P payload bytes is 14 (Ethernet) + 20 (IPv4) or 40 (IPv6) + 8 (UDP) + P bytes.
+
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use lab::{LanKind, Process, Topology, TopologyBuilder, UdpReceiver, prom::Scrape, send_udp};
+
+const ETHERNET: u64 = 14;
+const IPV4: u64 = 20;
+const IPV6: u64 = 40;
+const UDP: u64 = 8;
+
+const POLL: Duration = Duration::from_millis(200);
+const METRICS: &str = "127.0.0.1:9977";
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn required() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+        || std::env::var("GWSENSOR_TEST_REQUIRE_PRIVILEGED").as_deref() == Ok("1")
+}
+
+/// True when the test can run; false (after a loud notice) when it should be skipped.
+fn privileged() -> bool {
+    let check = lab::check_privileged().and_then(|()| lab::ensure_bpffs());
+    match check {
+        Ok(()) => true,
+        Err(e) if required() => {
+            panic!("netns tests need root, network namespaces and bpffs: {e:#}")
+        }
+        Err(e) => {
+            lab::notice(&format!("SKIPPED: needs root ({e:#})"));
+            false
+        }
+    }
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// What the sensor should report, accumulated as traffic is sent.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Dir {
+    Upload,
+    Download,
+}
+
+impl Dir {
+    fn label(self) -> &'static str {
+        match self {
+            Dir::Upload => "upload",
+            Dir::Download => "download",
+        }
+    }
+}
+
+/// (packets, bytes)
+type Count = (u64, u64);
+
+#[derive(Default)]
+struct Ledger {
+    /// (client MAC, direction) → totals
+    clients: BTreeMap<(String, Dir), Count>,
+    /// (client MAC, direction, remote IP, remote port) → totals; protocol is always udp here
+    remotes: BTreeMap<(String, Dir, String, u16), Count>,
+}
+
+impl Ledger {
+    /// Records `packets` UDP frames of `frame` bytes each between a client and a remote.
+    fn udp(&mut self, mac: &str, dir: Dir, remote: SocketAddr, packets: u64, frame: u64) {
+        let c = self.clients.entry((mac.to_string(), dir)).or_default();
+        c.0 += packets;
+        c.1 += packets * frame;
+        let r = self
+            .remotes
+            .entry((mac.to_string(), dir, remote.ip().to_string(), remote.port()))
+            .or_default();
+        r.0 += packets;
+        r.1 += packets * frame;
+    }
+
+    fn client(&self, mac: &str, dir: Dir) -> Count {
+        self.clients
+            .get(&(mac.to_string(), dir))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Every difference between the scrape and the ledger, as readable lines.
+    fn mismatches(&self, scrape: &Scrape) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cmp = |what: String, got: Option<f64>, want: u64| {
+            if got != Some(want as f64) {
+                out.push(format!(
+                    "{what}: got {}, want {want}",
+                    got.map_or("nothing".into(), |v| v.to_string())
+                ));
+            }
+        };
+        for ((mac, dir), (packets, bytes)) in &self.clients {
+            let labels = [
+                ("client", mac.as_str()),
+                ("mac", mac.as_str()),
+                ("direction", dir.label()),
+            ];
+            let id = format!("{mac} {}", dir.label());
+            cmp(
+                format!("client packets {id}"),
+                scrape.get("gwsensor_client_packets_total", &labels),
+                *packets,
+            );
+            cmp(
+                format!("client bytes   {id}"),
+                scrape.get("gwsensor_client_bytes_total", &labels),
+                *bytes,
+            );
+        }
+        for ((mac, dir, remote, port), (packets, bytes)) in &self.remotes {
+            let port = port.to_string();
+            let labels = [
+                ("client", mac.as_str()),
+                ("mac", mac.as_str()),
+                ("direction", dir.label()),
+                ("remote", remote.as_str()),
+                ("protocol", "udp"),
+                ("port", port.as_str()),
+            ];
+            let id = format!("{mac} {} {remote} udp/{port}", dir.label());
+            cmp(
+                format!("remote packets {id}"),
+                scrape.get("gwsensor_remote_packets_total", &labels),
+                *packets,
+            );
+            cmp(
+                format!("remote bytes   {id}"),
+                scrape.get("gwsensor_remote_bytes_total", &labels),
+                *bytes,
+            );
+        }
+        // Anything counted for our clients that was not sent is noise or double counting.
+        for name in [
+            "gwsensor_remote_packets_total",
+            "gwsensor_client_packets_total",
+        ] {
+            for s in scrape.series(name) {
+                let (mac, dir) = (
+                    s.label("mac"),
+                    if s.label("direction") == "upload" {
+                        Dir::Upload
+                    } else {
+                        Dir::Download
+                    },
+                );
+                let known = if name == "gwsensor_client_packets_total" {
+                    self.clients.contains_key(&(mac.to_string(), dir))
+                } else {
+                    s.label("protocol") == "udp"
+                        && s.label("port").parse::<u16>().is_ok_and(|p| {
+                            self.remotes.contains_key(&(
+                                mac.to_string(),
+                                dir,
+                                s.label("remote").to_string(),
+                                p,
+                            ))
+                        })
+                };
+                if !known && s.value != 0.0 {
+                    out.push(format!(
+                        "unexpected series: {}",
+                        lab::prom::format_sample(s)
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The agent under test.
+
+struct Agent<'t> {
+    topo: &'t Topology,
+    config: PathBuf,
+    process: Option<Process>,
+}
+
+impl<'t> Agent<'t> {
+    fn start(topo: &'t Topology, config_yaml: &str) -> Agent<'t> {
+        let config = topo.lab.dir().join("sensor.yaml");
+        std::fs::write(&config, config_yaml).unwrap();
+        let mut agent = Agent {
+            topo,
+            config,
+            process: None,
+        };
+        agent.spawn();
+        agent
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sensor"));
+        cmd.arg("run").arg("--config").arg(&self.config);
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .env("NO_COLOR", "1");
+        let p = self
+            .topo
+            .lab
+            .spawn(&self.topo.gateway.ns, cmd)
+            .expect("starting the agent");
+        self.process = Some(p);
+        self.wait_ready();
+    }
+
+    /// Ready = /metrics answers and reports the XDP attachment (programs are in place).
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.process().try_wait().unwrap() {
+                self.fail(&format!("agent exited during startup: {status}"), None, &[]);
+            }
+            if self
+                .scrape_text()
+                .is_ok_and(|body| body.contains("gwsensor_xdp_attach_mode"))
+            {
+                return;
+            }
+            if Instant::now() > deadline {
+                self.fail(
+                    "agent did not serve /metrics with gwsensor_xdp_attach_mode within 60 s",
+                    None,
+                    &[],
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn process(&self) -> &Process {
+        self.process.as_ref().expect("agent not running")
+    }
+
+    fn scrape_text(&self) -> anyhow::Result<String> {
+        lab::http_get(&self.topo.gateway.ns, &format!("http://{METRICS}/metrics"))
+    }
+
+    fn scrape(&self) -> (String, Scrape) {
+        let text = self
+            .scrape_text()
+            .unwrap_or_else(|e| self.fail(&format!("scrape failed: {e:#}"), None, &[]));
+        let parsed = Scrape::parse(&text)
+            .unwrap_or_else(|e| self.fail(&format!("unparsable scrape: {e:#}"), Some(&text), &[]));
+        (text, parsed)
+    }
+
+    /// SIGTERM, wait for a clean exit, start again with the same config.
+    fn restart(&mut self) {
+        let p = self.process.take().unwrap();
+        match p.terminate(Duration::from_secs(15)) {
+            Ok(status) if status.success() => {}
+            Ok(status) => self.fail(&format!("agent exited with {status} on SIGTERM"), None, &[]),
+            Err(e) => self.fail(&format!("{e:#}"), None, &[]),
+        }
+        self.spawn();
+    }
+
+    /// Polls /metrics until it matches the ledger, then keeps watching for two more poll
+    /// intervals (a late double count must not slip through); fails with every mismatch,
+    /// the scrape and the agent's logs if it does not match within the deadline.
+    fn expect(&self, ledger: &Ledger, context: &str) -> Scrape {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut matched_since: Option<Instant> = None;
+        loop {
+            let (text, scrape) = self.scrape();
+            let bad = ledger.mismatches(&scrape);
+            if bad.is_empty() {
+                let since = *matched_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= 2 * POLL + Duration::from_millis(100) {
+                    return scrape;
+                }
+            } else if matched_since.is_some() || Instant::now() > deadline {
+                self.fail(
+                    &format!("{context}: metrics do not match the traffic sent"),
+                    Some(&text),
+                    &bad,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn fail(&self, msg: &str, scrape: Option<&str>, mismatches: &[String]) -> ! {
+        for log in self.topo.lab.logs() {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            eprintln!("===== {} =====\n{text}", log.display());
+        }
+        if let Some(s) = scrape {
+            eprintln!("===== scrape =====\n{s}");
+        }
+        if !mismatches.is_empty() {
+            eprintln!("===== mismatches =====\n{}", mismatches.join("\n"));
+        }
+        panic!("{msg}\n{}", mismatches.join("\n"));
+    }
+}
+
+/// Removes the agent's pinned maps when the test ends, however it ends (bpffs is global).
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new(name: &str) -> PinDir {
+        let p = PathBuf::from(format!(
+            "/sys/fs/bpf/gwsensor-test-{}-{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        PinDir(p)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn config(topo: &Topology, pins: &PinDir, extra: &str) -> String {
+    format!(
+        "interface: {iface}\n\
+         lan_prefixes: [\"{v4}\", \"{v6}\"]\n\
+         poll_interval: {poll}ms\n\
+         metrics_listen: {METRICS}\n\
+         pin_path: {pin}\n\
+         state_path: {state}\n\
+         {extra}",
+        iface = topo.gateway.lan_if,
+        v4 = lab::LAN_PREFIXES[0],
+        v6 = lab::LAN_PREFIXES[1],
+        poll = POLL.as_millis(),
+        pin = pins.0.display(),
+        state = topo.lab.dir().join("state.json").display(),
+    )
+}
+
+/// `promtool check metrics` on a real scrape: names, types, HELP, counter suffixes.
+fn promtool_check(agent: &Agent, text: &str) {
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) if !required() => {
+            lab::notice(&format!(
+                "promtool check SKIPPED: promtool not runnable ({e})"
+            ));
+            return;
+        }
+        Err(e) => panic!("promtool is needed for the metrics lint: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if !out.status.success() {
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        agent.fail(
+            &format!("promtool check metrics failed ({}):\n{report}", out.status),
+            Some(text),
+            &[],
+        );
+    }
+}
+
+fn assert_gauge(agent: &Agent, scrape: &Scrape, name: &str, labels: &[(&str, &str)], want: f64) {
+    match scrape.value(name, labels) {
+        Ok(v) if v == want => {}
+        Ok(v) => agent.fail(&format!("{name}{labels:?} = {v}, want {want}"), None, &[]),
+        Err(e) => agent.fail(&format!("{e:#}"), None, &[]),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn plain_veth_exact_counts_survive_restart() {
+    if !privileged() {
+        return;
+    }
+    let pins = PinDir::new("plain");
+    let topo = TopologyBuilder::new("gwt-plain")
+        .lan(LanKind::Veth)
+        .client("phone", [0x64, 0x09, 0x80, 0x77, 0x00, 0x01])
+        .build()
+        .expect("building the lab");
+    let phone = topo.client("phone");
+    let mac = phone.mac_text();
+    let inet = &topo.internet.ns;
+
+    let mut agent = Agent::start(&topo, &config(&topo, &pins, ""));
+    let (_, scrape) = agent.scrape();
+    assert_gauge(
+        &agent,
+        &scrape,
+        "gwsensor_xdp_attach_mode",
+        &[("interface", "lan0"), ("mode", "driver")],
+        1.0,
+    );
+
+    // Servers on the internet host and the phone, bound before anything is sent.
+    let srv4 = UdpReceiver::bind(inet, sa("10.77.2.2:5001")).unwrap();
+    let srv6 = UdpReceiver::bind(inet, sa("[fd77:2::2]:5001")).unwrap();
+    let phone4 = UdpReceiver::bind(&phone.ns, sa("10.77.1.10:6000")).unwrap();
+    let phone6 = UdpReceiver::bind(&phone.ns, sa("[fd77:1::10]:6000")).unwrap();
+    let mut ledger = Ledger::default();
+
+    // Upload, IPv4: 10 × 1000 B payload → 10 frames of 14 + 20 + 8 + 1000 = 1042 B.
+    send_udp(&phone.ns, sa("10.77.1.10:40001"), srv4.addr(), 10, 1000).unwrap();
+    ledger.udp(
+        &mac,
+        Dir::Upload,
+        srv4.addr(),
+        10,
+        ETHERNET + IPV4 + UDP + 1000,
+    );
+    // Upload, IPv6: 4 × 700 B → 4 frames of 14 + 40 + 8 + 700 = 762 B.
+    send_udp(&phone.ns, sa("[fd77:1::10]:40002"), srv6.addr(), 4, 700).unwrap();
+    ledger.udp(
+        &mac,
+        Dir::Upload,
+        srv6.addr(),
+        4,
+        ETHERNET + IPV6 + UDP + 700,
+    );
+    // Download, IPv4: 6 × 1200 B from port 5002 → 6 frames of 14 + 20 + 8 + 1200 = 1242 B.
+    send_udp(inet, sa("10.77.2.2:5002"), phone4.addr(), 6, 1200).unwrap();
+    ledger.udp(
+        &mac,
+        Dir::Download,
+        sa("10.77.2.2:5002"),
+        6,
+        ETHERNET + IPV4 + UDP + 1200,
+    );
+    // Download, IPv6: 5 × 500 B from port 5003 → 5 frames of 14 + 40 + 8 + 500 = 562 B.
+    send_udp(inet, sa("[fd77:2::2]:5003"), phone6.addr(), 5, 500).unwrap();
+    ledger.udp(
+        &mac,
+        Dir::Download,
+        sa("[fd77:2::2]:5003"),
+        5,
+        ETHERNET + IPV6 + UDP + 500,
+    );
+
+    for (r, n) in [(&srv4, 10), (&srv6, 4), (&phone4, 6), (&phone6, 5)] {
+        r.wait_for(n, DELIVERY_TIMEOUT).unwrap();
+    }
+    // The same totals written out: upload 10 × 1042 + 4 × 762, download 6 × 1242 + 5 × 562.
+    assert_eq!(ledger.client(&mac, Dir::Upload), (14, 10_420 + 3_048));
+    assert_eq!(ledger.client(&mac, Dir::Download), (11, 7_452 + 2_810));
+    agent.expect(&ledger, "before restart");
+    let (text, _) = agent.scrape();
+    promtool_check(&agent, &text);
+
+    // Restart: the counts must come back exactly (pinned maps + state file), and new
+    // traffic must add to them, not restart from zero nor count anything twice.
+    agent.restart();
+    let (_, scrape) = agent.scrape();
+    assert_gauge(
+        &agent,
+        &scrape,
+        "gwsensor_xdp_attach_mode",
+        &[("interface", "lan0"), ("mode", "driver")],
+        1.0,
+    );
+    agent.expect(&ledger, "right after restart");
+
+    let srv4b = UdpReceiver::bind(inet, sa("10.77.2.2:5004")).unwrap();
+    // Upload, IPv4, same series again: 3 × 1042 B.
+    send_udp(&phone.ns, sa("10.77.1.10:40001"), srv4.addr(), 3, 1000).unwrap();
+    ledger.udp(
+        &mac,
+        Dir::Upload,
+        srv4.addr(),
+        3,
+        ETHERNET + IPV4 + UDP + 1000,
+    );
+    // Upload, IPv4, a new remote port: 2 × (14 + 20 + 8 + 200) = 2 × 242 B.
+    send_udp(&phone.ns, sa("10.77.1.10:40003"), srv4b.addr(), 2, 200).unwrap();
+    ledger.udp(
+        &mac,
+        Dir::Upload,
+        srv4b.addr(),
+        2,
+        ETHERNET + IPV4 + UDP + 200,
+    );
+    // Download, IPv6, same series again: 2 × 562 B.
+    send_udp(inet, sa("[fd77:2::2]:5003"), phone6.addr(), 2, 500).unwrap();
+    ledger.udp(
+        &mac,
+        Dir::Download,
+        sa("[fd77:2::2]:5003"),
+        2,
+        ETHERNET + IPV6 + UDP + 500,
+    );
+    for (r, n) in [(&srv4, 13), (&srv4b, 2), (&phone6, 7)] {
+        r.wait_for(n, DELIVERY_TIMEOUT).unwrap();
+    }
+    assert_eq!(
+        ledger.client(&mac, Dir::Upload),
+        (14 + 5, 13_468 + 3 * 1_042 + 2 * 242)
+    );
+    assert_eq!(
+        ledger.client(&mac, Dir::Download),
+        (11 + 2, 10_262 + 2 * 562)
+    );
+    agent.expect(&ledger, "after restart and more traffic");
+
+    let (text, _) = agent.scrape();
+    promtool_check(&agent, &text);
+}
+
+#[test]
+fn bridge_two_clients_exact_counts() {
+    if !privileged() {
+        return;
+    }
+    let pins = PinDir::new("bridge");
+    let remote4: IpAddr = "10.77.3.1".parse().unwrap();
+    let remote6: IpAddr = "fd77:3::2".parse().unwrap();
+    let topo = TopologyBuilder::new("gwt-bridge")
+        .lan(LanKind::Bridge)
+        .client("phone", [0x64, 0x09, 0x80, 0x77, 0x00, 0x01])
+        .client("laptop", [0x02, 0x77, 0x10, 0x00, 0x00, 0x02])
+        .remote(remote4)
+        .remote(remote6)
+        .build()
+        .expect("building the lab");
+    let (phone, laptop) = (topo.client("phone"), topo.client("laptop"));
+    let (pmac, lmac) = (phone.mac_text(), laptop.mac_text());
+    let inet = &topo.internet.ns;
+
+    let agent = Agent::start(&topo, &config(&topo, &pins, "tc_attach: netlink\n"));
+    let (_, scrape) = agent.scrape();
+    assert_gauge(
+        &agent,
+        &scrape,
+        "gwsensor_xdp_attach_mode",
+        &[("interface", "br-lan"), ("mode", "generic")],
+        1.0,
+    );
+    assert_gauge(
+        &agent,
+        &scrape,
+        "gwsensor_tc_attach_mode",
+        &[("interface", "br-lan"), ("mode", "netlink")],
+        1.0,
+    );
+
+    // QUIC-like servers; they answer from their listening ports, so the same (remote, port)
+    // appears in both directions.
+    let quic4 = UdpReceiver::bind(inet, SocketAddr::new(remote4, 443)).unwrap();
+    let quic6 = UdpReceiver::bind(inet, SocketAddr::new(remote6, 8443)).unwrap();
+    let phone4 = UdpReceiver::bind(&phone.ns, sa("10.77.1.10:6000")).unwrap();
+    let phone6 = UdpReceiver::bind(&phone.ns, sa("[fd77:1::10]:6000")).unwrap();
+    let laptop6 = UdpReceiver::bind(&laptop.ns, sa("[fd77:1::11]:6000")).unwrap();
+    let mut ledger = Ledger::default();
+
+    // phone → 10.77.3.1:443, 7 × 300 B: 7 × (14 + 20 + 8 + 300) = 7 × 342 B.
+    send_udp(&phone.ns, sa("10.77.1.10:40001"), quic4.addr(), 7, 300).unwrap();
+    ledger.udp(
+        &pmac,
+        Dir::Upload,
+        quic4.addr(),
+        7,
+        ETHERNET + IPV4 + UDP + 300,
+    );
+    // laptop → [fd77:3::2]:8443, 3 × 1400 B: 3 × (14 + 40 + 8 + 1400) = 3 × 1462 B.
+    send_udp(&laptop.ns, sa("[fd77:1::11]:40002"), quic6.addr(), 3, 1400).unwrap();
+    ledger.udp(
+        &lmac,
+        Dir::Upload,
+        quic6.addr(),
+        3,
+        ETHERNET + IPV6 + UDP + 1400,
+    );
+    // laptop → 10.77.3.1:443, 2 × 64 B: 2 × (14 + 20 + 8 + 64) = 2 × 106 B.
+    send_udp(&laptop.ns, sa("10.77.1.11:40003"), quic4.addr(), 2, 64).unwrap();
+    ledger.udp(
+        &lmac,
+        Dir::Upload,
+        quic4.addr(),
+        2,
+        ETHERNET + IPV4 + UDP + 64,
+    );
+    quic4.wait_for(9, DELIVERY_TIMEOUT).unwrap();
+    quic6.wait_for(3, DELIVERY_TIMEOUT).unwrap();
+
+    // 10.77.3.1:443 → phone, 5 × 1100 B: 5 × (14 + 20 + 8 + 1100) = 5 × 1142 B.
+    quic4.reply(phone4.addr(), 5, 1100).unwrap();
+    ledger.udp(
+        &pmac,
+        Dir::Download,
+        quic4.addr(),
+        5,
+        ETHERNET + IPV4 + UDP + 1100,
+    );
+    // [fd77:3::2]:8443 → laptop, 4 × 1000 B: 4 × (14 + 40 + 8 + 1000) = 4 × 1062 B.
+    quic6.reply(laptop6.addr(), 4, 1000).unwrap();
+    ledger.udp(
+        &lmac,
+        Dir::Download,
+        quic6.addr(),
+        4,
+        ETHERNET + IPV6 + UDP + 1000,
+    );
+    // [fd77:3::2]:8443 → phone, 1 × 1232 B: 14 + 40 + 8 + 1232 = 1294 B.
+    quic6.reply(phone6.addr(), 1, 1232).unwrap();
+    ledger.udp(
+        &pmac,
+        Dir::Download,
+        quic6.addr(),
+        1,
+        ETHERNET + IPV6 + UDP + 1232,
+    );
+    phone4.wait_for(5, DELIVERY_TIMEOUT).unwrap();
+    laptop6.wait_for(4, DELIVERY_TIMEOUT).unwrap();
+    phone6.wait_for(1, DELIVERY_TIMEOUT).unwrap();
+
+    assert_eq!(ledger.client(&pmac, Dir::Upload), (7, 7 * 342));
+    assert_eq!(ledger.client(&lmac, Dir::Upload), (5, 3 * 1462 + 2 * 106));
+    assert_eq!(ledger.client(&pmac, Dir::Download), (6, 5 * 1142 + 1294));
+    assert_eq!(ledger.client(&lmac, Dir::Download), (4, 4 * 1062));
+    agent.expect(&ledger, "bridge");
+
+    let (text, _) = agent.scrape();
+    promtool_check(&agent, &text);
+}

@@ -1,0 +1,76 @@
+//! `cargo xtask`: developer and CI tasks for the gateway sensor (toolchain setup, build, the full
+//! test suite, benchmarks, demo). Run `cargo xtask --help`.
+
+mod apt;
+mod bench;
+mod demo;
+mod process;
+mod sensor_build;
+mod test_suite;
+mod toolchain;
+
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Gateway sensor development tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Make this machine ready: nightly rust-src, bpf-linker built against the nightly's LLVM,
+    /// clippy, and the system tools the tests use (idempotent).
+    Setup,
+    /// Build the sensor binary (target/{debug,release}/sensor).
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run all tests: clippy (warnings are errors), then every test target, including the
+    /// kernel and network-namespace tests. Needs root.
+    Test,
+    /// Run the datapath benchmark and write docs/benchmarks.md.
+    Bench,
+    /// Build the sensor (release) and run the demo.
+    Demo(demo::DemoOpts),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Task::Setup => setup(),
+        Task::Build { release } => {
+            toolchain::ensure_toolchain()?;
+            sensor_build::build_sensor(release)
+        }
+        Task::Test => test_suite::run_all(),
+        Task::Bench => bench::run_bench(),
+        Task::Demo(opts) => {
+            toolchain::ensure_toolchain()?;
+            sensor_build::build_sensor(true)?;
+            demo::run(opts)
+        }
+    }
+}
+
+fn setup() -> Result<()> {
+    let start = Instant::now();
+    toolchain::ensure_toolchain()?;
+    toolchain::ensure_clippy()?;
+    apt::ensure_debian_packages(apt::TEST_TOOLS)?;
+    println!(
+        "[setup] ready in {}",
+        process::format_duration(start.elapsed())
+    );
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! `cargo xtask test`: the one command that runs every check (lints, unit tests, and the kernel
+//! and network-namespace integration tests).
+
+use std::{env, process::Command};
+
+use anyhow::{Result, bail};
+
+use crate::{
+    apt::{TEST_TOOLS, ensure_debian_packages},
+    process::{cargo, run, workspace_root},
+    toolchain::{ensure_clippy, ensure_toolchain},
+};
+
+/// Tests read this and fail instead of skipping when they lack root, bpffs or namespaces.
+const REQUIRE_PRIVILEGED: &str = "GWSENSOR_TEST_REQUIRE_PRIVILEGED";
+
+/// Every workspace package that builds for the host. sensor-ebpf only compiles for the BPF
+/// target (sensor/build.rs builds it through aya-build, so a broken eBPF crate still fails the
+/// sensor build); checked for the host, its `no_main` binary fails on the panic strategy.
+const HOST_PACKAGES: [&str; 3] = ["--workspace", "--exclude", "sensor-ebpf"];
+
+pub fn run_all() -> Result<()> {
+    // Checked first, before minutes of setup: without root the kernel and namespace tests
+    // would skip, and a suite that skips its point must not be reported as passing.
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the kernel and namespace tests need root: run as root (sudo -E cargo xtask test)");
+    }
+    ensure_toolchain()?;
+    ensure_clippy()?;
+    ensure_debian_packages(TEST_TOOLS)?;
+
+    // Lints first: cheaper than the test build and the likeliest failure on a fresh change.
+    run(
+        "clippy",
+        "all host packages and targets, warnings are errors",
+        cargo()
+            .arg("clippy")
+            .args(HOST_PACKAGES)
+            .args(["--all-targets", "--", "-D", "warnings"]),
+    )?;
+
+    // The eBPF crate, linted for what it is: no_std with panic=abort, checked by nightly clippy
+    // (the toolchain that builds it).
+    run(
+        "clippy",
+        "sensor-ebpf (nightly, panic=abort), warnings are errors",
+        Command::new("rustup")
+            .current_dir(workspace_root())
+            .args(["run", "nightly", "cargo", "clippy", "--package", "sensor-ebpf", "--all-targets", "--"])
+            .args(["-D", "warnings", "-C", "panic=abort", "-Zpanic_abort_tests"]),
+    )?;
+
+    // CI is inherited as is (tests use it to pick CI-appropriate timeouts and output); shown
+    // so a log says which mode ran.
+    match env::var("CI") {
+        Ok(ci) => println!("[test] CI={ci}"),
+        Err(_) => println!("[test] CI is not set"),
+    }
+    // --no-fail-fast: one failing test binary must not hide the results of the others; the
+    // exit status is still non-zero if any failed.
+    run(
+        "test",
+        "all host packages and targets",
+        cargo()
+            .env(REQUIRE_PRIVILEGED, "1")
+            .arg("test")
+            .args(HOST_PACKAGES)
+            .args(["--all-targets", "--no-fail-fast"]),
+    )?;
+    println!("[test] all checks passed");
+    Ok(())
+}
