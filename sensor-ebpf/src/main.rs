@@ -95,14 +95,14 @@ const MAX_PAYLOAD_OFF: usize = 1024;
 #[xdp]
 pub fn gwsensor_xdp(ctx: XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
-    if let Some(pending) = observe(&ctx, ctx.data(), ctx.data_end(), Direction::Upload, len, len as u64, 1) {
-        if let Some(slot) = EVENT_PENDING.get_ptr_mut(0) {
-            // SAFETY: per-CPU slot; the tail call below runs on this CPU, right after.
-            unsafe {
-                *slot = pending;
-                // Does not return on success; on failure the packet passes all the same.
-                EVENT_TAIL.tail_call(&ctx, 0);
-            }
+    if let Some(pending) = observe(&ctx, ctx.data(), ctx.data_end(), Direction::Upload, len, len as u64, 1)
+        && let Some(slot) = EVENT_PENDING.get_ptr_mut(0)
+    {
+        // SAFETY: per-CPU slot; the tail call below runs on this CPU, right after.
+        unsafe {
+            *slot = pending;
+            // Does not return on success; on failure the packet passes all the same.
+            EVENT_TAIL.tail_call(&ctx, 0);
         }
     }
     xdp_action::XDP_PASS
@@ -175,7 +175,7 @@ impl Capture for XdpContext {
         }
         // The tail: the last eight bytes, overlapping what is already copied. (A byte-wise
         // tail compiles to `p >= end` checks the verifier does not accept for packet reads.)
-        if n < want && want >= 8 && want <= EVENT_DATA_MAX {
+        if n < want && (8..=EVENT_DATA_MAX).contains(&want) {
             // Opaque to LLVM: otherwise it folds `o + 8` into `want` and checks a different
             // pointer than the one it reads through, which the verifier refuses.
             let o = core::hint::black_box(want - 8);

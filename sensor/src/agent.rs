@@ -44,7 +44,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }, sensor_common::DEFAULT_EVENTS_PER_SEC_PER_CPU)?;
     spawn_kernel_logger(&mut ebpf);
     let attachment = loader::attach(&mut ebpf, &config.interface, config.xdp_mode, config.tc_attach)?;
-    let maps = KernelMaps::take(&mut ebpf)?;
+    let mut maps = KernelMaps::take(&mut ebpf)?;
 
     let metrics = Arc::new(Metrics::new()?);
     metrics.flows_capacity.set(capacities.flows.into());
@@ -83,7 +83,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                if let Err(e) = poll(&maps, &mut accounting, &metrics, &params) {
+                if let Err(e) = poll(&mut maps, &mut accounting, &metrics, &params) {
                     warn!("poll failed: {e:#}");
                 }
                 if last_save.elapsed() >= config.state_save_interval {
@@ -97,7 +97,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     // A last poll so that the state file holds everything counted up to now.
-    if let Err(e) = poll(&maps, &mut accounting, &metrics, &params) {
+    if let Err(e) = poll(&mut maps, &mut accounting, &metrics, &params) {
         warn!("final poll failed: {e:#}");
     }
     save_state(&config, &accounting, &metrics);
@@ -114,7 +114,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn poll(maps: &KernelMaps, accounting: &mut Accounting, metrics: &Metrics, params: &Params) -> anyhow::Result<()> {
+fn poll(maps: &mut KernelMaps, accounting: &mut Accounting, metrics: &Metrics, params: &Params) -> anyhow::Result<()> {
     let started = Instant::now();
     // Map reads are blocking syscalls (tens of ms for a full map): keep them off the reactor.
     let snap = tokio::task::block_in_place(|| maps.read())?;
@@ -124,8 +124,15 @@ fn poll(maps: &KernelMaps, accounting: &mut Accounting, metrics: &Metrics, param
         country: String::new(),
         asn: 0,
     };
-    accounting.update(&snap, now, params, &destination);
-    metrics.publish(accounting, &snap);
+    for mac in accounting.update(&snap, now, params, &destination) {
+        info!(client = %crate::labels::mac(&mac), "client idle: retired from the metrics until seen again");
+        maps.remove_client(&mac)?;
+    }
+    let client = |mac: &crate::accounting::Mac| crate::metrics::ClientLabels {
+        name: crate::labels::mac(mac),
+        ..Default::default()
+    };
+    metrics.publish(accounting, &snap, &client);
     metrics.flows_tracked.set(snap.flows.len() as i64);
     metrics.clients_tracked.set(snap.clients.len() as i64);
     metrics.poll_duration.observe(started.elapsed().as_secs_f64());

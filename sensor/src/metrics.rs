@@ -1,19 +1,30 @@
 //! The Prometheus exposition: traffic counters rendered from the accounting after each poll,
 //! and the agent's own health metrics.
 
-use std::sync::RwLock;
+use std::{collections::BTreeMap, sync::RwLock};
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-    proto::{Counter, LabelPair, Metric, MetricFamily, MetricType},
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+    proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType},
 };
-use sensor_common::{Direction, Stat};
+use sensor_common::{Direction, EventKind, EventOutcome, Stat};
 
 use crate::{
-    accounting::{Accounting, Tally},
+    accounting::{Accounting, Mac, Tally},
     collector::Snapshot,
     labels,
 };
+
+/// How a client is named in the metrics (from the inventory, DHCP leases or a fallback).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientLabels {
+    pub name: String,
+    pub group: String,
+    pub vendor: String,
+    pub source: String,
+    pub tags: BTreeMap<String, String>,
+}
 
 pub const NAMESPACE: &str = "gwsensor";
 
@@ -28,6 +39,11 @@ pub struct Metrics {
     pub xdp_attach_mode: IntGaugeVec,
     pub tc_attach_mode: IntGaugeVec,
     pub state_save_failures: IntGauge,
+    pub events_received: IntCounterVec,
+    pub events_dropped: IntCounter,
+    pub name_parse_errors: IntCounterVec,
+    pub names_cached: IntGauge,
+    pub config_warnings: IntGauge,
     traffic: RwLock<Vec<MetricFamily>>,
 }
 
@@ -60,14 +76,31 @@ impl Metrics {
             xdp_attach_mode: gauge_vec("xdp_attach_mode", "XDP attach mode in use on the LAN interface (1 for the mode in use).", &["interface", "mode"])?,
             tc_attach_mode: gauge_vec("tc_attach_mode", "How the TC egress program is attached (1 for the mode in use).", &["interface", "mode"])?,
             state_save_failures: gauge("state_save_failures", "Consecutive failures to write the state file (0 when the last save worked).")?,
+            events_received: {
+                let c = IntCounterVec::new(Opts::new("events_received_total", "Naming events (DNS answers, TLS ClientHellos, HTTP requests) read from the kernel ring buffer."), &["kind"])?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
+            events_dropped: {
+                let c = IntCounter::new("events_dropped_total", "Naming events read but dropped in the agent (malformed, or the agent was too busy).")?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
+            name_parse_errors: {
+                let c = IntCounterVec::new(Opts::new("name_parse_errors_total", "Naming events whose payload could not be parsed, by kind."), &["kind"])?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
+            names_cached: gauge("names_cached", "Names (from DNS, SNI and HTTP Host) held for attributing flows.")?,
+            config_warnings: gauge("enrichment_warnings", "Enrichment sources that are missing or unreadable (OUI, leases, GeoIP databases); see the log.")?,
             traffic: RwLock::new(Vec::new()),
             registry,
         })
     }
 
     /// Rebuilds the traffic families from the accounting and the kernel stats.
-    pub fn publish(&self, acct: &Accounting, snap: &Snapshot) {
-        let families = traffic_families(acct, snap);
+    pub fn publish(&self, acct: &Accounting, snap: &Snapshot, client: &dyn Fn(&Mac) -> ClientLabels) {
+        let families = traffic_families(acct, snap, client);
         if let Ok(mut slot) = self.traffic.write() {
             *slot = families;
         }
@@ -101,6 +134,14 @@ fn counter(labels: Vec<LabelPair>, value: u64) -> Metric {
     m
 }
 
+fn gauge(labels: Vec<LabelPair>, value: f64) -> Metric {
+    let mut g = Gauge::default();
+    g.set_value(value);
+    let mut m = Metric::from_label(labels);
+    m.set_gauge(g);
+    m
+}
+
 fn family(name: &str, help: &str, metrics: Vec<Metric>) -> MetricFamily {
     let mut f = MetricFamily::default();
     f.set_name(format!("{NAMESPACE}_{name}"));
@@ -110,9 +151,20 @@ fn family(name: &str, help: &str, metrics: Vec<Metric>) -> MetricFamily {
     f
 }
 
+fn gauge_family(name: &str, help: &str, metrics: Vec<Metric>) -> MetricFamily {
+    let mut f = family(name, help, metrics);
+    f.set_field_type(MetricType::GAUGE);
+    f
+}
+
 /// Label values a client's series share.
-fn client_labels(mac: &str, dir: Direction) -> Vec<LabelPair> {
-    vec![label("client", mac), label("mac", mac), label("direction", dir.as_str())]
+fn client_labels(name: &str, mac: &str, dir: Direction) -> Vec<LabelPair> {
+    vec![label("client", name), label("mac", mac), label("direction", dir.as_str())]
+}
+
+/// A tag key as a label name: `tag_` + the key (validated as a label name by the config).
+fn tag_label(key: &str) -> String {
+    format!("tag_{key}")
 }
 
 fn push_tally(packets: &mut Vec<Metric>, bytes: &mut Vec<Metric>, base: &[LabelPair], dir: Direction, t: &Tally) {
@@ -129,13 +181,28 @@ fn push_remote(packets: &mut Vec<Metric>, bytes: &mut Vec<Metric>, base: &[Label
     }
 }
 
-fn traffic_families(acct: &Accounting, snap: &Snapshot) -> Vec<MetricFamily> {
+fn traffic_families(acct: &Accounting, snap: &Snapshot, client: &dyn Fn(&Mac) -> ClientLabels) -> Vec<MetricFamily> {
     let (mut client_packets, mut client_bytes) = (Vec::new(), Vec::new());
     let (mut remote_packets, mut remote_bytes) = (Vec::new(), Vec::new());
-    for (mac, account) in &acct.clients {
-        let mac = labels::mac(mac);
+    let (mut dest_packets, mut dest_bytes) = (Vec::new(), Vec::new());
+    let mut info = Vec::new();
+    let (mut remotes_in_other, mut destinations_in_other) = (0, 0);
+    for (mac_raw, account) in &acct.clients {
+        let mac = labels::mac(mac_raw);
+        let names = client(mac_raw);
+        let mut info_labels = vec![
+            label("client", names.name.as_str()),
+            label("mac", mac.as_str()),
+            label("group", names.group.as_str()),
+            label("vendor", names.vendor.as_str()),
+            label("source", names.source.as_str()),
+        ];
+        info_labels.extend(names.tags.iter().map(|(k, v)| label(&tag_label(k), v.as_str())));
+        info.push(gauge(info_labels, 1.0));
+        remotes_in_other += account.remotes.in_other();
+        destinations_in_other += account.destinations.in_other();
         for dir in Direction::ALL {
-            let base = client_labels(&mac, dir);
+            let base = client_labels(&names.name, &mac, dir);
             push_tally(&mut client_packets, &mut client_bytes, &base, dir, &account.totals);
             for (id, remote) in account.remotes.series() {
                 let mut l = base.clone();
@@ -148,6 +215,16 @@ fn traffic_families(acct: &Accounting, snap: &Snapshot) -> Vec<MetricFamily> {
             let mut l = base.clone();
             l.extend([label("remote", "other"), label("protocol", ""), label("port", "")]);
             push_remote(&mut remote_packets, &mut remote_bytes, &l, dir, &account.remotes.other);
+            for (key, dest) in account.destinations.series() {
+                let mut l = base.clone();
+                l.push(label("destination", key.destination.as_str()));
+                l.push(label("country", key.country.as_str()));
+                l.push(label("asn", if key.asn == 0 { String::new() } else { key.asn.to_string() }));
+                push_remote(&mut dest_packets, &mut dest_bytes, &l, dir, &dest.exported);
+            }
+            let mut l = base;
+            l.extend([label("destination", "other"), label("country", ""), label("asn", "")]);
+            push_remote(&mut dest_packets, &mut dest_bytes, &l, dir, &account.destinations.other);
         }
     }
     let mut stats = Vec::new();
@@ -157,13 +234,29 @@ fn traffic_families(acct: &Accounting, snap: &Snapshot) -> Vec<MetricFamily> {
             stats.push(counter(l, snap.stat(stat, dir)));
         }
     }
+    let mut events = Vec::new();
+    for kind in EventKind::ALL {
+        for outcome in EventOutcome::ALL {
+            let l = vec![label("kind", kind.as_str()), label("outcome", outcome.as_str())];
+            events.push(counter(l, snap.event(kind, outcome)));
+        }
+    }
     let evictions = vec![counter(Vec::new(), acct.flow_evictions)];
+    let overflow = vec![
+        gauge(vec![label("family", "remote")], remotes_in_other as f64),
+        gauge(vec![label("family", "destination")], destinations_in_other as f64),
+    ];
     [
         family("client_packets_total", "Packets of a client (one per MAC, whatever its IPs), by direction.", client_packets),
         family("client_bytes_total", "Bytes (Ethernet frames) of a client, by direction.", client_bytes),
+        gauge_family("client_info", "A client's name, group, vendor, where the name came from, and its tags (always 1).", info),
         family("remote_packets_total", "Packets between a client and a remote endpoint; remote=\"other\" sums the remotes beyond the client's top-N.", remote_packets),
         family("remote_bytes_total", "Bytes between a client and a remote endpoint; remote=\"other\" sums the remotes beyond the client's top-N.", remote_bytes),
+        family("destination_packets_total", "Packets between a client and a named destination; destination=\"other\" sums those beyond the top-N or the series budget.", dest_packets),
+        family("destination_bytes_total", "Bytes between a client and a named destination; destination=\"other\" sums those beyond the top-N or the series budget.", dest_bytes),
+        gauge_family("series_overflow", "Remotes or destinations tracked without a series of their own (summed into \"other\"), by family.", overflow),
         family("packets_total", "Every packet the kernel programs saw, by direction and outcome (reason=\"seen\" is all of them).", stats),
+        family("kernel_events_total", "Naming events in the kernel, by kind and outcome (sent to the agent, rate_limited, ring_full).", events),
         family("flow_evictions_total", "Flows that left the kernel flow map between two polls (LRU evictions).", evictions),
     ]
     .into_iter()
