@@ -1,26 +1,38 @@
-//! The running agent: load and attach, then poll the kernel maps on an interval until told to
-//! stop, publishing metrics and saving state.
+//! The running agent's lifecycle: load and attach, start the event reader and the HTTP server,
+//! run the [`Pipeline`] on an interval until told to stop, then save state and detach.
 
 use std::{
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use tokio::{signal::unix::{SignalKind, signal}, sync::watch};
+use aya::maps::RingBuf;
+use sensor_common::names;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+};
 use tracing::{info, warn};
 
 use crate::{
     accounting::{Accounting, Params},
     collector::KernelMaps,
     config::Config,
+    enrich::Enricher,
+    events,
     loader::{self, LoadOptions},
     metrics::Metrics,
-    netif, server, state,
+    netif,
+    pipeline::Pipeline,
+    server, state,
 };
 
 /// How fast a remote's activity score halves: ranks "top" remotes by the last minutes.
 const SCORE_HALF_LIFE: Duration = Duration::from_secs(120);
+/// Naming events buffered between the ring-buffer reader and the poll (the excess is dropped
+/// and counted: names are a best effort, counting is not).
+const EVENT_QUEUE: usize = 8192;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     netif::ifindex(&config.interface)?;
@@ -35,43 +47,52 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(prefixes = %shown.join(", "), "clients are the hosts inside these LAN prefixes");
     raise_memlock_limit();
 
-    let (mut ebpf, capacities) = loader::load_with_events(&LoadOptions {
+    let metrics = Arc::new(Metrics::new()?);
+    let (enricher, warnings) = Enricher::new(&config.inventory, &config.geoip, &config.names, config.destinations.level)?;
+    for warning in &warnings {
+        warn!("{warning}");
+    }
+    metrics.config_warnings.set(warnings.len() as i64);
+
+    let options = LoadOptions {
         lan_prefixes: &prefixes,
         flow_capacity: config.flow_capacity,
         client_capacity: config.client_capacity,
         pin_dir: Some(&config.pin_path),
         kernel_btf: true,
-    }, sensor_common::DEFAULT_EVENTS_PER_SEC_PER_CPU)?;
+    };
+    let (mut ebpf, capacities) = loader::load_with_events(&options, config.events_per_second)?;
     spawn_kernel_logger(&mut ebpf);
     let attachment = loader::attach(&mut ebpf, &config.interface, config.xdp_mode, config.tc_attach)?;
-    let mut maps = KernelMaps::take(&mut ebpf)?;
+    let maps = KernelMaps::take(&mut ebpf)?;
+    let ring = ebpf.take_map(names::EVENTS).context("events ring buffer missing from the eBPF object")?;
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let dropped = metrics.events_dropped.clone();
+    let reader = events::spawn_reader(RingBuf::try_from(ring)?, events_tx, move || dropped.inc())?;
 
-    let metrics = Arc::new(Metrics::new()?);
     metrics.flows_capacity.set(capacities.flows.into());
     metrics.clients_capacity.set(capacities.clients.into());
     metrics.xdp_attach_mode.with_label_values(&[config.interface.as_str(), attachment.xdp_mode]).set(1);
     metrics.tc_attach_mode.with_label_values(&[config.interface.as_str(), attachment.tc_mode]).set(1);
 
-    let mut accounting = state::load(&config.state_path)?;
-    let params = Params {
-        top_remotes: config.top_remotes,
-        top_destinations: config.destinations.top_per_client,
-        series_budget: config.series_budget,
-        remote_idle_expiry_secs: config.remote_idle_expiry.as_secs().max(1),
-        destination_idle_expiry_secs: config.destinations.idle_expiry.as_secs().max(1),
-        client_idle_expiry_secs: config.client_idle_expiry.as_secs().max(1),
-        score_half_life_secs: SCORE_HALF_LIFE.as_secs_f64(),
+    let mut pipeline = Pipeline {
+        maps,
+        accounting: state::load(&config.state_path)?,
+        enricher,
+        params: params(&config),
+        metrics: metrics.clone(),
+        view: server::SharedView::default(),
+        events: events_rx,
     };
     let listener = server::bind(config.metrics_listen).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let view = server::SharedView::default();
-    let http = tokio::spawn(server::serve(listener, metrics.clone(), view.clone(), stop_rx));
+    let http = tokio::spawn(server::serve(listener, metrics.clone(), pipeline.view.clone(), stop_rx));
     info!(
         interface = %config.interface,
         xdp = attachment.xdp_mode,
         tc = attachment.tc_mode,
         pins = %config.pin_path.display(),
-        "counting; metrics at http://{}/metrics",
+        "counting; metrics at http://{}/metrics, clients at /api/v1/clients",
         config.metrics_listen
     );
 
@@ -83,11 +104,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                if let Err(e) = poll(&mut maps, &mut accounting, &metrics, &params) {
+                if let Err(e) = pipeline.poll() {
                     warn!("poll failed: {e:#}");
                 }
                 if last_save.elapsed() >= config.state_save_interval {
-                    save_state(&config, &accounting, &metrics);
+                    save_state(&config, &pipeline.accounting, &metrics);
                     last_save = Instant::now();
                 }
             }
@@ -97,13 +118,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     // A last poll so that the state file holds everything counted up to now.
-    if let Err(e) = poll(&mut maps, &mut accounting, &metrics, &params) {
+    if let Err(e) = pipeline.poll() {
         warn!("final poll failed: {e:#}");
     }
-    save_state(&config, &accounting, &metrics);
+    save_state(&config, &pipeline.accounting, &metrics);
     let _ = stop_tx.send(true);
     let _ = http.await;
-    drop(maps);
+    reader.abort();
+    drop(pipeline);
     drop(ebpf);
     info!(
         "stopped: programs detached from {} (traffic flows on, uncounted); counters kept in {} and {}",
@@ -114,29 +136,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn poll(maps: &mut KernelMaps, accounting: &mut Accounting, metrics: &Metrics, params: &Params) -> anyhow::Result<()> {
-    let started = Instant::now();
-    // Map reads are blocking syscalls (tens of ms for a full map): keep them off the reactor.
-    let snap = tokio::task::block_in_place(|| maps.read())?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let destination = |key: &sensor_common::FlowKey| crate::accounting::DestKey {
-        destination: crate::labels::ip(&key.remote_ip).to_string(),
-        country: String::new(),
-        asn: 0,
-    };
-    for mac in accounting.update(&snap, now, params, &destination) {
-        info!(client = %crate::labels::mac(&mac), "client idle: retired from the metrics until seen again");
-        maps.remove_client(&mac)?;
+fn params(config: &Config) -> Params {
+    Params {
+        top_remotes: config.top_remotes,
+        top_destinations: config.destinations.top_per_client,
+        series_budget: config.series_budget,
+        remote_idle_expiry_secs: config.remote_idle_expiry.as_secs().max(1),
+        destination_idle_expiry_secs: config.destinations.idle_expiry.as_secs().max(1),
+        client_idle_expiry_secs: config.client_idle_expiry.as_secs().max(1),
+        score_half_life_secs: SCORE_HALF_LIFE.as_secs_f64(),
     }
-    let client = |mac: &crate::accounting::Mac| crate::metrics::ClientLabels {
-        name: crate::labels::mac(mac),
-        ..Default::default()
-    };
-    metrics.publish(accounting, &snap, &client);
-    metrics.flows_tracked.set(snap.flows.len() as i64);
-    metrics.clients_tracked.set(snap.clients.len() as i64);
-    metrics.poll_duration.observe(started.elapsed().as_secs_f64());
-    Ok(())
 }
 
 fn save_state(config: &Config, accounting: &Accounting, metrics: &Metrics) {

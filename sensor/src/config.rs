@@ -9,8 +9,12 @@ use std::{
 };
 
 use ipnet::IpNet;
-use sensor_common::{DEFAULT_CLIENT_CAPACITY, DEFAULT_FLOW_CAPACITY, MAX_LAN_PREFIXES};
+use sensor_common::{
+    DEFAULT_CLIENT_CAPACITY, DEFAULT_EVENTS_PER_SEC_PER_CPU, DEFAULT_FLOW_CAPACITY, MAX_LAN_PREFIXES,
+};
 use serde::Deserialize;
+
+use crate::enrich::{NamesConfig, geo::GeoConfig, inventory::InventoryConfig};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +56,19 @@ pub struct Config {
     pub xdp_mode: XdpMode,
     #[serde(default)]
     pub tc_attach: TcAttach,
+    /// Who the clients are: static inventory, DHCP leases, OUI registry.
+    #[serde(default)]
+    pub inventory: InventoryConfig,
+    /// Country and ASN databases (MaxMind format).
+    #[serde(default)]
+    pub geoip: GeoConfig,
+    /// How long names learnt from DNS, SNI and HTTP Host are kept.
+    #[serde(default)]
+    pub names: NamesConfig,
+    /// Naming events (DNS answers, TLS ClientHellos, HTTP requests) the kernel may send per
+    /// second and CPU; the excess is counted, not queued. 0 turns naming from traffic off.
+    #[serde(default = "default_events_per_second")]
+    pub events_per_second: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -113,6 +130,9 @@ pub enum TcAttach {
     Netlink,
 }
 
+fn default_events_per_second() -> u32 {
+    DEFAULT_EVENTS_PER_SEC_PER_CPU
+}
 fn default_flow_capacity() -> u32 {
     DEFAULT_FLOW_CAPACITY
 }
@@ -244,6 +264,16 @@ impl Config {
                 "poll_interval",
                 format!("poll_interval {:?} is below 100ms", self.poll_interval),
                 "use e.g. `poll_interval: 5s`; Prometheus scrapes every 15s or more anyway",
+            ));
+        }
+        if let Err(message) = self.inventory.validate() {
+            return Err(fail("inventory", message, "see docs/config.md, section inventory"));
+        }
+        if self.destinations.top_per_client == 0 || self.series_budget == 0 {
+            return Err(fail(
+                if self.series_budget == 0 { "series_budget" } else { "destinations" },
+                "destinations.top_per_client and series_budget must be at least 1".into(),
+                "the defaults are 20 destinations per client and a budget of 10000 series",
             ));
         }
         if self.top_remotes == 0 {

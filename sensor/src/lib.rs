@@ -14,6 +14,7 @@ pub mod labels;
 pub mod loader;
 pub mod metrics;
 pub mod netif;
+pub mod pipeline;
 pub mod server;
 pub mod state;
 

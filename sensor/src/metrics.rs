@@ -67,7 +67,7 @@ impl Metrics {
         registry.register(Box::new(poll_duration.clone()))?;
         let build_info = gauge_vec("build_info", "Version of the running agent (always 1).", &["version"])?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        Ok(Metrics {
+        let metrics = Metrics {
             poll_duration,
             flows_tracked: gauge("flows_tracked", "Flows in the kernel flow map at the last poll.")?,
             flows_capacity: gauge("flows_capacity", "Capacity of the kernel flow map (LRU: beyond it the least recent flows are evicted).")?,
@@ -95,7 +95,13 @@ impl Metrics {
             config_warnings: gauge("enrichment_warnings", "Enrichment sources that are missing or unreadable (OUI, leases, GeoIP databases); see the log.")?,
             traffic: RwLock::new(Vec::new()),
             registry,
-        })
+        };
+        // Every kind shows from the start (0), so that rate() sees the first events.
+        for kind in EventKind::ALL {
+            metrics.events_received.with_label_values(&[kind.as_str()]);
+            metrics.name_parse_errors.with_label_values(&[kind.as_str()]);
+        }
+        Ok(metrics)
     }
 
     /// Rebuilds the traffic families from the accounting and the kernel stats.

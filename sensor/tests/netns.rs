@@ -74,6 +74,8 @@ type Count = (u64, u64);
 
 #[derive(Default)]
 struct Ledger {
+    /// client MAC → the name the config's inventory gives it (the `client` label)
+    names: BTreeMap<String, String>,
     /// (client MAC, direction) → totals
     clients: BTreeMap<(String, Dir), Count>,
     /// (client MAC, direction, remote IP, remote port) → totals; protocol is always udp here
@@ -81,6 +83,15 @@ struct Ledger {
 }
 
 impl Ledger {
+    fn for_topology(topo: &Topology) -> Ledger {
+        let names = topo.clients.iter().map(|c| (c.mac_text(), c.name.clone())).collect();
+        Ledger { names, ..Ledger::default() }
+    }
+
+    fn name<'a>(&'a self, mac: &'a str) -> &'a str {
+        self.names.get(mac).map_or(mac, String::as_str)
+    }
+
     /// Records `packets` UDP frames of `frame` bytes each between a client and a remote.
     fn udp(&mut self, mac: &str, dir: Dir, remote: SocketAddr, packets: u64, frame: u64) {
         let c = self.clients.entry((mac.to_string(), dir)).or_default();
@@ -114,7 +125,7 @@ impl Ledger {
         };
         for ((mac, dir), (packets, bytes)) in &self.clients {
             let labels = [
-                ("client", mac.as_str()),
+                ("client", self.name(mac)),
                 ("mac", mac.as_str()),
                 ("direction", dir.label()),
             ];
@@ -133,7 +144,7 @@ impl Ledger {
         for ((mac, dir, remote, port), (packets, bytes)) in &self.remotes {
             let port = port.to_string();
             let labels = [
-                ("client", mac.as_str()),
+                ("client", self.name(mac)),
                 ("mac", mac.as_str()),
                 ("direction", dir.label()),
                 ("remote", remote.as_str()),
@@ -342,7 +353,14 @@ impl Drop for PinDir {
     }
 }
 
+/// The agent's config: the lab's LAN, fast polls, private pins and state, and an inventory
+/// naming each lab client (so the `client` label is the client's name).
 fn config(topo: &Topology, pins: &PinDir, extra: &str) -> String {
+    let devices: String = topo
+        .clients
+        .iter()
+        .map(|c| format!("    - {{ mac: \"{}\", name: {} }}\n", c.mac_text(), c.name))
+        .collect();
     format!(
         "interface: {iface}\n\
          lan_prefixes: [\"{v4}\", \"{v6}\"]\n\
@@ -350,6 +368,7 @@ fn config(topo: &Topology, pins: &PinDir, extra: &str) -> String {
          metrics_listen: {METRICS}\n\
          pin_path: {pin}\n\
          state_path: {state}\n\
+         inventory:\n  devices:\n{devices}\
          {extra}",
         iface = topo.gateway.lan_if,
         v4 = lab::LAN_PREFIXES[0],
@@ -439,7 +458,7 @@ fn plain_veth_exact_counts_survive_restart() {
     let srv6 = UdpReceiver::bind(inet, sa("[fd77:2::2]:5001")).unwrap();
     let phone4 = UdpReceiver::bind(&phone.ns, sa("10.77.1.10:6000")).unwrap();
     let phone6 = UdpReceiver::bind(&phone.ns, sa("[fd77:1::10]:6000")).unwrap();
-    let mut ledger = Ledger::default();
+    let mut ledger = Ledger::for_topology(&topo);
 
     // Upload, IPv4: 10 × 1000 B payload → 10 frames of 14 + 20 + 8 + 1000 = 1042 B.
     send_udp(&phone.ns, sa("10.77.1.10:40001"), srv4.addr(), 10, 1000).unwrap();
@@ -590,7 +609,7 @@ fn bridge_two_clients_exact_counts() {
     let phone4 = UdpReceiver::bind(&phone.ns, sa("10.77.1.10:6000")).unwrap();
     let phone6 = UdpReceiver::bind(&phone.ns, sa("[fd77:1::10]:6000")).unwrap();
     let laptop6 = UdpReceiver::bind(&laptop.ns, sa("[fd77:1::11]:6000")).unwrap();
-    let mut ledger = Ledger::default();
+    let mut ledger = Ledger::for_topology(&topo);
 
     // phone → 10.77.3.1:443, 7 × 300 B: 7 × (14 + 20 + 8 + 300) = 7 × 342 B.
     send_udp(&phone.ns, sa("10.77.1.10:40001"), quic4.addr(), 7, 300).unwrap();

@@ -9,11 +9,17 @@ use crate::process::{report, run};
 
 const LABEL: &str = "setup";
 
-/// (binary the tests run, Debian package that provides it)
+/// (binary the tests run, or an absolute path of a data file they read; Debian package that
+/// provides it)
 pub const TEST_TOOLS: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
     ("ip", "iproute2"),
     ("bpftool", "bpftool"),
+    // The lab's DNS server and TLS endpoints, for the naming tests.
+    ("dnsmasq", "dnsmasq-base"),
+    ("openssl", "openssl"),
+    // The IEEE OUI registry, for vendor names.
+    ("/usr/share/ieee-data/oui.csv", "ieee-data"),
 ];
 
 /// For each (binary, package) whose binary is not on PATH, installs the package with apt-get
@@ -85,9 +91,12 @@ fn apt_get() -> Command {
 }
 
 /// Whether an executable file called `binary` is in one of PATH's directories, i.e. whether a
-/// test's `Command::new(binary)` would find it.
+/// test's `Command::new(binary)` would find it (an absolute path: whether that file exists).
 fn on_path(binary: &str) -> bool {
     use std::os::unix::fs::PermissionsExt as _;
+    if binary.starts_with('/') {
+        return Path::new(binary).is_file();
+    }
     let Some(path) = env::var_os("PATH") else {
         return false;
     };

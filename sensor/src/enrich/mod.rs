@@ -10,3 +10,141 @@ pub mod inventory;
 pub mod names;
 pub mod oui;
 pub mod tls;
+
+use std::net::IpAddr;
+
+use sensor_common::{EventKind, FlowKey};
+use serde::Deserialize;
+
+use crate::{
+    accounting::{DestKey, Mac},
+    config::DestinationLevel,
+    events::Observation,
+    labels,
+    metrics::ClientLabels,
+};
+
+/// How long names are kept, and how many.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NamesConfig {
+    /// A DNS answer names its addresses for its TTL plus this grace (devices reuse addresses
+    /// they resolved a while ago).
+    #[serde(default = "default_dns_grace", with = "humantime_serde")]
+    pub dns_grace: std::time::Duration,
+    /// A name seen in a TLS ClientHello or HTTP request names its flow this long after it was
+    /// last seen.
+    #[serde(default = "default_flow_name_ttl", with = "humantime_serde")]
+    pub flow_name_ttl: std::time::Duration,
+    /// Most names held (DNS and flow names together); the ones closest to expiry go first.
+    #[serde(default = "default_max_names")]
+    pub max_names: usize,
+}
+
+fn default_dns_grace() -> std::time::Duration {
+    std::time::Duration::from_secs(300)
+}
+fn default_flow_name_ttl() -> std::time::Duration {
+    std::time::Duration::from_secs(3600)
+}
+fn default_max_names() -> usize {
+    100_000
+}
+
+impl Default for NamesConfig {
+    fn default() -> Self {
+        NamesConfig { dns_grace: default_dns_grace(), flow_name_ttl: default_flow_name_ttl(), max_names: default_max_names() }
+    }
+}
+
+/// Everything that names what the sensor sees.
+pub struct Enricher {
+    pub inventory: inventory::Inventory,
+    pub names: names::NameCache,
+    pub geo: geo::Geo,
+    level: DestinationLevel,
+}
+
+impl Enricher {
+    /// Opens the inventory and databases. Missing optional sources are warnings (their labels
+    /// stay empty), returned for the caller to log once.
+    pub fn new(
+        inventory: &inventory::InventoryConfig,
+        geo: &geo::GeoConfig,
+        names: &NamesConfig,
+        level: DestinationLevel,
+    ) -> anyhow::Result<(Enricher, Vec<String>)> {
+        let (inventory, mut warnings) = inventory::Inventory::new(inventory)?;
+        let (geo, geo_warnings) = geo::Geo::open(geo);
+        warnings.extend(geo_warnings);
+        let names = names::NameCache::new(names.dns_grace.as_secs(), names.max_names, names.flow_name_ttl.as_secs());
+        Ok((Enricher { inventory, names, geo, level }, warnings))
+    }
+
+    /// Learns from one naming event. An error means its payload did not parse.
+    pub fn learn(&mut self, obs: &Observation, now: u64) -> Result<(), dns::ParseError> {
+        let client = obs.key.client_mac;
+        let remote = labels::ip(&obs.key.remote_ip);
+        match obs.kind {
+            EventKind::DnsResponse => {
+                let answer = dns::parse_response(&obs.data, obs.key.protocol == 6)?;
+                self.names.learn_dns(client, &answer, now);
+            }
+            EventKind::TlsClientHello => {
+                if let Some(sni) = tls::client_hello_sni(&obs.data)? {
+                    self.names.learn_flow_name(client, remote, obs.key.remote_port, &sni, now);
+                }
+            }
+            EventKind::HttpRequest => {
+                if let Some(host) = http::request_host(&obs.data)? {
+                    self.names.learn_flow_name(client, remote, obs.key.remote_port, &host, now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads changed lease files and forgets expired names; returns new warnings.
+    pub fn maintain(&mut self, now: u64) -> Vec<String> {
+        self.names.expire(now);
+        self.inventory.refresh()
+    }
+
+    /// The name the client used for this flow's remote end, if one is known.
+    pub fn flow_name(&self, key: &FlowKey, now: u64) -> Option<&str> {
+        self.names.name_for(key.client_mac, labels::ip(&key.remote_ip), key.remote_port, now)
+    }
+
+    pub fn geo(&self, ip: IpAddr) -> geo::GeoInfo {
+        self.geo.lookup(ip)
+    }
+
+    /// The destination series a flow counts into, at the configured level. Without a name
+    /// (or country, or ASN) the address stands in, so that nothing is attributed to nobody.
+    pub fn destination(&self, key: &FlowKey, now: u64) -> DestKey {
+        let ip = labels::ip(&key.remote_ip);
+        let info = self.geo.lookup(ip);
+        let name = || self.flow_name(key, now);
+        let destination = match self.level {
+            DestinationLevel::Fqdn => name().map(str::to_string),
+            DestinationLevel::Domain => name().map(domain::registrable),
+            DestinationLevel::Ip => None,
+            DestinationLevel::Asn => (info.asn != 0).then(|| format!("AS{}", info.asn)),
+            DestinationLevel::Country => (!info.country.is_empty()).then(|| info.country.clone()),
+        }
+        .unwrap_or_else(|| ip.to_string());
+        DestKey { destination, country: info.country, asn: info.asn }
+    }
+
+    /// How a client reads in the metrics and the API.
+    pub fn client_labels(&self, mac: &Mac) -> ClientLabels {
+        let device = self.inventory.device(mac);
+        ClientLabels {
+            name: device.name,
+            group: device.group,
+            vendor: device.vendor.label(),
+            source: device.source.as_str().to_string(),
+            tags: device.tags,
+        }
+    }
+}
