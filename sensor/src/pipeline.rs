@@ -2,7 +2,7 @@
 //! → accounting → metrics and the API view.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
@@ -18,7 +18,7 @@ use crate::{
     enrich::{Enricher, domain},
     events::Observation,
     labels,
-    metrics::Metrics,
+    metrics::{ClientLabels, Metrics},
     server::SharedView,
 };
 
@@ -103,8 +103,10 @@ impl Pipeline {
         let mut flows = Vec::with_capacity(snap.flows.len());
         let mut ips: BTreeMap<[u8; 6], BTreeSet<String>> = BTreeMap::new();
         let mut flow_counts: BTreeMap<[u8; 6], usize> = BTreeMap::new();
+        // One inventory lookup per client, not per flow.
+        let mut names: HashMap<[u8; 6], ClientLabels> = HashMap::new();
         for (key, c) in &snap.flows {
-            let labels_of = self.enricher.client_labels(&key.client_mac);
+            let labels_of = names.entry(key.client_mac).or_insert_with(|| self.enricher.client_labels(&key.client_mac));
             let client_ip = labels::ip(&key.client_ip).to_string();
             ips.entry(key.client_mac).or_default().insert(client_ip.clone());
             *flow_counts.entry(key.client_mac).or_default() += 1;
@@ -112,7 +114,7 @@ impl Pipeline {
             let name = self.enricher.flow_name(key, now).unwrap_or_default().to_string();
             let geo = self.enricher.geo(remote);
             flows.push(FlowView {
-                client: labels_of.name,
+                client: labels_of.name.clone(),
                 mac: labels::mac(&key.client_mac),
                 client_ip,
                 remote_ip: remote.to_string(),
@@ -137,7 +139,7 @@ impl Pipeline {
             .clients
             .iter()
             .map(|(mac, account)| {
-                let l = self.enricher.client_labels(mac);
+                let l = names.remove(mac).unwrap_or_else(|| self.enricher.client_labels(mac));
                 let mut addrs = ips.remove(mac).unwrap_or_default();
                 addrs.extend(self.enricher.inventory.lease_ips(mac).iter().map(ToString::to_string));
                 ClientView {
