@@ -14,6 +14,7 @@ pub mod mmdb;
 mod netns;
 mod process;
 pub mod prom;
+pub mod services;
 mod topology;
 mod traffic;
 
