@@ -377,9 +377,16 @@ impl Drop for HttpResponder {
 /// Connects from inside `ns` to `to`, writes `request`, half-closes and reads the whole answer
 /// (until the server closes). The remote port the sensor sees is `to`'s.
 pub fn tcp_exchange(ns: &str, to: SocketAddr, request: &[u8]) -> anyhow::Result<Vec<u8>> {
+    tcp_exchange_after(ns, to, Duration::ZERO, request)
+}
+
+/// Like [`tcp_exchange`], but waits `pause` between the handshake and the request (a client
+/// that connects, then thinks).
+pub fn tcp_exchange_after(ns: &str, to: SocketAddr, pause: Duration, request: &[u8]) -> anyhow::Result<Vec<u8>> {
     in_netns(ns, || -> anyhow::Result<Vec<u8>> {
         let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        std::thread::sleep(pause);
         s.write_all(request)?;
         let mut answer = Vec::new();
         s.read_to_end(&mut answer)?;

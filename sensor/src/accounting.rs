@@ -212,6 +212,8 @@ pub struct Params {
     /// A client unseen this long is retired: its series end until it is seen again.
     pub client_idle_expiry_secs: u64,
     pub score_half_life_secs: f64,
+    /// Longest a new flow waits for its own name before it counts under its DNS name or address.
+    pub name_wait_secs: u64,
 }
 
 /// Everything exported, plus the last kernel reading it was computed from.
@@ -226,6 +228,10 @@ pub struct Accounting {
     #[serde(with = "as_pairs")]
     clients_last: HashMap<Mac, Tally>,
     last_update: u64,
+    /// New flows held back for their name (see [`Namer::awaits_name`]), with the Unix second
+    /// they were first held.
+    #[serde(skip)]
+    waiting: HashMap<FlowKeyBytes, u64>,
 }
 
 /// A flow key as raw bytes, so that the state file does not depend on the struct's Rust form.
@@ -244,6 +250,25 @@ impl FlowKeyBytes {
     }
 }
 
+/// Names flows for the destination series.
+pub trait Namer {
+    /// The destination a flow counts into.
+    fn destination(&self, key: &FlowKey) -> DestKey;
+
+    /// Whether a new flow should wait (at most [`Params::name_wait_secs`]) before it is
+    /// attributed, because its own name is likely on its way: a TCP flow whose TLS ClientHello
+    /// or HTTP request has not been seen yet (a poll can fall between its SYN and its data).
+    fn awaits_name(&self, _key: &FlowKey) -> bool {
+        false
+    }
+}
+
+impl<F: Fn(&FlowKey) -> DestKey> Namer for F {
+    fn destination(&self, key: &FlowKey) -> DestKey {
+        self(key)
+    }
+}
+
 /// One client's gains in one poll.
 #[derive(Default)]
 struct ClientDeltas {
@@ -256,7 +281,7 @@ impl Accounting {
     /// Returns the clients retired in this poll (unseen for `client_idle_expiry_secs`): the
     /// caller removes them from the kernel's totals map so that the map never fills with
     /// departed devices (a retired client seen again starts from zero, as a new series).
-    pub fn update(&mut self, snap: &Snapshot, now: u64, params: &Params, destination: &dyn Fn(&FlowKey) -> DestKey) -> Vec<Mac> {
+    pub fn update(&mut self, snap: &Snapshot, now: u64, params: &Params, namer: &dyn Namer) -> Vec<Mac> {
         let mut clients_last = HashMap::with_capacity(snap.clients.len());
         for (mac, counters) in &snap.clients {
             let cur = Tally::of(counters);
@@ -272,19 +297,30 @@ impl Accounting {
 
         let mut deltas: HashMap<Mac, ClientDeltas> = HashMap::new();
         let mut flows_last = HashMap::with_capacity(snap.flows.len());
+        let mut waiting = HashMap::new();
         for (key, counters) in &snap.flows {
             let id = FlowKeyBytes::of(key);
+            let prev = self.flows_last.get(&id);
+            // Held back: not recorded as read, so the poll that attributes it takes all of it.
+            if prev.is_none() {
+                let since = self.waiting.get(&id).copied().unwrap_or(now);
+                if now.saturating_sub(since) < params.name_wait_secs && namer.awaits_name(key) {
+                    waiting.insert(id, since);
+                    continue;
+                }
+            }
             let cur = Tally::of(counters);
-            let delta = cur.since(self.flows_last.get(&id).unwrap_or(&Tally::default()));
+            let delta = cur.since(prev.unwrap_or(&Tally::default()));
             if !delta.is_zero() {
                 let client = deltas.entry(key.client_mac).or_default();
                 client.remotes.entry(RemoteId::of(key)).or_default().add(&delta);
-                client.destinations.entry(destination(key)).or_default().add(&delta);
+                client.destinations.entry(namer.destination(key)).or_default().add(&delta);
             }
             flows_last.insert(id, cur);
         }
         self.flow_evictions += self.flows_last.keys().filter(|k| !flows_last.contains_key(*k)).count() as u64;
         self.flows_last = flows_last;
+        self.waiting = waiting;
 
         let elapsed = now.saturating_sub(self.last_update) as f64;
         let decay = if self.last_update == 0 { 1.0 } else { 0.5f64.powf(elapsed / params.score_half_life_secs) };
@@ -379,6 +415,7 @@ mod tests {
         destination_idle_expiry_secs: 600,
         client_idle_expiry_secs: 3600,
         score_half_life_secs: 60.0,
+        name_wait_secs: 2,
     };
     const MAC: Mac = [2, 0, 0, 0, 0, 1];
 
@@ -541,6 +578,47 @@ mod tests {
         // The kernel entry was removed by the agent; the device returns with fresh counts.
         update(&mut a, &snap(&[(key(1, 1), counters(1, 30, 0, 0))]), 5000, &PARAMS);
         assert_eq!(a.clients[&MAC].totals.bytes, [30, 0]);
+    }
+
+    /// Names remote 9 only once its "ClientHello" has been seen (after the first poll).
+    struct LateName(std::cell::Cell<bool>);
+
+    impl Namer for LateName {
+        fn destination(&self, key: &FlowKey) -> DestKey {
+            let destination = if self.0.get() { "named.example".into() } else { "10.0.0.9".into() };
+            DestKey { destination, country: String::new(), asn: key.remote_ip[15].into() }
+        }
+        fn awaits_name(&self, _key: &FlowKey) -> bool {
+            !self.0.get()
+        }
+    }
+
+    #[test]
+    fn a_new_unnamed_flow_waits_for_its_name() {
+        let mut a = Accounting::default();
+        let namer = LateName(std::cell::Cell::new(false));
+        a.update(&snap(&[(key(9, 443), counters(3, 200, 1, 60))]), 100, &PARAMS, &namer);
+        assert!(a.clients[&MAC].destinations.entries.is_empty(), "held back for a poll");
+        assert_eq!(a.clients[&MAC].totals.bytes, [200, 60], "client totals never wait");
+        namer.0.set(true);
+        a.update(&snap(&[(key(9, 443), counters(5, 900, 2, 120))]), 105, &PARAMS, &namer);
+        let d = &a.clients[&MAC].destinations;
+        assert_eq!(d.entries.len(), 1);
+        let (k, e) = d.entries.iter().next().unwrap();
+        assert_eq!(k.destination, "named.example");
+        assert_eq!(e.exported, Tally { packets: [5, 2], bytes: [900, 120] });
+    }
+
+    #[test]
+    fn a_flow_waits_at_most_name_wait() {
+        let mut a = Accounting::default();
+        let namer = LateName(std::cell::Cell::new(false));
+        a.update(&snap(&[(key(9, 22), counters(1, 100, 0, 0))]), 100, &PARAMS, &namer);
+        a.update(&snap(&[(key(9, 22), counters(2, 150, 0, 0))]), 101, &PARAMS, &namer);
+        assert!(a.clients[&MAC].destinations.entries.is_empty(), "still within name_wait");
+        a.update(&snap(&[(key(9, 22), counters(3, 200, 0, 0))]), 102, &PARAMS, &namer);
+        let d = &a.clients[&MAC].destinations;
+        assert_eq!(d.entries.values().map(|e| e.exported.bytes[0]).sum::<u64>(), 200);
     }
 
     #[test]

@@ -30,6 +30,8 @@ use crate::{
 
 /// How fast a remote's activity score halves: ranks "top" remotes by the last minutes.
 const SCORE_HALF_LIFE: Duration = Duration::from_secs(120);
+/// Longest a new TCP flow waits for its ClientHello or HTTP request to name it.
+const NAME_WAIT: Duration = Duration::from_secs(2);
 /// Naming events buffered between the ring-buffer reader and the poll (the excess is dropped
 /// and counted: names are a best effort, counting is not).
 const EVENT_QUEUE: usize = 8192;
@@ -145,6 +147,7 @@ fn params(config: &Config) -> Params {
         destination_idle_expiry_secs: config.destinations.idle_expiry.as_secs().max(1),
         client_idle_expiry_secs: config.client_idle_expiry.as_secs().max(1),
         score_half_life_secs: SCORE_HALF_LIFE.as_secs_f64(),
+        name_wait_secs: NAME_WAIT.as_secs(),
     }
 }
 

@@ -15,7 +15,7 @@ use crate::{
     accounting::{Accounting, Params},
     api::{ClientView, FlowView, View},
     collector::{KernelMaps, Snapshot},
-    enrich::{Enricher, domain},
+    enrich::{Enricher, PollNamer, domain},
     events::Observation,
     labels,
     metrics::{ClientLabels, Metrics},
@@ -69,7 +69,7 @@ impl Pipeline {
         // Map reads are blocking syscalls (tens of ms for a full map): keep them off the reactor.
         let snap = tokio::task::block_in_place(|| self.maps.read())?;
         let enricher = &self.enricher;
-        let retired = self.accounting.update(&snap, now, &self.params, &|key| enricher.destination(key, now));
+        let retired = self.accounting.update(&snap, now, &self.params, &PollNamer { enricher, now });
         for mac in retired {
             info!(client = %labels::mac(&mac), "client idle: retired from the metrics until seen again");
             self.maps.remove_client(&mac)?;

@@ -1220,10 +1220,10 @@ fn sni_and_http_host_win_over_dns() {
         );
     }
 
-    // HTTP: a plain request whose Host names the flow, right after a poll.
-    agent.wait_poll();
+    // HTTP: a plain request whose Host names the flow, sent several polls after the handshake:
+    // the handshake's packets must still count under the Host name, not the DNS name.
     let request = b"GET /firmware.bin HTTP/1.1\r\nHost: firmware.example.org\r\nUser-Agent: lab\r\nConnection: close\r\n\r\n";
-    let answer = services::tcp_exchange(&cns, http.addr(), request)
+    let answer = services::tcp_exchange_after(&cns, http.addr(), POLL * 3, request)
         .unwrap_or_else(|e| agent.fail(&format!("HTTP request: {e:#}"), None, &[]));
     let answer = String::from_utf8_lossy(&answer);
     assert!(

@@ -17,7 +17,7 @@ use sensor_common::{EventKind, FlowKey};
 use serde::Deserialize;
 
 use crate::{
-    accounting::{DestKey, Mac},
+    accounting::{DestKey, Mac, Namer},
     config::DestinationLevel,
     events::Observation,
     labels,
@@ -119,6 +119,11 @@ impl Enricher {
         self.geo.lookup(ip)
     }
 
+    /// Whether destinations are named by names (domain or fqdn level), not by address or network.
+    pub fn level_uses_names(&self) -> bool {
+        matches!(self.level, DestinationLevel::Domain | DestinationLevel::Fqdn)
+    }
+
     /// The destination series a flow counts into, at the configured level. Without a name
     /// (or country, or ASN) the address stands in, so that nothing is attributed to nobody.
     pub fn destination(&self, key: &FlowKey, now: u64) -> DestKey {
@@ -146,5 +151,26 @@ impl Enricher {
             source: device.source.as_str().to_string(),
             tags: device.tags,
         }
+    }
+}
+
+/// Destinations as of one poll's time.
+pub struct PollNamer<'a> {
+    pub enricher: &'a Enricher,
+    pub now: u64,
+}
+
+impl Namer for PollNamer<'_> {
+    fn destination(&self, key: &FlowKey) -> DestKey {
+        self.enricher.destination(key, self.now)
+    }
+
+    /// A TCP flow without its own name yet: its ClientHello or request usually follows the
+    /// handshake within milliseconds, so its first poll waits for it.
+    fn awaits_name(&self, key: &FlowKey) -> bool {
+        const TCP: u8 = 6;
+        key.protocol == TCP
+            && self.enricher.level_uses_names()
+            && !self.enricher.names.has_flow_name(key.client_mac, labels::ip(&key.remote_ip), key.remote_port, self.now)
     }
 }

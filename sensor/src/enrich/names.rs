@@ -227,6 +227,11 @@ impl NameCache {
             .map(|l| &*l.name)
     }
 
+    /// Whether the flow has a name of its own (SNI or Host), not just a DNS name.
+    pub fn has_flow_name(&self, client: Mac, remote: IpAddr, port: u16, now: u64) -> bool {
+        self.flows.get(&(client, remote.to_canonical(), port)).is_some_and(|f| f.valid(now))
+    }
+
     /// Drops every entry no longer valid at `now`.
     pub fn expire(&mut self, now: u64) {
         while let Some(entry) = self.by_expiry.first_entry() {
