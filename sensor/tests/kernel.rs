@@ -19,8 +19,8 @@ use etherparse::{PacketBuilder, VlanId};
 use ipnet::IpNet;
 use sensor::{
     collector::{KernelMaps, Snapshot},
-    common::{Direction, FlowKey, Stat, names},
-    loader::{LoadOptions, load},
+    common::{Direction, EventKind, EventOutcome, FlowKey, Stat, names},
+    loader::{LoadOptions, install_capture, load, load_with_events},
 };
 
 const XDP_PASS: u32 = 2;
@@ -193,7 +193,7 @@ fn key(mac: [u8; 6], client: impl Into<IpAddr>, remote: impl Into<IpAddr>, proto
         client_mac: mac,
         remote_port: port,
         protocol,
-        _pad: [0; 3],
+        _pad: [0; 7],
     }
 }
 
@@ -228,7 +228,7 @@ fn check(snap: &Snapshot, flows: &[(FlowKey, Count)], clients: &[([u8; 6], Count
     assert_eq!(got_flows, want_flows, "flows (key: client MAC, client IP -> remote IP, protocol, remote port)");
     // The rendering above is lossless for every field but the padding; check it too.
     for k in snap.flows.keys() {
-        assert_eq!(k._pad, [0; 3], "padding of {}", show_key(k));
+        assert_eq!(k._pad, [0; 7], "padding of {}", show_key(k));
     }
     for c in snap.flows.values().chain(snap.clients.values()) {
         assert!(c.first_seen_ns > 0 && c.last_seen_ns >= c.first_seen_ns, "timestamps {c:?}");
@@ -478,7 +478,9 @@ fn ipv4_frame(ihl: u8, protocol: u8, frag: u16, l4: &[u8]) -> Vec<u8> {
 fn loads_without_and_with_kernel_btf() {
     require_root!();
     for kernel_btf in [false, true] {
-        let s = Sensor::with_btf(kernel_btf).unwrap_or_else(|e| panic!("load with kernel_btf={kernel_btf}: {e:#}"));
+        let mut s = Sensor::with_btf(kernel_btf).unwrap_or_else(|e| panic!("load with kernel_btf={kernel_btf}: {e:#}"));
+        // The event capture program the XDP program tail-calls (the agent loads it first).
+        install_capture(&mut s.ebpf).unwrap_or_else(|e| panic!("capture program, kernel_btf={kernel_btf}: {e:#}"));
         let f = udp4(CLIENT_MAC, GW_MAC, CLIENT4, REMOTE4, 40000, 53, 32);
         s.upload(&f);
         check(
@@ -488,6 +490,33 @@ fn loads_without_and_with_kernel_btf() {
             &[(Direction::Upload, Stat::Seen, 1), (Direction::Upload, Stat::Counted, 1)],
         );
     }
+}
+
+/// With naming events on, the event paths are live (with them off, the verifier prunes them as
+/// dead code): both programs and the capture program must load, and events must go out.
+#[test]
+fn loads_and_sends_events_with_naming_events_on() {
+    require_root!();
+    let prefixes: Vec<IpNet> = LAN.iter().map(|p| p.parse().unwrap()).collect();
+    let opts = LoadOptions { lan_prefixes: &prefixes, flow_capacity: 4096, client_capacity: 256, pin_dir: None, kernel_btf: false };
+    let (mut ebpf, _) = load_with_events(&opts, 100).expect("loading with events on");
+    install_capture(&mut ebpf).expect("verifying the capture program");
+    let xdp: &mut Xdp = ebpf.program_mut(names::XDP_PROGRAM).unwrap().try_into().unwrap();
+    xdp.load().expect("verifying the XDP program with events on");
+    let tc: &mut SchedClassifier = ebpf.program_mut(names::TC_PROGRAM).unwrap().try_into().unwrap();
+    tc.load().expect("verifying the TC program with events on");
+    let maps = KernelMaps::take(&mut ebpf).unwrap();
+    let s = Sensor { ebpf, maps };
+
+    // A DNS answer to a client (TC) and an HTTP request from it (XDP, through the tail call).
+    let dns = udp4(GW_MAC, CLIENT_MAC, REMOTE4, CLIENT4, 53, 51000, 60);
+    let mut http = tcp4(CLIENT_MAC, GW_MAC, CLIENT4, REMOTE4, 40000, 80, 0);
+    http.extend_from_slice(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    s.download(&dns);
+    s.upload(&http);
+    let snap = s.snapshot();
+    assert_eq!(snap.event(EventKind::DnsResponse, EventOutcome::Sent), 1);
+    assert_eq!(snap.event(EventKind::HttpRequest, EventOutcome::Sent), 1);
 }
 
 #[test]
