@@ -8,7 +8,10 @@
 /// Names of the maps and globals in the eBPF object, so both sides spell them once.
 pub mod names {
     pub const FLOWS: &str = "FLOWS";
-    pub const CLIENTS: &str = "CLIENTS";
+    pub const CLIENT_SLOTS: &str = "CLIENT_SLOTS";
+    pub const CLIENT_TOTALS: &str = "CLIENT_TOTALS";
+    pub const FREE_SLOTS: &str = "FREE_SLOTS";
+    pub const NEXT_SLOT: &str = "NEXT_SLOT";
     pub const STATS: &str = "STATS";
     pub const EVENTS: &str = "EVENTS";
     pub const EVENT_STATS: &str = "EVENT_STATS";
@@ -27,7 +30,8 @@ pub mod names {
 
 /// Default capacity of the flow LRU map.
 pub const DEFAULT_FLOW_CAPACITY: u32 = 65_536;
-/// Default capacity of the per-client totals map (not LRU: totals must never be evicted).
+/// Default number of client slots (entries of `CLIENT_SLOTS` and `CLIENT_TOTALS`; a slot is
+/// never taken from a client that holds one, so totals are never evicted).
 pub const DEFAULT_CLIENT_CAPACITY: u32 = 4_096;
 /// Most LAN prefixes (IPv4 and IPv6 together) the kernel program checks.
 pub const MAX_LAN_PREFIXES: usize = 16;
@@ -91,7 +95,7 @@ pub struct ClientKey {
 
 /// Packet and byte counters by direction (indexed by [`Direction::index`]), with first and
 /// last time seen (`bpf_ktime_get_coarse_ns`, CLOCK_MONOTONIC). Used per CPU for both flows and
-/// client totals; userspace sums the CPUs.
+/// client totals (`CLIENT_TOTALS`, indexed by client slot); userspace sums the CPUs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Counters {
@@ -99,6 +103,26 @@ pub struct Counters {
     pub bytes: [u64; 2],
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
+}
+
+/// The `FLOWS` value: the flow's counters and its client's slot in `CLIENT_TOTALS`, so that a
+/// packet of a known flow adds to its client's totals without a second hash lookup.
+///
+/// Per CPU, like the counters: `client_slot` is the slot + 1, 0 until this CPU's copy learned
+/// it (a per-CPU hash entry inserted on one CPU starts zeroed on the others).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowValue {
+    pub counters: Counters,
+    pub client_slot: u32,
+    pub _pad: u32,
+}
+
+impl FlowValue {
+    /// The client slot this CPU's copy knows, if any.
+    pub const fn slot(&self) -> Option<u32> {
+        self.client_slot.checked_sub(1)
+    }
 }
 
 impl Counters {
@@ -165,7 +189,8 @@ pub enum Stat {
     TruncatedL4,
     /// Counted in the client totals but the flow map refused the update.
     FlowUpdateFailed,
-    /// The client totals map is full: the packet could not be counted.
+    /// No client slot left for a new client (all `client_capacity` slots are held): the packet
+    /// could not be counted.
     ClientTableFull,
 }
 
@@ -323,6 +348,7 @@ mod user {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::ClientKey {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::LanPrefixes {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::PendingEvent {}
@@ -339,6 +365,7 @@ const _: () = assert!(core::mem::offset_of!(FlowKey, protocol) == 40);
 const _: () = assert!(core::mem::size_of::<ClientKey>() == 8);
 const _: () = assert!(core::mem::align_of::<ClientKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Counters>() == 48);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 56);
 const _: () = assert!(core::mem::size_of::<LanPrefixes>() == 8 + 32 * MAX_LAN_PREFIXES);
 const _: () = assert!(core::mem::size_of::<Event>() == 48 + 1 + 1 + 2 + 4 + 8 + EVENT_DATA_MAX);
 const _: () = assert!(core::mem::offset_of!(Event, data).is_multiple_of(8));

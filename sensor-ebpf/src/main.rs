@@ -6,35 +6,52 @@
 //! fields, so they load on router kernels built without `/sys/kernel/btf/vmlinux`.
 #![no_std]
 #![no_main]
+// Inline assembly for one instruction, the atomic fetch-and-add of slot allocation (see
+// `fetch_add`). The crate is built with nightly only (build-std), like every aya program.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action},
     helpers::{bpf_ktime_get_coarse_ns, bpf_skb_load_bytes},
     macros::{classifier, map, xdp},
-    maps::{LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
+    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray, Queue, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::warn;
 use core::mem::MaybeUninit;
 use sensor_common::{
     ClientKey, Counters, DEFAULT_CLIENT_CAPACITY, DEFAULT_FLOW_CAPACITY, Direction, EVENT_DATA_MAX,
-    EVENT_RING_BYTES, EVENT_STATS_LEN, Event, EventKind, EventOutcome, FlowKey, LanPrefix,
+    EVENT_RING_BYTES, EVENT_STATS_LEN, Event, EventKind, EventOutcome, FlowKey, FlowValue, LanPrefix,
     LanPrefixes, MAX_IPV6_EXT_HEADERS, MAX_LAN_PREFIXES, MAX_VLAN_TAGS, PendingEvent, RateWindow,
     STATS_LEN, Stat,
 };
 
-/// Per-flow counters. LRU so that memory stays bounded whatever the traffic; the per-client
-/// totals below keep every count even when a flow is evicted.
+/// Per-flow counters, and the flow's client slot. LRU so that memory stays bounded whatever the
+/// traffic; the per-client totals below keep every count even when a flow is evicted. The one
+/// hash lookup of a known flow's packet.
 #[map(name = "FLOWS")]
-static FLOWS: LruPerCpuHashMap<FlowKey, Counters> =
+static FLOWS: LruPerCpuHashMap<FlowKey, FlowValue> =
     LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
 
-/// Per-client totals. A plain hash (never evicts): when full, new clients are counted in the
-/// `client_table_full` stat instead of silently displacing others.
-#[map(name = "CLIENTS")]
-static CLIENTS: PerCpuHashMap<ClientKey, Counters> =
-    PerCpuHashMap::with_max_entries(DEFAULT_CLIENT_CAPACITY, 0);
+/// Client MAC → slot in `CLIENT_TOTALS`. Read only for the first packet of a flow (on a CPU);
+/// written only when a new client gets a slot (and by the agent when it retires one).
+#[map(name = "CLIENT_SLOTS")]
+static CLIENT_SLOTS: HashMap<ClientKey, u32> = HashMap::with_max_entries(DEFAULT_CLIENT_CAPACITY, 0);
+
+/// Per-client totals by slot: an array (the kernel inlines the lookup), never evicted. When
+/// every slot is held, new clients are counted in the `client_table_full` stat instead of
+/// displacing others. Its size is the client capacity (set by the loader).
+#[map(name = "CLIENT_TOTALS")]
+static CLIENT_TOTALS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DEFAULT_CLIENT_CAPACITY, 0);
+
+/// Slots of retired clients, zeroed and pushed by the agent; popped before a new slot is used.
+#[map(name = "FREE_SLOTS")]
+static FREE_SLOTS: Queue<u32> = Queue::with_max_entries(DEFAULT_CLIENT_CAPACITY, 0);
+
+/// Slot 0: how many slots were ever handed out (the next never-used slot).
+#[map(name = "NEXT_SLOT")]
+static NEXT_SLOT: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Packet outcomes by direction: slot `Stat::slot(direction)`.
 #[map(name = "STATS")]
@@ -376,20 +393,153 @@ fn bump_event(kind: EventKind, outcome: EventOutcome) {
     }
 }
 
-/// Adds one packet (or a GSO batch) to the client's totals and to its flow.
+/// Adds one packet (or a GSO batch) to its flow and to its client's totals. A known flow costs
+/// one hash lookup (`FLOWS`) and one array lookup (`CLIENT_TOTALS`, at the slot the flow holds).
 #[inline(always)]
 fn account(key: &FlowKey, dir: Direction, packets: u64, bytes: u64, now: u64) -> Stat {
+    let Some(flow) = FLOWS.get_ptr_mut(key) else {
+        return account_new_flow(key, dir, packets, bytes, now);
+    };
+    // SAFETY: this CPU's copy of the value; only this program on this CPU writes it.
+    let flow = unsafe { &mut *flow };
+    let slot = match flow.slot() {
+        Some(slot) => slot,
+        // The flow was inserted on another CPU: learn its client's slot once for this CPU.
+        None => match client_slot(key, now) {
+            Ok(slot) => {
+                flow.client_slot = slot + 1;
+                slot
+            }
+            Err(stat) => return stat,
+        },
+    };
+    let Some(totals) = CLIENT_TOTALS.get_ptr_mut(slot) else {
+        return Stat::ClientTableFull;
+    };
+    add(&mut flow.counters, dir, packets, bytes, now);
+    // SAFETY: this CPU's element of the per-CPU array.
+    add(unsafe { &mut *totals }, dir, packets, bytes, now);
+    Stat::Counted
+}
+
+/// The first packet of a flow (or of a flow evicted since): its client's slot, then the flow.
+#[inline(always)]
+fn account_new_flow(key: &FlowKey, dir: Direction, packets: u64, bytes: u64, now: u64) -> Stat {
+    let slot = match client_slot(key, now) {
+        Ok(slot) => slot,
+        Err(stat) => return stat,
+    };
+    let Some(totals) = CLIENT_TOTALS.get_ptr_mut(slot) else {
+        return Stat::ClientTableFull;
+    };
+    let mut fresh = FlowValue {
+        counters: Counters {
+            first_seen_ns: now,
+            ..Counters::default()
+        },
+        client_slot: slot + 1,
+        _pad: 0,
+    };
+    add(&mut fresh.counters, dir, packets, bytes, now);
+    let outcome = match FLOWS.insert(key, fresh, BPF_NOEXIST as u64) {
+        Ok(()) => Stat::Counted,
+        // Another CPU inserted it first: add to that entry (this CPU's copy of it).
+        Err(e) if e == -EEXIST => match FLOWS.get_ptr_mut(key) {
+            Some(p) => {
+                // SAFETY: this CPU's copy of the value.
+                let flow = unsafe { &mut *p };
+                add(&mut flow.counters, dir, packets, bytes, now);
+                if flow.client_slot == 0 {
+                    flow.client_slot = slot + 1;
+                }
+                Stat::Counted
+            }
+            None => Stat::FlowUpdateFailed,
+        },
+        Err(_) => Stat::FlowUpdateFailed,
+    };
+    // The client's totals count the packet even when the flow map refused it.
+    // SAFETY: this CPU's element of the per-CPU array.
+    add(unsafe { &mut *totals }, dir, packets, bytes, now);
+    outcome
+}
+
+/// The client's slot in `CLIENT_TOTALS`: looked up by MAC, or taken for a new client. Only for
+/// the first packet of a flow on a CPU, so never on the per-packet path of a known flow.
+#[inline(always)]
+fn client_slot(key: &FlowKey, now: u64) -> Result<u32, Stat> {
     // The MAC and two zero bytes: the key's word at the MAC, without the port's bytes.
     let mac_word = key_word::<u64, K_MAC>(key) & u64::from_ne_bytes([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]);
     // SAFETY: ClientKey is 8 plain bytes (asserted in sensor-common): any value is valid.
     let client: ClientKey = unsafe { core::mem::transmute::<u64, ClientKey>(mac_word) };
-    if !upsert!(CLIENTS, &client, dir, packets, bytes, now) {
-        return Stat::ClientTableFull;
+    if let Some(slot) = CLIENT_SLOTS.get_ptr(client) {
+        // SAFETY: a value of the map, read once.
+        return Ok(unsafe { *slot });
     }
-    if !upsert!(FLOWS, key, dir, packets, bytes, now) {
-        return Stat::FlowUpdateFailed;
+    // A new client: a retired slot (zeroed by the agent) if there is one, else a never-used one.
+    let slot = match FREE_SLOTS.pop() {
+        Ok(Some(slot)) => slot,
+        _ => {
+            let Some(next) = NEXT_SLOT.get_ptr_mut(0) else {
+                return Err(Stat::ClientTableFull);
+            };
+            // SAFETY: the map value, shared by all CPUs: updated atomically.
+            let n = unsafe { fetch_add(next, 1) };
+            // Past u32 means far past the capacity (an array's size is a u32).
+            if n > u32::MAX as u64 {
+                return Err(Stat::ClientTableFull);
+            }
+            n as u32
+        }
+    };
+    // Beyond the array (slot >= client_capacity): every slot is held.
+    let Some(totals) = CLIENT_TOTALS.get_ptr_mut(slot) else {
+        return Err(Stat::ClientTableFull);
+    };
+    match CLIENT_SLOTS.insert(client, slot, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            // SAFETY: this CPU's element; the other CPUs' first_seen stay 0 ("never").
+            unsafe { (*totals).first_seen_ns = now };
+            Ok(slot)
+        }
+        Err(e) => {
+            // Not needed after all: hand the slot back for the next new client.
+            let _ = FREE_SLOTS.push(slot, 0);
+            if e != -EEXIST {
+                return Err(Stat::ClientTableFull);
+            }
+            // Another CPU gave this client a slot first: use that one.
+            match CLIENT_SLOTS.get_ptr(client) {
+                // SAFETY: as above.
+                Some(slot) => Ok(unsafe { *slot }),
+                None => Err(Stat::ClientTableFull),
+            }
+        }
     }
-    Stat::Counted
+}
+
+/// `*p += v` atomically; returns the previous value.
+///
+/// One `BPF_ATOMIC | BPF_FETCH | BPF_ADD` instruction (kernel 5.12+), written out because LLVM
+/// only emits it for `-mcpu=v3`, and the object is built for the generic CPU (aya-build does
+/// not pass a CPU), where it rejects a fetch-and-add whose result is used.
+///
+/// # Safety
+///
+/// `p` must point to a u64 in map memory (8-byte aligned), valid for the program's run.
+#[inline(always)]
+unsafe fn fetch_add(p: *mut u64, v: u64) -> u64 {
+    let mut old = v;
+    // SAFETY: the caller's contract; the instruction reads and writes `*p` only.
+    unsafe {
+        core::arch::asm!(
+            "{old} = atomic_fetch_add((u64 *)({p} + 0), {old})",
+            old = inout(reg) old,
+            p = in(reg) p,
+            options(nostack),
+        );
+    }
+    old
 }
 
 #[inline(always)]
@@ -406,38 +556,6 @@ fn add(c: &mut Counters, dir: Direction, packets: u64, bytes: u64, now: u64) {
     }
     c.last_seen_ns = now;
 }
-
-/// Look up once and increment in place (the common case); insert only for a new key, and if
-/// another CPU inserted it first, increment that entry. Evaluates to false if the map refused.
-macro_rules! upsert {
-    ($map:ident, $key:expr, $dir:expr, $packets:expr, $bytes:expr, $now:expr) => {{
-        match $map.get_ptr_mut($key) {
-            Some(p) => {
-                add(unsafe { &mut *p }, $dir, $packets, $bytes, $now);
-                true
-            }
-            None => {
-                let mut fresh = Counters {
-                    first_seen_ns: $now,
-                    ..Counters::default()
-                };
-                add(&mut fresh, $dir, $packets, $bytes, $now);
-                match $map.insert($key, &fresh, BPF_NOEXIST as u64) {
-                    Ok(()) => true,
-                    Err(e) if e == -EEXIST => match $map.get_ptr_mut($key) {
-                        Some(p) => {
-                            add(unsafe { &mut *p }, $dir, $packets, $bytes, $now);
-                            true
-                        }
-                        None => false,
-                    },
-                    Err(_) => false,
-                }
-            }
-        }
-    }};
-}
-use upsert;
 
 // ---------------------------------------------------------------------------------------------
 // Packet and key access: the only places that read packet memory or write key words.

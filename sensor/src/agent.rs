@@ -124,10 +124,12 @@ fn poll(maps: &mut KernelMaps, accounting: &mut Accounting, metrics: &Metrics, p
         country: String::new(),
         asn: 0,
     };
-    for mac in accounting.update(&snap, now, params, &destination) {
-        info!(client = %crate::labels::mac(&mac), "client idle: retired from the metrics until seen again");
-        maps.remove_client(&mac)?;
+    let retired = accounting.update(&snap, now, params, &destination);
+    for mac in &retired {
+        info!(client = %crate::labels::mac(mac), "client idle: retired from the metrics until seen again");
     }
+    // One pass over the flow map for all of them (retiring frees their kernel slots).
+    maps.remove_clients(&retired)?;
     let client = |mac: &crate::accounting::Mac| crate::metrics::ClientLabels {
         name: crate::labels::mac(mac),
         ..Default::default()
