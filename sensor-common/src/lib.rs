@@ -3,7 +3,7 @@
 //! Every type here is `#[repr(C)]` with explicit padding fields, so that the bytes the kernel
 //! hashes for a map key are exactly the bytes userspace builds: implicit padding would be
 //! uninitialised stack memory on the BPF side and make equal keys hash differently.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 /// Names of the maps and globals in the eBPF object, so both sides spell them once.
 pub mod names {
@@ -142,6 +142,16 @@ impl Counters {
             self.last_seen_ns = other.last_seen_ns;
         }
     }
+}
+
+/// Bytes on the wire of a packet of `len` bytes (an skb: linear and paged data, with its
+/// headers once) that leaves as `segs` frames (a GSO skb: its segments; otherwise 1). Each frame
+/// after the first carries its own copy of the `header_len` bytes of headers (Ethernet to L4),
+/// and every frame carries `per_frame` bytes that the packet holds as metadata (an 802.1Q tag
+/// offloaded to the skb, 4 bytes).
+pub const fn wire_bytes(len: u64, segs: u32, header_len: u64, per_frame: u64) -> u64 {
+    let segs = if segs > 1 { segs as u64 } else { 1 };
+    len + (segs - 1) * header_len + segs * per_frame
 }
 
 /// One LAN prefix, IPv4-mapped like [`FlowKey`] addresses, as four 32-bit words in network
@@ -370,3 +380,23 @@ const _: () = assert!(core::mem::size_of::<LanPrefixes>() == 8 + 32 * MAX_LAN_PR
 const _: () = assert!(core::mem::size_of::<Event>() == 48 + 1 + 1 + 2 + 4 + 8 + EVENT_DATA_MAX);
 const _: () = assert!(core::mem::offset_of!(Event, data).is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<PendingEvent>() == 64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_bytes_counts_headers_and_offloaded_tags_once_per_frame() {
+        // A plain frame, and one whose 802.1Q tag is skb metadata.
+        assert_eq!(wire_bytes(1514, 1, 54, 0), 1514);
+        assert_eq!(wire_bytes(1514, 1, 54, 4), 1518);
+        // gso_segs 0 (not GSO) is one frame.
+        assert_eq!(wire_bytes(1514, 0, 54, 4), 1518);
+        // TCP GSO: 66 bytes of headers (14 + 20 + 32) and 3 x 1000 bytes of payload in the skb;
+        // on the wire 3 frames of 66 + 1000, each with its own 4-byte tag.
+        assert_eq!(wire_bytes(66 + 3000, 3, 66, 0), 3 * (66 + 1000));
+        assert_eq!(wire_bytes(66 + 3000, 3, 66, 4), 3 * (66 + 1000 + 4));
+        // UDP GSO over IPv6 with a short last segment: 62-byte headers, 1000 + 1000 + 500.
+        assert_eq!(wire_bytes(62 + 2500, 3, 62, 4), (62 + 1000 + 4) * 2 + (62 + 500 + 4));
+    }
+}

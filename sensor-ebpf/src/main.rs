@@ -24,7 +24,7 @@ use sensor_common::{
     ClientKey, Counters, DEFAULT_CLIENT_CAPACITY, DEFAULT_FLOW_CAPACITY, Direction, EVENT_DATA_MAX,
     EVENT_RING_BYTES, EVENT_STATS_LEN, Event, EventKind, EventOutcome, FlowKey, FlowValue, LanPrefix,
     LanPrefixes, MAX_IPV6_EXT_HEADERS, MAX_LAN_PREFIXES, MAX_VLAN_TAGS, PendingEvent, RateWindow,
-    STATS_LEN, Stat,
+    STATS_LEN, Stat, wire_bytes,
 };
 
 /// Per-flow counters, and the flow's client slot. LRU so that memory stays bounded whatever the
@@ -113,9 +113,9 @@ const MAX_PAYLOAD_OFF: usize = 1024;
 #[xdp]
 pub fn gwsensor_xdp(ctx: XdpContext) -> u32 {
     let pkt = Packet { data: ctx.data(), end: ctx.data_end() };
-    let len = pkt.end - pkt.data;
+    let size = Size { len: (pkt.end - pkt.data) as u64, segs: 1, per_frame: 0 };
     let mut key = MaybeUninit::uninit();
-    observe(&ctx, pkt, &mut key, Direction::Upload, len, len as u64, 1, |key, ev| {
+    observe(&ctx, pkt, &mut key, Direction::Upload, size, |key, ev| {
         if let Some(slot) = EVENT_PENDING.get_ptr_mut(0) {
             // SAFETY: per-CPU slot; the tail call below runs on this CPU, right after.
             unsafe {
@@ -147,19 +147,22 @@ pub fn gwsensor_xdp_pass(_ctx: XdpContext) -> u32 {
 pub fn gwsensor_tc(ctx: TcContext) -> i32 {
     // SAFETY: `skb` is the context pointer the kernel handed us; these fields are plain reads.
     let (gso_segs, vlan_present) = unsafe { ((*ctx.skb.skb).gso_segs, (*ctx.skb.skb).vlan_present) };
-    // The frame on the wire carries the 802.1Q tag that TC sees as skb metadata.
-    let len = ctx.len() as u64 + if vlan_present != 0 { 4 } else { 0 };
     // Headers of a locally built or forwarded skb may sit outside the linear area: pull just
     // enough for the deepest header we parse. Only paid when the linear part is short.
     let want = core::cmp::min(ctx.len(), 256);
     if ((ctx.data_end() - ctx.data()) as u32) < want {
         let _ = ctx.pull_data(want);
     }
-    // A GSO skb is several frames on the wire: count each, with its own copy of the headers.
-    let segs = if gso_segs > 1 { gso_segs } else { 1 };
+    let size = Size {
+        len: ctx.len() as u64,
+        // A GSO skb is several frames on the wire: count each, with its own copy of the headers.
+        segs: if gso_segs > 1 { gso_segs } else { 1 },
+        // Each of those frames carries the 802.1Q tag that TC sees as skb metadata.
+        per_frame: if vlan_present != 0 { 4 } else { 0 },
+    };
     let pkt = Packet { data: ctx.data(), end: ctx.data_end() };
     let mut key = MaybeUninit::uninit();
-    observe(&ctx, pkt, &mut key, Direction::Download, ctx.len() as usize, len, segs, |key, ev| {
+    observe(&ctx, pkt, &mut key, Direction::Download, size, |key, ev| {
         emit(&ctx, &ev.pending(key, Direction::Download));
     });
     // "Unspecified": carry on with whatever else is attached (TCX next / next filter).
@@ -257,25 +260,33 @@ impl EventStart {
     }
 }
 
+/// How much a packet weighs on the wire.
+#[derive(Clone, Copy)]
+struct Size {
+    /// The packet's length (an skb's: linear and paged data, its headers once).
+    len: u64,
+    /// The frames it leaves as: a GSO skb's segments, else 1.
+    segs: u32,
+    /// Bytes each frame carries besides (an offloaded VLAN tag).
+    per_frame: u64,
+}
+
 /// Parses (into `key`, the caller's stack slot) and counts one packet; calls `event` if its
 /// payload names a destination and the rate limit allows it.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn observe<C: EbpfContext>(
     ctx: &C,
     pkt: Packet,
     key: &mut MaybeUninit<FlowKey>,
     dir: Direction,
-    pkt_len: usize,
-    len: u64,
-    segs: u32,
+    size: Size,
     event: impl FnOnce(&FlowKey, &EventStart),
 ) {
     bump_stat(Stat::Seen, dir);
     let outcome = match parse(pkt, dir, key) {
         Ok((key, header_len)) => {
-            let packets = segs as u64;
-            let bytes = len + (packets - 1) * header_len as u64;
+            let packets = size.segs as u64;
+            let bytes = wire_bytes(size.len, size.segs, header_len as u64, size.per_frame);
             // SAFETY: coarse ktime has no preconditions.
             let now = unsafe { bpf_ktime_get_coarse_ns() };
             let outcome = account(key, dir, packets, bytes, now);
@@ -284,7 +295,7 @@ fn observe<C: EbpfContext>(
                     let start = EventStart {
                         kind,
                         payload_off: header_len as u16,
-                        payload_len: pkt_len.saturating_sub(header_len) as u32,
+                        payload_len: (size.len as usize).saturating_sub(header_len) as u32,
                         now,
                     };
                     event(key, &start);
