@@ -173,11 +173,12 @@ pub struct LanPrefixes {
 }
 
 /// What happened to a packet. The STATS per-CPU array has `2 * Stat::COUNT` slots:
-/// `direction * Stat::COUNT + stat`.
+/// `direction * Stat::COUNT + stat`; the kernel counts the outcomes, [`Stat::Seen`] is their sum.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Stat {
-    /// Every packet the program ran on.
+    /// Every packet the program ran on. Not counted by the kernel (its slot stays 0): every
+    /// packet gets exactly one of the outcomes below, and the agent sums them.
     Seen = 0,
     /// Counted in the client's totals (and, unless `FlowUpdateFailed`, in its flow).
     Counted,

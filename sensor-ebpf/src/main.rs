@@ -282,7 +282,8 @@ fn observe<C: EbpfContext>(
     size: Size,
     event: impl FnOnce(&FlowKey, &EventStart),
 ) {
-    bump_stat(Stat::Seen, dir);
+    // Exactly one outcome per packet, so the agent derives `seen` as their sum: one fewer
+    // array update per packet.
     let outcome = match parse(pkt, dir, key) {
         Ok((key, header_len)) => {
             let packets = size.segs as u64;

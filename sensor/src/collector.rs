@@ -98,10 +98,17 @@ impl KernelMaps {
             snap.clients.insert(mac, sum(values.iter()));
         }
         for slot in 0..STATS_LEN {
-            let values = self.stats.get(&slot, 0).context("reading the stats map")?;
-            let total: u64 = values.iter().sum();
             let (dir, stat) = (slot as usize / Stat::COUNT, slot as usize % Stat::COUNT);
-            snap.stats[dir][stat] = total;
+            if stat == Stat::Seen as usize {
+                continue;
+            }
+            let values = self.stats.get(&slot, 0).context("reading the stats map")?;
+            snap.stats[dir][stat] = values.iter().sum();
+        }
+        // The kernel gives every packet exactly one outcome and does not count `seen` (one
+        // fewer map update per packet): it is their sum, exact, and never ahead of them.
+        for stats in &mut snap.stats {
+            stats[Stat::Seen as usize] = stats.iter().enumerate().filter(|(i, _)| *i != Stat::Seen as usize).map(|(_, n)| n).sum();
         }
         for slot in 0..EVENT_STATS_LEN {
             let values = self.event_stats.get(&slot, 0).context("reading the event stats map")?;
