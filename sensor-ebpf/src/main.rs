@@ -53,7 +53,8 @@ static FREE_SLOTS: Queue<u32> = Queue::with_max_entries(DEFAULT_CLIENT_CAPACITY,
 #[map(name = "NEXT_SLOT")]
 static NEXT_SLOT: Array<u64> = Array::with_max_entries(1, 0);
 
-/// Packet outcomes by direction: slot `Stat::slot(direction)`.
+/// Packet outcomes by direction: slot `Stat::slot(direction)`. The `seen` slots stay 0 (the
+/// agent sums the outcomes).
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
 
@@ -282,8 +283,6 @@ fn observe<C: EbpfContext>(
     size: Size,
     event: impl FnOnce(&FlowKey, &EventStart),
 ) {
-    // Exactly one outcome per packet, so the agent derives `seen` as their sum: one fewer
-    // array update per packet.
     let outcome = match parse(pkt, dir, key) {
         Ok((key, header_len)) => {
             let packets = size.segs as u64;
@@ -308,6 +307,8 @@ fn observe<C: EbpfContext>(
         }
         Err(stat) => stat,
     };
+    // Exactly one outcome per packet, and no `seen` count: the agent derives it as the sum of
+    // the outcomes, which saves an array update per packet.
     let n = bump_stat(outcome, dir);
     // Diagnostics only for map failures, and only on the 1st, 2nd, 4th, 8th... occurrence per
     // CPU, so that logging never becomes a per-packet cost.
