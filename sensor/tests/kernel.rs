@@ -1617,3 +1617,29 @@ fn a_flow_counted_on_two_cpus_adds_to_its_own_client() {
         ],
     );
 }
+
+/// The client-slot maps are pinned as a set: with one of them gone (a fresh `NEXT_SLOT` would
+/// hand out slots that clients hold), loading is refused with a message saying what to do.
+#[test]
+fn a_partial_set_of_pinned_client_slot_maps_is_refused() {
+    require_root!();
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/gwsensor-kernel-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    struct Cleanup<'a>(&'a std::path::Path);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0);
+        }
+    }
+    let _cleanup = Cleanup(&dir);
+    let prefixes: Vec<IpNet> = LAN.iter().map(|p| p.parse().unwrap()).collect();
+    let opts = LoadOptions { lan_prefixes: &prefixes, flow_capacity: 1024, client_capacity: 8, pin_dir: Some(&dir), kernel_btf: false };
+    drop(load(&opts).expect("first load: creates and pins the maps"));
+    // Reused as they are.
+    let (_, caps) = load(&LoadOptions { client_capacity: 16, ..opts }).expect("second load: reuses the pins");
+    assert_eq!(caps.clients, 8, "pinned client maps keep their capacity");
+    std::fs::remove_file(dir.join(names::NEXT_SLOT)).unwrap();
+    let err = load(&opts).map(|_| ()).expect_err("a partial set must be refused");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("NEXT_SLOT") && msg.contains("rm -r"), "{msg}");
+}
