@@ -94,7 +94,8 @@ pub struct ClientKey {
 }
 
 /// Packet and byte counters by direction (indexed by [`Direction::index`]), with first and
-/// last time seen (`bpf_ktime_get_coarse_ns`, CLOCK_MONOTONIC). Used per CPU for both flows and
+/// last time seen (`bpf_ktime_get_coarse_ns`, CLOCK_MONOTONIC at tick resolution; the kernel
+/// reads it once per tick and CPU). Used per CPU for both flows and
 /// client totals (`CLIENT_TOTALS`, indexed by client slot); userspace sums the CPUs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -13,7 +13,7 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_skb_load_bytes},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_skb_load_bytes},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray, Queue, RingBuf},
     programs::{TcContext, XdpContext},
@@ -52,6 +52,17 @@ static FREE_SLOTS: Queue<u32> = Queue::with_max_entries(DEFAULT_CLIENT_CAPACITY,
 /// Slot 0: how many slots were ever handed out (the next never-used slot).
 #[map(name = "NEXT_SLOT")]
 static NEXT_SLOT: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Per CPU: the last reading of the coarse clock and the jiffies it was taken at (see
+/// [`coarse_now`]).
+#[map(name = "CLOCK")]
+static CLOCK: PerCpuArray<ClockReading> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+struct ClockReading {
+    jiffies: u64,
+    ns: u64,
+}
 
 /// Packet outcomes by direction: slot `Stat::slot(direction)`. The `seen` slots stay 0 (the
 /// agent sums the outcomes).
@@ -287,8 +298,7 @@ fn observe<C: EbpfContext>(
         Ok((key, header_len)) => {
             let packets = size.segs as u64;
             let bytes = wire_bytes(size.len, size.segs, header_len as u64, size.per_frame);
-            // SAFETY: coarse ktime has no preconditions.
-            let now = unsafe { bpf_ktime_get_coarse_ns() };
+            let now = coarse_now();
             let outcome = account(key, dir, packets, bytes, now);
             if let Some(kind) = event_kind(key, header_len, dir, pkt) {
                 if allow_event(now) && header_len <= MAX_PAYLOAD_OFF {
@@ -378,6 +388,37 @@ fn emit<C: Capture>(ctx: &C, pending: &PendingEvent) {
     }
     entry.submit(0);
     bump_event(kind, EventOutcome::Sent);
+}
+
+/// CLOCK_MONOTONIC at tick resolution, as `bpf_ktime_get_coarse_ns` gives it, but mostly
+/// without calling it (a helper call costs several ns per packet; `bpf_jiffies64` is two
+/// instructions once the verifier inlines it on 64-bit JITs).
+///
+/// The coarse clock only moves when the tick updates the timekeeping, which comes right after
+/// the tick advances jiffies: while jiffies stays the same, a reading taken since it last
+/// changed is still what the clock says, and this CPU's last one is reused. A reading taken in
+/// the instant between the two updates (jiffies advanced, the clock not yet) would be reused
+/// until the next tick, one tick late; it is not kept when the clock shows no progress since
+/// the reading before, which catches that case whenever this CPU saw the previous tick.
+/// (`adjtimex` can also move the clock between ticks, by less than a tick.)
+#[inline(always)]
+fn coarse_now() -> u64 {
+    // SAFETY: neither helper has preconditions.
+    let jiffies = unsafe { bpf_jiffies64() };
+    let Some(last) = CLOCK.get_ptr_mut(0) else {
+        return unsafe { bpf_ktime_get_coarse_ns() };
+    };
+    // SAFETY: this CPU's element; only this program, on this CPU, uses it.
+    let last = unsafe { &mut *last };
+    if last.jiffies == jiffies && last.ns != 0 {
+        return last.ns;
+    }
+    let ns = unsafe { bpf_ktime_get_coarse_ns() };
+    if ns != last.ns {
+        last.jiffies = jiffies;
+        last.ns = ns;
+    }
+    ns
 }
 
 #[inline(always)]
