@@ -6,36 +6,66 @@
 //! fields, so they load on router kernels built without `/sys/kernel/btf/vmlinux`.
 #![no_std]
 #![no_main]
+// Inline assembly for one instruction, the atomic fetch-and-add of slot allocation (see
+// `fetch_add`). The crate is built with nightly only (build-std), like every aya program.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_skb_load_bytes},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_skb_load_bytes},
     macros::{classifier, map, xdp},
-    maps::{LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
+    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray, Queue, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::warn;
+use core::mem::MaybeUninit;
 use sensor_common::{
     ClientKey, Counters, DEFAULT_CLIENT_CAPACITY, DEFAULT_FLOW_CAPACITY, Direction, EVENT_DATA_MAX,
-    EVENT_RING_BYTES, EVENT_STATS_LEN, Event, EventKind, EventOutcome, FlowKey, LanPrefix,
+    EVENT_RING_BYTES, EVENT_STATS_LEN, Event, EventKind, EventOutcome, FlowKey, FlowValue, LanPrefix,
     LanPrefixes, MAX_IPV6_EXT_HEADERS, MAX_LAN_PREFIXES, MAX_VLAN_TAGS, PendingEvent, RateWindow,
-    STATS_LEN, Stat,
+    STATS_LEN, Stat, wire_bytes,
 };
 
-/// Per-flow counters. LRU so that memory stays bounded whatever the traffic; the per-client
-/// totals below keep every count even when a flow is evicted.
+/// Per-flow counters, and the flow's client slot. LRU so that memory stays bounded whatever the
+/// traffic; the per-client totals below keep every count even when a flow is evicted. The one
+/// hash lookup of a known flow's packet.
 #[map(name = "FLOWS")]
-static FLOWS: LruPerCpuHashMap<FlowKey, Counters> =
+static FLOWS: LruPerCpuHashMap<FlowKey, FlowValue> =
     LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
 
-/// Per-client totals. A plain hash (never evicts): when full, new clients are counted in the
-/// `client_table_full` stat instead of silently displacing others.
-#[map(name = "CLIENTS")]
-static CLIENTS: PerCpuHashMap<ClientKey, Counters> =
-    PerCpuHashMap::with_max_entries(DEFAULT_CLIENT_CAPACITY, 0);
+/// Client MAC → slot in `CLIENT_TOTALS`. Read only for the first packet of a flow (on a CPU);
+/// written only when a new client gets a slot (and by the agent when it retires one).
+#[map(name = "CLIENT_SLOTS")]
+static CLIENT_SLOTS: HashMap<ClientKey, u32> = HashMap::with_max_entries(DEFAULT_CLIENT_CAPACITY, 0);
 
-/// Packet outcomes by direction: slot `Stat::slot(direction)`.
+/// Per-client totals by slot: an array (the kernel inlines the lookup), never evicted. When
+/// every slot is held, new clients are counted in the `client_table_full` stat instead of
+/// displacing others. Its size is the client capacity (set by the loader).
+#[map(name = "CLIENT_TOTALS")]
+static CLIENT_TOTALS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DEFAULT_CLIENT_CAPACITY, 0);
+
+/// Slots of retired clients, zeroed and pushed by the agent; popped before a new slot is used.
+#[map(name = "FREE_SLOTS")]
+static FREE_SLOTS: Queue<u32> = Queue::with_max_entries(DEFAULT_CLIENT_CAPACITY, 0);
+
+/// Slot 0: how many slots were ever handed out (the next never-used slot).
+#[map(name = "NEXT_SLOT")]
+static NEXT_SLOT: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Per CPU: the last reading of the coarse clock and the jiffies it was taken at (see
+/// [`coarse_now`]).
+#[map(name = "CLOCK")]
+static CLOCK: PerCpuArray<ClockReading> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+struct ClockReading {
+    jiffies: u64,
+    ns: u64,
+}
+
+/// Packet outcomes by direction: slot `Stat::slot(direction)`. The `seen` slots stay 0 (the
+/// agent sums the outcomes).
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
 
@@ -94,17 +124,19 @@ const MAX_PAYLOAD_OFF: usize = 1024;
 
 #[xdp]
 pub fn gwsensor_xdp(ctx: XdpContext) -> u32 {
-    let len = ctx.data_end() - ctx.data();
-    if let Some(pending) = observe(&ctx, ctx.data(), ctx.data_end(), Direction::Upload, len, len as u64, 1)
-        && let Some(slot) = EVENT_PENDING.get_ptr_mut(0)
-    {
-        // SAFETY: per-CPU slot; the tail call below runs on this CPU, right after.
-        unsafe {
-            *slot = pending;
-            // Does not return on success; on failure the packet passes all the same.
-            EVENT_TAIL.tail_call(&ctx, 0);
+    let pkt = Packet { data: ctx.data(), end: ctx.data_end() };
+    let size = Size { len: (pkt.end - pkt.data) as u64, segs: 1, per_frame: 0 };
+    let mut key = MaybeUninit::uninit();
+    observe(&ctx, pkt, &mut key, Direction::Upload, size, |key, ev| {
+        if let Some(slot) = EVENT_PENDING.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot; the tail call below runs on this CPU, right after.
+            unsafe {
+                *slot = ev.pending(key, Direction::Upload);
+                // Does not return on success; on failure the packet passes all the same.
+                EVENT_TAIL.tail_call(&ctx, 0);
+            }
         }
-    }
+    });
     xdp_action::XDP_PASS
 }
 
@@ -127,19 +159,24 @@ pub fn gwsensor_xdp_pass(_ctx: XdpContext) -> u32 {
 pub fn gwsensor_tc(ctx: TcContext) -> i32 {
     // SAFETY: `skb` is the context pointer the kernel handed us; these fields are plain reads.
     let (gso_segs, vlan_present) = unsafe { ((*ctx.skb.skb).gso_segs, (*ctx.skb.skb).vlan_present) };
-    // The frame on the wire carries the 802.1Q tag that TC sees as skb metadata.
-    let len = ctx.len() as u64 + if vlan_present != 0 { 4 } else { 0 };
     // Headers of a locally built or forwarded skb may sit outside the linear area: pull just
     // enough for the deepest header we parse. Only paid when the linear part is short.
     let want = core::cmp::min(ctx.len(), 256);
     if ((ctx.data_end() - ctx.data()) as u32) < want {
         let _ = ctx.pull_data(want);
     }
-    // A GSO skb is several frames on the wire: count each, with its own copy of the headers.
-    let segs = if gso_segs > 1 { gso_segs } else { 1 };
-    if let Some(pending) = observe(&ctx, ctx.data(), ctx.data_end(), Direction::Download, ctx.len() as usize, len, segs) {
-        emit(&ctx, &pending);
-    }
+    let size = Size {
+        len: ctx.len() as u64,
+        // A GSO skb is several frames on the wire: count each, with its own copy of the headers.
+        segs: if gso_segs > 1 { gso_segs } else { 1 },
+        // Each of those frames carries the 802.1Q tag that TC sees as skb metadata.
+        per_frame: if vlan_present != 0 { 4 } else { 0 },
+    };
+    let pkt = Packet { data: ctx.data(), end: ctx.data_end() };
+    let mut key = MaybeUninit::uninit();
+    observe(&ctx, pkt, &mut key, Direction::Download, size, |key, ev| {
+        emit(&ctx, &ev.pending(key, Direction::Download));
+    });
     // "Unspecified": carry on with whatever else is attached (TCX next / next filter).
     TC_ACT_UNSPEC
 }
@@ -155,7 +192,7 @@ impl Capture for XdpContext {
     fn capture(&self, off: usize, dst: &mut [u8; EVENT_DATA_MAX], want: usize) -> usize {
         // bpf_xdp_load_bytes needs 5.18; router kernels are older. Eight bytes at a time, each
         // read checked against the packet end.
-        let (data, end) = (self.data(), self.data_end());
+        let pkt = Packet { data: self.data(), end: self.data_end() };
         // `off` comes through a map: give the verifier its bound again.
         if off > MAX_PAYLOAD_OFF {
             return 0;
@@ -166,9 +203,8 @@ impl Capture for XdpContext {
             if o + 8 > want {
                 break;
             }
-            match at::<[u8; 8]>(data, end, off + o) {
-                // SAFETY: packet read bounds-checked by `at`; o + 8 <= EVENT_DATA_MAX.
-                Some(p) => unsafe { core::ptr::write_unaligned(dst.as_mut_ptr().add(o).cast::<[u8; 8]>(), *p) },
+            match pkt.span::<8>(off + o) {
+                Some(s) => put_bytes(dst, o, s.get::<u64, 0>()),
                 None => break,
             }
             n = o + 8;
@@ -179,9 +215,8 @@ impl Capture for XdpContext {
             // Opaque to LLVM: otherwise it folds `o + 8` into `want` and checks a different
             // pointer than the one it reads through, which the verifier refuses.
             let o = core::hint::black_box(want - 8);
-            if let Some(p) = at::<[u8; 8]>(data, end, off + o) {
-                // SAFETY: as above; o + 8 == want <= EVENT_DATA_MAX.
-                unsafe { core::ptr::write_unaligned(dst.as_mut_ptr().add(o).cast::<[u8; 8]>(), *p) };
+            if let Some(s) = pkt.span::<8>(off + o) {
+                put_bytes(dst, o, s.get::<u64, 0>());
                 n = want;
             }
         }
@@ -189,8 +224,20 @@ impl Capture for XdpContext {
     }
 }
 
+/// Stores eight packet bytes (as loaded, in packet order) at `dst[o..o + 8]`.
+#[inline(always)]
+fn put_bytes(dst: &mut [u8; EVENT_DATA_MAX], o: usize, v: u64) {
+    if let Some(d) = dst.get_mut(o..o + 8) {
+        d.copy_from_slice(&v.to_ne_bytes());
+    }
+}
+
 impl Capture for TcContext {
     fn capture(&self, off: usize, dst: &mut [u8; EVENT_DATA_MAX], want: usize) -> usize {
+        // Opaque to LLVM: it knows how `want` was computed and would test something equivalent
+        // instead (the payload offset against the packet length), which tells the verifier
+        // nothing about the length register passed below.
+        let want = core::hint::black_box(want);
         if want == 0 || want > EVENT_DATA_MAX {
             return 0;
         }
@@ -202,38 +249,66 @@ impl Capture for TcContext {
     }
 }
 
-/// Parses and counts one packet; returns an event to emit if its payload names a destination
-/// and the rate limit allows it.
+/// An event decided on by [`observe`]: what its caller needs, with the flow key, to stage or
+/// emit it.
+struct EventStart {
+    kind: EventKind,
+    payload_off: u16,
+    payload_len: u32,
+    now: u64,
+}
+
+impl EventStart {
+    #[inline(always)]
+    fn pending(&self, key: &FlowKey, dir: Direction) -> PendingEvent {
+        PendingEvent {
+            key: *key,
+            kind: self.kind as u8,
+            direction: dir as u8,
+            payload_off: self.payload_off,
+            payload_len: self.payload_len,
+            ktime_ns: self.now,
+        }
+    }
+}
+
+/// How much a packet weighs on the wire.
+#[derive(Clone, Copy)]
+struct Size {
+    /// The packet's length (an skb's: linear and paged data, its headers once).
+    len: u64,
+    /// The frames it leaves as: a GSO skb's segments, else 1.
+    segs: u32,
+    /// Bytes each frame carries besides (an offloaded VLAN tag).
+    per_frame: u64,
+}
+
+/// Parses (into `key`, the caller's stack slot) and counts one packet; calls `event` if its
+/// payload names a destination and the rate limit allows it.
 #[inline(always)]
 fn observe<C: EbpfContext>(
     ctx: &C,
-    data: usize,
-    end: usize,
+    pkt: Packet,
+    key: &mut MaybeUninit<FlowKey>,
     dir: Direction,
-    pkt_len: usize,
-    len: u64,
-    segs: u32,
-) -> Option<PendingEvent> {
-    bump_stat(Stat::Seen, dir);
-    let mut pending = None;
-    let outcome = match parse(data, end, dir) {
-        Ok(p) => {
-            let packets = segs as u64;
-            let bytes = len + (packets - 1) * p.header_len as u64;
-            // SAFETY: coarse ktime has no preconditions.
-            let now = unsafe { bpf_ktime_get_coarse_ns() };
-            let outcome = account(&p.key, dir, packets, bytes, now);
-            if let Some(kind) = event_kind(&p, dir, data, end) {
-                if allow_event(now) && p.header_len <= MAX_PAYLOAD_OFF {
-                    pending = Some(PendingEvent {
-                        key: p.key,
-                        kind: kind as u8,
-                        direction: dir as u8,
-                        payload_off: p.header_len as u16,
-                        payload_len: pkt_len.saturating_sub(p.header_len) as u32,
-                        _pad: 0,
-                        ktime_ns: now,
-                    });
+    size: Size,
+    event: impl FnOnce(&FlowKey, &EventStart),
+) {
+    let outcome = match parse(pkt, dir, key) {
+        Ok((key, header_len)) => {
+            let packets = size.segs as u64;
+            let bytes = wire_bytes(size.len, size.segs, header_len as u64, size.per_frame);
+            let now = coarse_now();
+            let outcome = account(key, dir, packets, bytes, now);
+            if let Some(kind) = event_kind(key, header_len, dir, pkt) {
+                if allow_event(now) && header_len <= MAX_PAYLOAD_OFF {
+                    let start = EventStart {
+                        kind,
+                        payload_off: header_len as u16,
+                        payload_len: (size.len as usize).saturating_sub(header_len) as u32,
+                        now,
+                    };
+                    event(key, &start);
                 } else {
                     bump_event(kind, EventOutcome::RateLimited);
                 }
@@ -242,6 +317,8 @@ fn observe<C: EbpfContext>(
         }
         Err(stat) => stat,
     };
+    // Exactly one outcome per packet, and no `seen` count: the agent derives it as the sum of
+    // the outcomes, which saves an array update per packet.
     let n = bump_stat(outcome, dir);
     // Diagnostics only for map failures, and only on the 1st, 2nd, 4th, 8th... occurrence per
     // CPU, so that logging never becomes a per-packet cost.
@@ -249,7 +326,6 @@ fn observe<C: EbpfContext>(
         let which = outcome as u32;
         warn!(ctx, "gwsensor: map update failed (stat {}), occurrence {}", which, n);
     }
-    pending
 }
 
 /// Increments a stat and returns its new per-CPU value (0 if the slot is missing).
@@ -267,22 +343,23 @@ fn bump_stat(stat: Stat, dir: Direction) -> u64 {
 /// Does this packet's payload name a destination? DNS answers to clients, ClientHellos and
 /// HTTP requests from clients. Only the first bytes are looked at.
 #[inline(always)]
-fn event_kind(p: &Parsed, dir: Direction, data: usize, end: usize) -> Option<EventKind> {
-    let proto = p.key.protocol;
+fn event_kind(key: &FlowKey, header_len: usize, dir: Direction, pkt: Packet) -> Option<EventKind> {
+    let proto = key.protocol;
     match dir {
-        Direction::Download if p.key.remote_port == 53 && (proto == IPPROTO_UDP || proto == IPPROTO_TCP) => {
+        Direction::Download if key.remote_port == 53 && (proto == IPPROTO_UDP || proto == IPPROTO_TCP) => {
             // A TCP segment with no payload (an ACK) carries no answer.
-            at::<u8>(data, end, p.header_len).map(|_| EventKind::DnsResponse)
+            pkt.span::<1>(header_len).map(|_| EventKind::DnsResponse)
         }
-        Direction::Upload if proto == IPPROTO_TCP && p.key.remote_port != 0 => {
-            let head: [u8; 6] = read(data, end, p.header_len, Stat::Seen).ok()?;
+        Direction::Upload if proto == IPPROTO_TCP && key.remote_port != 0 => {
+            let head = pkt.span::<6>(header_len)?;
+            let (b0, b1, b5) = (head.get::<u8, 0>(), head.get::<u8, 1>(), head.get::<u8, 5>());
             // TLS record: handshake (22), version 3.x, first message a ClientHello (1).
-            if head[0] == 22 && head[1] == 3 && head[5] == 1 {
+            if b0 == 22 && b1 == 3 && b5 == 1 {
                 return Some(EventKind::TlsClientHello);
             }
-            let method = [head[0], head[1], head[2], head[3]];
-            matches!(&method, b"GET " | b"POST" | b"HEAD" | b"PUT " | b"DELE" | b"OPTI" | b"PATC")
-                .then_some(EventKind::HttpRequest)
+            const METHODS: [[u8; 4]; 7] = [*b"GET ", *b"POST", *b"HEAD", *b"PUT ", *b"DELE", *b"OPTI", *b"PATC"];
+            let method = head.get::<u32, 0>();
+            METHODS.iter().any(|m| method == u32::from_ne_bytes(*m)).then_some(EventKind::HttpRequest)
         }
         _ => None,
     }
@@ -305,13 +382,43 @@ fn emit<C: Capture>(ctx: &C, pending: &PendingEvent) {
         (*ev).kind = pending.kind;
         (*ev).direction = pending.direction;
         (*ev).payload_len = pending.payload_len;
-        (*ev)._pad = 0;
         (*ev).ktime_ns = pending.ktime_ns;
         let captured = ctx.capture(pending.payload_off as usize, &mut (*ev).data, want);
         (*ev).captured = captured as u16;
     }
     entry.submit(0);
     bump_event(kind, EventOutcome::Sent);
+}
+
+/// CLOCK_MONOTONIC at tick resolution, as `bpf_ktime_get_coarse_ns` gives it, but mostly
+/// without calling it (a helper call costs several ns per packet; `bpf_jiffies64` is two
+/// instructions once the verifier inlines it on 64-bit JITs).
+///
+/// The coarse clock only moves when the tick updates the timekeeping, which comes right after
+/// the tick advances jiffies: while jiffies stays the same, a reading taken since it last
+/// changed is still what the clock says, and this CPU's last one is reused. A reading taken in
+/// the instant between the two updates (jiffies advanced, the clock not yet) would be reused
+/// until the next tick, one tick late; it is not kept when the clock shows no progress since
+/// the reading before, which catches that case whenever this CPU saw the previous tick.
+/// (`adjtimex` can also move the clock between ticks, by less than a tick.)
+#[inline(always)]
+fn coarse_now() -> u64 {
+    // SAFETY: neither helper has preconditions.
+    let jiffies = unsafe { bpf_jiffies64() };
+    let Some(last) = CLOCK.get_ptr_mut(0) else {
+        return unsafe { bpf_ktime_get_coarse_ns() };
+    };
+    // SAFETY: this CPU's element; only this program, on this CPU, uses it.
+    let last = unsafe { &mut *last };
+    if last.jiffies == jiffies && last.ns != 0 {
+        return last.ns;
+    }
+    let ns = unsafe { bpf_ktime_get_coarse_ns() };
+    if ns != last.ns {
+        last.jiffies = jiffies;
+        last.ns = ns;
+    }
+    ns
 }
 
 #[inline(always)]
@@ -340,20 +447,153 @@ fn bump_event(kind: EventKind, outcome: EventOutcome) {
     }
 }
 
-/// Adds one packet (or a GSO batch) to the client's totals and to its flow.
+/// Adds one packet (or a GSO batch) to its flow and to its client's totals. A known flow costs
+/// one hash lookup (`FLOWS`) and one array lookup (`CLIENT_TOTALS`, at the slot the flow holds).
 #[inline(always)]
 fn account(key: &FlowKey, dir: Direction, packets: u64, bytes: u64, now: u64) -> Stat {
-    let client = ClientKey {
-        mac: key.client_mac,
-        _pad: [0; 2],
+    let Some(flow) = FLOWS.get_ptr_mut(key) else {
+        return account_new_flow(key, dir, packets, bytes, now);
     };
-    if !upsert!(CLIENTS, &client, dir, packets, bytes, now) {
+    // SAFETY: this CPU's copy of the value; only this program on this CPU writes it.
+    let flow = unsafe { &mut *flow };
+    let slot = match flow.slot() {
+        Some(slot) => slot,
+        // The flow was inserted on another CPU: learn its client's slot once for this CPU.
+        None => match client_slot(key, now) {
+            Ok(slot) => {
+                flow.client_slot = slot + 1;
+                slot
+            }
+            Err(stat) => return stat,
+        },
+    };
+    let Some(totals) = CLIENT_TOTALS.get_ptr_mut(slot) else {
         return Stat::ClientTableFull;
-    }
-    if !upsert!(FLOWS, key, dir, packets, bytes, now) {
-        return Stat::FlowUpdateFailed;
-    }
+    };
+    add(&mut flow.counters, dir, packets, bytes, now);
+    // SAFETY: this CPU's element of the per-CPU array.
+    add(unsafe { &mut *totals }, dir, packets, bytes, now);
     Stat::Counted
+}
+
+/// The first packet of a flow (or of a flow evicted since): its client's slot, then the flow.
+#[inline(always)]
+fn account_new_flow(key: &FlowKey, dir: Direction, packets: u64, bytes: u64, now: u64) -> Stat {
+    let slot = match client_slot(key, now) {
+        Ok(slot) => slot,
+        Err(stat) => return stat,
+    };
+    let Some(totals) = CLIENT_TOTALS.get_ptr_mut(slot) else {
+        return Stat::ClientTableFull;
+    };
+    let mut fresh = FlowValue {
+        counters: Counters {
+            first_seen_ns: now,
+            ..Counters::default()
+        },
+        client_slot: slot + 1,
+        _pad: 0,
+    };
+    add(&mut fresh.counters, dir, packets, bytes, now);
+    let outcome = match FLOWS.insert(key, fresh, BPF_NOEXIST as u64) {
+        Ok(()) => Stat::Counted,
+        // Another CPU inserted it first: add to that entry (this CPU's copy of it).
+        Err(e) if e == -EEXIST => match FLOWS.get_ptr_mut(key) {
+            Some(p) => {
+                // SAFETY: this CPU's copy of the value.
+                let flow = unsafe { &mut *p };
+                add(&mut flow.counters, dir, packets, bytes, now);
+                if flow.client_slot == 0 {
+                    flow.client_slot = slot + 1;
+                }
+                Stat::Counted
+            }
+            None => Stat::FlowUpdateFailed,
+        },
+        Err(_) => Stat::FlowUpdateFailed,
+    };
+    // The client's totals count the packet even when the flow map refused it.
+    // SAFETY: this CPU's element of the per-CPU array.
+    add(unsafe { &mut *totals }, dir, packets, bytes, now);
+    outcome
+}
+
+/// The client's slot in `CLIENT_TOTALS`: looked up by MAC, or taken for a new client. Only for
+/// the first packet of a flow on a CPU, so never on the per-packet path of a known flow.
+#[inline(always)]
+fn client_slot(key: &FlowKey, now: u64) -> Result<u32, Stat> {
+    // The MAC and two zero bytes: the key's word at the MAC, without the port's bytes.
+    let mac_word = key_word::<u64, K_MAC>(key) & u64::from_ne_bytes([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]);
+    // SAFETY: ClientKey is 8 plain bytes (asserted in sensor-common): any value is valid.
+    let client: ClientKey = unsafe { core::mem::transmute::<u64, ClientKey>(mac_word) };
+    if let Some(slot) = CLIENT_SLOTS.get_ptr(client) {
+        // SAFETY: a value of the map, read once.
+        return Ok(unsafe { *slot });
+    }
+    // A new client: a retired slot (zeroed by the agent) if there is one, else a never-used one.
+    let slot = match FREE_SLOTS.pop() {
+        Ok(Some(slot)) => slot,
+        _ => {
+            let Some(next) = NEXT_SLOT.get_ptr_mut(0) else {
+                return Err(Stat::ClientTableFull);
+            };
+            // SAFETY: the map value, shared by all CPUs: updated atomically.
+            let n = unsafe { fetch_add(next, 1) };
+            // Past u32 means far past the capacity (an array's size is a u32).
+            if n > u32::MAX as u64 {
+                return Err(Stat::ClientTableFull);
+            }
+            n as u32
+        }
+    };
+    // Beyond the array (slot >= client_capacity): every slot is held.
+    let Some(totals) = CLIENT_TOTALS.get_ptr_mut(slot) else {
+        return Err(Stat::ClientTableFull);
+    };
+    match CLIENT_SLOTS.insert(client, slot, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            // SAFETY: this CPU's element; the other CPUs' first_seen stay 0 ("never").
+            unsafe { (*totals).first_seen_ns = now };
+            Ok(slot)
+        }
+        Err(e) => {
+            // Not needed after all: hand the slot back for the next new client.
+            let _ = FREE_SLOTS.push(slot, 0);
+            if e != -EEXIST {
+                return Err(Stat::ClientTableFull);
+            }
+            // Another CPU gave this client a slot first: use that one.
+            match CLIENT_SLOTS.get_ptr(client) {
+                // SAFETY: as above.
+                Some(slot) => Ok(unsafe { *slot }),
+                None => Err(Stat::ClientTableFull),
+            }
+        }
+    }
+}
+
+/// `*p += v` atomically; returns the previous value.
+///
+/// One `BPF_ATOMIC | BPF_FETCH | BPF_ADD` instruction (kernel 5.12+), written out because LLVM
+/// only emits it for `-mcpu=v3`, and the object is built for the generic CPU (aya-build does
+/// not pass a CPU), where it rejects a fetch-and-add whose result is used.
+///
+/// # Safety
+///
+/// `p` must point to a u64 in map memory (8-byte aligned), valid for the program's run.
+#[inline(always)]
+unsafe fn fetch_add(p: *mut u64, v: u64) -> u64 {
+    let mut old = v;
+    // SAFETY: the caller's contract; the instruction reads and writes `*p` only.
+    unsafe {
+        core::arch::asm!(
+            "{old} = atomic_fetch_add((u64 *)({p} + 0), {old})",
+            old = inout(reg) old,
+            p = in(reg) p,
+            options(nostack),
+        );
+    }
+    old
 }
 
 #[inline(always)]
@@ -371,178 +611,222 @@ fn add(c: &mut Counters, dir: Direction, packets: u64, bytes: u64, now: u64) {
     c.last_seen_ns = now;
 }
 
-/// Look up once and increment in place (the common case); insert only for a new key, and if
-/// another CPU inserted it first, increment that entry. Evaluates to false if the map refused.
-macro_rules! upsert {
-    ($map:ident, $key:expr, $dir:expr, $packets:expr, $bytes:expr, $now:expr) => {{
-        match $map.get_ptr_mut($key) {
-            Some(p) => {
-                add(unsafe { &mut *p }, $dir, $packets, $bytes, $now);
-                true
-            }
-            None => {
-                let mut fresh = Counters {
-                    first_seen_ns: $now,
-                    ..Counters::default()
-                };
-                add(&mut fresh, $dir, $packets, $bytes, $now);
-                match $map.insert($key, &fresh, BPF_NOEXIST as u64) {
-                    Ok(()) => true,
-                    Err(e) if e == -EEXIST => match $map.get_ptr_mut($key) {
-                        Some(p) => {
-                            add(unsafe { &mut *p }, $dir, $packets, $bytes, $now);
-                            true
-                        }
-                        None => false,
-                    },
-                    Err(_) => false,
-                }
-            }
-        }
-    }};
-}
-use upsert;
+// ---------------------------------------------------------------------------------------------
+// Packet and key access: the only places that read packet memory or write key words.
 
-/// A parsed packet: its flow key and where its L4 payload starts (for GSO byte accounting).
-struct Parsed {
-    key: FlowKey,
-    header_len: usize,
+/// Integer types read from packets and written into keys, each with one load or store.
+trait Word: Copy {}
+impl Word for u8 {}
+impl Word for u16 {}
+impl Word for u32 {}
+impl Word for u64 {}
+
+/// The packet, `[data, end)`.
+#[derive(Clone, Copy)]
+struct Packet {
+    data: usize,
+    end: usize,
 }
 
-/// Pointer to a `T` at `off` bytes into the packet, if the packet is long enough.
-#[inline(always)]
-fn at<T>(data: usize, end: usize, off: usize) -> Option<*const T> {
-    let start = data + off;
-    if start + core::mem::size_of::<T>() > end {
-        None
-    } else {
-        Some(start as *const T)
+/// `N` bytes of the packet from address `.0`, checked to lie before the packet end when made.
+#[derive(Clone, Copy)]
+struct Span<const N: usize>(usize);
+
+impl Packet {
+    /// The `N` bytes at `off`, if the packet holds them: the bounds check the verifier needs
+    /// before any read through the span.
+    #[inline(always)]
+    fn span<const N: usize>(self, off: usize) -> Option<Span<N>> {
+        let start = self.data + off;
+        if start + N > self.end { None } else { Some(Span(start)) }
+    }
+
+    /// Does the packet hold `len` bytes at `off`? (A length check only: nothing is read.)
+    #[inline(always)]
+    fn holds(self, off: usize, len: usize) -> bool {
+        self.data + off + len <= self.end
     }
 }
 
-/// Reads a `T` (a byte array) at `off`; `Err(stat)` if the packet ends first.
-#[inline(always)]
-fn read<T: Copy>(data: usize, end: usize, off: usize, stat: Stat) -> Result<T, Stat> {
-    match at::<T>(data, end, off) {
-        // SAFETY: bounds checked against data_end just above; T is a byte array (align 1).
-        Some(p) => Ok(unsafe { *p }),
-        None => Err(stat),
+impl<const N: usize> Span<N> {
+    /// The `T` at byte `AT` of the span, read with one load of `T`'s width, in packet byte
+    /// order (convert with `from_be`).
+    ///
+    /// The load is unaligned whenever the packet puts the field there (an IPv4 address behind
+    /// a 14-byte Ethernet header, say). That is deliberate: the BPF backend splits an
+    /// align-1 read (`read_unaligned`, or a `[u8; N]` copy) into byte loads, one instruction
+    /// per byte, which is what this replaces. The kernel executes the wide load as is: the JIT
+    /// emits a plain load, which x86 and arm64 perform unaligned, and the verifier only insists
+    /// on aligned packet access where the architecture lacks efficient unaligned access (or with
+    /// BPF_F_STRICT_ALIGNMENT, which we never set). The object is built in release mode, so no
+    /// debug alignment check is inserted either.
+    #[inline(always)]
+    fn get<T: Word, const AT: usize>(self) -> T {
+        const { assert!(AT + size_of::<T>() <= N) };
+        // SAFETY: [self.0, self.0 + N) lies inside the packet (checked when the span was made)
+        // and AT + size_of::<T>() <= N (checked at compile time above); alignment as above.
+        unsafe { core::ptr::read((self.0 + AT) as *const T) }
     }
 }
 
+/// Byte offsets of the key fields, for [`put`] and [`key_word`].
+const K_CLIENT_IP: usize = core::mem::offset_of!(FlowKey, client_ip);
+const K_REMOTE_IP: usize = core::mem::offset_of!(FlowKey, remote_ip);
+const K_MAC: usize = core::mem::offset_of!(FlowKey, client_mac);
+const K_PORT: usize = core::mem::offset_of!(FlowKey, remote_port);
+const K_PROTO: usize = core::mem::offset_of!(FlowKey, protocol);
+const _: () = assert!(core::mem::align_of::<FlowKey>() == 8 && K_PROTO + 8 == size_of::<FlowKey>());
+
+/// Writes `v` at byte `AT` of the key being built, with one aligned store.
 #[inline(always)]
-fn parse(data: usize, end: usize, dir: Direction) -> Result<Parsed, Stat> {
-    let eth: [u8; ETH_HLEN] = read(data, end, 0, Stat::TruncatedL2)?;
+fn put<T: Word, const AT: usize>(key: &mut MaybeUninit<FlowKey>, v: T) {
+    const { assert!(AT.is_multiple_of(size_of::<T>()) && AT + size_of::<T>() <= size_of::<FlowKey>()) };
+    // SAFETY: in bounds (checked at compile time), and aligned: FlowKey is align(8) and AT is
+    // a multiple of T's size (at most 8).
+    unsafe { key.as_mut_ptr().cast::<u8>().add(AT).cast::<T>().write(v) }
+}
+
+/// Reads the `T` at byte `AT` of the key with one aligned load.
+#[inline(always)]
+fn key_word<T: Word, const AT: usize>(key: &FlowKey) -> T {
+    const { assert!(AT.is_multiple_of(size_of::<T>()) && AT + size_of::<T>() <= size_of::<FlowKey>()) };
+    // SAFETY: as in `put`.
+    unsafe { (key as *const FlowKey).cast::<u8>().add(AT).cast::<T>().read() }
+}
+
+/// The third word of an IPv4-mapped address (`::ffff:a.b.c.d`): bytes 00 00 ff ff.
+const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+// ---------------------------------------------------------------------------------------------
+// Parser
+
+/// Parses a packet into `key`, writing every byte of it when it succeeds; returns the key and
+/// where the L4 payload starts (for GSO byte accounting and events), or the reason the packet
+/// is not counted.
+#[inline(always)]
+fn parse(pkt: Packet, dir: Direction, key: &mut MaybeUninit<FlowKey>) -> Result<(&FlowKey, usize), Stat> {
     let upload = matches!(dir, Direction::Upload);
+    let eth = pkt.span::<ETH_HLEN>(0).ok_or(Stat::TruncatedL2)?;
     // The client is the sender of an upload and the receiver of a download.
-    let m = if upload { 6 } else { 0 };
-    let client_mac = [eth[m], eth[m + 1], eth[m + 2], eth[m + 3], eth[m + 4], eth[m + 5]];
+    let (mac_head, mac_tail) = if upload {
+        (eth.get::<u32, 6>(), eth.get::<u16, 10>())
+    } else {
+        (eth.get::<u32, 0>(), eth.get::<u16, 4>())
+    };
 
-    let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    let mut ethertype = u16::from_be(eth.get::<u16, 12>());
     let mut off = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        let tag: [u8; 4] = read(data, end, off, Stat::TruncatedL2)?;
-        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+        let tag = pkt.span::<4>(off).ok_or(Stat::TruncatedL2)?;
+        ethertype = u16::from_be(tag.get::<u16, 2>());
         off += 4;
     }
 
     let l3 = match ethertype {
-        ETH_P_IP => parse_ipv4(data, end, off)?,
-        ETH_P_IPV6 => parse_ipv6(data, end, off)?,
+        ETH_P_IP => parse_ipv4(pkt, off, upload, key)?,
+        ETH_P_IPV6 => parse_ipv6(pkt, off, upload, key)?,
         ETH_P_8021Q | ETH_P_8021AD => return Err(Stat::VlanDepth),
         _ => return Err(Stat::NotIp),
     };
 
     // Ports: only in the first (or only) fragment, and only for TCP and UDP.
-    let (mut src_port, mut dst_port, mut header_len) = (0u16, 0u16, l3.l4_off);
+    let (mut port, mut header_len) = (0u16, l3.l4_off);
     if l3.first_fragment {
         match l3.protocol {
             IPPROTO_TCP => {
-                let tcp: [u8; 20] = read(data, end, l3.l4_off, Stat::TruncatedL4)?;
-                src_port = u16::from_be_bytes([tcp[0], tcp[1]]);
-                dst_port = u16::from_be_bytes([tcp[2], tcp[3]]);
-                let doff = ((tcp[12] >> 4) as usize) * 4;
+                let tcp = pkt.span::<20>(l3.l4_off).ok_or(Stat::TruncatedL4)?;
+                port = u16::from_be(if upload { tcp.get::<u16, 2>() } else { tcp.get::<u16, 0>() });
+                let doff = ((tcp.get::<u8, 12>() >> 4) as usize) * 4;
                 header_len = l3.l4_off + if doff > 20 { doff } else { 20 };
             }
             IPPROTO_UDP => {
-                let udp: [u8; 8] = read(data, end, l3.l4_off, Stat::TruncatedL4)?;
-                src_port = u16::from_be_bytes([udp[0], udp[1]]);
-                dst_port = u16::from_be_bytes([udp[2], udp[3]]);
+                let udp = pkt.span::<8>(l3.l4_off).ok_or(Stat::TruncatedL4)?;
+                port = u16::from_be(if upload { udp.get::<u16, 2>() } else { udp.get::<u16, 0>() });
                 header_len = l3.l4_off + 8;
             }
             _ => {}
         }
     }
 
-    let (client_ip, remote_ip, remote_port) = if upload {
-        (l3.src, l3.dst, dst_port)
-    } else {
-        (l3.dst, l3.src, src_port)
-    };
+    put::<u32, K_MAC>(key, mac_head);
+    put::<u16, { K_MAC + 4 }>(key, mac_tail);
+    put::<u16, K_PORT>(key, port);
+    // The protocol and the seven padding bytes after it, in one store.
+    put::<u64, K_PROTO>(key, u64::from_ne_bytes([l3.protocol, 0, 0, 0, 0, 0, 0, 0]));
+
     // Group/broadcast MACs are never a client; nor is an address outside the LAN, nor an
     // IPv4-mapped address in an IPv6 header (it would pose as an IPv4 LAN host).
-    if client_mac[0] & 1 != 0 || (l3.v6 && is_v4_mapped(&client_ip)) || !in_lan(&client_ip) {
+    let w = l3.client;
+    let group_mac = mac_head.to_ne_bytes()[0] & 1 != 0;
+    let mapped = w[0] == 0 && w[1] == 0 && w[2] == V4_MAPPED_WORD;
+    if group_mac || (l3.v6 && mapped) || !in_lan(w) {
         return Err(Stat::NotClient);
     }
-    Ok(Parsed {
-        key: FlowKey {
-            client_ip,
-            remote_ip,
-            client_mac,
-            remote_port,
-            protocol: l3.protocol,
-            _pad: [0; 3],
-        },
-        header_len,
-    })
+    // SAFETY: every byte of the key is written: the addresses (32 bytes) by the L3 parser, then
+    // the MAC (6), the port (2), and the protocol with the padding (8).
+    Ok((unsafe { key.assume_init_ref() }, header_len))
 }
 
+/// What the L3 parsers found besides the addresses (which they write into the key).
 struct L3 {
     /// IPv6 (addresses are native), not IPv4 (addresses are IPv4-mapped).
     v6: bool,
-    src: [u8; 16],
-    dst: [u8; 16],
+    /// The client address as four words (network byte order), as written into the key.
+    client: [u32; 4],
     protocol: u8,
     l4_off: usize,
     first_fragment: bool,
 }
 
 #[inline(always)]
-fn is_v4_mapped(ip: &[u8; 16]) -> bool {
-    ip[..10].iter().all(|b| *b == 0) && ip[10] == 0xff && ip[11] == 0xff
-}
-
-#[inline(always)]
-fn mapped(a: u8, b: u8, c: u8, d: u8) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d]
-}
-
-#[inline(always)]
-fn parse_ipv4(data: usize, end: usize, off: usize) -> Result<L3, Stat> {
-    let ip: [u8; 20] = read(data, end, off, Stat::TruncatedL3)?;
-    if ip[0] >> 4 != 4 {
+fn parse_ipv4(pkt: Packet, off: usize, upload: bool, key: &mut MaybeUninit<FlowKey>) -> Result<L3, Stat> {
+    let ip = pkt.span::<20>(off).ok_or(Stat::TruncatedL3)?;
+    let version_ihl = ip.get::<u8, 0>();
+    if version_ihl >> 4 != 4 {
         return Err(Stat::BadL3Header);
     }
     // IHL, not 20: options are part of the header. Total length is not trusted for anything.
-    let ihl = ((ip[0] & 0x0f) as usize) * 4;
+    let ihl = ((version_ihl & 0x0f) as usize) * 4;
     if ihl < 20 {
         return Err(Stat::BadL3Header);
     }
-    if data + off + ihl > end {
+    if !pkt.holds(off, ihl) {
         return Err(Stat::TruncatedL3);
     }
-    let frag_offset = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff;
+    let frag_offset = u16::from_be(ip.get::<u16, 6>()) & 0x1fff;
+    let (src, dst) = (ip.get::<u32, 12>(), ip.get::<u32, 16>());
+    let (client, remote) = if upload { (src, dst) } else { (dst, src) };
+    // IPv4-mapped: ::ffff:a.b.c.d.
+    put::<u64, K_CLIENT_IP>(key, 0);
+    put::<u32, { K_CLIENT_IP + 8 }>(key, V4_MAPPED_WORD);
+    put::<u32, { K_CLIENT_IP + 12 }>(key, client);
+    put::<u64, K_REMOTE_IP>(key, 0);
+    put::<u32, { K_REMOTE_IP + 8 }>(key, V4_MAPPED_WORD);
+    put::<u32, { K_REMOTE_IP + 12 }>(key, remote);
     Ok(L3 {
         v6: false,
-        src: mapped(ip[12], ip[13], ip[14], ip[15]),
-        dst: mapped(ip[16], ip[17], ip[18], ip[19]),
-        protocol: ip[9],
+        client: [0, 0, V4_MAPPED_WORD, client],
+        protocol: ip.get::<u8, 9>(),
         l4_off: off + ihl,
         first_fragment: frag_offset == 0,
     })
+}
+
+/// The first four bytes (in memory order) of eight loaded as a u64.
+#[inline(always)]
+fn first_word(v: u64) -> u32 {
+    let b = v.to_ne_bytes();
+    u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// The last four bytes (in memory order) of eight loaded as a u64.
+#[inline(always)]
+fn second_word(v: u64) -> u32 {
+    let b = v.to_ne_bytes();
+    u32::from_ne_bytes([b[4], b[5], b[6], b[7]])
 }
 
 #[inline(always)]
@@ -551,17 +835,20 @@ fn is_ipv6_ext(nh: u8) -> bool {
 }
 
 #[inline(always)]
-fn parse_ipv6(data: usize, end: usize, off: usize) -> Result<L3, Stat> {
-    let ip: [u8; 40] = read(data, end, off, Stat::TruncatedL3)?;
-    if ip[0] >> 4 != 6 {
+fn parse_ipv6(pkt: Packet, off: usize, upload: bool, key: &mut MaybeUninit<FlowKey>) -> Result<L3, Stat> {
+    let ip = pkt.span::<40>(off).ok_or(Stat::TruncatedL3)?;
+    if ip.get::<u8, 0>() >> 4 != 6 {
         return Err(Stat::BadL3Header);
     }
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src.copy_from_slice(&ip[8..24]);
-    dst.copy_from_slice(&ip[24..40]);
+    let src = (ip.get::<u64, 8>(), ip.get::<u64, 16>());
+    let dst = (ip.get::<u64, 24>(), ip.get::<u64, 32>());
+    let (client, remote) = if upload { (src, dst) } else { (dst, src) };
+    put::<u64, K_CLIENT_IP>(key, client.0);
+    put::<u64, { K_CLIENT_IP + 8 }>(key, client.1);
+    put::<u64, K_REMOTE_IP>(key, remote.0);
+    put::<u64, { K_REMOTE_IP + 8 }>(key, remote.1);
 
-    let mut nh = ip[6];
+    let mut nh = ip.get::<u8, 6>();
     let mut l4 = off + 40;
     let mut first_fragment = true;
     // Bounded walk: each header's own length field moves us on, and every read is checked.
@@ -570,19 +857,16 @@ fn parse_ipv6(data: usize, end: usize, off: usize) -> Result<L3, Stat> {
             break;
         }
         if nh == IPV6_FRAGMENT {
-            let frag: [u8; 8] = read(data, end, l4, Stat::TruncatedL3)?;
-            nh = frag[0];
-            first_fragment = u16::from_be_bytes([frag[2], frag[3]]) >> 3 == 0;
+            let frag = pkt.span::<8>(l4).ok_or(Stat::TruncatedL3)?;
+            nh = frag.get::<u8, 0>();
+            first_fragment = u16::from_be(frag.get::<u16, 2>()) >> 3 == 0;
             l4 += 8;
         } else {
-            let h: [u8; 2] = read(data, end, l4, Stat::TruncatedL3)?;
+            let h = pkt.span::<2>(l4).ok_or(Stat::TruncatedL3)?;
+            let units = h.get::<u8, 1>() as usize;
             // AH counts its length in 4-byte units minus 2; the others in 8-byte units minus 1.
-            let len = if nh == IPV6_AH {
-                (h[1] as usize + 2) * 4
-            } else {
-                (h[1] as usize + 1) * 8
-            };
-            nh = h[0];
+            let len = if nh == IPV6_AH { (units + 2) * 4 } else { (units + 1) * 8 };
+            nh = h.get::<u8, 0>();
             l4 += len;
         }
     }
@@ -590,28 +874,22 @@ fn parse_ipv6(data: usize, end: usize, off: usize) -> Result<L3, Stat> {
         return Err(Stat::Ipv6ExtLimit);
     }
     // The last extension header must end inside the packet, even when nothing after it is read.
-    if data + l4 > end {
+    if !pkt.holds(l4, 0) {
         return Err(Stat::TruncatedL3);
     }
     Ok(L3 {
         v6: true,
-        src,
-        dst,
+        client: [first_word(client.0), second_word(client.0), first_word(client.1), second_word(client.1)],
         protocol: nh,
         l4_off: l4,
         first_fragment,
     })
 }
 
-/// Is this (IPv4-mapped) address inside one of the LAN prefixes?
+/// Is this address (the four words of an IPv4-mapped or IPv6 address, network byte order)
+/// inside one of the LAN prefixes?
 #[inline(always)]
-fn in_lan(ip: &[u8; 16]) -> bool {
-    let w = [
-        u32::from_ne_bytes([ip[0], ip[1], ip[2], ip[3]]),
-        u32::from_ne_bytes([ip[4], ip[5], ip[6], ip[7]]),
-        u32::from_ne_bytes([ip[8], ip[9], ip[10], ip[11]]),
-        u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
-    ];
+fn in_lan(w: [u32; 4]) -> bool {
     // SAFETY: reads of a static; volatile so the compiler does not fold the zero default.
     let count = unsafe { core::ptr::read_volatile(&LAN_PREFIXES.count) } as usize;
     for i in 0..MAX_LAN_PREFIXES {

@@ -583,10 +583,10 @@ fn bench(write_docs: bool) -> anyhow::Result<()> {
         "Known-flow added cost: **{added_known:.1} ns/packet** (mean over the sample; p90 of the \
          per-frame differences {p90_added:.1} ns, worst {worst_added:.1} ns) against the target of \
          ≤ {TARGET_ADDED_NS:.0} ns: **{verdict}**. First packet of a new flow (median single runs): \
-         {new1:.0} ns, against {hot1:.0} ns ({:+.0} ns) for a known flow whose entries are hot and \
-         {cold1:.0} ns ({:+.0} ns) for one whose entries are cold; baseline single run {pass1:.0} ns.",
-        new1 - hot1,
-        new1 - cold1
+         {new1:.0} ns, i.e. {} a known flow whose entries are hot ({hot1:.0} ns) and {} one whose \
+         entries are cold ({cold1:.0} ns); baseline single run {pass1:.0} ns.",
+        more_or_less(new1 - hot1),
+        more_or_less(new1 - cold1)
     );
     println!("\n{table}\n{summary}\n");
     println!("machine: {nproc} CPUs, {cpu}, kernel {kernel}; load {load}; {date}; took {:.0?}", started.elapsed());
@@ -598,6 +598,11 @@ fn bench(write_docs: bool) -> anyhow::Result<()> {
         println!("wrote {}", path.canonicalize().unwrap_or(path).display());
     }
     Ok(())
+}
+
+/// "12 ns more than" / "3 ns less than": a difference of medians can go either way.
+fn more_or_less(d: f64) -> String {
+    if d < 0.0 { format!("{:.0} ns less than", -d) } else { format!("{d:.0} ns more than") }
 }
 
 struct Machine {

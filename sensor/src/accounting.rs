@@ -188,7 +188,7 @@ fn enforce_budget<'a, K: 'a>(sets: impl Iterator<Item = &'a mut Ranked<K>>, budg
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ClientAccount {
-    /// Client totals, from the kernel's per-client map (exact even when flows are evicted).
+    /// Client totals, from the kernel's per-client totals (exact even when flows are evicted).
     pub totals: Tally,
     /// Per remote endpoint (IP, protocol, port).
     pub remotes: Ranked<RemoteId>,
@@ -279,7 +279,7 @@ struct ClientDeltas {
 impl Accounting {
     /// Folds one snapshot in. `now` is Unix seconds; `destination` names a flow's remote end.
     /// Returns the clients retired in this poll (unseen for `client_idle_expiry_secs`): the
-    /// caller removes them from the kernel's totals map so that the map never fills with
+    /// caller frees their kernel slots (totals and flows) so that they never fill up with
     /// departed devices (a retired client seen again starts from zero, as a new series).
     pub fn update(&mut self, snap: &Snapshot, now: u64, params: &Params, namer: &dyn Namer) -> Vec<Mac> {
         let mut clients_last = HashMap::with_capacity(snap.clients.len());

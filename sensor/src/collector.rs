@@ -1,21 +1,24 @@
-//! Reads the kernel maps into a plain snapshot, summing the per-CPU values.
+//! Reads the kernel maps into a plain snapshot, summing the per-CPU values, and retires clients
+//! from them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, Queue},
 };
 use sensor_common::{
-    ClientKey, Counters, Direction, EVENT_STATS_LEN, EventKind, EventOutcome, FlowKey, STATS_LEN, Stat,
+    ClientKey, Counters, Direction, EVENT_STATS_LEN, EventKind, EventOutcome, FlowKey, FlowValue, STATS_LEN, Stat,
     names,
 };
 
 /// The maps the agent reads, taken out of the loaded object.
 pub struct KernelMaps {
-    flows: PerCpuHashMap<MapData, FlowKey, Counters>,
-    clients: PerCpuHashMap<MapData, ClientKey, Counters>,
+    flows: PerCpuHashMap<MapData, FlowKey, FlowValue>,
+    client_slots: BpfHashMap<MapData, ClientKey, u32>,
+    client_totals: PerCpuArray<MapData, Counters>,
+    free_slots: Queue<MapData, u32>,
     stats: PerCpuArray<MapData, u64>,
     event_stats: PerCpuArray<MapData, u64>,
 }
@@ -41,12 +44,26 @@ impl Snapshot {
     }
 }
 
-fn sum(values: &PerCpuValues<Counters>) -> Counters {
+fn sum<'a>(values: impl IntoIterator<Item = &'a Counters>) -> Counters {
     let mut total = Counters::default();
-    for v in values.iter() {
+    for v in values {
         total.merge(v);
     }
     total
+}
+
+/// A map error that only says the key is not (or no longer) there: `get` reports it as
+/// `KeyNotFound`, `remove` as the delete syscall's ENOENT.
+fn absent(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+fn client_key(mac: &[u8; 6]) -> ClientKey {
+    ClientKey { mac: *mac, _pad: [0; 2] }
 }
 
 impl KernelMaps {
@@ -54,7 +71,9 @@ impl KernelMaps {
         let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"));
         Ok(KernelMaps {
             flows: PerCpuHashMap::try_from(take(names::FLOWS)?)?,
-            clients: PerCpuHashMap::try_from(take(names::CLIENTS)?)?,
+            client_slots: BpfHashMap::try_from(take(names::CLIENT_SLOTS)?)?,
+            client_totals: PerCpuArray::try_from(take(names::CLIENT_TOTALS)?)?,
+            free_slots: Queue::try_from(take(names::FREE_SLOTS)?)?,
             stats: PerCpuArray::try_from(take(names::STATS)?)?,
             event_stats: PerCpuArray::try_from(take(names::EVENT_STATS)?)?,
         })
@@ -67,26 +86,29 @@ impl KernelMaps {
         for entry in self.flows.iter() {
             match entry {
                 Ok((key, values)) => {
-                    snap.flows.insert(key, sum(&values));
+                    snap.flows.insert(key, sum(values.iter().map(|v| &v.counters)));
                 }
                 Err(MapError::KeyNotFound) => continue,
                 Err(e) => return Err(e).context("reading the flow map"),
             }
         }
-        for entry in self.clients.iter() {
-            match entry {
-                Ok((key, values)) => {
-                    snap.clients.insert(key.mac, sum(&values));
-                }
-                Err(MapError::KeyNotFound) => continue,
-                Err(e) => return Err(e).context("reading the client map"),
-            }
+        // Client totals: each client's slot, then that slot's counters on every CPU.
+        for (mac, slot) in self.client_slots()? {
+            let values = self.client_totals.get(&slot, 0).context("reading the client totals map")?;
+            snap.clients.insert(mac, sum(values.iter()));
         }
         for slot in 0..STATS_LEN {
-            let values = self.stats.get(&slot, 0).context("reading the stats map")?;
-            let total: u64 = values.iter().sum();
             let (dir, stat) = (slot as usize / Stat::COUNT, slot as usize % Stat::COUNT);
-            snap.stats[dir][stat] = total;
+            if stat == Stat::Seen as usize {
+                continue;
+            }
+            let values = self.stats.get(&slot, 0).context("reading the stats map")?;
+            snap.stats[dir][stat] = values.iter().sum();
+        }
+        // The kernel gives every packet exactly one outcome and does not count `seen` (one
+        // fewer map update per packet): it is their sum, exact, and never ahead of them.
+        for stats in &mut snap.stats {
+            stats[Stat::Seen as usize] = stats.iter().enumerate().filter(|(i, _)| *i != Stat::Seen as usize).map(|(_, n)| n).sum();
         }
         for slot in 0..EVENT_STATS_LEN {
             let values = self.event_stats.get(&slot, 0).context("reading the event stats map")?;
@@ -96,11 +118,89 @@ impl KernelMaps {
         Ok(snap)
     }
 
-    /// Forgets a retired client's kernel totals, so departed devices never fill the map.
-    pub fn remove_client(&mut self, mac: &[u8; 6]) -> anyhow::Result<()> {
-        match self.clients.remove(&ClientKey { mac: *mac, _pad: [0; 2] }) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e).context("removing a retired client from the kernel map"),
+    /// Every client holding a slot, with its slot in the totals map.
+    pub fn client_slots(&self) -> anyhow::Result<HashMap<[u8; 6], u32>> {
+        let mut slots = HashMap::new();
+        for entry in self.client_slots.iter() {
+            match entry {
+                Ok((key, slot)) => {
+                    slots.insert(key.mac, slot);
+                }
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e).context("reading the client slot map"),
+            }
         }
+        Ok(slots)
+    }
+
+    /// Forgets a retired client's kernel totals and flows, so departed devices never fill the
+    /// maps; see [`KernelMaps::remove_clients`].
+    pub fn remove_client(&mut self, mac: &[u8; 6]) -> anyhow::Result<()> {
+        self.remove_clients(std::slice::from_ref(mac))
+    }
+
+    /// Retires clients: frees their slots for new clients and deletes their flows. A retired
+    /// client seen again gets a slot anew and starts from zero.
+    ///
+    /// The order matters, because the kernel keeps counting meanwhile:
+    /// 1. delete the clients' `CLIENT_SLOTS` entries first, so that from now on no new flow
+    ///    can pick up their old slots (a client back at this very moment gets a new slot);
+    /// 2. delete their flows (which hold the old slots), found by a scan made after step 1;
+    /// 3. zero the slots' totals on every CPU;
+    /// 4. push the slots onto `FREE_SLOTS` for new clients.
+    ///
+    /// Deleting the flows first instead would let a packet arriving between steps create a flow
+    /// pointing at the old slot, which would then count into whichever client gets the slot
+    /// next. What remains is a race of one program run: a packet whose program read the old
+    /// slot just before step 1 and inserts its new flow just after the scan of step 2 passed
+    /// that flow's place in the map. That flow would count into the slot's next holder until
+    /// it is evicted. It takes a client idle for `client_idle_expiry` to start a flow within
+    /// microseconds of its retirement. Packets of the retired client counted between steps 1
+    /// and 3 are dropped with its totals (it then counts from zero under a new slot), and a
+    /// crash between steps 1 and 4 leaks the slot (until the pinned maps are removed).
+    pub fn remove_clients(&mut self, macs: &[[u8; 6]]) -> anyhow::Result<()> {
+        if macs.is_empty() {
+            return Ok(());
+        }
+        let mut slots = Vec::with_capacity(macs.len());
+        for mac in macs {
+            let key = client_key(mac);
+            // Only the agent removes entries here, so one it read is still there.
+            let slot = match self.client_slots.get(&key, 0) {
+                Ok(slot) => slot,
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e).context("reading a retired client's slot"),
+            };
+            match self.client_slots.remove(&key) {
+                Err(e) if !absent(&e) => return Err(e).context("removing a retired client from the kernel slot map"),
+                _ => slots.push(slot),
+            }
+        }
+
+        // Collect first, then delete: deleting the iteration cursor restarts the iteration.
+        let retired: HashSet<[u8; 6]> = macs.iter().copied().collect();
+        let mut doomed = Vec::new();
+        for key in self.flows.keys() {
+            match key {
+                Ok(key) if retired.contains(&key.client_mac) => doomed.push(key),
+                Ok(_) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("scanning the flow map for a retired client's flows"),
+            }
+        }
+        for key in &doomed {
+            match self.flows.remove(key) {
+                // Evicted by the LRU since the scan: gone all the same.
+                Err(e) if !absent(&e) => return Err(e).context("removing a retired client's flow"),
+                _ => {}
+            }
+        }
+
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        for slot in slots {
+            let zero = PerCpuValues::try_from(vec![Counters::default(); cpus])?;
+            self.client_totals.set(slot, zero, 0).context("zeroing a retired client's totals")?;
+            self.free_slots.push(slot, 0).context("freeing a retired client's slot")?;
+        }
+        Ok(())
     }
 }

@@ -90,7 +90,6 @@ mod tests {
             direction: 1,
             captured,
             payload_len: 99,
-            _pad: 0,
             ktime_ns: 7,
             data: [0; EVENT_DATA_MAX],
         };

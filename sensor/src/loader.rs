@@ -15,7 +15,7 @@ use aya::{
     },
 };
 use ipnet::IpNet;
-use sensor_common::{ClientKey, Counters, FlowKey, LanPrefix, LanPrefixes, MAX_LAN_PREFIXES, names};
+use sensor_common::{ClientKey, Counters, FlowKey, FlowValue, LanPrefix, LanPrefixes, MAX_LAN_PREFIXES, names};
 use tracing::{info, warn};
 
 use crate::config::{TcAttach, XdpMode};
@@ -39,8 +39,14 @@ pub struct LoadOptions<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capacities {
     pub flows: u32,
+    /// Client slots: the size of `CLIENT_SLOTS`, `CLIENT_TOTALS` and `FREE_SLOTS`.
     pub clients: u32,
 }
+
+/// The maps that hand out client slots: pinned together or not at all, since a slot is only
+/// meaningful with all of them (a fresh `NEXT_SLOT` beside old `CLIENT_SLOTS` would hand out
+/// slots that are taken).
+const CLIENT_SLOT_MAPS: [&str; 4] = [names::CLIENT_SLOTS, names::CLIENT_TOTALS, names::FREE_SLOTS, names::NEXT_SLOT];
 
 /// The `LAN_PREFIXES` global: each prefix IPv4-mapped, as address and mask words.
 pub fn lan_prefixes_global(prefixes: &[IpNet]) -> anyhow::Result<LanPrefixes> {
@@ -80,25 +86,67 @@ pub fn load_with_events(opts: &LoadOptions, events_per_sec_per_cpu: u32) -> anyh
     }
     loader
         .override_global(names::LAN_PREFIXES, &prefixes, true)
-        .override_global(names::EVENTS_PER_SEC_PER_CPU, &events_per_sec_per_cpu, true)
-        .map_max_entries(names::FLOWS, opts.flow_capacity)
-        .map_max_entries(names::CLIENTS, opts.client_capacity);
+        .override_global(names::EVENTS_PER_SEC_PER_CPU, &events_per_sec_per_cpu, true);
     let pins: Vec<(&str, PathBuf)>;
     if let Some(dir) = opts.pin_dir {
         prepare_pin_dir(dir)?;
-        pins = [names::FLOWS, names::CLIENTS, names::STATS]
-            .into_iter()
-            .map(|name| (name, dir.join(name)))
-            .collect();
-        check_pinned::<FlowKey, Counters>(&pins[0].1, &mut capacities.flows)?;
-        check_pinned::<ClientKey, Counters>(&pins[1].1, &mut capacities.clients)?;
-        check_pinned::<u32, u64>(&pins[2].1, &mut 0)?;
+        pins = [names::FLOWS, names::STATS].iter().chain(&CLIENT_SLOT_MAPS).map(|name| (*name, dir.join(name))).collect();
+        let pin = |name: &str| dir.join(name);
+        check_pinned::<FlowKey, FlowValue>(&pin(names::FLOWS), &mut capacities.flows)?;
+        check_pinned::<u32, u64>(&pin(names::STATS), &mut 0)?;
+        check_client_slot_pins(dir)?;
+        check_pinned::<u32, u64>(&pin(names::NEXT_SLOT), &mut 0)?;
+        // One capacity for the three client maps: pinned ones keep theirs, and must agree.
+        let mut client = [capacities.clients; 3];
+        check_pinned::<ClientKey, u32>(&pin(names::CLIENT_SLOTS), &mut client[0])?;
+        check_pinned::<u32, Counters>(&pin(names::CLIENT_TOTALS), &mut client[1])?;
+        check_pinned::<(), u32>(&pin(names::FREE_SLOTS), &mut client[2])?;
+        if client[1..].iter().any(|c| *c != client[0]) {
+            bail!(
+                "the pinned client maps in {} disagree on their capacity ({}/{}/{} entries in {}, \
+                 {}, {}): remove them with `rm -r {}` (this resets the kernel counters; the \
+                 exported counters continue from the state file)",
+                dir.display(),
+                client[0],
+                client[1],
+                client[2],
+                names::CLIENT_SLOTS,
+                names::CLIENT_TOTALS,
+                names::FREE_SLOTS,
+                dir.display()
+            );
+        }
+        capacities.clients = client[0];
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
     }
+    // After the pin checks, so that a map created beside pinned ones gets their capacity.
+    loader
+        .map_max_entries(names::FLOWS, capacities.flows)
+        .map_max_entries(names::CLIENT_SLOTS, capacities.clients)
+        .map_max_entries(names::CLIENT_TOTALS, capacities.clients)
+        .map_max_entries(names::FREE_SLOTS, capacities.clients);
     let ebpf = loader.load(ebpf_object()).context("loading the eBPF object into the kernel")?;
     Ok((ebpf, capacities))
+}
+
+/// The client-slot maps must all be pinned or none: refuses a partial set (an interrupted
+/// cleanup, say) rather than hand out slots that clients already hold.
+fn check_client_slot_pins(dir: &Path) -> anyhow::Result<()> {
+    let (present, missing): (Vec<&str>, Vec<&str>) = CLIENT_SLOT_MAPS.iter().copied().partition(|name| dir.join(name).exists());
+    if !present.is_empty() && !missing.is_empty() {
+        bail!(
+            "{} holds pinned maps {} but not {}: the client slot maps only work as a set; remove \
+             them all with `rm -r {}` (this resets the kernel counters; the exported counters \
+             continue from the state file)",
+            dir.display(),
+            present.join(", "),
+            missing.join(", "),
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// The pin directory must be on a BPF filesystem, or pinning fails with an obscure error.

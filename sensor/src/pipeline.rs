@@ -70,10 +70,11 @@ impl Pipeline {
         let snap = tokio::task::block_in_place(|| self.maps.read())?;
         let enricher = &self.enricher;
         let retired = self.accounting.update(&snap, now, &self.params, &PollNamer { enricher, now });
-        for mac in retired {
-            info!(client = %labels::mac(&mac), "client idle: retired from the metrics until seen again");
-            self.maps.remove_client(&mac)?;
+        for mac in &retired {
+            info!(client = %labels::mac(mac), "client idle: retired from the metrics until seen again");
         }
+        // One pass over the flow map for all of them (retiring frees their kernel slots).
+        self.maps.remove_clients(&retired)?;
         self.metrics.publish(&self.accounting, &snap, &|mac| enricher.client_labels(mac));
         self.metrics.flows_tracked.set(snap.flows.len() as i64);
         self.metrics.clients_tracked.set(snap.clients.len() as i64);

@@ -19,8 +19,8 @@ use etherparse::{PacketBuilder, VlanId};
 use ipnet::IpNet;
 use sensor::{
     collector::{KernelMaps, Snapshot},
-    common::{Direction, FlowKey, Stat, names},
-    loader::{LoadOptions, load},
+    common::{Direction, EventKind, EventOutcome, FlowKey, Stat, names},
+    loader::{LoadOptions, install_capture, load, load_with_events},
 };
 
 const XDP_PASS: u32 = 2;
@@ -100,11 +100,20 @@ impl Sensor {
     }
 
     fn with_btf(kernel_btf: bool) -> anyhow::Result<Sensor> {
+        Sensor::with_options(kernel_btf, 4096, 256)
+    }
+
+    /// Small maps, to make the flow LRU evict or the client slots run out.
+    fn with_capacities(flow_capacity: u32, client_capacity: u32) -> Sensor {
+        Sensor::with_options(false, flow_capacity, client_capacity).expect("loading the eBPF programs")
+    }
+
+    fn with_options(kernel_btf: bool, flow_capacity: u32, client_capacity: u32) -> anyhow::Result<Sensor> {
         let prefixes: Vec<IpNet> = LAN.iter().map(|p| p.parse().unwrap()).collect();
         let (mut ebpf, _) = load(&LoadOptions {
             lan_prefixes: &prefixes,
-            flow_capacity: 4096,
-            client_capacity: 256,
+            flow_capacity,
+            client_capacity,
             pin_dir: None,
             kernel_btf,
         })?;
@@ -193,7 +202,7 @@ fn key(mac: [u8; 6], client: impl Into<IpAddr>, remote: impl Into<IpAddr>, proto
         client_mac: mac,
         remote_port: port,
         protocol,
-        _pad: [0; 3],
+        _pad: [0; 7],
     }
 }
 
@@ -228,7 +237,7 @@ fn check(snap: &Snapshot, flows: &[(FlowKey, Count)], clients: &[([u8; 6], Count
     assert_eq!(got_flows, want_flows, "flows (key: client MAC, client IP -> remote IP, protocol, remote port)");
     // The rendering above is lossless for every field but the padding; check it too.
     for k in snap.flows.keys() {
-        assert_eq!(k._pad, [0; 3], "padding of {}", show_key(k));
+        assert_eq!(k._pad, [0; 7], "padding of {}", show_key(k));
     }
     for c in snap.flows.values().chain(snap.clients.values()) {
         assert!(c.first_seen_ns > 0 && c.last_seen_ns >= c.first_seen_ns, "timestamps {c:?}");
@@ -478,7 +487,9 @@ fn ipv4_frame(ihl: u8, protocol: u8, frag: u16, l4: &[u8]) -> Vec<u8> {
 fn loads_without_and_with_kernel_btf() {
     require_root!();
     for kernel_btf in [false, true] {
-        let s = Sensor::with_btf(kernel_btf).unwrap_or_else(|e| panic!("load with kernel_btf={kernel_btf}: {e:#}"));
+        let mut s = Sensor::with_btf(kernel_btf).unwrap_or_else(|e| panic!("load with kernel_btf={kernel_btf}: {e:#}"));
+        // The event capture program the XDP program tail-calls (the agent loads it first).
+        install_capture(&mut s.ebpf).unwrap_or_else(|e| panic!("capture program, kernel_btf={kernel_btf}: {e:#}"));
         let f = udp4(CLIENT_MAC, GW_MAC, CLIENT4, REMOTE4, 40000, 53, 32);
         s.upload(&f);
         check(
@@ -488,6 +499,33 @@ fn loads_without_and_with_kernel_btf() {
             &[(Direction::Upload, Stat::Seen, 1), (Direction::Upload, Stat::Counted, 1)],
         );
     }
+}
+
+/// With naming events on, the event paths are live (with them off, the verifier prunes them as
+/// dead code): both programs and the capture program must load, and events must go out.
+#[test]
+fn loads_and_sends_events_with_naming_events_on() {
+    require_root!();
+    let prefixes: Vec<IpNet> = LAN.iter().map(|p| p.parse().unwrap()).collect();
+    let opts = LoadOptions { lan_prefixes: &prefixes, flow_capacity: 4096, client_capacity: 256, pin_dir: None, kernel_btf: false };
+    let (mut ebpf, _) = load_with_events(&opts, 100).expect("loading with events on");
+    install_capture(&mut ebpf).expect("verifying the capture program");
+    let xdp: &mut Xdp = ebpf.program_mut(names::XDP_PROGRAM).unwrap().try_into().unwrap();
+    xdp.load().expect("verifying the XDP program with events on");
+    let tc: &mut SchedClassifier = ebpf.program_mut(names::TC_PROGRAM).unwrap().try_into().unwrap();
+    tc.load().expect("verifying the TC program with events on");
+    let maps = KernelMaps::take(&mut ebpf).unwrap();
+    let s = Sensor { ebpf, maps };
+
+    // A DNS answer to a client (TC) and an HTTP request from it (XDP, through the tail call).
+    let dns = udp4(GW_MAC, CLIENT_MAC, REMOTE4, CLIENT4, 53, 51000, 60);
+    let mut http = tcp4(CLIENT_MAC, GW_MAC, CLIENT4, REMOTE4, 40000, 80, 0);
+    http.extend_from_slice(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    s.download(&dns);
+    s.upload(&http);
+    let snap = s.snapshot();
+    assert_eq!(snap.event(EventKind::DnsResponse, EventOutcome::Sent), 1);
+    assert_eq!(snap.event(EventKind::HttpRequest, EventOutcome::Sent), 1);
 }
 
 #[test]
@@ -1348,3 +1386,260 @@ fn two_clients_and_two_addresses_of_one_are_kept_apart() {
     );
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Client slots: per-client totals in an array, one slot per client MAC
+
+/// A LAN client number `i` (locally administered unicast MAC) and its IPv4 address.
+fn client_n(i: u8) -> ([u8; 6], Ipv4Addr) {
+    ([0x02, 0x00, 0x00, 0x00, 0x01, i], Ipv4Addr::new(192, 168, 1, 100 + i))
+}
+
+/// Runs the calling thread (and so its test runs) on `cpu` only.
+fn pin_to_cpu(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+}
+
+#[test]
+fn new_clients_get_slots_in_order_and_exact_totals() {
+    require_root!();
+    let s = Sensor::new();
+    let mut flows = vec![];
+    let mut clients = vec![];
+    for i in 0..5u8 {
+        let (mac, ip) = client_n(i);
+        // Two flows each (one known client, one new flow: no new slot), sizes distinct.
+        let a = udp4(mac, GW_MAC, ip, REMOTE4, 51000, 443, 100 + usize::from(i));
+        let b = tcp4(mac, GW_MAC, ip, REMOTE4, 40000, 80, 300 + usize::from(i));
+        s.upload(&a);
+        s.upload(&b);
+        flows.push((key(mac, ip, REMOTE4, IPPROTO_UDP, 443), up(&[&a])));
+        flows.push((key(mac, ip, REMOTE4, IPPROTO_TCP, 80), up(&[&b])));
+        clients.push((mac, up(&[&a, &b])));
+    }
+    let slots = s.maps.client_slots().unwrap();
+    let want: std::collections::HashMap<[u8; 6], u32> = (0..5u8).map(|i| (client_n(i).0, u32::from(i))).collect();
+    assert_eq!(slots, want, "one slot per client, handed out in order");
+    check(&s.snapshot(), &flows, &clients, &[(Direction::Upload, Stat::Seen, 10), (Direction::Upload, Stat::Counted, 10)]);
+}
+
+/// The flow map is an LRU: flows go when it is full, but the client's totals (an array slot,
+/// never evicted) keep every packet.
+#[test]
+fn client_totals_stay_exact_when_its_flows_are_evicted() {
+    require_root!();
+    const FLOW_CAPACITY: u32 = 16;
+    let s = Sensor::with_capacities(FLOW_CAPACITY, 8);
+    let frames: Vec<Vec<u8>> = (0..200u16)
+        .map(|i| udp4(CLIENT_MAC, GW_MAC, CLIENT4, REMOTE4, 51000, 1000 + i, 20 + usize::from(i % 50)))
+        .collect();
+    for f in &frames {
+        s.upload(f);
+    }
+    // A flow evicted long ago, seen again: a fresh flow entry, the same client slot.
+    s.upload(&frames[0]);
+    let snap = s.snapshot();
+    let all: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).chain([frames[0].as_slice()]).collect();
+    let total = up(&all);
+    let got = snap.clients.get(&CLIENT_MAC).map(|c| Count { packets: c.packets, bytes: c.bytes });
+    assert_eq!(got, Some(total), "client totals over 201 packets, most of whose flows were evicted");
+    assert_eq!(snap.clients.len(), 1);
+    assert!(
+        !snap.flows.is_empty() && snap.flows.len() <= FLOW_CAPACITY as usize,
+        "{} flows in a map of {FLOW_CAPACITY}",
+        snap.flows.len()
+    );
+    // Every flow still there has exactly what its frame carried (each was seen once, but the
+    // first twice: its second packet went into a new entry after the old one was evicted).
+    for (k, c) in &snap.flows {
+        let i = usize::from(k.remote_port - 1000);
+        let want = up(&[&frames[i]]);
+        assert_eq!(Count { packets: c.packets, bytes: c.bytes }, want, "flow {}", show_key(k));
+    }
+    let stats = snap.stats;
+    assert_eq!(stats[Direction::Upload.index()][Stat::Seen as usize], 201);
+    assert_eq!(stats[Direction::Upload.index()][Stat::Counted as usize], 201);
+    assert_eq!(s.maps.client_slots().unwrap().get(&CLIENT_MAC), Some(&0));
+}
+
+/// Retiring a client frees its slot; the next new client takes it, starting from zero; the
+/// retired client, back, gets a new slot and starts from zero too.
+#[test]
+fn retired_client_slot_goes_to_the_next_new_client_with_fresh_totals() {
+    require_root!();
+    let mut s = Sensor::new();
+    let (a, a_ip) = client_n(1);
+    let (b, b_ip) = client_n(2);
+    let (c, c_ip) = client_n(3);
+    let fa = udp4(a, GW_MAC, a_ip, REMOTE4, 51000, 443, 111);
+    let fa_down = udp4(GW_MAC, a, REMOTE4, a_ip, 443, 51000, 1111);
+    let fb = udp4(b, GW_MAC, b_ip, REMOTE4, 51000, 443, 222);
+    let fc = tcp4(c, GW_MAC, c_ip, REMOTE6_AS_V4, 40000, 443, 333);
+    s.upload(&fa);
+    s.download(&fa_down);
+    s.upload(&fb);
+    assert_eq!(s.maps.client_slots().unwrap(), [(a, 0), (b, 1)].into_iter().collect());
+
+    s.maps.remove_client(&a).unwrap();
+    // A's flow and totals are gone; B is untouched.
+    check(
+        &s.snapshot(),
+        &[(key(b, b_ip, REMOTE4, IPPROTO_UDP, 443), up(&[&fb]))],
+        &[(b, up(&[&fb]))],
+        &[
+            (Direction::Upload, Stat::Seen, 2),
+            (Direction::Upload, Stat::Counted, 2),
+            (Direction::Download, Stat::Seen, 1),
+            (Direction::Download, Stat::Counted, 1),
+        ],
+    );
+
+    // C is new: it gets A's old slot, with nothing of A's in it.
+    s.upload(&fc);
+    assert_eq!(s.maps.client_slots().unwrap(), [(b, 1), (c, 0)].into_iter().collect());
+    // A is back: a new slot (the free list is empty again), counting from zero.
+    s.upload(&fa);
+    assert_eq!(s.maps.client_slots().unwrap(), [(b, 1), (c, 0), (a, 2)].into_iter().collect());
+    check(
+        &s.snapshot(),
+        &[
+            (key(b, b_ip, REMOTE4, IPPROTO_UDP, 443), up(&[&fb])),
+            (key(c, c_ip, REMOTE6_AS_V4, IPPROTO_TCP, 443), up(&[&fc])),
+            (key(a, a_ip, REMOTE4, IPPROTO_UDP, 443), up(&[&fa])),
+        ],
+        &[(a, up(&[&fa])), (b, up(&[&fb])), (c, up(&[&fc]))],
+        &[
+            (Direction::Upload, Stat::Seen, 4),
+            (Direction::Upload, Stat::Counted, 4),
+            (Direction::Download, Stat::Seen, 1),
+            (Direction::Download, Stat::Counted, 1),
+        ],
+    );
+    // Retiring a client the kernel does not know (or twice) is harmless.
+    s.maps.remove_clients(&[client_n(9).0, b, b]).unwrap();
+    assert_eq!(s.maps.client_slots().unwrap(), [(c, 0), (a, 2)].into_iter().collect());
+}
+
+/// A remote for the test above that is not REMOTE4 (so the flows differ by more than the MAC).
+const REMOTE6_AS_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+
+/// When every slot is held, a new client's packets are not counted (client_table_full); known
+/// clients, even on new flows, still are. A retired client's slot lets the new one in.
+#[test]
+fn new_client_is_client_table_full_when_every_slot_is_held() {
+    require_root!();
+    let mut s = Sensor::with_capacities(4096, 2);
+    let (a, a_ip) = client_n(1);
+    let (b, b_ip) = client_n(2);
+    let (c, c_ip) = client_n(3);
+    let fa = udp4(a, GW_MAC, a_ip, REMOTE4, 51000, 443, 10);
+    let fb = udp4(b, GW_MAC, b_ip, REMOTE4, 51000, 443, 20);
+    let fb2 = tcp4(b, GW_MAC, b_ip, REMOTE4, 40000, 80, 25);
+    let fc = udp4(c, GW_MAC, c_ip, REMOTE4, 51000, 443, 30);
+    let fc_down = udp4(GW_MAC, c, REMOTE4, c_ip, 443, 51000, 40);
+    for f in [&fa, &fb, &fc, &fb2] {
+        s.upload(f);
+    }
+    s.download(&fc_down);
+    check(
+        &s.snapshot(),
+        &[
+            (key(a, a_ip, REMOTE4, IPPROTO_UDP, 443), up(&[&fa])),
+            (key(b, b_ip, REMOTE4, IPPROTO_UDP, 443), up(&[&fb])),
+            (key(b, b_ip, REMOTE4, IPPROTO_TCP, 80), up(&[&fb2])),
+        ],
+        &[(a, up(&[&fa])), (b, up(&[&fb, &fb2]))],
+        &[
+            (Direction::Upload, Stat::Seen, 4),
+            (Direction::Upload, Stat::Counted, 3),
+            (Direction::Upload, Stat::ClientTableFull, 1),
+            (Direction::Download, Stat::Seen, 1),
+            (Direction::Download, Stat::ClientTableFull, 1),
+        ],
+    );
+
+    s.maps.remove_client(&a).unwrap();
+    s.upload(&fc);
+    assert_eq!(s.maps.client_slots().unwrap(), [(b, 1), (c, 0)].into_iter().collect());
+    check(
+        &s.snapshot(),
+        &[
+            (key(b, b_ip, REMOTE4, IPPROTO_UDP, 443), up(&[&fb])),
+            (key(b, b_ip, REMOTE4, IPPROTO_TCP, 80), up(&[&fb2])),
+            (key(c, c_ip, REMOTE4, IPPROTO_UDP, 443), up(&[&fc])),
+        ],
+        &[(b, up(&[&fb, &fb2])), (c, up(&[&fc]))],
+        &[
+            (Direction::Upload, Stat::Seen, 5),
+            (Direction::Upload, Stat::Counted, 4),
+            (Direction::Upload, Stat::ClientTableFull, 1),
+            (Direction::Download, Stat::Seen, 1),
+            (Direction::Download, Stat::ClientTableFull, 1),
+        ],
+    );
+}
+
+/// A flow inserted on one CPU has a zeroed value on the others: the first packet there must
+/// find the flow's client slot (not take the zero for slot 0, which is another client's).
+#[test]
+fn a_flow_counted_on_two_cpus_adds_to_its_own_client() {
+    require_root!();
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("note: one CPU only; nothing to check");
+        return;
+    }
+    let s = Sensor::new();
+    let (a, a_ip) = client_n(1);
+    let (b, b_ip) = client_n(2);
+    let fa = udp4(a, GW_MAC, a_ip, REMOTE4, 51000, 443, 10);
+    let fb = udp4(b, GW_MAC, b_ip, REMOTE4, 51000, 443, 500);
+    let fb_down = udp4(GW_MAC, b, REMOTE4, b_ip, 443, 51000, 900);
+    pin_to_cpu(0);
+    s.upload(&fa);
+    s.upload(&fb);
+    pin_to_cpu(1);
+    s.upload(&fb);
+    s.download(&fb_down);
+    s.upload(&fb);
+    assert_eq!(s.maps.client_slots().unwrap(), [(a, 0), (b, 1)].into_iter().collect());
+    let b_count = up(&[&fb, &fb, &fb]) + down(&[&fb_down]);
+    check(
+        &s.snapshot(),
+        &[(key(a, a_ip, REMOTE4, IPPROTO_UDP, 443), up(&[&fa])), (key(b, b_ip, REMOTE4, IPPROTO_UDP, 443), b_count)],
+        &[(a, up(&[&fa])), (b, b_count)],
+        &[
+            (Direction::Upload, Stat::Seen, 4),
+            (Direction::Upload, Stat::Counted, 4),
+            (Direction::Download, Stat::Seen, 1),
+            (Direction::Download, Stat::Counted, 1),
+        ],
+    );
+}
+
+/// The client-slot maps are pinned as a set: with one of them gone (a fresh `NEXT_SLOT` would
+/// hand out slots that clients hold), loading is refused with a message saying what to do.
+#[test]
+fn a_partial_set_of_pinned_client_slot_maps_is_refused() {
+    require_root!();
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/gwsensor-kernel-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    struct Cleanup<'a>(&'a std::path::Path);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0);
+        }
+    }
+    let _cleanup = Cleanup(&dir);
+    let prefixes: Vec<IpNet> = LAN.iter().map(|p| p.parse().unwrap()).collect();
+    let opts = LoadOptions { lan_prefixes: &prefixes, flow_capacity: 1024, client_capacity: 8, pin_dir: Some(&dir), kernel_btf: false };
+    drop(load(&opts).expect("first load: creates and pins the maps"));
+    // Reused as they are.
+    let (_, caps) = load(&LoadOptions { client_capacity: 16, ..opts }).expect("second load: reuses the pins");
+    assert_eq!(caps.clients, 8, "pinned client maps keep their capacity");
+    std::fs::remove_file(dir.join(names::NEXT_SLOT)).unwrap();
+    let err = load(&opts).map(|_| ()).expect_err("a partial set must be refused");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("NEXT_SLOT") && msg.contains("rm -r"), "{msg}");
+}

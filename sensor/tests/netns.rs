@@ -681,3 +681,147 @@ fn bridge_two_clients_exact_counts() {
     let (text, _) = agent.scrape();
     promtool_check(&agent, &text);
 }
+
+// ---------------------------------------------------------------------------------------
+// Offloaded VLAN tags on GSO packets (no agent: the programs, attached, and their maps)
+
+/// The gateway sends one UDP GSO packet (UDP_SEGMENT) of three segments to a client; a TC
+/// program ahead of ours pushes an 802.1Q tag, which the kernel keeps as skb metadata
+/// (`vlan_present`) as it does for an offloaded tag. Each segment leaves with its own headers
+/// and its own tag, and all of them count. (A VLAN device or bridge VLAN filtering would make
+/// the same skb, but this kernel may have neither: a 6-instruction program calling
+/// bpf_skb_vlan_push needs nothing but TCX.)
+#[test]
+fn download_gso_with_offloaded_vlan_tag_counts_the_tag_per_segment() {
+    use sensor::{
+        collector::KernelMaps,
+        config::{TcAttach, XdpMode},
+        loader::{LoadOptions, attach, load},
+    };
+    if !privileged() {
+        return;
+    }
+    const CLIENT_MAC: [u8; 6] = [0x02, 0x77, 0x00, 0x10, 0x00, 0x01];
+    const SEGMENT: usize = 1000;
+    const PAYLOAD: usize = 2500; // segments of 1000, 1000 and 500
+    let lab = lab::Lab::new("gwt-vlan").expect("lab");
+    let gw = lab.add_netns("gw").expect("gateway namespace");
+    let c0 = lab.add_netns("c0").expect("client namespace");
+    let mac = |m: &[u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    let (gw_mac, c_mac) = (mac(&[0x02, 0x77, 0, 0x10, 0, 0xfe]), mac(&CLIENT_MAC));
+    let ip = |args: &[&str]| lab::ip(args).unwrap_or_else(|e| panic!("{e:#}"));
+    ip(&["-n", &gw, "link", "add", "lan0", "address", &gw_mac, "type", "veth", "peer", "name", "eth0", "address", &c_mac, "netns", &c0]);
+    ip(&["-n", &gw, "addr", "add", "10.77.1.1/24", "dev", "lan0"]);
+    ip(&["-n", &gw, "link", "set", "lan0", "up"]);
+    ip(&["-n", &c0, "link", "set", "eth0", "up"]);
+    ip(&["-n", &gw, "neigh", "replace", "10.77.1.10", "lladdr", &c_mac, "dev", "lan0", "nud", "permanent"]);
+
+    let prefixes: Vec<ipnet::IpNet> = vec!["10.77.1.0/24".parse().unwrap()];
+    let (ebpf, maps, _tagger) = lab
+        .in_netns(&gw, || -> anyhow::Result<_> {
+            let opts = LoadOptions { lan_prefixes: &prefixes, flow_capacity: 1024, client_capacity: 16, pin_dir: None, kernel_btf: false };
+            let (mut ebpf, _) = load(&opts)?;
+            attach(&mut ebpf, "lan0", XdpMode::Generic, TcAttach::Tcx)?;
+            let maps = KernelMaps::take(&mut ebpf)?;
+            let tagger = vlan_tagger_before_all("lan0", 10)?;
+            Ok((ebpf, maps, tagger))
+        })
+        .unwrap()
+        .expect("attaching the programs and the VLAN tagger to lan0");
+
+    lab.in_netns(&gw, || send_udp_gso(sa("10.77.1.1:4000"), sa("10.77.1.10:5000"), PAYLOAD, SEGMENT))
+        .unwrap()
+        .expect("sending the GSO datagram");
+
+    // Ethernet + 802.1Q tag + IPv4 + UDP, on each of the three frames. (The client has no VLAN
+    // device and drops them: what matters is what left.)
+    let want = (3, 3 * (ETHERNET + 4 + IPV4 + UDP) + PAYLOAD as u64);
+    let deadline = Instant::now() + DELIVERY_TIMEOUT;
+    loop {
+        let snap = maps.read().expect("reading the maps");
+        let got = snap.clients.get(&CLIENT_MAC).map(|c| (c.packets[1], c.bytes[1]));
+        if got == Some(want) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "download (packets, bytes) of the client: {got:?}, want {want:?}; all: {:?}", snap.clients);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(ebpf);
+}
+
+/// One sendmsg of `payload` bytes with UDP_SEGMENT `segment`: the kernel builds one GSO skb.
+fn send_udp_gso(from: SocketAddr, to: SocketAddr, payload: usize, segment: usize) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    const UDP_SEGMENT: libc::c_int = 103;
+    let sock = std::net::UdpSocket::bind(from)?;
+    let size = segment as libc::c_int;
+    // SAFETY: a valid socket and a c_int option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_UDP,
+            UDP_SEGMENT,
+            (&size as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    anyhow::ensure!(rc == 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+    let buf: Vec<u8> = (0..payload).map(|i| (i % 251) as u8).collect();
+    let n = sock.send_to(&buf, to)?;
+    anyhow::ensure!(n == payload, "short send: {n} of {payload}");
+    Ok(())
+}
+
+/// Attaches, first on `ifname`'s TCX egress, a program that pushes an 802.1Q tag `vid` onto
+/// every packet (bpf_skb_vlan_push: the tag becomes skb metadata) and passes it on. Built from
+/// raw instructions with the bpf() syscall. The link lives as long as the returned fd.
+fn vlan_tagger_before_all(ifname: &str, vid: i32) -> anyhow::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+    const BPF_TCX_EGRESS: u32 = 47;
+    const BPF_F_BEFORE: u32 = 8;
+    const BPF_FUNC_SKB_VLAN_PUSH: i32 = 18;
+    // struct bpf_insn: opcode, dst | src << 4, offset, immediate.
+    fn insn(code: u8, dst: u8, imm: i32) -> [u8; 8] {
+        let mut b = [code, dst, 0, 0, 0, 0, 0, 0];
+        b[4..].copy_from_slice(&imm.to_ne_bytes());
+        b
+    }
+    let prog: Vec<u8> = [
+        insn(0xb7, 2, 0x8100u16.to_be() as i32), // r2 = htons(ETH_P_8021Q); r1 is the skb
+        insn(0xb7, 3, vid),                       // r3 = VLAN id
+        insn(0x85, 0, BPF_FUNC_SKB_VLAN_PUSH),    // call bpf_skb_vlan_push
+        insn(0xb7, 0, -1),                        // r0 = TC_ACT_UNSPEC (next program)
+        insn(0x95, 0, 0),                         // exit
+    ]
+    .concat();
+    let license = c"GPL";
+    let mut attr = [0u8; 144];
+    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_SCHED_CLS.to_ne_bytes());
+    attr[4..8].copy_from_slice(&((prog.len() / 8) as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(prog.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: bpf(BPF_PROG_LOAD) with an attr whose pointers outlive the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), attr.len() as u32) };
+    anyhow::ensure!(fd >= 0, "loading the VLAN tagger: {}", std::io::Error::last_os_error());
+    // SAFETY: a new fd the kernel just returned, owned here.
+    let prog_fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let name = std::ffi::CString::new(ifname)?;
+    // SAFETY: a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    anyhow::ensure!(ifindex != 0, "{ifname}: {}", std::io::Error::last_os_error());
+    let mut attr = [0u8; 144];
+    attr[0..4].copy_from_slice(&(fd as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+    attr[8..12].copy_from_slice(&BPF_TCX_EGRESS.to_ne_bytes());
+    // Before every program already there (no relative fd or id: the head of the chain).
+    attr[12..16].copy_from_slice(&BPF_F_BEFORE.to_ne_bytes());
+    // SAFETY: bpf(BPF_LINK_CREATE) with a plain attr.
+    let link = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, attr.as_ptr(), attr.len() as u32) };
+    anyhow::ensure!(link >= 0, "attaching the VLAN tagger: {}", std::io::Error::last_os_error());
+    drop(prog_fd);
+    // SAFETY: as above.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(link as i32) })
+}
