@@ -10,6 +10,7 @@
 //! Needs root (CAP_SYS_ADMIN + CAP_NET_ADMIN) and iproute2 (`ip`, `bridge`).
 
 mod cmd;
+mod gate;
 pub mod mmdb;
 mod netns;
 mod process;
@@ -22,6 +23,7 @@ pub use cmd::{bridge, ip, run};
 pub use netns::{Lab, in_netns};
 pub use process::Process;
 pub use topology::{Client, Gateway, Internet, LAN_PREFIXES, LanKind, Topology, TopologyBuilder};
+pub use gate::{PinDir, cannot_run, lab_tests_can_run, privileged_required};
 pub use traffic::{TcpForwarder, UdpReceiver, http_get, send_udp};
 
 use std::sync::{

@@ -65,16 +65,8 @@ const OUTSIDE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 0x10);
 // Privileges
 
 fn privileged() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    let required = std::env::var("CI").as_deref() == Ok("true")
-        || std::env::var("GWSENSOR_TEST_REQUIRE_PRIVILEGED").as_deref() == Ok("1");
-    if required {
-        panic!("the kernel tests need root (to load eBPF programs and run BPF_PROG_TEST_RUN)");
-    }
-    eprintln!("\n*** SKIPPED: needs root (loads eBPF programs) ***\n");
-    false
+    nix::unistd::geteuid().is_root()
+        || lab::cannot_run("kernel tests", "need root (to load eBPF programs and run BPF_PROG_TEST_RUN)")
 }
 
 /// Skips the test (returns) unless privileged.

@@ -21,7 +21,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -51,35 +51,9 @@ const NO_GEO: (&str, &str) = ("", "");
 
 const XIAOMI_VENDOR: &str = "Xiaomi Communications Co Ltd";
 
-fn required() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-        || std::env::var("GWSENSOR_TEST_REQUIRE_PRIVILEGED").as_deref() == Ok("1")
-}
-
-/// True when the test can run; false (after a loud notice) when it should be skipped.
+/// True when the test can run (with `tools`); false (after a loud notice) when skipped.
 fn privileged(tools: &[&str]) -> bool {
-    let check = lab::check_privileged().and_then(|()| lab::ensure_bpffs());
-    match check {
-        Ok(()) => {}
-        Err(e) if required() => {
-            panic!("naming tests need root, network namespaces and bpffs: {e:#}")
-        }
-        Err(e) => {
-            lab::notice(&format!("SKIPPED: needs root ({e:#})"));
-            return false;
-        }
-    }
-    for tool in tools {
-        let found = Command::new(tool).arg("--version").output().is_ok();
-        if !found {
-            if required() {
-                panic!("naming tests need `{tool}` (apt-get install dnsmasq-base openssl)");
-            }
-            lab::notice(&format!("SKIPPED: `{tool}` is not installed"));
-            return false;
-        }
-    }
-    true
+    lab::lab_tests_can_run("naming tests", tools)
 }
 
 fn sa(s: &str) -> SocketAddr {
@@ -516,25 +490,6 @@ impl<'t> Agent<'t> {
     }
 }
 
-/// Removes the agent's pinned maps when the test ends, however it ends (bpffs is global).
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new(name: &str) -> PinDir {
-        let p = PathBuf::from(format!(
-            "/sys/fs/bpf/gwsensor-naming-{}-{name}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        PinDir(p)
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Writes the test country and ASN databases into `dir`; returns the config's `geoip:` block.
 fn geo_databases(dir: &Path) -> String {
@@ -571,7 +526,7 @@ struct Device<'a> {
 /// databases, the given inventory and lease files, then `extra` top-level keys.
 fn config(
     topo: &Topology,
-    pins: &PinDir,
+    pins: &lab::PinDir,
     devices: &[Device],
     leases: &[&Path],
     extra: &str,
@@ -611,7 +566,7 @@ fn config(
         v4 = lab::LAN_PREFIXES[0],
         v6 = lab::LAN_PREFIXES[1],
         poll = POLL.as_millis(),
-        pin = pins.0.display(),
+        pin = pins.path().display(),
         state = topo.lab.dir().join("state.json").display(),
         geo = geo_databases(topo.lab.dir()),
     )
@@ -773,7 +728,7 @@ fn dns_answers_name_udp_destinations_ipv4_and_ipv6() {
     if !privileged(&["dnsmasq"]) {
         return;
     }
-    let pins = PinDir::new("dns");
+    let pins = lab::PinDir::new("naming", "dns");
     let topo = TopologyBuilder::new("gwn-dns")
         .lan(LanKind::Veth)
         .client("phone", [0x64, 0x09, 0x80, 0x77, 0x00, 0x01])
@@ -1090,7 +1045,7 @@ fn sni_and_http_host_win_over_dns() {
     if !privileged(&["dnsmasq", "openssl"]) {
         return;
     }
-    let pins = PinDir::new("sni");
+    let pins = lab::PinDir::new("naming", "sni");
     let (tls_ip, http_ip) = ("10.77.3.20", "10.77.4.21");
     let topo = TopologyBuilder::new("gwn-sni")
         .lan(LanKind::Veth)
@@ -1335,7 +1290,7 @@ fn one_client_across_address_changes() {
     if !privileged(&[]) {
         return;
     }
-    let pins = PinDir::new("rotate");
+    let pins = lab::PinDir::new("naming", "rotate");
     let topo = TopologyBuilder::new("gwn-rot")
         .lan(LanKind::Veth)
         .client("phone", [0x64, 0x09, 0x80, 0x77, 0x00, 0x03])
@@ -1571,7 +1526,7 @@ fn device_names_inventory_dhcp_oui_and_cli() {
     if !privileged(&[]) {
         return;
     }
-    let pins = PinDir::new("devices");
+    let pins = lab::PinDir::new("naming", "devices");
     let topo = TopologyBuilder::new("gwn-dev")
         .lan(LanKind::Bridge)
         .client("redmi", [0x64, 0x09, 0x80, 0xaa, 0x00, 0x01]) // 10.77.1.10, in the inventory
@@ -2036,7 +1991,7 @@ fn series_budget_keeps_the_most_active_destinations() {
     if !privileged(&[]) {
         return;
     }
-    let pins = PinDir::new("budget");
+    let pins = lab::PinDir::new("naming", "budget");
     let a_remotes: Vec<String> = (1..=6).map(|i| format!("10.77.3.{i}")).collect();
     let b_remotes: Vec<String> = (1..=6).map(|i| format!("10.77.4.{i}")).collect();
     let mut builder = TopologyBuilder::new("gwn-bud")

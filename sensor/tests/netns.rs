@@ -27,24 +27,9 @@ const POLL: Duration = Duration::from_millis(200);
 const METRICS: &str = "127.0.0.1:9977";
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn required() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-        || std::env::var("GWSENSOR_TEST_REQUIRE_PRIVILEGED").as_deref() == Ok("1")
-}
-
 /// True when the test can run; false (after a loud notice) when it should be skipped.
 fn privileged() -> bool {
-    let check = lab::check_privileged().and_then(|()| lab::ensure_bpffs());
-    match check {
-        Ok(()) => true,
-        Err(e) if required() => {
-            panic!("netns tests need root, network namespaces and bpffs: {e:#}")
-        }
-        Err(e) => {
-            lab::notice(&format!("SKIPPED: needs root ({e:#})"));
-            false
-        }
-    }
+    lab::lab_tests_can_run("netns tests", &[])
 }
 
 fn sa(s: &str) -> SocketAddr {
@@ -333,29 +318,10 @@ impl<'t> Agent<'t> {
     }
 }
 
-/// Removes the agent's pinned maps when the test ends, however it ends (bpffs is global).
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new(name: &str) -> PinDir {
-        let p = PathBuf::from(format!(
-            "/sys/fs/bpf/gwsensor-test-{}-{name}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        PinDir(p)
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The agent's config: the lab's LAN, fast polls, private pins and state, and an inventory
 /// naming each lab client (so the `client` label is the client's name).
-fn config(topo: &Topology, pins: &PinDir, extra: &str) -> String {
+fn config(topo: &Topology, pins: &lab::PinDir, extra: &str) -> String {
     let devices: String = topo
         .clients
         .iter()
@@ -374,7 +340,7 @@ fn config(topo: &Topology, pins: &PinDir, extra: &str) -> String {
         v4 = lab::LAN_PREFIXES[0],
         v6 = lab::LAN_PREFIXES[1],
         poll = POLL.as_millis(),
-        pin = pins.0.display(),
+        pin = pins.path().display(),
         state = topo.lab.dir().join("state.json").display(),
     )
 }
@@ -389,7 +355,7 @@ fn promtool_check(agent: &Agent, text: &str) {
         .spawn();
     let mut child = match child {
         Ok(c) => c,
-        Err(e) if !required() => {
+        Err(e) if !lab::privileged_required() => {
             lab::notice(&format!(
                 "promtool check SKIPPED: promtool not runnable ({e})"
             ));
@@ -433,7 +399,7 @@ fn plain_veth_exact_counts_survive_restart() {
     if !privileged() {
         return;
     }
-    let pins = PinDir::new("plain");
+    let pins = lab::PinDir::new("test", "plain");
     let topo = TopologyBuilder::new("gwt-plain")
         .lan(LanKind::Veth)
         .client("phone", [0x64, 0x09, 0x80, 0x77, 0x00, 0x01])
@@ -570,7 +536,7 @@ fn bridge_two_clients_exact_counts() {
     if !privileged() {
         return;
     }
-    let pins = PinDir::new("bridge");
+    let pins = lab::PinDir::new("test", "bridge");
     let remote4: IpAddr = "10.77.3.1".parse().unwrap();
     let remote6: IpAddr = "fd77:3::2".parse().unwrap();
     let topo = TopologyBuilder::new("gwt-bridge")
