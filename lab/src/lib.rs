@@ -21,7 +21,7 @@ mod traffic;
 
 pub use cmd::{bridge, ip, run};
 pub use netns::{Lab, in_netns};
-pub use process::Process;
+pub use process::{Process, wait_agent_ready};
 pub use topology::{Client, Gateway, Internet, LAN_PREFIXES, LanKind, Topology, TopologyBuilder};
 pub use gate::{PinDir, cannot_run, lab_tests_can_run, privileged_required};
 pub use traffic::{TcpForwarder, UdpReceiver, http_get, send_udp};

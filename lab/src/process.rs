@@ -120,3 +120,22 @@ impl Process {
         )
     }
 }
+
+/// Waits until the agent `process` running in `ns` serves `metrics_url` with its XDP attach
+/// mode (its programs are in place), or fails if it exits or `timeout` passes. The caller adds
+/// the log when it reports the error.
+pub fn wait_agent_ready(ns: &str, metrics_url: &str, process: &Process, timeout: std::time::Duration) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = process.try_wait()? {
+            anyhow::bail!("the agent exited during startup ({status})");
+        }
+        if crate::http_get(ns, metrics_url).is_ok_and(|body| body.contains("gwsensor_xdp_attach_mode")) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the agent did not serve {metrics_url} with gwsensor_xdp_attach_mode within {timeout:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

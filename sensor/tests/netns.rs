@@ -228,25 +228,9 @@ impl<'t> Agent<'t> {
 
     /// Ready = /metrics answers and reports the XDP attachment (programs are in place).
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.process().try_wait().unwrap() {
-                self.fail(&format!("agent exited during startup: {status}"), None, &[]);
-            }
-            if self
-                .scrape_text()
-                .is_ok_and(|body| body.contains("gwsensor_xdp_attach_mode"))
-            {
-                return;
-            }
-            if Instant::now() > deadline {
-                self.fail(
-                    "agent did not serve /metrics with gwsensor_xdp_attach_mode within 60 s",
-                    None,
-                    &[],
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        let url = format!("http://{METRICS}/metrics");
+        if let Err(e) = lab::wait_agent_ready(&self.topo.gateway.ns, &url, self.process(), Duration::from_secs(60)) {
+            self.fail(&format!("{e:#}"), None, &[]);
         }
     }
 

@@ -201,27 +201,9 @@ impl Drop for PinDir {
 }
 
 fn wait_ready(topo: &Topology, agent: &Process) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = agent.try_wait()? {
-            bail!(
-                "the agent exited during startup ({status}); its log:\n{}",
-                agent.log()
-            );
-        }
-        if lab::http_get(&topo.gateway.ns, &format!("http://{METRICS}/metrics"))
-            .is_ok_and(|t| t.contains("gwsensor_xdp_attach_mode"))
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the agent did not serve /metrics within 30 s; its log:\n{}",
-                agent.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let url = format!("http://{METRICS}/metrics");
+    lab::wait_agent_ready(&topo.gateway.ns, &url, agent, Duration::from_secs(30))
+        .map_err(|e| anyhow::anyhow!("{e:#}; the agent's log:\n{}", agent.log()))
 }
 
 // ---------------------------------------------------------------------------------------
