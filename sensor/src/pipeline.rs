@@ -15,7 +15,7 @@ use crate::{
     accounting::{Accounting, Params},
     api::{ClientView, FlowView, View},
     collector::{KernelMaps, Snapshot},
-    enrich::{Enricher, PollNamer, domain},
+    enrich::{Enricher, PollNamer, domain, geo::GeoInfo},
     events::Observation,
     labels,
     metrics::{ClientLabels, Metrics},
@@ -104,8 +104,11 @@ impl Pipeline {
         let mut flows = Vec::with_capacity(snap.flows.len());
         let mut ips: BTreeMap<[u8; 6], BTreeSet<String>> = BTreeMap::new();
         let mut flow_counts: BTreeMap<[u8; 6], usize> = BTreeMap::new();
-        // One inventory lookup per client, not per flow.
+        // One inventory lookup per client, one GeoIP lookup per remote and one public-suffix
+        // lookup per name: many flows share them.
         let mut names: HashMap<[u8; 6], ClientLabels> = HashMap::new();
+        let mut geos: HashMap<std::net::IpAddr, GeoInfo> = HashMap::new();
+        let mut domains: HashMap<String, String> = HashMap::new();
         for (key, c) in &snap.flows {
             let labels_of = names.entry(key.client_mac).or_insert_with(|| self.enricher.client_labels(&key.client_mac));
             let client_ip = labels::ip(&key.client_ip).to_string();
@@ -113,7 +116,11 @@ impl Pipeline {
             *flow_counts.entry(key.client_mac).or_default() += 1;
             let remote = labels::ip(&key.remote_ip);
             let name = self.enricher.flow_name(key, now).unwrap_or_default().to_string();
-            let geo = self.enricher.geo(remote);
+            let geo = geos.entry(remote).or_insert_with(|| self.enricher.geo(remote)).clone();
+            let domain = match name.as_str() {
+                "" => String::new(),
+                n => domains.entry(name.clone()).or_insert_with(|| domain::registrable(n)).clone(),
+            };
             flows.push(FlowView {
                 client: labels_of.name.clone(),
                 mac: labels::mac(&key.client_mac),
@@ -121,7 +128,7 @@ impl Pipeline {
                 remote_ip: remote.to_string(),
                 protocol: labels::protocol(key.protocol),
                 port: key.remote_port,
-                domain: if name.is_empty() { String::new() } else { domain::registrable(&name) },
+                domain,
                 name,
                 country: geo.country,
                 asn: geo.asn,
