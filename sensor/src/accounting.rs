@@ -232,6 +232,9 @@ pub struct Accounting {
     /// they were first held.
     #[serde(skip)]
     waiting: HashMap<FlowKeyBytes, u64>,
+    /// Every flow that gained traffic in the last update, with its gain (the policy's input).
+    #[serde(skip)]
+    pub gains: Vec<(FlowKey, Tally)>,
 }
 
 /// A flow key as raw bytes, so that the state file does not depend on the struct's Rust form.
@@ -298,6 +301,7 @@ impl Accounting {
         let mut deltas: HashMap<Mac, ClientDeltas> = HashMap::new();
         let mut flows_last = HashMap::with_capacity(snap.flows.len());
         let mut waiting = HashMap::new();
+        self.gains.clear();
         for (key, counters) in &snap.flows {
             let id = FlowKeyBytes::of(key);
             let prev = self.flows_last.get(&id);
@@ -315,6 +319,7 @@ impl Accounting {
                 let client = deltas.entry(key.client_mac).or_default();
                 client.remotes.entry(RemoteId::of(key)).or_default().add(&delta);
                 client.destinations.entry(namer.destination(key)).or_default().add(&delta);
+                self.gains.push((*key, delta));
             }
             flows_last.insert(id, cur);
         }

@@ -2,6 +2,7 @@
 //! run the [`Pipeline`] on an interval until told to stop, then save state and detach.
 
 use std::{
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -16,7 +17,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    accounting::{Accounting, Params},
+    accounting::Params,
     collector::KernelMaps,
     config::Config,
     enrich::Enricher,
@@ -25,6 +26,7 @@ use crate::{
     metrics::Metrics,
     netif,
     pipeline::Pipeline,
+    policy::eval::{AlertOut, Evaluator},
     server, state,
 };
 
@@ -36,7 +38,12 @@ const NAME_WAIT: Duration = Duration::from_secs(2);
 /// and counted: names are a best effort, counting is not).
 const EVENT_QUEUE: usize = 8192;
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Resolved alerts are handed to delivery this long after they resolve (Prometheus: 15 min).
+const RESOLVED_RETENTION: Duration = Duration::from_secs(15 * 60);
+
+/// `config_path` is re-read on SIGHUP.
+pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
+    let mut config = config;
     netif::ifindex(&config.interface)?;
     let prefixes = if config.lan_prefixes.is_empty() {
         let derived = netif::prefixes(&config.interface)?;
@@ -49,7 +56,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(prefixes = %shown.join(", "), "clients are the hosts inside these LAN prefixes");
     raise_memlock_limit();
 
+    let policy = config.load_policy().map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(path) = &config.policy {
+        info!(policy = %path.display(), rules = policy.rules.len(), "policy loaded");
+    }
     let metrics = Arc::new(Metrics::new()?);
+    metrics.config_last_reload_successful.set(1);
     let (enricher, warnings) = Enricher::new(&config.inventory, &config.geoip, &config.names, config.destinations.level)?;
     for warning in &warnings {
         warn!("{warning}");
@@ -77,9 +89,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     metrics.xdp_attach_mode.with_label_values(&[config.interface.as_str(), attachment.xdp_mode]).set(1);
     metrics.tc_attach_mode.with_label_values(&[config.interface.as_str(), attachment.tc_mode]).set(1);
 
+    let saved = state::load(&config.state_path)?;
     let mut pipeline = Pipeline {
         maps,
-        accounting: state::load(&config.state_path)?,
+        accounting: saved.accounting,
+        policy: Evaluator::new(policy, saved.policy, config.external_url(), RESOLVED_RETENTION),
         enricher,
         params: params(&config),
         metrics: metrics.clone(),
@@ -100,18 +114,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut ticker = tokio::time::interval(config.poll_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_save = Instant::now();
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                if let Err(e) = pipeline.poll() {
-                    warn!("poll failed: {e:#}");
+                match pipeline.poll() {
+                    Ok(alerts) => deliver(&alerts),
+                    Err(e) => warn!("poll failed: {e:#}"),
                 }
                 if last_save.elapsed() >= config.state_save_interval {
-                    save_state(&config, &pipeline.accounting, &metrics);
+                    save_state(&config, &pipeline, &metrics);
                     last_save = Instant::now();
+                }
+            }
+            _ = sighup.recv() => {
+                match reload(config_path, &config, &mut pipeline) {
+                    Ok(new) => {
+                        config = new;
+                        metrics.config_last_reload_successful.set(1);
+                    }
+                    Err(e) => {
+                        metrics.config_last_reload_successful.set(0);
+                        metrics.config_reload_failures.inc();
+                        warn!("SIGHUP: new configuration refused, the running one stays active:\n{e}");
+                    }
                 }
             }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
@@ -120,10 +149,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     // A last poll so that the state file holds everything counted up to now.
-    if let Err(e) = pipeline.poll() {
-        warn!("final poll failed: {e:#}");
+    match pipeline.poll() {
+        Ok(alerts) => deliver(&alerts),
+        Err(e) => warn!("final poll failed: {e:#}"),
     }
-    save_state(&config, &pipeline.accounting, &metrics);
+    save_state(&config, &pipeline, &metrics);
     let _ = stop_tx.send(true);
     let _ = http.await;
     reader.abort();
@@ -151,8 +181,59 @@ fn params(config: &Config) -> Params {
     }
 }
 
-fn save_state(config: &Config, accounting: &Accounting, metrics: &Metrics) {
-    match state::save(&config.state_path, accounting) {
+/// Re-reads the config and the policy (SIGHUP). Applies what can change while running:
+/// the policy, naming of clients, series limits and expiries. Keys that shape the kernel side
+/// (interface, capacities, pins) need a restart; a change there is logged, not applied.
+fn reload(path: &Path, running: &Config, pipeline: &mut Pipeline) -> anyhow::Result<Config> {
+    let new = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let policy = new.load_policy().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (enricher, warnings) = Enricher::new(&new.inventory, &new.geoip, &new.names, new.destinations.level)?;
+    for warning in &warnings {
+        warn!("{warning}");
+    }
+    let restart_only = [
+        ("interface", new.interface != running.interface),
+        ("lan_prefixes", new.lan_prefixes != running.lan_prefixes),
+        ("flow_capacity", new.flow_capacity != running.flow_capacity),
+        ("client_capacity", new.client_capacity != running.client_capacity),
+        ("pin_path", new.pin_path != running.pin_path),
+        ("state_path", new.state_path != running.state_path),
+        ("metrics_listen", new.metrics_listen != running.metrics_listen),
+        ("xdp_mode", new.xdp_mode != running.xdp_mode),
+        ("tc_attach", new.tc_attach != running.tc_attach),
+        ("poll_interval", new.poll_interval != running.poll_interval),
+        ("events_per_second", new.events_per_second != running.events_per_second),
+    ];
+    for (key, changed) in restart_only {
+        if changed {
+            warn!(key, "SIGHUP: `{key}` changed; it takes effect at the next restart");
+        }
+    }
+    // Names learnt from traffic stay: only the sources that come from files are replaced.
+    pipeline.enricher.inventory = enricher.inventory;
+    pipeline.enricher.geo = enricher.geo;
+    pipeline.params = params(&new);
+    pipeline.policy.replace(policy, new.external_url(), RESOLVED_RETENTION);
+    info!(rules = pipeline.policy.policy().rules.len(), "SIGHUP: configuration and policy reloaded");
+    let mut applied = new;
+    // Keep the running values of what only a restart changes, so that the next reload
+    // compares against what is really in effect.
+    applied.interface = running.interface.clone();
+    applied.lan_prefixes = running.lan_prefixes.clone();
+    applied.flow_capacity = running.flow_capacity;
+    applied.client_capacity = running.client_capacity;
+    applied.pin_path = running.pin_path.clone();
+    applied.state_path = running.state_path.clone();
+    applied.metrics_listen = running.metrics_listen;
+    applied.xdp_mode = running.xdp_mode;
+    applied.tc_attach = running.tc_attach;
+    applied.poll_interval = running.poll_interval;
+    applied.events_per_second = running.events_per_second;
+    Ok(applied)
+}
+
+fn save_state(config: &Config, pipeline: &Pipeline, metrics: &Metrics) {
+    match state::save(&config.state_path, &pipeline.accounting, pipeline.policy.state()) {
         Ok(()) => metrics.state_save_failures.set(0),
         Err(e) => {
             metrics.state_save_failures.inc();
@@ -198,4 +279,11 @@ fn spawn_kernel_logger(ebpf: &mut aya::Ebpf) {
             guard.clear_ready();
         }
     });
+}
+
+/// Hands the poll's alerts to delivery.
+fn deliver(alerts: &[AlertOut]) {
+    for a in alerts {
+        tracing::debug!(alert = ?a.labels, resolved = a.resolved_at.is_some(), "alert");
+    }
 }

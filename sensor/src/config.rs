@@ -69,6 +69,14 @@ pub struct Config {
     /// second and CPU; the excess is counted, not queued. 0 turns naming from traffic off.
     #[serde(default = "default_events_per_second")]
     pub events_per_second: u32,
+    /// The policy file (docs/policy.md); relative paths are relative to this config file.
+    /// Unset: no policy, no alerts.
+    #[serde(default)]
+    pub policy: Option<PathBuf>,
+    /// How the sensor is reached from where alerts are read, for the alerts' generatorURL.
+    /// Unset: `http://<metrics_listen>`.
+    #[serde(default)]
+    pub external_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -204,7 +212,27 @@ impl Config {
             message: format!("cannot read the file: {e}"),
             hint: Some("pass the path of a YAML config, e.g. deploy/sensor.yaml".into()),
         })?;
-        Config::parse(&text, path)
+        let mut config = Config::parse(&text, path)?;
+        if let Some(policy) = &config.policy
+            && policy.is_relative()
+        {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            config.policy = Some(dir.join(policy));
+        }
+        Ok(config)
+    }
+
+    /// Loads the policy file the config names (an empty policy when none is named).
+    pub fn load_policy(&self) -> Result<crate::policy::Policy, ConfigError> {
+        match &self.policy {
+            Some(path) => crate::policy::Policy::load(path),
+            None => Ok(crate::policy::Policy::default()),
+        }
+    }
+
+    /// Base URL of the sensor's API as alert readers reach it.
+    pub fn external_url(&self) -> String {
+        self.external_url.clone().unwrap_or_else(|| format!("http://{}", self.metrics_listen))
     }
 
     /// Parses and validates config text; `path` is only used in error messages.

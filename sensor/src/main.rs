@@ -27,8 +27,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a config file: prints `FILE: ok`, or the file, line, column, what is wrong and
-    /// how to fix it, and exits 1.
+    /// Validate a config file and the policy it names: prints `FILE: ok`, or the file, line,
+    /// column, what is wrong and how to fix it, and exits 1.
     CheckConfig {
         /// YAML config file.
         file: PathBuf,
@@ -114,9 +114,12 @@ fn main() -> ExitCode {
             };
             print_api(&api, &path, |v| sensor::api::flows_table(&v.flows))
         }
-        Command::CheckConfig { file } => match Config::load(&file) {
-            Ok(config) => {
+        Command::CheckConfig { file } => match Config::load(&file).and_then(|c| c.load_policy().map(|p| (c, p))) {
+            Ok((config, policy)) => {
                 println!("{}: ok (interface {})", file.display(), config.interface);
+                if let Some(path) = &config.policy {
+                    println!("{}: ok ({} rules)", path.display(), policy.rules.len());
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -133,7 +136,8 @@ fn main() -> ExitCode {
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::stderr().is_terminal())
                 .init();
-            let config = match Config::load(&config) {
+            let config_path = config;
+            let config = match Config::load(&config_path) {
                 Ok(config) => config,
                 Err(e) => {
                     eprintln!("{e}");
@@ -147,7 +151,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(sensor::agent::run(config)) {
+            match runtime.block_on(sensor::agent::run(config, &config_path)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");

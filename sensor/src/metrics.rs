@@ -44,6 +44,13 @@ pub struct Metrics {
     pub name_parse_errors: IntCounterVec,
     pub names_cached: IntGauge,
     pub config_warnings: IntGauge,
+    pub policy_violations: IntCounterVec,
+    pub policy_alerts: IntGaugeVec,
+    pub policy_evaluation: Histogram,
+    pub policy_series: IntGauge,
+    pub policy_series_dropped: IntCounter,
+    pub config_last_reload_successful: IntGauge,
+    pub config_reload_failures: IntCounter,
     traffic: RwLock<Vec<MetricFamily>>,
 }
 
@@ -67,7 +74,29 @@ impl Metrics {
         registry.register(Box::new(poll_duration.clone()))?;
         let build_info = gauge_vec("build_info", "Version of the running agent (always 1).", &["version"])?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let policy_violations = IntCounterVec::new(
+            Opts::new("policy_violations_total", "Alerts that started firing, by policy rule and client."),
+            &["rule", "client"],
+        )?;
+        registry.register(Box::new(policy_violations.clone()))?;
+        let policy_evaluation = Histogram::with_opts(
+            HistogramOpts::new("policy_evaluation_seconds", "Time to evaluate the policy over one poll's flows.")
+                .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25]),
+        )?;
+        registry.register(Box::new(policy_evaluation.clone()))?;
         let metrics = Metrics {
+            policy_violations,
+            policy_evaluation,
+            policy_alerts: gauge_vec("policy_alerts", "Alerts of each policy rule now, by state (pending or firing).", &["rule", "state"])?,
+            policy_series: gauge("policy_series", "(rule, client, destination) series the policy evaluator tracks.")?,
+            policy_series_dropped: counter("policy_series_dropped_total", "Series the policy evaluator could not track (its limit was reached).")?,
+            config_last_reload_successful: gauge("config_last_reload_successful", "1 if the last config and policy (re)load worked, 0 if the files on disk were refused.")?,
+            config_reload_failures: counter("config_reload_failures_total", "SIGHUP reloads refused because the new config or policy was invalid.")?,
             poll_duration,
             flows_tracked: gauge("flows_tracked", "Flows in the kernel flow map at the last poll.")?,
             flows_capacity: gauge("flows_capacity", "Capacity of the kernel flow map (LRU: beyond it the least recent flows are evicted).")?,
@@ -109,6 +138,20 @@ impl Metrics {
         let families = traffic_families(acct, snap, client);
         if let Ok(mut slot) = self.traffic.write() {
             *slot = families;
+        }
+    }
+
+    /// The registry, for components that register their own collectors (alert delivery).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Pending and firing alerts per rule; rules no longer in the policy disappear.
+    pub fn set_policy_alerts(&self, counts: &std::collections::BTreeMap<String, (usize, usize)>) {
+        self.policy_alerts.reset();
+        for (rule, (pending, firing)) in counts {
+            self.policy_alerts.with_label_values(&[rule.as_str(), "pending"]).set(*pending as i64);
+            self.policy_alerts.with_label_values(&[rule.as_str(), "firing"]).set(*firing as i64);
         }
     }
 

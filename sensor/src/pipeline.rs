@@ -19,6 +19,10 @@ use crate::{
     events::Observation,
     labels,
     metrics::{ClientLabels, Metrics},
+    policy::{
+        eval::{AlertOut, Evaluator},
+        matcher::{ClientFacts, FlowFacts, PollFacts},
+    },
     server::SharedView,
 };
 
@@ -30,6 +34,7 @@ pub struct Pipeline {
     pub metrics: Arc<Metrics>,
     pub view: SharedView,
     pub events: mpsc::Receiver<Observation>,
+    pub policy: Evaluator,
 }
 
 fn unix_now() -> u64 {
@@ -59,7 +64,8 @@ impl Clock {
 }
 
 impl Pipeline {
-    pub fn poll(&mut self) -> anyhow::Result<()> {
+    /// One poll; returns the alerts to deliver (firing, and resolved within the retention).
+    pub fn poll(&mut self) -> anyhow::Result<Vec<AlertOut>> {
         let started = Instant::now();
         let now = unix_now();
         self.learn_names(now);
@@ -83,8 +89,67 @@ impl Pipeline {
         if let Ok(mut slot) = self.view.write() {
             *slot = view;
         }
+        let alerts = self.evaluate_policy(&snap, now);
         self.metrics.poll_duration.observe(started.elapsed().as_secs_f64());
-        Ok(())
+        Ok(alerts)
+    }
+
+    fn evaluate_policy(&mut self, snap: &Snapshot, now: u64) -> Vec<AlertOut> {
+        let started = Instant::now();
+        let facts = self.policy_facts(snap, now);
+        let outcome = self.policy.evaluate(&facts);
+        for (rule, client) in &outcome.fired {
+            self.metrics.policy_violations.with_label_values(&[rule.as_str(), client.as_str()]).inc();
+            info!(rule = %rule, client = %client, "alert firing");
+        }
+        self.metrics.set_policy_alerts(&outcome.counts);
+        self.metrics.policy_series.set(outcome.series as i64);
+        self.metrics.policy_series_dropped.inc_by(outcome.series_dropped as u64);
+        self.metrics.policy_evaluation.observe(started.elapsed().as_secs_f64());
+        outcome.alerts
+    }
+
+    /// The policy's view of this poll: every client the kernel counts, and the flows that
+    /// gained traffic since the last poll, named.
+    fn policy_facts(&self, snap: &Snapshot, now: u64) -> PollFacts {
+        let mut index: HashMap<[u8; 6], usize> = HashMap::new();
+        let mut clients = Vec::new();
+        let mut client_index = |mac: &[u8; 6], clients: &mut Vec<ClientFacts>| {
+            *index.entry(*mac).or_insert_with(|| {
+                let l = self.enricher.client_labels(mac);
+                clients.push(ClientFacts { mac: *mac, mac_text: labels::mac(mac), name: l.name, group: l.group, vendor: l.vendor, tags: l.tags });
+                clients.len() - 1
+            })
+        };
+        for mac in snap.clients.keys() {
+            client_index(mac, &mut clients);
+        }
+        let mut geos: HashMap<std::net::IpAddr, GeoInfo> = HashMap::new();
+        let flows = self
+            .accounting
+            .gains
+            .iter()
+            .map(|(key, gain)| {
+                let remote = labels::ip(&key.remote_ip);
+                let geo = geos.entry(remote).or_insert_with(|| self.enricher.geo(remote));
+                let name = self.enricher.flow_name(key, now).unwrap_or_default().to_ascii_lowercase();
+                FlowFacts {
+                    client: client_index(&key.client_mac, &mut clients),
+                    remote_ip: Some(remote),
+                    protocol: key.protocol,
+                    port: key.remote_port,
+                    domain: if name.is_empty() { String::new() } else { domain::registrable(&name) },
+                    name,
+                    country: geo.country.clone(),
+                    asn: geo.asn,
+                    upload_bytes: gain.bytes[Direction::Upload.index()],
+                    download_bytes: gain.bytes[Direction::Download.index()],
+                    upload_packets: gain.packets[Direction::Upload.index()],
+                    download_packets: gain.packets[Direction::Download.index()],
+                }
+            })
+            .collect();
+        PollFacts { now, clients, flows }
     }
 
     /// Everything the kernel sent since the last poll names flows before they are attributed.

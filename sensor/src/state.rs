@@ -9,27 +9,45 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::accounting::Accounting;
+use crate::{accounting::Accounting, policy::eval::EvalState};
 
 /// Format version of the state file: bumped when its meaning changes.
 const VERSION: u32 = 1;
 
-#[derive(serde::Serialize, serde::Deserialize)]
+/// What the agent keeps across restarts: the exported counters and the policy's memory
+/// (windows, alerts, learnt destinations and devices).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Saved {
+    pub accounting: Accounting,
+    /// Absent in files written before the policy existed.
+    #[serde(default)]
+    pub policy: EvalState,
+}
+
+#[derive(serde::Deserialize)]
 struct StateFile {
     version: u32,
-    accounting: Accounting,
+    #[serde(flatten)]
+    saved: Saved,
+}
+
+#[derive(serde::Serialize)]
+struct StateFileRef<'a> {
+    version: u32,
+    accounting: &'a Accounting,
+    policy: &'a EvalState,
 }
 
 /// Loads the state, or a fresh accounting when there is no file yet. A file that cannot be
 /// read as state is kept aside (renamed `.corrupt`) rather than silently overwritten.
-pub fn load(path: &Path) -> anyhow::Result<Accounting> {
+pub fn load(path: &Path) -> anyhow::Result<Saved> {
     let text = match fs::read(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Accounting::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Saved::default()),
         Err(e) => return Err(e).with_context(|| format!("reading state file {}", path.display())),
     };
     match serde_json::from_slice::<StateFile>(&text) {
-        Ok(state) if state.version == VERSION => Ok(state.accounting),
+        Ok(state) if state.version == VERSION => Ok(state.saved),
         Ok(state) => anyhow::bail!(
             "state file {} has version {} but this agent reads version {VERSION}: move it away to start counting afresh",
             path.display(),
@@ -39,18 +57,18 @@ pub fn load(path: &Path) -> anyhow::Result<Accounting> {
             let aside = path.with_extension("corrupt");
             fs::rename(path, &aside).with_context(|| format!("moving unreadable state file {} aside", path.display()))?;
             tracing::warn!("state file {} is unreadable ({e}); kept as {} and starting afresh", path.display(), aside.display());
-            Ok(Accounting::default())
+            Ok(Saved::default())
         }
     }
 }
 
 /// Writes the state atomically: a crash mid-write leaves the previous file intact.
-pub fn save(path: &Path, accounting: &Accounting) -> anyhow::Result<()> {
+pub fn save(path: &Path, accounting: &Accounting, policy: &EvalState) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
     }
     let tmp = path.with_extension("tmp");
-    let body = serde_json::to_vec(&StateFile { version: VERSION, accounting: accounting.clone() })?;
+    let body = serde_json::to_vec(&StateFileRef { version: VERSION, accounting, policy })?;
     let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     file.write_all(&body).and_then(|()| file.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("replacing state file {}", path.display()))
@@ -61,15 +79,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn files_from_before_the_policy_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut a = Accounting::default();
+        a.flow_evictions = 3;
+        let old = serde_json::json!({"version": VERSION, "accounting": a});
+        fs::write(&path, old.to_string()).unwrap();
+        assert_eq!(load(&path).unwrap().accounting.flow_evictions, 3);
+    }
+
+    #[test]
     fn missing_file_is_a_fresh_start_and_save_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/state.json");
         let fresh = load(&path).unwrap();
-        assert!(fresh.clients.is_empty());
+        assert!(fresh.accounting.clients.is_empty());
         let mut a = Accounting::default();
         a.flow_evictions = 7;
-        save(&path, &a).unwrap();
-        assert_eq!(load(&path).unwrap().flow_evictions, 7);
+        save(&path, &a, &EvalState::default()).unwrap();
+        assert_eq!(load(&path).unwrap().accounting.flow_evictions, 7);
     }
 
     #[test]
@@ -77,7 +106,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         fs::write(&path, b"{not json").unwrap();
-        assert!(load(&path).unwrap().clients.is_empty());
+        assert!(load(&path).unwrap().accounting.clients.is_empty());
         assert_eq!(fs::read(dir.path().join("state.corrupt")).unwrap(), b"{not json");
     }
 }

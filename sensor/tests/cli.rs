@@ -12,7 +12,21 @@ fn check_config_accepts_the_shipped_example() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/sensor.yaml");
     let (ok, stdout, stderr) = sensor(&["check-config", example.to_str().unwrap()]);
     assert!(ok, "{stderr}");
-    assert!(stdout.ends_with("sensor.yaml: ok (interface br-lan)\n"), "{stdout}");
+    assert!(stdout.contains("sensor.yaml: ok (interface br-lan)\n"), "{stdout}");
+    assert!(stdout.ends_with("policy.yaml: ok (6 rules)\n"), "{stdout}");
+}
+
+#[test]
+fn check_config_validates_the_policy_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("sensor.yaml"), "interface: br-lan\npolicy: rules.yaml\n").unwrap();
+    let rules = "rules:\n  - name: Up\n    match:\n      destination: {country: [CN, XY]}\n    condition: {volume: {above: 5MB}}\n";
+    std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
+    let config = dir.path().join("sensor.yaml");
+    let (ok, stdout, stderr) = sensor(&["check-config", config.to_str().unwrap()]);
+    assert!(!ok, "a bad policy must fail: {stdout}");
+    assert!(stderr.starts_with(&format!("{}:4:", dir.path().join("rules.yaml").display())), "{stderr}");
+    assert!(stderr.contains("unknown country code `XY`"), "{stderr}");
 }
 
 #[test]

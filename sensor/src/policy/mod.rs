@@ -1,0 +1,250 @@
+//! The policy (docs/policy.md): what each device may do. Loaded from YAML with errors that
+//! name the file, line and column, then evaluated on every poll by [`eval::Evaluator`].
+
+pub mod countries;
+pub mod eval;
+pub mod matcher;
+pub mod schedule;
+pub mod spec;
+pub mod template;
+pub mod values;
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use crate::config::ConfigError;
+use matcher::DnsBypass;
+use spec::{Condition, GroupBy, MatchSpec, PolicySpec, RuleSpec};
+use template::Template;
+
+/// Labels the sensor sets on every alert; rules cannot redefine them.
+pub const RESERVED_LABELS: &[&str] = &["alertname", "severity", "client", "mac", "destination"];
+
+/// A validated policy, ready to evaluate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub rules: Vec<Rule>,
+    /// Global exceptions: traffic matching one never counts for any rule.
+    pub exceptions: Vec<MatchSpec>,
+    pub dns: DnsBypass,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub name: String,
+    pub matches: MatchSpec,
+    pub condition: Condition,
+    pub for_: Duration,
+    pub severity: String,
+    pub labels: BTreeMap<String, String>,
+    pub summary: Template,
+    pub description: Template,
+    pub group_by: GroupBy,
+    pub schedule: Option<schedule::Schedule>,
+    pub except: Vec<MatchSpec>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            rules: Vec::new(),
+            exceptions: Vec::new(),
+            dns: DnsBypass::new(&Default::default()),
+        }
+    }
+}
+
+impl Policy {
+    pub fn load(path: &Path) -> Result<Policy, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            location: None,
+            message: format!("cannot read the policy file: {e}"),
+            hint: Some(
+                "point `policy:` in the config at a policy YAML, e.g. deploy/policy.yaml".into(),
+            ),
+        })?;
+        Policy::parse(&text, path)
+    }
+
+    /// Parses and validates policy text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Policy, ConfigError> {
+        let spec: PolicySpec = serde_yaml::from_str(text).map_err(|e| {
+            let message = e.to_string();
+            let message = match message.find(" at line ") {
+                Some(i) => message[..i].to_string(),
+                None => message,
+            };
+            ConfigError {
+                path: path.to_owned(),
+                location: e.location().map(|l| (l.line(), l.column())),
+                hint: hint_for(&message),
+                message,
+            }
+        })?;
+        let fail = |rule: Option<&str>, message: String, hint: &str| ConfigError {
+            path: path.to_owned(),
+            location: rule.and_then(|name| locate_rule(text, name)),
+            message,
+            hint: Some(hint.to_string()),
+        };
+        if let Some(i) = spec.exceptions.iter().position(MatchSpec::is_empty) {
+            return Err(fail(
+                None,
+                format!(
+                    "global exception {} names no client and no destination",
+                    i + 1
+                ),
+                "an empty exception would silence every rule; give it a `client` or a `destination`",
+            ));
+        }
+        let mut rules: Vec<Rule> = Vec::with_capacity(spec.rules.len());
+        for r in &spec.rules {
+            let name = r.name.0.as_str();
+            if rules.iter().any(|x| x.name == name) {
+                return Err(fail(
+                    Some(name),
+                    format!("two rules are named `{name}`"),
+                    "rule names become the alert's alertname and must be unique",
+                ));
+            }
+            rules.push(compile(r).map_err(|(message, hint)| {
+                fail(Some(name), format!("rule `{name}`: {message}"), hint)
+            })?);
+        }
+        Ok(Policy {
+            rules,
+            exceptions: spec.exceptions,
+            dns: DnsBypass::new(&spec.dns),
+        })
+    }
+}
+
+fn compile(r: &RuleSpec) -> Result<Rule, (String, &'static str)> {
+    let condition = r
+        .condition
+        .single()
+        .map_err(|m| (m, "conditions: traffic, volume, rate, new_destination, new_device, dns_bypass (docs/policy.md)"))?;
+    if condition.window() < Duration::from_secs(1) {
+        return Err((
+            "the condition's window is shorter than 1s".into(),
+            "use e.g. `window: 10m`",
+        ));
+    }
+    match &condition {
+        Condition::Volume(v) if v.above.0 == 0 => {
+            return Err((
+                "`volume.above` is 0".into(),
+                "for any traffic at all use the `traffic` condition",
+            ));
+        }
+        Condition::Rate(c) if c.bytes_per_second.is_some() == c.packets_per_second.is_some() => {
+            return Err((
+                "`rate` needs exactly one of bytes_per_second and packets_per_second".into(),
+                "e.g. `rate: {bytes_per_second: 1MB, window: 1m}`",
+            ));
+        }
+        _ => {}
+    }
+    if let Some(i) = r.except.iter().position(MatchSpec::is_empty) {
+        return Err((
+            format!("exception {} names no client and no destination", i + 1),
+            "an empty exception would silence the rule; give it a `client` or a `destination`",
+        ));
+    }
+    if let Some(s) = &r.schedule
+        && s.windows.is_empty()
+    {
+        return Err((
+            "the schedule has no windows".into(),
+            "e.g. `schedule: {windows: [{days: [mon, tue], from: \"22:00\", to: \"06:00\"}]}`",
+        ));
+    }
+    let (summary, description) = default_texts(&condition);
+    Ok(Rule {
+        name: r.name.0.clone(),
+        matches: r.matches.clone(),
+        group_by: r.group_by.unwrap_or_else(|| condition.default_group_by()),
+        condition,
+        for_: r.for_,
+        severity: r.severity.clone(),
+        labels: r
+            .labels
+            .iter()
+            .map(|(k, v)| (k.0.clone(), v.clone()))
+            .collect(),
+        summary: r.summary.clone().unwrap_or_else(|| template(summary)),
+        description: r
+            .description
+            .clone()
+            .unwrap_or_else(|| template(description)),
+        schedule: r.schedule.clone(),
+        except: r.except.clone(),
+    })
+}
+
+fn template(text: &str) -> Template {
+    // The built-in texts only use known placeholders (a unit test parses each).
+    Template::parse(text)
+        .unwrap_or_else(|_| Template::parse("{{ rule }}").expect("a plain placeholder parses"))
+}
+
+/// Summary and description of a rule that gives none.
+fn default_texts(condition: &Condition) -> (&'static str, &'static str) {
+    match condition {
+        Condition::Traffic(_) => (
+            "{{ client }} talks to {{ destination }}",
+            "{{ client }} ({{ mac }}) exchanged {{ bytes }} in {{ packets }} packets with {{ destination }} ({{ country }} {{ asn }}) within {{ window }}.",
+        ),
+        Condition::Volume(_) => (
+            "{{ client }} moved {{ bytes }} to/from {{ destination }} within {{ window }}",
+            "{{ client }} ({{ mac }}) moved {{ bytes }} with {{ destination }} ({{ country }} {{ asn }}) within {{ window }}, above the rule's limit.",
+        ),
+        Condition::Rate(_) => (
+            "{{ client }} sustains {{ rate }} with {{ destination }}",
+            "{{ client }} ({{ mac }}) averaged {{ rate }} with {{ destination }} ({{ country }} {{ asn }}) over {{ window }}.",
+        ),
+        Condition::NewDestination(_) => (
+            "{{ client }} contacted a new destination: {{ destination }}",
+            "{{ client }} ({{ mac }}) talked to {{ destination }} ({{ country }} {{ asn }}) for the first time since its learning period ended.",
+        ),
+        Condition::NewDevice(_) => (
+            "New device on the LAN: {{ client }}",
+            "A device never seen before joined the LAN: {{ client }} ({{ mac }}, vendor {{ vendor }}).",
+        ),
+        Condition::DnsBypass(_) => (
+            "{{ client }} resolves names around the configured resolvers ({{ destination }})",
+            "{{ client }} ({{ mac }}) used DNS at {{ destination }} ({{ country }} {{ asn }}) instead of the configured resolvers within {{ window }}.",
+        ),
+    }
+}
+
+fn hint_for(message: &str) -> Option<String> {
+    if message.contains("unknown field") {
+        Some("check the spelling; docs/policy.md lists every key".into())
+    } else if message.contains("missing field `condition`") {
+        Some(
+            "every rule needs a condition, e.g. `condition: {volume: {above: 5MB, window: 10m}}`"
+                .into(),
+        )
+    } else if message.contains("missing field `name`") {
+        Some("every rule needs a `name` (it becomes the alert's alertname)".into())
+    } else if message.contains("duration") || message.contains("time unit") {
+        Some("durations look like 30s, 10m, 1h or 7d".into())
+    } else if message.contains("unknown variant") {
+        Some("docs/policy.md lists the allowed values".into())
+    } else {
+        None
+    }
+}
+
+/// Line and column of a rule's `name:` entry, for errors about the rule as a whole.
+fn locate_rule(text: &str, name: &str) -> Option<(usize, usize)> {
+    text.lines().enumerate().find_map(|(i, line)| {
+        let t = line.trim_start().trim_start_matches("- ").trim_start();
+        let rest = t.strip_prefix("name:")?;
+        (rest.trim().trim_matches(['"', '\'']) == name).then_some((i + 1, line.len() - t.len() + 1))
+    })
+}
+
+#[cfg(test)]
+mod tests;

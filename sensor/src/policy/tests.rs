@@ -1,0 +1,550 @@
+//! Policy loading (errors with file:line:column) and the evaluator on synthetic time.
+
+use std::{path::Path, time::Duration};
+
+use super::{
+    Policy,
+    eval::{AlertOut, EvalState, Evaluator, Outcome},
+    matcher::{ClientFacts, FlowFacts, PollFacts},
+};
+
+fn policy(yaml: &str) -> Policy {
+    Policy::parse(yaml, Path::new("policy.yaml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn error(yaml: &str) -> String {
+    Policy::parse(yaml, Path::new("policy.yaml"))
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn errors_name_line_column_and_fix() {
+    let e = error(
+        "rules:\n  - name: Up\n    condition: {volume: {above: 5MB}}\n    match: {destination: {country: XX}}\n",
+    );
+    assert!(e.starts_with("policy.yaml:4:"), "{e}");
+    assert!(e.contains("unknown country code `XX`"), "{e}");
+    let e = error(
+        "rules:\n  - name: Up\n    condition: {volume: {above: 5MB}}\n    match: {destination: {cidr: 10.0.0.0/40}}\n",
+    );
+    assert!(
+        e.starts_with("policy.yaml:4:") && e.contains("is not a CIDR"),
+        "{e}"
+    );
+    let e =
+        error("rules:\n  - name: Up\n    condition: {volume: {above: 5MB, window: 10 parsecs}}\n");
+    assert!(
+        e.starts_with("policy.yaml:3:") && e.contains("durations look like"),
+        "{e}"
+    );
+    let e = error(
+        "rules:\n  - name: Up\n    condition: {traffic: {}}\n    match: {destination: {domain: \"*.x[\"}}\n",
+    );
+    assert!(
+        e.starts_with("policy.yaml:4:") && e.contains("invalid glob"),
+        "{e}"
+    );
+    let e = error("rules:\n  - name: Up\n    condition: {trafic: {}}\n");
+    assert!(
+        e.starts_with("policy.yaml:3:")
+            && e.contains("unknown field `trafic`")
+            && e.contains("docs/policy.md"),
+        "{e}"
+    );
+    let e = error(
+        "rules:\n  - name: Up\n    condition: {traffic: {}}\n    summary: \"{{ clinet }}\"\n",
+    );
+    assert!(
+        e.starts_with("policy.yaml:4:") && e.contains("unknown placeholder"),
+        "{e}"
+    );
+    let e = error(
+        "rules:\n  - name: A\n    condition: {traffic: {}}\n  - name: A\n    condition: {traffic: {}}\n",
+    );
+    assert!(
+        e.starts_with("policy.yaml:2:5: two rules are named `A`"),
+        "{e}"
+    );
+    let e = error("rules:\n  - name: Both\n    condition: {traffic: {}, volume: {above: 1MB}}\n");
+    assert!(
+        e.starts_with("policy.yaml:2:5: rule `Both`: a rule has exactly one condition"),
+        "{e}"
+    );
+    let e = error("rules:\n  - name: R\n    condition: {rate: {window: 1m}}\n");
+    assert!(
+        e.contains("exactly one of bytes_per_second and packets_per_second"),
+        "{e}"
+    );
+    let e = error("rules:\n  - name: R\n    labels: {client: x}\n    condition: {traffic: {}}\n");
+    assert!(
+        e.starts_with("policy.yaml:3:") && e.contains("set by the sensor itself"),
+        "{e}"
+    );
+    let e = error("exceptions: [{}]\n");
+    assert!(e.contains("names no client and no destination"), "{e}");
+}
+
+#[test]
+fn shipped_example_policy_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy.yaml");
+    let p = Policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        p.rules
+            .iter()
+            .any(|r| r.name == "PhoneCloudUploadWhileSyncOff"),
+        "{:?}",
+        p.rules.iter().map(|r| &r.name).collect::<Vec<_>>()
+    );
+}
+
+const PHONE: [u8; 6] = [0x64, 0x09, 0x80, 0x4a, 0x1c, 0x07];
+const TV: [u8; 6] = [0xa4, 0x77, 0x33, 0x00, 0x00, 0x02];
+
+fn client(mac: [u8; 6], name: &str, group: &str) -> ClientFacts {
+    ClientFacts {
+        mac,
+        mac_text: crate::labels::mac(&mac),
+        name: name.into(),
+        group: group.into(),
+        ..ClientFacts::default()
+    }
+}
+
+/// A poll at `now` with flows (client index, remote, port, name, country, up bytes, down bytes).
+struct Poll {
+    now: u64,
+    flows: Vec<FlowFacts>,
+}
+
+fn poll(now: u64) -> Poll {
+    Poll {
+        now,
+        flows: Vec::new(),
+    }
+}
+
+impl Poll {
+    #[allow(clippy::too_many_arguments)] // one call reads as one row of a table
+    fn flow(
+        mut self,
+        client: usize,
+        ip: &str,
+        port: u16,
+        name: &str,
+        country: &str,
+        up: u64,
+        down: u64,
+    ) -> Poll {
+        let domain = if name.is_empty() {
+            String::new()
+        } else {
+            crate::enrich::domain::registrable(name)
+        };
+        self.flows.push(FlowFacts {
+            client,
+            remote_ip: ip.parse().ok(),
+            protocol: 6,
+            port,
+            name: name.into(),
+            domain,
+            country: country.into(),
+            asn: if country == "CN" { 4808 } else { 64500 },
+            upload_bytes: up,
+            download_bytes: down,
+            upload_packets: up.div_ceil(1000),
+            download_packets: down.div_ceil(1000),
+        });
+        self
+    }
+    fn run(self, ev: &mut Evaluator) -> Outcome {
+        ev.evaluate(&PollFacts {
+            now: self.now,
+            clients: vec![client(PHONE, "phone", "phones"), client(TV, "tv", "media")],
+            flows: self.flows,
+        })
+    }
+}
+
+fn evaluator(yaml: &str) -> Evaluator {
+    Evaluator::new(
+        policy(yaml),
+        EvalState::default(),
+        "http://sensor:9977".into(),
+        Duration::from_secs(900),
+    )
+}
+
+fn firing(o: &Outcome) -> Vec<&AlertOut> {
+    o.alerts
+        .iter()
+        .filter(|a| a.resolved_at.is_none())
+        .collect()
+}
+
+const T0: u64 = 1_795_392_000; // Monday 2026-11-23 00:00 UTC
+
+const UPLOAD_RULE: &str = r#"
+rules:
+  - name: PhoneCloudUpload
+    match:
+      client: {group: phones}
+      destination: [{domain: xiaomi.net}, {country: CN}]
+    condition: {volume: {direction: upload, above: 5MB, window: 10m}}
+    severity: critical
+    labels: {story: cloud-sync-off}
+    summary: "{{ client }} uploaded {{ bytes }} to {{ destination }} in {{ window }}"
+"#;
+
+#[test]
+fn volume_fires_over_the_window_with_exact_labels_and_resolves() {
+    let mut ev = evaluator(UPLOAD_RULE);
+    // Small update checks: 100 kB every minute stay below 5 MB in any 10 minutes.
+    for i in 0..12 {
+        let o = poll(T0 + 60 * i)
+            .flow(
+                0,
+                "203.0.113.10",
+                443,
+                "update.miui.xiaomi.net",
+                "CN",
+                100_000,
+                2_000_000,
+            )
+            .run(&mut ev);
+        assert!(o.alerts.is_empty(), "poll {i}: {:?}", o.alerts);
+    }
+    // A bulk upload: 3 MB, then 3 MB a minute later: 6.3 MB within 10 minutes.
+    let o = poll(T0 + 720)
+        .flow(
+            0,
+            "203.0.113.20",
+            443,
+            "upload.micloud.xiaomi.net",
+            "CN",
+            3_000_000,
+            10_000,
+        )
+        .run(&mut ev);
+    assert!(o.alerts.is_empty());
+    let o = poll(T0 + 780)
+        .flow(
+            0,
+            "203.0.113.20",
+            443,
+            "upload.micloud.xiaomi.net",
+            "CN",
+            3_000_000,
+            10_000,
+        )
+        .run(&mut ev);
+    let a = firing(&o);
+    assert_eq!(a.len(), 1, "{:?}", o.alerts);
+    let labels: Vec<(&str, &str)> = a[0]
+        .labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        labels,
+        vec![
+            ("alertname", "PhoneCloudUpload"),
+            ("client", "phone"),
+            ("destination", "xiaomi.net"),
+            ("mac", "64:09:80:4a:1c:07"),
+            ("severity", "critical"),
+            ("story", "cloud-sync-off"),
+        ]
+    );
+    // 100 kB × 8 polls still inside the window (T0+240..T0+660) + 6 MB.
+    assert_eq!(
+        a[0].annotations["summary"],
+        "phone uploaded 6.8 MB to xiaomi.net in 10m"
+    );
+    assert_eq!(a[0].starts_at, T0 + 780);
+    assert_eq!(
+        a[0].generator_url,
+        "http://sensor:9977/api/v1/flows?client=64:09:80:4a:1c:07"
+    );
+    assert_eq!(
+        o.fired,
+        vec![("PhoneCloudUpload".to_string(), "phone".to_string())]
+    );
+    assert_eq!(o.counts["PhoneCloudUpload"], (0, 1));
+    // Upload stops: the window drains; the alert resolves when it holds 5 MB or less.
+    let mut resolved_at = None;
+    for i in 1..=10 {
+        let o = poll(T0 + 780 + 60 * i).run(&mut ev);
+        if let Some(r) = o.alerts.iter().find_map(|a| a.resolved_at) {
+            resolved_at = Some(r);
+            break;
+        }
+        assert_eq!(firing(&o).len(), 1);
+    }
+    // Samples at T0+720 and +780 (3 MB each) leave the window at +1320 and +1380: 3 MB
+    // remain at +1320 (below 5 MB), so it resolves then.
+    assert_eq!(resolved_at, Some(T0 + 1320));
+    // Resolved alerts are passed on for the retention (15 min), then dropped.
+    let o = poll(T0 + 1320 + 899).run(&mut ev);
+    assert_eq!(o.alerts.len(), 1);
+    assert_eq!(o.alerts[0].resolved_at, Some(T0 + 1320));
+    let o = poll(T0 + 1320 + 900).run(&mut ev);
+    assert!(o.alerts.is_empty());
+    assert_eq!(o.series, 0, "finished series are forgotten");
+}
+
+#[test]
+fn for_keeps_an_alert_pending_until_it_held_long_enough() {
+    let mut ev = evaluator(
+        "rules:\n  - name: Rate\n    for: 2m\n    condition: {rate: {direction: upload, bytes_per_second: 10kB, window: 1m}}\n",
+    );
+    // 1.2 MB per minute = 20 kB/s.
+    let o = poll(T0)
+        .flow(1, "198.51.100.1", 443, "", "US", 1_200_000, 0)
+        .run(&mut ev);
+    assert_eq!(o.counts["Rate"], (1, 0));
+    assert!(o.alerts.is_empty());
+    let o = poll(T0 + 60)
+        .flow(1, "198.51.100.1", 443, "", "US", 1_200_000, 0)
+        .run(&mut ev);
+    assert_eq!(o.counts["Rate"], (1, 0));
+    let o = poll(T0 + 120)
+        .flow(1, "198.51.100.1", 443, "", "US", 1_200_000, 0)
+        .run(&mut ev);
+    assert_eq!(o.counts["Rate"], (0, 1));
+    assert_eq!(firing(&o)[0].labels["destination"], "198.51.100.1");
+    assert_eq!(
+        firing(&o)[0].annotations["summary"],
+        "tv sustains 20.0 kB/s with 198.51.100.1"
+    );
+    // A dip below the rate while pending resets it.
+    let mut ev = evaluator(
+        "rules:\n  - name: Rate\n    for: 2m\n    condition: {rate: {bytes_per_second: 10kB, window: 1m}}\n",
+    );
+    poll(T0)
+        .flow(1, "198.51.100.1", 443, "", "US", 1_200_000, 0)
+        .run(&mut ev);
+    let o = poll(T0 + 60)
+        .flow(1, "198.51.100.1", 443, "", "US", 100_000, 0)
+        .run(&mut ev);
+    assert_eq!(o.counts["Rate"], (0, 0));
+    let o = poll(T0 + 120)
+        .flow(1, "198.51.100.1", 443, "", "US", 1_200_000, 0)
+        .run(&mut ev);
+    assert_eq!(o.counts["Rate"], (1, 0), "pending again from the start");
+    let o = poll(T0 + 240)
+        .flow(1, "198.51.100.1", 443, "", "US", 1_200_000, 0)
+        .run(&mut ev);
+    assert_eq!(o.counts["Rate"], (0, 1));
+    // packets_per_second
+    let mut ev = evaluator(
+        "rules:\n  - name: Pps\n    condition: {rate: {packets_per_second: 10, window: 10s}}\n",
+    );
+    let o = poll(T0)
+        .flow(0, "198.51.100.1", 443, "", "US", 100_000, 0)
+        .run(&mut ev);
+    assert_eq!(
+        o.counts["Pps"],
+        (0, 0),
+        "100 packets in 10 s is 10/s, not above"
+    );
+    let o = poll(T0 + 1)
+        .flow(0, "198.51.100.1", 443, "", "US", 1_000, 0)
+        .run(&mut ev);
+    assert_eq!(o.counts["Pps"], (0, 1));
+}
+
+#[test]
+fn traffic_condition_and_exceptions_at_every_level() {
+    let yaml = r#"
+exceptions:
+  - client: {name: tv}
+    destination: {domain: "*.netflix.com"}
+rules:
+  - name: AnyCN
+    match: {destination: {country: CN}}
+    condition: {traffic: {window: 5m}}
+    except:
+      - destination: {domain: ntp.example.cn}
+      - client: {group: media}
+        destination: {cidr: 203.0.113.0/24}
+"#;
+    let mut ev = evaluator(yaml);
+    let o = poll(T0)
+        .flow(1, "203.0.113.5", 443, "x.netflix.com", "CN", 10, 10)
+        .flow(0, "198.51.100.9", 123, "ntp.example.cn", "CN", 10, 10)
+        .flow(1, "203.0.113.6", 443, "", "CN", 10, 10)
+        .flow(0, "198.51.100.1", 443, "cdn.example.com", "US", 10, 10)
+        .run(&mut ev);
+    assert!(o.alerts.is_empty(), "{:?}", o.alerts);
+    // The same TV traffic from the phone is not excepted.
+    let o = poll(T0 + 5)
+        .flow(0, "203.0.113.6", 443, "", "CN", 10, 10)
+        .run(&mut ev);
+    assert_eq!(firing(&o).len(), 1);
+    assert_eq!(firing(&o)[0].labels["client"], "phone");
+    // Holds for the window after the last packet, then resolves.
+    let o = poll(T0 + 304).run(&mut ev);
+    assert_eq!(firing(&o).len(), 1);
+    let o = poll(T0 + 305).run(&mut ev);
+    assert_eq!(o.alerts[0].resolved_at, Some(T0 + 305));
+}
+
+#[test]
+fn new_destination_after_learning_and_across_a_restart() {
+    let yaml = "rules:\n  - name: NewDest\n    match: {client: {group: phones}}\n    condition: {new_destination: {by: domain, learning: 1h, window: 10m}}\n";
+    let mut ev = evaluator(yaml);
+    let o = poll(T0)
+        .flow(0, "198.51.100.1", 443, "www.example.com", "US", 10, 10)
+        .run(&mut ev);
+    assert!(o.alerts.is_empty(), "learning");
+    // Saved and restored (an agent restart): what was learnt stays learnt.
+    let saved = serde_json::to_string(ev.state()).unwrap();
+    let state: EvalState = serde_json::from_str(&saved).unwrap();
+    let mut ev = Evaluator::new(
+        policy(yaml),
+        state,
+        "http://sensor:9977".into(),
+        Duration::from_secs(900),
+    );
+    let o = poll(T0 + 3600)
+        .flow(0, "198.51.100.2", 443, "api.example.com", "US", 10, 10)
+        .run(&mut ev);
+    assert!(
+        o.alerts.is_empty(),
+        "example.com was learnt: {:?}",
+        o.alerts
+    );
+    let o = poll(T0 + 3601)
+        .flow(0, "203.0.113.7", 443, "sync.xiaomi.net", "CN", 10, 10)
+        .run(&mut ev);
+    assert_eq!(firing(&o).len(), 1);
+    assert_eq!(firing(&o)[0].labels["destination"], "xiaomi.net");
+    assert_eq!(
+        firing(&o)[0].annotations["summary"],
+        "phone contacted a new destination: xiaomi.net"
+    );
+    // Seen once, known from now on; the alert holds for its window.
+    let o = poll(T0 + 3700)
+        .flow(0, "203.0.113.7", 443, "sync.xiaomi.net", "CN", 10, 10)
+        .run(&mut ev);
+    assert_eq!(o.fired.len(), 0);
+    assert_eq!(firing(&o).len(), 1);
+    let o = poll(T0 + 3601 + 600).run(&mut ev);
+    assert_eq!(o.alerts[0].resolved_at, Some(T0 + 4201));
+    // The TV is not matched by the rule.
+    let o = poll(T0 + 4300)
+        .flow(1, "203.0.113.8", 443, "new.example.org", "US", 10, 10)
+        .run(&mut ev);
+    assert!(firing(&o).is_empty());
+}
+
+#[test]
+fn new_device_after_learning() {
+    let yaml = "rules:\n  - name: NewDevice\n    condition: {new_device: {learning: 10m, window: 1h}}\n    except: [{client: {mac: \"a4:77:33:00:00:99\"}}]\n";
+    let mut ev = evaluator(yaml);
+    let o = poll(T0).run(&mut ev);
+    assert!(
+        o.alerts.is_empty(),
+        "phone and TV are learnt at first start"
+    );
+    let facts = |now: u64, macs: &[[u8; 6]]| PollFacts {
+        now,
+        clients: macs
+            .iter()
+            .map(|m| client(*m, &format!("dev-{:02x}", m[5]), ""))
+            .collect(),
+        flows: Vec::new(),
+    };
+    let guest = [0x3c, 0xa9, 0xf4, 0, 0, 0x42];
+    let excepted = [0xa4, 0x77, 0x33, 0, 0, 0x99];
+    let o = ev.evaluate(&facts(T0 + 600, &[PHONE, TV, guest, excepted]));
+    let a = firing(&o);
+    assert_eq!(a.len(), 1, "{:?}", o.alerts);
+    assert_eq!(a[0].labels["client"], "dev-42");
+    assert_eq!(a[0].labels["mac"], "3c:a9:f4:00:00:42");
+    assert!(!a[0].labels.contains_key("destination"));
+    // Not new a second time.
+    let o = ev.evaluate(&facts(T0 + 700, &[guest]));
+    assert!(o.fired.is_empty());
+}
+
+#[test]
+fn dns_bypass_fires_on_dns_elsewhere_not_on_the_resolvers() {
+    let yaml = "dns: {resolvers: [198.51.100.53]}\nrules:\n  - name: DnsBypass\n    condition: {dns_bypass: {}}\n";
+    let mut ev = evaluator(yaml);
+    let o = poll(T0)
+        .flow(0, "198.51.100.53", 53, "", "US", 60, 120)
+        .run(&mut ev);
+    assert!(o.alerts.is_empty());
+    let o = poll(T0 + 5)
+        .flow(1, "8.8.8.8", 853, "", "US", 60, 120)
+        .flow(0, "1.1.1.1", 443, "", "US", 600, 900)
+        .run(&mut ev);
+    let mut got: Vec<(String, String)> = firing(&o)
+        .iter()
+        .map(|a| (a.labels["client"].clone(), a.labels["destination"].clone()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("phone".to_string(), "1.1.1.1".to_string()),
+            ("tv".to_string(), "8.8.8.8".to_string())
+        ]
+    );
+}
+
+#[test]
+fn schedule_only_counts_traffic_inside_its_windows() {
+    let yaml = r#"
+rules:
+  - name: NightUpload
+    condition: {traffic: {direction: upload, window: 1m}}
+    schedule: {timezone: UTC, windows: [{days: [mon], from: "22:00", to: "06:00"}]}
+"#;
+    let mut ev = evaluator(yaml);
+    let o = poll(T0 + 12 * 3600)
+        .flow(0, "198.51.100.1", 443, "", "US", 10, 0)
+        .run(&mut ev);
+    assert!(o.alerts.is_empty(), "Monday noon");
+    let o = poll(T0 + 23 * 3600)
+        .flow(0, "198.51.100.1", 443, "", "US", 10, 0)
+        .run(&mut ev);
+    assert_eq!(firing(&o).len(), 1, "Monday 23:00");
+    // Download only does not count.
+    let mut ev = evaluator(yaml);
+    let o = poll(T0 + 23 * 3600)
+        .flow(0, "198.51.100.1", 443, "", "US", 0, 10)
+        .run(&mut ev);
+    assert!(o.alerts.is_empty());
+}
+
+#[test]
+fn reload_keeps_state_of_rules_that_remain() {
+    let mut ev = evaluator(UPLOAD_RULE);
+    let o = poll(T0)
+        .flow(0, "203.0.113.20", 443, "up.xiaomi.net", "CN", 6_000_000, 0)
+        .run(&mut ev);
+    assert_eq!(firing(&o).len(), 1);
+    let mut changed = UPLOAD_RULE.replace("severity: critical", "severity: warning");
+    changed.push_str(
+        "  - name: Other\n    condition: {traffic: {}}\n    match: {client: {name: nobody}}\n",
+    );
+    ev.replace(
+        policy(&changed),
+        "http://sensor:9977".into(),
+        Duration::from_secs(900),
+    );
+    let o = poll(T0 + 60).run(&mut ev);
+    let a = firing(&o);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].starts_at, T0, "still the same firing instance");
+    assert_eq!(a[0].labels["severity"], "warning");
+    ev.replace(
+        policy("rules: []\n"),
+        "http://sensor:9977".into(),
+        Duration::from_secs(900),
+    );
+    assert!(poll(T0 + 120).run(&mut ev).alerts.is_empty());
+}
