@@ -9,6 +9,7 @@
 //!
 //! Needs root (CAP_SYS_ADMIN + CAP_NET_ADMIN) and iproute2 (`ip`, `bridge`).
 
+pub mod alertmanager;
 mod cmd;
 mod gate;
 pub mod mmdb;

@@ -56,7 +56,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     info!(prefixes = %shown.join(", "), "clients are the hosts inside these LAN prefixes");
     raise_memlock_limit();
 
-    let policy = config.load_policy().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut policy = config.load_policy().map_err(|e| anyhow::anyhow!("{e}"))?;
+    policy.dns.allow_networks(&prefixes);
     if let Some(path) = &config.policy {
         info!(policy = %path.display(), rules = policy.rules.len(), "policy loaded");
     }
@@ -131,7 +132,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
                 }
             }
             _ = sighup.recv() => {
-                match reload(config_path, &config, &mut pipeline) {
+                match reload(config_path, &config, &prefixes, &mut pipeline) {
                     Ok(new) => {
                         config = new;
                         metrics.config_last_reload_successful.set(1);
@@ -184,9 +185,10 @@ fn params(config: &Config) -> Params {
 /// Re-reads the config and the policy (SIGHUP). Applies what can change while running:
 /// the policy, naming of clients, series limits and expiries. Keys that shape the kernel side
 /// (interface, capacities, pins) need a restart; a change there is logged, not applied.
-fn reload(path: &Path, running: &Config, pipeline: &mut Pipeline) -> anyhow::Result<Config> {
+fn reload(path: &Path, running: &Config, lan_prefixes: &[ipnet::IpNet], pipeline: &mut Pipeline) -> anyhow::Result<Config> {
     let new = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let policy = new.load_policy().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut policy = new.load_policy().map_err(|e| anyhow::anyhow!("{e}"))?;
+    policy.dns.allow_networks(lan_prefixes);
     let (enricher, warnings) = Enricher::new(&new.inventory, &new.geoip, &new.names, new.destinations.level)?;
     for warning in &warnings {
         warn!("{warning}");

@@ -205,6 +205,11 @@ impl DnsBypass {
         }
     }
 
+    /// The LAN itself (the router, a Pi-hole) is always an allowed resolver.
+    pub fn allow_networks(&mut self, nets: &[ipnet::IpNet]) {
+        self.resolvers.extend(nets.iter().map(|n| Cidr(*n)));
+    }
+
     pub fn is_bypass(&self, f: &FlowFacts) -> bool {
         const TCP: u8 = 6;
         const UDP: u8 = 17;

@@ -1,0 +1,341 @@
+//! The policy end to end: the real agent on a namespace lab, real traffic, a real resolver
+//! (dnsmasq) and test GeoIP databases naming it, and real Alertmanagers (Debian's
+//! `prometheus-alertmanager`) receiving the alerts, checked through Alertmanager's own API.
+//!
+//! The lab's "internet" in the test GeoIP database: 10.77.3.0/24 → CN (AS4808),
+//! 10.77.4.0/24 → US (AS64500). The LAN is 10.77.1.0/24; dnsmasq answers on 10.77.1.1.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    process::Command,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use lab::{
+    LanKind, Process, Topology, TopologyBuilder, UdpReceiver,
+    alertmanager::{self, Alertmanager, Cluster},
+    mmdb::MmdbWriter,
+    prom::Scrape,
+    send_udp,
+    services::{self, DNS_A, DnsRecord},
+};
+use serde_json::Value;
+
+const POLL: Duration = Duration::from_millis(250);
+const METRICS: &str = "127.0.0.1:9977";
+const PHONE_MAC: [u8; 6] = [0x64, 0x09, 0x80, 0x77, 0x00, 0x01];
+const LAPTOP_MAC: [u8; 6] = [0x3c, 0xa9, 0xf4, 0x77, 0x00, 0x02];
+const GUEST_MAC: [u8; 6] = [0x3c, 0xa9, 0xf4, 0x77, 0x00, 0x03];
+
+fn can_run() -> bool {
+    lab::lab_tests_can_run("policy tests", &["dnsmasq", alertmanager::BINARY])
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+fn geo_databases(dir: &Path) -> String {
+    let net = |s: &str| s.parse().unwrap();
+    let mut country = MmdbWriter::new("GeoLite2-Country");
+    let mut asn = MmdbWriter::new("GeoLite2-ASN");
+    country.insert_country(net("10.77.3.0/24"), "CN");
+    asn.insert_asn(net("10.77.3.0/24"), 4808, "China Unicom");
+    country.insert_country(net("10.77.4.0/24"), "US");
+    asn.insert_asn(net("10.77.4.0/24"), 64500, "Example CDN");
+    let (c, a) = (dir.join("country.mmdb"), dir.join("asn.mmdb"));
+    country.write(&c).unwrap();
+    asn.write(&a).unwrap();
+    format!("geoip:\n  country_database: {}\n  asn_database: {}\n", c.display(), a.display())
+}
+
+struct Agent<'t> {
+    topo: &'t Topology,
+    process: Process,
+    config: std::path::PathBuf,
+    ams: Vec<&'t Alertmanager>,
+}
+
+impl<'t> Agent<'t> {
+    /// Starts the agent with the lab's inventory (phone, laptop, guest), `alerting` and the
+    /// policy text.
+    fn start(topo: &'t Topology, pins: &lab::PinDir, alerting: &str, policy: &str) -> Agent<'t> {
+        let dir = topo.lab.dir();
+        std::fs::write(dir.join("policy.yaml"), policy).unwrap();
+        let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        let config = format!(
+            "interface: {iface}\nlan_prefixes: [\"{v4}\", \"{v6}\"]\npoll_interval: {poll}ms\nmetrics_listen: {METRICS}\n\
+             pin_path: {pin}\nstate_path: {state}\n{geo}\
+             inventory:\n  devices:\n    - {{ mac: \"{phone}\", name: phone, group: phones }}\n\
+             \x20   - {{ mac: \"{laptop}\", name: laptop, group: laptops }}\n    - {{ mac: \"{guest}\", name: guest-tablet, group: guests }}\n\
+             \x20 dhcp_leases: []\npolicy: policy.yaml\nexternal_url: http://gateway.lab:9977\n{alerting}",
+            iface = topo.gateway.lan_if,
+            v4 = lab::LAN_PREFIXES[0],
+            v6 = lab::LAN_PREFIXES[1],
+            poll = POLL.as_millis(),
+            pin = pins.path().display(),
+            state = dir.join("state.json").display(),
+            geo = geo_databases(dir),
+            phone = mac(PHONE_MAC),
+            laptop = mac(LAPTOP_MAC),
+            guest = mac(GUEST_MAC),
+        );
+        let path = dir.join("sensor.yaml");
+        std::fs::write(&path, config).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sensor"));
+        cmd.arg("run").arg("--config").arg(&path).env("RUST_LOG", "info,sensor::alerting=debug").env("NO_COLOR", "1");
+        let process = topo.lab.spawn(&topo.gateway.ns, cmd).expect("starting the agent");
+        let agent = Agent { topo, process, config: path, ams: Vec::new() };
+        if let Err(e) = lab::wait_agent_ready(&topo.gateway.ns, &format!("http://{METRICS}/metrics"), &agent.process, Duration::from_secs(60)) {
+            agent.fail(&format!("{e:#}"));
+        }
+        agent
+    }
+
+    fn scrape(&self) -> Scrape {
+        let text = lab::http_get(&self.topo.gateway.ns, &format!("http://{METRICS}/metrics")).unwrap_or_else(|e| self.fail(&format!("{e:#}")));
+        Scrape::parse(&text).unwrap_or_else(|e| self.fail(&format!("{e:#}")))
+    }
+
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.scrape().get(name, labels).unwrap_or(0.0)
+    }
+
+    /// Waits until `f` returns Some, failing with every log after `timeout`.
+    fn wait<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!("timed out after {timeout:?} waiting for {what}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The active alerts of `am` with these labels, once there are exactly `n` of them.
+    fn wait_active(&self, am: &Alertmanager, labels: &[(&str, &str)], n: usize, timeout: Duration) -> Vec<Value> {
+        self.wait(&format!("{n} active alert(s) {labels:?} at {}", am.url()), timeout, || {
+            am.active(labels).ok().filter(|a| a.len() == n)
+        })
+    }
+
+    fn reload(&self, policy: &str) {
+        std::fs::write(self.topo.lab.dir().join("policy.yaml"), policy).unwrap();
+        self.process.signal(nix::sys::signal::Signal::SIGHUP).unwrap();
+    }
+
+    fn fail(&self, msg: &str) -> ! {
+        for log in self.topo.lab.logs() {
+            eprintln!("===== {} =====\n{}", log.display(), std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        for am in &self.ams {
+            eprintln!("===== alerts at {} =====\n{:#?}", am.url(), am.alerts().ok());
+        }
+        eprintln!("===== config {} =====\n{}", self.config.display(), std::fs::read_to_string(&self.config).unwrap_or_default());
+        panic!("{msg}");
+    }
+}
+
+fn labels_of(alert: &Value) -> Vec<(String, String)> {
+    let mut l: Vec<(String, String)> = alert["labels"]
+        .as_object()
+        .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+        .unwrap_or_default();
+    l.sort();
+    l
+}
+
+fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+const STORY_POLICY: &str = r#"
+rules:
+  - name: PhoneCloudUploadWhileSyncOff
+    match:
+      client: {group: phones}
+      destination: [{domain: xiaomi.net}, {country: CN}]
+    condition: {volume: {direction: upload, above: 2MB, window: 15s}}
+    severity: critical
+    labels: {story: cloud-sync-off}
+    summary: "{{ client }} uploaded {{ bytes }} to {{ destination }} ({{ country }})"
+"#;
+
+/// The story: small update checks raise nothing; a bulk upload to a CN cloud domain fires
+/// within two poll intervals at two clustered Alertmanagers and at a third that was down when
+/// it started; when the upload stops the alert resolves everywhere.
+#[test]
+fn bulk_upload_fires_at_every_alertmanager_and_resolves() {
+    if !can_run() {
+        return;
+    }
+    let pins = lab::PinDir::new("policy", "story");
+    let topo = TopologyBuilder::new("gwp-story")
+        .lan(LanKind::Bridge)
+        .client("phone", PHONE_MAC)
+        .remote(ip("10.77.3.10"))
+        .remote(ip("10.77.3.11"))
+        .build()
+        .expect("building the lab");
+    let (gw, phone, inet) = (topo.gateway.ns.clone(), topo.client("phone").ns.clone(), topo.internet.ns.clone());
+    services::start_dnsmasq(
+        &topo.lab,
+        &gw,
+        &[ip("10.77.1.1")],
+        &[DnsRecord::new("upload.micloud.xiaomi.net", "10.77.3.10"), DnsRecord::new("update.miui.com", "10.77.3.11")],
+        600,
+    )
+    .expect("starting dnsmasq");
+    let am1 = Alertmanager::start(&topo.lab, &gw, "one", 19093, Some(&Cluster { port: 19094, peers: vec![19096] })).unwrap();
+    let am2 = Alertmanager::start(&topo.lab, &gw, "two", 19095, Some(&Cluster { port: 19096, peers: vec![19094] })).unwrap();
+    let alerting = "alerting:\n  alertmanagers:\n    - url: http://127.0.0.1:19093\n    - url: http://127.0.0.1:19095\n    - url: http://127.0.0.1:19097\n";
+    let mut agent = Agent::start(&topo, &pins, alerting, STORY_POLICY);
+    agent.ams = vec![&am1, &am2];
+
+    // Routine: the phone checks for updates: tiny requests, 200 kB answers, for 3 seconds.
+    services::dns_query(&phone, sa("10.77.1.1:53"), "update.miui.com", DNS_A).unwrap();
+    let update = UdpReceiver::bind(&inet, sa("10.77.3.11:8080")).unwrap();
+    let phone_rx = UdpReceiver::bind(&phone, sa("10.77.1.10:6000")).unwrap();
+    for _ in 0..6 {
+        send_udp(&phone, sa("10.77.1.10:6000"), update.addr(), 1, 300).unwrap();
+        send_udp(&inet, update.addr(), phone_rx.addr(), 200, 1000).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(2 * POLL);
+    assert_eq!(agent.metric("gwsensor_policy_alerts", &[("rule", "PhoneCloudUploadWhileSyncOff"), ("state", "firing")]), 0.0);
+    assert!(am1.alerts().unwrap().is_empty(), "update checks must raise nothing: {:?}", am1.alerts());
+
+    // Cloud sync is "off"; the phone uploads 2.4 MB of photos to its maker's cloud in China.
+    services::dns_query(&phone, sa("10.77.1.1:53"), "upload.micloud.xiaomi.net", DNS_A).unwrap();
+    let cloud = UdpReceiver::bind(&inet, sa("10.77.3.10:443")).unwrap();
+    send_udp(&phone, sa("10.77.1.10:40001"), cloud.addr(), 2000, 1200).unwrap();
+    let sent_at = Instant::now();
+    let sent_unix = unix_now();
+    let expected = owned(&[
+        ("alertname", "PhoneCloudUploadWhileSyncOff"),
+        ("client", "phone"),
+        ("destination", "xiaomi.net"),
+        ("mac", "64:09:80:77:00:01"),
+        ("severity", "critical"),
+        ("story", "cloud-sync-off"),
+    ]);
+    let got = agent.wait_active(&am1, &[("alertname", "PhoneCloudUploadWhileSyncOff")], 1, Duration::from_secs(10));
+    let seen_after = sent_at.elapsed();
+    assert_eq!(labels_of(&got[0]), expected);
+    // 2000 × (14 + 20 + 8 + 1200) B = 2,484,000 B, plus the 6 update requests (6 × 342 B,
+    // same country) still inside the 15 s window: 2,486,052 B.
+    assert_eq!(got[0]["annotations"]["summary"], "phone uploaded 2.5 MB to xiaomi.net (CN)");
+    assert_eq!(got[0]["generatorURL"], "http://gateway.lab:9977/api/v1/flows?client=64:09:80:77:00:01");
+    // The evaluator stamps whole seconds: the alert started within two polls of the upload.
+    let starts = humantime::parse_rfc3339(got[0]["startsAt"].as_str().unwrap()).unwrap();
+    let starts = starts.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(starts <= (sent_unix + 2.0 * POLL.as_secs_f64()).ceil(), "startsAt {starts}, upload done at {sent_unix}");
+    eprintln!("alert visible at Alertmanager {seen_after:?} after the upload (poll {POLL:?})");
+    let at2 = agent.wait_active(&am2, &[("alertname", "PhoneCloudUploadWhileSyncOff")], 1, Duration::from_secs(5));
+    assert_eq!(labels_of(&at2[0]), expected);
+
+    // The third Alertmanager was down all along; it comes back and gets the alert from the
+    // sensor's retry queue (the resend interval, 1 min, has not come round).
+    assert!(agent.metric("gwsensor_alert_notifications_failed_total", &[("alertmanager", "http://127.0.0.1:19097")]) >= 1.0);
+    let am3 = Alertmanager::start(&topo.lab, &gw, "three", 19097, None).unwrap();
+    agent.ams.push(&am3);
+    let at3 = agent.wait_active(&am3, &[("alertname", "PhoneCloudUploadWhileSyncOff")], 1, Duration::from_secs(70));
+    assert_eq!(labels_of(&at3[0]), expected);
+    assert_eq!(agent.metric("gwsensor_policy_violations_total", &[("rule", "PhoneCloudUploadWhileSyncOff"), ("client", "phone")]), 1.0);
+
+    // The upload stopped: once it leaves the 15 s window the alert resolves, everywhere.
+    for am in [&am1, &am2, &am3] {
+        agent.wait_active(am, &[("alertname", "PhoneCloudUploadWhileSyncOff")], 0, Duration::from_secs(30));
+    }
+    assert_eq!(agent.metric("gwsensor_policy_alerts", &[("rule", "PhoneCloudUploadWhileSyncOff"), ("state", "firing")]), 0.0);
+    for url in ["http://127.0.0.1:19093", "http://127.0.0.1:19095", "http://127.0.0.1:19097"] {
+        assert!(agent.metric("gwsensor_alert_notifications_sent_total", &[("alertmanager", url)]) >= 2.0, "{url}: firing and resolved");
+        assert_eq!(agent.metric("gwsensor_alertmanager_up", &[("alertmanager", url)]), 1.0, "{url}");
+    }
+}
+
+const DEVICE_POLICY: &str = r#"
+rules:
+  - name: NewDevice
+    condition: {new_device: {learning: 3s, window: 1h}}
+    severity: info
+  - name: DnsBypass
+    condition: {dns_bypass: {window: 1h}}
+"#;
+
+/// A device never seen before and a DNS bypass each fire their rule; DNS to the router does
+/// not. A broken policy sent with SIGHUP is refused (the running one stays); a good one is
+/// applied without losing the firing alerts.
+#[test]
+fn new_device_and_dns_bypass_fire_and_reload_is_safe() {
+    if !can_run() {
+        return;
+    }
+    let pins = lab::PinDir::new("policy", "device");
+    let topo = TopologyBuilder::new("gwp-dev")
+        .lan(LanKind::Bridge)
+        .client("phone", PHONE_MAC)
+        .client("laptop", LAPTOP_MAC)
+        .client("guest", GUEST_MAC)
+        .remote(ip("10.77.4.53"))
+        .build()
+        .expect("building the lab");
+    let gw = topo.gateway.ns.clone();
+    let (phone, laptop, guest) = (topo.client("phone").ns.clone(), topo.client("laptop").ns.clone(), topo.client("guest").ns.clone());
+    services::start_dnsmasq(&topo.lab, &gw, &[ip("10.77.1.1")], &[DnsRecord::new("cdn.example.org", "10.77.4.53")], 600).unwrap();
+    let am = Alertmanager::start(&topo.lab, &gw, "one", 19193, None).unwrap();
+    let mut agent = Agent::start(&topo, &pins, "alerting:\n  alertmanagers: [{url: \"http://127.0.0.1:19193\"}]\n", DEVICE_POLICY);
+    agent.ams = vec![&am];
+
+    // Phone and laptop are there during the learning period: they are not new.
+    services::dns_query(&phone, sa("10.77.1.1:53"), "cdn.example.org", DNS_A).unwrap();
+    services::dns_query(&laptop, sa("10.77.1.1:53"), "cdn.example.org", DNS_A).unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    // The tablet joins after it.
+    services::dns_query(&guest, sa("10.77.1.1:53"), "cdn.example.org", DNS_A).unwrap();
+    let new = agent.wait_active(&am, &[("alertname", "NewDevice")], 1, Duration::from_secs(10));
+    assert_eq!(labels_of(&new[0]), owned(&[("alertname", "NewDevice"), ("client", "guest-tablet"), ("mac", "3c:a9:f4:77:00:03"), ("severity", "info")]));
+
+    // The laptop asks a resolver on the internet directly (plain DNS to 10.77.4.53:53).
+    let _resolver = UdpReceiver::bind(&topo.internet.ns, sa("10.77.4.53:53")).unwrap();
+    send_udp(&laptop, sa("10.77.1.11:5353"), sa("10.77.4.53:53"), 1, 40).unwrap();
+    let bypass = agent.wait_active(&am, &[("alertname", "DnsBypass")], 1, Duration::from_secs(10));
+    assert_eq!(
+        labels_of(&bypass[0]),
+        owned(&[("alertname", "DnsBypass"), ("client", "laptop"), ("destination", "10.77.4.53"), ("mac", "3c:a9:f4:77:00:02"), ("severity", "warning")])
+    );
+    // DNS to the router (dnsmasq on the LAN) was no bypass for anyone.
+    std::thread::sleep(2 * POLL);
+    assert_eq!(am.active(&[("alertname", "DnsBypass")]).unwrap().len(), 1);
+
+    // SIGHUP with a broken policy: refused, counted, the old policy keeps running.
+    agent.reload("rules:\n  - name: Broken\n    condition: {volume: {above: 5MB}}\n    match: {destination: {country: XX}}\n");
+    agent.wait("the refused reload to show", Duration::from_secs(10), || {
+        (agent.metric("gwsensor_config_reload_failures_total", &[]) == 1.0).then_some(())
+    });
+    assert_eq!(agent.metric("gwsensor_config_last_reload_successful", &[]), 0.0);
+    assert_eq!(agent.metric("gwsensor_policy_alerts", &[("rule", "DnsBypass"), ("state", "firing")]), 1.0);
+    // A good one with an extra rule: applied; the firing alerts stay firing (same startsAt).
+    let mut extended = DEVICE_POLICY.to_string();
+    extended.push_str("  - name: AnyUS\n    match: {destination: {country: US}}\n    condition: {traffic: {}}\n");
+    agent.reload(&extended);
+    agent.wait("the good reload to apply", Duration::from_secs(10), || {
+        (agent.metric("gwsensor_config_last_reload_successful", &[]) == 1.0).then_some(())
+    });
+    send_udp(&phone, sa("10.77.1.10:6001"), sa("10.77.4.53:9"), 1, 10).unwrap();
+    agent.wait_active(&am, &[("alertname", "AnyUS"), ("client", "phone")], 1, Duration::from_secs(10));
+    let still = agent.wait_active(&am, &[("alertname", "DnsBypass")], 1, Duration::from_secs(5));
+    assert_eq!(still[0]["startsAt"], bypass[0]["startsAt"]);
+}
