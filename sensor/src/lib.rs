@@ -1,10 +1,11 @@
 //! The gateway sensor agent. Data flows one way:
 //! kernel maps → [`collector`] → [`accounting`] → [`metrics`] / [`server`].
 //! [`loader`] puts the eBPF programs in the kernel; [`state`] keeps the accounting across
-//! restarts; [`config`] is the YAML configuration.
+//! restarts; [`config`] is the YAML configuration. [`alerting`] delivers alerts to Alertmanager.
 
 pub mod accounting;
 pub mod agent;
+pub mod alerting;
 pub mod api;
 pub mod collector;
 pub mod config;

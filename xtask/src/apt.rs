@@ -1,5 +1,6 @@
 //! System tools the tests drive (promtool checks the exposition format, ip builds the namespace
-//! lab, bpftool inspects what the agent loaded), installed from Debian packages when missing.
+//! lab, bpftool inspects what the agent loaded, Alertmanager receives alerts), installed from
+//! Debian packages when missing.
 
 use std::{env, path::Path, process::Command, time::Instant};
 
@@ -20,6 +21,10 @@ pub const TEST_TOOLS: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     // The IEEE OUI registry, for vendor names.
     ("/usr/share/ieee-data/oui.csv", "ieee-data"),
+    // The real Alertmanager the alert delivery tests post to, and htpasswd for the bcrypt
+    // hash of its basic-auth user.
+    ("prometheus-alertmanager", "prometheus-alertmanager"),
+    ("htpasswd", "apache2-utils"),
 ];
 
 /// For each (binary, package) whose binary is not on PATH, installs the package with apt-get

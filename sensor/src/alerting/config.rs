@@ -1,0 +1,241 @@
+//! The `alerting:` section of sensor.yaml: where alerts go, how often they are re-sent, and its
+//! validation (messages say what to change).
+
+use std::{collections::HashSet, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+use ureq::http::Uri;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertingConfig {
+    /// Every alert goes to each of them. Empty: alerts exist only as metrics.
+    #[serde(default)]
+    pub alertmanagers: Vec<AlertmanagerTarget>,
+    /// A firing alert is re-sent this often (Prometheus's `--rules.alert.resend-delay`).
+    #[serde(default = "default_resend_interval", with = "humantime_serde")]
+    pub resend_interval: Duration,
+    /// A resolved alert keeps being re-sent this long (the evaluator keeps passing it).
+    #[serde(default = "default_resolved_retention", with = "humantime_serde")]
+    pub resolved_retention: Duration,
+    /// Per HTTP request to an Alertmanager.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Alerts waiting per Alertmanager; beyond it the oldest are dropped.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertmanagerTarget {
+    /// Base URL, e.g. `http://127.0.0.1:9093`; alerts are POSTed to `{url}/api/v2/alerts`.
+    pub url: String,
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuth>,
+    /// File holding a bearer token (re-read for every request, so it can be rotated).
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    /// PEM file of the CA(s) that signed the Alertmanager's certificate; replaces the built-in
+    /// (Mozilla) roots for this target.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    pub username: String,
+    /// File holding the password (re-read for every request).
+    pub password_file: PathBuf,
+}
+
+impl Default for AlertingConfig {
+    fn default() -> Self {
+        AlertingConfig {
+            alertmanagers: Vec::new(),
+            resend_interval: default_resend_interval(),
+            resolved_retention: default_resolved_retention(),
+            timeout: default_timeout(),
+            queue_capacity: default_queue_capacity(),
+        }
+    }
+}
+
+fn default_resend_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_resolved_retention() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_queue_capacity() -> usize {
+    10_000
+}
+
+impl AlertingConfig {
+    /// Checks what serde cannot: URLs, files, and values that would make delivery misbehave.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.resend_interval.is_zero() {
+            return Err("alerting.resend_interval must be above 0 (default 1m)".into());
+        }
+        if self.timeout.is_zero() {
+            return Err("alerting.timeout must be above 0 (default 10s)".into());
+        }
+        if self.queue_capacity == 0 {
+            return Err("alerting.queue_capacity must be at least 1 (default 10000)".into());
+        }
+        let mut seen = HashSet::new();
+        for target in &self.alertmanagers {
+            target.validate()?;
+            if !seen.insert(target.url.as_str()) {
+                return Err(format!(
+                    "alerting.alertmanagers lists {} twice: give each Alertmanager once",
+                    target.url
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AlertmanagerTarget {
+    fn validate(&self) -> Result<(), String> {
+        let url = &self.url;
+        let uri: Uri = url.parse().map_err(|e| {
+            format!("alertmanager url {url:?} is not a URL ({e}): write e.g. http://127.0.0.1:9093")
+        })?;
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => {
+                return Err(format!(
+                    "alertmanager url {url:?} must start with http:// or https://, e.g. http://127.0.0.1:9093"
+                ));
+            }
+        };
+        let Some(authority) = uri.authority() else {
+            return Err(format!("alertmanager url {url:?} has no host: write e.g. http://127.0.0.1:9093"));
+        };
+        // The URL is a metric label and appears in logs: credentials do not belong in it.
+        if authority.as_str().contains('@') {
+            return Err(format!(
+                "alertmanager url {url:?} holds credentials: move them to basic_auth (username, password_file)"
+            ));
+        }
+        if uri.query().is_some() {
+            return Err(format!("alertmanager url {url:?} has a query string: give the base URL only"));
+        }
+        if uri.path().trim_end_matches('/').ends_with("/api/v2/alerts") {
+            return Err(format!(
+                "alertmanager url {url:?} includes /api/v2/alerts: give the base URL (e.g. http://127.0.0.1:9093); the path is appended"
+            ));
+        }
+        if self.basic_auth.is_some() && self.bearer_token_file.is_some() {
+            return Err(format!(
+                "alertmanager {url}: basic_auth and bearer_token_file are both set: keep one"
+            ));
+        }
+        if let Some(auth) = &self.basic_auth {
+            if auth.username.is_empty() || auth.username.contains(':') {
+                return Err(format!(
+                    "alertmanager {url}: basic_auth.username must be non-empty and without ':'"
+                ));
+            }
+            read_secret(&auth.password_file)
+                .map_err(|e| format!("alertmanager {url}: basic_auth.password_file: {e}"))?;
+        }
+        if let Some(path) = &self.bearer_token_file {
+            read_secret(path).map_err(|e| format!("alertmanager {url}: bearer_token_file: {e}"))?;
+        }
+        if let Some(path) = &self.tls_ca_file {
+            if !https {
+                return Err(format!(
+                    "alertmanager {url}: tls_ca_file is set but the URL is http://: use https:// or drop tls_ca_file"
+                ));
+            }
+            super::client::read_ca_file(path)
+                .map_err(|e| format!("alertmanager {url}: tls_ca_file: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// A password or token file's content without surrounding whitespace (editors add a newline).
+pub(crate) fn read_secret(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e} (check the path and that the agent may read it)", path.display()))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(format!("{} is empty: write the secret into it", path.display()));
+    }
+    Ok(secret.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> AlertingConfig {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("alertmanagers: [{url: 'http://127.0.0.1:9093'}]");
+        assert_eq!(c.resend_interval, Duration::from_secs(60));
+        assert_eq!(c.resolved_retention, Duration::from_secs(900));
+        assert_eq!(c.timeout, Duration::from_secs(10));
+        assert_eq!(c.queue_capacity, 10_000);
+        assert_eq!(c.alertmanagers[0].url, "http://127.0.0.1:9093");
+        assert_eq!(c.alertmanagers[0].basic_auth, None);
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(parse("{}"), AlertingConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = serde_yaml::from_str::<AlertingConfig>("resend: 1m").unwrap_err();
+        assert!(e.to_string().contains("unknown field `resend`"), "{e}");
+        let e = serde_yaml::from_str::<AlertingConfig>("alertmanagers: [{url: 'http://a', ca_file: x}]")
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown field `ca_file`"), "{e}");
+    }
+
+    #[test]
+    fn bad_targets_say_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "secret\n").unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let check = |yaml: String| parse(&yaml).validate().unwrap_err();
+        let pw = pw.display();
+        for (yaml, want) in [
+            ("alertmanagers: [{url: 'ftp://am:9093'}]".to_string(), "must start with http:// or https://"),
+            ("alertmanagers: [{url: '127.0.0.1:9093'}]".to_string(), "must start with http:// or https://"),
+            ("alertmanagers: [{url: 'http://u:p@am:9093'}]".to_string(), "move them to basic_auth"),
+            ("alertmanagers: [{url: 'http://am:9093/api/v2/alerts'}]".to_string(), "give the base URL"),
+            ("alertmanagers: [{url: 'http://am:9093?x=1'}]".to_string(), "query string"),
+            ("alertmanagers: [{url: 'http://am:9093'}, {url: 'http://am:9093'}]".to_string(), "twice"),
+            (format!("alertmanagers: [{{url: 'http://am', basic_auth: {{username: u, password_file: {pw}}}, bearer_token_file: {pw}}}]"), "keep one"),
+            ("alertmanagers: [{url: 'http://am', bearer_token_file: /nonexistent/token}]".to_string(), "cannot read /nonexistent/token"),
+            (format!("alertmanagers: [{{url: 'http://am', bearer_token_file: {}}}]", empty.display()), "is empty"),
+            (format!("alertmanagers: [{{url: 'http://am', tls_ca_file: {}}}]", not_pem.display()), "use https://"),
+            (format!("alertmanagers: [{{url: 'https://am', tls_ca_file: {}}}]", not_pem.display()), "no PEM certificate"),
+            ("resend_interval: 0s".to_string(), "resend_interval must be above 0"),
+            ("queue_capacity: 0".to_string(), "queue_capacity must be at least 1"),
+        ] {
+            let e = check(yaml.clone());
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
+        let ok = parse(&format!(
+            "alertmanagers: [{{url: 'https://am:9093/prefix/', basic_auth: {{username: alice, password_file: {pw}}}}}]"
+        ));
+        assert_eq!(ok.validate(), Ok(()));
+    }
+}

@@ -1,0 +1,218 @@
+//! Alert delivery to Alertmanager, with Prometheus's semantics: the policy evaluator hands
+//! over, each poll, every firing alert and every recently resolved one; the [`Notifier`]
+//! decides per Alertmanager what (re-)goes out (firing alerts every `resend_interval`, a
+//! resolution at once and then likewise), and each Alertmanager's thread posts its queue
+//! (API v2, batches of 64) with `endsAt` set at sending, retrying with backoff. See
+//! docs/alerting.md.
+
+mod client;
+mod config;
+mod metrics;
+mod queue;
+mod schedule;
+mod worker;
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    hash::Hasher as _,
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+use tracing::{info, warn};
+
+pub use config::{AlertingConfig, AlertmanagerTarget, BasicAuth};
+
+use client::{Endpoint, Validity};
+use metrics::NotifierMetrics;
+use worker::Target;
+
+/// One alert as the evaluator sees it at this poll.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Alert {
+    /// Identity: alertname, severity, client, mac, destination, the rule's labels.
+    pub labels: BTreeMap<String, String>,
+    /// summary, description.
+    pub annotations: BTreeMap<String, String>,
+    pub generator_url: String,
+    /// When it started firing.
+    pub starts_at: SystemTime,
+    /// Some: resolved at that time.
+    pub resolved_at: Option<SystemTime>,
+}
+
+impl Alert {
+    /// A hash of the labels that is the same in every process and release (FNV-1a over
+    /// name, value pairs; empty values skipped, as they mean "no label").
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = fnv::FnvHasher::default();
+        for (name, value) in self.labels.iter().filter(|(_, v)| !v.is_empty()) {
+            h.write(name.as_bytes());
+            h.write(&[0xff]);
+            h.write(value.as_bytes());
+            h.write(&[0xff]);
+        }
+        h.finish()
+    }
+}
+
+/// Sends alerts to every configured Alertmanager.
+pub struct Notifier {
+    inner: Mutex<Inner>,
+    metrics: NotifierMetrics,
+}
+
+struct Inner {
+    targets: Vec<Target>,
+    resend_interval: Duration,
+}
+
+impl Notifier {
+    /// Starts one sending thread per Alertmanager. `poll_interval` is needed for endsAt.
+    /// Registers its self-metrics in `registry`.
+    pub fn start(config: &AlertingConfig, poll_interval: Duration, registry: &prometheus::Registry) -> anyhow::Result<Notifier> {
+        config.validate().map_err(anyhow::Error::msg)?;
+        let metrics = NotifierMetrics::register(registry).context("registering the alert notifier's metrics")?;
+        let validity = Validity { poll_interval, resend_interval: config.resend_interval };
+        let mut targets = Vec::with_capacity(config.alertmanagers.len());
+        for (target, endpoint) in config.alertmanagers.iter().zip(endpoints(config)?) {
+            targets.push(Target::spawn(&target.url, endpoint, validity, config.queue_capacity, metrics.for_target(&target.url))?);
+        }
+        if !targets.is_empty() {
+            let urls: Vec<&str> = targets.iter().map(Target::url).collect();
+            info!(alertmanagers = ?urls, "sending alerts to Alertmanager");
+        }
+        Ok(Notifier { inner: Mutex::new(Inner { targets, resend_interval: config.resend_interval }), metrics })
+    }
+
+    /// Called once per poll with every alert firing now plus every alert resolved within
+    /// resolved_retention. Queues what needs sending; no I/O, only short locks.
+    pub fn update(&self, now: SystemTime, alerts: &[Alert]) {
+        let inner = self.lock();
+        if inner.targets.is_empty() {
+            return;
+        }
+        let fingerprints: Vec<u64> = alerts.iter().map(Alert::fingerprint).collect();
+        let current: HashSet<u64> = fingerprints.iter().copied().collect();
+        for target in &inner.targets {
+            target.offer(now, alerts, &fingerprints, &current, inner.resend_interval);
+        }
+    }
+
+    /// Replaces targets and intervals (SIGHUP). An Alertmanager still configured (same URL)
+    /// keeps its queue and send times; a removed one is stopped and its queue dropped. On error
+    /// nothing changes.
+    pub fn reconfigure(&self, config: &AlertingConfig, poll_interval: Duration) -> anyhow::Result<()> {
+        config.validate().map_err(anyhow::Error::msg)?;
+        let mut new_endpoints = endpoints(config)?;
+        let validity = Validity { poll_interval, resend_interval: config.resend_interval };
+        let mut inner = self.lock();
+        let mut old: Vec<Target> = std::mem::take(&mut inner.targets);
+        let mut targets = Vec::with_capacity(config.alertmanagers.len());
+        for (target, endpoint) in config.alertmanagers.iter().zip(new_endpoints.drain(..)) {
+            match old.iter().position(|t| t.url() == target.url) {
+                Some(i) => {
+                    let kept = old.swap_remove(i);
+                    kept.reconfigure(endpoint, validity, config.queue_capacity);
+                    targets.push(kept);
+                }
+                None => {
+                    let metrics = self.metrics.for_target(&target.url);
+                    match Target::spawn(&target.url, endpoint, validity, config.queue_capacity, metrics) {
+                        Ok(t) => targets.push(t),
+                        Err(e) => {
+                            // Keep serving what was there rather than losing every target.
+                            inner.targets = targets.into_iter().chain(old).collect();
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+        for removed in old {
+            let url = removed.url().to_string();
+            let dropped = removed.abort();
+            self.metrics.remove(&url);
+            if dropped > 0 {
+                warn!(alertmanager = %url, dropped, "Alertmanager removed from the configuration: its queued alerts are dropped");
+            }
+        }
+        inner.targets = targets;
+        inner.resend_interval = config.resend_interval;
+        Ok(())
+    }
+
+    /// Lets every Alertmanager's thread send what is queued, for at most `grace` (requests are
+    /// cut short at the deadline), then stops them.
+    pub async fn shutdown(self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        let targets = std::mem::take(&mut self.lock().targets);
+        let threads: Vec<_> = targets.into_iter().filter_map(|t| t.flush(deadline)).collect();
+        if threads.is_empty() {
+            return;
+        }
+        let join = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        });
+        // A request blocked in DNS resolution may overrun its timeout: do not wait for it.
+        if tokio::time::timeout(grace + Duration::from_millis(500), join).await.is_err() {
+            warn!(?grace, "alert senders still busy at shutdown; leaving them");
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Every target's HTTP side, built before anything changes so a bad file fails the whole call.
+fn endpoints(config: &AlertingConfig) -> anyhow::Result<Vec<Endpoint>> {
+    config
+        .alertmanagers
+        .iter()
+        .map(|t| Endpoint::new(t, config.timeout).map_err(|e| anyhow::anyhow!("alertmanager {}: {e}", t.url)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(labels: &[(&str, &str)]) -> Alert {
+        Alert {
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            annotations: BTreeMap::new(),
+            generator_url: String::new(),
+            starts_at: SystemTime::UNIX_EPOCH,
+            resolved_at: None,
+        }
+    }
+
+    #[test]
+    fn fingerprint_is_stable_and_depends_on_labels_only() {
+        let a = alert(&[("alertname", "TooMuchUpload"), ("client", "redmi-note")]);
+        // Pinned (FNV-1a 64 computed independently): the same in every process and release.
+        assert_eq!(a.fingerprint(), 0x44f8_1b10_fb6f_35e1);
+        let mut other_times = a.clone();
+        other_times.starts_at = SystemTime::now();
+        other_times.resolved_at = Some(SystemTime::now());
+        other_times.annotations.insert("summary".into(), "x".into());
+        assert_eq!(other_times.fingerprint(), a.fingerprint());
+        let with_empty = alert(&[("alertname", "TooMuchUpload"), ("client", "redmi-note"), ("mac", "")]);
+        assert_eq!(with_empty.fingerprint(), a.fingerprint());
+        // The separators keep "ab"="c" and "a"="bc" apart.
+        assert_ne!(alert(&[("ab", "c")]).fingerprint(), alert(&[("a", "bc")]).fingerprint());
+        assert_ne!(alert(&[("client", "tv")]).fingerprint(), a.fingerprint());
+    }
+
+    #[test]
+    fn without_alertmanagers_it_is_inert() {
+        let registry = prometheus::Registry::new_custom(Some("gwsensor".into()), None).unwrap();
+        let n = Notifier::start(&AlertingConfig::default(), Duration::from_secs(5), &registry).unwrap();
+        n.update(SystemTime::now(), &[alert(&[("alertname", "x")])]);
+        assert!(n.lock().targets.is_empty());
+    }
+}

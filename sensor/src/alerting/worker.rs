@@ -1,0 +1,331 @@
+//! One Alertmanager: the send decisions for it (its [`Outbox`]), and the thread that posts its
+//! queue, backing off while it fails. Each Alertmanager has its own, so one that is down
+//! delays no other. The poll loop only touches the outbox under a short lock, never I/O.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Condvar, Mutex, MutexGuard},
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tracing::{debug, error, info, warn};
+
+use super::{
+    Alert,
+    client::{self, Endpoint, Validity},
+    metrics::TargetMetrics,
+    queue::AlertQueue,
+    schedule::{LastSent, backoff, jittered, needs_sending},
+};
+
+/// Alerts per POST, as Prometheus does.
+pub(crate) const MAX_BATCH: usize = 64;
+
+/// The send decisions for one Alertmanager: what waits to go, and when each alert last went.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    pub queue: AlertQueue,
+    pub last_sent: HashMap<u64, LastSent>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Offered {
+    pub queued: usize,
+    pub dropped: usize,
+}
+
+impl Outbox {
+    pub fn new(capacity: usize) -> Outbox {
+        Outbox { queue: AlertQueue::new(capacity), last_sent: HashMap::new() }
+    }
+
+    /// Queues the alerts of this poll that need sending (`fingerprints[i]` is `alerts[i]`'s),
+    /// and forgets alerts the evaluator no longer passes.
+    pub fn offer(&mut self, now: SystemTime, alerts: &[Alert], fingerprints: &[u64], current: &HashSet<u64>, resend_interval: Duration) -> Offered {
+        let mut offered = Offered::default();
+        for (alert, &fp) in alerts.iter().zip(fingerprints) {
+            if needs_sending(alert, self.last_sent.get(&fp), now, resend_interval) {
+                offered.dropped += self.queue.push(fp, alert.clone());
+                self.last_sent.insert(fp, LastSent { at: now, starts_at: alert.starts_at });
+                offered.queued += 1;
+            }
+        }
+        self.last_sent.retain(|fp, _| current.contains(fp));
+        offered
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stop {
+    Running,
+    /// Send what is queued, without backoff, until empty, a failure, or the deadline.
+    Flush { deadline: Instant },
+    /// Stop now, dropping the queue.
+    Abort,
+}
+
+struct State {
+    outbox: Outbox,
+    endpoint: Arc<Endpoint>,
+    validity: Validity,
+    stop: Stop,
+}
+
+struct Shared {
+    url: String,
+    state: Mutex<State>,
+    wake: Condvar,
+    metrics: TargetMetrics,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One Alertmanager and its sending thread.
+pub(crate) struct Target {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Target {
+    pub fn spawn(url: &str, endpoint: Endpoint, validity: Validity, capacity: usize, metrics: TargetMetrics) -> anyhow::Result<Target> {
+        let shared = Arc::new(Shared {
+            url: url.to_string(),
+            state: Mutex::new(State {
+                outbox: Outbox::new(capacity),
+                endpoint: Arc::new(endpoint),
+                validity,
+                stop: Stop::Running,
+            }),
+            wake: Condvar::new(),
+            metrics,
+        });
+        let worker = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("alert-notify".into())
+            .spawn(move || run(&worker))
+            .map_err(|e| anyhow::anyhow!("starting the sender thread for Alertmanager {url}: {e}"))?;
+        Ok(Target { shared, thread: Some(thread) })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.shared.url
+    }
+
+    pub fn offer(&self, now: SystemTime, alerts: &[Alert], fingerprints: &[u64], current: &HashSet<u64>, resend_interval: Duration) {
+        let mut state = self.shared.lock();
+        let offered = state.outbox.offer(now, alerts, fingerprints, current, resend_interval);
+        self.shared.metrics.queue_length.set(state.outbox.queue.len() as i64);
+        drop(state);
+        self.note_dropped(offered.dropped);
+        if offered.queued > 0 {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// New credentials, TLS roots, timings or capacity; the queue and send times stay.
+    pub fn reconfigure(&self, endpoint: Endpoint, validity: Validity, capacity: usize) {
+        let mut state = self.shared.lock();
+        state.endpoint = Arc::new(endpoint);
+        state.validity = validity;
+        let dropped = state.outbox.queue.set_capacity(capacity);
+        self.shared.metrics.queue_length.set(state.outbox.queue.len() as i64);
+        drop(state);
+        self.note_dropped(dropped);
+        self.shared.wake.notify_one();
+    }
+
+    fn note_dropped(&self, dropped: usize) {
+        if dropped > 0 {
+            self.shared.metrics.dropped.inc_by(dropped as u64);
+            warn!(alertmanager = %self.shared.url, dropped, "alert queue full: dropped the oldest alerts");
+        }
+    }
+
+    /// Stops the thread without waiting for it; queued alerts are dropped.
+    pub fn abort(mut self) -> usize {
+        let queued = self.stop(Stop::Abort);
+        self.thread = None;
+        queued
+    }
+
+    /// Lets the thread send what is queued until `deadline`, then stop; returns it to join.
+    pub fn flush(mut self, deadline: Instant) -> Option<JoinHandle<()>> {
+        self.stop(Stop::Flush { deadline });
+        self.thread.take()
+    }
+
+    fn stop(&self, how: Stop) -> usize {
+        let mut state = self.shared.lock();
+        state.stop = how;
+        let queued = state.outbox.queue.len();
+        drop(state);
+        self.shared.wake.notify_one();
+        queued
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop(Stop::Abort);
+        }
+    }
+}
+
+/// The sending thread: waits for work (and out its backoff), posts the oldest batch with
+/// `endsAt` computed now, and on failure puts the batch back and backs off.
+fn run(shared: &Shared) {
+    let url = shared.url.as_str();
+    let mut failures: u32 = 0;
+    let mut retry_at: Option<Instant> = None;
+    let mut flush_failed = false;
+    loop {
+        let (batch, endpoint, validity, limit) = {
+            let mut state = shared.lock();
+            let limit = loop {
+                match state.stop {
+                    Stop::Abort => return,
+                    Stop::Flush { deadline } => {
+                        let now = Instant::now();
+                        if state.outbox.queue.is_empty() || now >= deadline || flush_failed {
+                            return;
+                        }
+                        break Some(deadline - now);
+                    }
+                    Stop::Running => {}
+                }
+                if let Some(at) = retry_at {
+                    let now = Instant::now();
+                    if now < at {
+                        state = shared.wake.wait_timeout(state, at - now).unwrap_or_else(|e| e.into_inner()).0;
+                        continue;
+                    }
+                }
+                if state.outbox.queue.is_empty() {
+                    state = shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+                    continue;
+                }
+                break None;
+            };
+            let batch = state.outbox.queue.take_batch(MAX_BATCH);
+            shared.metrics.queue_length.set(state.outbox.queue.len() as i64);
+            (batch, state.endpoint.clone(), state.validity, limit)
+        };
+
+        let count = batch.len();
+        // endsAt from the moment of sending: after an outage a stale one would resolve alerts.
+        let body = client::body(batch.iter().map(|e| &e.alert), SystemTime::now(), validity);
+        let result = endpoint.post(&body, limit);
+
+        let mut state = shared.lock();
+        if state.stop == Stop::Abort {
+            // Removed from the configuration: its series are gone, nothing to record.
+            return;
+        }
+        match result {
+            Ok(()) => {
+                shared.metrics.sent.inc_by(count as u64);
+                shared.metrics.set_up(true);
+                if failures > 0 {
+                    info!(alertmanager = url, failures, "alerts delivered again");
+                }
+                debug!(alertmanager = url, alerts = count, "alerts delivered");
+                failures = 0;
+                retry_at = None;
+            }
+            Err(e) if e.retryable() => {
+                shared.metrics.failed.inc_by(count as u64);
+                shared.metrics.set_up(false);
+                failures = failures.saturating_add(1);
+                let wait = jittered(backoff(failures), fastrand::f64());
+                retry_at = Some(Instant::now() + wait);
+                flush_failed = matches!(state.stop, Stop::Flush { .. });
+                let dropped = state.outbox.queue.requeue(batch);
+                shared.metrics.queue_length.set(state.outbox.queue.len() as i64);
+                if dropped > 0 {
+                    shared.metrics.dropped.inc_by(dropped as u64);
+                }
+                warn!(alertmanager = url, alerts = count, failures, retry_in = ?wait, "cannot send alerts to Alertmanager: {e}");
+            }
+            Err(e) => {
+                shared.metrics.failed.inc_by(count as u64);
+                shared.metrics.set_up(false);
+                error!(alertmanager = url, alerts = count, "Alertmanager rejected alerts (not retried; they are offered again at the next resend): {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn t(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    }
+
+    /// The evaluator's view at poll time `now`: firing from 0, resolved at 150, passed along
+    /// until 150 + 15 min.
+    fn evaluator(now: u64) -> Vec<Alert> {
+        if now > 150 + 900 {
+            return Vec::new();
+        }
+        vec![Alert {
+            labels: BTreeMap::from([("alertname".to_string(), "TooMuchUpload".to_string())]),
+            annotations: BTreeMap::new(),
+            generator_url: String::new(),
+            starts_at: t(0),
+            resolved_at: (now >= 150).then_some(t(150)),
+        }]
+    }
+
+    /// Polls every 5 s; returns the poll times at which the alert was queued.
+    fn queued_at(outbox: &mut Outbox, polls: impl Iterator<Item = u64>) -> Vec<u64> {
+        let resend = Duration::from_secs(60);
+        let mut times = Vec::new();
+        for now in polls {
+            let alerts = evaluator(now);
+            let fps: Vec<u64> = alerts.iter().map(Alert::fingerprint).collect();
+            let current = fps.iter().copied().collect();
+            if outbox.offer(t(now), &alerts, &fps, &current, resend).queued > 0 {
+                times.push(now);
+            }
+        }
+        times
+    }
+
+    #[test]
+    fn polls_on_synthetic_time() {
+        let mut outbox = Outbox::new(10);
+        let times = queued_at(&mut outbox, (0..=1200).step_by(5));
+        let mut want = vec![0, 60, 120, 150];
+        want.extend((210..=1050).step_by(60));
+        assert_eq!(times, want);
+        // Queue: one entry per alert, the latest state (resolved).
+        assert_eq!(outbox.queue.len(), 1);
+        assert!(outbox.queue.take_batch(64)[0].alert.resolved_at.is_some());
+        // No longer passed: forgotten.
+        assert!(outbox.last_sent.is_empty());
+    }
+
+    #[test]
+    fn refiring_after_resolution_is_sent_at_once() {
+        let mut outbox = Outbox::new(10);
+        let resend = Duration::from_secs(60);
+        let mut alert = evaluator(150).remove(0);
+        let fp = alert.fingerprint();
+        let current = HashSet::from([fp]);
+        assert_eq!(outbox.offer(t(150), std::slice::from_ref(&alert), &[fp], &current, resend).queued, 1);
+        alert.starts_at = t(160);
+        alert.resolved_at = None;
+        assert_eq!(outbox.offer(t(160), std::slice::from_ref(&alert), &[fp], &current, resend).queued, 1);
+        assert_eq!(outbox.offer(t(165), std::slice::from_ref(&alert), &[fp], &current, resend).queued, 0);
+    }
+}

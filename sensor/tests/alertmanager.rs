@@ -1,0 +1,527 @@
+//! Alert delivery against the real Alertmanager (Debian's prometheus-alertmanager, on loopback):
+//! what it stores, read back through its API v2, and the notifier's own metrics, exactly.
+//! Needs `prometheus-alertmanager`, `openssl` and `htpasswd` (`cargo xtask test` installs
+//! them); without them the tests fail under CI=true, and are skipped (loudly) otherwise.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use prometheus::{Encoder as _, Registry, TextEncoder};
+use sensor::alerting::{Alert, AlertingConfig, AlertmanagerTarget, BasicAuth, Notifier};
+use serde_json::{Value, json};
+
+const SUITE: &str = "alertmanager tests";
+const ALERTMANAGER: &str = "prometheus-alertmanager";
+const POLL: Duration = Duration::from_secs(5);
+/// endsAt of a firing alert: 4 × max(poll 5s, resend 1m).
+const VALIDITY: Duration = Duration::from_secs(240);
+
+fn can_run(tools: &[&str]) -> bool {
+    // The notifier's log, shown for failing tests (and with --nocapture).
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    for tool in tools {
+        let found = Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+        if !found {
+            return lab::cannot_run(SUITE, &format!("needs `{tool}` (cargo xtask test installs it)"));
+        }
+    }
+    true
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `f` every 100 ms until it returns Some, or fails after `timeout`.
+fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Now, to the millisecond (Alertmanager keeps milliseconds), so times compare exactly.
+fn now_ms() -> SystemTime {
+    let ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as u64;
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn parse_time(v: &Value) -> SystemTime {
+    humantime::parse_rfc3339(v.as_str().unwrap()).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Alertmanager under test
+
+/// TLS files and a basic-auth user for Alertmanager's --web.config.file.
+struct Security {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    user: String,
+    password: String,
+}
+
+impl Security {
+    /// A CA, a server certificate for 127.0.0.1 signed by it, and `user`'s bcrypt hash.
+    fn create(dir: &Path, user: &str, password: &str) -> Security {
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        run(&[&["req", "-x509"][..], &ec, &["-days", "2", "-subj", "/CN=gwsensor test CA", "-keyout", "ca.key", "-out", "ca.crt"]].concat());
+        run(&[&["req"][..], &ec, &["-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr"]].concat());
+        fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(&[
+            "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+            "-extfile", "server.ext", "-out", "server.crt",
+        ]);
+        Security {
+            ca: dir.join("ca.crt"),
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+            user: user.into(),
+            password: password.into(),
+        }
+    }
+
+    fn web_config(&self) -> String {
+        let out = Command::new("htpasswd").args(["-nbB", &self.user, &self.password]).output().unwrap();
+        assert!(out.status.success(), "htpasswd: {}", String::from_utf8_lossy(&out.stderr));
+        let line = String::from_utf8(out.stdout).unwrap();
+        let hash = line.trim().strip_prefix(&format!("{}:", self.user)).unwrap().to_string();
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\nbasic_auth_users:\n  {}: '{hash}'\n",
+            self.cert.display(),
+            self.key.display(),
+            self.user
+        )
+    }
+}
+
+struct Alertmanager {
+    child: Child,
+    dir: tempfile::TempDir,
+    url: String,
+    http: ureq::Agent,
+    authorization: Option<String>,
+}
+
+impl Alertmanager {
+    fn start(port: u16, security: Option<&Security>) -> Alertmanager {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("alertmanager.yml");
+        fs::write(
+            &config,
+            "route:\n  receiver: blackhole\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: blackhole\n",
+        )
+        .unwrap();
+        let log = fs::File::create(dir.path().join("alertmanager.log")).unwrap();
+        let mut cmd = Command::new(ALERTMANAGER);
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            // One process, no gossip: what it holds came from the notifier.
+            .arg("--cluster.listen-address=")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let mut tls = ureq::tls::TlsConfig::builder();
+        let (scheme, authorization) = match security {
+            Some(s) => {
+                let web = dir.path().join("web.yml");
+                fs::write(&web, s.web_config()).unwrap();
+                cmd.arg(format!("--web.config.file={}", web.display()));
+                let ca = ureq::tls::Certificate::from_pem(&fs::read(&s.ca).unwrap()).unwrap();
+                tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![ca])));
+                use base64::Engine as _;
+                let basic = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", s.user, s.password));
+                ("https", Some(format!("Basic {basic}")))
+            }
+            None => ("http", None),
+        };
+        let child = cmd.spawn().expect("starting prometheus-alertmanager");
+        let http: ureq::Agent = ureq::Agent::config_builder()
+            .tls_config(tls.build())
+            .proxy(None)
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        let mut am = Alertmanager { child, dir, url: format!("{scheme}://127.0.0.1:{port}"), http, authorization };
+        wait_until("Alertmanager to be ready", Duration::from_secs(15), || {
+            if let Ok(Some(status)) = am.child.try_wait() {
+                panic!("Alertmanager exited ({status}):\n{}", am.log());
+            }
+            am.get("/-/ready").ok().filter(|(status, _)| *status == 200)
+        });
+        am
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("alertmanager.log")).unwrap_or_default()
+    }
+
+    fn get(&self, path: &str) -> Result<(u16, String), ureq::Error> {
+        let mut req = self.http.get(format!("{}{path}", self.url));
+        if let Some(a) = &self.authorization {
+            req = req.header("Authorization", a);
+        }
+        let mut resp = req.call()?;
+        Ok((resp.status().as_u16(), resp.body_mut().read_to_string()?))
+    }
+
+    /// GET /api/v2/alerts: the alerts it holds that have not ended.
+    fn alerts(&self) -> Vec<Value> {
+        let (status, body) = self.get("/api/v2/alerts").unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Waits until it holds exactly `count` alerts, all processed (state "active").
+    fn wait_alerts(&self, count: usize, timeout: Duration) -> Vec<Value> {
+        wait_until(&format!("{} to hold {count} active alert(s)", self.url), timeout, || {
+            let alerts = self.alerts();
+            (alerts.len() == count && alerts.iter().all(|a| a["status"]["state"] == "active")).then_some(alerts)
+        })
+    }
+
+    /// Alerts it received through its API, by status ("firing" or "resolved").
+    fn received(&self, status: &str) -> f64 {
+        let (_, body) = self.get("/metrics").unwrap();
+        lab::prom::Scrape::parse(&body).unwrap().sum("alertmanager_alerts_received_total", &[("status", status)])
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Notifier side
+
+fn alert(client: &str, starts_at: SystemTime, resolved_at: Option<SystemTime>) -> Alert {
+    let map = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>();
+    Alert {
+        labels: map(&[
+            ("alertname", "UploadTooHigh"),
+            ("severity", "warning"),
+            ("client", client),
+            ("mac", "64:09:80:12:34:56"),
+            ("destination", "xiaomi.net"),
+        ]),
+        annotations: map(&[
+            ("summary", &format!("{client} uploads too much")),
+            ("description", "5.2 MB to xiaomi.net in 10m, limit 1 MB"),
+        ]),
+        generator_url: "http://127.0.0.1:9977/policy#upload".into(),
+        starts_at,
+        resolved_at,
+    }
+}
+
+fn target(url: &str) -> AlertmanagerTarget {
+    AlertmanagerTarget { url: url.into(), basic_auth: None, bearer_token_file: None, tls_ca_file: None }
+}
+
+fn config(targets: Vec<AlertmanagerTarget>) -> AlertingConfig {
+    AlertingConfig { alertmanagers: targets, ..AlertingConfig::default() }
+}
+
+fn registry() -> Registry {
+    Registry::new_custom(Some("gwsensor".into()), None).unwrap()
+}
+
+/// The notifier's metric `name` (without prefix) for one Alertmanager; None when absent.
+fn metric(registry: &Registry, name: &str, url: &str) -> Option<f64> {
+    let mut text = Vec::new();
+    TextEncoder::new().encode(&registry.gather(), &mut text).unwrap();
+    lab::prom::Scrape::parse(&String::from_utf8(text).unwrap())
+        .unwrap()
+        .get(&format!("gwsensor_{name}"), &[("alertmanager", url)])
+}
+
+/// (sent, failed, dropped, queue length, up) of one Alertmanager; up is -1 when absent.
+fn counts(registry: &Registry, url: &str) -> (f64, f64, f64, f64, f64) {
+    let m = |name| metric(registry, name, url).unwrap_or_else(|| panic!("no {name} for {url}"));
+    (
+        m("alert_notifications_sent_total"),
+        m("alert_notifications_failed_total"),
+        m("alert_notifications_dropped_total"),
+        m("alert_queue_length"),
+        metric(registry, "alertmanager_up", url).unwrap_or(-1.0),
+    )
+}
+
+fn shutdown(notifier: Notifier, grace: Duration) -> Duration {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let start = Instant::now();
+    rt.block_on(notifier.shutdown(grace));
+    start.elapsed()
+}
+
+/// The labels and annotations `alert(client, ..)` must arrive with.
+fn assert_is_alert(got: &Value, client: &str) {
+    assert_eq!(
+        got["labels"],
+        json!({"alertname": "UploadTooHigh", "severity": "warning", "client": client,
+               "mac": "64:09:80:12:34:56", "destination": "xiaomi.net"})
+    );
+    assert_eq!(
+        got["annotations"],
+        json!({"summary": format!("{client} uploads too much"), "description": "5.2 MB to xiaomi.net in 10m, limit 1 MB"})
+    );
+    assert_eq!(got["generatorURL"], "http://127.0.0.1:9977/policy#upload");
+    assert_eq!(got["status"]["state"], "active");
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_firing_alert_arrives_and_its_resolution_ends_it() {
+    if !can_run(&[ALERTMANAGER]) {
+        return;
+    }
+    let am = Alertmanager::start(free_port(), None);
+    let reg = registry();
+    let notifier = Notifier::start(&config(vec![target(&am.url)]), POLL, &reg).unwrap();
+    assert_eq!(counts(&reg, &am.url), (0.0, 0.0, 0.0, 0.0, -1.0), "series at 0 before anything is sent, no up yet");
+
+    let started = now_ms();
+    notifier.update(started, &[alert("redmi-note", started, None)]);
+    let got = am.wait_alerts(1, Duration::from_secs(10));
+    let seen = SystemTime::now();
+    assert_is_alert(&got[0], "redmi-note");
+    assert_eq!(got[0]["startsAt"], rfc3339(started));
+    // endsAt = the moment of sending + 4 × max(poll, resend interval).
+    let ends = parse_time(&got[0]["endsAt"]);
+    assert!(ends >= started + VALIDITY && ends <= seen + VALIDITY, "endsAt {} not sending time + 240s", got[0]["endsAt"]);
+    assert_eq!(counts(&reg, &am.url), (1.0, 0.0, 0.0, 0.0, 1.0));
+    assert_eq!(am.received("firing"), 1.0);
+
+    // The next poll: still firing, not due again before the resend interval.
+    notifier.update(started + POLL, &[alert("redmi-note", started, None)]);
+    let resolved = now_ms();
+    notifier.update(resolved, &[alert("redmi-note", started, Some(resolved))]);
+    am.wait_alerts(0, Duration::from_secs(10));
+    assert_eq!(counts(&reg, &am.url), (2.0, 0.0, 0.0, 0.0, 1.0));
+    assert_eq!((am.received("firing"), am.received("resolved")), (1.0, 1.0));
+    shutdown(notifier, Duration::from_secs(2));
+}
+
+#[test]
+fn every_alertmanager_gets_it_and_one_that_was_down_gets_it_when_back() {
+    if !can_run(&[ALERTMANAGER]) {
+        return;
+    }
+    let down_port = free_port();
+    let down_url = format!("http://127.0.0.1:{down_port}");
+    let up = Alertmanager::start(free_port(), None);
+    let reg = registry();
+    let notifier = Notifier::start(&config(vec![target(&down_url), target(&up.url)]), POLL, &reg).unwrap();
+
+    let started = now_ms();
+    notifier.update(started, &[alert("tv", started, None)]);
+    // The running one is not held up by the one that is down.
+    let at_up = up.wait_alerts(1, Duration::from_secs(5));
+    assert_is_alert(&at_up[0], "tv");
+    wait_until("a failed attempt at the down Alertmanager", Duration::from_secs(5), || {
+        let (sent, failed, dropped, queued, upv) = counts(&reg, &down_url);
+        (failed >= 1.0 && queued == 1.0).then(|| assert_eq!((sent, dropped, upv), (0.0, 0.0, 0.0)))
+    });
+
+    // It comes back on the same port: the queued alert arrives, with endsAt from the moment
+    // it was actually sent (an endsAt from the enqueue time would be older).
+    let back_at = now_ms();
+    let back = Alertmanager::start(down_port, None);
+    let at_back = back.wait_alerts(1, Duration::from_secs(20));
+    assert_is_alert(&at_back[0], "tv");
+    assert_eq!(at_back[0]["startsAt"], rfc3339(started));
+    assert!(parse_time(&at_back[0]["endsAt"]) >= back_at + VALIDITY, "stale endsAt {}", at_back[0]["endsAt"]);
+    assert!(parse_time(&at_back[0]["endsAt"]) > parse_time(&at_up[0]["endsAt"]));
+
+    let (sent, failed, dropped, queued, upv) = counts(&reg, &down_url);
+    assert!(failed >= 1.0);
+    assert_eq!((sent, dropped, queued, upv), (1.0, 0.0, 0.0, 1.0));
+    assert_eq!(counts(&reg, &up.url), (1.0, 0.0, 0.0, 0.0, 1.0));
+    assert_eq!((back.received("firing"), up.received("firing")), (1.0, 1.0));
+    shutdown(notifier, Duration::from_secs(2));
+}
+
+#[test]
+fn basic_auth_over_tls_with_a_custom_ca() {
+    if !can_run(&[ALERTMANAGER, "openssl", "htpasswd"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let security = Security::create(dir.path(), "alice", "s3cret");
+    let am = Alertmanager::start(free_port(), Some(&security));
+    let password = dir.path().join("password");
+    fs::write(&password, "s3cret\n").unwrap();
+    let wrong = dir.path().join("wrong");
+    fs::write(&wrong, "guess").unwrap();
+    let secured = |password_file: &Path, ca: Option<&Path>| AlertmanagerTarget {
+        url: am.url.clone(),
+        basic_auth: Some(BasicAuth { username: "alice".into(), password_file: password_file.into() }),
+        bearer_token_file: None,
+        tls_ca_file: ca.map(Path::to_path_buf),
+    };
+
+    let now = now_ms();
+    let mut notifiers = Vec::new();
+    for (client, target) in [
+        ("laptop", secured(&password, Some(&security.ca))),
+        ("wrong-password", secured(&wrong, Some(&security.ca))),
+        // Without the CA file, the built-in roots do not trust the Alertmanager's certificate.
+        ("no-ca", secured(&password, None)),
+    ] {
+        let reg = registry();
+        let n = Notifier::start(&config(vec![target]), POLL, &reg).unwrap();
+        n.update(now, &[alert(client, now, None)]);
+        notifiers.push((client, n, reg));
+    }
+
+    let got = am.wait_alerts(1, Duration::from_secs(10));
+    assert_is_alert(&got[0], "laptop");
+    for (client, _, reg) in &notifiers {
+        let c = wait_until(&format!("{client}'s first attempt"), Duration::from_secs(10), || {
+            let c = counts(reg, &am.url);
+            (c.4 != -1.0).then_some(c)
+        });
+        match *client {
+            "laptop" => assert_eq!(c, (1.0, 0.0, 0.0, 0.0, 1.0)),
+            _ => {
+                let (sent, failed, dropped, _, up) = c;
+                assert_eq!((sent, failed >= 1.0, dropped, up), (0.0, true, 0.0, 0.0), "{client}");
+            }
+        }
+    }
+    // Only the authenticated, verified one got through.
+    assert_eq!(am.alerts().len(), 1);
+    assert_eq!(am.received("firing"), 1.0);
+    for (_, n, _) in notifiers {
+        shutdown(n, Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn reconfiguring_keeps_queues_and_send_times() {
+    if !can_run(&[ALERTMANAGER]) {
+        return;
+    }
+    let a_port = free_port();
+    let a_url = format!("http://127.0.0.1:{a_port}");
+    let b = Alertmanager::start(free_port(), None);
+    let reg = registry();
+    let notifier = Notifier::start(&config(vec![target(&a_url)]), POLL, &reg).unwrap();
+    let t0 = now_ms();
+    let firing = [alert("phone", t0, None)];
+    notifier.update(t0, &firing);
+    wait_until("a failed attempt at A", Duration::from_secs(5), || {
+        let (_, failed, _, queued, _) = counts(&reg, &a_url);
+        (failed >= 1.0 && queued == 1.0).then_some(())
+    });
+
+    // B added: it gets the alert at the next poll; A keeps its queue.
+    notifier.reconfigure(&config(vec![target(&a_url), target(&b.url)]), POLL).unwrap();
+    notifier.update(t0 + POLL, &firing);
+    assert_is_alert(&b.wait_alerts(1, Duration::from_secs(5))[0], "phone");
+    let a = Alertmanager::start(a_port, None);
+    assert_is_alert(&a.wait_alerts(1, Duration::from_secs(20))[0], "phone");
+    assert_eq!(counts(&reg, &a_url).0, 1.0);
+
+    // A removed: its series end. B kept its send time: the next poll sends nothing.
+    notifier.reconfigure(&config(vec![target(&b.url)]), POLL).unwrap();
+    assert_eq!(metric(&reg, "alert_notifications_sent_total", &a_url), None);
+    notifier.update(t0 + 2 * POLL, &firing);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(counts(&reg, &b.url), (1.0, 0.0, 0.0, 0.0, 1.0));
+    assert_eq!(b.received("firing"), 1.0);
+
+    // A shorter resend interval applies at the next poll.
+    let fast = AlertingConfig { resend_interval: Duration::from_secs(1), ..config(vec![target(&b.url)]) };
+    notifier.reconfigure(&fast, POLL).unwrap();
+    notifier.update(t0 + 3 * POLL, &firing);
+    wait_until("the resend to B", Duration::from_secs(5), || (counts(&reg, &b.url).0 == 2.0).then_some(()));
+    assert_eq!(b.received("firing"), 2.0);
+    assert_eq!(a.received("firing"), 1.0);
+    shutdown(notifier, Duration::from_secs(2));
+}
+
+#[test]
+fn a_full_queue_drops_the_oldest_and_delivers_the_rest() {
+    if !can_run(&[ALERTMANAGER]) {
+        return;
+    }
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let reg = registry();
+    let cfg = AlertingConfig { queue_capacity: 2, ..config(vec![target(&url)]) };
+    let notifier = Notifier::start(&cfg, POLL, &reg).unwrap();
+    let now = now_ms();
+    notifier.update(now, &[alert("one", now, None), alert("two", now, None), alert("three", now, None)]);
+    wait_until("a failed attempt", Duration::from_secs(5), || {
+        let (sent, failed, dropped, queued, up) = counts(&reg, &url);
+        (failed >= 2.0 && queued == 2.0).then(|| assert_eq!((sent, dropped, up), (0.0, 1.0, 0.0)))
+    });
+    let am = Alertmanager::start(port, None);
+    let got = am.wait_alerts(2, Duration::from_secs(20));
+    let clients: Vec<&str> = got.iter().map(|a| a["labels"]["client"].as_str().unwrap()).collect();
+    let mut clients = clients;
+    clients.sort_unstable();
+    assert_eq!(clients, ["three", "two"]);
+    let (sent, _, dropped, queued, up) = counts(&reg, &url);
+    assert_eq!((sent, dropped, queued, up), (2.0, 1.0, 0.0, 1.0));
+    shutdown(notifier, Duration::from_secs(2));
+}
+
+#[test]
+fn shutdown_flushes_the_queue_within_the_grace_period() {
+    if !can_run(&[ALERTMANAGER]) {
+        return;
+    }
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let reg = registry();
+    let notifier = Notifier::start(&config(vec![target(&url)]), POLL, &reg).unwrap();
+    let now = now_ms();
+    notifier.update(now, &[alert("console", now, None)]);
+    // Three failures: the next retry is 3.2 to 4 s away, so what sends it below is the flush.
+    wait_until("three failed attempts", Duration::from_secs(10), || (counts(&reg, &url).1 >= 3.0).then_some(()));
+    let am = Alertmanager::start(port, None);
+    let took = shutdown(notifier, Duration::from_secs(5));
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    assert_is_alert(&am.wait_alerts(1, Duration::from_secs(2))[0], "console");
+    assert_eq!(counts(&reg, &url).0, 1.0);
+
+    // An Alertmanager that stays down does not hold shutdown beyond its grace period.
+    let dead_url = format!("http://127.0.0.1:{}", free_port());
+    let reg = registry();
+    let notifier = Notifier::start(&config(vec![target(&dead_url)]), POLL, &reg).unwrap();
+    notifier.update(now, &[alert("console", now, None)]);
+    let took = shutdown(notifier, Duration::from_secs(1));
+    assert!(took < Duration::from_millis(1600), "shutdown took {took:?}");
+}
