@@ -4,7 +4,7 @@
 use std::{
     path::Path,
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
@@ -26,7 +26,8 @@ use crate::{
     metrics::Metrics,
     netif,
     pipeline::Pipeline,
-    policy::eval::{AlertOut, Evaluator},
+    policy::eval::Evaluator,
+    alerting::Notifier,
     server, state,
 };
 
@@ -38,8 +39,8 @@ const NAME_WAIT: Duration = Duration::from_secs(2);
 /// and counted: names are a best effort, counting is not).
 const EVENT_QUEUE: usize = 8192;
 
-/// Resolved alerts are handed to delivery this long after they resolve (Prometheus: 15 min).
-const RESOLVED_RETENTION: Duration = Duration::from_secs(15 * 60);
+/// Longest the agent waits on shutdown for queued alerts to reach Alertmanager.
+const NOTIFY_GRACE: Duration = Duration::from_secs(5);
 
 /// `config_path` is re-read on SIGHUP.
 pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
@@ -94,13 +95,14 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let mut pipeline = Pipeline {
         maps,
         accounting: saved.accounting,
-        policy: Evaluator::new(policy, saved.policy, config.external_url(), RESOLVED_RETENTION),
+        policy: Evaluator::new(policy, saved.policy, config.external_url(), config.alerting.resolved_retention),
         enricher,
         params: params(&config),
         metrics: metrics.clone(),
         view: server::SharedView::default(),
         events: events_rx,
     };
+    let notifier = Notifier::start(&config.alerting, config.poll_interval, metrics.registry())?;
     let listener = server::bind(config.metrics_listen).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let http = tokio::spawn(server::serve(listener, metrics.clone(), pipeline.view.clone(), stop_rx));
@@ -123,7 +125,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         tokio::select! {
             _ = ticker.tick() => {
                 match pipeline.poll() {
-                    Ok(alerts) => deliver(&alerts),
+                    Ok(alerts) => notifier.update(SystemTime::now(), &alerts),
                     Err(e) => warn!("poll failed: {e:#}"),
                 }
                 if last_save.elapsed() >= config.state_save_interval {
@@ -132,7 +134,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
                 }
             }
             _ = sighup.recv() => {
-                match reload(config_path, &config, &prefixes, &mut pipeline) {
+                match reload(config_path, &config, &prefixes, &mut pipeline, &notifier) {
                     Ok(new) => {
                         config = new;
                         metrics.config_last_reload_successful.set(1);
@@ -151,10 +153,11 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
 
     // A last poll so that the state file holds everything counted up to now.
     match pipeline.poll() {
-        Ok(alerts) => deliver(&alerts),
+        Ok(alerts) => notifier.update(SystemTime::now(), &alerts),
         Err(e) => warn!("final poll failed: {e:#}"),
     }
     save_state(&config, &pipeline, &metrics);
+    notifier.shutdown(NOTIFY_GRACE).await;
     let _ = stop_tx.send(true);
     let _ = http.await;
     reader.abort();
@@ -185,7 +188,13 @@ fn params(config: &Config) -> Params {
 /// Re-reads the config and the policy (SIGHUP). Applies what can change while running:
 /// the policy, naming of clients, series limits and expiries. Keys that shape the kernel side
 /// (interface, capacities, pins) need a restart; a change there is logged, not applied.
-fn reload(path: &Path, running: &Config, lan_prefixes: &[ipnet::IpNet], pipeline: &mut Pipeline) -> anyhow::Result<Config> {
+fn reload(
+    path: &Path,
+    running: &Config,
+    lan_prefixes: &[ipnet::IpNet],
+    pipeline: &mut Pipeline,
+    notifier: &Notifier,
+) -> anyhow::Result<Config> {
     let new = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut policy = new.load_policy().map_err(|e| anyhow::anyhow!("{e}"))?;
     policy.dns.allow_networks(lan_prefixes);
@@ -215,7 +224,8 @@ fn reload(path: &Path, running: &Config, lan_prefixes: &[ipnet::IpNet], pipeline
     pipeline.enricher.inventory = enricher.inventory;
     pipeline.enricher.geo = enricher.geo;
     pipeline.params = params(&new);
-    pipeline.policy.replace(policy, new.external_url(), RESOLVED_RETENTION);
+    notifier.reconfigure(&new.alerting, running.poll_interval)?;
+    pipeline.policy.replace(policy, new.external_url(), new.alerting.resolved_retention);
     info!(rules = pipeline.policy.policy().rules.len(), "SIGHUP: configuration and policy reloaded");
     let mut applied = new;
     // Keep the running values of what only a restart changes, so that the next reload
@@ -281,11 +291,4 @@ fn spawn_kernel_logger(ebpf: &mut aya::Ebpf) {
             guard.clear_ready();
         }
     });
-}
-
-/// Hands the poll's alerts to delivery.
-fn deliver(alerts: &[AlertOut]) {
-    for a in alerts {
-        tracing::debug!(alert = ?a.labels, resolved = a.resolved_at.is_some(), "alert");
-    }
 }

@@ -77,6 +77,9 @@ pub struct Config {
     /// Unset: `http://<metrics_listen>`.
     #[serde(default)]
     pub external_url: Option<String>,
+    /// Where alerts go (docs/alerting.md). No Alertmanagers: alerts are only metrics.
+    #[serde(default)]
+    pub alerting: crate::alerting::AlertingConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -303,6 +306,9 @@ impl Config {
                 "destinations.top_per_client and series_budget must be at least 1".into(),
                 "the defaults are 20 destinations per client and a budget of 10000 series",
             ));
+        }
+        if let Err(message) = self.alerting.validate() {
+            return Err(fail("alerting", message, "see docs/alerting.md"));
         }
         if self.top_remotes == 0 {
             return Err(fail(

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::{
     accounting::{Accounting, Params},
+    alerting::Alert,
     api::{ClientView, FlowView, View},
     collector::{KernelMaps, Snapshot},
     enrich::{Enricher, PollNamer, domain, geo::GeoInfo},
@@ -20,7 +21,7 @@ use crate::{
     labels,
     metrics::{ClientLabels, Metrics},
     policy::{
-        eval::{AlertOut, Evaluator},
+        eval::Evaluator,
         matcher::{ClientFacts, FlowFacts, PollFacts},
     },
     server::SharedView,
@@ -65,7 +66,7 @@ impl Clock {
 
 impl Pipeline {
     /// One poll; returns the alerts to deliver (firing, and resolved within the retention).
-    pub fn poll(&mut self) -> anyhow::Result<Vec<AlertOut>> {
+    pub fn poll(&mut self) -> anyhow::Result<Vec<Alert>> {
         let started = Instant::now();
         let now = unix_now();
         self.learn_names(now);
@@ -94,7 +95,7 @@ impl Pipeline {
         Ok(alerts)
     }
 
-    fn evaluate_policy(&mut self, snap: &Snapshot, now: u64) -> Vec<AlertOut> {
+    fn evaluate_policy(&mut self, snap: &Snapshot, now: u64) -> Vec<Alert> {
         let started = Instant::now();
         let facts = self.policy_facts(snap, now);
         let outcome = self.policy.evaluate(&facts);

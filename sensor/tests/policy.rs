@@ -209,8 +209,8 @@ fn bulk_upload_fires_at_every_alertmanager_and_resolves() {
     let update = UdpReceiver::bind(&inet, sa("10.77.3.11:8080")).unwrap();
     let phone_rx = UdpReceiver::bind(&phone, sa("10.77.1.10:6000")).unwrap();
     for _ in 0..6 {
-        send_udp(&phone, sa("10.77.1.10:6000"), update.addr(), 1, 300).unwrap();
-        send_udp(&inet, update.addr(), phone_rx.addr(), 200, 1000).unwrap();
+        send_udp(&phone, sa("10.77.1.10:6001"), update.addr(), 1, 300).unwrap();
+        send_udp(&inet, sa("10.77.3.11:8081"), phone_rx.addr(), 200, 1000).unwrap();
         std::thread::sleep(Duration::from_millis(500));
     }
     std::thread::sleep(2 * POLL);

@@ -6,7 +6,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
-    time::Duration,
+    time::{Duration, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
@@ -16,30 +16,18 @@ use super::{
     matcher::{ClientFacts, FlowFacts, PollFacts, destination_label},
     spec::{Condition, Direction, GroupBy},
 };
-use crate::api::human_bytes;
+use crate::{alerting::Alert, api::human_bytes};
 
 /// Most series held over all rules; beyond it new ones are not tracked (and counted).
 pub const MAX_SERIES: usize = 20_000;
 /// Most destinations remembered per client and level for `new_destination`.
 pub const MAX_KNOWN_PER_CLIENT: usize = 20_000;
 
-/// One alert as Alertmanager should see it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AlertOut {
-    pub labels: BTreeMap<String, String>,
-    pub annotations: BTreeMap<String, String>,
-    pub generator_url: String,
-    /// Unix seconds it started firing.
-    pub starts_at: u64,
-    /// Unix seconds it resolved, for resolved alerts.
-    pub resolved_at: Option<u64>,
-}
-
 /// What one evaluation produced.
 #[derive(Debug, Default)]
 pub struct Outcome {
     /// Firing alerts and the ones resolved within the retention.
-    pub alerts: Vec<AlertOut>,
+    pub alerts: Vec<Alert>,
     /// (rule, client) of every alert that started firing in this evaluation.
     pub fired: Vec<(String, String)>,
     /// Per rule: (pending, firing).
@@ -468,7 +456,7 @@ fn alert(
     fired_at: u64,
     resolved_at: Option<u64>,
     external_url: &str,
-) -> AlertOut {
+) -> Alert {
     let mut labels = rule.labels.clone();
     labels.insert("alertname".into(), rule.name.clone());
     labels.insert("severity".into(), rule.severity.clone());
@@ -508,7 +496,8 @@ fn alert(
         ("summary".to_string(), rule.summary.render(&values)),
         ("description".to_string(), rule.description.render(&values)),
     ]);
-    AlertOut {
+    let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+    Alert {
         labels,
         annotations,
         generator_url: format!(
@@ -516,7 +505,7 @@ fn alert(
             external_url.trim_end_matches('/'),
             s.mac
         ),
-        starts_at: fired_at,
-        resolved_at,
+        starts_at: at(fired_at),
+        resolved_at: resolved_at.map(at),
     }
 }

@@ -1,10 +1,20 @@
 //! Policy loading (errors with file:line:column) and the evaluator on synthetic time.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use crate::alerting::Alert;
+
+/// Unix seconds as the alerts' times.
+fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
 
 use super::{
     Policy,
-    eval::{AlertOut, EvalState, Evaluator, Outcome},
+    eval::{EvalState, Evaluator, Outcome},
     matcher::{ClientFacts, FlowFacts, PollFacts},
 };
 
@@ -175,7 +185,7 @@ fn evaluator(yaml: &str) -> Evaluator {
     )
 }
 
-fn firing(o: &Outcome) -> Vec<&AlertOut> {
+fn firing(o: &Outcome) -> Vec<&Alert> {
     o.alerts
         .iter()
         .filter(|a| a.resolved_at.is_none())
@@ -261,7 +271,7 @@ fn volume_fires_over_the_window_with_exact_labels_and_resolves() {
         a[0].annotations["summary"],
         "phone uploaded 6.8 MB to xiaomi.net in 10m"
     );
-    assert_eq!(a[0].starts_at, T0 + 780);
+    assert_eq!(a[0].starts_at, at(T0 + 780));
     assert_eq!(
         a[0].generator_url,
         "http://sensor:9977/api/v1/flows?client=64:09:80:4a:1c:07"
@@ -283,11 +293,11 @@ fn volume_fires_over_the_window_with_exact_labels_and_resolves() {
     }
     // Samples at T0+720 and +780 (3 MB each) leave the window at +1320 and +1380: 3 MB
     // remain at +1320 (below 5 MB), so it resolves then.
-    assert_eq!(resolved_at, Some(T0 + 1320));
+    assert_eq!(resolved_at, Some(at(T0 + 1320)));
     // Resolved alerts are passed on for the retention (15 min), then dropped.
     let o = poll(T0 + 1320 + 899).run(&mut ev);
     assert_eq!(o.alerts.len(), 1);
-    assert_eq!(o.alerts[0].resolved_at, Some(T0 + 1320));
+    assert_eq!(o.alerts[0].resolved_at, Some(at(T0 + 1320)));
     let o = poll(T0 + 1320 + 900).run(&mut ev);
     assert!(o.alerts.is_empty());
     assert_eq!(o.series, 0, "finished series are forgotten");
@@ -387,7 +397,7 @@ rules:
     let o = poll(T0 + 304).run(&mut ev);
     assert_eq!(firing(&o).len(), 1);
     let o = poll(T0 + 305).run(&mut ev);
-    assert_eq!(o.alerts[0].resolved_at, Some(T0 + 305));
+    assert_eq!(o.alerts[0].resolved_at, Some(at(T0 + 305)));
 }
 
 #[test]
@@ -431,7 +441,7 @@ fn new_destination_after_learning_and_across_a_restart() {
     assert_eq!(o.fired.len(), 0);
     assert_eq!(firing(&o).len(), 1);
     let o = poll(T0 + 3601 + 600).run(&mut ev);
-    assert_eq!(o.alerts[0].resolved_at, Some(T0 + 4201));
+    assert_eq!(o.alerts[0].resolved_at, Some(at(T0 + 4201)));
     // The TV is not matched by the rule.
     let o = poll(T0 + 4300)
         .flow(1, "203.0.113.8", 443, "new.example.org", "US", 10, 10)
@@ -539,7 +549,7 @@ fn reload_keeps_state_of_rules_that_remain() {
     let o = poll(T0 + 60).run(&mut ev);
     let a = firing(&o);
     assert_eq!(a.len(), 1);
-    assert_eq!(a[0].starts_at, T0, "still the same firing instance");
+    assert_eq!(a[0].starts_at, at(T0), "still the same firing instance");
     assert_eq!(a[0].labels["severity"], "warning");
     ev.replace(
         policy("rules: []\n"),
