@@ -298,6 +298,12 @@ pub fn etherparse_view(reference: &Reference, frame: &[u8], dir: Direction) -> O
     };
     let (src, dst, v6, payload) = match p.net.as_ref()? {
         NetSlice::Ipv4(ip) => {
+            // etherparse walks an AH after an IPv4 header (IPsec) and reports what follows it;
+            // the kernel walks extension headers after IPv6 only (docs: "IPv4 honouring IHL"),
+            // so an IPv4 AH packet counts as protocol 51 without a port. Not compared here.
+            if !ip.extensions().is_empty() {
+                return None;
+            }
             let h = ip.header();
             (IpAddr::V4(h.source_addr()), IpAddr::V4(h.destination_addr()), false, ip.payload())
         }
