@@ -20,6 +20,10 @@ pub const TEST_TOOLS: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     // The IEEE OUI registry, for vendor names.
     ("/usr/share/ieee-data/oui.csv", "ieee-data"),
+    // The capture replay test: tcpreplay puts a capture on the lab's wire, tshark's
+    // conversation statistics are what the sensor's counts must equal.
+    ("tcpreplay", "tcpreplay"),
+    ("tshark", "tshark"),
 ];
 
 /// For each (binary, package) whose binary is not on PATH, installs the package with apt-get
