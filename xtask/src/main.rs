@@ -4,6 +4,7 @@
 mod apt;
 mod bench;
 mod demo;
+mod fuzz;
 mod process;
 mod sensor_build;
 mod test_suite;
@@ -39,8 +40,9 @@ enum Task {
     /// Run all tests: clippy (warnings are errors), then every test target, including the
     /// kernel and network-namespace tests. Needs root.
     Test,
-    /// Run the datapath benchmark and write docs/benchmarks.md.
-    Bench,
+    /// Run the datapath benchmark, the full differential parser test and every fuzz target,
+    /// and write docs/benchmarks.md; fails on a parser mismatch or a fuzz crash.
+    Bench(bench::BenchOpts),
     /// Build the sensor (release) and run the demo.
     Demo(demo::DemoOpts),
 }
@@ -54,7 +56,7 @@ fn main() -> Result<()> {
             sensor_build::build_sensor(release)
         }
         Task::Test => test_suite::run_all(),
-        Task::Bench => bench::run_bench(),
+        Task::Bench(opts) => bench::run_bench(&opts),
         Task::Demo(opts) => {
             toolchain::ensure_toolchain()?;
             sensor_build::build_sensor(true)?;
