@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: runs the datapath benchmark, which rewrites docs/benchmarks.md.
+//! `cargo xtask bench`: runs the datapath benchmark, which rewrites docs/benchmarks.md (keeping
+//! the section `cargo xtask bench --peer` writes there).
 
 use std::{fs, time::SystemTime};
 
@@ -13,6 +14,10 @@ pub fn run_bench() -> Result<()> {
     ensure_toolchain()?;
     let results = workspace_root().join("docs").join("benchmarks.md");
     let before = modified(&results);
+    // The datapath bench writes the whole file; the peer comparison's section is put back.
+    let peer_section = fs::read_to_string(&results)
+        .ok()
+        .and_then(|doc| crate::peer::section_of(&doc));
     run(
         "bench",
         "datapath",
@@ -26,6 +31,12 @@ pub fn run_bench() -> Result<()> {
             "--write-docs",
         ]),
     )?;
+    if let Some(section) = peer_section
+        && let Ok(doc) = fs::read_to_string(&results)
+        && !doc.contains(crate::peer::SECTION_BEGIN)
+    {
+        fs::write(&results, crate::peer::upsert_section(&doc, &section)?)?;
+    }
     // Say whether the file really changed: a bench that exits 0 without writing it would
     // otherwise leave stale numbers looking fresh.
     if modified(&results).is_some_and(|after| Some(after) != before) {

@@ -4,6 +4,7 @@
 mod apt;
 mod bench;
 mod demo;
+mod peer;
 mod process;
 mod sensor_build;
 mod test_suite;
@@ -40,7 +41,12 @@ enum Task {
     /// kernel and network-namespace tests. Needs root.
     Test,
     /// Run the datapath benchmark and write docs/benchmarks.md.
-    Bench,
+    Bench {
+        /// Instead, run the sensor and pmacctd side by side on the same traffic in the lab
+        /// (needs root; installs pmacct) and rewrite the "Side by side with pmacct" section.
+        #[arg(long)]
+        peer: bool,
+    },
     /// Build the sensor (release) and run the demo.
     Demo(demo::DemoOpts),
 }
@@ -54,7 +60,8 @@ fn main() -> Result<()> {
             sensor_build::build_sensor(release)
         }
         Task::Test => test_suite::run_all(),
-        Task::Bench => bench::run_bench(),
+        Task::Bench { peer: false } => bench::run_bench(),
+        Task::Bench { peer: true } => peer::run(),
         Task::Demo(opts) => {
             toolchain::ensure_toolchain()?;
             sensor_build::build_sensor(true)?;
