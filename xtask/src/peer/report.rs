@@ -189,7 +189,15 @@ pub fn headline(results: &[RateResult]) -> String {
          of the {recv} frames for {sns:.0} ns of CPU per frame (kernel programs {bpf:.0} ns, \
          agent {agent:.0} ns); pmacctd's processes used {pns:.0} ns per frame, {ratio:.1}× as \
          much before the kernel's capture work{miss}.",
-        rate = r.rate.label(),
+        rate = match r.rate.per_second() {
+            // The generator shares the machine: say so when it fell short of the offer.
+            Some(offered) if s.wire.sent.rate() < 0.95 * offered as f64 => format!(
+                "{} offered ({} pps achieved)",
+                r.rate.label(),
+                kilo(s.wire.sent.rate())
+            ),
+            _ => r.rate.label(),
+        },
         clients = super::frames::CLIENTS,
         what = if s.exact() { "every one" } else { "NOT all" },
         recv = thousands(s.wire.lan.rx_packets),
@@ -354,11 +362,12 @@ pub fn render(results: &[RateResult], setup: &Setup) -> Result<String> {
     )?;
     writeln!(
         s,
-        "- **pmacctd**: user and system time of its core and print-plugin processes over the \
-         same window (until its CPU time stops growing after the traffic). Not included: the \
-         kernel's work for the capture socket (cloning each frame's first bytes into the \
-         libpcap ring) runs in softirq context and is charged to whatever process the softirq \
-         interrupted, here the generator; the table above shows it as what pmacctd adds to the \
+        "- **pmacctd**: user and system time of its core and print-plugin processes from just \
+         before the traffic until its CPU time stops growing, at least 1.5 s after the last \
+         frame (libpcap hands over a partly filled ring block after its 1 s timeout). Not \
+         included: the kernel's work for the capture socket (copying each frame's first bytes \
+         into libpcap's ring) runs in softirq context and is charged to whatever process the \
+         softirq interrupted, here the generator; the table above shows it as what pmacctd adds to the \
          sending path. The sensor's programs are the same kind of work, but the kernel measures \
          them and they are included. pmacctd 1.7.7 leaves libpcap's ring at its default size \
          (2 MiB; it has no setting for it) and captures 128 bytes per frame (its default \
