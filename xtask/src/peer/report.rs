@@ -341,7 +341,9 @@ pub fn render(results: &[RateResult], setup: &Setup) -> Result<String> {
          copies every frame from the sender into a fresh page with room for XDP; a NIC's driver \
          runs XDP on its own receive buffer before any socket buffer exists, so there this \
          column is not paid. What the sensor adds beyond it is its programs' run time (above) \
-         plus their cache misses on the frames and maps."
+         plus their cache misses on the frames and maps. These columns are differences of two \
+         totals of about 3 µs measured in separate runs on a shared machine: differences of a \
+         couple of hundred ns are within their noise."
     )?;
     writeln!(s)?;
 
@@ -356,7 +358,12 @@ pub fn render(results: &[RateResult], setup: &Setup) -> Result<String> {
          XDP ran in {mode} mode; on a veth it runs in the softirq of the sending CPU. The agent \
          polled every {poll} s (its default): its cost grows with time and flows, not \
          frames, so it weighs most at the lowest rate, where the same polls are shared by \
-         fewer frames per second; the polls column counts those in the window.",
+         fewer frames per second; the polls column counts those in the window. The kernel \
+         programs' figure is several times the datapath benchmark's known-flow cost (above): \
+         here thousands of flows cycle through the maps between two frames of the same flow, \
+         so lookups mostly miss the CPU caches (that benchmark's cold-entry row is the one to \
+         compare with), and the statistics' clock reads are in it (the do-nothing program's \
+         column).",
         mode = setup.xdp_mode,
         poll = agent::POLL.as_secs()
     )?;
