@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: the datapath benchmark, the full differential run of the kernel parser,
 //! and every fuzz target for a fixed time. Each writes its own section of docs/benchmarks.md;
 //! the bench fails if the differential run finds a mismatch or a fuzz target crashes (after
-//! all of them ran and wrote their sections).
+//! all of them ran and wrote their sections). `--peer` runs the side-by-side comparison with
+//! pmacctd instead.
 
 use std::{fs, path::Path, process::Command, time::SystemTime};
 
@@ -21,9 +22,16 @@ pub struct BenchOpts {
     /// Frames of the differential parser run.
     #[arg(long, env = "GWSENSOR_DIFF_FRAMES", default_value_t = 5_000_000)]
     pub differential_frames: u64,
+    /// Instead, run the sensor and pmacctd side by side on the same traffic in the lab (needs
+    /// root; installs pmacct) and rewrite the "Side by side with pmacct" section.
+    #[arg(long)]
+    pub peer: bool,
 }
 
 pub fn run_bench(opts: &BenchOpts) -> Result<()> {
+    if opts.peer {
+        return crate::peer::run();
+    }
     ensure_toolchain()?;
     let results = workspace_root().join("docs").join("benchmarks.md");
     let mut failed = Vec::new();

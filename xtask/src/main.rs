@@ -5,6 +5,7 @@ mod apt;
 mod bench;
 mod demo;
 mod fuzz;
+mod peer;
 mod process;
 mod sensor_build;
 mod test_suite;

@@ -1,0 +1,401 @@
+//! `cargo xtask bench --peer`: the sensor and Debian's pmacctd side by side. In the lab's
+//! namespaces a generator writes a fixed number of frames (many clients to many remotes, mixed
+//! sizes, IPv4 and IPv6) into the gateway's LAN veth at several offered rates; each rate runs
+//! with no monitor, with the sensor (release build) and with pmacctd on that interface. For each
+//! run: frames sent, received by the interface, counted, and the CPU each monitor used. The
+//! results replace the "Side by side with pmacct" section of docs/benchmarks.md.
+
+mod agent;
+mod blaster;
+mod cpu;
+mod frames;
+mod pmacct;
+mod report;
+mod xdp_pass;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use lab::{LanKind, Topology, TopologyBuilder};
+
+use self::{
+    agent::{Agent, BpfStats},
+    blaster::Blaster,
+    frames::Mix,
+    pmacct::Pmacctd,
+    report::{PmacctRun, Rate, RateResult, SensorRun, Wire, XdpPassRun},
+    xdp_pass::XdpPass,
+};
+use crate::{
+    apt::ensure_debian_packages,
+    process::{report as step, workspace_root},
+    sensor_build::build_sensor,
+    toolchain::ensure_toolchain,
+};
+
+const LABEL: &str = "peer";
+/// Frames per run: ten seconds at the lowest rate.
+const FRAMES_PER_RUN: u64 = 1_000_000;
+const RATES: [Rate; 3] = [Rate::Paced(100_000), Rate::Paced(250_000), Rate::Max];
+/// The tools the bench drives, and their Debian packages.
+const TOOLS: &[(&str, &str)] = &[("pmacctd", "pmacct"), ("ip", "iproute2")];
+/// The lab client whose veth carries the generator's frames (its own MAC is not used).
+const GENERATOR_MAC: [u8; 6] = [0x02, 0x42, 0x77, 0x00, 0x00, 0x01];
+
+
+pub fn run() -> Result<()> {
+    let started = Instant::now();
+    lab::check_privileged().context(
+        "the peer bench needs root (it builds network namespaces, loads eBPF, runs pmacctd)",
+    )?;
+    ensure_toolchain()?;
+    ensure_debian_packages(TOOLS)?;
+    build_sensor(true)?;
+    lab::ensure_bpffs()?;
+    let binary = workspace_root().join("target/release/sensor");
+    let stop = lab::interrupt_flag()?;
+
+    let t = Instant::now();
+    let topo = TopologyBuilder::new("gwpeer")
+        .lan(LanKind::Veth)
+        .client("generator", GENERATOR_MAC)
+        .build()?;
+    for prefix in frames::REMOTE_PREFIXES {
+        let family = if prefix.contains(':') { "-6" } else { "-4" };
+        lab::ip(&[
+            "-n",
+            &topo.gateway.ns,
+            family,
+            "route",
+            "add",
+            "blackhole",
+            prefix,
+        ])?;
+    }
+    let mix = frames::mix(topo.gateway.lan_mac)?;
+    let generator = &topo.clients[0];
+    let blaster = Blaster::open(&generator.ns, &generator.ifname)?;
+    let _stats = BpfStats::enable()?;
+    step(
+        LABEL,
+        "lab",
+        &format!(
+            "{} (traffic {} → {}/{}; {} frames in the pool, {} flows)",
+            topo.lab.tag(),
+            generator.ifname,
+            topo.gateway.ns,
+            topo.gateway.lan_if,
+            mix.frames.len(),
+            mix.flows()
+        ),
+        t,
+    );
+
+    let bench = Bench {
+        topo: &topo,
+        blaster: &blaster,
+        mix: &mix,
+        binary: &binary,
+        stop: &stop,
+    };
+    let mut results = Vec::new();
+    let mut xdp_mode = String::new();
+    for (i, rate) in RATES.into_iter().enumerate() {
+        let baseline = bench.baseline(rate)?;
+        let xdp_pass = bench.xdp_pass(rate)?;
+        let sensor = bench.sensor(rate, i)?;
+        xdp_mode.clone_from(&sensor.counted.xdp_mode);
+        let pmacct = bench.pmacct(rate, i)?;
+        results.push(RateResult {
+            rate,
+            baseline,
+            xdp_pass,
+            sensor,
+            pmacct,
+        });
+    }
+    drop(topo);
+
+    let setup = report::Setup {
+        date: command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model: cpu_model(),
+        kernel: read_trimmed("/proc/sys/kernel/osrelease"),
+        load: read_trimmed("/proc/loadavg")
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        pmacct_version: pmacct::version()?,
+        frames_per_run: FRAMES_PER_RUN,
+        clients: frames::CLIENTS,
+        remotes: frames::REMOTES,
+        flows: mix.flows(),
+        mean_len: mix.mean_len(),
+        xdp_mode,
+        took: started.elapsed(),
+    };
+    let section = report::render(&results, &setup)?;
+    println!("\n{section}");
+    let doc_path = workspace_root().join("docs").join("benchmarks.md");
+    write_section(&doc_path, &section)?;
+    println!("[{LABEL}] results written to {}", doc_path.display());
+
+    let inexact: Vec<String> = results
+        .iter()
+        .filter(|r| !r.sensor.exact())
+        .map(|r| r.rate.label())
+        .collect();
+    if !inexact.is_empty() {
+        bail!(
+            "the sensor did not count exactly the frames the interface received at: {}",
+            inexact.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Replaces (or adds) the peer section of the benchmarks document, leaving the rest alone.
+fn write_section(path: &Path, section: &str) -> Result<()> {
+    lab::docs::write_section(path, "peer", section)
+}
+
+struct Bench<'a> {
+    topo: &'a Topology,
+    blaster: &'a Blaster,
+    mix: &'a Mix,
+    binary: &'a PathBuf,
+    stop: &'a AtomicBool,
+}
+
+impl Bench<'_> {
+    /// Sends the run's frames at `rate` and returns what happened on the wire.
+    fn traffic(&self, rate: Rate) -> Result<Wire> {
+        if self.stop.load(Ordering::SeqCst) {
+            bail!("interrupted");
+        }
+        let (gw, lan) = (&self.topo.gateway.ns, &self.topo.gateway.lan_if);
+        let generator = &self.topo.clients[0];
+        let lan_before = cpu::link_counters(gw, lan)?;
+        let peer_before = cpu::link_counters(&generator.ns, &generator.ifname)?;
+        let softirq_before = cpu::ksoftirqd_cpu()?;
+        let sent = self
+            .blaster
+            .send(&self.mix.frames, FRAMES_PER_RUN, rate.per_second())?;
+        // The last frames may still be in a softirq queue.
+        std::thread::sleep(Duration::from_millis(100));
+        let wire = Wire {
+            sent,
+            lan: cpu::link_counters(gw, lan)?.since(&lan_before),
+            peer_tx_dropped: cpu::link_counters(&generator.ns, &generator.ifname)?
+                .since(&peer_before)
+                .tx_dropped,
+            ksoftirqd: cpu::ksoftirqd_cpu()?.saturating_sub(softirq_before),
+        };
+        if wire.lan.rx_packets > wire.sent.frames {
+            bail!(
+                "{} received {} frames but only {} were sent: something else is talking on the LAN",
+                lan,
+                wire.lan.rx_packets,
+                wire.sent.frames
+            );
+        }
+        Ok(wire)
+    }
+
+    fn say(&self, rate: Rate, run: &str, wire: &Wire, detail: &str, since: Instant) {
+        step(
+            LABEL,
+            &format!("{} {run}", rate.label()),
+            &format!(
+                "sent {} at {:.0} pps, lan0 received {}{}{detail}",
+                wire.sent.frames,
+                wire.sent.rate(),
+                wire.lan.rx_packets,
+                if wire.peer_tx_dropped > 0 || wire.sent.stalls > 0 {
+                    format!(
+                        " (veth dropped {}, {} send calls refused and retried)",
+                        wire.peer_tx_dropped, wire.sent.stalls
+                    )
+                } else {
+                    String::new()
+                },
+            ),
+            since,
+        );
+    }
+
+    fn baseline(&self, rate: Rate) -> Result<Wire> {
+        let t = Instant::now();
+        let wire = self.traffic(rate)?;
+        self.say(
+            rate,
+            "no monitor",
+            &wire,
+            &format!("; sending path {:.0} ns/frame", wire.sender_ns_per_frame()),
+            t,
+        );
+        Ok(wire)
+    }
+
+    fn xdp_pass(&self, rate: Rate) -> Result<XdpPassRun> {
+        let t = Instant::now();
+        let prog = XdpPass::attach(&self.topo.gateway.ns, &self.topo.gateway.lan_if)?;
+        let (before, _) = prog.run_time()?;
+        let wire = self.traffic(rate)?;
+        let (after, _) = prog.run_time()?;
+        drop(prog);
+        let run = XdpPassRun {
+            wire,
+            run_ns: after - before,
+        };
+        self.say(
+            rate,
+            "do-nothing XDP",
+            &run.wire,
+            &format!(
+                "; program {:.0} ns/frame, sending path {:.0} ns/frame",
+                run.prog_ns_per_frame(),
+                run.wire.sender_ns_per_frame()
+            ),
+            t,
+        );
+        Ok(run)
+    }
+
+    fn sensor(&self, rate: Rate, i: usize) -> Result<SensorRun> {
+        let t = Instant::now();
+        let ns = &self.topo.gateway.ns;
+        let agent = Agent::start(self.topo, self.binary, &format!("r{i}"))?;
+        let polls_before = agent.counted(ns)?.polls;
+        let before = agent.cost()?;
+        let wire = self.traffic(rate)?;
+        let counted = agent.wait_counted(ns, wire.lan.rx_packets, Duration::from_secs(10))?;
+        let cost = agent.cost()?.since(&before);
+        agent.stop()?;
+        let per_client_exact = (wire.sent.frames == wire.lan.rx_packets).then(|| {
+            let expected = self.mix.per_client(wire.sent.frames);
+            expected.iter().enumerate().all(|(c, &n)| {
+                let mac = mac_text(&frames::client_mac(c));
+                counted.per_mac.get(&mac).copied().unwrap_or(0) == n
+            }) && counted.per_mac.len() == frames::CLIENTS
+        });
+        let run = SensorRun {
+            wire,
+            cost,
+            polls: counted.polls - polls_before,
+            counted,
+            per_client_exact,
+        };
+        self.say(
+            rate,
+            "sensor",
+            &run.wire,
+            &format!(
+                ", counted {}{}; XDP {} ({} runs), kernel programs {:.0} + agent {:.0} ns/frame ({} polls)",
+                run.counted.upload_packets,
+                match run.per_client_exact {
+                    Some(true) => " (every client exact)",
+                    Some(false) => " (PER-CLIENT COUNTS DIFFER)",
+                    None => "",
+                },
+                run.counted.xdp_mode,
+                run.cost.bpf_runs,
+                run.bpf_ns_per_frame(),
+                run.agent_ns_per_frame(),
+                run.polls
+            ),
+            t,
+        );
+        Ok(run)
+    }
+
+    fn pmacct(&self, rate: Rate, i: usize) -> Result<PmacctRun> {
+        let t = Instant::now();
+        let pm = Pmacctd::start(
+            &self.topo.lab,
+            &self.topo.gateway.ns,
+            &self.topo.gateway.lan_if,
+            self.topo.lab.dir(),
+            &format!("r{i}"),
+        )?;
+        let before = pm.cpu()?;
+        let wire = self.traffic(rate)?;
+        // libpcap hands a partly filled ring block to pmacctd only after its 1 s timeout, and
+        // pmacctd may still be draining the ring: wait that long, then until its CPU time
+        // stops growing.
+        std::thread::sleep(Duration::from_millis(1500));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut last = pm.cpu()?;
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = pm.cpu()?;
+            if now == last || Instant::now() > deadline {
+                break;
+            }
+            last = now;
+        }
+        let cpu = pm.cpu()?.saturating_sub(before);
+        let counted = pm.stop()?;
+        let run = PmacctRun { wire, cpu, counted };
+        self.say(
+            rate,
+            "pmacctd",
+            &run.wire,
+            &format!(
+                ", counted {} ({} aggregates), libpcap received {} and dropped {}; {:.0} ns/frame",
+                run.counted.packets,
+                run.counted.rows,
+                run.counted.pcap.received,
+                run.counted.pcap.dropped,
+                run.ns_per_frame()
+            ),
+            t,
+        );
+        Ok(run)
+    }
+}
+
+fn mac_text(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    lab::run(program, args)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_text_is_colon_hex() {
+        assert_eq!(mac_text(&[0x02, 0x42, 0x77, 1, 0, 0xab]), "02:42:77:01:00:ab");
+    }
+}
