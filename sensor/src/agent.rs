@@ -25,7 +25,7 @@ use crate::{
     metrics::Metrics,
     netif,
     pipeline::Pipeline,
-    server, state,
+    sdnotify, server, state,
 };
 
 /// How fast a remote's activity score halves: ranks "top" remotes by the last minutes.
@@ -97,6 +97,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "counting; metrics at http://{}/metrics, clients at /api/v1/clients",
         config.metrics_listen
     );
+    sdnotify::ready(&format!("counting on {}, metrics at {}", config.interface, config.metrics_listen));
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -119,6 +120,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
+    sdnotify::stopping("saving state and detaching");
     // A last poll so that the state file holds everything counted up to now.
     if let Err(e) = pipeline.poll() {
         warn!("final poll failed: {e:#}");

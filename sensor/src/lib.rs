@@ -15,6 +15,7 @@ pub mod loader;
 pub mod metrics;
 pub mod netif;
 pub mod pipeline;
+pub mod sdnotify;
 pub mod server;
 pub mod state;
 
