@@ -10,6 +10,7 @@
 //! Needs root (CAP_SYS_ADMIN + CAP_NET_ADMIN) and iproute2 (`ip`, `bridge`).
 
 mod cmd;
+pub mod dashboards;
 mod gate;
 pub mod mmdb;
 mod netns;
