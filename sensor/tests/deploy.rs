@@ -277,3 +277,14 @@ fn compose_stack_and_grafana_provisioning_agree() {
     // The rules Prometheus loads in the stack are the ones promtool tests.
     assert_eq!(target_of("deploy/prometheus/rules"), Some("/etc/prometheus/rules"));
 }
+
+/// The OpenWrt init script is valid shell and starts what the docs say.
+#[test]
+fn openwrt_init_script_parses() {
+    let script = repo().join("deploy/openwrt/gateway-sensor.init");
+    let Some(out) = run("sh", &["-n", script.to_str().unwrap()], &repo()) else { return };
+    assert_ok("sh -n", &out);
+    let text = std::fs::read_to_string(&script).unwrap();
+    assert!(text.contains(r#"procd_set_param command "$PROG" run --config "$CONF""#));
+    assert!(text.contains("PROG=/usr/bin/sensor") && text.contains("CONF=/etc/gateway-sensor/sensor.yaml"));
+}

@@ -4,6 +4,7 @@
 mod apt;
 mod bench;
 mod demo;
+mod dist;
 mod process;
 mod sensor_build;
 mod test_suite;
@@ -43,6 +44,9 @@ enum Task {
     Bench,
     /// Build the sensor (release) and run the demo.
     Demo(demo::DemoOpts),
+    /// Release artifacts in target/dist/: a .deb for this host and static (musl) binaries for
+    /// x86_64 and aarch64, each checked (statically linked, runs).
+    Dist,
 }
 
 fn main() -> Result<()> {
@@ -59,6 +63,10 @@ fn main() -> Result<()> {
             toolchain::ensure_toolchain()?;
             sensor_build::build_sensor(true)?;
             demo::run(opts)
+        }
+        Task::Dist => {
+            toolchain::ensure_toolchain()?;
+            dist::run_dist()
         }
     }
 }
