@@ -93,6 +93,7 @@ fn deb_package_installs_what_the_unit_uses() {
         r#"["../deploy/sensor.yaml", "etc/gateway-sensor/sensor.yaml", "640"]"#,
         r#"conf-files = ["/etc/gateway-sensor/sensor.yaml"]"#,
         r#"unit-name = "gateway-sensor""#,
+        r#"maintainer-scripts = "../deploy/debian/""#,
     ] {
         assert!(deb.contains(needed), "[package.metadata.deb] lacks {needed}");
     }

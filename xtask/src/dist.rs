@@ -83,6 +83,11 @@ fn build_deb(dist: &Path) -> Result<PathBuf> {
     }
     let conffiles = output(Command::new("dpkg-deb").arg("--info").arg(&deb).arg("conffiles"))?;
     ensure!(conffiles.trim() == "/etc/gateway-sensor/sensor.yaml", "conffiles of {}: {conffiles:?}", deb.display());
+    // The unit is enabled on install and restarted after an upgrade (the pins keep the counts).
+    let postinst = output(Command::new("dpkg-deb").arg("--info").arg(&deb).arg("postinst"))?;
+    for needed in ["deb-systemd-helper", "enable", "gateway-sensor.service", "restart"] {
+        ensure!(postinst.contains(needed), "postinst of {} lacks {needed:?}:\n{postinst}", deb.display());
+    }
     Ok(deb)
 }
 
