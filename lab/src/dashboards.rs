@@ -160,7 +160,7 @@ pub fn variables(dashboard: &Value) -> Vec<&str> {
 /// Every rule a dashboard breaks, as readable lines; empty when it is fine.
 pub fn validate(dashboard: &Value) -> Vec<String> {
     let mut problems = Vec::new();
-    if !dashboard.get("schemaVersion").and_then(Value::as_u64).is_some_and(|v| v >= 36) {
+    if dashboard.get("schemaVersion").and_then(Value::as_u64).is_none_or(|v| v < 36) {
         problems.push("schemaVersion missing or older than 36 (Grafana 9)".into());
     }
     for key in ["uid", "title"] {
