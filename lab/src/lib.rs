@@ -12,6 +12,7 @@
 pub mod alertmanager;
 mod cmd;
 pub mod docs;
+pub mod dashboards;
 mod gate;
 pub mod mmdb;
 mod netns;

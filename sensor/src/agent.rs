@@ -28,7 +28,7 @@ use crate::{
     pipeline::Pipeline,
     policy::eval::Evaluator,
     alerting::Notifier,
-    server, state,
+    sdnotify, server, state,
 };
 
 /// How fast a remote's activity score halves: ranks "top" remotes by the last minutes.
@@ -114,6 +114,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         "counting; metrics at http://{}/metrics, clients at /api/v1/clients",
         config.metrics_listen
     );
+    sdnotify::ready(&format!("counting on {}, metrics at {}", config.interface, config.metrics_listen));
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -151,6 +152,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         }
     }
 
+    sdnotify::stopping("saving state and detaching");
     // A last poll so that the state file holds everything counted up to now.
     match pipeline.poll() {
         Ok(alerts) => notifier.update(SystemTime::now(), &alerts),

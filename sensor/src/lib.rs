@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod netif;
 pub mod pipeline;
 pub mod policy;
+pub mod sdnotify;
 pub mod server;
 pub mod state;
 

@@ -29,6 +29,13 @@ pub const TEST_TOOLS: &[(&str, &str)] = &[
     // conversation statistics are what the sensor's counts must equal.
     ("tcpreplay", "tcpreplay"),
     ("tshark", "tshark"),
+    // The deployment checks (sensor/tests/deploy.rs): unit files, Alertmanager config, and a
+    // real Prometheus (same package as promtool) that must accept every dashboard query.
+    ("systemd-analyze", "systemd"),
+    ("amtool", "prometheus-alertmanager"),
+    ("prometheus", "prometheus"),
+    // The capability tests (sensor/tests/systemd.rs) run the agent under a reduced bounding set.
+    ("setpriv", "util-linux"),
 ];
 
 /// For each (binary, package) whose binary is not on PATH, installs the package with apt-get

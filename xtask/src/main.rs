@@ -6,6 +6,7 @@ mod bench;
 mod demo;
 mod fuzz;
 mod peer;
+mod dist;
 mod process;
 mod sensor_build;
 mod test_suite;
@@ -46,6 +47,9 @@ enum Task {
     Bench(bench::BenchOpts),
     /// Build the sensor (release) and run the demo.
     Demo(demo::DemoOpts),
+    /// Release artifacts in target/dist/: a .deb for this host and static (musl) binaries for
+    /// x86_64 and aarch64, each checked (statically linked, runs).
+    Dist,
 }
 
 fn main() -> Result<()> {
@@ -62,6 +66,10 @@ fn main() -> Result<()> {
             toolchain::ensure_toolchain()?;
             sensor_build::build_sensor(true)?;
             demo::run(opts)
+        }
+        Task::Dist => {
+            toolchain::ensure_toolchain()?;
+            dist::run_dist()
         }
     }
 }

@@ -1,0 +1,291 @@
+//! The deployment files, checked by the tools that will read them: `systemd-analyze` (the
+//! unit), `promtool` (Prometheus config, health rules and their unit tests), `amtool`
+//! (Alertmanager config and routing), a real Prometheus (every dashboard query must be
+//! accepted), and the dashboard rules of `lab::dashboards`.
+//!
+//! Needs no privileges. A missing tool skips with a loud notice, or fails under CI=true or
+//! GWSENSOR_TEST_REQUIRE_PRIVILEGED=1 (`cargo xtask test` installs them).
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use lab::dashboards::{self, Vars};
+
+const SUITE: &str = "deploy checks";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+}
+
+/// Runs `cmd` (in `dir`), or None when `tool` is not installed and that may be skipped.
+fn run(tool: &str, args: &[&str], dir: &Path) -> Option<Output> {
+    match Command::new(tool).args(args).current_dir(dir).stdin(Stdio::null()).output() {
+        Ok(out) => Some(out),
+        Err(e) => {
+            lab::cannot_run(SUITE, &format!("needs `{tool}` ({e}); cargo xtask test installs it"));
+            None
+        }
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn assert_ok(what: &str, out: &Output) {
+    assert!(out.status.success(), "{what} failed ({}):\n{}", out.status, text(out));
+}
+
+/// The unit as shipped, with its binary path pointing at the binary under test
+/// (`systemd-analyze verify` checks that ExecStart's program exists).
+fn unit_under_test(dir: &Path) -> PathBuf {
+    let unit = std::fs::read_to_string(repo().join("deploy/systemd/gateway-sensor.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/bin/sensor run --config /etc/gateway-sensor/sensor.yaml"), "{unit}");
+    let path = dir.join("gateway-sensor.service");
+    std::fs::write(&path, unit.replace("/usr/bin/sensor", env!("CARGO_BIN_EXE_sensor"))).unwrap();
+    path
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = unit_under_test(dir.path());
+    let Some(out) = run("systemd-analyze", &["verify", unit.to_str().unwrap()], dir.path()) else { return };
+    assert_ok("systemd-analyze verify", &out);
+    assert_eq!(text(&out), "", "systemd-analyze verify warned");
+}
+
+/// docs/deploy.md states the unit's exposure score; it must be the one systemd computes.
+#[test]
+fn systemd_exposure_score_is_the_documented_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = unit_under_test(dir.path());
+    let Some(out) = run("systemd-analyze", &["security", "--offline=yes", "--no-pager", unit.to_str().unwrap()], dir.path()) else {
+        return;
+    };
+    assert_ok("systemd-analyze security", &out);
+    let report = text(&out);
+    let measured = report
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for gateway-sensor.service: "))
+        .map(|(_, rest)| rest.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| panic!("no overall exposure level in:\n{report}"));
+    let docs = std::fs::read_to_string(repo().join("docs/deploy.md")).unwrap();
+    let documented = docs
+        .split_once("exposure level **")
+        .and_then(|(_, rest)| rest.split_once("**"))
+        .map(|(score, _)| score.to_string())
+        .expect("docs/deploy.md states `exposure level **N.N OK**`");
+    assert_eq!(measured, documented, "systemd-analyze security says {measured}, docs/deploy.md says {documented}");
+}
+
+/// The .deb installs what the unit runs and reads.
+#[test]
+fn deb_package_installs_what_the_unit_uses() {
+    let manifest = std::fs::read_to_string(repo().join("sensor/Cargo.toml")).unwrap();
+    let deb = manifest.split_once("[package.metadata.deb]").expect("sensor/Cargo.toml has [package.metadata.deb]").1;
+    for needed in [
+        r#"["target/release/sensor", "usr/bin/", "755"]"#,
+        r#"["../deploy/sensor.yaml", "etc/gateway-sensor/sensor.yaml", "640"]"#,
+        r#"conf-files = ["/etc/gateway-sensor/sensor.yaml"]"#,
+        r#"unit-name = "gateway-sensor""#,
+        r#"maintainer-scripts = "../deploy/debian/""#,
+    ] {
+        assert!(deb.contains(needed), "[package.metadata.deb] lacks {needed}");
+    }
+}
+
+#[test]
+fn prometheus_config_and_health_rules_pass_promtool() {
+    let dir = repo().join("deploy/prometheus");
+    let Some(out) = run("promtool", &["check", "config", "prometheus.yml"], &dir) else { return };
+    assert_ok("promtool check config", &out);
+    assert!(text(&out).contains("SUCCESS: 1 rule files found"), "{}", text(&out));
+    let rules = dir.join("rules");
+    let out = run("promtool", &["check", "rules", "gateway-sensor-health.yml"], &rules).unwrap();
+    assert_ok("promtool check rules", &out);
+    assert!(text(&out).contains("SUCCESS: 12 rules found"), "{}", text(&out));
+    // Each alert fires for the unhealthy gateway, with exact labels and texts, and not for the
+    // healthy one (gateway-sensor-health.test.yml).
+    let out = run("promtool", &["test", "rules", "gateway-sensor-health.test.yml"], &rules).unwrap();
+    assert_ok("promtool test rules", &out);
+    assert!(text(&out).contains("SUCCESS"), "{}", text(&out));
+}
+
+#[test]
+fn alertmanager_config_passes_amtool_and_routes_as_documented() {
+    let dir = repo().join("deploy/alertmanager");
+    let Some(out) = run("amtool", &["check-config", "alertmanager.yml"], &dir) else { return };
+    assert_ok("amtool check-config", &out);
+    let cases: [(&[&str], &str); 5] = [
+        (&["alertname=TooMuchUpload", "client=redmi-note", "severity=warning"], "household"),
+        (&["alertname=NewCountry", "client=redmi-note", "severity=critical"], "household-urgent"),
+        (&["alertname=GatewaySensorDown", "component=gateway-sensor", "severity=critical"], "admin-email"),
+        (&["alertname=GatewaySensorFlowEvictions", "component=gateway-sensor", "severity=warning"], "admin-email"),
+        (&["alertname=SomethingElse"], "admin-email"),
+    ];
+    for (labels, receiver) in cases {
+        let mut args = vec!["config", "routes", "test", "--config.file=alertmanager.yml"];
+        args.extend_from_slice(labels);
+        let out = run("amtool", &args, &dir).unwrap();
+        assert_ok("amtool config routes test", &out);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), receiver, "route for {labels:?}");
+    }
+}
+
+#[test]
+fn dashboards_follow_the_rules() {
+    let all = dashboards::load_all(&dashboards::dashboards_dir()).unwrap();
+    let names: Vec<String> = all.iter().map(|d| d.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["device.json", "home-overview.json", "sensor-health.json"]);
+    for d in &all {
+        let problems = dashboards::validate(&d.json);
+        assert!(problems.is_empty(), "{}:\n{}", d.path.display(), problems.join("\n"));
+    }
+    let vars = |d: &dashboards::Dashboard| dashboards::variables(&d.json).join(",");
+    assert_eq!(vars(&all[0]), "datasource,site,instance,client");
+    assert_eq!(vars(&all[1]), "datasource,site,instance");
+    assert_eq!(vars(&all[2]), "datasource,site,instance");
+    let kinds: Vec<&str> = dashboards::panels(&all[1].json).iter().filter_map(|p| p["type"].as_str()).collect();
+    assert!(kinds.contains(&"geomap"), "home overview has a world map: {kinds:?}");
+    // Unique uids: Grafana keeps one dashboard per uid.
+    let mut uids: Vec<&str> = all.iter().map(|d| d.json["uid"].as_str().unwrap()).collect();
+    uids.dedup();
+    assert_eq!(uids.len(), 3);
+}
+
+/// A throwaway Prometheus on loopback with no targets, killed when dropped.
+struct Prometheus {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start() -> Option<Prometheus> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("prometheus.yml"), "global:\n  scrape_interval: 15s\n").unwrap();
+        // A free port: bound and released; Prometheus binds it right after.
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("http://127.0.0.1:{port}");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                lab::cannot_run(SUITE, &format!("needs `prometheus` ({e}); cargo xtask test installs it"));
+                return None;
+            }
+        };
+        let mut prom = Prometheus { child, url, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ureq::get(format!("{}/-/ready", prom.url)).call().is_err() {
+            if let Ok(Some(status)) = prom.child.try_wait() {
+                panic!("prometheus exited during startup: {status}");
+            }
+            assert!(Instant::now() < deadline, "prometheus not ready within 60 s");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Some(prom)
+    }
+
+    /// Error message for a query Prometheus refuses, None when it is accepted.
+    fn refuses(&self, expr: &str) -> Option<String> {
+        let response = ureq::get(format!("{}/api/v1/query", self.url))
+            .query("query", expr)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call();
+        match response {
+            Ok(mut r) if r.status() == 200 => {
+                let body = r.body_mut().read_to_string().unwrap_or_default();
+                (!body.contains(r#""status":"success""#)).then_some(body)
+            }
+            Ok(mut r) => Some(format!("HTTP {}: {}", r.status(), r.body_mut().read_to_string().unwrap_or_default())),
+            Err(e) => Some(format!("request failed: {e}")),
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn every_dashboard_query_is_accepted_by_prometheus() {
+    let Some(prom) = Prometheus::start() else { return };
+    // The checker itself: a broken query must be refused.
+    assert!(prom.refuses("sum(rate(gwsensor_client_bytes_total[5m])").is_some());
+    let vars = Vars { client: "redmi-note".into(), instance: "gw1:9977".into(), site: "home".into(), ..Vars::default() };
+    let mut checked = 0;
+    let mut refused = Vec::new();
+    for d in dashboards::load_all(&dashboards::dashboards_dir()).unwrap() {
+        for (title, expr) in dashboards::panel_queries(&d.json, &vars) {
+            if let Some(why) = prom.refuses(&expr) {
+                refused.push(format!("{} / {title}: {expr}\n  {why}", d.path.display()));
+            }
+            checked += 1;
+        }
+    }
+    assert!(refused.is_empty(), "{} of {checked} queries refused:\n{}", refused.len(), refused.join("\n"));
+    assert!(checked >= 50, "only {checked} queries found");
+}
+
+/// The compose file mounts files that exist, and the provisioning points at what it mounts.
+#[test]
+fn compose_stack_and_grafana_provisioning_agree() {
+    let compose_dir = repo().join("deploy/compose");
+    let compose: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(compose_dir.join("compose.yml")).unwrap()).unwrap();
+    let services = compose["services"].as_mapping().unwrap();
+    let names: Vec<&str> = services.keys().filter_map(|k| k.as_str()).collect();
+    assert_eq!(names, ["prometheus", "alertmanager", "grafana"]);
+    let mut mounts = Vec::new();
+    for (_, service) in services {
+        for volume in service["volumes"].as_sequence().unwrap() {
+            let spec = volume.as_str().unwrap();
+            let (source, target) = spec.split_once(':').unwrap();
+            if source.starts_with('.') {
+                let host = compose_dir.join(source);
+                assert!(host.exists(), "{spec}: {} does not exist", host.display());
+                mounts.push((host.canonicalize().unwrap(), target.trim_end_matches(":ro").to_string()));
+            }
+        }
+    }
+    let target_of = |p: &str| mounts.iter().find(|(h, _)| *h == repo().join(p)).map(|(_, t)| t.as_str());
+    assert_eq!(target_of("grafana/dashboards"), Some("/var/lib/grafana/dashboards/gateway-sensor"));
+    let provider: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(repo().join("grafana/provisioning/dashboards/gateway-sensor.yml")).unwrap()).unwrap();
+    assert_eq!(provider["providers"][0]["options"]["path"].as_str(), Some("/var/lib/grafana/dashboards/gateway-sensor"));
+    assert_eq!(provider["providers"][0]["type"].as_str(), Some("file"));
+    let datasource: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(repo().join("grafana/provisioning/datasources/prometheus.yml")).unwrap()).unwrap();
+    assert_eq!(datasource["datasources"][0]["type"].as_str(), Some("prometheus"));
+    assert_eq!(datasource["datasources"][0]["url"].as_str(), Some("http://prometheus:9090"));
+    // The rules Prometheus loads in the stack are the ones promtool tests.
+    assert_eq!(target_of("deploy/prometheus/rules"), Some("/etc/prometheus/rules"));
+}
+
+/// The OpenWrt init script is valid shell and starts what the docs say.
+#[test]
+fn openwrt_init_script_parses() {
+    let script = repo().join("deploy/openwrt/gateway-sensor.init");
+    let Some(out) = run("sh", &["-n", script.to_str().unwrap()], &repo()) else { return };
+    assert_ok("sh -n", &out);
+    let text = std::fs::read_to_string(&script).unwrap();
+    assert!(text.contains(r#"procd_set_param command "$PROG" run --config "$CONF""#));
+    assert!(text.contains("PROG=/usr/bin/sensor") && text.contains("CONF=/etc/gateway-sensor/sensor.yaml"));
+}

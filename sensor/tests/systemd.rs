@@ -1,0 +1,173 @@
+//! The agent as deploy/systemd/gateway-sensor.service runs it: as root with only CAP_BPF,
+//! CAP_NET_ADMIN and CAP_PERFMON (the unit's CapabilityBoundingSet), telling systemd through
+//! $NOTIFY_SOCKET when it is ready (Type=notify) and when it stops. The capability set is
+//! applied with setpriv's bounding set, as systemd does; the notifications go to a real unix
+//! datagram socket bound here, as systemd's is.
+//!
+//! Needs root (network namespaces, BPF). Without it the tests print a loud SKIPPED line and
+//! pass, unless CI=true or GWSENSOR_TEST_REQUIRE_PRIVILEGED=1, where they fail.
+
+use std::{
+    net::SocketAddr,
+    os::unix::net::UnixDatagram,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use lab::{LanKind, Process, Topology, TopologyBuilder, UdpReceiver, prom::Scrape, send_udp};
+use nix::sys::signal::Signal;
+
+const METRICS: &str = "127.0.0.1:9977";
+/// The unit's CapabilityBoundingSet, in setpriv's words.
+const UNIT_CAPABILITIES: [&str; 3] = ["bpf", "net_admin", "perfmon"];
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn can_run() -> bool {
+    lab::lab_tests_can_run("systemd tests", &["setpriv"])
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+fn config(topo: &Topology, pins: &lab::PinDir) -> String {
+    format!(
+        "interface: {}\nlan_prefixes: [\"{}\"]\npoll_interval: 200ms\nmetrics_listen: {METRICS}\npin_path: {}\nstate_path: {}\n\
+         inventory:\n  devices:\n    - {{ mac: \"{}\", name: phone }}\n",
+        topo.gateway.lan_if,
+        lab::LAN_PREFIXES[0],
+        pins.path().display(),
+        topo.lab.dir().join("state.json").display(),
+        topo.clients[0].mac_text(),
+    )
+}
+
+/// Starts `sensor run` in the gateway namespace with exactly `caps` as its bounding (and so
+/// effective) capability set and $NOTIFY_SOCKET pointing at `notify`.
+fn start_agent(topo: &Topology, caps: &[&str], config: &Path, notify: &Path) -> Process {
+    let set: String = std::iter::once("-all".to_string()).chain(caps.iter().map(|c| format!("+{c}"))).collect::<Vec<_>>().join(",");
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--bounding-set", &set, "--inh-caps=-all", "--"])
+        .arg(env!("CARGO_BIN_EXE_sensor"))
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .env("NOTIFY_SOCKET", notify)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
+    topo.lab.spawn(&topo.gateway.ns, cmd).expect("starting the agent under setpriv")
+}
+
+fn notify_socket(topo: &Topology, name: &str) -> (UnixDatagram, std::path::PathBuf) {
+    let path = topo.lab.dir().join(name);
+    let sock = UnixDatagram::bind(&path).unwrap_or_else(|e| panic!("binding {}: {e}", path.display()));
+    (sock, path)
+}
+
+/// The next datagram, or None if none comes within `timeout` (or, with `agent`, once it exits).
+fn receive(sock: &UnixDatagram, timeout: Duration, agent: Option<&Process>) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match sock.recv(&mut buf) {
+            Ok(n) => return Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => panic!("reading the notify socket: {e}"),
+        }
+        if Instant::now() > deadline || agent.is_some_and(|a| a.try_wait().ok().flatten().is_some()) {
+            return None;
+        }
+    }
+}
+
+#[test]
+fn with_the_units_three_capabilities_the_agent_counts_and_notifies_ready_and_stopping() {
+    if !can_run() {
+        return;
+    }
+    let pins = lab::PinDir::new("systemd", "caps");
+    let topo = TopologyBuilder::new("gwt-sdn")
+        .lan(LanKind::Veth)
+        .client("phone", [0x64, 0x09, 0x80, 0x77, 0x00, 0x21])
+        .build()
+        .expect("building the lab");
+    let cfg = topo.lab.dir().join("sensor.yaml");
+    std::fs::write(&cfg, config(&topo, &pins)).unwrap();
+    let (sock, path) = notify_socket(&topo, "notify.sock");
+    let agent = start_agent(&topo, &UNIT_CAPABILITIES, &cfg, &path);
+    let fail = |msg: &str| -> ! { panic!("{msg}\n===== agent log =====\n{}", agent.log()) };
+
+    let ready = receive(&sock, START_TIMEOUT, Some(&agent)).unwrap_or_else(|| fail("no READY=1 from the agent"));
+    assert_eq!(ready, format!("READY=1\nSTATUS=counting on lan0, metrics at {METRICS}\n"));
+    // READY means ready: the programs are attached and /metrics answers at that moment.
+    let metrics_url = format!("http://{METRICS}/metrics");
+    let text = lab::http_get(&topo.gateway.ns, &metrics_url).unwrap_or_else(|e| fail(&format!("/metrics after READY=1: {e:#}")));
+    let scrape = Scrape::parse(&text).unwrap();
+    assert_eq!(scrape.get("gwsensor_xdp_attach_mode", &[("interface", "lan0"), ("mode", "driver")]), Some(1.0), "{text}");
+
+    // And it counts with nothing more: 4 datagrams of 100 bytes, 14 + 20 + 8 + 100 = 142 B each.
+    let phone = topo.client("phone");
+    let server = UdpReceiver::bind(&topo.internet.ns, sa("10.77.2.2:5001")).unwrap();
+    send_udp(&phone.ns, sa("10.77.1.10:40001"), server.addr(), 4, 100).unwrap();
+    server.wait_for(4, Duration::from_secs(5)).unwrap();
+    let labels = [("client", "phone"), ("mac", "64:09:80:77:00:21"), ("direction", "upload")];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = lab::http_get(&topo.gateway.ns, &metrics_url).unwrap_or_default();
+        let scrape = Scrape::parse(&text).unwrap_or_default();
+        let got = (scrape.get("gwsensor_client_packets_total", &labels), scrape.get("gwsensor_client_bytes_total", &labels));
+        if got == (Some(4.0), Some(568.0)) {
+            break;
+        }
+        if Instant::now() > deadline {
+            fail(&format!("upload of phone: got (packets, bytes) {got:?}, want (4, 568)\n{text}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    agent.signal(Signal::SIGTERM).unwrap();
+    let stopping = receive(&sock, Duration::from_secs(15), None).unwrap_or_else(|| fail("no STOPPING=1 after SIGTERM"));
+    assert_eq!(stopping, "STOPPING=1\nSTATUS=saving state and detaching\n");
+    match agent.wait_timeout(Duration::from_secs(15)).unwrap() {
+        Some(status) if status.success() => {}
+        other => fail(&format!("the agent did not exit cleanly after SIGTERM: {other:?}")),
+    }
+}
+
+#[test]
+fn without_any_one_of_the_three_capabilities_the_agent_refuses_to_start() {
+    if !can_run() {
+        return;
+    }
+    let topo = TopologyBuilder::new("gwt-sdc")
+        .lan(LanKind::Veth)
+        .client("phone", [0x64, 0x09, 0x80, 0x77, 0x00, 0x22])
+        .build()
+        .expect("building the lab");
+    // What the kernel says when each one is missing: CAP_BPF creates maps; CAP_NET_ADMIN lets
+    // networking program types (XDP, TC) load at all (EPERM); without CAP_PERFMON the verifier
+    // refuses the payload-copy program's pointer handling (EACCES, with its log).
+    let expected = [
+        ("bpf", "failed to create map"),
+        ("net_admin", "the kernel verifier rejected the XDP capture program: the BPF_PROG_LOAD syscall returned Operation not permitted"),
+        ("perfmon", "pointer arithmetic with it prohibited for !root"),
+    ];
+    for (missing, error) in expected {
+        let pins = lab::PinDir::new("systemd", &format!("no-{missing}"));
+        let cfg = topo.lab.dir().join(format!("sensor-no-{missing}.yaml"));
+        std::fs::write(&cfg, config(&topo, &pins)).unwrap();
+        let (sock, path) = notify_socket(&topo, &format!("notify-no-{missing}.sock"));
+        let caps: Vec<&str> = UNIT_CAPABILITIES.into_iter().filter(|c| *c != missing).collect();
+        let agent = start_agent(&topo, &caps, &cfg, &path);
+        let status = agent.wait_timeout(START_TIMEOUT).unwrap();
+        let log = agent.log();
+        if status.is_none() {
+            agent.signal(Signal::SIGKILL).unwrap();
+        }
+        assert_eq!(status.and_then(|s| s.code()), Some(1), "without CAP_{missing}: exit status\n{log}");
+        assert!(log.contains(error), "without CAP_{missing}: expected {error:?} in the log\n{log}");
+        assert_eq!(receive(&sock, Duration::ZERO, None), None, "without CAP_{missing}: READY=1 sent\n{log}");
+    }
+}
