@@ -41,7 +41,8 @@ enum Task {
     Test,
     /// Run the datapath benchmark and write docs/benchmarks.md.
     Bench,
-    /// Build the sensor (release) and run the demo.
+    /// Set up, build the sensor (release) and play the demo: a home network in namespaces, the
+    /// agent on its router with the example config and policy, Prometheus and Alertmanager.
     Demo(demo::DemoOpts),
 }
 
@@ -56,7 +57,12 @@ fn main() -> Result<()> {
         Task::Test => test_suite::run_all(),
         Task::Bench => bench::run_bench(),
         Task::Demo(opts) => {
+            // Checked first, before minutes of setup and build.
+            if !nix::unistd::geteuid().is_root() {
+                anyhow::bail!("the demo needs root (it builds network namespaces and loads eBPF): run it with sudo -E");
+            }
             toolchain::ensure_toolchain()?;
+            apt::ensure_debian_packages(apt::DEMO_TOOLS)?;
             sensor_build::build_sensor(true)?;
             demo::run(opts)
         }
