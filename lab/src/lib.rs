@@ -11,6 +11,7 @@
 
 pub mod alertmanager;
 mod cmd;
+pub mod docs;
 mod gate;
 pub mod mmdb;
 mod netns;

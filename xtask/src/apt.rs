@@ -25,6 +25,10 @@ pub const TEST_TOOLS: &[(&str, &str)] = &[
     // hash of its basic-auth user.
     ("prometheus-alertmanager", "prometheus-alertmanager"),
     ("htpasswd", "apache2-utils"),
+    // The capture replay test: tcpreplay puts a capture on the lab's wire, tshark's
+    // conversation statistics are what the sensor's counts must equal.
+    ("tcpreplay", "tcpreplay"),
+    ("tshark", "tshark"),
 ];
 
 /// What `cargo xtask demo` runs: the lab (ip), the router's DNS (dnsmasq), vendor names (IEEE

@@ -1,44 +1,95 @@
-//! `cargo xtask bench`: runs the datapath benchmark, which rewrites docs/benchmarks.md.
+//! `cargo xtask bench`: the datapath benchmark, the full differential run of the kernel parser,
+//! and every fuzz target for a fixed time. Each writes its own section of docs/benchmarks.md;
+//! the bench fails if the differential run finds a mismatch or a fuzz target crashes (after
+//! all of them ran and wrote their sections).
 
-use std::{fs, time::SystemTime};
+use std::{fs, path::Path, process::Command, time::SystemTime};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 use crate::{
+    fuzz,
     process::{cargo, run, workspace_root},
     toolchain::ensure_toolchain,
 };
 
-pub fn run_bench() -> Result<()> {
+#[derive(clap::Args)]
+pub struct BenchOpts {
+    /// Seconds each fuzz target runs.
+    #[arg(long, env = "GWSENSOR_FUZZ_SECONDS", default_value_t = 20)]
+    pub fuzz_seconds: u64,
+    /// Frames of the differential parser run.
+    #[arg(long, env = "GWSENSOR_DIFF_FRAMES", default_value_t = 5_000_000)]
+    pub differential_frames: u64,
+}
+
+pub fn run_bench(opts: &BenchOpts) -> Result<()> {
     ensure_toolchain()?;
     let results = workspace_root().join("docs").join("benchmarks.md");
+    let mut failed = Vec::new();
+
     let before = modified(&results);
-    run(
+    if let Err(e) = run(
         "bench",
         "datapath",
-        cargo().args([
-            "bench",
-            "-p",
-            "sensor",
-            "--bench",
-            "datapath",
-            "--",
-            "--write-docs",
-        ]),
-    )?;
-    // Say whether the file really changed: a bench that exits 0 without writing it would
-    // otherwise leave stale numbers looking fresh.
-    if modified(&results).is_some_and(|after| Some(after) != before) {
-        println!("[bench] results written to {}", results.display());
-    } else {
-        println!(
-            "[bench] warning: the bench did not update {}; its numbers are not from this run",
-            results.display()
-        );
+        cargo().args(["bench", "-p", "sensor", "--bench", "datapath", "--", "--write-docs"]),
+    ) {
+        failed.push(format!("datapath: {e:#}"));
+    }
+    say_written(&results, before, "datapath");
+
+    let before = modified(&results);
+    if let Err(e) = run(
+        "bench",
+        &format!("differential parser test, {} frames", opts.differential_frames),
+        cargo()
+            .args(["bench", "-p", "sensor", "--bench", "differential", "--", "--write-docs"])
+            .env("GWSENSOR_DIFF_FRAMES", opts.differential_frames.to_string()),
+    ) {
+        failed.push(format!("differential parser test (mismatches are listed above and in the doc): {e:#}"));
+    }
+    say_written(&results, before, "differential");
+
+    match fuzz::run_all(opts.fuzz_seconds) {
+        Ok(runs) => {
+            let doc = fuzz::render_doc(&runs, opts.fuzz_seconds, &text_of("date", &["-u", "+%Y-%m-%d %H:%M UTC"]), &machine());
+            lab::docs::write_section(&results, "fuzzing", &doc)?;
+            println!("[bench] fuzzing results written to {}", results.display());
+            for r in runs.iter().filter(|r| !r.crashes.is_empty()) {
+                failed.push(format!("fuzz target {} crashed: {:?}", r.target, r.crashes));
+            }
+        }
+        Err(e) => failed.push(format!("fuzzing: {e:#}")),
+    }
+
+    if !failed.is_empty() {
+        bail!("the bench found problems:\n  {}", failed.join("\n  "));
     }
     Ok(())
 }
 
-fn modified(path: &std::path::Path) -> Option<SystemTime> {
+/// Says whether a step really rewrote the results: one that exits 0 without writing them would
+/// otherwise leave stale numbers looking fresh.
+fn say_written(results: &Path, before: Option<SystemTime>, what: &str) {
+    if modified(results).is_some_and(|after| Some(after) != before) {
+        println!("[bench] {what} results written to {}", results.display());
+    } else {
+        println!("[bench] warning: {what} did not update {}; its numbers are not from this run", results.display());
+    }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
     fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn text_of(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    format!("{} CPUs; kernel {}", text_of("nproc", &[]), text_of("uname", &["-r"]))
 }

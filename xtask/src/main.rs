@@ -4,6 +4,7 @@
 mod apt;
 mod bench;
 mod demo;
+mod fuzz;
 mod process;
 mod sensor_build;
 mod test_suite;
@@ -39,8 +40,9 @@ enum Task {
     /// Run all tests: clippy (warnings are errors), then every test target, including the
     /// kernel and network-namespace tests. Needs root.
     Test,
-    /// Run the datapath benchmark and write docs/benchmarks.md.
-    Bench,
+    /// Run the datapath benchmark, the full differential parser test and every fuzz target,
+    /// and write docs/benchmarks.md; fails on a parser mismatch or a fuzz crash.
+    Bench(bench::BenchOpts),
     /// Set up, build the sensor (release) and play the demo: a home network in namespaces, the
     /// agent on its router with the example config and policy, Prometheus and Alertmanager.
     Demo(demo::DemoOpts),
@@ -55,7 +57,7 @@ fn main() -> Result<()> {
             sensor_build::build_sensor(release)
         }
         Task::Test => test_suite::run_all(),
-        Task::Bench => bench::run_bench(),
+        Task::Bench(opts) => bench::run_bench(&opts),
         Task::Demo(opts) => {
             // Checked first, before minutes of setup and build.
             if !nix::unistd::geteuid().is_root() {

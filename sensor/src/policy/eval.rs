@@ -22,6 +22,8 @@ use crate::{alerting::Alert, api::human_bytes};
 pub const MAX_SERIES: usize = 20_000;
 /// Most destinations remembered per client and level for `new_destination`.
 pub const MAX_KNOWN_PER_CLIENT: usize = 20_000;
+/// Most devices remembered for `new_device` (randomized MACs add up over the years).
+pub const MAX_KNOWN_DEVICES: usize = 100_000;
 
 /// What one evaluation produced.
 #[derive(Debug, Default)]
@@ -223,7 +225,7 @@ impl Evaluator {
     fn learn_devices(&mut self, facts: &PollFacts) -> Vec<(usize, u64)> {
         let mut new = Vec::new();
         for (i, c) in facts.clients.iter().enumerate() {
-            if !self.state.devices.contains_key(&c.mac_text) {
+            if !self.state.devices.contains_key(&c.mac_text) && self.state.devices.len() < MAX_KNOWN_DEVICES {
                 self.state.devices.insert(c.mac_text.clone(), facts.now);
                 new.push((i, facts.now));
             }

@@ -1,0 +1,77 @@
+//! Generated sections of a Markdown file (docs/benchmarks.md): each benchmark of `cargo xtask
+//! bench` rewrites its own section, between markers, and leaves the rest of the file as it is.
+
+use std::{fs, path::Path};
+
+use anyhow::Context as _;
+
+fn begin(id: &str) -> String {
+    format!("<!-- begin generated section `{id}`: rewritten by `cargo xtask bench`, do not edit by hand -->")
+}
+
+fn end(id: &str) -> String {
+    format!("<!-- end generated section `{id}` -->")
+}
+
+/// `text` with section `id` set to `body` (Markdown, its own heading included): the section is
+/// replaced where its markers are, or appended at the end.
+pub fn with_section(text: &str, id: &str, body: &str) -> anyhow::Result<String> {
+    let (b, e) = (begin(id), end(id));
+    let section = format!("{b}\n\n{}\n\n{e}\n", body.trim());
+    match (text.find(&b), text.find(&e)) {
+        (Some(start), Some(stop)) if start < stop => {
+            let after = text[stop + e.len()..].strip_prefix('\n').unwrap_or(&text[stop + e.len()..]);
+            Ok(format!("{}{section}{after}", &text[..start]))
+        }
+        (None, None) => {
+            let text = text.trim_end();
+            Ok(if text.is_empty() { section } else { format!("{text}\n\n{section}") })
+        }
+        _ => anyhow::bail!("the markers of section `{id}` are broken (one missing, or out of order)"),
+    }
+}
+
+/// Rewrites section `id` of the file at `path` (created if missing).
+pub fn write_section(path: &Path, id: &str, body: &str) -> anyhow::Result<()> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let new = with_section(&text, id, body).with_context(|| path.display().to_string())?;
+    fs::write(path, new).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_a_new_section_and_replaces_it_in_place_later() {
+        let text = "# Benchmarks\n\nIntro.\n";
+        let one = with_section(text, "a", "## A\n\nfirst").unwrap();
+        assert_eq!(one, format!("# Benchmarks\n\nIntro.\n\n{}\n\n## A\n\nfirst\n\n{}\n", begin("a"), end("a")));
+        let two = with_section(&one, "b", "## B\n\nbee\n").unwrap();
+        let three = with_section(&two, "a", "## A\n\nsecond").unwrap();
+        assert_eq!(
+            three,
+            format!(
+                "# Benchmarks\n\nIntro.\n\n{}\n\n## A\n\nsecond\n\n{}\n\n{}\n\n## B\n\nbee\n\n{}\n",
+                begin("a"),
+                end("a"),
+                begin("b"),
+                end("b")
+            )
+        );
+        // Rewriting with the same body changes nothing.
+        assert_eq!(with_section(&three, "b", "## B\n\nbee").unwrap(), three);
+    }
+
+    #[test]
+    fn broken_markers_are_an_error_not_a_duplicate() {
+        let text = format!("x\n{}\n", begin("a"));
+        assert!(with_section(&text, "a", "body").is_err());
+        let text = format!("{}\n{}\n", end("a"), begin("a"));
+        assert!(with_section(&text, "a", "body").is_err());
+    }
+}
