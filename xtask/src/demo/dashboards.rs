@@ -87,7 +87,7 @@ pub fn variables(dashboard: &Value) -> Vec<Variable> {
 
 /// Fills `$var`, `${var}`, `${var:format}` and `[[var]]` from `values`. An unknown variable is
 /// an error (Grafana would send it to Prometheus as is, which fails to parse). A `$` not
-/// followed by a name (a regex anchor) stays.
+/// followed by a name (a regex anchor) or by digits (label_replace's `$1`) stays.
 pub fn substitute(expr: &str, values: &BTreeMap<String, String>) -> Result<String> {
     let mut out = String::with_capacity(expr.len());
     let mut rest = expr;
@@ -118,7 +118,8 @@ pub fn substitute(expr: &str, values: &BTreeMap<String, String>) -> Result<Strin
         } else {
             ("", None, 1)
         };
-        if name.is_empty() {
+        // `$1` in label_replace is PromQL's own, not a variable.
+        if name.is_empty() || name.bytes().all(|b| b.is_ascii_digit()) {
             out.push_str(&tail[..1]);
             rest = &tail[1..];
             continue;
@@ -177,6 +178,19 @@ pub struct Range {
 }
 
 impl Range {
+    /// [start, end] at `step`, with `start` moved back to a whole number of steps before `end`:
+    /// a range query evaluates at start + k × step, and the last evaluation must be `end`
+    /// itself, or the freshest samples (the alert firing now) fall between two steps.
+    pub fn ending_at(start: f64, end: f64, step: f64, scrape_interval: f64) -> Range {
+        let steps = ((end - start) / step).ceil().max(1.0);
+        Range {
+            start: end - steps * step,
+            end,
+            step,
+            scrape_interval,
+        }
+    }
+
     fn builtins(&self) -> BTreeMap<String, String> {
         let range = (self.end - self.start).round().max(1.0) as u64;
         // Grafana: max($__interval + scrape interval, 4 × scrape interval).
@@ -261,15 +275,23 @@ impl Outcome {
     }
 }
 
+/// Every `*.json` under `dir` (grafana/dashboards/ and the like), sorted.
 pub fn dashboard_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    if !dir.is_dir() {
-        return Ok(Vec::new());
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if !d.is_dir() {
+            continue;
+        }
+        for entry in std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "json") {
+                files.push(path);
+            }
+        }
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("listing {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
     files.sort();
     Ok(files)
 }
@@ -403,6 +425,10 @@ mod tests {
         assert_eq!(
             substitute(r#"m{client=~"^a.*$"}[5m]"#, &v).unwrap(),
             r#"m{client=~"^a.*$"}[5m]"#
+        );
+        assert_eq!(
+            substitute(r#"label_replace(m, "a", "$1", "b", "(.*)")"#, &v).unwrap(),
+            r#"label_replace(m, "a", "$1", "b", "(.*)")"#
         );
         assert!(substitute("m{site=\"$site\"}", &v).is_err());
     }

@@ -171,7 +171,27 @@ pub fn run(opts: DemoOpts) -> Result<()> {
         },
         Timeline::new(),
     );
-    match story.play(&mut background) {
+    // --replay-once: the dashboards' queries run while the alert fires.
+    let dashboards_dir = root.join("grafana");
+    let mut dashboard_outcomes: Option<Vec<dashboards::Outcome>> = None;
+    let mut while_firing = |tl: &mut Timeline| -> Result<()> {
+        if !opts.replay_once {
+            return Ok(());
+        }
+        let range = dashboards::Range::ending_at(story_start, story::unix_now(), 2.0, 1.0);
+        let outcomes = run_dashboards(&dashboards_dir, &prom, &range)?;
+        let with_data = outcomes.iter().filter(|o| o.ok()).count();
+        let what = match outcomes.len() {
+            0 => format!("none in {}", dashboards_dir.display()),
+            n => format!(
+                "{n} panel queries run against Prometheus while the alert fires: {with_data} with data"
+            ),
+        };
+        tl.say("Grafana dashboards", &what);
+        dashboard_outcomes = Some(outcomes);
+        Ok(())
+    };
+    match story.play(&mut background, &mut while_firing) {
         Ok(()) => {}
         Err(e) if e.is::<Interrupted>() => {
             println!("\n[demo] interrupted: cleaning up");
@@ -193,13 +213,8 @@ pub fn run(opts: DemoOpts) -> Result<()> {
     urls.print(&dir);
 
     if opts.replay_once {
-        let range = dashboards::Range {
-            start: story_start,
-            end: story::unix_now(),
-            step: 2.0,
-            scrape_interval: 1.0,
-        };
-        let (queries, dashboard_problems) = check_dashboards(&root.join("grafana"), &prom, &range)?;
+        let (queries, dashboard_problems) =
+            print_dashboards(&dashboards_dir, dashboard_outcomes.as_deref());
         problems.extend(dashboard_problems);
         section("Verdict");
         for (title, fired, gone) in story.alerts() {
@@ -340,21 +355,12 @@ impl Urls {
     }
 }
 
-/// Runs the dashboards' panel queries; returns how many ran and the problems (queries
-/// without data).
-fn check_dashboards(
+/// Runs the dashboards' panel queries over `range`.
+fn run_dashboards(
     dir: &Path,
     prom: &Prometheus,
     range: &dashboards::Range,
-) -> Result<(usize, Vec<String>)> {
-    section(&format!(
-        "Dashboards ({}/*.json) against the demo's Prometheus",
-        dir.display()
-    ));
-    if dashboards::dashboard_files(dir)?.is_empty() {
-        println!("  no dashboards");
-        return Ok((0, Vec::new()));
-    }
+) -> Result<Vec<dashboards::Outcome>> {
     let preferred: BTreeMap<&str, &str> = [
         ("client", home::PHONE.name),
         ("instance", METRICS),
@@ -363,13 +369,33 @@ fn check_dashboards(
     ]
     .into_iter()
     .collect();
-    let outcomes = dashboards::check(dir, prom, range, &preferred)?;
+    dashboards::check(dir, prom, range, &preferred)
+}
+
+/// The table of panel → series; returns how many queries ran and the problems (queries
+/// without data, or none run because the alert never fired).
+fn print_dashboards(dir: &Path, outcomes: Option<&[dashboards::Outcome]>) -> (usize, Vec<String>) {
+    section(&format!(
+        "Dashboards ({}/**/*.json) against the demo's Prometheus",
+        dir.display()
+    ));
+    let Some(outcomes) = outcomes else {
+        println!("  not run: the alert never fired");
+        return (
+            0,
+            vec!["the dashboards were not checked (the alert never fired)".into()],
+        );
+    };
+    if outcomes.is_empty() {
+        println!("  no dashboards");
+        return (0, Vec::new());
+    }
     println!(
         "  {:<28} {:<40} {:<4} {:>6}",
         "dashboard", "panel", "ref", "series"
     );
     let mut problems = Vec::new();
-    for o in &outcomes {
+    for o in outcomes {
         let series = match &o.series {
             Ok(n) => n.to_string(),
             Err(_) => "error".to_string(),
@@ -395,7 +421,7 @@ fn check_dashboards(
         outcomes.len(),
         outcomes.iter().filter(|o| o.ok()).count()
     );
-    Ok((outcomes.len(), problems))
+    (outcomes.len(), problems)
 }
 
 fn print_logs(agent: &lab::Process, prom: &Prometheus, am: &Alertmanager) {

@@ -337,7 +337,13 @@ impl<'a> Story<'a> {
     }
 
     /// Plays the story; the background traffic (TV, laptop) starts on `background`.
-    pub fn play(&mut self, background: &mut Background) -> Result<()> {
+    /// `while_firing` runs once the alert fires and Prometheus has scraped it firing (the
+    /// dashboards are looked at then, as a person would during the incident).
+    pub fn play(
+        &mut self,
+        background: &mut Background,
+        while_firing: &mut dyn FnMut(&mut Timeline) -> Result<()>,
+    ) -> Result<()> {
         let topo = self.ctx.topo;
         let (phone, laptop, tv) = (
             topo.client(PHONE.name),
@@ -511,6 +517,25 @@ impl<'a> Story<'a> {
             return Ok(());
         }
 
+        let q = format!("gwsensor_policy_alerts{{rule=\"{RULE}\",state=\"firing\"}} > 0");
+        let prom = self.ctx.prom;
+        let scraped = self.wait_until(
+            Duration::from_secs(10),
+            |_| prom.query(&q).is_ok_and(|r| !r.is_empty()),
+            |t| {
+                format!(
+                    "waiting for Prometheus to scrape the firing alert… {:.0} s",
+                    t.as_secs_f64()
+                )
+            },
+        )?;
+        if !scraped {
+            self.problems.push(format!(
+                "Prometheus has no {q} within 10 s of the alert firing"
+            ));
+        }
+        while_firing(&mut self.tl)?;
+
         // The upload has stopped: the window drains, and the alert resolves.
         self.tl.say(
             "story",
@@ -552,20 +577,27 @@ impl<'a> Story<'a> {
             "gwsensor_policy_violations_total{{rule=\"{RULE}\",client=\"{}\"}}",
             PHONE.name
         );
-        let violations = prom
-            .query(&q)?
+        // Every sample Prometheus scraped during the story: the counter must go from 0 (it
+        // exists from the phone's first counted traffic) to 1, or increase() misses the alert.
+        let secs = self.tl.elapsed().as_secs() + 1;
+        let samples: Vec<f64> = prom
+            .query(&format!("{q}[{secs}s]"))?
             .first()
-            .and_then(|s| s["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()));
-        self.tl.say(
-            "Prometheus",
-            &format!(
-                "{q} = {}",
-                violations.map_or("(no series)".to_string(), |v| v.to_string())
-            ),
-        );
-        if violations != Some(1.0) {
-            self.problems
-                .push(format!("Prometheus has {q} = {violations:?}, expected 1"));
+            .and_then(|s| s["values"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| v[1].as_str().and_then(|v| v.parse().ok()))
+            .collect();
+        let (first, last) = (samples.first().copied(), samples.last().copied());
+        let text = match (first, last) {
+            (Some(f), Some(l)) => format!("went from {f} to {l} ({} scrapes)", samples.len()),
+            _ => "has no samples".to_string(),
+        };
+        self.tl.say("Prometheus", &format!("{q} {text}"));
+        if (first, last) != (Some(0.0), Some(1.0)) {
+            self.problems.push(format!(
+                "Prometheus's samples of {q} go from {first:?} to {last:?}, expected 0 to 1"
+            ));
         }
         let secs = self.tl.elapsed().as_secs().max(60);
         let q = format!(
