@@ -99,6 +99,10 @@ impl Pipeline {
         let started = Instant::now();
         let facts = self.policy_facts(snap, now);
         let outcome = self.policy.evaluate(&facts);
+        for (rule, client) in &outcome.started {
+            // Creates the series at 0 (a no-op when it exists).
+            self.metrics.policy_violations.with_label_values(&[rule.as_str(), client.as_str()]);
+        }
         for (rule, client) in &outcome.fired {
             self.metrics.policy_violations.with_label_values(&[rule.as_str(), client.as_str()]).inc();
             info!(rule = %rule, client = %client, "alert firing");

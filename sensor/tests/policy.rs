@@ -216,6 +216,9 @@ fn bulk_upload_fires_at_every_alertmanager_and_resolves() {
     std::thread::sleep(2 * POLL);
     assert_eq!(agent.metric("gwsensor_policy_alerts", &[("rule", "PhoneCloudUploadWhileSyncOff"), ("state", "firing")]), 0.0);
     assert!(am1.alerts().unwrap().is_empty(), "update checks must raise nothing: {:?}", am1.alerts());
+    // The rule counted the update checks (CN): its violations counter exists, at 0, so that
+    // Prometheus's increase() will see the first violation.
+    assert_eq!(agent.scrape().get("gwsensor_policy_violations_total", &[("rule", "PhoneCloudUploadWhileSyncOff"), ("client", "phone")]), Some(0.0));
 
     // Cloud sync is "off"; the phone uploads 2.4 MB of photos to its maker's cloud in China.
     services::dns_query(&phone, sa("10.77.1.1:53"), "upload.micloud.xiaomi.net", DNS_A).unwrap();

@@ -38,6 +38,16 @@ pub const TEST_TOOLS: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
 ];
 
+/// What `cargo xtask demo` runs: the lab (ip), the router's DNS (dnsmasq), vendor names (IEEE
+/// OUI registry), and a real Prometheus and Alertmanager.
+pub const DEMO_TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("dnsmasq", "dnsmasq-base"),
+    ("/usr/share/ieee-data/oui.csv", "ieee-data"),
+    ("prometheus", "prometheus"),
+    ("prometheus-alertmanager", "prometheus-alertmanager"),
+];
+
 /// For each (binary, package) whose binary is not on PATH, installs the package with apt-get
 /// (one `apt-get update`, one `apt-get install` for all of them). Needs root only when
 /// something is actually missing.

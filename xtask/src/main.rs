@@ -45,7 +45,8 @@ enum Task {
     /// Run the datapath benchmark, the full differential parser test and every fuzz target,
     /// and write docs/benchmarks.md; fails on a parser mismatch or a fuzz crash.
     Bench(bench::BenchOpts),
-    /// Build the sensor (release) and run the demo.
+    /// Set up, build the sensor (release) and play the demo: a home network in namespaces, the
+    /// agent on its router with the example config and policy, Prometheus and Alertmanager.
     Demo(demo::DemoOpts),
     /// Release artifacts in target/dist/: a .deb for this host and static (musl) binaries for
     /// x86_64 and aarch64, each checked (statically linked, runs).
@@ -63,7 +64,12 @@ fn main() -> Result<()> {
         Task::Test => test_suite::run_all(),
         Task::Bench(opts) => bench::run_bench(&opts),
         Task::Demo(opts) => {
+            // Checked first, before minutes of setup and build.
+            if !nix::unistd::geteuid().is_root() {
+                anyhow::bail!("the demo needs root (it builds network namespaces and loads eBPF): run it with sudo -E");
+            }
             toolchain::ensure_toolchain()?;
+            apt::ensure_debian_packages(apt::DEMO_TOOLS)?;
             sensor_build::build_sensor(true)?;
             demo::run(opts)
         }

@@ -3,7 +3,7 @@
 
 use std::{env, process::Command};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 use crate::{
     apt::{TEST_TOOLS, ensure_debian_packages},
@@ -66,6 +66,13 @@ pub fn run_all() -> Result<()> {
             .arg("test")
             .args(HOST_PACKAGES)
             .args(["--all-targets", "--no-fail-fast"]),
+    )?;
+    // The demo's story end to end: the release agent, a real Prometheus and Alertmanager, the
+    // expected alert firing and resolving, and every dashboard panel query returning data.
+    run(
+        "test",
+        "cargo xtask demo --replay-once",
+        Command::new(env::current_exe().context("locating the xtask binary")?).args(["demo", "--replay-once"]),
     )?;
     println!("[test] all checks passed");
     Ok(())

@@ -32,6 +32,10 @@ pub struct Outcome {
     pub alerts: Vec<Alert>,
     /// (rule, client) of every alert that started firing in this evaluation.
     pub fired: Vec<(String, String)>,
+    /// (rule, client) of every series this evaluation started tracking: the violations
+    /// counter is created at 0 then, before an alert can fire (Prometheus's increase() cannot
+    /// see the first violation of a counter whose series appears at 1).
+    pub started: Vec<(String, String)>,
     /// Per rule: (pending, firing).
     pub counts: BTreeMap<String, (usize, usize)>,
     /// Series not created because [`MAX_SERIES`] was reached.
@@ -301,9 +305,14 @@ impl Evaluator {
             .map(|f| destination_label(f, rule.group_by))
             .unwrap_or_default();
         let id = series_id(&rule.name, &client.mac_text, &destination);
-        if !self.state.series.contains_key(&id) && self.state.series.len() >= MAX_SERIES {
-            outcome.series_dropped += 1;
-            return None;
+        if !self.state.series.contains_key(&id) {
+            if self.state.series.len() >= MAX_SERIES {
+                outcome.series_dropped += 1;
+                return None;
+            }
+            outcome
+                .started
+                .push((rule.name.clone(), client.name.clone()));
         }
         Some(self.state.series.entry(id).or_insert_with(|| Series {
             rule: rule.name.clone(),

@@ -223,6 +223,13 @@ fn volume_fires_over_the_window_with_exact_labels_and_resolves() {
             )
             .run(&mut ev);
         assert!(o.alerts.is_empty(), "poll {i}: {:?}", o.alerts);
+        // The series starts with the first matching traffic (its violations counter at 0).
+        let started = if i == 0 {
+            vec![("PhoneCloudUpload".to_string(), "phone".to_string())]
+        } else {
+            vec![]
+        };
+        assert_eq!(o.started, started, "poll {i}");
     }
     // A bulk upload: 3 MB, then 3 MB a minute later: 6.3 MB within 10 minutes.
     let o = poll(T0 + 720)
