@@ -29,6 +29,9 @@ use sensor::{
     loader::{LoadOptions, load},
 };
 
+#[path = "support/docs.rs"]
+mod docs;
+
 const XDP_PASS: u32 = 2;
 const TC_ACT_UNSPEC: u32 = u32::MAX;
 
@@ -592,8 +595,13 @@ fn bench(write_docs: bool) -> anyhow::Result<()> {
     println!("machine: {nproc} CPUs, {cpu}, kernel {kernel}; load {load}; {date}; took {:.0?}", started.elapsed());
 
     if write_docs {
-        let doc = render_doc(&table, &summary, &Machine { nproc, kernel, cpu, date, load });
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
+        let mut doc = render_doc(&table, &summary, &Machine { nproc, kernel, cpu, date, load });
+        let path = docs::benchmarks_md();
+        // The scale benchmark's section stays as that benchmark wrote it.
+        let previous = std::fs::read_to_string(&path).unwrap_or_default();
+        if let Some(scale) = docs::scale_section(&previous) {
+            doc = docs::with_scale_section(&doc, scale);
+        }
         std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.canonicalize().unwrap_or(path).display());
     }

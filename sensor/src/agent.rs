@@ -85,6 +85,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         view: server::SharedView::default(),
         events: events_rx,
+        timings: Default::default(),
     };
     let listener = server::bind(config.metrics_listen).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -138,7 +139,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn params(config: &Config) -> Params {
+/// The accounting knobs of a config.
+pub fn params(config: &Config) -> Params {
     Params {
         top_remotes: config.top_remotes,
         top_destinations: config.destinations.top_per_client,

@@ -4,7 +4,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use sensor_common::Direction;
@@ -30,6 +30,23 @@ pub struct Pipeline {
     pub metrics: Arc<Metrics>,
     pub view: SharedView,
     pub events: mpsc::Receiver<Observation>,
+    /// Where the last poll's time went.
+    pub timings: PollTimings,
+}
+
+/// Where one poll's time went, stage by stage (the histogram metric has the total; the scale
+/// benchmark reports the stages).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PollTimings {
+    /// Reading the kernel maps into a snapshot.
+    pub read: Duration,
+    /// Deltas, top-N, retirement.
+    pub account: Duration,
+    /// Rebuilding the traffic metric families.
+    pub publish: Duration,
+    /// Rebuilding the API view.
+    pub view: Duration,
+    pub total: Duration,
 }
 
 fn unix_now() -> u64 {
@@ -66,8 +83,11 @@ impl Pipeline {
         for warning in self.enricher.maintain(now) {
             warn!("{warning}");
         }
-        // Map reads are blocking syscalls (tens of ms for a full map): keep them off the reactor.
+        // Map reads are blocking syscalls (milliseconds for a full map): keep them off the reactor.
+        let mut stage = Instant::now();
+        let mut lap = || std::mem::replace(&mut stage, Instant::now()).elapsed();
         let snap = tokio::task::block_in_place(|| self.maps.read())?;
+        let read = lap();
         let enricher = &self.enricher;
         let retired = self.accounting.update(&snap, now, &self.params, &PollNamer { enricher, now });
         for mac in &retired {
@@ -75,15 +95,20 @@ impl Pipeline {
         }
         // One pass over the flow map for all of them (retiring frees their kernel slots).
         self.maps.remove_clients(&retired)?;
+        let account = lap();
         self.metrics.publish(&self.accounting, &snap, &|mac| enricher.client_labels(mac));
         self.metrics.flows_tracked.set(snap.flows.len() as i64);
         self.metrics.clients_tracked.set(snap.clients.len() as i64);
         self.metrics.names_cached.set(self.enricher.names.len() as i64);
+        let publish = lap();
         let view = Arc::new(self.build_view(&snap, now));
         if let Ok(mut slot) = self.view.write() {
             *slot = view;
         }
-        self.metrics.poll_duration.observe(started.elapsed().as_secs_f64());
+        let view = lap();
+        let total = started.elapsed();
+        self.metrics.poll_duration.observe(total.as_secs_f64());
+        self.timings = PollTimings { read, account, publish, view, total };
         Ok(())
     }
 
