@@ -417,9 +417,9 @@ fn run_case(case: &Case, timed: bool, with_agent: bool) -> anyhow::Result<Figure
 
     let view = inst.pipeline.view.read().map(|v| v.clone()).map_err(|_| anyhow::anyhow!("view lock poisoned"))?;
     let started = Instant::now();
-    let api = serde_json::to_vec(&serde_json::json!({ "updated": view.updated, "flows": view.flows }))?;
+    let api = serde_json::to_vec(&view.flows_of(None))?;
     let api_json = started.elapsed();
-    ensure!(view.flows.len() == by_snapshot_len(&inst)?, "API view has {} flows", view.flows.len());
+    ensure!(view.flow_count() == by_snapshot_len(&inst)?, "API view has {} flows", view.flow_count());
     let api_bytes = api.len();
     drop((api, view));
 

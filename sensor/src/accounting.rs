@@ -8,7 +8,7 @@
 //! a client's remote series (including `other`) equals what its flows were seen to carry.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet, hash_map},
     hash::Hash,
 };
 
@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 use crate::collector::Snapshot;
 
 pub type Mac = [u8; 6];
+
+/// A hash map with a fast, randomly seeded hasher: the per-flow maps are hashed several times
+/// per flow and poll, and SipHash dominated the poll at 65,536 flows.
+pub type FastMap<K, V> = foldhash::HashMap<K, V>;
 
 /// Packets and bytes per direction (indexed by [`Direction::index`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +108,9 @@ pub struct Entry {
     pub score: f64,
     /// Unix seconds of the last poll that saw it carry traffic.
     pub last_active: u64,
+    /// This poll's traffic, until it is attributed (to this key's series or `other`).
+    #[serde(skip)]
+    pending: Tally,
 }
 
 /// One client's series of one kind (remotes, destinations): its most active keys have a
@@ -113,45 +120,63 @@ pub struct Entry {
 #[serde(bound(serialize = "K: Serialize", deserialize = "K: Deserialize<'de> + Eq + Hash"))]
 pub struct Ranked<K> {
     #[serde(with = "as_pairs")]
-    pub entries: HashMap<K, Entry>,
+    pub entries: FastMap<K, Entry>,
     pub other: Tally,
 }
 
 impl<K> Default for Ranked<K> {
     fn default() -> Self {
-        Ranked { entries: HashMap::new(), other: Tally::default() }
+        Ranked { entries: FastMap::default(), other: Tally::default() }
     }
 }
 
 impl<K: Clone + Eq + Hash + Ord> Ranked<K> {
+    /// Records traffic of `key` in this poll (attributed by [`Ranked::attribute`]).
+    fn add(&mut self, key: K, delta: &Tally) {
+        self.entries.entry(key).or_default().pending.add(delta);
+    }
+
     /// Ages every key's activity and adds this poll's.
-    fn observe(&mut self, deltas: &HashMap<K, Tally>, decay: f64, now: u64) {
+    fn observe(&mut self, decay: f64, now: u64) {
         for entry in self.entries.values_mut() {
             entry.score *= decay;
-        }
-        for (key, delta) in deltas {
-            let entry = self.entries.entry(key.clone()).or_default();
-            entry.score += delta.total_bytes() as f64;
-            entry.last_active = now;
+            if !entry.pending.is_zero() {
+                entry.score += entry.pending.total_bytes() as f64;
+                entry.last_active = now;
+            }
         }
     }
 
     /// The `n` most active keys get a series; on equal activity the incumbent keeps it.
     fn choose_top(&mut self, n: usize) {
-        let mut ranked: Vec<(&K, &Entry)> = self.entries.iter().collect();
-        ranked.sort_by(|a, b| b.1.score.total_cmp(&a.1.score).then(b.1.in_top.cmp(&a.1.in_top)).then(a.0.cmp(b.0)));
-        let top: HashSet<K> = ranked.iter().take(n).map(|(k, _)| (*k).clone()).collect();
-        for (key, entry) in self.entries.iter_mut() {
-            entry.in_top = top.contains(key);
+        if self.entries.len() <= n {
+            self.entries.values_mut().for_each(|e| e.in_top = true);
+            return;
+        }
+        // A selection, not a sort: linear in the keys (a client may have thousands).
+        let mut ranked: Vec<(usize, &K, f64, bool)> =
+            self.entries.iter().enumerate().map(|(i, (k, e))| (i, k, e.score, e.in_top)).collect();
+        let mut top = vec![false; ranked.len()];
+        if n > 0 {
+            ranked.select_nth_unstable_by(n - 1, |a, b| b.2.total_cmp(&a.2).then(b.3.cmp(&a.3)).then(a.1.cmp(b.1)));
+            for r in &ranked[..n] {
+                top[r.0] = true;
+            }
+        }
+        // The map is unchanged since `ranked` was made, so it iterates in the same order.
+        for (entry, in_top) in self.entries.values_mut().zip(top) {
+            entry.in_top = in_top;
         }
     }
 
-    /// Adds each delta to exactly one series: the key's own, or `other`.
-    fn attribute(&mut self, deltas: &HashMap<K, Tally>) {
-        for (key, delta) in deltas {
-            match self.entries.get_mut(key) {
-                Some(entry) if entry.in_top => entry.exported.add(delta),
-                _ => self.other.add(delta),
+    /// Adds this poll's traffic of each key to exactly one series: its own, or `other`.
+    fn attribute(&mut self) {
+        for entry in self.entries.values_mut() {
+            let delta = std::mem::take(&mut entry.pending);
+            if entry.in_top {
+                entry.exported.add(&delta);
+            } else {
+                self.other.add(&delta);
             }
         }
     }
@@ -179,8 +204,8 @@ fn enforce_budget<'a, K: 'a>(sets: impl Iterator<Item = &'a mut Ranked<K>>, budg
     if holders.len() <= budget {
         return;
     }
-    holders.sort_by(|a, b| a.score.total_cmp(&b.score));
     let excess = holders.len() - budget;
+    holders.select_nth_unstable_by(excess - 1, |a, b| a.score.total_cmp(&b.score));
     for entry in holders.into_iter().take(excess) {
         entry.in_top = false;
     }
@@ -224,14 +249,38 @@ pub struct Accounting {
     /// Flows that left the kernel map between two polls (LRU evictions, mostly).
     pub flow_evictions: u64,
     #[serde(with = "as_pairs")]
-    flows_last: HashMap<FlowKeyBytes, Tally>,
+    flows_last: FastMap<FlowKeyBytes, LastRead>,
     #[serde(with = "as_pairs")]
     clients_last: HashMap<Mac, Tally>,
     last_update: u64,
     /// New flows held back for their name (see [`Namer::awaits_name`]), with the Unix second
     /// they were first held.
     #[serde(skip)]
-    waiting: HashMap<FlowKeyBytes, u64>,
+    waiting: FastMap<FlowKeyBytes, u64>,
+    /// Number of the current poll (wrapping, never 0), to tell flows read in it.
+    #[serde(skip)]
+    poll: u32,
+}
+
+/// A flow's counters at its last read, and in which poll. Stored as the counters alone.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(from = "Tally", into = "Tally")]
+struct LastRead {
+    tally: Tally,
+    /// 0 for a value from the state file.
+    poll: u32,
+}
+
+impl From<Tally> for LastRead {
+    fn from(tally: Tally) -> Self {
+        LastRead { tally, poll: 0 }
+    }
+}
+
+impl From<LastRead> for Tally {
+    fn from(last: LastRead) -> Self {
+        last.tally
+    }
 }
 
 /// A flow key as raw bytes, so that the state file does not depend on the struct's Rust form.
@@ -247,6 +296,12 @@ impl FlowKeyBytes {
         b[38..40].copy_from_slice(&key.remote_port.to_be_bytes());
         b[40] = key.protocol;
         FlowKeyBytes(b)
+    }
+
+    fn client_mac(&self) -> Mac {
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&self.0[32..38]);
+        mac
     }
 }
 
@@ -269,13 +324,6 @@ impl<F: Fn(&FlowKey) -> DestKey> Namer for F {
     }
 }
 
-/// One client's gains in one poll.
-#[derive(Default)]
-struct ClientDeltas {
-    remotes: HashMap<RemoteId, Tally>,
-    destinations: HashMap<DestKey, Tally>,
-}
-
 impl Accounting {
     /// Folds one snapshot in. `now` is Unix seconds; `destination` names a flow's remote end.
     /// Returns the clients retired in this poll (unseen for `client_idle_expiry_secs`): the
@@ -295,50 +343,65 @@ impl Accounting {
         }
         self.clients_last = clients_last;
 
-        let mut deltas: HashMap<Mac, ClientDeltas> = HashMap::new();
-        let mut flows_last = HashMap::with_capacity(snap.flows.len());
-        let mut waiting = HashMap::new();
+        // Every flow read: its gain since the last read goes to its client's remote and
+        // destination (pending until the top-N is chosen below).
+        self.poll = self.poll.wrapping_add(1).max(1);
+        let poll = self.poll;
+        let mut waiting = FastMap::default();
         for (key, counters) in &snap.flows {
             let id = FlowKeyBytes::of(key);
-            let prev = self.flows_last.get(&id);
-            // Held back: not recorded as read, so the poll that attributes it takes all of it.
-            if prev.is_none() {
-                let since = self.waiting.get(&id).copied().unwrap_or(now);
-                if now.saturating_sub(since) < params.name_wait_secs && namer.awaits_name(key) {
-                    waiting.insert(id, since);
-                    continue;
-                }
-            }
             let cur = Tally::of(counters);
-            let delta = cur.since(prev.unwrap_or(&Tally::default()));
-            if !delta.is_zero() {
-                let client = deltas.entry(key.client_mac).or_default();
-                client.remotes.entry(RemoteId::of(key)).or_default().add(&delta);
-                client.destinations.entry(namer.destination(key)).or_default().add(&delta);
+            let delta = match self.flows_last.entry(id) {
+                hash_map::Entry::Occupied(mut last) => {
+                    // A key read twice in one poll (an iteration restarted) counts once.
+                    if last.get().poll == poll {
+                        continue;
+                    }
+                    let delta = cur.since(&last.get().tally);
+                    *last.get_mut() = LastRead { tally: cur, poll };
+                    delta
+                }
+                hash_map::Entry::Vacant(slot) => {
+                    // Held back: not recorded as read, so the poll that attributes it takes all of it.
+                    let since = self.waiting.get(&id).copied().unwrap_or(now);
+                    if now.saturating_sub(since) < params.name_wait_secs && namer.awaits_name(key) {
+                        waiting.insert(id, since);
+                        continue;
+                    }
+                    slot.insert(LastRead { tally: cur, poll });
+                    cur
+                }
+            };
+            if delta.is_zero() {
+                continue;
             }
-            flows_last.insert(id, cur);
+            // A flow that grew has a client whose totals grew (the kernel counts both), so the
+            // account exists; a flow without one is not attributed.
+            if let Some(account) = self.clients.get_mut(&key.client_mac) {
+                account.remotes.add(RemoteId::of(key), &delta);
+                account.destinations.add(namer.destination(key), &delta);
+            }
         }
-        self.flow_evictions += self.flows_last.keys().filter(|k| !flows_last.contains_key(*k)).count() as u64;
-        self.flows_last = flows_last;
+        // Flows read last time but not now left the map (LRU evictions, mostly).
+        let before = self.flows_last.len();
+        self.flows_last.retain(|_, last| last.poll == poll);
+        self.flow_evictions += (before - self.flows_last.len()) as u64;
         self.waiting = waiting;
 
         let elapsed = now.saturating_sub(self.last_update) as f64;
         let decay = if self.last_update == 0 { 1.0 } else { 0.5f64.powf(elapsed / params.score_half_life_secs) };
         self.last_update = now;
-        let none = ClientDeltas::default();
-        for (mac, account) in self.clients.iter_mut() {
-            let d = deltas.get(mac).unwrap_or(&none);
-            account.remotes.observe(&d.remotes, decay, now);
+        for account in self.clients.values_mut() {
+            account.remotes.observe(decay, now);
             account.remotes.choose_top(params.top_remotes);
-            account.destinations.observe(&d.destinations, decay, now);
+            account.destinations.observe(decay, now);
             account.destinations.choose_top(params.top_destinations);
         }
         enforce_budget(self.clients.values_mut().map(|a| &mut a.remotes), params.series_budget);
         enforce_budget(self.clients.values_mut().map(|a| &mut a.destinations), params.series_budget);
-        for (mac, account) in self.clients.iter_mut() {
-            let d = deltas.get(mac).unwrap_or(&none);
-            account.remotes.attribute(&d.remotes);
-            account.destinations.attribute(&d.destinations);
+        for account in self.clients.values_mut() {
+            account.remotes.attribute();
+            account.destinations.attribute();
             account.remotes.expire(now, params.remote_idle_expiry_secs);
             account.destinations.expire(now, params.destination_idle_expiry_secs);
         }
@@ -352,6 +415,12 @@ impl Accounting {
         for mac in &retired {
             self.clients.remove(mac);
             self.clients_last.remove(mac);
+        }
+        // The caller deletes their flows from the kernel: that is no eviction.
+        if !retired.is_empty() {
+            let gone: HashSet<Mac> = retired.iter().copied().collect();
+            self.flows_last.retain(|id, _| !gone.contains(&id.client_mac()));
+            self.waiting.retain(|id, _| !gone.contains(&id.client_mac()));
         }
         retired
     }
@@ -442,7 +511,7 @@ mod tests {
         for (k, c) in flows {
             let mut k = *k;
             k.client_mac = mac;
-            s.flows.insert(k, *c);
+            s.flows.push((k, *c));
             total.merge(c);
         }
         s.clients.insert(mac, total);

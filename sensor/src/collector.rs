@@ -46,7 +46,9 @@ pub struct KernelMaps {
 /// One reading of the kernel maps, CPUs summed.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    pub flows: HashMap<FlowKey, Counters>,
+    /// Every flow once, in no particular order (a list: the map holds up to millions, and
+    /// nothing looks one up by key).
+    pub flows: Vec<(FlowKey, Counters)>,
     pub clients: HashMap<[u8; 6], Counters>,
     /// `stats[direction][stat]`.
     pub stats: [[u64; Stat::COUNT]; 2],
@@ -129,8 +131,7 @@ impl KernelMaps {
         }
     }
 
-    /// Every flow with its CPUs' counters summed, passed to `each`. A key met twice (iteration
-    /// restarts when its cursor is evicted) may be passed twice.
+    /// Every flow with its CPUs' counters summed, each passed once to `each`.
     pub fn for_each_flow(&self, mut each: impl FnMut(&FlowKey, Counters)) -> anyhow::Result<()> {
         let reader = BatchReader::<FlowKey, FlowValue>::new(Layout::PerCpu { cpus: self.cpus });
         let fd = self.flows.map().fd().as_fd();
@@ -146,9 +147,16 @@ impl KernelMaps {
         if batched.is_some() {
             return Ok(());
         }
+        // Iteration restarts from the first key when its cursor is evicted meanwhile: pass
+        // each key once.
+        let mut seen = HashSet::new();
         for entry in self.flows.iter() {
             match entry {
-                Ok((key, values)) => each(&key, sum(values.iter().map(|v| &v.counters))),
+                Ok((key, values)) => {
+                    if seen.insert(key) {
+                        each(&key, sum(values.iter().map(|v| &v.counters)));
+                    }
+                }
                 // Evicted by the LRU while we iterate: skipped.
                 Err(MapError::KeyNotFound) => continue,
                 Err(e) => return Err(e).context("reading the flow map"),
@@ -160,9 +168,7 @@ impl KernelMaps {
     /// Reads every map.
     pub fn read(&self) -> anyhow::Result<Snapshot> {
         let mut snap = Snapshot::default();
-        self.for_each_flow(|key, counters| {
-            snap.flows.insert(*key, counters);
-        })?;
+        self.for_each_flow(|key, counters| snap.flows.push((*key, counters)))?;
         // Client totals: each client's slot, then that slot's counters on every CPU.
         for (mac, slot) in self.client_slots()? {
             let values = self.client_totals.get(&slot, 0).context("reading the client totals map")?;

@@ -14,10 +14,17 @@ use crate::accounting::Accounting;
 /// Format version of the state file: bumped when its meaning changes.
 const VERSION: u32 = 1;
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(serde::Deserialize)]
 struct StateFile {
     version: u32,
     accounting: Accounting,
+}
+
+/// What [`save`] writes: [`StateFile`], borrowing the accounting (no copy of it).
+#[derive(serde::Serialize)]
+struct StateFileRef<'a> {
+    version: u32,
+    accounting: &'a Accounting,
 }
 
 /// Loads the state, or a fresh accounting when there is no file yet. A file that cannot be
@@ -50,9 +57,14 @@ pub fn save(path: &Path, accounting: &Accounting) -> anyhow::Result<()> {
         fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
     }
     let tmp = path.with_extension("tmp");
-    let body = serde_json::to_vec(&StateFile { version: VERSION, accounting: accounting.clone() })?;
-    let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(&body).and_then(|()| file.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+    let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    // Streamed: with a full flow map the file is tens of megabytes, not worth holding twice.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
+    serde_json::to_writer(&mut out, &StateFileRef { version: VERSION, accounting })
+        .map_err(std::io::Error::from)
+        .and_then(|()| out.flush())
+        .and_then(|()| out.get_ref().sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("replacing state file {}", path.display()))
 }
 

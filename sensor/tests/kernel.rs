@@ -228,10 +228,11 @@ fn check(snap: &Snapshot, flows: &[(FlowKey, Count)], clients: &[([u8; 6], Count
     let want_flows: BTreeMap<String, Count> = flows.iter().map(|(k, c)| (show_key(k), *c)).collect();
     assert_eq!(got_flows, want_flows, "flows (key: client MAC, client IP -> remote IP, protocol, remote port)");
     // The rendering above is lossless for every field but the padding; check it too.
-    for k in snap.flows.keys() {
+    for (k, _) in &snap.flows {
         assert_eq!(k._pad, [0; 7], "padding of {}", show_key(k));
     }
-    for c in snap.flows.values().chain(snap.clients.values()) {
+    assert_eq!(got_flows.len(), snap.flows.len(), "a flow read twice");
+    for c in snap.flows.iter().map(|(_, c)| c).chain(snap.clients.values()) {
         assert!(c.first_seen_ns > 0 && c.last_seen_ns >= c.first_seen_ns, "timestamps {c:?}");
     }
 
