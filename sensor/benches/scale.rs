@@ -354,6 +354,7 @@ struct Figures {
     iter_read: Duration,
     first_poll: PollTimings,
     poll: PollTimings,
+    idle_poll: PollTimings,
     render: Duration,
     render_bytes: usize,
     api_json: Duration,
@@ -414,6 +415,9 @@ fn run_case(case: &Case, timed: bool, with_agent: bool) -> anyhow::Result<Figure
     }
     polls.sort_by_key(|t| t.total);
     let poll = polls[polls.len() / 2];
+    // No traffic since the last poll: what a map of idle flows costs.
+    inst.pipeline.poll()?;
+    let idle_poll = inst.pipeline.timings;
 
     let view = inst.pipeline.view.read().map(|v| v.clone()).map_err(|_| anyhow::anyhow!("view lock poisoned"))?;
     let started = Instant::now();
@@ -431,6 +435,7 @@ fn run_case(case: &Case, timed: bool, with_agent: bool) -> anyhow::Result<Figure
         iter_read: median(iter),
         first_poll,
         poll,
+        idle_poll,
         render: median(renders),
         render_bytes,
         api_json,
@@ -496,7 +501,7 @@ fn bench(write_docs: bool, only: Option<usize>, no_agent: bool) -> anyhow::Resul
         eprintln!("scale: {} flows over {} clients (capacity {})", case.flows, case.clients, case.capacity);
         let f = run_case(case, true, !no_agent)?;
         eprintln!(
-            "  read batch {:.1} ms, iterate {:.1} ms; poll {:.1} ms (read {:.1}, account {:.1}, publish {:.1}, view {:.1}); render {:.1} ms {} B{}",
+            "  read batch {:.1} ms, iterate {:.1} ms; poll {:.1} ms (read {:.1}, account {:.1}, publish {:.1}, view {:.1}), idle {:.1} ms; render {:.1} ms {} B{}",
             ms(f.batch_read),
             ms(f.iter_read),
             ms(f.poll.total),
@@ -504,6 +509,7 @@ fn bench(write_docs: bool, only: Option<usize>, no_agent: bool) -> anyhow::Resul
             ms(f.poll.account),
             ms(f.poll.publish),
             ms(f.poll.view),
+            ms(f.idle_poll.total),
             ms(f.render),
             f.render_bytes,
             f.agent.as_ref().map_or(String::new(), |a| format!("; agent poll {:.1} ms, HWM {:.1} MB", ms(a.poll_mean), mb(a.hwm_kb))),
@@ -529,8 +535,8 @@ fn tables(all: &[Figures]) -> anyhow::Result<(String, String, String, String)> {
     writeln!(reads, "| flows (capacity) | clients | in map | batch read ms | µs/flow | iteration ms | µs/flow | iteration / batch |")?;
     writeln!(reads, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     let mut polls = String::new();
-    writeln!(polls, "| flows | clients | poll ms | read | accounting | metrics | API view | µs/flow | first poll ms | /metrics render ms | /metrics bytes | poll + render ms | API flows JSON ms (bytes) |")?;
-    writeln!(polls, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(polls, "| flows | clients | poll ms | read | accounting | metrics | API view | µs/flow | first poll ms | idle poll ms | /metrics render ms | /metrics bytes | poll + render ms | API flows JSON ms (bytes) |")?;
+    writeln!(polls, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     let mut agents = String::new();
     writeln!(agents, "| flows | clients | agent poll ms (mean of n) | scrape ms | scrape bytes | peak RSS (VmHWM) MB | RSS MB | KB/flow over the 4,096-flow case |")?;
     writeln!(agents, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
@@ -553,7 +559,7 @@ fn tables(all: &[Figures]) -> anyhow::Result<(String, String, String, String)> {
         let p = &f.poll;
         writeln!(
             polls,
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {} | {:.1} | {:.0} ({}) |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.0} ({}) |",
             f.in_map,
             c.clients,
             ms(p.total),
@@ -563,6 +569,7 @@ fn tables(all: &[Figures]) -> anyhow::Result<(String, String, String, String)> {
             ms(p.view),
             us_per(p.total, f.in_map),
             ms(f.first_poll.total),
+            ms(f.idle_poll.total),
             ms(f.render),
             f.render_bytes,
             ms(p.total + f.render),
@@ -662,7 +669,8 @@ fn render_section(reads: &str, polls: &str, agents: &str, verdict: &str) -> Stri
          - Poll: `Pipeline::poll`, what the agent runs every `poll_interval` (read → accounting \
            → metrics families → API view), after one more frame of every flow went through the \
            program, so every flow has a delta (the worst case); median of {ROUNDS}, with its \
-           stages. \"First poll\" is the one that finds the whole map new. /metrics render is \
+           stages. \"First poll\" is the one that finds the whole map new; \"idle poll\" one with \
+           no traffic since the last (the flows are in the map, none grew). /metrics render is \
            `Metrics::render` (the text a scrape returns). The run checks that every client's \
            exported upload bytes equal what was sent, exactly, whatever the LRU evicted. The \
            default config: 20 remote and 20 destination series per client, 10,000 of each at \
