@@ -374,7 +374,7 @@ fn run_case(case: &Case, timed: bool, with_agent: bool) -> anyhow::Result<Figure
     let mut sent = inst.pass(case)?;
 
     // Batch and iteration read the same; time both.
-    let runs = if !timed { 1 } else if case.flows > 100_000 { 1 } else { 3 };
+    let runs = if timed && case.flows <= 100_000 { 3 } else { 1 };
     let (mut batch, mut iter) = (Vec::new(), Vec::new());
     let (mut by_batch, mut by_iter) = (Snapshot::default(), Snapshot::default());
     for _ in 0..runs {

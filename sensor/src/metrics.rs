@@ -331,8 +331,7 @@ mod tests {
             k
         };
         let counters = |p: u64, b: u64| Counters { packets: [p, 0], bytes: [b, 0], first_seen_ns: 1, last_seen_ns: 2 };
-        let mut snap = Snapshot::default();
-        snap.flows = vec![(flow(34, 443), counters(3, 3000)), (flow(35, 53), counters(1, 80))];
+        let mut snap = Snapshot { flows: vec![(flow(34, 443), counters(3, 3000)), (flow(35, 53), counters(1, 80))], ..Snapshot::default() };
         snap.clients.insert(mac, counters(4, 3080));
         let mut acct = Accounting::default();
         let dest = |k: &FlowKey| DestKey { destination: format!("r{}.example", k.remote_ip[15]), country: "NL".into(), asn: 0 };

@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: runs the datapath benchmark, which rewrites docs/benchmarks.md.
+//! `cargo xtask bench`: runs the datapath benchmark, which rewrites docs/benchmarks.md, and
+//! the scale benchmark, which rewrites its "Scale limits" section there.
 
 use std::{fs, time::SystemTime};
 
@@ -13,19 +14,13 @@ pub fn run_bench() -> Result<()> {
     ensure_toolchain()?;
     let results = workspace_root().join("docs").join("benchmarks.md");
     let before = modified(&results);
-    run(
-        "bench",
-        "datapath",
-        cargo().args([
+    for bench in ["datapath", "scale"] {
+        run(
             "bench",
-            "-p",
-            "sensor",
-            "--bench",
-            "datapath",
-            "--",
-            "--write-docs",
-        ]),
-    )?;
+            bench,
+            cargo().args(["bench", "-p", "sensor", "--bench", bench, "--", "--write-docs"]),
+        )?;
+    }
     // Say whether the file really changed: a bench that exits 0 without writing it would
     // otherwise leave stale numbers looking fresh.
     if modified(&results).is_some_and(|after| Some(after) != before) {
