@@ -8,8 +8,9 @@
 //! a client's remote series (including `other`) equals what its flows were seen to carry.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, hash_map},
+    collections::{BTreeMap, HashMap, HashSet},
     hash::Hash,
+    sync::Arc,
 };
 
 use sensor_common::{Counters, Direction, FlowKey};
@@ -248,38 +249,48 @@ pub struct Accounting {
     pub clients: BTreeMap<Mac, ClientAccount>,
     /// Flows that left the kernel map between two polls (LRU evictions, mostly).
     pub flow_evictions: u64,
-    #[serde(with = "as_pairs")]
-    flows_last: FastMap<FlowKeyBytes, LastRead>,
+    /// Stored as (flow key, counters) pairs, the flows held back left out.
+    #[serde(rename = "flows_last")]
+    last: LastRead,
     #[serde(with = "as_pairs")]
     clients_last: HashMap<Mac, Tally>,
     last_update: u64,
     /// New flows held back for their name (see [`Namer::awaits_name`]), with the Unix second
     /// they were first held.
     #[serde(skip)]
-    waiting: FastMap<FlowKeyBytes, u64>,
-    /// Number of the current poll (wrapping, never 0), to tell flows read in it.
-    #[serde(skip)]
-    poll: u32,
+    waiting: FastMap<FlowKey, u64>,
 }
 
-/// A flow's counters at its last read, and in which poll. Stored as the counters alone.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-#[serde(from = "Tally", into = "Tally")]
+/// The flows as last read: the previous poll's snapshot itself (shared with the API view, not
+/// copied; sorted by key), except the flows it held back and the flows of the clients it
+/// retired (which the agent then deleted from the kernel: gone, but not evicted).
+#[derive(Debug, Clone, Default)]
 struct LastRead {
-    tally: Tally,
-    /// 0 for a value from the state file.
-    poll: u32,
+    snap: Arc<Snapshot>,
+    held: HashSet<FlowKey>,
+    retired: HashSet<Mac>,
 }
 
-impl From<Tally> for LastRead {
-    fn from(tally: Tally) -> Self {
-        LastRead { tally, poll: 0 }
+impl LastRead {
+    fn flows(&self) -> impl Iterator<Item = &(FlowKey, Counters)> {
+        self.snap.flows.iter().filter(|(k, _)| !self.held.contains(k))
     }
 }
 
-impl From<LastRead> for Tally {
-    fn from(last: LastRead) -> Self {
-        last.tally
+impl Serialize for LastRead {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.flows().map(|(k, c)| (FlowKeyBytes::of(k), Tally::of(c))))
+    }
+}
+
+impl<'de> Deserialize<'de> for LastRead {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let pairs = Vec::<(FlowKeyBytes, Tally)>::deserialize(d)?;
+        let flows = pairs
+            .into_iter()
+            .map(|(k, t)| (k.key(), Counters { packets: t.packets, bytes: t.bytes, first_seen_ns: 0, last_seen_ns: 0 }))
+            .collect();
+        Ok(LastRead { snap: Arc::new(Snapshot::sorted(flows)), ..LastRead::default() })
     }
 }
 
@@ -298,10 +309,15 @@ impl FlowKeyBytes {
         FlowKeyBytes(b)
     }
 
-    fn client_mac(&self) -> Mac {
-        let mut mac = [0u8; 6];
-        mac.copy_from_slice(&self.0[32..38]);
-        mac
+    fn key(&self) -> FlowKey {
+        let b = &self.0;
+        let mut k = FlowKey::default();
+        k.client_ip.copy_from_slice(&b[..16]);
+        k.remote_ip.copy_from_slice(&b[16..32]);
+        k.client_mac.copy_from_slice(&b[32..38]);
+        k.remote_port = u16::from_be_bytes([b[38], b[39]]);
+        k.protocol = b[40];
+        k
     }
 }
 
@@ -329,7 +345,8 @@ impl Accounting {
     /// Returns the clients retired in this poll (unseen for `client_idle_expiry_secs`): the
     /// caller frees their kernel slots (totals and flows) so that they never fill up with
     /// departed devices (a retired client seen again starts from zero, as a new series).
-    pub fn update(&mut self, snap: &Snapshot, now: u64, params: &Params, namer: &dyn Namer) -> Vec<Mac> {
+    /// `snap` is kept as the last read until the next update (shared, not copied).
+    pub fn update(&mut self, snap: &Arc<Snapshot>, now: u64, params: &Params, namer: &dyn Namer) -> Vec<Mac> {
         let mut clients_last = HashMap::with_capacity(snap.clients.len());
         for (mac, counters) in &snap.clients {
             let cur = Tally::of(counters);
@@ -344,37 +361,31 @@ impl Accounting {
         self.clients_last = clients_last;
 
         // Every flow read: its gain since the last read goes to its client's remote and
-        // destination (pending until the top-N is chosen below).
-        self.poll = self.poll.wrapping_add(1).max(1);
-        let poll = self.poll;
-        let mut waiting = FastMap::default();
+        // destination (pending until the top-N is chosen below). Both reads are sorted by key,
+        // so they are walked side by side: no lookup per flow, and no copy of the last read.
+        let snap = if snap.is_sorted() { Arc::clone(snap) } else { Arc::new(Snapshot::sorted(snap.flows.clone())) };
         // Accounts by MAC through a hash index: one lookup per flow instead of a tree descent.
         let (account_of, mut accounts): (FastMap<Mac, usize>, Vec<&mut ClientAccount>) =
             self.clients.iter_mut().enumerate().map(|(i, (mac, account))| ((*mac, i), account)).unzip();
+        let last = &self.last;
+        let gone = |k: &FlowKey| !last.held.contains(k) && !last.retired.contains(&k.client_mac);
+        let mut prev = last.snap.flows.iter().peekable();
+        let (mut evicted, mut waiting, mut held) = (0u64, FastMap::default(), HashSet::new());
         for (key, counters) in &snap.flows {
-            let id = FlowKeyBytes::of(key);
-            let cur = Tally::of(counters);
-            let delta = match self.flows_last.entry(id) {
-                hash_map::Entry::Occupied(mut last) => {
-                    // A key read twice in one poll (an iteration restarted) counts once.
-                    if last.get().poll == poll {
-                        continue;
-                    }
-                    let delta = cur.since(&last.get().tally);
-                    *last.get_mut() = LastRead { tally: cur, poll };
-                    delta
+            while let Some((k, _)) = prev.next_if(|(k, _)| k < key) {
+                evicted += u64::from(gone(k));
+            }
+            let before = prev.next_if(|(k, _)| k == key).filter(|(k, _)| !last.held.contains(k)).map(|(_, c)| Tally::of(c));
+            if before.is_none() {
+                // Held back: not recorded as read, so the poll that attributes it takes all of it.
+                let since = self.waiting.get(key).copied().unwrap_or(now);
+                if now.saturating_sub(since) < params.name_wait_secs && namer.awaits_name(key) {
+                    waiting.insert(*key, since);
+                    held.insert(*key);
+                    continue;
                 }
-                hash_map::Entry::Vacant(slot) => {
-                    // Held back: not recorded as read, so the poll that attributes it takes all of it.
-                    let since = self.waiting.get(&id).copied().unwrap_or(now);
-                    if now.saturating_sub(since) < params.name_wait_secs && namer.awaits_name(key) {
-                        waiting.insert(id, since);
-                        continue;
-                    }
-                    slot.insert(LastRead { tally: cur, poll });
-                    cur
-                }
-            };
+            }
+            let delta = Tally::of(counters).since(&before.unwrap_or_default());
             if delta.is_zero() {
                 continue;
             }
@@ -387,10 +398,10 @@ impl Accounting {
             }
         }
         // Flows read last time but not now left the map (LRU evictions, mostly).
-        let before = self.flows_last.len();
-        self.flows_last.retain(|_, last| last.poll == poll);
-        self.flow_evictions += (before - self.flows_last.len()) as u64;
+        evicted += prev.filter(|(k, _)| gone(k)).count() as u64;
+        self.flow_evictions += evicted;
         self.waiting = waiting;
+        self.last = LastRead { snap, held, retired: HashSet::new() };
 
         let elapsed = now.saturating_sub(self.last_update) as f64;
         let decay = if self.last_update == 0 { 1.0 } else { 0.5f64.powf(elapsed / params.score_half_life_secs) };
@@ -423,8 +434,8 @@ impl Accounting {
         // The caller deletes their flows from the kernel: that is no eviction.
         if !retired.is_empty() {
             let gone: HashSet<Mac> = retired.iter().copied().collect();
-            self.flows_last.retain(|id, _| !gone.contains(&id.client_mac()));
-            self.waiting.retain(|id, _| !gone.contains(&id.client_mac()));
+            self.waiting.retain(|k, _| !gone.contains(&k.client_mac));
+            self.last.retired = gone;
         }
         retired
     }
@@ -527,7 +538,7 @@ mod tests {
     }
 
     fn update(a: &mut Accounting, s: &Snapshot, now: u64, p: &Params) -> Vec<Mac> {
-        a.update(s, now, p, &by_domain)
+        a.update(&Arc::new(s.clone()), now, p, &by_domain)
     }
 
     fn remote(a: &Accounting, r: u8, port: u16) -> Option<&Entry> {
@@ -704,11 +715,11 @@ mod tests {
     fn a_new_unnamed_flow_waits_for_its_name() {
         let mut a = Accounting::default();
         let namer = LateName(std::cell::Cell::new(false));
-        a.update(&snap(&[(key(9, 443), counters(3, 200, 1, 60))]), 100, &PARAMS, &namer);
+        a.update(&Arc::new(snap(&[(key(9, 443), counters(3, 200, 1, 60))])), 100, &PARAMS, &namer);
         assert!(a.clients[&MAC].destinations.entries.is_empty(), "held back for a poll");
         assert_eq!(a.clients[&MAC].totals.bytes, [200, 60], "client totals never wait");
         namer.0.set(true);
-        a.update(&snap(&[(key(9, 443), counters(5, 900, 2, 120))]), 105, &PARAMS, &namer);
+        a.update(&Arc::new(snap(&[(key(9, 443), counters(5, 900, 2, 120))])), 105, &PARAMS, &namer);
         let d = &a.clients[&MAC].destinations;
         assert_eq!(d.entries.len(), 1);
         let (k, e) = d.entries.iter().next().unwrap();
@@ -720,10 +731,10 @@ mod tests {
     fn a_flow_waits_at_most_name_wait() {
         let mut a = Accounting::default();
         let namer = LateName(std::cell::Cell::new(false));
-        a.update(&snap(&[(key(9, 22), counters(1, 100, 0, 0))]), 100, &PARAMS, &namer);
-        a.update(&snap(&[(key(9, 22), counters(2, 150, 0, 0))]), 101, &PARAMS, &namer);
+        a.update(&Arc::new(snap(&[(key(9, 22), counters(1, 100, 0, 0))])), 100, &PARAMS, &namer);
+        a.update(&Arc::new(snap(&[(key(9, 22), counters(2, 150, 0, 0))])), 101, &PARAMS, &namer);
         assert!(a.clients[&MAC].destinations.entries.is_empty(), "still within name_wait");
-        a.update(&snap(&[(key(9, 22), counters(3, 200, 0, 0))]), 102, &PARAMS, &namer);
+        a.update(&Arc::new(snap(&[(key(9, 22), counters(3, 200, 0, 0))])), 102, &PARAMS, &namer);
         let d = &a.clients[&MAC].destinations;
         assert_eq!(d.entries.values().map(|e| e.exported.bytes[0]).sum::<u64>(), 200);
     }

@@ -3,10 +3,10 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use sensor_common::{Counters, Direction, FlowKey};
+use sensor_common::Direction;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::{enrich::geo::GeoInfo, labels};
+use crate::{collector::Snapshot, enrich::geo::GeoInfo, labels};
 
 /// Everything the API serves, as of the last poll, in the form it is served (and read back
 /// by `sensor clients` / `sensor flows`).
@@ -73,8 +73,9 @@ pub struct LiveView {
     /// Unix seconds of the poll.
     pub updated: u64,
     pub clients: Vec<ClientView>,
-    flows: Vec<(FlowKey, Counters)>,
-    /// Parallel to `flows`.
+    /// The poll's snapshot, shared with the accounting (its last read).
+    snap: Arc<Snapshot>,
+    /// Parallel to the snapshot's flows.
     rows: Vec<FlowRow>,
     owners: Vec<Owner>,
     geos: Vec<GeoInfo>,
@@ -100,24 +101,24 @@ pub struct Owner {
 }
 
 impl LiveView {
-    /// `rows` is parallel to `flows`; its indices point into `owners` and `geos`.
+    /// `rows` is parallel to the snapshot's flows; its indices point into `owners` and `geos`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         updated: u64,
         clients: Vec<ClientView>,
-        flows: Vec<(FlowKey, Counters)>,
+        snap: Arc<Snapshot>,
         rows: Vec<FlowRow>,
         owners: Vec<Owner>,
         geos: Vec<GeoInfo>,
         unix: u64,
         mono_ns: u64,
     ) -> LiveView {
-        debug_assert_eq!(flows.len(), rows.len());
-        LiveView { updated, clients, flows, rows, owners, geos, unix, mono_ns }
+        debug_assert_eq!(snap.flows.len(), rows.len());
+        LiveView { updated, clients, snap, rows, owners, geos, unix, mono_ns }
     }
 
     pub fn flow_count(&self) -> usize {
-        self.flows.len()
+        self.snap.flows.len()
     }
 
     fn unix_of(&self, mono_ns: u64) -> u64 {
@@ -128,7 +129,7 @@ impl LiveView {
     }
 
     fn flow(&self, i: usize) -> FlowView {
-        let (key, c) = &self.flows[i];
+        let (key, c) = &self.snap.flows[i];
         let row = &self.rows[i];
         let owner = &self.owners[row.owner as usize];
         let geo = &self.geos[row.geo as usize];
@@ -161,7 +162,7 @@ impl LiveView {
         let wanted: Vec<bool> = self.owners.iter().map(matches).collect();
         let mut order: Vec<u32> = (0..self.rows.len() as u32).filter(|&i| wanted[self.rows[i as usize].owner as usize]).collect();
         let bytes = |i: u32| {
-            let c = &self.flows[i as usize].1;
+            let c = &self.snap.flows[i as usize].1;
             c.bytes[0] + c.bytes[1]
         };
         let owner = |i: u32| &self.owners[self.rows[i as usize].owner as usize].name;
@@ -271,6 +272,8 @@ pub fn flows_table(flows: &[FlowView]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use sensor_common::{Counters, FlowKey};
+
     use super::*;
 
     #[test]
@@ -304,7 +307,7 @@ mod tests {
         LiveView::new(
             100,
             vec![],
-            vec![flow(2, 9, 10), flow(1, 34, 100), flow(1, 35, 7000)],
+            Arc::new(Snapshot { flows: vec![flow(2, 9, 10), flow(1, 34, 100), flow(1, 35, 7000)], ..Snapshot::default() }),
             vec![row(0, 0, None), row(1, 1, Some("a1.cdn.example.co.uk")), row(1, 0, None)],
             owners,
             geos,

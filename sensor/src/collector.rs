@@ -46,8 +46,8 @@ pub struct KernelMaps {
 /// One reading of the kernel maps, CPUs summed.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    /// Every flow once, in no particular order (a list: the map holds up to millions, and
-    /// nothing looks one up by key).
+    /// Every flow once, sorted by key (a list: the map holds up to millions; the accounting
+    /// walks two successive reads side by side).
     pub flows: Vec<(FlowKey, Counters)>,
     pub clients: HashMap<[u8; 6], Counters>,
     /// `stats[direction][stat]`.
@@ -57,6 +57,18 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// A snapshot of these flows, sorted by key, each key once (the first kept).
+    pub fn sorted(mut flows: Vec<(FlowKey, Counters)>) -> Snapshot {
+        flows.sort_by(|a, b| a.0.cmp(&b.0));
+        flows.dedup_by(|a, b| a.0 == b.0);
+        Snapshot { flows, ..Snapshot::default() }
+    }
+
+    /// Whether the flows are sorted by key, each key once (what [`KernelMaps::read`] returns).
+    pub fn is_sorted(&self) -> bool {
+        self.flows.is_sorted_by(|a, b| a.0 < b.0)
+    }
+
     pub fn stat(&self, stat: Stat, dir: Direction) -> u64 {
         self.stats[dir.index()][stat as usize]
     }
@@ -169,6 +181,7 @@ impl KernelMaps {
     pub fn read(&self) -> anyhow::Result<Snapshot> {
         let mut snap = Snapshot::default();
         self.for_each_flow(|key, counters| snap.flows.push((*key, counters)))?;
+        snap.flows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         // Client totals: each client's slot, then that slot's counters on every CPU.
         for (mac, slot) in self.client_slots()? {
             let values = self.client_totals.get(&slot, 0).context("reading the client totals map")?;

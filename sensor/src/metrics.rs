@@ -335,7 +335,7 @@ mod tests {
         snap.clients.insert(mac, counters(4, 3080));
         let mut acct = Accounting::default();
         let dest = |k: &FlowKey| DestKey { destination: format!("r{}.example", k.remote_ip[15]), country: "NL".into(), asn: 0 };
-        acct.update(&snap, 100, &PARAMS, &dest);
+        acct.update(&std::sync::Arc::new(snap.clone()), 100, &PARAMS, &dest);
         let labels = |_: &Mac| ClientLabels {
             name: "kid's \"tab\" \\ 2".into(),
             group: "kids".into(),

@@ -80,7 +80,7 @@ impl Pipeline {
         // Map reads are blocking syscalls (milliseconds for a full map): keep them off the reactor.
         let mut stage = Instant::now();
         let mut lap = || std::mem::replace(&mut stage, Instant::now()).elapsed();
-        let snap = tokio::task::block_in_place(|| self.maps.read())?;
+        let snap = Arc::new(tokio::task::block_in_place(|| self.maps.read())?);
         let read = lap();
         let enricher = &self.enricher;
         let retired = self.accounting.update(&snap, now, &self.params, &PollNamer { enricher, now });
@@ -120,7 +120,7 @@ impl Pipeline {
 
     /// The API's view of this poll. Takes the snapshot's flow list as it is; per flow it only
     /// looks up indices (client, remote's network) and the flow's name, shared per poll.
-    fn build_view(&self, snap: Snapshot, now: u64) -> LiveView {
+    fn build_view(&self, snap: Arc<Snapshot>, now: u64) -> LiveView {
         let clock = Clock::now();
         let mut owners: Vec<Owner> = Vec::new();
         let mut owner_of: FastMap<[u8; 6], u32> = FastMap::default();
@@ -181,6 +181,6 @@ impl Pipeline {
                 }
             })
             .collect();
-        LiveView::new(now, clients, snap.flows, rows, owners, geos, clock.unix, clock.mono_ns)
+        LiveView::new(now, clients, snap, rows, owners, geos, clock.unix, clock.mono_ns)
     }
 }

@@ -1830,6 +1830,7 @@ fn overflowing_the_flow_map_keeps_client_totals_exact_and_counts_evictions() {
             }
         }
         previous = now;
+        let snap = std::sync::Arc::new(snap);
         acct.update(&snap, 1000 + u64::from(round) * 5, &params, &namer);
         metrics.publish(&acct, &snap, &|_| ClientLabels { name: "c".into(), ..ClientLabels::default() });
     }
