@@ -4,7 +4,7 @@
 use std::{
     collections::{HashMap, HashSet},
     os::fd::AsFd as _,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
 use anyhow::Context as _;
@@ -41,6 +41,8 @@ pub struct KernelMaps {
     iterate: AtomicBool,
     /// Possible CPUs: per-CPU values come one per possible CPU.
     cpus: usize,
+    /// Flows in the last read.
+    flows_read: AtomicUsize,
 }
 
 /// One reading of the kernel maps, CPUs summed.
@@ -107,6 +109,7 @@ impl KernelMaps {
         Ok(KernelMaps {
             iterate: AtomicBool::new(false),
             cpus,
+            flows_read: AtomicUsize::new(0),
             flows: PerCpuHashMap::try_from(take(names::FLOWS)?)?,
             client_slots: BpfHashMap::try_from(take(names::CLIENT_SLOTS)?)?,
             client_totals: PerCpuArray::try_from(take(names::CLIENT_TOTALS)?)?,
@@ -179,8 +182,12 @@ impl KernelMaps {
 
     /// Reads every map.
     pub fn read(&self) -> anyhow::Result<Snapshot> {
-        let mut snap = Snapshot::default();
+        // Sized from the last read: growing by doubling would hold up to three times the list
+        // while it is copied.
+        let expected = self.flows_read.load(Ordering::Relaxed);
+        let mut snap = Snapshot { flows: Vec::with_capacity(expected + expected / 16 + 64), ..Snapshot::default() };
         self.for_each_flow(|key, counters| snap.flows.push((*key, counters)))?;
+        self.flows_read.store(snap.flows.len(), Ordering::Relaxed);
         snap.flows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         // Client totals: each client's slot, then that slot's counters on every CPU.
         for (mac, slot) in self.client_slots()? {

@@ -2,7 +2,7 @@
 //! → accounting → metrics and the API view.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::BTreeSet,
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
-    accounting::{Accounting, FastMap, Params},
+    accounting::{Accounting, FastMap, FastSet, Params},
     api::{ClientView, FlowRow, LiveView, Owner},
     collector::{KernelMaps, Snapshot},
     enrich::{Enricher, PollNamer, geo::GeoInfo},
@@ -125,31 +125,42 @@ impl Pipeline {
         let mut owners: Vec<Owner> = Vec::new();
         let mut owner_of: FastMap<[u8; 6], u32> = FastMap::default();
         // Per owner: its client IPs and flow count.
-        let mut ips: Vec<HashSet<[u8; 16]>> = Vec::new();
+        let mut ips: Vec<FastSet<[u8; 16]>> = Vec::new();
         let mut flow_counts: Vec<usize> = Vec::new();
         let mut geos: Vec<GeoInfo> = vec![GeoInfo::default()];
         let mut geo_of: FastMap<[u8; 16], u32> = FastMap::default();
         let mut names: FastMap<&str, Arc<str>> = FastMap::default();
         let mut rows = Vec::with_capacity(snap.flows.len());
+        let geo_known = self.enricher.geo.has_databases();
+        let mut last_ip = None;
         for (key, _) in &snap.flows {
             let owner = *owner_of.entry(key.client_mac).or_insert_with(|| {
                 let l = self.enricher.client_labels(&key.client_mac);
                 owners.push(Owner { name: l.name, mac: labels::mac(&key.client_mac) });
-                ips.push(HashSet::new());
+                ips.push(FastSet::default());
                 flow_counts.push(0);
                 (owners.len() - 1) as u32
             });
-            ips[owner as usize].insert(key.client_ip);
+            // The flows are sorted by client address: its flows come together.
+            if last_ip != Some((owner, key.client_ip)) {
+                ips[owner as usize].insert(key.client_ip);
+                last_ip = Some((owner, key.client_ip));
+            }
             flow_counts[owner as usize] += 1;
-            let geo = *geo_of.entry(key.remote_ip).or_insert_with(|| {
-                let info = self.enricher.geo(labels::ip(&key.remote_ip));
-                // Most remotes have the same (empty, without databases) answer: share it.
-                if info == geos[0] {
-                    return 0;
-                }
-                geos.push(info);
-                (geos.len() - 1) as u32
-            });
+            // Without databases every answer is the empty one (index 0): no lookup per remote.
+            let geo = if !geo_known {
+                0
+            } else {
+                *geo_of.entry(key.remote_ip).or_insert_with(|| {
+                    let info = self.enricher.geo(labels::ip(&key.remote_ip));
+                    // Remotes with no answer share the empty one.
+                    if info == geos[0] {
+                        return 0;
+                    }
+                    geos.push(info);
+                    (geos.len() - 1) as u32
+                })
+            };
             let name = self.enricher.flow_name(key, now).map(|n| names.entry(n).or_insert_with(|| Arc::from(n)).clone());
             rows.push(FlowRow { owner, geo, name });
         }
