@@ -662,7 +662,7 @@ fn render_section(reads: &str, polls: &str, agents: &str, verdict: &str) -> Stri
            them by running the real XDP program once per flow (`BPF_PROG_TEST_RUN`): UDP over \
            IPv4, client i mod M, a distinct remote per flow of a client, frame sizes 60–1,460 \
            bytes. At the capacity the LRU evicts a few flows before the map is full (\"in map\").\n\
-         - Reading: `KernelMaps::read` (flows, client slots and totals, stats) with \
+         - Reading: `KernelMaps::read` (the flows, sorted by key; client slots and totals; stats) with \
            `BPF_MAP_LOOKUP_BATCH` and with `get_next_key` + `lookup` per flow (the fallback for \
            kernels before 5.6), on the same map; the run checks both read the same. Median of 3 \
            (1 above 100,000 flows).\n\
@@ -683,6 +683,16 @@ fn render_section(reads: &str, polls: &str, agents: &str, verdict: &str) -> Stri
            (its whole life: startup, the first poll of a full map, state saves, scrapes). \
            The API (`/api/v1/flows`) is not requested there: its JSON for every flow is built \
            per request (timed above in the benchmark process).\n\
+         - Where the memory goes, per flow: the poll's flow list (96 bytes; two lists while a \
+           poll reads the next one, since the last read is what the new one is compared with), \
+           an entry for the flow's remote (about 110 bytes) and one for its destination (about \
+           145 bytes plus the name) in its client's hash tables, which are 44–87% full, and 24 \
+           bytes of API view. The flows here are the worst case for the last two: every flow \
+           has a remote and a destination of its own (no names are known, so destinations are \
+           addresses). At home, flows share destinations (a domain per service) and most \
+           clients have tens to hundreds of flows. The rest is the agent itself (about 18 MB \
+           resident; its start, which parses the kernel's BTF, peaks near 31 MB) and, at \
+           thousands of clients, the /metrics text (bounded by `series_budget`).\n\
          {end}",
         begin = docs::SCALE_BEGIN,
         end = docs::SCALE_END,

@@ -61,7 +61,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// A snapshot of these flows, sorted by key, each key once (the first kept).
     pub fn sorted(mut flows: Vec<(FlowKey, Counters)>) -> Snapshot {
-        flows.sort_by(|a, b| a.0.cmp(&b.0));
+        flows.sort_by_key(|a| a.0);
         flows.dedup_by(|a, b| a.0 == b.0);
         Snapshot { flows, ..Snapshot::default() }
     }
@@ -188,7 +188,7 @@ impl KernelMaps {
         let mut snap = Snapshot { flows: Vec::with_capacity(expected + expected / 16 + 64), ..Snapshot::default() };
         self.for_each_flow(|key, counters| snap.flows.push((*key, counters)))?;
         self.flows_read.store(snap.flows.len(), Ordering::Relaxed);
-        snap.flows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        snap.flows.sort_unstable_by_key(|a| a.0);
         // Client totals: each client's slot, then that slot's counters on every CPU.
         for (mac, slot) in self.client_slots()? {
             let values = self.client_totals.get(&slot, 0).context("reading the client totals map")?;
