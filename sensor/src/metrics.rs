@@ -14,7 +14,7 @@ use prometheus::{
 use sensor_common::{Direction, EventKind, EventOutcome, Stat};
 
 use crate::{
-    accounting::{Accounting, Mac, Tally},
+    accounting::{Accounting, ClientAccount, Mac, Tally},
     collector::Snapshot,
     labels,
 };
@@ -110,9 +110,11 @@ impl Metrics {
 
     /// Rebuilds the traffic families from the accounting and the kernel stats.
     pub fn publish(&self, acct: &Accounting, snap: &Snapshot, client: &dyn Fn(&Mac) -> ClientLabels) {
-        let text = Arc::new(traffic_text(acct, snap, client));
+        // Sized like the last one: the text is megabytes at thousands of clients.
+        let mut text = String::with_capacity(self.traffic.read().map_or(0, |t| t.len() + t.len() / 8));
+        traffic_text(&mut text, acct, snap, client);
         if let Ok(mut slot) = self.traffic.write() {
-            *slot = text;
+            *slot = Arc::new(text);
         }
     }
 
@@ -139,23 +141,27 @@ fn escape_into(out: &mut String, value: &str) {
     }
 }
 
-/// One metric family's text, its series appended as they come.
-struct Family {
+/// One metric family being written: its HELP and TYPE lines, then its series. A family that
+/// got no series is taken back out (Prometheus wants no empty families).
+struct Family<'a> {
+    out: &'a mut String,
     name: &'static str,
-    help: &'static str,
-    kind: &'static str,
-    body: String,
+    start: usize,
+    series: usize,
 }
 
-impl Family {
-    fn new(name: &'static str, kind: &'static str, help: &'static str) -> Family {
-        Family { name, help, kind, body: String::new() }
+impl<'a> Family<'a> {
+    fn begin(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Family<'a> {
+        let start = out.len();
+        let _ = writeln!(out, "# HELP {NAMESPACE}_{name} {help}");
+        let _ = writeln!(out, "# TYPE {NAMESPACE}_{name} {kind}");
+        Family { out, name, start, series: 0 }
     }
 
     /// `gwsensor_<name>{<labels>,<extra>} <value>`: `labels` is already escaped text
     /// (`k="v",...`), `extra` is escaped here.
     fn series(&mut self, labels: &str, extra: &[(&str, &str)], value: impl std::fmt::Display) {
-        let out = &mut self.body;
+        let out = &mut *self.out;
         out.push_str(NAMESPACE);
         out.push('_');
         out.push_str(self.name);
@@ -174,15 +180,15 @@ impl Family {
             out.push('}');
         }
         let _ = writeln!(out, " {value}");
+        self.series += 1;
     }
+}
 
-    fn write_to(&self, out: &mut String) {
-        if self.body.is_empty() {
-            return;
+impl Drop for Family<'_> {
+    fn drop(&mut self) {
+        if self.series == 0 {
+            self.out.truncate(self.start);
         }
-        let _ = writeln!(out, "# HELP {NAMESPACE}_{} {}", self.name, self.help);
-        let _ = writeln!(out, "# TYPE {NAMESPACE}_{} {}", self.name, self.kind);
-        out.push_str(&self.body);
     }
 }
 
@@ -204,101 +210,128 @@ fn tag_label(key: &str) -> String {
     format!("tag_{key}")
 }
 
-/// The traffic families as exposition text, written directly: at thousands of clients the
-/// series number in the hundred thousands, and building the prometheus crate's structures
-/// for them (then cloning them for every scrape) cost more than the whole rest of a poll.
-///
-/// Remote (and destination) series exist per direction only once that direction carried
-/// traffic: most remotes are one-sided for a long time (a DNS server, an upload target), and a
-/// zero series would double the series count for nothing.
-fn traffic_text(acct: &Accounting, snap: &Snapshot, client: &dyn Fn(&Mac) -> ClientLabels) -> String {
-    let mut client_packets = Family::new("client_packets_total", "counter", "Packets of a client (one per MAC, whatever its IPs), by direction.");
-    let mut client_bytes = Family::new("client_bytes_total", "counter", "Bytes (Ethernet frames) of a client, by direction.");
-    let mut info = Family::new("client_info", "gauge", "A client's name, group, vendor, where the name came from, and its tags (always 1).");
-    let mut remote_packets = Family::new("remote_packets_total", "counter", "Packets between a client and a remote endpoint; remote=\"other\" sums the remotes beyond the client's top-N.");
-    let mut remote_bytes = Family::new("remote_bytes_total", "counter", "Bytes between a client and a remote endpoint; remote=\"other\" sums the remotes beyond the client's top-N.");
-    let mut dest_packets = Family::new("destination_packets_total", "counter", "Packets between a client and a named destination; destination=\"other\" sums those beyond the top-N or the series budget.");
-    let mut dest_bytes = Family::new("destination_bytes_total", "counter", "Bytes between a client and a named destination; destination=\"other\" sums those beyond the top-N or the series budget.");
-    let (mut remotes_in_other, mut destinations_in_other) = (0, 0);
-    for (mac_raw, account) in &acct.clients {
-        let mac = labels::mac(mac_raw);
-        let names = client(mac_raw);
-        let tags: Vec<(String, &str)> = names.tags.iter().map(|(k, v)| (tag_label(k), v.as_str())).collect();
-        let mut info_labels = vec![
-            ("client", names.name.as_str()),
-            ("mac", mac.as_str()),
-            ("group", names.group.as_str()),
-            ("vendor", names.vendor.as_str()),
-            ("source", names.source.as_str()),
-        ];
-        info_labels.extend(tags.iter().map(|(k, v)| (k.as_str(), *v)));
-        info.series("", &info_labels, 1);
-        remotes_in_other += account.remotes.in_other();
-        destinations_in_other += account.destinations.in_other();
-        let base = Direction::ALL.map(|dir| client_labels(&names.name, &mac, dir));
-        let one_sided = |packets: &mut Family, bytes: &mut Family, extra: &[(&str, &str)], t: &Tally| {
-            for dir in Direction::ALL {
-                if t.packets(dir) != 0 {
-                    packets.series(&base[dir.index()], extra, t.packets(dir));
-                    bytes.series(&base[dir.index()], extra, t.bytes(dir));
-                }
-            }
-        };
-        for dir in Direction::ALL {
-            client_packets.series(&base[dir.index()], &[], account.totals.packets(dir));
-            client_bytes.series(&base[dir.index()], &[], account.totals.bytes(dir));
-        }
-        for (id, remote) in account.remotes.series() {
-            let (ip, protocol, port) = (labels::ip(&id.ip).to_string(), labels::protocol(id.protocol), id.port.to_string());
-            let extra = [("remote", ip.as_str()), ("protocol", protocol.as_str()), ("port", port.as_str())];
-            one_sided(&mut remote_packets, &mut remote_bytes, &extra, &remote.exported);
-        }
-        // Only clients that overflowed their top-N carry an "other" series.
-        let extra = [("remote", "other"), ("protocol", ""), ("port", "")];
-        one_sided(&mut remote_packets, &mut remote_bytes, &extra, &account.remotes.other);
-        for (key, dest) in account.destinations.series() {
-            let asn = if key.asn == 0 { String::new() } else { key.asn.to_string() };
-            let extra = [("destination", key.destination.as_str()), ("country", key.country.as_str()), ("asn", asn.as_str())];
-            one_sided(&mut dest_packets, &mut dest_bytes, &extra, &dest.exported);
-        }
-        let extra = [("destination", "other"), ("country", ""), ("asn", "")];
-        one_sided(&mut dest_packets, &mut dest_bytes, &extra, &account.destinations.other);
-    }
-    let mut overflow = Family::new("series_overflow", "gauge", "Remotes or destinations tracked without a series of their own (summed into \"other\"), by family.");
-    overflow.series("", &[("family", "remote")], remotes_in_other);
-    overflow.series("", &[("family", "destination")], destinations_in_other);
-    let mut stats = Family::new("packets_total", "counter", "Every packet the kernel programs saw, by direction and outcome (reason=\"seen\" is all of them).");
+/// A client's names and its series' shared labels, made once per publish.
+struct ClientText {
+    mac: String,
+    names: ClientLabels,
+    /// [`client_labels`] per direction.
+    base: [String; 2],
+}
+
+/// What a remote (or destination) series adds to the client's labels.
+type Extra<'a> = [(&'a str, &'a str); 3];
+
+/// Writes each direction's series of a remote or destination that carried traffic that way
+/// (most remotes are one-sided for a long time: a zero series would double the series count
+/// for nothing). `bytes` picks the family's value.
+fn one_sided(f: &mut Family, c: &ClientText, extra: &Extra, t: &Tally, bytes: bool) {
     for dir in Direction::ALL {
-        for stat in Stat::ALL {
-            stats.series("", &[("direction", dir.as_str()), ("reason", stat.as_str())], snap.stat(stat, dir));
+        if t.packets(dir) != 0 {
+            f.series(&c.base[dir.index()], extra, if bytes { t.bytes(dir) } else { t.packets(dir) });
         }
     }
-    let mut events = Family::new("kernel_events_total", "counter", "Naming events in the kernel, by kind and outcome (sent to the agent, rate_limited, ring_full).");
-    for kind in EventKind::ALL {
-        for outcome in EventOutcome::ALL {
-            events.series("", &[("kind", kind.as_str()), ("outcome", outcome.as_str())], snap.event(kind, outcome));
+}
+
+/// The traffic families as exposition text, written straight into `out`, one family after
+/// the other: at thousands of clients the series number in the hundred thousands, and
+/// building the prometheus crate's structures for them (then cloning them for every scrape)
+/// cost more than the rest of a poll; intermediate per-family buffers would double the text.
+fn traffic_text(out: &mut String, acct: &Accounting, snap: &Snapshot, client: &dyn Fn(&Mac) -> ClientLabels) {
+    let clients: Vec<(&ClientAccount, ClientText)> = acct
+        .clients
+        .iter()
+        .map(|(mac_raw, account)| {
+            let mac = labels::mac(mac_raw);
+            let names = client(mac_raw);
+            let base = Direction::ALL.map(|dir| client_labels(&names.name, &mac, dir));
+            (account, ClientText { mac, names, base })
+        })
+        .collect();
+
+    for (bytes, name, help) in [
+        (false, "client_packets_total", "Packets of a client (one per MAC, whatever its IPs), by direction."),
+        (true, "client_bytes_total", "Bytes (Ethernet frames) of a client, by direction."),
+    ] {
+        let mut f = Family::begin(out, name, "counter", help);
+        for (account, c) in &clients {
+            for dir in Direction::ALL {
+                let t = &account.totals;
+                f.series(&c.base[dir.index()], &[], if bytes { t.bytes(dir) } else { t.packets(dir) });
+            }
         }
     }
-    let mut evictions = Family::new("flow_evictions_total", "counter", "Flows that left the kernel flow map between two polls (LRU evictions).");
-    evictions.series("", &[], acct.flow_evictions);
-    let families = [
-        client_packets,
-        client_bytes,
-        info,
-        remote_packets,
-        remote_bytes,
-        dest_packets,
-        dest_bytes,
-        overflow,
-        stats,
-        events,
-        evictions,
-    ];
-    let mut out = String::with_capacity(families.iter().map(|f| f.body.len() + 256).sum());
-    for f in &families {
-        f.write_to(&mut out);
+    {
+        let help = "A client's name, group, vendor, where the name came from, and its tags (always 1).";
+        let mut f = Family::begin(out, "client_info", "gauge", help);
+        for (_, c) in &clients {
+            let tags: Vec<(String, &str)> = c.names.tags.iter().map(|(k, v)| (tag_label(k), v.as_str())).collect();
+            let mut labels = vec![
+                ("client", c.names.name.as_str()),
+                ("mac", c.mac.as_str()),
+                ("group", c.names.group.as_str()),
+                ("vendor", c.names.vendor.as_str()),
+                ("source", c.names.source.as_str()),
+            ];
+            labels.extend(tags.iter().map(|(k, v)| (k.as_str(), *v)));
+            f.series("", &labels, 1);
+        }
     }
-    out
+    for (bytes, name, help) in [
+        (false, "remote_packets_total", "Packets between a client and a remote endpoint; remote=\"other\" sums the remotes beyond the client's top-N."),
+        (true, "remote_bytes_total", "Bytes between a client and a remote endpoint; remote=\"other\" sums the remotes beyond the client's top-N."),
+    ] {
+        let mut f = Family::begin(out, name, "counter", help);
+        for (account, c) in &clients {
+            for (id, remote) in account.remotes.series() {
+                let (ip, protocol, port) = (labels::ip(&id.ip).to_string(), labels::protocol(id.protocol), id.port.to_string());
+                one_sided(&mut f, c, &[("remote", &ip), ("protocol", &protocol), ("port", &port)], &remote.exported, bytes);
+            }
+            // Only clients that overflowed their top-N carry an "other" series.
+            one_sided(&mut f, c, &[("remote", "other"), ("protocol", ""), ("port", "")], &account.remotes.other, bytes);
+        }
+    }
+    for (bytes, name, help) in [
+        (false, "destination_packets_total", "Packets between a client and a named destination; destination=\"other\" sums those beyond the top-N or the series budget."),
+        (true, "destination_bytes_total", "Bytes between a client and a named destination; destination=\"other\" sums those beyond the top-N or the series budget."),
+    ] {
+        let mut f = Family::begin(out, name, "counter", help);
+        for (account, c) in &clients {
+            for (key, dest) in account.destinations.series() {
+                let asn = if key.asn == 0 { String::new() } else { key.asn.to_string() };
+                let extra = [("destination", key.destination.as_str()), ("country", key.country.as_str()), ("asn", asn.as_str())];
+                one_sided(&mut f, c, &extra, &dest.exported, bytes);
+            }
+            one_sided(&mut f, c, &[("destination", "other"), ("country", ""), ("asn", "")], &account.destinations.other, bytes);
+        }
+    }
+    {
+        let help = "Remotes or destinations tracked without a series of their own (summed into \"other\"), by family.";
+        let mut f = Family::begin(out, "series_overflow", "gauge", help);
+        let remotes: usize = clients.iter().map(|(a, _)| a.remotes.in_other()).sum();
+        let destinations: usize = clients.iter().map(|(a, _)| a.destinations.in_other()).sum();
+        f.series("", &[("family", "remote")], remotes);
+        f.series("", &[("family", "destination")], destinations);
+    }
+    {
+        let help = "Every packet the kernel programs saw, by direction and outcome (reason=\"seen\" is all of them).";
+        let mut f = Family::begin(out, "packets_total", "counter", help);
+        for dir in Direction::ALL {
+            for stat in Stat::ALL {
+                f.series("", &[("direction", dir.as_str()), ("reason", stat.as_str())], snap.stat(stat, dir));
+            }
+        }
+    }
+    {
+        let help = "Naming events in the kernel, by kind and outcome (sent to the agent, rate_limited, ring_full).";
+        let mut f = Family::begin(out, "kernel_events_total", "counter", help);
+        for kind in EventKind::ALL {
+            for outcome in EventOutcome::ALL {
+                f.series("", &[("kind", kind.as_str()), ("outcome", outcome.as_str())], snap.event(kind, outcome));
+            }
+        }
+    }
+    let help = "Flows that left the kernel flow map between two polls (LRU evictions).";
+    Family::begin(out, "flow_evictions_total", "counter", help).series("", &[], acct.flow_evictions);
 }
 
 #[cfg(test)]
@@ -343,7 +376,8 @@ mod tests {
             source: "inventory".into(),
             tags: [("owner".to_string(), "alice".to_string())].into(),
         };
-        let text = traffic_text(&acct, &snap, &labels);
+        let mut text = String::new();
+        traffic_text(&mut text, &acct, &snap, &labels);
         let c = r#"client="kid's \"tab\" \\ 2",mac="64:09:80:00:00:01""#;
         for line in [
             "# TYPE gwsensor_client_bytes_total counter".to_string(),
@@ -381,5 +415,7 @@ mod tests {
         let text = m.render().unwrap();
         assert!(text.lines().any(|l| l == "gwsensor_flows_tracked 7"), "{text}");
         assert!(text.lines().any(|l| l == "gwsensor_flow_evictions_total 0"), "{text}");
+        // No client: no client family at all, not even its HELP line.
+        assert!(!text.contains("gwsensor_client_bytes_total") && !text.contains("gwsensor_remote_packets_total"), "{text}");
     }
 }

@@ -90,16 +90,19 @@ impl Pipeline {
         // One pass over the flow map for all of them (retiring frees their kernel slots).
         self.maps.remove_clients(&retired)?;
         let account = lap();
+        // The view first: replacing it lets the previous snapshot go before the metrics text
+        // is written (a full map's list is megabytes).
+        let new_view = Arc::new(self.build_view(Arc::clone(&snap), now));
+        if let Ok(mut slot) = self.view.write() {
+            *slot = new_view;
+        }
+        let view = lap();
+        let enricher = &self.enricher;
         self.metrics.publish(&self.accounting, &snap, &|mac| enricher.client_labels(mac));
         self.metrics.flows_tracked.set(snap.flows.len() as i64);
         self.metrics.clients_tracked.set(snap.clients.len() as i64);
         self.metrics.names_cached.set(self.enricher.names.len() as i64);
         let publish = lap();
-        let view = Arc::new(self.build_view(snap, now));
-        if let Ok(mut slot) = self.view.write() {
-            *slot = view;
-        }
-        let view = lap();
         let total = started.elapsed();
         self.metrics.poll_duration.observe(total.as_secs_f64());
         self.timings = PollTimings { read, account, publish, view, total };
