@@ -29,6 +29,7 @@ use sensor::{
     loader::{LoadOptions, load},
 };
 
+
 const XDP_PASS: u32 = 2;
 const TC_ACT_UNSPEC: u32 = u32::MAX;
 

@@ -10,6 +10,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     hash::Hash,
+    sync::Arc,
 };
 
 use sensor_common::{Counters, Direction, FlowKey};
@@ -18,6 +19,11 @@ use serde::{Deserialize, Serialize};
 use crate::collector::Snapshot;
 
 pub type Mac = [u8; 6];
+
+/// A hash map with a fast, randomly seeded hasher: the per-flow maps are hashed several times
+/// per flow and poll, and SipHash dominated the poll at 65,536 flows.
+pub type FastMap<K, V> = foldhash::HashMap<K, V>;
+pub type FastSet<K> = foldhash::HashSet<K>;
 
 /// Packets and bytes per direction (indexed by [`Direction::index`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +110,9 @@ pub struct Entry {
     pub score: f64,
     /// Unix seconds of the last poll that saw it carry traffic.
     pub last_active: u64,
+    /// This poll's traffic, until it is attributed (to this key's series or `other`).
+    #[serde(skip)]
+    pending: Tally,
 }
 
 /// One client's series of one kind (remotes, destinations): its most active keys have a
@@ -113,45 +122,63 @@ pub struct Entry {
 #[serde(bound(serialize = "K: Serialize", deserialize = "K: Deserialize<'de> + Eq + Hash"))]
 pub struct Ranked<K> {
     #[serde(with = "as_pairs")]
-    pub entries: HashMap<K, Entry>,
+    pub entries: FastMap<K, Entry>,
     pub other: Tally,
 }
 
 impl<K> Default for Ranked<K> {
     fn default() -> Self {
-        Ranked { entries: HashMap::new(), other: Tally::default() }
+        Ranked { entries: FastMap::default(), other: Tally::default() }
     }
 }
 
 impl<K: Clone + Eq + Hash + Ord> Ranked<K> {
+    /// Records traffic of `key` in this poll (attributed by [`Ranked::attribute`]).
+    fn add(&mut self, key: K, delta: &Tally) {
+        self.entries.entry(key).or_default().pending.add(delta);
+    }
+
     /// Ages every key's activity and adds this poll's.
-    fn observe(&mut self, deltas: &HashMap<K, Tally>, decay: f64, now: u64) {
+    fn observe(&mut self, decay: f64, now: u64) {
         for entry in self.entries.values_mut() {
             entry.score *= decay;
-        }
-        for (key, delta) in deltas {
-            let entry = self.entries.entry(key.clone()).or_default();
-            entry.score += delta.total_bytes() as f64;
-            entry.last_active = now;
+            if !entry.pending.is_zero() {
+                entry.score += entry.pending.total_bytes() as f64;
+                entry.last_active = now;
+            }
         }
     }
 
     /// The `n` most active keys get a series; on equal activity the incumbent keeps it.
     fn choose_top(&mut self, n: usize) {
-        let mut ranked: Vec<(&K, &Entry)> = self.entries.iter().collect();
-        ranked.sort_by(|a, b| b.1.score.total_cmp(&a.1.score).then(b.1.in_top.cmp(&a.1.in_top)).then(a.0.cmp(b.0)));
-        let top: HashSet<K> = ranked.iter().take(n).map(|(k, _)| (*k).clone()).collect();
-        for (key, entry) in self.entries.iter_mut() {
-            entry.in_top = top.contains(key);
+        if self.entries.len() <= n {
+            self.entries.values_mut().for_each(|e| e.in_top = true);
+            return;
+        }
+        // A selection, not a sort: linear in the keys (a client may have thousands).
+        let mut ranked: Vec<(usize, &K, f64, bool)> =
+            self.entries.iter().enumerate().map(|(i, (k, e))| (i, k, e.score, e.in_top)).collect();
+        let mut top = vec![false; ranked.len()];
+        if n > 0 {
+            ranked.select_nth_unstable_by(n - 1, |a, b| b.2.total_cmp(&a.2).then(b.3.cmp(&a.3)).then(a.1.cmp(b.1)));
+            for r in &ranked[..n] {
+                top[r.0] = true;
+            }
+        }
+        // The map is unchanged since `ranked` was made, so it iterates in the same order.
+        for (entry, in_top) in self.entries.values_mut().zip(top) {
+            entry.in_top = in_top;
         }
     }
 
-    /// Adds each delta to exactly one series: the key's own, or `other`.
-    fn attribute(&mut self, deltas: &HashMap<K, Tally>) {
-        for (key, delta) in deltas {
-            match self.entries.get_mut(key) {
-                Some(entry) if entry.in_top => entry.exported.add(delta),
-                _ => self.other.add(delta),
+    /// Adds this poll's traffic of each key to exactly one series: its own, or `other`.
+    fn attribute(&mut self) {
+        for entry in self.entries.values_mut() {
+            let delta = std::mem::take(&mut entry.pending);
+            if entry.in_top {
+                entry.exported.add(&delta);
+            } else {
+                self.other.add(&delta);
             }
         }
     }
@@ -179,8 +206,8 @@ fn enforce_budget<'a, K: 'a>(sets: impl Iterator<Item = &'a mut Ranked<K>>, budg
     if holders.len() <= budget {
         return;
     }
-    holders.sort_by(|a, b| a.score.total_cmp(&b.score));
     let excess = holders.len() - budget;
+    holders.select_nth_unstable_by(excess - 1, |a, b| a.score.total_cmp(&b.score));
     for entry in holders.into_iter().take(excess) {
         entry.in_top = false;
     }
@@ -223,18 +250,52 @@ pub struct Accounting {
     pub clients: BTreeMap<Mac, ClientAccount>,
     /// Flows that left the kernel map between two polls (LRU evictions, mostly).
     pub flow_evictions: u64,
-    #[serde(with = "as_pairs")]
-    flows_last: HashMap<FlowKeyBytes, Tally>,
+    /// Stored as (flow key, counters) pairs, the flows held back left out.
+    #[serde(rename = "flows_last")]
+    last: LastRead,
     #[serde(with = "as_pairs")]
     clients_last: HashMap<Mac, Tally>,
     last_update: u64,
     /// New flows held back for their name (see [`Namer::awaits_name`]), with the Unix second
     /// they were first held.
     #[serde(skip)]
-    waiting: HashMap<FlowKeyBytes, u64>,
+    waiting: FastMap<FlowKey, u64>,
     /// Every flow that gained traffic in the last update, with its gain (the policy's input).
     #[serde(skip)]
     pub gains: Vec<(FlowKey, Tally)>,
+}
+
+/// The flows as last read: the previous poll's snapshot itself (shared with the API view, not
+/// copied; sorted by key), except the flows it held back and the flows of the clients it
+/// retired (which the agent then deleted from the kernel: gone, but not evicted).
+#[derive(Debug, Clone, Default)]
+struct LastRead {
+    snap: Arc<Snapshot>,
+    held: HashSet<FlowKey>,
+    retired: HashSet<Mac>,
+}
+
+impl LastRead {
+    fn flows(&self) -> impl Iterator<Item = &(FlowKey, Counters)> {
+        self.snap.flows.iter().filter(|(k, _)| !self.held.contains(k))
+    }
+}
+
+impl Serialize for LastRead {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.flows().map(|(k, c)| (FlowKeyBytes::of(k), Tally::of(c))))
+    }
+}
+
+impl<'de> Deserialize<'de> for LastRead {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let pairs = Vec::<(FlowKeyBytes, Tally)>::deserialize(d)?;
+        let flows = pairs
+            .into_iter()
+            .map(|(k, t)| (k.key(), Counters { packets: t.packets, bytes: t.bytes, first_seen_ns: 0, last_seen_ns: 0 }))
+            .collect();
+        Ok(LastRead { snap: Arc::new(Snapshot::sorted(flows)), ..LastRead::default() })
+    }
 }
 
 /// A flow key as raw bytes, so that the state file does not depend on the struct's Rust form.
@@ -250,6 +311,17 @@ impl FlowKeyBytes {
         b[38..40].copy_from_slice(&key.remote_port.to_be_bytes());
         b[40] = key.protocol;
         FlowKeyBytes(b)
+    }
+
+    fn key(&self) -> FlowKey {
+        let b = &self.0;
+        let mut k = FlowKey::default();
+        k.client_ip.copy_from_slice(&b[..16]);
+        k.remote_ip.copy_from_slice(&b[16..32]);
+        k.client_mac.copy_from_slice(&b[32..38]);
+        k.remote_port = u16::from_be_bytes([b[38], b[39]]);
+        k.protocol = b[40];
+        k
     }
 }
 
@@ -272,19 +344,13 @@ impl<F: Fn(&FlowKey) -> DestKey> Namer for F {
     }
 }
 
-/// One client's gains in one poll.
-#[derive(Default)]
-struct ClientDeltas {
-    remotes: HashMap<RemoteId, Tally>,
-    destinations: HashMap<DestKey, Tally>,
-}
-
 impl Accounting {
     /// Folds one snapshot in. `now` is Unix seconds; `destination` names a flow's remote end.
     /// Returns the clients retired in this poll (unseen for `client_idle_expiry_secs`): the
     /// caller frees their kernel slots (totals and flows) so that they never fill up with
     /// departed devices (a retired client seen again starts from zero, as a new series).
-    pub fn update(&mut self, snap: &Snapshot, now: u64, params: &Params, namer: &dyn Namer) -> Vec<Mac> {
+    /// `snap` is kept as the last read until the next update (shared, not copied).
+    pub fn update(&mut self, snap: &Arc<Snapshot>, now: u64, params: &Params, namer: &dyn Namer) -> Vec<Mac> {
         let mut clients_last = HashMap::with_capacity(snap.clients.len());
         for (mac, counters) in &snap.clients {
             let cur = Tally::of(counters);
@@ -298,52 +364,65 @@ impl Accounting {
         }
         self.clients_last = clients_last;
 
-        let mut deltas: HashMap<Mac, ClientDeltas> = HashMap::new();
-        let mut flows_last = HashMap::with_capacity(snap.flows.len());
-        let mut waiting = HashMap::new();
+        // Every flow read: its gain since the last read goes to its client's remote and
+        // destination (pending until the top-N is chosen below). Both reads are sorted by key,
+        // so they are walked side by side: no lookup per flow, and no copy of the last read.
+        let snap = if snap.is_sorted() { Arc::clone(snap) } else { Arc::new(Snapshot::sorted(snap.flows.clone())) };
+        // Accounts by MAC through a hash index: one lookup per flow instead of a tree descent.
+        let (account_of, mut accounts): (FastMap<Mac, usize>, Vec<&mut ClientAccount>) =
+            self.clients.iter_mut().enumerate().map(|(i, (mac, account))| ((*mac, i), account)).unzip();
+        let last = &self.last;
+        let gone = |k: &FlowKey| !last.held.contains(k) && !last.retired.contains(&k.client_mac);
+        let mut prev = last.snap.flows.iter().peekable();
+        let (mut evicted, mut waiting, mut held) = (0u64, FastMap::default(), HashSet::new());
         self.gains.clear();
         for (key, counters) in &snap.flows {
-            let id = FlowKeyBytes::of(key);
-            let prev = self.flows_last.get(&id);
-            // Held back: not recorded as read, so the poll that attributes it takes all of it.
-            if prev.is_none() {
-                let since = self.waiting.get(&id).copied().unwrap_or(now);
+            while let Some((k, _)) = prev.next_if(|(k, _)| k < key) {
+                evicted += u64::from(gone(k));
+            }
+            let before = prev.next_if(|(k, _)| k == key).filter(|(k, _)| !last.held.contains(k)).map(|(_, c)| Tally::of(c));
+            if before.is_none() {
+                // Held back: not recorded as read, so the poll that attributes it takes all of it.
+                let since = self.waiting.get(key).copied().unwrap_or(now);
                 if now.saturating_sub(since) < params.name_wait_secs && namer.awaits_name(key) {
-                    waiting.insert(id, since);
+                    waiting.insert(*key, since);
+                    held.insert(*key);
                     continue;
                 }
             }
-            let cur = Tally::of(counters);
-            let delta = cur.since(prev.unwrap_or(&Tally::default()));
-            if !delta.is_zero() {
-                let client = deltas.entry(key.client_mac).or_default();
-                client.remotes.entry(RemoteId::of(key)).or_default().add(&delta);
-                client.destinations.entry(namer.destination(key)).or_default().add(&delta);
+            let delta = Tally::of(counters).since(&before.unwrap_or_default());
+            if delta.is_zero() {
+                continue;
+            }
+            // A flow that grew has a client whose totals grew (the kernel counts both), so the
+            // account exists; a flow without one is not attributed.
+            if let Some(&i) = account_of.get(&key.client_mac) {
+                let account = &mut accounts[i];
+                account.remotes.add(RemoteId::of(key), &delta);
+                account.destinations.add(namer.destination(key), &delta);
                 self.gains.push((*key, delta));
             }
-            flows_last.insert(id, cur);
         }
-        self.flow_evictions += self.flows_last.keys().filter(|k| !flows_last.contains_key(*k)).count() as u64;
-        self.flows_last = flows_last;
+        // Flows read last time but not now left the map (LRU evictions, mostly).
+        evicted += prev.filter(|(k, _)| gone(k)).count() as u64;
+        self.flow_evictions += evicted;
         self.waiting = waiting;
+        self.last = LastRead { snap, held, retired: HashSet::new() };
 
         let elapsed = now.saturating_sub(self.last_update) as f64;
         let decay = if self.last_update == 0 { 1.0 } else { 0.5f64.powf(elapsed / params.score_half_life_secs) };
         self.last_update = now;
-        let none = ClientDeltas::default();
-        for (mac, account) in self.clients.iter_mut() {
-            let d = deltas.get(mac).unwrap_or(&none);
-            account.remotes.observe(&d.remotes, decay, now);
+        for account in self.clients.values_mut() {
+            account.remotes.observe(decay, now);
             account.remotes.choose_top(params.top_remotes);
-            account.destinations.observe(&d.destinations, decay, now);
+            account.destinations.observe(decay, now);
             account.destinations.choose_top(params.top_destinations);
         }
         enforce_budget(self.clients.values_mut().map(|a| &mut a.remotes), params.series_budget);
         enforce_budget(self.clients.values_mut().map(|a| &mut a.destinations), params.series_budget);
-        for (mac, account) in self.clients.iter_mut() {
-            let d = deltas.get(mac).unwrap_or(&none);
-            account.remotes.attribute(&d.remotes);
-            account.destinations.attribute(&d.destinations);
+        for account in self.clients.values_mut() {
+            account.remotes.attribute();
+            account.destinations.attribute();
             account.remotes.expire(now, params.remote_idle_expiry_secs);
             account.destinations.expire(now, params.destination_idle_expiry_secs);
         }
@@ -357,6 +436,12 @@ impl Accounting {
         for mac in &retired {
             self.clients.remove(mac);
             self.clients_last.remove(mac);
+        }
+        // The caller deletes their flows from the kernel: that is no eviction.
+        if !retired.is_empty() {
+            let gone: HashSet<Mac> = retired.iter().copied().collect();
+            self.waiting.retain(|k, _| !gone.contains(&k.client_mac));
+            self.last.retired = gone;
         }
         retired
     }
@@ -447,7 +532,7 @@ mod tests {
         for (k, c) in flows {
             let mut k = *k;
             k.client_mac = mac;
-            s.flows.insert(k, *c);
+            s.flows.push((k, *c));
             total.merge(c);
         }
         s.clients.insert(mac, total);
@@ -459,7 +544,7 @@ mod tests {
     }
 
     fn update(a: &mut Accounting, s: &Snapshot, now: u64, p: &Params) -> Vec<Mac> {
-        a.update(s, now, p, &by_domain)
+        a.update(&Arc::new(s.clone()), now, p, &by_domain)
     }
 
     fn remote(a: &Accounting, r: u8, port: u16) -> Option<&Entry> {
@@ -549,6 +634,40 @@ mod tests {
     }
 
     #[test]
+    fn a_flow_read_twice_in_one_poll_counts_once() {
+        let mut a = Accounting::default();
+        let mut s = snap(&[(key(1, 80), counters(2, 200, 0, 0))]);
+        s.flows.push(s.flows[0]);
+        update(&mut a, &s, 100, &PARAMS);
+        assert_eq!(remote(&a, 1, 80).unwrap().exported.bytes, [200, 0]);
+        assert_eq!(a.flow_evictions, 0);
+    }
+
+    #[test]
+    fn flows_of_a_retired_client_are_not_evictions() {
+        let mut a = Accounting::default();
+        let s = snap(&[(key(1, 1), counters(1, 10, 0, 0)), (key(2, 2), counters(1, 10, 0, 0))]);
+        update(&mut a, &s, 100, &PARAMS);
+        assert_eq!(update(&mut a, &s, 100 + 3600, &PARAMS), vec![MAC]);
+        // The agent deleted the retired client's flows from the kernel: the next read lacks them.
+        update(&mut a, &Snapshot::default(), 100 + 3605, &PARAMS);
+        assert_eq!(a.flow_evictions, 0);
+    }
+
+    #[test]
+    fn flows_gone_between_polls_are_counted_as_evictions() {
+        let mut a = Accounting::default();
+        let f = [(key(1, 1), counters(1, 10, 0, 0)), (key(2, 2), counters(1, 10, 0, 0)), (key(3, 3), counters(1, 10, 0, 0))];
+        update(&mut a, &snap(&f), 100, &PARAMS);
+        let mut s = snap(&f[2..]);
+        s.clients.insert(MAC, counters(3, 30, 0, 0));
+        update(&mut a, &s, 105, &PARAMS);
+        assert_eq!(a.flow_evictions, 2);
+        update(&mut a, &s, 110, &PARAMS);
+        assert_eq!(a.flow_evictions, 2, "only flows that left since the last poll");
+    }
+
+    #[test]
     fn a_busier_remote_takes_the_series_of_an_idle_one_and_nothing_is_double_counted() {
         let mut a = Accounting::default();
         let mut f = vec![(key(1, 1), counters(1, 1000, 0, 0)), (key(2, 2), counters(1, 1000, 0, 0))];
@@ -602,11 +721,11 @@ mod tests {
     fn a_new_unnamed_flow_waits_for_its_name() {
         let mut a = Accounting::default();
         let namer = LateName(std::cell::Cell::new(false));
-        a.update(&snap(&[(key(9, 443), counters(3, 200, 1, 60))]), 100, &PARAMS, &namer);
+        a.update(&Arc::new(snap(&[(key(9, 443), counters(3, 200, 1, 60))])), 100, &PARAMS, &namer);
         assert!(a.clients[&MAC].destinations.entries.is_empty(), "held back for a poll");
         assert_eq!(a.clients[&MAC].totals.bytes, [200, 60], "client totals never wait");
         namer.0.set(true);
-        a.update(&snap(&[(key(9, 443), counters(5, 900, 2, 120))]), 105, &PARAMS, &namer);
+        a.update(&Arc::new(snap(&[(key(9, 443), counters(5, 900, 2, 120))])), 105, &PARAMS, &namer);
         let d = &a.clients[&MAC].destinations;
         assert_eq!(d.entries.len(), 1);
         let (k, e) = d.entries.iter().next().unwrap();
@@ -618,10 +737,10 @@ mod tests {
     fn a_flow_waits_at_most_name_wait() {
         let mut a = Accounting::default();
         let namer = LateName(std::cell::Cell::new(false));
-        a.update(&snap(&[(key(9, 22), counters(1, 100, 0, 0))]), 100, &PARAMS, &namer);
-        a.update(&snap(&[(key(9, 22), counters(2, 150, 0, 0))]), 101, &PARAMS, &namer);
+        a.update(&Arc::new(snap(&[(key(9, 22), counters(1, 100, 0, 0))])), 100, &PARAMS, &namer);
+        a.update(&Arc::new(snap(&[(key(9, 22), counters(2, 150, 0, 0))])), 101, &PARAMS, &namer);
         assert!(a.clients[&MAC].destinations.entries.is_empty(), "still within name_wait");
-        a.update(&snap(&[(key(9, 22), counters(3, 200, 0, 0))]), 102, &PARAMS, &namer);
+        a.update(&Arc::new(snap(&[(key(9, 22), counters(3, 200, 0, 0))])), 102, &PARAMS, &namer);
         let d = &a.clients[&MAC].destinations;
         assert_eq!(d.entries.values().map(|e| e.exported.bytes[0]).sum::<u64>(), 200);
     }

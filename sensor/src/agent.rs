@@ -101,6 +101,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         view: server::SharedView::default(),
         events: events_rx,
+        timings: Default::default(),
     };
     let notifier = Notifier::start(&config.alerting, config.poll_interval, metrics.registry())?;
     let listener = server::bind(config.metrics_listen).await?;
@@ -174,7 +175,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn params(config: &Config) -> Params {
+/// The accounting knobs of a config.
+pub fn params(config: &Config) -> Params {
     Params {
         top_remotes: config.top_remotes,
         top_destinations: config.destinations.top_per_client,

@@ -1,11 +1,15 @@
 //! The agent's local JSON API (docs/api.md): the named view of clients and flows that
 //! `sensor clients` and `sensor flows` print. Rebuilt after every poll, served as is.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
-use serde::{Deserialize, Serialize};
+use sensor_common::Direction;
+use serde::{Deserialize, Serialize, Serializer};
 
-/// Everything the API serves, as of the last poll.
+use crate::{collector::Snapshot, enrich::geo::GeoInfo, labels};
+
+/// Everything the API serves, as of the last poll, in the form it is served (and read back
+/// by `sensor clients` / `sensor flows`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct View {
     /// Unix seconds of the poll this view comes from.
@@ -60,14 +64,136 @@ pub struct FlowView {
     pub last_seen: u64,
 }
 
-impl View {
-    /// Flows of one client, matched by name or MAC; all flows for `None`.
-    pub fn flows_of(&self, client: Option<&str>) -> Vec<FlowView> {
-        self.flows
-            .iter()
-            .filter(|f| client.is_none_or(|c| f.client == c || f.mac.eq_ignore_ascii_case(c)))
-            .cloned()
-            .collect()
+/// What the server holds between polls: the clients as served, and the flows compactly (the
+/// poll's flow list itself, with indices into per-client, per-remote and per-name tables), so
+/// that a full flow map costs about 120 bytes a flow here instead of some 500 as text, and no
+/// string per flow is made unless the flows are asked for.
+#[derive(Debug, Default)]
+pub struct LiveView {
+    /// Unix seconds of the poll.
+    pub updated: u64,
+    pub clients: Vec<ClientView>,
+    /// The poll's snapshot, shared with the accounting (its last read).
+    snap: Arc<Snapshot>,
+    /// Parallel to the snapshot's flows.
+    rows: Vec<FlowRow>,
+    owners: Vec<Owner>,
+    geos: Vec<GeoInfo>,
+    /// The poll's time as Unix seconds and as the kernel's monotonic clock (ns), to turn the
+    /// kernel's first/last-seen stamps into Unix seconds.
+    unix: u64,
+    mono_ns: u64,
+}
+
+/// A flow's client and remote, as indices, and its name.
+#[derive(Debug, Clone)]
+pub struct FlowRow {
+    pub owner: u32,
+    pub geo: u32,
+    pub name: Option<Arc<str>>,
+}
+
+/// A client as its flows show it.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub name: String,
+    pub mac: String,
+}
+
+impl LiveView {
+    /// `rows` is parallel to the snapshot's flows; its indices point into `owners` and `geos`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        updated: u64,
+        clients: Vec<ClientView>,
+        snap: Arc<Snapshot>,
+        rows: Vec<FlowRow>,
+        owners: Vec<Owner>,
+        geos: Vec<GeoInfo>,
+        unix: u64,
+        mono_ns: u64,
+    ) -> LiveView {
+        debug_assert_eq!(snap.flows.len(), rows.len());
+        LiveView { updated, clients, snap, rows, owners, geos, unix, mono_ns }
+    }
+
+    pub fn flow_count(&self) -> usize {
+        self.snap.flows.len()
+    }
+
+    fn unix_of(&self, mono_ns: u64) -> u64 {
+        if mono_ns == 0 {
+            return 0;
+        }
+        self.unix.saturating_sub(self.mono_ns.saturating_sub(mono_ns) / 1_000_000_000)
+    }
+
+    fn flow(&self, i: usize) -> FlowView {
+        let (key, c) = &self.snap.flows[i];
+        let row = &self.rows[i];
+        let owner = &self.owners[row.owner as usize];
+        let geo = &self.geos[row.geo as usize];
+        let name = row.name.as_deref().unwrap_or("");
+        FlowView {
+            client: owner.name.clone(),
+            mac: owner.mac.clone(),
+            client_ip: labels::ip(&key.client_ip).to_string(),
+            remote_ip: labels::ip(&key.remote_ip).to_string(),
+            protocol: labels::protocol(key.protocol),
+            port: key.remote_port,
+            name: name.to_string(),
+            domain: if name.is_empty() { String::new() } else { crate::enrich::domain::registrable(name) },
+            country: geo.country.clone(),
+            asn: geo.asn,
+            as_org: geo.as_org.clone(),
+            upload_bytes: c.bytes[Direction::Upload.index()],
+            download_bytes: c.bytes[Direction::Download.index()],
+            upload_packets: c.packets[Direction::Upload.index()],
+            download_packets: c.packets[Direction::Download.index()],
+            first_seen: self.unix_of(c.first_seen_ns),
+            last_seen: self.unix_of(c.last_seen_ns),
+        }
+    }
+
+    /// Flows of one client, matched by name or MAC (all flows for `None`), sorted by client,
+    /// then by bytes, largest first; made one at a time as they are serialized.
+    pub fn flows_of<'a>(&'a self, client: Option<&str>) -> Flows<'a> {
+        let matches = |o: &Owner| client.is_none_or(|c| o.name == c || o.mac.eq_ignore_ascii_case(c));
+        let wanted: Vec<bool> = self.owners.iter().map(matches).collect();
+        let mut order: Vec<u32> = (0..self.rows.len() as u32).filter(|&i| wanted[self.rows[i as usize].owner as usize]).collect();
+        let bytes = |i: u32| {
+            let c = &self.snap.flows[i as usize].1;
+            c.bytes[0] + c.bytes[1]
+        };
+        let owner = |i: u32| &self.owners[self.rows[i as usize].owner as usize].name;
+        order.sort_by(|&a, &b| owner(a).cmp(owner(b)).then(bytes(b).cmp(&bytes(a))));
+        Flows { view: self, order }
+    }
+}
+
+/// The flows of [`LiveView::flows_of`]: serializes as a JSON array, or iterates.
+pub struct Flows<'a> {
+    view: &'a LiveView,
+    order: Vec<u32>,
+}
+
+impl Flows<'_> {
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = FlowView> + '_ {
+        self.order.iter().map(|&i| self.view.flow(i as usize))
+    }
+}
+
+impl Serialize for Flows<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
     }
 }
 
@@ -146,6 +272,8 @@ pub fn flows_table(flows: &[FlowView]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use sensor_common::{Counters, FlowKey};
+
     use super::*;
 
     #[test]
@@ -162,13 +290,70 @@ mod tests {
         assert_eq!(t, "A     BB\nlong  x\ns     yy\n");
     }
 
+    fn live_view() -> LiveView {
+        let flow = |mac_last: u8, remote_last: u8, up: u64| {
+            let mut k = FlowKey { protocol: 6, remote_port: 443, ..FlowKey::default() };
+            k.client_mac[5] = mac_last;
+            k.client_ip[10..].copy_from_slice(&[0xff, 0xff, 10, 0, 0, mac_last]);
+            k.remote_ip[10..].copy_from_slice(&[0xff, 0xff, 93, 184, 216, remote_last]);
+            (k, Counters { packets: [1, 2], bytes: [up, 500], first_seen_ns: 1_000_000_000, last_seen_ns: 9_000_000_000 })
+        };
+        let row = |owner: u32, geo: u32, name: Option<&str>| FlowRow { owner, geo, name: name.map(Arc::from) };
+        let owners = vec![
+            Owner { name: "tv".into(), mac: "aa:bb:cc:00:00:02".into() },
+            Owner { name: "phone".into(), mac: "64:09:80:00:00:01".into() },
+        ];
+        let geos = vec![GeoInfo::default(), GeoInfo { country: "NL".into(), asn: 1136, as_org: "KPN".into() }];
+        LiveView::new(
+            100,
+            vec![],
+            Arc::new(Snapshot { flows: vec![flow(2, 9, 10), flow(1, 34, 100), flow(1, 35, 7000)], ..Snapshot::default() }),
+            vec![row(0, 0, None), row(1, 1, Some("a1.cdn.example.co.uk")), row(1, 0, None)],
+            owners,
+            geos,
+            1_000,
+            10_000_000_000,
+        )
+    }
+
     #[test]
-    fn flows_filter_by_name_or_mac() {
-        let f = |client: &str, mac: &str| FlowView { client: client.into(), mac: mac.into(), ..FlowView::default() };
-        let view = View { flows: vec![f("phone", "64:09:80:00:00:01"), f("tv", "aa:bb:cc:00:00:02")], ..View::default() };
-        assert_eq!(view.flows_of(Some("phone")).len(), 1);
-        assert_eq!(view.flows_of(Some("AA:BB:CC:00:00:02"))[0].client, "tv");
-        assert_eq!(view.flows_of(None).len(), 2);
+    fn flows_filter_by_name_or_mac_sorted_by_client_then_bytes() {
+        let view = live_view();
+        let all: Vec<FlowView> = view.flows_of(None).iter().collect();
+        let order: Vec<(&str, u64)> = all.iter().map(|f| (f.client.as_str(), f.upload_bytes)).collect();
+        assert_eq!(order, vec![("phone", 7000), ("phone", 100), ("tv", 10)]);
+        assert_eq!(view.flows_of(Some("phone")).len(), 2);
+        assert_eq!(view.flows_of(Some("AA:BB:CC:00:00:02")).iter().next().unwrap().client, "tv");
         assert!(view.flows_of(Some("nobody")).is_empty());
+    }
+
+    #[test]
+    fn a_flow_reads_as_named_strings_with_unix_times() {
+        let view = live_view();
+        let f = view.flows_of(Some("phone")).iter().nth(1).unwrap();
+        let want = FlowView {
+            client: "phone".into(),
+            mac: "64:09:80:00:00:01".into(),
+            client_ip: "10.0.0.1".into(),
+            remote_ip: "93.184.216.34".into(),
+            protocol: "tcp".into(),
+            port: 443,
+            name: "a1.cdn.example.co.uk".into(),
+            domain: "example.co.uk".into(),
+            country: "NL".into(),
+            asn: 1136,
+            as_org: "KPN".into(),
+            upload_bytes: 100,
+            download_bytes: 500,
+            upload_packets: 1,
+            download_packets: 2,
+            // The poll was at Unix 1000 = monotonic 10 s: 1 s → 991, 9 s → 999.
+            first_seen: 991,
+            last_seen: 999,
+        };
+        assert_eq!(f, want);
+        let json = serde_json::to_value(view.flows_of(Some("tv"))).unwrap();
+        assert_eq!(json.as_array().map(Vec::len), Some(1));
+        assert_eq!(json[0]["remote_ip"], "93.184.216.9");
     }
 }

@@ -1,17 +1,33 @@
 //! Reads the kernel maps into a plain snapshot, summing the per-CPU values, and retires clients
 //! from them.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    os::fd::AsFd as _,
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+};
 
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, Queue},
+    maps::{HashMap as BpfHashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, Queue},
 };
+use tracing::info;
 use sensor_common::{
     ClientKey, Counters, Direction, EVENT_STATS_LEN, EventKind, EventOutcome, FlowKey, FlowValue, STATS_LEN, Stat,
     names,
 };
+
+use crate::bpf_batch::{BatchError, BatchReader, Layout};
+
+/// How the hash maps (flows, client slots) are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMethod {
+    /// `BPF_MAP_LOOKUP_BATCH`: a chunk of entries per syscall (Linux 5.6+).
+    Batch,
+    /// `get_next_key` + `lookup` per entry: works everywhere, about six times slower.
+    Iterate,
+}
 
 /// The maps the agent reads, taken out of the loaded object.
 pub struct KernelMaps {
@@ -21,12 +37,20 @@ pub struct KernelMaps {
     free_slots: Queue<MapData, u32>,
     stats: PerCpuArray<MapData, u64>,
     event_stats: PerCpuArray<MapData, u64>,
+    /// Set once a batch lookup was refused (old kernel): from then on, iterate.
+    iterate: AtomicBool,
+    /// Possible CPUs: per-CPU values come one per possible CPU.
+    cpus: usize,
+    /// Flows in the last read.
+    flows_read: AtomicUsize,
 }
 
 /// One reading of the kernel maps, CPUs summed.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    pub flows: HashMap<FlowKey, Counters>,
+    /// Every flow once, sorted by key (a list: the map holds up to millions; the accounting
+    /// walks two successive reads side by side).
+    pub flows: Vec<(FlowKey, Counters)>,
     pub clients: HashMap<[u8; 6], Counters>,
     /// `stats[direction][stat]`.
     pub stats: [[u64; Stat::COUNT]; 2],
@@ -35,6 +59,18 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// A snapshot of these flows, sorted by key, each key once (the first kept).
+    pub fn sorted(mut flows: Vec<(FlowKey, Counters)>) -> Snapshot {
+        flows.sort_by_key(|a| a.0);
+        flows.dedup_by(|a, b| a.0 == b.0);
+        Snapshot { flows, ..Snapshot::default() }
+    }
+
+    /// Whether the flows are sorted by key, each key once (what [`KernelMaps::read`] returns).
+    pub fn is_sorted(&self) -> bool {
+        self.flows.is_sorted_by(|a, b| a.0 < b.0)
+    }
+
     pub fn stat(&self, stat: Stat, dir: Direction) -> u64 {
         self.stats[dir.index()][stat as usize]
     }
@@ -69,7 +105,11 @@ fn client_key(mac: &[u8; 6]) -> ClientKey {
 impl KernelMaps {
     pub fn take(ebpf: &mut Ebpf) -> anyhow::Result<KernelMaps> {
         let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"));
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
         Ok(KernelMaps {
+            iterate: AtomicBool::new(false),
+            cpus,
+            flows_read: AtomicUsize::new(0),
             flows: PerCpuHashMap::try_from(take(names::FLOWS)?)?,
             client_slots: BpfHashMap::try_from(take(names::CLIENT_SLOTS)?)?,
             client_totals: PerCpuArray::try_from(take(names::CLIENT_TOTALS)?)?,
@@ -79,19 +119,76 @@ impl KernelMaps {
         })
     }
 
-    /// Reads every map. Entries the LRU evicts while we iterate are skipped, not errors; a key
-    /// met twice (iteration restarts when its cursor is evicted) is kept once.
-    pub fn read(&self) -> anyhow::Result<Snapshot> {
-        let mut snap = Snapshot::default();
+    /// How the hash maps are read now: batch lookups unless the kernel refused them.
+    pub fn read_method(&self) -> ReadMethod {
+        if self.iterate.load(Ordering::Relaxed) { ReadMethod::Iterate } else { ReadMethod::Batch }
+    }
+
+    /// Forces a read method (tests and benchmarks compare them; batch falls back by itself).
+    pub fn set_read_method(&self, method: ReadMethod) {
+        self.iterate.store(method == ReadMethod::Iterate, Ordering::Relaxed);
+    }
+
+    /// Runs a batch read; on a kernel without batch lookups, remembers to iterate from now on
+    /// and returns `None` so that the caller iterates.
+    fn batch<T>(&self, what: &str, read: impl FnOnce() -> Result<T, BatchError>) -> anyhow::Result<Option<T>> {
+        if self.read_method() == ReadMethod::Iterate {
+            return Ok(None);
+        }
+        match read() {
+            Ok(t) => Ok(Some(t)),
+            Err(BatchError::Unsupported(e)) => {
+                info!("batch map lookups unavailable ({e}): reading the maps entry by entry (slower on large flow maps)");
+                self.set_read_method(ReadMethod::Iterate);
+                Ok(None)
+            }
+            Err(e) => Err(e).with_context(|| format!("reading the {what} map")),
+        }
+    }
+
+    /// Every flow with its CPUs' counters summed, each passed once to `each`.
+    pub fn for_each_flow(&self, mut each: impl FnMut(&FlowKey, Counters)) -> anyhow::Result<()> {
+        let reader = BatchReader::<FlowKey, FlowValue>::new(Layout::PerCpu { cpus: self.cpus });
+        let fd = self.flows.map().fd().as_fd();
+        let batched = self.batch("flow", || {
+            reader.for_each(fd, |key, values| {
+                let mut total = Counters::default();
+                for v in values {
+                    total.merge(&v.counters);
+                }
+                each(key, total);
+            })
+        })?;
+        if batched.is_some() {
+            return Ok(());
+        }
+        // Iteration restarts from the first key when its cursor is evicted meanwhile: pass
+        // each key once.
+        let mut seen = HashSet::new();
         for entry in self.flows.iter() {
             match entry {
                 Ok((key, values)) => {
-                    snap.flows.insert(key, sum(values.iter().map(|v| &v.counters)));
+                    if seen.insert(key) {
+                        each(&key, sum(values.iter().map(|v| &v.counters)));
+                    }
                 }
+                // Evicted by the LRU while we iterate: skipped.
                 Err(MapError::KeyNotFound) => continue,
                 Err(e) => return Err(e).context("reading the flow map"),
             }
         }
+        Ok(())
+    }
+
+    /// Reads every map.
+    pub fn read(&self) -> anyhow::Result<Snapshot> {
+        // Sized from the last read: growing by doubling would hold up to three times the list
+        // while it is copied.
+        let expected = self.flows_read.load(Ordering::Relaxed);
+        let mut snap = Snapshot { flows: Vec::with_capacity(expected + expected / 16 + 64), ..Snapshot::default() };
+        self.for_each_flow(|key, counters| snap.flows.push((*key, counters)))?;
+        self.flows_read.store(snap.flows.len(), Ordering::Relaxed);
+        snap.flows.sort_unstable_by_key(|a| a.0);
         // Client totals: each client's slot, then that slot's counters on every CPU.
         for (mac, slot) in self.client_slots()? {
             let values = self.client_totals.get(&slot, 0).context("reading the client totals map")?;
@@ -121,6 +218,18 @@ impl KernelMaps {
     /// Every client holding a slot, with its slot in the totals map.
     pub fn client_slots(&self) -> anyhow::Result<HashMap<[u8; 6], u32>> {
         let mut slots = HashMap::new();
+        let reader = BatchReader::<ClientKey, u32>::new(Layout::Plain);
+        let fd = self.client_slots.map().fd().as_fd();
+        let batched = self.batch("client slot", || {
+            reader.for_each(fd, |key, mut slot| {
+                if let Some(slot) = slot.next() {
+                    slots.insert(key.mac, slot);
+                }
+            })
+        })?;
+        if batched.is_some() {
+            return Ok(slots);
+        }
         for entry in self.client_slots.iter() {
             match entry {
                 Ok((key, slot)) => {
@@ -180,13 +289,12 @@ impl KernelMaps {
         // Collect first, then delete: deleting the iteration cursor restarts the iteration.
         let retired: HashSet<[u8; 6]> = macs.iter().copied().collect();
         let mut doomed = Vec::new();
-        for key in self.flows.keys() {
-            match key {
-                Ok(key) if retired.contains(&key.client_mac) => doomed.push(key),
-                Ok(_) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(e).context("scanning the flow map for a retired client's flows"),
+        self.for_each_flow(|key, _| {
+            if retired.contains(&key.client_mac) {
+                doomed.push(*key);
             }
-        }
+        })
+        .context("scanning the flow map for a retired client's flows")?;
         for key in &doomed {
             match self.flows.remove(key) {
                 // Evicted by the LRU since the scan: gone all the same.
@@ -195,9 +303,8 @@ impl KernelMaps {
             }
         }
 
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
         for slot in slots {
-            let zero = PerCpuValues::try_from(vec![Counters::default(); cpus])?;
+            let zero = PerCpuValues::try_from(vec![Counters::default(); self.cpus])?;
             self.client_totals.set(slot, zero, 0).context("zeroing a retired client's totals")?;
             self.free_slots.push(slot, 0).context("freeing a retired client's slot")?;
         }

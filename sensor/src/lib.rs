@@ -7,6 +7,7 @@ pub mod accounting;
 pub mod agent;
 pub mod alerting;
 pub mod api;
+pub mod bpf_batch;
 pub mod collector;
 pub mod config;
 pub mod enrich;

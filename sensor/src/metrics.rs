@@ -1,17 +1,20 @@
 //! The Prometheus exposition: traffic counters rendered from the accounting after each poll,
 //! and the agent's own health metrics.
 
-use std::{collections::BTreeMap, sync::RwLock};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    sync::{Arc, RwLock},
+};
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
-    proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType},
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use sensor_common::{Direction, EventKind, EventOutcome, Stat};
 
 use crate::{
-    accounting::{Accounting, Mac, Tally},
+    accounting::{Accounting, ClientAccount, Mac, Tally},
     collector::Snapshot,
     labels,
 };
@@ -28,7 +31,8 @@ pub struct ClientLabels {
 
 pub const NAMESPACE: &str = "gwsensor";
 
-/// Health metrics are ordinary registered collectors; traffic families are rebuilt each poll.
+/// Health metrics are ordinary registered collectors; traffic families are rebuilt each poll,
+/// as text.
 pub struct Metrics {
     registry: Registry,
     pub poll_duration: Histogram,
@@ -51,7 +55,7 @@ pub struct Metrics {
     pub policy_series_dropped: IntCounter,
     pub config_last_reload_successful: IntGauge,
     pub config_reload_failures: IntCounter,
-    traffic: RwLock<Vec<MetricFamily>>,
+    traffic: RwLock<Arc<String>>,
 }
 
 impl Metrics {
@@ -122,7 +126,7 @@ impl Metrics {
             },
             names_cached: gauge("names_cached", "Names (from DNS, SNI and HTTP Host) held for attributing flows.")?,
             config_warnings: gauge("enrichment_warnings", "Enrichment sources that are missing or unreadable (OUI, leases, GeoIP databases); see the log.")?,
-            traffic: RwLock::new(Vec::new()),
+            traffic: RwLock::new(Arc::default()),
             registry,
         };
         // Every kind shows from the start (0), so that rate() sees the first events.
@@ -135,9 +139,11 @@ impl Metrics {
 
     /// Rebuilds the traffic families from the accounting and the kernel stats.
     pub fn publish(&self, acct: &Accounting, snap: &Snapshot, client: &dyn Fn(&Mac) -> ClientLabels) {
-        let families = traffic_families(acct, snap, client);
+        // Sized like the last one: the text is megabytes at thousands of clients.
+        let mut text = String::with_capacity(self.traffic.read().map_or(0, |t| t.len() + t.len() / 8));
+        traffic_text(&mut text, acct, snap, client);
         if let Ok(mut slot) = self.traffic.write() {
-            *slot = families;
+            *slot = Arc::new(text);
         }
     }
 
@@ -155,60 +161,91 @@ impl Metrics {
         }
     }
 
-    /// The text exposition for a scrape.
+    /// The text exposition for a scrape: the health metrics, then the traffic families.
     pub fn render(&self) -> Result<String, prometheus::Error> {
-        let mut families = self.registry.gather();
-        if let Ok(traffic) = self.traffic.read() {
-            families.extend(traffic.iter().cloned());
-        }
-        families.sort_by(|a, b| a.name().cmp(b.name()));
-        let mut out = Vec::new();
-        TextEncoder::new().encode(&families, &mut out)?;
-        String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+        let traffic = self.traffic.read().map(|t| Arc::clone(&t)).unwrap_or_default();
+        let mut out = Vec::with_capacity(traffic.len() + 8192);
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        let mut text = String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))?;
+        text.push_str(&traffic);
+        Ok(text)
     }
 }
 
-fn label(name: &str, value: impl Into<String>) -> LabelPair {
-    let mut l = LabelPair::default();
-    l.set_name(name.into());
-    l.set_value(value.into());
-    l
+/// The Prometheus text format's escaping of a label value.
+fn escape_into(out: &mut String, value: &str) {
+    for ch in value.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
 }
 
-fn counter(labels: Vec<LabelPair>, value: u64) -> Metric {
-    let mut c = Counter::default();
-    c.set_value(value as f64);
-    let mut m = Metric::from_label(labels);
-    m.set_counter(c);
-    m
+/// One metric family being written: its HELP and TYPE lines, then its series. A family that
+/// got no series is taken back out (Prometheus wants no empty families).
+struct Family<'a> {
+    out: &'a mut String,
+    name: &'static str,
+    start: usize,
+    series: usize,
 }
 
-fn gauge(labels: Vec<LabelPair>, value: f64) -> Metric {
-    let mut g = Gauge::default();
-    g.set_value(value);
-    let mut m = Metric::from_label(labels);
-    m.set_gauge(g);
-    m
+impl<'a> Family<'a> {
+    fn begin(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Family<'a> {
+        let start = out.len();
+        let _ = writeln!(out, "# HELP {NAMESPACE}_{name} {help}");
+        let _ = writeln!(out, "# TYPE {NAMESPACE}_{name} {kind}");
+        Family { out, name, start, series: 0 }
+    }
+
+    /// `gwsensor_<name>{<labels>,<extra>} <value>`: `labels` is already escaped text
+    /// (`k="v",...`), `extra` is escaped here.
+    fn series(&mut self, labels: &str, extra: &[(&str, &str)], value: impl std::fmt::Display) {
+        let out = &mut *self.out;
+        out.push_str(NAMESPACE);
+        out.push('_');
+        out.push_str(self.name);
+        if !labels.is_empty() || !extra.is_empty() {
+            out.push('{');
+            out.push_str(labels);
+            for (i, (k, v)) in extra.iter().enumerate() {
+                if i > 0 || !labels.is_empty() {
+                    out.push(',');
+                }
+                out.push_str(k);
+                out.push_str("=\"");
+                escape_into(out, v);
+                out.push('"');
+            }
+            out.push('}');
+        }
+        let _ = writeln!(out, " {value}");
+        self.series += 1;
+    }
 }
 
-fn family(name: &str, help: &str, metrics: Vec<Metric>) -> MetricFamily {
-    let mut f = MetricFamily::default();
-    f.set_name(format!("{NAMESPACE}_{name}"));
-    f.set_help(help.into());
-    f.set_field_type(MetricType::COUNTER);
-    f.set_metric(metrics);
-    f
+impl Drop for Family<'_> {
+    fn drop(&mut self) {
+        if self.series == 0 {
+            self.out.truncate(self.start);
+        }
+    }
 }
 
-fn gauge_family(name: &str, help: &str, metrics: Vec<Metric>) -> MetricFamily {
-    let mut f = family(name, help, metrics);
-    f.set_field_type(MetricType::GAUGE);
-    f
-}
-
-/// Label values a client's series share.
-fn client_labels(name: &str, mac: &str, dir: Direction) -> Vec<LabelPair> {
-    vec![label("client", name), label("mac", mac), label("direction", dir.as_str())]
+/// `client="…",mac="…",direction="…"`: the labels a client's traffic series share.
+fn client_labels(name: &str, mac: &str, dir: Direction) -> String {
+    let mut out = String::with_capacity(name.len() + 48);
+    out.push_str("client=\"");
+    escape_into(&mut out, name);
+    out.push_str("\",mac=\"");
+    out.push_str(mac);
+    out.push_str("\",direction=\"");
+    out.push_str(dir.as_str());
+    out.push('"');
+    out
 }
 
 /// A tag key as a label name: `tag_` + the key (validated as a label name by the config).
@@ -216,99 +253,212 @@ fn tag_label(key: &str) -> String {
     format!("tag_{key}")
 }
 
-fn push_tally(packets: &mut Vec<Metric>, bytes: &mut Vec<Metric>, base: &[LabelPair], dir: Direction, t: &Tally) {
-    packets.push(counter(base.to_vec(), t.packets(dir)));
-    bytes.push(counter(base.to_vec(), t.bytes(dir)));
+/// A client's names and its series' shared labels, made once per publish.
+struct ClientText {
+    mac: String,
+    names: ClientLabels,
+    /// [`client_labels`] per direction.
+    base: [String; 2],
 }
 
-/// Remote series exist per direction only once that direction carried traffic: most remotes
-/// are one-sided for a long time (a DNS server, an upload target), and a zero series would
-/// double the series count for nothing.
-fn push_remote(packets: &mut Vec<Metric>, bytes: &mut Vec<Metric>, base: &[LabelPair], dir: Direction, t: &Tally) {
-    if t.packets(dir) != 0 {
-        push_tally(packets, bytes, base, dir, t);
+/// What a remote (or destination) series adds to the client's labels.
+type Extra<'a> = [(&'a str, &'a str); 3];
+
+/// Writes each direction's series of a remote or destination that carried traffic that way
+/// (most remotes are one-sided for a long time: a zero series would double the series count
+/// for nothing). `bytes` picks the family's value.
+fn one_sided(f: &mut Family, c: &ClientText, extra: &Extra, t: &Tally, bytes: bool) {
+    for dir in Direction::ALL {
+        if t.packets(dir) != 0 {
+            f.series(&c.base[dir.index()], extra, if bytes { t.bytes(dir) } else { t.packets(dir) });
+        }
     }
 }
 
-fn traffic_families(acct: &Accounting, snap: &Snapshot, client: &dyn Fn(&Mac) -> ClientLabels) -> Vec<MetricFamily> {
-    let (mut client_packets, mut client_bytes) = (Vec::new(), Vec::new());
-    let (mut remote_packets, mut remote_bytes) = (Vec::new(), Vec::new());
-    let (mut dest_packets, mut dest_bytes) = (Vec::new(), Vec::new());
-    let mut info = Vec::new();
-    let (mut remotes_in_other, mut destinations_in_other) = (0, 0);
-    for (mac_raw, account) in &acct.clients {
-        let mac = labels::mac(mac_raw);
-        let names = client(mac_raw);
-        let mut info_labels = vec![
-            label("client", names.name.as_str()),
-            label("mac", mac.as_str()),
-            label("group", names.group.as_str()),
-            label("vendor", names.vendor.as_str()),
-            label("source", names.source.as_str()),
-        ];
-        info_labels.extend(names.tags.iter().map(|(k, v)| label(&tag_label(k), v.as_str())));
-        info.push(gauge(info_labels, 1.0));
-        remotes_in_other += account.remotes.in_other();
-        destinations_in_other += account.destinations.in_other();
-        for dir in Direction::ALL {
-            let base = client_labels(&names.name, &mac, dir);
-            push_tally(&mut client_packets, &mut client_bytes, &base, dir, &account.totals);
+/// The traffic families as exposition text, written straight into `out`, one family after
+/// the other: at thousands of clients the series number in the hundred thousands, and
+/// building the prometheus crate's structures for them (then cloning them for every scrape)
+/// cost more than the rest of a poll; intermediate per-family buffers would double the text.
+fn traffic_text(out: &mut String, acct: &Accounting, snap: &Snapshot, client: &dyn Fn(&Mac) -> ClientLabels) {
+    let clients: Vec<(&ClientAccount, ClientText)> = acct
+        .clients
+        .iter()
+        .map(|(mac_raw, account)| {
+            let mac = labels::mac(mac_raw);
+            let names = client(mac_raw);
+            let base = Direction::ALL.map(|dir| client_labels(&names.name, &mac, dir));
+            (account, ClientText { mac, names, base })
+        })
+        .collect();
+
+    for (bytes, name, help) in [
+        (false, "client_packets_total", "Packets of a client (one per MAC, whatever its IPs), by direction."),
+        (true, "client_bytes_total", "Bytes (Ethernet frames) of a client, by direction."),
+    ] {
+        let mut f = Family::begin(out, name, "counter", help);
+        for (account, c) in &clients {
+            for dir in Direction::ALL {
+                let t = &account.totals;
+                f.series(&c.base[dir.index()], &[], if bytes { t.bytes(dir) } else { t.packets(dir) });
+            }
+        }
+    }
+    {
+        let help = "A client's name, group, vendor, where the name came from, and its tags (always 1).";
+        let mut f = Family::begin(out, "client_info", "gauge", help);
+        for (_, c) in &clients {
+            let tags: Vec<(String, &str)> = c.names.tags.iter().map(|(k, v)| (tag_label(k), v.as_str())).collect();
+            let mut labels = vec![
+                ("client", c.names.name.as_str()),
+                ("mac", c.mac.as_str()),
+                ("group", c.names.group.as_str()),
+                ("vendor", c.names.vendor.as_str()),
+                ("source", c.names.source.as_str()),
+            ];
+            labels.extend(tags.iter().map(|(k, v)| (k.as_str(), *v)));
+            f.series("", &labels, 1);
+        }
+    }
+    for (bytes, name, help) in [
+        (false, "remote_packets_total", "Packets between a client and a remote endpoint; remote=\"other\" sums the remotes beyond the client's top-N."),
+        (true, "remote_bytes_total", "Bytes between a client and a remote endpoint; remote=\"other\" sums the remotes beyond the client's top-N."),
+    ] {
+        let mut f = Family::begin(out, name, "counter", help);
+        for (account, c) in &clients {
             for (id, remote) in account.remotes.series() {
-                let mut l = base.clone();
-                l.push(label("remote", labels::ip(&id.ip).to_string()));
-                l.push(label("protocol", labels::protocol(id.protocol)));
-                l.push(label("port", id.port.to_string()));
-                push_remote(&mut remote_packets, &mut remote_bytes, &l, dir, &remote.exported);
+                let (ip, protocol, port) = (labels::ip(&id.ip).to_string(), labels::protocol(id.protocol), id.port.to_string());
+                one_sided(&mut f, c, &[("remote", &ip), ("protocol", &protocol), ("port", &port)], &remote.exported, bytes);
             }
             // Only clients that overflowed their top-N carry an "other" series.
-            let mut l = base.clone();
-            l.extend([label("remote", "other"), label("protocol", ""), label("port", "")]);
-            push_remote(&mut remote_packets, &mut remote_bytes, &l, dir, &account.remotes.other);
+            one_sided(&mut f, c, &[("remote", "other"), ("protocol", ""), ("port", "")], &account.remotes.other, bytes);
+        }
+    }
+    for (bytes, name, help) in [
+        (false, "destination_packets_total", "Packets between a client and a named destination; destination=\"other\" sums those beyond the top-N or the series budget."),
+        (true, "destination_bytes_total", "Bytes between a client and a named destination; destination=\"other\" sums those beyond the top-N or the series budget."),
+    ] {
+        let mut f = Family::begin(out, name, "counter", help);
+        for (account, c) in &clients {
             for (key, dest) in account.destinations.series() {
-                let mut l = base.clone();
-                l.push(label("destination", key.destination.as_str()));
-                l.push(label("country", key.country.as_str()));
-                l.push(label("asn", if key.asn == 0 { String::new() } else { key.asn.to_string() }));
-                push_remote(&mut dest_packets, &mut dest_bytes, &l, dir, &dest.exported);
+                let asn = if key.asn == 0 { String::new() } else { key.asn.to_string() };
+                let extra = [("destination", key.destination.as_str()), ("country", key.country.as_str()), ("asn", asn.as_str())];
+                one_sided(&mut f, c, &extra, &dest.exported, bytes);
             }
-            let mut l = base;
-            l.extend([label("destination", "other"), label("country", ""), label("asn", "")]);
-            push_remote(&mut dest_packets, &mut dest_bytes, &l, dir, &account.destinations.other);
+            one_sided(&mut f, c, &[("destination", "other"), ("country", ""), ("asn", "")], &account.destinations.other, bytes);
         }
     }
-    let mut stats = Vec::new();
-    for dir in Direction::ALL {
-        for stat in Stat::ALL {
-            let l = vec![label("direction", dir.as_str()), label("reason", stat.as_str())];
-            stats.push(counter(l, snap.stat(stat, dir)));
+    {
+        let help = "Remotes or destinations tracked without a series of their own (summed into \"other\"), by family.";
+        let mut f = Family::begin(out, "series_overflow", "gauge", help);
+        let remotes: usize = clients.iter().map(|(a, _)| a.remotes.in_other()).sum();
+        let destinations: usize = clients.iter().map(|(a, _)| a.destinations.in_other()).sum();
+        f.series("", &[("family", "remote")], remotes);
+        f.series("", &[("family", "destination")], destinations);
+    }
+    {
+        let help = "Every packet the kernel programs saw, by direction and outcome (reason=\"seen\" is all of them).";
+        let mut f = Family::begin(out, "packets_total", "counter", help);
+        for dir in Direction::ALL {
+            for stat in Stat::ALL {
+                f.series("", &[("direction", dir.as_str()), ("reason", stat.as_str())], snap.stat(stat, dir));
+            }
         }
     }
-    let mut events = Vec::new();
-    for kind in EventKind::ALL {
-        for outcome in EventOutcome::ALL {
-            let l = vec![label("kind", kind.as_str()), label("outcome", outcome.as_str())];
-            events.push(counter(l, snap.event(kind, outcome)));
+    {
+        let help = "Naming events in the kernel, by kind and outcome (sent to the agent, rate_limited, ring_full).";
+        let mut f = Family::begin(out, "kernel_events_total", "counter", help);
+        for kind in EventKind::ALL {
+            for outcome in EventOutcome::ALL {
+                f.series("", &[("kind", kind.as_str()), ("outcome", outcome.as_str())], snap.event(kind, outcome));
+            }
         }
     }
-    let evictions = vec![counter(Vec::new(), acct.flow_evictions)];
-    let overflow = vec![
-        gauge(vec![label("family", "remote")], remotes_in_other as f64),
-        gauge(vec![label("family", "destination")], destinations_in_other as f64),
-    ];
-    [
-        family("client_packets_total", "Packets of a client (one per MAC, whatever its IPs), by direction.", client_packets),
-        family("client_bytes_total", "Bytes (Ethernet frames) of a client, by direction.", client_bytes),
-        gauge_family("client_info", "A client's name, group, vendor, where the name came from, and its tags (always 1).", info),
-        family("remote_packets_total", "Packets between a client and a remote endpoint; remote=\"other\" sums the remotes beyond the client's top-N.", remote_packets),
-        family("remote_bytes_total", "Bytes between a client and a remote endpoint; remote=\"other\" sums the remotes beyond the client's top-N.", remote_bytes),
-        family("destination_packets_total", "Packets between a client and a named destination; destination=\"other\" sums those beyond the top-N or the series budget.", dest_packets),
-        family("destination_bytes_total", "Bytes between a client and a named destination; destination=\"other\" sums those beyond the top-N or the series budget.", dest_bytes),
-        gauge_family("series_overflow", "Remotes or destinations tracked without a series of their own (summed into \"other\"), by family.", overflow),
-        family("packets_total", "Every packet the kernel programs saw, by direction and outcome (reason=\"seen\" is all of them).", stats),
-        family("kernel_events_total", "Naming events in the kernel, by kind and outcome (sent to the agent, rate_limited, ring_full).", events),
-        family("flow_evictions_total", "Flows that left the kernel flow map between two polls (LRU evictions).", evictions),
-    ]
-    .into_iter()
-    .filter(|f| !f.get_metric().is_empty())
-    .collect()
+    let help = "Flows that left the kernel flow map between two polls (LRU evictions).";
+    Family::begin(out, "flow_evictions_total", "counter", help).series("", &[], acct.flow_evictions);
+}
+
+#[cfg(test)]
+mod tests {
+    use sensor_common::{Counters, FlowKey};
+
+    use super::*;
+    use crate::accounting::{DestKey, Params};
+
+    const PARAMS: Params = Params {
+        top_remotes: 1,
+        top_destinations: 5,
+        series_budget: 100,
+        remote_idle_expiry_secs: 600,
+        destination_idle_expiry_secs: 600,
+        client_idle_expiry_secs: 3600,
+        score_half_life_secs: 60.0,
+        name_wait_secs: 2,
+    };
+
+    /// One client, two remotes (one over its top-1), a name that needs escaping: the exact text
+    /// Prometheus reads, family by family.
+    #[test]
+    fn traffic_renders_as_exposition_text_with_escaped_labels() {
+        let mac = [0x64, 0x09, 0x80, 0, 0, 1];
+        let flow = |last: u8, port: u16| {
+            let mut k = FlowKey { client_mac: mac, protocol: 17, remote_port: port, ..FlowKey::default() };
+            k.client_ip[10..].copy_from_slice(&[0xff, 0xff, 10, 0, 0, 2]);
+            k.remote_ip[10..].copy_from_slice(&[0xff, 0xff, 93, 184, 216, last]);
+            k
+        };
+        let counters = |p: u64, b: u64| Counters { packets: [p, 0], bytes: [b, 0], first_seen_ns: 1, last_seen_ns: 2 };
+        let mut snap = Snapshot { flows: vec![(flow(34, 443), counters(3, 3000)), (flow(35, 53), counters(1, 80))], ..Snapshot::default() };
+        snap.clients.insert(mac, counters(4, 3080));
+        let mut acct = Accounting::default();
+        let dest = |k: &FlowKey| DestKey { destination: format!("r{}.example", k.remote_ip[15]), country: "NL".into(), asn: 0 };
+        acct.update(&std::sync::Arc::new(snap.clone()), 100, &PARAMS, &dest);
+        let labels = |_: &Mac| ClientLabels {
+            name: "kid's \"tab\" \\ 2".into(),
+            group: "kids".into(),
+            vendor: "Xiaomi".into(),
+            source: "inventory".into(),
+            tags: [("owner".to_string(), "alice".to_string())].into(),
+        };
+        let mut text = String::new();
+        traffic_text(&mut text, &acct, &snap, &labels);
+        let c = r#"client="kid's \"tab\" \\ 2",mac="64:09:80:00:00:01""#;
+        for line in [
+            "# TYPE gwsensor_client_bytes_total counter".to_string(),
+            format!("gwsensor_client_bytes_total{{{c},direction=\"upload\"}} 3080"),
+            format!("gwsensor_client_packets_total{{{c},direction=\"download\"}} 0"),
+            format!("gwsensor_client_info{{{c},group=\"kids\",vendor=\"Xiaomi\",source=\"inventory\",tag_owner=\"alice\"}} 1"),
+            format!("gwsensor_remote_bytes_total{{{c},direction=\"upload\",remote=\"93.184.216.34\",protocol=\"udp\",port=\"443\"}} 3000"),
+            format!("gwsensor_remote_bytes_total{{{c},direction=\"upload\",remote=\"other\",protocol=\"\",port=\"\"}} 80"),
+            format!("gwsensor_destination_packets_total{{{c},direction=\"upload\",destination=\"r35.example\",country=\"NL\",asn=\"\"}} 1"),
+            "gwsensor_series_overflow{family=\"remote\"} 1".to_string(),
+            "gwsensor_packets_total{direction=\"download\",reason=\"seen\"} 0".to_string(),
+            "gwsensor_flow_evictions_total 0".to_string(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing line {line}\nin\n{text}");
+        }
+        // No download series for remotes that only carried uploads; each family once, whole.
+        assert!(!text.contains("remote_bytes_total{client=\"kid's \\\"tab\\\" \\\\ 2\",mac=\"64:09:80:00:00:01\",direction=\"download\""));
+        let mut seen = Vec::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            if seen.last() != Some(&name) {
+                assert!(!seen.contains(&name), "family {name} is split\n{text}");
+                seen.push(name);
+            }
+        }
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), seen.len());
+    }
+
+    /// The registry's health metrics and the traffic text in one scrape.
+    #[test]
+    fn render_joins_health_and_traffic() {
+        let m = Metrics::new().unwrap();
+        m.flows_tracked.set(7);
+        m.publish(&Accounting::default(), &Snapshot::default(), &|_| ClientLabels::default());
+        let text = m.render().unwrap();
+        assert!(text.lines().any(|l| l == "gwsensor_flows_tracked 7"), "{text}");
+        assert!(text.lines().any(|l| l == "gwsensor_flow_evictions_total 0"), "{text}");
+        // No client: no client family at all, not even its HELP line.
+        assert!(!text.contains("gwsensor_client_bytes_total") && !text.contains("gwsensor_remote_packets_total"), "{text}");
+    }
 }

@@ -2,9 +2,9 @@
 //! → accounting → metrics and the API view.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap},
     sync::Arc,
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use sensor_common::Direction;
@@ -12,17 +12,18 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
-    accounting::{Accounting, Params},
+    accounting::{Accounting, FastMap, FastSet, Params},
     alerting::Alert,
-    api::{ClientView, FlowView, View},
+    api::{ClientView, FlowRow, LiveView, Owner},
     collector::{KernelMaps, Snapshot},
     enrich::{Enricher, PollNamer, domain, geo::GeoInfo},
     events::Observation,
     labels,
-    metrics::{ClientLabels, Metrics},
+    metrics::Metrics,
     policy::{
         eval::Evaluator,
         matcher::{ClientFacts, FlowFacts, PollFacts},
+        spec::Condition,
     },
     server::SharedView,
 };
@@ -36,6 +37,25 @@ pub struct Pipeline {
     pub view: SharedView,
     pub events: mpsc::Receiver<Observation>,
     pub policy: Evaluator,
+    /// Where the last poll's time went.
+    pub timings: PollTimings,
+}
+
+/// Where one poll's time went, stage by stage (the histogram metric has the total; the scale
+/// benchmark reports the stages).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PollTimings {
+    /// Reading the kernel maps into a snapshot.
+    pub read: Duration,
+    /// Deltas, top-N, retirement.
+    pub account: Duration,
+    /// Rebuilding the traffic metric families.
+    pub publish: Duration,
+    /// Rebuilding the API view.
+    pub view: Duration,
+    /// Evaluating the policy.
+    pub policy: Duration,
+    pub total: Duration,
 }
 
 fn unix_now() -> u64 {
@@ -56,12 +76,6 @@ impl Clock {
         Clock { unix: unix_now(), mono_ns: mono }
     }
 
-    fn unix_of(&self, mono_ns: u64) -> u64 {
-        if mono_ns == 0 {
-            return 0;
-        }
-        self.unix.saturating_sub(self.mono_ns.saturating_sub(mono_ns) / 1_000_000_000)
-    }
 }
 
 impl Pipeline {
@@ -73,8 +87,11 @@ impl Pipeline {
         for warning in self.enricher.maintain(now) {
             warn!("{warning}");
         }
-        // Map reads are blocking syscalls (tens of ms for a full map): keep them off the reactor.
-        let snap = tokio::task::block_in_place(|| self.maps.read())?;
+        // Map reads are blocking syscalls (milliseconds for a full map): keep them off the reactor.
+        let mut stage = Instant::now();
+        let mut lap = || std::mem::replace(&mut stage, Instant::now()).elapsed();
+        let snap = Arc::new(tokio::task::block_in_place(|| self.maps.read())?);
+        let read = lap();
         let enricher = &self.enricher;
         let retired = self.accounting.update(&snap, now, &self.params, &PollNamer { enricher, now });
         for mac in &retired {
@@ -82,16 +99,25 @@ impl Pipeline {
         }
         // One pass over the flow map for all of them (retiring frees their kernel slots).
         self.maps.remove_clients(&retired)?;
+        let account = lap();
+        // The view first: replacing it lets the previous snapshot go before the metrics text
+        // is written (a full map's list is megabytes).
+        let new_view = Arc::new(self.build_view(Arc::clone(&snap), now));
+        if let Ok(mut slot) = self.view.write() {
+            *slot = new_view;
+        }
+        let view = lap();
+        let enricher = &self.enricher;
         self.metrics.publish(&self.accounting, &snap, &|mac| enricher.client_labels(mac));
         self.metrics.flows_tracked.set(snap.flows.len() as i64);
         self.metrics.clients_tracked.set(snap.clients.len() as i64);
         self.metrics.names_cached.set(self.enricher.names.len() as i64);
-        let view = Arc::new(self.build_view(&snap, now));
-        if let Ok(mut slot) = self.view.write() {
-            *slot = view;
-        }
+        let publish = lap();
         let alerts = self.evaluate_policy(&snap, now);
-        self.metrics.poll_duration.observe(started.elapsed().as_secs_f64());
+        let policy = lap();
+        let total = started.elapsed();
+        self.metrics.poll_duration.observe(total.as_secs_f64());
+        self.timings = PollTimings { read, account, publish, view, policy, total };
         Ok(alerts)
     }
 
@@ -129,10 +155,11 @@ impl Pipeline {
         for mac in snap.clients.keys() {
             client_index(mac, &mut clients);
         }
+        // Only new_device rules (or none): the flows would be named for nothing.
+        let needs_flows = self.policy.policy().rules.iter().any(|r| !matches!(r.condition, Condition::NewDevice(_)));
+        let gains = if needs_flows { self.accounting.gains.as_slice() } else { &[] };
         let mut geos: HashMap<std::net::IpAddr, GeoInfo> = HashMap::new();
-        let flows = self
-            .accounting
-            .gains
+        let flows = gains
             .iter()
             .map(|(key, gain)| {
                 let remote = labels::ip(&key.remote_ip);
@@ -169,56 +196,62 @@ impl Pipeline {
         }
     }
 
-    fn build_view(&self, snap: &Snapshot, now: u64) -> View {
+    /// The API's view of this poll. Takes the snapshot's flow list as it is; per flow it only
+    /// looks up indices (client, remote's network) and the flow's name, shared per poll.
+    fn build_view(&self, snap: Arc<Snapshot>, now: u64) -> LiveView {
         let clock = Clock::now();
-        let mut flows = Vec::with_capacity(snap.flows.len());
-        let mut ips: BTreeMap<[u8; 6], BTreeSet<String>> = BTreeMap::new();
-        let mut flow_counts: BTreeMap<[u8; 6], usize> = BTreeMap::new();
-        // One inventory lookup per client, one GeoIP lookup per remote and one public-suffix
-        // lookup per name: many flows share them.
-        let mut names: HashMap<[u8; 6], ClientLabels> = HashMap::new();
-        let mut geos: HashMap<std::net::IpAddr, GeoInfo> = HashMap::new();
-        let mut domains: HashMap<String, String> = HashMap::new();
-        for (key, c) in &snap.flows {
-            let labels_of = names.entry(key.client_mac).or_insert_with(|| self.enricher.client_labels(&key.client_mac));
-            let client_ip = labels::ip(&key.client_ip).to_string();
-            ips.entry(key.client_mac).or_default().insert(client_ip.clone());
-            *flow_counts.entry(key.client_mac).or_default() += 1;
-            let remote = labels::ip(&key.remote_ip);
-            let name = self.enricher.flow_name(key, now).unwrap_or_default().to_string();
-            let geo = geos.entry(remote).or_insert_with(|| self.enricher.geo(remote)).clone();
-            let domain = match name.as_str() {
-                "" => String::new(),
-                n => domains.entry(name.clone()).or_insert_with(|| domain::registrable(n)).clone(),
-            };
-            flows.push(FlowView {
-                client: labels_of.name.clone(),
-                mac: labels::mac(&key.client_mac),
-                client_ip,
-                remote_ip: remote.to_string(),
-                protocol: labels::protocol(key.protocol),
-                port: key.remote_port,
-                domain,
-                name,
-                country: geo.country,
-                asn: geo.asn,
-                as_org: geo.as_org,
-                upload_bytes: c.bytes[Direction::Upload.index()],
-                download_bytes: c.bytes[Direction::Download.index()],
-                upload_packets: c.packets[Direction::Upload.index()],
-                download_packets: c.packets[Direction::Download.index()],
-                first_seen: clock.unix_of(c.first_seen_ns),
-                last_seen: clock.unix_of(c.last_seen_ns),
+        let mut owners: Vec<Owner> = Vec::new();
+        let mut owner_of: FastMap<[u8; 6], u32> = FastMap::default();
+        // Per owner: its client IPs and flow count.
+        let mut ips: Vec<FastSet<[u8; 16]>> = Vec::new();
+        let mut flow_counts: Vec<usize> = Vec::new();
+        let mut geos: Vec<GeoInfo> = vec![GeoInfo::default()];
+        let mut geo_of: FastMap<[u8; 16], u32> = FastMap::default();
+        let mut names: FastMap<&str, Arc<str>> = FastMap::default();
+        let mut rows = Vec::with_capacity(snap.flows.len());
+        let geo_known = self.enricher.geo.has_databases();
+        let mut last_ip = None;
+        for (key, _) in &snap.flows {
+            let owner = *owner_of.entry(key.client_mac).or_insert_with(|| {
+                let l = self.enricher.client_labels(&key.client_mac);
+                owners.push(Owner { name: l.name, mac: labels::mac(&key.client_mac) });
+                ips.push(FastSet::default());
+                flow_counts.push(0);
+                (owners.len() - 1) as u32
             });
+            // The flows are sorted by client address: its flows come together.
+            if last_ip != Some((owner, key.client_ip)) {
+                ips[owner as usize].insert(key.client_ip);
+                last_ip = Some((owner, key.client_ip));
+            }
+            flow_counts[owner as usize] += 1;
+            // Without databases every answer is the empty one (index 0): no lookup per remote.
+            let geo = if !geo_known {
+                0
+            } else {
+                *geo_of.entry(key.remote_ip).or_insert_with(|| {
+                    let info = self.enricher.geo(labels::ip(&key.remote_ip));
+                    // Remotes with no answer share the empty one.
+                    if info == geos[0] {
+                        return 0;
+                    }
+                    geos.push(info);
+                    (geos.len() - 1) as u32
+                })
+            };
+            let name = self.enricher.flow_name(key, now).map(|n| names.entry(n).or_insert_with(|| Arc::from(n)).clone());
+            rows.push(FlowRow { owner, geo, name });
         }
-        flows.sort_by(|a, b| (&a.client, b.upload_bytes + b.download_bytes).cmp(&(&b.client, a.upload_bytes + a.download_bytes)));
+        drop(names);
         let clients = self
             .accounting
             .clients
             .iter()
             .map(|(mac, account)| {
-                let l = names.remove(mac).unwrap_or_else(|| self.enricher.client_labels(mac));
-                let mut addrs = ips.remove(mac).unwrap_or_default();
+                let l = self.enricher.client_labels(mac);
+                let owner = owner_of.get(mac).map(|&o| o as usize);
+                let mut addrs: BTreeSet<String> =
+                    owner.map(|o| ips[o].iter().map(|ip| labels::ip(ip).to_string()).collect()).unwrap_or_default();
                 addrs.extend(self.enricher.inventory.lease_ips(mac).iter().map(ToString::to_string));
                 ClientView {
                     client: l.name,
@@ -232,11 +265,11 @@ impl Pipeline {
                     download_bytes: account.totals.bytes(Direction::Download),
                     upload_packets: account.totals.packets(Direction::Upload),
                     download_packets: account.totals.packets(Direction::Download),
-                    flows: flow_counts.get(mac).copied().unwrap_or(0),
+                    flows: owner.map_or(0, |o| flow_counts[o]),
                     last_seen: account.last_seen,
                 }
             })
             .collect();
-        View { updated: now, clients, flows }
+        LiveView::new(now, clients, snap, rows, owners, geos, clock.unix, clock.mono_ns)
     }
 }

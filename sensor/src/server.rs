@@ -17,10 +17,10 @@ use axum::{
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::{api::View, metrics::Metrics};
+use crate::{api::LiveView, metrics::Metrics};
 
 /// The latest API view, replaced whole after each poll.
-pub type SharedView = Arc<RwLock<Arc<View>>>;
+pub type SharedView = Arc<RwLock<Arc<LiveView>>>;
 
 #[derive(Clone)]
 struct AppState {
@@ -28,7 +28,7 @@ struct AppState {
     view: SharedView,
 }
 
-fn current(view: &SharedView) -> Arc<View> {
+fn current(view: &SharedView) -> Arc<LiveView> {
     view.read().map(|v| v.clone()).unwrap_or_default()
 }
 
@@ -43,8 +43,17 @@ struct FlowsQuery {
 }
 
 async fn flows(State(state): State<AppState>, Query(q): Query<FlowsQuery>) -> impl IntoResponse {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        updated: u64,
+        flows: crate::api::Flows<'a>,
+    }
     let view = current(&state.view);
-    Json(serde_json::json!({ "updated": view.updated, "flows": view.flows_of(q.client.as_deref()) }))
+    // Serialized straight from the compact view: no list of flow structs or JSON tree between.
+    match serde_json::to_vec(&Body { updated: view.updated, flows: view.flows_of(q.client.as_deref()) }) {
+        Ok(body) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], format!("{e}\n").into_bytes()),
+    }
 }
 
 async fn scrape(State(state): State<AppState>) -> impl IntoResponse {

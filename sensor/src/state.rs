@@ -31,6 +31,7 @@ struct StateFile {
     saved: Saved,
 }
 
+/// What [`save`] writes: [`StateFile`], borrowing the accounting and the policy state (no copy).
 #[derive(serde::Serialize)]
 struct StateFileRef<'a> {
     version: u32,
@@ -68,9 +69,14 @@ pub fn save(path: &Path, accounting: &Accounting, policy: &EvalState) -> anyhow:
         fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
     }
     let tmp = path.with_extension("tmp");
-    let body = serde_json::to_vec(&StateFileRef { version: VERSION, accounting, policy })?;
-    let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(&body).and_then(|()| file.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+    let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    // Streamed: with a full flow map the file is tens of megabytes, not worth holding twice.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
+    serde_json::to_writer(&mut out, &StateFileRef { version: VERSION, accounting, policy })
+        .map_err(std::io::Error::from)
+        .and_then(|()| out.flush())
+        .and_then(|()| out.get_ref().sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("replacing state file {}", path.display()))
 }
 

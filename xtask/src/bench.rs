@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: the datapath benchmark, the full differential run of the kernel parser,
+//! `cargo xtask bench`: the datapath benchmark, the agent at scale (full flow maps), the full
+//! differential run of the kernel parser,
 //! and every fuzz target for a fixed time. Each writes its own section of docs/benchmarks.md;
 //! the bench fails if the differential run finds a mismatch or a fuzz target crashes (after
 //! all of them ran and wrote their sections). `--peer` runs the side-by-side comparison with
@@ -45,6 +46,16 @@ pub fn run_bench(opts: &BenchOpts) -> Result<()> {
         failed.push(format!("datapath: {e:#}"));
     }
     say_written(&results, before, "datapath");
+
+    let before = modified(&results);
+    if let Err(e) = run(
+        "bench",
+        "scale limits of the agent",
+        cargo().args(["bench", "-p", "sensor", "--bench", "scale", "--", "--write-docs"]),
+    ) {
+        failed.push(format!("scale: {e:#}"));
+    }
+    say_written(&results, before, "scale");
 
     let before = modified(&results);
     if let Err(e) = run(

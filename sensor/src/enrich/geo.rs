@@ -78,6 +78,11 @@ const ASN_SOURCES: &str = "GeoLite2-ASN.mmdb from maxmind.com (free account; geo
                            current) or dbip-asn-lite.mmdb from db-ip.com";
 
 impl Geo {
+    /// Whether any database is open (without one every lookup is empty).
+    pub fn has_databases(&self) -> bool {
+        self.country.is_some() || self.asn.is_some()
+    }
+
     /// Opens the configured databases. A database that is not configured, missing or
     /// unreadable gives one warning saying which labels stay empty and where to get it;
     /// its lookups then return empty values.

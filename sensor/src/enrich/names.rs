@@ -20,10 +20,11 @@
 //! All operations are O(log n) (a B-tree orders entries by expiry) except looking up the names of
 //! one address, which is O(names for that address) ≤ 4.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 pub use crate::accounting::Mac;
+use crate::accounting::FastMap;
 
 use super::dns::DnsAnswer;
 
@@ -112,8 +113,9 @@ pub struct NameCache {
     max_entries: usize,
     flow_name_ttl_secs: u64,
     /// Oldest learnt first.
-    dns: HashMap<(Mac, IpAddr), Vec<Learnt>>,
-    flows: HashMap<(Mac, IpAddr, u16), Learnt>,
+    // Looked up for every flow that carried traffic, every poll: a fast hasher.
+    dns: FastMap<(Mac, IpAddr), Vec<Learnt>>,
+    flows: FastMap<(Mac, IpAddr, u16), Learnt>,
     /// Every entry, by (expires, seq).
     by_expiry: BTreeMap<(u64, u64), Slot>,
     next_seq: u64,
@@ -128,8 +130,8 @@ impl NameCache {
             grace_secs,
             max_entries,
             flow_name_ttl_secs,
-            dns: HashMap::new(),
-            flows: HashMap::new(),
+            dns: FastMap::default(),
+            flows: FastMap::default(),
             by_expiry: BTreeMap::new(),
             next_seq: 0,
             evicted: 0,
