@@ -192,6 +192,25 @@ pub struct ConfigError {
     pub hint: Option<String>,
 }
 
+impl ConfigError {
+    /// A YAML parse error of the file at `path`, located, with the hint `hint_for` finds for
+    /// its message.
+    pub fn from_yaml(e: &serde_yaml::Error, path: &Path, hint_for: fn(&str) -> Option<String>) -> ConfigError {
+        let message = e.to_string();
+        // serde_yaml appends " at line X column Y"; the location is already in front.
+        let message = match message.find(" at line ") {
+            Some(i) => message[..i].to_string(),
+            None => message,
+        };
+        ConfigError {
+            path: path.to_owned(),
+            location: e.location().map(|l| (l.line(), l.column())),
+            hint: hint_for(&message),
+            message,
+        }
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.path.display())?;
@@ -240,21 +259,7 @@ impl Config {
 
     /// Parses and validates config text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = serde_yaml::from_str(text).map_err(|e| {
-            let location = e.location().map(|l| (l.line(), l.column()));
-            let message = e.to_string();
-            // serde_yaml appends " at line X column Y"; the location is already in front.
-            let message = match message.find(" at line ") {
-                Some(i) => message[..i].to_string(),
-                None => message,
-            };
-            ConfigError {
-                path: path.to_owned(),
-                location,
-                hint: hint_for(&message),
-                message,
-            }
-        })?;
+        let config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::from_yaml(&e, path, hint_for))?;
         config.validate(text, path)?;
         Ok(config)
     }

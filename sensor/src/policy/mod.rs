@@ -68,19 +68,8 @@ impl Policy {
 
     /// Parses and validates policy text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Policy, ConfigError> {
-        let spec: PolicySpec = serde_yaml::from_str(text).map_err(|e| {
-            let message = e.to_string();
-            let message = match message.find(" at line ") {
-                Some(i) => message[..i].to_string(),
-                None => message,
-            };
-            ConfigError {
-                path: path.to_owned(),
-                location: e.location().map(|l| (l.line(), l.column())),
-                hint: hint_for(&message),
-                message,
-            }
-        })?;
+        let spec: PolicySpec =
+            serde_yaml::from_str(text).map_err(|e| ConfigError::from_yaml(&e, path, hint_for))?;
         let fail = |rule: Option<&str>, message: String, hint: &str| ConfigError {
             path: path.to_owned(),
             location: rule.and_then(|name| locate_rule(text, name)),
