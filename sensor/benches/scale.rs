@@ -282,11 +282,14 @@ fn run_agent(case: &Case, inst: &Instance, pins: &Path, rounds: usize, sent: &mu
              metrics_listen: {AGENT_METRICS}\n\
              pin_path: {pins}\n\
              state_path: {state}\n\
-             state_save_interval: 2s\n",
+             state_save_interval: 2s\n\
+             policy: {policy}\n",
             cap = case.capacity,
             poll = AGENT_POLL.as_millis(),
             pins = pins.display(),
             state = lab.dir().join("state.json").display(),
+            // As deployed: the example policy is evaluated on every poll.
+            policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy.yaml").display(),
         ),
     )?;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sensor"));
@@ -517,7 +520,7 @@ fn bench(write_docs: bool, only: Option<usize>, clients: Option<usize>, no_agent
         eprintln!("scale: {} flows over {} clients (capacity {})", case.flows, case.clients, case.capacity);
         let f = run_case(case, true, !no_agent)?;
         eprintln!(
-            "  read batch {:.1} ms, iterate {:.1} ms; poll {:.1} ms (read {:.1}, account {:.1}, publish {:.1}, view {:.1}), idle {:.1} ms; render {:.1} ms {} B{}",
+            "  read batch {:.1} ms, iterate {:.1} ms; poll {:.1} ms (read {:.1}, account {:.1}, publish {:.1}, view {:.1}, policy {:.1}), idle {:.1} ms; render {:.1} ms {} B{}",
             ms(f.batch_read),
             ms(f.iter_read),
             ms(f.poll.total),
@@ -525,6 +528,7 @@ fn bench(write_docs: bool, only: Option<usize>, clients: Option<usize>, no_agent
             ms(f.poll.account),
             ms(f.poll.publish),
             ms(f.poll.view),
+            ms(f.poll.policy),
             ms(f.idle_poll.total),
             ms(f.render),
             f.render_bytes,
@@ -550,8 +554,8 @@ fn tables(all: &[Figures]) -> anyhow::Result<(String, String, String, String)> {
     writeln!(reads, "| flows (capacity) | clients | in map | batch read ms | µs/flow | iteration ms | µs/flow | iteration / batch |")?;
     writeln!(reads, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     let mut polls = String::new();
-    writeln!(polls, "| flows | clients | poll ms | read | accounting | metrics | API view | µs/flow | first poll ms | idle poll ms | /metrics render ms | /metrics bytes | poll + render ms | API flows JSON ms (bytes) |")?;
-    writeln!(polls, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(polls, "| flows | clients | poll ms | read | accounting | metrics | API view | policy | µs/flow | first poll ms | idle poll ms | /metrics render ms | /metrics bytes | poll + render ms | API flows JSON ms (bytes) |")?;
+    writeln!(polls, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     let mut agents = String::new();
     writeln!(agents, "| flows | clients | agent poll ms (mean of n) | scrape ms | scrape bytes | peak RSS (VmHWM) MB | RSS MB | KB/flow over the 4,096-flow case |")?;
     writeln!(agents, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
@@ -574,7 +578,7 @@ fn tables(all: &[Figures]) -> anyhow::Result<(String, String, String, String)> {
         let p = &f.poll;
         writeln!(
             polls,
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.0} ({}) |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.0} ({}) |",
             f.in_map,
             c.clients,
             ms(p.total),
@@ -582,6 +586,7 @@ fn tables(all: &[Figures]) -> anyhow::Result<(String, String, String, String)> {
             ms(p.account),
             ms(p.publish),
             ms(p.view),
+            ms(p.policy),
             us_per(p.total, f.in_map),
             ms(f.first_poll.total),
             ms(f.idle_poll.total),
@@ -674,41 +679,49 @@ fn render_section(reads: &str, polls: &str, agents: &str, verdict: &str) -> Stri
          - Each case creates the real maps through the loader (`flow_capacity` 65,536 up to \
            65,536 flows, 1,000,000 beyond; `client_capacity` {CLIENT_CAPACITY}), pinned, and fills \
            them by running the real XDP program once per flow (`BPF_PROG_TEST_RUN`): UDP over \
-           IPv4, client i mod M, a distinct remote per flow of a client, frame sizes 60–1,460 \
-           bytes. At the capacity the LRU evicts a few flows before the map is full (\"in map\").\n\
+           IPv4, client i mod M, a distinct remote per flow of a client, remote ports 443, 53, 123 \
+           and 3478 in turn, frame sizes 60–1,460 bytes. At the capacity the LRU evicts a few flows before the map is full (\"in map\").\n\
          - Reading: `KernelMaps::read` (the flows, sorted by key; client slots and totals; stats) with \
            `BPF_MAP_LOOKUP_BATCH` and with `get_next_key` + `lookup` per flow (the fallback for \
            kernels before 5.6), on the same map; the run checks both read the same. Median of 3 \
            (1 above 100,000 flows).\n\
          - Poll: `Pipeline::poll`, what the agent runs every `poll_interval` (read → accounting \
-           → metrics families → API view), after one more frame of every flow went through the \
+           → API view → metrics families → policy), after one more frame of every flow went through the \
            program, so every flow has a delta (the worst case); median of {ROUNDS}, with its \
            stages. \"First poll\" is the one that finds the whole map new; \"idle poll\" one with \
            no traffic since the last (the flows are in the map, none grew). /metrics render is \
            `Metrics::render` (the text a scrape returns). The run checks that every client's \
            exported upload bytes equal what was sent, exactly, whatever the LRU evicted. The \
            default config: 20 remote and 20 destination series per client, 10,000 of each at \
-           most, destinations by domain (no names known here: by address).\n\
+           most, destinations by domain (no names known here: by address), and the example \
+           policy (deploy/policy.yaml). Its DnsBypass rule fires for every flow to port 53, a \
+           quarter of them: 16,384 alerts firing at 65,536 flows, an alert storm that the policy \
+           and memory figures include.\n\
          - Agent: `sensor run` (release build), attached to a veth in its own network \
-           namespace, on the pinned maps, `poll_interval` {poll} s, state saved every 2 s. While \
+           namespace, on the pinned maps, with the example policy, `poll_interval` {poll} s, state \
+           saved every 2 s. While \
            passes of traffic make every flow grow, its mean poll time comes from its own \
            `gwsensor_poll_duration_seconds` (sum / count over the polls after the first); a \
            scrape of /metrics over HTTP is timed from outside; peak RSS is the agent's `VmHWM` \
            (its whole life: startup, the first poll of a full map, state saves, scrapes). \
            The API (`/api/v1/flows`) is not requested there: its JSON for every flow is built \
            per request (timed above in the benchmark process).\n\
-         - Where the memory goes, per flow: the poll's flow list (96 bytes; two lists while a \
-           poll reads the next one, since the last read is what the new one is compared with), \
-           an entry for the flow's remote (about 110 bytes) and one for its destination (about \
-           145 bytes plus the name) in its client's hash tables, which are 44–87% full, and 24 \
-           bytes of API view. The flows here are the worst case for the tables: every flow \
-           has a remote and a destination of its own (no names are known, so destinations are \
-           addresses), and the flows per client are powers of two, which leaves each table \
-           half empty (`--flows=65536 --clients=200`, 328 a client, peaked about 9 MB lower \
-           than 256 clients in one run). At home, flows share destinations (a domain per service) and most \
-           clients have tens to hundreds of flows. The rest is the agent itself (about 18 MB \
-           resident; its start, which parses the kernel's BTF, peaks near 31 MB) and, at \
-           thousands of clients, the /metrics text (bounded by `series_budget`).",
+         - Where the memory goes, per flow (the worst case: every flow has a remote and a \
+           destination of its own, no names are known so destinations are addresses, and every \
+           flow grows every poll): two lists of 96 bytes while a poll compares its read with the \
+           last one, then one; the flow's remote, a 16-byte entry in its client's table (hash \
+           tables between half and seven eighths full: 40 to 75 bytes); its destination, interned \
+           once for all clients (56 bytes and its address text) with a 4-byte id in its client's \
+           table; a 48-byte gain record for the policy; 24 bytes of API view; and what the \
+           example policy learns (an 8-byte hash per new destination) or tracks (a series of a \
+           few hundred bytes for each firing DnsBypass alert: a quarter of the flows here). At \
+           home, flows share destinations (a domain per service) and most clients have tens to \
+           hundreds of flows. The rest is the agent itself (about 18 MB resident; its start, \
+           which parses the kernel's BTF, peaks near 31 MB) and, with many clients, the /metrics \
+           text, held twice while a poll writes the next (3.4 MB at 256 clients, 11 MB at \
+           4,096; bounded by `series_budget`). The agent fixes glibc's mmap threshold \
+           (docs/design.md): without it, the same 65,536-flow, 16-client case peaked 7 MB higher \
+           in one run.",
         poll = AGENT_POLL.as_secs(),
     )
 }

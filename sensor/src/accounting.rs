@@ -9,10 +9,11 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    hash::Hash,
+    hash::{BuildHasher as _, Hash},
     sync::Arc,
 };
 
+use hashbrown::HashTable;
 use sensor_common::{Counters, Direction, FlowKey};
 use serde::{Deserialize, Serialize};
 
@@ -90,7 +91,7 @@ impl RemoteId {
 
 /// A destination as the per-destination series name it: the name at the configured level
 /// (domain, fqdn, ip, asn or country) and the network it is in.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DestKey {
     pub destination: String,
     pub country: String,
@@ -98,55 +99,68 @@ pub struct DestKey {
     pub asn: u32,
 }
 
-/// One key's series in a [`Ranked`] set.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Entry {
+/// One key's place in a [`Ranked`] set. 16 bytes: a client can have thousands of keys, and only
+/// its top few carry a series, so the value of a series lives apart (see [`Ranked::values`]).
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// Recent activity in bytes, halving every [`Params::score_half_life_secs`]: what "top"
+    /// ranks by, so that a remote that was busy last week does not hold a series forever.
+    score: f32,
+    /// Unix seconds (fits until 2106) of the last poll that saw it carry traffic.
+    last_active: u32,
+    /// Where its series' value is in [`Ranked::values`], once it has had a series.
+    slot: u32,
+    /// Has a series of its own right now.
+    in_top: bool,
+}
+
+const NO_SLOT: u32 = u32::MAX;
+
+/// What a key's series holds, for readers of a [`Ranked`] set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Series {
     /// The value of this key's series: what it carried while it had a series.
     pub exported: Tally,
     /// Has a series of its own right now.
     pub in_top: bool,
-    /// Recent activity in bytes, halving every [`Params::score_half_life_secs`]: what "top"
-    /// ranks by, so that a remote that was busy last week does not hold a series forever.
-    pub score: f64,
-    /// Unix seconds of the last poll that saw it carry traffic.
-    pub last_active: u64,
-    /// This poll's traffic, until it is attributed (to this key's series or `other`).
-    #[serde(skip)]
-    pending: Tally,
 }
 
 /// One client's series of one kind (remotes, destinations): its most active keys have a
 /// series of their own, the others' traffic is summed into `other`. A key that loses its series
 /// keeps its value in memory, so that if it wins one back the series continues where it was.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(bound(serialize = "K: Serialize", deserialize = "K: Deserialize<'de> + Eq + Hash"))]
+#[derive(Debug, Clone)]
 pub struct Ranked<K> {
-    #[serde(with = "as_pairs")]
-    pub entries: FastMap<K, Entry>,
+    entries: FastMap<K, Entry>,
+    /// Values of the keys that have had a series, by [`Entry::slot`]; freed slots are zero.
+    values: Vec<Tally>,
+    free: Vec<u32>,
     pub other: Tally,
 }
 
 impl<K> Default for Ranked<K> {
     fn default() -> Self {
-        Ranked { entries: FastMap::default(), other: Tally::default() }
+        Ranked { entries: FastMap::default(), values: Vec::new(), free: Vec::new(), other: Tally::default() }
     }
 }
 
-impl<K: Clone + Eq + Hash + Ord> Ranked<K> {
-    /// Records traffic of `key` in this poll (attributed by [`Ranked::attribute`]).
-    fn add(&mut self, key: K, delta: &Tally) {
-        self.entries.entry(key).or_default().pending.add(delta);
+impl<K: Copy + Eq + Hash + Ord> Ranked<K> {
+    /// Ages every key's activity (once per poll, before [`Ranked::touch`]).
+    fn decay(&mut self, factor: f32) {
+        if factor != 1.0 {
+            self.entries.values_mut().for_each(|e| e.score *= factor);
+        }
     }
 
-    /// Ages every key's activity and adds this poll's.
-    fn observe(&mut self, decay: f64, now: u64) {
-        for entry in self.entries.values_mut() {
-            entry.score *= decay;
-            if !entry.pending.is_zero() {
-                entry.score += entry.pending.total_bytes() as f64;
-                entry.last_active = now;
-            }
-        }
+    /// Records that `key` carried `bytes` in this poll; true if the key is new to the set.
+    fn touch(&mut self, key: K, bytes: u64, now: u64) -> bool {
+        let mut new = false;
+        let entry = self.entries.entry(key).or_insert_with(|| {
+            new = true;
+            Entry { score: 0.0, last_active: 0, slot: NO_SLOT, in_top: false }
+        });
+        entry.score += bytes as f32;
+        entry.last_active = unix_u32(now);
+        new
     }
 
     /// The `n` most active keys get a series; on equal activity the incumbent keeps it.
@@ -156,13 +170,13 @@ impl<K: Clone + Eq + Hash + Ord> Ranked<K> {
             return;
         }
         // A selection, not a sort: linear in the keys (a client may have thousands).
-        let mut ranked: Vec<(usize, &K, f64, bool)> =
-            self.entries.iter().enumerate().map(|(i, (k, e))| (i, k, e.score, e.in_top)).collect();
+        let mut ranked: Vec<(u32, K, f32, bool)> =
+            self.entries.iter().enumerate().map(|(i, (k, e))| (i as u32, *k, e.score, e.in_top)).collect();
         let mut top = vec![false; ranked.len()];
         if n > 0 {
-            ranked.select_nth_unstable_by(n - 1, |a, b| b.2.total_cmp(&a.2).then(b.3.cmp(&a.3)).then(a.1.cmp(b.1)));
+            ranked.select_nth_unstable_by(n - 1, |a, b| b.2.total_cmp(&a.2).then(b.3.cmp(&a.3)).then(a.1.cmp(&b.1)));
             for r in &ranked[..n] {
-                top[r.0] = true;
+                top[r.0 as usize] = true;
             }
         }
         // The map is unchanged since `ranked` was made, so it iterates in the same order.
@@ -171,31 +185,159 @@ impl<K: Clone + Eq + Hash + Ord> Ranked<K> {
         }
     }
 
-    /// Adds this poll's traffic of each key to exactly one series: its own, or `other`.
-    fn attribute(&mut self) {
-        for entry in self.entries.values_mut() {
-            let delta = std::mem::take(&mut entry.pending);
-            if entry.in_top {
-                entry.exported.add(&delta);
-            } else {
-                self.other.add(&delta);
-            }
+    /// Adds one flow's gain in this poll to exactly one series: its key's own, or `other`.
+    fn credit(&mut self, key: &K, delta: &Tally) {
+        let Some(entry) = self.entries.get_mut(key).filter(|e| e.in_top) else {
+            self.other.add(delta);
+            return;
+        };
+        if entry.slot == NO_SLOT {
+            entry.slot = match self.free.pop() {
+                Some(slot) => slot,
+                None => {
+                    self.values.push(Tally::default());
+                    (self.values.len() - 1) as u32
+                }
+            };
         }
+        self.values[entry.slot as usize].add(delta);
     }
 
     /// Forgets keys idle for `expiry` seconds: their series (if any) ends, memory stays bounded.
-    fn expire(&mut self, now: u64, expiry: u64) {
-        self.entries.retain(|_, e| now.saturating_sub(e.last_active) < expiry);
+    /// `forgotten` sees each key dropped.
+    fn expire(&mut self, now: u64, expiry: u64, mut forgotten: impl FnMut(&K)) {
+        let (values, free) = (&mut self.values, &mut self.free);
+        self.entries.retain(|k, e| {
+            let keep = now.saturating_sub(u64::from(e.last_active)) < expiry;
+            if !keep {
+                if e.slot != NO_SLOT {
+                    values[e.slot as usize] = Tally::default();
+                    free.push(e.slot);
+                }
+                forgotten(k);
+            }
+            keep
+        });
     }
 
-    /// Keys with a series of their own.
-    pub fn series(&self) -> impl Iterator<Item = (&K, &Entry)> {
-        self.entries.iter().filter(|(_, e)| e.in_top)
+    fn value(&self, entry: &Entry) -> Tally {
+        self.values.get(entry.slot as usize).copied().unwrap_or_default()
+    }
+
+    /// Keys with a series of their own, with its value.
+    pub fn series(&self) -> impl Iterator<Item = (&K, Tally)> {
+        self.entries.iter().filter(|(_, e)| e.in_top).map(|(k, e)| (k, self.value(e)))
+    }
+
+    /// One key's series, if the key is tracked.
+    pub fn get(&self, key: &K) -> Option<Series> {
+        self.entries.get(key).map(|e| Series { exported: self.value(e), in_top: e.in_top })
+    }
+
+    /// Keys tracked, with or without a series.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
     /// Keys tracked without a series of their own (their traffic goes to `other`).
     pub fn in_other(&self) -> usize {
         self.entries.values().filter(|e| !e.in_top).count()
+    }
+
+    /// Everything the tracked keys' series and `other` carried.
+    pub fn carried(&self) -> Tally {
+        let mut sum = self.other;
+        self.values.iter().for_each(|v| sum.add(v));
+        sum
+    }
+}
+
+fn unix_u32(secs: u64) -> u32 {
+    u32::try_from(secs).unwrap_or(u32::MAX)
+}
+
+/// A key's entry in the state file (the layout of earlier versions, so their files still load).
+#[derive(Serialize, Deserialize)]
+struct EntryFile {
+    exported: Tally,
+    in_top: bool,
+    score: f64,
+    last_active: u64,
+}
+
+/// A [`Ranked`] set in the state file, its keys written as `name` gives them.
+struct RankedFile<'a, K, F> {
+    set: &'a Ranked<K>,
+    name: F,
+}
+
+impl<'a, K, N: Serialize + 'a, F: Fn(&'a K) -> &'a N> Serialize for RankedFile<'a, K, F>
+where
+    K: Copy + Eq + Hash + Ord,
+{
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let set = self.set;
+        let entries = Pairs(|| {
+            set.entries.iter().map(|(k, e)| {
+                let file = EntryFile { exported: set.value(e), in_top: e.in_top, score: f64::from(e.score), last_active: u64::from(e.last_active) };
+                ((self.name)(k), file)
+            })
+        });
+        let mut st = s.serialize_struct("Ranked", 2)?;
+        st.serialize_field("entries", &entries)?;
+        st.serialize_field("other", &set.other)?;
+        st.end()
+    }
+}
+
+/// Serializes what an iterator yields as a sequence, without collecting it first.
+struct Pairs<F>(F);
+
+impl<I: Iterator<Item: Serialize>, F: Fn() -> I> Serialize for Pairs<F> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq((self.0)())
+    }
+}
+
+impl<K: Copy + Eq + Hash + Ord + Serialize> Serialize for Ranked<K> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        fn same<K>(k: &K) -> &K {
+            k
+        }
+        RankedFile { set: self, name: same }.serialize(s)
+    }
+}
+
+/// A [`Ranked`] set as read from the state file, keys as written.
+#[derive(Deserialize)]
+struct RankedIn<N> {
+    entries: Vec<(N, EntryFile)>,
+    other: Tally,
+}
+
+impl<N> RankedIn<N> {
+    fn into_ranked<K: Copy + Eq + Hash + Ord>(self, mut key: impl FnMut(N) -> K) -> Ranked<K> {
+        let mut set = Ranked { other: self.other, ..Ranked::default() };
+        for (name, file) in self.entries {
+            let mut entry = Entry { score: file.score as f32, last_active: unix_u32(file.last_active), slot: NO_SLOT, in_top: file.in_top };
+            if file.in_top || !file.exported.is_zero() {
+                entry.slot = set.values.len() as u32;
+                set.values.push(file.exported);
+            }
+            set.entries.insert(key(name), entry);
+        }
+        set
+    }
+}
+
+impl<'de, K: Copy + Eq + Hash + Ord + Deserialize<'de>> Deserialize<'de> for Ranked<K> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(RankedIn::<K>::deserialize(d)?.into_ranked(|k| k))
     }
 }
 
@@ -213,14 +355,80 @@ fn enforce_budget<'a, K: 'a>(sets: impl Iterator<Item = &'a mut Ranked<K>>, budg
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// A destination as a client's table holds it: an index into [`DestNames`], 4 bytes instead of
+/// a name, a country and an ASN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DestId(u32);
+
+/// Every destination any client's table holds, once, with the number of tables holding it:
+/// clients and flows share destinations (a domain per service), and names are the bulk of them.
+#[derive(Debug, Clone, Default)]
+struct DestNames {
+    /// Ids by key, hashed through `keys`: each key is stored once (a full map of flows with
+    /// a destination each held every key twice).
+    index: HashTable<DestId>,
+    hasher: foldhash::fast::RandomState,
+    /// By id; a free id holds an empty key.
+    keys: Vec<DestKey>,
+    holders: Vec<u32>,
+    free: Vec<DestId>,
+}
+
+impl DestNames {
+    /// The id of `key`, copied in if new.
+    fn id(&mut self, key: &DestKey) -> DestId {
+        let hash = self.hasher.hash_one(key);
+        let keys = &self.keys;
+        if let Some(&id) = self.index.find(hash, |id| keys[id.0 as usize] == *key) {
+            return id;
+        }
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.keys[id.0 as usize] = key.clone();
+                id
+            }
+            None => {
+                self.keys.push(key.clone());
+                self.holders.push(0);
+                DestId((self.keys.len() - 1) as u32)
+            }
+        };
+        let (keys, hasher) = (&self.keys, &self.hasher);
+        self.index.insert_unique(hash, id, |id| hasher.hash_one(&keys[id.0 as usize]));
+        id
+    }
+
+    fn hold(&mut self, id: DestId) {
+        self.holders[id.0 as usize] += 1;
+    }
+
+    /// A table let go of `id`; the last one frees it.
+    fn release(&mut self, id: DestId) {
+        // Freed once, on its last holder's release (never again while free).
+        let Some(holders) = self.holders.get_mut(id.0 as usize).filter(|h| **h > 0) else { return };
+        *holders -= 1;
+        if *holders == 0 {
+            let key = std::mem::take(&mut self.keys[id.0 as usize]);
+            if let Ok(entry) = self.index.find_entry(self.hasher.hash_one(&key), |&x| x == id) {
+                entry.remove();
+            }
+            self.free.push(id);
+        }
+    }
+
+    fn key(&self, id: DestId) -> &DestKey {
+        &self.keys[id.0 as usize]
+    }
+}
+
+#[derive(Debug, Clone, Default)]
 pub struct ClientAccount {
     /// Client totals, from the kernel's per-client totals (exact even when flows are evicted).
     pub totals: Tally,
     /// Per remote endpoint (IP, protocol, port).
     pub remotes: Ranked<RemoteId>,
-    /// Per named destination.
-    pub destinations: Ranked<DestKey>,
+    /// Per named destination ([`Accounting::destination`] names them).
+    pub destinations: Ranked<DestId>,
     /// Unix seconds of the last poll that saw the client's totals grow.
     pub last_seen: u64,
 }
@@ -243,26 +451,117 @@ pub struct Params {
     pub name_wait_secs: u64,
 }
 
+/// One flow's gain in the last update ([`Accounting::gained`] pairs it with its key).
+#[derive(Debug, Clone, Copy)]
+pub struct Gain {
+    pub delta: Tally,
+    /// The flow's place in the last read (its key is there: 4 bytes instead of 48, for every
+    /// flow that grew).
+    flow: u32,
+    client: u32,
+    destination: DestId,
+}
+
+impl Gain {
+    /// The destination it counts into ([`Accounting::destination`] names it).
+    pub fn destination(&self) -> DestId {
+        self.destination
+    }
+}
+
 /// Everything exported, plus the last kernel reading it was computed from.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default)]
 pub struct Accounting {
-    #[serde(with = "as_pairs")]
     pub clients: BTreeMap<Mac, ClientAccount>,
     /// Flows that left the kernel map between two polls (LRU evictions, mostly).
     pub flow_evictions: u64,
-    /// Stored as (flow key, counters) pairs, the flows held back left out.
-    #[serde(rename = "flows_last")]
     last: LastRead,
-    #[serde(with = "as_pairs")]
     clients_last: HashMap<Mac, Tally>,
     last_update: u64,
+    destinations: DestNames,
     /// New flows held back for their name (see [`Namer::awaits_name`]), with the Unix second
     /// they were first held.
-    #[serde(skip)]
     waiting: FastMap<FlowKey, u64>,
     /// Every flow that gained traffic in the last update, with its gain (the policy's input).
-    #[serde(skip)]
-    pub gains: Vec<(FlowKey, Tally)>,
+    gains: Vec<Gain>,
+}
+
+/// A client's account in the state file, its destinations by name.
+#[derive(Serialize)]
+struct ClientFile<'a, D: Serialize> {
+    totals: &'a Tally,
+    remotes: &'a Ranked<RemoteId>,
+    destinations: D,
+    last_seen: u64,
+}
+
+#[derive(Deserialize)]
+struct ClientIn {
+    totals: Tally,
+    remotes: Ranked<RemoteId>,
+    destinations: RankedIn<DestKey>,
+    last_seen: u64,
+}
+
+/// The accounting in the state file. `flows_last` is stored as (flow key, counters) pairs, the
+/// flows held back left out.
+#[derive(Deserialize)]
+struct AccountingIn {
+    #[serde(deserialize_with = "as_pairs::deserialize")]
+    clients: Vec<(Mac, ClientIn)>,
+    flow_evictions: u64,
+    flows_last: LastRead,
+    #[serde(deserialize_with = "as_pairs::deserialize")]
+    clients_last: HashMap<Mac, Tally>,
+    last_update: u64,
+}
+
+impl Serialize for Accounting {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let names = &self.destinations;
+        let clients = Pairs(|| {
+            self.clients.iter().map(|(mac, a)| {
+                let destinations = RankedFile { set: &a.destinations, name: |id: &DestId| names.key(*id) };
+                (mac, ClientFile { totals: &a.totals, remotes: &a.remotes, destinations, last_seen: a.last_seen })
+            })
+        });
+        let mut st = s.serialize_struct("Accounting", 5)?;
+        st.serialize_field("clients", &clients)?;
+        st.serialize_field("flow_evictions", &self.flow_evictions)?;
+        st.serialize_field("flows_last", &self.last)?;
+        st.serialize_field("clients_last", &Pairs(|| self.clients_last.iter()))?;
+        st.serialize_field("last_update", &self.last_update)?;
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Accounting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let file = AccountingIn::deserialize(d)?;
+        let mut names = DestNames::default();
+        let clients = file
+            .clients
+            .into_iter()
+            .map(|(mac, c)| {
+                let destinations = c.destinations.into_ranked(|key| {
+                    let id = names.id(&key);
+                    names.hold(id);
+                    id
+                });
+                (mac, ClientAccount { totals: c.totals, remotes: c.remotes, destinations, last_seen: c.last_seen })
+            })
+            .collect();
+        Ok(Accounting {
+            clients,
+            flow_evictions: file.flow_evictions,
+            last: file.flows_last,
+            clients_last: file.clients_last,
+            last_update: file.last_update,
+            destinations: names,
+            ..Accounting::default()
+        })
+    }
 }
 
 /// The flows as last read: the previous poll's snapshot itself (shared with the API view, not
@@ -330,6 +629,12 @@ pub trait Namer {
     /// The destination a flow counts into.
     fn destination(&self, key: &FlowKey) -> DestKey;
 
+    /// [`Namer::destination`] into `out`, reusing its strings: the accounting asks for every
+    /// flow that grew, every poll, and only keeps the ones it has not seen.
+    fn destination_into(&self, key: &FlowKey, out: &mut DestKey) {
+        *out = self.destination(key);
+    }
+
     /// Whether a new flow should wait (at most [`Params::name_wait_secs`]) before it is
     /// attributed, because its own name is likely on its way: a TCP flow whose TLS ClientHello
     /// or HTTP request has not been seen yet (a poll can fall between its SYN and its data).
@@ -364,19 +669,29 @@ impl Accounting {
         }
         self.clients_last = clients_last;
 
-        // Every flow read: its gain since the last read goes to its client's remote and
-        // destination (pending until the top-N is chosen below). Both reads are sorted by key,
-        // so they are walked side by side: no lookup per flow, and no copy of the last read.
+        let elapsed = now.saturating_sub(self.last_update) as f64;
+        let decay = if self.last_update == 0 { 1.0 } else { 0.5f64.powf(elapsed / params.score_half_life_secs) as f32 };
+        self.last_update = now;
+        for account in self.clients.values_mut() {
+            account.remotes.decay(decay);
+            account.destinations.decay(decay);
+        }
+
+        // Every flow read: its gain since the last read adds to its client's remote's and
+        // destination's activity, and is kept until the top-N is chosen below. Both reads are
+        // sorted by key, so they are walked side by side: no lookup per flow, and no copy of
+        // the last read.
         let snap = if snap.is_sorted() { Arc::clone(snap) } else { Arc::new(Snapshot::sorted(snap.flows.clone())) };
         // Accounts by MAC through a hash index: one lookup per flow instead of a tree descent.
-        let (account_of, mut accounts): (FastMap<Mac, usize>, Vec<&mut ClientAccount>) =
-            self.clients.iter_mut().enumerate().map(|(i, (mac, account))| ((*mac, i), account)).unzip();
+        let (account_of, mut accounts): (FastMap<Mac, u32>, Vec<&mut ClientAccount>) =
+            self.clients.iter_mut().enumerate().map(|(i, (mac, account))| ((*mac, i as u32), account)).unzip();
         let last = &self.last;
         let gone = |k: &FlowKey| !last.held.contains(k) && !last.retired.contains(&k.client_mac);
         let mut prev = last.snap.flows.iter().peekable();
         let (mut evicted, mut waiting, mut held) = (0u64, FastMap::default(), HashSet::new());
         self.gains.clear();
-        for (key, counters) in &snap.flows {
+        let mut scratch = DestKey::default();
+        for (i, (key, counters)) in snap.flows.iter().enumerate() {
             while let Some((k, _)) = prev.next_if(|(k, _)| k < key) {
                 evicted += u64::from(gone(k));
             }
@@ -396,11 +711,16 @@ impl Accounting {
             }
             // A flow that grew has a client whose totals grew (the kernel counts both), so the
             // account exists; a flow without one is not attributed.
-            if let Some(&i) = account_of.get(&key.client_mac) {
-                let account = &mut accounts[i];
-                account.remotes.add(RemoteId::of(key), &delta);
-                account.destinations.add(namer.destination(key), &delta);
-                self.gains.push((*key, delta));
+            if let Some(&client) = account_of.get(&key.client_mac) {
+                let account = &mut accounts[client as usize];
+                let bytes = delta.total_bytes();
+                account.remotes.touch(RemoteId::of(key), bytes, now);
+                namer.destination_into(key, &mut scratch);
+                let destination = self.destinations.id(&scratch);
+                if account.destinations.touch(destination, bytes, now) {
+                    self.destinations.hold(destination);
+                }
+                self.gains.push(Gain { delta, flow: i as u32, client, destination });
             }
         }
         // Flows read last time but not now left the map (LRU evictions, mostly).
@@ -409,23 +729,25 @@ impl Accounting {
         self.waiting = waiting;
         self.last = LastRead { snap, held, retired: HashSet::new() };
 
-        let elapsed = now.saturating_sub(self.last_update) as f64;
-        let decay = if self.last_update == 0 { 1.0 } else { 0.5f64.powf(elapsed / params.score_half_life_secs) };
-        self.last_update = now;
-        for account in self.clients.values_mut() {
-            account.remotes.observe(decay, now);
+        for account in accounts.iter_mut() {
             account.remotes.choose_top(params.top_remotes);
-            account.destinations.observe(decay, now);
             account.destinations.choose_top(params.top_destinations);
         }
-        enforce_budget(self.clients.values_mut().map(|a| &mut a.remotes), params.series_budget);
-        enforce_budget(self.clients.values_mut().map(|a| &mut a.destinations), params.series_budget);
-        for account in self.clients.values_mut() {
-            account.remotes.attribute();
-            account.destinations.attribute();
-            account.remotes.expire(now, params.remote_idle_expiry_secs);
-            account.destinations.expire(now, params.destination_idle_expiry_secs);
+        enforce_budget(accounts.iter_mut().map(|a| &mut a.remotes), params.series_budget);
+        enforce_budget(accounts.iter_mut().map(|a| &mut a.destinations), params.series_budget);
+        // Each gain to exactly one series: its key's own, or its client's `other`.
+        let flows = &self.last.snap.flows;
+        for gain in &self.gains {
+            let account = &mut accounts[gain.client as usize];
+            account.remotes.credit(&RemoteId::of(&flows[gain.flow as usize].0), &gain.delta);
+            account.destinations.credit(&gain.destination, &gain.delta);
         }
+        let names = &mut self.destinations;
+        for account in accounts.iter_mut() {
+            account.remotes.expire(now, params.remote_idle_expiry_secs, |_| {});
+            account.destinations.expire(now, params.destination_idle_expiry_secs, |id| names.release(*id));
+        }
+        drop(accounts);
 
         let retired: Vec<Mac> = self
             .clients
@@ -434,7 +756,9 @@ impl Accounting {
             .map(|(mac, _)| *mac)
             .collect();
         for mac in &retired {
-            self.clients.remove(mac);
+            if let Some(account) = self.clients.remove(mac) {
+                account.destinations.entries.keys().for_each(|id| self.destinations.release(*id));
+            }
             self.clients_last.remove(mac);
         }
         // The caller deletes their flows from the kernel: that is no eviction.
@@ -445,21 +769,26 @@ impl Accounting {
         }
         retired
     }
+
+    /// The flows that grew in the last update, with their gains.
+    pub fn gained(&self) -> impl Iterator<Item = (&FlowKey, &Gain)> {
+        self.gains.iter().filter_map(|g| Some((&self.last.snap.flows.get(g.flow as usize)?.0, g)))
+    }
+
+    /// The destination a client's destination series is for.
+    pub fn destination(&self, id: DestId) -> &DestKey {
+        self.destinations.key(id)
+    }
+
+    /// Distinct destinations the clients' tables hold.
+    pub fn destinations_tracked(&self) -> usize {
+        self.destinations.index.len()
+    }
 }
 
-/// Maps with non-string keys as JSON arrays of pairs.
+/// Reads maps with non-string keys from JSON arrays of pairs (`Pairs` writes them).
 mod as_pairs {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<'a, M, K, V, S>(map: &'a M, s: S) -> Result<S::Ok, S::Error>
-    where
-        &'a M: IntoIterator<Item = (&'a K, &'a V)>,
-        K: Serialize + 'a,
-        V: Serialize + 'a,
-        S: Serializer,
-    {
-        s.collect_seq(map)
-    }
+    use serde::{Deserialize, Deserializer};
 
     pub fn deserialize<'de, M, K, V, D>(d: D) -> Result<M, D::Error>
     where
@@ -547,12 +876,18 @@ mod tests {
         a.update(&Arc::new(s.clone()), now, p, &by_domain)
     }
 
-    fn remote(a: &Accounting, r: u8, port: u16) -> Option<&Entry> {
-        a.clients[&MAC].remotes.entries.get(&RemoteId::of(&key(r, port)))
+    fn remote(a: &Accounting, r: u8, port: u16) -> Option<Series> {
+        a.clients[&MAC].remotes.get(&RemoteId::of(&key(r, port)))
     }
 
-    fn exported_bytes<K>(set: &Ranked<K>) -> u64 {
-        set.entries.values().map(|e| e.exported.bytes[0]).sum::<u64>() + set.other.bytes[0]
+    fn exported_bytes<K: Copy + Eq + Hash + Ord>(set: &Ranked<K>) -> u64 {
+        set.carried().bytes[0]
+    }
+
+    /// A client's destination series by name.
+    fn destination(a: &Accounting, name: &str) -> Option<Series> {
+        let d = &a.clients[&MAC].destinations;
+        d.entries.keys().find(|id| a.destination(**id).destination == name).and_then(|id| d.get(id))
     }
 
     #[test]
@@ -593,8 +928,9 @@ mod tests {
         ];
         update(&mut a, &snap(&flows), 100, &PARAMS);
         let d = &a.clients[&MAC].destinations;
-        let one = DestKey { destination: "one.example".into(), country: "ZZ".into(), asn: 64_500 };
-        assert_eq!(d.entries[&one].exported, Tally { packets: [15, 0], bytes: [15_000, 0] });
+        let one = destination(&a, "one.example").unwrap();
+        assert_eq!(one.exported, Tally { packets: [15, 0], bytes: [15_000, 0] });
+        assert_eq!(a.destination(*d.entries.keys().min_by_key(|id| &a.destination(**id).destination).unwrap()).asn, 64_500);
         assert_eq!(d.series().count(), 2);
         assert_eq!(d.other, Tally::default());
     }
@@ -722,14 +1058,12 @@ mod tests {
         let mut a = Accounting::default();
         let namer = LateName(std::cell::Cell::new(false));
         a.update(&Arc::new(snap(&[(key(9, 443), counters(3, 200, 1, 60))])), 100, &PARAMS, &namer);
-        assert!(a.clients[&MAC].destinations.entries.is_empty(), "held back for a poll");
+        assert!(a.clients[&MAC].destinations.is_empty(), "held back for a poll");
         assert_eq!(a.clients[&MAC].totals.bytes, [200, 60], "client totals never wait");
         namer.0.set(true);
         a.update(&Arc::new(snap(&[(key(9, 443), counters(5, 900, 2, 120))])), 105, &PARAMS, &namer);
-        let d = &a.clients[&MAC].destinations;
-        assert_eq!(d.entries.len(), 1);
-        let (k, e) = d.entries.iter().next().unwrap();
-        assert_eq!(k.destination, "named.example");
+        assert_eq!(a.clients[&MAC].destinations.len(), 1);
+        let e = destination(&a, "named.example").unwrap();
         assert_eq!(e.exported, Tally { packets: [5, 2], bytes: [900, 120] });
     }
 
@@ -739,10 +1073,9 @@ mod tests {
         let namer = LateName(std::cell::Cell::new(false));
         a.update(&Arc::new(snap(&[(key(9, 22), counters(1, 100, 0, 0))])), 100, &PARAMS, &namer);
         a.update(&Arc::new(snap(&[(key(9, 22), counters(2, 150, 0, 0))])), 101, &PARAMS, &namer);
-        assert!(a.clients[&MAC].destinations.entries.is_empty(), "still within name_wait");
+        assert!(a.clients[&MAC].destinations.is_empty(), "still within name_wait");
         a.update(&Arc::new(snap(&[(key(9, 22), counters(3, 200, 0, 0))])), 102, &PARAMS, &namer);
-        let d = &a.clients[&MAC].destinations;
-        assert_eq!(d.entries.values().map(|e| e.exported.bytes[0]).sum::<u64>(), 200);
+        assert_eq!(a.clients[&MAC].destinations.carried().bytes[0], 200);
     }
 
     #[test]
@@ -753,7 +1086,7 @@ mod tests {
         let mut b: Accounting = serde_json::from_str(&text).unwrap();
         // After a restart the same kernel values add nothing; new ones add only the delta.
         update(&mut b, &snap(&[(key(1, 53), counters(3, 300, 1, 100))]), 105, &PARAMS);
-        let r = b.clients[&MAC].remotes.entries.get(&RemoteId::of(&key(1, 53))).unwrap();
+        let r = b.clients[&MAC].remotes.get(&RemoteId::of(&key(1, 53))).unwrap();
         assert_eq!(r.exported, Tally { packets: [3, 1], bytes: [300, 100] });
         assert_eq!(b.clients[&MAC].totals, Tally { packets: [3, 1], bytes: [300, 100] });
     }

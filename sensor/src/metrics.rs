@@ -161,12 +161,21 @@ impl Metrics {
         }
     }
 
-    /// The text exposition for a scrape: the health metrics, then the traffic families.
-    pub fn render(&self) -> Result<String, prometheus::Error> {
+    /// The text exposition for a scrape, in its two parts: the health metrics, then the
+    /// traffic families as the last poll wrote them (shared, not copied: megabytes at
+    /// thousands of clients).
+    pub fn exposition(&self) -> Result<(Vec<u8>, Arc<String>), prometheus::Error> {
         let traffic = self.traffic.read().map(|t| Arc::clone(&t)).unwrap_or_default();
-        let mut out = Vec::with_capacity(traffic.len() + 8192);
-        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
-        let mut text = String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))?;
+        let mut health = Vec::with_capacity(16 * 1024);
+        TextEncoder::new().encode(&self.registry.gather(), &mut health)?;
+        Ok((health, traffic))
+    }
+
+    /// [`Metrics::exposition`] as one text.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let (health, traffic) = self.exposition()?;
+        let mut text = String::from_utf8(health).map_err(|e| prometheus::Error::Msg(e.to_string()))?;
+        text.reserve_exact(traffic.len());
         text.push_str(&traffic);
         Ok(text)
     }
@@ -327,7 +336,7 @@ fn traffic_text(out: &mut String, acct: &Accounting, snap: &Snapshot, client: &d
         for (account, c) in &clients {
             for (id, remote) in account.remotes.series() {
                 let (ip, protocol, port) = (labels::ip(&id.ip).to_string(), labels::protocol(id.protocol), id.port.to_string());
-                one_sided(&mut f, c, &[("remote", &ip), ("protocol", &protocol), ("port", &port)], &remote.exported, bytes);
+                one_sided(&mut f, c, &[("remote", &ip), ("protocol", &protocol), ("port", &port)], &remote, bytes);
             }
             // Only clients that overflowed their top-N carry an "other" series.
             one_sided(&mut f, c, &[("remote", "other"), ("protocol", ""), ("port", "")], &account.remotes.other, bytes);
@@ -339,10 +348,11 @@ fn traffic_text(out: &mut String, acct: &Accounting, snap: &Snapshot, client: &d
     ] {
         let mut f = Family::begin(out, name, "counter", help);
         for (account, c) in &clients {
-            for (key, dest) in account.destinations.series() {
+            for (id, dest) in account.destinations.series() {
+                let key = acct.destination(*id);
                 let asn = if key.asn == 0 { String::new() } else { key.asn.to_string() };
                 let extra = [("destination", key.destination.as_str()), ("country", key.country.as_str()), ("asn", asn.as_str())];
-                one_sided(&mut f, c, &extra, &dest.exported, bytes);
+                one_sided(&mut f, c, &extra, &dest, bytes);
             }
             one_sided(&mut f, c, &[("destination", "other"), ("country", ""), ("asn", "")], &account.destinations.other, bytes);
         }

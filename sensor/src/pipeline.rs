@@ -2,18 +2,18 @@
 //! → accounting → metrics and the API view.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::BTreeSet,
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use sensor_common::Direction;
+use sensor_common::{Direction, FlowKey};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
-    accounting::{Accounting, FastMap, FastSet, Params},
-    alerting::Alert,
+    accounting::{self, Accounting, FastMap, FastSet, Params},
+    alerting::{Alert, AlertStatus},
     api::{ClientView, FlowRow, LiveView, Owner},
     collector::{KernelMaps, Snapshot},
     enrich::{Enricher, PollNamer, domain, geo::GeoInfo},
@@ -22,7 +22,7 @@ use crate::{
     metrics::Metrics,
     policy::{
         eval::Evaluator,
-        matcher::{ClientFacts, FlowFacts, PollFacts},
+        matcher::{ClientFacts, FlowFacts},
         spec::Condition,
     },
     server::SharedView,
@@ -39,6 +39,39 @@ pub struct Pipeline {
     pub policy: Evaluator,
     /// Where the last poll's time went.
     pub timings: PollTimings,
+}
+
+/// Gained flows named per part of a policy evaluation.
+const FACTS_PER_PART: usize = 4096;
+
+/// The policy's view of one flow that gained traffic in this poll, named.
+fn flow_facts(enricher: &Enricher, accounting: &Accounting, index: &FastMap<[u8; 6], usize>, key: &FlowKey, gain: &accounting::Gain, now: u64) -> FlowFacts {
+    let delta = &gain.delta;
+    // Its destination has the remote's country and ASN: no second lookup.
+    let geo = accounting.destination(gain.destination());
+    let name = enricher.flow_name(key, now).unwrap_or_default().to_ascii_lowercase();
+    FlowFacts {
+        // policy_clients indexed every gain's client.
+        client: index.get(&key.client_mac).copied().unwrap_or_default(),
+        remote_ip: Some(labels::ip(&key.remote_ip)),
+        protocol: key.protocol,
+        port: key.remote_port,
+        domain: if name.is_empty() { String::new() } else { domain::registrable(&name) },
+        name,
+        country: geo.country.clone(),
+        asn: geo.asn,
+        upload_bytes: delta.bytes[Direction::Upload.index()],
+        download_bytes: delta.bytes[Direction::Download.index()],
+        upload_packets: delta.packets[Direction::Upload.index()],
+        download_packets: delta.packets[Direction::Download.index()],
+    }
+}
+
+/// One poll's alerts: their statuses, and the policy series each stands for.
+#[derive(Debug, Default)]
+pub struct PollAlerts {
+    pub statuses: Vec<AlertStatus>,
+    series: Vec<String>,
 }
 
 /// Where one poll's time went, stage by stage (the histogram metric has the total; the scale
@@ -80,7 +113,7 @@ impl Clock {
 
 impl Pipeline {
     /// One poll; returns the alerts to deliver (firing, and resolved within the retention).
-    pub fn poll(&mut self) -> anyhow::Result<Vec<Alert>> {
+    pub fn poll(&mut self) -> anyhow::Result<PollAlerts> {
         let started = Instant::now();
         let now = unix_now();
         self.learn_names(now);
@@ -121,10 +154,29 @@ impl Pipeline {
         Ok(alerts)
     }
 
-    fn evaluate_policy(&mut self, snap: &Snapshot, now: u64) -> Vec<Alert> {
+    /// The alert `alerts.statuses[i]` stands for, built now (the notifier asks only for what
+    /// it sends).
+    pub fn alert(&self, alerts: &PollAlerts, i: usize) -> Option<Alert> {
+        self.policy.alert(alerts.series.get(i)?, alerts.statuses.get(i)?)
+    }
+
+    fn evaluate_policy(&mut self, snap: &Snapshot, now: u64) -> PollAlerts {
         let started = Instant::now();
-        let facts = self.policy_facts(snap, now);
-        let outcome = self.policy.evaluate(&facts);
+        // Only new_device rules (or none): the flows would be named for nothing.
+        let needs_flows = self.policy.policy().rules.iter().any(|r| !matches!(r.condition, Condition::NewDevice(_)));
+        let gained = || self.accounting.gained().take(if needs_flows { usize::MAX } else { 0 });
+        let (clients, index) = self.policy_clients(snap, gained().map(|(key, _)| &key.client_mac));
+        let mut outcome = self.policy.begin(now, &clients);
+        // The flows in parts: their facts are ~140 bytes each, megabytes for a full map.
+        let mut flows = gained();
+        loop {
+            let part: Vec<FlowFacts> = flows.by_ref().take(FACTS_PER_PART).map(|(key, g)| flow_facts(&self.enricher, &self.accounting, &index, key, g, now)).collect();
+            if part.is_empty() {
+                break;
+            }
+            self.policy.add_flows(&mut outcome, now, &clients, &part);
+        }
+        let outcome = self.policy.finish(now, outcome);
         for (rule, client) in &outcome.started {
             // Creates the series at 0 (a no-op when it exists).
             self.metrics.policy_violations.with_label_values(&[rule.as_str(), client.as_str()]);
@@ -137,51 +189,23 @@ impl Pipeline {
         self.metrics.policy_series.set(outcome.series as i64);
         self.metrics.policy_series_dropped.inc_by(outcome.series_dropped as u64);
         self.metrics.policy_evaluation.observe(started.elapsed().as_secs_f64());
-        outcome.alerts
+        PollAlerts { statuses: outcome.alerts, series: outcome.alert_series }
     }
 
-    /// The policy's view of this poll: every client the kernel counts, and the flows that
-    /// gained traffic since the last poll, named.
-    fn policy_facts(&self, snap: &Snapshot, now: u64) -> PollFacts {
-        let mut index: HashMap<[u8; 6], usize> = HashMap::new();
+    /// The policy's clients for this poll: every client the kernel counts, and any other a
+    /// gained flow belongs to; with their indices by MAC.
+    fn policy_clients<'a>(&self, snap: &'a Snapshot, flow_clients: impl Iterator<Item = &'a [u8; 6]>) -> (Vec<ClientFacts>, FastMap<[u8; 6], usize>) {
+        // Looked up once per gained flow: foldhash, not SipHash.
+        let mut index: FastMap<[u8; 6], usize> = FastMap::default();
         let mut clients = Vec::new();
-        let mut client_index = |mac: &[u8; 6], clients: &mut Vec<ClientFacts>| {
-            *index.entry(*mac).or_insert_with(|| {
+        for mac in snap.clients.keys().chain(flow_clients) {
+            index.entry(*mac).or_insert_with(|| {
                 let l = self.enricher.client_labels(mac);
                 clients.push(ClientFacts { mac: *mac, mac_text: labels::mac(mac), name: l.name, group: l.group, vendor: l.vendor, tags: l.tags });
                 clients.len() - 1
-            })
-        };
-        for mac in snap.clients.keys() {
-            client_index(mac, &mut clients);
+            });
         }
-        // Only new_device rules (or none): the flows would be named for nothing.
-        let needs_flows = self.policy.policy().rules.iter().any(|r| !matches!(r.condition, Condition::NewDevice(_)));
-        let gains = if needs_flows { self.accounting.gains.as_slice() } else { &[] };
-        let mut geos: HashMap<std::net::IpAddr, GeoInfo> = HashMap::new();
-        let flows = gains
-            .iter()
-            .map(|(key, gain)| {
-                let remote = labels::ip(&key.remote_ip);
-                let geo = geos.entry(remote).or_insert_with(|| self.enricher.geo(remote));
-                let name = self.enricher.flow_name(key, now).unwrap_or_default().to_ascii_lowercase();
-                FlowFacts {
-                    client: client_index(&key.client_mac, &mut clients),
-                    remote_ip: Some(remote),
-                    protocol: key.protocol,
-                    port: key.remote_port,
-                    domain: if name.is_empty() { String::new() } else { domain::registrable(&name) },
-                    name,
-                    country: geo.country.clone(),
-                    asn: geo.asn,
-                    upload_bytes: gain.bytes[Direction::Upload.index()],
-                    download_bytes: gain.bytes[Direction::Download.index()],
-                    upload_packets: gain.packets[Direction::Upload.index()],
-                    download_packets: gain.packets[Direction::Download.index()],
-                }
-            })
-            .collect();
-        PollFacts { now, clients, flows }
+        (clients, index)
     }
 
     /// Everything the kernel sent since the last poll names flows before they are attributed.

@@ -2,6 +2,7 @@
 //! JSON API under `/api/v1/` (docs/api.md).
 
 use std::{
+    convert::Infallible,
     net::SocketAddr,
     sync::{Arc, RwLock},
 };
@@ -11,7 +12,8 @@ use axum::{
     Json, Router,
     extract::{Query, State},
     http::{StatusCode, header},
-    response::IntoResponse,
+    body::{Body, Bytes},
+    response::{IntoResponse, Response},
     routing::get,
 };
 use serde::Deserialize;
@@ -56,10 +58,29 @@ async fn flows(State(state): State<AppState>, Query(q): Query<FlowsQuery>) -> im
     }
 }
 
-async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
-    match state.metrics.render() {
-        Ok(body) => (StatusCode::OK, [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], format!("rendering metrics failed: {e}\n")),
+async fn scrape(State(state): State<AppState>) -> Response {
+    match state.metrics.exposition() {
+        Ok((health, traffic)) => {
+            // Sent as two chunks: the traffic text is shared with the metrics, not copied.
+            let length = health.len() + traffic.len();
+            let parts = [Bytes::from(health), Bytes::from_owner(SharedText(traffic))];
+            let body = Body::from_stream(futures_util::stream::iter(parts.map(Ok::<_, Infallible>)));
+            let headers = [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT.to_string()), (header::CONTENT_LENGTH, length.to_string())];
+            (StatusCode::OK, headers, body).into_response()
+        }
+        Err(e) => {
+            let text = format!("rendering metrics failed: {e}\n");
+            (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], text).into_response()
+        }
+    }
+}
+
+/// A text shared behind an `Arc`, as the bytes of a response body.
+struct SharedText(Arc<String>);
+
+impl AsRef<[u8]> for SharedText {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
     }
 }
 

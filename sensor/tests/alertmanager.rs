@@ -311,7 +311,7 @@ fn a_firing_alert_arrives_and_its_resolution_ends_it() {
     assert_eq!(counts(&reg, &am.url), (0.0, 0.0, 0.0, 0.0, -1.0), "series at 0 before anything is sent, no up yet");
 
     let started = now_ms();
-    notifier.update(started, &[alert("redmi-note", started, None)]);
+    notifier.update_alerts(started, &[alert("redmi-note", started, None)]);
     let got = am.wait_alerts(1, Duration::from_secs(10));
     let seen = SystemTime::now();
     assert_is_alert(&got[0], "redmi-note");
@@ -323,9 +323,9 @@ fn a_firing_alert_arrives_and_its_resolution_ends_it() {
     assert_eq!(am.received("firing"), 1.0);
 
     // The next poll: still firing, not due again before the resend interval.
-    notifier.update(started + POLL, &[alert("redmi-note", started, None)]);
+    notifier.update_alerts(started + POLL, &[alert("redmi-note", started, None)]);
     let resolved = now_ms();
-    notifier.update(resolved, &[alert("redmi-note", started, Some(resolved))]);
+    notifier.update_alerts(resolved, &[alert("redmi-note", started, Some(resolved))]);
     am.wait_alerts(0, Duration::from_secs(10));
     assert_eq!(counts(&reg, &am.url), (2.0, 0.0, 0.0, 0.0, 1.0));
     assert_eq!((am.received("firing"), am.received("resolved")), (1.0, 1.0));
@@ -344,7 +344,7 @@ fn every_alertmanager_gets_it_and_one_that_was_down_gets_it_when_back() {
     let notifier = Notifier::start(&config(vec![target(&down_url), target(&up.url)]), POLL, &reg).unwrap();
 
     let started = now_ms();
-    notifier.update(started, &[alert("tv", started, None)]);
+    notifier.update_alerts(started, &[alert("tv", started, None)]);
     // The running one is not held up by the one that is down.
     let at_up = up.wait_alerts(1, Duration::from_secs(5));
     assert_is_alert(&at_up[0], "tv");
@@ -400,7 +400,7 @@ fn basic_auth_over_tls_with_a_custom_ca() {
     ] {
         let reg = registry();
         let n = Notifier::start(&config(vec![target]), POLL, &reg).unwrap();
-        n.update(now, &[alert(client, now, None)]);
+        n.update_alerts(now, &[alert(client, now, None)]);
         notifiers.push((client, n, reg));
     }
 
@@ -439,7 +439,7 @@ fn reconfiguring_keeps_queues_and_send_times() {
     let notifier = Notifier::start(&config(vec![target(&a_url)]), POLL, &reg).unwrap();
     let t0 = now_ms();
     let firing = [alert("phone", t0, None)];
-    notifier.update(t0, &firing);
+    notifier.update_alerts(t0, &firing);
     wait_until("a failed attempt at A", Duration::from_secs(5), || {
         let (_, failed, _, queued, _) = counts(&reg, &a_url);
         (failed >= 1.0 && queued == 1.0).then_some(())
@@ -447,7 +447,7 @@ fn reconfiguring_keeps_queues_and_send_times() {
 
     // B added: it gets the alert at the next poll; A keeps its queue.
     notifier.reconfigure(&config(vec![target(&a_url), target(&b.url)]), POLL).unwrap();
-    notifier.update(t0 + POLL, &firing);
+    notifier.update_alerts(t0 + POLL, &firing);
     assert_is_alert(&b.wait_alerts(1, Duration::from_secs(5))[0], "phone");
     let a = Alertmanager::start(a_port, None);
     assert_is_alert(&a.wait_alerts(1, Duration::from_secs(20))[0], "phone");
@@ -456,7 +456,7 @@ fn reconfiguring_keeps_queues_and_send_times() {
     // A removed: its series end. B kept its send time: the next poll sends nothing.
     notifier.reconfigure(&config(vec![target(&b.url)]), POLL).unwrap();
     assert_eq!(metric(&reg, "alert_notifications_sent_total", &a_url), None);
-    notifier.update(t0 + 2 * POLL, &firing);
+    notifier.update_alerts(t0 + 2 * POLL, &firing);
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(counts(&reg, &b.url), (1.0, 0.0, 0.0, 0.0, 1.0));
     assert_eq!(b.received("firing"), 1.0);
@@ -464,7 +464,7 @@ fn reconfiguring_keeps_queues_and_send_times() {
     // A shorter resend interval applies at the next poll.
     let fast = AlertingConfig { resend_interval: Duration::from_secs(1), ..config(vec![target(&b.url)]) };
     notifier.reconfigure(&fast, POLL).unwrap();
-    notifier.update(t0 + 3 * POLL, &firing);
+    notifier.update_alerts(t0 + 3 * POLL, &firing);
     wait_until("the resend to B", Duration::from_secs(5), || (counts(&reg, &b.url).0 == 2.0).then_some(()));
     assert_eq!(b.received("firing"), 2.0);
     assert_eq!(a.received("firing"), 1.0);
@@ -482,7 +482,7 @@ fn a_full_queue_drops_the_oldest_and_delivers_the_rest() {
     let cfg = AlertingConfig { queue_capacity: 2, ..config(vec![target(&url)]) };
     let notifier = Notifier::start(&cfg, POLL, &reg).unwrap();
     let now = now_ms();
-    notifier.update(now, &[alert("one", now, None), alert("two", now, None), alert("three", now, None)]);
+    notifier.update_alerts(now, &[alert("one", now, None), alert("two", now, None), alert("three", now, None)]);
     wait_until("a failed attempt", Duration::from_secs(5), || {
         let (sent, failed, dropped, queued, up) = counts(&reg, &url);
         (failed >= 2.0 && queued == 2.0).then(|| assert_eq!((sent, dropped, up), (0.0, 1.0, 0.0)))
@@ -508,7 +508,7 @@ fn shutdown_flushes_the_queue_within_the_grace_period() {
     let reg = registry();
     let notifier = Notifier::start(&config(vec![target(&url)]), POLL, &reg).unwrap();
     let now = now_ms();
-    notifier.update(now, &[alert("console", now, None)]);
+    notifier.update_alerts(now, &[alert("console", now, None)]);
     // Three failures: the next retry is 3.2 to 4 s away, so what sends it below is the flush.
     wait_until("three failed attempts", Duration::from_secs(10), || (counts(&reg, &url).1 >= 3.0).then_some(()));
     let am = Alertmanager::start(port, None);
@@ -521,7 +521,7 @@ fn shutdown_flushes_the_queue_within_the_grace_period() {
     let dead_url = format!("http://127.0.0.1:{}", free_port());
     let reg = registry();
     let notifier = Notifier::start(&config(vec![target(&dead_url)]), POLL, &reg).unwrap();
-    notifier.update(now, &[alert("console", now, None)]);
+    notifier.update_alerts(now, &[alert("console", now, None)]);
     let took = shutdown(notifier, Duration::from_secs(1));
     assert!(took < Duration::from_millis(1600), "shutdown took {took:?}");
 }

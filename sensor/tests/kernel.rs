@@ -1616,15 +1616,9 @@ fn a_flow_counted_on_two_cpus_adds_to_its_own_client() {
 #[test]
 fn a_partial_set_of_pinned_client_slot_maps_is_refused() {
     require_root!();
-    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/gwsensor-kernel-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    struct Cleanup<'a>(&'a std::path::Path);
-    impl Drop for Cleanup<'_> {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(self.0);
-        }
-    }
-    let _cleanup = Cleanup(&dir);
+    lab::ensure_bpffs().expect("pinning needs a BPF filesystem at /sys/fs/bpf");
+    let pins = lab::PinDir::new("kernel", "partial-slots");
+    let dir = pins.path().to_path_buf();
     let prefixes: Vec<IpNet> = LAN.iter().map(|p| p.parse().unwrap()).collect();
     let opts = LoadOptions { lan_prefixes: &prefixes, flow_capacity: 1024, client_capacity: 8, pin_dir: Some(&dir), kernel_btf: false };
     drop(load(&opts).expect("first load: creates and pins the maps"));
@@ -1839,7 +1833,7 @@ fn overflowing_the_flow_map_keeps_client_totals_exact_and_counts_evictions() {
     for (mac, want) in &sent {
         let account = &acct.clients[mac];
         assert_eq!(account.totals.bytes[0], *want, "client {} totals", mac_text(mac));
-        let remotes: u64 = account.remotes.entries.values().map(|e| e.exported.bytes[0]).sum::<u64>() + account.remotes.other.bytes[0];
+        let remotes: u64 = account.remotes.carried().bytes[0];
         assert_eq!(remotes, seen_bytes[mac], "client {} remote series: what the reads saw", mac_text(mac));
         assert!(remotes < *want, "flows evicted before any read are missing from the remote series");
     }

@@ -1,5 +1,6 @@
 //! Alert delivery to Alertmanager, with Prometheus's semantics: the policy evaluator hands
-//! over, each poll, every firing alert and every recently resolved one; the [`Notifier`]
+//! over, each poll, the state of every firing alert and every recently resolved one (the
+//! alerts themselves are built only for what is sent); the [`Notifier`]
 //! decides per Alertmanager what (re-)goes out (firing alerts every `resend_interval`, a
 //! resolution at once and then likewise), and each Alertmanager's thread posts its queue
 //! (API v2, batches of 64) with `endsAt` set at sending, retrying with backoff. See
@@ -13,9 +14,9 @@ mod schedule;
 mod worker;
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     hash::Hasher as _,
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -43,17 +44,38 @@ pub struct Alert {
 }
 
 impl Alert {
-    /// A hash of the labels that is the same in every process and release (FNV-1a over
-    /// name, value pairs; empty values skipped, as they mean "no label").
     pub fn fingerprint(&self) -> u64 {
-        let mut h = fnv::FnvHasher::default();
-        for (name, value) in self.labels.iter().filter(|(_, v)| !v.is_empty()) {
-            h.write(name.as_bytes());
-            h.write(&[0xff]);
-            h.write(value.as_bytes());
-            h.write(&[0xff]);
-        }
-        h.finish()
+        fingerprint(&self.labels)
+    }
+}
+
+/// A hash of an alert's labels that is the same in every process and release (FNV-1a over
+/// name, value pairs; empty values skipped, as they mean "no label").
+pub fn fingerprint(labels: &BTreeMap<String, String>) -> u64 {
+    let mut h = fnv::FnvHasher::default();
+    for (name, value) in labels.iter().filter(|(_, v)| !v.is_empty()) {
+        h.write(name.as_bytes());
+        h.write(&[0xff]);
+        h.write(value.as_bytes());
+        h.write(&[0xff]);
+    }
+    h.finish()
+}
+
+/// An alert's state at one poll: all that decides whether it is sent. The alert itself is
+/// built only when an Alertmanager needs it: with thousands firing, most polls send none, and
+/// keeping them all built would cost kilobytes each.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AlertStatus {
+    /// [`Alert::fingerprint`] of the alert it stands for.
+    pub fingerprint: u64,
+    pub starts_at: SystemTime,
+    pub resolved_at: Option<SystemTime>,
+}
+
+impl AlertStatus {
+    pub fn of(alert: &Alert) -> AlertStatus {
+        AlertStatus { fingerprint: alert.fingerprint(), starts_at: alert.starts_at, resolved_at: alert.resolved_at }
     }
 }
 
@@ -86,18 +108,27 @@ impl Notifier {
         Ok(Notifier { inner: Mutex::new(Inner { targets, resend_interval: config.resend_interval }), metrics })
     }
 
-    /// Called once per poll with every alert firing now plus every alert resolved within
-    /// resolved_retention. Queues what needs sending; no I/O, only short locks.
-    pub fn update(&self, now: SystemTime, alerts: &[Alert]) {
+    /// Called once per poll with the status of every alert firing now plus every alert
+    /// resolved within resolved_retention. Queues what needs sending, built by `build(i)` for
+    /// `alerts[i]` (once, whatever the number of Alertmanagers; None: it cannot be built any
+    /// more, and is skipped). No I/O, only short locks.
+    pub fn update(&self, now: SystemTime, alerts: &[AlertStatus], build: &dyn Fn(usize) -> Option<Alert>) {
         let inner = self.lock();
         if inner.targets.is_empty() {
             return;
         }
-        let fingerprints: Vec<u64> = alerts.iter().map(Alert::fingerprint).collect();
-        let current: HashSet<u64> = fingerprints.iter().copied().collect();
+        let current: HashSet<u64> = alerts.iter().map(|a| a.fingerprint).collect();
+        let mut built: HashMap<usize, Option<Arc<Alert>>> = HashMap::new();
+        let mut get = |i: usize| built.entry(i).or_insert_with(|| build(i).map(Arc::new)).clone();
         for target in &inner.targets {
-            target.offer(now, alerts, &fingerprints, &current, inner.resend_interval);
+            target.offer(now, alerts, &current, inner.resend_interval, &mut get);
         }
+    }
+
+    /// [`Notifier::update`] with the alerts already built.
+    pub fn update_alerts(&self, now: SystemTime, alerts: &[Alert]) {
+        let statuses: Vec<AlertStatus> = alerts.iter().map(AlertStatus::of).collect();
+        self.update(now, &statuses, &|i| alerts.get(i).cloned());
     }
 
     /// Replaces targets and intervals (SIGHUP). An Alertmanager still configured (same URL)
@@ -212,7 +243,7 @@ mod tests {
     fn without_alertmanagers_it_is_inert() {
         let registry = prometheus::Registry::new_custom(Some("gwsensor".into()), None).unwrap();
         let n = Notifier::start(&AlertingConfig::default(), Duration::from_secs(5), &registry).unwrap();
-        n.update(SystemTime::now(), &[alert(&[("alertname", "x")])]);
+        n.update_alerts(SystemTime::now(), &[alert(&[("alertname", "x")])]);
         assert!(n.lock().targets.is_empty());
     }
 }

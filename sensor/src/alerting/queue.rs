@@ -3,7 +3,10 @@
 //! alerts go before firing ones: a lost resolution only leaves an alert to time out at its
 //! `endsAt`, a lost firing alert is a missed notification.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use super::Alert;
 
@@ -12,7 +15,7 @@ use super::Alert;
 pub(crate) struct Entry {
     pub seq: u64,
     pub fingerprint: u64,
-    pub alert: Alert,
+    pub alert: Arc<Alert>,
 }
 
 #[derive(Debug)]
@@ -46,7 +49,7 @@ impl AlertQueue {
 
     /// Queues the newest state of an alert (replacing a queued older one, which moves it to
     /// the back). Returns how many alerts were dropped to make room.
-    pub fn push(&mut self, fingerprint: u64, alert: Alert) -> usize {
+    pub fn push(&mut self, fingerprint: u64, alert: Arc<Alert>) -> usize {
         self.remove(fingerprint);
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -129,15 +132,15 @@ mod tests {
 
     use super::*;
 
-    fn alert(name: &str, resolved: bool) -> Alert {
+    fn alert(name: &str, resolved: bool) -> Arc<Alert> {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        Alert {
+        Arc::new(Alert {
             labels: BTreeMap::from([("alertname".to_string(), name.to_string())]),
             annotations: BTreeMap::new(),
             generator_url: String::new(),
             starts_at: t,
             resolved_at: resolved.then_some(t + Duration::from_secs(60)),
-        }
+        })
     }
 
     fn names(entries: &[Entry]) -> Vec<String> {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::Alert;
+use super::{Alert, AlertStatus};
 
 /// What was last queued for one alert to one Alertmanager.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,7 +16,7 @@ pub(crate) struct LastSent {
 
 /// Whether `alert` goes out at `now`: a new firing episode at once; a resolution made after the
 /// last send at once; otherwise once `resend_interval` has passed since the last send.
-pub(crate) fn needs_sending(alert: &Alert, last: Option<&LastSent>, now: SystemTime, resend_interval: Duration) -> bool {
+pub(crate) fn needs_sending(alert: &AlertStatus, last: Option<&LastSent>, now: SystemTime, resend_interval: Duration) -> bool {
     let Some(last) = last else {
         return true;
     };
@@ -83,31 +83,31 @@ mod tests {
     #[test]
     fn firing_alerts_are_sent_once_then_every_resend_interval() {
         let a = alert(0, None);
-        assert!(needs_sending(&a, None, t(0), RESEND));
+        assert!(needs_sending(&AlertStatus::of(&a), None, t(0), RESEND));
         let last = LastSent { at: t(0), starts_at: t(0) };
-        assert!(!needs_sending(&a, Some(&last), t(5), RESEND));
-        assert!(!needs_sending(&a, Some(&last), t(59), RESEND));
-        assert!(needs_sending(&a, Some(&last), t(60), RESEND));
-        assert!(needs_sending(&a, Some(&last), t(61), RESEND));
+        assert!(!needs_sending(&AlertStatus::of(&a), Some(&last), t(5), RESEND));
+        assert!(!needs_sending(&AlertStatus::of(&a), Some(&last), t(59), RESEND));
+        assert!(needs_sending(&AlertStatus::of(&a), Some(&last), t(60), RESEND));
+        assert!(needs_sending(&AlertStatus::of(&a), Some(&last), t(61), RESEND));
     }
 
     #[test]
     fn a_resolution_is_sent_at_once_then_every_resend_interval() {
         let last = LastSent { at: t(30), starts_at: t(0) };
         let resolved = alert(0, Some(35));
-        assert!(needs_sending(&resolved, Some(&last), t(35), RESEND));
+        assert!(needs_sending(&AlertStatus::of(&resolved), Some(&last), t(35), RESEND));
         // Sent at 35: from then on like a firing alert.
         let last = LastSent { at: t(35), starts_at: t(0) };
-        assert!(!needs_sending(&resolved, Some(&last), t(40), RESEND));
-        assert!(!needs_sending(&resolved, Some(&last), t(94), RESEND));
-        assert!(needs_sending(&resolved, Some(&last), t(95), RESEND));
+        assert!(!needs_sending(&AlertStatus::of(&resolved), Some(&last), t(40), RESEND));
+        assert!(!needs_sending(&AlertStatus::of(&resolved), Some(&last), t(94), RESEND));
+        assert!(needs_sending(&AlertStatus::of(&resolved), Some(&last), t(95), RESEND));
     }
 
     #[test]
     fn a_new_episode_is_sent_at_once() {
         // Resolved at 35 and sent; fires again at 40 with the same labels.
         let last = LastSent { at: t(35), starts_at: t(0) };
-        assert!(needs_sending(&alert(40, None), Some(&last), t(40), RESEND));
+        assert!(needs_sending(&AlertStatus::of(&alert(40, None)), Some(&last), t(40), RESEND));
     }
 
     #[test]

@@ -12,12 +12,15 @@ use std::{
 use tracing::{debug, error, info, warn};
 
 use super::{
-    Alert,
+    Alert, AlertStatus,
     client::{self, Endpoint, Validity},
     metrics::TargetMetrics,
     queue::AlertQueue,
     schedule::{LastSent, backoff, jittered, needs_sending},
 };
+
+/// Builds the alert of the i-th status of a poll (shared between the Alertmanagers).
+pub(crate) type Get<'a> = &'a mut dyn FnMut(usize) -> Option<Arc<Alert>>;
 
 /// Alerts per POST, as Prometheus does.
 pub(crate) const MAX_BATCH: usize = 64;
@@ -40,14 +43,16 @@ impl Outbox {
         Outbox { queue: AlertQueue::new(capacity), last_sent: HashMap::new() }
     }
 
-    /// Queues the alerts of this poll that need sending (`fingerprints[i]` is `alerts[i]`'s),
-    /// and forgets alerts the evaluator no longer passes.
-    pub fn offer(&mut self, now: SystemTime, alerts: &[Alert], fingerprints: &[u64], current: &HashSet<u64>, resend_interval: Duration) -> Offered {
+    /// Queues the alerts of this poll that need sending (`get(i)` builds `alerts[i]`), and
+    /// forgets alerts the evaluator no longer passes (`current`: their fingerprints).
+    pub fn offer(&mut self, now: SystemTime, alerts: &[AlertStatus], current: &HashSet<u64>, resend_interval: Duration, get: Get<'_>) -> Offered {
         let mut offered = Offered::default();
-        for (alert, &fp) in alerts.iter().zip(fingerprints) {
-            if needs_sending(alert, self.last_sent.get(&fp), now, resend_interval) {
-                offered.dropped += self.queue.push(fp, alert.clone());
-                self.last_sent.insert(fp, LastSent { at: now, starts_at: alert.starts_at });
+        for (i, status) in alerts.iter().enumerate() {
+            let fp = status.fingerprint;
+            if needs_sending(status, self.last_sent.get(&fp), now, resend_interval) {
+                let Some(alert) = get(i) else { continue };
+                offered.dropped += self.queue.push(fp, alert);
+                self.last_sent.insert(fp, LastSent { at: now, starts_at: status.starts_at });
                 offered.queued += 1;
             }
         }
@@ -116,9 +121,9 @@ impl Target {
         &self.shared.url
     }
 
-    pub fn offer(&self, now: SystemTime, alerts: &[Alert], fingerprints: &[u64], current: &HashSet<u64>, resend_interval: Duration) {
+    pub fn offer(&self, now: SystemTime, alerts: &[AlertStatus], current: &HashSet<u64>, resend_interval: Duration, get: Get<'_>) {
         let mut state = self.shared.lock();
-        let offered = state.outbox.offer(now, alerts, fingerprints, current, resend_interval);
+        let offered = state.outbox.offer(now, alerts, current, resend_interval, get);
         self.shared.metrics.queue_length.set(state.outbox.queue.len() as i64);
         drop(state);
         self.note_dropped(offered.dropped);
@@ -219,7 +224,7 @@ fn run(shared: &Shared) {
 
         let count = batch.len();
         // endsAt from the moment of sending: after an outage a stale one would resolve alerts.
-        let body = client::body(batch.iter().map(|e| &e.alert), SystemTime::now(), validity);
+        let body = client::body(batch.iter().map(|e| &*e.alert), SystemTime::now(), validity);
         let result = endpoint.post(&body, limit);
 
         let mut state = shared.lock();
@@ -273,17 +278,17 @@ mod tests {
 
     /// The evaluator's view at poll time `now`: firing from 0, resolved at 150, passed along
     /// until 150 + 15 min.
-    fn evaluator(now: u64) -> Vec<Alert> {
+    fn evaluator(now: u64) -> Vec<Arc<Alert>> {
         if now > 150 + 900 {
             return Vec::new();
         }
-        vec![Alert {
+        vec![Arc::new(Alert {
             labels: BTreeMap::from([("alertname".to_string(), "TooMuchUpload".to_string())]),
             annotations: BTreeMap::new(),
             generator_url: String::new(),
             starts_at: t(0),
             resolved_at: (now >= 150).then_some(t(150)),
-        }]
+        })]
     }
 
     /// Polls every 5 s; returns the poll times at which the alert was queued.
@@ -292,9 +297,9 @@ mod tests {
         let mut times = Vec::new();
         for now in polls {
             let alerts = evaluator(now);
-            let fps: Vec<u64> = alerts.iter().map(Alert::fingerprint).collect();
-            let current = fps.iter().copied().collect();
-            if outbox.offer(t(now), &alerts, &fps, &current, resend).queued > 0 {
+            let statuses: Vec<AlertStatus> = alerts.iter().map(|a| AlertStatus::of(a)).collect();
+            let current = statuses.iter().map(|s| s.fingerprint).collect();
+            if outbox.offer(t(now), &statuses, &current, resend, &mut |i| alerts.get(i).cloned()).queued > 0 {
                 times.push(now);
             }
         }
@@ -319,13 +324,18 @@ mod tests {
     fn refiring_after_resolution_is_sent_at_once() {
         let mut outbox = Outbox::new(10);
         let resend = Duration::from_secs(60);
-        let mut alert = evaluator(150).remove(0);
+        let mut alert = Arc::unwrap_or_clone(evaluator(150).remove(0));
         let fp = alert.fingerprint();
         let current = HashSet::from([fp]);
-        assert_eq!(outbox.offer(t(150), std::slice::from_ref(&alert), &[fp], &current, resend).queued, 1);
+        let resolved = Arc::new(alert.clone());
+        let offer = |outbox: &mut Outbox, now, alert: &Arc<Alert>| {
+            outbox.offer(t(now), &[AlertStatus::of(alert)], &current, resend, &mut |_| Some(Arc::clone(alert))).queued
+        };
+        assert_eq!(offer(&mut outbox, 150, &resolved), 1);
         alert.starts_at = t(160);
         alert.resolved_at = None;
-        assert_eq!(outbox.offer(t(160), std::slice::from_ref(&alert), &[fp], &current, resend).queued, 1);
-        assert_eq!(outbox.offer(t(165), std::slice::from_ref(&alert), &[fp], &current, resend).queued, 0);
+        let refired = Arc::new(alert);
+        assert_eq!(offer(&mut outbox, 160, &refired), 1);
+        assert_eq!(offer(&mut outbox, 165, &refired), 0);
     }
 }

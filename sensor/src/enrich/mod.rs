@@ -127,18 +127,34 @@ impl Enricher {
     /// The destination series a flow counts into, at the configured level. Without a name
     /// (or country, or ASN) the address stands in, so that nothing is attributed to nobody.
     pub fn destination(&self, key: &FlowKey, now: u64) -> DestKey {
+        let mut out = DestKey::default();
+        self.destination_into(key, now, &mut out);
+        out
+    }
+
+    /// [`Enricher::destination`] into `out`, reusing its strings (no allocation for a flow
+    /// named by its address, the most common kind).
+    pub fn destination_into(&self, key: &FlowKey, now: u64, out: &mut DestKey) {
+        use std::fmt::Write as _;
         let ip = labels::ip(&key.remote_ip);
         let info = self.geo.lookup(ip);
         let name = || self.flow_name(key, now);
-        let destination = match self.level {
-            DestinationLevel::Fqdn => name().map(str::to_string),
-            DestinationLevel::Domain => name().map(domain::registrable),
-            DestinationLevel::Ip => None,
-            DestinationLevel::Asn => (info.asn != 0).then(|| format!("AS{}", info.asn)),
-            DestinationLevel::Country => (!info.country.is_empty()).then(|| info.country.clone()),
+        out.destination.clear();
+        match self.level {
+            DestinationLevel::Fqdn => out.destination.push_str(name().unwrap_or_default()),
+            DestinationLevel::Domain => out.destination.push_str(&name().map(domain::registrable).unwrap_or_default()),
+            DestinationLevel::Ip => {}
+            // Writing to a String cannot fail.
+            DestinationLevel::Asn if info.asn != 0 => _ = write!(out.destination, "AS{}", info.asn),
+            DestinationLevel::Asn => {}
+            DestinationLevel::Country => out.destination.push_str(&info.country),
         }
-        .unwrap_or_else(|| ip.to_string());
-        DestKey { destination, country: info.country, asn: info.asn }
+        if out.destination.is_empty() {
+            _ = write!(out.destination, "{ip}");
+        }
+        out.country.clear();
+        out.country.push_str(&info.country);
+        out.asn = info.asn;
     }
 
     /// How a client reads in the metrics and the API.
@@ -163,6 +179,10 @@ pub struct PollNamer<'a> {
 impl Namer for PollNamer<'_> {
     fn destination(&self, key: &FlowKey) -> DestKey {
         self.enricher.destination(key, self.now)
+    }
+
+    fn destination_into(&self, key: &FlowKey, out: &mut DestKey) {
+        self.enricher.destination_into(key, self.now, out);
     }
 
     /// A TCP flow without its own name yet: its ClientHello or request usually follows the

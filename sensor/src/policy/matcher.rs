@@ -1,7 +1,7 @@
 //! What the evaluator sees of a poll (named clients and the flows that gained traffic), and
 //! how matches, exceptions and the DNS-bypass test apply to it.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use super::{
     spec::{ClientMatch, DestinationMatch, DnsSpec, GroupBy, MatchSpec, Scope},
@@ -122,21 +122,24 @@ pub fn is_local(ip: &IpAddr) -> bool {
 /// The destination label of a flow at a grouping level; the address stands in for a missing
 /// name, network or country so that nothing is attributed to nobody.
 pub fn destination_label(f: &FlowFacts, by: GroupBy) -> String {
-    let ip = || f.remote_ip.map(|ip| ip.to_string()).unwrap_or_default();
-    let or_ip = |s: &str| if s.is_empty() { ip() } else { s.to_string() };
+    let mut label = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_destination_label(&mut label, f, by);
+    label
+}
+
+/// [`destination_label`] written to `out` (hashed on the way, it needs no allocation).
+pub fn write_destination_label(out: &mut impl fmt::Write, f: &FlowFacts, by: GroupBy) -> fmt::Result {
+    let ip = |out: &mut dyn fmt::Write| f.remote_ip.map_or(Ok(()), |ip| write!(out, "{ip}"));
+    let or_ip = |out: &mut dyn fmt::Write, s: &str| if s.is_empty() { ip(out) } else { out.write_str(s) };
     match by {
-        GroupBy::Domain => or_ip(&f.domain),
-        GroupBy::Fqdn => or_ip(&f.name),
-        GroupBy::Ip => ip(),
-        GroupBy::Asn => {
-            if f.asn == 0 {
-                ip()
-            } else {
-                format!("AS{}", f.asn)
-            }
-        }
-        GroupBy::Country => or_ip(&f.country),
-        GroupBy::None => String::new(),
+        GroupBy::Domain => or_ip(out, &f.domain),
+        GroupBy::Fqdn => or_ip(out, &f.name),
+        GroupBy::Ip => ip(out),
+        GroupBy::Asn if f.asn == 0 => ip(out),
+        GroupBy::Asn => write!(out, "AS{}", f.asn),
+        GroupBy::Country => or_ip(out, &f.country),
+        GroupBy::None => Ok(()),
     }
 }
 

@@ -185,10 +185,13 @@ fn evaluator(yaml: &str) -> Evaluator {
     )
 }
 
-fn firing(o: &Outcome) -> Vec<&Alert> {
+/// The firing alerts of `o`, built.
+fn firing(ev: &Evaluator, o: &Outcome) -> Vec<Alert> {
     o.alerts
         .iter()
-        .filter(|a| a.resolved_at.is_none())
+        .zip(&o.alert_series)
+        .filter(|(a, _)| a.resolved_at.is_none())
+        .map(|(a, series)| ev.alert(series, a).expect("a firing alert's series exists"))
         .collect()
 }
 
@@ -255,7 +258,7 @@ fn volume_fires_over_the_window_with_exact_labels_and_resolves() {
             10_000,
         )
         .run(&mut ev);
-    let a = firing(&o);
+    let a = firing(&ev, &o);
     assert_eq!(a.len(), 1, "{:?}", o.alerts);
     let labels: Vec<(&str, &str)> = a[0]
         .labels
@@ -296,7 +299,7 @@ fn volume_fires_over_the_window_with_exact_labels_and_resolves() {
             resolved_at = Some(r);
             break;
         }
-        assert_eq!(firing(&o).len(), 1);
+        assert_eq!(firing(&ev, &o).len(), 1);
     }
     // Samples at T0+720 and +780 (3 MB each) leave the window at +1320 and +1380: 3 MB
     // remain at +1320 (below 5 MB), so it resolves then.
@@ -329,9 +332,9 @@ fn for_keeps_an_alert_pending_until_it_held_long_enough() {
         .flow(1, "198.51.100.1", 443, "", "US", 1_200_000, 0)
         .run(&mut ev);
     assert_eq!(o.counts["Rate"], (0, 1));
-    assert_eq!(firing(&o)[0].labels["destination"], "198.51.100.1");
+    assert_eq!(firing(&ev, &o)[0].labels["destination"], "198.51.100.1");
     assert_eq!(
-        firing(&o)[0].annotations["summary"],
+        firing(&ev, &o)[0].annotations["summary"],
         "tv sustains 20.0 kB/s with 198.51.100.1"
     );
     // A dip below the rate while pending resets it.
@@ -398,11 +401,11 @@ rules:
     let o = poll(T0 + 5)
         .flow(0, "203.0.113.6", 443, "", "CN", 10, 10)
         .run(&mut ev);
-    assert_eq!(firing(&o).len(), 1);
-    assert_eq!(firing(&o)[0].labels["client"], "phone");
+    assert_eq!(firing(&ev, &o).len(), 1);
+    assert_eq!(firing(&ev, &o)[0].labels["client"], "phone");
     // Holds for the window after the last packet, then resolves.
     let o = poll(T0 + 304).run(&mut ev);
-    assert_eq!(firing(&o).len(), 1);
+    assert_eq!(firing(&ev, &o).len(), 1);
     let o = poll(T0 + 305).run(&mut ev);
     assert_eq!(o.alerts[0].resolved_at, Some(at(T0 + 305)));
 }
@@ -435,10 +438,10 @@ fn new_destination_after_learning_and_across_a_restart() {
     let o = poll(T0 + 3601)
         .flow(0, "203.0.113.7", 443, "sync.xiaomi.net", "CN", 10, 10)
         .run(&mut ev);
-    assert_eq!(firing(&o).len(), 1);
-    assert_eq!(firing(&o)[0].labels["destination"], "xiaomi.net");
+    assert_eq!(firing(&ev, &o).len(), 1);
+    assert_eq!(firing(&ev, &o)[0].labels["destination"], "xiaomi.net");
     assert_eq!(
-        firing(&o)[0].annotations["summary"],
+        firing(&ev, &o)[0].annotations["summary"],
         "phone contacted a new destination: xiaomi.net"
     );
     // Seen once, known from now on; the alert holds for its window.
@@ -446,14 +449,40 @@ fn new_destination_after_learning_and_across_a_restart() {
         .flow(0, "203.0.113.7", 443, "sync.xiaomi.net", "CN", 10, 10)
         .run(&mut ev);
     assert_eq!(o.fired.len(), 0);
-    assert_eq!(firing(&o).len(), 1);
+    assert_eq!(firing(&ev, &o).len(), 1);
     let o = poll(T0 + 3601 + 600).run(&mut ev);
     assert_eq!(o.alerts[0].resolved_at, Some(at(T0 + 4201)));
     // The TV is not matched by the rule.
     let o = poll(T0 + 4300)
         .flow(1, "203.0.113.8", 443, "new.example.org", "US", 10, 10)
         .run(&mut ev);
-    assert!(firing(&o).is_empty());
+    assert!(firing(&ev, &o).is_empty());
+}
+
+/// State files written before destinations were stored as hashes list their labels: they
+/// load as the same destinations, and the state is saved as hashes from then on.
+#[test]
+fn learnt_destinations_from_an_older_state_file_stay_learnt() {
+    let yaml = "rules:\n  - name: NewDest\n    condition: {new_destination: {by: domain, learning: 1h, window: 10m}}\n";
+    let phone = crate::labels::mac(&PHONE);
+    let old = format!(
+        r#"{{"started":{T0},"devices":{{}},"series":{{}},"destinations":{{"{phone}":{{"first_seen":{T0},"seen":{{"domain":["example.com","198.51.100.9"]}}}}}}}}"#
+    );
+    let state: EvalState = serde_json::from_str(&old).unwrap();
+    let mut ev = Evaluator::new(policy(yaml), state, "http://sensor:9977".into(), Duration::from_secs(900));
+    let o = poll(T0 + 7200)
+        .flow(0, "198.51.100.1", 443, "www.example.com", "US", 10, 10)
+        .flow(0, "198.51.100.9", 443, "", "US", 10, 10)
+        .run(&mut ev);
+    assert!(o.alerts.is_empty(), "both were learnt: {:?}", o.alerts);
+    let o = poll(T0 + 7201).flow(0, "203.0.113.7", 443, "sync.xiaomi.net", "CN", 10, 10).run(&mut ev);
+    assert_eq!(firing(&ev, &o).len(), 1);
+    // Saved as three numbers (hashes), and read back as the same three.
+    let saved: serde_json::Value = serde_json::to_value(ev.state()).unwrap();
+    let seen = &saved["destinations"][phone.as_str()]["seen"]["domain"];
+    assert_eq!(seen.as_array().map(|a| a.iter().filter(|v| v.is_u64()).count()), Some(3), "{seen}");
+    let again: EvalState = serde_json::from_value(saved.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&again).unwrap(), saved);
 }
 
 #[test]
@@ -476,7 +505,7 @@ fn new_device_after_learning() {
     let guest = [0x3c, 0xa9, 0xf4, 0, 0, 0x42];
     let excepted = [0xa4, 0x77, 0x33, 0, 0, 0x99];
     let o = ev.evaluate(&facts(T0 + 600, &[PHONE, TV, guest, excepted]));
-    let a = firing(&o);
+    let a = firing(&ev, &o);
     assert_eq!(a.len(), 1, "{:?}", o.alerts);
     assert_eq!(a[0].labels["client"], "dev-42");
     assert_eq!(a[0].labels["mac"], "3c:a9:f4:00:00:42");
@@ -498,7 +527,7 @@ fn dns_bypass_fires_on_dns_elsewhere_not_on_the_resolvers() {
         .flow(1, "8.8.8.8", 853, "", "US", 60, 120)
         .flow(0, "1.1.1.1", 443, "", "US", 600, 900)
         .run(&mut ev);
-    let mut got: Vec<(String, String)> = firing(&o)
+    let mut got: Vec<(String, String)> = firing(&ev, &o)
         .iter()
         .map(|a| (a.labels["client"].clone(), a.labels["destination"].clone()))
         .collect();
@@ -528,7 +557,7 @@ rules:
     let o = poll(T0 + 23 * 3600)
         .flow(0, "198.51.100.1", 443, "", "US", 10, 0)
         .run(&mut ev);
-    assert_eq!(firing(&o).len(), 1, "Monday 23:00");
+    assert_eq!(firing(&ev, &o).len(), 1, "Monday 23:00");
     // Download only does not count.
     let mut ev = evaluator(yaml);
     let o = poll(T0 + 23 * 3600)
@@ -543,7 +572,7 @@ fn reload_keeps_state_of_rules_that_remain() {
     let o = poll(T0)
         .flow(0, "203.0.113.20", 443, "up.xiaomi.net", "CN", 6_000_000, 0)
         .run(&mut ev);
-    assert_eq!(firing(&o).len(), 1);
+    assert_eq!(firing(&ev, &o).len(), 1);
     let mut changed = UPLOAD_RULE.replace("severity: critical", "severity: warning");
     changed.push_str(
         "  - name: Other\n    condition: {traffic: {}}\n    match: {client: {name: nobody}}\n",
@@ -554,7 +583,7 @@ fn reload_keeps_state_of_rules_that_remain() {
         Duration::from_secs(900),
     );
     let o = poll(T0 + 60).run(&mut ev);
-    let a = firing(&o);
+    let a = firing(&ev, &o);
     assert_eq!(a.len(), 1);
     assert_eq!(a[0].starts_at, at(T0), "still the same firing instance");
     assert_eq!(a[0].labels["severity"], "warning");
