@@ -712,14 +712,15 @@ fn render_section(reads: &str, polls: &str, agents: &str, verdict: &str) -> Stri
            last one, then one; the flow's remote, a 16-byte entry in its client's table (hash \
            tables between half and seven eighths full: 40 to 75 bytes); its destination, interned \
            once for all clients (56 bytes and its address text) with a 4-byte id in its client's \
-           table; a 48-byte gain record for the policy; 24 bytes of API view; and what the \
+           table; a 40-byte gain record for the policy; 12 bytes of API view (two views while a poll \
+           builds the next); and what the \
            example policy learns (an 8-byte hash per new destination) or tracks (a series of a \
            few hundred bytes for each firing DnsBypass alert: a quarter of the flows here). At \
            home, flows share destinations (a domain per service) and most clients have tens to \
            hundreds of flows. The rest is the agent itself (about 18 MB resident; its start, \
            which parses the kernel's BTF, peaks near 31 MB) and, with many clients, the /metrics \
-           text, held twice while a poll writes the next (3.4 MB at 256 clients, 11 MB at \
-           4,096; bounded by `series_budget`). The agent fixes glibc's mmap threshold \
+           text (3.4 MB at 256 clients, 11 MB at 4,096; bounded by `series_budget`), rewritten in \
+           place and sent to scrapes without a copy. The agent fixes glibc's mmap threshold \
            (docs/design.md): without it, the same 65,536-flow, 16-client case peaked 7 MB higher \
            in one run.",
         poll = AGENT_POLL.as_secs(),

@@ -99,7 +99,7 @@ pub struct DestKey {
     pub asn: u32,
 }
 
-/// One key's place in a [`Ranked`] set. 16 bytes: a client can have thousands of keys, and only
+/// One key's place in a [`Ranked`] set. 12 bytes: a client can have thousands of keys, and only
 /// its top few carry a series, so the value of a series lives apart (see [`Ranked::values`]).
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -108,13 +108,37 @@ struct Entry {
     score: f32,
     /// Unix seconds (fits until 2106) of the last poll that saw it carry traffic.
     last_active: u32,
-    /// Where its series' value is in [`Ranked::values`], once it has had a series.
-    slot: u32,
-    /// Has a series of its own right now.
-    in_top: bool,
+    /// Where its series' value is in [`Ranked::values`] (low 31 bits; [`NO_SLOT`] before it
+    /// first had a series) and whether it has a series of its own now (top bit).
+    place: u32,
 }
 
-const NO_SLOT: u32 = u32::MAX;
+const NO_SLOT: u32 = 0x7fff_ffff;
+const IN_TOP: u32 = 0x8000_0000;
+
+impl Entry {
+    fn new(score: f32, last_active: u32, in_top: bool) -> Entry {
+        let mut e = Entry { score, last_active, place: NO_SLOT };
+        e.set_in_top(in_top);
+        e
+    }
+
+    fn in_top(&self) -> bool {
+        self.place & IN_TOP != 0
+    }
+
+    fn set_in_top(&mut self, in_top: bool) {
+        self.place = if in_top { self.place | IN_TOP } else { self.place & !IN_TOP };
+    }
+
+    fn slot(&self) -> u32 {
+        self.place & NO_SLOT
+    }
+
+    fn set_slot(&mut self, slot: u32) {
+        self.place = (self.place & IN_TOP) | (slot & NO_SLOT);
+    }
+}
 
 /// What a key's series holds, for readers of a [`Ranked`] set.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -156,7 +180,7 @@ impl<K: Copy + Eq + Hash + Ord> Ranked<K> {
         let mut new = false;
         let entry = self.entries.entry(key).or_insert_with(|| {
             new = true;
-            Entry { score: 0.0, last_active: 0, slot: NO_SLOT, in_top: false }
+            Entry::new(0.0, 0, false)
         });
         entry.score += bytes as f32;
         entry.last_active = unix_u32(now);
@@ -166,12 +190,12 @@ impl<K: Copy + Eq + Hash + Ord> Ranked<K> {
     /// The `n` most active keys get a series; on equal activity the incumbent keeps it.
     fn choose_top(&mut self, n: usize) {
         if self.entries.len() <= n {
-            self.entries.values_mut().for_each(|e| e.in_top = true);
+            self.entries.values_mut().for_each(|e| e.set_in_top(true));
             return;
         }
         // A selection, not a sort: linear in the keys (a client may have thousands).
         let mut ranked: Vec<(u32, K, f32, bool)> =
-            self.entries.iter().enumerate().map(|(i, (k, e))| (i as u32, *k, e.score, e.in_top)).collect();
+            self.entries.iter().enumerate().map(|(i, (k, e))| (i as u32, *k, e.score, e.in_top())).collect();
         let mut top = vec![false; ranked.len()];
         if n > 0 {
             ranked.select_nth_unstable_by(n - 1, |a, b| b.2.total_cmp(&a.2).then(b.3.cmp(&a.3)).then(a.1.cmp(&b.1)));
@@ -181,26 +205,26 @@ impl<K: Copy + Eq + Hash + Ord> Ranked<K> {
         }
         // The map is unchanged since `ranked` was made, so it iterates in the same order.
         for (entry, in_top) in self.entries.values_mut().zip(top) {
-            entry.in_top = in_top;
+            entry.set_in_top(in_top);
         }
     }
 
     /// Adds one flow's gain in this poll to exactly one series: its key's own, or `other`.
     fn credit(&mut self, key: &K, delta: &Tally) {
-        let Some(entry) = self.entries.get_mut(key).filter(|e| e.in_top) else {
+        let Some(entry) = self.entries.get_mut(key).filter(|e| e.in_top()) else {
             self.other.add(delta);
             return;
         };
-        if entry.slot == NO_SLOT {
-            entry.slot = match self.free.pop() {
+        if entry.slot() == NO_SLOT {
+            entry.set_slot(match self.free.pop() {
                 Some(slot) => slot,
                 None => {
                     self.values.push(Tally::default());
                     (self.values.len() - 1) as u32
                 }
-            };
+            });
         }
-        self.values[entry.slot as usize].add(delta);
+        self.values[entry.slot() as usize].add(delta);
     }
 
     /// Forgets keys idle for `expiry` seconds: their series (if any) ends, memory stays bounded.
@@ -210,9 +234,9 @@ impl<K: Copy + Eq + Hash + Ord> Ranked<K> {
         self.entries.retain(|k, e| {
             let keep = now.saturating_sub(u64::from(e.last_active)) < expiry;
             if !keep {
-                if e.slot != NO_SLOT {
-                    values[e.slot as usize] = Tally::default();
-                    free.push(e.slot);
+                if e.slot() != NO_SLOT {
+                    values[e.slot() as usize] = Tally::default();
+                    free.push(e.slot());
                 }
                 forgotten(k);
             }
@@ -221,17 +245,17 @@ impl<K: Copy + Eq + Hash + Ord> Ranked<K> {
     }
 
     fn value(&self, entry: &Entry) -> Tally {
-        self.values.get(entry.slot as usize).copied().unwrap_or_default()
+        self.values.get(entry.slot() as usize).copied().unwrap_or_default()
     }
 
     /// Keys with a series of their own, with its value.
     pub fn series(&self) -> impl Iterator<Item = (&K, Tally)> {
-        self.entries.iter().filter(|(_, e)| e.in_top).map(|(k, e)| (k, self.value(e)))
+        self.entries.iter().filter(|(_, e)| e.in_top()).map(|(k, e)| (k, self.value(e)))
     }
 
     /// One key's series, if the key is tracked.
     pub fn get(&self, key: &K) -> Option<Series> {
-        self.entries.get(key).map(|e| Series { exported: self.value(e), in_top: e.in_top })
+        self.entries.get(key).map(|e| Series { exported: self.value(e), in_top: e.in_top() })
     }
 
     /// Keys tracked, with or without a series.
@@ -245,7 +269,7 @@ impl<K: Copy + Eq + Hash + Ord> Ranked<K> {
 
     /// Keys tracked without a series of their own (their traffic goes to `other`).
     pub fn in_other(&self) -> usize {
-        self.entries.values().filter(|e| !e.in_top).count()
+        self.entries.values().filter(|e| !e.in_top()).count()
     }
 
     /// Everything the tracked keys' series and `other` carried.
@@ -284,7 +308,7 @@ where
         let set = self.set;
         let entries = Pairs(|| {
             set.entries.iter().map(|(k, e)| {
-                let file = EntryFile { exported: set.value(e), in_top: e.in_top, score: f64::from(e.score), last_active: u64::from(e.last_active) };
+                let file = EntryFile { exported: set.value(e), in_top: e.in_top(), score: f64::from(e.score), last_active: u64::from(e.last_active) };
                 ((self.name)(k), file)
             })
         });
@@ -324,9 +348,9 @@ impl<N> RankedIn<N> {
     fn into_ranked<K: Copy + Eq + Hash + Ord>(self, mut key: impl FnMut(N) -> K) -> Ranked<K> {
         let mut set = Ranked { other: self.other, ..Ranked::default() };
         for (name, file) in self.entries {
-            let mut entry = Entry { score: file.score as f32, last_active: unix_u32(file.last_active), slot: NO_SLOT, in_top: file.in_top };
+            let mut entry = Entry::new(file.score as f32, unix_u32(file.last_active), file.in_top);
             if file.in_top || !file.exported.is_zero() {
-                entry.slot = set.values.len() as u32;
+                entry.set_slot(set.values.len() as u32);
                 set.values.push(file.exported);
             }
             set.entries.insert(key(name), entry);
@@ -344,14 +368,14 @@ impl<'de, K: Copy + Eq + Hash + Ord + Deserialize<'de>> Deserialize<'de> for Ran
 /// Takes series away from the least active keys, across all clients, until at most `budget`
 /// keys have one: the global bound on series whatever the number of clients.
 fn enforce_budget<'a, K: 'a>(sets: impl Iterator<Item = &'a mut Ranked<K>>, budget: usize) {
-    let mut holders: Vec<&mut Entry> = sets.flat_map(|set| set.entries.values_mut()).filter(|e| e.in_top).collect();
+    let mut holders: Vec<&mut Entry> = sets.flat_map(|set| set.entries.values_mut()).filter(|e| e.in_top()).collect();
     if holders.len() <= budget {
         return;
     }
     let excess = holders.len() - budget;
     holders.select_nth_unstable_by(excess - 1, |a, b| a.score.total_cmp(&b.score));
     for entry in holders.into_iter().take(excess) {
-        entry.in_top = false;
+        entry.set_in_top(false);
     }
 }
 
@@ -454,15 +478,27 @@ pub struct Params {
 /// One flow's gain in the last update ([`Accounting::gained`] pairs it with its key).
 #[derive(Debug, Clone, Copy)]
 pub struct Gain {
-    pub delta: Tally,
-    /// The flow's place in the last read (its key is there: 4 bytes instead of 48, for every
-    /// flow that grew).
+    bytes: [u64; 2],
+    /// Packets per direction since the last poll: a u32 holds billions (40-byte records, for
+    /// every flow that grew).
+    packets: [u32; 2],
+    /// The flow's place in the last read (its key is there: 4 bytes instead of 48).
     flow: u32,
     client: u32,
     destination: DestId,
 }
 
 impl Gain {
+    fn new(delta: &Tally, flow: u32, client: u32, destination: DestId) -> Gain {
+        let packets = delta.packets.map(|p| u32::try_from(p).unwrap_or(u32::MAX));
+        Gain { bytes: delta.bytes, packets, flow, client, destination }
+    }
+
+    /// What the flow carried since the last poll.
+    pub fn delta(&self) -> Tally {
+        Tally { bytes: self.bytes, packets: self.packets.map(u64::from) }
+    }
+
     /// The destination it counts into ([`Accounting::destination`] names it).
     pub fn destination(&self) -> DestId {
         self.destination
@@ -720,7 +756,7 @@ impl Accounting {
                 if account.destinations.touch(destination, bytes, now) {
                     self.destinations.hold(destination);
                 }
-                self.gains.push(Gain { delta, flow: i as u32, client, destination });
+                self.gains.push(Gain::new(&delta, i as u32, client, destination));
             }
         }
         // Flows read last time but not now left the map (LRU evictions, mostly).
@@ -739,8 +775,9 @@ impl Accounting {
         let flows = &self.last.snap.flows;
         for gain in &self.gains {
             let account = &mut accounts[gain.client as usize];
-            account.remotes.credit(&RemoteId::of(&flows[gain.flow as usize].0), &gain.delta);
-            account.destinations.credit(&gain.destination, &gain.delta);
+            let delta = gain.delta();
+            account.remotes.credit(&RemoteId::of(&flows[gain.flow as usize].0), &delta);
+            account.destinations.credit(&gain.destination, &delta);
         }
         let names = &mut self.destinations;
         for account in accounts.iter_mut() {

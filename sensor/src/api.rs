@@ -79,6 +79,7 @@ pub struct LiveView {
     rows: Vec<FlowRow>,
     owners: Vec<Owner>,
     geos: Vec<GeoInfo>,
+    names: Vec<Box<str>>,
     /// The poll's time as Unix seconds and as the kernel's monotonic clock (ns), to turn the
     /// kernel's first/last-seen stamps into Unix seconds.
     unix: u64,
@@ -90,7 +91,9 @@ pub struct LiveView {
 pub struct FlowRow {
     pub owner: u32,
     pub geo: u32,
-    pub name: Option<Arc<str>>,
+    /// Into the view's names; 0 is "no name". 12 bytes a flow: two views coexist while a
+    /// poll builds the next.
+    pub name: u32,
 }
 
 /// A client as its flows show it.
@@ -101,7 +104,8 @@ pub struct Owner {
 }
 
 impl LiveView {
-    /// `rows` is parallel to the snapshot's flows; its indices point into `owners` and `geos`.
+    /// `rows` is parallel to the snapshot's flows; its indices point into `owners`, `geos` and
+    /// `names` (whose first is the empty name).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         updated: u64,
@@ -110,11 +114,12 @@ impl LiveView {
         rows: Vec<FlowRow>,
         owners: Vec<Owner>,
         geos: Vec<GeoInfo>,
+        names: Vec<Box<str>>,
         unix: u64,
         mono_ns: u64,
     ) -> LiveView {
         debug_assert_eq!(snap.flows.len(), rows.len());
-        LiveView { updated, clients, snap, rows, owners, geos, unix, mono_ns }
+        LiveView { updated, clients, snap, rows, owners, geos, names, unix, mono_ns }
     }
 
     pub fn flow_count(&self) -> usize {
@@ -133,7 +138,7 @@ impl LiveView {
         let row = &self.rows[i];
         let owner = &self.owners[row.owner as usize];
         let geo = &self.geos[row.geo as usize];
-        let name = row.name.as_deref().unwrap_or("");
+        let name = self.names.get(row.name as usize).map_or("", |n| n);
         FlowView {
             client: owner.name.clone(),
             mac: owner.mac.clone(),
@@ -298,7 +303,7 @@ mod tests {
             k.remote_ip[10..].copy_from_slice(&[0xff, 0xff, 93, 184, 216, remote_last]);
             (k, Counters { packets: [1, 2], bytes: [up, 500], first_seen_ns: 1_000_000_000, last_seen_ns: 9_000_000_000 })
         };
-        let row = |owner: u32, geo: u32, name: Option<&str>| FlowRow { owner, geo, name: name.map(Arc::from) };
+        let row = |owner: u32, geo: u32, name: u32| FlowRow { owner, geo, name };
         let owners = vec![
             Owner { name: "tv".into(), mac: "aa:bb:cc:00:00:02".into() },
             Owner { name: "phone".into(), mac: "64:09:80:00:00:01".into() },
@@ -308,9 +313,10 @@ mod tests {
             100,
             vec![],
             Arc::new(Snapshot { flows: vec![flow(2, 9, 10), flow(1, 34, 100), flow(1, 35, 7000)], ..Snapshot::default() }),
-            vec![row(0, 0, None), row(1, 1, Some("a1.cdn.example.co.uk")), row(1, 0, None)],
+            vec![row(0, 0, 0), row(1, 1, 1), row(1, 0, 0)],
             owners,
             geos,
+            vec!["".into(), "a1.cdn.example.co.uk".into()],
             1_000,
             10_000_000_000,
         )

@@ -43,6 +43,8 @@ pub struct KernelMaps {
     cpus: usize,
     /// Flows in the last read.
     flows_read: AtomicUsize,
+    /// The flow map's `max_entries`.
+    flow_capacity: usize,
 }
 
 /// One reading of the kernel maps, CPUs summed.
@@ -106,11 +108,15 @@ impl KernelMaps {
     pub fn take(ebpf: &mut Ebpf) -> anyhow::Result<KernelMaps> {
         let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"));
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        let flows = PerCpuHashMap::try_from(take(names::FLOWS)?)?;
+        // Unknown (an old kernel's map info): the reads are sized by the last one alone.
+        let flow_capacity = flows.map().info().map_or(usize::MAX, |info| info.max_entries() as usize);
         Ok(KernelMaps {
             iterate: AtomicBool::new(false),
             cpus,
             flows_read: AtomicUsize::new(0),
-            flows: PerCpuHashMap::try_from(take(names::FLOWS)?)?,
+            flow_capacity,
+            flows,
             client_slots: BpfHashMap::try_from(take(names::CLIENT_SLOTS)?)?,
             client_totals: PerCpuArray::try_from(take(names::CLIENT_TOTALS)?)?,
             free_slots: Queue::try_from(take(names::FREE_SLOTS)?)?,
@@ -185,7 +191,10 @@ impl KernelMaps {
         // Sized from the last read: growing by doubling would hold up to three times the list
         // while it is copied.
         let expected = self.flows_read.load(Ordering::Relaxed);
-        let mut snap = Snapshot { flows: Vec::with_capacity(expected + expected / 16 + 64), ..Snapshot::default() };
+        // Room to grow, but never beyond the map: a full map's two reads (the last and this one)
+        // are the poll's largest buffers.
+        let room = (expected + expected / 16 + 64).min(self.flow_capacity);
+        let mut snap = Snapshot { flows: Vec::with_capacity(room), ..Snapshot::default() };
         self.for_each_flow(|key, counters| snap.flows.push((*key, counters)))?;
         self.flows_read.store(snap.flows.len(), Ordering::Relaxed);
         snap.flows.sort_unstable_by_key(|a| a.0);

@@ -139,11 +139,24 @@ impl Metrics {
 
     /// Rebuilds the traffic families from the accounting and the kernel stats.
     pub fn publish(&self, acct: &Accounting, snap: &Snapshot, client: &dyn Fn(&Mac) -> ClientLabels) {
-        // Sized like the last one: the text is megabytes at thousands of clients.
-        let mut text = String::with_capacity(self.traffic.read().map_or(0, |t| t.len() + t.len() / 8));
-        traffic_text(&mut text, acct, snap, client);
-        if let Ok(mut slot) = self.traffic.write() {
-            *slot = Arc::new(text);
+        let Ok(mut slot) = self.traffic.write() else { return };
+        // Rewritten in place unless a scrape still sends it (the text is megabytes at thousands
+        // of clients: two of them were the agent's peak). Scrapes wait for the lock meanwhile.
+        let text = match Arc::get_mut(&mut slot) {
+            Some(text) => {
+                text.clear();
+                text
+            }
+            None => {
+                // Sized like the last one.
+                *slot = Arc::new(String::with_capacity(slot.len() + slot.len() / 8));
+                Arc::make_mut(&mut slot)
+            }
+        };
+        traffic_text(text, acct, snap, client);
+        // A text that outgrew its buffer doubled it.
+        if text.capacity() > text.len() + text.len() / 4 {
+            text.shrink_to_fit();
         }
     }
 

@@ -46,7 +46,7 @@ const FACTS_PER_PART: usize = 4096;
 
 /// The policy's view of one flow that gained traffic in this poll, named.
 fn flow_facts(enricher: &Enricher, accounting: &Accounting, index: &FastMap<[u8; 6], usize>, key: &FlowKey, gain: &accounting::Gain, now: u64) -> FlowFacts {
-    let delta = &gain.delta;
+    let delta = gain.delta();
     // Its destination has the remote's country and ASN: no second lookup.
     let geo = accounting.destination(gain.destination());
     let name = enricher.flow_name(key, now).unwrap_or_default().to_ascii_lowercase();
@@ -231,7 +231,9 @@ impl Pipeline {
         let mut flow_counts: Vec<usize> = Vec::new();
         let mut geos: Vec<GeoInfo> = vec![GeoInfo::default()];
         let mut geo_of: FastMap<[u8; 16], u32> = FastMap::default();
-        let mut names: FastMap<&str, Arc<str>> = FastMap::default();
+        // Names once each, rows index them (0: no name).
+        let mut name_of: FastMap<&str, u32> = FastMap::default();
+        let mut names: Vec<Box<str>> = vec!["".into()];
         let mut rows = Vec::with_capacity(snap.flows.len());
         let geo_known = self.enricher.geo.has_databases();
         let mut last_ip = None;
@@ -263,10 +265,15 @@ impl Pipeline {
                     (geos.len() - 1) as u32
                 })
             };
-            let name = self.enricher.flow_name(key, now).map(|n| names.entry(n).or_insert_with(|| Arc::from(n)).clone());
+            let name = self.enricher.flow_name(key, now).map_or(0, |n| {
+                *name_of.entry(n).or_insert_with(|| {
+                    names.push(n.into());
+                    (names.len() - 1) as u32
+                })
+            });
             rows.push(FlowRow { owner, geo, name });
         }
-        drop(names);
+        drop(name_of);
         let clients = self
             .accounting
             .clients
@@ -294,6 +301,6 @@ impl Pipeline {
                 }
             })
             .collect();
-        LiveView::new(now, clients, snap, rows, owners, geos, clock.unix, clock.mono_ns)
+        LiveView::new(now, clients, snap, rows, owners, geos, names, clock.unix, clock.mono_ns)
     }
 }
