@@ -709,8 +709,8 @@ fn render_section(reads: &str, polls: &str, agents: &str, verdict: &str) -> Stri
          - Where the memory goes, per flow (the worst case: every flow has a remote and a \
            destination of its own, no names are known so destinations are addresses, and every \
            flow grows every poll): two lists of 96 bytes while a poll compares its read with the \
-           last one, then one; the flow's remote, a 16-byte entry in its client's table (hash \
-           tables between half and seven eighths full: 40 to 75 bytes); its destination, interned \
+           last one, then one; the flow's remote, a 12-byte entry in its client's table (hash \
+           tables between half and seven eighths full: 38 to 66 bytes); its destination, interned \
            once for all clients (56 bytes and its address text) with a 4-byte id in its client's \
            table; a 40-byte gain record for the policy; 12 bytes of API view (two views while a poll \
            builds the next); and what the \
