@@ -154,9 +154,11 @@ impl Metrics {
             }
         };
         traffic_text(text, acct, snap, client);
-        // A text that outgrew its buffer doubled it.
-        if text.capacity() > text.len() + text.len() / 4 {
-            text.shrink_to_fit();
+        // A text that outgrew its buffer doubled it: back to an eighth of slack, so that the
+        // next poll's slightly longer text fits without doubling again.
+        let room = text.len() + text.len() / 8;
+        if text.capacity() > room + text.len() / 8 {
+            text.shrink_to(room);
         }
     }
 

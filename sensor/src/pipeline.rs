@@ -68,7 +68,7 @@ fn flow_facts(enricher: &Enricher, accounting: &Accounting, index: &FastMap<[u8;
 }
 
 /// One poll's alerts: their statuses, and the policy series each stands for.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PollAlerts {
     pub statuses: Vec<AlertStatus>,
     series: Vec<String>,

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use axum::{
     Json, Router,
     extract::{Query, State},
-    http::{StatusCode, header},
+    http::{HeaderValue, StatusCode, header},
     body::{Body, Bytes},
     response::{IntoResponse, Response},
     routing::get,
@@ -65,7 +65,7 @@ async fn scrape(State(state): State<AppState>) -> Response {
             let length = health.len() + traffic.len();
             let parts = [Bytes::from(health), Bytes::from_owner(SharedText(traffic))];
             let body = Body::from_stream(futures_util::stream::iter(parts.map(Ok::<_, Infallible>)));
-            let headers = [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT.to_string()), (header::CONTENT_LENGTH, length.to_string())];
+            let headers = [(header::CONTENT_TYPE, HeaderValue::from_static(prometheus::TEXT_FORMAT)), (header::CONTENT_LENGTH, HeaderValue::from(length))];
             (StatusCode::OK, headers, body).into_response()
         }
         Err(e) => {

@@ -148,9 +148,16 @@ struct KnownDestinations {
 struct Seen(u64);
 
 impl Seen {
+    /// Of a flow's label at `by`, hashed as it is written (no allocation).
     fn of(f: &FlowFacts, by: GroupBy) -> Seen {
         let mut h = LabelHash::default();
         let _ = write_destination_label(&mut h, f, by);
+        Seen(h.0.finish())
+    }
+
+    fn of_label(label: &str) -> Seen {
+        let mut h = LabelHash::default();
+        let _ = std::fmt::Write::write_str(&mut h, label);
         Seen(h.0.finish())
     }
 }
@@ -175,11 +182,7 @@ impl<'de> Deserialize<'de> for Seen {
         }
         Ok(match Stored::deserialize(d)? {
             Stored::Hash(h) => Seen(h),
-            Stored::Label(label) => {
-                let mut h = LabelHash::default();
-                let _ = std::fmt::Write::write_str(&mut h, &label);
-                Seen(h.0.finish())
-            }
+            Stored::Label(label) => Seen::of_label(&label),
         })
     }
 }
