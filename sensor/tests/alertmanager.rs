@@ -276,6 +276,18 @@ fn counts(registry: &Registry, url: &str) -> (f64, f64, f64, f64, f64) {
     )
 }
 
+/// Asserts that `url`'s counts reach exactly `want` within 5 s: the sender records a send once
+/// Alertmanager has answered, which can be just after the alert shows there.
+fn assert_counts(registry: &Registry, url: &str, want: (f64, f64, f64, f64, f64)) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut got = counts(registry, url);
+    while got != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        got = counts(registry, url);
+    }
+    assert_eq!(got, want, "counts (sent, failed, dropped, queued, up) for {url}");
+}
+
 fn shutdown(notifier: Notifier, grace: Duration) -> Duration {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let start = Instant::now();
@@ -319,7 +331,7 @@ fn a_firing_alert_arrives_and_its_resolution_ends_it() {
     // endsAt = the moment of sending + 4 × max(poll, resend interval).
     let ends = parse_time(&got[0]["endsAt"]);
     assert!(ends >= started + VALIDITY && ends <= seen + VALIDITY, "endsAt {} not sending time + 240s", got[0]["endsAt"]);
-    assert_eq!(counts(&reg, &am.url), (1.0, 0.0, 0.0, 0.0, 1.0));
+    assert_counts(&reg, &am.url, (1.0, 0.0, 0.0, 0.0, 1.0));
     assert_eq!(am.received("firing"), 1.0);
 
     // The next poll: still firing, not due again before the resend interval.
@@ -327,7 +339,7 @@ fn a_firing_alert_arrives_and_its_resolution_ends_it() {
     let resolved = now_ms();
     notifier.update_alerts(resolved, &[alert("redmi-note", started, Some(resolved))]);
     am.wait_alerts(0, Duration::from_secs(10));
-    assert_eq!(counts(&reg, &am.url), (2.0, 0.0, 0.0, 0.0, 1.0));
+    assert_counts(&reg, &am.url, (2.0, 0.0, 0.0, 0.0, 1.0));
     assert_eq!((am.received("firing"), am.received("resolved")), (1.0, 1.0));
     shutdown(notifier, Duration::from_secs(2));
 }
@@ -363,10 +375,11 @@ fn every_alertmanager_gets_it_and_one_that_was_down_gets_it_when_back() {
     assert!(parse_time(&at_back[0]["endsAt"]) >= back_at + VALIDITY, "stale endsAt {}", at_back[0]["endsAt"]);
     assert!(parse_time(&at_back[0]["endsAt"]) > parse_time(&at_up[0]["endsAt"]));
 
-    let (sent, failed, dropped, queued, upv) = counts(&reg, &down_url);
+    let (sent, failed, dropped, queued, upv) =
+        wait_until("the send to the one back up counted", Duration::from_secs(5), || Some(counts(&reg, &down_url)).filter(|c| c.0 == 1.0 && c.3 == 0.0));
     assert!(failed >= 1.0);
     assert_eq!((sent, dropped, queued, upv), (1.0, 0.0, 0.0, 1.0));
-    assert_eq!(counts(&reg, &up.url), (1.0, 0.0, 0.0, 0.0, 1.0));
+    assert_counts(&reg, &up.url, (1.0, 0.0, 0.0, 0.0, 1.0));
     assert_eq!((back.received("firing"), up.received("firing")), (1.0, 1.0));
     shutdown(notifier, Duration::from_secs(2));
 }
@@ -451,7 +464,7 @@ fn reconfiguring_keeps_queues_and_send_times() {
     assert_is_alert(&b.wait_alerts(1, Duration::from_secs(5))[0], "phone");
     let a = Alertmanager::start(a_port, None);
     assert_is_alert(&a.wait_alerts(1, Duration::from_secs(20))[0], "phone");
-    assert_eq!(counts(&reg, &a_url).0, 1.0);
+    wait_until("the send to A counted", Duration::from_secs(5), || (counts(&reg, &a_url).0 == 1.0).then_some(()));
 
     // A removed: its series end. B kept its send time: the next poll sends nothing.
     notifier.reconfigure(&config(vec![target(&b.url)]), POLL).unwrap();
