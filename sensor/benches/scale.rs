@@ -417,10 +417,11 @@ fn run_case(case: &Case, timed: bool, with_agent: bool) -> anyhow::Result<Figure
         }
         inst.pipeline.poll()?;
         polls.push(inst.pipeline.timings);
+        // What a scrape costs: the text written chunk by chunk (a scrape sends each on).
         let started = Instant::now();
-        let text = inst.pipeline.metrics.render()?;
+        let (health, traffic) = inst.pipeline.metrics.exposition()?;
+        render_bytes = health.len() + traffic.map(|chunk| chunk.len()).sum::<usize>();
         renders.push(started.elapsed());
-        render_bytes = text.len();
     }
     // Client totals are exact whatever the flow map evicted.
     for (c, want) in sent.iter().enumerate() {
@@ -690,7 +691,8 @@ fn render_section(reads: &str, polls: &str, agents: &str, verdict: &str) -> Stri
            program, so every flow has a delta (the worst case); median of {ROUNDS}, with its \
            stages. \"First poll\" is the one that finds the whole map new; \"idle poll\" one with \
            no traffic since the last (the flows are in the map, none grew). /metrics render is \
-           `Metrics::render` (the text a scrape returns). The run checks that every client's \
+           what a scrape costs: `Metrics::exposition`, the health metrics and the traffic text \
+           written chunk by chunk from the poll's families. The run checks that every client's \
            exported upload bytes equal what was sent, exactly, whatever the LRU evicted. The \
            default config: 20 remote and 20 destination series per client, 10,000 of each at \
            most, destinations by domain (no names known here: by address), and the example \
@@ -714,13 +716,15 @@ fn render_section(reads: &str, polls: &str, agents: &str, verdict: &str) -> Stri
            once for all clients (56 bytes and its address text) with a 4-byte id in its client's \
            table; a 40-byte gain record for the policy; 12 bytes of API view (two views while a poll \
            builds the next); and what the \
-           example policy learns (an 8-byte hash per new destination) or tracks (a series of a \
-           few hundred bytes for each firing DnsBypass alert: a quarter of the flows here). At \
+           example policy learns (an 8-byte hash per new destination) or tracks (a series of \
+           about 250 bytes for each firing DnsBypass alert: a quarter of the flows here). At \
            home, flows share destinations (a domain per service) and most clients have tens to \
            hundreds of flows. The rest is the agent itself (about 18 MB resident; its start, \
-           which parses the kernel's BTF, peaks near 31 MB) and, with many clients, the /metrics \
-           text (3.4 MB at 256 clients, 11 MB at 4,096; bounded by `series_budget`), rewritten in \
-           place and sent to scrapes without a copy. The agent fixes glibc's mmap threshold \
+           which parses the kernel's BTF, peaks near 31 MB) and, with many clients, the metrics \
+           families (each client's and series' labels once, counters as numbers: about 3 MB at \
+           4,096 clients, bounded by `series_budget`; two while a poll replaces them). The \
+           /metrics text itself (3.4 MB at 256 clients, 11 MB at 4,096) is never whole in \
+           memory: a scrape writes it 64 KiB at a time as it sends it. The agent fixes glibc's mmap threshold \
            (docs/design.md): without it, the same 65,536-flow, 16-client case peaked 7 MB higher \
            in one run.",
         poll = AGENT_POLL.as_secs(),

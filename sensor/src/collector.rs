@@ -198,11 +198,7 @@ impl KernelMaps {
         self.for_each_flow(|key, counters| snap.flows.push((*key, counters)))?;
         self.flows_read.store(snap.flows.len(), Ordering::Relaxed);
         snap.flows.sort_unstable_by_key(|a| a.0);
-        // Client totals: each client's slot, then that slot's counters on every CPU.
-        for (mac, slot) in self.client_slots()? {
-            let values = self.client_totals.get(&slot, 0).context("reading the client totals map")?;
-            snap.clients.insert(mac, sum(values.iter()));
-        }
+        snap.clients = self.client_totals()?;
         for slot in 0..STATS_LEN {
             let (dir, stat) = (slot as usize / Stat::COUNT, slot as usize % Stat::COUNT);
             if stat == Stat::Seen as usize {
@@ -222,6 +218,35 @@ impl KernelMaps {
             snap.events[kind][outcome] = values.iter().sum();
         }
         Ok(snap)
+    }
+
+    /// Each client's totals: its slot, then that slot's counters on every CPU. The totals map
+    /// is an array read whole in one batch (a lookup per client took milliseconds at
+    /// thousands of clients); entry by entry where batches are unavailable.
+    fn client_totals(&self) -> anyhow::Result<HashMap<[u8; 6], Counters>> {
+        let slots = self.client_slots()?;
+        let mut clients = HashMap::with_capacity(slots.len());
+        let owner: HashMap<u32, [u8; 6]> = slots.iter().map(|(mac, slot)| (*slot, *mac)).collect();
+        let reader = BatchReader::<u32, Counters>::new(Layout::PerCpu { cpus: self.cpus });
+        let fd = self.client_totals.map().fd().as_fd();
+        let batched = self.batch("client totals", || {
+            reader.for_each(fd, |slot, values| {
+                if let Some(mac) = owner.get(slot) {
+                    let mut total = Counters::default();
+                    for v in values {
+                        total.merge(&v);
+                    }
+                    clients.insert(*mac, total);
+                }
+            })
+        })?;
+        if batched.is_none() {
+            for (mac, slot) in slots {
+                let values = self.client_totals.get(&slot, 0).context("reading the client totals map")?;
+                clients.insert(mac, sum(values.iter()));
+            }
+        }
+        Ok(clients)
     }
 
     /// Every client holding a slot, with its slot in the totals map.

@@ -1,5 +1,5 @@
 //! The gateway sensor agent. Data flows one way:
-//! kernel maps → [`collector`] → [`accounting`] → [`metrics`] / [`server`].
+//! kernel maps → [`collector`] → [`accounting`] → [`metrics`] ([`exposition`]) / [`server`].
 //! [`loader`] puts the eBPF programs in the kernel; [`state`] keeps the accounting across
 //! restarts; [`config`] is the YAML configuration. [`alerting`] delivers alerts to Alertmanager.
 
@@ -12,6 +12,7 @@ pub mod collector;
 pub mod config;
 pub mod enrich;
 pub mod events;
+pub mod exposition;
 pub mod labels;
 pub mod loader;
 pub mod metrics;

@@ -3,7 +3,6 @@
 
 use std::{
     collections::BTreeMap,
-    fmt::Write as _,
     sync::{Arc, RwLock},
 };
 
@@ -11,12 +10,12 @@ use prometheus::{
     Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-use sensor_common::{Direction, EventKind, EventOutcome, Stat};
+use sensor_common::EventKind;
 
 use crate::{
-    accounting::{Accounting, ClientAccount, Mac, Tally},
+    accounting::{Accounting, Mac},
     collector::Snapshot,
-    labels,
+    exposition::{Chunks, Traffic},
 };
 
 /// How a client is named in the metrics (from the inventory, DHCP leases or a fallback).
@@ -31,8 +30,8 @@ pub struct ClientLabels {
 
 pub const NAMESPACE: &str = "gwsensor";
 
-/// Health metrics are ordinary registered collectors; traffic families are rebuilt each poll,
-/// as text.
+/// Health metrics are ordinary registered collectors; traffic families are rebuilt each poll
+/// and written as text per scrape ([`crate::exposition`]).
 pub struct Metrics {
     registry: Registry,
     pub poll_duration: Histogram,
@@ -55,7 +54,7 @@ pub struct Metrics {
     pub policy_series_dropped: IntCounter,
     pub config_last_reload_successful: IntGauge,
     pub config_reload_failures: IntCounter,
-    traffic: RwLock<Arc<String>>,
+    traffic: RwLock<Arc<Traffic>>,
 }
 
 impl Metrics {
@@ -139,26 +138,9 @@ impl Metrics {
 
     /// Rebuilds the traffic families from the accounting and the kernel stats.
     pub fn publish(&self, acct: &Accounting, snap: &Snapshot, client: &dyn Fn(&Mac) -> ClientLabels) {
-        let Ok(mut slot) = self.traffic.write() else { return };
-        // Rewritten in place unless a scrape still sends it (the text is megabytes at thousands
-        // of clients: two of them were the agent's peak). Scrapes wait for the lock meanwhile.
-        let text = match Arc::get_mut(&mut slot) {
-            Some(text) => {
-                text.clear();
-                text
-            }
-            None => {
-                // Sized like the last one.
-                *slot = Arc::new(String::with_capacity(slot.len() + slot.len() / 8));
-                Arc::make_mut(&mut slot)
-            }
-        };
-        traffic_text(text, acct, snap, client);
-        // A text that outgrew its buffer doubled it: back to an eighth of slack, so that the
-        // next poll's slightly longer text fits without doubling again.
-        let room = text.len() + text.len() / 8;
-        if text.capacity() > room + text.len() / 8 {
-            text.shrink_to(room);
+        let traffic = Arc::new(Traffic::new(acct, snap, client));
+        if let Ok(mut slot) = self.traffic.write() {
+            *slot = traffic;
         }
     }
 
@@ -176,303 +158,27 @@ impl Metrics {
         }
     }
 
-    /// The text exposition for a scrape, in its two parts: the health metrics, then the
-    /// traffic families as the last poll wrote them (shared, not copied: megabytes at
-    /// thousands of clients).
-    pub fn exposition(&self) -> Result<(Vec<u8>, Arc<String>), prometheus::Error> {
+    /// The text exposition for a scrape: the health metrics, then the traffic families of the
+    /// last poll, written a chunk at a time as the scrape reads them.
+    pub fn exposition(&self) -> Result<(Vec<u8>, Chunks), prometheus::Error> {
         let traffic = self.traffic.read().map(|t| Arc::clone(&t)).unwrap_or_default();
         let mut health = Vec::with_capacity(16 * 1024);
         TextEncoder::new().encode(&self.registry.gather(), &mut health)?;
-        Ok((health, traffic))
+        Ok((health, traffic.chunks()))
     }
 
     /// [`Metrics::exposition`] as one text.
     pub fn render(&self) -> Result<String, prometheus::Error> {
         let (health, traffic) = self.exposition()?;
         let mut text = String::from_utf8(health).map_err(|e| prometheus::Error::Msg(e.to_string()))?;
-        text.reserve_exact(traffic.len());
-        text.push_str(&traffic);
+        text.extend(traffic);
         Ok(text)
     }
 }
 
-/// The Prometheus text format's escaping of a label value.
-fn escape_into(out: &mut String, value: &str) {
-    for ch in value.chars() {
-        match ch {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
-
-/// One metric family being written: its HELP and TYPE lines, then its series. A family that
-/// got no series is taken back out (Prometheus wants no empty families).
-struct Family<'a> {
-    out: &'a mut String,
-    name: &'static str,
-    start: usize,
-    series: usize,
-}
-
-impl<'a> Family<'a> {
-    fn begin(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Family<'a> {
-        let start = out.len();
-        let _ = writeln!(out, "# HELP {NAMESPACE}_{name} {help}");
-        let _ = writeln!(out, "# TYPE {NAMESPACE}_{name} {kind}");
-        Family { out, name, start, series: 0 }
-    }
-
-    /// `gwsensor_<name>{<labels>,<extra>} <value>`: `labels` is already escaped text
-    /// (`k="v",...`), `extra` is escaped here.
-    fn series(&mut self, labels: &str, extra: &[(&str, &str)], value: impl std::fmt::Display) {
-        let out = &mut *self.out;
-        out.push_str(NAMESPACE);
-        out.push('_');
-        out.push_str(self.name);
-        if !labels.is_empty() || !extra.is_empty() {
-            out.push('{');
-            out.push_str(labels);
-            for (i, (k, v)) in extra.iter().enumerate() {
-                if i > 0 || !labels.is_empty() {
-                    out.push(',');
-                }
-                out.push_str(k);
-                out.push_str("=\"");
-                escape_into(out, v);
-                out.push('"');
-            }
-            out.push('}');
-        }
-        let _ = writeln!(out, " {value}");
-        self.series += 1;
-    }
-}
-
-impl Drop for Family<'_> {
-    fn drop(&mut self) {
-        if self.series == 0 {
-            self.out.truncate(self.start);
-        }
-    }
-}
-
-/// `client="…",mac="…",direction="…"`: the labels a client's traffic series share.
-fn client_labels(name: &str, mac: &str, dir: Direction) -> String {
-    let mut out = String::with_capacity(name.len() + 48);
-    out.push_str("client=\"");
-    escape_into(&mut out, name);
-    out.push_str("\",mac=\"");
-    out.push_str(mac);
-    out.push_str("\",direction=\"");
-    out.push_str(dir.as_str());
-    out.push('"');
-    out
-}
-
-/// A tag key as a label name: `tag_` + the key (validated as a label name by the config).
-fn tag_label(key: &str) -> String {
-    format!("tag_{key}")
-}
-
-/// A client's names and its series' shared labels, made once per publish.
-struct ClientText {
-    mac: String,
-    names: ClientLabels,
-    /// [`client_labels`] per direction.
-    base: [String; 2],
-}
-
-/// What a remote (or destination) series adds to the client's labels.
-type Extra<'a> = [(&'a str, &'a str); 3];
-
-/// Writes each direction's series of a remote or destination that carried traffic that way
-/// (most remotes are one-sided for a long time: a zero series would double the series count
-/// for nothing). `bytes` picks the family's value.
-fn one_sided(f: &mut Family, c: &ClientText, extra: &Extra, t: &Tally, bytes: bool) {
-    for dir in Direction::ALL {
-        if t.packets(dir) != 0 {
-            f.series(&c.base[dir.index()], extra, if bytes { t.bytes(dir) } else { t.packets(dir) });
-        }
-    }
-}
-
-/// The traffic families as exposition text, written straight into `out`, one family after
-/// the other: at thousands of clients the series number in the hundred thousands, and
-/// building the prometheus crate's structures for them (then cloning them for every scrape)
-/// cost more than the rest of a poll; intermediate per-family buffers would double the text.
-fn traffic_text(out: &mut String, acct: &Accounting, snap: &Snapshot, client: &dyn Fn(&Mac) -> ClientLabels) {
-    let clients: Vec<(&ClientAccount, ClientText)> = acct
-        .clients
-        .iter()
-        .map(|(mac_raw, account)| {
-            let mac = labels::mac(mac_raw);
-            let names = client(mac_raw);
-            let base = Direction::ALL.map(|dir| client_labels(&names.name, &mac, dir));
-            (account, ClientText { mac, names, base })
-        })
-        .collect();
-
-    for (bytes, name, help) in [
-        (false, "client_packets_total", "Packets of a client (one per MAC, whatever its IPs), by direction."),
-        (true, "client_bytes_total", "Bytes (Ethernet frames) of a client, by direction."),
-    ] {
-        let mut f = Family::begin(out, name, "counter", help);
-        for (account, c) in &clients {
-            for dir in Direction::ALL {
-                let t = &account.totals;
-                f.series(&c.base[dir.index()], &[], if bytes { t.bytes(dir) } else { t.packets(dir) });
-            }
-        }
-    }
-    {
-        let help = "A client's name, group, vendor, where the name came from, and its tags (always 1).";
-        let mut f = Family::begin(out, "client_info", "gauge", help);
-        for (_, c) in &clients {
-            let tags: Vec<(String, &str)> = c.names.tags.iter().map(|(k, v)| (tag_label(k), v.as_str())).collect();
-            let mut labels = vec![
-                ("client", c.names.name.as_str()),
-                ("mac", c.mac.as_str()),
-                ("group", c.names.group.as_str()),
-                ("vendor", c.names.vendor.as_str()),
-                ("source", c.names.source.as_str()),
-            ];
-            labels.extend(tags.iter().map(|(k, v)| (k.as_str(), *v)));
-            f.series("", &labels, 1);
-        }
-    }
-    for (bytes, name, help) in [
-        (false, "remote_packets_total", "Packets between a client and a remote endpoint; remote=\"other\" sums the remotes beyond the client's top-N."),
-        (true, "remote_bytes_total", "Bytes between a client and a remote endpoint; remote=\"other\" sums the remotes beyond the client's top-N."),
-    ] {
-        let mut f = Family::begin(out, name, "counter", help);
-        for (account, c) in &clients {
-            for (id, remote) in account.remotes.series() {
-                let (ip, protocol, port) = (labels::ip(&id.ip).to_string(), labels::protocol(id.protocol), id.port.to_string());
-                one_sided(&mut f, c, &[("remote", &ip), ("protocol", &protocol), ("port", &port)], &remote, bytes);
-            }
-            // Only clients that overflowed their top-N carry an "other" series.
-            one_sided(&mut f, c, &[("remote", "other"), ("protocol", ""), ("port", "")], &account.remotes.other, bytes);
-        }
-    }
-    for (bytes, name, help) in [
-        (false, "destination_packets_total", "Packets between a client and a named destination; destination=\"other\" sums those beyond the top-N or the series budget."),
-        (true, "destination_bytes_total", "Bytes between a client and a named destination; destination=\"other\" sums those beyond the top-N or the series budget."),
-    ] {
-        let mut f = Family::begin(out, name, "counter", help);
-        for (account, c) in &clients {
-            for (id, dest) in account.destinations.series() {
-                let key = acct.destination(*id);
-                let asn = if key.asn == 0 { String::new() } else { key.asn.to_string() };
-                let extra = [("destination", key.destination.as_str()), ("country", key.country.as_str()), ("asn", asn.as_str())];
-                one_sided(&mut f, c, &extra, &dest, bytes);
-            }
-            one_sided(&mut f, c, &[("destination", "other"), ("country", ""), ("asn", "")], &account.destinations.other, bytes);
-        }
-    }
-    {
-        let help = "Remotes or destinations tracked without a series of their own (summed into \"other\"), by family.";
-        let mut f = Family::begin(out, "series_overflow", "gauge", help);
-        let remotes: usize = clients.iter().map(|(a, _)| a.remotes.in_other()).sum();
-        let destinations: usize = clients.iter().map(|(a, _)| a.destinations.in_other()).sum();
-        f.series("", &[("family", "remote")], remotes);
-        f.series("", &[("family", "destination")], destinations);
-    }
-    {
-        let help = "Every packet the kernel programs saw, by direction and outcome (reason=\"seen\" is all of them).";
-        let mut f = Family::begin(out, "packets_total", "counter", help);
-        for dir in Direction::ALL {
-            for stat in Stat::ALL {
-                f.series("", &[("direction", dir.as_str()), ("reason", stat.as_str())], snap.stat(stat, dir));
-            }
-        }
-    }
-    {
-        let help = "Naming events in the kernel, by kind and outcome (sent to the agent, rate_limited, ring_full).";
-        let mut f = Family::begin(out, "kernel_events_total", "counter", help);
-        for kind in EventKind::ALL {
-            for outcome in EventOutcome::ALL {
-                f.series("", &[("kind", kind.as_str()), ("outcome", outcome.as_str())], snap.event(kind, outcome));
-            }
-        }
-    }
-    let help = "Flows that left the kernel flow map between two polls (LRU evictions).";
-    Family::begin(out, "flow_evictions_total", "counter", help).series("", &[], acct.flow_evictions);
-}
-
 #[cfg(test)]
 mod tests {
-    use sensor_common::{Counters, FlowKey};
-
     use super::*;
-    use crate::accounting::{DestKey, Params};
-
-    const PARAMS: Params = Params {
-        top_remotes: 1,
-        top_destinations: 5,
-        series_budget: 100,
-        remote_idle_expiry_secs: 600,
-        destination_idle_expiry_secs: 600,
-        client_idle_expiry_secs: 3600,
-        score_half_life_secs: 60.0,
-        name_wait_secs: 2,
-    };
-
-    /// One client, two remotes (one over its top-1), a name that needs escaping: the exact text
-    /// Prometheus reads, family by family.
-    #[test]
-    fn traffic_renders_as_exposition_text_with_escaped_labels() {
-        let mac = [0x64, 0x09, 0x80, 0, 0, 1];
-        let flow = |last: u8, port: u16| {
-            let mut k = FlowKey { client_mac: mac, protocol: 17, remote_port: port, ..FlowKey::default() };
-            k.client_ip[10..].copy_from_slice(&[0xff, 0xff, 10, 0, 0, 2]);
-            k.remote_ip[10..].copy_from_slice(&[0xff, 0xff, 93, 184, 216, last]);
-            k
-        };
-        let counters = |p: u64, b: u64| Counters { packets: [p, 0], bytes: [b, 0], first_seen_ns: 1, last_seen_ns: 2 };
-        let mut snap = Snapshot { flows: vec![(flow(34, 443), counters(3, 3000)), (flow(35, 53), counters(1, 80))], ..Snapshot::default() };
-        snap.clients.insert(mac, counters(4, 3080));
-        let mut acct = Accounting::default();
-        let dest = |k: &FlowKey| DestKey { destination: format!("r{}.example", k.remote_ip[15]), country: "NL".into(), asn: 0 };
-        acct.update(&std::sync::Arc::new(snap.clone()), 100, &PARAMS, &dest);
-        let labels = |_: &Mac| ClientLabels {
-            name: "kid's \"tab\" \\ 2".into(),
-            group: "kids".into(),
-            vendor: "Xiaomi".into(),
-            source: "inventory".into(),
-            tags: [("owner".to_string(), "alice".to_string())].into(),
-        };
-        let mut text = String::new();
-        traffic_text(&mut text, &acct, &snap, &labels);
-        let c = r#"client="kid's \"tab\" \\ 2",mac="64:09:80:00:00:01""#;
-        for line in [
-            "# TYPE gwsensor_client_bytes_total counter".to_string(),
-            format!("gwsensor_client_bytes_total{{{c},direction=\"upload\"}} 3080"),
-            format!("gwsensor_client_packets_total{{{c},direction=\"download\"}} 0"),
-            format!("gwsensor_client_info{{{c},group=\"kids\",vendor=\"Xiaomi\",source=\"inventory\",tag_owner=\"alice\"}} 1"),
-            format!("gwsensor_remote_bytes_total{{{c},direction=\"upload\",remote=\"93.184.216.34\",protocol=\"udp\",port=\"443\"}} 3000"),
-            format!("gwsensor_remote_bytes_total{{{c},direction=\"upload\",remote=\"other\",protocol=\"\",port=\"\"}} 80"),
-            format!("gwsensor_destination_packets_total{{{c},direction=\"upload\",destination=\"r35.example\",country=\"NL\",asn=\"\"}} 1"),
-            "gwsensor_series_overflow{family=\"remote\"} 1".to_string(),
-            "gwsensor_packets_total{direction=\"download\",reason=\"seen\"} 0".to_string(),
-            "gwsensor_flow_evictions_total 0".to_string(),
-        ] {
-            assert!(text.lines().any(|l| l == line), "missing line {line}\nin\n{text}");
-        }
-        // No download series for remotes that only carried uploads; each family once, whole.
-        assert!(!text.contains("remote_bytes_total{client=\"kid's \\\"tab\\\" \\\\ 2\",mac=\"64:09:80:00:00:01\",direction=\"download\""));
-        let mut seen = Vec::new();
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let name = line.split(['{', ' ']).next().unwrap();
-            if seen.last() != Some(&name) {
-                assert!(!seen.contains(&name), "family {name} is split\n{text}");
-                seen.push(name);
-            }
-        }
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), seen.len());
-    }
 
     /// The registry's health metrics and the traffic text in one scrape.
     #[test]

@@ -133,8 +133,8 @@ impl Pipeline {
         // One pass over the flow map for all of them (retiring frees their kernel slots).
         self.maps.remove_clients(&retired)?;
         let account = lap();
-        // The view first: replacing it lets the previous snapshot go before the metrics text
-        // is written (a full map's list is megabytes).
+        // The view first: replacing it lets the previous snapshot go before the metrics
+        // families are made (a full map's list is megabytes).
         let new_view = Arc::new(self.build_view(Arc::clone(&snap), now));
         if let Ok(mut slot) = self.view.write() {
             *slot = new_view;

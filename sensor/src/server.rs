@@ -61,26 +61,15 @@ async fn flows(State(state): State<AppState>, Query(q): Query<FlowsQuery>) -> im
 async fn scrape(State(state): State<AppState>) -> Response {
     match state.metrics.exposition() {
         Ok((health, traffic)) => {
-            // Sent as two chunks: the traffic text is shared with the metrics, not copied.
-            let length = health.len() + traffic.len();
-            let parts = [Bytes::from(health), Bytes::from_owner(SharedText(traffic))];
-            let body = Body::from_stream(futures_util::stream::iter(parts.map(Ok::<_, Infallible>)));
-            let headers = [(header::CONTENT_TYPE, HeaderValue::from_static(prometheus::TEXT_FORMAT)), (header::CONTENT_LENGTH, HeaderValue::from(length))];
-            (StatusCode::OK, headers, body).into_response()
+            // The traffic text is written as the scrape reads it (chunked): never whole in memory.
+            let chunks = std::iter::once(Bytes::from(health)).chain(traffic.map(Bytes::from));
+            let body = Body::from_stream(futures_util::stream::iter(chunks.map(Ok::<_, Infallible>)));
+            (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static(prometheus::TEXT_FORMAT))], body).into_response()
         }
         Err(e) => {
             let text = format!("rendering metrics failed: {e}\n");
             (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], text).into_response()
         }
-    }
-}
-
-/// A text shared behind an `Arc`, as the bytes of a response body.
-struct SharedText(Arc<String>);
-
-impl AsRef<[u8]> for SharedText {
-    fn as_ref(&self) -> &[u8] {
-        self.0.as_bytes()
     }
 }
 

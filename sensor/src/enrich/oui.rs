@@ -10,13 +10,13 @@
 //! phones and laptops make one up per network for privacy. Those are [`Vendor::Randomized`].
 
 use std::{
-    collections::{HashMap, HashSet},
     fmt,
+    hash::BuildHasher as _,
     path::{Path, PathBuf},
-    sync::Arc,
 };
 
 use anyhow::Context as _;
+use hashbrown::HashTable;
 
 use crate::accounting::Mac;
 
@@ -64,12 +64,18 @@ pub fn is_locally_administered(mac: &Mac) -> bool {
 
 /// MAC prefix → organization, for /24, /28 and /36 (and any other length a `manuf` file
 /// uses), looked up longest first.
+///
+/// Sorted arrays searched by bisection rather than hash maps, and each organization name
+/// stored once: the whole IEEE registry (~46,000 prefixes, ~30,000 names) takes about
+/// 1.2 MB, where maps of shared strings took 4.6 MB.
 #[derive(Clone, Debug, Default)]
 pub struct OuiDb {
-    /// One table per prefix length, longest first. Keys are the prefix's top bits.
-    tables: Vec<(u8, HashMap<u64, Arc<str>>)>,
-    /// Organization names are shared between their prefixes (Apple alone has ~1,000).
-    names: HashSet<Arc<str>>,
+    /// Prefixes of more than 32 bits (the /36s), one table per length, longest first.
+    wide: Vec<Table<[u32; 2]>>,
+    /// Prefixes of up to 32 bits (the /24s and /28s), one table per length, longest first;
+    /// all shorter than those of `wide`, so searched after them.
+    narrow: Vec<Table<u32>>,
+    names: Names,
     files: Vec<PathBuf>,
 }
 
@@ -106,14 +112,25 @@ impl OuiDb {
         Ok(count)
     }
 
-    /// Adds a registry file's entries from its text; `origin` names it in errors.
+    /// Adds a registry file's entries from its text; `origin` names it in errors. A prefix
+    /// given again, in this text or an earlier one, now names the later organization. A text
+    /// with an error adds nothing.
     pub fn add_text(&mut self, text: &str, origin: &Path) -> anyhow::Result<usize> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        let mut entries = Vec::new();
-        match detect(text) {
-            Some(Format::IeeeCsv) => parse_ieee_csv(text, &mut entries),
-            Some(Format::IeeeTxt) => parse_ieee_txt(text, &mut entries),
-            Some(Format::Manuf) => parse_manuf(text, &mut entries),
+        // Names are stored as they are read, each once; the prefixes wait in `staged` until
+        // the whole text has parsed, so that an error leaves the tables as they were.
+        let names_before = self.names.count();
+        let mut interner = Interner::new(&self.names);
+        let mut staged: Vec<Staged> = Vec::new();
+        let mut add = |bits: u8, key: u64, name: &str| -> Result<(), String> {
+            let id = interner.intern(&mut self.names, name)?;
+            staged.push((bits, key, id));
+            Ok(())
+        };
+        let parsed = match detect(text) {
+            Some(Format::IeeeCsv) => parse_ieee_csv(text, &mut add),
+            Some(Format::IeeeTxt) => parse_ieee_txt(text, &mut add),
+            Some(Format::Manuf) => parse_manuf(text, &mut add),
             None => Err((
                 1,
                 "not an OUI registry file: expected the IEEE's oui.csv/mam.csv/oui36.csv \
@@ -122,41 +139,39 @@ impl OuiDb {
                  (`00:00:0C<TAB>Cisco<TAB>Cisco Systems, Inc` lines)"
                     .to_string(),
             )),
+        };
+        // Only needed while loading: kept, the index would add a quarter to the database.
+        drop(interner);
+        if let Err((line, message)) = parsed {
+            self.names.truncate(names_before);
+            anyhow::bail!("{}:{line}: {message}", origin.display());
         }
-        .map_err(|(line, message)| anyhow::anyhow!("{}:{line}: {message}", origin.display()))?;
-        let count = entries.len();
-        for (bits, key, name) in entries {
-            self.insert(bits, key, &name);
-        }
+        self.names.shrink_to_fit();
+        let count = staged.len();
+        self.merge(&staged);
         Ok(count)
     }
 
-    fn insert(&mut self, bits: u8, key: u64, name: &str) {
-        let name = match self.names.get(name) {
-            Some(shared) => shared.clone(),
-            None => {
-                let shared: Arc<str> = Arc::from(name);
-                self.names.insert(shared.clone());
-                shared
+    /// Adds the prefixes of one text to their tables, the later of two equal ones winning.
+    fn merge(&mut self, staged: &[Staged]) {
+        // Bit n set: some prefix is n bits long (at most 48, as the parsers check).
+        let lengths = staged
+            .iter()
+            .fold(0u64, |set, &(bits, ..)| set | (1 << bits));
+        for bits in (0..=48u8).filter(|bits| lengths & (1 << bits) != 0) {
+            if bits > 32 {
+                merge_into(&mut self.wide, bits, staged);
+            } else {
+                merge_into(&mut self.narrow, bits, staged);
             }
-        };
-        let i = match self.tables.iter().position(|(b, _)| *b <= bits) {
-            Some(i) if self.tables[i].0 == bits => i,
-            Some(i) => {
-                self.tables.insert(i, (bits, HashMap::new()));
-                i
-            }
-            None => {
-                self.tables.push((bits, HashMap::new()));
-                self.tables.len() - 1
-            }
-        };
-        self.tables[i].1.insert(key, name);
+        }
     }
 
     /// Prefixes known, over all lengths.
     pub fn len(&self) -> usize {
-        self.tables.iter().map(|(_, t)| t.len()).sum()
+        let wide: usize = self.wide.iter().map(|t| t.slots.len()).sum();
+        let narrow: usize = self.narrow.iter().map(|t| t.slots.len()).sum();
+        wide + narrow
     }
 
     pub fn is_empty(&self) -> bool {
@@ -183,10 +198,202 @@ impl OuiDb {
     /// administration bit.
     pub fn organization(&self, mac: &Mac) -> Option<&str> {
         let value = mac.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
-        self.tables
+        let id = self
+            .wide
             .iter()
-            .find_map(|(bits, table)| table.get(&(value >> (48 - u32::from(*bits)))))
-            .map(|name| &**name)
+            .find_map(|table| table.get(value))
+            .or_else(|| self.narrow.iter().find_map(|table| table.get(value)))?;
+        Some(self.names.get(id))
+    }
+
+    /// Every (bits, prefix, organization), longest prefixes first, each length by prefix.
+    #[cfg(test)]
+    fn entries(&self) -> impl Iterator<Item = (u8, u64, &str)> {
+        let wide = self.wide.iter().flat_map(|t| {
+            t.slots
+                .iter()
+                .map(|&(key, id)| (t.bits, key.to_u64(), self.names.get(id)))
+        });
+        let narrow = self.narrow.iter().flat_map(|t| {
+            t.slots
+                .iter()
+                .map(|&(key, id)| (t.bits, key.to_u64(), self.names.get(id)))
+        });
+        wide.chain(narrow)
+    }
+}
+
+/// A prefix as read, before it joins its table: (bits, prefix, name id).
+type Staged = (u8, u64, u32);
+
+/// The prefixes of one length, sorted by prefix, each with its organization's id in
+/// [`Names`].
+#[derive(Clone, Debug)]
+struct Table<K> {
+    bits: u8,
+    slots: Vec<(K, u32)>,
+}
+
+impl<K: Key> Table<K> {
+    /// The organization id of the prefix of `value` (a MAC address's 48 bits), if listed.
+    fn get(&self, value: u64) -> Option<u32> {
+        let key = K::of(value >> (48 - u32::from(self.bits)));
+        let at = self.slots.binary_search_by_key(&key, |&(k, _)| k).ok()?;
+        Some(self.slots[at].1)
+    }
+}
+
+/// Adds the `bits`-long prefixes of `staged` to their table in `tables` (longest first),
+/// making the table if it is the first of its length.
+fn merge_into<K: Key>(tables: &mut Vec<Table<K>>, bits: u8, staged: &[Staged]) {
+    let at = match tables.iter().position(|t| t.bits <= bits) {
+        Some(at) if tables[at].bits == bits => at,
+        Some(at) => {
+            tables.insert(
+                at,
+                Table {
+                    bits,
+                    slots: Vec::new(),
+                },
+            );
+            at
+        }
+        None => {
+            tables.push(Table {
+                bits,
+                slots: Vec::new(),
+            });
+            tables.len() - 1
+        }
+    };
+    let slots = &mut tables[at].slots;
+    let new = staged.iter().filter(|(b, ..)| *b == bits);
+    // Exactly: a table is not grown again until the next file, so slack would be kept.
+    slots.reserve_exact(new.clone().count());
+    slots.extend(new.map(|&(_, key, id)| (K::of(key), id)));
+    // A stable sort keeps equal prefixes in the order they came (the tables' before the
+    // text's, the text's in its order), so that the last of each run is the latest.
+    slots.sort_by_key(|&(key, _)| key);
+    slots.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            kept.1 = later.1;
+        }
+        same
+    });
+    slots.shrink_to_fit();
+}
+
+/// A prefix as a table keeps it. Those of up to 32 bits (the /24s and /28s, four in five)
+/// fit a `u32`, for 8-byte slots; longer ones take two `u32`s, for 12-byte slots where a
+/// `u64` would be padded to 16.
+trait Key: Copy + Ord {
+    fn of(prefix: u64) -> Self;
+    #[cfg(test)]
+    fn to_u64(self) -> u64;
+}
+
+impl Key for u32 {
+    fn of(prefix: u64) -> u32 {
+        // Only the tables of up to 32 bits have u32 keys: nothing is cut off.
+        prefix as u32
+    }
+    #[cfg(test)]
+    fn to_u64(self) -> u64 {
+        u64::from(self)
+    }
+}
+
+impl Key for [u32; 2] {
+    fn of(prefix: u64) -> [u32; 2] {
+        // High half first, so that arrays order as the prefixes do.
+        [(prefix >> 32) as u32, prefix as u32]
+    }
+    #[cfg(test)]
+    fn to_u64(self) -> u64 {
+        (u64::from(self[0]) << 32) | u64::from(self[1])
+    }
+}
+
+/// Organization names, each stored once (Apple alone has ~1,000 prefixes), in one string:
+/// a `String` or `Box<str>` each would cost a pointer and an allocation per name.
+#[derive(Clone, Debug, Default)]
+struct Names {
+    text: String,
+    /// Where each name ends in `text`; it starts where the one before ends.
+    ends: Vec<u32>,
+}
+
+impl Names {
+    fn count(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn get(&self, id: u32) -> &str {
+        let id = id as usize;
+        let start = match id {
+            0 => 0,
+            _ => self.ends[id - 1] as usize,
+        };
+        &self.text[start..self.ends[id] as usize]
+    }
+
+    /// Appends `name`; returns its id.
+    fn push(&mut self, name: &str) -> Result<u32, String> {
+        let id = u32::try_from(self.ends.len());
+        let end = u32::try_from(self.text.len() + name.len());
+        let (Ok(id), Ok(end)) = (id, end) else {
+            return Err("more than 4 GiB of organization names".into());
+        };
+        self.text.push_str(name);
+        self.ends.push(end);
+        Ok(id)
+    }
+
+    /// Forgets the names after the first `count`.
+    fn truncate(&mut self, count: usize) {
+        self.ends.truncate(count);
+        self.text
+            .truncate(self.ends.last().map_or(0, |&end| end as usize));
+        self.shrink_to_fit();
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.text.shrink_to_fit();
+        self.ends.shrink_to_fit();
+    }
+}
+
+/// An index of the names of a [`Names`] by their text, to store each name once. Only kept
+/// while a text is read.
+struct Interner {
+    index: HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Interner {
+    fn new(names: &Names) -> Interner {
+        let hasher = foldhash::fast::RandomState::default();
+        let mut index = HashTable::with_capacity(names.count());
+        // `push` keeps the count within u32.
+        for id in 0..names.count() as u32 {
+            let hash = hasher.hash_one(names.get(id));
+            index.insert_unique(hash, id, |&id| hasher.hash_one(names.get(id)));
+        }
+        Interner { index, hasher }
+    }
+
+    /// The id of `name` in `names`, appending it if new.
+    fn intern(&mut self, names: &mut Names, name: &str) -> Result<u32, String> {
+        let hash = self.hasher.hash_one(name);
+        if let Some(&id) = self.index.find(hash, |&id| names.get(id) == name) {
+            return Ok(id);
+        }
+        let id = names.push(name)?;
+        let hasher = &self.hasher;
+        self.index
+            .insert_unique(hash, id, |&id| hasher.hash_one(names.get(id)));
+        Ok(id)
     }
 }
 
@@ -197,8 +404,6 @@ enum Format {
     Manuf,
 }
 
-/// (prefix length in bits, prefix value, organization)
-type Entry = (u8, u64, String);
 /// (1-based line, message)
 type LineError = (usize, String);
 
@@ -227,7 +432,10 @@ fn parse_hex_prefix(s: &str) -> Option<(u8, u64)> {
     Some(((s.len() * 4) as u8, u64::from_str_radix(s, 16).ok()?))
 }
 
-fn parse_ieee_csv(text: &str, out: &mut Vec<Entry>) -> Result<(), LineError> {
+/// Takes each entry read: (prefix length in bits, prefix value, organization).
+type Sink<'a> = dyn FnMut(u8, u64, &str) -> Result<(), String> + 'a;
+
+fn parse_ieee_csv(text: &str, add: &mut Sink<'_>) -> Result<(), LineError> {
     let mut header = true;
     for_each_csv_record(text, |line, fields| {
         if std::mem::take(&mut header) {
@@ -253,7 +461,7 @@ fn parse_ieee_csv(text: &str, out: &mut Vec<Entry>) -> Result<(), LineError> {
             })?;
         let name = fields[2].trim();
         if !name.is_empty() {
-            out.push((bits, value, name.to_string()));
+            add(bits, value, name).map_err(|m| (line, m))?;
         }
         Ok(())
     })
@@ -320,14 +528,14 @@ fn for_each_csv_record(
 /// `oui.txt`, `mam.txt`, `oui36.txt`, `iab.txt`: an `XX-XX-XX   (hex)  Org` line, then an
 /// `XXXXXX     (base 16)  Org` line whose range (`900000-9FFFFF` for MA-M, `F2F000-F2FFFF`
 /// for MA-S) gives the longer prefixes. Address lines are ignored.
-fn parse_ieee_txt(text: &str, out: &mut Vec<Entry>) -> Result<(), LineError> {
+fn parse_ieee_txt(text: &str, add: &mut Sink<'_>) -> Result<(), LineError> {
     // (line, 24-bit prefix, organization) of the `(hex)` line not yet completed.
-    let mut pending: Option<(usize, u64, String)> = None;
+    let mut pending: Option<(usize, u64, &str)> = None;
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
         if let Some(at) = raw.find("(hex)") {
-            if let Some((_, prefix, name)) = pending.take() {
-                out.push((24, prefix, name));
+            if let Some((hex_line, prefix, name)) = pending.take() {
+                add(24, prefix, name).map_err(|m| (hex_line, m))?;
             }
             let prefix = raw[..at].trim();
             let digits: String = prefix.chars().filter(|c| *c != '-' && *c != ':').collect();
@@ -340,7 +548,7 @@ fn parse_ieee_txt(text: &str, out: &mut Vec<Entry>) -> Result<(), LineError> {
                         format!("`{prefix}` is not an OUI (expected XX-XX-XX)"),
                     )
                 })?;
-            let name = raw[at + "(hex)".len()..].trim().to_string();
+            let name = raw[at + "(hex)".len()..].trim();
             if !name.is_empty() {
                 pending = Some((line, value, name));
             }
@@ -350,7 +558,7 @@ fn parse_ieee_txt(text: &str, out: &mut Vec<Entry>) -> Result<(), LineError> {
             };
             let range = raw[..at].trim();
             let Some((low, high)) = range.split_once('-') else {
-                out.push((24, prefix, name));
+                add(24, prefix, name).map_err(|m| (hex_line, m))?;
                 continue;
             };
             let (low, high) = (low.trim(), high.trim());
@@ -371,15 +579,16 @@ fn parse_ieee_txt(text: &str, out: &mut Vec<Entry>) -> Result<(), LineError> {
             } else {
                 u64::from_str_radix(&low[..common], 16).unwrap_or(0)
             };
-            out.push((
+            add(
                 (24 + 4 * common) as u8,
                 (prefix << (4 * common)) | sub,
                 name,
-            ));
+            )
+            .map_err(|m| (hex_line, m))?;
         }
     }
-    if let Some((_, prefix, name)) = pending {
-        out.push((24, prefix, name));
+    if let Some((hex_line, prefix, name)) = pending {
+        add(24, prefix, name).map_err(|m| (hex_line, m))?;
     }
     Ok(())
 }
@@ -387,7 +596,7 @@ fn parse_ieee_txt(text: &str, out: &mut Vec<Entry>) -> Result<(), LineError> {
 /// Wireshark's `manuf`: `00:00:0C<TAB>Cisco<TAB>Cisco Systems, Inc`, or with a mask,
 /// `00:1B:C5:00:00:00/36<TAB>Converg<TAB>Converging Systems Inc.`. Older files put the long
 /// name in a `# comment` after the short one.
-fn parse_manuf(text: &str, out: &mut Vec<Entry>) -> Result<(), LineError> {
+fn parse_manuf(text: &str, add: &mut Sink<'_>) -> Result<(), LineError> {
     for (i, raw) in text.lines().enumerate() {
         let trimmed = raw.trim();
         if trimmed.is_empty() || trimmed.starts_with('#') {
@@ -395,13 +604,14 @@ fn parse_manuf(text: &str, out: &mut Vec<Entry>) -> Result<(), LineError> {
         }
         let (bits, value, name) = parse_manuf_line(trimmed).map_err(|m| (i + 1, m))?;
         if !name.is_empty() {
-            out.push((bits, value, name));
+            add(bits, value, name).map_err(|m| (i + 1, m))?;
         }
     }
     Ok(())
 }
 
-fn parse_manuf_line(line: &str) -> Result<Entry, String> {
+/// (prefix length in bits, prefix value, organization)
+fn parse_manuf_line(line: &str) -> Result<(u8, u64, &str), String> {
     let (prefix, rest) = match line.split_once(|c: char| c.is_whitespace()) {
         Some((p, r)) => (p, r.trim()),
         None => (line, ""),
@@ -451,7 +661,7 @@ fn parse_manuf_line(line: &str) -> Result<Entry, String> {
         (None, Some((short, _))) => short.trim(),
         (None, None) => short,
     };
-    Ok((bits, value, name.to_string()))
+    Ok((bits, value, name))
 }
 
 #[cfg(test)]
@@ -666,17 +876,202 @@ mod tests {
         if txt.len() == paths.len() {
             let from_txt = OuiDb::load_all(&txt).unwrap();
             assert_eq!(from_txt.len(), db.len());
-            for (bits, table) in &db.tables {
-                let other = &from_txt.tables.iter().find(|(b, _)| b == bits).unwrap().1;
-                let unquoted = |s: &str| s.replace('"', "");
-                for (key, name) in table.iter().step_by(97) {
-                    assert_eq!(
-                        other.get(key).map(|n| unquoted(n)),
-                        Some(unquoted(name)),
-                        "/{bits} {key:x}"
-                    );
-                }
+            let unquoted = |s: &str| s.replace('"', "");
+            for (csv, txt) in db.entries().zip(from_txt.entries()) {
+                assert_eq!(
+                    (csv.0, csv.1, unquoted(csv.2)),
+                    (txt.0, txt.1, unquoted(txt.2))
+                );
             }
+        }
+    }
+
+    fn add(db: &mut OuiDb, text: &str) -> usize {
+        db.add_text(text, Path::new("test")).unwrap()
+    }
+
+    /// A `manuf` line for the `bits`-long prefix `key`.
+    fn manuf_line(bits: u8, key: u64, name: &str) -> String {
+        let mac = (key << (48 - bits)).to_be_bytes();
+        let [a, b, c, d, e, f] = [mac[2], mac[3], mac[4], mac[5], mac[6], mac[7]];
+        format!("{a:02X}:{b:02X}:{c:02X}:{d:02X}:{e:02X}:{f:02X}/{bits}\tShort\t{name}\n")
+    }
+
+    #[test]
+    fn longest_prefix_wins_over_lengths_added_in_any_order() {
+        let mut db = OuiDb::empty();
+        // Lengths come in no order, on either side of 32 bits (wide and narrow tables).
+        add(
+            &mut db,
+            "00:1B:C5:00:10:00/36\tSmall\tSmall Co\n\
+             00:1B:C5:00:00:01/48\tOne\tOne Address\n",
+        );
+        add(&mut db, "00:1B:C5\tIEEE\tIEEE Registration Authority\n");
+        add(
+            &mut db,
+            "00:1B:C5:00:00:00/33\tHalf\tHalf Block\n\
+             00:1B:C5:00:00:00/28\tBlock\tBlock Of 28\n\
+             00:1B:C5:00:00:00/32\tQuarter\tBlock Of 32\n",
+        );
+        let wide: Vec<u8> = db.wide.iter().map(|t| t.bits).collect();
+        let narrow: Vec<u8> = db.narrow.iter().map(|t| t.bits).collect();
+        assert_eq!((wide, narrow), (vec![48, 36, 33], vec![32, 28, 24]));
+        assert_eq!(db.len(), 6);
+        let cases: &[([u8; 6], Vendor)] = &[
+            ([0x00, 0x1b, 0xc5, 0x00, 0x00, 0x01], known("One Address")),
+            ([0x00, 0x1b, 0xc5, 0x00, 0x00, 0x02], known("Half Block")),
+            // The /36 inside the /33 inside the /32 inside the /28 inside the /24.
+            ([0x00, 0x1b, 0xc5, 0x00, 0x10, 0x00], known("Small Co")),
+            ([0x00, 0x1b, 0xc5, 0x00, 0x1f, 0xff], known("Small Co")),
+            ([0x00, 0x1b, 0xc5, 0x00, 0x20, 0x00], known("Half Block")),
+            ([0x00, 0x1b, 0xc5, 0x00, 0x80, 0x00], known("Block Of 32")),
+            ([0x00, 0x1b, 0xc5, 0x01, 0x00, 0x00], known("Block Of 28")),
+            (
+                [0x00, 0x1b, 0xc5, 0x10, 0x00, 0x00],
+                known("IEEE Registration Authority"),
+            ),
+            (
+                [0x00, 0x1b, 0xc5, 0xff, 0xff, 0xff],
+                known("IEEE Registration Authority"),
+            ),
+            ([0x00, 0x1b, 0xc4, 0xff, 0xff, 0xff], Vendor::Unknown),
+            ([0x00, 0x1b, 0xc6, 0x00, 0x00, 0x00], Vendor::Unknown),
+            ([0x00, 0x00, 0x00, 0x00, 0x00, 0x00], Vendor::Unknown),
+            ([0xfc, 0xff, 0xff, 0xff, 0xff, 0xff], Vendor::Unknown),
+            // 00:1B:C5:00:00:01 with the local bit: random, whatever is registered.
+            ([0x02, 0x1b, 0xc5, 0x00, 0x00, 0x01], Vendor::Randomized),
+        ];
+        for (mac, vendor) in cases {
+            assert_eq!(&db.vendor(mac), vendor, "{mac:02x?}");
+        }
+        assert_eq!(OuiDb::empty().organization(&[0; 6]), None);
+        // What the two slot sizes are for.
+        assert_eq!(size_of::<(u32, u32)>(), 8);
+        assert_eq!(size_of::<([u32; 2], u32)>(), 12);
+    }
+
+    #[test]
+    fn a_prefix_given_again_names_the_later_organization() {
+        let header = "Registry,Assignment,Organization Name,Organization Address\n";
+        let mut db = OuiDb::empty();
+        let first = format!(
+            "{header}MA-L,001122,First,x\nMA-L,0011AA,Kept,x\nMA-M,0011220,Longer,x\n\
+             MA-L,001122,Second,x\nMA-L,001122,Third,x\n"
+        );
+        // Every entry is counted, the repeated prefix once in the database.
+        assert_eq!(add(&mut db, &first), 5);
+        assert_eq!(db.len(), 3);
+        assert_eq!(
+            db.organization(&[0x00, 0x11, 0x22, 0x10, 0, 0]),
+            Some("Third")
+        );
+        assert_eq!(
+            db.organization(&[0x00, 0x11, 0x22, 0x00, 0, 0]),
+            Some("Longer")
+        );
+        assert_eq!(db.organization(&[0x00, 0x11, 0xaa, 0, 0, 0]), Some("Kept"));
+        // A later text replaces the prefix again and leaves the others; names it shares
+        // with the first are not stored twice.
+        let names = db.names.count();
+        add(&mut db, &format!("{header}MA-L,001122,Kept,x\n"));
+        assert_eq!(db.len(), 3);
+        assert_eq!(db.names.count(), names);
+        assert_eq!(
+            db.organization(&[0x00, 0x11, 0x22, 0x10, 0, 0]),
+            Some("Kept")
+        );
+        assert_eq!(
+            db.organization(&[0x00, 0x11, 0x22, 0x00, 0, 0]),
+            Some("Longer")
+        );
+        assert_eq!(db.organization(&[0x00, 0x11, 0xaa, 0, 0, 0]), Some("Kept"));
+    }
+
+    #[test]
+    fn a_bad_text_adds_nothing() {
+        let mut db = OuiDb::load(&data("oui.csv")).unwrap();
+        let before: Vec<(u8, u64, String)> = db
+            .entries()
+            .map(|(b, k, n)| (b, k, n.to_string()))
+            .collect();
+        let (names, bytes) = (db.names.count(), db.names.text.len());
+        let bad = "Registry,Assignment,Organization Name,Organization Address\n\
+                   MA-L,AABBCC,Fresh Name,x\nMA-L,640980,Replaced,x\nMA-L,64098G,Bad,x\n";
+        let e = db.add_text(bad, Path::new("bad")).unwrap_err().to_string();
+        assert!(e.starts_with("bad:4:"), "{e}");
+        let after: Vec<(u8, u64, String)> = db
+            .entries()
+            .map(|(b, k, n)| (b, k, n.to_string()))
+            .collect();
+        assert_eq!(after, before);
+        assert_eq!((db.names.count(), db.names.text.len()), (names, bytes));
+        assert_eq!(db.vendor(&[0xaa, 0xbb, 0xcc, 0, 0, 0]), Vendor::Randomized);
+        assert_eq!(db.organization(&[0xaa, 0xbb, 0xcc, 0, 0, 0]), None);
+        // And the database still takes good ones after.
+        add(&mut db, "AA:BB:CC\tFresh\tFresh Name\n");
+        assert_eq!(
+            db.organization(&[0xaa, 0xbb, 0xcc, 0, 0, 0]),
+            Some("Fresh Name")
+        );
+        assert_eq!(db.names.count(), names + 1);
+    }
+
+    /// Against a map of (bits, prefix) → name, filled in order, looked up longest first:
+    /// the structure this one replaced.
+    #[test]
+    fn matches_a_map_of_every_length() {
+        let mut rng = fastrand::Rng::with_seed(2024);
+        let lengths = [8, 24, 28, 31, 32, 33, 36, 40, 48];
+        // Few /24s, so that prefixes nest and repeat.
+        let ouis = [0x001bc5u64, 0x70b3d5, 0x8c1f64, 0xfcffaa];
+        let mut model: std::collections::HashMap<(u8, u64), String> = Default::default();
+        let mut db = OuiDb::empty();
+        for _ in 0..8 {
+            let mut text = String::new();
+            for _ in 0..rng.usize(1..300) {
+                let bits: u8 = lengths[rng.usize(..lengths.len())];
+                let mac = (ouis[rng.usize(..ouis.len())] << 24) | (rng.u64(..1 << 24) & 0xf0f00f);
+                let key = mac >> (48 - bits);
+                let name = format!("Org {}", rng.u32(..40));
+                text.push_str(&manuf_line(bits, key, &name));
+                model.insert((bits, key), name);
+            }
+            add(&mut db, &text);
+        }
+        assert_eq!(db.len(), model.len());
+        assert!(db.names.count() <= 40);
+        let mut won = std::collections::BTreeSet::new();
+        for _ in 0..20_000 {
+            // Mostly where the prefixes are dense, some between them, some in other /24s.
+            let mask = if rng.bool() { 0xf0f00f } else { 0xffffff };
+            let mut mac = (ouis[rng.usize(..ouis.len())] << 24) | (rng.u64(..1 << 24) & mask);
+            if rng.u8(..8) == 0 {
+                mac ^= rng.u64(1..1 << 16) << 24;
+            }
+            let bytes = mac.to_be_bytes();
+            let mac: Mac = [bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]];
+            let value = mac.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+            let expected = (1..=48u8).rev().find_map(|bits| {
+                let name = model.get(&(bits, value >> (48 - bits)))?;
+                Some((bits, name.as_str()))
+            });
+            if let Some((bits, _)) = expected {
+                won.insert(bits);
+            }
+            assert_eq!(
+                db.organization(&mac),
+                expected.map(|(_, name)| name),
+                "{mac:02x?}"
+            );
+        }
+        assert_eq!(
+            won.len(),
+            lengths.len(),
+            "every length named some address: {won:?}"
+        );
+        // Every length sorted and without repeats, for the bisection.
+        for (a, b) in db.entries().zip(db.entries().skip(1)) {
+            assert!(a.0 > b.0 || (a.0 == b.0 && a.1 < b.1), "{a:?} then {b:?}");
         }
     }
 }

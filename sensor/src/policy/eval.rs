@@ -62,6 +62,113 @@ struct Sample {
     packets: [u64; 2],
 }
 
+/// Samples a series keeps inline: most series only ever see one or two steps of traffic.
+const INLINE_SAMPLES: usize = 2;
+
+/// A series' window, oldest sample first: up to [`INLINE_SAMPLES`] in the series itself,
+/// more on the heap (back inline once the window drains to that few).
+#[derive(Debug, Clone)]
+enum Samples {
+    Inline {
+        len: u8,
+        buf: [Sample; INLINE_SAMPLES],
+    },
+    Heap(VecDeque<Sample>),
+}
+
+impl Default for Samples {
+    fn default() -> Samples {
+        Samples::Inline {
+            len: 0,
+            buf: [Sample::default(); INLINE_SAMPLES],
+        }
+    }
+}
+
+impl Samples {
+    fn from_vec(samples: Vec<Sample>) -> Samples {
+        if samples.len() > INLINE_SAMPLES {
+            return Samples::Heap(samples.into());
+        }
+        Samples::collect(samples)
+    }
+
+    fn collect(samples: impl IntoIterator<Item = Sample>) -> Samples {
+        let mut all = Samples::default();
+        samples.into_iter().for_each(|x| all.push_back(x));
+        all
+    }
+
+    fn as_slices(&self) -> (&[Sample], &[Sample]) {
+        match self {
+            Samples::Inline { len, buf } => (&buf[..usize::from(*len)], &[]),
+            Samples::Heap(d) => d.as_slices(),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Sample> {
+        let (a, b) = self.as_slices();
+        a.iter().chain(b)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+
+    fn front(&self) -> Option<&Sample> {
+        self.iter().next()
+    }
+
+    fn back_mut(&mut self) -> Option<&mut Sample> {
+        match self {
+            Samples::Inline { len, buf } => buf[..usize::from(*len)].last_mut(),
+            Samples::Heap(d) => d.back_mut(),
+        }
+    }
+
+    fn push_back(&mut self, sample: Sample) {
+        match self {
+            Samples::Inline { len, buf } if usize::from(*len) < INLINE_SAMPLES => {
+                buf[usize::from(*len)] = sample;
+                *len += 1;
+            }
+            Samples::Inline { buf, .. } => {
+                // Doubles from there as it needs.
+                let mut d = VecDeque::with_capacity(INLINE_SAMPLES + 1);
+                d.extend(*buf);
+                d.push_back(sample);
+                *self = Samples::Heap(d);
+            }
+            Samples::Heap(d) => d.push_back(sample),
+        }
+    }
+
+    fn pop_front(&mut self) {
+        match self {
+            Samples::Inline { len, buf } => {
+                if *len > 0 {
+                    buf.copy_within(1.., 0);
+                    *len -= 1;
+                }
+            }
+            Samples::Heap(d) => {
+                d.pop_front();
+                if d.len() <= INLINE_SAMPLES {
+                    // Frees the heap part: a drained window (e.g. a resolved alert kept for
+                    // re-sending) holds no capacity.
+                    *self = Samples::collect(d.iter().copied());
+                }
+            }
+        }
+    }
+}
+
+impl Serialize for Samples {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 enum Phase {
     #[default]
@@ -74,34 +181,183 @@ enum Phase {
     },
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Series {
-    // Texts shared between series (the evaluator interns them): a client's or a rule's many
-    // series do not each hold a copy. Saved as plain strings.
+/// What a series is labelled with as of its start (stable alert identity), shared: all
+/// series of a rule and client to one country and network hold the same one, and its texts
+/// are shared with the others'.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SeriesLabels {
     rule: Arc<str>,
     mac: Arc<str>,
-    destination: String,
-    /// Labels of the client and destination as of the series' start (stable alert identity).
     client: Arc<str>,
     group: Arc<str>,
     vendor: Arc<str>,
     country: Arc<str>,
     asn: u32,
-    samples: VecDeque<Sample>,
-    /// For event conditions: when the event happened.
-    event_at: Option<u64>,
-    phase: Phase,
-    /// The last instance that resolved, re-sent until the retention ends: (fired_at, resolved_at).
-    resolved: Option<(u64, u64)>,
+}
+
+impl SeriesLabels {
+    /// Rule, mac, client, group, vendor and country: the order [`Interner::labels`] takes.
+    fn texts(&self) -> [&str; 6] {
+        [
+            &self.rule,
+            &self.mac,
+            &self.client,
+            &self.group,
+            &self.vendor,
+            &self.country,
+        ]
+    }
+}
+
+/// The one shared copy of every text and of every set of labels series hold; one no series
+/// holds any more is dropped at the next [`Interner::release`].
+#[derive(Debug, Default)]
+struct Interner {
+    texts: HashSet<Arc<str>>,
+    labels: HashSet<Arc<SeriesLabels>>,
+}
+
+impl Interner {
+    fn text(&mut self, s: &str) -> Arc<str> {
+        if let Some(t) = self.texts.get(s) {
+            return Arc::clone(t);
+        }
+        let t: Arc<str> = Arc::from(s);
+        self.texts.insert(Arc::clone(&t));
+        t
+    }
+
+    /// Of texts in the order of [`SeriesLabels::texts`].
+    fn labels(&mut self, texts: [&str; 6], asn: u32) -> Arc<SeriesLabels> {
+        let [rule, mac, client, group, vendor, country] = texts.map(|t| self.text(t));
+        let labels = SeriesLabels {
+            rule,
+            mac,
+            client,
+            group,
+            vendor,
+            country,
+            asn,
+        };
+        if let Some(l) = self.labels.get(&labels) {
+            return Arc::clone(l);
+        }
+        let labels = Arc::new(labels);
+        self.labels.insert(Arc::clone(&labels));
+        labels
+    }
+
+    fn release(&mut self) {
+        // Labels first: dropping them releases their texts.
+        self.labels.retain(|l| Arc::strong_count(l) > 1);
+        self.texts.retain(|t| Arc::strong_count(t) > 1);
+    }
+}
+
+/// One (rule, client, destination). The map holds it boxed and its destination is the tail
+/// of its id: a B-tree node holds 11 values inline, so every byte of a value counts about
+/// twice (nodes are half to two thirds full).
+#[derive(Debug, Clone)]
+struct Series {
+    labels: Arc<SeriesLabels>,
+    samples: Samples,
+    // The event time, phase and last resolved instance, their `Option`/enum tags packed in
+    // `flags` (see the accessors): 33 bytes instead of 56.
+    event_at: u64,
+    phase_at: u64,
+    resolved: [u64; 2],
     /// Measured values the last time the condition held (for the templates).
     last_bytes: u64,
     last_packets: u64,
     /// Of the alert's labels, computed once (not saved: a restart computes it again).
-    #[serde(skip)]
-    fingerprint: Option<u64>,
+    fingerprint: u64,
+    flags: u8,
 }
 
+// `flags` bits.
+const EVENT: u8 = 1;
+const PENDING: u8 = 2;
+const FIRING: u8 = 4;
+const RESOLVED: u8 = 8;
+const FINGERPRINT: u8 = 16;
+
+// The point of the layout above (a larger value costs a larger allocation per series).
+const _: () = assert!(std::mem::size_of::<Series>() <= 160);
+
 impl Series {
+    fn new(labels: Arc<SeriesLabels>) -> Series {
+        Series {
+            labels,
+            samples: Samples::default(),
+            event_at: 0,
+            phase_at: 0,
+            resolved: [0; 2],
+            last_bytes: 0,
+            last_packets: 0,
+            fingerprint: 0,
+            flags: 0,
+        }
+    }
+
+    fn flag(&self, bit: u8) -> bool {
+        self.flags & bit != 0
+    }
+
+    fn set_flag(&mut self, bit: u8, on: bool) {
+        self.flags = if on {
+            self.flags | bit
+        } else {
+            self.flags & !bit
+        };
+    }
+
+    /// For event conditions: when the event happened.
+    fn event_at(&self) -> Option<u64> {
+        self.flag(EVENT).then_some(self.event_at)
+    }
+
+    fn set_event_at(&mut self, at: Option<u64>) {
+        self.set_flag(EVENT, at.is_some());
+        self.event_at = at.unwrap_or(0);
+    }
+
+    fn phase(&self) -> Phase {
+        if self.flag(PENDING) {
+            Phase::Pending {
+                active_at: self.phase_at,
+            }
+        } else if self.flag(FIRING) {
+            Phase::Firing {
+                fired_at: self.phase_at,
+            }
+        } else {
+            Phase::Inactive
+        }
+    }
+
+    fn set_phase(&mut self, phase: Phase) {
+        let (pending, firing, at) = match phase {
+            Phase::Inactive => (false, false, 0),
+            Phase::Pending { active_at } => (true, false, active_at),
+            Phase::Firing { fired_at } => (false, true, fired_at),
+        };
+        self.set_flag(PENDING, pending);
+        self.set_flag(FIRING, firing);
+        self.phase_at = at;
+    }
+
+    /// The last instance that resolved, re-sent until the retention ends: (fired_at, resolved_at).
+    fn resolved(&self) -> Option<(u64, u64)> {
+        self.flag(RESOLVED)
+            .then_some((self.resolved[0], self.resolved[1]))
+    }
+
+    fn set_resolved(&mut self, resolved: Option<(u64, u64)>) {
+        self.set_flag(RESOLVED, resolved.is_some());
+        let (fired_at, resolved_at) = resolved.unwrap_or_default();
+        self.resolved = [fired_at, resolved_at];
+    }
+
     /// Adds a sample to the window (into the last one if both fall in the same step).
     fn record(&mut self, sample: Sample, window: u64) {
         let step = (window / WINDOW_STEPS).max(1);
@@ -118,13 +374,155 @@ impl Series {
         }
     }
 
-    /// The status of this series' alert, fired at `fired_at` (and resolved at `resolved_at`).
-    fn status(&mut self, rule: &Rule, fired_at: u64, resolved_at: Option<u64>) -> AlertStatus {
-        let fingerprint = match self.fingerprint {
-            Some(fp) => fp,
-            None => *self.fingerprint.insert(alerting::fingerprint(&labels(rule, self))),
-        };
-        AlertStatus { fingerprint, starts_at: at(fired_at), resolved_at: resolved_at.map(at) }
+    /// The status of this series' alert (its id is `id`), fired at `fired_at` (and resolved
+    /// at `resolved_at`).
+    fn status(
+        &mut self,
+        rule: &Rule,
+        id: &str,
+        fired_at: u64,
+        resolved_at: Option<u64>,
+    ) -> AlertStatus {
+        if !self.flag(FINGERPRINT) {
+            self.fingerprint =
+                alerting::fingerprint(&labels(rule, self, destination_of(id, &self.labels)));
+            self.set_flag(FINGERPRINT, true);
+        }
+        AlertStatus {
+            fingerprint: self.fingerprint,
+            starts_at: at(fired_at),
+            resolved_at: resolved_at.map(at),
+        }
+    }
+}
+
+/// The destination of the series `id` labelled `labels`: the rest of its id (see [`series_id`]).
+fn destination_of<'a>(id: &'a str, labels: &SeriesLabels) -> &'a str {
+    id.get(labels.rule.len() + labels.mac.len() + 2..)
+        .unwrap_or_default()
+}
+
+/// The series map as saved: every series with its rule, mac, destination and labels in full,
+/// as it was when the series held them all itself (state files load in either release).
+mod stored {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+    use super::{Interner, Phase, Sample, Samples, Series, destination_of, series_id};
+
+    #[derive(Serialize)]
+    struct SeriesRef<'a> {
+        rule: &'a str,
+        mac: &'a str,
+        destination: &'a str,
+        client: &'a str,
+        group: &'a str,
+        vendor: &'a str,
+        country: &'a str,
+        asn: u32,
+        samples: &'a Samples,
+        event_at: Option<u64>,
+        phase: Phase,
+        resolved: Option<(u64, u64)>,
+        last_bytes: u64,
+        last_packets: u64,
+    }
+
+    /// Same fields in the same order as [`SeriesRef`] (a struct also loads from a sequence).
+    #[derive(Deserialize)]
+    struct StoredSeries {
+        rule: String,
+        mac: String,
+        destination: String,
+        client: String,
+        group: String,
+        vendor: String,
+        country: String,
+        asn: u32,
+        samples: Vec<Sample>,
+        event_at: Option<u64>,
+        phase: Phase,
+        resolved: Option<(u64, u64)>,
+        last_bytes: u64,
+        last_packets: u64,
+    }
+
+    pub fn serialize<S: Serializer>(
+        map: &BTreeMap<Box<str>, Box<Series>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_map(map.iter().map(|(id, series)| {
+            let l = &*series.labels;
+            let value = SeriesRef {
+                rule: &l.rule,
+                mac: &l.mac,
+                destination: destination_of(id, l),
+                client: &l.client,
+                group: &l.group,
+                vendor: &l.vendor,
+                country: &l.country,
+                asn: l.asn,
+                samples: &series.samples,
+                event_at: series.event_at(),
+                phase: series.phase(),
+                resolved: series.resolved(),
+                last_bytes: series.last_bytes,
+                last_packets: series.last_packets,
+            };
+            (id, value)
+        }))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<Box<str>, Box<Series>>, D::Error> {
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = BTreeMap<Box<str>, Box<Series>>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of series")
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(
+                self,
+                mut entries: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut map = BTreeMap::new();
+                // Loaded series share their labels from the start (the evaluator adopts them).
+                let mut interner = Interner::default();
+                while let Some((id, s)) = entries.next_entry::<String, StoredSeries>()? {
+                    let labels = interner.labels(
+                        [&s.rule, &s.mac, &s.client, &s.group, &s.vendor, &s.country],
+                        s.asn,
+                    );
+                    // The destination is kept as the tail of the id only: an id that is not
+                    // the one its series' fields make (a hand-edited file) is corrected.
+                    let canonical = id
+                        .strip_prefix(s.rule.as_str())
+                        .and_then(|r| r.strip_prefix('\u{1f}'))
+                        .and_then(|r| r.strip_prefix(s.mac.as_str()))
+                        .and_then(|r| r.strip_prefix('\u{1f}'))
+                        == Some(s.destination.as_str());
+                    let id = if canonical {
+                        id.into_boxed_str()
+                    } else {
+                        series_id(&s.rule, &s.mac, &s.destination)
+                    };
+                    let mut series = Series::new(labels);
+                    series.samples = Samples::from_vec(s.samples);
+                    series.set_event_at(s.event_at);
+                    series.set_phase(s.phase);
+                    series.set_resolved(s.resolved);
+                    series.last_bytes = s.last_bytes;
+                    series.last_packets = s.last_packets;
+                    map.insert(id, Box::new(series));
+                }
+                Ok(map)
+            }
+        }
+        d.deserialize_map(Visitor)
     }
 }
 
@@ -195,7 +593,10 @@ pub struct EvalState {
     /// Every MAC ever seen, with when.
     devices: BTreeMap<String, u64>,
     destinations: BTreeMap<String, KnownDestinations>,
-    series: BTreeMap<String, Series>,
+    /// By id (see [`series_id`]). Both boxed: nodes of this map hold 11 keys and values each,
+    /// and are a half to two thirds full.
+    #[serde(with = "stored")]
+    series: BTreeMap<Box<str>, Box<Series>>,
 }
 
 pub struct Evaluator {
@@ -204,22 +605,25 @@ pub struct Evaluator {
     /// Base URL of the sensor's API, for generatorURL.
     external_url: String,
     resolved_retention: Duration,
-    /// The series' shared texts; one no series holds any more is dropped at the next step.
-    texts: HashSet<Arc<str>>,
+    /// The series' shared labels; released at every step.
+    interner: Interner,
 }
 
-/// The one shared copy of `s` in `texts`.
-fn intern(texts: &mut HashSet<Arc<str>>, s: &str) -> Arc<str> {
-    if let Some(t) = texts.get(s) {
-        return Arc::clone(t);
-    }
-    let t: Arc<str> = Arc::from(s);
-    texts.insert(Arc::clone(&t));
-    t
+fn series_id(rule: &str, mac: &str, destination: &str) -> Box<str> {
+    // Exactly sized (format! leaves slack): a new series keeps its id as its key.
+    [rule, mac, destination].join("\u{1f}").into_boxed_str()
 }
 
-fn series_id(rule: &str, mac: &str, destination: &str) -> String {
-    format!("{rule}\u{1f}{mac}\u{1f}{destination}")
+/// The flows in runs of one client each. A client's flows come one after the other (the read
+/// is sorted by client address), so per-client work is done once per run, not per flow.
+fn client_runs(flows: &[FlowFacts]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        let first = flows.get(start)?;
+        let run = start..start + flows[start..].iter().take_while(|f| f.client == first.client).count();
+        start = run.end;
+        Some(run)
+    })
 }
 
 fn level_name(by: GroupBy) -> &'static str {
@@ -240,19 +644,18 @@ impl Evaluator {
         external_url: String,
         resolved_retention: Duration,
     ) -> Evaluator {
-        let mut texts = HashSet::new();
-        // Loaded series share their texts too.
+        let mut interner = Interner::default();
+        // Loaded series share their labels with the ones to come.
         for s in state.series.values_mut() {
-            for t in [&mut s.rule, &mut s.mac, &mut s.client, &mut s.group, &mut s.vendor, &mut s.country] {
-                *t = intern(&mut texts, t);
-            }
+            let labels = interner.labels(s.labels.texts(), s.labels.asn);
+            s.labels = labels;
         }
         Evaluator {
             policy,
             state,
             external_url,
             resolved_retention,
-            texts,
+            interner,
         }
     }
 
@@ -269,10 +672,10 @@ impl Evaluator {
         let names: BTreeSet<&str> = policy.rules.iter().map(|r| r.name.as_str()).collect();
         self.state
             .series
-            .retain(|_, s| names.contains(&*s.rule));
+            .retain(|_, s| names.contains(&*s.labels.rule));
         // A rule's labels may have changed.
         for s in self.state.series.values_mut() {
-            s.fingerprint = None;
+            s.set_flag(FINGERPRINT, false);
         }
         self.policy = policy;
         self.external_url = external_url;
@@ -283,9 +686,21 @@ impl Evaluator {
     /// series or its rule is gone.
     pub fn alert(&self, series: &str, status: &AlertStatus) -> Option<Alert> {
         let s = self.state.series.get(series)?;
-        let rule = self.policy.rules.iter().find(|r| *r.name == *s.rule)?;
+        let rule = self
+            .policy
+            .rules
+            .iter()
+            .find(|r| *r.name == *s.labels.rule)?;
         let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        Some(alert(rule, s, secs(status.starts_at), status.resolved_at.map(secs), &self.external_url))
+        let destination = destination_of(series, &s.labels);
+        Some(alert(
+            rule,
+            s,
+            destination,
+            secs(status.starts_at),
+            status.resolved_at.map(secs),
+            &self.external_url,
+        ))
     }
 
     pub fn evaluate(&mut self, facts: &PollFacts) -> Outcome {
@@ -317,7 +732,7 @@ impl Evaluator {
                     continue;
                 }
                 if let Some(s) = self.series(rule, client, None, &mut outcome) {
-                    s.event_at = Some(now);
+                    s.set_event_at(Some(now));
                 }
             }
         }
@@ -330,39 +745,50 @@ impl Evaluator {
     pub fn add_flows(&mut self, outcome: &mut Outcome, now: u64, clients: &[ClientFacts], flows: &[FlowFacts]) {
         let new_destinations = self.learn_destinations(now, clients, flows);
         let rules = std::mem::take(&mut self.policy.rules);
+        let exceptions = std::mem::take(&mut self.policy.exceptions);
         for rule in &rules {
             if rule.schedule.as_ref().is_some_and(|s| !s.contains(now)) || matches!(rule.condition, Condition::NewDevice(_)) {
                 continue;
             }
             let window = rule.condition.window().as_secs().max(1);
             let event = matches!(rule.condition, Condition::NewDestination(_));
-            for (i, f) in flows.iter().enumerate() {
-                let client = &clients[f.client];
-                if !rule.matches.matches_flow(client, f) || self.flow_excepted(rule, client, f) {
+            let mut excepts = Vec::new();
+            for run in client_runs(flows) {
+                // The client half of the match and of the exceptions, once per client.
+                let client = &clients[flows[run.start].client];
+                if !rule.matches.matches_client(client) {
                     continue;
                 }
-                let counts = match &rule.condition {
-                    Condition::DnsBypass(_) => self.policy.dns.is_bypass(f),
-                    Condition::NewDestination(_) => new_destinations.contains(&i),
-                    _ => true,
-                };
-                if !counts {
-                    continue;
-                }
-                if let Some(s) = self.series(rule, client, Some(f), outcome) {
-                    if event {
-                        s.event_at = Some(now);
+                excepts.clear();
+                excepts.extend(exceptions.iter().chain(&rule.except).filter(|e| e.matches_client(client)));
+                for (i, f) in flows.iter().enumerate().skip(run.start).take(run.len()) {
+                    if !rule.matches.matches_destination(f) || excepts.iter().any(|e| e.matches_destination(f)) {
+                        continue;
                     }
-                    let sample = Sample {
-                        t: now,
-                        bytes: [f.upload_bytes, f.download_bytes],
-                        packets: [f.upload_packets, f.download_packets],
+                    let counts = match &rule.condition {
+                        Condition::DnsBypass(_) => self.policy.dns.is_bypass(f),
+                        Condition::NewDestination(_) => new_destinations.get(i).copied().unwrap_or(false),
+                        _ => true,
                     };
-                    s.record(sample, window);
+                    if !counts {
+                        continue;
+                    }
+                    if let Some(s) = self.series(rule, client, Some(f), outcome) {
+                        if event {
+                            s.set_event_at(Some(now));
+                        }
+                        let sample = Sample {
+                            t: now,
+                            bytes: [f.upload_bytes, f.download_bytes],
+                            packets: [f.upload_packets, f.download_packets],
+                        };
+                        s.record(sample, window);
+                    }
                 }
             }
         }
         self.policy.rules = rules;
+        self.policy.exceptions = exceptions;
     }
 
     /// Ends the evaluation: windows, conditions, alerts.
@@ -383,10 +809,10 @@ impl Evaluator {
         new
     }
 
-    /// Flows (indices) reaching a destination their client had never reached before, after
+    /// Per flow: whether it reaches a destination its client had never reached before, after
     /// that client's learning period. Learnt from all traffic, before matches and exceptions.
-    fn learn_destinations(&mut self, now: u64, clients: &[ClientFacts], flows: &[FlowFacts]) -> BTreeSet<usize> {
-        let mut new = BTreeSet::new();
+    fn learn_destinations(&mut self, now: u64, clients: &[ClientFacts], flows: &[FlowFacts]) -> Vec<bool> {
+        let mut new = vec![false; flows.len()];
         let rules: Vec<(GroupBy, u64)> = self
             .policy
             .rules
@@ -399,8 +825,10 @@ impl Evaluator {
         if rules.is_empty() {
             return new;
         }
-        for (i, f) in flows.iter().enumerate() {
-            let client = &clients[f.client];
+        // Its sets once per run of a client's flows, not per flow (a tree descent by MAC text
+        // among thousands of clients).
+        for run in client_runs(flows) {
+            let client = &clients[flows[run.start].client];
             // Looked up by reference: keys are allocated once per client and level, not per flow.
             let mac = client.mac_text.as_str();
             if !self.state.destinations.contains_key(mac) {
@@ -408,31 +836,22 @@ impl Evaluator {
                 self.state.destinations.insert(mac.to_string(), known);
             }
             let Some(known) = self.state.destinations.get_mut(mac) else { continue };
+            let first_seen = known.first_seen;
+            let learnt = |learning: u64| now >= first_seen.saturating_add(learning);
             for &(by, learning) in &rules {
                 let level = level_name(by);
                 if !known.seen.contains_key(level) {
                     known.seen.insert(level.to_string(), BTreeSet::new());
                 }
                 let Some(set) = known.seen.get_mut(level) else { continue };
-                let seen = Seen::of(f, by);
-                if set.contains(&seen) || set.len() >= MAX_KNOWN_PER_CLIENT {
-                    continue;
-                }
-                set.insert(seen);
-                if now >= known.first_seen.saturating_add(learning) {
-                    new.insert(i);
+                for (i, f) in flows.iter().enumerate().skip(run.start).take(run.len()) {
+                    if set.len() < MAX_KNOWN_PER_CLIENT && set.insert(Seen::of(f, by)) && learnt(learning) {
+                        new[i] = true;
+                    }
                 }
             }
         }
         new
-    }
-
-    fn flow_excepted(&self, rule: &Rule, client: &ClientFacts, f: &FlowFacts) -> bool {
-        self.policy
-            .exceptions
-            .iter()
-            .chain(&rule.except)
-            .any(|e| e.matches_flow(client, f))
     }
 
     fn device_excepted(&self, rule: &Rule, client: &ClientFacts) -> bool {
@@ -457,7 +876,7 @@ impl Evaluator {
         let full = self.state.series.len() >= MAX_SERIES;
         // One lookup: this runs for every flow a rule matches, every poll.
         match self.state.series.entry(id) {
-            btree_map::Entry::Occupied(o) => Some(o.into_mut()),
+            btree_map::Entry::Occupied(o) => Some(&mut **o.into_mut()),
             btree_map::Entry::Vacant(_) if full => {
                 outcome.series_dropped += 1;
                 None
@@ -466,20 +885,17 @@ impl Evaluator {
                 outcome
                     .started
                     .push((rule.name.clone(), client.name.clone()));
-                let texts = &mut self.texts;
-                Some(v.insert(Series {
-                    rule: intern(texts, &rule.name),
-                    mac: intern(texts, &client.mac_text),
-                    destination,
-                    client: intern(texts, &client.name),
-                    group: intern(texts, &client.group),
-                    vendor: intern(texts, &client.vendor),
-                    country: intern(texts, f.map_or("", |f| f.country.as_str())),
-                    asn: f.map(|f| f.asn).unwrap_or(0),
-                    // Most series see one step of traffic, not the four a first push reserves.
-                    samples: VecDeque::with_capacity(1),
-                    ..Series::default()
-                }))
+                let country = f.map_or("", |f| f.country.as_str());
+                let texts = [
+                    rule.name.as_str(),
+                    &client.mac_text,
+                    &client.name,
+                    &client.group,
+                    &client.vendor,
+                    country,
+                ];
+                let labels = self.interner.labels(texts, f.map_or(0, |f| f.asn));
+                Some(&mut **v.insert(Box::new(Series::new(labels))))
             }
         }
     }
@@ -498,7 +914,7 @@ impl Evaluator {
         }
         let mut finished = Vec::new();
         for (id, s) in self.state.series.iter_mut() {
-            let Some(&rule) = rules.get(&*s.rule) else {
+            let Some(&rule) = rules.get(&*s.labels.rule) else {
                 finished.push(id.clone());
                 continue;
             };
@@ -506,8 +922,8 @@ impl Evaluator {
             while s.samples.front().is_some_and(|x| x.t + window <= now) {
                 s.samples.pop_front();
             }
-            if s.event_at.is_some_and(|t| t + window <= now) {
-                s.event_at = None;
+            if s.event_at().is_some_and(|t| t + window <= now) {
+                s.set_event_at(None);
             }
             let (bytes, packets) = measured(rule, s);
             let holds = holds(rule, s, bytes, packets, window);
@@ -515,7 +931,7 @@ impl Evaluator {
                 s.last_bytes = bytes;
                 s.last_packets = packets;
             }
-            s.phase = match (s.phase, holds) {
+            let phase = match (s.phase(), holds) {
                 (Phase::Inactive, true) if rule.for_.is_zero() => fire(rule, s, now, outcome),
                 (Phase::Inactive, true) => Phase::Pending { active_at: now },
                 (Phase::Pending { active_at }, true)
@@ -524,38 +940,41 @@ impl Evaluator {
                     fire(rule, s, now, outcome)
                 }
                 (Phase::Firing { fired_at }, false) => {
-                    s.resolved = Some((fired_at, now));
+                    s.set_resolved(Some((fired_at, now)));
                     Phase::Inactive
                 }
                 (phase @ (Phase::Pending { .. } | Phase::Firing { .. }), true) => phase,
                 (_, false) => Phase::Inactive,
             };
-            if s.resolved
+            s.set_phase(phase);
+            if s.resolved()
                 .is_some_and(|(_, at)| now.saturating_sub(at) >= retention)
             {
-                s.resolved = None;
+                s.set_resolved(None);
             }
             // Every rule has its entry (filled above).
-            let mut counts = outcome.counts.get_mut(&*s.rule);
-            match s.phase {
+            let mut counts = outcome.counts.get_mut(&*s.labels.rule);
+            match phase {
                 Phase::Pending { .. } => counts.iter_mut().for_each(|c| c.0 += 1),
                 Phase::Firing { fired_at } => {
                     counts.iter_mut().for_each(|c| c.1 += 1);
-                    outcome.alerts.push(s.status(rule, fired_at, None));
-                    outcome.alert_series.push(id.clone());
+                    outcome.alerts.push(s.status(rule, id, fired_at, None));
+                    outcome.alert_series.push(id.to_string());
                 }
                 Phase::Inactive => {}
             }
-            if let Some((fired_at, resolved_at)) = s.resolved
-                && !matches!(s.phase, Phase::Firing { .. })
+            if let Some((fired_at, resolved_at)) = s.resolved()
+                && !matches!(phase, Phase::Firing { .. })
             {
-                outcome.alerts.push(s.status(rule, fired_at, Some(resolved_at)));
-                outcome.alert_series.push(id.clone());
+                outcome
+                    .alerts
+                    .push(s.status(rule, id, fired_at, Some(resolved_at)));
+                outcome.alert_series.push(id.to_string());
             }
             if s.samples.is_empty()
-                && s.event_at.is_none()
-                && s.phase == Phase::Inactive
-                && s.resolved.is_none()
+                && s.event_at().is_none()
+                && phase == Phase::Inactive
+                && s.resolved().is_none()
             {
                 finished.push(id.clone());
             }
@@ -563,13 +982,15 @@ impl Evaluator {
         for id in finished {
             self.state.series.remove(&id);
         }
-        self.texts.retain(|t| Arc::strong_count(t) > 1);
+        self.interner.release();
         outcome.series = self.state.series.len();
     }
 }
 
 fn fire(rule: &Rule, s: &Series, now: u64, outcome: &mut Outcome) -> Phase {
-    outcome.fired.push((rule.name.clone(), s.client.to_string()));
+    outcome
+        .fired
+        .push((rule.name.clone(), s.labels.client.to_string()));
     Phase::Firing { fired_at: now }
 }
 
@@ -610,19 +1031,19 @@ fn holds(rule: &Rule, s: &Series, bytes: u64, packets: u64, window: u64) -> bool
             (None, Some(pps)) => packets as f64 / window as f64 > pps as f64,
             (None, None) => false,
         },
-        Condition::NewDestination(_) | Condition::NewDevice(_) => s.event_at.is_some(),
+        Condition::NewDestination(_) | Condition::NewDevice(_) => s.event_at().is_some(),
     }
 }
 
 /// An alert's identity: the rule's labels and which rule, client and destination.
-fn labels(rule: &Rule, s: &Series) -> BTreeMap<String, String> {
+fn labels(rule: &Rule, s: &Series, destination: &str) -> BTreeMap<String, String> {
     let mut labels = rule.labels.clone();
     labels.insert("alertname".into(), rule.name.clone());
     labels.insert("severity".into(), rule.severity.clone());
-    labels.insert("client".into(), s.client.to_string());
-    labels.insert("mac".into(), s.mac.to_string());
-    if !s.destination.is_empty() {
-        labels.insert("destination".into(), s.destination.clone());
+    labels.insert("client".into(), s.labels.client.to_string());
+    labels.insert("mac".into(), s.labels.mac.to_string());
+    if !destination.is_empty() {
+        labels.insert("destination".into(), destination.to_string());
     }
     labels
 }
@@ -630,26 +1051,28 @@ fn labels(rule: &Rule, s: &Series) -> BTreeMap<String, String> {
 fn alert(
     rule: &Rule,
     s: &Series,
+    destination: &str,
     fired_at: u64,
     resolved_at: Option<u64>,
     external_url: &str,
 ) -> Alert {
     let window = rule.condition.window();
+    let l = &*s.labels;
     let values = BTreeMap::from([
         ("rule", rule.name.clone()),
         ("severity", rule.severity.clone()),
-        ("client", s.client.to_string()),
-        ("mac", s.mac.to_string()),
-        ("group", s.group.to_string()),
-        ("vendor", s.vendor.to_string()),
-        ("destination", s.destination.clone()),
-        ("country", s.country.to_string()),
+        ("client", l.client.to_string()),
+        ("mac", l.mac.to_string()),
+        ("group", l.group.to_string()),
+        ("vendor", l.vendor.to_string()),
+        ("destination", destination.to_string()),
+        ("country", l.country.to_string()),
         (
             "asn",
-            if s.asn == 0 {
+            if l.asn == 0 {
                 String::new()
             } else {
-                format!("AS{}", s.asn)
+                format!("AS{}", l.asn)
             },
         ),
         ("bytes", human_bytes(s.last_bytes)),
@@ -666,12 +1089,12 @@ fn alert(
         ("description".to_string(), rule.description.render(&values)),
     ]);
     Alert {
-        labels: labels(rule, s),
+        labels: labels(rule, s, destination),
         annotations,
         generator_url: format!(
             "{}/api/v1/flows?client={}",
             external_url.trim_end_matches('/'),
-            s.mac
+            l.mac
         ),
         starts_at: at(fired_at),
         resolved_at: resolved_at.map(at),

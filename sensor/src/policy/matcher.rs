@@ -85,7 +85,13 @@ impl MatchSpec {
     }
 
     pub fn matches_flow(&self, c: &ClientFacts, f: &FlowFacts) -> bool {
-        self.matches_client(c) && self.destination.any_or_empty(|m| m.matches(f))
+        self.matches_client(c) && self.matches_destination(f)
+    }
+
+    /// The destination half of [`MatchSpec::matches_flow`], for callers that matched the
+    /// client once for all its flows.
+    pub fn matches_destination(&self, f: &FlowFacts) -> bool {
+        self.destination.any_or_empty(|m| m.matches(f))
     }
 
     /// Device events have no destination: only exceptions about clients alone apply.

@@ -485,6 +485,102 @@ fn learnt_destinations_from_an_older_state_file_stay_learnt() {
     assert_eq!(serde_json::to_value(&again).unwrap(), saved);
 }
 
+/// A state file written while every series held all its texts itself (and its destination
+/// twice): it loads, saves byte for byte the same, and its alerts carry on.
+#[test]
+fn series_of_an_older_state_file_load_and_save_the_same() {
+    let yaml = "rules:\n  - name: Up\n    for: 5m\n    condition: {volume: {direction: upload, above: 5MB, window: 10m}}\n  - name: NewDevice\n    condition: {new_device: {learning: 10m, window: 1h}}\n";
+    let (mac, tv) = (crate::labels::mac(&PHONE), crate::labels::mac(&TV));
+    let labels = r#""client":"phone","group":"phones","vendor":"Xiaomi""#;
+    let sample = |t: u64, up: u64| {
+        format!(
+            r#"{{"t":{t},"bytes":[{up},0],"packets":[{},0]}}"#,
+            up / 1000
+        )
+    };
+    let old = [
+        format!(r#"{{"started":{T0},"devices":{{"{mac}":{T0},"{tv}":{T0}}},"destinations":{{}},"series":{{"#),
+        format!(r#""NewDevice\u001f{mac}\u001f":{{"rule":"NewDevice","mac":"{mac}","destination":"",{labels},"country":"","asn":0,"samples":[],"event_at":{},"phase":{{"Firing":{{"fired_at":{}}}}},"resolved":null,"last_bytes":0,"last_packets":0}},"#, T0 + 100, T0 + 100),
+        format!(r#""Up\u001f{mac}\u001fexample.com":{{"rule":"Up","mac":"{mac}","destination":"example.com",{labels},"country":"US","asn":64500,"samples":[{}],"event_at":null,"phase":{{"Pending":{{"active_at":{}}}}},"resolved":null,"last_bytes":5500000,"last_packets":5500}},"#, sample(T0 + 540, 5_500_000), T0 + 540),
+        format!(r#""Up\u001f{mac}\u001fxiaomi.net":{{"rule":"Up","mac":"{mac}","destination":"xiaomi.net",{labels},"country":"CN","asn":4808,"samples":[{},{},{}],"event_at":null,"phase":{{"Firing":{{"fired_at":{}}}}},"resolved":[{},{}],"last_bytes":6000000,"last_packets":6000}}}}}}"#, sample(T0 + 500, 2_000_000), sample(T0 + 530, 2_000_000), sample(T0 + 560, 2_000_000), T0 + 560, T0 + 100, T0 + 400),
+    ]
+    .concat();
+    let state: EvalState = serde_json::from_str(&old).unwrap();
+    assert_eq!(serde_json::to_string(&state).unwrap(), old);
+    let mut ev = Evaluator::new(
+        policy(yaml),
+        state,
+        "http://sensor:9977".into(),
+        Duration::from_secs(900),
+    );
+    let o = poll(T0 + 600).run(&mut ev);
+    let a = firing(&ev, &o);
+    let label = |i: usize, k: &str| a[i].labels.get(k).cloned();
+    assert_eq!(a.len(), 2, "{:?}", o.alerts);
+    assert_eq!(
+        (label(0, "alertname"), label(0, "destination")),
+        (Some("NewDevice".into()), None)
+    );
+    assert_eq!(label(1, "destination").as_deref(), Some("xiaomi.net"));
+    assert_eq!(
+        (label(1, "client"), label(1, "mac")),
+        (Some("phone".into()), Some(mac.clone()))
+    );
+    assert_eq!(a[1].starts_at, at(T0 + 560));
+    assert_eq!(
+        a[1].annotations["description"],
+        "phone (64:09:80:4a:1c:07) moved 6.0 MB with xiaomi.net (CN AS4808) within 10m, above the rule's limit."
+    );
+    // The pending series holds 5.5 MB for 60 s of its 5 minutes.
+    assert_eq!(o.counts["Up"], (1, 1));
+}
+
+/// A window's samples through many polls (a few, many, none) and restarts: it always adds up
+/// the traffic of exactly the last `window` seconds.
+#[test]
+fn window_adds_up_its_samples_as_it_grows_and_drains() {
+    let yaml = "rules:\n  - name: T\n    condition: {traffic: {window: 64s}}\n    summary: \"{{ packets }}\"\n";
+    let mut ev = evaluator(yaml);
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut sent: Vec<(u64, u64)> = Vec::new();
+    let mut now = T0;
+    for i in 0..600 {
+        // A step of the window is 1 s: every poll is a sample of its own.
+        now += [1, 1, 1, 2, 3, 10, 40, 70][rng.usize(..8)];
+        let packets = rng.u64(0..4);
+        let mut p = poll(now);
+        if packets > 0 {
+            p = p.flow(0, "198.51.100.1", 443, "", "US", packets * 1000, 0);
+            sent.push((now, packets));
+        }
+        let o = p.run(&mut ev);
+        let expected: u64 = sent
+            .iter()
+            .filter(|(t, _)| t + 64 > now)
+            .map(|(_, p)| p)
+            .sum();
+        let summary = firing(&ev, &o)
+            .first()
+            .map(|a| a.annotations["summary"].clone());
+        assert_eq!(
+            summary,
+            (expected > 0).then(|| expected.to_string()),
+            "poll {i}"
+        );
+        if i % 7 == 3 {
+            let saved = serde_json::to_string(ev.state()).unwrap();
+            let state: EvalState = serde_json::from_str(&saved).unwrap();
+            assert_eq!(serde_json::to_string(&state).unwrap(), saved);
+            ev = Evaluator::new(
+                policy(yaml),
+                state,
+                "http://sensor:9977".into(),
+                Duration::from_secs(900),
+            );
+        }
+    }
+}
+
 #[test]
 fn new_device_after_learning() {
     let yaml = "rules:\n  - name: NewDevice\n    condition: {new_device: {learning: 10m, window: 1h}}\n    except: [{client: {mac: \"a4:77:33:00:00:99\"}}]\n";
