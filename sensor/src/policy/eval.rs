@@ -534,7 +534,42 @@ fn at(secs: u64) -> SystemTime {
 struct KnownDestinations {
     first_seen: u64,
     /// Per grouping level (domain, asn...): every destination seen.
-    seen: BTreeMap<String, BTreeSet<Seen>>,
+    seen: Levels,
+}
+
+/// A client's sets by level, saved as a map. A list: a client has one to a few levels, and a
+/// B-tree's first node took ~550 bytes per client for one (thousands of clients).
+#[derive(Debug, Clone, Default)]
+struct Levels(Vec<(Box<str>, BTreeSet<Seen>)>);
+
+impl Levels {
+    /// The set of `level`, made empty the first time.
+    fn set(&mut self, level: &str) -> &mut BTreeSet<Seen> {
+        let i = match self.0.iter().position(|(l, _)| **l == *level) {
+            Some(i) => i,
+            None => {
+                self.0.push((level.into(), BTreeSet::new()));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[i].1
+    }
+}
+
+impl Serialize for Levels {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // In key order, as the map it was.
+        let mut sorted: Vec<&(Box<str>, BTreeSet<Seen>)> = self.0.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        s.collect_map(sorted.into_iter().map(|(level, set)| (level, set)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Levels {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Levels, D::Error> {
+        let map = BTreeMap::<String, BTreeSet<Seen>>::deserialize(d)?;
+        Ok(Levels(map.into_iter().map(|(level, set)| (level.into_boxed_str(), set)).collect()))
+    }
 }
 
 /// A destination `new_destination` has seen: the 64-bit FNV-1a hash of its label, stable
@@ -829,21 +864,17 @@ impl Evaluator {
         // among thousands of clients).
         for run in client_runs(flows) {
             let client = &clients[flows[run.start].client];
-            // Looked up by reference: keys are allocated once per client and level, not per flow.
+            // Looked up by reference: keys are allocated once per client, not per flow.
             let mac = client.mac_text.as_str();
             if !self.state.destinations.contains_key(mac) {
-                let known = KnownDestinations { first_seen: now, seen: BTreeMap::new() };
+                let known = KnownDestinations { first_seen: now, seen: Levels::default() };
                 self.state.destinations.insert(mac.to_string(), known);
             }
             let Some(known) = self.state.destinations.get_mut(mac) else { continue };
             let first_seen = known.first_seen;
             let learnt = |learning: u64| now >= first_seen.saturating_add(learning);
             for &(by, learning) in &rules {
-                let level = level_name(by);
-                if !known.seen.contains_key(level) {
-                    known.seen.insert(level.to_string(), BTreeSet::new());
-                }
-                let Some(set) = known.seen.get_mut(level) else { continue };
+                let set = known.seen.set(level_name(by));
                 for (i, f) in flows.iter().enumerate().skip(run.start).take(run.len()) {
                     if set.len() < MAX_KNOWN_PER_CLIENT && set.insert(Seen::of(f, by)) && learnt(learning) {
                         new[i] = true;
