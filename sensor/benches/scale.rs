@@ -719,10 +719,12 @@ fn render_section(reads: &str, polls: &str, agents: &str, verdict: &str) -> Stri
            example policy learns (an 8-byte hash per new destination) or tracks (a series of \
            about 250 bytes for each firing DnsBypass alert: a quarter of the flows here). At \
            home, flows share destinations (a domain per service) and most clients have tens to \
-           hundreds of flows. The rest is the agent itself (about 18 MB resident; its start, \
-           which parses the kernel's BTF, peaks near 31 MB) and, with many clients, the metrics \
-           families (each client's and series' labels once, counters as numbers: about 3 MB at \
-           4,096 clients, bounded by `series_budget`; two while a poll replaces them). The \
+           hundreds of flows. The rest is the agent itself (about 16 MB resident; its start, \
+           which parses the kernel's BTF, peaks near 27 MB: that start is the whole peak of the \
+           4,096- and 16,384-flow cases, hence a growth per flow near zero between them) and, \
+           with many clients, the metrics families (each client's and series' labels once, \
+           counters as numbers: about 2.6 MB at 4,096 clients, bounded by `series_budget`; two \
+           while a poll replaces them). The \
            /metrics text itself (3.4 MB at 256 clients, 11 MB at 4,096) is never whole in \
            memory: a scrape writes it 64 KiB at a time as it sends it. The agent fixes glibc's mmap threshold \
            (docs/design.md): without it, the same 65,536-flow, 16-client case peaked 7 MB higher \
