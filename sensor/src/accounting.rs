@@ -860,10 +860,11 @@ mod hex {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const PARAMS: Params = Params {
+    /// What the tests of other modules start from too.
+    pub(crate) const PARAMS: Params = Params {
         top_remotes: 2,
         top_destinations: 2,
         series_budget: 100,

@@ -71,6 +71,13 @@ enum Family {
     Evictions,
 }
 
+impl Family {
+    /// Written client by client (the others at once).
+    fn per_client(self) -> bool {
+        matches!(self, Family::ClientTotals { .. } | Family::ClientInfo | Family::Remotes { .. } | Family::Destinations { .. })
+    }
+}
+
 /// (family, name, type, help)
 const FAMILIES: [(Family, &str, &str, &str); 11] = [
     (Family::ClientTotals { bytes: false }, "client_packets_total", "counter", "Packets of a client (one per MAC, whatever its IPs), by direction."),
@@ -99,10 +106,8 @@ pub fn escape_into(out: &mut String, value: &str) {
 }
 
 /// `,name="value"` (escaped).
-fn label(out: &mut String, name: &str, value: &str) {
-    out.push(',');
-    out.push_str(name);
-    out.push_str("=\"");
+fn label(out: &mut String, name: impl std::fmt::Display, value: &str) {
+    let _ = write!(out, ",{name}=\"");
     escape_into(out, value);
     out.push('"');
 }
@@ -114,7 +119,7 @@ impl Traffic {
         // The "other" series of every client share their labels.
         let other_remote = t.span(|s| s.push_str("remote=\"other\",protocol=\"\",port=\"\""));
         let other_destination = t.span(|s| s.push_str("destination=\"other\",country=\"\",asn=\"\""));
-        let mut port = itoa::Buffer::new();
+        let mut number = itoa::Buffer::new();
         for (mac, account) in &acct.clients {
             let names = client(mac);
             let labels = t.span(|s| {
@@ -130,28 +135,28 @@ impl Traffic {
                 label(s, "source", &names.source);
                 for (k, v) in &names.tags {
                     // Tag keys are validated as label names by the config.
-                    label(s, &format!("tag_{k}"), v);
+                    label(s, format_args!("tag_{k}"), v);
                 }
             });
             let start = t.series.len();
             for (id, tally) in account.remotes.series() {
-                if t.has_lines(&tally) {
+                if has_lines(&tally) {
                     let labels = t.span(|s| {
                         let _ = write!(s, "remote=\"{}\",protocol=\"{}\",port=\"", labels::ip(&id.ip), labels::protocol(id.protocol));
-                        s.push_str(port.format(id.port));
+                        s.push_str(number.format(id.port));
                         s.push('"');
                     });
                     t.series.push(SeriesRow { labels, tally });
                 }
             }
             // Only clients that overflowed their top-N carry an "other" series.
-            if t.has_lines(&account.remotes.other) {
+            if has_lines(&account.remotes.other) {
                 t.series.push(SeriesRow { labels: other_remote.clone(), tally: account.remotes.other });
             }
             let remotes = start..t.series.len();
             t.remote_lines |= !remotes.is_empty();
             for (id, tally) in account.destinations.series() {
-                if t.has_lines(&tally) {
+                if has_lines(&tally) {
                     let key = acct.destination(*id);
                     let labels = t.span(|s| {
                         s.push_str("destination=\"");
@@ -160,14 +165,14 @@ impl Traffic {
                         label(s, "country", &key.country);
                         s.push_str(",asn=\"");
                         if key.asn != 0 {
-                            s.push_str(port.format(key.asn));
+                            s.push_str(number.format(key.asn));
                         }
                         s.push('"');
                     });
                     t.series.push(SeriesRow { labels, tally });
                 }
             }
-            if t.has_lines(&account.destinations.other) {
+            if has_lines(&account.destinations.other) {
                 t.series.push(SeriesRow { labels: other_destination.clone(), tally: account.destinations.other });
             }
             let destinations = remotes.end..t.series.len();
@@ -179,12 +184,6 @@ impl Traffic {
         t.text.shrink_to_fit();
         t.series.shrink_to_fit();
         t
-    }
-
-    /// Whether a series has a line: a direction with packets (most remotes are one-sided for a
-    /// long time: a zero line would double the series count for nothing).
-    fn has_lines(&self, tally: &Tally) -> bool {
-        tally.packets.iter().any(|&p| p != 0)
     }
 
     /// Appends what `write` writes to the label texts; returns where it is.
@@ -269,6 +268,12 @@ impl Traffic {
     }
 }
 
+/// Whether a series has a line: a direction with packets (most remotes are one-sided for a
+/// long time: a zero line would double the series count for nothing).
+fn has_lines(tally: &Tally) -> bool {
+    tally.packets.iter().any(|&p| p != 0)
+}
+
 fn value(t: &Tally, dir: Direction, bytes: bool) -> u64 {
     if bytes { t.bytes(dir) } else { t.packets(dir) }
 }
@@ -343,7 +348,7 @@ impl Iterator for Chunks {
             }
             let mut line = Line { text: &mut text, name, number: itoa::Buffer::new() };
             match t.clients.get(self.client) {
-                Some(c) if matches!(family, Family::ClientTotals { .. } | Family::ClientInfo | Family::Remotes { .. } | Family::Destinations { .. }) => {
+                Some(c) if family.per_client() => {
                     t.client_lines(&mut line, family, c);
                     self.client += 1;
                     if self.client == t.clients.len() {
@@ -367,16 +372,7 @@ mod tests {
     use super::*;
     use crate::accounting::{DestKey, Params};
 
-    const PARAMS: Params = Params {
-        top_remotes: 1,
-        top_destinations: 5,
-        series_budget: 100,
-        remote_idle_expiry_secs: 600,
-        destination_idle_expiry_secs: 600,
-        client_idle_expiry_secs: 3600,
-        score_half_life_secs: 60.0,
-        name_wait_secs: 2,
-    };
+    const PARAMS: Params = Params { top_remotes: 1, top_destinations: 5, ..crate::accounting::tests::PARAMS };
 
     fn text(traffic: Traffic) -> String {
         Arc::new(traffic).chunks().collect()
