@@ -662,14 +662,10 @@ impl FlowKeyBytes {
 
 /// Names flows for the destination series.
 pub trait Namer {
-    /// The destination a flow counts into.
-    fn destination(&self, key: &FlowKey) -> DestKey;
-
-    /// [`Namer::destination`] into `out`, reusing its strings: the accounting asks for every
-    /// flow that grew, every poll, and only keeps the ones it has not seen.
-    fn destination_into(&self, key: &FlowKey, out: &mut DestKey) {
-        *out = self.destination(key);
-    }
+    /// The destination a flow counts into, written into `out` (reusing its strings: the
+    /// accounting asks for every flow that grew, every poll, and only keeps the ones it has
+    /// not seen).
+    fn destination_into(&self, key: &FlowKey, out: &mut DestKey);
 
     /// Whether a new flow should wait (at most [`Params::name_wait_secs`]) before it is
     /// attributed, because its own name is likely on its way: a TCP flow whose TLS ClientHello
@@ -680,8 +676,8 @@ pub trait Namer {
 }
 
 impl<F: Fn(&FlowKey) -> DestKey> Namer for F {
-    fn destination(&self, key: &FlowKey) -> DestKey {
-        self(key)
+    fn destination_into(&self, key: &FlowKey, out: &mut DestKey) {
+        *out = self(key);
     }
 }
 
@@ -1082,9 +1078,9 @@ pub(crate) mod tests {
     struct LateName(std::cell::Cell<bool>);
 
     impl Namer for LateName {
-        fn destination(&self, key: &FlowKey) -> DestKey {
+        fn destination_into(&self, key: &FlowKey, out: &mut DestKey) {
             let destination = if self.0.get() { "named.example".into() } else { "10.0.0.9".into() };
-            DestKey { destination, country: String::new(), asn: key.remote_ip[15].into() }
+            *out = DestKey { destination, country: String::new(), asn: key.remote_ip[15].into() };
         }
         fn awaits_name(&self, _key: &FlowKey) -> bool {
             !self.0.get()

@@ -124,16 +124,10 @@ impl Enricher {
         matches!(self.level, DestinationLevel::Domain | DestinationLevel::Fqdn)
     }
 
-    /// The destination series a flow counts into, at the configured level. Without a name
-    /// (or country, or ASN) the address stands in, so that nothing is attributed to nobody.
-    pub fn destination(&self, key: &FlowKey, now: u64) -> DestKey {
-        let mut out = DestKey::default();
-        self.destination_into(key, now, &mut out);
-        out
-    }
-
-    /// [`Enricher::destination`] into `out`, reusing its strings (no allocation for a flow
-    /// named by its address, the most common kind).
+    /// The destination series a flow counts into, at the configured level, written into `out`
+    /// (reusing its strings: no allocation for a flow named by its address, the most common
+    /// kind). Without a name (or country, or ASN) the address stands in, so that nothing is
+    /// attributed to nobody.
     pub fn destination_into(&self, key: &FlowKey, now: u64, out: &mut DestKey) {
         use std::fmt::Write as _;
         let ip = labels::ip(&key.remote_ip);
@@ -177,10 +171,6 @@ pub struct PollNamer<'a> {
 }
 
 impl Namer for PollNamer<'_> {
-    fn destination(&self, key: &FlowKey) -> DestKey {
-        self.enricher.destination(key, self.now)
-    }
-
     fn destination_into(&self, key: &FlowKey, out: &mut DestKey) {
         self.enricher.destination_into(key, self.now, out);
     }

@@ -84,12 +84,8 @@ impl MatchSpec {
         self.client.any_or_empty(|m| m.matches(c))
     }
 
-    pub fn matches_flow(&self, c: &ClientFacts, f: &FlowFacts) -> bool {
-        self.matches_client(c) && self.matches_destination(f)
-    }
-
-    /// The destination half of [`MatchSpec::matches_flow`], for callers that matched the
-    /// client once for all its flows.
+    /// Whether a flow's destination matches; with [`MatchSpec::matches_client`], whether the
+    /// flow does (the evaluator matches a client once for all its flows).
     pub fn matches_destination(&self, f: &FlowFacts) -> bool {
         self.destination.any_or_empty(|m| m.matches(f))
     }
