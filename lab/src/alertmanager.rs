@@ -34,9 +34,16 @@ pub struct Cluster {
 impl Alertmanager {
     /// Starts one on 127.0.0.1:`port` in `ns` and waits until its API answers. `name` keeps the
     /// storage and config of several apart (and lets a restart on the same port find its data).
-    pub fn start(lab: &Lab, ns: &str, name: &str, port: u16, cluster: Option<&Cluster>) -> anyhow::Result<Alertmanager> {
+    pub fn start(
+        lab: &Lab,
+        ns: &str,
+        name: &str,
+        port: u16,
+        cluster: Option<&Cluster>,
+    ) -> anyhow::Result<Alertmanager> {
         let dir: PathBuf = lab.dir().join(format!("alertmanager-{name}"));
-        std::fs::create_dir_all(dir.join("data")).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir.join("data"))
+            .with_context(|| format!("creating {}", dir.display()))?;
         let config = dir.join("alertmanager.yml");
         std::fs::write(&config, CONFIG)?;
         let mut cmd = Command::new(BINARY);
@@ -58,8 +65,14 @@ impl Alertmanager {
                 }
             }
         }
-        let process = lab.spawn(ns, cmd).with_context(|| format!("starting {BINARY} (apt-get install prometheus-alertmanager)"))?;
-        let am = Alertmanager { ns: ns.to_string(), addr: SocketAddr::from(([127, 0, 0, 1], port)), process };
+        let process = lab.spawn(ns, cmd).with_context(|| {
+            format!("starting {BINARY} (apt-get install prometheus-alertmanager)")
+        })?;
+        let am = Alertmanager {
+            ns: ns.to_string(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            process,
+        };
         am.wait_ready(Duration::from_secs(20))?;
         Ok(am)
     }
@@ -75,7 +88,10 @@ impl Alertmanager {
                 return Ok(());
             }
             if let Some(status) = self.process.try_wait()? {
-                bail!("alertmanager exited ({status}) before it was ready:\n{}", self.process.log());
+                bail!(
+                    "alertmanager exited ({status}) before it was ready:\n{}",
+                    self.process.log()
+                );
             }
             if Instant::now() > deadline {
                 bail!("alertmanager not ready after {timeout:?}:\n{}", self.process.log());

@@ -68,8 +68,10 @@ pub fn load_all(dir: &Path) -> anyhow::Result<Vec<Dashboard>> {
 }
 
 pub fn load(path: &Path) -> anyhow::Result<Dashboard> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let json = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let json = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
     Ok(Dashboard { path: path.to_path_buf(), json })
 }
 
@@ -175,7 +177,9 @@ pub fn validate(dashboard: &Value) -> Vec<String> {
     for panel in panels(dashboard) {
         let title = text(panel, "title");
         match panel.get("id").and_then(Value::as_u64) {
-            Some(id) if !ids.insert(id) => problems.push(format!("panel {title:?}: id {id} is used twice")),
+            Some(id) if !ids.insert(id) => {
+                problems.push(format!("panel {title:?}: id {id} is used twice"))
+            }
             Some(_) => {}
             None => problems.push(format!("panel {title:?}: no numeric id")),
         }
@@ -191,10 +195,16 @@ pub fn validate(dashboard: &Value) -> Vec<String> {
         if panel.pointer("/datasource/uid").and_then(Value::as_str) != Some(DATASOURCE) {
             problems.push(format!("panel {title:?}: datasource is not {DATASOURCE}"));
         }
-        if panel.pointer("/fieldConfig/defaults/unit").and_then(Value::as_str).unwrap_or("").is_empty() {
+        if panel
+            .pointer("/fieldConfig/defaults/unit")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .is_empty()
+        {
             problems.push(format!("panel {title:?}: no unit (fieldConfig.defaults.unit)"));
         }
-        let targets = panel.get("targets").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        let targets =
+            panel.get("targets").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
         if targets.is_empty() {
             problems.push(format!("panel {title:?}: no query"));
         }
@@ -204,7 +214,10 @@ pub fn validate(dashboard: &Value) -> Vec<String> {
                 problems.push(format!("panel {title:?}: query {} is empty", text(t, "refId")));
             }
             if t.pointer("/datasource/uid").and_then(Value::as_str) != Some(DATASOURCE) {
-                problems.push(format!("panel {title:?}: query {} does not use {DATASOURCE}", text(t, "refId")));
+                problems.push(format!(
+                    "panel {title:?}: query {} does not use {DATASOURCE}",
+                    text(t, "refId")
+                ));
             }
         }
     }
@@ -225,7 +238,11 @@ pub fn validate(dashboard: &Value) -> Vec<String> {
 }
 
 fn check_variables(dashboard: &Value, problems: &mut Vec<String>) {
-    let list = dashboard.pointer("/templating/list").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let list = dashboard
+        .pointer("/templating/list")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let find = |name: &str| list.iter().find(|v| text(v, "name") == name);
     match find("datasource") {
         Some(v) if text(v, "type") == "datasource" && text(v, "query") == "prometheus" => {}
@@ -248,7 +265,10 @@ fn check_variables(dashboard: &Value, problems: &mut Vec<String>) {
         let plain = format!("${name}");
         let used = haystack.contains(&braced)
             || haystack.match_indices(&plain).any(|(at, _)| {
-                haystack[at + plain.len()..].bytes().next().is_none_or(|b| !(b.is_ascii_alphanumeric() || b == b'_'))
+                haystack[at + plain.len()..]
+                    .bytes()
+                    .next()
+                    .is_none_or(|b| !(b.is_ascii_alphanumeric() || b == b'_'))
             });
         if !used {
             problems.push(format!("variable `{name}` is never used"));
@@ -270,7 +290,9 @@ fn check_datasources(v: &Value, at: &str, problems: &mut Vec<String>) {
                         && uid != DATASOURCE
                         && !builtin
                     {
-                        problems.push(format!("{here}: hard-coded data source {uid:?} (use {DATASOURCE})"));
+                        problems.push(format!(
+                            "{here}: hard-coded data source {uid:?} (use {DATASOURCE})"
+                        ));
                     }
                 }
                 check_datasources(child, &here, problems);
@@ -290,17 +312,28 @@ mod tests {
     use super::*;
 
     fn vars() -> Vars {
-        Vars { client: "redmi-note".into(), instance: "gw:9977".into(), site: "home".into(), ..Vars::default() }
+        Vars {
+            client: "redmi-note".into(),
+            instance: "gw:9977".into(),
+            site: "home".into(),
+            ..Vars::default()
+        }
     }
 
     #[test]
     fn substitutes_plain_braced_and_interval_variables() {
         assert_eq!(
-            substitute(r#"rate(x{client="$client", instance=~"${instance}", site=~"${site:regex}"}[$__rate_interval])"#, &vars()),
+            substitute(
+                r#"rate(x{client="$client", instance=~"${instance}", site=~"${site:regex}"}[$__rate_interval])"#,
+                &vars()
+            ),
             r#"rate(x{client="redmi-note", instance=~"gw:9977", site=~"home"}[2m])"#
         );
         // Unknown variables, PromQL's $1 and a lone $ stay.
-        assert_eq!(substitute(r#"label_replace(x, "a", "$1", "b", "(.*)") $nope $"#, &vars()), r#"label_replace(x, "a", "$1", "b", "(.*)") $nope $"#);
+        assert_eq!(
+            substitute(r#"label_replace(x, "a", "$1", "b", "(.*)") $nope $"#, &vars()),
+            r#"label_replace(x, "a", "$1", "b", "(.*)") $nope $"#
+        );
         // A longer name is not its prefix variable.
         assert_eq!(substitute("$clients $client", &vars()), "$clients redmi-note");
     }
@@ -327,7 +360,10 @@ mod tests {
     fn a_correct_dashboard_passes_and_yields_its_queries() {
         let d = minimal(r#"sum(up{instance=~"$instance"})"#, "none", DATASOURCE);
         assert_eq!(validate(&d), Vec::<String>::new());
-        assert_eq!(panel_queries(&d, &vars()), vec![("p".to_string(), r#"sum(up{instance=~"gw:9977"})"#.to_string())]);
+        assert_eq!(
+            panel_queries(&d, &vars()),
+            vec![("p".to_string(), r#"sum(up{instance=~"gw:9977"})"#.to_string())]
+        );
     }
 
     #[test]

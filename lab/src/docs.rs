@@ -6,7 +6,9 @@ use std::{fs, path::Path};
 use anyhow::Context as _;
 
 fn begin(id: &str) -> String {
-    format!("<!-- begin generated section `{id}`: rewritten by `cargo xtask bench`, do not edit by hand -->")
+    format!(
+        "<!-- begin generated section `{id}`: rewritten by `cargo xtask bench`, do not edit by hand -->"
+    )
 }
 
 fn end(id: &str) -> String {
@@ -20,14 +22,17 @@ pub fn with_section(text: &str, id: &str, body: &str) -> anyhow::Result<String> 
     let section = format!("{b}\n\n{}\n\n{e}\n", body.trim());
     match (text.find(&b), text.find(&e)) {
         (Some(start), Some(stop)) if start < stop => {
-            let after = text[stop + e.len()..].strip_prefix('\n').unwrap_or(&text[stop + e.len()..]);
+            let after =
+                text[stop + e.len()..].strip_prefix('\n').unwrap_or(&text[stop + e.len()..]);
             Ok(format!("{}{section}{after}", &text[..start]))
         }
         (None, None) => {
             let text = text.trim_end();
             Ok(if text.is_empty() { section } else { format!("{text}\n\n{section}") })
         }
-        _ => anyhow::bail!("the markers of section `{id}` are broken (one missing, or out of order)"),
+        _ => {
+            anyhow::bail!("the markers of section `{id}` are broken (one missing, or out of order)")
+        }
     }
 }
 
@@ -50,7 +55,10 @@ mod tests {
     fn appends_a_new_section_and_replaces_it_in_place_later() {
         let text = "# Benchmarks\n\nIntro.\n";
         let one = with_section(text, "a", "## A\n\nfirst").unwrap();
-        assert_eq!(one, format!("# Benchmarks\n\nIntro.\n\n{}\n\n## A\n\nfirst\n\n{}\n", begin("a"), end("a")));
+        assert_eq!(
+            one,
+            format!("# Benchmarks\n\nIntro.\n\n{}\n\n## A\n\nfirst\n\n{}\n", begin("a"), end("a"))
+        );
         let two = with_section(&one, "b", "## B\n\nbee\n").unwrap();
         let three = with_section(&two, "a", "## A\n\nsecond").unwrap();
         assert_eq!(

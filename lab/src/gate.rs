@@ -41,7 +41,8 @@ pub struct PinDir(PathBuf);
 
 impl PinDir {
     pub fn new(suite: &str, name: &str) -> PinDir {
-        let p = PathBuf::from(format!("/sys/fs/bpf/gwsensor-{suite}-{}-{name}", std::process::id()));
+        let p =
+            PathBuf::from(format!("/sys/fs/bpf/gwsensor-{suite}-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         PinDir(p)
     }

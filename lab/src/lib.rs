@@ -11,8 +11,8 @@
 
 pub mod alertmanager;
 mod cmd;
-pub mod docs;
 pub mod dashboards;
+pub mod docs;
 mod gate;
 pub mod mmdb;
 mod netns;
@@ -23,10 +23,10 @@ mod topology;
 mod traffic;
 
 pub use cmd::{bridge, ip, run};
+pub use gate::{PinDir, cannot_run, lab_tests_can_run, privileged_required};
 pub use netns::{Lab, in_netns};
 pub use process::{Process, wait_agent_ready};
 pub use topology::{Client, Gateway, Internet, LAN_PREFIXES, LanKind, Topology, TopologyBuilder};
-pub use gate::{PinDir, cannot_run, lab_tests_can_run, privileged_required};
 pub use traffic::{TcpForwarder, UdpReceiver, http_get, send_udp};
 
 use std::sync::{
@@ -53,9 +53,7 @@ fn probe_privileges() -> anyhow::Result<()> {
     }
     ip(&["-V"]).context("iproute2 `ip` is needed")?;
     let probe = format!("lab-probe-{}", std::process::id());
-    let _ = std::process::Command::new("ip")
-        .args(["netns", "del", &probe])
-        .output();
+    let _ = std::process::Command::new("ip").args(["netns", "del", &probe]).output();
     ip(&["netns", "add", &probe]).context("cannot create a network namespace")?;
     ip(&["netns", "del", &probe])?;
     Ok(())

@@ -215,10 +215,7 @@ impl MmdbWriter {
             ("binary_format_major_version".to_string(), MmdbValue::U16(2)),
             ("binary_format_minor_version".to_string(), MmdbValue::U16(0)),
             ("build_epoch".to_string(), MmdbValue::U64(self.build_epoch)),
-            (
-                "database_type".to_string(),
-                MmdbValue::from(self.database_type.as_str()),
-            ),
+            ("database_type".to_string(), MmdbValue::from(self.database_type.as_str())),
             (
                 "description".to_string(),
                 MmdbValue::Map(BTreeMap::from([(
@@ -227,10 +224,7 @@ impl MmdbWriter {
                 )])),
             ),
             ("ip_version".to_string(), MmdbValue::U16(6)),
-            (
-                "languages".to_string(),
-                MmdbValue::Array(vec![MmdbValue::from("en")]),
-            ),
+            ("languages".to_string(), MmdbValue::Array(vec![MmdbValue::from("en")])),
             (
                 "node_count".to_string(),
                 MmdbValue::U32(u32::try_from(node_count).context("too many nodes")?),
@@ -265,10 +259,7 @@ impl MmdbWriter {
             let slot = if child == 0 {
                 effective.map_or(Slot::Empty, Slot::Data)
             } else if self.nodes[child].children == [0, 0] {
-                self.nodes[child]
-                    .record
-                    .or(effective)
-                    .map_or(Slot::Empty, Slot::Data)
+                self.nodes[child].record.or(effective).map_or(Slot::Empty, Slot::Data)
             } else {
                 self.build(child, effective, tree)
             };
@@ -421,24 +412,13 @@ mod tests {
     #[test]
     fn asn_records_and_shared_data() {
         let mut w = MmdbWriter::new("GeoLite2-ASN");
-        w.insert_asn(
-            net("10.77.3.0/24"),
-            4808,
-            "China Unicom Beijing Province Network",
-        );
-        w.insert_asn(
-            net("10.77.5.0/24"),
-            4808,
-            "China Unicom Beijing Province Network",
-        );
+        w.insert_asn(net("10.77.3.0/24"), 4808, "China Unicom Beijing Province Network");
+        w.insert_asn(net("10.77.5.0/24"), 4808, "China Unicom Beijing Province Network");
         w.insert_asn(net("fd77:3::/32"), 4294967295, "Big Number Networks");
         let bytes = w.to_bytes().unwrap();
         // One copy of the repeated record.
         let needle = b"China Unicom Beijing Province Network";
-        assert_eq!(
-            bytes.windows(needle.len()).filter(|w| w == needle).count(),
-            1
-        );
+        assert_eq!(bytes.windows(needle.len()).filter(|w| w == needle).count(), 1);
         let reader = read(&w);
         let asn = |addr: &str| {
             let r = reader.lookup(ip(addr)).unwrap();
@@ -449,18 +429,9 @@ mod tests {
                 )
             })
         };
-        assert_eq!(
-            asn("10.77.3.9"),
-            Some((4808, "China Unicom Beijing Province Network".into()))
-        );
-        assert_eq!(
-            asn("10.77.5.9"),
-            Some((4808, "China Unicom Beijing Province Network".into()))
-        );
-        assert_eq!(
-            asn("fd77:3::1"),
-            Some((4294967295, "Big Number Networks".into()))
-        );
+        assert_eq!(asn("10.77.3.9"), Some((4808, "China Unicom Beijing Province Network".into())));
+        assert_eq!(asn("10.77.5.9"), Some((4808, "China Unicom Beijing Province Network".into())));
+        assert_eq!(asn("fd77:3::1"), Some((4294967295, "Big Number Networks".into())));
         assert_eq!(asn("10.77.4.9"), None);
     }
 
@@ -481,33 +452,17 @@ mod tests {
         let r = reader.lookup(ip("203.0.113.200")).unwrap();
         let code: Option<String> = r.decode_path(&maxminddb::path!["country_code"]).unwrap();
         assert_eq!(code.as_deref(), Some("AU"));
-        let asn: Option<u32> = r
-            .decode_path(&maxminddb::path!["autonomous_system_number"])
-            .unwrap();
+        let asn: Option<u32> =
+            r.decode_path(&maxminddb::path!["autonomous_system_number"]).unwrap();
         assert_eq!(asn, Some(64_500));
-        let iso: Option<String> = r
-            .decode_path(&maxminddb::path!["country", "iso_code"])
-            .unwrap();
+        let iso: Option<String> = r.decode_path(&maxminddb::path!["country", "iso_code"]).unwrap();
         assert_eq!(iso.as_deref(), Some("AU"));
         // The /25 has only its own fields: a record is per network, not inherited.
         let r = reader.lookup(ip("203.0.113.5")).unwrap();
-        assert_eq!(
-            r.decode_path::<bool>(&maxminddb::path!["flag"]).unwrap(),
-            Some(true)
-        );
-        assert_eq!(
-            r.decode_path::<u64>(&maxminddb::path!["big"]).unwrap(),
-            Some(1 << 40)
-        );
-        assert_eq!(
-            r.decode_path::<u16>(&maxminddb::path!["list", 0]).unwrap(),
-            Some(7)
-        );
-        assert_eq!(
-            r.decode_path::<String>(&maxminddb::path!["country_code"])
-                .unwrap(),
-            None
-        );
+        assert_eq!(r.decode_path::<bool>(&maxminddb::path!["flag"]).unwrap(), Some(true));
+        assert_eq!(r.decode_path::<u64>(&maxminddb::path!["big"]).unwrap(), Some(1 << 40));
+        assert_eq!(r.decode_path::<u16>(&maxminddb::path!["list", 0]).unwrap(), Some(7));
+        assert_eq!(r.decode_path::<String>(&maxminddb::path!["country_code"]).unwrap(), None);
     }
 
     #[test]
@@ -517,9 +472,7 @@ mod tests {
             w.set_record_size(size);
             w.set_build_epoch(1_700_000_000);
             // Strings past every size class of the control byte.
-            for (i, len) in [28usize, 29, 284, 285, 65_820, 65_821, 70_000]
-                .into_iter()
-                .enumerate()
+            for (i, len) in [28usize, 29, 284, 285, 65_820, 65_821, 70_000].into_iter().enumerate()
             {
                 let name = "x".repeat(len);
                 w.insert_asn(net(&format!("192.0.2.{i}/32")), i as u32, &name);
@@ -527,19 +480,13 @@ mod tests {
             let reader = read(&w);
             assert_eq!(reader.metadata().record_size, size);
             assert_eq!(reader.metadata().build_epoch, 1_700_000_000);
-            assert_eq!(
-                country(&reader, "10.77.3.2").as_deref(),
-                Some("CN"),
-                "record size {size}"
-            );
+            assert_eq!(country(&reader, "10.77.3.2").as_deref(), Some("CN"), "record size {size}");
             assert_eq!(
                 country(&reader, "2001:db8:1::5").as_deref(),
                 Some("FR"),
                 "record size {size}"
             );
-            for (i, len) in [28usize, 29, 284, 285, 65_820, 65_821, 70_000]
-                .into_iter()
-                .enumerate()
+            for (i, len) in [28usize, 29, 284, 285, 65_820, 65_821, 70_000].into_iter().enumerate()
             {
                 let r = reader.lookup(ip(&format!("192.0.2.{i}"))).unwrap();
                 let asn = r.decode::<geoip2::Asn>().unwrap().unwrap();
@@ -568,18 +515,9 @@ mod tests {
         }
         let reader = read(&w);
         assert_eq!(reader.metadata().record_size, 28);
-        let r = reader
-            .lookup(ip("10.0.249.1"))
-            .unwrap()
-            .decode::<geoip2::Asn>()
-            .unwrap()
-            .unwrap();
+        let r = reader.lookup(ip("10.0.249.1")).unwrap().decode::<geoip2::Asn>().unwrap().unwrap();
         assert_eq!(r.autonomous_system_number, Some(249));
-        assert!(
-            r.autonomous_system_organization
-                .unwrap()
-                .starts_with("249o")
-        );
+        assert!(r.autonomous_system_organization.unwrap().starts_with("249o"));
     }
 
     #[test]

@@ -34,11 +34,8 @@ impl Lab {
     /// `prefix` names the user (e.g. `gwt-plain`); pid and a per-process sequence number are
     /// appended so parallel users never share a namespace. Creates no namespace yet.
     pub fn new(prefix: &str) -> anyhow::Result<Lab> {
-        let tag = format!(
-            "{prefix}-{}-{}",
-            std::process::id(),
-            NEXT_LAB.fetch_add(1, Ordering::Relaxed)
-        );
+        let tag =
+            format!("{prefix}-{}-{}", std::process::id(), NEXT_LAB.fetch_add(1, Ordering::Relaxed));
         let dir = tempfile::Builder::new()
             .prefix(&format!("{tag}-"))
             .tempdir()
@@ -92,12 +89,9 @@ impl Lab {
     /// they survive a restart. The lab kills it on Drop if it is still running.
     pub fn spawn(&self, ns: &str, cmd: Command) -> anyhow::Result<Process> {
         let seq = self.procs.lock().unwrap().len();
-        let stem = Path::new(cmd.get_program())
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned());
-        let log = self
-            .dir()
-            .join(format!("{}-{seq}.log", stem.as_deref().unwrap_or("proc")));
+        let stem =
+            Path::new(cmd.get_program()).file_name().map(|s| s.to_string_lossy().into_owned());
+        let log = self.dir().join(format!("{}-{seq}.log", stem.as_deref().unwrap_or("proc")));
         let p = Process::spawn(ns, cmd, log)?;
         self.procs.lock().unwrap().push(p.clone());
         Ok(p)
@@ -105,12 +99,7 @@ impl Lab {
 
     /// Log files of every process spawned so far, in start order.
     pub fn logs(&self) -> Vec<PathBuf> {
-        self.procs
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|p| p.log_path().to_path_buf())
-            .collect()
+        self.procs.lock().unwrap().iter().map(|p| p.log_path().to_path_buf()).collect()
     }
 }
 

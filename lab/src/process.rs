@@ -48,17 +48,9 @@ impl Process {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {desc} in {ns}"))?;
+        let child = cmd.spawn().with_context(|| format!("starting {desc} in {ns}"))?;
         drop(netns);
-        Ok(Process {
-            inner: Arc::new(Inner {
-                pid: child.id(),
-                log,
-                child: Mutex::new(child),
-            }),
-        })
+        Ok(Process { inner: Arc::new(Inner { pid: child.id(), log, child: Mutex::new(child) }) })
     }
 
     pub fn pid(&self) -> u32 {
@@ -114,27 +106,33 @@ impl Process {
         }
         self.signal(Signal::SIGKILL)?;
         self.wait_timeout(Duration::from_secs(5))?;
-        bail!(
-            "pid {} ignored SIGTERM for {grace:?} and was killed",
-            self.inner.pid
-        )
+        bail!("pid {} ignored SIGTERM for {grace:?} and was killed", self.inner.pid)
     }
 }
 
 /// Waits until the agent `process` running in `ns` serves `metrics_url` with its XDP attach
 /// mode (its programs are in place), or fails if it exits or `timeout` passes. The caller adds
 /// the log when it reports the error.
-pub fn wait_agent_ready(ns: &str, metrics_url: &str, process: &Process, timeout: std::time::Duration) -> anyhow::Result<()> {
+pub fn wait_agent_ready(
+    ns: &str,
+    metrics_url: &str,
+    process: &Process,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         if let Some(status) = process.try_wait()? {
             anyhow::bail!("the agent exited during startup ({status})");
         }
-        if crate::http_get(ns, metrics_url).is_ok_and(|body| body.contains("gwsensor_xdp_attach_mode")) {
+        if crate::http_get(ns, metrics_url)
+            .is_ok_and(|body| body.contains("gwsensor_xdp_attach_mode"))
+        {
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
-            anyhow::bail!("the agent did not serve {metrics_url} with gwsensor_xdp_attach_mode within {timeout:?}");
+            anyhow::bail!(
+                "the agent did not serve {metrics_url} with gwsensor_xdp_attach_mode within {timeout:?}"
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }

@@ -47,14 +47,9 @@ impl Scrape {
     /// The value of the series with exactly this name and label set (order-insensitive;
     /// a series with an extra label does not match), or None.
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let want: BTreeMap<String, String> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        self.samples
-            .iter()
-            .find(|s| s.name == name && s.labels == want)
-            .map(|s| s.value)
+        let want: BTreeMap<String, String> =
+            labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.samples.iter().find(|s| s.name == name && s.labels == want).map(|s| s.value)
     }
 
     /// Like [`Scrape::get`], but a missing series is an error listing the series that do
@@ -63,19 +58,13 @@ impl Scrape {
         if let Some(v) = self.get(name, labels) {
             return Ok(v);
         }
-        let present: Vec<String> = self
-            .series(name)
-            .map(|s| format!("  {}", format_sample(s)))
-            .collect();
+        let present: Vec<String> =
+            self.series(name).map(|s| format!("  {}", format_sample(s))).collect();
         bail!(
             "no sample {}{}; present under that name:\n{}",
             name,
             format_labels(labels.iter().map(|(k, v)| (*k, *v))),
-            if present.is_empty() {
-                "  (none)".to_string()
-            } else {
-                present.join("\n")
-            }
+            if present.is_empty() { "  (none)".to_string() } else { present.join("\n") }
         )
     }
 
@@ -117,9 +106,7 @@ fn format_labels<'a>(labels: impl Iterator<Item = (&'a str, &'a str)>) -> String
 }
 
 fn parse_line(line: &str) -> anyhow::Result<Sample> {
-    let name_end = line
-        .find(|c: char| c == '{' || c.is_whitespace())
-        .context("no value")?;
+    let name_end = line.find(|c: char| c == '{' || c.is_whitespace()).context("no value")?;
     let name = line[..name_end].to_string();
     let mut labels = BTreeMap::new();
     let mut rest = &line[name_end..];
@@ -172,11 +159,7 @@ fn parse_line(line: &str) -> anyhow::Result<Sample> {
         "NaN" => f64::NAN,
         v => v.parse().with_context(|| format!("bad value {v:?}"))?,
     };
-    Ok(Sample {
-        name,
-        labels,
-        value,
-    })
+    Ok(Sample { name, labels, value })
 }
 
 #[cfg(test)]
@@ -204,17 +187,9 @@ no_labels 42
         assert_eq!(s.get("gwsensor_client_bytes_total", &labels), Some(10420.0));
         // A subset of the labels is not the series.
         assert_eq!(s.get("gwsensor_client_bytes_total", &labels[..2]), None);
-        assert_eq!(
-            s.sum(
-                "gwsensor_client_bytes_total",
-                &[("mac", "64:09:80:00:00:01")]
-            ),
-            17872.0
-        );
-        let err = s
-            .value("gwsensor_client_bytes_total", &[("mac", "nope")])
-            .unwrap_err()
-            .to_string();
+        assert_eq!(s.sum("gwsensor_client_bytes_total", &[("mac", "64:09:80:00:00:01")]), 17872.0);
+        let err =
+            s.value("gwsensor_client_bytes_total", &[("mac", "nope")]).unwrap_err().to_string();
         assert!(err.contains("direction=\"download\""), "{err}");
     }
 
@@ -230,14 +205,8 @@ no_labels 42
             ("port", ""),
         ];
         assert_eq!(s.get("gwsensor_remote_bytes_total", &other), Some(5.0));
-        assert_eq!(
-            s.get("weird", &[("a", "q\"uo\\te, }"), ("b", "x\ny")]),
-            Some(1500.0)
-        );
-        assert_eq!(
-            s.get("gwsensor_poll_duration_seconds_bucket", &[("le", "+Inf")]),
-            Some(3.0)
-        );
+        assert_eq!(s.get("weird", &[("a", "q\"uo\\te, }"), ("b", "x\ny")]), Some(1500.0));
+        assert_eq!(s.get("gwsensor_poll_duration_seconds_bucket", &[("le", "+Inf")]), Some(3.0));
         assert_eq!(s.get("no_labels", &[]), Some(42.0));
         assert!(Scrape::parse("bad{a=1} 2").is_err());
     }

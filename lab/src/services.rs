@@ -54,10 +54,7 @@ pub fn dns_query_bytes(id: u16, name: &str, qtype: u16) -> anyhow::Result<Vec<u8
     q.extend_from_slice(&[0x01, 0x00]); // RD
     q.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]); // QD=1, AN=NS=AR=0
     for label in name.trim_end_matches('.').split('.') {
-        ensure!(
-            !label.is_empty() && label.len() < 64,
-            "bad DNS name {name:?}"
-        );
+        ensure!(!label.is_empty() && label.len() < 64, "bad DNS name {name:?}");
         q.push(label.len() as u8);
         q.extend_from_slice(label.as_bytes());
     }
@@ -105,9 +102,7 @@ pub fn parse_dns_response(id: u16, msg: &[u8]) -> anyhow::Result<(u8, Vec<(IpAdd
         let ttl_bytes = msg.get(pos + 4..pos + 8).context("DNS record cut short")?;
         let ttl = u32::from_be_bytes(ttl_bytes.try_into().expect("4 bytes"));
         let rdlen = usize::from(be16(msg, pos + 8)?);
-        let rdata = msg
-            .get(pos + 10..pos + 10 + rdlen)
-            .context("DNS rdata cut short")?;
+        let rdata = msg.get(pos + 10..pos + 10 + rdlen).context("DNS rdata cut short")?;
         match (rtype, rdlen) {
             (DNS_A, 4) => {
                 let b: [u8; 4] = rdata.try_into().expect("4 bytes");
@@ -136,12 +131,7 @@ pub fn dns_query(
     let id = NEXT_DNS_ID.fetch_add(1, Ordering::Relaxed);
     let query = dns_query_bytes(id, name, qtype)?;
     let response = in_netns(ns, || -> anyhow::Result<Vec<u8>> {
-        let any: SocketAddr = if server.is_ipv4() {
-            "0.0.0.0:0"
-        } else {
-            "[::]:0"
-        }
-        .parse()?;
+        let any: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
         let sock = UdpSocket::bind(any)?;
         sock.connect(server)?;
         sock.set_read_timeout(Some(Duration::from_secs(3)))?;
@@ -154,13 +144,7 @@ pub fn dns_query(
     .with_context(|| format!("DNS query {name} type {qtype} to {server} in {ns}"))?;
     let (rcode, addrs) = parse_dns_response(id, &response)
         .with_context(|| format!("DNS response for {name} from {server}"))?;
-    Ok(DnsExchange {
-        server,
-        query_len: query.len(),
-        response_len: response.len(),
-        rcode,
-        addrs,
-    })
+    Ok(DnsExchange { server, query_len: query.len(), response_len: response.len(), rcode, addrs })
 }
 
 /// Like [`dns_query`], over TCP (RFC 1035 4.2.2: a two-byte length, then the message), as a
@@ -189,13 +173,7 @@ pub fn dns_query_tcp(
     .with_context(|| format!("DNS query over TCP {name} type {qtype} to {server} in {ns}"))?;
     let (rcode, addrs) = parse_dns_response(id, &response)
         .with_context(|| format!("DNS response over TCP for {name} from {server}"))?;
-    Ok(DnsExchange {
-        server,
-        query_len: query.len(),
-        response_len: response.len(),
-        rcode,
-        addrs,
-    })
+    Ok(DnsExchange { server, query_len: query.len(), response_len: response.len(), rcode, addrs })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -246,28 +224,18 @@ pub fn start_dnsmasq(
         "--log-queries",
     ])
     .arg(format!("--local-ttl={ttl}"))
-    .arg(format!(
-        "--pid-file={}",
-        dir.join(format!("dnsmasq-{seq}.pid")).display()
-    ))
-    .arg(format!(
-        "--dhcp-leasefile={}",
-        dir.join(format!("dnsmasq-{seq}.leases")).display()
-    ));
+    .arg(format!("--pid-file={}", dir.join(format!("dnsmasq-{seq}.pid")).display()))
+    .arg(format!("--dhcp-leasefile={}", dir.join(format!("dnsmasq-{seq}.leases")).display()));
     for a in listen {
         cmd.arg(format!("--listen-address={a}"));
     }
     for r in records {
         cmd.arg(format!("--address=/{}/{}", r.name, r.addr));
     }
-    let p = lab
-        .spawn(ns, cmd)
-        .context("starting dnsmasq (apt-get install dnsmasq-base)")?;
+    let p = lab.spawn(ns, cmd).context("starting dnsmasq (apt-get install dnsmasq-base)")?;
     // Ready when it answers on every address; queried from inside `ns`, so over its loopback,
     // never across a lab link (the sensor does not see these probes).
-    let probe = records
-        .first()
-        .map_or("probe.lab.invalid", |r| r.name.as_str());
+    let probe = records.first().map_or("probe.lab.invalid", |r| r.name.as_str());
     let deadline = Instant::now() + Duration::from_secs(10);
     for a in listen {
         loop {
@@ -325,9 +293,7 @@ impl HttpResponder {
                 let text = String::from_utf8_lossy(&head);
                 if let Some(host) = text.lines().find_map(|l| {
                     let (k, v) = l.split_once(':')?;
-                    k.trim()
-                        .eq_ignore_ascii_case("host")
-                        .then(|| v.trim().to_string())
+                    k.trim().eq_ignore_ascii_case("host").then(|| v.trim().to_string())
                 }) {
                     h.lock().unwrap().push(host);
                 }
@@ -341,13 +307,7 @@ impl HttpResponder {
                 let _ = conn.read(&mut buf);
             }
         });
-        Ok(HttpResponder {
-            addr,
-            ns: ns.to_string(),
-            hosts,
-            stop,
-            thread: Some(thread),
-        })
+        Ok(HttpResponder { addr, ns: ns.to_string(), hosts, stop, thread: Some(thread) })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -365,9 +325,8 @@ impl Drop for HttpResponder {
         self.stop.store(true, Ordering::Relaxed);
         // Wake accept() from inside the namespace (over its loopback: no lab link involved).
         let addr = self.addr;
-        let _ = in_netns(&self.ns, || {
-            TcpStream::connect_timeout(&addr, Duration::from_millis(500))
-        });
+        let _ =
+            in_netns(&self.ns, || TcpStream::connect_timeout(&addr, Duration::from_millis(500)));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -382,7 +341,12 @@ pub fn tcp_exchange(ns: &str, to: SocketAddr, request: &[u8]) -> anyhow::Result<
 
 /// Like [`tcp_exchange`], but waits `pause` between the handshake and the request (a client
 /// that connects, then thinks).
-pub fn tcp_exchange_after(ns: &str, to: SocketAddr, pause: Duration, request: &[u8]) -> anyhow::Result<Vec<u8>> {
+pub fn tcp_exchange_after(
+    ns: &str,
+    to: SocketAddr,
+    pause: Duration,
+    request: &[u8],
+) -> anyhow::Result<Vec<u8>> {
     in_netns(ns, || -> anyhow::Result<Vec<u8>> {
         let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -412,16 +376,10 @@ pub fn wait_tcp_listening(
     let deadline = Instant::now() + timeout;
     while !tcp_listening(ns, addr)? {
         if let Some(status) = server.try_wait()? {
-            bail!(
-                "server exited ({status}) before listening on {addr}:\n{}",
-                server.log()
-            );
+            bail!("server exited ({status}) before listening on {addr}:\n{}", server.log());
         }
         if Instant::now() > deadline {
-            bail!(
-                "nothing listens on TCP {addr} in {ns} after {timeout:?}:\n{}",
-                server.log()
-            );
+            bail!("nothing listens on TCP {addr} in {ns} after {timeout:?}:\n{}", server.log());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -445,9 +403,7 @@ pub fn output_in_netns(
         .with_context(|| format!("opening {}", netns_path.display()))?;
     let fd = netns.as_raw_fd();
     let desc = format!("{cmd:?}");
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     // SAFETY: setns(2) is async-signal-safe; `netns` outlives spawn() and is close-on-exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -457,9 +413,7 @@ pub fn output_in_netns(
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {desc} in {ns}"))?;
+    let mut child = cmd.spawn().with_context(|| format!("starting {desc} in {ns}"))?;
     drop(netns);
     let mut input = child.stdin.take().expect("piped");
     let data = stdin.to_vec();
@@ -486,10 +440,8 @@ pub fn output_in_netns(
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            let (o, e) = (
-                reader_out.join().unwrap_or_default(),
-                reader_err.join().unwrap_or_default(),
-            );
+            let (o, e) =
+                (reader_out.join().unwrap_or_default(), reader_err.join().unwrap_or_default());
             bail!(
                 "{desc} in {ns} did not finish within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
                 String::from_utf8_lossy(&o),
@@ -565,9 +517,7 @@ mod tests {
         ]);
         // A cdn.example.org (pointer to the CNAME's target) 10.77.4.12, TTL 300
         let cdn = 12 + 17 + 4 + 12; // offset of "cdn" in the CNAME's rdata
-        r.extend_from_slice(&[
-            0xc0, cdn as u8, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 10, 77, 4, 12,
-        ]);
+        r.extend_from_slice(&[0xc0, cdn as u8, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 10, 77, 4, 12]);
         // AAAA fd77:4::12, TTL 300
         r.extend_from_slice(&[0xc0, cdn as u8, 0, 28, 0, 1, 0, 0, 1, 44, 0, 16]);
         r.extend_from_slice(&"fd77:4::12".parse::<Ipv6Addr>().unwrap().octets());
@@ -575,15 +525,9 @@ mod tests {
         assert_eq!(rcode, 0);
         assert_eq!(
             addrs,
-            [
-                (IpAddr::from([10, 77, 4, 12]), 300),
-                ("fd77:4::12".parse().unwrap(), 300)
-            ]
+            [(IpAddr::from([10, 77, 4, 12]), 300), ("fd77:4::12".parse().unwrap(), 300)]
         );
         assert!(parse_dns_response(8, &r).is_err(), "another query's id");
-        assert!(
-            parse_dns_response(7, &r[..r.len() - 3]).is_err(),
-            "cut short"
-        );
+        assert!(parse_dns_response(7, &r[..r.len() - 3]).is_err(), "cut short");
     }
 }

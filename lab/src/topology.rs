@@ -98,10 +98,7 @@ const INET_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 2, 2];
 pub const LAN_PREFIXES: [&str; 2] = ["10.77.1.0/24", "fd77:1::/64"];
 
 fn mac_text(m: &[u8; 6]) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
 }
 
 impl TopologyBuilder {
@@ -135,10 +132,7 @@ impl TopologyBuilder {
     }
 
     pub fn build(self) -> anyhow::Result<Topology> {
-        ensure!(
-            !self.clients.is_empty(),
-            "a topology needs at least one client"
-        );
+        ensure!(!self.clients.is_empty(), "a topology needs at least one client");
         ensure!(
             self.lan == LanKind::Bridge || self.clients.len() == 1,
             "a plain veth LAN has room for exactly one client; use LanKind::Bridge for more"
@@ -204,40 +198,9 @@ impl TopologyBuilder {
         neigh(&gw_ns, "wan0", &internet.ipv6.into(), &inet_mac)?;
         neigh(&inet_ns, "eth0", &gateway.wan_ipv4.into(), &gw_wan_mac)?;
         neigh(&inet_ns, "eth0", &gateway.wan_ipv6.into(), &gw_wan_mac)?;
-        ip(&[
-            "-n",
-            &gw_ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.77.2.2",
-            "dev",
-            "wan0",
-        ])?;
-        ip(&[
-            "-n",
-            &gw_ns,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "fd77:2::2",
-            "dev",
-            "wan0",
-        ])?;
-        ip(&[
-            "-n",
-            &inet_ns,
-            "route",
-            "add",
-            "10.77.1.0/24",
-            "via",
-            "10.77.2.1",
-            "dev",
-            "eth0",
-        ])?;
+        ip(&["-n", &gw_ns, "route", "add", "default", "via", "10.77.2.2", "dev", "wan0"])?;
+        ip(&["-n", &gw_ns, "-6", "route", "add", "default", "via", "fd77:2::2", "dev", "wan0"])?;
+        ip(&["-n", &inet_ns, "route", "add", "10.77.1.0/24", "via", "10.77.2.1", "dev", "eth0"])?;
         ip(&[
             "-n",
             &inet_ns,
@@ -272,17 +235,7 @@ impl TopologyBuilder {
         // LAN.
         let gw_lan_mac = mac_text(&GW_LAN_MAC);
         if self.lan == LanKind::Bridge {
-            ip(&[
-                "-n",
-                &gw_ns,
-                "link",
-                "add",
-                "br-lan",
-                "address",
-                &gw_lan_mac,
-                "type",
-                "bridge",
-            ])?;
+            ip(&["-n", &gw_ns, "link", "add", "br-lan", "address", &gw_lan_mac, "type", "bridge"])?;
         }
         let mut clients = Vec::new();
         for (i, ((name, mac), ns)) in self.clients.iter().zip(&client_ns).enumerate() {
@@ -298,9 +251,7 @@ impl TopologyBuilder {
             ])?;
             if self.lan == LanKind::Bridge {
                 ip(&["-n", &gw_ns, "link", "set", &port, "master", "br-lan"])?;
-                bridge(&[
-                    "-n", &gw_ns, "fdb", "replace", &cmac, "dev", &port, "master", "static",
-                ])?;
+                bridge(&["-n", &gw_ns, "fdb", "replace", &cmac, "dev", &port, "master", "static"])?;
             }
             link_up(&gw_ns, &port)?;
             link_up(ns, "eth0")?;
@@ -314,35 +265,9 @@ impl TopologyBuilder {
                 ipv6: format!("fd77:1::{host}").parse()?,
                 gw_port: port,
             };
-            add_addrs(
-                ns,
-                "eth0",
-                &format!("{}/24", c.ipv4),
-                &format!("{}/64", c.ipv6),
-            )?;
-            ip(&[
-                "-n",
-                ns,
-                "route",
-                "add",
-                "default",
-                "via",
-                "10.77.1.1",
-                "dev",
-                "eth0",
-            ])?;
-            ip(&[
-                "-n",
-                ns,
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                "fd77:1::1",
-                "dev",
-                "eth0",
-            ])?;
+            add_addrs(ns, "eth0", &format!("{}/24", c.ipv4), &format!("{}/64", c.ipv6))?;
+            ip(&["-n", ns, "route", "add", "default", "via", "10.77.1.1", "dev", "eth0"])?;
+            ip(&["-n", ns, "-6", "route", "add", "default", "via", "fd77:1::1", "dev", "eth0"])?;
             neigh(ns, "eth0", &gateway.lan_ipv4.into(), &gw_lan_mac)?;
             neigh(ns, "eth0", &gateway.lan_ipv6.into(), &gw_lan_mac)?;
             clients.push(c);
@@ -355,12 +280,7 @@ impl TopologyBuilder {
             neigh(&gw_ns, &gateway.lan_if, &c.ipv4.into(), &c.mac_text())?;
             neigh(&gw_ns, &gateway.lan_if, &c.ipv6.into(), &c.mac_text())?;
         }
-        let topo = Topology {
-            gateway,
-            internet,
-            clients,
-            lab,
-        };
+        let topo = Topology { gateway, internet, clients, lab };
         topo.check_quiet().context("the lab's LAN is not silent")?;
         topo.settle()?;
         Ok(topo)
@@ -402,16 +322,7 @@ fn quiet_ipv6_defaults(ns: &str, router: bool) -> anyhow::Result<()> {
 
 /// `addrgenmode none` must precede `up`, or the kernel has already made a link-local address.
 fn link_up(ns: &str, ifname: &str) -> anyhow::Result<()> {
-    ip(&[
-        "-n",
-        ns,
-        "link",
-        "set",
-        "dev",
-        ifname,
-        "addrgenmode",
-        "none",
-    ])?;
+    ip(&["-n", ns, "link", "set", "dev", ifname, "addrgenmode", "none"])?;
     let conf = format!("net.ipv6.conf.{}", ifname.replace('.', "/"));
     run(
         "ip",
@@ -470,11 +381,8 @@ impl Topology {
     /// Waits until no frame has crossed any LAN link for a while, so whatever the kernel sent
     /// while the links came up is over before the sensor starts.
     fn settle(&self) -> anyhow::Result<()> {
-        let links: Vec<(&str, &str)> = self
-            .clients
-            .iter()
-            .map(|c| (c.ns.as_str(), c.ifname.as_str()))
-            .collect();
+        let links: Vec<(&str, &str)> =
+            self.clients.iter().map(|c| (c.ns.as_str(), c.ifname.as_str())).collect();
         let snapshot = || -> anyhow::Result<Vec<String>> {
             links
                 .iter()
@@ -499,11 +407,8 @@ impl Topology {
     /// Verifies the silence the exact counts rely on: no link-local or tentative addresses on
     /// any LAN interface.
     pub fn check_quiet(&self) -> anyhow::Result<()> {
-        let mut lan: Vec<(&str, &str)> = self
-            .clients
-            .iter()
-            .map(|c| (c.ns.as_str(), c.ifname.as_str()))
-            .collect();
+        let mut lan: Vec<(&str, &str)> =
+            self.clients.iter().map(|c| (c.ns.as_str(), c.ifname.as_str())).collect();
         lan.push((&self.gateway.ns, &self.gateway.lan_if));
         for c in &self.clients {
             lan.push((&self.gateway.ns, &c.gw_port));

@@ -72,14 +72,7 @@ impl UdpReceiver {
                 }
             }
         });
-        Ok(UdpReceiver {
-            addr,
-            sock,
-            datagrams,
-            bytes,
-            stop,
-            thread: Some(thread),
-        })
+        Ok(UdpReceiver { addr, sock, datagrams, bytes, stop, thread: Some(thread) })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -97,10 +90,7 @@ impl UdpReceiver {
                 .send_to(&buf, to)
                 .with_context(|| format!("sending UDP {} -> {to}", self.addr))?;
             if n != payload {
-                bail!(
-                    "short UDP send {} -> {to}: {n} of {payload} bytes",
-                    self.addr
-                );
+                bail!("short UDP send {} -> {to}: {n} of {payload} bytes", self.addr);
             }
         }
         Ok(())
@@ -152,16 +142,12 @@ pub fn http_get(ns: &str, url: &str) -> anyhow::Result<String> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let addr: SocketAddr = authority
-        .parse()
-        .with_context(|| format!("{url}: host must be an IP:port"))?;
+    let addr: SocketAddr =
+        authority.parse().with_context(|| format!("{url}: host must be an IP:port"))?;
     let response = in_netns(ns, || -> anyhow::Result<Vec<u8>> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
-        )?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n")?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf)?;
         Ok(buf)
@@ -169,9 +155,8 @@ pub fn http_get(ns: &str, url: &str) -> anyhow::Result<String> {
     .with_context(|| format!("GET {url} in {ns}"))?;
     let text =
         String::from_utf8(response).with_context(|| format!("GET {url}: response is not UTF-8"))?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("GET {url}: malformed response"))?;
+    let (head, body) =
+        text.split_once("\r\n\r\n").with_context(|| format!("GET {url}: malformed response"))?;
     let status = head.lines().next().unwrap_or("");
     if status.split_whitespace().nth(1) != Some("200") {
         bail!("GET {url} in {ns}: {status}\n{body}");

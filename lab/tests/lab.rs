@@ -69,14 +69,7 @@ fn bridge_lab_routes_counts_and_cleans_up() {
         let down = UdpReceiver::bind(&phone.ns, addr("10.77.1.10:6000")).unwrap();
         send_udp(&phone.ns, addr("10.77.1.10:40000"), up.addr(), 50, 1000).unwrap();
         send_udp(&laptop.ns, addr("[fd77:1::11]:40000"), up6.addr(), 20, 1400).unwrap();
-        send_udp(
-            &topo.internet.ns,
-            addr("10.77.3.1:5002"),
-            down.addr(),
-            30,
-            1200,
-        )
-        .unwrap();
+        send_udp(&topo.internet.ns, addr("10.77.3.1:5002"), down.addr(), 30, 1200).unwrap();
         up.wait_for(50, Duration::from_secs(5)).unwrap();
         up6.wait_for(20, Duration::from_secs(5)).unwrap();
         down.wait_for(30, Duration::from_secs(5)).unwrap();
@@ -109,9 +102,7 @@ fn bridge_lab_routes_counts_and_cleans_up() {
     let left = lab::ip(&["netns", "list"]).unwrap();
     for n in names {
         assert!(
-            !left
-                .lines()
-                .any(|l| l.split_whitespace().next() == Some(n.as_str())),
+            !left.lines().any(|l| l.split_whitespace().next() == Some(n.as_str())),
             "{n} left behind:\n{left}"
         );
     }
@@ -131,23 +122,11 @@ fn lan_stays_silent() {
     let stats = |ns: &str, ifname: &str| {
         lab::ip(&["-n", ns, "-s", "-j", "link", "show", "dev", ifname]).unwrap()
     };
-    let at_build = (
-        stats(&topo.gateway.ns, "lan0"),
-        stats(&topo.clients[0].ns, "eth0"),
-    );
+    let at_build = (stats(&topo.gateway.ns, "lan0"), stats(&topo.clients[0].ns, "eth0"));
     std::thread::sleep(Duration::from_secs(3));
-    let before = (
-        stats(&topo.gateway.ns, "lan0"),
-        stats(&topo.clients[0].ns, "eth0"),
-    );
+    let before = (stats(&topo.gateway.ns, "lan0"), stats(&topo.clients[0].ns, "eth0"));
     std::thread::sleep(Duration::from_secs(3));
-    let after = (
-        stats(&topo.gateway.ns, "lan0"),
-        stats(&topo.clients[0].ns, "eth0"),
-    );
-    assert_eq!(
-        at_build, before,
-        "frames crossed the LAN after the topology was built"
-    );
+    let after = (stats(&topo.gateway.ns, "lan0"), stats(&topo.clients[0].ns, "eth0"));
+    assert_eq!(at_build, before, "frames crossed the LAN after the topology was built");
     assert_eq!(before, after, "frames crossed the idle LAN");
 }

@@ -272,7 +272,8 @@ pub enum EventKind {
 
 impl EventKind {
     pub const COUNT: usize = 3;
-    pub const ALL: [EventKind; 3] = [EventKind::DnsResponse, EventKind::TlsClientHello, EventKind::HttpRequest];
+    pub const ALL: [EventKind; 3] =
+        [EventKind::DnsResponse, EventKind::TlsClientHello, EventKind::HttpRequest];
 
     pub fn from_u8(v: u8) -> Option<EventKind> {
         EventKind::ALL.get(v as usize).copied()
@@ -300,7 +301,8 @@ pub enum EventOutcome {
 
 impl EventOutcome {
     pub const COUNT: usize = 3;
-    pub const ALL: [EventOutcome; 3] = [EventOutcome::Sent, EventOutcome::RateLimited, EventOutcome::RingFull];
+    pub const ALL: [EventOutcome; 3] =
+        [EventOutcome::Sent, EventOutcome::RateLimited, EventOutcome::RingFull];
 
     pub const fn slot(self, kind: EventKind) -> u32 {
         (kind as u32) * (EventOutcome::COUNT as u32) + self as u32

@@ -22,9 +22,9 @@ use aya_log_ebpf::warn;
 use core::mem::MaybeUninit;
 use sensor_common::{
     ClientKey, Counters, DEFAULT_CLIENT_CAPACITY, DEFAULT_FLOW_CAPACITY, Direction, EVENT_DATA_MAX,
-    EVENT_RING_BYTES, EVENT_STATS_LEN, Event, EventKind, EventOutcome, FlowKey, FlowValue, LanPrefix,
-    LanPrefixes, MAX_IPV6_EXT_HEADERS, MAX_LAN_PREFIXES, MAX_VLAN_TAGS, PendingEvent, RateWindow,
-    STATS_LEN, Stat, wire_bytes,
+    EVENT_RING_BYTES, EVENT_STATS_LEN, Event, EventKind, EventOutcome, FlowKey, FlowValue,
+    LanPrefix, LanPrefixes, MAX_IPV6_EXT_HEADERS, MAX_LAN_PREFIXES, MAX_VLAN_TAGS, PendingEvent,
+    RateWindow, STATS_LEN, Stat, wire_bytes,
 };
 
 /// Per-flow counters, and the flow's client slot. LRU so that memory stays bounded whatever the
@@ -37,13 +37,15 @@ static FLOWS: LruPerCpuHashMap<FlowKey, FlowValue> =
 /// Client MAC → slot in `CLIENT_TOTALS`. Read only for the first packet of a flow (on a CPU);
 /// written only when a new client gets a slot (and by the agent when it retires one).
 #[map(name = "CLIENT_SLOTS")]
-static CLIENT_SLOTS: HashMap<ClientKey, u32> = HashMap::with_max_entries(DEFAULT_CLIENT_CAPACITY, 0);
+static CLIENT_SLOTS: HashMap<ClientKey, u32> =
+    HashMap::with_max_entries(DEFAULT_CLIENT_CAPACITY, 0);
 
 /// Per-client totals by slot: an array (the kernel inlines the lookup), never evicted. When
 /// every slot is held, new clients are counted in the `client_table_full` stat instead of
 /// displacing others. Its size is the client capacity (set by the loader).
 #[map(name = "CLIENT_TOTALS")]
-static CLIENT_TOTALS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DEFAULT_CLIENT_CAPACITY, 0);
+static CLIENT_TOTALS: PerCpuArray<Counters> =
+    PerCpuArray::with_max_entries(DEFAULT_CLIENT_CAPACITY, 0);
 
 /// Slots of retired clients, zeroed and pushed by the agent; popped before a new slot is used.
 #[map(name = "FREE_SLOTS")]
@@ -100,10 +102,7 @@ static EVENTS_PER_SEC_PER_CPU: u32 = 0;
 static LAN_PREFIXES: LanPrefixes = LanPrefixes {
     count: 0,
     _pad: 0,
-    prefixes: [LanPrefix {
-        addr: [0; 4],
-        mask: [0; 4],
-    }; MAX_LAN_PREFIXES],
+    prefixes: [LanPrefix { addr: [0; 4], mask: [0; 4] }; MAX_LAN_PREFIXES],
 };
 
 const ETH_HLEN: usize = 14;
@@ -158,7 +157,8 @@ pub fn gwsensor_xdp_pass(_ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn gwsensor_tc(ctx: TcContext) -> i32 {
     // SAFETY: `skb` is the context pointer the kernel handed us; these fields are plain reads.
-    let (gso_segs, vlan_present) = unsafe { ((*ctx.skb.skb).gso_segs, (*ctx.skb.skb).vlan_present) };
+    let (gso_segs, vlan_present) =
+        unsafe { ((*ctx.skb.skb).gso_segs, (*ctx.skb.skb).vlan_present) };
     // Headers of a locally built or forwarded skb may sit outside the linear area: pull just
     // enough for the deepest header we parse. Only paid when the linear part is short.
     let want = core::cmp::min(ctx.len(), 256);
@@ -244,7 +244,14 @@ impl Capture for TcContext {
         // skb_load_bytes also reads what sits outside the linear area. Called directly: the
         // verifier must see a length of at least 1, which aya's wrapper does not prove.
         // SAFETY: dst holds EVENT_DATA_MAX bytes and 1 <= want <= EVENT_DATA_MAX.
-        let rc = unsafe { bpf_skb_load_bytes(self.skb.skb.cast(), off as u32, dst.as_mut_ptr().cast(), want as u32) };
+        let rc = unsafe {
+            bpf_skb_load_bytes(
+                self.skb.skb.cast(),
+                off as u32,
+                dst.as_mut_ptr().cast(),
+                want as u32,
+            )
+        };
         if rc == 0 { want } else { 0 }
     }
 }
@@ -346,7 +353,9 @@ fn bump_stat(stat: Stat, dir: Direction) -> u64 {
 fn event_kind(key: &FlowKey, header_len: usize, dir: Direction, pkt: Packet) -> Option<EventKind> {
     let proto = key.protocol;
     match dir {
-        Direction::Download if key.remote_port == 53 && (proto == IPPROTO_UDP || proto == IPPROTO_TCP) => {
+        Direction::Download
+            if key.remote_port == 53 && (proto == IPPROTO_UDP || proto == IPPROTO_TCP) =>
+        {
             // A TCP segment with no payload (an ACK) carries no answer.
             pkt.span::<1>(header_len).map(|_| EventKind::DnsResponse)
         }
@@ -357,9 +366,13 @@ fn event_kind(key: &FlowKey, header_len: usize, dir: Direction, pkt: Packet) -> 
             if b0 == 22 && b1 == 3 && b5 == 1 {
                 return Some(EventKind::TlsClientHello);
             }
-            const METHODS: [[u8; 4]; 7] = [*b"GET ", *b"POST", *b"HEAD", *b"PUT ", *b"DELE", *b"OPTI", *b"PATC"];
+            const METHODS: [[u8; 4]; 7] =
+                [*b"GET ", *b"POST", *b"HEAD", *b"PUT ", *b"DELE", *b"OPTI", *b"PATC"];
             let method = head.get::<u32, 0>();
-            METHODS.iter().any(|m| method == u32::from_ne_bytes(*m)).then_some(EventKind::HttpRequest)
+            METHODS
+                .iter()
+                .any(|m| method == u32::from_ne_bytes(*m))
+                .then_some(EventKind::HttpRequest)
         }
         _ => None,
     }
@@ -487,10 +500,7 @@ fn account_new_flow(key: &FlowKey, dir: Direction, packets: u64, bytes: u64, now
         return Stat::ClientTableFull;
     };
     let mut fresh = FlowValue {
-        counters: Counters {
-            first_seen_ns: now,
-            ..Counters::default()
-        },
+        counters: Counters { first_seen_ns: now, ..Counters::default() },
         client_slot: slot + 1,
         _pad: 0,
     };
@@ -523,7 +533,8 @@ fn account_new_flow(key: &FlowKey, dir: Direction, packets: u64, bytes: u64, now
 #[inline(always)]
 fn client_slot(key: &FlowKey, now: u64) -> Result<u32, Stat> {
     // The MAC and two zero bytes: the key's word at the MAC, without the port's bytes.
-    let mac_word = key_word::<u64, K_MAC>(key) & u64::from_ne_bytes([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]);
+    let mac_word = key_word::<u64, K_MAC>(key)
+        & u64::from_ne_bytes([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]);
     // SAFETY: ClientKey is 8 plain bytes (asserted in sensor-common): any value is valid.
     let client: ClientKey = unsafe { core::mem::transmute::<u64, ClientKey>(mac_word) };
     if let Some(slot) = CLIENT_SLOTS.get_ptr(client) {
@@ -704,7 +715,11 @@ const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 /// where the L4 payload starts (for GSO byte accounting and events), or the reason the packet
 /// is not counted.
 #[inline(always)]
-fn parse(pkt: Packet, dir: Direction, key: &mut MaybeUninit<FlowKey>) -> Result<(&FlowKey, usize), Stat> {
+fn parse(
+    pkt: Packet,
+    dir: Direction,
+    key: &mut MaybeUninit<FlowKey>,
+) -> Result<(&FlowKey, usize), Stat> {
     let upload = matches!(dir, Direction::Upload);
     let eth = pkt.span::<ETH_HLEN>(0).ok_or(Stat::TruncatedL2)?;
     // The client is the sender of an upload and the receiver of a download.
@@ -782,7 +797,12 @@ struct L3 {
 }
 
 #[inline(always)]
-fn parse_ipv4(pkt: Packet, off: usize, upload: bool, key: &mut MaybeUninit<FlowKey>) -> Result<L3, Stat> {
+fn parse_ipv4(
+    pkt: Packet,
+    off: usize,
+    upload: bool,
+    key: &mut MaybeUninit<FlowKey>,
+) -> Result<L3, Stat> {
     let ip = pkt.span::<20>(off).ok_or(Stat::TruncatedL3)?;
     let version_ihl = ip.get::<u8, 0>();
     if version_ihl >> 4 != 4 {
@@ -835,7 +855,12 @@ fn is_ipv6_ext(nh: u8) -> bool {
 }
 
 #[inline(always)]
-fn parse_ipv6(pkt: Packet, off: usize, upload: bool, key: &mut MaybeUninit<FlowKey>) -> Result<L3, Stat> {
+fn parse_ipv6(
+    pkt: Packet,
+    off: usize,
+    upload: bool,
+    key: &mut MaybeUninit<FlowKey>,
+) -> Result<L3, Stat> {
     let ip = pkt.span::<40>(off).ok_or(Stat::TruncatedL3)?;
     if ip.get::<u8, 0>() >> 4 != 6 {
         return Err(Stat::BadL3Header);
@@ -879,7 +904,12 @@ fn parse_ipv6(pkt: Packet, off: usize, upload: bool, key: &mut MaybeUninit<FlowK
     }
     Ok(L3 {
         v6: true,
-        client: [first_word(client.0), second_word(client.0), first_word(client.1), second_word(client.1)],
+        client: [
+            first_word(client.0),
+            second_word(client.0),
+            first_word(client.1),
+            second_word(client.1),
+        ],
         protocol: nh,
         l4_off: l4,
         first_fragment,

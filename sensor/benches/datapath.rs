@@ -29,7 +29,6 @@ use sensor::{
     loader::{LoadOptions, load},
 };
 
-
 const XDP_PASS: u32 = 2;
 const TC_ACT_UNSPEC: u32 = u32::MAX;
 
@@ -61,7 +60,9 @@ fn main() -> ExitCode {
             || std::env::var("CI").as_deref() == Ok("true")
             || std::env::var("GWSENSOR_TEST_REQUIRE_PRIVILEGED").as_deref() == Ok("1");
         if required {
-            eprintln!("datapath bench: needs root (loads eBPF programs and runs BPF_PROG_TEST_RUN)");
+            eprintln!(
+                "datapath bench: needs root (loads eBPF programs and runs BPF_PROG_TEST_RUN)"
+            );
             return ExitCode::FAILURE;
         }
         eprintln!("\n*** SKIPPED: needs root (datapath bench smoke test) ***\n");
@@ -96,10 +97,12 @@ impl Programs {
             kernel_btf: false,
         })?;
         for name in [names::XDP_PROGRAM, names::XDP_PASS_PROGRAM] {
-            let prog: &mut Xdp = ebpf.program_mut(name).with_context(|| format!("{name} missing"))?.try_into()?;
+            let prog: &mut Xdp =
+                ebpf.program_mut(name).with_context(|| format!("{name} missing"))?.try_into()?;
             prog.load().with_context(|| format!("verifying {name}"))?;
         }
-        let tc: &mut SchedClassifier = ebpf.program_mut(names::TC_PROGRAM).context("TC program missing")?.try_into()?;
+        let tc: &mut SchedClassifier =
+            ebpf.program_mut(names::TC_PROGRAM).context("TC program missing")?.try_into()?;
         tc.load().context("verifying the TC program")?;
         let maps = KernelMaps::take(&mut ebpf)?;
         Ok(Programs { ebpf, maps })
@@ -108,15 +111,26 @@ impl Programs {
     /// Runs an XDP program `repeat` times on `frame`: the kernel's mean time per run.
     fn xdp(&self, name: &str, frame: &[u8], repeat: u32) -> anyhow::Result<Duration> {
         let prog: &Xdp = self.ebpf.program(name).context("program missing")?.try_into()?;
-        let r = prog.test_run(TestRunOptions { data_in: Some(frame), repeat, ..Default::default() })?;
-        ensure!(r.return_value == XDP_PASS, "{name} returned {} instead of XDP_PASS", r.return_value);
+        let r =
+            prog.test_run(TestRunOptions { data_in: Some(frame), repeat, ..Default::default() })?;
+        ensure!(
+            r.return_value == XDP_PASS,
+            "{name} returned {} instead of XDP_PASS",
+            r.return_value
+        );
         Ok(r.duration)
     }
 
     fn tc(&self, frame: &[u8], repeat: u32) -> anyhow::Result<Duration> {
-        let prog: &SchedClassifier = self.ebpf.program(names::TC_PROGRAM).context("program missing")?.try_into()?;
-        let r = prog.test_run(TestRunOptions { data_in: Some(frame), repeat, ..Default::default() })?;
-        ensure!(r.return_value == TC_ACT_UNSPEC, "TC program returned {:#x} instead of TC_ACT_UNSPEC", r.return_value);
+        let prog: &SchedClassifier =
+            self.ebpf.program(names::TC_PROGRAM).context("program missing")?.try_into()?;
+        let r =
+            prog.test_run(TestRunOptions { data_in: Some(frame), repeat, ..Default::default() })?;
+        ensure!(
+            r.return_value == TC_ACT_UNSPEC,
+            "TC program returned {:#x} instead of TC_ACT_UNSPEC",
+            r.return_value
+        );
         Ok(r.duration)
     }
 
@@ -240,7 +254,8 @@ fn flow_spec(rng: &mut Rng, client: usize, j: usize) -> FlowSpec {
 fn frame(f: &FlowSpec, upload: bool) -> Vec<u8> {
     let (len, cmac) = (if upload { f.up_len } else { f.down_len }, client_mac(f.client));
     let (src_mac, dst_mac) = if upload { (cmac, GW_MAC) } else { (GW_MAC, cmac) };
-    let (sport, dport) = if upload { (f.client_port, f.remote_port) } else { (f.remote_port, f.client_port) };
+    let (sport, dport) =
+        if upload { (f.client_port, f.remote_port) } else { (f.remote_port, f.client_port) };
     let tags: &[u8] = match f.vlan {
         Vlan::None => &[],
         Vlan::Single => &[0x81, 0x00, 0x00, 10],
@@ -306,8 +321,16 @@ fn prime(p: &Programs, m: &Mix) -> anyhow::Result<()> {
         p.tc(d, 1)?;
     }
     let snap = p.snapshot()?;
-    ensure!(snap.flows.len() == FLOWS, "{} flows after priming, expected {FLOWS}", snap.flows.len());
-    ensure!(snap.clients.len() == CLIENTS, "{} clients after priming, expected {CLIENTS}", snap.clients.len());
+    ensure!(
+        snap.flows.len() == FLOWS,
+        "{} flows after priming, expected {FLOWS}",
+        snap.flows.len()
+    );
+    ensure!(
+        snap.clients.len() == CLIENTS,
+        "{} clients after priming, expected {CLIENTS}",
+        snap.clients.len()
+    );
     check_all_counted(&snap)?;
     Ok(())
 }
@@ -343,8 +366,13 @@ fn smoke() -> anyhow::Result<()> {
     let snap = p.snapshot()?;
     ensure!(snap.flows.len() == 50, "{} flows, expected 50", snap.flows.len());
     check_all_counted(&snap)?;
-    ensure!(snap.stat(Stat::Counted, Direction::Upload) == 50 && snap.stat(Stat::Counted, Direction::Download) == 50);
-    println!("datapath bench: smoke test passed (`cargo bench -p sensor --bench datapath` for figures)");
+    ensure!(
+        snap.stat(Stat::Counted, Direction::Upload) == 50
+            && snap.stat(Stat::Counted, Direction::Download) == 50
+    );
+    println!(
+        "datapath bench: smoke test passed (`cargo bench -p sensor --bench datapath` for figures)"
+    );
     Ok(())
 }
 
@@ -380,7 +408,8 @@ struct Known {
 }
 
 fn measure_known(p: &Programs, m: &Mix) -> anyhow::Result<Known> {
-    let sample: Vec<usize> = (0..SAMPLE).map(|k| k * FLOWS / SAMPLE + (k * 37) % (FLOWS / SAMPLE)).collect();
+    let sample: Vec<usize> =
+        (0..SAMPLE).map(|k| k * FLOWS / SAMPLE + (k * 37) % (FLOWS / SAMPLE)).collect();
     let mut out = Known { xdp: vec![], pass: vec![], tc: vec![], sample: sample.clone() };
     for &i in &sample {
         let (mut x, mut b, mut t) = (vec![], vec![], vec![]);
@@ -435,13 +464,21 @@ struct Row {
     note: String,
 }
 
-fn row(what: impl Into<String>, sensor: f64, baseline: Option<f64>, note: impl Into<String>) -> Row {
+fn row(
+    what: impl Into<String>,
+    sensor: f64,
+    baseline: Option<f64>,
+    note: impl Into<String>,
+) -> Row {
     Row { what: what.into(), sensor, baseline, note: note.into() }
 }
 
 fn machine() -> (String, String, String) {
-    let nproc = std::thread::available_parallelism().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into());
+    let nproc =
+        std::thread::available_parallelism().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into());
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -469,7 +506,9 @@ fn bench(write_docs: bool) -> anyhow::Result<()> {
     let p = Programs::load()?;
     let m = mix();
     prime(&p, &m)?;
-    eprintln!("datapath: {FLOWS} flows primed; timing {SAMPLE} frames × {REPEAT} runs × {ROUNDS} rounds per program");
+    eprintln!(
+        "datapath: {FLOWS} flows primed; timing {SAMPLE} frames × {REPEAT} runs × {ROUNDS} rounds per program"
+    );
     let known = measure_known(&p, &m)?;
     eprintln!("datapath: timing first packets of {NEW_FLOWS} new flows (single runs)");
     let mut single = measure_single(&p, &m)?;
@@ -486,7 +525,8 @@ fn bench(write_docs: bool) -> anyhow::Result<()> {
     let subset = |pred: Filter| -> Vec<usize> {
         (0..SAMPLE).filter(|&k| pred(&m.flows[known.sample[k]])).collect()
     };
-    let pick = |v: &[f64], idx: &[usize]| -> f64 { mean(&idx.iter().map(|&k| v[k]).collect::<Vec<_>>()) };
+    let pick =
+        |v: &[f64], idx: &[usize]| -> f64 { mean(&idx.iter().map(|&k| v[k]).collect::<Vec<_>>()) };
     let all: Vec<usize> = (0..SAMPLE).collect();
     let mean_len = mean(&known.sample.iter().map(|&i| m.up[i].len() as f64).collect::<Vec<_>>());
     let mut rows = vec![row(
@@ -514,7 +554,8 @@ fn bench(write_docs: bool) -> anyhow::Result<()> {
         }
     }
     let added_known = pick(&known.xdp, &all) - pick(&known.pass, &all);
-    let mut added_per_frame: Vec<f64> = known.xdp.iter().zip(&known.pass).map(|(x, b)| x - b).collect();
+    let mut added_per_frame: Vec<f64> =
+        known.xdp.iter().zip(&known.pass).map(|(x, b)| x - b).collect();
     let worst_added = percentile(&mut added_per_frame, 1.0);
     let p90_added = percentile(&mut added_per_frame, 0.9);
 
@@ -562,7 +603,10 @@ fn bench(write_docs: bool) -> anyhow::Result<()> {
     let date = now_utc();
 
     let mut table = String::new();
-    writeln!(table, "| Measurement | gwsensor ns/pkt | baseline `gwsensor_xdp_pass` ns/pkt | added ns/pkt | ratio | notes |")?;
+    writeln!(
+        table,
+        "| Measurement | gwsensor ns/pkt | baseline `gwsensor_xdp_pass` ns/pkt | added ns/pkt | ratio | notes |"
+    )?;
     writeln!(table, "|---|---:|---:|---:|---:|---|")?;
     for r in &rows {
         match r.baseline {
@@ -590,7 +634,10 @@ fn bench(write_docs: bool) -> anyhow::Result<()> {
         more_or_less(new1 - cold1)
     );
     println!("\n{table}\n{summary}\n");
-    println!("machine: {nproc} CPUs, {cpu}, kernel {kernel}; load {load}; {date}; took {:.0?}", started.elapsed());
+    println!(
+        "machine: {nproc} CPUs, {cpu}, kernel {kernel}; load {load}; {date}; took {:.0?}",
+        started.elapsed()
+    );
 
     if write_docs {
         let doc = render_doc(&table, &summary, &Machine { nproc, kernel, cpu, date, load });

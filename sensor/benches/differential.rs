@@ -31,7 +31,9 @@ fn main() -> ExitCode {
     let write_docs = args.iter().any(|a| a == "--write-docs");
     if !nix::unistd::geteuid().is_root() {
         if bench_mode || lab::privileged_required() {
-            eprintln!("differential bench: needs root (loads eBPF programs and runs BPF_PROG_TEST_RUN)");
+            eprintln!(
+                "differential bench: needs root (loads eBPF programs and runs BPF_PROG_TEST_RUN)"
+            );
             return ExitCode::FAILURE;
         }
         eprintln!("\n*** SKIPPED: needs root (differential bench smoke test) ***\n");
@@ -56,13 +58,21 @@ fn env_u64(name: &str) -> anyhow::Result<Option<u64>> {
 
 /// Whether the run found no mismatch.
 fn run(bench_mode: bool, write_docs: bool) -> anyhow::Result<bool> {
-    let frames = if bench_mode { env_u64("GWSENSOR_DIFF_FRAMES")?.unwrap_or(DEFAULT_FRAMES) } else { SMOKE_FRAMES };
+    let frames = if bench_mode {
+        env_u64("GWSENSOR_DIFF_FRAMES")?.unwrap_or(DEFAULT_FRAMES)
+    } else {
+        SMOKE_FRAMES
+    };
     let seed = match env_u64("GWSENSOR_DIFF_SEED")? {
         Some(seed) => seed,
-        None if bench_mode => SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_nanos() as u64,
+        None if bench_mode => {
+            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_nanos() as u64
+        }
         None => 1,
     };
-    println!("differential: {frames} frames, seed {seed} (GWSENSOR_DIFF_SEED={seed} repeats this run)");
+    println!(
+        "differential: {frames} frames, seed {seed} (GWSENSOR_DIFF_SEED={seed} repeats this run)"
+    );
     let mut diff = Differential::new(&lan(), BATCH)?;
     let mut generator = Generator::new(seed);
     let mut done = 0;
@@ -130,12 +140,17 @@ fn render_doc(r: &Report, seed: u64) -> String {
             r.stats[Direction::Download.index()][stat as usize]
         );
     }
-    let _ = writeln!(table, "| refused by the test runner (program not run) | {} | {} |", r.refused[0], r.refused[1]);
+    let _ = writeln!(
+        table,
+        "| refused by the test runner (program not run) | {} | {} |",
+        r.refused[0], r.refused[1]
+    );
     let _ = writeln!(table, "| **frames** | {} | {} |", r.frames_by_dir[0], r.frames_by_dir[1]);
     let mismatches = if r.mismatches.is_empty() {
         String::new()
     } else {
-        let shown: Vec<String> = r.mismatches.iter().take(5).map(|m| format!("```\n{m}\n```")).collect();
+        let shown: Vec<String> =
+            r.mismatches.iter().take(5).map(|m| format!("```\n{m}\n```")).collect();
         format!("\nThe first mismatches:\n\n{}\n", shown.join("\n"))
     };
     let date = cmd("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);

@@ -17,7 +17,6 @@
 //! Run by `cargo test --all-targets` (no `--bench` argument) it is a smoke test: one small case,
 //! every step, exact checks, no timing. Needs root (BPF, network namespaces) either way.
 
-
 use std::{
     fmt::Write as _,
     path::Path,
@@ -88,10 +87,12 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let bench_mode = args.iter().any(|a| a == "--bench");
     let write_docs = args.iter().any(|a| a == "--write-docs");
-    let only: Option<usize> = args.iter().find_map(|a| a.strip_prefix("--flows=")).and_then(|n| n.parse().ok());
+    let only: Option<usize> =
+        args.iter().find_map(|a| a.strip_prefix("--flows=")).and_then(|n| n.parse().ok());
     let no_agent = args.iter().any(|a| a == "--no-agent");
     // `--flows=N --clients=M`: one case of your own (exploring; not written to the docs).
-    let clients: Option<usize> = args.iter().find_map(|a| a.strip_prefix("--clients=")).and_then(|n| n.parse().ok());
+    let clients: Option<usize> =
+        args.iter().find_map(|a| a.strip_prefix("--clients=")).and_then(|n| n.parse().ok());
     if !lab::lab_tests_can_run("scale bench", &[]) {
         // Skipped outside CI (loudly); lab_tests_can_run fails by itself where it must run.
         return if bench_mode { ExitCode::FAILURE } else { ExitCode::SUCCESS };
@@ -135,7 +136,9 @@ fn payload_len(i: usize) -> usize {
 fn frame(case: &Case, i: usize, out: &mut Vec<u8>) {
     let (c, remote, port) = flow(case, i);
     out.clear();
-    let b = PacketBuilder::ethernet2(client_mac(c), GW_MAC).ipv4(client_ip(c), remote, 64).udp(40_000, port);
+    let b = PacketBuilder::ethernet2(client_mac(c), GW_MAC)
+        .ipv4(client_ip(c), remote, 64)
+        .udp(40_000, port);
     let payload = [0x5a; 1500];
     b.write(out, &payload[..payload_len(i)]).expect("building a frame");
 }
@@ -161,12 +164,19 @@ fn load_instance(case: &Case, pins: &Path) -> anyhow::Result<Instance> {
         pin_dir: Some(pins),
         kernel_btf: false,
     })?;
-    ensure!(caps.flows == case.capacity, "flow map of {} entries, wanted {}", caps.flows, case.capacity);
-    let prog: &mut Xdp = ebpf.program_mut(names::XDP_PROGRAM).context("XDP program missing")?.try_into()?;
+    ensure!(
+        caps.flows == case.capacity,
+        "flow map of {} entries, wanted {}",
+        caps.flows,
+        case.capacity
+    );
+    let prog: &mut Xdp =
+        ebpf.program_mut(names::XDP_PROGRAM).context("XDP program missing")?.try_into()?;
     prog.load().context("verifying the XDP program")?;
     let maps = KernelMaps::take(&mut ebpf)?;
     let config = Config::parse("interface: lo\n", Path::new("scale-bench.yaml"))?;
-    let (enricher, _warnings) = Enricher::new(&config.inventory, &config.geoip, &config.names, config.destinations.level)?;
+    let (enricher, _warnings) =
+        Enricher::new(&config.inventory, &config.geoip, &config.names, config.destinations.level)?;
     let (_, events) = tokio::sync::mpsc::channel(1);
     let pipeline = Pipeline {
         maps,
@@ -178,7 +188,8 @@ fn load_instance(case: &Case, pins: &Path) -> anyhow::Result<Instance> {
         events,
         // The example policy: its evaluation is part of every poll.
         policy: Evaluator::new(
-            Policy::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy.yaml")).map_err(|e| anyhow::anyhow!("{e}"))?,
+            Policy::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy.yaml"))
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
             EvalState::default(),
             config.external_url(),
             config.alerting.resolved_retention,
@@ -192,12 +203,17 @@ impl Instance {
     /// One frame of every flow through the real XDP program: fills the map, or makes every
     /// flow grow. Returns the bytes sent per client.
     fn pass(&self, case: &Case) -> anyhow::Result<Vec<u64>> {
-        let prog: &Xdp = self.ebpf.program(names::XDP_PROGRAM).context("program missing")?.try_into()?;
+        let prog: &Xdp =
+            self.ebpf.program(names::XDP_PROGRAM).context("program missing")?.try_into()?;
         let mut buf = Vec::with_capacity(1600);
         let mut bytes = vec![0u64; case.clients];
         for i in 0..case.flows {
             frame(case, i, &mut buf);
-            let r = prog.test_run(TestRunOptions { data_in: Some(&buf), repeat: 1, ..Default::default() })?;
+            let r = prog.test_run(TestRunOptions {
+                data_in: Some(&buf),
+                repeat: 1,
+                ..Default::default()
+            })?;
             ensure!(r.return_value == XDP_PASS, "XDP returned {}", r.return_value);
             bytes[i % case.clients] += frame_len(i);
         }
@@ -256,14 +272,23 @@ fn scrape(ns: &str) -> anyhow::Result<(Duration, String, Scrape)> {
 }
 
 fn poll_stats(s: &Scrape) -> anyhow::Result<(f64, f64)> {
-    Ok((s.value("gwsensor_poll_duration_seconds_sum", &[])?, s.value("gwsensor_poll_duration_seconds_count", &[])?))
+    Ok((
+        s.value("gwsensor_poll_duration_seconds_sum", &[])?,
+        s.value("gwsensor_poll_duration_seconds_count", &[])?,
+    ))
 }
 
 /// Starts `sensor run` on the pinned maps (attached to a veth in its own namespace),
 /// keeps every flow growing through `inst` for `rounds` passes and at least three polls, then
 /// reads the agent's figures and checks that it exported exactly what each client sent
 /// (`sent`, which the passes add to).
-fn run_agent(case: &Case, inst: &Instance, pins: &Path, rounds: usize, sent: &mut [u64]) -> anyhow::Result<AgentRun> {
+fn run_agent(
+    case: &Case,
+    inst: &Instance,
+    pins: &Path,
+    rounds: usize,
+    sent: &mut [u64],
+) -> anyhow::Result<AgentRun> {
     let lab = Lab::new("gwb-scale")?;
     let ns = lab.add_netns("gw")?;
     // An interface to attach to (no traffic crosses it: the flows come from the test runs).
@@ -308,8 +333,20 @@ fn run_agent(case: &Case, inst: &Instance, pins: &Path, rounds: usize, sent: &mu
     }
 }
 
-fn measure_agent(case: &Case, inst: &Instance, ns: &str, agent: &Process, rounds: usize, sent: &mut [u64]) -> anyhow::Result<AgentRun> {
-    lab::wait_agent_ready(ns, &format!("http://{AGENT_METRICS}/metrics"), agent, Duration::from_secs(120))?;
+fn measure_agent(
+    case: &Case,
+    inst: &Instance,
+    ns: &str,
+    agent: &Process,
+    rounds: usize,
+    sent: &mut [u64],
+) -> anyhow::Result<AgentRun> {
+    lab::wait_agent_ready(
+        ns,
+        &format!("http://{AGENT_METRICS}/metrics"),
+        agent,
+        Duration::from_secs(120),
+    )?;
     let wait_polls = |at_least: f64| -> anyhow::Result<(f64, f64)> {
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
@@ -342,9 +379,15 @@ fn measure_agent(case: &Case, inst: &Instance, ns: &str, agent: &Process, rounds
     for (c, want) in sent.iter().enumerate() {
         let mac = sensor::labels::mac(&client_mac(c));
         let labels = [("mac", mac.as_str()), ("direction", "upload")];
-        ensure!(parsed.matching("gwsensor_client_bytes_total", &labels).count() == 1, "no one upload series for client {mac}");
+        ensure!(
+            parsed.matching("gwsensor_client_bytes_total", &labels).count() == 1,
+            "no one upload series for client {mac}"
+        );
         let got = parsed.sum("gwsensor_client_bytes_total", &labels);
-        ensure!(got == *want as f64, "the agent exported {got} upload bytes for client {mac}, {want} were sent");
+        ensure!(
+            got == *want as f64,
+            "the agent exported {got} upload bytes for client {mac}, {want} were sent"
+        );
     }
     let flows_tracked = parsed.value("gwsensor_flows_tracked", &[])?;
     Ok(AgentRun {
@@ -399,12 +442,29 @@ fn run_case(case: &Case, timed: bool, with_agent: bool) -> anyhow::Result<Figure
         iter.push(t);
         by_iter = s;
     }
-    ensure!(by_batch.flows == by_iter.flows, "batch read {} flows, iteration {}: they differ", by_batch.flows.len(), by_iter.flows.len());
-    ensure!(by_batch.clients == by_iter.clients, "batch and iteration read different client totals");
+    ensure!(
+        by_batch.flows == by_iter.flows,
+        "batch read {} flows, iteration {}: they differ",
+        by_batch.flows.len(),
+        by_iter.flows.len()
+    );
+    ensure!(
+        by_batch.clients == by_iter.clients,
+        "batch and iteration read different client totals"
+    );
     let in_map = by_batch.flows.len();
     ensure!(in_map <= case.capacity as usize, "{in_map} flows in a map of {}", case.capacity);
-    ensure!(in_map * 10 >= case.flows.min(case.capacity as usize) * 9, "only {in_map} of {} flows in the map", case.flows);
-    ensure!(by_batch.clients.len() == case.clients, "{} clients in the map, expected {}", by_batch.clients.len(), case.clients);
+    ensure!(
+        in_map * 10 >= case.flows.min(case.capacity as usize) * 9,
+        "only {in_map} of {} flows in the map",
+        case.flows
+    );
+    ensure!(
+        by_batch.clients.len() == case.clients,
+        "{} clients in the map, expected {}",
+        by_batch.clients.len(),
+        case.clients
+    );
     drop((by_batch, by_iter));
 
     inst.pipeline.poll()?;
@@ -425,7 +485,12 @@ fn run_case(case: &Case, timed: bool, with_agent: bool) -> anyhow::Result<Figure
     }
     // Client totals are exact whatever the flow map evicted.
     for (c, want) in sent.iter().enumerate() {
-        let got = inst.pipeline.accounting.clients.get(&client_mac(c)).map(|a| a.totals.bytes(Direction::Upload));
+        let got = inst
+            .pipeline
+            .accounting
+            .clients
+            .get(&client_mac(c))
+            .map(|a| a.totals.bytes(Direction::Upload));
         ensure!(got == Some(*want), "client {c}: {got:?} bytes exported, {want} sent");
     }
     polls.sort_by_key(|t| t.total);
@@ -434,15 +499,28 @@ fn run_case(case: &Case, timed: bool, with_agent: bool) -> anyhow::Result<Figure
     inst.pipeline.poll()?;
     let idle_poll = inst.pipeline.timings;
 
-    let view = inst.pipeline.view.read().map(|v| v.clone()).map_err(|_| anyhow::anyhow!("view lock poisoned"))?;
+    let view = inst
+        .pipeline
+        .view
+        .read()
+        .map(|v| v.clone())
+        .map_err(|_| anyhow::anyhow!("view lock poisoned"))?;
     let started = Instant::now();
     let api = serde_json::to_vec(&view.flows_of(None))?;
     let api_json = started.elapsed();
-    ensure!(view.flow_count() == by_snapshot_len(&inst)?, "API view has {} flows", view.flow_count());
+    ensure!(
+        view.flow_count() == by_snapshot_len(&inst)?,
+        "API view has {} flows",
+        view.flow_count()
+    );
     let api_bytes = api.len();
     drop((api, view));
 
-    let agent = if with_agent { Some(run_agent(case, &inst, pins.path(), if timed { ROUNDS } else { 1 }, &mut sent)?) } else { None };
+    let agent = if with_agent {
+        Some(run_agent(case, &inst, pins.path(), if timed { ROUNDS } else { 1 }, &mut sent)?)
+    } else {
+        None
+    };
     Ok(Figures {
         case: *case,
         in_map,
@@ -468,7 +546,12 @@ fn smoke() -> anyhow::Result<()> {
     ensure!(f.in_map == SMOKE.flows, "{} flows in the map, expected all {}", f.in_map, SMOKE.flows);
     ensure!(f.evictions == 0, "{} evictions in a map with room to spare", f.evictions);
     let agent = f.agent.context("no agent figures")?;
-    ensure!(agent.flows_tracked == SMOKE.flows as f64, "the agent tracks {} flows, expected {}", agent.flows_tracked, SMOKE.flows);
+    ensure!(
+        agent.flows_tracked == SMOKE.flows as f64,
+        "the agent tracks {} flows, expected {}",
+        agent.flows_tracked,
+        SMOKE.flows
+    );
     ensure!(agent.hwm_kb > 0 && agent.scrape_bytes > 0 && agent.polls >= 2);
     println!("scale bench: smoke test passed (`cargo bench -p sensor --bench scale` for figures)");
     Ok(())
@@ -500,25 +583,43 @@ fn now_utc() -> String {
 }
 
 fn machine() -> String {
-    let nproc = std::thread::available_parallelism().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into());
+    let nproc =
+        std::thread::available_parallelism().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into());
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into());
     format!("{nproc} CPUs, {cpu}, kernel {kernel}")
 }
 
-fn bench(write_docs: bool, only: Option<usize>, clients: Option<usize>, no_agent: bool) -> anyhow::Result<()> {
+fn bench(
+    write_docs: bool,
+    only: Option<usize>,
+    clients: Option<usize>,
+    no_agent: bool,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut all = Vec::new();
     let custom = clients.map(|clients| {
         let flows = only.unwrap_or(65_536);
         vec![Case { flows, clients, capacity: if flows <= 65_536 { 65_536 } else { 1_000_000 } }]
     });
-    let cases = custom.unwrap_or_else(|| CASES.iter().copied().filter(|c| only.is_none_or(|n| n == c.flows)).collect());
+    let cases = custom.unwrap_or_else(|| {
+        CASES.iter().copied().filter(|c| only.is_none_or(|n| n == c.flows)).collect()
+    });
     for case in &cases {
-        eprintln!("scale: {} flows over {} clients (capacity {})", case.flows, case.clients, case.capacity);
+        eprintln!(
+            "scale: {} flows over {} clients (capacity {})",
+            case.flows, case.clients, case.capacity
+        );
         let f = run_case(case, true, !no_agent)?;
         eprintln!(
             "  read batch {:.1} ms, iterate {:.1} ms; poll {:.1} ms (read {:.1}, account {:.1}, publish {:.1}, view {:.1}, policy {:.1}), idle {:.1} ms; render {:.1} ms {} B{}",
@@ -533,7 +634,11 @@ fn bench(write_docs: bool, only: Option<usize>, clients: Option<usize>, no_agent
             ms(f.idle_poll.total),
             ms(f.render),
             f.render_bytes,
-            f.agent.as_ref().map_or(String::new(), |a| format!("; agent poll {:.1} ms, HWM {:.1} MB", ms(a.poll_mean), mb(a.hwm_kb))),
+            f.agent.as_ref().map_or(String::new(), |a| format!(
+                "; agent poll {:.1} ms, HWM {:.1} MB",
+                ms(a.poll_mean),
+                mb(a.hwm_kb)
+            )),
         );
         all.push(f);
     }
@@ -541,10 +646,17 @@ fn bench(write_docs: bool, only: Option<usize>, clients: Option<usize>, no_agent
     println!("\n{reads}\n{polls}\n{agents}\n{verdict}");
     println!("machine: {}; {}; took {:.0?}", machine(), now_utc(), started.elapsed());
     if write_docs {
-        ensure!(only.is_none() && clients.is_none() && !no_agent, "--write-docs needs every case, with the agent");
+        ensure!(
+            only.is_none() && clients.is_none() && !no_agent,
+            "--write-docs needs every case, with the agent"
+        );
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
         // Its own section only: the other benchmarks of `cargo xtask bench` write theirs.
-        lab::docs::write_section(&path, "scale", &render_section(&reads, &polls, &agents, &verdict))?;
+        lab::docs::write_section(
+            &path,
+            "scale",
+            &render_section(&reads, &polls, &agents, &verdict),
+        )?;
         println!("wrote {}", path.display());
     }
     Ok(())
@@ -552,15 +664,28 @@ fn bench(write_docs: bool, only: Option<usize>, clients: Option<usize>, no_agent
 
 fn tables(all: &[Figures]) -> anyhow::Result<(String, String, String, String)> {
     let mut reads = String::new();
-    writeln!(reads, "| flows (capacity) | clients | in map | batch read ms | µs/flow | iteration ms | µs/flow | iteration / batch |")?;
+    writeln!(
+        reads,
+        "| flows (capacity) | clients | in map | batch read ms | µs/flow | iteration ms | µs/flow | iteration / batch |"
+    )?;
     writeln!(reads, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     let mut polls = String::new();
-    writeln!(polls, "| flows | clients | poll ms | read | accounting | metrics | API view | policy | µs/flow | first poll ms | idle poll ms | /metrics render ms | /metrics bytes | poll + render ms | API flows JSON ms (bytes) |")?;
-    writeln!(polls, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(
+        polls,
+        "| flows | clients | poll ms | read | accounting | metrics | API view | policy | µs/flow | first poll ms | idle poll ms | /metrics render ms | /metrics bytes | poll + render ms | API flows JSON ms (bytes) |"
+    )?;
+    writeln!(
+        polls,
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )?;
     let mut agents = String::new();
-    writeln!(agents, "| flows | clients | agent poll ms (mean of n) | scrape ms | scrape bytes | peak RSS (VmHWM) MB | RSS MB | KB/flow over the 4,096-flow case |")?;
+    writeln!(
+        agents,
+        "| flows | clients | agent poll ms (mean of n) | scrape ms | scrape bytes | peak RSS (VmHWM) MB | RSS MB | KB/flow over the 4,096-flow case |"
+    )?;
     writeln!(agents, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
-    let base_hwm = all.iter().find(|f| f.case.flows == 4_096).and_then(|f| f.agent.as_ref()).map(|a| a.hwm_kb);
+    let base_hwm =
+        all.iter().find(|f| f.case.flows == 4_096).and_then(|f| f.agent.as_ref()).map(|a| a.hwm_kb);
     for f in all {
         let c = &f.case;
         writeln!(
@@ -598,9 +723,9 @@ fn tables(all: &[Figures]) -> anyhow::Result<(String, String, String, String)> {
             f.api_bytes
         )?;
         if let Some(a) = &f.agent {
-            let per_flow = base_hwm
-                .filter(|_| c.flows > 4_096)
-                .map_or("–".to_string(), |b| format!("{:.2}", (a.hwm_kb as f64 - b as f64) / (f.in_map as f64 - 4_096.0)));
+            let per_flow = base_hwm.filter(|_| c.flows > 4_096).map_or("–".to_string(), |b| {
+                format!("{:.2}", (a.hwm_kb as f64 - b as f64) / (f.in_map as f64 - 4_096.0))
+            });
             writeln!(
                 agents,
                 "| {} | {} | {:.1} (n={}) | {:.1} | {} | {:.1} | {:.1} | {} |",
@@ -640,7 +765,9 @@ fn tables(all: &[Figures]) -> anyhow::Result<(String, String, String, String)> {
             f.in_map,
             ms(f.poll.total),
             us_per(f.poll.total, f.in_map),
-            f.agent.as_ref().map_or("not measured".to_string(), |a| format!("{:.0} MB", mb(a.hwm_kb)))
+            f.agent
+                .as_ref()
+                .map_or("not measured".to_string(), |a| format!("{:.0} MB", mb(a.hwm_kb)))
         )?;
     }
     Ok((reads, polls, agents, verdict))
@@ -649,7 +776,9 @@ fn tables(all: &[Figures]) -> anyhow::Result<(String, String, String, String)> {
 fn render_section(reads: &str, polls: &str, agents: &str, verdict: &str) -> String {
     let date = now_utc();
     let machine = machine();
-    let load = std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
     format!(
         "## Scale limits of the agent\n\
          \n\

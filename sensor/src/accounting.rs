@@ -41,7 +41,8 @@ impl Tally {
     /// What `self` gained over `prev`. A value below `prev` means the kernel entry was
     /// recreated (evicted and seen again, or the map was reset): all of it is new.
     fn since(&self, prev: &Tally) -> Tally {
-        let grew = (0..2).all(|d| self.packets[d] >= prev.packets[d] && self.bytes[d] >= prev.bytes[d]);
+        let grew =
+            (0..2).all(|d| self.packets[d] >= prev.packets[d] && self.bytes[d] >= prev.bytes[d]);
         if !grew {
             return *self;
         }
@@ -163,7 +164,12 @@ pub struct Ranked<K> {
 
 impl<K> Default for Ranked<K> {
     fn default() -> Self {
-        Ranked { entries: FastMap::default(), values: Vec::new(), free: Vec::new(), other: Tally::default() }
+        Ranked {
+            entries: FastMap::default(),
+            values: Vec::new(),
+            free: Vec::new(),
+            other: Tally::default(),
+        }
     }
 }
 
@@ -194,11 +200,17 @@ impl<K: Copy + Eq + Hash + Ord> Ranked<K> {
             return;
         }
         // A selection, not a sort: linear in the keys (a client may have thousands).
-        let mut ranked: Vec<(u32, K, f32, bool)> =
-            self.entries.iter().enumerate().map(|(i, (k, e))| (i as u32, *k, e.score, e.in_top())).collect();
+        let mut ranked: Vec<(u32, K, f32, bool)> = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, (k, e))| (i as u32, *k, e.score, e.in_top()))
+            .collect();
         let mut top = vec![false; ranked.len()];
         if n > 0 {
-            ranked.select_nth_unstable_by(n - 1, |a, b| b.2.total_cmp(&a.2).then(b.3.cmp(&a.3)).then(a.1.cmp(&b.1)));
+            ranked.select_nth_unstable_by(n - 1, |a, b| {
+                b.2.total_cmp(&a.2).then(b.3.cmp(&a.3)).then(a.1.cmp(&b.1))
+            });
             for r in &ranked[..n] {
                 top[r.0 as usize] = true;
             }
@@ -308,7 +320,12 @@ where
         let set = self.set;
         let entries = Pairs(|| {
             set.entries.iter().map(|(k, e)| {
-                let file = EntryFile { exported: set.value(e), in_top: e.in_top(), score: f64::from(e.score), last_active: u64::from(e.last_active) };
+                let file = EntryFile {
+                    exported: set.value(e),
+                    in_top: e.in_top(),
+                    score: f64::from(e.score),
+                    last_active: u64::from(e.last_active),
+                };
                 ((self.name)(k), file)
             })
         });
@@ -368,7 +385,8 @@ impl<'de, K: Copy + Eq + Hash + Ord + Deserialize<'de>> Deserialize<'de> for Ran
 /// Takes series away from the least active keys, across all clients, until at most `budget`
 /// keys have one: the global bound on series whatever the number of clients.
 fn enforce_budget<'a, K: 'a>(sets: impl Iterator<Item = &'a mut Ranked<K>>, budget: usize) {
-    let mut holders: Vec<&mut Entry> = sets.flat_map(|set| set.entries.values_mut()).filter(|e| e.in_top()).collect();
+    let mut holders: Vec<&mut Entry> =
+        sets.flat_map(|set| set.entries.values_mut()).filter(|e| e.in_top()).collect();
     if holders.len() <= budget {
         return;
     }
@@ -558,8 +576,17 @@ impl Serialize for Accounting {
         let names = &self.destinations;
         let clients = Pairs(|| {
             self.clients.iter().map(|(mac, a)| {
-                let destinations = RankedFile { set: &a.destinations, name: |id: &DestId| names.key(*id) };
-                (mac, ClientFile { totals: &a.totals, remotes: &a.remotes, destinations, last_seen: a.last_seen })
+                let destinations =
+                    RankedFile { set: &a.destinations, name: |id: &DestId| names.key(*id) };
+                (
+                    mac,
+                    ClientFile {
+                        totals: &a.totals,
+                        remotes: &a.remotes,
+                        destinations,
+                        last_seen: a.last_seen,
+                    },
+                )
             })
         });
         let mut st = s.serialize_struct("Accounting", 5)?;
@@ -585,7 +612,15 @@ impl<'de> Deserialize<'de> for Accounting {
                     names.hold(id);
                     id
                 });
-                (mac, ClientAccount { totals: c.totals, remotes: c.remotes, destinations, last_seen: c.last_seen })
+                (
+                    mac,
+                    ClientAccount {
+                        totals: c.totals,
+                        remotes: c.remotes,
+                        destinations,
+                        last_seen: c.last_seen,
+                    },
+                )
             })
             .collect();
         Ok(Accounting {
@@ -627,7 +662,17 @@ impl<'de> Deserialize<'de> for LastRead {
         let pairs = Vec::<(FlowKeyBytes, Tally)>::deserialize(d)?;
         let flows = pairs
             .into_iter()
-            .map(|(k, t)| (k.key(), Counters { packets: t.packets, bytes: t.bytes, first_seen_ns: 0, last_seen_ns: 0 }))
+            .map(|(k, t)| {
+                (
+                    k.key(),
+                    Counters {
+                        packets: t.packets,
+                        bytes: t.bytes,
+                        first_seen_ns: 0,
+                        last_seen_ns: 0,
+                    },
+                )
+            })
             .collect();
         Ok(LastRead { snap: Arc::new(Snapshot::sorted(flows)), ..LastRead::default() })
     }
@@ -687,7 +732,13 @@ impl Accounting {
     /// caller frees their kernel slots (totals and flows) so that they never fill up with
     /// departed devices (a retired client seen again starts from zero, as a new series).
     /// `snap` is kept as the last read until the next update (shared, not copied).
-    pub fn update(&mut self, snap: &Arc<Snapshot>, now: u64, params: &Params, namer: &dyn Namer) -> Vec<Mac> {
+    pub fn update(
+        &mut self,
+        snap: &Arc<Snapshot>,
+        now: u64,
+        params: &Params,
+        namer: &dyn Namer,
+    ) -> Vec<Mac> {
         let mut clients_last = HashMap::with_capacity(snap.clients.len());
         for (mac, counters) in &snap.clients {
             let cur = Tally::of(counters);
@@ -702,7 +753,11 @@ impl Accounting {
         self.clients_last = clients_last;
 
         let elapsed = now.saturating_sub(self.last_update) as f64;
-        let decay = if self.last_update == 0 { 1.0 } else { 0.5f64.powf(elapsed / params.score_half_life_secs) as f32 };
+        let decay = if self.last_update == 0 {
+            1.0
+        } else {
+            0.5f64.powf(elapsed / params.score_half_life_secs) as f32
+        };
         self.last_update = now;
         for account in self.clients.values_mut() {
             account.remotes.decay(decay);
@@ -713,10 +768,18 @@ impl Accounting {
         // destination's activity, and is kept until the top-N is chosen below. Both reads are
         // sorted by key, so they are walked side by side: no lookup per flow, and no copy of
         // the last read.
-        let snap = if snap.is_sorted() { Arc::clone(snap) } else { Arc::new(Snapshot::sorted(snap.flows.clone())) };
+        let snap = if snap.is_sorted() {
+            Arc::clone(snap)
+        } else {
+            Arc::new(Snapshot::sorted(snap.flows.clone()))
+        };
         // Accounts by MAC through a hash index: one lookup per flow instead of a tree descent.
-        let (account_of, mut accounts): (FastMap<Mac, u32>, Vec<&mut ClientAccount>) =
-            self.clients.iter_mut().enumerate().map(|(i, (mac, account))| ((*mac, i as u32), account)).unzip();
+        let (account_of, mut accounts): (FastMap<Mac, u32>, Vec<&mut ClientAccount>) = self
+            .clients
+            .iter_mut()
+            .enumerate()
+            .map(|(i, (mac, account))| ((*mac, i as u32), account))
+            .unzip();
         let last = &self.last;
         let gone = |k: &FlowKey| !last.held.contains(k) && !last.retired.contains(&k.client_mac);
         let mut prev = last.snap.flows.iter().peekable();
@@ -727,7 +790,10 @@ impl Accounting {
             while let Some((k, _)) = prev.next_if(|(k, _)| k < key) {
                 evicted += u64::from(gone(k));
             }
-            let before = prev.next_if(|(k, _)| k == key).filter(|(k, _)| !last.held.contains(k)).map(|(_, c)| Tally::of(c));
+            let before = prev
+                .next_if(|(k, _)| k == key)
+                .filter(|(k, _)| !last.held.contains(k))
+                .map(|(_, c)| Tally::of(c));
             if before.is_none() {
                 // Held back: not recorded as read, so the poll that attributes it takes all of it.
                 let since = self.waiting.get(key).copied().unwrap_or(now);
@@ -778,7 +844,9 @@ impl Accounting {
         let names = &mut self.destinations;
         for account in accounts.iter_mut() {
             account.remotes.expire(now, params.remote_idle_expiry_secs, |_| {});
-            account.destinations.expire(now, params.destination_idle_expiry_secs, |id| names.release(*id));
+            account
+                .destinations
+                .expire(now, params.destination_idle_expiry_secs, |id| names.release(*id));
         }
         drop(accounts);
 
@@ -842,7 +910,9 @@ mod hex {
         s.serialize_str(&b.iter().map(|x| format!("{x:02x}")).collect::<String>())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<[u8; N], D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        d: D,
+    ) -> Result<[u8; N], D::Error> {
         let text = String::deserialize(d)?;
         if text.len() != 2 * N || !text.is_ascii() {
             return Err(D::Error::custom(format!("expected {} hex digits", 2 * N)));
@@ -873,7 +943,8 @@ pub(crate) mod tests {
     const MAC: Mac = [2, 0, 0, 0, 0, 1];
 
     fn key(remote: u8, port: u16) -> FlowKey {
-        let mut k = FlowKey { client_mac: MAC, protocol: 17, remote_port: port, ..FlowKey::default() };
+        let mut k =
+            FlowKey { client_mac: MAC, protocol: 17, remote_port: port, ..FlowKey::default() };
         k.client_ip[15] = 10;
         k.remote_ip[15] = remote;
         k
@@ -881,12 +952,21 @@ pub(crate) mod tests {
 
     /// Destinations named by the remote's last byte: remotes 1 and 2 are one domain.
     fn by_domain(key: &FlowKey) -> DestKey {
-        let destination = if key.remote_ip[15] <= 2 { "one.example".to_string() } else { format!("r{}.example", key.remote_ip[15]) };
+        let destination = if key.remote_ip[15] <= 2 {
+            "one.example".to_string()
+        } else {
+            format!("r{}.example", key.remote_ip[15])
+        };
         DestKey { destination, country: "ZZ".into(), asn: 64_500 }
     }
 
     fn counters(up_pk: u64, up_b: u64, down_pk: u64, down_b: u64) -> Counters {
-        Counters { packets: [up_pk, down_pk], bytes: [up_b, down_b], first_seen_ns: 1, last_seen_ns: 2 }
+        Counters {
+            packets: [up_pk, down_pk],
+            bytes: [up_b, down_b],
+            first_seen_ns: 1,
+            last_seen_ns: 2,
+        }
     }
 
     fn snap_for(mac: Mac, flows: &[(FlowKey, Counters)]) -> Snapshot {
@@ -964,7 +1044,13 @@ pub(crate) mod tests {
         let d = &a.clients[&MAC].destinations;
         let one = destination(&a, "one.example").unwrap();
         assert_eq!(one.exported, Tally { packets: [15, 0], bytes: [15_000, 0] });
-        assert_eq!(a.destination(*d.entries.keys().min_by_key(|id| &a.destination(**id).destination).unwrap()).asn, 64_500);
+        assert_eq!(
+            a.destination(
+                *d.entries.keys().min_by_key(|id| &a.destination(**id).destination).unwrap()
+            )
+            .asn,
+            64_500
+        );
         assert_eq!(d.series().count(), 2);
         assert_eq!(d.other, Tally::default());
     }
@@ -973,8 +1059,14 @@ pub(crate) mod tests {
     fn the_global_budget_moves_the_least_active_series_to_other() {
         let mut a = Accounting::default();
         let params = Params { series_budget: 3, ..PARAMS };
-        let mut s = snap_for([2, 0, 0, 0, 0, 1], &[(key(1, 1), counters(1, 1000, 0, 0)), (key(3, 1), counters(1, 900, 0, 0))]);
-        let other = snap_for([2, 0, 0, 0, 0, 2], &[(key(4, 1), counters(1, 800, 0, 0)), (key(5, 1), counters(1, 10, 0, 0))]);
+        let mut s = snap_for(
+            [2, 0, 0, 0, 0, 1],
+            &[(key(1, 1), counters(1, 1000, 0, 0)), (key(3, 1), counters(1, 900, 0, 0))],
+        );
+        let other = snap_for(
+            [2, 0, 0, 0, 0, 2],
+            &[(key(4, 1), counters(1, 800, 0, 0)), (key(5, 1), counters(1, 10, 0, 0))],
+        );
         s.flows.extend(other.flows);
         s.clients.extend(other.clients);
         update(&mut a, &s, 100, &params);
@@ -1027,7 +1119,11 @@ pub(crate) mod tests {
     #[test]
     fn flows_gone_between_polls_are_counted_as_evictions() {
         let mut a = Accounting::default();
-        let f = [(key(1, 1), counters(1, 10, 0, 0)), (key(2, 2), counters(1, 10, 0, 0)), (key(3, 3), counters(1, 10, 0, 0))];
+        let f = [
+            (key(1, 1), counters(1, 10, 0, 0)),
+            (key(2, 2), counters(1, 10, 0, 0)),
+            (key(3, 3), counters(1, 10, 0, 0)),
+        ];
         update(&mut a, &snap(&f), 100, &PARAMS);
         let mut s = snap(&f[2..]);
         s.clients.insert(MAC, counters(3, 30, 0, 0));
@@ -1040,7 +1136,8 @@ pub(crate) mod tests {
     #[test]
     fn a_busier_remote_takes_the_series_of_an_idle_one_and_nothing_is_double_counted() {
         let mut a = Accounting::default();
-        let mut f = vec![(key(1, 1), counters(1, 1000, 0, 0)), (key(2, 2), counters(1, 1000, 0, 0))];
+        let mut f =
+            vec![(key(1, 1), counters(1, 1000, 0, 0)), (key(2, 2), counters(1, 1000, 0, 0))];
         update(&mut a, &snap(&f), 100, &PARAMS);
         // Much later, remote 3 is busy while 1 and 2 are idle: 3 displaces one of them.
         f.push((key(3, 3), counters(9, 9000, 0, 0)));

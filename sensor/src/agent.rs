@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::{
     accounting::Params,
+    alerting::Notifier,
     collector::KernelMaps,
     config::Config,
     enrich::Enricher,
@@ -27,7 +28,6 @@ use crate::{
     netif,
     pipeline::Pipeline,
     policy::eval::Evaluator,
-    alerting::Notifier,
     sdnotify, server, state,
 };
 
@@ -77,7 +77,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     }
     let metrics = Arc::new(Metrics::new()?);
     metrics.config_last_reload_successful.set(1);
-    let (enricher, warnings) = Enricher::new(&config.inventory, &config.geoip, &config.names, config.destinations.level)?;
+    let (enricher, warnings) =
+        Enricher::new(&config.inventory, &config.geoip, &config.names, config.destinations.level)?;
     for warning in &warnings {
         warn!("{warning}");
     }
@@ -92,23 +93,36 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     };
     let (mut ebpf, capacities) = loader::load_with_events(&options, config.events_per_second)?;
     spawn_kernel_logger(&mut ebpf);
-    let attachment = loader::attach(&mut ebpf, &config.interface, config.xdp_mode, config.tc_attach)?;
+    let attachment =
+        loader::attach(&mut ebpf, &config.interface, config.xdp_mode, config.tc_attach)?;
     let maps = KernelMaps::take(&mut ebpf)?;
-    let ring = ebpf.take_map(names::EVENTS).context("events ring buffer missing from the eBPF object")?;
+    let ring =
+        ebpf.take_map(names::EVENTS).context("events ring buffer missing from the eBPF object")?;
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let dropped = metrics.events_dropped.clone();
     let reader = events::spawn_reader(RingBuf::try_from(ring)?, events_tx, move || dropped.inc())?;
 
     metrics.flows_capacity.set(capacities.flows.into());
     metrics.clients_capacity.set(capacities.clients.into());
-    metrics.xdp_attach_mode.with_label_values(&[config.interface.as_str(), attachment.xdp_mode]).set(1);
-    metrics.tc_attach_mode.with_label_values(&[config.interface.as_str(), attachment.tc_mode]).set(1);
+    metrics
+        .xdp_attach_mode
+        .with_label_values(&[config.interface.as_str(), attachment.xdp_mode])
+        .set(1);
+    metrics
+        .tc_attach_mode
+        .with_label_values(&[config.interface.as_str(), attachment.tc_mode])
+        .set(1);
 
     let saved = state::load(&config.state_path)?;
     let mut pipeline = Pipeline {
         maps,
         accounting: saved.accounting,
-        policy: Evaluator::new(policy, saved.policy, config.external_url(), config.alerting.resolved_retention),
+        policy: Evaluator::new(
+            policy,
+            saved.policy,
+            config.external_url(),
+            config.alerting.resolved_retention,
+        ),
         enricher,
         params: params(&config),
         metrics: metrics.clone(),
@@ -119,7 +133,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let notifier = Notifier::start(&config.alerting, config.poll_interval, metrics.registry())?;
     let listener = server::bind(config.metrics_listen).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let http = tokio::spawn(server::serve(listener, metrics.clone(), pipeline.view.clone(), stop_rx));
+    let http =
+        tokio::spawn(server::serve(listener, metrics.clone(), pipeline.view.clone(), stop_rx));
     info!(
         interface = %config.interface,
         xdp = attachment.xdp_mode,
@@ -128,7 +143,10 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         "counting; metrics at http://{}/metrics, clients at /api/v1/clients",
         config.metrics_listen
     );
-    sdnotify::ready(&format!("counting on {}, metrics at {}", config.interface, config.metrics_listen));
+    sdnotify::ready(&format!(
+        "counting on {}, metrics at {}",
+        config.interface, config.metrics_listen
+    ));
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -169,7 +187,9 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     sdnotify::stopping("saving state and detaching");
     // A last poll so that the state file holds everything counted up to now.
     match pipeline.poll() {
-        Ok(alerts) => notifier.update(SystemTime::now(), &alerts.statuses, &|i| pipeline.alert(&alerts, i)),
+        Ok(alerts) => {
+            notifier.update(SystemTime::now(), &alerts.statuses, &|i| pipeline.alert(&alerts, i))
+        }
         Err(e) => warn!("final poll failed: {e:#}"),
     }
     save_state(&config, &pipeline, &metrics);
@@ -215,7 +235,8 @@ fn reload(
     let new = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut policy = new.load_policy().map_err(|e| anyhow::anyhow!("{e}"))?;
     policy.dns.allow_networks(lan_prefixes);
-    let (enricher, warnings) = Enricher::new(&new.inventory, &new.geoip, &new.names, new.destinations.level)?;
+    let (enricher, warnings) =
+        Enricher::new(&new.inventory, &new.geoip, &new.names, new.destinations.level)?;
     for warning in &warnings {
         warn!("{warning}");
     }
@@ -243,7 +264,10 @@ fn reload(
     pipeline.params = params(&new);
     notifier.reconfigure(&new.alerting, running.poll_interval)?;
     pipeline.policy.replace(policy, new.external_url(), new.alerting.resolved_retention);
-    info!(rules = pipeline.policy.policy().rules.len(), "SIGHUP: configuration and policy reloaded");
+    info!(
+        rules = pipeline.policy.policy().rules.len(),
+        "SIGHUP: configuration and policy reloaded"
+    );
     let mut applied = new;
     // Keep the running values of what only a restart changes, so that the next reload
     // compares against what is really in effect.
@@ -276,9 +300,12 @@ fn raise_memlock_limit() {
     let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: setrlimit with a valid struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        let old_kernel = aya::util::KernelVersion::current().is_ok_and(|v| v < aya::util::KernelVersion::new(5, 11, 0));
+        let old_kernel = aya::util::KernelVersion::current()
+            .is_ok_and(|v| v < aya::util::KernelVersion::new(5, 11, 0));
         if old_kernel {
-            warn!("could not raise RLIMIT_MEMLOCK: map creation may fail on this kernel (before 5.11)");
+            warn!(
+                "could not raise RLIMIT_MEMLOCK: map creation may fail on this kernel (before 5.11)"
+            );
         }
     }
 }
@@ -294,7 +321,9 @@ fn spawn_kernel_logger(ebpf: &mut aya::Ebpf) {
     };
     // SAFETY: the logger owns its ring-buffer fd and keeps it open for as long as it lives,
     // and the AsyncFd owns the logger.
-    let registered = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
     let mut fd = match registered {
         Ok(fd) => fd,
         Err(e) => {

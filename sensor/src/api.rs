@@ -147,7 +147,11 @@ impl LiveView {
             protocol: labels::protocol(key.protocol),
             port: key.remote_port,
             name: name.to_string(),
-            domain: if name.is_empty() { String::new() } else { crate::enrich::domain::registrable(name) },
+            domain: if name.is_empty() {
+                String::new()
+            } else {
+                crate::enrich::domain::registrable(name)
+            },
             country: geo.country.clone(),
             asn: geo.asn,
             as_org: geo.as_org.clone(),
@@ -163,9 +167,12 @@ impl LiveView {
     /// Flows of one client, matched by name or MAC (all flows for `None`), sorted by client,
     /// then by bytes, largest first; made one at a time as they are serialized.
     pub fn flows_of<'a>(&'a self, client: Option<&str>) -> Flows<'a> {
-        let matches = |o: &Owner| client.is_none_or(|c| o.name == c || o.mac.eq_ignore_ascii_case(c));
+        let matches =
+            |o: &Owner| client.is_none_or(|c| o.name == c || o.mac.eq_ignore_ascii_case(c));
         let wanted: Vec<bool> = self.owners.iter().map(matches).collect();
-        let mut order: Vec<u32> = (0..self.rows.len() as u32).filter(|&i| wanted[self.rows[i as usize].owner as usize]).collect();
+        let mut order: Vec<u32> = (0..self.rows.len() as u32)
+            .filter(|&i| wanted[self.rows[i as usize].owner as usize])
+            .collect();
         let bytes = |i: u32| {
             let c = &self.snap.flows[i as usize].1;
             c.bytes[0] + c.bytes[1]
@@ -223,7 +230,8 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> =
+            cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         padded.join("  ").trim_end().to_string() + "\n"
     };
     let mut out = line(header.iter().map(|h| h.to_string()).collect());
@@ -259,7 +267,11 @@ pub fn flows_table(flows: &[FlowView]) -> String {
     let rows: Vec<Vec<String>> = flows
         .iter()
         .map(|f| {
-            let remote = if f.name.is_empty() { f.remote_ip.clone() } else { format!("{} ({})", f.name, f.remote_ip) };
+            let remote = if f.name.is_empty() {
+                f.remote_ip.clone()
+            } else {
+                format!("{} ({})", f.name, f.remote_ip)
+            };
             let asn = if f.asn == 0 { String::new() } else { format!("AS{}", f.asn) };
             vec![
                 f.client.clone(),
@@ -291,7 +303,8 @@ mod tests {
 
     #[test]
     fn tables_pad_columns() {
-        let t = table(&["A", "BB"], &[vec!["long".into(), "x".into()], vec!["s".into(), "yy".into()]]);
+        let t =
+            table(&["A", "BB"], &[vec!["long".into(), "x".into()], vec!["s".into(), "yy".into()]]);
         assert_eq!(t, "A     BB\nlong  x\ns     yy\n");
     }
 
@@ -301,18 +314,32 @@ mod tests {
             k.client_mac[5] = mac_last;
             k.client_ip[10..].copy_from_slice(&[0xff, 0xff, 10, 0, 0, mac_last]);
             k.remote_ip[10..].copy_from_slice(&[0xff, 0xff, 93, 184, 216, remote_last]);
-            (k, Counters { packets: [1, 2], bytes: [up, 500], first_seen_ns: 1_000_000_000, last_seen_ns: 9_000_000_000 })
+            (
+                k,
+                Counters {
+                    packets: [1, 2],
+                    bytes: [up, 500],
+                    first_seen_ns: 1_000_000_000,
+                    last_seen_ns: 9_000_000_000,
+                },
+            )
         };
         let row = |owner: u32, geo: u32, name: u32| FlowRow { owner, geo, name };
         let owners = vec![
             Owner { name: "tv".into(), mac: "aa:bb:cc:00:00:02".into() },
             Owner { name: "phone".into(), mac: "64:09:80:00:00:01".into() },
         ];
-        let geos = vec![GeoInfo::default(), GeoInfo { country: "NL".into(), asn: 1136, as_org: "KPN".into() }];
+        let geos = vec![
+            GeoInfo::default(),
+            GeoInfo { country: "NL".into(), asn: 1136, as_org: "KPN".into() },
+        ];
         LiveView::new(
             100,
             vec![],
-            Arc::new(Snapshot { flows: vec![flow(2, 9, 10), flow(1, 34, 100), flow(1, 35, 7000)], ..Snapshot::default() }),
+            Arc::new(Snapshot {
+                flows: vec![flow(2, 9, 10), flow(1, 34, 100), flow(1, 35, 7000)],
+                ..Snapshot::default()
+            }),
             vec![row(0, 0, 0), row(1, 1, 1), row(1, 0, 0)],
             owners,
             geos,
@@ -326,7 +353,8 @@ mod tests {
     fn flows_filter_by_name_or_mac_sorted_by_client_then_bytes() {
         let view = live_view();
         let all: Vec<FlowView> = view.flows_of(None).iter().collect();
-        let order: Vec<(&str, u64)> = all.iter().map(|f| (f.client.as_str(), f.upload_bytes)).collect();
+        let order: Vec<(&str, u64)> =
+            all.iter().map(|f| (f.client.as_str(), f.upload_bytes)).collect();
         assert_eq!(order, vec![("phone", 7000), ("phone", 100), ("tv", 10)]);
         assert_eq!(view.flows_of(Some("phone")).len(), 2);
         assert_eq!(view.flows_of(Some("AA:BB:CC:00:00:02")).iter().next().unwrap().client, "tv");

@@ -3,7 +3,12 @@
 //! on a full flow map. aya has no batch operations, so this is the raw syscall behind a small
 //! safe interface; callers fall back to aya's iteration on [`BatchError::Unsupported`].
 
-use std::{io, marker::PhantomData, mem::size_of, os::fd::{AsRawFd as _, BorrowedFd}};
+use std::{
+    io,
+    marker::PhantomData,
+    mem::size_of,
+    os::fd::{AsRawFd as _, BorrowedFd},
+};
 
 use aya::Pod;
 
@@ -81,7 +86,8 @@ impl<V: Pod> Iterator for Values<'_, V> {
 
 impl<K: Pod, V: Pod> BatchReader<K, V> {
     pub fn new(layout: Layout) -> Self {
-        let chunk = (CHUNK_BYTES / (size_of::<K>() + Self::value_bytes(layout))).clamp(MIN_CHUNK, MAX_CHUNK);
+        let chunk = (CHUNK_BYTES / (size_of::<K>() + Self::value_bytes(layout)))
+            .clamp(MIN_CHUNK, MAX_CHUNK);
         BatchReader { layout, chunk, _types: PhantomData }
     }
 
@@ -109,7 +115,11 @@ impl<K: Pod, V: Pod> BatchReader<K, V> {
     ///
     /// Entries inserted or deleted meanwhile may or may not be seen, as with any read of a
     /// live map; a hash map is read bucket by bucket, so no entry is seen twice.
-    pub fn for_each(&self, fd: BorrowedFd<'_>, mut each: impl FnMut(&K, Values<'_, V>)) -> Result<usize, BatchError> {
+    pub fn for_each(
+        &self,
+        fd: BorrowedFd<'_>,
+        mut each: impl FnMut(&K, Values<'_, V>),
+    ) -> Result<usize, BatchError> {
         let (key_size, value_size) = (size_of::<K>(), Self::value_bytes(self.layout));
         let stride = Self::stride(self.layout);
         let mut chunk = self.chunk;
@@ -135,7 +145,12 @@ impl<K: Pod, V: Pod> BatchReader<K, V> {
             // the kernel writes there: `count` keys and values, and a cursor of the map's key
             // size (or a u32 bucket number).
             let ret = unsafe {
-                libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>() as u32)
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_LOOKUP_BATCH,
+                    &mut attr as *mut BatchAttr,
+                    size_of::<BatchAttr>() as u32,
+                )
             };
             let err = (ret < 0).then(io::Error::last_os_error);
             let errno = err.as_ref().and_then(io::Error::raw_os_error);
@@ -145,7 +160,8 @@ impl<K: Pod, V: Pod> BatchReader<K, V> {
                     let n = (attr.count as usize).min(chunk);
                     for i in 0..n {
                         // SAFETY: the kernel wrote `n` keys of `key_size` bytes; K is Pod.
-                        let key = unsafe { keys.as_ptr().add(i * key_size).cast::<K>().read_unaligned() };
+                        let key =
+                            unsafe { keys.as_ptr().add(i * key_size).cast::<K>().read_unaligned() };
                         let bytes = &values[i * value_size..(i + 1) * value_size];
                         each(&key, Values { bytes, stride, _type: PhantomData });
                     }
@@ -164,9 +180,15 @@ impl<K: Pod, V: Pod> BatchReader<K, V> {
                 }
                 // Unknown command (before 5.6) or no batch operations for this map type.
                 Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP | libc::ENOSYS) if !started => {
-                    return Err(BatchError::Unsupported(err.unwrap_or_else(|| io::Error::other("unsupported"))));
+                    return Err(BatchError::Unsupported(
+                        err.unwrap_or_else(|| io::Error::other("unsupported")),
+                    ));
                 }
-                _ => return Err(BatchError::Failed(err.unwrap_or_else(|| io::Error::other("no entries returned")))),
+                _ => {
+                    return Err(BatchError::Failed(
+                        err.unwrap_or_else(|| io::Error::other("no entries returned")),
+                    ));
+                }
             }
         }
     }
@@ -191,7 +213,8 @@ mod tests {
             bytes.extend_from_slice(&(10 + cpu).to_ne_bytes());
             bytes.extend_from_slice(&[0xee; 4]);
         }
-        let values: Vec<u32> = Values::<u32> { bytes: &bytes, stride: 8, _type: PhantomData }.collect();
+        let values: Vec<u32> =
+            Values::<u32> { bytes: &bytes, stride: 8, _type: PhantomData }.collect();
         assert_eq!(values, vec![10, 11, 12]);
     }
 
@@ -200,7 +223,8 @@ mod tests {
         // An fd that is not a map: EBADF (or EINVAL from an old kernel, which is "unsupported"
         // there too); never a panic and never a silent empty read.
         let file = std::fs::File::open("/dev/null").unwrap();
-        let r = BatchReader::<u32, u64>::new(Layout::Plain).for_each(std::os::fd::AsFd::as_fd(&file), |_, _| {});
+        let r = BatchReader::<u32, u64>::new(Layout::Plain)
+            .for_each(std::os::fd::AsFd::as_fd(&file), |_, _| {});
         assert!(r.is_err(), "{r:?}");
     }
 }

@@ -10,13 +10,16 @@ use std::{
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, Queue},
+    maps::{
+        HashMap as BpfHashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuHashMap,
+        PerCpuValues, Queue,
+    },
+};
+use sensor_common::{
+    ClientKey, Counters, Direction, EVENT_STATS_LEN, EventKind, EventOutcome, FlowKey, FlowValue,
+    STATS_LEN, Stat, names,
 };
 use tracing::info;
-use sensor_common::{
-    ClientKey, Counters, Direction, EVENT_STATS_LEN, EventKind, EventOutcome, FlowKey, FlowValue, STATS_LEN, Stat,
-    names,
-};
 
 use crate::bpf_batch::{BatchError, BatchReader, Layout};
 
@@ -106,11 +109,14 @@ fn client_key(mac: &[u8; 6]) -> ClientKey {
 
 impl KernelMaps {
     pub fn take(ebpf: &mut Ebpf) -> anyhow::Result<KernelMaps> {
-        let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"));
+        let mut take = |name: &str| {
+            ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"))
+        };
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
         let flows = PerCpuHashMap::try_from(take(names::FLOWS)?)?;
         // Unknown (an old kernel's map info): the reads are sized by the last one alone.
-        let flow_capacity = flows.map().info().map_or(usize::MAX, |info| info.max_entries() as usize);
+        let flow_capacity =
+            flows.map().info().map_or(usize::MAX, |info| info.max_entries() as usize);
         Ok(KernelMaps {
             iterate: AtomicBool::new(false),
             cpus,
@@ -137,14 +143,20 @@ impl KernelMaps {
 
     /// Runs a batch read; on a kernel without batch lookups, remembers to iterate from now on
     /// and returns `None` so that the caller iterates.
-    fn batch<T>(&self, what: &str, read: impl FnOnce() -> Result<T, BatchError>) -> anyhow::Result<Option<T>> {
+    fn batch<T>(
+        &self,
+        what: &str,
+        read: impl FnOnce() -> Result<T, BatchError>,
+    ) -> anyhow::Result<Option<T>> {
         if self.read_method() == ReadMethod::Iterate {
             return Ok(None);
         }
         match read() {
             Ok(t) => Ok(Some(t)),
             Err(BatchError::Unsupported(e)) => {
-                info!("batch map lookups unavailable ({e}): reading the maps entry by entry (slower on large flow maps)");
+                info!(
+                    "batch map lookups unavailable ({e}): reading the maps entry by entry (slower on large flow maps)"
+                );
                 self.set_read_method(ReadMethod::Iterate);
                 Ok(None)
             }
@@ -210,11 +222,17 @@ impl KernelMaps {
         // The kernel gives every packet exactly one outcome and does not count `seen` (one
         // fewer map update per packet): it is their sum, exact, and never ahead of them.
         for stats in &mut snap.stats {
-            stats[Stat::Seen as usize] = stats.iter().enumerate().filter(|(i, _)| *i != Stat::Seen as usize).map(|(_, n)| n).sum();
+            stats[Stat::Seen as usize] = stats
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != Stat::Seen as usize)
+                .map(|(_, n)| n)
+                .sum();
         }
         for slot in 0..EVENT_STATS_LEN {
             let values = self.event_stats.get(&slot, 0).context("reading the event stats map")?;
-            let (kind, outcome) = (slot as usize / EventOutcome::COUNT, slot as usize % EventOutcome::COUNT);
+            let (kind, outcome) =
+                (slot as usize / EventOutcome::COUNT, slot as usize % EventOutcome::COUNT);
             snap.events[kind][outcome] = values.iter().sum();
         }
         Ok(snap)
@@ -242,7 +260,8 @@ impl KernelMaps {
         })?;
         if batched.is_none() {
             for (mac, slot) in slots {
-                let values = self.client_totals.get(&slot, 0).context("reading the client totals map")?;
+                let values =
+                    self.client_totals.get(&slot, 0).context("reading the client totals map")?;
                 clients.insert(mac, sum(values.iter()));
             }
         }
@@ -315,7 +334,9 @@ impl KernelMaps {
                 Err(e) => return Err(e).context("reading a retired client's slot"),
             };
             match self.client_slots.remove(&key) {
-                Err(e) if !absent(&e) => return Err(e).context("removing a retired client from the kernel slot map"),
+                Err(e) if !absent(&e) => {
+                    return Err(e).context("removing a retired client from the kernel slot map");
+                }
                 _ => slots.push(slot),
             }
         }

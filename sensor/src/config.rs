@@ -10,7 +10,8 @@ use std::{
 
 use ipnet::IpNet;
 use sensor_common::{
-    DEFAULT_CLIENT_CAPACITY, DEFAULT_EVENTS_PER_SEC_PER_CPU, DEFAULT_FLOW_CAPACITY, MAX_LAN_PREFIXES,
+    DEFAULT_CLIENT_CAPACITY, DEFAULT_EVENTS_PER_SEC_PER_CPU, DEFAULT_FLOW_CAPACITY,
+    MAX_LAN_PREFIXES,
 };
 use serde::Deserialize;
 
@@ -195,7 +196,11 @@ pub struct ConfigError {
 impl ConfigError {
     /// A YAML parse error of the file at `path`, located, with the hint `hint_for` finds for
     /// its message.
-    pub fn from_yaml(e: &serde_yaml::Error, path: &Path, hint_for: fn(&str) -> Option<String>) -> ConfigError {
+    pub fn from_yaml(
+        e: &serde_yaml::Error,
+        path: &Path,
+        hint_for: fn(&str) -> Option<String>,
+    ) -> ConfigError {
         let message = e.to_string();
         // serde_yaml appends " at line X column Y"; the location is already in front.
         let message = match message.find(" at line ") {
@@ -259,7 +264,8 @@ impl Config {
 
     /// Parses and validates config text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::from_yaml(&e, path, hint_for))?;
+        let config: Config =
+            serde_yaml::from_str(text).map_err(|e| ConfigError::from_yaml(&e, path, hint_for))?;
         config.validate(text, path)?;
         Ok(config)
     }
@@ -383,7 +389,10 @@ mod tests {
              state_path: /tmp/s.json\nstate_save_interval: 30s\nxdp_mode: generic\ntc_attach: netlink\n",
         )
         .unwrap();
-        assert_eq!(c.lan_prefixes, vec!["10.0.0.0/8".parse::<IpNet>().unwrap(), "fd00::/64".parse().unwrap()]);
+        assert_eq!(
+            c.lan_prefixes,
+            vec!["10.0.0.0/8".parse::<IpNet>().unwrap(), "fd00::/64".parse().unwrap()]
+        );
         assert_eq!(c.poll_interval, Duration::from_millis(250));
         assert_eq!(c.remote_idle_expiry, Duration::from_secs(3600));
         assert_eq!(c.xdp_mode, XdpMode::Generic);

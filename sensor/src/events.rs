@@ -95,7 +95,10 @@ mod tests {
         };
         ev.data[..data.len()].copy_from_slice(data);
         // SAFETY: Event is plain old data.
-        unsafe { std::slice::from_raw_parts((&ev as *const Event).cast::<u8>(), size_of::<Event>()) }.to_vec()
+        unsafe {
+            std::slice::from_raw_parts((&ev as *const Event).cast::<u8>(), size_of::<Event>())
+        }
+        .to_vec()
     }
 
     #[test]

@@ -74,23 +74,84 @@ enum Family {
 impl Family {
     /// Written client by client (the others at once).
     fn per_client(self) -> bool {
-        matches!(self, Family::ClientTotals { .. } | Family::ClientInfo | Family::Remotes { .. } | Family::Destinations { .. })
+        matches!(
+            self,
+            Family::ClientTotals { .. }
+                | Family::ClientInfo
+                | Family::Remotes { .. }
+                | Family::Destinations { .. }
+        )
     }
 }
 
 /// (family, name, type, help)
 const FAMILIES: [(Family, &str, &str, &str); 11] = [
-    (Family::ClientTotals { bytes: false }, "client_packets_total", "counter", "Packets of a client (one per MAC, whatever its IPs), by direction."),
-    (Family::ClientTotals { bytes: true }, "client_bytes_total", "counter", "Bytes (Ethernet frames) of a client, by direction."),
-    (Family::ClientInfo, "client_info", "gauge", "A client's name, group, vendor, where the name came from, and its tags (always 1)."),
-    (Family::Remotes { bytes: false }, "remote_packets_total", "counter", "Packets between a client and a remote endpoint; remote=\"other\" sums the remotes beyond the client's top-N."),
-    (Family::Remotes { bytes: true }, "remote_bytes_total", "counter", "Bytes between a client and a remote endpoint; remote=\"other\" sums the remotes beyond the client's top-N."),
-    (Family::Destinations { bytes: false }, "destination_packets_total", "counter", "Packets between a client and a named destination; destination=\"other\" sums those beyond the top-N or the series budget."),
-    (Family::Destinations { bytes: true }, "destination_bytes_total", "counter", "Bytes between a client and a named destination; destination=\"other\" sums those beyond the top-N or the series budget."),
-    (Family::Overflow, "series_overflow", "gauge", "Remotes or destinations tracked without a series of their own (summed into \"other\"), by family."),
-    (Family::Packets, "packets_total", "counter", "Every packet the kernel programs saw, by direction and outcome (reason=\"seen\" is all of them)."),
-    (Family::KernelEvents, "kernel_events_total", "counter", "Naming events in the kernel, by kind and outcome (sent to the agent, rate_limited, ring_full)."),
-    (Family::Evictions, "flow_evictions_total", "counter", "Flows that left the kernel flow map between two polls (LRU evictions)."),
+    (
+        Family::ClientTotals { bytes: false },
+        "client_packets_total",
+        "counter",
+        "Packets of a client (one per MAC, whatever its IPs), by direction.",
+    ),
+    (
+        Family::ClientTotals { bytes: true },
+        "client_bytes_total",
+        "counter",
+        "Bytes (Ethernet frames) of a client, by direction.",
+    ),
+    (
+        Family::ClientInfo,
+        "client_info",
+        "gauge",
+        "A client's name, group, vendor, where the name came from, and its tags (always 1).",
+    ),
+    (
+        Family::Remotes { bytes: false },
+        "remote_packets_total",
+        "counter",
+        "Packets between a client and a remote endpoint; remote=\"other\" sums the remotes beyond the client's top-N.",
+    ),
+    (
+        Family::Remotes { bytes: true },
+        "remote_bytes_total",
+        "counter",
+        "Bytes between a client and a remote endpoint; remote=\"other\" sums the remotes beyond the client's top-N.",
+    ),
+    (
+        Family::Destinations { bytes: false },
+        "destination_packets_total",
+        "counter",
+        "Packets between a client and a named destination; destination=\"other\" sums those beyond the top-N or the series budget.",
+    ),
+    (
+        Family::Destinations { bytes: true },
+        "destination_bytes_total",
+        "counter",
+        "Bytes between a client and a named destination; destination=\"other\" sums those beyond the top-N or the series budget.",
+    ),
+    (
+        Family::Overflow,
+        "series_overflow",
+        "gauge",
+        "Remotes or destinations tracked without a series of their own (summed into \"other\"), by family.",
+    ),
+    (
+        Family::Packets,
+        "packets_total",
+        "counter",
+        "Every packet the kernel programs saw, by direction and outcome (reason=\"seen\" is all of them).",
+    ),
+    (
+        Family::KernelEvents,
+        "kernel_events_total",
+        "counter",
+        "Naming events in the kernel, by kind and outcome (sent to the agent, rate_limited, ring_full).",
+    ),
+    (
+        Family::Evictions,
+        "flow_evictions_total",
+        "counter",
+        "Flows that left the kernel flow map between two polls (LRU evictions).",
+    ),
 ];
 
 /// The Prometheus text format's escaping of a label value.
@@ -114,11 +175,21 @@ fn label(out: &mut String, name: impl std::fmt::Display, value: &str) {
 
 impl Traffic {
     /// The families of the accounting and the kernel stats; `client` names each client.
-    pub fn new(acct: &Accounting, snap: &Snapshot, client: &dyn Fn(&Mac) -> ClientLabels) -> Traffic {
-        let mut t = Traffic { stats: snap.stats, events: snap.events, evictions: acct.flow_evictions, ..Traffic::default() };
+    pub fn new(
+        acct: &Accounting,
+        snap: &Snapshot,
+        client: &dyn Fn(&Mac) -> ClientLabels,
+    ) -> Traffic {
+        let mut t = Traffic {
+            stats: snap.stats,
+            events: snap.events,
+            evictions: acct.flow_evictions,
+            ..Traffic::default()
+        };
         // The "other" series of every client share their labels.
         let other_remote = t.span(|s| s.push_str("remote=\"other\",protocol=\"\",port=\"\""));
-        let other_destination = t.span(|s| s.push_str("destination=\"other\",country=\"\",asn=\"\""));
+        let other_destination =
+            t.span(|s| s.push_str("destination=\"other\",country=\"\",asn=\"\""));
         let mut number = itoa::Buffer::new();
         for (mac, account) in &acct.clients {
             let names = client(mac);
@@ -142,7 +213,12 @@ impl Traffic {
             for (id, tally) in account.remotes.series() {
                 if has_lines(&tally) {
                     let labels = t.span(|s| {
-                        let _ = write!(s, "remote=\"{}\",protocol=\"{}\",port=\"", labels::ip(&id.ip), labels::protocol(id.protocol));
+                        let _ = write!(
+                            s,
+                            "remote=\"{}\",protocol=\"{}\",port=\"",
+                            labels::ip(&id.ip),
+                            labels::protocol(id.protocol)
+                        );
                         s.push_str(number.format(id.port));
                         s.push('"');
                     });
@@ -151,7 +227,8 @@ impl Traffic {
             }
             // Only clients that overflowed their top-N carry an "other" series.
             if has_lines(&account.remotes.other) {
-                t.series.push(SeriesRow { labels: other_remote.clone(), tally: account.remotes.other });
+                t.series
+                    .push(SeriesRow { labels: other_remote.clone(), tally: account.remotes.other });
             }
             let remotes = start..t.series.len();
             t.remote_lines |= !remotes.is_empty();
@@ -173,13 +250,22 @@ impl Traffic {
                 }
             }
             if has_lines(&account.destinations.other) {
-                t.series.push(SeriesRow { labels: other_destination.clone(), tally: account.destinations.other });
+                t.series.push(SeriesRow {
+                    labels: other_destination.clone(),
+                    tally: account.destinations.other,
+                });
             }
             let destinations = remotes.end..t.series.len();
             t.destination_lines |= !destinations.is_empty();
             t.overflow[0] += account.remotes.in_other();
             t.overflow[1] += account.destinations.in_other();
-            t.clients.push(ClientRow { labels, info, totals: account.totals, remotes, destinations });
+            t.clients.push(ClientRow {
+                labels,
+                info,
+                totals: account.totals,
+                remotes,
+                destinations,
+            });
         }
         t.text.shrink_to_fit();
         t.series.shrink_to_fit();
@@ -221,11 +307,20 @@ impl Traffic {
                 out.end(1);
             }
             Family::Remotes { bytes } | Family::Destinations { bytes } => {
-                let rows = if matches!(family, Family::Remotes { .. }) { &c.remotes } else { &c.destinations };
+                let rows = if matches!(family, Family::Remotes { .. }) {
+                    &c.remotes
+                } else {
+                    &c.destinations
+                };
                 for row in self.series.get(rows.clone()).unwrap_or_default() {
                     for dir in Direction::ALL {
                         if row.tally.packets(dir) != 0 {
-                            out.write(client, Some(dir), self.text(&row.labels), value(&row.tally, dir, bytes));
+                            out.write(
+                                client,
+                                Some(dir),
+                                self.text(&row.labels),
+                                value(&row.tally, dir, bytes),
+                            );
                         }
                     }
                 }
@@ -244,7 +339,8 @@ impl Traffic {
             Family::Packets => {
                 for dir in Direction::ALL {
                     for stat in Stat::ALL {
-                        let labels = format!("direction=\"{}\",reason=\"{}\"", dir.as_str(), stat.as_str());
+                        let labels =
+                            format!("direction=\"{}\",reason=\"{}\"", dir.as_str(), stat.as_str());
                         out.write(&labels, None, "", self.stats[dir.index()][stat as usize]);
                     }
                 }
@@ -252,7 +348,8 @@ impl Traffic {
             Family::KernelEvents => {
                 for kind in EventKind::ALL {
                     for outcome in EventOutcome::ALL {
-                        let labels = format!("kind=\"{}\",outcome=\"{}\"", kind.as_str(), outcome.as_str());
+                        let labels =
+                            format!("kind=\"{}\",outcome=\"{}\"", kind.as_str(), outcome.as_str());
                         out.write(&labels, None, "", self.events[kind as usize][outcome as usize]);
                     }
                 }
@@ -344,7 +441,10 @@ impl Iterator for Chunks {
                     self.family += 1;
                     continue;
                 }
-                let _ = write!(text, "# HELP {NAMESPACE}_{name} {help}\n# TYPE {NAMESPACE}_{name} {kind}\n");
+                let _ = write!(
+                    text,
+                    "# HELP {NAMESPACE}_{name} {help}\n# TYPE {NAMESPACE}_{name} {kind}\n"
+                );
             }
             let mut line = Line { text: &mut text, name, number: itoa::Buffer::new() };
             match t.clients.get(self.client) {
@@ -372,7 +472,8 @@ mod tests {
     use super::*;
     use crate::accounting::{DestKey, Params};
 
-    const PARAMS: Params = Params { top_remotes: 1, top_destinations: 5, ..crate::accounting::tests::PARAMS };
+    const PARAMS: Params =
+        Params { top_remotes: 1, top_destinations: 5, ..crate::accounting::tests::PARAMS };
 
     fn text(traffic: Traffic) -> String {
         Arc::new(traffic).chunks().collect()
@@ -384,16 +485,29 @@ mod tests {
     fn traffic_renders_as_exposition_text_with_escaped_labels() {
         let mac = [0x64, 0x09, 0x80, 0, 0, 1];
         let flow = |last: u8, port: u16| {
-            let mut k = FlowKey { client_mac: mac, protocol: 17, remote_port: port, ..FlowKey::default() };
+            let mut k =
+                FlowKey { client_mac: mac, protocol: 17, remote_port: port, ..FlowKey::default() };
             k.client_ip[10..].copy_from_slice(&[0xff, 0xff, 10, 0, 0, 2]);
             k.remote_ip[10..].copy_from_slice(&[0xff, 0xff, 93, 184, 216, last]);
             k
         };
-        let counters = |p: u64, b: u64| Counters { packets: [p, 0], bytes: [b, 0], first_seen_ns: 1, last_seen_ns: 2 };
-        let mut snap = Snapshot { flows: vec![(flow(34, 443), counters(3, 3000)), (flow(35, 53), counters(1, 80))], ..Snapshot::default() };
+        let counters = |p: u64, b: u64| Counters {
+            packets: [p, 0],
+            bytes: [b, 0],
+            first_seen_ns: 1,
+            last_seen_ns: 2,
+        };
+        let mut snap = Snapshot {
+            flows: vec![(flow(34, 443), counters(3, 3000)), (flow(35, 53), counters(1, 80))],
+            ..Snapshot::default()
+        };
         snap.clients.insert(mac, counters(4, 3080));
         let mut acct = Accounting::default();
-        let dest = |k: &FlowKey| DestKey { destination: format!("r{}.example", k.remote_ip[15]), country: "NL".into(), asn: 0 };
+        let dest = |k: &FlowKey| DestKey {
+            destination: format!("r{}.example", k.remote_ip[15]),
+            country: "NL".into(),
+            asn: 0,
+        };
         acct.update(&Arc::new(snap.clone()), 100, &PARAMS, &dest);
         let labels = |_: &Mac| ClientLabels {
             name: "kid's \"tab\" \\ 2".into(),
@@ -408,10 +522,18 @@ mod tests {
             "# TYPE gwsensor_client_bytes_total counter".to_string(),
             format!("gwsensor_client_bytes_total{{{c},direction=\"upload\"}} 3080"),
             format!("gwsensor_client_packets_total{{{c},direction=\"download\"}} 0"),
-            format!("gwsensor_client_info{{{c},group=\"kids\",vendor=\"Xiaomi\",source=\"inventory\",tag_owner=\"alice\"}} 1"),
-            format!("gwsensor_remote_bytes_total{{{c},direction=\"upload\",remote=\"93.184.216.34\",protocol=\"udp\",port=\"443\"}} 3000"),
-            format!("gwsensor_remote_bytes_total{{{c},direction=\"upload\",remote=\"other\",protocol=\"\",port=\"\"}} 80"),
-            format!("gwsensor_destination_packets_total{{{c},direction=\"upload\",destination=\"r35.example\",country=\"NL\",asn=\"\"}} 1"),
+            format!(
+                "gwsensor_client_info{{{c},group=\"kids\",vendor=\"Xiaomi\",source=\"inventory\",tag_owner=\"alice\"}} 1"
+            ),
+            format!(
+                "gwsensor_remote_bytes_total{{{c},direction=\"upload\",remote=\"93.184.216.34\",protocol=\"udp\",port=\"443\"}} 3000"
+            ),
+            format!(
+                "gwsensor_remote_bytes_total{{{c},direction=\"upload\",remote=\"other\",protocol=\"\",port=\"\"}} 80"
+            ),
+            format!(
+                "gwsensor_destination_packets_total{{{c},direction=\"upload\",destination=\"r35.example\",country=\"NL\",asn=\"\"}} 1"
+            ),
             "gwsensor_series_overflow{family=\"remote\"} 1".to_string(),
             "gwsensor_packets_total{direction=\"download\",reason=\"seen\"} 0".to_string(),
             "gwsensor_flow_evictions_total 0".to_string(),
@@ -438,16 +560,25 @@ mod tests {
         let mut snap = Snapshot::default();
         for i in 0..3000u32 {
             let mac = [2, 0, 0, 0, (i >> 8) as u8, i as u8];
-            let mut k = FlowKey { client_mac: mac, protocol: 6, remote_port: 443, ..FlowKey::default() };
+            let mut k =
+                FlowKey { client_mac: mac, protocol: 6, remote_port: 443, ..FlowKey::default() };
             k.remote_ip[12..].copy_from_slice(&i.to_be_bytes());
-            let c = Counters { packets: [1, 2], bytes: [u64::from(i), 7], first_seen_ns: 1, last_seen_ns: 2 };
+            let c = Counters {
+                packets: [1, 2],
+                bytes: [u64::from(i), 7],
+                first_seen_ns: 1,
+                last_seen_ns: 2,
+            };
             snap.flows.push((k, c));
             snap.clients.insert(mac, c);
         }
         let mut acct = Accounting::default();
         let dest = |_: &FlowKey| DestKey::default();
         acct.update(&Arc::new(snap.clone()), 100, &PARAMS, &dest);
-        let traffic = Arc::new(Traffic::new(&acct, &snap, &|m| ClientLabels { name: labels::mac(m), ..ClientLabels::default() }));
+        let traffic = Arc::new(Traffic::new(&acct, &snap, &|m| ClientLabels {
+            name: labels::mac(m),
+            ..ClientLabels::default()
+        }));
         let chunks: Vec<String> = traffic.chunks().collect();
         assert!(chunks.len() > 4, "{} chunks", chunks.len());
         for c in &chunks {
@@ -457,7 +588,9 @@ mod tests {
         assert_eq!(text.matches("# TYPE gwsensor_remote_bytes_total counter\n").count(), 1);
         for i in [0u32, 1234, 2999] {
             let mac = labels::mac(&[2, 0, 0, 0, (i >> 8) as u8, i as u8]);
-            let line = format!("gwsensor_client_bytes_total{{client=\"{mac}\",mac=\"{mac}\",direction=\"upload\"}} {i}\n");
+            let line = format!(
+                "gwsensor_client_bytes_total{{client=\"{mac}\",mac=\"{mac}\",direction=\"upload\"}} {i}\n"
+            );
             assert_eq!(text.matches(&line).count(), 1, "{line}");
         }
         // 3,000 clients × (2 totals × 2 families + info + 2 directions × 2 families of remotes

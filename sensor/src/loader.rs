@@ -15,7 +15,9 @@ use aya::{
     },
 };
 use ipnet::IpNet;
-use sensor_common::{ClientKey, Counters, FlowKey, FlowValue, LanPrefix, LanPrefixes, MAX_LAN_PREFIXES, names};
+use sensor_common::{
+    ClientKey, Counters, FlowKey, FlowValue, LanPrefix, LanPrefixes, MAX_LAN_PREFIXES, names,
+};
 use tracing::{info, warn};
 
 use crate::config::{TcAttach, XdpMode};
@@ -46,7 +48,8 @@ pub struct Capacities {
 /// The maps that hand out client slots: pinned together or not at all, since a slot is only
 /// meaningful with all of them (a fresh `NEXT_SLOT` beside old `CLIENT_SLOTS` would hand out
 /// slots that are taken).
-const CLIENT_SLOT_MAPS: [&str; 4] = [names::CLIENT_SLOTS, names::CLIENT_TOTALS, names::FREE_SLOTS, names::NEXT_SLOT];
+const CLIENT_SLOT_MAPS: [&str; 4] =
+    [names::CLIENT_SLOTS, names::CLIENT_TOTALS, names::FREE_SLOTS, names::NEXT_SLOT];
 
 /// The `LAN_PREFIXES` global: each prefix IPv4-mapped, as address and mask words.
 pub fn lan_prefixes_global(prefixes: &[IpNet]) -> anyhow::Result<LanPrefixes> {
@@ -67,7 +70,9 @@ pub fn lan_prefixes_global(prefixes: &[IpNet]) -> anyhow::Result<LanPrefixes> {
 }
 
 fn words(b: &[u8; 16]) -> [u32; 4] {
-    std::array::from_fn(|i| u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]))
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+    })
 }
 
 /// Loads the object with naming events off (programs are not yet verified; see [`attach`]).
@@ -77,20 +82,29 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<(Ebpf, Capacities)> {
 
 /// Loads the object with naming events (DNS answers, TLS ClientHellos, HTTP requests) allowed
 /// up to `events_per_sec_per_cpu` per second on each CPU.
-pub fn load_with_events(opts: &LoadOptions, events_per_sec_per_cpu: u32) -> anyhow::Result<(Ebpf, Capacities)> {
+pub fn load_with_events(
+    opts: &LoadOptions,
+    events_per_sec_per_cpu: u32,
+) -> anyhow::Result<(Ebpf, Capacities)> {
     let prefixes = lan_prefixes_global(opts.lan_prefixes)?;
     let mut capacities = Capacities { flows: opts.flow_capacity, clients: opts.client_capacity };
     let mut loader = EbpfLoader::new();
     if !opts.kernel_btf {
         loader.btf(None);
     }
-    loader
-        .override_global(names::LAN_PREFIXES, &prefixes, true)
-        .override_global(names::EVENTS_PER_SEC_PER_CPU, &events_per_sec_per_cpu, true);
+    loader.override_global(names::LAN_PREFIXES, &prefixes, true).override_global(
+        names::EVENTS_PER_SEC_PER_CPU,
+        &events_per_sec_per_cpu,
+        true,
+    );
     let pins: Vec<(&str, PathBuf)>;
     if let Some(dir) = opts.pin_dir {
         prepare_pin_dir(dir)?;
-        pins = [names::FLOWS, names::STATS].iter().chain(&CLIENT_SLOT_MAPS).map(|name| (*name, dir.join(name))).collect();
+        pins = [names::FLOWS, names::STATS]
+            .iter()
+            .chain(&CLIENT_SLOT_MAPS)
+            .map(|name| (*name, dir.join(name)))
+            .collect();
         let pin = |name: &str| dir.join(name);
         check_pinned::<FlowKey, FlowValue>(&pin(names::FLOWS), &mut capacities.flows)?;
         check_pinned::<u32, u64>(&pin(names::STATS), &mut 0)?;
@@ -134,7 +148,8 @@ pub fn load_with_events(opts: &LoadOptions, events_per_sec_per_cpu: u32) -> anyh
 /// The client-slot maps must all be pinned or none: refuses a partial set (an interrupted
 /// cleanup, say) rather than hand out slots that clients already hold.
 fn check_client_slot_pins(dir: &Path) -> anyhow::Result<()> {
-    let (present, missing): (Vec<&str>, Vec<&str>) = CLIENT_SLOT_MAPS.iter().copied().partition(|name| dir.join(name).exists());
+    let (present, missing): (Vec<&str>, Vec<&str>) =
+        CLIENT_SLOT_MAPS.iter().copied().partition(|name| dir.join(name).exists());
     if !present.is_empty() && !missing.is_empty() {
         bail!(
             "{} holds pinned maps {} but not {}: the client slot maps only work as a set; remove \
@@ -154,7 +169,10 @@ fn prepare_pin_dir(dir: &Path) -> anyhow::Result<()> {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     let parent = dir.parent().unwrap_or(dir);
     let fs = nix::sys::statfs::statfs(parent).with_context(|| {
-        format!("{} does not exist: mount the BPF filesystem with `mount -t bpf bpf /sys/fs/bpf`", parent.display())
+        format!(
+            "{} does not exist: mount the BPF filesystem with `mount -t bpf bpf /sys/fs/bpf`",
+            parent.display()
+        )
     })?;
     // f_type is an i32 on 32-bit routers and an i64 elsewhere.
     #[allow(clippy::unnecessary_cast)]
@@ -168,7 +186,8 @@ fn prepare_pin_dir(dir: &Path) -> anyhow::Result<()> {
             parent.display()
         );
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating pin directory {}", dir.display()))
 }
 
 /// A pinned map from an older build must have the same layout; its capacity wins over the
@@ -214,7 +233,12 @@ pub struct Attachment {
 
 /// Verifies and attaches both programs to `iface`. The links live as long as `ebpf`: dropping
 /// it detaches them (traffic then flows uncounted; the pinned maps keep their counts).
-pub fn attach(ebpf: &mut Ebpf, iface: &str, xdp: XdpMode, tc: TcAttach) -> anyhow::Result<Attachment> {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    xdp: XdpMode,
+    tc: TcAttach,
+) -> anyhow::Result<Attachment> {
     let xdp_mode = attach_xdp(ebpf, iface, xdp)?;
     let tc_mode = attach_tc(ebpf, iface, tc)?;
     Ok(Attachment { xdp_mode, tc_mode })
@@ -282,7 +306,11 @@ fn attach_tc(ebpf: &mut Ebpf, iface: &str, mode: TcAttach) -> anyhow::Result<&'s
         .try_into()?;
     prog.load().context("the kernel verifier rejected the TC program")?;
     if mode != TcAttach::Netlink {
-        match prog.attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::default())) {
+        match prog.attach_with_options(
+            iface,
+            TcAttachType::Egress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        ) {
             Ok(_) => {
                 info!(interface = iface, "TC egress program attached with TCX");
                 return Ok("tcx");
@@ -299,13 +327,18 @@ fn attach_tc(ebpf: &mut Ebpf, iface: &str, mode: TcAttach) -> anyhow::Result<&'s
         tracing::debug!("no stale TC filter to remove: {e}");
     }
     if let Err(e) = tc::qdisc_add_clsact(iface) {
-        let exists = matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
+        let exists =
+            matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
         if !exists && !e.to_string().contains("exists") {
             return Err(e).with_context(|| format!("adding a clsact qdisc to {iface}"));
         }
     }
-    prog.attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::Netlink(NlOptions::default()))
-        .with_context(|| format!("attaching the TC egress filter to {iface}"))?;
+    prog.attach_with_options(
+        iface,
+        TcAttachType::Egress,
+        TcAttachOptions::Netlink(NlOptions::default()),
+    )
+    .with_context(|| format!("attaching the TC egress filter to {iface}"))?;
     info!(interface = iface, "TC egress program attached as a clsact filter (netlink)");
     Ok("netlink")
 }
@@ -320,7 +353,11 @@ mod tests {
 
     #[test]
     fn prefixes_become_mapped_address_and_mask_words() {
-        let nets: Vec<IpNet> = vec!["192.168.1.77/24".parse().unwrap(), "fd00:1::/64".parse().unwrap(), "::/0".parse().unwrap()];
+        let nets: Vec<IpNet> = vec![
+            "192.168.1.77/24".parse().unwrap(),
+            "fd00:1::/64".parse().unwrap(),
+            "::/0".parse().unwrap(),
+        ];
         let g = lan_prefixes_global(&nets).unwrap();
         assert_eq!(g.count, 3);
         // Host bits are dropped; IPv4 sits behind ::ffff: with 96 more mask bits.
@@ -334,7 +371,8 @@ mod tests {
 
     #[test]
     fn too_many_prefixes_are_refused() {
-        let nets: Vec<IpNet> = (0..=MAX_LAN_PREFIXES).map(|i| format!("10.{i}.0.0/16").parse().unwrap()).collect();
+        let nets: Vec<IpNet> =
+            (0..=MAX_LAN_PREFIXES).map(|i| format!("10.{i}.0.0/16").parse().unwrap()).collect();
         assert!(lan_prefixes_global(&nets).is_err());
     }
 }

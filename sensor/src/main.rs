@@ -61,10 +61,12 @@ struct ApiArgs {
 /// Fetches an API path from the running agent and decodes it.
 fn fetch(api: &ApiArgs, path: &str) -> Result<serde_json::Value, String> {
     let url = format!("{}{path}", api.api.trim_end_matches('/'));
-    let body = ureq::get(&url)
-        .call()
-        .and_then(|mut r| r.body_mut().read_to_string())
-        .map_err(|e| format!("cannot reach the agent at {url}: {e} (is `sensor run` running? pass --api URL)"))?;
+    let body =
+        ureq::get(&url).call().and_then(|mut r| r.body_mut().read_to_string()).map_err(|e| {
+            format!(
+                "cannot reach the agent at {url}: {e} (is `sensor run` running? pass --api URL)"
+            )
+        })?;
     serde_json::from_str(&body).map_err(|e| format!("{url} did not answer JSON: {e}"))
 }
 
@@ -114,19 +116,21 @@ fn main() -> ExitCode {
             };
             print_api(&api, &path, |v| sensor::api::flows_table(&v.flows))
         }
-        Command::CheckConfig { file } => match Config::load(&file).and_then(|c| c.load_policy().map(|p| (c, p))) {
-            Ok((config, policy)) => {
-                println!("{}: ok (interface {})", file.display(), config.interface);
-                if let Some(path) = &config.policy {
-                    println!("{}: ok ({} rules)", path.display(), policy.rules.len());
+        Command::CheckConfig { file } => {
+            match Config::load(&file).and_then(|c| c.load_policy().map(|p| (c, p))) {
+                Ok((config, policy)) => {
+                    println!("{}: ok (interface {})", file.display(), config.interface);
+                    if let Some(path) = &config.policy {
+                        println!("{}: ok ({} rules)", path.display(), policy.rules.len());
+                    }
+                    ExitCode::SUCCESS
                 }
-                ExitCode::SUCCESS
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Run { config } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -144,7 +148,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: starting the async runtime: {e}");
@@ -166,7 +174,9 @@ fn main() -> ExitCode {
 fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -7,8 +7,8 @@ use std::{
 };
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use sensor_common::EventKind;
 
@@ -65,17 +65,22 @@ impl Metrics {
             registry.register(Box::new(g.clone()))?;
             Ok(g)
         };
-        let gauge_vec = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntGaugeVec> {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
+        let gauge_vec =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntGaugeVec> {
+                let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
         let poll_duration = Histogram::with_opts(
-            HistogramOpts::new("poll_duration_seconds", "Time to read the kernel maps and update the counters.")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            HistogramOpts::new(
+                "poll_duration_seconds",
+                "Time to read the kernel maps and update the counters.",
+            )
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
         )?;
         registry.register(Box::new(poll_duration.clone()))?;
-        let build_info = gauge_vec("build_info", "Version of the running agent (always 1).", &["version"])?;
+        let build_info =
+            gauge_vec("build_info", "Version of the running agent (always 1).", &["version"])?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
             let c = IntCounter::new(name, help)?;
@@ -83,48 +88,116 @@ impl Metrics {
             Ok(c)
         };
         let policy_violations = IntCounterVec::new(
-            Opts::new("policy_violations_total", "Alerts that started firing, by policy rule and client."),
+            Opts::new(
+                "policy_violations_total",
+                "Alerts that started firing, by policy rule and client.",
+            ),
             &["rule", "client"],
         )?;
         registry.register(Box::new(policy_violations.clone()))?;
         let policy_evaluation = Histogram::with_opts(
-            HistogramOpts::new("policy_evaluation_seconds", "Time to evaluate the policy over one poll's flows.")
-                .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25]),
+            HistogramOpts::new(
+                "policy_evaluation_seconds",
+                "Time to evaluate the policy over one poll's flows.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+            ]),
         )?;
         registry.register(Box::new(policy_evaluation.clone()))?;
         let metrics = Metrics {
             policy_violations,
             policy_evaluation,
-            policy_alerts: gauge_vec("policy_alerts", "Alerts of each policy rule now, by state (pending or firing).", &["rule", "state"])?,
-            policy_series: gauge("policy_series", "(rule, client, destination) series the policy evaluator tracks.")?,
-            policy_series_dropped: counter("policy_series_dropped_total", "Series the policy evaluator could not track (its limit was reached).")?,
-            config_last_reload_successful: gauge("config_last_reload_successful", "1 if the last config and policy (re)load worked, 0 if the files on disk were refused.")?,
-            config_reload_failures: counter("config_reload_failures_total", "SIGHUP reloads refused because the new config or policy was invalid.")?,
+            policy_alerts: gauge_vec(
+                "policy_alerts",
+                "Alerts of each policy rule now, by state (pending or firing).",
+                &["rule", "state"],
+            )?,
+            policy_series: gauge(
+                "policy_series",
+                "(rule, client, destination) series the policy evaluator tracks.",
+            )?,
+            policy_series_dropped: counter(
+                "policy_series_dropped_total",
+                "Series the policy evaluator could not track (its limit was reached).",
+            )?,
+            config_last_reload_successful: gauge(
+                "config_last_reload_successful",
+                "1 if the last config and policy (re)load worked, 0 if the files on disk were refused.",
+            )?,
+            config_reload_failures: counter(
+                "config_reload_failures_total",
+                "SIGHUP reloads refused because the new config or policy was invalid.",
+            )?,
             poll_duration,
-            flows_tracked: gauge("flows_tracked", "Flows in the kernel flow map at the last poll.")?,
-            flows_capacity: gauge("flows_capacity", "Capacity of the kernel flow map (LRU: beyond it the least recent flows are evicted).")?,
-            clients_tracked: gauge("clients_tracked", "Clients holding a kernel slot (per-client totals) at the last poll.")?,
-            clients_capacity: gauge("clients_capacity", "Client slots in the kernel (beyond them new clients are not counted).")?,
-            xdp_attach_mode: gauge_vec("xdp_attach_mode", "XDP attach mode in use on the LAN interface (1 for the mode in use).", &["interface", "mode"])?,
-            tc_attach_mode: gauge_vec("tc_attach_mode", "How the TC egress program is attached (1 for the mode in use).", &["interface", "mode"])?,
-            state_save_failures: gauge("state_save_failures", "Consecutive failures to write the state file (0 when the last save worked).")?,
+            flows_tracked: gauge(
+                "flows_tracked",
+                "Flows in the kernel flow map at the last poll.",
+            )?,
+            flows_capacity: gauge(
+                "flows_capacity",
+                "Capacity of the kernel flow map (LRU: beyond it the least recent flows are evicted).",
+            )?,
+            clients_tracked: gauge(
+                "clients_tracked",
+                "Clients holding a kernel slot (per-client totals) at the last poll.",
+            )?,
+            clients_capacity: gauge(
+                "clients_capacity",
+                "Client slots in the kernel (beyond them new clients are not counted).",
+            )?,
+            xdp_attach_mode: gauge_vec(
+                "xdp_attach_mode",
+                "XDP attach mode in use on the LAN interface (1 for the mode in use).",
+                &["interface", "mode"],
+            )?,
+            tc_attach_mode: gauge_vec(
+                "tc_attach_mode",
+                "How the TC egress program is attached (1 for the mode in use).",
+                &["interface", "mode"],
+            )?,
+            state_save_failures: gauge(
+                "state_save_failures",
+                "Consecutive failures to write the state file (0 when the last save worked).",
+            )?,
             events_received: {
-                let c = IntCounterVec::new(Opts::new("events_received_total", "Naming events (DNS answers, TLS ClientHellos, HTTP requests) read from the kernel ring buffer."), &["kind"])?;
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "events_received_total",
+                        "Naming events (DNS answers, TLS ClientHellos, HTTP requests) read from the kernel ring buffer.",
+                    ),
+                    &["kind"],
+                )?;
                 registry.register(Box::new(c.clone()))?;
                 c
             },
             events_dropped: {
-                let c = IntCounter::new("events_dropped_total", "Naming events read but dropped in the agent (malformed, or the agent was too busy).")?;
+                let c = IntCounter::new(
+                    "events_dropped_total",
+                    "Naming events read but dropped in the agent (malformed, or the agent was too busy).",
+                )?;
                 registry.register(Box::new(c.clone()))?;
                 c
             },
             name_parse_errors: {
-                let c = IntCounterVec::new(Opts::new("name_parse_errors_total", "Naming events whose payload could not be parsed, by kind."), &["kind"])?;
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "name_parse_errors_total",
+                        "Naming events whose payload could not be parsed, by kind.",
+                    ),
+                    &["kind"],
+                )?;
                 registry.register(Box::new(c.clone()))?;
                 c
             },
-            names_cached: gauge("names_cached", "Names (from DNS, SNI and HTTP Host) held for attributing flows.")?,
-            config_warnings: gauge("enrichment_warnings", "Enrichment sources that are missing or unreadable (OUI, leases, GeoIP databases); see the log.")?,
+            names_cached: gauge(
+                "names_cached",
+                "Names (from DNS, SNI and HTTP Host) held for attributing flows.",
+            )?,
+            config_warnings: gauge(
+                "enrichment_warnings",
+                "Enrichment sources that are missing or unreadable (OUI, leases, GeoIP databases); see the log.",
+            )?,
             traffic: RwLock::new(Arc::default()),
             registry,
         };
@@ -137,7 +210,12 @@ impl Metrics {
     }
 
     /// Rebuilds the traffic families from the accounting and the kernel stats.
-    pub fn publish(&self, acct: &Accounting, snap: &Snapshot, client: &dyn Fn(&Mac) -> ClientLabels) {
+    pub fn publish(
+        &self,
+        acct: &Accounting,
+        snap: &Snapshot,
+        client: &dyn Fn(&Mac) -> ClientLabels,
+    ) {
         let traffic = Arc::new(Traffic::new(acct, snap, client));
         if let Ok(mut slot) = self.traffic.write() {
             *slot = traffic;
@@ -170,7 +248,8 @@ impl Metrics {
     /// [`Metrics::exposition`] as one text.
     pub fn render(&self) -> Result<String, prometheus::Error> {
         let (health, traffic) = self.exposition()?;
-        let mut text = String::from_utf8(health).map_err(|e| prometheus::Error::Msg(e.to_string()))?;
+        let mut text =
+            String::from_utf8(health).map_err(|e| prometheus::Error::Msg(e.to_string()))?;
         text.extend(traffic);
         Ok(text)
     }
@@ -190,6 +269,10 @@ mod tests {
         assert!(text.lines().any(|l| l == "gwsensor_flows_tracked 7"), "{text}");
         assert!(text.lines().any(|l| l == "gwsensor_flow_evictions_total 0"), "{text}");
         // No client: no client family at all, not even its HELP line.
-        assert!(!text.contains("gwsensor_client_bytes_total") && !text.contains("gwsensor_remote_packets_total"), "{text}");
+        assert!(
+            !text.contains("gwsensor_client_bytes_total")
+                && !text.contains("gwsensor_remote_packets_total"),
+            "{text}"
+        );
     }
 }

@@ -36,6 +36,9 @@ pub fn prefixes(iface: &str) -> anyhow::Result<Vec<IpNet>> {
 
 /// The interface's index, or an error that says the interface is missing.
 pub fn ifindex(iface: &str) -> anyhow::Result<u32> {
-    nix::net::if_::if_nametoindex(iface)
-        .with_context(|| format!("interface {iface} not found (check `interface` in the config; `ip link` lists them)"))
+    nix::net::if_::if_nametoindex(iface).with_context(|| {
+        format!(
+            "interface {iface} not found (check `interface` in the config; `ip link` lists them)"
+        )
+    })
 }

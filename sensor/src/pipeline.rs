@@ -45,7 +45,14 @@ pub struct Pipeline {
 const FACTS_PER_PART: usize = 4096;
 
 /// The policy's view of one flow that gained traffic in this poll, named.
-fn flow_facts(enricher: &Enricher, accounting: &Accounting, index: &FastMap<[u8; 6], usize>, key: &FlowKey, gain: &accounting::Gain, now: u64) -> FlowFacts {
+fn flow_facts(
+    enricher: &Enricher,
+    accounting: &Accounting,
+    index: &FastMap<[u8; 6], usize>,
+    key: &FlowKey,
+    gain: &accounting::Gain,
+    now: u64,
+) -> FlowFacts {
     let delta = gain.delta();
     // Its destination has the remote's country and ASN: no second lookup.
     let geo = accounting.destination(gain.destination());
@@ -108,7 +115,6 @@ impl Clock {
             .unwrap_or(0);
         Clock { unix: unix_now(), mono_ns: mono }
     }
-
 }
 
 impl Pipeline {
@@ -126,7 +132,8 @@ impl Pipeline {
         let snap = Arc::new(tokio::task::block_in_place(|| self.maps.read())?);
         let read = lap();
         let enricher = &self.enricher;
-        let retired = self.accounting.update(&snap, now, &self.params, &PollNamer { enricher, now });
+        let retired =
+            self.accounting.update(&snap, now, &self.params, &PollNamer { enricher, now });
         for mac in &retired {
             info!(client = %labels::mac(mac), "client idle: retired from the metrics until seen again");
         }
@@ -163,14 +170,23 @@ impl Pipeline {
     fn evaluate_policy(&mut self, snap: &Snapshot, now: u64) -> PollAlerts {
         let started = Instant::now();
         // Only new_device rules (or none): the flows would be named for nothing.
-        let needs_flows = self.policy.policy().rules.iter().any(|r| !matches!(r.condition, Condition::NewDevice(_)));
+        let needs_flows = self
+            .policy
+            .policy()
+            .rules
+            .iter()
+            .any(|r| !matches!(r.condition, Condition::NewDevice(_)));
         let gained = || self.accounting.gained().take(if needs_flows { usize::MAX } else { 0 });
         let (clients, index) = self.policy_clients(snap, gained().map(|(key, _)| &key.client_mac));
         let mut outcome = self.policy.begin(now, &clients);
         // The flows in parts: their facts are ~140 bytes each, megabytes for a full map.
         let mut flows = gained();
         loop {
-            let part: Vec<FlowFacts> = flows.by_ref().take(FACTS_PER_PART).map(|(key, g)| flow_facts(&self.enricher, &self.accounting, &index, key, g, now)).collect();
+            let part: Vec<FlowFacts> = flows
+                .by_ref()
+                .take(FACTS_PER_PART)
+                .map(|(key, g)| flow_facts(&self.enricher, &self.accounting, &index, key, g, now))
+                .collect();
             if part.is_empty() {
                 break;
             }
@@ -182,7 +198,10 @@ impl Pipeline {
             self.metrics.policy_violations.with_label_values(&[rule.as_str(), client.as_str()]);
         }
         for (rule, client) in &outcome.fired {
-            self.metrics.policy_violations.with_label_values(&[rule.as_str(), client.as_str()]).inc();
+            self.metrics
+                .policy_violations
+                .with_label_values(&[rule.as_str(), client.as_str()])
+                .inc();
             info!(rule = %rule, client = %client, "alert firing");
         }
         self.metrics.set_policy_alerts(&outcome.counts);
@@ -194,14 +213,25 @@ impl Pipeline {
 
     /// The policy's clients for this poll: every client the kernel counts, and any other a
     /// gained flow belongs to; with their indices by MAC.
-    fn policy_clients<'a>(&self, snap: &'a Snapshot, flow_clients: impl Iterator<Item = &'a [u8; 6]>) -> (Vec<ClientFacts>, FastMap<[u8; 6], usize>) {
+    fn policy_clients<'a>(
+        &self,
+        snap: &'a Snapshot,
+        flow_clients: impl Iterator<Item = &'a [u8; 6]>,
+    ) -> (Vec<ClientFacts>, FastMap<[u8; 6], usize>) {
         // Looked up once per gained flow: foldhash, not SipHash.
         let mut index: FastMap<[u8; 6], usize> = FastMap::default();
         let mut clients = Vec::new();
         for mac in snap.clients.keys().chain(flow_clients) {
             index.entry(*mac).or_insert_with(|| {
                 let l = self.enricher.client_labels(mac);
-                clients.push(ClientFacts { mac: *mac, mac_text: labels::mac(mac), name: l.name, group: l.group, vendor: l.vendor, tags: l.tags });
+                clients.push(ClientFacts {
+                    mac: *mac,
+                    mac_text: labels::mac(mac),
+                    name: l.name,
+                    group: l.group,
+                    vendor: l.vendor,
+                    tags: l.tags,
+                });
                 clients.len() - 1
             });
         }
@@ -281,9 +311,11 @@ impl Pipeline {
             .map(|(mac, account)| {
                 let l = self.enricher.client_labels(mac);
                 let owner = owner_of.get(mac).map(|&o| o as usize);
-                let mut addrs: BTreeSet<String> =
-                    owner.map(|o| ips[o].iter().map(|ip| labels::ip(ip).to_string()).collect()).unwrap_or_default();
-                addrs.extend(self.enricher.inventory.lease_ips(mac).iter().map(ToString::to_string));
+                let mut addrs: BTreeSet<String> = owner
+                    .map(|o| ips[o].iter().map(|ip| labels::ip(ip).to_string()).collect())
+                    .unwrap_or_default();
+                addrs
+                    .extend(self.enricher.inventory.lease_ips(mac).iter().map(ToString::to_string));
                 ClientView {
                     client: l.name,
                     mac: labels::mac(mac),

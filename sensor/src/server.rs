@@ -10,9 +10,9 @@ use std::{
 use anyhow::Context as _;
 use axum::{
     Json, Router,
+    body::{Body, Bytes},
     extract::{Query, State},
     http::{HeaderValue, StatusCode, header},
-    body::{Body, Bytes},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -52,9 +52,16 @@ async fn flows(State(state): State<AppState>, Query(q): Query<FlowsQuery>) -> im
     }
     let view = current(&state.view);
     // Serialized straight from the compact view: no list of flow structs or JSON tree between.
-    match serde_json::to_vec(&Body { updated: view.updated, flows: view.flows_of(q.client.as_deref()) }) {
+    match serde_json::to_vec(&Body {
+        updated: view.updated,
+        flows: view.flows_of(q.client.as_deref()),
+    }) {
         Ok(body) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], format!("{e}\n").into_bytes()),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            format!("{e}\n").into_bytes(),
+        ),
     }
 }
 
@@ -63,21 +70,30 @@ async fn scrape(State(state): State<AppState>) -> Response {
         Ok((health, traffic)) => {
             // The traffic text is written as the scrape reads it (chunked): never whole in memory.
             let chunks = std::iter::once(Bytes::from(health)).chain(traffic.map(Bytes::from));
-            let body = Body::from_stream(futures_util::stream::iter(chunks.map(Ok::<_, Infallible>)));
-            (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static(prometheus::TEXT_FORMAT))], body).into_response()
+            let body =
+                Body::from_stream(futures_util::stream::iter(chunks.map(Ok::<_, Infallible>)));
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, HeaderValue::from_static(prometheus::TEXT_FORMAT))],
+                body,
+            )
+                .into_response()
         }
         Err(e) => {
             let text = format!("rendering metrics failed: {e}\n");
-            (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], text).into_response()
+            (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], text)
+                .into_response()
         }
     }
 }
 
 /// Binds first (so a busy port fails startup with a clear error), then serves until `stop`.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening on {addr} for /metrics (is another agent running? change `metrics_listen`)"))
+    tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "listening on {addr} for /metrics (is another agent running? change `metrics_listen`)"
+        )
+    })
 }
 
 pub async fn serve(

@@ -1,11 +1,7 @@
 //! The accounting on disk, so that exported counters continue across agent restarts, upgrades
 //! and reboots instead of starting again from zero.
 
-use std::{
-    fs,
-    io::Write as _,
-    path::Path,
-};
+use std::{fs, io::Write as _, path::Path};
 
 use anyhow::Context as _;
 
@@ -56,8 +52,14 @@ pub fn load(path: &Path) -> anyhow::Result<Saved> {
         ),
         Err(e) => {
             let aside = path.with_extension("corrupt");
-            fs::rename(path, &aside).with_context(|| format!("moving unreadable state file {} aside", path.display()))?;
-            tracing::warn!("state file {} is unreadable ({e}); kept as {} and starting afresh", path.display(), aside.display());
+            fs::rename(path, &aside).with_context(|| {
+                format!("moving unreadable state file {} aside", path.display())
+            })?;
+            tracing::warn!(
+                "state file {} is unreadable ({e}); kept as {} and starting afresh",
+                path.display(),
+                aside.display()
+            );
             Ok(Saved::default())
         }
     }
@@ -66,7 +68,8 @@ pub fn load(path: &Path) -> anyhow::Result<Saved> {
 /// Writes the state atomically: a crash mid-write leaves the previous file intact.
 pub fn save(path: &Path, accounting: &Accounting, policy: &EvalState) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
+        fs::create_dir_all(dir)
+            .with_context(|| format!("creating state directory {}", dir.display()))?;
     }
     let tmp = path.with_extension("tmp");
     let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;

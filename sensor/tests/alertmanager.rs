@@ -27,9 +27,17 @@ fn can_run(tools: &[&str]) -> bool {
     // The notifier's log, shown for failing tests (and with --nocapture).
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     for tool in tools {
-        let found = Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+        let found = Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
         if !found {
-            return lab::cannot_run(SUITE, &format!("needs `{tool}` (cargo xtask test installs it)"));
+            return lab::cannot_run(
+                SUITE,
+                &format!("needs `{tool}` (cargo xtask test installs it)"),
+            );
         }
     }
     true
@@ -82,19 +90,46 @@ impl Security {
     fn create(dir: &Path, user: &str, password: &str) -> Security {
         let run = |args: &[&str]| {
             let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
         let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        run(&[&["req", "-x509"][..], &ec, &["-days", "2", "-subj", "/CN=gwsensor test CA", "-keyout", "ca.key", "-out", "ca.crt"]].concat());
-        run(&[&["req"][..], &ec, &["-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr"]].concat());
+        run(&[
+            &["req", "-x509"][..],
+            &ec,
+            &["-days", "2", "-subj", "/CN=gwsensor test CA", "-keyout", "ca.key", "-out", "ca.crt"],
+        ]
+        .concat());
+        run(&[
+            &["req"][..],
+            &ec,
+            &["-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr"],
+        ]
+        .concat());
         fs::write(
             dir.join("server.ext"),
             "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
         )
         .unwrap();
         run(&[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-            "-extfile", "server.ext", "-out", "server.crt",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.crt",
         ]);
         Security {
             ca: dir.join("ca.crt"),
@@ -106,7 +141,8 @@ impl Security {
     }
 
     fn web_config(&self) -> String {
-        let out = Command::new("htpasswd").args(["-nbB", &self.user, &self.password]).output().unwrap();
+        let out =
+            Command::new("htpasswd").args(["-nbB", &self.user, &self.password]).output().unwrap();
         assert!(out.status.success(), "htpasswd: {}", String::from_utf8_lossy(&out.stderr));
         let line = String::from_utf8(out.stdout).unwrap();
         let hash = line.trim().strip_prefix(&format!("{}:", self.user)).unwrap().to_string();
@@ -155,7 +191,8 @@ impl Alertmanager {
                 let ca = ureq::tls::Certificate::from_pem(&fs::read(&s.ca).unwrap()).unwrap();
                 tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![ca])));
                 use base64::Engine as _;
-                let basic = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", s.user, s.password));
+                let basic = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}:{}", s.user, s.password));
                 ("https", Some(format!("Basic {basic}")))
             }
             None => ("http", None),
@@ -168,7 +205,13 @@ impl Alertmanager {
             .timeout_global(Some(Duration::from_secs(5)))
             .build()
             .into();
-        let mut am = Alertmanager { child, dir, url: format!("{scheme}://127.0.0.1:{port}"), http, authorization };
+        let mut am = Alertmanager {
+            child,
+            dir,
+            url: format!("{scheme}://127.0.0.1:{port}"),
+            http,
+            authorization,
+        };
         wait_until("Alertmanager to be ready", Duration::from_secs(15), || {
             if let Ok(Some(status)) = am.child.try_wait() {
                 panic!("Alertmanager exited ({status}):\n{}", am.log());
@@ -202,14 +245,17 @@ impl Alertmanager {
     fn wait_alerts(&self, count: usize, timeout: Duration) -> Vec<Value> {
         wait_until(&format!("{} to hold {count} active alert(s)", self.url), timeout, || {
             let alerts = self.alerts();
-            (alerts.len() == count && alerts.iter().all(|a| a["status"]["state"] == "active")).then_some(alerts)
+            (alerts.len() == count && alerts.iter().all(|a| a["status"]["state"] == "active"))
+                .then_some(alerts)
         })
     }
 
     /// Alerts it received through its API, by status ("firing" or "resolved").
     fn received(&self, status: &str) -> f64 {
         let (_, body) = self.get("/metrics").unwrap();
-        lab::prom::Scrape::parse(&body).unwrap().sum("alertmanager_alerts_received_total", &[("status", status)])
+        lab::prom::Scrape::parse(&body)
+            .unwrap()
+            .sum("alertmanager_alerts_received_total", &[("status", status)])
     }
 }
 
@@ -224,7 +270,9 @@ impl Drop for Alertmanager {
 // Notifier side
 
 fn alert(client: &str, starts_at: SystemTime, resolved_at: Option<SystemTime>) -> Alert {
-    let map = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>();
+    let map = |pairs: &[(&str, &str)]| {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()
+    };
     Alert {
         labels: map(&[
             ("alertname", "UploadTooHigh"),
@@ -244,7 +292,12 @@ fn alert(client: &str, starts_at: SystemTime, resolved_at: Option<SystemTime>) -
 }
 
 fn target(url: &str) -> AlertmanagerTarget {
-    AlertmanagerTarget { url: url.into(), basic_auth: None, bearer_token_file: None, tls_ca_file: None }
+    AlertmanagerTarget {
+        url: url.into(),
+        basic_auth: None,
+        bearer_token_file: None,
+        tls_ca_file: None,
+    }
 }
 
 fn config(targets: Vec<AlertmanagerTarget>) -> AlertingConfig {
@@ -320,7 +373,11 @@ fn a_firing_alert_arrives_and_its_resolution_ends_it() {
     let am = Alertmanager::start(free_port(), None);
     let reg = registry();
     let notifier = Notifier::start(&config(vec![target(&am.url)]), POLL, &reg).unwrap();
-    assert_eq!(counts(&reg, &am.url), (0.0, 0.0, 0.0, 0.0, -1.0), "series at 0 before anything is sent, no up yet");
+    assert_eq!(
+        counts(&reg, &am.url),
+        (0.0, 0.0, 0.0, 0.0, -1.0),
+        "series at 0 before anything is sent, no up yet"
+    );
 
     let started = now_ms();
     notifier.update_alerts(started, &[alert("redmi-note", started, None)]);
@@ -330,7 +387,11 @@ fn a_firing_alert_arrives_and_its_resolution_ends_it() {
     assert_eq!(got[0]["startsAt"], rfc3339(started));
     // endsAt = the moment of sending + 4 × max(poll, resend interval).
     let ends = parse_time(&got[0]["endsAt"]);
-    assert!(ends >= started + VALIDITY && ends <= seen + VALIDITY, "endsAt {} not sending time + 240s", got[0]["endsAt"]);
+    assert!(
+        ends >= started + VALIDITY && ends <= seen + VALIDITY,
+        "endsAt {} not sending time + 240s",
+        got[0]["endsAt"]
+    );
     assert_counts(&reg, &am.url, (1.0, 0.0, 0.0, 0.0, 1.0));
     assert_eq!(am.received("firing"), 1.0);
 
@@ -353,7 +414,8 @@ fn every_alertmanager_gets_it_and_one_that_was_down_gets_it_when_back() {
     let down_url = format!("http://127.0.0.1:{down_port}");
     let up = Alertmanager::start(free_port(), None);
     let reg = registry();
-    let notifier = Notifier::start(&config(vec![target(&down_url), target(&up.url)]), POLL, &reg).unwrap();
+    let notifier =
+        Notifier::start(&config(vec![target(&down_url), target(&up.url)]), POLL, &reg).unwrap();
 
     let started = now_ms();
     notifier.update_alerts(started, &[alert("tv", started, None)]);
@@ -372,11 +434,17 @@ fn every_alertmanager_gets_it_and_one_that_was_down_gets_it_when_back() {
     let at_back = back.wait_alerts(1, Duration::from_secs(20));
     assert_is_alert(&at_back[0], "tv");
     assert_eq!(at_back[0]["startsAt"], rfc3339(started));
-    assert!(parse_time(&at_back[0]["endsAt"]) >= back_at + VALIDITY, "stale endsAt {}", at_back[0]["endsAt"]);
+    assert!(
+        parse_time(&at_back[0]["endsAt"]) >= back_at + VALIDITY,
+        "stale endsAt {}",
+        at_back[0]["endsAt"]
+    );
     assert!(parse_time(&at_back[0]["endsAt"]) > parse_time(&at_up[0]["endsAt"]));
 
     let (sent, failed, dropped, queued, upv) =
-        wait_until("the send to the one back up counted", Duration::from_secs(5), || Some(counts(&reg, &down_url)).filter(|c| c.0 == 1.0 && c.3 == 0.0));
+        wait_until("the send to the one back up counted", Duration::from_secs(5), || {
+            Some(counts(&reg, &down_url)).filter(|c| c.0 == 1.0 && c.3 == 0.0)
+        });
     assert!(failed >= 1.0);
     assert_eq!((sent, dropped, queued, upv), (1.0, 0.0, 0.0, 1.0));
     assert_counts(&reg, &up.url, (1.0, 0.0, 0.0, 0.0, 1.0));
@@ -398,7 +466,10 @@ fn basic_auth_over_tls_with_a_custom_ca() {
     fs::write(&wrong, "guess").unwrap();
     let secured = |password_file: &Path, ca: Option<&Path>| AlertmanagerTarget {
         url: am.url.clone(),
-        basic_auth: Some(BasicAuth { username: "alice".into(), password_file: password_file.into() }),
+        basic_auth: Some(BasicAuth {
+            username: "alice".into(),
+            password_file: password_file.into(),
+        }),
         bearer_token_file: None,
         tls_ca_file: ca.map(Path::to_path_buf),
     };
@@ -464,7 +535,9 @@ fn reconfiguring_keeps_queues_and_send_times() {
     assert_is_alert(&b.wait_alerts(1, Duration::from_secs(5))[0], "phone");
     let a = Alertmanager::start(a_port, None);
     assert_is_alert(&a.wait_alerts(1, Duration::from_secs(20))[0], "phone");
-    wait_until("the send to A counted", Duration::from_secs(5), || (counts(&reg, &a_url).0 == 1.0).then_some(()));
+    wait_until("the send to A counted", Duration::from_secs(5), || {
+        (counts(&reg, &a_url).0 == 1.0).then_some(())
+    });
 
     // A removed: its series end. B kept its send time: the next poll sends nothing.
     notifier.reconfigure(&config(vec![target(&b.url)]), POLL).unwrap();
@@ -475,10 +548,13 @@ fn reconfiguring_keeps_queues_and_send_times() {
     assert_eq!(b.received("firing"), 1.0);
 
     // A shorter resend interval applies at the next poll.
-    let fast = AlertingConfig { resend_interval: Duration::from_secs(1), ..config(vec![target(&b.url)]) };
+    let fast =
+        AlertingConfig { resend_interval: Duration::from_secs(1), ..config(vec![target(&b.url)]) };
     notifier.reconfigure(&fast, POLL).unwrap();
     notifier.update_alerts(t0 + 3 * POLL, &firing);
-    wait_until("the resend to B", Duration::from_secs(5), || (counts(&reg, &b.url).0 == 2.0).then_some(()));
+    wait_until("the resend to B", Duration::from_secs(5), || {
+        (counts(&reg, &b.url).0 == 2.0).then_some(())
+    });
     assert_eq!(b.received("firing"), 2.0);
     assert_eq!(a.received("firing"), 1.0);
     shutdown(notifier, Duration::from_secs(2));
@@ -495,7 +571,10 @@ fn a_full_queue_drops_the_oldest_and_delivers_the_rest() {
     let cfg = AlertingConfig { queue_capacity: 2, ..config(vec![target(&url)]) };
     let notifier = Notifier::start(&cfg, POLL, &reg).unwrap();
     let now = now_ms();
-    notifier.update_alerts(now, &[alert("one", now, None), alert("two", now, None), alert("three", now, None)]);
+    notifier.update_alerts(
+        now,
+        &[alert("one", now, None), alert("two", now, None), alert("three", now, None)],
+    );
     wait_until("a failed attempt", Duration::from_secs(5), || {
         let (sent, failed, dropped, queued, up) = counts(&reg, &url);
         (failed >= 2.0 && queued == 2.0).then(|| assert_eq!((sent, dropped, up), (0.0, 1.0, 0.0)))
@@ -523,7 +602,9 @@ fn shutdown_flushes_the_queue_within_the_grace_period() {
     let now = now_ms();
     notifier.update_alerts(now, &[alert("console", now, None)]);
     // Three failures: the next retry is 3.2 to 4 s away, so what sends it below is the flush.
-    wait_until("three failed attempts", Duration::from_secs(10), || (counts(&reg, &url).1 >= 3.0).then_some(()));
+    wait_until("three failed attempts", Duration::from_secs(10), || {
+        (counts(&reg, &url).1 >= 3.0).then_some(())
+    });
     let am = Alertmanager::start(port, None);
     let took = shutdown(notifier, Duration::from_secs(5));
     assert!(took < Duration::from_secs(5), "shutdown took {took:?}");

@@ -3,8 +3,13 @@
 use std::{path::Path, process::Command};
 
 fn sensor(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sensor")).args(args).output().expect("running sensor");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_sensor")).args(args).output().expect("running sensor");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[test]
@@ -19,13 +24,17 @@ fn check_config_accepts_the_shipped_example() {
 #[test]
 fn check_config_validates_the_policy_with_its_location() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("sensor.yaml"), "interface: br-lan\npolicy: rules.yaml\n").unwrap();
+    std::fs::write(dir.path().join("sensor.yaml"), "interface: br-lan\npolicy: rules.yaml\n")
+        .unwrap();
     let rules = "rules:\n  - name: Up\n    match:\n      destination: {country: [CN, XY]}\n    condition: {volume: {above: 5MB}}\n";
     std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
     let config = dir.path().join("sensor.yaml");
     let (ok, stdout, stderr) = sensor(&["check-config", config.to_str().unwrap()]);
     assert!(!ok, "a bad policy must fail: {stdout}");
-    assert!(stderr.starts_with(&format!("{}:4:", dir.path().join("rules.yaml").display())), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("{}:4:", dir.path().join("rules.yaml").display())),
+        "{stderr}"
+    );
     assert!(stderr.contains("unknown country code `XY`"), "{stderr}");
 }
 
@@ -33,11 +42,18 @@ fn check_config_validates_the_policy_with_its_location() {
 fn check_config_names_file_line_and_fix() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.yaml");
-    std::fs::write(&path, "interface: br-lan\nlan_prefixes:\n  - 192.168.1.0/24\nflow_capacty: 100\n").unwrap();
+    std::fs::write(
+        &path,
+        "interface: br-lan\nlan_prefixes:\n  - 192.168.1.0/24\nflow_capacty: 100\n",
+    )
+    .unwrap();
     let (ok, stdout, stderr) = sensor(&["check-config", path.to_str().unwrap()]);
     assert!(!ok, "a bad config must fail: {stdout}");
     let first = stderr.lines().next().unwrap_or_default();
-    assert!(first.starts_with(&format!("{}:4:1: unknown field `flow_capacty`", path.display())), "{stderr}");
+    assert!(
+        first.starts_with(&format!("{}:4:1: unknown field `flow_capacty`", path.display())),
+        "{stderr}"
+    );
     assert!(stderr.contains("hint:"), "{stderr}");
 }
 

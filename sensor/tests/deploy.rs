@@ -43,8 +43,12 @@ fn assert_ok(what: &str, out: &Output) {
 /// The unit as shipped, with its binary path pointing at the binary under test
 /// (`systemd-analyze verify` checks that ExecStart's program exists).
 fn unit_under_test(dir: &Path) -> PathBuf {
-    let unit = std::fs::read_to_string(repo().join("deploy/systemd/gateway-sensor.service")).unwrap();
-    assert!(unit.contains("ExecStart=/usr/bin/sensor run --config /etc/gateway-sensor/sensor.yaml"), "{unit}");
+    let unit =
+        std::fs::read_to_string(repo().join("deploy/systemd/gateway-sensor.service")).unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/bin/sensor run --config /etc/gateway-sensor/sensor.yaml"),
+        "{unit}"
+    );
     let path = dir.join("gateway-sensor.service");
     std::fs::write(&path, unit.replace("/usr/bin/sensor", env!("CARGO_BIN_EXE_sensor"))).unwrap();
     path
@@ -54,7 +58,9 @@ fn unit_under_test(dir: &Path) -> PathBuf {
 fn systemd_unit_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let unit = unit_under_test(dir.path());
-    let Some(out) = run("systemd-analyze", &["verify", unit.to_str().unwrap()], dir.path()) else { return };
+    let Some(out) = run("systemd-analyze", &["verify", unit.to_str().unwrap()], dir.path()) else {
+        return;
+    };
     assert_ok("systemd-analyze verify", &out);
     assert_eq!(text(&out), "", "systemd-analyze verify warned");
 }
@@ -64,7 +70,11 @@ fn systemd_unit_verifies() {
 fn systemd_exposure_score_is_the_documented_one() {
     let dir = tempfile::tempdir().unwrap();
     let unit = unit_under_test(dir.path());
-    let Some(out) = run("systemd-analyze", &["security", "--offline=yes", "--no-pager", unit.to_str().unwrap()], dir.path()) else {
+    let Some(out) = run(
+        "systemd-analyze",
+        &["security", "--offline=yes", "--no-pager", unit.to_str().unwrap()],
+        dir.path(),
+    ) else {
         return;
     };
     assert_ok("systemd-analyze security", &out);
@@ -80,14 +90,20 @@ fn systemd_exposure_score_is_the_documented_one() {
         .and_then(|(_, rest)| rest.split_once("**"))
         .map(|(score, _)| score.to_string())
         .expect("docs/deploy.md states `exposure level **N.N OK**`");
-    assert_eq!(measured, documented, "systemd-analyze security says {measured}, docs/deploy.md says {documented}");
+    assert_eq!(
+        measured, documented,
+        "systemd-analyze security says {measured}, docs/deploy.md says {documented}"
+    );
 }
 
 /// The .deb installs what the unit runs and reads.
 #[test]
 fn deb_package_installs_what_the_unit_uses() {
     let manifest = std::fs::read_to_string(repo().join("sensor/Cargo.toml")).unwrap();
-    let deb = manifest.split_once("[package.metadata.deb]").expect("sensor/Cargo.toml has [package.metadata.deb]").1;
+    let deb = manifest
+        .split_once("[package.metadata.deb]")
+        .expect("sensor/Cargo.toml has [package.metadata.deb]")
+        .1;
     for needed in [
         r#"["target/release/sensor", "usr/bin/", "755"]"#,
         r#"["../deploy/sensor.yaml", "etc/gateway-sensor/sensor.yaml", "640"]"#,
@@ -111,7 +127,8 @@ fn prometheus_config_and_health_rules_pass_promtool() {
     assert!(text(&out).contains("SUCCESS: 12 rules found"), "{}", text(&out));
     // Each alert fires for the unhealthy gateway, with exact labels and texts, and not for the
     // healthy one (gateway-sensor-health.test.yml).
-    let out = run("promtool", &["test", "rules", "gateway-sensor-health.test.yml"], &rules).unwrap();
+    let out =
+        run("promtool", &["test", "rules", "gateway-sensor-health.test.yml"], &rules).unwrap();
     assert_ok("promtool test rules", &out);
     assert!(text(&out).contains("SUCCESS"), "{}", text(&out));
 }
@@ -124,8 +141,18 @@ fn alertmanager_config_passes_amtool_and_routes_as_documented() {
     let cases: [(&[&str], &str); 5] = [
         (&["alertname=TooMuchUpload", "client=redmi-note", "severity=warning"], "household"),
         (&["alertname=NewCountry", "client=redmi-note", "severity=critical"], "household-urgent"),
-        (&["alertname=GatewaySensorDown", "component=gateway-sensor", "severity=critical"], "admin-email"),
-        (&["alertname=GatewaySensorFlowEvictions", "component=gateway-sensor", "severity=warning"], "admin-email"),
+        (
+            &["alertname=GatewaySensorDown", "component=gateway-sensor", "severity=critical"],
+            "admin-email",
+        ),
+        (
+            &[
+                "alertname=GatewaySensorFlowEvictions",
+                "component=gateway-sensor",
+                "severity=warning",
+            ],
+            "admin-email",
+        ),
         (&["alertname=SomethingElse"], "admin-email"),
     ];
     for (labels, receiver) in cases {
@@ -140,7 +167,8 @@ fn alertmanager_config_passes_amtool_and_routes_as_documented() {
 #[test]
 fn dashboards_follow_the_rules() {
     let all = dashboards::load_all(&dashboards::dashboards_dir()).unwrap();
-    let names: Vec<String> = all.iter().map(|d| d.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        all.iter().map(|d| d.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
     assert_eq!(names, ["device.json", "home-overview.json", "sensor-health.json"]);
     for d in &all {
         let problems = dashboards::validate(&d.json);
@@ -150,7 +178,8 @@ fn dashboards_follow_the_rules() {
     assert_eq!(vars(&all[0]), "datasource,site,instance,client");
     assert_eq!(vars(&all[1]), "datasource,site,instance");
     assert_eq!(vars(&all[2]), "datasource,site,instance");
-    let kinds: Vec<&str> = dashboards::panels(&all[1].json).iter().filter_map(|p| p["type"].as_str()).collect();
+    let kinds: Vec<&str> =
+        dashboards::panels(&all[1].json).iter().filter_map(|p| p["type"].as_str()).collect();
     assert!(kinds.contains(&"geomap"), "home overview has a world map: {kinds:?}");
     // Unique uids: Grafana keeps one dashboard per uid.
     let mut uids: Vec<&str> = all.iter().map(|d| d.json["uid"].as_str().unwrap()).collect();
@@ -168,7 +197,8 @@ struct Prometheus {
 impl Prometheus {
     fn start() -> Option<Prometheus> {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("prometheus.yml"), "global:\n  scrape_interval: 15s\n").unwrap();
+        std::fs::write(dir.path().join("prometheus.yml"), "global:\n  scrape_interval: 15s\n")
+            .unwrap();
         // A free port: bound and released; Prometheus binds it right after.
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let url = format!("http://127.0.0.1:{port}");
@@ -183,7 +213,10 @@ impl Prometheus {
         let child = match child {
             Ok(c) => c,
             Err(e) => {
-                lab::cannot_run(SUITE, &format!("needs `prometheus` ({e}); cargo xtask test installs it"));
+                lab::cannot_run(
+                    SUITE,
+                    &format!("needs `prometheus` ({e}); cargo xtask test installs it"),
+                );
                 return None;
             }
         };
@@ -212,7 +245,11 @@ impl Prometheus {
                 let body = r.body_mut().read_to_string().unwrap_or_default();
                 (!body.contains(r#""status":"success""#)).then_some(body)
             }
-            Ok(mut r) => Some(format!("HTTP {}: {}", r.status(), r.body_mut().read_to_string().unwrap_or_default())),
+            Ok(mut r) => Some(format!(
+                "HTTP {}: {}",
+                r.status(),
+                r.body_mut().read_to_string().unwrap_or_default()
+            )),
             Err(e) => Some(format!("request failed: {e}")),
         }
     }
@@ -230,7 +267,12 @@ fn every_dashboard_query_is_accepted_by_prometheus() {
     let Some(prom) = Prometheus::start() else { return };
     // The checker itself: a broken query must be refused.
     assert!(prom.refuses("sum(rate(gwsensor_client_bytes_total[5m])").is_some());
-    let vars = Vars { client: "redmi-note".into(), instance: "gw1:9977".into(), site: "home".into(), ..Vars::default() };
+    let vars = Vars {
+        client: "redmi-note".into(),
+        instance: "gw1:9977".into(),
+        site: "home".into(),
+        ..Vars::default()
+    };
     let mut checked = 0;
     let mut refused = Vec::new();
     for d in dashboards::load_all(&dashboards::dashboards_dir()).unwrap() {
@@ -241,7 +283,12 @@ fn every_dashboard_query_is_accepted_by_prometheus() {
             checked += 1;
         }
     }
-    assert!(refused.is_empty(), "{} of {checked} queries refused:\n{}", refused.len(), refused.join("\n"));
+    assert!(
+        refused.is_empty(),
+        "{} of {checked} queries refused:\n{}",
+        refused.len(),
+        refused.join("\n")
+    );
     assert!(checked >= 50, "only {checked} queries found");
 }
 
@@ -249,7 +296,9 @@ fn every_dashboard_query_is_accepted_by_prometheus() {
 #[test]
 fn compose_stack_and_grafana_provisioning_agree() {
     let compose_dir = repo().join("deploy/compose");
-    let compose: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(compose_dir.join("compose.yml")).unwrap()).unwrap();
+    let compose: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(compose_dir.join("compose.yml")).unwrap())
+            .unwrap();
     let services = compose["services"].as_mapping().unwrap();
     let names: Vec<&str> = services.keys().filter_map(|k| k.as_str()).collect();
     assert_eq!(names, ["prometheus", "alertmanager", "grafana"]);
@@ -261,18 +310,31 @@ fn compose_stack_and_grafana_provisioning_agree() {
             if source.starts_with('.') {
                 let host = compose_dir.join(source);
                 assert!(host.exists(), "{spec}: {} does not exist", host.display());
-                mounts.push((host.canonicalize().unwrap(), target.trim_end_matches(":ro").to_string()));
+                mounts.push((
+                    host.canonicalize().unwrap(),
+                    target.trim_end_matches(":ro").to_string(),
+                ));
             }
         }
     }
-    let target_of = |p: &str| mounts.iter().find(|(h, _)| *h == repo().join(p)).map(|(_, t)| t.as_str());
+    let target_of =
+        |p: &str| mounts.iter().find(|(h, _)| *h == repo().join(p)).map(|(_, t)| t.as_str());
     assert_eq!(target_of("grafana/dashboards"), Some("/var/lib/grafana/dashboards/gateway-sensor"));
-    let provider: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(repo().join("grafana/provisioning/dashboards/gateway-sensor.yml")).unwrap()).unwrap();
-    assert_eq!(provider["providers"][0]["options"]["path"].as_str(), Some("/var/lib/grafana/dashboards/gateway-sensor"));
+    let provider: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("grafana/provisioning/dashboards/gateway-sensor.yml"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        provider["providers"][0]["options"]["path"].as_str(),
+        Some("/var/lib/grafana/dashboards/gateway-sensor")
+    );
     assert_eq!(provider["providers"][0]["type"].as_str(), Some("file"));
-    let datasource: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(repo().join("grafana/provisioning/datasources/prometheus.yml")).unwrap()).unwrap();
+    let datasource: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("grafana/provisioning/datasources/prometheus.yml"))
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(datasource["datasources"][0]["type"].as_str(), Some("prometheus"));
     assert_eq!(datasource["datasources"][0]["url"].as_str(), Some("http://prometheus:9090"));
     // The rules Prometheus loads in the stack are the ones promtool tests.
@@ -287,5 +349,8 @@ fn openwrt_init_script_parses() {
     assert_ok("sh -n", &out);
     let text = std::fs::read_to_string(&script).unwrap();
     assert!(text.contains(r#"procd_set_param command "$PROG" run --config "$CONF""#));
-    assert!(text.contains("PROG=/usr/bin/sensor") && text.contains("CONF=/etc/gateway-sensor/sensor.yaml"));
+    assert!(
+        text.contains("PROG=/usr/bin/sensor")
+            && text.contains("CONF=/etc/gateway-sensor/sensor.yaml")
+    );
 }

@@ -24,7 +24,10 @@ const DEFAULT_SEED: u64 = 0x6077_5e45_0001;
 
 fn privileged() -> bool {
     nix::unistd::geteuid().is_root()
-        || lab::cannot_run("differential parser test", "needs root (to load eBPF programs and run BPF_PROG_TEST_RUN)")
+        || lab::cannot_run(
+            "differential parser test",
+            "needs root (to load eBPF programs and run BPF_PROG_TEST_RUN)",
+        )
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {

@@ -66,7 +66,10 @@ const OUTSIDE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 0x10);
 
 fn privileged() -> bool {
     nix::unistd::geteuid().is_root()
-        || lab::cannot_run("kernel tests", "need root (to load eBPF programs and run BPF_PROG_TEST_RUN)")
+        || lab::cannot_run(
+            "kernel tests",
+            "need root (to load eBPF programs and run BPF_PROG_TEST_RUN)",
+        )
 }
 
 /// Skips the test (returns) unless privileged.
@@ -97,10 +100,15 @@ impl Sensor {
 
     /// Small maps, to make the flow LRU evict or the client slots run out.
     fn with_capacities(flow_capacity: u32, client_capacity: u32) -> Sensor {
-        Sensor::with_options(false, flow_capacity, client_capacity).expect("loading the eBPF programs")
+        Sensor::with_options(false, flow_capacity, client_capacity)
+            .expect("loading the eBPF programs")
     }
 
-    fn with_options(kernel_btf: bool, flow_capacity: u32, client_capacity: u32) -> anyhow::Result<Sensor> {
+    fn with_options(
+        kernel_btf: bool,
+        flow_capacity: u32,
+        client_capacity: u32,
+    ) -> anyhow::Result<Sensor> {
         let prefixes: Vec<IpNet> = LAN.iter().map(|p| p.parse().unwrap()).collect();
         let (mut ebpf, _) = load(&LoadOptions {
             lan_prefixes: &prefixes,
@@ -110,7 +118,8 @@ impl Sensor {
             kernel_btf,
         })?;
         for name in [names::XDP_PROGRAM, names::XDP_PASS_PROGRAM] {
-            let prog: &mut Xdp = ebpf.program_mut(name).with_context(|| format!("{name} missing"))?.try_into()?;
+            let prog: &mut Xdp =
+                ebpf.program_mut(name).with_context(|| format!("{name} missing"))?.try_into()?;
             prog.load().with_context(|| format!("verifying {name}"))?;
         }
         let tc: &mut SchedClassifier =
@@ -133,7 +142,10 @@ impl Sensor {
     /// One frame through the XDP program (upload direction).
     fn upload(&self, frame: &[u8]) {
         let r = self
-            .xdp_run(names::XDP_PROGRAM, TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() })
+            .xdp_run(
+                names::XDP_PROGRAM,
+                TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() },
+            )
             .unwrap_or_else(|e| panic!("XDP test run of a {}-byte frame: {e:#}", frame.len()));
         assert_eq!(r.return_value, XDP_PASS, "the XDP program must always pass the packet");
     }
@@ -143,7 +155,10 @@ impl Sensor {
         let r = self
             .tc_run(TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() })
             .unwrap_or_else(|e| panic!("TC test run of a {}-byte frame: {e:#}", frame.len()));
-        assert_eq!(r.return_value, TC_ACT_UNSPEC, "the TC program must always return TC_ACT_UNSPEC");
+        assert_eq!(
+            r.return_value, TC_ACT_UNSPEC,
+            "the TC program must always return TC_ACT_UNSPEC"
+        );
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -162,12 +177,18 @@ struct Count {
 
 /// Upload counts of frames with these lengths.
 fn up(frames: &[&[u8]]) -> Count {
-    Count { packets: [frames.len() as u64, 0], bytes: [frames.iter().map(|f| f.len() as u64).sum(), 0] }
+    Count {
+        packets: [frames.len() as u64, 0],
+        bytes: [frames.iter().map(|f| f.len() as u64).sum(), 0],
+    }
 }
 
 /// Download counts of frames with these lengths.
 fn down(frames: &[&[u8]]) -> Count {
-    Count { packets: [0, frames.len() as u64], bytes: [0, frames.iter().map(|f| f.len() as u64).sum()] }
+    Count {
+        packets: [0, frames.len() as u64],
+        bytes: [0, frames.iter().map(|f| f.len() as u64).sum()],
+    }
 }
 
 impl std::ops::Add for Count {
@@ -187,7 +208,13 @@ fn ip16(ip: IpAddr) -> [u8; 16] {
     }
 }
 
-fn key(mac: [u8; 6], client: impl Into<IpAddr>, remote: impl Into<IpAddr>, protocol: u8, port: u16) -> FlowKey {
+fn key(
+    mac: [u8; 6],
+    client: impl Into<IpAddr>,
+    remote: impl Into<IpAddr>,
+    protocol: u8,
+    port: u16,
+) -> FlowKey {
     FlowKey {
         client_ip: ip16(client.into()),
         remote_ip: ip16(remote.into()),
@@ -219,14 +246,23 @@ fn mac_text(m: &[u8; 6]) -> String {
 
 /// Asserts the whole state of the maps: exactly these flows, exactly these clients, and every
 /// stat slot zero except those listed.
-fn check(snap: &Snapshot, flows: &[(FlowKey, Count)], clients: &[([u8; 6], Count)], stats: &[(Direction, Stat, u64)]) {
+fn check(
+    snap: &Snapshot,
+    flows: &[(FlowKey, Count)],
+    clients: &[([u8; 6], Count)],
+    stats: &[(Direction, Stat, u64)],
+) {
     let got_flows: BTreeMap<String, Count> = snap
         .flows
         .iter()
         .map(|(k, c)| (show_key(k), Count { packets: c.packets, bytes: c.bytes }))
         .collect();
-    let want_flows: BTreeMap<String, Count> = flows.iter().map(|(k, c)| (show_key(k), *c)).collect();
-    assert_eq!(got_flows, want_flows, "flows (key: client MAC, client IP -> remote IP, protocol, remote port)");
+    let want_flows: BTreeMap<String, Count> =
+        flows.iter().map(|(k, c)| (show_key(k), *c)).collect();
+    assert_eq!(
+        got_flows, want_flows,
+        "flows (key: client MAC, client IP -> remote IP, protocol, remote port)"
+    );
     // The rendering above is lossless for every field but the padding; check it too.
     for (k, _) in &snap.flows {
         assert_eq!(k._pad, [0; 7], "padding of {}", show_key(k));
@@ -241,7 +277,8 @@ fn check(snap: &Snapshot, flows: &[(FlowKey, Count)], clients: &[([u8; 6], Count
         .iter()
         .map(|(m, c)| (mac_text(m), Count { packets: c.packets, bytes: c.bytes }))
         .collect();
-    let want_clients: BTreeMap<String, Count> = clients.iter().map(|(m, c)| (mac_text(m), *c)).collect();
+    let want_clients: BTreeMap<String, Count> =
+        clients.iter().map(|(m, c)| (mac_text(m), *c)).collect();
     assert_eq!(got_clients, want_clients, "client totals");
 
     let mut want = [[0u64; Stat::COUNT]; 2];
@@ -254,7 +291,10 @@ fn check(snap: &Snapshot, flows: &[(FlowKey, Count)], clients: &[([u8; 6], Count
             for stat in Stat::ALL {
                 let n = s[dir.index()][stat as usize];
                 if n != 0 {
-                    m.insert(format!("{}/{} (slot {})", dir.as_str(), stat.as_str(), stat.slot(dir)), n);
+                    m.insert(
+                        format!("{}/{} (slot {})", dir.as_str(), stat.as_str(), stat.slot(dir)),
+                        n,
+                    );
                 }
             }
         }
@@ -315,24 +355,70 @@ fn vid(v: u16) -> VlanId {
     VlanId::try_new(v).unwrap()
 }
 
-fn udp4(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, n: usize) -> Vec<u8> {
-    build!(PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src.octets(), dst.octets(), 64).udp(sport, dport), n)
-}
-
-fn tcp4(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, n: usize) -> Vec<u8> {
+fn udp4(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    n: usize,
+) -> Vec<u8> {
     build!(
-        PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src.octets(), dst.octets(), 64).tcp(sport, dport, 1000, 64240),
+        PacketBuilder::ethernet2(src_mac, dst_mac)
+            .ipv4(src.octets(), dst.octets(), 64)
+            .udp(sport, dport),
         n
     )
 }
 
-fn udp6(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, n: usize) -> Vec<u8> {
-    build!(PacketBuilder::ethernet2(src_mac, dst_mac).ipv6(src.octets(), dst.octets(), 64).udp(sport, dport), n)
+fn tcp4(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    n: usize,
+) -> Vec<u8> {
+    build!(
+        PacketBuilder::ethernet2(src_mac, dst_mac)
+            .ipv4(src.octets(), dst.octets(), 64)
+            .tcp(sport, dport, 1000, 64240),
+        n
+    )
 }
 
-fn tcp6(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, n: usize) -> Vec<u8> {
+fn udp6(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    n: usize,
+) -> Vec<u8> {
     build!(
-        PacketBuilder::ethernet2(src_mac, dst_mac).ipv6(src.octets(), dst.octets(), 64).tcp(sport, dport, 1000, 64240),
+        PacketBuilder::ethernet2(src_mac, dst_mac)
+            .ipv6(src.octets(), dst.octets(), 64)
+            .udp(sport, dport),
+        n
+    )
+}
+
+fn tcp6(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    n: usize,
+) -> Vec<u8> {
+    build!(
+        PacketBuilder::ethernet2(src_mac, dst_mac)
+            .ipv6(src.octets(), dst.octets(), 64)
+            .tcp(sport, dport, 1000, 64240),
         n
     )
 }
@@ -356,7 +442,10 @@ fn tag(vid: u16, next: u16) -> [u8; 4] {
 }
 
 fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
     while sum >> 16 != 0 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -365,7 +454,14 @@ fn checksum(bytes: &[u8]) -> u16 {
 
 /// An IPv4 header with IHL `ihl` (32-bit words; the bytes past 20 are NOP options) and the
 /// flags/fragment-offset field `frag`. For IHL below 5 it still writes 20 bytes.
-fn ipv4(ihl: u8, protocol: u8, frag: u16, src: Ipv4Addr, dst: Ipv4Addr, payload_len: usize) -> Vec<u8> {
+fn ipv4(
+    ihl: u8,
+    protocol: u8,
+    frag: u16,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    payload_len: usize,
+) -> Vec<u8> {
     let hlen = (usize::from(ihl) * 4).max(20);
     let mut h = vec![0x01u8; hlen];
     h[0] = 0x40 | ihl;
@@ -465,12 +561,20 @@ fn cat(parts: &[&[u8]]) -> Vec<u8> {
 /// An IPv6 frame from the client: the header, then `chain` (extension headers and L4 bytes).
 fn ipv6_frame(first_next: u8, chain: &[&[u8]]) -> Vec<u8> {
     let rest = cat(chain);
-    cat(&[&eth(GW_MAC, CLIENT_MAC, ETH_P_IPV6), &ipv6(first_next, rest.len(), CLIENT6, REMOTE6), &rest])
+    cat(&[
+        &eth(GW_MAC, CLIENT_MAC, ETH_P_IPV6),
+        &ipv6(first_next, rest.len(), CLIENT6, REMOTE6),
+        &rest,
+    ])
 }
 
 /// An IPv4 frame from the client with a hand-made header.
 fn ipv4_frame(ihl: u8, protocol: u8, frag: u16, l4: &[u8]) -> Vec<u8> {
-    cat(&[&eth(GW_MAC, CLIENT_MAC, ETH_P_IP), &ipv4(ihl, protocol, frag, CLIENT4, REMOTE4, l4.len()), l4])
+    cat(&[
+        &eth(GW_MAC, CLIENT_MAC, ETH_P_IP),
+        &ipv4(ihl, protocol, frag, CLIENT4, REMOTE4, l4.len()),
+        l4,
+    ])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -480,9 +584,11 @@ fn ipv4_frame(ihl: u8, protocol: u8, frag: u16, l4: &[u8]) -> Vec<u8> {
 fn loads_without_and_with_kernel_btf() {
     require_root!();
     for kernel_btf in [false, true] {
-        let mut s = Sensor::with_btf(kernel_btf).unwrap_or_else(|e| panic!("load with kernel_btf={kernel_btf}: {e:#}"));
+        let mut s = Sensor::with_btf(kernel_btf)
+            .unwrap_or_else(|e| panic!("load with kernel_btf={kernel_btf}: {e:#}"));
         // The event capture program the XDP program tail-calls (the agent loads it first).
-        install_capture(&mut s.ebpf).unwrap_or_else(|e| panic!("capture program, kernel_btf={kernel_btf}: {e:#}"));
+        install_capture(&mut s.ebpf)
+            .unwrap_or_else(|e| panic!("capture program, kernel_btf={kernel_btf}: {e:#}"));
         let f = udp4(CLIENT_MAC, GW_MAC, CLIENT4, REMOTE4, 40000, 53, 32);
         s.upload(&f);
         check(
@@ -500,7 +606,13 @@ fn loads_without_and_with_kernel_btf() {
 fn loads_and_sends_events_with_naming_events_on() {
     require_root!();
     let prefixes: Vec<IpNet> = LAN.iter().map(|p| p.parse().unwrap()).collect();
-    let opts = LoadOptions { lan_prefixes: &prefixes, flow_capacity: 4096, client_capacity: 256, pin_dir: None, kernel_btf: false };
+    let opts = LoadOptions {
+        lan_prefixes: &prefixes,
+        flow_capacity: 4096,
+        client_capacity: 256,
+        pin_dir: None,
+        kernel_btf: false,
+    };
     let (mut ebpf, _) = load_with_events(&opts, 100).expect("loading with events on");
     install_capture(&mut ebpf).expect("verifying the capture program");
     let xdp: &mut Xdp = ebpf.program_mut(names::XDP_PROGRAM).unwrap().try_into().unwrap();
@@ -527,7 +639,10 @@ fn baseline_program_passes_and_counts_nothing() {
     let s = Sensor::new();
     let f = udp4(CLIENT_MAC, GW_MAC, CLIENT4, REMOTE4, 40000, 53, 32);
     let r = s
-        .xdp_run(names::XDP_PASS_PROGRAM, TestRunOptions { data_in: Some(&f), repeat: 1, ..Default::default() })
+        .xdp_run(
+            names::XDP_PASS_PROGRAM,
+            TestRunOptions { data_in: Some(&f), repeat: 1, ..Default::default() },
+        )
         .unwrap();
     assert_eq!(r.return_value, XDP_PASS);
     check(&s.snapshot(), &[], &[], &[]);
@@ -579,7 +694,9 @@ fn upload_ipv4_udp() {
 fn upload_ipv4_icmp_has_port_0() {
     require_root!();
     let f = build!(
-        PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC).ipv4(CLIENT4.octets(), REMOTE4.octets(), 64).icmpv4_echo_request(7, 1),
+        PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC)
+            .ipv4(CLIENT4.octets(), REMOTE4.octets(), 64)
+            .icmpv4_echo_request(7, 1),
         56
     );
     assert_counted_upload(&f, key(CLIENT_MAC, CLIENT4, REMOTE4, IPPROTO_ICMP, 0));
@@ -604,7 +721,9 @@ fn upload_ipv6_udp() {
 fn upload_ipv6_icmpv6_has_port_0() {
     require_root!();
     let f = build!(
-        PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC).ipv6(CLIENT6.octets(), REMOTE6.octets(), 64).icmpv6_echo_request(7, 1),
+        PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC)
+            .ipv6(CLIENT6.octets(), REMOTE6.octets(), 64)
+            .icmpv6_echo_request(7, 1),
         56
     );
     assert_counted_upload(&f, key(CLIENT_MAC, CLIENT6, REMOTE6, IPPROTO_ICMPV6, 0));
@@ -641,7 +760,12 @@ fn download_ipv4_tcp() {
     // bytes counted below equal the frame length, so no VLAN metadata (+4) was added either.
     let mut ctx_out = [0xffu8; 192];
     let r = s
-        .tc_run(TestRunOptions { data_in: Some(&f), ctx_out: Some(&mut ctx_out), repeat: 1, ..Default::default() })
+        .tc_run(TestRunOptions {
+            data_in: Some(&f),
+            ctx_out: Some(&mut ctx_out),
+            repeat: 1,
+            ..Default::default()
+        })
         .unwrap();
     assert_eq!(r.return_value, TC_ACT_UNSPEC);
     let gso_segs = u32::from_ne_bytes(ctx_out[164..168].try_into().unwrap());
@@ -680,11 +804,15 @@ fn download_ipv6_udp() {
 fn download_icmp_and_icmpv6_have_port_0() {
     require_root!();
     let v4 = build!(
-        PacketBuilder::ethernet2(GW_MAC, CLIENT_MAC).ipv4(REMOTE4.octets(), CLIENT4.octets(), 64).icmpv4_echo_reply(7, 1),
+        PacketBuilder::ethernet2(GW_MAC, CLIENT_MAC)
+            .ipv4(REMOTE4.octets(), CLIENT4.octets(), 64)
+            .icmpv4_echo_reply(7, 1),
         56
     );
     let v6 = build!(
-        PacketBuilder::ethernet2(GW_MAC, CLIENT_MAC).ipv6(REMOTE6.octets(), CLIENT6.octets(), 64).icmpv6_echo_reply(7, 1),
+        PacketBuilder::ethernet2(GW_MAC, CLIENT_MAC)
+            .ipv6(REMOTE6.octets(), CLIENT6.octets(), 64)
+            .icmpv6_echo_reply(7, 1),
         56
     );
     let s = Sensor::new();
@@ -748,7 +876,14 @@ fn download_gso_tcp_counts_every_segment_with_its_headers() {
     assert_eq!(f.len(), 66 + 3000);
     let s = Sensor::new();
     let ctx = gso_ctx(3, 1000);
-    let r = s.tc_run(TestRunOptions { data_in: Some(&f), ctx_in: Some(&ctx), repeat: 1, ..Default::default() }).unwrap();
+    let r = s
+        .tc_run(TestRunOptions {
+            data_in: Some(&f),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!(r.return_value, TC_ACT_UNSPEC);
     let c = Count { packets: [0, 3], bytes: [0, 3 * (66 + 1000)] };
     check(
@@ -767,7 +902,14 @@ fn download_gso_udp_counts_every_segment_with_its_headers() {
     let f = udp6(GW_MAC, CLIENT_MAC, REMOTE6, CLIENT6, 443, 51000, 2500);
     let s = Sensor::new();
     let ctx = gso_ctx(3, 1000);
-    let r = s.tc_run(TestRunOptions { data_in: Some(&f), ctx_in: Some(&ctx), repeat: 1, ..Default::default() }).unwrap();
+    let r = s
+        .tc_run(TestRunOptions {
+            data_in: Some(&f),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!(r.return_value, TC_ACT_UNSPEC);
     let c = Count { packets: [0, 3], bytes: [0, (62 + 1000) + (62 + 1000) + (62 + 500)] };
     assert_eq!(f.len() as u64 + 2 * 62, c.bytes[1]);
@@ -909,7 +1051,11 @@ fn ipv4_options_move_the_ports() {
 fn ipv4_options_on_download() {
     require_root!();
     let l4 = tcp(443, 40000, 100);
-    let f = cat(&[&eth(CLIENT_MAC, GW_MAC, ETH_P_IP), &ipv4(7, IPPROTO_TCP, 0, REMOTE4, CLIENT4, l4.len()), &l4]);
+    let f = cat(&[
+        &eth(CLIENT_MAC, GW_MAC, ETH_P_IP),
+        &ipv4(7, IPPROTO_TCP, 0, REMOTE4, CLIENT4, l4.len()),
+        &l4,
+    ]);
     assert_counted_download(&f, key(CLIENT_MAC, CLIENT4, REMOTE4, IPPROTO_TCP, 443));
 }
 
@@ -927,9 +1073,18 @@ fn ip_version_not_matching_ethertype_is_bad_l3_header() {
     require_root!();
     // EtherType IPv4 carrying an IPv6 header, and the other way round.
     let l4 = udp(51000, 53, 30);
-    let v6_in_v4 = cat(&[&eth(GW_MAC, CLIENT_MAC, ETH_P_IP), &ipv6(IPPROTO_UDP, l4.len(), CLIENT6, REMOTE6), &l4]);
+    let v6_in_v4 = cat(&[
+        &eth(GW_MAC, CLIENT_MAC, ETH_P_IP),
+        &ipv6(IPPROTO_UDP, l4.len(), CLIENT6, REMOTE6),
+        &l4,
+    ]);
     assert_rejected_both(&v6_in_v4, Stat::BadL3Header);
-    let v4_in_v6 = cat(&[&eth(GW_MAC, CLIENT_MAC, ETH_P_IPV6), &ipv4(5, IPPROTO_UDP, 0, CLIENT4, REMOTE4, l4.len()), &l4, &[0u8; 20]]);
+    let v4_in_v6 = cat(&[
+        &eth(GW_MAC, CLIENT_MAC, ETH_P_IPV6),
+        &ipv4(5, IPPROTO_UDP, 0, CLIENT4, REMOTE4, l4.len()),
+        &l4,
+        &[0u8; 20],
+    ]);
     assert_rejected_both(&v4_in_v6, Stat::BadL3Header);
 }
 
@@ -985,7 +1140,11 @@ fn ipv6_hop_by_hop_routing_destination_options_before_udp() {
 fn ipv6_hop_by_hop_before_tcp_on_download() {
     require_root!();
     let rest = cat(&[&opts_ext(IPPROTO_TCP, 0), &tcp(443, 40000, 100)]);
-    let f = cat(&[&eth(CLIENT_MAC, GW_MAC, ETH_P_IPV6), &ipv6(IPV6_HOPOPTS, rest.len(), REMOTE6, CLIENT6), &rest]);
+    let f = cat(&[
+        &eth(CLIENT_MAC, GW_MAC, ETH_P_IPV6),
+        &ipv6(IPV6_HOPOPTS, rest.len(), REMOTE6, CLIENT6),
+        &rest,
+    ]);
     assert_counted_download(&f, key(CLIENT_MAC, CLIENT6, REMOTE6, IPPROTO_TCP, 443));
 }
 
@@ -1000,14 +1159,20 @@ fn ipv6_authentication_header_length_in_4_byte_units() {
 #[test]
 fn ipv6_fragment_header_first_has_ports_non_first_has_port_0() {
     require_root!();
-    let first = ipv6_frame(IPV6_FRAGMENT, &[&fragment_ext(IPPROTO_UDP, 0, true), &udp(51000, 443, 1000)]);
-    let non_first = ipv6_frame(IPV6_FRAGMENT, &[&fragment_ext(IPPROTO_UDP, 126, true), &payload(1008)]);
+    let first =
+        ipv6_frame(IPV6_FRAGMENT, &[&fragment_ext(IPPROTO_UDP, 0, true), &udp(51000, 443, 1000)]);
+    let non_first =
+        ipv6_frame(IPV6_FRAGMENT, &[&fragment_ext(IPPROTO_UDP, 126, true), &payload(1008)]);
     let last = ipv6_frame(IPV6_FRAGMENT, &[&fragment_ext(IPPROTO_UDP, 252, false), &payload(3)]);
     // After hop-by-hop options, too.
-    let hbh_first =
-        ipv6_frame(IPV6_HOPOPTS, &[&opts_ext(IPV6_FRAGMENT, 0), &fragment_ext(IPPROTO_TCP, 0, true), &tcp(40000, 8080, 500)]);
-    let hbh_non_first =
-        ipv6_frame(IPV6_HOPOPTS, &[&opts_ext(IPV6_FRAGMENT, 0), &fragment_ext(IPPROTO_TCP, 65, false), &payload(300)]);
+    let hbh_first = ipv6_frame(
+        IPV6_HOPOPTS,
+        &[&opts_ext(IPV6_FRAGMENT, 0), &fragment_ext(IPPROTO_TCP, 0, true), &tcp(40000, 8080, 500)],
+    );
+    let hbh_non_first = ipv6_frame(
+        IPV6_HOPOPTS,
+        &[&opts_ext(IPV6_FRAGMENT, 0), &fragment_ext(IPPROTO_TCP, 65, false), &payload(300)],
+    );
     let s = Sensor::new();
     for f in [&first, &non_first, &last, &hbh_first, &hbh_non_first] {
         s.upload(f);
@@ -1027,9 +1192,8 @@ fn ipv6_fragment_header_first_has_ports_non_first_has_port_0() {
 
 /// `n` destination-options headers (8 bytes each), then UDP.
 fn ext_chain_frame(n: usize) -> Vec<u8> {
-    let mut chain: Vec<Vec<u8>> = (0..n)
-        .map(|i| opts_ext(if i + 1 == n { IPPROTO_UDP } else { IPV6_DSTOPTS }, 0))
-        .collect();
+    let mut chain: Vec<Vec<u8>> =
+        (0..n).map(|i| opts_ext(if i + 1 == n { IPPROTO_UDP } else { IPV6_DSTOPTS }, 0)).collect();
     chain.push(udp(51000, 443, 50));
     let parts: Vec<&[u8]> = chain.iter().map(|v| v.as_slice()).collect();
     ipv6_frame(if n == 0 { IPPROTO_UDP } else { IPV6_DSTOPTS }, &parts)
@@ -1077,18 +1241,28 @@ fn truncated_mid_ethernet_is_truncated_l2_where_the_kernel_can_run_it() {
         ctx[4..8].copy_from_slice(&((meta + short) as u32).to_ne_bytes()); // data_end
         let with_meta = s.xdp_run(
             names::XDP_PROGRAM,
-            TestRunOptions { data_in: Some(&data[..meta + short]), ctx_in: Some(&ctx), repeat: 1, ..Default::default() },
+            TestRunOptions {
+                data_in: Some(&data[..meta + short]),
+                ctx_in: Some(&ctx),
+                repeat: 1,
+                ..Default::default()
+            },
         );
         let ran = [plain, with_meta].into_iter().filter_map(Result::ok).count() as u64;
         if ran == 0 {
-            eprintln!("note: this kernel refuses {short}-byte test-run packets; TruncatedL2 at the Ethernet header is unreachable");
+            eprintln!(
+                "note: this kernel refuses {short}-byte test-run packets; TruncatedL2 at the Ethernet header is unreachable"
+            );
             check(&s.snapshot(), &[], &[], &[]);
         } else {
             check(
                 &s.snapshot(),
                 &[],
                 &[],
-                &[(Direction::Upload, Stat::Seen, ran), (Direction::Upload, Stat::TruncatedL2, ran)],
+                &[
+                    (Direction::Upload, Stat::Seen, ran),
+                    (Direction::Upload, Stat::TruncatedL2, ran),
+                ],
             );
         }
     }
@@ -1113,7 +1287,10 @@ fn ethernet_header_alone_and_one_byte_more() {
 fn truncated_mid_vlan_tag_is_truncated_l2() {
     require_root!();
     let full = build!(
-        PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC).single_vlan(vid(10)).ipv4(CLIENT4.octets(), REMOTE4.octets(), 64).udp(1, 2),
+        PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC)
+            .single_vlan(vid(10))
+            .ipv4(CLIENT4.octets(), REMOTE4.octets(), 64)
+            .udp(1, 2),
         0
     );
     assert_rejected_both(&full[..16], Stat::TruncatedL2);
@@ -1139,7 +1316,10 @@ fn truncated_mid_ipv4_header_is_truncated_l3() {
     assert_rejected_both(&full[..14 + 19], Stat::TruncatedL3);
     // Behind a VLAN tag, so that TC runs on them too.
     let tagged = build!(
-        PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC).single_vlan(vid(10)).ipv4(CLIENT4.octets(), REMOTE4.octets(), 64).udp(1, 2),
+        PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC)
+            .single_vlan(vid(10))
+            .ipv4(CLIENT4.octets(), REMOTE4.octets(), 64)
+            .udp(1, 2),
         0
     );
     for cut in [18, 18 + 1, 18 + 10, 18 + 19] {
@@ -1266,17 +1446,37 @@ fn arp_is_not_ip() {
 #[test]
 fn source_outside_lan_prefixes_is_not_client() {
     require_root!();
-    assert_rejected(Direction::Upload, &udp4(CLIENT_MAC, GW_MAC, OUTSIDE4, REMOTE4, 51000, 53, 20), Stat::NotClient);
-    assert_rejected(Direction::Upload, &udp6(CLIENT_MAC, GW_MAC, OUTSIDE6, REMOTE6, 51000, 53, 20), Stat::NotClient);
+    assert_rejected(
+        Direction::Upload,
+        &udp4(CLIENT_MAC, GW_MAC, OUTSIDE4, REMOTE4, 51000, 53, 20),
+        Stat::NotClient,
+    );
+    assert_rejected(
+        Direction::Upload,
+        &udp6(CLIENT_MAC, GW_MAC, OUTSIDE6, REMOTE6, 51000, 53, 20),
+        Stat::NotClient,
+    );
     // A packet from the internet to the LAN seen on ingress (the LAN address is the destination).
-    assert_rejected(Direction::Upload, &tcp4(CLIENT_MAC, GW_MAC, REMOTE4, CLIENT4, 443, 40000, 20), Stat::NotClient);
+    assert_rejected(
+        Direction::Upload,
+        &tcp4(CLIENT_MAC, GW_MAC, REMOTE4, CLIENT4, 443, 40000, 20),
+        Stat::NotClient,
+    );
 }
 
 #[test]
 fn destination_outside_lan_prefixes_is_not_client_on_download() {
     require_root!();
-    assert_rejected(Direction::Download, &udp4(GW_MAC, CLIENT_MAC, REMOTE4, OUTSIDE4, 53, 51000, 20), Stat::NotClient);
-    assert_rejected(Direction::Download, &udp6(GW_MAC, CLIENT_MAC, REMOTE6, OUTSIDE6, 53, 51000, 20), Stat::NotClient);
+    assert_rejected(
+        Direction::Download,
+        &udp4(GW_MAC, CLIENT_MAC, REMOTE4, OUTSIDE4, 53, 51000, 20),
+        Stat::NotClient,
+    );
+    assert_rejected(
+        Direction::Download,
+        &udp6(GW_MAC, CLIENT_MAC, REMOTE6, OUTSIDE6, 53, 51000, 20),
+        Stat::NotClient,
+    );
 }
 
 /// An IPv6 packet whose addresses are IPv4-mapped (`::ffff:192.168.1.10`) is not inside the IPv4
@@ -1284,7 +1484,8 @@ fn destination_outside_lan_prefixes_is_not_client_on_download() {
 #[test]
 fn ipv4_mapped_ipv6_source_is_not_client() {
     require_root!();
-    let f = udp6(CLIENT_MAC, GW_MAC, CLIENT4.to_ipv6_mapped(), REMOTE4.to_ipv6_mapped(), 51000, 53, 20);
+    let f =
+        udp6(CLIENT_MAC, GW_MAC, CLIENT4.to_ipv6_mapped(), REMOTE4.to_ipv6_mapped(), 51000, 53, 20);
     assert_rejected(Direction::Upload, &f, Stat::NotClient);
 }
 
@@ -1293,13 +1494,33 @@ fn group_client_mac_is_not_client() {
     require_root!();
     // Upload: the client is the source MAC.
     for mac in [BROADCAST_MAC, MCAST4_MAC, MCAST6_MAC] {
-        assert_rejected(Direction::Upload, &udp4(mac, GW_MAC, CLIENT4, REMOTE4, 51000, 53, 20), Stat::NotClient);
-        assert_rejected(Direction::Upload, &udp6(mac, GW_MAC, CLIENT6, REMOTE6, 51000, 53, 20), Stat::NotClient);
+        assert_rejected(
+            Direction::Upload,
+            &udp4(mac, GW_MAC, CLIENT4, REMOTE4, 51000, 53, 20),
+            Stat::NotClient,
+        );
+        assert_rejected(
+            Direction::Upload,
+            &udp6(mac, GW_MAC, CLIENT6, REMOTE6, 51000, 53, 20),
+            Stat::NotClient,
+        );
     }
     // Download: the client is the destination MAC (broadcast / multicast to LAN addresses).
-    assert_rejected(Direction::Download, &udp4(GW_MAC, BROADCAST_MAC, REMOTE4, CLIENT4, 67, 68, 300), Stat::NotClient);
-    assert_rejected(Direction::Download, &udp4(GW_MAC, MCAST4_MAC, REMOTE4, CLIENT4, 5353, 5353, 30), Stat::NotClient);
-    assert_rejected(Direction::Download, &udp6(GW_MAC, MCAST6_MAC, REMOTE6, CLIENT6, 5353, 5353, 30), Stat::NotClient);
+    assert_rejected(
+        Direction::Download,
+        &udp4(GW_MAC, BROADCAST_MAC, REMOTE4, CLIENT4, 67, 68, 300),
+        Stat::NotClient,
+    );
+    assert_rejected(
+        Direction::Download,
+        &udp4(GW_MAC, MCAST4_MAC, REMOTE4, CLIENT4, 5353, 5353, 30),
+        Stat::NotClient,
+    );
+    assert_rejected(
+        Direction::Download,
+        &udp6(GW_MAC, MCAST6_MAC, REMOTE6, CLIENT6, 5353, 5353, 30),
+        Stat::NotClient,
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1372,13 +1593,15 @@ fn two_clients_and_two_addresses_of_one_are_kept_apart() {
         &[
             (key(CLIENT_MAC, CLIENT4, REMOTE4, IPPROTO_UDP, 53), up(&[&a])),
             (key(CLIENT2_MAC, CLIENT4_B, REMOTE4, IPPROTO_UDP, 53), up(&[&b1])),
-            (key(CLIENT2_MAC, Ipv4Addr::new(192, 168, 1, 12), REMOTE4, IPPROTO_UDP, 53), up(&[&b2])),
+            (
+                key(CLIENT2_MAC, Ipv4Addr::new(192, 168, 1, 12), REMOTE4, IPPROTO_UDP, 53),
+                up(&[&b2]),
+            ),
         ],
         &[(CLIENT_MAC, up(&[&a])), (CLIENT2_MAC, up(&[&b1, &b2]))],
         &[(Direction::Upload, Stat::Seen, 3), (Direction::Upload, Stat::Counted, 3)],
     );
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Client slots: per-client totals in an array, one slot per client MAC
@@ -1413,9 +1636,15 @@ fn new_clients_get_slots_in_order_and_exact_totals() {
         clients.push((mac, up(&[&a, &b])));
     }
     let slots = s.maps.client_slots().unwrap();
-    let want: std::collections::HashMap<[u8; 6], u32> = (0..5u8).map(|i| (client_n(i).0, u32::from(i))).collect();
+    let want: std::collections::HashMap<[u8; 6], u32> =
+        (0..5u8).map(|i| (client_n(i).0, u32::from(i))).collect();
     assert_eq!(slots, want, "one slot per client, handed out in order");
-    check(&s.snapshot(), &flows, &clients, &[(Direction::Upload, Stat::Seen, 10), (Direction::Upload, Stat::Counted, 10)]);
+    check(
+        &s.snapshot(),
+        &flows,
+        &clients,
+        &[(Direction::Upload, Stat::Seen, 10), (Direction::Upload, Stat::Counted, 10)],
+    );
 }
 
 /// The flow map is an LRU: flows go when it is full, but the client's totals (an array slot,
@@ -1426,7 +1655,9 @@ fn client_totals_stay_exact_when_its_flows_are_evicted() {
     const FLOW_CAPACITY: u32 = 16;
     let s = Sensor::with_capacities(FLOW_CAPACITY, 8);
     let frames: Vec<Vec<u8>> = (0..200u16)
-        .map(|i| udp4(CLIENT_MAC, GW_MAC, CLIENT4, REMOTE4, 51000, 1000 + i, 20 + usize::from(i % 50)))
+        .map(|i| {
+            udp4(CLIENT_MAC, GW_MAC, CLIENT4, REMOTE4, 51000, 1000 + i, 20 + usize::from(i % 50))
+        })
         .collect();
     for f in &frames {
         s.upload(f);
@@ -1434,10 +1665,15 @@ fn client_totals_stay_exact_when_its_flows_are_evicted() {
     // A flow evicted long ago, seen again: a fresh flow entry, the same client slot.
     s.upload(&frames[0]);
     let snap = s.snapshot();
-    let all: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).chain([frames[0].as_slice()]).collect();
+    let all: Vec<&[u8]> =
+        frames.iter().map(|f| f.as_slice()).chain([frames[0].as_slice()]).collect();
     let total = up(&all);
     let got = snap.clients.get(&CLIENT_MAC).map(|c| Count { packets: c.packets, bytes: c.bytes });
-    assert_eq!(got, Some(total), "client totals over 201 packets, most of whose flows were evicted");
+    assert_eq!(
+        got,
+        Some(total),
+        "client totals over 201 packets, most of whose flows were evicted"
+    );
     assert_eq!(snap.clients.len(), 1);
     assert!(
         !snap.flows.is_empty() && snap.flows.len() <= FLOW_CAPACITY as usize,
@@ -1600,7 +1836,10 @@ fn a_flow_counted_on_two_cpus_adds_to_its_own_client() {
     let b_count = up(&[&fb, &fb, &fb]) + down(&[&fb_down]);
     check(
         &s.snapshot(),
-        &[(key(a, a_ip, REMOTE4, IPPROTO_UDP, 443), up(&[&fa])), (key(b, b_ip, REMOTE4, IPPROTO_UDP, 443), b_count)],
+        &[
+            (key(a, a_ip, REMOTE4, IPPROTO_UDP, 443), up(&[&fa])),
+            (key(b, b_ip, REMOTE4, IPPROTO_UDP, 443), b_count),
+        ],
         &[(a, up(&[&fa])), (b, b_count)],
         &[
             (Direction::Upload, Stat::Seen, 4),
@@ -1620,10 +1859,17 @@ fn a_partial_set_of_pinned_client_slot_maps_is_refused() {
     let pins = lab::PinDir::new("kernel", "partial-slots");
     let dir = pins.path().to_path_buf();
     let prefixes: Vec<IpNet> = LAN.iter().map(|p| p.parse().unwrap()).collect();
-    let opts = LoadOptions { lan_prefixes: &prefixes, flow_capacity: 1024, client_capacity: 8, pin_dir: Some(&dir), kernel_btf: false };
+    let opts = LoadOptions {
+        lan_prefixes: &prefixes,
+        flow_capacity: 1024,
+        client_capacity: 8,
+        pin_dir: Some(&dir),
+        kernel_btf: false,
+    };
     drop(load(&opts).expect("first load: creates and pins the maps"));
     // Reused as they are.
-    let (_, caps) = load(&LoadOptions { client_capacity: 16, ..opts }).expect("second load: reuses the pins");
+    let (_, caps) =
+        load(&LoadOptions { client_capacity: 16, ..opts }).expect("second load: reuses the pins");
     assert_eq!(caps.clients, 8, "pinned client maps keep their capacity");
     std::fs::remove_file(dir.join(names::NEXT_SLOT)).unwrap();
     let err = load(&opts).map(|_| ()).expect_err("a partial set must be refused");
@@ -1646,10 +1892,20 @@ fn batch_read_equals_iteration_and_what_was_sent() {
     for i in 0..10_000u32 {
         let (mac, ip) = client_n((i % 40) as u8);
         let remote = Ipv4Addr::from(0x5db8_0000 + i / 40);
-        let f = udp4(mac, GW_MAC, ip, remote, 40_000, 1000 + (i % 7) as u16, 18 + (i as usize * 13) % 700);
+        let f = udp4(
+            mac,
+            GW_MAC,
+            ip,
+            remote,
+            40_000,
+            1000 + (i % 7) as u16,
+            18 + (i as usize * 13) % 700,
+        );
         s.upload(&f);
-        flows.insert(show_key(&key(mac, ip, remote, IPPROTO_UDP, 1000 + (i % 7) as u16)), up(&[&f]));
-        *clients.entry(mac).or_default() = clients.get(&mac).copied().unwrap_or_default() + up(&[&f]);
+        flows
+            .insert(show_key(&key(mac, ip, remote, IPPROTO_UDP, 1000 + (i % 7) as u16)), up(&[&f]));
+        *clients.entry(mac).or_default() =
+            clients.get(&mac).copied().unwrap_or_default() + up(&[&f]);
     }
     assert_eq!(s.maps.read_method(), ReadMethod::Batch, "this kernel has batch lookups");
     let batch = s.snapshot();
@@ -1657,12 +1913,18 @@ fn batch_read_equals_iteration_and_what_was_sent() {
     let iterated = s.snapshot();
     assert_eq!(s.maps.read_method(), ReadMethod::Iterate, "the fallback stays chosen");
     for snap in [&batch, &iterated] {
-        let got: BTreeMap<String, Count> =
-            snap.flows.iter().map(|(k, c)| (show_key(k), Count { packets: c.packets, bytes: c.bytes })).collect();
+        let got: BTreeMap<String, Count> = snap
+            .flows
+            .iter()
+            .map(|(k, c)| (show_key(k), Count { packets: c.packets, bytes: c.bytes }))
+            .collect();
         assert_eq!(got.len(), snap.flows.len(), "a flow read twice");
         assert_eq!(got, flows);
-        let got: BTreeMap<[u8; 6], Count> =
-            snap.clients.iter().map(|(m, c)| (*m, Count { packets: c.packets, bytes: c.bytes })).collect();
+        let got: BTreeMap<[u8; 6], Count> = snap
+            .clients
+            .iter()
+            .map(|(m, c)| (*m, Count { packets: c.packets, bytes: c.bytes }))
+            .collect();
         assert_eq!(got, clients);
         assert_eq!(snap.stat(Stat::Counted, Direction::Upload), 10_000);
     }
@@ -1679,7 +1941,9 @@ fn batch_read_equals_iteration_and_what_was_sent() {
 #[test]
 fn batch_reader_reads_every_entry_per_cpu_at_any_chunk_size() {
     require_root!();
-    use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+    use aya::maps::{
+        HashMap as BpfHashMap, IterableMap as _, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues,
+    };
     use sensor::{
         bpf_batch::{BatchReader, Layout},
         common::{ClientKey, Counters, FlowValue},
@@ -1687,16 +1951,29 @@ fn batch_reader_reads_every_entry_per_cpu_at_any_chunk_size() {
     use std::os::fd::AsFd as _;
     let cpus = aya::util::nr_cpus().unwrap();
     let prefixes: Vec<IpNet> = LAN.iter().map(|p| p.parse().unwrap()).collect();
-    let (mut ebpf, _) =
-        load(&LoadOptions { lan_prefixes: &prefixes, flow_capacity: 4096, client_capacity: 64, pin_dir: None, kernel_btf: false })
-            .unwrap();
-    let mut flows: PerCpuHashMap<MapData, FlowKey, FlowValue> = ebpf.take_map(names::FLOWS).unwrap().try_into().unwrap();
-    let mut slots: BpfHashMap<MapData, ClientKey, u32> = ebpf.take_map(names::CLIENT_SLOTS).unwrap().try_into().unwrap();
-    let mut totals: PerCpuArray<MapData, Counters> = ebpf.take_map(names::CLIENT_TOTALS).unwrap().try_into().unwrap();
+    let (mut ebpf, _) = load(&LoadOptions {
+        lan_prefixes: &prefixes,
+        flow_capacity: 4096,
+        client_capacity: 64,
+        pin_dir: None,
+        kernel_btf: false,
+    })
+    .unwrap();
+    let mut flows: PerCpuHashMap<MapData, FlowKey, FlowValue> =
+        ebpf.take_map(names::FLOWS).unwrap().try_into().unwrap();
+    let mut slots: BpfHashMap<MapData, ClientKey, u32> =
+        ebpf.take_map(names::CLIENT_SLOTS).unwrap().try_into().unwrap();
+    let mut totals: PerCpuArray<MapData, Counters> =
+        ebpf.take_map(names::CLIENT_TOTALS).unwrap().try_into().unwrap();
     let value = |i: u32, cpu: usize| {
         let n = u64::from(i) * 100 + cpu as u64;
         FlowValue {
-            counters: Counters { packets: [n, n + 1], bytes: [n * 7, n * 11], first_seen_ns: n + 2, last_seen_ns: n + 3 },
+            counters: Counters {
+                packets: [n, n + 1],
+                bytes: [n * 7, n * 11],
+                first_seen_ns: n + 2,
+                last_seen_ns: n + 3,
+            },
             client_slot: i + 1,
             _pad: 0,
         }
@@ -1713,7 +1990,8 @@ fn batch_reader_reads_every_entry_per_cpu_at_any_chunk_size() {
         flows.iter().map(|e| e.unwrap()).map(|(k, v)| (k, v.iter().copied().collect())).collect();
     assert_eq!(iterated, want, "aya's iteration, the reference");
     for chunk in [1, 7, 256, 4096] {
-        let reader = BatchReader::<FlowKey, FlowValue>::new(Layout::PerCpu { cpus }).with_chunk(chunk);
+        let reader =
+            BatchReader::<FlowKey, FlowValue>::new(Layout::PerCpu { cpus }).with_chunk(chunk);
         let mut got = BTreeMap::new();
         let n = reader
             .for_each(flows.map().fd().as_fd(), |k, values| {
@@ -1736,7 +2014,8 @@ fn batch_reader_reads_every_entry_per_cpu_at_any_chunk_size() {
             got.insert(k.mac, v.next().unwrap());
         })
         .unwrap();
-    let want_slots: BTreeMap<[u8; 6], u32> = (0..50u8).map(|i| (client_n(i).0, u32::from(i) * 3)).collect();
+    let want_slots: BTreeMap<[u8; 6], u32> =
+        (0..50u8).map(|i| (client_n(i).0, u32::from(i) * 3)).collect();
     assert_eq!(got, want_slots);
     let mut rows = Vec::new();
     let n = BatchReader::<u32, Counters>::new(Layout::PerCpu { cpus })
@@ -1745,8 +2024,9 @@ fn batch_reader_reads_every_entry_per_cpu_at_any_chunk_size() {
         .unwrap();
     assert_eq!(n, 64, "every array element, set or not");
     for (slot, per_cpu) in rows {
-        let want: Vec<Counters> =
-            (0..cpus).map(|c| if slot < 50 { value(slot, c).counters } else { Counters::default() }).collect();
+        let want: Vec<Counters> = (0..cpus)
+            .map(|c| if slot < 50 { value(slot, c).counters } else { Counters::default() })
+            .collect();
         assert_eq!(per_cpu, want, "slot {slot}");
     }
 }
@@ -1760,11 +2040,19 @@ fn batch_lookup_on_a_map_without_batch_ops_is_unsupported() {
     use sensor::bpf_batch::{BatchError, BatchReader, Layout};
     use std::os::fd::AsFd as _;
     let prefixes: Vec<IpNet> = LAN.iter().map(|p| p.parse().unwrap()).collect();
-    let (mut ebpf, _) =
-        load(&LoadOptions { lan_prefixes: &prefixes, flow_capacity: 64, client_capacity: 8, pin_dir: None, kernel_btf: false })
-            .unwrap();
-    let Some(Map::Queue(queue)) = ebpf.take_map(names::FREE_SLOTS) else { panic!("FREE_SLOTS is not a queue") };
-    let r = BatchReader::<u32, u32>::new(Layout::Plain).for_each(queue.fd().as_fd(), |_, _| panic!("no entries"));
+    let (mut ebpf, _) = load(&LoadOptions {
+        lan_prefixes: &prefixes,
+        flow_capacity: 64,
+        client_capacity: 8,
+        pin_dir: None,
+        kernel_btf: false,
+    })
+    .unwrap();
+    let Some(Map::Queue(queue)) = ebpf.take_map(names::FREE_SLOTS) else {
+        panic!("FREE_SLOTS is not a queue")
+    };
+    let r = BatchReader::<u32, u32>::new(Layout::Plain)
+        .for_each(queue.fd().as_fd(), |_, _| panic!("no entries"));
     assert!(matches!(r, Err(BatchError::Unsupported(_))), "{r:?}");
 }
 
@@ -1813,7 +2101,11 @@ fn overflowing_the_flow_map_keeps_client_totals_exact_and_counts_evictions() {
             *sent.entry(mac).or_default() += f.len() as u64;
         }
         let snap = s.snapshot();
-        assert!(snap.flows.len() <= FLOW_CAPACITY as usize, "{} flows in a map of {FLOW_CAPACITY}", snap.flows.len());
+        assert!(
+            snap.flows.len() <= FLOW_CAPACITY as usize,
+            "{} flows in a map of {FLOW_CAPACITY}",
+            snap.flows.len()
+        );
         let now: BTreeSet<FlowKey> = snap.flows.iter().map(|(k, _)| *k).collect();
         evicted += previous.difference(&now).count() as u64;
         // Every flow carried one frame, and no key comes back: a flow in this read and not in
@@ -1826,7 +2118,10 @@ fn overflowing_the_flow_map_keeps_client_totals_exact_and_counts_evictions() {
         previous = now;
         let snap = std::sync::Arc::new(snap);
         acct.update(&snap, 1000 + u64::from(round) * 5, &params, &namer);
-        metrics.publish(&acct, &snap, &|_| ClientLabels { name: "c".into(), ..ClientLabels::default() });
+        metrics.publish(&acct, &snap, &|_| ClientLabels {
+            name: "c".into(),
+            ..ClientLabels::default()
+        });
     }
     assert!(evicted >= 100, "{evicted} evictions: the map of {FLOW_CAPACITY} took 300 flows");
     assert_eq!(acct.flow_evictions, evicted);
@@ -1834,11 +2129,26 @@ fn overflowing_the_flow_map_keeps_client_totals_exact_and_counts_evictions() {
         let account = &acct.clients[mac];
         assert_eq!(account.totals.bytes[0], *want, "client {} totals", mac_text(mac));
         let remotes: u64 = account.remotes.carried().bytes[0];
-        assert_eq!(remotes, seen_bytes[mac], "client {} remote series: what the reads saw", mac_text(mac));
-        assert!(remotes < *want, "flows evicted before any read are missing from the remote series");
+        assert_eq!(
+            remotes,
+            seen_bytes[mac],
+            "client {} remote series: what the reads saw",
+            mac_text(mac)
+        );
+        assert!(
+            remotes < *want,
+            "flows evicted before any read are missing from the remote series"
+        );
     }
     let text = metrics.render().unwrap();
-    assert!(text.lines().any(|l| l == format!("gwsensor_flow_evictions_total {evicted}")), "{text}");
-    let line = format!("gwsensor_client_bytes_total{{client=\"c\",mac=\"{}\",direction=\"upload\"}} {}", mac_text(&a), sent[&a]);
+    assert!(
+        text.lines().any(|l| l == format!("gwsensor_flow_evictions_total {evicted}")),
+        "{text}"
+    );
+    let line = format!(
+        "gwsensor_client_bytes_total{{client=\"c\",mac=\"{}\",direction=\"upload\"}} {}",
+        mac_text(&a),
+        sent[&a]
+    );
     assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
 }

@@ -70,10 +70,7 @@ fn udp_frame(peer: IpAddr, payload: u64) -> u64 {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -123,11 +120,7 @@ impl Ledger {
         c.0 += packets;
         c.1 += packets * frame;
         let (d, (country, asn)) = dest;
-        let key = (
-            mac.to_string(),
-            dir,
-            (d.to_string(), country.to_string(), asn.to_string()),
-        );
+        let key = (mac.to_string(), dir, (d.to_string(), country.to_string(), asn.to_string()));
         let e = self.dests.entry(key).or_default();
         e.0 += packets;
         e.1 += packets * frame;
@@ -141,10 +134,7 @@ impl Ledger {
     }
 
     fn client(&self, mac: &str, dir: Dir) -> Count {
-        self.clients
-            .get(&(mac.to_string(), dir))
-            .copied()
-            .unwrap_or_default()
+        self.clients.get(&(mac.to_string(), dir)).copied().unwrap_or_default()
     }
 
     fn label<'a>(&'a self, mac: &'a str) -> &'a str {
@@ -166,11 +156,8 @@ impl Ledger {
             }
         };
         for ((mac, dir), (packets, bytes)) in &self.clients {
-            let labels = [
-                ("client", self.label(mac)),
-                ("mac", mac.as_str()),
-                ("direction", dir.label()),
-            ];
+            let labels =
+                [("client", self.label(mac)), ("mac", mac.as_str()), ("direction", dir.label())];
             let id = format!("{} {mac} {}", self.label(mac), dir.label());
             cmp(
                 format!("client packets {id}"),
@@ -192,11 +179,7 @@ impl Ledger {
                 ("country", country.as_str()),
                 ("asn", asn.as_str()),
             ];
-            let id = format!(
-                "{} {} {dest} ({country}, {asn})",
-                self.label(mac),
-                dir.label()
-            );
+            let id = format!("{} {} {dest} ({country}, {asn})", self.label(mac), dir.label());
             cmp(
                 format!("destination packets {id}"),
                 scrape.get("gwsensor_destination_packets_total", &labels),
@@ -214,11 +197,7 @@ impl Ledger {
             if !macs.contains(&mac) {
                 continue;
             }
-            let dir = if s.label("direction") == "upload" {
-                Dir::Upload
-            } else {
-                Dir::Download
-            };
+            let dir = if s.label("direction") == "upload" { Dir::Upload } else { Dir::Download };
             let key = (
                 mac,
                 dir,
@@ -272,9 +251,7 @@ struct Obs {
 
 impl Obs {
     fn clients(&self) -> &[Value] {
-        self.clients["clients"]
-            .as_array()
-            .map_or(&[], Vec::as_slice)
+        self.clients["clients"].as_array().map_or(&[], Vec::as_slice)
     }
 
     fn flows(&self) -> &[Value] {
@@ -311,15 +288,9 @@ impl<'t> Agent<'t> {
         std::fs::write(&config, config_yaml).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sensor"));
         cmd.arg("run").arg("--config").arg(&config);
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .env("NO_COLOR", "1");
-        let process = topo
-            .lab
-            .spawn(&topo.gateway.ns, cmd)
-            .expect("starting the agent");
+        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env("NO_COLOR", "1");
+        let process = topo.lab.spawn(&topo.gateway.ns, cmd).expect("starting the agent");
         let agent = Agent { topo, process };
         agent.wait_ready();
         agent
@@ -328,7 +299,12 @@ impl<'t> Agent<'t> {
     /// Ready = /metrics answers and reports the XDP attachment (programs are in place).
     fn wait_ready(&self) {
         let url = format!("http://{METRICS}/metrics");
-        if let Err(e) = lab::wait_agent_ready(&self.topo.gateway.ns, &url, &self.process, Duration::from_secs(60)) {
+        if let Err(e) = lab::wait_agent_ready(
+            &self.topo.gateway.ns,
+            &url,
+            &self.process,
+            Duration::from_secs(60),
+        ) {
             self.fail(&format!("{e:#}"), None, &[]);
         }
     }
@@ -346,12 +322,7 @@ impl<'t> Agent<'t> {
         let scrape = Scrape::parse(&text)?;
         let clients = serde_json::from_str(&self.get("/api/v1/clients")?)?;
         let flows = serde_json::from_str(&self.get("/api/v1/flows")?)?;
-        Ok(Obs {
-            text,
-            scrape,
-            clients,
-            flows,
-        })
+        Ok(Obs { text, scrape, clients, flows })
     }
 
     fn observe(&self) -> Obs {
@@ -365,9 +336,7 @@ impl<'t> Agent<'t> {
             .unwrap_or_else(|e| self.fail(&format!("scrape failed: {e:#}"), None, &[]));
         let scrape = Scrape::parse(&text)
             .unwrap_or_else(|e| self.fail(&format!("bad scrape: {e:#}"), None, &[]));
-        scrape
-            .get("gwsensor_poll_duration_seconds_count", &[])
-            .unwrap_or(0.0)
+        scrape.get("gwsensor_poll_duration_seconds_count", &[]).unwrap_or(0.0)
     }
 
     /// Returns just after a poll completed, so that what the caller does next (a short TCP
@@ -400,11 +369,7 @@ impl<'t> Agent<'t> {
                     return obs;
                 }
             } else if matched_since.is_some() || Instant::now() > deadline {
-                self.fail(
-                    &format!("{context}: the agent's view does not match"),
-                    Some(&obs),
-                    &bad,
-                );
+                self.fail(&format!("{context}: the agent's view does not match"), Some(&obs), &bad);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -413,9 +378,7 @@ impl<'t> Agent<'t> {
     /// Waits until the agent has read at least `n` naming events of `kind`.
     fn wait_events(&self, kind: &str, n: f64) {
         self.expect(&format!("waiting for {n} {kind} events"), |o| {
-            let got = o
-                .value("gwsensor_events_received_total", &[("kind", kind)])
-                .unwrap_or(0.0);
+            let got = o.value("gwsensor_events_received_total", &[("kind", kind)]).unwrap_or(0.0);
             if got >= n {
                 vec![]
             } else {
@@ -474,7 +437,6 @@ impl<'t> Agent<'t> {
     }
 }
 
-
 /// Writes the test country and ASN databases into `dir`; returns the config's `geoip:` block.
 fn geo_databases(dir: &Path) -> String {
     let net = |s: &str| s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
@@ -491,11 +453,7 @@ fn geo_databases(dir: &Path) -> String {
     let (c, a) = (dir.join("country.mmdb"), dir.join("asn.mmdb"));
     country.write(&c).expect("writing the country database");
     asn.write(&a).expect("writing the ASN database");
-    format!(
-        "geoip:\n  country_database: {}\n  asn_database: {}\n",
-        c.display(),
-        a.display()
-    )
+    format!("geoip:\n  country_database: {}\n  asn_database: {}\n", c.display(), a.display())
 }
 
 /// A static inventory entry.
@@ -531,10 +489,8 @@ fn config(
             ));
         }
     }
-    let leases: Vec<String> = leases
-        .iter()
-        .map(|p| format!("{:?}", p.display().to_string()))
-        .collect();
+    let leases: Vec<String> =
+        leases.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
     inventory.push_str(&format!("  dhcp_leases: [{}]\n", leases.join(", ")));
     format!(
         "interface: {iface}\n\
@@ -585,20 +541,8 @@ fn resolve(
     }
     let resolver = server.ip().to_string();
     let dest = (resolver.as_str(), NO_GEO);
-    ledger.add(
-        mac,
-        Dir::Upload,
-        dest,
-        1,
-        udp_frame(server.ip(), x.query_len as u64),
-    );
-    ledger.add(
-        mac,
-        Dir::Download,
-        dest,
-        1,
-        udp_frame(server.ip(), x.response_len as u64),
-    );
+    ledger.add(mac, Dir::Upload, dest, 1, udp_frame(server.ip(), x.query_len as u64));
+    ledger.add(mac, Dir::Download, dest, 1, udp_frame(server.ip(), x.response_len as u64));
 }
 
 /// Checks one flow of the API against its expected naming.
@@ -614,9 +558,7 @@ fn check_flow(
     geo: (&str, &str, u64),
 ) -> Vec<String> {
     let Some(f) = o.flow(mac, remote, protocol, port) else {
-        return vec![format!(
-            "no flow {mac} -> {remote} {protocol}/{port} in /api/v1/flows"
-        )];
+        return vec![format!("no flow {mac} -> {remote} {protocol}/{port} in /api/v1/flows")];
     };
     let mut out = Vec::new();
     let (country, as_org, asn) = geo;
@@ -693,14 +635,7 @@ fn check_events(o: &Obs, min: &[(&str, f64)]) -> Vec<String> {
             );
         }
     }
-    check_value(
-        o,
-        &mut out,
-        "gwsensor_events_dropped_total",
-        &[],
-        |v| v == 0.0,
-        "0",
-    );
+    check_value(o, &mut out, "gwsensor_events_dropped_total", &[], |v| v == 0.0, "0");
     out
 }
 
@@ -741,12 +676,7 @@ fn dns_answers_name_udp_destinations_ipv4_and_ipv6() {
         600,
     )
     .expect("starting dnsmasq");
-    let devices = [Device {
-        mac: &mac,
-        name: "phone",
-        group: "",
-        tags: &[],
-    }];
+    let devices = [Device { mac: &mac, name: "phone", group: "", tags: &[] }];
     let agent = Agent::start(&topo, &config(&topo, &pins, &devices, &[], ""));
     let mut ledger = Ledger::default();
     ledger.name(&mac, "phone");
@@ -780,13 +710,7 @@ fn dns_answers_name_udp_destinations_ipv4_and_ipv6() {
     );
     // 5 × (14 + 20 + 8 + 1000) = 5 × 1042 B to api.micloud.xiaomi.net over IPv4
     send_udp(&cns, sa("10.77.1.10:40001"), xiaomi4.addr(), 5, 1000).unwrap();
-    ledger.add(
-        &mac,
-        Dir::Upload,
-        xiaomi,
-        5,
-        udp_frame(ip("10.77.3.10"), 1000),
-    );
+    ledger.add(&mac, Dir::Upload, xiaomi, 5, udp_frame(ip("10.77.3.10"), 1000));
     resolve(
         &agent,
         &mut ledger,
@@ -799,80 +723,31 @@ fn dns_answers_name_udp_destinations_ipv4_and_ipv6() {
     );
     // 3 × (14 + 40 + 8 + 900) = 3 × 962 B to the same name over IPv6: the same destination
     send_udp(&cns, sa("[fd77:1::10]:40002"), xiaomi6.addr(), 3, 900).unwrap();
-    ledger.add(
-        &mac,
-        Dir::Upload,
-        xiaomi,
-        3,
-        udp_frame(ip("fd77:3::10"), 900),
-    );
-    resolve(
-        &agent,
-        &mut ledger,
-        &mac,
-        &cns,
-        dns4,
-        "update.miui.com",
-        DNS_A,
-        &["10.77.3.11"],
-    );
+    ledger.add(&mac, Dir::Upload, xiaomi, 3, udp_frame(ip("fd77:3::10"), 900));
+    resolve(&agent, &mut ledger, &mac, &cns, dns4, "update.miui.com", DNS_A, &["10.77.3.11"]);
     // 4 × 542 B to update.miui.com
     send_udp(&cns, sa("10.77.1.10:40003"), miui.addr(), 4, 500).unwrap();
-    ledger.add(
-        &mac,
-        Dir::Upload,
-        ("miui.com", CN),
-        4,
-        udp_frame(ip("10.77.3.11"), 500),
-    );
-    resolve(
-        &agent,
-        &mut ledger,
-        &mac,
-        &cns,
-        dns6,
-        "cdn.example.org",
-        DNS_A,
-        &["10.77.4.12"],
-    );
+    ledger.add(&mac, Dir::Upload, ("miui.com", CN), 4, udp_frame(ip("10.77.3.11"), 500));
+    resolve(&agent, &mut ledger, &mac, &cns, dns6, "cdn.example.org", DNS_A, &["10.77.4.12"]);
     // 2 × 342 B to cdn.example.org (resolved over IPv6, used over IPv4)
     send_udp(&cns, sa("10.77.1.10:40004"), cdn.addr(), 2, 300).unwrap();
-    ledger.add(
-        &mac,
-        Dir::Upload,
-        ("example.org", US),
-        2,
-        udp_frame(ip("10.77.4.12"), 300),
-    );
+    ledger.add(&mac, Dir::Upload, ("example.org", US), 2, udp_frame(ip("10.77.4.12"), 300));
     // DNS over TCP (what a resolver falls back to for a truncated answer). TCP's own bytes are
     // not predictable: the flow's counters from the API stand in for them below.
     let x = services::dns_query_tcp(&cns, dns4, "ota.tcp-only.net", DNS_A)
         .unwrap_or_else(|e| agent.fail(&format!("resolving over TCP: {e:#}"), None, &[]));
     if x.rcode != 0
-        || x.addrs
-            .iter()
-            .map(|(a, _)| a.to_string())
-            .collect::<Vec<_>>()
-            != ["10.77.3.12"]
+        || x.addrs.iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>() != ["10.77.3.12"]
     {
         agent.fail(
-            &format!(
-                "ota.tcp-only.net over TCP: rcode {}, answer {:?}",
-                x.rcode, x.addrs
-            ),
+            &format!("ota.tcp-only.net over TCP: rcode {}, answer {:?}", x.rcode, x.addrs),
             None,
             &[],
         );
     }
     // 2 × 292 B to the name learnt over TCP
     send_udp(&cns, sa("10.77.1.10:40005"), ota.addr(), 2, 250).unwrap();
-    ledger.add(
-        &mac,
-        Dir::Upload,
-        ("tcp-only.net", CN),
-        2,
-        udp_frame(ip("10.77.3.12"), 250),
-    );
+    ledger.add(&mac, Dir::Upload, ("tcp-only.net", CN), 2, udp_frame(ip("10.77.3.12"), 250));
     eprintln!(
         "queries and traffic took {:?} after a poll (poll interval {POLL:?})",
         started.elapsed()
@@ -885,41 +760,18 @@ fn dns_answers_name_udp_destinations_ipv4_and_ipv6() {
 
     // Answers from the servers' ports: downloads under the same names.
     xiaomi4.reply(phone4.addr(), 2, 1200).unwrap();
-    ledger.add(
-        &mac,
-        Dir::Download,
-        xiaomi,
-        2,
-        udp_frame(ip("10.77.3.10"), 1200),
-    );
+    ledger.add(&mac, Dir::Download, xiaomi, 2, udp_frame(ip("10.77.3.10"), 1200));
     xiaomi6.reply(phone6.addr(), 1, 700).unwrap();
-    ledger.add(
-        &mac,
-        Dir::Download,
-        xiaomi,
-        1,
-        udp_frame(ip("fd77:3::10"), 700),
-    );
+    ledger.add(&mac, Dir::Download, xiaomi, 1, udp_frame(ip("fd77:3::10"), 700));
     cdn.reply(phone4.addr(), 3, 100).unwrap();
-    ledger.add(
-        &mac,
-        Dir::Download,
-        ("example.org", US),
-        3,
-        udp_frame(ip("10.77.4.12"), 100),
-    );
+    ledger.add(&mac, Dir::Download, ("example.org", US), 3, udp_frame(ip("10.77.4.12"), 100));
     phone4.wait_for(5, DELIVERY_TIMEOUT).unwrap();
     phone6.wait_for(1, DELIVERY_TIMEOUT).unwrap();
 
     // Written out: upload 5×1042 + 3×962 = 8096 B to xiaomi.net, 2168 to miui.com, 684 to
     // example.org; download 2×1242 + 762 = 3246 from xiaomi.net, 426 from example.org.
     let dest = |d: &str, dir: Dir, g: (&str, &str)| {
-        ledger.dests[&(
-            mac.clone(),
-            dir,
-            (d.to_string(), g.0.to_string(), g.1.to_string()),
-        )]
-            .1
+        ledger.dests[&(mac.clone(), dir, (d.to_string(), g.0.to_string(), g.1.to_string()))].1
     };
     assert_eq!(dest("xiaomi.net", Dir::Upload, CN), 8096);
     assert_eq!(dest("miui.com", Dir::Upload, CN), 2168);
@@ -939,11 +791,8 @@ fn dns_answers_name_udp_destinations_ipv4_and_ipv6() {
                 for dir in Dir::ALL {
                     let packets = f[format!("{}_packets", dir.label())].as_u64().unwrap_or(0);
                     let bytes = f[format!("{}_bytes", dir.label())].as_u64().unwrap_or(0);
-                    let key = (
-                        mac.clone(),
-                        dir,
-                        ("10.77.1.1".to_string(), String::new(), String::new()),
-                    );
+                    let key =
+                        (mac.clone(), dir, ("10.77.1.1".to_string(), String::new(), String::new()));
                     let e = full.dests.entry(key).or_default();
                     e.0 += packets;
                     e.1 += bytes;
@@ -1009,14 +858,7 @@ fn dns_answers_name_udp_destinations_ipv4_and_ipv6() {
         bad.extend(check_events(o, &[("dns", 5.0)]));
         // One name per (client, address): 10.77.3.10, fd77:3::10, 10.77.3.11, 10.77.4.12,
         // 10.77.3.12.
-        check_value(
-            o,
-            &mut bad,
-            "gwsensor_names_cached",
-            &[],
-            |v| v >= 5.0,
-            ">= 5",
-        );
+        check_value(o, &mut bad, "gwsensor_names_cached", &[], |v| v >= 5.0, ">= 5");
         bad
     });
 }
@@ -1046,10 +888,7 @@ fn sni_and_http_host_win_over_dns() {
         &topo.lab,
         &topo.gateway.ns,
         &[ip("10.77.1.1")],
-        &[
-            DnsRecord::new("cdn.decoy-cdn.net", tls_ip),
-            DnsRecord::new("edge.example.net", http_ip),
-        ],
+        &[DnsRecord::new("cdn.decoy-cdn.net", tls_ip), DnsRecord::new("edge.example.net", http_ip)],
         600,
     )
     .expect("starting dnsmasq");
@@ -1064,67 +903,29 @@ fn sni_and_http_host_win_over_dns() {
         .arg(&cert)
         .arg("-key")
         .arg(&key);
-    let s_server = topo
-        .lab
-        .spawn(&inet, s_server)
-        .expect("starting openssl s_server");
+    let s_server = topo.lab.spawn(&inet, s_server).expect("starting openssl s_server");
     services::wait_tcp_listening(&inet, tls_addr, &s_server, Duration::from_secs(10)).unwrap();
     let http =
         services::HttpResponder::start(&inet, SocketAddr::new(ip(http_ip), 80), "firmware v2\n")
             .unwrap();
 
-    let devices = [Device {
-        mac: &mac,
-        name: "phone",
-        group: "",
-        tags: &[],
-    }];
+    let devices = [Device { mac: &mac, name: "phone", group: "", tags: &[] }];
     let agent = Agent::start(&topo, &config(&topo, &pins, &devices, &[], ""));
     let mut ledger = Ledger::default();
     ledger.name(&mac, "phone");
 
     let dns4 = sa("10.77.1.1:53");
-    resolve(
-        &agent,
-        &mut ledger,
-        &mac,
-        &cns,
-        dns4,
-        "cdn.decoy-cdn.net",
-        DNS_A,
-        &[tls_ip],
-    );
-    resolve(
-        &agent,
-        &mut ledger,
-        &mac,
-        &cns,
-        dns4,
-        "edge.example.net",
-        DNS_A,
-        &[http_ip],
-    );
+    resolve(&agent, &mut ledger, &mac, &cns, dns4, "cdn.decoy-cdn.net", DNS_A, &[tls_ip]);
+    resolve(&agent, &mut ledger, &mac, &cns, dns4, "edge.example.net", DNS_A, &[http_ip]);
     agent.wait_events("dns", 2.0);
 
     // The DNS names do name these addresses: a UDP flow to each counts under them.
     let quic_tls = UdpReceiver::bind(&inet, SocketAddr::new(ip(tls_ip), 443)).unwrap();
     let quic_http = UdpReceiver::bind(&inet, SocketAddr::new(ip(http_ip), 443)).unwrap();
     send_udp(&cns, sa("10.77.1.10:40001"), quic_tls.addr(), 3, 200).unwrap();
-    ledger.add(
-        &mac,
-        Dir::Upload,
-        ("decoy-cdn.net", CN),
-        3,
-        udp_frame(ip(tls_ip), 200),
-    );
+    ledger.add(&mac, Dir::Upload, ("decoy-cdn.net", CN), 3, udp_frame(ip(tls_ip), 200));
     send_udp(&cns, sa("10.77.1.10:40002"), quic_http.addr(), 2, 100).unwrap();
-    ledger.add(
-        &mac,
-        Dir::Upload,
-        ("example.net", US),
-        2,
-        udp_frame(ip(http_ip), 100),
-    );
+    ledger.add(&mac, Dir::Upload, ("example.net", US), 2, udp_frame(ip(http_ip), 100));
     quic_tls.wait_for(3, DELIVERY_TIMEOUT).unwrap();
     quic_http.wait_for(2, DELIVERY_TIMEOUT).unwrap();
 
@@ -1165,26 +966,14 @@ fn sni_and_http_host_win_over_dns() {
     let answer = services::tcp_exchange_after(&cns, http.addr(), POLL * 3, request)
         .unwrap_or_else(|e| agent.fail(&format!("HTTP request: {e:#}"), None, &[]));
     let answer = String::from_utf8_lossy(&answer);
-    assert!(
-        answer.starts_with("HTTP/1.0 200 OK") && answer.ends_with("firmware v2\n"),
-        "{answer}"
-    );
+    assert!(answer.starts_with("HTTP/1.0 200 OK") && answer.ends_with("firmware v2\n"), "{answer}");
     assert_eq!(http.hosts(), ["firmware.example.org"]);
 
     let cn = ("CN", "China Unicom", 4808);
     let us = ("US", "Example CDN", 64500);
     let obs = agent.expect("SNI and Host name their flows", |o| {
         let mut bad = Vec::new();
-        bad.extend(check_flow(
-            o,
-            &mac,
-            tls_ip,
-            "tcp",
-            4443,
-            "photos.i.mi.com",
-            "mi.com",
-            cn,
-        ));
+        bad.extend(check_flow(o, &mac, tls_ip, "tcp", 4443, "photos.i.mi.com", "mi.com", cn));
         bad.extend(check_flow(
             o,
             &mac,
@@ -1205,22 +994,12 @@ fn sni_and_http_host_win_over_dns() {
             "decoy-cdn.net",
             cn,
         ));
-        bad.extend(check_flow(
-            o,
-            &mac,
-            http_ip,
-            "udp",
-            443,
-            "edge.example.net",
-            "example.net",
-            us,
-        ));
+        bad.extend(check_flow(o, &mac, http_ip, "udp", 443, "edge.example.net", "example.net", us));
         // The TCP flows, both views of each: the API's kernel counters and the series.
         let mut full = ledger.clone();
-        for (remote, port, dest, g) in [
-            (tls_ip, 4443, "mi.com", CN),
-            (http_ip, 80, "example.org", US),
-        ] {
+        for (remote, port, dest, g) in
+            [(tls_ip, 4443, "mi.com", CN), (http_ip, 80, "example.org", US)]
+        {
             let Some(f) = o.flow(&mac, remote, "tcp", port) else {
                 continue;
             };
@@ -1236,11 +1015,7 @@ fn sni_and_http_host_win_over_dns() {
                 }
                 // Series exist per direction once it carried traffic; a frame's size does not
                 // matter here, the flow's totals are what its series must show.
-                let key = (
-                    mac.clone(),
-                    dir,
-                    (dest.to_string(), g.0.to_string(), g.1.to_string()),
-                );
+                let key = (mac.clone(), dir, (dest.to_string(), g.0.to_string(), g.1.to_string()));
                 let e = full.dests.entry(key).or_default();
                 e.0 += packets;
                 e.1 += bytes;
@@ -1251,18 +1026,12 @@ fn sni_and_http_host_win_over_dns() {
         // decoy-cdn.net or example.net (what DNS said about their addresses); each client's
         // destination series sum to its totals.
         bad.extend(full.mismatches(&o.scrape, true));
-        bad.extend(check_events(
-            o,
-            &[("dns", 2.0), ("tls", 1.0), ("http", 1.0)],
-        ));
+        bad.extend(check_events(o, &[("dns", 2.0), ("tls", 1.0), ("http", 1.0)]));
         bad
     });
     // What a person reads: the flow list shows the names.
-    let flows: Vec<String> = obs
-        .flows()
-        .iter()
-        .map(|f| format!("{} {}", f["remote_ip"], f["name"]))
-        .collect();
+    let flows: Vec<String> =
+        obs.flows().iter().map(|f| format!("{} {}", f["remote_ip"], f["name"])).collect();
     eprintln!("flows: {flows:?}");
 }
 
@@ -1284,67 +1053,30 @@ fn one_client_across_address_changes() {
         .expect("building the lab");
     let phone = topo.client("phone");
     let (mac, cns, inet) = (phone.mac_text(), phone.ns.clone(), topo.internet.ns.clone());
-    let devices = [Device {
-        mac: &mac,
-        name: "phone",
-        group: "",
-        tags: &[],
-    }];
+    let devices = [Device { mac: &mac, name: "phone", group: "", tags: &[] }];
     let agent = Agent::start(&topo, &config(&topo, &pins, &devices, &[], ""));
     let mut ledger = Ledger::default();
     ledger.name(&mac, "phone");
     let cn = |remote: &str| -> (&'static str, (&'static str, &'static str)) {
-        (
-            if remote.contains(':') {
-                "fd77:3::1"
-            } else {
-                "10.77.3.1"
-            },
-            CN,
-        )
+        (if remote.contains(':') { "fd77:3::1" } else { "10.77.3.1" }, CN)
     };
 
     let srv4 = UdpReceiver::bind(&inet, sa("10.77.3.1:5000")).unwrap();
     let srv6 = UdpReceiver::bind(&inet, sa("[fd77:3::1]:5000")).unwrap();
     // Stable addresses first: 3 × 142 B over IPv4, 2 × 262 B over IPv6.
     send_udp(&cns, sa("10.77.1.10:40001"), srv4.addr(), 3, 100).unwrap();
-    ledger.add(
-        &mac,
-        Dir::Upload,
-        cn("10.77.3.1"),
-        3,
-        udp_frame(ip("10.77.3.1"), 100),
-    );
+    ledger.add(&mac, Dir::Upload, cn("10.77.3.1"), 3, udp_frame(ip("10.77.3.1"), 100));
     send_udp(&cns, sa("[fd77:1::10]:40002"), srv6.addr(), 2, 200).unwrap();
-    ledger.add(
-        &mac,
-        Dir::Upload,
-        cn("fd77:3::1"),
-        2,
-        udp_frame(ip("fd77:3::1"), 200),
-    );
+    ledger.add(&mac, Dir::Upload, cn("fd77:3::1"), 2, udp_frame(ip("fd77:3::1"), 200));
     srv4.wait_for(3, DELIVERY_TIMEOUT).unwrap();
     srv6.wait_for(2, DELIVERY_TIMEOUT).unwrap();
     // No DNS here: destinations are the addresses.
-    agent.expect("before the new address", |o| {
-        ledger.mismatches(&o.scrape, true)
-    });
+    agent.expect("before the new address", |o| ledger.mismatches(&o.scrape, true));
 
     // Privacy rotation: a new temporary address, used from now on. The gateway learns its
     // neighbour entry the way the lab sets all of them (permanent: no neighbour discovery on
     // the wire).
-    lab::ip(&[
-        "-n",
-        &cns,
-        "-6",
-        "addr",
-        "add",
-        "fd77:1::beef/64",
-        "dev",
-        "eth0",
-        "nodad",
-    ])
-    .unwrap();
+    lab::ip(&["-n", &cns, "-6", "addr", "add", "fd77:1::beef/64", "dev", "eth0", "nodad"]).unwrap();
     lab::ip(&[
         "-n",
         &topo.gateway.ns,
@@ -1362,41 +1094,20 @@ fn one_client_across_address_changes() {
     let beef = UdpReceiver::bind(&cns, sa("[fd77:1::beef]:6000")).unwrap();
     // 4 × (14 + 40 + 8 + 300) = 4 × 362 B up from the new address, 2 × 462 B down to it.
     send_udp(&cns, sa("[fd77:1::beef]:40003"), srv6.addr(), 4, 300).unwrap();
-    ledger.add(
-        &mac,
-        Dir::Upload,
-        cn("fd77:3::1"),
-        4,
-        udp_frame(ip("fd77:3::1"), 300),
-    );
+    ledger.add(&mac, Dir::Upload, cn("fd77:3::1"), 4, udp_frame(ip("fd77:3::1"), 300));
     srv6.wait_for(6, DELIVERY_TIMEOUT).unwrap();
     srv6.reply(beef.addr(), 2, 400).unwrap();
-    ledger.add(
-        &mac,
-        Dir::Download,
-        cn("fd77:3::1"),
-        2,
-        udp_frame(ip("fd77:3::1"), 400),
-    );
+    ledger.add(&mac, Dir::Download, cn("fd77:3::1"), 2, udp_frame(ip("fd77:3::1"), 400));
     beef.wait_for(2, DELIVERY_TIMEOUT).unwrap();
-    assert_eq!(
-        ledger.client(&mac, Dir::Upload),
-        (9, 3 * 142 + 2 * 262 + 4 * 362)
-    );
+    assert_eq!(ledger.client(&mac, Dir::Upload), (9, 3 * 142 + 2 * 262 + 4 * 362));
     assert_eq!(ledger.client(&mac, Dir::Download), (2, 2 * 462));
 
     agent.expect("after the address change", |o| {
         let mut bad = ledger.mismatches(&o.scrape, true);
         // Exactly one series per direction for the MAC: the device did not split in two.
-        for name in [
-            "gwsensor_client_bytes_total",
-            "gwsensor_client_packets_total",
-        ] {
-            let series: Vec<String> = o
-                .scrape
-                .matching(name, &[("mac", mac.as_str())])
-                .map(format_sample)
-                .collect();
+        for name in ["gwsensor_client_bytes_total", "gwsensor_client_packets_total"] {
+            let series: Vec<String> =
+                o.scrape.matching(name, &[("mac", mac.as_str())]).map(format_sample).collect();
             if series.len() != 2 {
                 bad.push(format!(
                     "{name} has {} series for {mac}, want 2 (one per direction): {series:?}",
@@ -1440,10 +1151,8 @@ fn one_client_across_address_changes() {
                 {
                     bad.push(format!("client ips = {}, want {want_ips:?}", c["ips"]));
                 }
-                let (up, down) = (
-                    ledger.client(&mac, Dir::Upload),
-                    ledger.client(&mac, Dir::Download),
-                );
+                let (up, down) =
+                    (ledger.client(&mac, Dir::Upload), ledger.client(&mac, Dir::Download));
                 for (field, want) in [
                     ("client", Value::from("phone")),
                     ("upload_bytes", up.1.into()),
@@ -1457,10 +1166,8 @@ fn one_client_across_address_changes() {
                     }
                 }
             }
-            other => bad.push(format!(
-                "{} clients with mac {mac} in /api/v1/clients, want 1",
-                other.len()
-            )),
+            other => bad
+                .push(format!("{} clients with mac {mac} in /api/v1/clients, want 1", other.len())),
         }
         bad
     });
@@ -1480,10 +1187,8 @@ fn parse_table(text: &str) -> (Vec<String>, Vec<BTreeMap<String, String>>) {
     for (i, c) in chars.iter().enumerate() {
         if !c.is_whitespace() && (i == 0 || chars[i - 1].is_whitespace()) {
             starts.push(i);
-            let end = chars[i..]
-                .iter()
-                .position(|c| c.is_whitespace())
-                .map_or(chars.len(), |n| i + n);
+            let end =
+                chars[i..].iter().position(|c| c.is_whitespace()).map_or(chars.len(), |n| i + n);
             names.push(chars[i..end].iter().collect::<String>());
         }
     }
@@ -1493,10 +1198,8 @@ fn parse_table(text: &str) -> (Vec<String>, Vec<BTreeMap<String, String>>) {
             let mut row = BTreeMap::new();
             for (k, start) in starts.iter().enumerate() {
                 let end = starts.get(k + 1).copied().unwrap_or(cs.len()).min(cs.len());
-                let cell: String = cs
-                    .get(*start..end)
-                    .map(|s| s.iter().collect())
-                    .unwrap_or_default();
+                let cell: String =
+                    cs.get(*start..end).map(|s| s.iter().collect()).unwrap_or_default();
                 row.insert(names[k].clone(), cell.trim().to_string());
             }
             row
@@ -1521,11 +1224,8 @@ fn device_names_inventory_dhcp_oui_and_cli() {
         .remote(ip("10.77.4.12"))
         .build()
         .expect("building the lab");
-    let macs: BTreeMap<&str, String> = topo
-        .clients
-        .iter()
-        .map(|c| (c.name.as_str(), c.mac_text()))
-        .collect();
+    let macs: BTreeMap<&str, String> =
+        topo.clients.iter().map(|c| (c.name.as_str(), c.mac_text())).collect();
     let inet = topo.internet.ns.clone();
     let leases = topo.lab.dir().join("dhcp.leases"); // written later: missing at startup
     let devices = [Device {
@@ -1545,25 +1245,14 @@ fn device_names_inventory_dhcp_oui_and_cli() {
     let srv_cn = UdpReceiver::bind(&inet, sa("10.77.3.10:443")).unwrap();
     let srv_us = UdpReceiver::bind(&inet, sa("10.77.4.12:443")).unwrap();
     let mut sent = 0;
-    for (i, (client, packets, payload)) in [
-        ("redmi", 6u64, 1000u64),
-        ("tv", 4, 800),
-        ("vacuum", 3, 600),
-        ("laptop", 2, 400),
-    ]
-    .into_iter()
-    .enumerate()
+    for (i, (client, packets, payload)) in
+        [("redmi", 6u64, 1000u64), ("tv", 4, 800), ("vacuum", 3, 600), ("laptop", 2, 400)]
+            .into_iter()
+            .enumerate()
     {
         let c = topo.client(client);
         let from = SocketAddr::new(IpAddr::V4(c.ipv4), 40000 + i as u16);
-        send_udp(
-            &c.ns,
-            from,
-            srv_cn.addr(),
-            packets as usize,
-            payload as usize,
-        )
-        .unwrap();
+        send_udp(&c.ns, from, srv_cn.addr(), packets as usize, payload as usize).unwrap();
         ledger.add(
             &macs[client],
             Dir::Upload,
@@ -1590,11 +1279,8 @@ fn device_names_inventory_dhcp_oui_and_cli() {
         match o.value("gwsensor_client_info", labels) {
             Some(1.0) => vec![],
             got => {
-                let present: Vec<String> = o
-                    .scrape
-                    .series("gwsensor_client_info")
-                    .map(format_sample)
-                    .collect();
+                let present: Vec<String> =
+                    o.scrape.series("gwsensor_client_info").map(format_sample).collect();
                 vec![format!(
                     "gwsensor_client_info{labels:?} = {got:?}, want 1; present: {present:#?}"
                 )]
@@ -1610,12 +1296,8 @@ fn device_names_inventory_dhcp_oui_and_cli() {
             .map(|(k, v)| format!("client {mac}: {k} = {}, want {v}", c[*k]))
             .collect()
     };
-    let (redmi_mac, tv_mac, vacuum_mac, laptop_mac) = (
-        &macs["redmi"],
-        &macs["tv"],
-        &macs["vacuum"],
-        &macs["laptop"],
-    );
+    let (redmi_mac, tv_mac, vacuum_mac, laptop_mac) =
+        (&macs["redmi"], &macs["tv"], &macs["vacuum"], &macs["laptop"]);
     let tv_total = ledger.client(tv_mac, Dir::Upload);
     agent.expect("names before the lease file", |o| {
         let mut bad = ledger.mismatches(&o.scrape, true);
@@ -1698,10 +1380,7 @@ fn device_names_inventory_dhcp_oui_and_cli() {
         bad.extend(client_fields(
             o,
             laptop_mac,
-            &[
-                ("client", "randomized-abcdef".into()),
-                ("vendor", "randomized".into()),
-            ],
+            &[("client", "randomized-abcdef".into()), ("vendor", "randomized".into())],
         ));
         bad
     });
@@ -1750,30 +1429,15 @@ fn device_names_inventory_dhcp_oui_and_cli() {
             ],
         ));
         // The tv's series continue under its new name; nothing is left under the old one.
-        for s in o
-            .scrape
-            .samples
-            .iter()
-            .filter(|s| s.label("client") == "google-000002")
-        {
-            bad.push(format!(
-                "series left under the fallback name: {}",
-                format_sample(s)
-            ));
+        for s in o.scrape.samples.iter().filter(|s| s.label("client") == "google-000002") {
+            bad.push(format!("series left under the fallback name: {}", format_sample(s)));
         }
         let up = o.value(
             "gwsensor_client_bytes_total",
-            &[
-                ("client", "living-room-tv"),
-                ("mac", tv_mac),
-                ("direction", "upload"),
-            ],
+            &[("client", "living-room-tv"), ("mac", tv_mac), ("direction", "upload")],
         );
         if up != Some(tv_total.1 as f64) {
-            bad.push(format!(
-                "living-room-tv upload = {up:?}, want {}",
-                tv_total.1
-            ));
+            bad.push(format!("living-room-tv upload = {up:?}, want {}", tv_total.1));
         }
         bad.extend(client_fields(
             o,
@@ -1787,10 +1451,7 @@ fn device_names_inventory_dhcp_oui_and_cli() {
         bad.extend(client_fields(
             o,
             redmi_mac,
-            &[
-                ("client", "redmi-note".into()),
-                ("source", "inventory".into()),
-            ],
+            &[("client", "redmi-note".into()), ("source", "inventory".into())],
         ));
         bad
     });
@@ -1807,10 +1468,7 @@ fn device_names_inventory_dhcp_oui_and_cli() {
         ("randomized-abcdef", laptop_mac, "10.77.1.13", "fallback"),
     ];
     if clients.len() != want_clients.len() {
-        problems.push(format!(
-            "sensor clients --json lists {} clients, want 4",
-            clients.len()
-        ));
+        problems.push(format!("sensor clients --json lists {} clients, want 4", clients.len()));
     }
     for (name, mac, addr, source) in want_clients {
         match clients.iter().find(|c| c["mac"] == mac.as_str()) {
@@ -1834,10 +1492,7 @@ fn device_names_inventory_dhcp_oui_and_cli() {
     }
     let table = agent.cli(&["clients"]);
     let (header, rows) = parse_table(&table);
-    if header
-        != [
-            "CLIENT", "MAC", "GROUP", "VENDOR", "IPS", "UPLOAD", "DOWNLOAD", "FLOWS",
-        ]
+    if header != ["CLIENT", "MAC", "GROUP", "VENDOR", "IPS", "UPLOAD", "DOWNLOAD", "FLOWS"]
         || rows.len() != 4
     {
         problems.push(format!(
@@ -1858,16 +1513,7 @@ fn device_names_inventory_dhcp_oui_and_cli() {
             "0 B",
             "2",
         ],
-        [
-            "living-room-tv",
-            tv_mac.as_str(),
-            "",
-            "Google, Inc.",
-            "10.77.1.11",
-            "3.4 kB",
-            "0 B",
-            "1",
-        ],
+        ["living-room-tv", tv_mac.as_str(), "", "Google, Inc.", "10.77.1.11", "3.4 kB", "0 B", "1"],
         [
             "xiaomi-123456",
             vacuum_mac.as_str(),
@@ -1890,9 +1536,7 @@ fn device_names_inventory_dhcp_oui_and_cli() {
         ],
     ];
     for want in want_rows {
-        let row = rows
-            .iter()
-            .find(|r| r.get("CLIENT").map(String::as_str) == Some(want[0]));
+        let row = rows.iter().find(|r| r.get("CLIENT").map(String::as_str) == Some(want[0]));
         let got: Option<Vec<&str>> = row.map(|r| header.iter().map(|h| r[h].as_str()).collect());
         if got.as_deref() != Some(&want[..]) {
             problems.push(format!("sensor clients row {got:?}, want {want:?}"));
@@ -1900,40 +1544,13 @@ fn device_names_inventory_dhcp_oui_and_cli() {
     }
     let table = agent.cli(&["flows", "--client", "redmi-note"]);
     let (header, rows) = parse_table(&table);
-    let got: Vec<Vec<&str>> = rows
-        .iter()
-        .map(|r| header.iter().map(|h| r[h].as_str()).collect())
-        .collect();
+    let got: Vec<Vec<&str>> =
+        rows.iter().map(|r| header.iter().map(|h| r[h].as_str()).collect()).collect();
     let want = [
-        vec![
-            "redmi-note",
-            "10.77.3.10",
-            "udp/443",
-            "CN",
-            "AS4808",
-            "6.3 kB",
-            "0 B",
-        ],
-        vec![
-            "redmi-note",
-            "10.77.4.12",
-            "udp/443",
-            "US",
-            "AS64500",
-            "684 B",
-            "0 B",
-        ],
+        vec!["redmi-note", "10.77.3.10", "udp/443", "CN", "AS4808", "6.3 kB", "0 B"],
+        vec!["redmi-note", "10.77.4.12", "udp/443", "US", "AS64500", "684 B", "0 B"],
     ];
-    if header
-        != [
-            "CLIENT",
-            "REMOTE",
-            "PROTO/PORT",
-            "COUNTRY",
-            "ASN",
-            "UPLOAD",
-            "DOWNLOAD",
-        ]
+    if header != ["CLIENT", "REMOTE", "PROTO/PORT", "COUNTRY", "ASN", "UPLOAD", "DOWNLOAD"]
         || got != want
     {
         problems.push(format!("sensor flows --client redmi-note: header {header:?} rows {got:?}, want {want:?}:\n{table}"));
@@ -1945,21 +1562,13 @@ fn device_names_inventory_dhcp_oui_and_cli() {
         let remotes: Vec<(&str, u64)> = flows
             .iter()
             .map(|f| {
-                (
-                    f["remote_ip"].as_str().unwrap_or(""),
-                    f["upload_bytes"].as_u64().unwrap_or(0),
-                )
+                (f["remote_ip"].as_str().unwrap_or(""), f["upload_bytes"].as_u64().unwrap_or(0))
             })
             .collect();
         if remotes != [("10.77.3.10", 6 * 1042u64), ("10.77.4.12", 2 * 342u64)]
-            || flows
-                .iter()
-                .any(|f| f["client"] != "redmi-note" || f["mac"] != redmi_mac.as_str())
+            || flows.iter().any(|f| f["client"] != "redmi-note" || f["mac"] != redmi_mac.as_str())
         {
-            problems.push(format!(
-                "sensor flows --client {who} --json: {remotes:?} ({})",
-                json
-            ));
+            problems.push(format!("sensor flows --client {who} --json: {remotes:?} ({})", json));
         }
     }
     if !problems.is_empty() {
@@ -1989,18 +1598,8 @@ fn series_budget_keeps_the_most_active_destinations() {
     let (a, b) = (topo.client("a"), topo.client("b"));
     let (amac, bmac) = (a.mac_text(), b.mac_text());
     let devices = [
-        Device {
-            mac: &amac,
-            name: "client-a",
-            group: "",
-            tags: &[],
-        },
-        Device {
-            mac: &bmac,
-            name: "client-b",
-            group: "",
-            tags: &[],
-        },
+        Device { mac: &amac, name: "client-a", group: "", tags: &[] },
+        Device { mac: &bmac, name: "client-b", group: "", tags: &[] },
     ];
     let agent = Agent::start(
         &topo,
@@ -2022,11 +1621,8 @@ fn series_budget_keeps_the_most_active_destinations() {
     // b3 (10 packets).
     let a_packets = [20u64, 16, 12, 8, 4, 2];
     let b_packets = [18u64, 14, 10, 6, 3, 1];
-    let mut order: Vec<(u64, bool, usize)> = a_packets
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| (n, true, i))
-        .collect();
+    let mut order: Vec<(u64, bool, usize)> =
+        a_packets.iter().enumerate().map(|(i, &n)| (n, true, i)).collect();
     order.extend(b_packets.iter().enumerate().map(|(i, &n)| (n, false, i)));
     order.sort_by_key(|x| std::cmp::Reverse(x.0));
     let frame = udp_frame(ip("10.77.3.1"), 1000);
@@ -2035,18 +1631,12 @@ fn series_budget_keeps_the_most_active_destinations() {
         receivers.push(UdpReceiver::bind(&topo.internet.ns, SocketAddr::new(ip(r), 443)).unwrap());
     }
     for &(packets, is_a, i) in &order {
-        let (client, remotes, n) = if is_a {
-            (a, &a_remotes, 0)
-        } else {
-            (b, &b_remotes, 6)
-        };
+        let (client, remotes, n) = if is_a { (a, &a_remotes, 0) } else { (b, &b_remotes, 6) };
         let to = SocketAddr::new(ip(&remotes[i]), 443);
         let from = SocketAddr::new(IpAddr::V4(client.ipv4), 41000 + i as u16);
         send_udp(&client.ns, from, to, packets as usize, 1000).unwrap();
         // Delivered (so counted) before the next remote starts.
-        receivers[n + i]
-            .wait_for(packets, DELIVERY_TIMEOUT)
-            .unwrap();
+        receivers[n + i].wait_for(packets, DELIVERY_TIMEOUT).unwrap();
     }
 
     let mut ledger = Ledger::default();

@@ -91,10 +91,7 @@ impl Ledger {
     }
 
     fn client(&self, mac: &str, dir: Dir) -> Count {
-        self.clients
-            .get(&(mac.to_string(), dir))
-            .copied()
-            .unwrap_or_default()
+        self.clients.get(&(mac.to_string(), dir)).copied().unwrap_or_default()
     }
 
     /// Every difference between the scrape and the ledger, as readable lines.
@@ -109,11 +106,8 @@ impl Ledger {
             }
         };
         for ((mac, dir), (packets, bytes)) in &self.clients {
-            let labels = [
-                ("client", self.name(mac)),
-                ("mac", mac.as_str()),
-                ("direction", dir.label()),
-            ];
+            let labels =
+                [("client", self.name(mac)), ("mac", mac.as_str()), ("direction", dir.label())];
             let id = format!("{mac} {}", dir.label());
             cmp(
                 format!("client packets {id}"),
@@ -149,18 +143,11 @@ impl Ledger {
             );
         }
         // Anything counted for our clients that was not sent is noise or double counting.
-        for name in [
-            "gwsensor_remote_packets_total",
-            "gwsensor_client_packets_total",
-        ] {
+        for name in ["gwsensor_remote_packets_total", "gwsensor_client_packets_total"] {
             for s in scrape.series(name) {
                 let (mac, dir) = (
                     s.label("mac"),
-                    if s.label("direction") == "upload" {
-                        Dir::Upload
-                    } else {
-                        Dir::Download
-                    },
+                    if s.label("direction") == "upload" { Dir::Upload } else { Dir::Download },
                 );
                 let known = if name == "gwsensor_client_packets_total" {
                     self.clients.contains_key(&(mac.to_string(), dir))
@@ -176,10 +163,7 @@ impl Ledger {
                         })
                 };
                 if !known && s.value != 0.0 {
-                    out.push(format!(
-                        "unexpected series: {}",
-                        lab::prom::format_sample(s)
-                    ));
+                    out.push(format!("unexpected series: {}", lab::prom::format_sample(s)));
                 }
             }
         }
@@ -200,11 +184,7 @@ impl<'t> Agent<'t> {
     fn start(topo: &'t Topology, config_yaml: &str) -> Agent<'t> {
         let config = topo.lab.dir().join("sensor.yaml");
         std::fs::write(&config, config_yaml).unwrap();
-        let mut agent = Agent {
-            topo,
-            config,
-            process: None,
-        };
+        let mut agent = Agent { topo, config, process: None };
         agent.spawn();
         agent
     }
@@ -212,16 +192,9 @@ impl<'t> Agent<'t> {
     fn spawn(&mut self) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sensor"));
         cmd.arg("run").arg("--config").arg(&self.config);
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .env("NO_COLOR", "1");
-        let p = self
-            .topo
-            .lab
-            .spawn(&self.topo.gateway.ns, cmd)
-            .expect("starting the agent");
+        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env("NO_COLOR", "1");
+        let p = self.topo.lab.spawn(&self.topo.gateway.ns, cmd).expect("starting the agent");
         self.process = Some(p);
         self.wait_ready();
     }
@@ -229,7 +202,12 @@ impl<'t> Agent<'t> {
     /// Ready = /metrics answers and reports the XDP attachment (programs are in place).
     fn wait_ready(&self) {
         let url = format!("http://{METRICS}/metrics");
-        if let Err(e) = lab::wait_agent_ready(&self.topo.gateway.ns, &url, self.process(), Duration::from_secs(60)) {
+        if let Err(e) = lab::wait_agent_ready(
+            &self.topo.gateway.ns,
+            &url,
+            self.process(),
+            Duration::from_secs(60),
+        ) {
             self.fail(&format!("{e:#}"), None, &[]);
         }
     }
@@ -302,7 +280,6 @@ impl<'t> Agent<'t> {
     }
 }
 
-
 /// The agent's config: the lab's LAN, fast polls, private pins and state, and an inventory
 /// naming each lab client (so the `client` label is the client's name).
 fn config(topo: &Topology, pins: &lab::PinDir, extra: &str) -> String {
@@ -340,19 +317,12 @@ fn promtool_check(agent: &Agent, text: &str) {
     let mut child = match child {
         Ok(c) => c,
         Err(e) if !lab::privileged_required() => {
-            lab::notice(&format!(
-                "promtool check SKIPPED: promtool not runnable ({e})"
-            ));
+            lab::notice(&format!("promtool check SKIPPED: promtool not runnable ({e})"));
             return;
         }
         Err(e) => panic!("promtool is needed for the metrics lint: {e}"),
     };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     if !out.status.success() {
         let report = format!(
@@ -412,40 +382,16 @@ fn plain_veth_exact_counts_survive_restart() {
 
     // Upload, IPv4: 10 × 1000 B payload → 10 frames of 14 + 20 + 8 + 1000 = 1042 B.
     send_udp(&phone.ns, sa("10.77.1.10:40001"), srv4.addr(), 10, 1000).unwrap();
-    ledger.udp(
-        &mac,
-        Dir::Upload,
-        srv4.addr(),
-        10,
-        ETHERNET + IPV4 + UDP + 1000,
-    );
+    ledger.udp(&mac, Dir::Upload, srv4.addr(), 10, ETHERNET + IPV4 + UDP + 1000);
     // Upload, IPv6: 4 × 700 B → 4 frames of 14 + 40 + 8 + 700 = 762 B.
     send_udp(&phone.ns, sa("[fd77:1::10]:40002"), srv6.addr(), 4, 700).unwrap();
-    ledger.udp(
-        &mac,
-        Dir::Upload,
-        srv6.addr(),
-        4,
-        ETHERNET + IPV6 + UDP + 700,
-    );
+    ledger.udp(&mac, Dir::Upload, srv6.addr(), 4, ETHERNET + IPV6 + UDP + 700);
     // Download, IPv4: 6 × 1200 B from port 5002 → 6 frames of 14 + 20 + 8 + 1200 = 1242 B.
     send_udp(inet, sa("10.77.2.2:5002"), phone4.addr(), 6, 1200).unwrap();
-    ledger.udp(
-        &mac,
-        Dir::Download,
-        sa("10.77.2.2:5002"),
-        6,
-        ETHERNET + IPV4 + UDP + 1200,
-    );
+    ledger.udp(&mac, Dir::Download, sa("10.77.2.2:5002"), 6, ETHERNET + IPV4 + UDP + 1200);
     // Download, IPv6: 5 × 500 B from port 5003 → 5 frames of 14 + 40 + 8 + 500 = 562 B.
     send_udp(inet, sa("[fd77:2::2]:5003"), phone6.addr(), 5, 500).unwrap();
-    ledger.udp(
-        &mac,
-        Dir::Download,
-        sa("[fd77:2::2]:5003"),
-        5,
-        ETHERNET + IPV6 + UDP + 500,
-    );
+    ledger.udp(&mac, Dir::Download, sa("[fd77:2::2]:5003"), 5, ETHERNET + IPV6 + UDP + 500);
 
     for (r, n) in [(&srv4, 10), (&srv6, 4), (&phone4, 6), (&phone6, 5)] {
         r.wait_for(n, DELIVERY_TIMEOUT).unwrap();
@@ -473,42 +419,18 @@ fn plain_veth_exact_counts_survive_restart() {
     let srv4b = UdpReceiver::bind(inet, sa("10.77.2.2:5004")).unwrap();
     // Upload, IPv4, same series again: 3 × 1042 B.
     send_udp(&phone.ns, sa("10.77.1.10:40001"), srv4.addr(), 3, 1000).unwrap();
-    ledger.udp(
-        &mac,
-        Dir::Upload,
-        srv4.addr(),
-        3,
-        ETHERNET + IPV4 + UDP + 1000,
-    );
+    ledger.udp(&mac, Dir::Upload, srv4.addr(), 3, ETHERNET + IPV4 + UDP + 1000);
     // Upload, IPv4, a new remote port: 2 × (14 + 20 + 8 + 200) = 2 × 242 B.
     send_udp(&phone.ns, sa("10.77.1.10:40003"), srv4b.addr(), 2, 200).unwrap();
-    ledger.udp(
-        &mac,
-        Dir::Upload,
-        srv4b.addr(),
-        2,
-        ETHERNET + IPV4 + UDP + 200,
-    );
+    ledger.udp(&mac, Dir::Upload, srv4b.addr(), 2, ETHERNET + IPV4 + UDP + 200);
     // Download, IPv6, same series again: 2 × 562 B.
     send_udp(inet, sa("[fd77:2::2]:5003"), phone6.addr(), 2, 500).unwrap();
-    ledger.udp(
-        &mac,
-        Dir::Download,
-        sa("[fd77:2::2]:5003"),
-        2,
-        ETHERNET + IPV6 + UDP + 500,
-    );
+    ledger.udp(&mac, Dir::Download, sa("[fd77:2::2]:5003"), 2, ETHERNET + IPV6 + UDP + 500);
     for (r, n) in [(&srv4, 13), (&srv4b, 2), (&phone6, 7)] {
         r.wait_for(n, DELIVERY_TIMEOUT).unwrap();
     }
-    assert_eq!(
-        ledger.client(&mac, Dir::Upload),
-        (14 + 5, 13_468 + 3 * 1_042 + 2 * 242)
-    );
-    assert_eq!(
-        ledger.client(&mac, Dir::Download),
-        (11 + 2, 10_262 + 2 * 562)
-    );
+    assert_eq!(ledger.client(&mac, Dir::Upload), (14 + 5, 13_468 + 3 * 1_042 + 2 * 242));
+    assert_eq!(ledger.client(&mac, Dir::Download), (11 + 2, 10_262 + 2 * 562));
     agent.expect(&ledger, "after restart and more traffic");
 
     let (text, _) = agent.scrape();
@@ -563,61 +485,25 @@ fn bridge_two_clients_exact_counts() {
 
     // phone → 10.77.3.1:443, 7 × 300 B: 7 × (14 + 20 + 8 + 300) = 7 × 342 B.
     send_udp(&phone.ns, sa("10.77.1.10:40001"), quic4.addr(), 7, 300).unwrap();
-    ledger.udp(
-        &pmac,
-        Dir::Upload,
-        quic4.addr(),
-        7,
-        ETHERNET + IPV4 + UDP + 300,
-    );
+    ledger.udp(&pmac, Dir::Upload, quic4.addr(), 7, ETHERNET + IPV4 + UDP + 300);
     // laptop → [fd77:3::2]:8443, 3 × 1400 B: 3 × (14 + 40 + 8 + 1400) = 3 × 1462 B.
     send_udp(&laptop.ns, sa("[fd77:1::11]:40002"), quic6.addr(), 3, 1400).unwrap();
-    ledger.udp(
-        &lmac,
-        Dir::Upload,
-        quic6.addr(),
-        3,
-        ETHERNET + IPV6 + UDP + 1400,
-    );
+    ledger.udp(&lmac, Dir::Upload, quic6.addr(), 3, ETHERNET + IPV6 + UDP + 1400);
     // laptop → 10.77.3.1:443, 2 × 64 B: 2 × (14 + 20 + 8 + 64) = 2 × 106 B.
     send_udp(&laptop.ns, sa("10.77.1.11:40003"), quic4.addr(), 2, 64).unwrap();
-    ledger.udp(
-        &lmac,
-        Dir::Upload,
-        quic4.addr(),
-        2,
-        ETHERNET + IPV4 + UDP + 64,
-    );
+    ledger.udp(&lmac, Dir::Upload, quic4.addr(), 2, ETHERNET + IPV4 + UDP + 64);
     quic4.wait_for(9, DELIVERY_TIMEOUT).unwrap();
     quic6.wait_for(3, DELIVERY_TIMEOUT).unwrap();
 
     // 10.77.3.1:443 → phone, 5 × 1100 B: 5 × (14 + 20 + 8 + 1100) = 5 × 1142 B.
     quic4.reply(phone4.addr(), 5, 1100).unwrap();
-    ledger.udp(
-        &pmac,
-        Dir::Download,
-        quic4.addr(),
-        5,
-        ETHERNET + IPV4 + UDP + 1100,
-    );
+    ledger.udp(&pmac, Dir::Download, quic4.addr(), 5, ETHERNET + IPV4 + UDP + 1100);
     // [fd77:3::2]:8443 → laptop, 4 × 1000 B: 4 × (14 + 40 + 8 + 1000) = 4 × 1062 B.
     quic6.reply(laptop6.addr(), 4, 1000).unwrap();
-    ledger.udp(
-        &lmac,
-        Dir::Download,
-        quic6.addr(),
-        4,
-        ETHERNET + IPV6 + UDP + 1000,
-    );
+    ledger.udp(&lmac, Dir::Download, quic6.addr(), 4, ETHERNET + IPV6 + UDP + 1000);
     // [fd77:3::2]:8443 → phone, 1 × 1232 B: 14 + 40 + 8 + 1232 = 1294 B.
     quic6.reply(phone6.addr(), 1, 1232).unwrap();
-    ledger.udp(
-        &pmac,
-        Dir::Download,
-        quic6.addr(),
-        1,
-        ETHERNET + IPV6 + UDP + 1232,
-    );
+    ledger.udp(&pmac, Dir::Download, quic6.addr(), 1, ETHERNET + IPV6 + UDP + 1232);
     phone4.wait_for(5, DELIVERY_TIMEOUT).unwrap();
     laptop6.wait_for(4, DELIVERY_TIMEOUT).unwrap();
     phone6.wait_for(1, DELIVERY_TIMEOUT).unwrap();
@@ -660,16 +546,37 @@ fn download_gso_with_offloaded_vlan_tag_counts_the_tag_per_segment() {
     let mac = |m: &[u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
     let (gw_mac, c_mac) = (mac(&[0x02, 0x77, 0, 0x10, 0, 0xfe]), mac(&CLIENT_MAC));
     let ip = |args: &[&str]| lab::ip(args).unwrap_or_else(|e| panic!("{e:#}"));
-    ip(&["-n", &gw, "link", "add", "lan0", "address", &gw_mac, "type", "veth", "peer", "name", "eth0", "address", &c_mac, "netns", &c0]);
+    ip(&[
+        "-n", &gw, "link", "add", "lan0", "address", &gw_mac, "type", "veth", "peer", "name",
+        "eth0", "address", &c_mac, "netns", &c0,
+    ]);
     ip(&["-n", &gw, "addr", "add", "10.77.1.1/24", "dev", "lan0"]);
     ip(&["-n", &gw, "link", "set", "lan0", "up"]);
     ip(&["-n", &c0, "link", "set", "eth0", "up"]);
-    ip(&["-n", &gw, "neigh", "replace", "10.77.1.10", "lladdr", &c_mac, "dev", "lan0", "nud", "permanent"]);
+    ip(&[
+        "-n",
+        &gw,
+        "neigh",
+        "replace",
+        "10.77.1.10",
+        "lladdr",
+        &c_mac,
+        "dev",
+        "lan0",
+        "nud",
+        "permanent",
+    ]);
 
     let prefixes: Vec<ipnet::IpNet> = vec!["10.77.1.0/24".parse().unwrap()];
     let (ebpf, maps, _tagger) = lab
         .in_netns(&gw, || -> anyhow::Result<_> {
-            let opts = LoadOptions { lan_prefixes: &prefixes, flow_capacity: 1024, client_capacity: 16, pin_dir: None, kernel_btf: false };
+            let opts = LoadOptions {
+                lan_prefixes: &prefixes,
+                flow_capacity: 1024,
+                client_capacity: 16,
+                pin_dir: None,
+                kernel_btf: false,
+            };
             let (mut ebpf, _) = load(&opts)?;
             attach(&mut ebpf, "lan0", XdpMode::Generic, TcAttach::Tcx)?;
             let maps = KernelMaps::take(&mut ebpf)?;
@@ -679,9 +586,11 @@ fn download_gso_with_offloaded_vlan_tag_counts_the_tag_per_segment() {
         .unwrap()
         .expect("attaching the programs and the VLAN tagger to lan0");
 
-    lab.in_netns(&gw, || send_udp_gso(sa("10.77.1.1:4000"), sa("10.77.1.10:5000"), PAYLOAD, SEGMENT))
-        .unwrap()
-        .expect("sending the GSO datagram");
+    lab.in_netns(&gw, || {
+        send_udp_gso(sa("10.77.1.1:4000"), sa("10.77.1.10:5000"), PAYLOAD, SEGMENT)
+    })
+    .unwrap()
+    .expect("sending the GSO datagram");
 
     // Ethernet + 802.1Q tag + IPv4 + UDP, on each of the three frames. (The client has no VLAN
     // device and drops them: what matters is what left.)
@@ -693,14 +602,23 @@ fn download_gso_with_offloaded_vlan_tag_counts_the_tag_per_segment() {
         if got == Some(want) {
             break;
         }
-        assert!(Instant::now() < deadline, "download (packets, bytes) of the client: {got:?}, want {want:?}; all: {:?}", snap.clients);
+        assert!(
+            Instant::now() < deadline,
+            "download (packets, bytes) of the client: {got:?}, want {want:?}; all: {:?}",
+            snap.clients
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(ebpf);
 }
 
 /// One sendmsg of `payload` bytes with UDP_SEGMENT `segment`: the kernel builds one GSO skb.
-fn send_udp_gso(from: SocketAddr, to: SocketAddr, payload: usize, segment: usize) -> anyhow::Result<()> {
+fn send_udp_gso(
+    from: SocketAddr,
+    to: SocketAddr,
+    payload: usize,
+    segment: usize,
+) -> anyhow::Result<()> {
     use std::os::fd::AsRawFd as _;
     const UDP_SEGMENT: libc::c_int = 103;
     let sock = std::net::UdpSocket::bind(from)?;
@@ -741,10 +659,10 @@ fn vlan_tagger_before_all(ifname: &str, vid: i32) -> anyhow::Result<std::os::fd:
     }
     let prog: Vec<u8> = [
         insn(0xb7, 2, 0x8100u16.to_be() as i32), // r2 = htons(ETH_P_8021Q); r1 is the skb
-        insn(0xb7, 3, vid),                       // r3 = VLAN id
-        insn(0x85, 0, BPF_FUNC_SKB_VLAN_PUSH),    // call bpf_skb_vlan_push
-        insn(0xb7, 0, -1),                        // r0 = TC_ACT_UNSPEC (next program)
-        insn(0x95, 0, 0),                         // exit
+        insn(0xb7, 3, vid),                      // r3 = VLAN id
+        insn(0x85, 0, BPF_FUNC_SKB_VLAN_PUSH),   // call bpf_skb_vlan_push
+        insn(0xb7, 0, -1),                       // r0 = TC_ACT_UNSPEC (next program)
+        insn(0x95, 0, 0),                        // exit
     ]
     .concat();
     let license = c"GPL";
@@ -754,7 +672,8 @@ fn vlan_tagger_before_all(ifname: &str, vid: i32) -> anyhow::Result<std::os::fd:
     attr[8..16].copy_from_slice(&(prog.as_ptr() as u64).to_ne_bytes());
     attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
     // SAFETY: bpf(BPF_PROG_LOAD) with an attr whose pointers outlive the call.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), attr.len() as u32) };
+    let fd =
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), attr.len() as u32) };
     anyhow::ensure!(fd >= 0, "loading the VLAN tagger: {}", std::io::Error::last_os_error());
     // SAFETY: a new fd the kernel just returned, owned here.
     let prog_fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
@@ -769,7 +688,8 @@ fn vlan_tagger_before_all(ifname: &str, vid: i32) -> anyhow::Result<std::os::fd:
     // Before every program already there (no relative fd or id: the head of the chain).
     attr[12..16].copy_from_slice(&BPF_F_BEFORE.to_ne_bytes());
     // SAFETY: bpf(BPF_LINK_CREATE) with a plain attr.
-    let link = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, attr.as_ptr(), attr.len() as u32) };
+    let link =
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, attr.as_ptr(), attr.len() as u32) };
     anyhow::ensure!(link >= 0, "attaching the VLAN tagger: {}", std::io::Error::last_os_error());
     drop(prog_fd);
     // SAFETY: as above.

@@ -99,7 +99,11 @@ enum Proto {
 
 impl Capture {
     fn new() -> Capture {
-        Capture { frames: Vec::new(), t: Duration::from_secs(1_795_460_000), rng: fastrand::Rng::with_seed(7) }
+        Capture {
+            frames: Vec::new(),
+            t: Duration::from_secs(1_795_460_000),
+            rng: fastrand::Rng::with_seed(7),
+        }
     }
 
     fn payload(&mut self, n: usize) -> Vec<u8> {
@@ -109,16 +113,29 @@ impl Capture {
     /// One frame between a device and the gateway side (`up`: from the device), `n` payload
     /// bytes (or `payload` when given).
     #[allow(clippy::too_many_arguments)]
-    fn frame(&mut self, d: &Device, up: bool, remote: IpAddr, lport: u16, rport: u16, proto: Proto, payload: Vec<u8>) {
+    fn frame(
+        &mut self,
+        d: &Device,
+        up: bool,
+        remote: IpAddr,
+        lport: u16,
+        rport: u16,
+        proto: Proto,
+        payload: Vec<u8>,
+    ) {
         let (src_mac, dst_mac) = if up { (d.mac, GW_MAC) } else { (GW_MAC, d.mac) };
         let local = if remote.is_ipv4() { IpAddr::V4(d.v4) } else { IpAddr::V6(d.v6) };
         let (src, dst) = if up { (local, remote) } else { (remote, local) };
         let (sport, dport) = if up { (lport, rport) } else { (rport, lport) };
         let eth = PacketBuilder::ethernet2(src_mac, dst_mac);
         let ip = match (d.vlan, src, dst) {
-            (Some(v), IpAddr::V4(s), IpAddr::V4(t)) => eth.single_vlan(VlanId::try_new(v).unwrap()).ipv4(s.octets(), t.octets(), 64),
+            (Some(v), IpAddr::V4(s), IpAddr::V4(t)) => {
+                eth.single_vlan(VlanId::try_new(v).unwrap()).ipv4(s.octets(), t.octets(), 64)
+            }
             (None, IpAddr::V4(s), IpAddr::V4(t)) => eth.ipv4(s.octets(), t.octets(), 64),
-            (Some(v), IpAddr::V6(s), IpAddr::V6(t)) => eth.single_vlan(VlanId::try_new(v).unwrap()).ipv6(s.octets(), t.octets(), 64),
+            (Some(v), IpAddr::V6(s), IpAddr::V6(t)) => {
+                eth.single_vlan(VlanId::try_new(v).unwrap()).ipv6(s.octets(), t.octets(), 64)
+            }
             (None, IpAddr::V6(s), IpAddr::V6(t)) => eth.ipv6(s.octets(), t.octets(), 64),
             _ => unreachable!("one family per frame"),
         };
@@ -141,12 +158,18 @@ impl Capture {
                 b.write(&mut out, &payload)
             }
             Proto::Udp => ip.udp(sport, dport).write(&mut out, &payload),
-            Proto::Icmp4Echo { reply, seq } => {
-                if reply { ip.icmpv4_echo_reply(0x4242, seq) } else { ip.icmpv4_echo_request(0x4242, seq) }.write(&mut out, &payload)
+            Proto::Icmp4Echo { reply, seq } => if reply {
+                ip.icmpv4_echo_reply(0x4242, seq)
+            } else {
+                ip.icmpv4_echo_request(0x4242, seq)
             }
-            Proto::Icmp6Echo { reply, seq } => {
-                if reply { ip.icmpv6_echo_reply(0x4343, seq) } else { ip.icmpv6_echo_request(0x4343, seq) }.write(&mut out, &payload)
+            .write(&mut out, &payload),
+            Proto::Icmp6Echo { reply, seq } => if reply {
+                ip.icmpv6_echo_reply(0x4343, seq)
+            } else {
+                ip.icmpv6_echo_request(0x4343, seq)
             }
+            .write(&mut out, &payload),
         };
         written.expect("building a capture frame");
         self.raw(out);
@@ -208,8 +231,12 @@ impl Capture {
         for seq in 1..=count {
             let p = self.payload(56);
             let (req, rep) = match remote {
-                IpAddr::V4(_) => (Proto::Icmp4Echo { reply: false, seq }, Proto::Icmp4Echo { reply: true, seq }),
-                IpAddr::V6(_) => (Proto::Icmp6Echo { reply: false, seq }, Proto::Icmp6Echo { reply: true, seq }),
+                IpAddr::V4(_) => {
+                    (Proto::Icmp4Echo { reply: false, seq }, Proto::Icmp4Echo { reply: true, seq })
+                }
+                IpAddr::V6(_) => {
+                    (Proto::Icmp6Echo { reply: false, seq }, Proto::Icmp6Echo { reply: true, seq })
+                }
             };
             self.frame(d, true, remote, 0, 0, req, p.clone());
             self.frame(d, false, remote, 0, 0, rep, p);
@@ -367,7 +394,8 @@ fn replay(ns: &str, ifname: &str, pcap: &Path, frames: usize) -> anyhow::Result<
         .arg(pcap)
         .output()
         .context("running tcpreplay")?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
         bail!("tcpreplay on {ns}/{ifname} failed ({}):\n{text}", out.status);
     }
@@ -412,7 +440,9 @@ fn tshark_conversations(pcap: &Path) -> anyhow::Result<BTreeMap<Pair, (u64, u64)
             Bytes::Kilo(k) => (bytes as f64 / 1000.0 - k as f64).abs() < 1.0,
         };
         if f != frames || !consistent {
-            bail!("{a} <-> {b}: the table says {frames} frames, {shown:?}; its filter selects {f} frames, {bytes} bytes");
+            bail!(
+                "{a} <-> {b}: the table says {frames} frames, {shown:?}; its filter selects {f} frames, {bytes} bytes"
+            );
         }
         convs.insert((a, b), (frames, bytes));
     }
@@ -433,7 +463,9 @@ fn parse_conversations(text: &str) -> anyhow::Result<BTreeMap<Pair, (u64, Bytes)
     let mut convs = BTreeMap::new();
     for line in text.lines().filter(|l| l.contains("<->")) {
         let words: Vec<&str> = line.split_whitespace().collect();
-        let (Some(a), Some(b)) = (words.first(), words.get(2)) else { bail!("conversation line: {line}") };
+        let (Some(a), Some(b)) = (words.first(), words.get(2)) else {
+            bail!("conversation line: {line}")
+        };
         let (a, b): (IpAddr, IpAddr) = (a.parse()?, b.parse()?);
         // Three (frames, count, unit) triples.
         let mut counts = Vec::new();
@@ -462,10 +494,14 @@ fn agent_conversations(ns: &str) -> anyhow::Result<BTreeMap<Pair, [u64; 4]>> {
     let v: serde_json::Value = serde_json::from_str(&text).context("flows JSON")?;
     let mut convs: BTreeMap<Pair, [u64; 4]> = BTreeMap::new();
     for f in v["flows"].as_array().context("flows array")? {
-        let ip = |k: &str| -> anyhow::Result<IpAddr> { Ok(f[k].as_str().context("address")?.parse()?) };
+        let ip =
+            |k: &str| -> anyhow::Result<IpAddr> { Ok(f[k].as_str().context("address")?.parse()?) };
         let n = |k: &str| f[k].as_u64().unwrap_or(0);
         let c = convs.entry(pair(ip("client_ip")?, ip("remote_ip")?)).or_default();
-        for (i, k) in ["upload_packets", "upload_bytes", "download_packets", "download_bytes"].iter().enumerate() {
+        for (i, k) in ["upload_packets", "upload_bytes", "download_packets", "download_bytes"]
+            .iter()
+            .enumerate()
+        {
             c[i] += n(k);
         }
     }
@@ -487,7 +523,13 @@ impl Agent<'_> {
             .lab
             .logs()
             .iter()
-            .map(|l| format!("===== {} =====\n{}", l.display(), std::fs::read_to_string(l).unwrap_or_default()))
+            .map(|l| {
+                format!(
+                    "===== {} =====\n{}",
+                    l.display(),
+                    std::fs::read_to_string(l).unwrap_or_default()
+                )
+            })
             .collect()
     }
 }
@@ -503,7 +545,10 @@ fn replayed_capture_matches_tshark_conversations() {
         .client("c0", [0x02, 0x77, 0x00, 0x00, 0x10, 0x01])
         .build()
         .expect("building the lab");
-    assert_eq!(topo.gateway.lan_mac, GW_MAC, "the capture's gateway side is the lab gateway's LAN MAC");
+    assert_eq!(
+        topo.gateway.lan_mac, GW_MAC,
+        "the capture's gateway side is the lab gateway's LAN MAC"
+    );
     let client = &topo.clients[0];
     let gw = &topo.gateway;
     // The replayed uploads must stop at the gateway: no forwarding (and so no ICMP errors).
@@ -536,14 +581,22 @@ fn replayed_capture_matches_tshark_conversations() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sensor"));
     cmd.arg("run").arg("--config").arg(&config).env("RUST_LOG", "info").env("NO_COLOR", "1");
     let process = topo.lab.spawn(&gw.ns, cmd).expect("starting the agent");
-    lab::wait_agent_ready(&gw.ns, &format!("http://{METRICS}/metrics"), &process, Duration::from_secs(60))
-        .expect("agent ready");
+    lab::wait_agent_ready(
+        &gw.ns,
+        &format!("http://{METRICS}/metrics"),
+        &process,
+        Duration::from_secs(60),
+    )
+    .expect("agent ready");
     let agent = Agent { topo: &topo, _process: process };
 
     let pcap = capture_path();
-    let (from_lan, from_gw, n_lan, n_gw) = split_by_side(&pcap, topo.lab.dir()).expect("splitting the capture");
-    replay(&client.ns, &client.ifname, &from_lan, n_lan).unwrap_or_else(|e| panic!("{e:#}\n{}", agent.logs()));
-    replay(&gw.ns, &gw.lan_if, &from_gw, n_gw).unwrap_or_else(|e| panic!("{e:#}\n{}", agent.logs()));
+    let (from_lan, from_gw, n_lan, n_gw) =
+        split_by_side(&pcap, topo.lab.dir()).expect("splitting the capture");
+    replay(&client.ns, &client.ifname, &from_lan, n_lan)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.logs()));
+    replay(&gw.ns, &gw.lan_if, &from_gw, n_gw)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.logs()));
 
     let lan: Vec<IpNet> = lab::LAN_PREFIXES.iter().map(|p| p.parse().unwrap()).collect();
     let in_lan = |ip: &IpAddr| lan.iter().any(|n| n.contains(ip));
@@ -560,7 +613,8 @@ fn replayed_capture_matches_tshark_conversations() {
     let mut matched_since: Option<Instant> = None;
     loop {
         let got = agent_conversations(&gw.ns).expect("reading /api/v1/flows");
-        let totals: BTreeMap<Pair, (u64, u64)> = got.iter().map(|(p, c)| (*p, (c[0] + c[2], c[1] + c[3]))).collect();
+        let totals: BTreeMap<Pair, (u64, u64)> =
+            got.iter().map(|(p, c)| (*p, (c[0] + c[2], c[1] + c[3]))).collect();
         if totals == want {
             let since = *matched_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= 2 * POLL + Duration::from_millis(100) {
@@ -573,7 +627,13 @@ fn replayed_capture_matches_tshark_conversations() {
             let mut diff = Vec::new();
             for p in want.keys().chain(totals.keys()).collect::<std::collections::BTreeSet<_>>() {
                 if want.get(p) != totals.get(p) {
-                    diff.push(format!("{} <-> {}: tshark {:?}, sensor {:?}", p.0, p.1, want.get(p), totals.get(p)));
+                    diff.push(format!(
+                        "{} <-> {}: tshark {:?}, sensor {:?}",
+                        p.0,
+                        p.1,
+                        want.get(p),
+                        totals.get(p)
+                    ));
                 }
             }
             panic!(
@@ -596,7 +656,8 @@ fn check_directions(pcap: &Path, got: &BTreeMap<Pair, [u64; 4]>, in_lan: &dyn Fn
         let lan_end = if in_lan(a) { a } else { b };
         let field = if lan_end.is_ipv4() { "ip.src" } else { "ipv6.src" };
         let up = tshark_frames(pcap, &format!("{field} == {lan_end} && {}", conv_filter(a, b)));
-        let down = tshark_frames(pcap, &format!("!({field} == {lan_end}) && {}", conv_filter(a, b)));
+        let down =
+            tshark_frames(pcap, &format!("!({field} == {lan_end}) && {}", conv_filter(a, b)));
         assert_eq!((up, down), ((c[0], c[1]), (c[2], c[3])), "upload and download of {a} <-> {b}");
     }
 }
@@ -615,6 +676,9 @@ fn tshark_frames(pcap: &Path, filter: &str) -> (u64, u64) {
         .output()
         .expect("running tshark");
     assert!(out.status.success(), "tshark -Y {filter}: {}", String::from_utf8_lossy(&out.stderr));
-    let lens: Vec<u64> = String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().parse().expect("frame.len")).collect();
+    let lens: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().parse().expect("frame.len"))
+        .collect();
     (lens.len() as u64, lens.iter().sum())
 }

@@ -92,17 +92,27 @@ impl<'t> Agent<'t> {
         let path = dir.join("sensor.yaml");
         std::fs::write(&path, config).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sensor"));
-        cmd.arg("run").arg("--config").arg(&path).env("RUST_LOG", "info,sensor::alerting=debug").env("NO_COLOR", "1");
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info,sensor::alerting=debug")
+            .env("NO_COLOR", "1");
         let process = topo.lab.spawn(&topo.gateway.ns, cmd).expect("starting the agent");
         let agent = Agent { topo, process, config: path, ams: Vec::new() };
-        if let Err(e) = lab::wait_agent_ready(&topo.gateway.ns, &format!("http://{METRICS}/metrics"), &agent.process, Duration::from_secs(60)) {
+        if let Err(e) = lab::wait_agent_ready(
+            &topo.gateway.ns,
+            &format!("http://{METRICS}/metrics"),
+            &agent.process,
+            Duration::from_secs(60),
+        ) {
             agent.fail(&format!("{e:#}"));
         }
         agent
     }
 
     fn scrape(&self) -> Scrape {
-        let text = lab::http_get(&self.topo.gateway.ns, &format!("http://{METRICS}/metrics")).unwrap_or_else(|e| self.fail(&format!("{e:#}")));
+        let text = lab::http_get(&self.topo.gateway.ns, &format!("http://{METRICS}/metrics"))
+            .unwrap_or_else(|e| self.fail(&format!("{e:#}")));
         Scrape::parse(&text).unwrap_or_else(|e| self.fail(&format!("{e:#}")))
     }
 
@@ -125,7 +135,13 @@ impl<'t> Agent<'t> {
     }
 
     /// The active alerts of `am` with these labels, once there are exactly `n` of them.
-    fn wait_active(&self, am: &Alertmanager, labels: &[(&str, &str)], n: usize, timeout: Duration) -> Vec<Value> {
+    fn wait_active(
+        &self,
+        am: &Alertmanager,
+        labels: &[(&str, &str)],
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<Value> {
         self.wait(&format!("{n} active alert(s) {labels:?} at {}", am.url()), timeout, || {
             am.active(labels).ok().filter(|a| a.len() == n)
         })
@@ -138,12 +154,20 @@ impl<'t> Agent<'t> {
 
     fn fail(&self, msg: &str) -> ! {
         for log in self.topo.lab.logs() {
-            eprintln!("===== {} =====\n{}", log.display(), std::fs::read_to_string(&log).unwrap_or_default());
+            eprintln!(
+                "===== {} =====\n{}",
+                log.display(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         }
         for am in &self.ams {
             eprintln!("===== alerts at {} =====\n{:#?}", am.url(), am.alerts().ok());
         }
-        eprintln!("===== config {} =====\n{}", self.config.display(), std::fs::read_to_string(&self.config).unwrap_or_default());
+        eprintln!(
+            "===== config {} =====\n{}",
+            self.config.display(),
+            std::fs::read_to_string(&self.config).unwrap_or_default()
+        );
         panic!("{msg}");
     }
 }
@@ -151,7 +175,9 @@ impl<'t> Agent<'t> {
 fn labels_of(alert: &Value) -> Vec<(String, String)> {
     let mut l: Vec<(String, String)> = alert["labels"]
         .as_object()
-        .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+        .map(|o| {
+            o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect()
+        })
         .unwrap_or_default();
     l.sort();
     l
@@ -189,17 +215,35 @@ fn bulk_upload_fires_at_every_alertmanager_and_resolves() {
         .remote(ip("10.77.3.11"))
         .build()
         .expect("building the lab");
-    let (gw, phone, inet) = (topo.gateway.ns.clone(), topo.client("phone").ns.clone(), topo.internet.ns.clone());
+    let (gw, phone, inet) =
+        (topo.gateway.ns.clone(), topo.client("phone").ns.clone(), topo.internet.ns.clone());
     services::start_dnsmasq(
         &topo.lab,
         &gw,
         &[ip("10.77.1.1")],
-        &[DnsRecord::new("upload.micloud.xiaomi.net", "10.77.3.10"), DnsRecord::new("update.miui.com", "10.77.3.11")],
+        &[
+            DnsRecord::new("upload.micloud.xiaomi.net", "10.77.3.10"),
+            DnsRecord::new("update.miui.com", "10.77.3.11"),
+        ],
         600,
     )
     .expect("starting dnsmasq");
-    let am1 = Alertmanager::start(&topo.lab, &gw, "one", 19093, Some(&Cluster { port: 19094, peers: vec![19096] })).unwrap();
-    let am2 = Alertmanager::start(&topo.lab, &gw, "two", 19095, Some(&Cluster { port: 19096, peers: vec![19094] })).unwrap();
+    let am1 = Alertmanager::start(
+        &topo.lab,
+        &gw,
+        "one",
+        19093,
+        Some(&Cluster { port: 19094, peers: vec![19096] }),
+    )
+    .unwrap();
+    let am2 = Alertmanager::start(
+        &topo.lab,
+        &gw,
+        "two",
+        19095,
+        Some(&Cluster { port: 19096, peers: vec![19094] }),
+    )
+    .unwrap();
     let alerting = "alerting:\n  alertmanagers:\n    - url: http://127.0.0.1:19093\n    - url: http://127.0.0.1:19095\n    - url: http://127.0.0.1:19097\n";
     let mut agent = Agent::start(&topo, &pins, alerting, STORY_POLICY);
     agent.ams = vec![&am1, &am2];
@@ -214,11 +258,27 @@ fn bulk_upload_fires_at_every_alertmanager_and_resolves() {
         std::thread::sleep(Duration::from_millis(500));
     }
     std::thread::sleep(2 * POLL);
-    assert_eq!(agent.metric("gwsensor_policy_alerts", &[("rule", "PhoneCloudUploadWhileSyncOff"), ("state", "firing")]), 0.0);
-    assert!(am1.alerts().unwrap().is_empty(), "update checks must raise nothing: {:?}", am1.alerts());
+    assert_eq!(
+        agent.metric(
+            "gwsensor_policy_alerts",
+            &[("rule", "PhoneCloudUploadWhileSyncOff"), ("state", "firing")]
+        ),
+        0.0
+    );
+    assert!(
+        am1.alerts().unwrap().is_empty(),
+        "update checks must raise nothing: {:?}",
+        am1.alerts()
+    );
     // The rule counted the update checks (CN): its violations counter exists, at 0, so that
     // Prometheus's increase() will see the first violation.
-    assert_eq!(agent.scrape().get("gwsensor_policy_violations_total", &[("rule", "PhoneCloudUploadWhileSyncOff"), ("client", "phone")]), Some(0.0));
+    assert_eq!(
+        agent.scrape().get(
+            "gwsensor_policy_violations_total",
+            &[("rule", "PhoneCloudUploadWhileSyncOff"), ("client", "phone")]
+        ),
+        Some(0.0)
+    );
 
     // Cloud sync is "off"; the phone uploads 2.4 MB of photos to its maker's cloud in China.
     services::dns_query(&phone, sa("10.77.1.1:53"), "upload.micloud.xiaomi.net", DNS_A).unwrap();
@@ -234,38 +294,89 @@ fn bulk_upload_fires_at_every_alertmanager_and_resolves() {
         ("severity", "critical"),
         ("story", "cloud-sync-off"),
     ]);
-    let got = agent.wait_active(&am1, &[("alertname", "PhoneCloudUploadWhileSyncOff")], 1, Duration::from_secs(10));
+    let got = agent.wait_active(
+        &am1,
+        &[("alertname", "PhoneCloudUploadWhileSyncOff")],
+        1,
+        Duration::from_secs(10),
+    );
     let seen_after = sent_at.elapsed();
     assert_eq!(labels_of(&got[0]), expected);
     // 2000 × (14 + 20 + 8 + 1200) B = 2,484,000 B, plus the 6 update requests (6 × 342 B,
     // same country) still inside the 15 s window: 2,486,052 B.
     assert_eq!(got[0]["annotations"]["summary"], "phone uploaded 2.5 MB to xiaomi.net (CN)");
-    assert_eq!(got[0]["generatorURL"], "http://gateway.lab:9977/api/v1/flows?client=64:09:80:77:00:01");
+    assert_eq!(
+        got[0]["generatorURL"],
+        "http://gateway.lab:9977/api/v1/flows?client=64:09:80:77:00:01"
+    );
     // The evaluator stamps whole seconds: the alert started within two polls of the upload.
     let starts = humantime::parse_rfc3339(got[0]["startsAt"].as_str().unwrap()).unwrap();
     let starts = starts.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
-    assert!(starts <= (sent_unix + 2.0 * POLL.as_secs_f64()).ceil(), "startsAt {starts}, upload done at {sent_unix}");
+    assert!(
+        starts <= (sent_unix + 2.0 * POLL.as_secs_f64()).ceil(),
+        "startsAt {starts}, upload done at {sent_unix}"
+    );
     eprintln!("alert visible at Alertmanager {seen_after:?} after the upload (poll {POLL:?})");
-    let at2 = agent.wait_active(&am2, &[("alertname", "PhoneCloudUploadWhileSyncOff")], 1, Duration::from_secs(5));
+    let at2 = agent.wait_active(
+        &am2,
+        &[("alertname", "PhoneCloudUploadWhileSyncOff")],
+        1,
+        Duration::from_secs(5),
+    );
     assert_eq!(labels_of(&at2[0]), expected);
 
     // The third Alertmanager was down all along; it comes back and gets the alert from the
     // sensor's retry queue (the resend interval, 1 min, has not come round).
-    assert!(agent.metric("gwsensor_alert_notifications_failed_total", &[("alertmanager", "http://127.0.0.1:19097")]) >= 1.0);
+    assert!(
+        agent.metric(
+            "gwsensor_alert_notifications_failed_total",
+            &[("alertmanager", "http://127.0.0.1:19097")]
+        ) >= 1.0
+    );
     let am3 = Alertmanager::start(&topo.lab, &gw, "three", 19097, None).unwrap();
     agent.ams.push(&am3);
-    let at3 = agent.wait_active(&am3, &[("alertname", "PhoneCloudUploadWhileSyncOff")], 1, Duration::from_secs(70));
+    let at3 = agent.wait_active(
+        &am3,
+        &[("alertname", "PhoneCloudUploadWhileSyncOff")],
+        1,
+        Duration::from_secs(70),
+    );
     assert_eq!(labels_of(&at3[0]), expected);
-    assert_eq!(agent.metric("gwsensor_policy_violations_total", &[("rule", "PhoneCloudUploadWhileSyncOff"), ("client", "phone")]), 1.0);
+    assert_eq!(
+        agent.metric(
+            "gwsensor_policy_violations_total",
+            &[("rule", "PhoneCloudUploadWhileSyncOff"), ("client", "phone")]
+        ),
+        1.0
+    );
 
     // The upload stopped: once it leaves the 15 s window the alert resolves, everywhere.
     for am in [&am1, &am2, &am3] {
-        agent.wait_active(am, &[("alertname", "PhoneCloudUploadWhileSyncOff")], 0, Duration::from_secs(30));
+        agent.wait_active(
+            am,
+            &[("alertname", "PhoneCloudUploadWhileSyncOff")],
+            0,
+            Duration::from_secs(30),
+        );
     }
-    assert_eq!(agent.metric("gwsensor_policy_alerts", &[("rule", "PhoneCloudUploadWhileSyncOff"), ("state", "firing")]), 0.0);
+    assert_eq!(
+        agent.metric(
+            "gwsensor_policy_alerts",
+            &[("rule", "PhoneCloudUploadWhileSyncOff"), ("state", "firing")]
+        ),
+        0.0
+    );
     for url in ["http://127.0.0.1:19093", "http://127.0.0.1:19095", "http://127.0.0.1:19097"] {
-        assert!(agent.metric("gwsensor_alert_notifications_sent_total", &[("alertmanager", url)]) >= 2.0, "{url}: firing and resolved");
-        assert_eq!(agent.metric("gwsensor_alertmanager_up", &[("alertmanager", url)]), 1.0, "{url}");
+        assert!(
+            agent.metric("gwsensor_alert_notifications_sent_total", &[("alertmanager", url)])
+                >= 2.0,
+            "{url}: firing and resolved"
+        );
+        assert_eq!(
+            agent.metric("gwsensor_alertmanager_up", &[("alertmanager", url)]),
+            1.0,
+            "{url}"
+        );
     }
 }
 
@@ -296,10 +407,26 @@ fn new_device_and_dns_bypass_fire_and_reload_is_safe() {
         .build()
         .expect("building the lab");
     let gw = topo.gateway.ns.clone();
-    let (phone, laptop, guest) = (topo.client("phone").ns.clone(), topo.client("laptop").ns.clone(), topo.client("guest").ns.clone());
-    services::start_dnsmasq(&topo.lab, &gw, &[ip("10.77.1.1")], &[DnsRecord::new("cdn.example.org", "10.77.4.53")], 600).unwrap();
+    let (phone, laptop, guest) = (
+        topo.client("phone").ns.clone(),
+        topo.client("laptop").ns.clone(),
+        topo.client("guest").ns.clone(),
+    );
+    services::start_dnsmasq(
+        &topo.lab,
+        &gw,
+        &[ip("10.77.1.1")],
+        &[DnsRecord::new("cdn.example.org", "10.77.4.53")],
+        600,
+    )
+    .unwrap();
     let am = Alertmanager::start(&topo.lab, &gw, "one", 19193, None).unwrap();
-    let mut agent = Agent::start(&topo, &pins, "alerting:\n  alertmanagers: [{url: \"http://127.0.0.1:19193\"}]\n", DEVICE_POLICY);
+    let mut agent = Agent::start(
+        &topo,
+        &pins,
+        "alerting:\n  alertmanagers: [{url: \"http://127.0.0.1:19193\"}]\n",
+        DEVICE_POLICY,
+    );
     agent.ams = vec![&am];
 
     // Phone and laptop are there during the learning period: they are not new.
@@ -309,7 +436,15 @@ fn new_device_and_dns_bypass_fire_and_reload_is_safe() {
     // The tablet joins after it.
     services::dns_query(&guest, sa("10.77.1.1:53"), "cdn.example.org", DNS_A).unwrap();
     let new = agent.wait_active(&am, &[("alertname", "NewDevice")], 1, Duration::from_secs(10));
-    assert_eq!(labels_of(&new[0]), owned(&[("alertname", "NewDevice"), ("client", "guest-tablet"), ("mac", "3c:a9:f4:77:00:03"), ("severity", "info")]));
+    assert_eq!(
+        labels_of(&new[0]),
+        owned(&[
+            ("alertname", "NewDevice"),
+            ("client", "guest-tablet"),
+            ("mac", "3c:a9:f4:77:00:03"),
+            ("severity", "info")
+        ])
+    );
 
     // The laptop asks a resolver on the internet directly (plain DNS to 10.77.4.53:53).
     let _resolver = UdpReceiver::bind(&topo.internet.ns, sa("10.77.4.53:53")).unwrap();
@@ -317,7 +452,13 @@ fn new_device_and_dns_bypass_fire_and_reload_is_safe() {
     let bypass = agent.wait_active(&am, &[("alertname", "DnsBypass")], 1, Duration::from_secs(10));
     assert_eq!(
         labels_of(&bypass[0]),
-        owned(&[("alertname", "DnsBypass"), ("client", "laptop"), ("destination", "10.77.4.53"), ("mac", "3c:a9:f4:77:00:02"), ("severity", "warning")])
+        owned(&[
+            ("alertname", "DnsBypass"),
+            ("client", "laptop"),
+            ("destination", "10.77.4.53"),
+            ("mac", "3c:a9:f4:77:00:02"),
+            ("severity", "warning")
+        ])
     );
     // DNS to the router (dnsmasq on the LAN) was no bypass for anyone.
     std::thread::sleep(2 * POLL);
@@ -329,16 +470,26 @@ fn new_device_and_dns_bypass_fire_and_reload_is_safe() {
         (agent.metric("gwsensor_config_reload_failures_total", &[]) == 1.0).then_some(())
     });
     assert_eq!(agent.metric("gwsensor_config_last_reload_successful", &[]), 0.0);
-    assert_eq!(agent.metric("gwsensor_policy_alerts", &[("rule", "DnsBypass"), ("state", "firing")]), 1.0);
+    assert_eq!(
+        agent.metric("gwsensor_policy_alerts", &[("rule", "DnsBypass"), ("state", "firing")]),
+        1.0
+    );
     // A good one with an extra rule: applied; the firing alerts stay firing (same startsAt).
     let mut extended = DEVICE_POLICY.to_string();
-    extended.push_str("  - name: AnyUS\n    match: {destination: {country: US}}\n    condition: {traffic: {}}\n");
+    extended.push_str(
+        "  - name: AnyUS\n    match: {destination: {country: US}}\n    condition: {traffic: {}}\n",
+    );
     agent.reload(&extended);
     agent.wait("the good reload to apply", Duration::from_secs(10), || {
         (agent.metric("gwsensor_config_last_reload_successful", &[]) == 1.0).then_some(())
     });
     send_udp(&phone, sa("10.77.1.10:6001"), sa("10.77.4.53:9"), 1, 10).unwrap();
-    agent.wait_active(&am, &[("alertname", "AnyUS"), ("client", "phone")], 1, Duration::from_secs(10));
+    agent.wait_active(
+        &am,
+        &[("alertname", "AnyUS"), ("client", "phone")],
+        1,
+        Duration::from_secs(10),
+    );
     let still = agent.wait_active(&am, &[("alertname", "DnsBypass")], 1, Duration::from_secs(5));
     assert_eq!(still[0]["startsAt"], bypass[0]["startsAt"]);
 }

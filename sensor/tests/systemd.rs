@@ -46,7 +46,10 @@ fn config(topo: &Topology, pins: &lab::PinDir) -> String {
 /// Starts `sensor run` in the gateway namespace with exactly `caps` as its bounding (and so
 /// effective) capability set and $NOTIFY_SOCKET pointing at `notify`.
 fn start_agent(topo: &Topology, caps: &[&str], config: &Path, notify: &Path) -> Process {
-    let set: String = std::iter::once("-all".to_string()).chain(caps.iter().map(|c| format!("+{c}"))).collect::<Vec<_>>().join(",");
+    let set: String = std::iter::once("-all".to_string())
+        .chain(caps.iter().map(|c| format!("+{c}")))
+        .collect::<Vec<_>>()
+        .join(",");
     let mut cmd = Command::new("setpriv");
     cmd.args(["--bounding-set", &set, "--inh-caps=-all", "--"])
         .arg(env!("CARGO_BIN_EXE_sensor"))
@@ -61,7 +64,8 @@ fn start_agent(topo: &Topology, caps: &[&str], config: &Path, notify: &Path) -> 
 
 fn notify_socket(topo: &Topology, name: &str) -> (UnixDatagram, std::path::PathBuf) {
     let path = topo.lab.dir().join(name);
-    let sock = UnixDatagram::bind(&path).unwrap_or_else(|e| panic!("binding {}: {e}", path.display()));
+    let sock =
+        UnixDatagram::bind(&path).unwrap_or_else(|e| panic!("binding {}: {e}", path.display()));
     (sock, path)
 }
 
@@ -73,10 +77,15 @@ fn receive(sock: &UnixDatagram, timeout: Duration, agent: Option<&Process>) -> O
     loop {
         match sock.recv(&mut buf) {
             Ok(n) => return Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(e) => panic!("reading the notify socket: {e}"),
         }
-        if Instant::now() > deadline || agent.is_some_and(|a| a.try_wait().ok().flatten().is_some()) {
+        if Instant::now() > deadline || agent.is_some_and(|a| a.try_wait().ok().flatten().is_some())
+        {
             return None;
         }
     }
@@ -99,13 +108,19 @@ fn with_the_units_three_capabilities_the_agent_counts_and_notifies_ready_and_sto
     let agent = start_agent(&topo, &UNIT_CAPABILITIES, &cfg, &path);
     let fail = |msg: &str| -> ! { panic!("{msg}\n===== agent log =====\n{}", agent.log()) };
 
-    let ready = receive(&sock, START_TIMEOUT, Some(&agent)).unwrap_or_else(|| fail("no READY=1 from the agent"));
+    let ready = receive(&sock, START_TIMEOUT, Some(&agent))
+        .unwrap_or_else(|| fail("no READY=1 from the agent"));
     assert_eq!(ready, format!("READY=1\nSTATUS=counting on lan0, metrics at {METRICS}\n"));
     // READY means ready: the programs are attached and /metrics answers at that moment.
     let metrics_url = format!("http://{METRICS}/metrics");
-    let text = lab::http_get(&topo.gateway.ns, &metrics_url).unwrap_or_else(|e| fail(&format!("/metrics after READY=1: {e:#}")));
+    let text = lab::http_get(&topo.gateway.ns, &metrics_url)
+        .unwrap_or_else(|e| fail(&format!("/metrics after READY=1: {e:#}")));
     let scrape = Scrape::parse(&text).unwrap();
-    assert_eq!(scrape.get("gwsensor_xdp_attach_mode", &[("interface", "lan0"), ("mode", "driver")]), Some(1.0), "{text}");
+    assert_eq!(
+        scrape.get("gwsensor_xdp_attach_mode", &[("interface", "lan0"), ("mode", "driver")]),
+        Some(1.0),
+        "{text}"
+    );
 
     // And it counts with nothing more: 4 datagrams of 100 bytes, 14 + 20 + 8 + 100 = 142 B each.
     let phone = topo.client("phone");
@@ -117,7 +132,10 @@ fn with_the_units_three_capabilities_the_agent_counts_and_notifies_ready_and_sto
     loop {
         let text = lab::http_get(&topo.gateway.ns, &metrics_url).unwrap_or_default();
         let scrape = Scrape::parse(&text).unwrap_or_default();
-        let got = (scrape.get("gwsensor_client_packets_total", &labels), scrape.get("gwsensor_client_bytes_total", &labels));
+        let got = (
+            scrape.get("gwsensor_client_packets_total", &labels),
+            scrape.get("gwsensor_client_bytes_total", &labels),
+        );
         if got == (Some(4.0), Some(568.0)) {
             break;
         }
@@ -128,7 +146,8 @@ fn with_the_units_three_capabilities_the_agent_counts_and_notifies_ready_and_sto
     }
 
     agent.signal(Signal::SIGTERM).unwrap();
-    let stopping = receive(&sock, Duration::from_secs(15), None).unwrap_or_else(|| fail("no STOPPING=1 after SIGTERM"));
+    let stopping = receive(&sock, Duration::from_secs(15), None)
+        .unwrap_or_else(|| fail("no STOPPING=1 after SIGTERM"));
     assert_eq!(stopping, "STOPPING=1\nSTATUS=saving state and detaching\n");
     match agent.wait_timeout(Duration::from_secs(15)).unwrap() {
         Some(status) if status.success() => {}
@@ -151,7 +170,10 @@ fn without_any_one_of_the_three_capabilities_the_agent_refuses_to_start() {
     // refuses the payload-copy program's pointer handling (EACCES, with its log).
     let expected = [
         ("bpf", "failed to create map"),
-        ("net_admin", "the kernel verifier rejected the XDP capture program: the BPF_PROG_LOAD syscall returned Operation not permitted"),
+        (
+            "net_admin",
+            "the kernel verifier rejected the XDP capture program: the BPF_PROG_LOAD syscall returned Operation not permitted",
+        ),
         ("perfmon", "pointer arithmetic with it prohibited for !root"),
     ];
     for (missing, error) in expected {
@@ -166,8 +188,16 @@ fn without_any_one_of_the_three_capabilities_the_agent_refuses_to_start() {
         if status.is_none() {
             agent.signal(Signal::SIGKILL).unwrap();
         }
-        assert_eq!(status.and_then(|s| s.code()), Some(1), "without CAP_{missing}: exit status\n{log}");
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(1),
+            "without CAP_{missing}: exit status\n{log}"
+        );
         assert!(log.contains(error), "without CAP_{missing}: expected {error:?} in the log\n{log}");
-        assert_eq!(receive(&sock, Duration::ZERO, None), None, "without CAP_{missing}: READY=1 sent\n{log}");
+        assert_eq!(
+            receive(&sock, Duration::ZERO, None),
+            None,
+            "without CAP_{missing}: READY=1 sent\n{log}"
+        );
     }
 }

@@ -53,11 +53,8 @@ pub const DEMO_TOOLS: &[(&str, &str)] = &[
 /// something is actually missing.
 pub fn ensure_debian_packages(tools: &[(&str, &str)]) -> Result<()> {
     let start = Instant::now();
-    let missing: Vec<(&str, &str)> = tools
-        .iter()
-        .copied()
-        .filter(|(binary, _)| !on_path(binary))
-        .collect();
+    let missing: Vec<(&str, &str)> =
+        tools.iter().copied().filter(|(binary, _)| !on_path(binary)).collect();
     let binaries = tools.iter().map(|(b, _)| *b).collect::<Vec<_>>().join(", ");
     if missing.is_empty() {
         report(LABEL, &binaries, "already installed", start);
@@ -67,11 +64,8 @@ pub fn ensure_debian_packages(tools: &[(&str, &str)]) -> Result<()> {
     let mut packages: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
     packages.sort_unstable();
     packages.dedup();
-    let wanted = missing
-        .iter()
-        .map(|(b, p)| format!("{b} (package {p})"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let wanted =
+        missing.iter().map(|(b, p)| format!("{b} (package {p})")).collect::<Vec<_>>().join(", ");
     if !nix::unistd::geteuid().is_root() {
         bail!(
             "missing {wanted}; installing them needs root: run as root, or `apt-get install {}` yourself",
@@ -89,15 +83,10 @@ pub fn ensure_debian_packages(tools: &[(&str, &str)]) -> Result<()> {
     run(
         LABEL,
         &format!("installing {}", packages.join(" ")),
-        apt_get()
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&packages),
+        apt_get().args(["install", "-y", "--no-install-recommends"]).args(&packages),
     )?;
-    let still_missing: Vec<&str> = missing
-        .iter()
-        .map(|(b, _)| *b)
-        .filter(|b| !on_path(b))
-        .collect();
+    let still_missing: Vec<&str> =
+        missing.iter().map(|(b, _)| *b).filter(|b| !on_path(b)).collect();
     if !still_missing.is_empty() {
         bail!(
             "installed {} but {} is still not on PATH ({})",

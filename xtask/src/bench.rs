@@ -65,13 +65,20 @@ pub fn run_bench(opts: &BenchOpts) -> Result<()> {
             .args(["bench", "-p", "sensor", "--bench", "differential", "--", "--write-docs"])
             .env("GWSENSOR_DIFF_FRAMES", opts.differential_frames.to_string()),
     ) {
-        failed.push(format!("differential parser test (mismatches are listed above and in the doc): {e:#}"));
+        failed.push(format!(
+            "differential parser test (mismatches are listed above and in the doc): {e:#}"
+        ));
     }
     say_written(&results, before, "differential");
 
     match fuzz::run_all(opts.fuzz_seconds) {
         Ok(runs) => {
-            let doc = fuzz::render_doc(&runs, opts.fuzz_seconds, &text_of("date", &["-u", "+%Y-%m-%d %H:%M UTC"]), &machine());
+            let doc = fuzz::render_doc(
+                &runs,
+                opts.fuzz_seconds,
+                &text_of("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+                &machine(),
+            );
             lab::docs::write_section(&results, "fuzzing", &doc)?;
             println!("[bench] fuzzing results written to {}", results.display());
             for r in runs.iter().filter(|r| !r.crashes.is_empty()) {
@@ -93,7 +100,10 @@ fn say_written(results: &Path, before: Option<SystemTime>, what: &str) {
     if modified(results).is_some_and(|after| Some(after) != before) {
         println!("[bench] {what} results written to {}", results.display());
     } else {
-        println!("[bench] warning: {what} did not update {}; its numbers are not from this run", results.display());
+        println!(
+            "[bench] warning: {what} did not update {}; its numbers are not from this run",
+            results.display()
+        );
     }
 }
 

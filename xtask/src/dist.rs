@@ -21,7 +21,8 @@ const LABEL: &str = "dist";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Tools the checks use: `file`, and qemu-user to run the aarch64 binary on an x86_64 host.
-const DIST_TOOLS: &[(&str, &str)] = &[("file", "file"), ("qemu-aarch64-static", "qemu-user-static")];
+const DIST_TOOLS: &[(&str, &str)] =
+    &[("file", "file"), ("qemu-aarch64-static", "qemu-user-static")];
 
 /// A static build: Rust target, the name `file` gives its machine, and how to run it here.
 struct Static {
@@ -36,11 +37,19 @@ struct Static {
 
 const STATIC_BUILDS: [Static; 2] = [
     Static { target: "x86_64-unknown-linux-musl", machine: "x86-64", linker: None, runner: None },
-    Static { target: "aarch64-unknown-linux-musl", machine: "ARM aarch64", linker: Some("rust-lld"), runner: Some("qemu-aarch64-static") },
+    Static {
+        target: "aarch64-unknown-linux-musl",
+        machine: "ARM aarch64",
+        linker: Some("rust-lld"),
+        runner: Some("qemu-aarch64-static"),
+    },
 ];
 
 pub fn run_dist() -> Result<()> {
-    ensure!(cfg!(all(target_os = "linux", target_arch = "x86_64")), "cargo xtask dist runs on x86_64 Linux hosts");
+    ensure!(
+        cfg!(all(target_os = "linux", target_arch = "x86_64")),
+        "cargo xtask dist runs on x86_64 Linux hosts"
+    );
     ensure_debian_packages(DIST_TOOLS)?;
     ensure_cargo_deb()?;
     let dist = workspace_root().join("target/dist");
@@ -73,30 +82,55 @@ fn ensure_cargo_deb() -> Result<()> {
 /// `cargo deb`: builds the release binary and packages it with the unit, the config (a
 /// conffile) and the docs; then checks the package holds them.
 fn build_deb(dist: &Path) -> Result<PathBuf> {
-    run(LABEL, "Debian package (host)", cargo().args(["deb", "-p", "sensor", "--output"]).arg(dist))?;
-    let arch = output(Command::new("dpkg").arg("--print-architecture")).unwrap_or_else(|_| "amd64".into());
+    run(
+        LABEL,
+        "Debian package (host)",
+        cargo().args(["deb", "-p", "sensor", "--output"]).arg(dist),
+    )?;
+    let arch =
+        output(Command::new("dpkg").arg("--print-architecture")).unwrap_or_else(|_| "amd64".into());
     let deb = dist.join(format!("gateway-sensor_{VERSION}-1_{}.deb", arch.trim()));
     ensure!(deb.is_file(), "cargo deb did not write {}", deb.display());
     let contents = output(Command::new("dpkg-deb").arg("--contents").arg(&deb))?;
-    for path in ["./usr/bin/sensor", "./etc/gateway-sensor/sensor.yaml", "/systemd/system/gateway-sensor.service", "./usr/share/doc/gateway-sensor/deploy.md"] {
+    for path in [
+        "./usr/bin/sensor",
+        "./etc/gateway-sensor/sensor.yaml",
+        "/systemd/system/gateway-sensor.service",
+        "./usr/share/doc/gateway-sensor/deploy.md",
+    ] {
         ensure!(contents.contains(path), "{} lacks {path}:\n{contents}", deb.display());
     }
     let conffiles = output(Command::new("dpkg-deb").arg("--info").arg(&deb).arg("conffiles"))?;
-    ensure!(conffiles.trim() == "/etc/gateway-sensor/sensor.yaml", "conffiles of {}: {conffiles:?}", deb.display());
+    ensure!(
+        conffiles.trim() == "/etc/gateway-sensor/sensor.yaml",
+        "conffiles of {}: {conffiles:?}",
+        deb.display()
+    );
     // The unit is enabled on install and restarted after an upgrade (the pins keep the counts).
     let postinst = output(Command::new("dpkg-deb").arg("--info").arg(&deb).arg("postinst"))?;
     for needed in ["deb-systemd-helper", "enable", "gateway-sensor.service", "restart"] {
-        ensure!(postinst.contains(needed), "postinst of {} lacks {needed:?}:\n{postinst}", deb.display());
+        ensure!(
+            postinst.contains(needed),
+            "postinst of {} lacks {needed:?}:\n{postinst}",
+            deb.display()
+        );
     }
     Ok(deb)
 }
 
 fn build_static(build: &Static, dist: &Path) -> Result<PathBuf> {
-    run(LABEL, &format!("Rust target {}", build.target), Command::new("rustup").current_dir(workspace_root()).args(["target", "add", build.target]))?;
+    run(
+        LABEL,
+        &format!("Rust target {}", build.target),
+        Command::new("rustup").current_dir(workspace_root()).args(["target", "add", build.target]),
+    )?;
     let mut cmd = cargo();
     cmd.args(["build", "-p", "sensor", "--release", "--target", build.target]);
     if let Some(linker) = build.linker {
-        cmd.env(format!("CARGO_TARGET_{}_LINKER", build.target.to_uppercase().replace('-', "_")), linker);
+        cmd.env(
+            format!("CARGO_TARGET_{}_LINKER", build.target.to_uppercase().replace('-', "_")),
+            linker,
+        );
     }
     run(LABEL, &format!("static binary for {}", build.target), &mut cmd)?;
 
@@ -104,23 +138,34 @@ fn build_static(build: &Static, dist: &Path) -> Result<PathBuf> {
     let arch = build.target.split('-').next().unwrap_or(build.target);
     let out = dist.join(format!("sensor-{VERSION}-{arch}-linux-musl"));
     // Symbols off: routers have little flash (about 9 MB → 7 MB).
-    run(LABEL, &format!("stripping {}", file_name(&out)), Command::new(objcopy()?).arg("--strip-all").arg(&built).arg(&out))?;
+    run(
+        LABEL,
+        &format!("stripping {}", file_name(&out)),
+        Command::new(objcopy()?).arg("--strip-all").arg(&built).arg(&out),
+    )?;
     check_static(build, &out)?;
     Ok(out)
 }
 
 /// The toolchain's own objcopy (LLVM), which handles every target.
 fn objcopy() -> Result<PathBuf> {
-    let sysroot = output(Command::new("rustc").current_dir(workspace_root()).args(["--print", "sysroot"]))?;
-    let path = Path::new(sysroot.trim()).join("lib/rustlib/x86_64-unknown-linux-gnu/bin/rust-objcopy");
+    let sysroot =
+        output(Command::new("rustc").current_dir(workspace_root()).args(["--print", "sysroot"]))?;
+    let path =
+        Path::new(sysroot.trim()).join("lib/rustlib/x86_64-unknown-linux-gnu/bin/rust-objcopy");
     ensure!(path.is_file(), "no {} (rustup's toolchain ships it)", path.display());
     Ok(path)
 }
 
 fn check_static(build: &Static, binary: &Path) -> Result<()> {
     let described = output(Command::new("file").arg(binary))?;
-    let linked_statically = described.contains("statically linked") || described.contains("static-pie linked");
-    ensure!(linked_statically && described.contains(build.machine), "not a static {} binary: {described}", build.machine);
+    let linked_statically =
+        described.contains("statically linked") || described.contains("static-pie linked");
+    ensure!(
+        linked_statically && described.contains(build.machine),
+        "not a static {} binary: {described}",
+        build.machine
+    );
     let config = workspace_root().join("deploy/sensor.yaml");
     let exec = |args: &[&std::ffi::OsStr]| -> Result<String> {
         let mut cmd = match build.runner {
@@ -138,8 +183,18 @@ fn check_static(build: &Static, binary: &Path) -> Result<()> {
         bail!("{} --version printed {version:?}", binary.display());
     }
     let checked = exec(&["check-config".as_ref(), config.as_os_str()])?;
-    ensure!(checked.contains(": ok (interface br-lan)"), "{} check-config printed {checked:?}", binary.display());
-    println!("[{LABEL}] {}: {} ; runs{}: {}", file_name(binary), described.split_once(": ").map_or("", |(_, d)| d).trim(), build.runner.map_or(String::new(), |r| format!(" under {r}")), version.trim());
+    ensure!(
+        checked.contains(": ok (interface br-lan)"),
+        "{} check-config printed {checked:?}",
+        binary.display()
+    );
+    println!(
+        "[{LABEL}] {}: {} ; runs{}: {}",
+        file_name(binary),
+        described.split_once(": ").map_or("", |(_, d)| d).trim(),
+        build.runner.map_or(String::new(), |r| format!(" under {r}")),
+        version.trim()
+    );
     Ok(())
 }
 

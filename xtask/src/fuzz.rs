@@ -18,10 +18,8 @@ use crate::process::{cargo, output, run, workspace_root};
 const LABEL: &str = "fuzz";
 
 /// Seed inputs beyond fuzz/seeds/<target>/: recorded payloads the parser tests use.
-const TEST_DATA_SEEDS: &[(&str, &str)] = &[
-    ("dns_response", "sensor/tests/data/dns"),
-    ("tls_client_hello", "sensor/tests/data/tls"),
-];
+const TEST_DATA_SEEDS: &[(&str, &str)] =
+    &[("dns_response", "sensor/tests/data/dns"), ("tls_client_hello", "sensor/tests/data/tls")];
 
 /// One target's run.
 pub struct FuzzRun {
@@ -57,8 +55,12 @@ fn ensure_cargo_fuzz() -> Result<()> {
 /// error: the other targets still run and the docs are still written).
 pub fn run_all(seconds: u64) -> Result<Vec<FuzzRun>> {
     ensure_cargo_fuzz()?;
-    let targets: Vec<String> =
-        output(cargo_fuzz().arg("list"))?.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    let targets: Vec<String> = output(cargo_fuzz().arg("list"))?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
     if targets.is_empty() {
         bail!("`cargo fuzz list` in {} names no target", fuzz_dir().display());
     }
@@ -100,11 +102,18 @@ fn run_target(target: &str, seconds: u64) -> Result<FuzzRun> {
     let status = cmd.status().with_context(|| format!("starting cargo fuzz run {target}"))?;
     let took = start.elapsed();
     let text = fs::read_to_string(&log).unwrap_or_default();
-    let execs = final_stat(&text, "stat::number_of_executed_units:")
-        .with_context(|| format!("cargo fuzz run {target} printed no execution count ({status}); see {}", log.display()))?;
+    let execs = final_stat(&text, "stat::number_of_executed_units:").with_context(|| {
+        format!(
+            "cargo fuzz run {target} printed no execution count ({status}); see {}",
+            log.display()
+        )
+    })?;
     let crashes = new_files(&artifacts, before)?;
     if !status.success() && crashes.is_empty() {
-        bail!("cargo fuzz run {target} failed ({status}) without a crash input; see {}", log.display());
+        bail!(
+            "cargo fuzz run {target} failed ({status}) without a crash input; see {}",
+            log.display()
+        );
     }
     let run = FuzzRun {
         target: target.to_string(),
@@ -150,7 +159,9 @@ fn new_files(dir: &Path, since: SystemTime) -> Result<Vec<PathBuf>> {
 
 /// The "Fuzzing" section of docs/benchmarks.md.
 pub fn render_doc(runs: &[FuzzRun], seconds: u64, date: &str, machine: &str) -> String {
-    let mut rows = String::from("| Target | seconds | executions | executions/s | corpus | crashes |\n|---|---:|---:|---:|---:|---:|\n");
+    let mut rows = String::from(
+        "| Target | seconds | executions | executions/s | corpus | crashes |\n|---|---:|---:|---:|---:|---:|\n",
+    );
     for r in runs {
         rows.push_str(&format!(
             "| `{}` | {:.0} | {} | {:.0} | {} | {} |\n",

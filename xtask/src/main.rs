@@ -4,9 +4,9 @@
 mod apt;
 mod bench;
 mod demo;
+mod dist;
 mod fuzz;
 mod peer;
-mod dist;
 mod process;
 mod sensor_build;
 mod test_suite;
@@ -66,7 +66,9 @@ fn main() -> Result<()> {
         Task::Demo(opts) => {
             // Checked first, before minutes of setup and build.
             if !nix::unistd::geteuid().is_root() {
-                anyhow::bail!("the demo needs root (it builds network namespaces and loads eBPF): run it with sudo -E");
+                anyhow::bail!(
+                    "the demo needs root (it builds network namespaces and loads eBPF): run it with sudo -E"
+                );
             }
             toolchain::ensure_toolchain()?;
             apt::ensure_debian_packages(apt::DEMO_TOOLS)?;
@@ -85,9 +87,6 @@ fn setup() -> Result<()> {
     toolchain::ensure_toolchain()?;
     toolchain::ensure_clippy()?;
     apt::ensure_debian_packages(apt::TEST_TOOLS)?;
-    println!(
-        "[setup] ready in {}",
-        process::format_duration(start.elapsed())
-    );
+    println!("[setup] ready in {}", process::format_duration(start.elapsed()));
     Ok(())
 }

@@ -46,7 +46,6 @@ const TOOLS: &[(&str, &str)] = &[("pmacctd", "pmacct"), ("ip", "iproute2")];
 /// The lab client whose veth carries the generator's frames (its own MAC is not used).
 const GENERATOR_MAC: [u8; 6] = [0x02, 0x42, 0x77, 0x00, 0x00, 0x01];
 
-
 pub fn run() -> Result<()> {
     let started = Instant::now();
     lab::check_privileged().context(
@@ -66,15 +65,7 @@ pub fn run() -> Result<()> {
         .build()?;
     for prefix in frames::REMOTE_PREFIXES {
         let family = if prefix.contains(':') { "-6" } else { "-4" };
-        lab::ip(&[
-            "-n",
-            &topo.gateway.ns,
-            family,
-            "route",
-            "add",
-            "blackhole",
-            prefix,
-        ])?;
+        lab::ip(&["-n", &topo.gateway.ns, family, "route", "add", "blackhole", prefix])?;
     }
     let mix = frames::mix(topo.gateway.lan_mac)?;
     let generator = &topo.clients[0];
@@ -95,13 +86,7 @@ pub fn run() -> Result<()> {
         t,
     );
 
-    let bench = Bench {
-        topo: &topo,
-        blaster: &blaster,
-        mix: &mix,
-        binary: &binary,
-        stop: &stop,
-    };
+    let bench = Bench { topo: &topo, blaster: &blaster, mix: &mix, binary: &binary, stop: &stop };
     let mut results = Vec::new();
     let mut xdp_mode = String::new();
     for (i, rate) in RATES.into_iter().enumerate() {
@@ -110,13 +95,7 @@ pub fn run() -> Result<()> {
         let sensor = bench.sensor(rate, i)?;
         xdp_mode.clone_from(&sensor.counted.xdp_mode);
         let pmacct = bench.pmacct(rate, i)?;
-        results.push(RateResult {
-            rate,
-            baseline,
-            xdp_pass,
-            sensor,
-            pmacct,
-        });
+        results.push(RateResult { rate, baseline, xdp_pass, sensor, pmacct });
     }
     drop(topo);
 
@@ -145,11 +124,8 @@ pub fn run() -> Result<()> {
     write_section(&doc_path, &section)?;
     println!("[{LABEL}] results written to {}", doc_path.display());
 
-    let inexact: Vec<String> = results
-        .iter()
-        .filter(|r| !r.sensor.exact())
-        .map(|r| r.rate.label())
-        .collect();
+    let inexact: Vec<String> =
+        results.iter().filter(|r| !r.sensor.exact()).map(|r| r.rate.label()).collect();
     if !inexact.is_empty() {
         bail!(
             "the sensor did not count exactly the frames the interface received at: {}",
@@ -183,9 +159,7 @@ impl Bench<'_> {
         let lan_before = cpu::link_counters(gw, lan)?;
         let peer_before = cpu::link_counters(&generator.ns, &generator.ifname)?;
         let softirq_before = cpu::ksoftirqd_cpu()?;
-        let sent = self
-            .blaster
-            .send(&self.mix.frames, FRAMES_PER_RUN, rate.per_second())?;
+        let sent = self.blaster.send(&self.mix.frames, FRAMES_PER_RUN, rate.per_second())?;
         // The last frames may still be in a softirq queue.
         std::thread::sleep(Duration::from_millis(100));
         let wire = Wire {
@@ -249,10 +223,7 @@ impl Bench<'_> {
         let wire = self.traffic(rate)?;
         let (after, _) = prog.run_time()?;
         drop(prog);
-        let run = XdpPassRun {
-            wire,
-            run_ns: after - before,
-        };
+        let run = XdpPassRun { wire, run_ns: after - before };
         self.say(
             rate,
             "do-nothing XDP",
@@ -361,16 +332,11 @@ impl Bench<'_> {
 }
 
 fn mac_text(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into())
+    std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into())
 }
 
 fn cpu_model() -> String {
@@ -385,9 +351,7 @@ fn cpu_model() -> String {
 }
 
 fn command_line(program: &str, args: &[&str]) -> String {
-    lab::run(program, args)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into())
+    lab::run(program, args).map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into())
 }
 
 #[cfg(test)]

@@ -13,9 +13,7 @@ use anyhow::{Context as _, Result, bail};
 /// The workspace root: xtask lives one level below it, and cargo commands run from there so they
 /// see the workspace manifest whatever directory `cargo xtask` was started in.
 pub fn workspace_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask's manifest directory has a parent")
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask's manifest directory has a parent")
 }
 
 /// `cargo` run from the workspace root. Uses the cargo that started xtask (`$CARGO`) so child
@@ -34,9 +32,7 @@ pub fn run(label: &str, what: &str, cmd: &mut Command) -> Result<Duration> {
     println!("[{label}] {what}...");
     println!("[{label}]   $ {line}");
     let start = Instant::now();
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start `{line}`"))?;
+    let status = cmd.status().with_context(|| format!("could not start `{line}`"))?;
     let took = start.elapsed();
     if !status.success() {
         bail!("`{line}` failed ({status}) after {}", format_duration(took));
@@ -49,26 +45,17 @@ pub fn run(label: &str, what: &str, cmd: &mut Command) -> Result<Duration> {
 /// carries the command line and the child's stderr.
 pub fn output(cmd: &mut Command) -> Result<String> {
     let line = command_line(cmd);
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("could not start `{line}`"))?;
+    let out =
+        cmd.stdin(Stdio::null()).output().with_context(|| format!("could not start `{line}`"))?;
     if !out.status.success() {
-        bail!(
-            "`{line}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("`{line}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     String::from_utf8(out.stdout).with_context(|| format!("`{line}` printed non-UTF-8 output"))
 }
 
 /// Prints the outcome of a step that ran no long command (a probe, a skip), with its duration.
 pub fn report(label: &str, what: &str, outcome: &str, since: Instant) {
-    println!(
-        "[{label}] {what}: {outcome} ({})",
-        format_duration(since.elapsed())
-    );
+    println!("[{label}] {what}: {outcome} ({})", format_duration(since.elapsed()));
 }
 
 /// `0.4s`, `12.0s`, `2m41s`: short enough for a one-line step footer.
@@ -94,19 +81,14 @@ pub fn command_line(cmd: &Command) -> String {
     let program = Path::new(cmd.get_program());
     let program = program.file_name().unwrap_or(program.as_os_str());
     words.push(quote(&program.to_string_lossy()).into_owned());
-    words.extend(
-        cmd.get_args()
-            .map(|a| quote(&a.to_string_lossy()).into_owned()),
-    );
+    words.extend(cmd.get_args().map(|a| quote(&a.to_string_lossy()).into_owned()));
     words.join(" ")
 }
 
 /// Single-quotes a word for the shell when it has anything beyond plain path/flag characters.
 fn quote(word: &str) -> Cow<'_, str> {
     let plain = !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@%".contains(c));
+        && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@%".contains(c));
     if plain {
         Cow::Borrowed(word)
     } else {
@@ -121,8 +103,7 @@ mod tests {
     #[test]
     fn command_line_quotes_and_shows_env() {
         let mut cmd = Command::new("/opt/bin/cargo");
-        cmd.env("LLVM_PREFIX", "/root/.cargo/bpf-linker-llvm")
-            .args(["install", "a b", "it's"]);
+        cmd.env("LLVM_PREFIX", "/root/.cargo/bpf-linker-llvm").args(["install", "a b", "it's"]);
         assert_eq!(
             command_line(&cmd),
             r"LLVM_PREFIX=/root/.cargo/bpf-linker-llvm cargo install 'a b' 'it'\''s'"

@@ -15,11 +15,7 @@ pub fn build_sensor(release: bool) -> Result<()> {
     run("build", &format!("sensor ({profile})"), &mut cmd)?;
     println!(
         "[build] binary: {}",
-        crate::process::workspace_root()
-            .join("target")
-            .join(profile)
-            .join("sensor")
-            .display()
+        crate::process::workspace_root().join("target").join(profile).join("sensor").display()
     );
     Ok(())
 }

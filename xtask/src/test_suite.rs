@@ -33,10 +33,7 @@ pub fn run_all() -> Result<()> {
     run(
         "clippy",
         "all host packages and targets, warnings are errors",
-        cargo()
-            .arg("clippy")
-            .args(HOST_PACKAGES)
-            .args(["--all-targets", "--", "-D", "warnings"]),
+        cargo().arg("clippy").args(HOST_PACKAGES).args(["--all-targets", "--", "-D", "warnings"]),
     )?;
 
     // The eBPF crate, linted for what it is: no_std with panic=abort, checked by nightly clippy
@@ -46,7 +43,16 @@ pub fn run_all() -> Result<()> {
         "sensor-ebpf (nightly, panic=abort), warnings are errors",
         Command::new("rustup")
             .current_dir(workspace_root())
-            .args(["run", "nightly", "cargo", "clippy", "--package", "sensor-ebpf", "--all-targets", "--"])
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "--package",
+                "sensor-ebpf",
+                "--all-targets",
+                "--",
+            ])
             .args(["-D", "warnings", "-C", "panic=abort", "-Zpanic_abort_tests"]),
     )?;
 
@@ -72,7 +78,8 @@ pub fn run_all() -> Result<()> {
     run(
         "test",
         "cargo xtask demo --replay-once",
-        Command::new(env::current_exe().context("locating the xtask binary")?).args(["demo", "--replay-once"]),
+        Command::new(env::current_exe().context("locating the xtask binary")?)
+            .args(["demo", "--replay-once"]),
     )?;
     println!("[test] all checks passed");
     Ok(())

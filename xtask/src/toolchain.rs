@@ -38,11 +38,7 @@ pub fn ensure_clippy() -> Result<()> {
         return Ok(());
     }
     // No --toolchain: rustup picks the toolchain `cargo xtask` runs with (RUSTUP_TOOLCHAIN).
-    run(
-        LABEL,
-        "clippy: installing",
-        rustup().args(["component", "add", "clippy"]),
-    )?;
+    run(LABEL, "clippy: installing", rustup().args(["component", "add", "clippy"]))?;
     Ok(())
 }
 
@@ -147,27 +143,20 @@ impl NightlyLlvm {
                 lib_dir.display()
             ),
         };
-        Ok(Self {
-            library: lib_dir.join(&file_name),
-            file_name,
-            major,
-        })
+        Ok(Self { library: lib_dir.join(&file_name), file_name, major })
     }
 }
 
 /// `LLVM version: 22.1.4` -> 22.
 fn parse_llvm_major(rustc_vv: &str) -> Option<u32> {
-    let version = rustc_vv
-        .lines()
-        .find_map(|l| l.strip_prefix("LLVM version:"))?;
+    let version = rustc_vv.lines().find_map(|l| l.strip_prefix("LLVM version:"))?;
     version.trim().split('.').next()?.parse().ok()
 }
 
 /// Matches the glob `libLLVM.so.*-rust-*` (the real library; `libLLVM-22-rust-*.so` next to it
 /// is a linker script).
 fn is_rust_libllvm(name: &str) -> bool {
-    name.strip_prefix("libLLVM.so.")
-        .is_some_and(|rest| rest.contains("-rust-"))
+    name.strip_prefix("libLLVM.so.").is_some_and(|rest| rest.contains("-rust-"))
 }
 
 /// Installs bpf-linker against the nightly's libLLVM unless the installed one already is.
@@ -196,12 +185,7 @@ fn ensure_bpf_linker(cargo_home: &Path) -> Result<()> {
     let what = format!("bpf-linker (nightly LLVM {})", llvm.major);
     let reason = match (&installed, recorded.as_deref()) {
         (Ok(version), Some(built_for)) if built_for == llvm.file_name => {
-            report(
-                LABEL,
-                &what,
-                &format!("already installed, {version}"),
-                start,
-            );
+            report(LABEL, &what, &format!("already installed, {version}"), start);
             return Ok(());
         }
         // No marker yet, but the binary loads the current nightly's libLLVM through its rpath
@@ -223,10 +207,7 @@ fn ensure_bpf_linker(cargo_home: &Path) -> Result<()> {
             return Ok(());
         }
         (Ok(_), Some(built_for)) => {
-            format!(
-                "built for {built_for}, the nightly now ships {}",
-                llvm.file_name
-            )
+            format!("built for {built_for}, the nightly now ships {}", llvm.file_name)
         }
         (Ok(_), None) => format!("no record that it was built for {}", llvm.file_name),
         (Err(e), _) => format!("not usable ({e:#})"),
@@ -242,10 +223,7 @@ fn ensure_bpf_linker(cargo_home: &Path) -> Result<()> {
     let features = format!("llvm-{}", llvm.major);
     run(
         LABEL,
-        &format!(
-            "bpf-linker: building against nightly LLVM {} (takes ~3 min)",
-            llvm.major
-        ),
+        &format!("bpf-linker: building against nightly LLVM {} (takes ~3 min)", llvm.major),
         cargo()
             .env("LLVM_PREFIX", &prefix)
             .args(["install", "bpf-linker", "--force", "--no-default-features"])
@@ -253,10 +231,7 @@ fn ensure_bpf_linker(cargo_home: &Path) -> Result<()> {
     )?;
     let version = bpf_linker_version().context("bpf-linker was installed but does not run")?;
     write_marker(&marker, &llvm)?;
-    println!(
-        "[{LABEL}] bpf-linker: {version}, built for {}",
-        llvm.file_name
-    );
+    println!("[{LABEL}] bpf-linker: {version}, built for {}", llvm.file_name);
     Ok(())
 }
 
@@ -291,11 +266,7 @@ fn refresh_llvm_links(lib_dir: &Path, llvm: &NightlyLlvm) -> Result<()> {
         }
         symlink(&llvm.library, &link)
             .with_context(|| format!("linking {} -> {}", link.display(), llvm.library.display()))?;
-        println!(
-            "[{LABEL}] linked {} -> {}",
-            link.display(),
-            llvm.library.display()
-        );
+        println!("[{LABEL}] linked {} -> {}", link.display(), llvm.library.display());
     }
     Ok(())
 }
@@ -304,11 +275,7 @@ fn refresh_llvm_links(lib_dir: &Path, llvm: &NightlyLlvm) -> Result<()> {
 /// dropped: under `cargo xtask` rustup points it at the *stable* toolchain's libLLVM, which
 /// could make a binary built for the wrong LLVM look healthy.
 fn bpf_linker_version() -> Result<String> {
-    let out = output(
-        Command::new("bpf-linker")
-            .arg("--version")
-            .env_remove("LD_LIBRARY_PATH"),
-    )?;
+    let out = output(Command::new("bpf-linker").arg("--version").env_remove("LD_LIBRARY_PATH"))?;
     Ok(out.trim().to_owned())
 }
 

@@ -45,7 +45,11 @@ pub(crate) struct Validity {
 }
 
 /// The JSON body for `alerts`, with `endsAt` computed for `send_time`.
-pub(crate) fn body<'a>(alerts: impl IntoIterator<Item = &'a Alert>, send_time: SystemTime, validity: Validity) -> Vec<u8> {
+pub(crate) fn body<'a>(
+    alerts: impl IntoIterator<Item = &'a Alert>,
+    send_time: SystemTime,
+    validity: Validity,
+) -> Vec<u8> {
     let postable: Vec<PostableAlert<'_>> = alerts
         .into_iter()
         .map(|a| PostableAlert {
@@ -53,7 +57,12 @@ pub(crate) fn body<'a>(alerts: impl IntoIterator<Item = &'a Alert>, send_time: S
             labels: non_empty(&a.labels),
             annotations: non_empty(&a.annotations),
             starts_at: rfc3339(a.starts_at),
-            ends_at: rfc3339(ends_at(a, send_time, validity.poll_interval, validity.resend_interval)),
+            ends_at: rfc3339(ends_at(
+                a,
+                send_time,
+                validity.poll_interval,
+                validity.resend_interval,
+            )),
             generator_url: &a.generator_url,
         })
         .collect();
@@ -62,10 +71,7 @@ pub(crate) fn body<'a>(alerts: impl IntoIterator<Item = &'a Alert>, send_time: S
 }
 
 fn non_empty(map: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
-    map.iter()
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect()
+    map.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
 /// RFC 3339 in UTC with milliseconds, what Alertmanager itself writes.
@@ -166,7 +172,9 @@ impl Endpoint {
             .build()
             .into();
         let auth = match (&target.basic_auth, &target.bearer_token_file) {
-            (Some(b), _) => Auth::Basic { username: b.username.clone(), password_file: b.password_file.clone() },
+            (Some(b), _) => {
+                Auth::Basic { username: b.username.clone(), password_file: b.password_file.clone() }
+            }
             (None, Some(t)) => Auth::Bearer { token_file: t.clone() },
             (None, None) => Auth::None,
         };
@@ -234,8 +242,12 @@ mod tests {
             starts_at: t(1_700_000_000),
             resolved_at: Some(t(1_700_000_030)),
         };
-        let validity = Validity { poll_interval: Duration::from_secs(5), resend_interval: Duration::from_secs(60) };
-        let json = String::from_utf8(body([&firing, &resolved], t(1_700_000_100), validity)).unwrap();
+        let validity = Validity {
+            poll_interval: Duration::from_secs(5),
+            resend_interval: Duration::from_secs(60),
+        };
+        let json =
+            String::from_utf8(body([&firing, &resolved], t(1_700_000_100), validity)).unwrap();
         assert_eq!(
             json,
             concat!(

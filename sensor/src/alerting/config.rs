@@ -117,7 +117,9 @@ impl AlertmanagerTarget {
             }
         };
         let Some(authority) = uri.authority() else {
-            return Err(format!("alertmanager url {url:?} has no host: write e.g. http://127.0.0.1:9093"));
+            return Err(format!(
+                "alertmanager url {url:?} has no host: write e.g. http://127.0.0.1:9093"
+            ));
         };
         // The URL is a metric label and appears in logs: credentials do not belong in it.
         if authority.as_str().contains('@') {
@@ -126,7 +128,9 @@ impl AlertmanagerTarget {
             ));
         }
         if uri.query().is_some() {
-            return Err(format!("alertmanager url {url:?} has a query string: give the base URL only"));
+            return Err(format!(
+                "alertmanager url {url:?} has a query string: give the base URL only"
+            ));
         }
         if uri.path().trim_end_matches('/').ends_with("/api/v2/alerts") {
             return Err(format!(
@@ -165,8 +169,12 @@ impl AlertmanagerTarget {
 
 /// A password or token file's content without surrounding whitespace (editors add a newline).
 pub(crate) fn read_secret(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e} (check the path and that the agent may read it)", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "cannot read {}: {e} (check the path and that the agent may read it)",
+            path.display()
+        )
+    })?;
     let secret = text.trim();
     if secret.is_empty() {
         return Err(format!("{} is empty: write the secret into it", path.display()));
@@ -199,8 +207,10 @@ mod tests {
     fn unknown_keys_are_errors() {
         let e = serde_yaml::from_str::<AlertingConfig>("resend: 1m").unwrap_err();
         assert!(e.to_string().contains("unknown field `resend`"), "{e}");
-        let e = serde_yaml::from_str::<AlertingConfig>("alertmanagers: [{url: 'http://a', ca_file: x}]")
-            .unwrap_err();
+        let e = serde_yaml::from_str::<AlertingConfig>(
+            "alertmanagers: [{url: 'http://a', ca_file: x}]",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("unknown field `ca_file`"), "{e}");
     }
 
@@ -216,17 +226,56 @@ mod tests {
         let check = |yaml: String| parse(&yaml).validate().unwrap_err();
         let pw = pw.display();
         for (yaml, want) in [
-            ("alertmanagers: [{url: 'ftp://am:9093'}]".to_string(), "must start with http:// or https://"),
-            ("alertmanagers: [{url: '127.0.0.1:9093'}]".to_string(), "must start with http:// or https://"),
+            (
+                "alertmanagers: [{url: 'ftp://am:9093'}]".to_string(),
+                "must start with http:// or https://",
+            ),
+            (
+                "alertmanagers: [{url: '127.0.0.1:9093'}]".to_string(),
+                "must start with http:// or https://",
+            ),
             ("alertmanagers: [{url: 'http://u:p@am:9093'}]".to_string(), "move them to basic_auth"),
-            ("alertmanagers: [{url: 'http://am:9093/api/v2/alerts'}]".to_string(), "give the base URL"),
+            (
+                "alertmanagers: [{url: 'http://am:9093/api/v2/alerts'}]".to_string(),
+                "give the base URL",
+            ),
             ("alertmanagers: [{url: 'http://am:9093?x=1'}]".to_string(), "query string"),
-            ("alertmanagers: [{url: 'http://am:9093'}, {url: 'http://am:9093'}]".to_string(), "twice"),
-            (format!("alertmanagers: [{{url: 'http://am', basic_auth: {{username: u, password_file: {pw}}}, bearer_token_file: {pw}}}]"), "keep one"),
-            ("alertmanagers: [{url: 'http://am', bearer_token_file: /nonexistent/token}]".to_string(), "cannot read /nonexistent/token"),
-            (format!("alertmanagers: [{{url: 'http://am', bearer_token_file: {}}}]", empty.display()), "is empty"),
-            (format!("alertmanagers: [{{url: 'http://am', tls_ca_file: {}}}]", not_pem.display()), "use https://"),
-            (format!("alertmanagers: [{{url: 'https://am', tls_ca_file: {}}}]", not_pem.display()), "no PEM certificate"),
+            (
+                "alertmanagers: [{url: 'http://am:9093'}, {url: 'http://am:9093'}]".to_string(),
+                "twice",
+            ),
+            (
+                format!(
+                    "alertmanagers: [{{url: 'http://am', basic_auth: {{username: u, password_file: {pw}}}, bearer_token_file: {pw}}}]"
+                ),
+                "keep one",
+            ),
+            (
+                "alertmanagers: [{url: 'http://am', bearer_token_file: /nonexistent/token}]"
+                    .to_string(),
+                "cannot read /nonexistent/token",
+            ),
+            (
+                format!(
+                    "alertmanagers: [{{url: 'http://am', bearer_token_file: {}}}]",
+                    empty.display()
+                ),
+                "is empty",
+            ),
+            (
+                format!(
+                    "alertmanagers: [{{url: 'http://am', tls_ca_file: {}}}]",
+                    not_pem.display()
+                ),
+                "use https://",
+            ),
+            (
+                format!(
+                    "alertmanagers: [{{url: 'https://am', tls_ca_file: {}}}]",
+                    not_pem.display()
+                ),
+                "no PEM certificate",
+            ),
             ("resend_interval: 0s".to_string(), "resend_interval must be above 0"),
             ("queue_capacity: 0".to_string(), "queue_capacity must be at least 1"),
         ] {

@@ -26,11 +26,26 @@ impl NotifierMetrics {
             Ok(g)
         };
         Ok(NotifierMetrics {
-            sent: counter("alert_notifications_sent_total", "Alerts delivered to the Alertmanager (2xx answer).")?,
-            failed: counter("alert_notifications_failed_total", "Alerts in POSTs to the Alertmanager that failed (retried unless rejected as invalid).")?,
-            dropped: counter("alert_notifications_dropped_total", "Alerts dropped from the Alertmanager's full queue.")?,
-            queue_length: gauge("alert_queue_length", "Alerts waiting to be sent to the Alertmanager.")?,
-            up: gauge("alertmanager_up", "1 if the last POST to the Alertmanager succeeded, 0 if it failed; absent before the first.")?,
+            sent: counter(
+                "alert_notifications_sent_total",
+                "Alerts delivered to the Alertmanager (2xx answer).",
+            )?,
+            failed: counter(
+                "alert_notifications_failed_total",
+                "Alerts in POSTs to the Alertmanager that failed (retried unless rejected as invalid).",
+            )?,
+            dropped: counter(
+                "alert_notifications_dropped_total",
+                "Alerts dropped from the Alertmanager's full queue.",
+            )?,
+            queue_length: gauge(
+                "alert_queue_length",
+                "Alerts waiting to be sent to the Alertmanager.",
+            )?,
+            up: gauge(
+                "alertmanager_up",
+                "1 if the last POST to the Alertmanager succeeded, 0 if it failed; absent before the first.",
+            )?,
         })
     }
 

@@ -75,7 +75,11 @@ pub struct AlertStatus {
 
 impl AlertStatus {
     pub fn of(alert: &Alert) -> AlertStatus {
-        AlertStatus { fingerprint: alert.fingerprint(), starts_at: alert.starts_at, resolved_at: alert.resolved_at }
+        AlertStatus {
+            fingerprint: alert.fingerprint(),
+            starts_at: alert.starts_at,
+            resolved_at: alert.resolved_at,
+        }
     }
 }
 
@@ -93,26 +97,45 @@ struct Inner {
 impl Notifier {
     /// Starts one sending thread per Alertmanager. `poll_interval` is needed for endsAt.
     /// Registers its self-metrics in `registry`.
-    pub fn start(config: &AlertingConfig, poll_interval: Duration, registry: &prometheus::Registry) -> anyhow::Result<Notifier> {
+    pub fn start(
+        config: &AlertingConfig,
+        poll_interval: Duration,
+        registry: &prometheus::Registry,
+    ) -> anyhow::Result<Notifier> {
         config.validate().map_err(anyhow::Error::msg)?;
-        let metrics = NotifierMetrics::register(registry).context("registering the alert notifier's metrics")?;
+        let metrics = NotifierMetrics::register(registry)
+            .context("registering the alert notifier's metrics")?;
         let validity = Validity { poll_interval, resend_interval: config.resend_interval };
         let mut targets = Vec::with_capacity(config.alertmanagers.len());
         for (target, endpoint) in config.alertmanagers.iter().zip(endpoints(config)?) {
-            targets.push(Target::spawn(&target.url, endpoint, validity, config.queue_capacity, metrics.for_target(&target.url))?);
+            targets.push(Target::spawn(
+                &target.url,
+                endpoint,
+                validity,
+                config.queue_capacity,
+                metrics.for_target(&target.url),
+            )?);
         }
         if !targets.is_empty() {
             let urls: Vec<&str> = targets.iter().map(Target::url).collect();
             info!(alertmanagers = ?urls, "sending alerts to Alertmanager");
         }
-        Ok(Notifier { inner: Mutex::new(Inner { targets, resend_interval: config.resend_interval }), metrics })
+        Ok(Notifier {
+            inner: Mutex::new(Inner { targets, resend_interval: config.resend_interval }),
+            metrics,
+        })
     }
 
     /// Called once per poll with the status of every alert firing now plus every alert
     /// resolved within resolved_retention. Queues what needs sending, built by `build(i)` for
     /// `alerts[i]` (once, whatever the number of Alertmanagers; None: it cannot be built any
     /// more, and is skipped). No I/O, only short locks.
-    pub fn update(&self, now: SystemTime, alerts: &[AlertStatus], build: &dyn Fn(usize) -> Option<Alert>) {
+    pub fn update(
+        &self,
+        now: SystemTime,
+        alerts: &[AlertStatus],
+        build: &dyn Fn(usize) -> Option<Alert>,
+    ) {
         let inner = self.lock();
         if inner.targets.is_empty() {
             return;
@@ -134,7 +157,11 @@ impl Notifier {
     /// Replaces targets and intervals (SIGHUP). An Alertmanager still configured (same URL)
     /// keeps its queue and send times; a removed one is stopped and its queue dropped. On error
     /// nothing changes.
-    pub fn reconfigure(&self, config: &AlertingConfig, poll_interval: Duration) -> anyhow::Result<()> {
+    pub fn reconfigure(
+        &self,
+        config: &AlertingConfig,
+        poll_interval: Duration,
+    ) -> anyhow::Result<()> {
         config.validate().map_err(anyhow::Error::msg)?;
         let mut new_endpoints = endpoints(config)?;
         let validity = Validity { poll_interval, resend_interval: config.resend_interval };
@@ -150,7 +177,13 @@ impl Notifier {
                 }
                 None => {
                     let metrics = self.metrics.for_target(&target.url);
-                    match Target::spawn(&target.url, endpoint, validity, config.queue_capacity, metrics) {
+                    match Target::spawn(
+                        &target.url,
+                        endpoint,
+                        validity,
+                        config.queue_capacity,
+                        metrics,
+                    ) {
                         Ok(t) => targets.push(t),
                         Err(e) => {
                             // Keep serving what was there rather than losing every target.
@@ -204,7 +237,10 @@ fn endpoints(config: &AlertingConfig) -> anyhow::Result<Vec<Endpoint>> {
     config
         .alertmanagers
         .iter()
-        .map(|t| Endpoint::new(t, config.timeout).map_err(|e| anyhow::anyhow!("alertmanager {}: {e}", t.url)))
+        .map(|t| {
+            Endpoint::new(t, config.timeout)
+                .map_err(|e| anyhow::anyhow!("alertmanager {}: {e}", t.url))
+        })
         .collect()
 }
 
@@ -232,7 +268,8 @@ mod tests {
         other_times.resolved_at = Some(SystemTime::now());
         other_times.annotations.insert("summary".into(), "x".into());
         assert_eq!(other_times.fingerprint(), a.fingerprint());
-        let with_empty = alert(&[("alertname", "TooMuchUpload"), ("client", "redmi-note"), ("mac", "")]);
+        let with_empty =
+            alert(&[("alertname", "TooMuchUpload"), ("client", "redmi-note"), ("mac", "")]);
         assert_eq!(with_empty.fingerprint(), a.fingerprint());
         // The separators keep "ab"="c" and "a"="bc" apart.
         assert_ne!(alert(&[("ab", "c")]).fingerprint(), alert(&[("a", "bc")]).fingerprint());
@@ -242,7 +279,8 @@ mod tests {
     #[test]
     fn without_alertmanagers_it_is_inert() {
         let registry = prometheus::Registry::new_custom(Some("gwsensor".into()), None).unwrap();
-        let n = Notifier::start(&AlertingConfig::default(), Duration::from_secs(5), &registry).unwrap();
+        let n =
+            Notifier::start(&AlertingConfig::default(), Duration::from_secs(5), &registry).unwrap();
         n.update_alerts(SystemTime::now(), &[alert(&[("alertname", "x")])]);
         assert!(n.lock().targets.is_empty());
     }

@@ -16,7 +16,12 @@ pub(crate) struct LastSent {
 
 /// Whether `alert` goes out at `now`: a new firing episode at once; a resolution made after the
 /// last send at once; otherwise once `resend_interval` has passed since the last send.
-pub(crate) fn needs_sending(alert: &AlertStatus, last: Option<&LastSent>, now: SystemTime, resend_interval: Duration) -> bool {
+pub(crate) fn needs_sending(
+    alert: &AlertStatus,
+    last: Option<&LastSent>,
+    now: SystemTime,
+    resend_interval: Duration,
+) -> bool {
     let Some(last) = last else {
         return true;
     };
@@ -34,7 +39,12 @@ pub(crate) fn needs_sending(alert: &AlertStatus, last: Option<&LastSent>, now: S
 /// intervals, so two lost sends do not resolve it in Alertmanager, while a dead agent's alerts
 /// do resolve eventually. Resolved: when it resolved (never before it started, which
 /// Alertmanager would reject).
-pub(crate) fn ends_at(alert: &Alert, send_time: SystemTime, poll_interval: Duration, resend_interval: Duration) -> SystemTime {
+pub(crate) fn ends_at(
+    alert: &Alert,
+    send_time: SystemTime,
+    poll_interval: Duration,
+    resend_interval: Duration,
+) -> SystemTime {
     match alert.resolved_at {
         Some(resolved) => resolved.max(alert.starts_at),
         None => send_time + 4 * poll_interval.max(resend_interval),

@@ -45,7 +45,14 @@ impl Outbox {
 
     /// Queues the alerts of this poll that need sending (`get(i)` builds `alerts[i]`), and
     /// forgets alerts the evaluator no longer passes (`current`: their fingerprints).
-    pub fn offer(&mut self, now: SystemTime, alerts: &[AlertStatus], current: &HashSet<u64>, resend_interval: Duration, get: Get<'_>) -> Offered {
+    pub fn offer(
+        &mut self,
+        now: SystemTime,
+        alerts: &[AlertStatus],
+        current: &HashSet<u64>,
+        resend_interval: Duration,
+        get: Get<'_>,
+    ) -> Offered {
         let mut offered = Offered::default();
         for (i, status) in alerts.iter().enumerate() {
             let fp = status.fingerprint;
@@ -65,7 +72,9 @@ impl Outbox {
 enum Stop {
     Running,
     /// Send what is queued, without backoff, until empty, a failure, or the deadline.
-    Flush { deadline: Instant },
+    Flush {
+        deadline: Instant,
+    },
     /// Stop now, dropping the queue.
     Abort,
 }
@@ -97,7 +106,13 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    pub fn spawn(url: &str, endpoint: Endpoint, validity: Validity, capacity: usize, metrics: TargetMetrics) -> anyhow::Result<Target> {
+    pub fn spawn(
+        url: &str,
+        endpoint: Endpoint,
+        validity: Validity,
+        capacity: usize,
+        metrics: TargetMetrics,
+    ) -> anyhow::Result<Target> {
         let shared = Arc::new(Shared {
             url: url.to_string(),
             state: Mutex::new(State {
@@ -113,7 +128,9 @@ impl Target {
         let thread = std::thread::Builder::new()
             .name("alert-notify".into())
             .spawn(move || run(&worker))
-            .map_err(|e| anyhow::anyhow!("starting the sender thread for Alertmanager {url}: {e}"))?;
+            .map_err(|e| {
+                anyhow::anyhow!("starting the sender thread for Alertmanager {url}: {e}")
+            })?;
         Ok(Target { shared, thread: Some(thread) })
     }
 
@@ -121,7 +138,14 @@ impl Target {
         &self.shared.url
     }
 
-    pub fn offer(&self, now: SystemTime, alerts: &[AlertStatus], current: &HashSet<u64>, resend_interval: Duration, get: Get<'_>) {
+    pub fn offer(
+        &self,
+        now: SystemTime,
+        alerts: &[AlertStatus],
+        current: &HashSet<u64>,
+        resend_interval: Duration,
+        get: Get<'_>,
+    ) {
         let mut state = self.shared.lock();
         let offered = state.outbox.offer(now, alerts, current, resend_interval, get);
         self.shared.metrics.queue_length.set(state.outbox.queue.len() as i64);
@@ -207,7 +231,11 @@ fn run(shared: &Shared) {
                 if let Some(at) = retry_at {
                     let now = Instant::now();
                     if now < at {
-                        state = shared.wake.wait_timeout(state, at - now).unwrap_or_else(|e| e.into_inner()).0;
+                        state = shared
+                            .wake
+                            .wait_timeout(state, at - now)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
                         continue;
                     }
                 }
@@ -260,7 +288,11 @@ fn run(shared: &Shared) {
             Err(e) => {
                 shared.metrics.failed.inc_by(count as u64);
                 shared.metrics.set_up(false);
-                error!(alertmanager = url, alerts = count, "Alertmanager rejected alerts (not retried; they are offered again at the next resend): {e}");
+                error!(
+                    alertmanager = url,
+                    alerts = count,
+                    "Alertmanager rejected alerts (not retried; they are offered again at the next resend): {e}"
+                );
             }
         }
     }
@@ -299,7 +331,11 @@ mod tests {
             let alerts = evaluator(now);
             let statuses: Vec<AlertStatus> = alerts.iter().map(|a| AlertStatus::of(a)).collect();
             let current = statuses.iter().map(|s| s.fingerprint).collect();
-            if outbox.offer(t(now), &statuses, &current, resend, &mut |i| alerts.get(i).cloned()).queued > 0 {
+            if outbox
+                .offer(t(now), &statuses, &current, resend, &mut |i| alerts.get(i).cloned())
+                .queued
+                > 0
+            {
                 times.push(now);
             }
         }
@@ -329,7 +365,11 @@ mod tests {
         let current = HashSet::from([fp]);
         let resolved = Arc::new(alert.clone());
         let offer = |outbox: &mut Outbox, now, alert: &Arc<Alert>| {
-            outbox.offer(t(now), &[AlertStatus::of(alert)], &current, resend, &mut |_| Some(Arc::clone(alert))).queued
+            outbox
+                .offer(t(now), &[AlertStatus::of(alert)], &current, resend, &mut |_| {
+                    Some(Arc::clone(alert))
+                })
+                .queued
         };
         assert_eq!(offer(&mut outbox, 150, &resolved), 1);
         alert.starts_at = t(160);

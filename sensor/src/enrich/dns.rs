@@ -71,10 +71,7 @@ pub fn parse_response(payload: &[u8], tcp: bool) -> Result<DnsAnswer, ParseError
         )));
     };
     let qname = name_to_string(&query.name)?;
-    let mut answer = DnsAnswer {
-        qname,
-        addrs: Vec::new(),
-    };
+    let mut answer = DnsAnswer { qname, addrs: Vec::new() };
     let meta = &message.metadata;
     if meta.message_type != MessageType::Response
         || meta.op_code != OpCode::Query
@@ -140,16 +137,10 @@ fn check_skeleton(msg: &[u8]) -> Result<(), ParseError> {
                 0x00 => *pos += 1 + usize::from(len),
                 0xc0 => {
                     *pos += 2;
-                    return if *pos > msg.len() {
-                        Err(ParseError::Truncated)
-                    } else {
-                        Ok(())
-                    };
+                    return if *pos > msg.len() { Err(ParseError::Truncated) } else { Ok(()) };
                 }
                 _ => {
-                    return Err(ParseError::Malformed(format!(
-                        "label length byte {len:#04x}"
-                    )));
+                    return Err(ParseError::Malformed(format!("label length byte {len:#04x}")));
                 }
             }
         }
@@ -267,28 +258,16 @@ mod tests {
     fn recorded_cname_chain_udp() {
         let a = parse_response(UDP_A_CNAME_CHAIN, false).unwrap();
         assert_eq!(a.qname, "cdn.example.test");
-        assert_eq!(
-            a.addrs,
-            vec![(v4(192, 0, 2, 10), 300), (v4(192, 0, 2, 11), 300)]
-        );
+        assert_eq!(a.addrs, vec![(v4(192, 0, 2, 10), 300), (v4(192, 0, 2, 11), 300)]);
     }
 
     #[test]
     fn recorded_cname_chain_tcp() {
         let a = parse_response(TCP_A_CNAME_CHAIN, true).unwrap();
         assert_eq!(a.qname, "cdn.example.test");
-        assert_eq!(
-            a.addrs,
-            vec![(v4(192, 0, 2, 11), 300), (v4(192, 0, 2, 10), 300)]
-        );
+        assert_eq!(a.addrs, vec![(v4(192, 0, 2, 11), 300), (v4(192, 0, 2, 10), 300)]);
         // The same bytes without the prefix parse as UDP; with tcp=false the prefix is garbage.
-        assert_eq!(
-            parse_response(&TCP_A_CNAME_CHAIN[2..], false)
-                .unwrap()
-                .addrs
-                .len(),
-            2
-        );
+        assert_eq!(parse_response(&TCP_A_CNAME_CHAIN[2..], false).unwrap().addrs.len(), 2);
         assert!(parse_response(TCP_A_CNAME_CHAIN, false).is_err());
     }
 
@@ -401,10 +380,7 @@ mod tests {
             assert_eq!(a.qname, "shop.example.com");
             assert_eq!(
                 a.addrs,
-                vec![
-                    (v4(203, 0, 113, 5), 20),
-                    ("2001:db8::5".parse().unwrap(), 21),
-                ]
+                vec![(v4(203, 0, 113, 5), 20), ("2001:db8::5".parse().unwrap(), 21),]
             );
         }
     }
@@ -417,38 +393,19 @@ mod tests {
             RecordType::A,
             vec![
                 Record::from_rdata(name("c.example."), 5, RData::A(A::new(192, 0, 2, 3))),
-                Record::from_rdata(
-                    name("b.example."),
-                    5,
-                    RData::CNAME(CNAME(name("c.example."))),
-                ),
-                Record::from_rdata(
-                    name("a.example."),
-                    5,
-                    RData::CNAME(CNAME(name("b.example."))),
-                ),
+                Record::from_rdata(name("b.example."), 5, RData::CNAME(CNAME(name("c.example.")))),
+                Record::from_rdata(name("a.example."), 5, RData::CNAME(CNAME(name("b.example.")))),
             ],
         );
-        assert_eq!(
-            parse_response(&encode(&m), false).unwrap().addrs,
-            vec![(v4(192, 0, 2, 3), 5)]
-        );
+        assert_eq!(parse_response(&encode(&m), false).unwrap().addrs, vec![(v4(192, 0, 2, 3), 5)]);
 
         // a → b → a: the walk stops, nothing learnt, no hang.
         let m = response_for(
             "a.example.",
             RecordType::A,
             vec![
-                Record::from_rdata(
-                    name("a.example."),
-                    5,
-                    RData::CNAME(CNAME(name("b.example."))),
-                ),
-                Record::from_rdata(
-                    name("b.example."),
-                    5,
-                    RData::CNAME(CNAME(name("a.example."))),
-                ),
+                Record::from_rdata(name("a.example."), 5, RData::CNAME(CNAME(name("b.example.")))),
+                Record::from_rdata(name("b.example."), 5, RData::CNAME(CNAME(name("a.example.")))),
                 Record::from_rdata(name("x.example."), 5, RData::A(A::new(192, 0, 2, 4))),
             ],
         );
@@ -459,13 +416,8 @@ mod tests {
 
     #[test]
     fn encoded_error_rcode_query_and_notify_give_empty_answers() {
-        let addr = || {
-            vec![Record::from_rdata(
-                name("x.example."),
-                5,
-                RData::A(A::new(192, 0, 2, 4)),
-            )]
-        };
+        let addr =
+            || vec![Record::from_rdata(name("x.example."), 5, RData::A(A::new(192, 0, 2, 4)))];
         let mut m = response_for("x.example.", RecordType::A, addr());
         m.metadata.response_code = ResponseCode::ServFail;
         assert!(parse_response(&encode(&m), false).unwrap().addrs.is_empty());
@@ -488,21 +440,11 @@ mod tests {
     #[test]
     fn question_count_must_be_one() {
         let mut m = Message::response(7, OpCode::Query);
-        m.add_answer(Record::from_rdata(
-            name("x.example."),
-            5,
-            RData::A(A::new(192, 0, 2, 4)),
-        ));
-        assert!(matches!(
-            parse_response(&encode(&m), false),
-            Err(ParseError::Malformed(_))
-        ));
+        m.add_answer(Record::from_rdata(name("x.example."), 5, RData::A(A::new(192, 0, 2, 4))));
+        assert!(matches!(parse_response(&encode(&m), false), Err(ParseError::Malformed(_))));
         m.add_query(Query::query(name("x.example."), RecordType::A));
         m.add_query(Query::query(name("y.example."), RecordType::A));
-        assert!(matches!(
-            parse_response(&encode(&m), false),
-            Err(ParseError::Malformed(_))
-        ));
+        assert!(matches!(parse_response(&encode(&m), false), Err(ParseError::Malformed(_))));
     }
 
     // --- hand-written bytes ---
@@ -524,10 +466,7 @@ mod tests {
     fn compression_pointer_to_itself_is_an_error() {
         let mut msg = header(RESPONSE, 1, 0, 0, 0);
         msg.extend([0xc0, 0x0c, 0, 1, 0, 1]); // question name = pointer to offset 12 = itself
-        assert!(matches!(
-            parse_response(&msg, false),
-            Err(ParseError::Malformed(_))
-        ));
+        assert!(matches!(parse_response(&msg, false), Err(ParseError::Malformed(_))));
     }
 
     #[test]
@@ -536,28 +475,19 @@ mod tests {
         let mut msg = header(RESPONSE, 1, 0, 0, 0);
         msg.extend([0xc0, 18, 0, 1, 0, 1]);
         msg.extend(wire_name("x.example"));
-        assert!(matches!(
-            parse_response(&msg, false),
-            Err(ParseError::Malformed(_))
-        ));
+        assert!(matches!(parse_response(&msg, false), Err(ParseError::Malformed(_))));
 
         // A two-pointer cycle: the question name at 12 is "q" + pointer to 20; at 20 (after
         // the question) a pointer back to 12.
         let mut msg = header(RESPONSE, 1, 0, 0, 0);
         msg.extend([1, b'q', 0xc0, 20, 0, 1, 0, 1]);
         msg.extend([0xc0, 12]);
-        assert!(matches!(
-            parse_response(&msg, false),
-            Err(ParseError::Malformed(_))
-        ));
+        assert!(matches!(parse_response(&msg, false), Err(ParseError::Malformed(_))));
 
         // A label then a pointer back to the start of the same name: "a.a.a...." forever.
         let mut msg = header(RESPONSE, 1, 0, 0, 0);
         msg.extend([1, b'a', 0xc0, 12, 0, 1, 0, 1]);
-        assert!(matches!(
-            parse_response(&msg, false),
-            Err(ParseError::Malformed(_))
-        ));
+        assert!(matches!(parse_response(&msg, false), Err(ParseError::Malformed(_))));
 
         // The same cycle reached from an answer's owner name (its first pointer is backward).
         let mut msg = header(RESPONSE, 1, 1, 0, 0);
@@ -565,20 +495,14 @@ mod tests {
         let owner_at = msg.len();
         msg.extend([1, b'b', 0xc0, owner_at as u8]);
         msg.extend([0, 1, 0, 1, 0, 0, 0, 5, 0, 4, 192, 0, 2, 1]);
-        assert!(matches!(
-            parse_response(&msg, false),
-            Err(ParseError::Malformed(_))
-        ));
+        assert!(matches!(parse_response(&msg, false), Err(ParseError::Malformed(_))));
 
         // Control: a backward pointer to the question name is fine.
         let mut msg = header(RESPONSE, 1, 1, 0, 0);
         msg.extend(question("x.example", 1));
         msg.extend(PTR_QNAME);
         msg.extend([0, 1, 0, 1, 0, 0, 0, 5, 0, 4, 192, 0, 2, 1]);
-        assert_eq!(
-            parse_response(&msg, false).unwrap().addrs,
-            vec![(v4(192, 0, 2, 1), 5)]
-        );
+        assert_eq!(parse_response(&msg, false).unwrap().addrs, vec![(v4(192, 0, 2, 1), 5)]);
     }
 
     #[test]
@@ -603,10 +527,7 @@ mod tests {
             msg.push(len);
             msg.extend(std::iter::repeat_n(b'a', usize::from(len)));
             msg.extend([0, 0, 1, 0, 1]);
-            assert!(
-                matches!(parse_response(&msg, false), Err(ParseError::Malformed(_))),
-                "{len}"
-            );
+            assert!(matches!(parse_response(&msg, false), Err(ParseError::Malformed(_))), "{len}");
         }
     }
 
@@ -618,20 +539,14 @@ mod tests {
             msg.extend([b'a'; 63]);
         }
         msg.extend([0, 0, 1, 0, 1]);
-        assert!(matches!(
-            parse_response(&msg, false),
-            Err(ParseError::Malformed(_))
-        ));
+        assert!(matches!(parse_response(&msg, false), Err(ParseError::Malformed(_))));
     }
 
     #[test]
     fn absurd_counts_are_errors() {
-        for (qd, an, ns, ar) in [
-            (0xffff, 0, 0, 0),
-            (1, 0xffff, 0xffff, 0xffff),
-            (1, 1, 0, 0),
-            (1, 0, 0, 9),
-        ] {
+        for (qd, an, ns, ar) in
+            [(0xffff, 0, 0, 0), (1, 0xffff, 0xffff, 0xffff), (1, 1, 0, 0), (1, 0, 0, 9)]
+        {
             let mut msg = header(RESPONSE, qd, an, ns, ar);
             msg.extend(question("x.example", 1));
             assert_eq!(
@@ -661,10 +576,7 @@ mod tests {
     fn binary_qname_is_an_invalid_hostname() {
         let mut msg = header(RESPONSE, 1, 0, 0, 0);
         msg.extend([3, b'a', b' ', 0xff, 0, 0, 1, 0, 1]);
-        assert_eq!(
-            parse_response(&msg, false),
-            Err(ParseError::InvalidHostname)
-        );
+        assert_eq!(parse_response(&msg, false), Err(ParseError::InvalidHostname));
     }
 
     #[test]
@@ -682,10 +594,7 @@ mod tests {
         let msg = UDP_MIXED_CASE;
         assert_eq!(parse_response(&[], true), Err(ParseError::Truncated));
         assert_eq!(parse_response(&[0], true), Err(ParseError::Truncated));
-        assert!(matches!(
-            parse_response(&[0, 0], true),
-            Err(ParseError::Malformed(_))
-        ));
+        assert!(matches!(parse_response(&[0, 0], true), Err(ParseError::Malformed(_))));
         // Prefix claims one byte more than there is.
         let mut framed = ((msg.len() + 1) as u16).to_be_bytes().to_vec();
         framed.extend_from_slice(msg);
@@ -693,10 +602,7 @@ mod tests {
         // A second (pipelined) message after the first is ignored, even if cut short.
         let mut two = tcp_frame(msg);
         two.extend(&tcp_frame(UDP_AAAA)[..10]);
-        assert_eq!(
-            parse_response(&two, true).unwrap().qname,
-            "mixed.example.test"
-        );
+        assert_eq!(parse_response(&two, true).unwrap().qname, "mixed.example.test");
         // Prefix shorter than the message: the message is cut at the prefix length.
         let mut short = ((msg.len() - 4) as u16).to_be_bytes().to_vec();
         short.extend_from_slice(msg);

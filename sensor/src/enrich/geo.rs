@@ -59,9 +59,7 @@ struct Database {
 
 impl fmt::Debug for Database {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.readers.iter().map(|(p, _)| p))
-            .finish()
+        f.debug_list().entries(self.readers.iter().map(|(p, _)| p)).finish()
     }
 }
 
@@ -132,17 +130,11 @@ impl Geo {
             info.country = r.country().unwrap_or_default();
         }
         let shared = matches!((&self.country, &self.asn), (Some(a), Some(b)) if Arc::ptr_eq(a, b));
-        let asn_record = if shared {
-            country_record
-        } else {
-            self.asn.as_ref().and_then(|db| db.record(ip))
-        };
+        let asn_record =
+            if shared { country_record } else { self.asn.as_ref().and_then(|db| db.record(ip)) };
         if let Some(r) = asn_record {
             info.asn = r.autonomous_system_number.0.or(r.asn.0).unwrap_or(0);
-            info.as_org = r
-                .autonomous_system_organization
-                .or(r.as_name)
-                .unwrap_or_default();
+            info.as_org = r.autonomous_system_organization.or(r.as_name).unwrap_or_default();
         }
         info
     }
@@ -332,11 +324,7 @@ mod tests {
     }
 
     fn info(country: &str, asn: u32, as_org: &str) -> GeoInfo {
-        GeoInfo {
-            country: country.into(),
-            asn,
-            as_org: as_org.into(),
-        }
+        GeoInfo { country: country.into(), asn, as_org: as_org.into() }
     }
 
     /// GeoLite2-style country and ASN files in a temporary directory.
@@ -347,11 +335,7 @@ mod tests {
         c.insert_country(net("fd77:3::/32"), "CN");
         // Only a registered country (as GeoLite2 has for some anycast and satellite blocks).
         let registered = BTreeMap::from([("iso_code".to_string(), MmdbValue::from("SE"))]);
-        c.insert(
-            net("10.77.5.0/24"),
-            "registered_country",
-            MmdbValue::Map(registered),
-        );
+        c.insert(net("10.77.5.0/24"), "registered_country", MmdbValue::Map(registered));
         // A City-style record: names and more alongside the code.
         let names = BTreeMap::from([
             ("en".to_string(), MmdbValue::from("Germany")),
@@ -367,22 +351,11 @@ mod tests {
         c.insert(
             net("10.77.6.0/24"),
             "location",
-            MmdbValue::Map(BTreeMap::from([(
-                "time_zone".to_string(),
-                "Europe/Berlin".into(),
-            )])),
+            MmdbValue::Map(BTreeMap::from([("time_zone".to_string(), "Europe/Berlin".into())])),
         );
         let mut a = MmdbWriter::new("GeoLite2-ASN");
-        a.insert_asn(
-            net("10.77.3.0/24"),
-            4808,
-            "China Unicom Beijing Province Network",
-        );
-        a.insert_asn(
-            net("fd77:3::/32"),
-            4808,
-            "China Unicom Beijing Province Network",
-        );
+        a.insert_asn(net("10.77.3.0/24"), 4808, "China Unicom Beijing Province Network");
+        a.insert_asn(net("fd77:3::/32"), 4808, "China Unicom Beijing Province Network");
         let cfg = GeoConfig {
             country_database: Some(dir.join("country.mmdb")),
             asn_database: Some(dir.join("asn.mmdb")),
@@ -401,16 +374,8 @@ mod tests {
         let china = info("CN", 4808, "China Unicom Beijing Province Network");
         assert_eq!(geo.lookup(ip("10.77.3.2")), china);
         assert_eq!(geo.lookup(ip("fd77:3::2")), china);
-        assert_eq!(
-            geo.lookup(ip("::ffff:10.77.3.2")),
-            china,
-            "IPv4-mapped reads as IPv4"
-        );
-        assert_eq!(
-            geo.lookup(ip("10.77.4.2")),
-            info("US", 0, ""),
-            "upper case; no ASN entry"
-        );
+        assert_eq!(geo.lookup(ip("::ffff:10.77.3.2")), china, "IPv4-mapped reads as IPv4");
+        assert_eq!(geo.lookup(ip("10.77.4.2")), info("US", 0, ""), "upper case; no ASN entry");
         assert_eq!(geo.lookup(ip("10.77.5.2")), info("SE", 0, ""));
         assert_eq!(geo.lookup(ip("10.77.6.2")), info("DE", 0, ""));
         // Not in the databases (as private and LAN addresses never are).
@@ -423,12 +388,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut v4 = MmdbWriter::new("geolite2-country");
         v4.insert(net("10.77.3.0/24"), "country_code", MmdbValue::from("CN"));
-        v4.write(&dir.path().join("geolite2-country-ipv4.mmdb"))
-            .unwrap();
+        v4.write(&dir.path().join("geolite2-country-ipv4.mmdb")).unwrap();
         let mut v6 = MmdbWriter::new("geolite2-country");
         v6.insert(net("fd77:3::/32"), "country_code", MmdbValue::from("JP"));
-        v6.write(&dir.path().join("geolite2-country-ipv6.mmdb"))
-            .unwrap();
+        v6.write(&dir.path().join("geolite2-country-ipv6.mmdb")).unwrap();
         let mut asn = MmdbWriter::new("asn");
         asn.insert_asn(net("10.77.3.0/24"), 13_335, "Cloudflare, Inc.");
         asn.write(&dir.path().join("iplocate-asn.mmdb")).unwrap();
@@ -439,10 +402,7 @@ mod tests {
         };
         let (geo, warnings) = Geo::open(&cfg);
         assert!(warnings.is_empty(), "{warnings:?}");
-        assert_eq!(
-            geo.lookup(ip("10.77.3.2")),
-            info("CN", 13_335, "Cloudflare, Inc.")
-        );
+        assert_eq!(geo.lookup(ip("10.77.3.2")), info("CN", 13_335, "Cloudflare, Inc."));
         assert_eq!(geo.lookup(ip("fd77:3::2")), info("JP", 0, ""));
     }
 
@@ -467,14 +427,8 @@ mod tests {
             asn_database: Some(path),
         });
         assert!(warnings.is_empty(), "{warnings:?}");
-        assert_eq!(
-            geo.lookup(ip("10.77.8.8")),
-            info("US", 15_169, "Google LLC")
-        );
-        assert!(
-            Arc::ptr_eq(geo.country.as_ref().unwrap(), geo.asn.as_ref().unwrap()),
-            "read once"
-        );
+        assert_eq!(geo.lookup(ip("10.77.8.8")), info("US", 15_169, "Google LLC"));
+        assert!(Arc::ptr_eq(geo.country.as_ref().unwrap(), geo.asn.as_ref().unwrap()), "read once");
     }
 
     #[test]
@@ -511,14 +465,8 @@ mod tests {
             warnings[0].contains("nope.mmdb not found: country labels will be empty"),
             "{warnings:?}"
         );
-        assert!(
-            warnings[1].contains("garbage.mmdb cannot be read ("),
-            "{warnings:?}"
-        );
-        assert!(
-            warnings[1].contains("asn and as_org labels will be empty"),
-            "{warnings:?}"
-        );
+        assert!(warnings[1].contains("garbage.mmdb cannot be read ("), "{warnings:?}");
+        assert!(warnings[1].contains("asn and as_org labels will be empty"), "{warnings:?}");
         assert!(!geo.has_country() && !geo.has_asn());
         assert_eq!(geo.lookup(ip("10.77.3.2")), GeoInfo::default());
 
@@ -532,10 +480,7 @@ mod tests {
             asn_database: Some(cut),
         });
         assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(
-            warnings[0].contains("cut.mmdb cannot be read"),
-            "{warnings:?}"
-        );
+        assert!(warnings[0].contains("cut.mmdb cannot be read"), "{warnings:?}");
     }
 
     #[test]
@@ -561,9 +506,6 @@ mod tests {
             other_family_file(Path::new("/d/x-ipv6.mmdb")),
             Some(PathBuf::from("/d/x-ipv4.mmdb"))
         );
-        assert_eq!(
-            other_family_file(Path::new("/ipv4/GeoLite2-ASN.mmdb")),
-            None
-        );
+        assert_eq!(other_family_file(Path::new("/ipv4/GeoLite2-ASN.mmdb")), None);
     }
 }

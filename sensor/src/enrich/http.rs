@@ -64,16 +64,12 @@ fn http_error(e: HttpError) -> ParseError {
 
 /// The Host header's name part, normalised.
 fn host_of(headers: &[Header<'_>]) -> Result<Option<String>, ParseError> {
-    let mut hosts = headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("host"));
+    let mut hosts = headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host"));
     let Some(first) = hosts.next() else {
         return Ok(None);
     };
     if hosts.any(|h| h.value.trim_ascii() != first.value.trim_ascii()) {
-        return Err(ParseError::Malformed(
-            "several different Host headers".into(),
-        ));
+        return Err(ParseError::Malformed("several different Host headers".into()));
     }
     let value = first.value.trim_ascii();
     if value.is_empty() {
@@ -82,9 +78,7 @@ fn host_of(headers: &[Header<'_>]) -> Result<Option<String>, ParseError> {
     // IPv6 literal: "[" address "]" [":" port]
     if let Some(rest) = value.strip_prefix(b"[") {
         let Some(close) = rest.iter().position(|&b| b == b']') else {
-            return Err(ParseError::Malformed(
-                "unterminated IPv6 literal in Host".into(),
-            ));
+            return Err(ParseError::Malformed("unterminated IPv6 literal in Host".into()));
         };
         check_port(&rest[close + 1..])?;
         return Ok(None);
@@ -130,22 +124,13 @@ mod tests {
     #[test]
     fn normal_requests() {
         assert_eq!(host(CURL_GET), some("www.example.test"));
-        assert_eq!(
-            host("GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"),
-            some("example.com")
-        );
+        assert_eq!(host("GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"), some("example.com"));
         assert_eq!(
             host("POST /api HTTP/1.1\r\nContent-Length: 5\r\nHost: api.example.com\r\n\r\nhello"),
             some("api.example.com")
         );
-        assert_eq!(
-            host("GET / HTTP/1.0\nHost: example.com\n\n"),
-            some("example.com")
-        );
-        assert_eq!(
-            host("\r\nGET / HTTP/1.1\r\nHost: example.com\r\n\r\n"),
-            some("example.com")
-        );
+        assert_eq!(host("GET / HTTP/1.0\nHost: example.com\n\n"), some("example.com"));
+        assert_eq!(host("\r\nGET / HTTP/1.1\r\nHost: example.com\r\n\r\n"), some("example.com"));
         assert_eq!(
             host("CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"),
             some("example.com")
@@ -158,18 +143,9 @@ mod tests {
             host("GET / HTTP/1.1\r\nHOST: WWW.Example.COM\r\n\r\n"),
             some("www.example.com")
         );
-        assert_eq!(
-            host("GET / HTTP/1.1\r\nhost:example.com:8080\r\n\r\n"),
-            some("example.com")
-        );
-        assert_eq!(
-            host("GET / HTTP/1.1\r\nhOsT:  example.com.:80  \r\n\r\n"),
-            some("example.com")
-        );
-        assert_eq!(
-            host("GET / HTTP/1.1\r\nHost: example.com:\r\n\r\n"),
-            some("example.com")
-        );
+        assert_eq!(host("GET / HTTP/1.1\r\nhost:example.com:8080\r\n\r\n"), some("example.com"));
+        assert_eq!(host("GET / HTTP/1.1\r\nhOsT:  example.com.:80  \r\n\r\n"), some("example.com"));
+        assert_eq!(host("GET / HTTP/1.1\r\nHost: example.com:\r\n\r\n"), some("example.com"));
         assert!(matches!(
             host("GET / HTTP/1.1\r\nHost: example.com:http\r\n\r\n"),
             Err(ParseError::Malformed(_))
@@ -186,15 +162,9 @@ mod tests {
 
     #[test]
     fn ip_literals_and_missing_host() {
-        assert_eq!(
-            host("GET / HTTP/1.1\r\nHost: [2001:db8::1]:8080\r\n\r\n"),
-            Ok(None)
-        );
+        assert_eq!(host("GET / HTTP/1.1\r\nHost: [2001:db8::1]:8080\r\n\r\n"), Ok(None));
         assert_eq!(host("GET / HTTP/1.1\r\nHost: [::1]\r\n\r\n"), Ok(None));
-        assert_eq!(
-            host("GET / HTTP/1.1\r\nHost: 192.0.2.1:80\r\n\r\n"),
-            Ok(None)
-        );
+        assert_eq!(host("GET / HTTP/1.1\r\nHost: 192.0.2.1:80\r\n\r\n"), Ok(None));
         assert_eq!(host("GET / HTTP/1.0\r\nUser-Agent: x\r\n\r\n"), Ok(None));
         assert_eq!(host("GET / HTTP/1.1\r\nHost:\r\n\r\n"), Ok(None));
         assert!(matches!(
@@ -210,20 +180,11 @@ mod tests {
 
     #[test]
     fn invalid_hosts() {
-        for bad in [
-            "exa mple.com",
-            "a..b",
-            "user@example.com",
-            "example.com/x",
-            "caf\u{e9}.test",
-        ] {
+        for bad in ["exa mple.com", "a..b", "user@example.com", "example.com/x", "caf\u{e9}.test"] {
             let req = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
             let got = host(&req);
             assert!(
-                matches!(
-                    got,
-                    Err(ParseError::InvalidHostname) | Err(ParseError::Malformed(_))
-                ),
+                matches!(got, Err(ParseError::InvalidHostname) | Err(ParseError::Malformed(_))),
                 "{bad}: {got:?}"
             );
         }
@@ -246,28 +207,13 @@ mod tests {
     #[test]
     fn partial_requests() {
         // Host complete, the rest cut.
-        assert_eq!(
-            host("GET / HTTP/1.1\r\nHost: example.com\r\nUser-Ag"),
-            some("example.com")
-        );
-        assert_eq!(
-            host("GET / HTTP/1.1\r\nHost: example.com\r\n"),
-            some("example.com")
-        );
-        assert_eq!(
-            host("GET / HTTP/1.1\r\nHost: example.com\r\n\r"),
-            some("example.com")
-        );
+        assert_eq!(host("GET / HTTP/1.1\r\nHost: example.com\r\nUser-Ag"), some("example.com"));
+        assert_eq!(host("GET / HTTP/1.1\r\nHost: example.com\r\n"), some("example.com"));
+        assert_eq!(host("GET / HTTP/1.1\r\nHost: example.com\r\n\r"), some("example.com"));
         assert_eq!(host("GET / HTTP/1.1\r\nHost: [::1]\r\nAcc"), Ok(None));
         // Host not (completely) there yet.
-        assert_eq!(
-            host("GET / HTTP/1.1\r\nHost: exam"),
-            Err(ParseError::Truncated)
-        );
-        assert_eq!(
-            host("GET / HTTP/1.1\r\nAccept: */*\r\n"),
-            Err(ParseError::Truncated)
-        );
+        assert_eq!(host("GET / HTTP/1.1\r\nHost: exam"), Err(ParseError::Truncated));
+        assert_eq!(host("GET / HTTP/1.1\r\nAccept: */*\r\n"), Err(ParseError::Truncated));
         assert_eq!(host("GET / HTTP/1.1\r\n"), Err(ParseError::Truncated));
         assert_eq!(host("GET /very/long/pa"), Err(ParseError::Truncated));
         assert_eq!(host(""), Err(ParseError::Truncated));
@@ -288,22 +234,10 @@ mod tests {
 
     #[test]
     fn not_http() {
-        assert_eq!(
-            request_host(&[0x16, 0x03, 0x01, 0x02, 0x00]),
-            Err(ParseError::NotHttpRequest)
-        );
-        assert_eq!(
-            host("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
-            Err(ParseError::NotHttpRequest)
-        );
-        assert_eq!(
-            host("GET / HTTP/3\r\n\r\n"),
-            Err(ParseError::NotHttpRequest)
-        );
-        assert_eq!(
-            host("HTTP/1.1 200 OK\r\n\r\n"),
-            Err(ParseError::NotHttpRequest)
-        );
+        assert_eq!(request_host(&[0x16, 0x03, 0x01, 0x02, 0x00]), Err(ParseError::NotHttpRequest));
+        assert_eq!(host("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Err(ParseError::NotHttpRequest));
+        assert_eq!(host("GET / HTTP/3\r\n\r\n"), Err(ParseError::NotHttpRequest));
+        assert_eq!(host("HTTP/1.1 200 OK\r\n\r\n"), Err(ParseError::NotHttpRequest));
         assert!(host("GET / HTTP/1.1\r\nBad Header: x\r\n\r\n").is_err());
         assert!(matches!(
             host("GET / HTTP/1.1\r\nHost: a\0b\r\n\r\n"),

@@ -101,13 +101,7 @@ impl InventoryConfig {
             if let Some(key) = d.tags.keys().find(|k| !is_label_name(k)) {
                 let suggestion: String = key
                     .chars()
-                    .map(|c| {
-                        if c.is_ascii_alphanumeric() {
-                            c.to_ascii_lowercase()
-                        } else {
-                            '_'
-                        }
-                    })
+                    .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
                     .collect();
                 let suggestion = suggestion.trim_start_matches('_');
                 let suggestion = if suggestion.starts_with(|c: char| c.is_ascii_digit()) {
@@ -172,11 +166,7 @@ pub fn fallback_name(mac: &Mac, vendor: &Vendor) -> String {
                 .map(|c| c.to_ascii_lowercase())
                 .collect();
             let slug = slug.trim_matches('-').to_string();
-            if slug.is_empty() {
-                "device".to_string()
-            } else {
-                slug
-            }
+            if slug.is_empty() { "device".to_string() } else { slug }
         }
         Vendor::Randomized => "randomized".to_string(),
         Vendor::Unknown => "device".to_string(),
@@ -237,11 +227,8 @@ impl Inventory {
     pub fn new(cfg: &InventoryConfig) -> anyhow::Result<(Inventory, Vec<String>)> {
         cfg.validate().map_err(anyhow::Error::msg)?;
         let mut warnings = Vec::new();
-        let devices = cfg
-            .devices
-            .iter()
-            .filter_map(|d| Some((parse_mac(&d.mac)?, d.clone())))
-            .collect();
+        let devices =
+            cfg.devices.iter().filter_map(|d| Some((parse_mac(&d.mac)?, d.clone()))).collect();
         let (oui_paths, defaults): (Vec<PathBuf>, bool) = match &cfg.oui_databases {
             Some(paths) => (paths.clone(), false),
             None => (DEFAULT_OUI_PATHS.iter().map(PathBuf::from).collect(), true),
@@ -261,30 +248,21 @@ impl Inventory {
         }
         if !missing.is_empty() {
             let all = missing.len() == oui_paths.len();
-            let listed = missing
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ");
+            let listed =
+                missing.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
             let (what, consequence) = match (all, missing.len()) {
                 (true, 1) => ("database", "vendors will be empty"),
                 (true, _) => ("databases", "vendors will be empty"),
                 (false, 1) => ("database", "vendors of its prefixes will be missing"),
                 (false, _) => ("databases", "vendors of their prefixes will be missing"),
             };
-            let listed = if defaults && all {
-                DEFAULT_OUI_PATHS[0].to_string()
-            } else {
-                listed
-            };
+            let listed = if defaults && all { DEFAULT_OUI_PATHS[0].to_string() } else { listed };
             let fix = if defaults {
                 "apt-get install ieee-data"
             } else {
                 "check inventory.oui_databases"
             };
-            warnings.push(format!(
-                "OUI {what} {listed} not found: {consequence} ({fix})"
-            ));
+            warnings.push(format!("OUI {what} {listed} not found: {consequence} ({fix})"));
         }
         let lease_files = cfg
             .dhcp_leases
@@ -296,12 +274,7 @@ impl Inventory {
                 last_warning: None,
             })
             .collect();
-        let mut inventory = Inventory {
-            devices,
-            oui,
-            lease_files,
-            leases: HashMap::new(),
-        };
+        let mut inventory = Inventory { devices, oui, lease_files, leases: HashMap::new() };
         warnings.extend(inventory.refresh());
         Ok((inventory, warnings))
     }
@@ -366,10 +339,7 @@ impl Inventory {
 
     /// The addresses leased to `mac`, most recent first.
     pub fn lease_ips(&self, mac: &Mac) -> Vec<IpAddr> {
-        self.leases
-            .get(mac)
-            .map(|l| l.ips.clone())
-            .unwrap_or_default()
+        self.leases.get(mac).map(|l| l.ips.clone()).unwrap_or_default()
     }
 
     /// The vendor of `mac` alone.
@@ -386,12 +356,7 @@ impl Inventory {
     fn merge(&mut self) {
         let mut all: Vec<(u64, usize, usize, &Lease)> = Vec::new();
         for (f, file) in self.lease_files.iter().enumerate() {
-            all.extend(
-                file.leases
-                    .iter()
-                    .enumerate()
-                    .map(|(i, l)| (l.ends, f, i, l)),
-            );
+            all.extend(file.leases.iter().enumerate().map(|(i, l)| (l.ends, f, i, l)));
         }
         all.sort_by_key(|&(ends, file, line, _)| std::cmp::Reverse((ends, file, line)));
         let mut merged: HashMap<Mac, MacLeases> = HashMap::new();
@@ -426,10 +391,7 @@ impl LeaseFile {
                 ));
             }
             Err(e) => {
-                return Err(format!(
-                    "cannot read DHCP leases file {}: {e}",
-                    self.path.display()
-                ));
+                return Err(format!("cannot read DHCP leases file {}: {e}", self.path.display()));
             }
         };
         let stamp = Stamp {
@@ -440,10 +402,7 @@ impl LeaseFile {
         };
         if self.stamp.as_ref() == Some(&stamp) {
             // Unchanged: whatever was said about its content still holds.
-            return Ok(Checked {
-                changed: false,
-                warning: self.last_warning.clone(),
-            });
+            return Ok(Checked { changed: false, warning: self.last_warning.clone() });
         }
         let bytes = std::fs::read(&self.path)
             .map_err(|e| format!("cannot read DHCP leases file {}: {e}", self.path.display()))?;
@@ -451,10 +410,7 @@ impl LeaseFile {
             // dnsmasq rewrites its file in place (truncate, write): an empty read is most
             // likely that moment. Keep the leases, and look again at the next call.
             self.stamp = None;
-            return Ok(Checked {
-                changed: false,
-                warning: self.last_warning.clone(),
-            });
+            return Ok(Checked { changed: false, warning: self.last_warning.clone() });
         }
         let text = String::from_utf8_lossy(&bytes);
         let parsed = parse_leases(&text);
@@ -477,10 +433,7 @@ impl LeaseFile {
                 parsed.malformed.len()
             )
         });
-        Ok(Checked {
-            changed: true,
-            warning,
-        })
+        Ok(Checked { changed: true, warning })
     }
 }
 
@@ -500,20 +453,13 @@ struct ParsedLeases {
 }
 
 fn parse_leases(text: &str) -> ParsedLeases {
-    let first = text
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .find(|l| !l.is_empty());
+    let first =
+        text.lines().map(|l| l.split('#').next().unwrap_or("").trim()).find(|l| !l.is_empty());
     let Some(first) = first else {
-        return ParsedLeases {
-            format: Some(LeaseFormat::Dnsmasq),
-            ..Default::default()
-        };
+        return ParsedLeases { format: Some(LeaseFormat::Dnsmasq), ..Default::default() };
     };
-    let word = first
-        .split(|c: char| c.is_whitespace() || c == '{' || c == ';')
-        .next()
-        .unwrap_or("");
+    let word =
+        first.split(|c: char| c.is_whitespace() || c == '{' || c == ';').next().unwrap_or("");
     const ISC_STATEMENTS: &[&str] = &[
         "lease",
         "host",
@@ -563,10 +509,7 @@ fn parse_lease_mac(s: &str) -> Option<Mac> {
 /// leases follow a `duid <server duid>` line and carry an IAID where the MAC would be:
 /// they name no MAC and are skipped.
 fn parse_dnsmasq(text: &str) -> ParsedLeases {
-    let mut out = ParsedLeases {
-        format: Some(LeaseFormat::Dnsmasq),
-        ..Default::default()
-    };
+    let mut out = ParsedLeases { format: Some(LeaseFormat::Dnsmasq), ..Default::default() };
     // A last line without its newline is being written: not malformed, just not there yet.
     let complete = if text.ends_with('\n') {
         text
@@ -682,10 +625,8 @@ fn isc_tokens(text: &str) -> Vec<(usize, Token)> {
                     }
                 }
                 if closed {
-                    tokens.push((
-                        start,
-                        Token::Quoted(String::from_utf8_lossy(&bytes).into_owned()),
-                    ));
+                    tokens
+                        .push((start, Token::Quoted(String::from_utf8_lossy(&bytes).into_owned())));
                 }
             }
             c => {
@@ -730,18 +671,12 @@ fn isc_statements(
             line = *l;
         }
         match token {
-            Token::Semi => out.push(Statement {
-                line,
-                words: std::mem::take(&mut words),
-                block: None,
-            }),
+            Token::Semi => {
+                out.push(Statement { line, words: std::mem::take(&mut words), block: None })
+            }
             Token::Open => {
                 let block = isc_statements(tokens, pos, complete, depth + 1);
-                out.push(Statement {
-                    line,
-                    words: std::mem::take(&mut words),
-                    block: Some(block),
-                });
+                out.push(Statement { line, words: std::mem::take(&mut words), block: Some(block) });
             }
             Token::Close => {
                 if depth > 0 {
@@ -800,10 +735,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 /// last block is its state, and for one MAC the last block is its current lease. Leases in
 /// `binding state free`, `abandoned` or `backup` belong to no device and are ignored.
 fn parse_isc(text: &str) -> ParsedLeases {
-    let mut out = ParsedLeases {
-        format: Some(LeaseFormat::Isc),
-        ..Default::default()
-    };
+    let mut out = ParsedLeases { format: Some(LeaseFormat::Isc), ..Default::default() };
     let tokens = isc_tokens(text);
     let mut pos = 0;
     let mut complete = true;
@@ -861,12 +793,7 @@ fn parse_isc(text: &str) -> ParsedLeases {
             continue;
         }
         let lease = match mac {
-            Some(mac) if !state_ignored => Some(Lease {
-                mac,
-                ip,
-                hostname,
-                ends,
-            }),
+            Some(mac) if !state_ignored => Some(Lease { mac, ip, hostname, ends }),
             _ => None,
         };
         if let Some(earlier) = by_ip.insert(ip, blocks.len()) {
@@ -876,12 +803,8 @@ fn parse_isc(text: &str) -> ParsedLeases {
     }
     // The last block of each MAC.
     let mut seen = HashSet::new();
-    let mut leases: Vec<Lease> = blocks
-        .into_iter()
-        .rev()
-        .flatten()
-        .filter(|l| seen.insert(l.mac))
-        .collect();
+    let mut leases: Vec<Lease> =
+        blocks.into_iter().rev().flatten().filter(|l| seen.insert(l.mac)).collect();
     leases.reverse();
     out.leases = leases;
     out
@@ -899,25 +822,15 @@ mod tests {
     const UNKNOWN: Mac = [0x00, 0x11, 0x22, 0x33, 0x44, 0x55];
 
     fn data(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/inventory")
-            .join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/inventory").join(name)
     }
 
     fn device(mac: &str, name: &str) -> StaticDevice {
-        StaticDevice {
-            mac: mac.into(),
-            name: name.into(),
-            ..Default::default()
-        }
+        StaticDevice { mac: mac.into(), name: name.into(), ..Default::default() }
     }
 
     fn config(devices: Vec<StaticDevice>, leases: Vec<PathBuf>) -> InventoryConfig {
-        InventoryConfig {
-            devices,
-            dhcp_leases: leases,
-            oui_databases: Some(vec![data("oui.csv")]),
-        }
+        InventoryConfig { devices, dhcp_leases: leases, oui_databases: Some(vec![data("oui.csv")]) }
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -987,12 +900,9 @@ mod tests {
         );
         let e = check(vec![device("64:09:80:12:34:56", " ")]);
         assert!(e.contains("empty name"), "{e}");
-        for (key, suggestion) in [
-            ("room-name", "room_name"),
-            ("1st", "tag_1st"),
-            ("__name__", "name__"),
-            ("", "owner"),
-        ] {
+        for (key, suggestion) in
+            [("room-name", "room_name"), ("1st", "tag_1st"), ("__name__", "name__"), ("", "owner")]
+        {
             let mut d = device("64:09:80:12:34:56", "vacuum");
             d.tags.insert(key.into(), "x".into());
             let e = check(vec![d]);
@@ -1014,10 +924,7 @@ mod tests {
     #[test]
     fn fallback_names() {
         let known = |s: &str| Vendor::Known(s.into());
-        assert_eq!(
-            fallback_name(&XIAOMI, &known("Xiaomi Communications Co Ltd")),
-            "xiaomi-123456"
-        );
+        assert_eq!(fallback_name(&XIAOMI, &known("Xiaomi Communications Co Ltd")), "xiaomi-123456");
         assert_eq!(fallback_name(&APPLE, &known("Apple, Inc.")), "apple-aabbcc");
         assert_eq!(
             fallback_name(&UNKNOWN, &known("TP-LINK TECHNOLOGIES CO.,LTD.")),
@@ -1025,10 +932,7 @@ mod tests {
         );
         assert_eq!(fallback_name(&UNKNOWN, &known("  (c) ")), "c-334455");
         assert_eq!(fallback_name(&UNKNOWN, &known("!!!")), "device-334455");
-        assert_eq!(
-            fallback_name(&RANDOM, &Vendor::Randomized),
-            "randomized-010203"
-        );
+        assert_eq!(fallback_name(&RANDOM, &Vendor::Randomized), "randomized-010203");
         assert_eq!(fallback_name(&UNKNOWN, &Vendor::Unknown), "device-334455");
     }
 
@@ -1047,40 +951,21 @@ mod tests {
             "{warnings:?}"
         );
         let d = inv.device(&XIAOMI);
-        assert_eq!(
-            (d.name.as_str(), d.source),
-            ("roborock-vacuum", NameSource::Dhcp)
-        );
-        assert_eq!(
-            d.vendor,
-            Vendor::Known("Xiaomi Communications Co Ltd".into())
-        );
+        assert_eq!((d.name.as_str(), d.source), ("roborock-vacuum", NameSource::Dhcp));
+        assert_eq!(d.vendor, Vendor::Known("Xiaomi Communications Co Ltd".into()));
         assert_eq!(inv.lease_ips(&XIAOMI), vec![ip("192.168.1.23")]);
         // `*`: no hostname, so the fallback name; the lease address is still known.
         let d = inv.device(&APPLE);
-        assert_eq!(
-            (d.name.as_str(), d.source),
-            ("apple-aabbcc", NameSource::Fallback)
-        );
+        assert_eq!((d.name.as_str(), d.source), ("apple-aabbcc", NameSource::Fallback));
         assert_eq!(inv.lease_ips(&APPLE), vec![ip("192.168.1.40")]);
         // Two leases for one MAC: the later expiry wins, and an infinite (0) one beats both.
         assert_eq!(inv.device(&RANDOM).name, "Pixel-8");
-        assert_eq!(
-            inv.lease_ips(&RANDOM),
-            vec![ip("192.168.1.51"), ip("192.168.1.50")]
-        );
+        assert_eq!(inv.lease_ips(&RANDOM), vec![ip("192.168.1.51"), ip("192.168.1.50")]);
         let static_lease: Mac = [0x00, 0x1e, 0xfc, 0x00, 0x00, 0x01];
         assert_eq!(inv.device(&static_lease).name, "scale");
-        assert_eq!(
-            inv.lease_ips(&static_lease),
-            vec![ip("192.168.1.2"), ip("192.168.1.3")]
-        );
+        assert_eq!(inv.lease_ips(&static_lease), vec![ip("192.168.1.2"), ip("192.168.1.3")]);
         // The IPv6 leases name no MAC.
-        assert!(
-            inv.leases
-                .values()
-                .all(|l| l.ips.iter().all(|ip| ip.is_ipv4()))
-        );
+        assert!(inv.leases.values().all(|l| l.ips.iter().all(|ip| ip.is_ipv4())));
         assert_eq!(inv.lease_ips(&UNKNOWN), Vec::<IpAddr>::new());
     }
 
@@ -1111,10 +996,7 @@ mod tests {
         let lease = |mac: Mac| parsed.leases.iter().find(|l| l.mac == mac).unwrap().ends;
         assert_eq!(lease(other), u64::MAX);
         assert_eq!(lease(APPLE), 1_795_000_000);
-        assert_eq!(
-            lease(XIAOMI),
-            days_from_civil(2026, 11, 23) as u64 * 86_400 + 20 * 3600
-        );
+        assert_eq!(lease(XIAOMI), days_from_civil(2026, 11, 23) as u64 * 86_400 + 20 * 3600);
     }
 
     #[test]
@@ -1147,26 +1029,17 @@ mod tests {
         let mut vacuum = device("64:09:80:12:34:56", "Vacuum");
         vacuum.group = "iot".into();
         vacuum.tags.insert("room".into(), "kitchen".into());
-        let cfg = config(
-            vec![vacuum],
-            vec![data("dnsmasq.leases"), data("dhcpd.leases")],
-        );
+        let cfg = config(vec![vacuum], vec![data("dnsmasq.leases"), data("dhcpd.leases")]);
         let (inv, _) = Inventory::new(&cfg).unwrap();
         let d = inv.device(&XIAOMI);
         assert_eq!(d.name, "Vacuum");
         assert_eq!(d.group, "iot");
         assert_eq!(d.tags.get("room").map(String::as_str), Some("kitchen"));
         assert_eq!(d.source, NameSource::Inventory);
-        assert_eq!(
-            d.vendor,
-            Vendor::Known("Xiaomi Communications Co Ltd".into())
-        );
+        assert_eq!(d.vendor, Vendor::Known("Xiaomi Communications Co Ltd".into()));
         // The lease addresses from both files, the later-ending lease first (dhcpd's ends in
         // 2026; dnsmasq's expiry is 2023).
-        assert_eq!(
-            inv.lease_ips(&XIAOMI),
-            vec![ip("192.168.1.11"), ip("192.168.1.23")]
-        );
+        assert_eq!(inv.lease_ips(&XIAOMI), vec![ip("192.168.1.11"), ip("192.168.1.23")]);
         // Hostname from the more recent lease over both files.
         assert_eq!(inv.device(&APPLE).name, "Ann's \"iPhone\"; {x}");
         assert_eq!(inv.device(&APPLE).source, NameSource::Dhcp);
@@ -1177,10 +1050,7 @@ mod tests {
         );
         assert_eq!(d.group, "");
         let d = inv.device(&[0xda, 0xa1, 0x19, 0xff, 0xee, 0xdd]);
-        assert_eq!(
-            (d.name.as_str(), d.vendor),
-            ("randomized-ffeedd", Vendor::Randomized)
-        );
+        assert_eq!((d.name.as_str(), d.vendor), ("randomized-ffeedd", Vendor::Randomized));
         assert_eq!(NameSource::Inventory.as_str(), "inventory");
         assert_eq!(NameSource::Dhcp.as_str(), "dhcp");
         assert_eq!(NameSource::Fallback.as_str(), "fallback");
@@ -1193,30 +1063,18 @@ mod tests {
         let (mut inv, warnings) = Inventory::new(&config(vec![], vec![path.clone()])).unwrap();
         assert_eq!(warnings.len(), 1);
         assert!(warnings[0].contains("does not exist (yet)"), "{warnings:?}");
-        assert!(
-            inv.refresh().is_empty(),
-            "a lasting problem is reported once"
-        );
+        assert!(inv.refresh().is_empty(), "a lasting problem is reported once");
         assert_eq!(inv.device(&XIAOMI).source, NameSource::Fallback);
 
-        std::fs::write(
-            &path,
-            "1763900000 64:09:80:12:34:56 192.168.1.23 vacuum *\n",
-        )
-        .unwrap();
+        std::fs::write(&path, "1763900000 64:09:80:12:34:56 192.168.1.23 vacuum *\n").unwrap();
         assert!(inv.refresh().is_empty());
         assert_eq!(inv.device(&XIAOMI).name, "vacuum");
 
         // Same size, new content: the modification time tells (set explicitly, as a rewrite
         // within the filesystem's timestamp granularity would not change it).
-        std::fs::write(
-            &path,
-            "1763900000 64:09:80:12:34:56 192.168.1.24 robot1 *\n",
-        )
-        .unwrap();
+        std::fs::write(&path, "1763900000 64:09:80:12:34:56 192.168.1.24 robot1 *\n").unwrap();
         let f = std::fs::File::options().write(true).open(&path).unwrap();
-        f.set_modified(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000))
-            .unwrap();
+        f.set_modified(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000)).unwrap();
         drop(f);
         assert!(inv.refresh().is_empty());
         assert_eq!(inv.device(&XIAOMI).name, "robot1");
@@ -1238,10 +1096,7 @@ mod tests {
         std::fs::write(&path, "hello world, this is not a lease file\n").unwrap();
         let w = inv.refresh();
         assert_eq!(w.len(), 1);
-        assert!(
-            w[0].contains("not a dnsmasq or ISC dhcpd leases file"),
-            "{w:?}"
-        );
+        assert!(w[0].contains("not a dnsmasq or ISC dhcpd leases file"), "{w:?}");
         assert_eq!(inv.device(&XIAOMI).name, "robot2");
         assert!(inv.refresh().is_empty());
 
@@ -1249,20 +1104,13 @@ mod tests {
         std::fs::write(&path, "").unwrap();
         assert!(inv.refresh().is_empty());
         assert_eq!(inv.device(&XIAOMI).name, "robot2");
-        std::fs::write(
-            &path,
-            "1763900000 64:09:80:12:34:56 192.168.1.25 robot2b *\n17639",
-        )
-        .unwrap();
+        std::fs::write(&path, "1763900000 64:09:80:12:34:56 192.168.1.25 robot2b *\n17639")
+            .unwrap();
         assert!(inv.refresh().is_empty());
         assert_eq!(inv.device(&XIAOMI).name, "robot2b");
 
         // Removed: warned once, names kept.
-        std::fs::write(
-            &path,
-            "1763900000 64:09:80:12:34:56 192.168.1.25 robot3 *\n",
-        )
-        .unwrap();
+        std::fs::write(&path, "1763900000 64:09:80:12:34:56 192.168.1.25 robot3 *\n").unwrap();
         assert!(inv.refresh().is_empty());
         std::fs::remove_file(&path).unwrap();
         let w = inv.refresh();
@@ -1286,15 +1134,9 @@ mod tests {
                     .to_string()
             ]
         );
-        assert_eq!(
-            inv.vendor(&XIAOMI),
-            Vendor::Known("Xiaomi Communications Co Ltd".into())
-        );
+        assert_eq!(inv.vendor(&XIAOMI), Vendor::Known("Xiaomi Communications Co Ltd".into()));
         // An explicit empty list: no lookup, no warning.
-        let cfg = InventoryConfig {
-            oui_databases: Some(vec![]),
-            ..Default::default()
-        };
+        let cfg = InventoryConfig { oui_databases: Some(vec![]), ..Default::default() };
         let (inv, warnings) = Inventory::new(&cfg).unwrap();
         assert!(warnings.is_empty());
         assert_eq!(inv.device(&XIAOMI).name, "device-123456");
@@ -1311,10 +1153,7 @@ mod tests {
         // Defaults: Debian's files, or the apt-get hint.
         let (inv, warnings) = Inventory::new(&InventoryConfig::default()).unwrap();
         if Path::new(DEFAULT_OUI_PATHS[0]).exists() {
-            assert!(
-                warnings.iter().all(|w| !w.contains("oui.csv")),
-                "{warnings:?}"
-            );
+            assert!(warnings.iter().all(|w| !w.contains("oui.csv")), "{warnings:?}");
             assert_eq!(inv.device(&XIAOMI).name, "xiaomi-123456");
         } else {
             assert!(

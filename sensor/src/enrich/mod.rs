@@ -53,7 +53,11 @@ fn default_max_names() -> usize {
 
 impl Default for NamesConfig {
     fn default() -> Self {
-        NamesConfig { dns_grace: default_dns_grace(), flow_name_ttl: default_flow_name_ttl(), max_names: default_max_names() }
+        NamesConfig {
+            dns_grace: default_dns_grace(),
+            flow_name_ttl: default_flow_name_ttl(),
+            max_names: default_max_names(),
+        }
     }
 }
 
@@ -77,7 +81,11 @@ impl Enricher {
         let (inventory, mut warnings) = inventory::Inventory::new(inventory)?;
         let (geo, geo_warnings) = geo::Geo::open(geo);
         warnings.extend(geo_warnings);
-        let names = names::NameCache::new(names.dns_grace.as_secs(), names.max_names, names.flow_name_ttl.as_secs());
+        let names = names::NameCache::new(
+            names.dns_grace.as_secs(),
+            names.max_names,
+            names.flow_name_ttl.as_secs(),
+        );
         Ok((Enricher { inventory, names, geo, level }, warnings))
     }
 
@@ -136,7 +144,9 @@ impl Enricher {
         out.destination.clear();
         match self.level {
             DestinationLevel::Fqdn => out.destination.push_str(name().unwrap_or_default()),
-            DestinationLevel::Domain => out.destination.push_str(&name().map(domain::registrable).unwrap_or_default()),
+            DestinationLevel::Domain => {
+                out.destination.push_str(&name().map(domain::registrable).unwrap_or_default())
+            }
             DestinationLevel::Ip => {}
             // Writing to a String cannot fail.
             DestinationLevel::Asn if info.asn != 0 => _ = write!(out.destination, "AS{}", info.asn),
@@ -181,6 +191,11 @@ impl Namer for PollNamer<'_> {
         const TCP: u8 = 6;
         key.protocol == TCP
             && self.enricher.level_uses_names()
-            && !self.enricher.names.has_flow_name(key.client_mac, labels::ip(&key.remote_ip), key.remote_port, self.now)
+            && !self.enricher.names.has_flow_name(
+                key.client_mac,
+                labels::ip(&key.remote_ip),
+                key.remote_port,
+                self.now,
+            )
     }
 }

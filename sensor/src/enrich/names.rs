@@ -23,8 +23,8 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-pub use crate::accounting::Mac;
 use crate::accounting::FastMap;
+pub use crate::accounting::Mac;
 
 use super::dns::DnsAnswer;
 
@@ -67,10 +67,7 @@ pub fn normalize_hostname(raw: &[u8]) -> Result<String, ParseError> {
         if label.is_empty() || label.len() > 63 {
             return Err(ParseError::InvalidHostname);
         }
-        if !label
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        if !label.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             return Err(ParseError::InvalidHostname);
         }
     }
@@ -145,9 +142,7 @@ impl NameCache {
             return;
         }
         for &(ip, ttl) in &answer.addrs {
-            let expires = now
-                .saturating_add(u64::from(ttl))
-                .saturating_add(self.grace_secs);
+            let expires = now.saturating_add(u64::from(ttl)).saturating_add(self.grace_secs);
             if expires > now {
                 self.learn_dns_name(client, ip.to_canonical(), &answer.qname, expires, now);
             }
@@ -157,10 +152,8 @@ impl NameCache {
     fn learn_dns_name(&mut self, client: Mac, ip: IpAddr, name: &str, expires: u64, now: u64) {
         let key = (client, ip);
         let slot = Slot::Dns(client, ip);
-        let known = self
-            .dns
-            .get(&key)
-            .and_then(|names| names.iter().position(|l| &*l.name == name));
+        let known =
+            self.dns.get(&key).and_then(|names| names.iter().position(|l| &*l.name == name));
         if let Some(i) = known {
             // Refresh: same entry count, becomes the most recent.
             let names = self.dns.get_mut(&key).expect("just found");
@@ -206,10 +199,7 @@ impl NameCache {
             return;
         }
         let learnt = Self::stamp(&mut self.next_seq, name.into(), expires);
-        self.by_expiry.insert(
-            (learnt.expires, learnt.seq),
-            Slot::Flow(client, remote, port),
-        );
+        self.by_expiry.insert((learnt.expires, learnt.seq), Slot::Flow(client, remote, port));
         self.flows.insert(key, learnt);
     }
 
@@ -221,12 +211,7 @@ impl NameCache {
         if let Some(flow) = flow.filter(|f| f.valid(now)) {
             return Some(&flow.name);
         }
-        self.dns
-            .get(&(client, remote))?
-            .iter()
-            .rev()
-            .find(|l| l.valid(now))
-            .map(|l| &*l.name)
+        self.dns.get(&(client, remote))?.iter().rev().find(|l| l.valid(now)).map(|l| &*l.name)
     }
 
     /// Whether the flow has a name of its own (SNI or Host), not just a DNS name.
@@ -328,16 +313,12 @@ mod tests {
         fn check(&self) {
             let dns: usize = self.dns.values().map(Vec::len).sum();
             assert_eq!(dns + self.flows.len(), self.by_expiry.len());
-            assert!(
-                self.dns
-                    .values()
-                    .all(|v| !v.is_empty() && v.len() <= MAX_DNS_NAMES_PER_ADDR)
-            );
+            assert!(self.dns.values().all(|v| !v.is_empty() && v.len() <= MAX_DNS_NAMES_PER_ADDR));
             for (&(expires, seq), slot) in &self.by_expiry {
                 let found = match *slot {
-                    Slot::Dns(c, a) => self.dns[&(c, a)]
-                        .iter()
-                        .any(|l| l.seq == seq && l.expires == expires),
+                    Slot::Dns(c, a) => {
+                        self.dns[&(c, a)].iter().any(|l| l.seq == seq && l.expires == expires)
+                    }
                     Slot::Flow(c, a, p) => {
                         self.flows[&(c, a, p)].seq == seq
                             && self.flows[&(c, a, p)].expires == expires
@@ -354,34 +335,19 @@ mod tests {
         let mut c = NameCache::new(60, 100, 600);
         c.learn_dns(
             PHONE,
-            &answer(
-                "api.example.com",
-                &[("192.0.2.1", 300), ("2001:db8::1", 30)],
-            ),
+            &answer("api.example.com", &[("192.0.2.1", 300), ("2001:db8::1", 30)]),
             1000,
         );
         assert_eq!(c.len(), 2);
-        assert_eq!(
-            c.name_for(PHONE, ip("192.0.2.1"), 443, 1000),
-            Some("api.example.com")
-        );
-        assert_eq!(
-            c.name_for(PHONE, ip("192.0.2.1"), 80, 1359),
-            Some("api.example.com")
-        );
+        assert_eq!(c.name_for(PHONE, ip("192.0.2.1"), 443, 1000), Some("api.example.com"));
+        assert_eq!(c.name_for(PHONE, ip("192.0.2.1"), 80, 1359), Some("api.example.com"));
         assert_eq!(c.name_for(PHONE, ip("192.0.2.1"), 443, 1360), None);
-        assert_eq!(
-            c.name_for(PHONE, ip("2001:db8::1"), 443, 1089),
-            Some("api.example.com")
-        );
+        assert_eq!(c.name_for(PHONE, ip("2001:db8::1"), 443, 1089), Some("api.example.com"));
         assert_eq!(c.name_for(PHONE, ip("2001:db8::1"), 443, 1090), None);
         // Another client did not ask.
         assert_eq!(c.name_for(LAPTOP, ip("192.0.2.1"), 443, 1000), None);
         // IPv4-mapped form of the same address.
-        assert_eq!(
-            c.name_for(PHONE, ip("::ffff:192.0.2.1"), 443, 1000),
-            Some("api.example.com")
-        );
+        assert_eq!(c.name_for(PHONE, ip("::ffff:192.0.2.1"), 443, 1000), Some("api.example.com"));
         c.expire(1090);
         assert_eq!(c.len(), 1);
         c.expire(1360);
@@ -394,10 +360,7 @@ mod tests {
     fn zero_ttl_lives_for_the_grace() {
         let mut c = NameCache::new(30, 10, 600);
         c.learn_dns(PHONE, &answer("lb.example", &[("192.0.2.1", 0)]), 100);
-        assert_eq!(
-            c.name_for(PHONE, ip("192.0.2.1"), 443, 129),
-            Some("lb.example")
-        );
+        assert_eq!(c.name_for(PHONE, ip("192.0.2.1"), 443, 129), Some("lb.example"));
         let mut c = NameCache::new(0, 10, 600);
         c.learn_dns(PHONE, &answer("lb.example", &[("192.0.2.1", 0)]), 100);
         assert!(c.is_empty());
@@ -412,23 +375,14 @@ mod tests {
         let mut c = NameCache::new(0, 100, 600);
         c.learn_dns(PHONE, &answer("a.example", &[("203.0.113.9", 1000)]), 0);
         c.learn_dns(PHONE, &answer("b.example", &[("203.0.113.9", 10)]), 5);
-        assert_eq!(
-            c.name_for(PHONE, ip("203.0.113.9"), 443, 6),
-            Some("b.example")
-        );
+        assert_eq!(c.name_for(PHONE, ip("203.0.113.9"), 443, 6), Some("b.example"));
         // b expires: a is still valid and comes back.
-        assert_eq!(
-            c.name_for(PHONE, ip("203.0.113.9"), 443, 15),
-            Some("a.example")
-        );
+        assert_eq!(c.name_for(PHONE, ip("203.0.113.9"), 443, 15), Some("a.example"));
         // Learning a again makes it the most recent without adding an entry.
         c.learn_dns(PHONE, &answer("b.example", &[("203.0.113.9", 10)]), 20);
         c.learn_dns(PHONE, &answer("a.example", &[("203.0.113.9", 1000)]), 21);
         assert_eq!(c.len(), 2);
-        assert_eq!(
-            c.name_for(PHONE, ip("203.0.113.9"), 443, 22),
-            Some("a.example")
-        );
+        assert_eq!(c.name_for(PHONE, ip("203.0.113.9"), 443, 22), Some("a.example"));
         c.check();
     }
 
@@ -437,16 +391,10 @@ mod tests {
         let mut c = NameCache::new(0, 100, 600);
         c.learn_dns(PHONE, &answer("a.example", &[("203.0.113.9", 100)]), 0);
         c.learn_dns(PHONE, &answer("a.example", &[("203.0.113.9", 10)]), 50);
-        assert_eq!(
-            c.name_for(PHONE, ip("203.0.113.9"), 443, 99),
-            Some("a.example")
-        );
+        assert_eq!(c.name_for(PHONE, ip("203.0.113.9"), 443, 99), Some("a.example"));
         assert_eq!(c.name_for(PHONE, ip("203.0.113.9"), 443, 100), None);
         c.learn_dns(PHONE, &answer("a.example", &[("203.0.113.9", 500)]), 60);
-        assert_eq!(
-            c.name_for(PHONE, ip("203.0.113.9"), 443, 559),
-            Some("a.example")
-        );
+        assert_eq!(c.name_for(PHONE, ip("203.0.113.9"), 443, 559), Some("a.example"));
         assert_eq!(c.len(), 1);
         c.check();
     }
@@ -464,63 +412,32 @@ mod tests {
         assert_eq!(c.len(), MAX_DNS_NAMES_PER_ADDR);
         assert_eq!(c.evicted(), 0);
         let last = format!("n{}.example", MAX_DNS_NAMES_PER_ADDR + 1);
-        assert_eq!(
-            c.name_for(PHONE, ip("203.0.113.9"), 1, 10),
-            Some(last.as_str())
-        );
+        assert_eq!(c.name_for(PHONE, ip("203.0.113.9"), 1, 10), Some(last.as_str()));
         c.check();
     }
 
     #[test]
     fn flow_name_wins_for_its_flow_only() {
         let mut c = NameCache::new(0, 100, 600);
-        c.learn_dns(
-            PHONE,
-            &answer("cdn.example.net", &[("198.51.100.5", 3600)]),
-            0,
-        );
+        c.learn_dns(PHONE, &answer("cdn.example.net", &[("198.51.100.5", 3600)]), 0);
         c.learn_flow_name(PHONE, ip("198.51.100.5"), 443, "shop.example.com", 10);
-        assert_eq!(
-            c.name_for(PHONE, ip("198.51.100.5"), 443, 11),
-            Some("shop.example.com")
-        );
-        assert_eq!(
-            c.name_for(PHONE, ip("198.51.100.5"), 80, 11),
-            Some("cdn.example.net")
-        );
+        assert_eq!(c.name_for(PHONE, ip("198.51.100.5"), 443, 11), Some("shop.example.com"));
+        assert_eq!(c.name_for(PHONE, ip("198.51.100.5"), 80, 11), Some("cdn.example.net"));
         assert_eq!(c.name_for(LAPTOP, ip("198.51.100.5"), 443, 11), None);
-        assert_eq!(
-            c.name_for(PHONE, ip("::ffff:198.51.100.5"), 443, 11),
-            Some("shop.example.com")
-        );
+        assert_eq!(c.name_for(PHONE, ip("::ffff:198.51.100.5"), 443, 11), Some("shop.example.com"));
         // Expires flow_name_ttl after it was last learnt; learning again pushes that back.
-        assert_eq!(
-            c.name_for(PHONE, ip("198.51.100.5"), 443, 609),
-            Some("shop.example.com")
-        );
-        assert_eq!(
-            c.name_for(PHONE, ip("198.51.100.5"), 443, 610),
-            Some("cdn.example.net")
-        );
+        assert_eq!(c.name_for(PHONE, ip("198.51.100.5"), 443, 609), Some("shop.example.com"));
+        assert_eq!(c.name_for(PHONE, ip("198.51.100.5"), 443, 610), Some("cdn.example.net"));
         c.learn_flow_name(PHONE, ip("198.51.100.5"), 443, "shop.example.com", 500);
-        assert_eq!(
-            c.name_for(PHONE, ip("198.51.100.5"), 443, 1099),
-            Some("shop.example.com")
-        );
+        assert_eq!(c.name_for(PHONE, ip("198.51.100.5"), 443, 1099), Some("shop.example.com"));
         // A different name for the same flow replaces it.
         c.learn_flow_name(PHONE, ip("198.51.100.5"), 443, "other.example.com", 501);
-        assert_eq!(
-            c.name_for(PHONE, ip("198.51.100.5"), 443, 502),
-            Some("other.example.com")
-        );
+        assert_eq!(c.name_for(PHONE, ip("198.51.100.5"), 443, 502), Some("other.example.com"));
         assert_eq!(c.len(), 2);
         c.check();
         // A flow name with no DNS name behind it.
         c.learn_flow_name(LAPTOP, ip("192.0.2.77"), 8080, "intranet.example", 600);
-        assert_eq!(
-            c.name_for(LAPTOP, ip("192.0.2.77"), 8080, 601),
-            Some("intranet.example")
-        );
+        assert_eq!(c.name_for(LAPTOP, ip("192.0.2.77"), 8080, 601), Some("intranet.example"));
         c.expire(1200);
         assert_eq!(c.name_for(LAPTOP, ip("192.0.2.77"), 8080, 601), None);
         c.check();
@@ -545,18 +462,9 @@ mod tests {
         assert_eq!(c.len(), 3);
         assert_eq!(c.evicted(), 1);
         assert_eq!(c.name_for(PHONE, ip("192.0.2.2"), 1, 2), None); // the closest to expiry
-        assert_eq!(
-            c.name_for(PHONE, ip("192.0.2.1"), 1, 2),
-            Some("long.example")
-        );
-        assert_eq!(
-            c.name_for(PHONE, ip("192.0.2.3"), 443, 2),
-            Some("flow.example")
-        );
-        assert_eq!(
-            c.name_for(LAPTOP, ip("192.0.2.4"), 1, 2),
-            Some("new.example")
-        );
+        assert_eq!(c.name_for(PHONE, ip("192.0.2.1"), 1, 2), Some("long.example"));
+        assert_eq!(c.name_for(PHONE, ip("192.0.2.3"), 443, 2), Some("flow.example"));
+        assert_eq!(c.name_for(LAPTOP, ip("192.0.2.4"), 1, 2), Some("new.example"));
         // Expired entries go first, and are not evictions.
         c.learn_dns(LAPTOP, &answer("later.example", &[("192.0.2.5", 500)]), 200);
         assert_eq!(c.evicted(), 1);
@@ -572,11 +480,7 @@ mod tests {
     #[test]
     fn zero_capacity_keeps_nothing() {
         let mut c = NameCache::new(0, 0, 100);
-        c.learn_dns(
-            PHONE,
-            &answer("x.example", &[("192.0.2.1", 10), ("192.0.2.2", 10)]),
-            0,
-        );
+        c.learn_dns(PHONE, &answer("x.example", &[("192.0.2.1", 10), ("192.0.2.2", 10)]), 0);
         c.learn_flow_name(PHONE, ip("192.0.2.1"), 443, "x.example", 0);
         assert!(c.is_empty());
         assert_eq!(c.evicted(), 3);
@@ -589,14 +493,8 @@ mod tests {
         let a = super::super::dns::parse_response(bytes, false).unwrap();
         let mut c = NameCache::new(60, 100, 600);
         c.learn_dns(PHONE, &a, 0);
-        assert_eq!(
-            c.name_for(PHONE, ip("192.0.2.10"), 443, 359),
-            Some("cdn.example.test")
-        );
-        assert_eq!(
-            c.name_for(PHONE, ip("192.0.2.11"), 443, 359),
-            Some("cdn.example.test")
-        );
+        assert_eq!(c.name_for(PHONE, ip("192.0.2.10"), 443, 359), Some("cdn.example.test"));
+        assert_eq!(c.name_for(PHONE, ip("192.0.2.11"), 443, 359), Some("cdn.example.test"));
         assert_eq!(c.name_for(PHONE, ip("192.0.2.11"), 443, 360), None);
     }
 
@@ -619,10 +517,7 @@ mod tests {
             match next() % 5 {
                 0 | 1 => c.learn_dns(
                     client,
-                    &DnsAnswer {
-                        qname: name,
-                        addrs: vec![(addr, (next() % 60) as u32)],
-                    },
+                    &DnsAnswer { qname: name, addrs: vec![(addr, (next() % 60) as u32)] },
                     now,
                 ),
                 2 => c.learn_flow_name(client, addr, 443, &name, now),
@@ -644,14 +539,8 @@ mod tests {
 
     #[test]
     fn hostname_normalisation() {
-        assert_eq!(
-            normalize_hostname(b"WWW.Example.COM.").unwrap(),
-            "www.example.com"
-        );
-        assert_eq!(
-            normalize_hostname(b"_443._tcp.x-y.example").unwrap(),
-            "_443._tcp.x-y.example"
-        );
+        assert_eq!(normalize_hostname(b"WWW.Example.COM.").unwrap(), "www.example.com");
+        assert_eq!(normalize_hostname(b"_443._tcp.x-y.example").unwrap(), "_443._tcp.x-y.example");
         assert_eq!(normalize_hostname(b"localhost").unwrap(), "localhost");
         for bad in [
             &b""[..],
@@ -664,11 +553,7 @@ mod tests {
             b"a\0b",
             b"*.example.com",
         ] {
-            assert_eq!(
-                normalize_hostname(bad),
-                Err(ParseError::InvalidHostname),
-                "{bad:?}"
-            );
+            assert_eq!(normalize_hostname(bad), Err(ParseError::InvalidHostname), "{bad:?}");
         }
         let label63 = "a".repeat(63);
         assert!(normalize_hostname(label63.as_bytes()).is_ok());

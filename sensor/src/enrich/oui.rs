@@ -155,9 +155,7 @@ impl OuiDb {
     /// Adds the prefixes of one text to their tables, the later of two equal ones winning.
     fn merge(&mut self, staged: &[Staged]) {
         // Bit n set: some prefix is n bits long (at most 48, as the parsers check).
-        let lengths = staged
-            .iter()
-            .fold(0u64, |set, &(bits, ..)| set | (1 << bits));
+        let lengths = staged.iter().fold(0u64, |set, &(bits, ..)| set | (1 << bits));
         for bits in (0..=48u8).filter(|bits| lengths & (1 << bits) != 0) {
             if bits > 32 {
                 merge_into(&mut self.wide, bits, staged);
@@ -210,14 +208,10 @@ impl OuiDb {
     #[cfg(test)]
     fn entries(&self) -> impl Iterator<Item = (u8, u64, &str)> {
         let wide = self.wide.iter().flat_map(|t| {
-            t.slots
-                .iter()
-                .map(|&(key, id)| (t.bits, key.to_u64(), self.names.get(id)))
+            t.slots.iter().map(|&(key, id)| (t.bits, key.to_u64(), self.names.get(id)))
         });
         let narrow = self.narrow.iter().flat_map(|t| {
-            t.slots
-                .iter()
-                .map(|&(key, id)| (t.bits, key.to_u64(), self.names.get(id)))
+            t.slots.iter().map(|&(key, id)| (t.bits, key.to_u64(), self.names.get(id)))
         });
         wide.chain(narrow)
     }
@@ -249,20 +243,11 @@ fn merge_into<K: Key>(tables: &mut Vec<Table<K>>, bits: u8, staged: &[Staged]) {
     let at = match tables.iter().position(|t| t.bits <= bits) {
         Some(at) if tables[at].bits == bits => at,
         Some(at) => {
-            tables.insert(
-                at,
-                Table {
-                    bits,
-                    slots: Vec::new(),
-                },
-            );
+            tables.insert(at, Table { bits, slots: Vec::new() });
             at
         }
         None => {
-            tables.push(Table {
-                bits,
-                slots: Vec::new(),
-            });
+            tables.push(Table { bits, slots: Vec::new() });
             tables.len() - 1
         }
     };
@@ -353,8 +338,7 @@ impl Names {
     /// Forgets the names after the first `count`.
     fn truncate(&mut self, count: usize) {
         self.ends.truncate(count);
-        self.text
-            .truncate(self.ends.last().map_or(0, |&end| end as usize));
+        self.text.truncate(self.ends.last().map_or(0, |&end| end as usize));
         self.shrink_to_fit();
     }
 
@@ -391,8 +375,7 @@ impl Interner {
         }
         let id = names.push(name)?;
         let hasher = &self.hasher;
-        self.index
-            .insert_unique(hash, id, |&id| hasher.hash_one(names.get(id)));
+        self.index.insert_unique(hash, id, |&id| hasher.hash_one(names.get(id)));
         Ok(id)
     }
 }
@@ -413,11 +396,7 @@ fn detect(text: &str) -> Option<Format> {
     if first.starts_with("Registry,Assignment") {
         return Some(Format::IeeeCsv);
     }
-    if lines
-        .clone()
-        .take(50)
-        .any(|l| l.contains("(hex)") || l.contains("(base 16)"))
-    {
+    if lines.clone().take(50).any(|l| l.contains("(hex)") || l.contains("(base 16)")) {
         return Some(Format::IeeeTxt);
     }
     let data = lines.find(|l| !l.starts_with('#'))?;
@@ -451,14 +430,10 @@ fn parse_ieee_csv(text: &str, add: &mut Sink<'_>) -> Result<(), LineError> {
             ));
         }
         let assignment = fields[1].trim();
-        let (bits, value) = parse_hex_prefix(assignment)
-            .filter(|(bits, _)| (24..=48).contains(bits))
-            .ok_or_else(|| {
-                (
-                    line,
-                    format!("`{assignment}` is not a MAC prefix (6, 7 or 9 hex digits)"),
-                )
-            })?;
+        let (bits, value) =
+            parse_hex_prefix(assignment).filter(|(bits, _)| (24..=48).contains(bits)).ok_or_else(
+                || (line, format!("`{assignment}` is not a MAC prefix (6, 7 or 9 hex digits)")),
+            )?;
         let name = fields[2].trim();
         if !name.is_empty() {
             add(bits, value, name).map_err(|m| (line, m))?;
@@ -543,11 +518,8 @@ fn parse_ieee_txt(text: &str, add: &mut Sink<'_>) -> Result<(), LineError> {
                 .filter(|(bits, _)| *bits == 24)
                 .map(|(_, v)| v)
                 .ok_or_else(|| {
-                    (
-                        line,
-                        format!("`{prefix}` is not an OUI (expected XX-XX-XX)"),
-                    )
-                })?;
+                (line, format!("`{prefix}` is not an OUI (expected XX-XX-XX)"))
+            })?;
             let name = raw[at + "(hex)".len()..].trim();
             if !name.is_empty() {
                 pending = Some((line, value, name));
@@ -574,17 +546,10 @@ fn parse_ieee_txt(text: &str, add: &mut Sink<'_>) -> Result<(), LineError> {
                 .zip(high.bytes())
                 .take_while(|(a, b)| a.eq_ignore_ascii_case(b))
                 .count();
-            let sub = if common == 0 {
-                0
-            } else {
-                u64::from_str_radix(&low[..common], 16).unwrap_or(0)
-            };
-            add(
-                (24 + 4 * common) as u8,
-                (prefix << (4 * common)) | sub,
-                name,
-            )
-            .map_err(|m| (hex_line, m))?;
+            let sub =
+                if common == 0 { 0 } else { u64::from_str_radix(&low[..common], 16).unwrap_or(0) };
+            add((24 + 4 * common) as u8, (prefix << (4 * common)) | sub, name)
+                .map_err(|m| (hex_line, m))?;
         }
     }
     if let Some((hex_line, prefix, name)) = pending {
@@ -625,24 +590,14 @@ fn parse_manuf_line(line: &str) -> Result<(u8, u64, &str), String> {
     };
     let bytes: Vec<u8> = addr
         .split([':', '-', '.'])
-        .map(|b| {
-            if b.len() == 2 {
-                u8::from_str_radix(b, 16).ok()
-            } else {
-                None
-            }
-        })
+        .map(|b| if b.len() == 2 { u8::from_str_radix(b, 16).ok() } else { None })
         .collect::<Option<_>>()
         .ok_or_else(bad)?;
     if bytes.is_empty() || bytes.len() > 6 {
         return Err(bad());
     }
     let bits = match mask {
-        Some(m) => m
-            .parse::<u8>()
-            .ok()
-            .filter(|b| (1..=48).contains(b))
-            .ok_or_else(bad)?,
+        Some(m) => m.parse::<u8>().ok().filter(|b| (1..=48).contains(b)).ok_or_else(bad)?,
         None => (bytes.len() * 8) as u8,
     };
     if usize::from(bits) > bytes.len() * 8 {
@@ -669,9 +624,7 @@ mod tests {
     use super::*;
 
     fn data(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/inventory")
-            .join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/inventory").join(name)
     }
 
     fn known(s: &str) -> Vendor {
@@ -692,20 +645,10 @@ mod tests {
             db.vendor(&[0x64, 0x09, 0x80, 0x12, 0x34, 0x56]),
             known("Xiaomi Communications Co Ltd")
         );
-        assert_eq!(
-            db.vendor(&[0x60, 0x8b, 0x0e, 0, 0, 1]),
-            known("Apple, Inc.")
-        );
+        assert_eq!(db.vendor(&[0x60, 0x8b, 0x0e, 0, 0, 1]), known("Apple, Inc."));
         // The entry after a quoted address spanning two lines.
-        assert_eq!(
-            db.vendor(&[0x00, 0x1e, 0xfc, 0, 0, 1]),
-            known("JSC \"MASSA-K\"")
-        );
-        assert_eq!(
-            db.vendor(&[0x00, 0xd0, 0xef, 0, 0, 1]),
-            known("IGT"),
-            "names are trimmed"
-        );
+        assert_eq!(db.vendor(&[0x00, 0x1e, 0xfc, 0, 0, 1]), known("JSC \"MASSA-K\""));
+        assert_eq!(db.vendor(&[0x00, 0xd0, 0xef, 0, 0, 1]), known("IGT"), "names are trimmed");
         assert_eq!(db.vendor(&[0x00, 0x11, 0x22, 0, 0, 1]), Vendor::Unknown);
     }
 
@@ -713,37 +656,22 @@ mod tests {
     fn locally_administered_is_randomized_even_if_registered() {
         let db = OuiDb::load(&data("oui.csv")).unwrap();
         // 66:09:80 is 64:09:80 with the local bit set.
-        assert_eq!(
-            db.vendor(&[0x66, 0x09, 0x80, 0x12, 0x34, 0x56]),
-            Vendor::Randomized
-        );
-        assert_eq!(
-            OuiDb::empty().vendor(&[0xda, 0xa1, 0x19, 1, 2, 3]),
-            Vendor::Randomized
-        );
-        assert_eq!(
-            OuiDb::empty().vendor(&[0x64, 0x09, 0x80, 1, 2, 3]),
-            Vendor::Unknown
-        );
+        assert_eq!(db.vendor(&[0x66, 0x09, 0x80, 0x12, 0x34, 0x56]), Vendor::Randomized);
+        assert_eq!(OuiDb::empty().vendor(&[0xda, 0xa1, 0x19, 1, 2, 3]), Vendor::Randomized);
+        assert_eq!(OuiDb::empty().vendor(&[0x64, 0x09, 0x80, 1, 2, 3]), Vendor::Unknown);
     }
 
     #[test]
     fn longest_prefix_over_several_files() {
         let db = OuiDb::load_all(&[data("oui.csv"), data("mam.csv"), data("oui36.csv")]).unwrap();
         // MA-S /36 inside the IEEE's own 70:B3:D5 /24.
-        assert_eq!(
-            db.vendor(&[0x70, 0xb3, 0xd5, 0xf2, 0xf1, 0x23]),
-            known("TELEPLATFORMS")
-        );
+        assert_eq!(db.vendor(&[0x70, 0xb3, 0xd5, 0xf2, 0xf1, 0x23]), known("TELEPLATFORMS"));
         assert_eq!(
             db.vendor(&[0x70, 0xb3, 0xd5, 0xf3, 0x00, 0x00]),
             known("IEEE Registration Authority")
         );
         // MA-M /28 inside 20:85:93.
-        assert_eq!(
-            db.vendor(&[0x20, 0x85, 0x93, 0xb1, 0x23, 0x45]),
-            known("IOG Products LLC")
-        );
+        assert_eq!(db.vendor(&[0x20, 0x85, 0x93, 0xb1, 0x23, 0x45]), known("IOG Products LLC"));
         assert_eq!(
             db.vendor(&[0x20, 0x85, 0x93, 0xc1, 0x23, 0x45]),
             known("IEEE Registration Authority")
@@ -755,10 +683,7 @@ mod tests {
     #[test]
     fn ieee_txt_with_ranges() {
         let db = OuiDb::load(&data("oui.txt")).unwrap();
-        assert_eq!(
-            db.vendor(&[0x64, 0x09, 0x80, 1, 2, 3]),
-            known("Xiaomi Communications Co Ltd")
-        );
+        assert_eq!(db.vendor(&[0x64, 0x09, 0x80, 1, 2, 3]), known("Xiaomi Communications Co Ltd"));
         assert_eq!(
             db.vendor(&[0x00, 0x22, 0x72, 1, 2, 3]),
             known("American Micro-Fuel Device Corp.")
@@ -766,28 +691,16 @@ mod tests {
         // MA-M range 900000-9FFFFF and MA-S range F2F000-F2FFFF (CRLF lines).
         assert_eq!(db.vendor(&[0x74, 0x1a, 0xe0, 0x9a, 0, 0]), known("Private"));
         assert_eq!(db.vendor(&[0x74, 0x1a, 0xe0, 0xa0, 0, 0]), Vendor::Unknown);
-        assert_eq!(
-            db.vendor(&[0x70, 0xb3, 0xd5, 0xf2, 0xf9, 0x99]),
-            known("TELEPLATFORMS")
-        );
-        assert_eq!(
-            db.vendor(&[0x70, 0xb3, 0xd5, 0xf3, 0xf9, 0x99]),
-            Vendor::Unknown
-        );
+        assert_eq!(db.vendor(&[0x70, 0xb3, 0xd5, 0xf2, 0xf9, 0x99]), known("TELEPLATFORMS"));
+        assert_eq!(db.vendor(&[0x70, 0xb3, 0xd5, 0xf3, 0xf9, 0x99]), Vendor::Unknown);
         assert_eq!(db.len(), 4);
     }
 
     #[test]
     fn wireshark_manuf_with_masks() {
         let db = OuiDb::load(&data("manuf")).unwrap();
-        assert_eq!(
-            db.vendor(&[0x00, 0x00, 0x0c, 1, 2, 3]),
-            known("Cisco Systems, Inc")
-        );
-        assert_eq!(
-            db.vendor(&[0x64, 0x09, 0x80, 1, 2, 3]),
-            known("Xiaomi Communications Co Ltd")
-        );
+        assert_eq!(db.vendor(&[0x00, 0x00, 0x0c, 1, 2, 3]), known("Cisco Systems, Inc"));
+        assert_eq!(db.vendor(&[0x64, 0x09, 0x80, 1, 2, 3]), known("Xiaomi Communications Co Ltd"));
         // /36 and /28 entries beat their /24.
         assert_eq!(
             db.vendor(&[0x00, 0x1b, 0xc5, 0x00, 0x01, 0x23]),
@@ -797,17 +710,11 @@ mod tests {
             db.vendor(&[0x00, 0x1b, 0xc5, 0x00, 0x11, 0x23]),
             known("IEEE Registration Authority")
         );
-        assert_eq!(
-            db.vendor(&[0x20, 0x85, 0x93, 0xb0, 0, 1]),
-            known("IOG Products LLC")
-        );
+        assert_eq!(db.vendor(&[0x20, 0x85, 0x93, 0xb0, 0, 1]), known("IOG Products LLC"));
         // No long name: the short one.
         assert_eq!(db.vendor(&[0x00, 0x00, 0x01, 0, 0, 1]), known("Xerox"));
         // Old style: long name in a comment.
-        assert_eq!(
-            db.vendor(&[0x00, 0x00, 0x02, 0, 0, 1]),
-            known("XEROX CORPORATION")
-        );
+        assert_eq!(db.vendor(&[0x00, 0x00, 0x02, 0, 0, 1]), known("XEROX CORPORATION"));
     }
 
     #[test]
@@ -840,10 +747,7 @@ mod tests {
         let path = Path::new(DEFAULT_OUI_PATHS[0]);
         if !path.exists() {
             if std::env::var("CI").as_deref() == Ok("true") {
-                panic!(
-                    "{} is missing: CI must `apt-get install ieee-data`",
-                    path.display()
-                );
+                panic!("{} is missing: CI must `apt-get install ieee-data`", path.display());
             }
             eprintln!(
                 "SKIPPED real_ieee_data: {} not installed (apt-get install ieee-data)",
@@ -851,37 +755,25 @@ mod tests {
             );
             return;
         }
-        let paths: Vec<PathBuf> = DEFAULT_OUI_PATHS
-            .iter()
-            .map(PathBuf::from)
-            .filter(|p| p.exists())
-            .collect();
+        let paths: Vec<PathBuf> =
+            DEFAULT_OUI_PATHS.iter().map(PathBuf::from).filter(|p| p.exists()).collect();
         let db = OuiDb::load_all(&paths).unwrap();
         assert!(db.len() > 30_000, "{} prefixes", db.len());
         assert_eq!(
             db.vendor(&[0x64, 0x09, 0x80, 0xab, 0xcd, 0xef]),
             known("Xiaomi Communications Co Ltd")
         );
-        assert_eq!(
-            db.vendor(&[0x70, 0xb3, 0xd5, 0xf2, 0xf1, 0x23]),
-            known("TELEPLATFORMS")
-        );
+        assert_eq!(db.vendor(&[0x70, 0xb3, 0xd5, 0xf2, 0xf1, 0x23]), known("TELEPLATFORMS"));
         // The .txt forms of the same registries give the same answers (they drop the
         // quotes some names have in the CSV).
-        let txt: Vec<PathBuf> = paths
-            .iter()
-            .map(|p| p.with_extension("txt"))
-            .filter(|p| p.exists())
-            .collect();
+        let txt: Vec<PathBuf> =
+            paths.iter().map(|p| p.with_extension("txt")).filter(|p| p.exists()).collect();
         if txt.len() == paths.len() {
             let from_txt = OuiDb::load_all(&txt).unwrap();
             assert_eq!(from_txt.len(), db.len());
             let unquoted = |s: &str| s.replace('"', "");
             for (csv, txt) in db.entries().zip(from_txt.entries()) {
-                assert_eq!(
-                    (csv.0, csv.1, unquoted(csv.2)),
-                    (txt.0, txt.1, unquoted(txt.2))
-                );
+                assert_eq!((csv.0, csv.1, unquoted(csv.2)), (txt.0, txt.1, unquoted(txt.2)));
             }
         }
     }
@@ -926,14 +818,8 @@ mod tests {
             ([0x00, 0x1b, 0xc5, 0x00, 0x20, 0x00], known("Half Block")),
             ([0x00, 0x1b, 0xc5, 0x00, 0x80, 0x00], known("Block Of 32")),
             ([0x00, 0x1b, 0xc5, 0x01, 0x00, 0x00], known("Block Of 28")),
-            (
-                [0x00, 0x1b, 0xc5, 0x10, 0x00, 0x00],
-                known("IEEE Registration Authority"),
-            ),
-            (
-                [0x00, 0x1b, 0xc5, 0xff, 0xff, 0xff],
-                known("IEEE Registration Authority"),
-            ),
+            ([0x00, 0x1b, 0xc5, 0x10, 0x00, 0x00], known("IEEE Registration Authority")),
+            ([0x00, 0x1b, 0xc5, 0xff, 0xff, 0xff], known("IEEE Registration Authority")),
             ([0x00, 0x1b, 0xc4, 0xff, 0xff, 0xff], Vendor::Unknown),
             ([0x00, 0x1b, 0xc6, 0x00, 0x00, 0x00], Vendor::Unknown),
             ([0x00, 0x00, 0x00, 0x00, 0x00, 0x00], Vendor::Unknown),
@@ -961,14 +847,8 @@ mod tests {
         // Every entry is counted, the repeated prefix once in the database.
         assert_eq!(add(&mut db, &first), 5);
         assert_eq!(db.len(), 3);
-        assert_eq!(
-            db.organization(&[0x00, 0x11, 0x22, 0x10, 0, 0]),
-            Some("Third")
-        );
-        assert_eq!(
-            db.organization(&[0x00, 0x11, 0x22, 0x00, 0, 0]),
-            Some("Longer")
-        );
+        assert_eq!(db.organization(&[0x00, 0x11, 0x22, 0x10, 0, 0]), Some("Third"));
+        assert_eq!(db.organization(&[0x00, 0x11, 0x22, 0x00, 0, 0]), Some("Longer"));
         assert_eq!(db.organization(&[0x00, 0x11, 0xaa, 0, 0, 0]), Some("Kept"));
         // A later text replaces the prefix again and leaves the others; names it shares
         // with the first are not stored twice.
@@ -976,43 +856,30 @@ mod tests {
         add(&mut db, &format!("{header}MA-L,001122,Kept,x\n"));
         assert_eq!(db.len(), 3);
         assert_eq!(db.names.count(), names);
-        assert_eq!(
-            db.organization(&[0x00, 0x11, 0x22, 0x10, 0, 0]),
-            Some("Kept")
-        );
-        assert_eq!(
-            db.organization(&[0x00, 0x11, 0x22, 0x00, 0, 0]),
-            Some("Longer")
-        );
+        assert_eq!(db.organization(&[0x00, 0x11, 0x22, 0x10, 0, 0]), Some("Kept"));
+        assert_eq!(db.organization(&[0x00, 0x11, 0x22, 0x00, 0, 0]), Some("Longer"));
         assert_eq!(db.organization(&[0x00, 0x11, 0xaa, 0, 0, 0]), Some("Kept"));
     }
 
     #[test]
     fn a_bad_text_adds_nothing() {
         let mut db = OuiDb::load(&data("oui.csv")).unwrap();
-        let before: Vec<(u8, u64, String)> = db
-            .entries()
-            .map(|(b, k, n)| (b, k, n.to_string()))
-            .collect();
+        let before: Vec<(u8, u64, String)> =
+            db.entries().map(|(b, k, n)| (b, k, n.to_string())).collect();
         let (names, bytes) = (db.names.count(), db.names.text.len());
         let bad = "Registry,Assignment,Organization Name,Organization Address\n\
                    MA-L,AABBCC,Fresh Name,x\nMA-L,640980,Replaced,x\nMA-L,64098G,Bad,x\n";
         let e = db.add_text(bad, Path::new("bad")).unwrap_err().to_string();
         assert!(e.starts_with("bad:4:"), "{e}");
-        let after: Vec<(u8, u64, String)> = db
-            .entries()
-            .map(|(b, k, n)| (b, k, n.to_string()))
-            .collect();
+        let after: Vec<(u8, u64, String)> =
+            db.entries().map(|(b, k, n)| (b, k, n.to_string())).collect();
         assert_eq!(after, before);
         assert_eq!((db.names.count(), db.names.text.len()), (names, bytes));
         assert_eq!(db.vendor(&[0xaa, 0xbb, 0xcc, 0, 0, 0]), Vendor::Randomized);
         assert_eq!(db.organization(&[0xaa, 0xbb, 0xcc, 0, 0, 0]), None);
         // And the database still takes good ones after.
         add(&mut db, "AA:BB:CC\tFresh\tFresh Name\n");
-        assert_eq!(
-            db.organization(&[0xaa, 0xbb, 0xcc, 0, 0, 0]),
-            Some("Fresh Name")
-        );
+        assert_eq!(db.organization(&[0xaa, 0xbb, 0xcc, 0, 0, 0]), Some("Fresh Name"));
         assert_eq!(db.names.count(), names + 1);
     }
 
@@ -1058,17 +925,9 @@ mod tests {
             if let Some((bits, _)) = expected {
                 won.insert(bits);
             }
-            assert_eq!(
-                db.organization(&mac),
-                expected.map(|(_, name)| name),
-                "{mac:02x?}"
-            );
+            assert_eq!(db.organization(&mac), expected.map(|(_, name)| name), "{mac:02x?}");
         }
-        assert_eq!(
-            won.len(),
-            lengths.len(),
-            "every length named some address: {won:?}"
-        );
+        assert_eq!(won.len(), lengths.len(), "every length named some address: {won:?}");
         // Every length sorted and without repeats, for the bisection.
         for (a, b) in db.entries().zip(db.entries().skip(1)) {
             assert!(a.0 > b.0 || (a.0 == b.0 && a.1 < b.1), "{a:?} then {b:?}");

@@ -104,9 +104,7 @@ fn walk_cut_short(hello: &[u8]) -> Result<Option<String>, ParseError> {
     r.skip(2 + 32)?; // legacy_version, random
     let session_id = r.u8()?;
     if session_id > 32 {
-        return Err(ParseError::Malformed(format!(
-            "session id of {session_id} bytes"
-        )));
+        return Err(ParseError::Malformed(format!("session id of {session_id} bytes")));
     }
     r.skip(usize::from(session_id))?;
     let cipher_suites = r.u16()?;
@@ -121,9 +119,9 @@ fn walk_cut_short(hello: &[u8]) -> Result<Option<String>, ParseError> {
     match find_sni(&r.0[..r.0.len().min(extensions_len)], all_here)? {
         Sni::Found(name) => Ok(name),
         // Every extension is here, yet the ClientHello claims to be longer.
-        Sni::NotHere if all_here => Err(ParseError::Malformed(
-            "ClientHello longer than its extensions".into(),
-        )),
+        Sni::NotHere if all_here => {
+            Err(ParseError::Malformed("ClientHello longer than its extensions".into()))
+        }
         Sni::NotHere => Err(ParseError::Truncated),
     }
 }
@@ -229,11 +227,7 @@ mod tests {
         p += 1 + usize::from(body[p]);
         let fixed = body[..p].to_vec();
         let end = p + 2 + be16(&body[p..]);
-        assert_eq!(
-            end,
-            body.len(),
-            "recorded hello has nothing after its extensions"
-        );
+        assert_eq!(end, body.len(), "recorded hello has nothing after its extensions");
         p += 2;
         let mut exts = Vec::new();
         while p < end {
@@ -300,19 +294,10 @@ mod tests {
 
     #[test]
     fn recorded_hellos() {
-        assert_eq!(
-            client_hello_sni(OPENSSL_SNI).unwrap().as_deref(),
-            Some("example.test")
-        );
+        assert_eq!(client_hello_sni(OPENSSL_SNI).unwrap().as_deref(), Some("example.test"));
         assert_eq!(client_hello_sni(OPENSSL_NO_SNI).unwrap(), None);
-        assert_eq!(
-            client_hello_sni(CURL_SNI).unwrap().as_deref(),
-            Some("www.example.test")
-        );
-        assert_eq!(
-            client_hello_sni(OPENSSL_TLS12_SNI).unwrap().as_deref(),
-            Some("example.test")
-        );
+        assert_eq!(client_hello_sni(CURL_SNI).unwrap().as_deref(), Some("www.example.test"));
+        assert_eq!(client_hello_sni(OPENSSL_TLS12_SNI).unwrap().as_deref(), Some("example.test"));
     }
 
     #[test]
@@ -335,10 +320,7 @@ mod tests {
     fn trailing_bytes_after_the_record_are_ignored() {
         let mut two = OPENSSL_SNI.to_vec();
         two.extend([0x14, 0x03, 0x03, 0x00, 0x01, 0x01]); // a ChangeCipherSpec record
-        assert_eq!(
-            client_hello_sni(&two).unwrap().as_deref(),
-            Some("example.test")
-        );
+        assert_eq!(client_hello_sni(&two).unwrap().as_deref(), Some("example.test"));
     }
 
     /// A Chrome-like ClientHello of about 1.8 kB: GREASE, then a 1.2 kB key share (X25519MLKEM768
@@ -354,11 +336,8 @@ mod tests {
         }
         key_share.extend((entries.len() as u16).to_be_bytes());
         key_share.extend(entries);
-        let mut exts = vec![
-            (0x0a0a, vec![]),
-            (0x0017, vec![]),
-            (0x002b, vec![4, 0x03, 0x04, 0x03, 0x03]),
-        ];
+        let mut exts =
+            vec![(0x0a0a, vec![]), (0x0017, vec![]), (0x002b, vec![4, 0x03, 0x04, 0x03, 0x03])];
         let sni = sni_ext(b"www.Example.com");
         if sni_first {
             exts.push(sni);
@@ -369,36 +348,21 @@ mod tests {
         }
         exts.push((0x0010, b"\x00\x0c\x02h2\x08http/1.1".to_vec()));
         exts.push((0xfe0d, vec![0x33; 250])); // GREASE ECH
-        build(&Hello {
-            fixed: base.fixed,
-            exts,
-        })
+        build(&Hello { fixed: base.fixed, exts })
     }
 
     #[test]
     fn large_hello_cut_at_the_copy_limit() {
         let hello = chrome_like(true);
         assert!(hello.len() > 1700, "{}", hello.len());
-        assert_eq!(
-            client_hello_sni(&hello).unwrap().as_deref(),
-            Some("www.example.com")
-        );
+        assert_eq!(client_hello_sni(&hello).unwrap().as_deref(), Some("www.example.com"));
         let cut = &hello[..COPY_LIMIT];
-        assert_eq!(
-            client_hello_sni(cut).unwrap().as_deref(),
-            Some("www.example.com")
-        );
+        assert_eq!(client_hello_sni(cut).unwrap().as_deref(), Some("www.example.com"));
 
         // server_name after the big key share: not in the copy.
         let hello = chrome_like(false);
-        assert_eq!(
-            client_hello_sni(&hello).unwrap().as_deref(),
-            Some("www.example.com")
-        );
-        assert_eq!(
-            client_hello_sni(&hello[..COPY_LIMIT]),
-            Err(ParseError::Truncated)
-        );
+        assert_eq!(client_hello_sni(&hello).unwrap().as_deref(), Some("www.example.com"));
+        assert_eq!(client_hello_sni(&hello[..COPY_LIMIT]), Err(ParseError::Truncated));
         for cut in 0..hello.len() {
             let _ = client_hello_sni(&hello[..cut]);
         }
@@ -416,29 +380,17 @@ mod tests {
         rec.extend([0x16, 0x03, 0x01]);
         rec.extend(((hs.len() - 200) as u16).to_be_bytes());
         rec.extend(&hs[200..]);
-        assert_eq!(
-            client_hello_sni(&rec).unwrap().as_deref(),
-            Some("example.test")
-        );
+        assert_eq!(client_hello_sni(&rec).unwrap().as_deref(), Some("example.test"));
     }
 
     #[test]
     fn names_are_normalised_and_checked() {
         assert_eq!(
-            client_hello_sni(&with_sni(b"WWW.Example.TEST."))
-                .unwrap()
-                .as_deref(),
+            client_hello_sni(&with_sni(b"WWW.Example.TEST.")).unwrap().as_deref(),
             Some("www.example.test")
         );
         assert_eq!(client_hello_sni(&with_sni(b"192.0.2.1")).unwrap(), None);
-        for bad in [
-            &b"exa mple.test"[..],
-            b"caf\xc3\xa9.test",
-            b"",
-            b"a..b",
-            b"::1",
-            b"[::1]",
-        ] {
+        for bad in [&b"exa mple.test"[..], b"caf\xc3\xa9.test", b"", b"a..b", b"::1", b"[::1]"] {
             assert_eq!(
                 client_hello_sni(&with_sni(bad)),
                 Err(ParseError::InvalidHostname),
@@ -446,10 +398,7 @@ mod tests {
             );
         }
         let long = vec![b'a'; 254];
-        assert_eq!(
-            client_hello_sni(&with_sni(&long)),
-            Err(ParseError::InvalidHostname)
-        );
+        assert_eq!(client_hello_sni(&with_sni(&long)), Err(ParseError::InvalidHostname));
     }
 
     #[test]
@@ -466,22 +415,10 @@ mod tests {
         assert_eq!(client_hello_sni(&[]), Err(ParseError::Truncated));
         assert_eq!(client_hello_sni(&[0x16, 3, 1]), Err(ParseError::Truncated));
         // Application data, alert, an SSLv2-style hello, HTTP.
-        assert_eq!(
-            client_hello_sni(&[0x17, 3, 3, 0, 2, 1, 2]),
-            Err(ParseError::NotClientHello)
-        );
-        assert_eq!(
-            client_hello_sni(&[0x15, 3, 3, 0, 2, 2, 40]),
-            Err(ParseError::NotClientHello)
-        );
-        assert_eq!(
-            client_hello_sni(&[0x80, 0x2e, 1, 3, 1]),
-            Err(ParseError::NotClientHello)
-        );
-        assert_eq!(
-            client_hello_sni(b"GET / HTTP/1.1\r\n"),
-            Err(ParseError::NotClientHello)
-        );
+        assert_eq!(client_hello_sni(&[0x17, 3, 3, 0, 2, 1, 2]), Err(ParseError::NotClientHello));
+        assert_eq!(client_hello_sni(&[0x15, 3, 3, 0, 2, 2, 40]), Err(ParseError::NotClientHello));
+        assert_eq!(client_hello_sni(&[0x80, 0x2e, 1, 3, 1]), Err(ParseError::NotClientHello));
+        assert_eq!(client_hello_sni(b"GET / HTTP/1.1\r\n"), Err(ParseError::NotClientHello));
         // A ServerHello.
         let mut sh = OPENSSL_SNI.to_vec();
         sh[5] = 2;
@@ -535,10 +472,7 @@ mod tests {
         // Handshake longer than the record, record complete, nothing follows: walked as cut.
         let mut r = OPENSSL_SNI.to_vec();
         r[8] += 10;
-        assert_eq!(
-            client_hello_sni(&r).unwrap().as_deref(),
-            Some("example.test")
-        );
+        assert_eq!(client_hello_sni(&r).unwrap().as_deref(), Some("example.test"));
         // ... without a server_name, all extensions are there yet the hello claims more.
         let mut r = OPENSSL_NO_SNI.to_vec();
         r[8] += 10;

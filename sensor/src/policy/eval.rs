@@ -6,8 +6,8 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet, VecDeque, btree_map},
-    sync::Arc,
     hash::Hasher as _,
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -69,19 +69,13 @@ const INLINE_SAMPLES: usize = 2;
 /// more on the heap (back inline once the window drains to that few).
 #[derive(Debug, Clone)]
 enum Samples {
-    Inline {
-        len: u8,
-        buf: [Sample; INLINE_SAMPLES],
-    },
+    Inline { len: u8, buf: [Sample; INLINE_SAMPLES] },
     Heap(VecDeque<Sample>),
 }
 
 impl Default for Samples {
     fn default() -> Samples {
-        Samples::Inline {
-            len: 0,
-            buf: [Sample::default(); INLINE_SAMPLES],
-        }
+        Samples::Inline { len: 0, buf: [Sample::default(); INLINE_SAMPLES] }
     }
 }
 
@@ -198,14 +192,7 @@ struct SeriesLabels {
 impl SeriesLabels {
     /// Rule, mac, client, group, vendor and country: the order [`Interner::labels`] takes.
     fn texts(&self) -> [&str; 6] {
-        [
-            &self.rule,
-            &self.mac,
-            &self.client,
-            &self.group,
-            &self.vendor,
-            &self.country,
-        ]
+        [&self.rule, &self.mac, &self.client, &self.group, &self.vendor, &self.country]
     }
 }
 
@@ -230,15 +217,7 @@ impl Interner {
     /// Of texts in the order of [`SeriesLabels::texts`].
     fn labels(&mut self, texts: [&str; 6], asn: u32) -> Arc<SeriesLabels> {
         let [rule, mac, client, group, vendor, country] = texts.map(|t| self.text(t));
-        let labels = SeriesLabels {
-            rule,
-            mac,
-            client,
-            group,
-            vendor,
-            country,
-            asn,
-        };
+        let labels = SeriesLabels { rule, mac, client, group, vendor, country, asn };
         if let Some(l) = self.labels.get(&labels) {
             return Arc::clone(l);
         }
@@ -304,11 +283,7 @@ impl Series {
     }
 
     fn set_flag(&mut self, bit: u8, on: bool) {
-        self.flags = if on {
-            self.flags | bit
-        } else {
-            self.flags & !bit
-        };
+        self.flags = if on { self.flags | bit } else { self.flags & !bit };
     }
 
     /// For event conditions: when the event happened.
@@ -323,13 +298,9 @@ impl Series {
 
     fn phase(&self) -> Phase {
         if self.flag(PENDING) {
-            Phase::Pending {
-                active_at: self.phase_at,
-            }
+            Phase::Pending { active_at: self.phase_at }
         } else if self.flag(FIRING) {
-            Phase::Firing {
-                fired_at: self.phase_at,
-            }
+            Phase::Firing { fired_at: self.phase_at }
         } else {
             Phase::Inactive
         }
@@ -348,8 +319,7 @@ impl Series {
 
     /// The last instance that resolved, re-sent until the retention ends: (fired_at, resolved_at).
     fn resolved(&self) -> Option<(u64, u64)> {
-        self.flag(RESOLVED)
-            .then_some((self.resolved[0], self.resolved[1]))
+        self.flag(RESOLVED).then_some((self.resolved[0], self.resolved[1]))
     }
 
     fn set_resolved(&mut self, resolved: Option<(u64, u64)>) {
@@ -398,8 +368,7 @@ impl Series {
 
 /// The destination of the series `id` labelled `labels`: the rest of its id (see [`series_id`]).
 fn destination_of<'a>(id: &'a str, labels: &SeriesLabels) -> &'a str {
-    id.get(labels.rule.len() + labels.mac.len() + 2..)
-        .unwrap_or_default()
+    id.get(labels.rule.len() + labels.mac.len() + 2..).unwrap_or_default()
 }
 
 /// The series map as saved: every series with its rule, mac, destination and labels in full,
@@ -655,7 +624,8 @@ fn client_runs(flows: &[FlowFacts]) -> impl Iterator<Item = std::ops::Range<usiz
     let mut start = 0;
     std::iter::from_fn(move || {
         let first = flows.get(start)?;
-        let run = start..start + flows[start..].iter().take_while(|f| f.client == first.client).count();
+        let run =
+            start..start + flows[start..].iter().take_while(|f| f.client == first.client).count();
         start = run.end;
         Some(run)
     })
@@ -685,13 +655,7 @@ impl Evaluator {
             let labels = interner.labels(s.labels.texts(), s.labels.asn);
             s.labels = labels;
         }
-        Evaluator {
-            policy,
-            state,
-            external_url,
-            resolved_retention,
-            interner,
-        }
+        Evaluator { policy, state, external_url, resolved_retention, interner }
     }
 
     pub fn state(&self) -> &EvalState {
@@ -705,9 +669,7 @@ impl Evaluator {
     /// A new policy (SIGHUP): series of rules that still exist keep their windows and alerts.
     pub fn replace(&mut self, policy: Policy, external_url: String, resolved_retention: Duration) {
         let names: BTreeSet<&str> = policy.rules.iter().map(|r| r.name.as_str()).collect();
-        self.state
-            .series
-            .retain(|_, s| names.contains(&*s.labels.rule));
+        self.state.series.retain(|_, s| names.contains(&*s.labels.rule));
         // A rule's labels may have changed.
         for s in self.state.series.values_mut() {
             s.set_flag(FINGERPRINT, false);
@@ -721,11 +683,7 @@ impl Evaluator {
     /// series or its rule is gone.
     pub fn alert(&self, series: &str, status: &AlertStatus) -> Option<Alert> {
         let s = self.state.series.get(series)?;
-        let rule = self
-            .policy
-            .rules
-            .iter()
-            .find(|r| *r.name == *s.labels.rule)?;
+        let rule = self.policy.rules.iter().find(|r| *r.name == *s.labels.rule)?;
         let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let destination = destination_of(series, &s.labels);
         Some(alert(
@@ -763,7 +721,10 @@ impl Evaluator {
             for &(i, first_seen) in &new_devices {
                 let client = &clients[i];
                 let learnt = first_seen < self.state.started.saturating_add(c.learning.as_secs());
-                if learnt || !rule.matches.matches_client(client) || self.device_excepted(rule, client) {
+                if learnt
+                    || !rule.matches.matches_client(client)
+                    || self.device_excepted(rule, client)
+                {
                     continue;
                 }
                 if let Some(s) = self.series(rule, client, None, &mut outcome) {
@@ -777,12 +738,20 @@ impl Evaluator {
 
     /// Flows that gained traffic in this poll (`f.client` indexes `clients`, the ones given
     /// to [`Evaluator::begin`]).
-    pub fn add_flows(&mut self, outcome: &mut Outcome, now: u64, clients: &[ClientFacts], flows: &[FlowFacts]) {
+    pub fn add_flows(
+        &mut self,
+        outcome: &mut Outcome,
+        now: u64,
+        clients: &[ClientFacts],
+        flows: &[FlowFacts],
+    ) {
         let new_destinations = self.learn_destinations(now, clients, flows);
         let rules = std::mem::take(&mut self.policy.rules);
         let exceptions = std::mem::take(&mut self.policy.exceptions);
         for rule in &rules {
-            if rule.schedule.as_ref().is_some_and(|s| !s.contains(now)) || matches!(rule.condition, Condition::NewDevice(_)) {
+            if rule.schedule.as_ref().is_some_and(|s| !s.contains(now))
+                || matches!(rule.condition, Condition::NewDevice(_))
+            {
                 continue;
             }
             let window = rule.condition.window().as_secs().max(1);
@@ -795,14 +764,20 @@ impl Evaluator {
                     continue;
                 }
                 excepts.clear();
-                excepts.extend(exceptions.iter().chain(&rule.except).filter(|e| e.matches_client(client)));
+                excepts.extend(
+                    exceptions.iter().chain(&rule.except).filter(|e| e.matches_client(client)),
+                );
                 for (i, f) in flows.iter().enumerate().skip(run.start).take(run.len()) {
-                    if !rule.matches.matches_destination(f) || excepts.iter().any(|e| e.matches_destination(f)) {
+                    if !rule.matches.matches_destination(f)
+                        || excepts.iter().any(|e| e.matches_destination(f))
+                    {
                         continue;
                     }
                     let counts = match &rule.condition {
                         Condition::DnsBypass(_) => self.policy.dns.is_bypass(f),
-                        Condition::NewDestination(_) => new_destinations.get(i).copied().unwrap_or(false),
+                        Condition::NewDestination(_) => {
+                            new_destinations.get(i).copied().unwrap_or(false)
+                        }
                         _ => true,
                     };
                     if !counts {
@@ -836,7 +811,9 @@ impl Evaluator {
     fn learn_devices(&mut self, now: u64, clients: &[ClientFacts]) -> Vec<(usize, u64)> {
         let mut new = Vec::new();
         for (i, c) in clients.iter().enumerate() {
-            if !self.state.devices.contains_key(&c.mac_text) && self.state.devices.len() < MAX_KNOWN_DEVICES {
+            if !self.state.devices.contains_key(&c.mac_text)
+                && self.state.devices.len() < MAX_KNOWN_DEVICES
+            {
                 self.state.devices.insert(c.mac_text.clone(), now);
                 new.push((i, now));
             }
@@ -846,7 +823,12 @@ impl Evaluator {
 
     /// Per flow: whether it reaches a destination its client had never reached before, after
     /// that client's learning period. Learnt from all traffic, before matches and exceptions.
-    fn learn_destinations(&mut self, now: u64, clients: &[ClientFacts], flows: &[FlowFacts]) -> Vec<bool> {
+    fn learn_destinations(
+        &mut self,
+        now: u64,
+        clients: &[ClientFacts],
+        flows: &[FlowFacts],
+    ) -> Vec<bool> {
         let mut new = vec![false; flows.len()];
         let rules: Vec<(GroupBy, u64)> = self
             .policy
@@ -876,7 +858,10 @@ impl Evaluator {
             for &(by, learning) in &rules {
                 let set = known.seen.set(level_name(by));
                 for (i, f) in flows.iter().enumerate().skip(run.start).take(run.len()) {
-                    if set.len() < MAX_KNOWN_PER_CLIENT && set.insert(Seen::of(f, by)) && learnt(learning) {
+                    if set.len() < MAX_KNOWN_PER_CLIENT
+                        && set.insert(Seen::of(f, by))
+                        && learnt(learning)
+                    {
                         new[i] = true;
                     }
                 }
@@ -886,11 +871,7 @@ impl Evaluator {
     }
 
     fn device_excepted(&self, rule: &Rule, client: &ClientFacts) -> bool {
-        self.policy
-            .exceptions
-            .iter()
-            .chain(&rule.except)
-            .any(|e| e.matches_device(client))
+        self.policy.exceptions.iter().chain(&rule.except).any(|e| e.matches_device(client))
     }
 
     fn series(
@@ -900,9 +881,7 @@ impl Evaluator {
         f: Option<&FlowFacts>,
         outcome: &mut Outcome,
     ) -> Option<&mut Series> {
-        let destination = f
-            .map(|f| destination_label(f, rule.group_by))
-            .unwrap_or_default();
+        let destination = f.map(|f| destination_label(f, rule.group_by)).unwrap_or_default();
         let id = series_id(&rule.name, &client.mac_text, &destination);
         let full = self.state.series.len() >= MAX_SERIES;
         // One lookup: this runs for every flow a rule matches, every poll.
@@ -913,9 +892,7 @@ impl Evaluator {
                 None
             }
             btree_map::Entry::Vacant(v) => {
-                outcome
-                    .started
-                    .push((rule.name.clone(), client.name.clone()));
+                outcome.started.push((rule.name.clone(), client.name.clone()));
                 let country = f.map_or("", |f| f.country.as_str());
                 let texts = [
                     rule.name.as_str(),
@@ -934,12 +911,8 @@ impl Evaluator {
     /// Windows, conditions and the alert lifecycle of every series.
     fn step(&mut self, now: u64, outcome: &mut Outcome) {
         let retention = self.resolved_retention.as_secs();
-        let rules: BTreeMap<&str, &Rule> = self
-            .policy
-            .rules
-            .iter()
-            .map(|r| (r.name.as_str(), r))
-            .collect();
+        let rules: BTreeMap<&str, &Rule> =
+            self.policy.rules.iter().map(|r| (r.name.as_str(), r)).collect();
         for r in rules.keys() {
             outcome.counts.insert(r.to_string(), (0, 0));
         }
@@ -978,9 +951,7 @@ impl Evaluator {
                 (_, false) => Phase::Inactive,
             };
             s.set_phase(phase);
-            if s.resolved()
-                .is_some_and(|(_, at)| now.saturating_sub(at) >= retention)
-            {
+            if s.resolved().is_some_and(|(_, at)| now.saturating_sub(at) >= retention) {
                 s.set_resolved(None);
             }
             // Every rule has its entry (filled above).
@@ -997,9 +968,7 @@ impl Evaluator {
             if let Some((fired_at, resolved_at)) = s.resolved()
                 && !matches!(phase, Phase::Firing { .. })
             {
-                outcome
-                    .alerts
-                    .push(s.status(rule, id, fired_at, Some(resolved_at)));
+                outcome.alerts.push(s.status(rule, id, fired_at, Some(resolved_at)));
                 outcome.alert_series.push(id.to_string());
             }
             if s.samples.is_empty()
@@ -1019,9 +988,7 @@ impl Evaluator {
 }
 
 fn fire(rule: &Rule, s: &Series, now: u64, outcome: &mut Outcome) -> Phase {
-    outcome
-        .fired
-        .push((rule.name.clone(), s.labels.client.to_string()));
+    outcome.fired.push((rule.name.clone(), s.labels.client.to_string()));
     Phase::Firing { fired_at: now }
 }
 
@@ -1098,20 +1065,10 @@ fn alert(
         ("vendor", l.vendor.to_string()),
         ("destination", destination.to_string()),
         ("country", l.country.to_string()),
-        (
-            "asn",
-            if l.asn == 0 {
-                String::new()
-            } else {
-                format!("AS{}", l.asn)
-            },
-        ),
+        ("asn", if l.asn == 0 { String::new() } else { format!("AS{}", l.asn) }),
         ("bytes", human_bytes(s.last_bytes)),
         ("packets", s.last_packets.to_string()),
-        (
-            "rate",
-            format!("{}/s", human_bytes(s.last_bytes / window.as_secs().max(1))),
-        ),
+        ("rate", format!("{}/s", human_bytes(s.last_bytes / window.as_secs().max(1)))),
         ("window", humantime::format_duration(window).to_string()),
         ("for", humantime::format_duration(rule.for_).to_string()),
     ]);

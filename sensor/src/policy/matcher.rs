@@ -56,9 +56,7 @@ impl ClientMatch {
             && self.mac.any_or_empty(|m| m.0 == c.mac)
             && self.vendor.any_or_empty(|p| p.matches(&c.vendor))
             && self.tag.iter().all(|(k, values)| {
-                c.tags
-                    .get(k)
-                    .is_some_and(|v| values.any_or_empty(|p| p.matches(v)))
+                c.tags.get(k).is_some_and(|v| values.any_or_empty(|p| p.matches(v)))
             })
     }
 }
@@ -66,16 +64,13 @@ impl ClientMatch {
 impl DestinationMatch {
     pub fn matches(&self, f: &FlowFacts) -> bool {
         let ip = f.remote_ip;
-        self.cidr
-            .any_or_empty(|c| ip.is_some_and(|ip| c.contains(&ip)))
+        self.cidr.any_or_empty(|c| ip.is_some_and(|ip| c.contains(&ip)))
             && self.country.any_or_empty(|c| c.0 == f.country)
             && self.asn.any_or_empty(|a| a.0 == f.asn)
             && self.domain.any_or_empty(|d| d.matches(&f.name))
             && self.port.any_or_empty(|p| p.contains(f.port))
             && self.protocol.any_or_empty(|p| p.0 == f.protocol)
-            && self
-                .scope
-                .is_none_or(|s| ip.is_some_and(|ip| (s == Scope::Local) == is_local(&ip)))
+            && self.scope.is_none_or(|s| ip.is_some_and(|ip| (s == Scope::Local) == is_local(&ip)))
     }
 }
 
@@ -131,9 +126,14 @@ pub fn destination_label(f: &FlowFacts, by: GroupBy) -> String {
 }
 
 /// [`destination_label`] written to `out` (hashed on the way, it needs no allocation).
-pub fn write_destination_label(out: &mut impl fmt::Write, f: &FlowFacts, by: GroupBy) -> fmt::Result {
+pub fn write_destination_label(
+    out: &mut impl fmt::Write,
+    f: &FlowFacts,
+    by: GroupBy,
+) -> fmt::Result {
     let ip = |out: &mut dyn fmt::Write| f.remote_ip.map_or(Ok(()), |ip| write!(out, "{ip}"));
-    let or_ip = |out: &mut dyn fmt::Write, s: &str| if s.is_empty() { ip(out) } else { out.write_str(s) };
+    let or_ip =
+        |out: &mut dyn fmt::Write, s: &str| if s.is_empty() { ip(out) } else { out.write_str(s) };
     match by {
         GroupBy::Domain => or_ip(out, &f.domain),
         GroupBy::Fqdn => or_ip(out, &f.name),
@@ -193,21 +193,13 @@ pub struct DnsBypass {
 
 impl DnsBypass {
     pub fn new(spec: &DnsSpec) -> DnsBypass {
-        let mut doh_domains: Vec<DomainPattern> = DOH_DOMAINS
-            .iter()
-            .filter_map(|d| DomainPattern::parse(d).ok())
-            .collect();
+        let mut doh_domains: Vec<DomainPattern> =
+            DOH_DOMAINS.iter().filter_map(|d| DomainPattern::parse(d).ok()).collect();
         doh_domains.extend(spec.doh_domains.iter().cloned());
-        let mut doh_addresses: Vec<Cidr> = DOH_ADDRESSES
-            .iter()
-            .filter_map(|a| Cidr::parse(a).ok())
-            .collect();
+        let mut doh_addresses: Vec<Cidr> =
+            DOH_ADDRESSES.iter().filter_map(|a| Cidr::parse(a).ok()).collect();
         doh_addresses.extend(spec.doh_addresses.iter().copied());
-        DnsBypass {
-            resolvers: spec.resolvers.0.clone(),
-            doh_domains,
-            doh_addresses,
-        }
+        DnsBypass { resolvers: spec.resolvers.0.clone(), doh_domains, doh_addresses }
     }
 
     /// The LAN itself (the router, a Pi-hole) is always an allowed resolver.
@@ -256,14 +248,8 @@ mod tests {
         .unwrap();
         assert!(m.matches(&flow("203.0.113.9", 6, 443, "api.xiaomi.net")));
         assert!(m.matches(&flow("203.0.113.9", 6, 443, "eu.micloud.com")));
-        assert!(
-            !m.matches(&flow("203.0.113.9", 17, 443, "api.xiaomi.net")),
-            "udp"
-        );
-        assert!(
-            !m.matches(&flow("203.0.113.9", 6, 80, "api.xiaomi.net")),
-            "port"
-        );
+        assert!(!m.matches(&flow("203.0.113.9", 17, 443, "api.xiaomi.net")), "udp");
+        assert!(!m.matches(&flow("203.0.113.9", 6, 80, "api.xiaomi.net")), "port");
         assert!(!m.matches(&flow("203.0.113.9", 6, 443, "")), "unnamed");
         let scope: DestinationMatch = serde_yaml::from_str("{scope: local}").unwrap();
         assert!(
@@ -306,35 +292,17 @@ mod tests {
             serde_yaml::from_str("resolvers: [198.51.100.53]\ndoh_domains: doh.example.org\n")
                 .unwrap();
         let b = DnsBypass::new(&spec);
-        assert!(
-            !b.is_bypass(&flow("198.51.100.53", 17, 53, "")),
-            "the configured resolver"
-        );
-        assert!(
-            b.is_bypass(&flow("203.0.113.53", 17, 53, "")),
-            "plain DNS elsewhere"
-        );
-        assert!(
-            b.is_bypass(&flow("203.0.113.53", 6, 853, "")),
-            "DNS over TLS"
-        );
+        assert!(!b.is_bypass(&flow("198.51.100.53", 17, 53, "")), "the configured resolver");
+        assert!(b.is_bypass(&flow("203.0.113.53", 17, 53, "")), "plain DNS elsewhere");
+        assert!(b.is_bypass(&flow("203.0.113.53", 6, 853, "")), "DNS over TLS");
         assert!(b.is_bypass(&flow("1.1.1.1", 6, 443, "")), "DoH by address");
-        assert!(
-            b.is_bypass(&flow("203.0.113.7", 6, 443, "dns.google")),
-            "DoH by name"
-        );
+        assert!(b.is_bypass(&flow("203.0.113.7", 6, 443, "dns.google")), "DoH by name");
         assert!(
             b.is_bypass(&flow("203.0.113.7", 6, 443, "doh.example.org")),
             "configured DoH name"
         );
-        assert!(
-            !b.is_bypass(&flow("203.0.113.7", 6, 443, "www.example.org")),
-            "ordinary HTTPS"
-        );
-        assert!(
-            !b.is_bypass(&flow("203.0.113.7", 1, 53, "")),
-            "ICMP is not DNS"
-        );
+        assert!(!b.is_bypass(&flow("203.0.113.7", 6, 443, "www.example.org")), "ordinary HTTPS");
+        assert!(!b.is_bypass(&flow("203.0.113.7", 1, 53, "")), "ICMP is not DNS");
     }
 
     #[test]

@@ -79,10 +79,7 @@ impl Policy {
         if let Some(i) = spec.exceptions.iter().position(MatchSpec::is_empty) {
             return Err(fail(
                 None,
-                format!(
-                    "global exception {} names no client and no destination",
-                    i + 1
-                ),
+                format!("global exception {} names no client and no destination", i + 1),
                 "an empty exception would silence every rule; give it a `client` or a `destination`",
             ));
         }
@@ -100,11 +97,7 @@ impl Policy {
                 fail(Some(name), format!("rule `{name}`: {message}"), hint)
             })?);
         }
-        Ok(Policy {
-            rules,
-            exceptions: spec.exceptions,
-            dns: DnsBypass::new(&spec.dns),
-        })
+        Ok(Policy { rules, exceptions: spec.exceptions, dns: DnsBypass::new(&spec.dns) })
     }
 }
 
@@ -114,10 +107,7 @@ fn compile(r: &RuleSpec) -> Result<Rule, (String, &'static str)> {
         .single()
         .map_err(|m| (m, "conditions: traffic, volume, rate, new_destination, new_device, dns_bypass (docs/policy.md)"))?;
     if condition.window() < Duration::from_secs(1) {
-        return Err((
-            "the condition's window is shorter than 1s".into(),
-            "use e.g. `window: 10m`",
-        ));
+        return Err(("the condition's window is shorter than 1s".into(), "use e.g. `window: 10m`"));
     }
     match &condition {
         Condition::Volume(v) if v.above.0 == 0 => {
@@ -156,16 +146,9 @@ fn compile(r: &RuleSpec) -> Result<Rule, (String, &'static str)> {
         condition,
         for_: r.for_,
         severity: r.severity.clone(),
-        labels: r
-            .labels
-            .iter()
-            .map(|(k, v)| (k.0.clone(), v.clone()))
-            .collect(),
+        labels: r.labels.iter().map(|(k, v)| (k.0.clone(), v.clone())).collect(),
         summary: r.summary.clone().unwrap_or_else(|| template(summary)),
-        description: r
-            .description
-            .clone()
-            .unwrap_or_else(|| template(description)),
+        description: r.description.clone().unwrap_or_else(|| template(description)),
         schedule: r.schedule.clone(),
         except: r.except.clone(),
     })

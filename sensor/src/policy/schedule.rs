@@ -77,9 +77,7 @@ impl<'de> Deserialize<'de> for TimeOfDay {
                 Some((h, m)) if (h < 24 && m < 60) || (h == 24 && m == 0) => {
                     Ok(TimeOfDay(h * 60 + m))
                 }
-                _ => Err(format!(
-                    "`{text}` is not a time of day (write HH:MM, e.g. 22:00)"
-                )),
+                _ => Err(format!("`{text}` is not a time of day (write HH:MM, e.g. 22:00)")),
             }
         })
     }
@@ -88,11 +86,7 @@ impl<'de> Deserialize<'de> for TimeOfDay {
 impl Schedule {
     /// Whether the Unix second `unix` falls inside one of the windows.
     pub fn contains(&self, unix: u64) -> bool {
-        let tz = self
-            .timezone
-            .as_ref()
-            .map(|z| z.0.clone())
-            .unwrap_or_else(TimeZone::system);
+        let tz = self.timezone.as_ref().map(|z| z.0.clone()).unwrap_or_else(TimeZone::system);
         let Ok(ts) = Timestamp::from_second(unix as i64) else {
             return false;
         };
@@ -131,9 +125,7 @@ mod tests {
 
     #[test]
     fn reference_date_is_a_monday() {
-        let z = Timestamp::from_second(at(0, 0, 0) as i64)
-            .unwrap()
-            .to_zoned(TimeZone::UTC);
+        let z = Timestamp::from_second(at(0, 0, 0) as i64).unwrap().to_zoned(TimeZone::UTC);
         assert_eq!(z.weekday(), Weekday::Monday);
         assert_eq!((z.year(), z.month(), z.day()), (2026, 11, 23));
     }
@@ -144,10 +136,7 @@ mod tests {
             schedule("timezone: UTC\nwindows: [{days: [fri], from: \"22:00\", to: \"06:00\"}]\n");
         assert!(!s.contains(at(21, 59, 4)), "Friday 21:59");
         assert!(s.contains(at(22, 0, 4)), "Friday 22:00");
-        assert!(
-            s.contains(at(5, 59, 5)),
-            "Saturday 05:59 belongs to Friday night"
-        );
+        assert!(s.contains(at(5, 59, 5)), "Saturday 05:59 belongs to Friday night");
         assert!(!s.contains(at(6, 0, 5)), "Saturday 06:00");
         assert!(!s.contains(at(23, 0, 5)), "Saturday night is not a Friday");
     }

@@ -23,9 +23,7 @@ fn policy(yaml: &str) -> Policy {
 }
 
 fn error(yaml: &str) -> String {
-    Policy::parse(yaml, Path::new("policy.yaml"))
-        .unwrap_err()
-        .to_string()
+    Policy::parse(yaml, Path::new("policy.yaml")).unwrap_err().to_string()
 }
 
 #[test]
@@ -38,23 +36,14 @@ fn errors_name_line_column_and_fix() {
     let e = error(
         "rules:\n  - name: Up\n    condition: {volume: {above: 5MB}}\n    match: {destination: {cidr: 10.0.0.0/40}}\n",
     );
-    assert!(
-        e.starts_with("policy.yaml:4:") && e.contains("is not a CIDR"),
-        "{e}"
-    );
+    assert!(e.starts_with("policy.yaml:4:") && e.contains("is not a CIDR"), "{e}");
     let e =
         error("rules:\n  - name: Up\n    condition: {volume: {above: 5MB, window: 10 parsecs}}\n");
-    assert!(
-        e.starts_with("policy.yaml:3:") && e.contains("durations look like"),
-        "{e}"
-    );
+    assert!(e.starts_with("policy.yaml:3:") && e.contains("durations look like"), "{e}");
     let e = error(
         "rules:\n  - name: Up\n    condition: {traffic: {}}\n    match: {destination: {domain: \"*.x[\"}}\n",
     );
-    assert!(
-        e.starts_with("policy.yaml:4:") && e.contains("invalid glob"),
-        "{e}"
-    );
+    assert!(e.starts_with("policy.yaml:4:") && e.contains("invalid glob"), "{e}");
     let e = error("rules:\n  - name: Up\n    condition: {trafic: {}}\n");
     assert!(
         e.starts_with("policy.yaml:3:")
@@ -65,32 +54,17 @@ fn errors_name_line_column_and_fix() {
     let e = error(
         "rules:\n  - name: Up\n    condition: {traffic: {}}\n    summary: \"{{ clinet }}\"\n",
     );
-    assert!(
-        e.starts_with("policy.yaml:4:") && e.contains("unknown placeholder"),
-        "{e}"
-    );
+    assert!(e.starts_with("policy.yaml:4:") && e.contains("unknown placeholder"), "{e}");
     let e = error(
         "rules:\n  - name: A\n    condition: {traffic: {}}\n  - name: A\n    condition: {traffic: {}}\n",
     );
-    assert!(
-        e.starts_with("policy.yaml:2:5: two rules are named `A`"),
-        "{e}"
-    );
+    assert!(e.starts_with("policy.yaml:2:5: two rules are named `A`"), "{e}");
     let e = error("rules:\n  - name: Both\n    condition: {traffic: {}, volume: {above: 1MB}}\n");
-    assert!(
-        e.starts_with("policy.yaml:2:5: rule `Both`: a rule has exactly one condition"),
-        "{e}"
-    );
+    assert!(e.starts_with("policy.yaml:2:5: rule `Both`: a rule has exactly one condition"), "{e}");
     let e = error("rules:\n  - name: R\n    condition: {rate: {window: 1m}}\n");
-    assert!(
-        e.contains("exactly one of bytes_per_second and packets_per_second"),
-        "{e}"
-    );
+    assert!(e.contains("exactly one of bytes_per_second and packets_per_second"), "{e}");
     let e = error("rules:\n  - name: R\n    labels: {client: x}\n    condition: {traffic: {}}\n");
-    assert!(
-        e.starts_with("policy.yaml:3:") && e.contains("set by the sensor itself"),
-        "{e}"
-    );
+    assert!(e.starts_with("policy.yaml:3:") && e.contains("set by the sensor itself"), "{e}");
     let e = error("exceptions: [{}]\n");
     assert!(e.contains("names no client and no destination"), "{e}");
 }
@@ -100,9 +74,7 @@ fn shipped_example_policy_loads() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy.yaml");
     let p = Policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert!(
-        p.rules
-            .iter()
-            .any(|r| r.name == "PhoneCloudUploadWhileSyncOff"),
+        p.rules.iter().any(|r| r.name == "PhoneCloudUploadWhileSyncOff"),
         "{:?}",
         p.rules.iter().map(|r| &r.name).collect::<Vec<_>>()
     );
@@ -128,10 +100,7 @@ struct Poll {
 }
 
 fn poll(now: u64) -> Poll {
-    Poll {
-        now,
-        flows: Vec::new(),
-    }
+    Poll { now, flows: Vec::new() }
 }
 
 impl Poll {
@@ -146,11 +115,8 @@ impl Poll {
         up: u64,
         down: u64,
     ) -> Poll {
-        let domain = if name.is_empty() {
-            String::new()
-        } else {
-            crate::enrich::domain::registrable(name)
-        };
+        let domain =
+            if name.is_empty() { String::new() } else { crate::enrich::domain::registrable(name) };
         self.flows.push(FlowFacts {
             client,
             remote_ip: ip.parse().ok(),
@@ -215,15 +181,7 @@ fn volume_fires_over_the_window_with_exact_labels_and_resolves() {
     // Small update checks: 100 kB every minute stay below 5 MB in any 10 minutes.
     for i in 0..12 {
         let o = poll(T0 + 60 * i)
-            .flow(
-                0,
-                "203.0.113.10",
-                443,
-                "update.miui.xiaomi.net",
-                "CN",
-                100_000,
-                2_000_000,
-            )
+            .flow(0, "203.0.113.10", 443, "update.miui.xiaomi.net", "CN", 100_000, 2_000_000)
             .run(&mut ev);
         assert!(o.alerts.is_empty(), "poll {i}: {:?}", o.alerts);
         // The series starts with the first matching traffic (its violations counter at 0).
@@ -236,35 +194,16 @@ fn volume_fires_over_the_window_with_exact_labels_and_resolves() {
     }
     // A bulk upload: 3 MB, then 3 MB a minute later: 6.3 MB within 10 minutes.
     let o = poll(T0 + 720)
-        .flow(
-            0,
-            "203.0.113.20",
-            443,
-            "upload.micloud.xiaomi.net",
-            "CN",
-            3_000_000,
-            10_000,
-        )
+        .flow(0, "203.0.113.20", 443, "upload.micloud.xiaomi.net", "CN", 3_000_000, 10_000)
         .run(&mut ev);
     assert!(o.alerts.is_empty());
     let o = poll(T0 + 780)
-        .flow(
-            0,
-            "203.0.113.20",
-            443,
-            "upload.micloud.xiaomi.net",
-            "CN",
-            3_000_000,
-            10_000,
-        )
+        .flow(0, "203.0.113.20", 443, "upload.micloud.xiaomi.net", "CN", 3_000_000, 10_000)
         .run(&mut ev);
     let a = firing(&ev, &o);
     assert_eq!(a.len(), 1, "{:?}", o.alerts);
-    let labels: Vec<(&str, &str)> = a[0]
-        .labels
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let labels: Vec<(&str, &str)> =
+        a[0].labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(
         labels,
         vec![
@@ -277,19 +216,10 @@ fn volume_fires_over_the_window_with_exact_labels_and_resolves() {
         ]
     );
     // 100 kB × 8 polls still inside the window (T0+240..T0+660) + 6 MB.
-    assert_eq!(
-        a[0].annotations["summary"],
-        "phone uploaded 6.8 MB to xiaomi.net in 10m"
-    );
+    assert_eq!(a[0].annotations["summary"], "phone uploaded 6.8 MB to xiaomi.net in 10m");
     assert_eq!(a[0].starts_at, at(T0 + 780));
-    assert_eq!(
-        a[0].generator_url,
-        "http://sensor:9977/api/v1/flows?client=64:09:80:4a:1c:07"
-    );
-    assert_eq!(
-        o.fired,
-        vec![("PhoneCloudUpload".to_string(), "phone".to_string())]
-    );
+    assert_eq!(a[0].generator_url, "http://sensor:9977/api/v1/flows?client=64:09:80:4a:1c:07");
+    assert_eq!(o.fired, vec![("PhoneCloudUpload".to_string(), "phone".to_string())]);
     assert_eq!(o.counts["PhoneCloudUpload"], (0, 1));
     // Upload stops: the window drains; the alert resolves when it holds 5 MB or less.
     let mut resolved_at = None;
@@ -319,18 +249,12 @@ fn for_keeps_an_alert_pending_until_it_held_long_enough() {
         "rules:\n  - name: Rate\n    for: 2m\n    condition: {rate: {direction: upload, bytes_per_second: 10kB, window: 1m}}\n",
     );
     // 1.2 MB per minute = 20 kB/s.
-    let o = poll(T0)
-        .flow(1, "198.51.100.1", 443, "", "US", 1_200_000, 0)
-        .run(&mut ev);
+    let o = poll(T0).flow(1, "198.51.100.1", 443, "", "US", 1_200_000, 0).run(&mut ev);
     assert_eq!(o.counts["Rate"], (1, 0));
     assert!(o.alerts.is_empty());
-    let o = poll(T0 + 60)
-        .flow(1, "198.51.100.1", 443, "", "US", 1_200_000, 0)
-        .run(&mut ev);
+    let o = poll(T0 + 60).flow(1, "198.51.100.1", 443, "", "US", 1_200_000, 0).run(&mut ev);
     assert_eq!(o.counts["Rate"], (1, 0));
-    let o = poll(T0 + 120)
-        .flow(1, "198.51.100.1", 443, "", "US", 1_200_000, 0)
-        .run(&mut ev);
+    let o = poll(T0 + 120).flow(1, "198.51.100.1", 443, "", "US", 1_200_000, 0).run(&mut ev);
     assert_eq!(o.counts["Rate"], (0, 1));
     assert_eq!(firing(&ev, &o)[0].labels["destination"], "198.51.100.1");
     assert_eq!(
@@ -341,36 +265,20 @@ fn for_keeps_an_alert_pending_until_it_held_long_enough() {
     let mut ev = evaluator(
         "rules:\n  - name: Rate\n    for: 2m\n    condition: {rate: {bytes_per_second: 10kB, window: 1m}}\n",
     );
-    poll(T0)
-        .flow(1, "198.51.100.1", 443, "", "US", 1_200_000, 0)
-        .run(&mut ev);
-    let o = poll(T0 + 60)
-        .flow(1, "198.51.100.1", 443, "", "US", 100_000, 0)
-        .run(&mut ev);
+    poll(T0).flow(1, "198.51.100.1", 443, "", "US", 1_200_000, 0).run(&mut ev);
+    let o = poll(T0 + 60).flow(1, "198.51.100.1", 443, "", "US", 100_000, 0).run(&mut ev);
     assert_eq!(o.counts["Rate"], (0, 0));
-    let o = poll(T0 + 120)
-        .flow(1, "198.51.100.1", 443, "", "US", 1_200_000, 0)
-        .run(&mut ev);
+    let o = poll(T0 + 120).flow(1, "198.51.100.1", 443, "", "US", 1_200_000, 0).run(&mut ev);
     assert_eq!(o.counts["Rate"], (1, 0), "pending again from the start");
-    let o = poll(T0 + 240)
-        .flow(1, "198.51.100.1", 443, "", "US", 1_200_000, 0)
-        .run(&mut ev);
+    let o = poll(T0 + 240).flow(1, "198.51.100.1", 443, "", "US", 1_200_000, 0).run(&mut ev);
     assert_eq!(o.counts["Rate"], (0, 1));
     // packets_per_second
     let mut ev = evaluator(
         "rules:\n  - name: Pps\n    condition: {rate: {packets_per_second: 10, window: 10s}}\n",
     );
-    let o = poll(T0)
-        .flow(0, "198.51.100.1", 443, "", "US", 100_000, 0)
-        .run(&mut ev);
-    assert_eq!(
-        o.counts["Pps"],
-        (0, 0),
-        "100 packets in 10 s is 10/s, not above"
-    );
-    let o = poll(T0 + 1)
-        .flow(0, "198.51.100.1", 443, "", "US", 1_000, 0)
-        .run(&mut ev);
+    let o = poll(T0).flow(0, "198.51.100.1", 443, "", "US", 100_000, 0).run(&mut ev);
+    assert_eq!(o.counts["Pps"], (0, 0), "100 packets in 10 s is 10/s, not above");
+    let o = poll(T0 + 1).flow(0, "198.51.100.1", 443, "", "US", 1_000, 0).run(&mut ev);
     assert_eq!(o.counts["Pps"], (0, 1));
 }
 
@@ -398,9 +306,7 @@ rules:
         .run(&mut ev);
     assert!(o.alerts.is_empty(), "{:?}", o.alerts);
     // The same TV traffic from the phone is not excepted.
-    let o = poll(T0 + 5)
-        .flow(0, "203.0.113.6", 443, "", "CN", 10, 10)
-        .run(&mut ev);
+    let o = poll(T0 + 5).flow(0, "203.0.113.6", 443, "", "CN", 10, 10).run(&mut ev);
     assert_eq!(firing(&ev, &o).len(), 1);
     assert_eq!(firing(&ev, &o)[0].labels["client"], "phone");
     // Holds for the window after the last packet, then resolves.
@@ -414,30 +320,18 @@ rules:
 fn new_destination_after_learning_and_across_a_restart() {
     let yaml = "rules:\n  - name: NewDest\n    match: {client: {group: phones}}\n    condition: {new_destination: {by: domain, learning: 1h, window: 10m}}\n";
     let mut ev = evaluator(yaml);
-    let o = poll(T0)
-        .flow(0, "198.51.100.1", 443, "www.example.com", "US", 10, 10)
-        .run(&mut ev);
+    let o = poll(T0).flow(0, "198.51.100.1", 443, "www.example.com", "US", 10, 10).run(&mut ev);
     assert!(o.alerts.is_empty(), "learning");
     // Saved and restored (an agent restart): what was learnt stays learnt.
     let saved = serde_json::to_string(ev.state()).unwrap();
     let state: EvalState = serde_json::from_str(&saved).unwrap();
-    let mut ev = Evaluator::new(
-        policy(yaml),
-        state,
-        "http://sensor:9977".into(),
-        Duration::from_secs(900),
-    );
-    let o = poll(T0 + 3600)
-        .flow(0, "198.51.100.2", 443, "api.example.com", "US", 10, 10)
-        .run(&mut ev);
-    assert!(
-        o.alerts.is_empty(),
-        "example.com was learnt: {:?}",
-        o.alerts
-    );
-    let o = poll(T0 + 3601)
-        .flow(0, "203.0.113.7", 443, "sync.xiaomi.net", "CN", 10, 10)
-        .run(&mut ev);
+    let mut ev =
+        Evaluator::new(policy(yaml), state, "http://sensor:9977".into(), Duration::from_secs(900));
+    let o =
+        poll(T0 + 3600).flow(0, "198.51.100.2", 443, "api.example.com", "US", 10, 10).run(&mut ev);
+    assert!(o.alerts.is_empty(), "example.com was learnt: {:?}", o.alerts);
+    let o =
+        poll(T0 + 3601).flow(0, "203.0.113.7", 443, "sync.xiaomi.net", "CN", 10, 10).run(&mut ev);
     assert_eq!(firing(&ev, &o).len(), 1);
     assert_eq!(firing(&ev, &o)[0].labels["destination"], "xiaomi.net");
     assert_eq!(
@@ -445,17 +339,15 @@ fn new_destination_after_learning_and_across_a_restart() {
         "phone contacted a new destination: xiaomi.net"
     );
     // Seen once, known from now on; the alert holds for its window.
-    let o = poll(T0 + 3700)
-        .flow(0, "203.0.113.7", 443, "sync.xiaomi.net", "CN", 10, 10)
-        .run(&mut ev);
+    let o =
+        poll(T0 + 3700).flow(0, "203.0.113.7", 443, "sync.xiaomi.net", "CN", 10, 10).run(&mut ev);
     assert_eq!(o.fired.len(), 0);
     assert_eq!(firing(&ev, &o).len(), 1);
     let o = poll(T0 + 3601 + 600).run(&mut ev);
     assert_eq!(o.alerts[0].resolved_at, Some(at(T0 + 4201)));
     // The TV is not matched by the rule.
-    let o = poll(T0 + 4300)
-        .flow(1, "203.0.113.8", 443, "new.example.org", "US", 10, 10)
-        .run(&mut ev);
+    let o =
+        poll(T0 + 4300).flow(1, "203.0.113.8", 443, "new.example.org", "US", 10, 10).run(&mut ev);
     assert!(firing(&ev, &o).is_empty());
 }
 
@@ -469,13 +361,15 @@ fn learnt_destinations_from_an_older_state_file_stay_learnt() {
         r#"{{"started":{T0},"devices":{{}},"series":{{}},"destinations":{{"{phone}":{{"first_seen":{T0},"seen":{{"domain":["example.com","198.51.100.9"]}}}}}}}}"#
     );
     let state: EvalState = serde_json::from_str(&old).unwrap();
-    let mut ev = Evaluator::new(policy(yaml), state, "http://sensor:9977".into(), Duration::from_secs(900));
+    let mut ev =
+        Evaluator::new(policy(yaml), state, "http://sensor:9977".into(), Duration::from_secs(900));
     let o = poll(T0 + 7200)
         .flow(0, "198.51.100.1", 443, "www.example.com", "US", 10, 10)
         .flow(0, "198.51.100.9", 443, "", "US", 10, 10)
         .run(&mut ev);
     assert!(o.alerts.is_empty(), "both were learnt: {:?}", o.alerts);
-    let o = poll(T0 + 7201).flow(0, "203.0.113.7", 443, "sync.xiaomi.net", "CN", 10, 10).run(&mut ev);
+    let o =
+        poll(T0 + 7201).flow(0, "203.0.113.7", 443, "sync.xiaomi.net", "CN", 10, 10).run(&mut ev);
     assert_eq!(firing(&ev, &o).len(), 1);
     // Saved as three numbers (hashes), and read back as the same three.
     let saved: serde_json::Value = serde_json::to_value(ev.state()).unwrap();
@@ -492,12 +386,8 @@ fn series_of_an_older_state_file_load_and_save_the_same() {
     let yaml = "rules:\n  - name: Up\n    for: 5m\n    condition: {volume: {direction: upload, above: 5MB, window: 10m}}\n  - name: NewDevice\n    condition: {new_device: {learning: 10m, window: 1h}}\n";
     let (mac, tv) = (crate::labels::mac(&PHONE), crate::labels::mac(&TV));
     let labels = r#""client":"phone","group":"phones","vendor":"Xiaomi""#;
-    let sample = |t: u64, up: u64| {
-        format!(
-            r#"{{"t":{t},"bytes":[{up},0],"packets":[{},0]}}"#,
-            up / 1000
-        )
-    };
+    let sample =
+        |t: u64, up: u64| format!(r#"{{"t":{t},"bytes":[{up},0],"packets":[{},0]}}"#, up / 1000);
     let old = [
         format!(r#"{{"started":{T0},"devices":{{"{mac}":{T0},"{tv}":{T0}}},"destinations":{{}},"series":{{"#),
         format!(r#""NewDevice\u001f{mac}\u001f":{{"rule":"NewDevice","mac":"{mac}","destination":"",{labels},"country":"","asn":0,"samples":[],"event_at":{},"phase":{{"Firing":{{"fired_at":{}}}}},"resolved":null,"last_bytes":0,"last_packets":0}},"#, T0 + 100, T0 + 100),
@@ -507,25 +397,15 @@ fn series_of_an_older_state_file_load_and_save_the_same() {
     .concat();
     let state: EvalState = serde_json::from_str(&old).unwrap();
     assert_eq!(serde_json::to_string(&state).unwrap(), old);
-    let mut ev = Evaluator::new(
-        policy(yaml),
-        state,
-        "http://sensor:9977".into(),
-        Duration::from_secs(900),
-    );
+    let mut ev =
+        Evaluator::new(policy(yaml), state, "http://sensor:9977".into(), Duration::from_secs(900));
     let o = poll(T0 + 600).run(&mut ev);
     let a = firing(&ev, &o);
     let label = |i: usize, k: &str| a[i].labels.get(k).cloned();
     assert_eq!(a.len(), 2, "{:?}", o.alerts);
-    assert_eq!(
-        (label(0, "alertname"), label(0, "destination")),
-        (Some("NewDevice".into()), None)
-    );
+    assert_eq!((label(0, "alertname"), label(0, "destination")), (Some("NewDevice".into()), None));
     assert_eq!(label(1, "destination").as_deref(), Some("xiaomi.net"));
-    assert_eq!(
-        (label(1, "client"), label(1, "mac")),
-        (Some("phone".into()), Some(mac.clone()))
-    );
+    assert_eq!((label(1, "client"), label(1, "mac")), (Some("phone".into()), Some(mac.clone())));
     assert_eq!(a[1].starts_at, at(T0 + 560));
     assert_eq!(
         a[1].annotations["description"],
@@ -554,19 +434,9 @@ fn window_adds_up_its_samples_as_it_grows_and_drains() {
             sent.push((now, packets));
         }
         let o = p.run(&mut ev);
-        let expected: u64 = sent
-            .iter()
-            .filter(|(t, _)| t + 64 > now)
-            .map(|(_, p)| p)
-            .sum();
-        let summary = firing(&ev, &o)
-            .first()
-            .map(|a| a.annotations["summary"].clone());
-        assert_eq!(
-            summary,
-            (expected > 0).then(|| expected.to_string()),
-            "poll {i}"
-        );
+        let expected: u64 = sent.iter().filter(|(t, _)| t + 64 > now).map(|(_, p)| p).sum();
+        let summary = firing(&ev, &o).first().map(|a| a.annotations["summary"].clone());
+        assert_eq!(summary, (expected > 0).then(|| expected.to_string()), "poll {i}");
         if i % 7 == 3 {
             let saved = serde_json::to_string(ev.state()).unwrap();
             let state: EvalState = serde_json::from_str(&saved).unwrap();
@@ -586,16 +456,10 @@ fn new_device_after_learning() {
     let yaml = "rules:\n  - name: NewDevice\n    condition: {new_device: {learning: 10m, window: 1h}}\n    except: [{client: {mac: \"a4:77:33:00:00:99\"}}]\n";
     let mut ev = evaluator(yaml);
     let o = poll(T0).run(&mut ev);
-    assert!(
-        o.alerts.is_empty(),
-        "phone and TV are learnt at first start"
-    );
+    assert!(o.alerts.is_empty(), "phone and TV are learnt at first start");
     let facts = |now: u64, macs: &[[u8; 6]]| PollFacts {
         now,
-        clients: macs
-            .iter()
-            .map(|m| client(*m, &format!("dev-{:02x}", m[5]), ""))
-            .collect(),
+        clients: macs.iter().map(|m| client(*m, &format!("dev-{:02x}", m[5]), "")).collect(),
         flows: Vec::new(),
     };
     let guest = [0x3c, 0xa9, 0xf4, 0, 0, 0x42];
@@ -615,9 +479,7 @@ fn new_device_after_learning() {
 fn dns_bypass_fires_on_dns_elsewhere_not_on_the_resolvers() {
     let yaml = "dns: {resolvers: [198.51.100.53]}\nrules:\n  - name: DnsBypass\n    condition: {dns_bypass: {}}\n";
     let mut ev = evaluator(yaml);
-    let o = poll(T0)
-        .flow(0, "198.51.100.53", 53, "", "US", 60, 120)
-        .run(&mut ev);
+    let o = poll(T0).flow(0, "198.51.100.53", 53, "", "US", 60, 120).run(&mut ev);
     assert!(o.alerts.is_empty());
     let o = poll(T0 + 5)
         .flow(1, "8.8.8.8", 853, "", "US", 60, 120)
@@ -646,47 +508,31 @@ rules:
     schedule: {timezone: UTC, windows: [{days: [mon], from: "22:00", to: "06:00"}]}
 "#;
     let mut ev = evaluator(yaml);
-    let o = poll(T0 + 12 * 3600)
-        .flow(0, "198.51.100.1", 443, "", "US", 10, 0)
-        .run(&mut ev);
+    let o = poll(T0 + 12 * 3600).flow(0, "198.51.100.1", 443, "", "US", 10, 0).run(&mut ev);
     assert!(o.alerts.is_empty(), "Monday noon");
-    let o = poll(T0 + 23 * 3600)
-        .flow(0, "198.51.100.1", 443, "", "US", 10, 0)
-        .run(&mut ev);
+    let o = poll(T0 + 23 * 3600).flow(0, "198.51.100.1", 443, "", "US", 10, 0).run(&mut ev);
     assert_eq!(firing(&ev, &o).len(), 1, "Monday 23:00");
     // Download only does not count.
     let mut ev = evaluator(yaml);
-    let o = poll(T0 + 23 * 3600)
-        .flow(0, "198.51.100.1", 443, "", "US", 0, 10)
-        .run(&mut ev);
+    let o = poll(T0 + 23 * 3600).flow(0, "198.51.100.1", 443, "", "US", 0, 10).run(&mut ev);
     assert!(o.alerts.is_empty());
 }
 
 #[test]
 fn reload_keeps_state_of_rules_that_remain() {
     let mut ev = evaluator(UPLOAD_RULE);
-    let o = poll(T0)
-        .flow(0, "203.0.113.20", 443, "up.xiaomi.net", "CN", 6_000_000, 0)
-        .run(&mut ev);
+    let o = poll(T0).flow(0, "203.0.113.20", 443, "up.xiaomi.net", "CN", 6_000_000, 0).run(&mut ev);
     assert_eq!(firing(&ev, &o).len(), 1);
     let mut changed = UPLOAD_RULE.replace("severity: critical", "severity: warning");
     changed.push_str(
         "  - name: Other\n    condition: {traffic: {}}\n    match: {client: {name: nobody}}\n",
     );
-    ev.replace(
-        policy(&changed),
-        "http://sensor:9977".into(),
-        Duration::from_secs(900),
-    );
+    ev.replace(policy(&changed), "http://sensor:9977".into(), Duration::from_secs(900));
     let o = poll(T0 + 60).run(&mut ev);
     let a = firing(&ev, &o);
     assert_eq!(a.len(), 1);
     assert_eq!(a[0].starts_at, at(T0), "still the same firing instance");
     assert_eq!(a[0].labels["severity"], "warning");
-    ev.replace(
-        policy("rules: []\n"),
-        "http://sensor:9977".into(),
-        Duration::from_secs(900),
-    );
+    ev.replace(policy("rules: []\n"), "http://sensor:9977".into(), Duration::from_secs(900));
     assert!(poll(T0 + 120).run(&mut ev).alerts.is_empty());
 }

@@ -129,10 +129,7 @@ impl Pattern {
             .literal_separator(false)
             .build()
             .map_err(|e| format!("invalid glob `{text}`: {}", e.kind()))?;
-        Ok(Pattern {
-            text: text.to_string(),
-            glob: glob.compile_matcher(),
-        })
+        Ok(Pattern { text: text.to_string(), glob: glob.compile_matcher() })
     }
     pub fn matches(&self, s: &str) -> bool {
         self.glob.is_match(s)
@@ -192,9 +189,11 @@ impl Cidr {
         if let Ok(net) = t.parse::<IpNet>() {
             return Ok(Cidr(net.trunc()));
         }
-        t.parse::<IpAddr>()
-            .map(|ip| Cidr(IpNet::from(ip)))
-            .map_err(|_| format!("`{text}` is not a CIDR (write e.g. 203.0.113.0/24, 2001:db8::/32 or 198.51.100.7)"))
+        t.parse::<IpAddr>().map(|ip| Cidr(IpNet::from(ip))).map_err(|_| {
+            format!(
+                "`{text}` is not a CIDR (write e.g. 203.0.113.0/24, 2001:db8::/32 or 198.51.100.7)"
+            )
+        })
     }
     pub fn contains(&self, ip: &IpAddr) -> bool {
         self.0.contains(ip)
@@ -212,9 +211,7 @@ impl Country {
         if countries::is_known(&code) {
             Ok(Country(code))
         } else {
-            Err(format!(
-                "unknown country code `{text}` (ISO 3166-1 alpha-2, e.g. CN, US, DE)"
-            ))
+            Err(format!("unknown country code `{text}` (ISO 3166-1 alpha-2, e.g. CN, US, DE)"))
         }
     }
 }
@@ -227,15 +224,10 @@ pub struct Asn(pub u32);
 impl Asn {
     pub fn parse(text: &str) -> Result<Asn, String> {
         let t = text.trim();
-        let digits = t
-            .strip_prefix("AS")
-            .or_else(|| t.strip_prefix("as"))
-            .unwrap_or(t);
+        let digits = t.strip_prefix("AS").or_else(|| t.strip_prefix("as")).unwrap_or(t);
         match digits.parse::<u32>() {
             Ok(n) if n > 0 => Ok(Asn(n)),
-            _ => Err(format!(
-                "`{text}` is not an AS number (write e.g. 4808 or AS4808)"
-            )),
+            _ => Err(format!("`{text}` is not an AS number (write e.g. 4808 or AS4808)")),
         }
     }
 }
@@ -252,11 +244,7 @@ impl PortRange {
         match text.split_once('-') {
             Some((a, b)) => {
                 let (a, b) = (port(a)?, port(b)?);
-                if a > b {
-                    Err(bad())
-                } else {
-                    Ok(PortRange(a, b))
-                }
+                if a > b { Err(bad()) } else { Ok(PortRange(a, b)) }
             }
             None => port(text).map(|p| PortRange(p, p)),
         }
@@ -278,9 +266,7 @@ impl Protocol {
             "udp" => Ok(Protocol(17)),
             "icmp" => Ok(Protocol(1)),
             "icmpv6" => Ok(Protocol(58)),
-            _ => Err(format!(
-                "unknown protocol `{text}` (one of tcp, udp, icmp, icmpv6)"
-            )),
+            _ => Err(format!("unknown protocol `{text}` (one of tcp, udp, icmp, icmpv6)")),
         }
     }
 }
@@ -295,9 +281,7 @@ impl MacAddr {
         let parts: Vec<&str> = text.trim().split([':', '-']).collect();
         let mut mac = [0u8; 6];
         if parts.len() != 6 {
-            return Err(format!(
-                "`{text}` is not a MAC address (write e.g. 64:09:80:4a:1c:07)"
-            ));
+            return Err(format!("`{text}` is not a MAC address (write e.g. 64:09:80:4a:1c:07)"));
         }
         for (b, p) in mac.iter_mut().zip(&parts) {
             *b = u8::from_str_radix(p, 16).map_err(|_| {
@@ -316,9 +300,7 @@ pub struct ByteSize(pub u64);
 impl ByteSize {
     pub fn parse(text: &str) -> Result<ByteSize, String> {
         let t = text.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let bad = || format!("`{text}` is not a size (write e.g. 5MB, 500kB, 1.5GB or 5MiB)");
         let n: f64 = num.parse().map_err(|_| bad())?;
@@ -359,9 +341,7 @@ impl LabelName {
             ));
         }
         if super::RESERVED_LABELS.contains(&text) {
-            return Err(format!(
-                "label `{text}` is set by the sensor itself; choose another name"
-            ));
+            return Err(format!("label `{text}` is set by the sensor itself; choose another name"));
         }
         Ok(LabelName(text.to_string()))
     }
@@ -394,10 +374,7 @@ mod tests {
         assert!(ByteSize::parse("5 parsecs").is_err());
         assert_eq!(Asn::parse("AS4808").unwrap(), Asn(4808));
         assert!(Asn::parse("ASX").is_err());
-        assert_eq!(
-            PortRange::parse("8000-8100").unwrap(),
-            PortRange(8000, 8100)
-        );
+        assert_eq!(PortRange::parse("8000-8100").unwrap(), PortRange(8000, 8100));
         assert!(PortRange::parse("9-1").is_err());
         assert_eq!(Country::parse("cn").unwrap(), Country("CN".into()));
         assert!(Country::parse("XX").is_err());
@@ -405,10 +382,7 @@ mod tests {
             Cidr::parse("198.51.100.7").unwrap().0,
             "198.51.100.7/32".parse::<IpNet>().unwrap()
         );
-        assert_eq!(
-            Cidr::parse("10.1.2.3/8").unwrap().0,
-            "10.0.0.0/8".parse::<IpNet>().unwrap()
-        );
+        assert_eq!(Cidr::parse("10.1.2.3/8").unwrap().0, "10.0.0.0/8".parse::<IpNet>().unwrap());
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert_eq!(
             MacAddr::parse("64-09-80-4A-1C-07").unwrap().0,

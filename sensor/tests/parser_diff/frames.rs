@@ -11,8 +11,9 @@ use std::{
 };
 
 use etherparse::{
-    EtherType, Ethernet2Header, IpAuthHeader, IpFragOffset, IpNumber, Ipv4Header, Ipv4Options, Ipv6FragmentHeader,
-    Ipv6Header, Ipv6RawExtHeader, SingleVlanHeader, TcpHeader, UdpHeader, VlanId,
+    EtherType, Ethernet2Header, IpAuthHeader, IpFragOffset, IpNumber, Ipv4Header, Ipv4Options,
+    Ipv6FragmentHeader, Ipv6Header, Ipv6RawExtHeader, SingleVlanHeader, TcpHeader, UdpHeader,
+    VlanId,
 };
 use ipnet::IpNet;
 use sensor::common::Direction;
@@ -58,7 +59,11 @@ pub struct Generator {
 
 impl Generator {
     pub fn new(seed: u64) -> Generator {
-        Generator { rng: fastrand::Rng::with_seed(seed), queue: VecDeque::new(), recent: Vec::new() }
+        Generator {
+            rng: fastrand::Rng::with_seed(seed),
+            queue: VecDeque::new(),
+            recent: Vec::new(),
+        }
     }
 
     fn chance(&mut self, percent: u32) -> bool {
@@ -95,7 +100,11 @@ impl Generator {
         let iid = self.rng.u64(..);
         match self.rng.u32(0..100) {
             0..=54 => Ipv6Addr::from((0xfd00_0001_0000_0000u128 << 64) | iid as u128),
-            55..=79 => Ipv6Addr::from((0x2001_0db8_0001_0000u128 << 64) | ((self.rng.u16(..) as u128) << 64) | iid as u128),
+            55..=79 => Ipv6Addr::from(
+                (0x2001_0db8_0001_0000u128 << 64)
+                    | ((self.rng.u16(..) as u128) << 64)
+                    | iid as u128,
+            ),
             80..=84 => Ipv6Addr::from((0xfe80u128 << 112) | iid as u128),
             85..=89 => Ipv6Addr::from((0xfd00_0002_0000_0000u128 << 64) | iid as u128),
             // An IPv4-mapped LAN address in an IPv6 header: never a client.
@@ -152,7 +161,8 @@ impl Generator {
         // go the other way round, so that the remote is the one taken for the client.
         let client_first = self.chance(92) == (dir == Direction::Upload);
         let client_mac = self.client_mac();
-        let (src_mac, dst_mac) = if client_first { (client_mac, GW_MAC) } else { (GW_MAC, client_mac) };
+        let (src_mac, dst_mac) =
+            if client_first { (client_mac, GW_MAC) } else { (GW_MAC, client_mac) };
 
         let mut label = String::new();
         let tags = match self.rng.u32(0..100) {
@@ -200,7 +210,10 @@ impl Generator {
 
         let mut bytes = Vec::with_capacity(14 + 12 + l3_bytes.len());
         let first_type = tpids.first().copied().unwrap_or(ether_type);
-        bytes.extend_from_slice(&Ethernet2Header { source: src_mac, destination: dst_mac, ether_type: first_type }.to_bytes());
+        bytes.extend_from_slice(
+            &Ethernet2Header { source: src_mac, destination: dst_mac, ether_type: first_type }
+                .to_bytes(),
+        );
         for (i, _) in tpids.iter().enumerate() {
             let next = tpids.get(i + 1).copied().unwrap_or(ether_type);
             let tag = SingleVlanHeader {
@@ -213,7 +226,8 @@ impl Generator {
         }
         let l3 = bytes.len();
         bytes.extend_from_slice(&l3_bytes);
-        let is_ip = (ether_type == EtherType::IPV4 || ether_type == EtherType::IPV6) && !l3_bytes.is_empty();
+        let is_ip = (ether_type == EtherType::IPV4 || ether_type == EtherType::IPV6)
+            && !l3_bytes.is_empty();
         Built {
             frame: Frame { bytes, dir, label },
             l3: is_ip.then_some(l3),
@@ -248,7 +262,16 @@ impl Generator {
                 out.extend_from_slice(&udp.to_bytes());
             }
             IpNumber::ICMP | IpNumber::IPV6_ICMP => {
-                out.extend_from_slice(&[if proto == IpNumber::ICMP { 8 } else { 128 }, 0, 0, 0, 0, 1, 0, 1]);
+                out.extend_from_slice(&[
+                    if proto == IpNumber::ICMP { 8 } else { 128 },
+                    0,
+                    0,
+                    0,
+                    0,
+                    1,
+                    0,
+                    1,
+                ]);
             }
             _ => {}
         }
@@ -278,7 +301,9 @@ impl Generator {
     fn ipv4_packet(&mut self, client_first: bool) -> (Vec<u8>, (usize, IpNumber), usize, String) {
         let client = IpAddr::V4(self.client_v4());
         let remote = self.remote(false);
-        let (IpAddr::V4(c), IpAddr::V4(r)) = (client, remote) else { unreachable!("IPv4 addresses") };
+        let (IpAddr::V4(c), IpAddr::V4(r)) = (client, remote) else {
+            unreachable!("IPv4 addresses")
+        };
         let (src, dst) = if client_first { (c, r) } else { (r, c) };
         let proto = self.protocol(false);
         let rport = self.remote_port();
@@ -287,7 +312,9 @@ impl Generator {
         let n = self.payload_len();
         let (l4, l4_hlen) = self.l4(proto, sport, dport, n);
         let mut ip = Ipv4Header::new(l4.len() as u16, 64, proto, src.octets(), dst.octets())
-            .unwrap_or_else(|_| Ipv4Header::new(0, 64, proto, src.octets(), dst.octets()).expect("empty payload"));
+            .unwrap_or_else(|_| {
+                Ipv4Header::new(0, 64, proto, src.octets(), dst.octets()).expect("empty payload")
+            });
         let mut what = format!("ipv4 proto {}", proto.0);
         if self.chance(15) {
             let words = self.rng.usize(1..11);
@@ -304,7 +331,8 @@ impl Generator {
             5..=14 => {
                 ip.dont_fragment = false;
                 ip.more_fragments = self.chance(50);
-                ip.fragment_offset = IpFragOffset::try_new(self.rng.u16(1..0x2000)).expect("13 bits");
+                ip.fragment_offset =
+                    IpFragOffset::try_new(self.rng.u16(1..0x2000)).expect("13 bits");
                 what.push_str(" later-fragment");
             }
             _ => {}
@@ -319,7 +347,10 @@ impl Generator {
     /// An IPv6 packet with an extension chain (0–12 headers: past the walk limit of 8 now and
     /// then). Returns as [`Generator::ipv4_packet`]; no L4 start when the chain hides it.
     #[allow(clippy::type_complexity)]
-    fn ipv6_packet(&mut self, client_first: bool) -> (Vec<u8>, Option<(usize, IpNumber)>, usize, String) {
+    fn ipv6_packet(
+        &mut self,
+        client_first: bool,
+    ) -> (Vec<u8>, Option<(usize, IpNumber)>, usize, String) {
         let client = self.client_v6();
         let IpAddr::V6(remote) = self.remote(true) else { unreachable!("IPv6 address") };
         let (src, dst) = if client_first { (client, remote) } else { (remote, client) };
@@ -368,8 +399,10 @@ impl Generator {
                         // Payload length 0: 8 bytes by the kernel's formula, refused by etherparse.
                         chain.extend_from_slice(&[next.0, 0, 0, 0, 0, 0, 0, 1]);
                     } else {
-                        let icv: Vec<u8> = (0..self.rng.usize(0..5) * 4).map(|_| self.rng.u8(..)).collect();
-                        let ah = IpAuthHeader::new(next, self.rng.u32(..), self.rng.u32(..), &icv).expect("aligned ICV");
+                        let icv: Vec<u8> =
+                            (0..self.rng.usize(0..5) * 4).map(|_| self.rng.u8(..)).collect();
+                        let ah = IpAuthHeader::new(next, self.rng.u32(..), self.rng.u32(..), &icv)
+                            .expect("aligned ICV");
                         chain.extend_from_slice(&ah.to_bytes());
                     }
                 }
@@ -400,7 +433,12 @@ impl Generator {
         let l4_at = b.len();
         b.extend_from_slice(&l4);
         let names: Vec<String> = kinds.iter().map(|k| k.0.to_string()).collect();
-        let what = format!("ipv6 exts[{}] proto {}{}", names.join(","), proto.0, if later_fragment { " later-fragment" } else { "" });
+        let what = format!(
+            "ipv6 exts[{}] proto {}{}",
+            names.join(","),
+            proto.0,
+            if later_fragment { " later-fragment" } else { "" }
+        );
         let l4 = (!later_fragment).then_some((l4_at, proto));
         (b, l4, l4_at + l4_hlen, what)
     }

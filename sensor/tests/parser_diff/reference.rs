@@ -11,9 +11,10 @@
 use std::net::{IpAddr, Ipv6Addr};
 
 use etherparse::{
-    EtherType, Ethernet2HeaderSlice, IpAuthHeaderSlice, IpNumber, Ipv4HeaderSlice, Ipv6FragmentHeaderSlice,
-    Ipv6HeaderSlice, Ipv6RawExtHeaderSlice, LinkExtSlice, LinkSlice, NetSlice, SingleVlanHeaderSlice, SlicedPacket,
-    TcpHeaderSlice, TransportSlice, UdpHeaderSlice, err,
+    EtherType, Ethernet2HeaderSlice, IpAuthHeaderSlice, IpNumber, Ipv4HeaderSlice,
+    Ipv6FragmentHeaderSlice, Ipv6HeaderSlice, Ipv6RawExtHeaderSlice, LinkExtSlice, LinkSlice,
+    NetSlice, SingleVlanHeaderSlice, SlicedPacket, TcpHeaderSlice, TransportSlice, UdpHeaderSlice,
+    err,
 };
 use ipnet::IpNet;
 use sensor::common::{Direction, FlowKey, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, Stat};
@@ -89,7 +90,8 @@ impl Reference {
             if !is_kernel_vlan(ether_type) {
                 break;
             }
-            let tag = SingleVlanHeaderSlice::from_slice(&frame[off..]).map_err(|_| Stat::TruncatedL2)?;
+            let tag =
+                SingleVlanHeaderSlice::from_slice(&frame[off..]).map_err(|_| Stat::TruncatedL2)?;
             ether_type = tag.ether_type();
             off += tag.slice().len();
         }
@@ -111,7 +113,8 @@ impl Reference {
         let group_mac = key.client_mac[0] & 1 != 0;
         let client = Ipv6Addr::from(key.client_ip);
         let mapped = client.to_ipv4_mapped().is_some();
-        if group_mac || (v6 && mapped) || !self.lan.iter().any(|n| n.contains(&IpAddr::V6(client))) {
+        if group_mac || (v6 && mapped) || !self.lan.iter().any(|n| n.contains(&IpAddr::V6(client)))
+        {
             return Err(Stat::NotClient);
         }
         Ok(())
@@ -122,7 +125,8 @@ impl Reference {
 fn mapped_net(n: IpNet) -> IpNet {
     match n {
         IpNet::V4(v4) => {
-            IpNet::new(IpAddr::V6(v4.network().to_ipv6_mapped()), 96 + v4.prefix_len()).expect("prefix length ≤ 128")
+            IpNet::new(IpAddr::V6(v4.network().to_ipv6_mapped()), 96 + v4.prefix_len())
+                .expect("prefix length ≤ 128")
         }
         v6 => v6,
     }
@@ -160,7 +164,8 @@ enum Ext {
 }
 
 fn ext_header(kind: IpNumber, h: &[u8]) -> Ext {
-    let partial = || if h.len() >= 2 { Ext::Partial { next: IpNumber(h[0]) } } else { Ext::Missing };
+    let partial =
+        || if h.len() >= 2 { Ext::Partial { next: IpNumber(h[0]) } } else { Ext::Missing };
     match kind {
         IpNumber::IPV6_FRAGMENTATION_HEADER => match Ipv6FragmentHeaderSlice::from_slice(h) {
             Ok(f) => Ext::Whole {
@@ -181,12 +186,16 @@ fn ext_header(kind: IpNumber, h: &[u8]) -> Ext {
                 };
             }
             match IpAuthHeaderSlice::from_slice(h) {
-                Ok(a) => Ext::Whole { next: a.next_header(), len: a.slice().len(), first_fragment: true },
+                Ok(a) => {
+                    Ext::Whole { next: a.next_header(), len: a.slice().len(), first_fragment: true }
+                }
                 Err(_) => partial(),
             }
         }
         _ => match Ipv6RawExtHeaderSlice::from_slice(h) {
-            Ok(x) => Ext::Whole { next: x.next_header(), len: x.slice().len(), first_fragment: true },
+            Ok(x) => {
+                Ext::Whole { next: x.next_header(), len: x.slice().len(), first_fragment: true }
+            }
             Err(_) => partial(),
         },
     }
@@ -242,7 +251,9 @@ fn port(frame: &[u8], l3: &L3, upload: bool) -> Result<u16, Stat> {
             // etherparse also wants a data offset of at least 5 and the options it announces;
             // the kernel reads the fixed 20 bytes only (the ports; the data offset just places
             // the payload for GSO byte counts and naming events), so it counts such a segment.
-            Err(_) if l4.len() >= 20 => (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]])),
+            Err(_) if l4.len() >= 20 => {
+                (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]]))
+            }
             Err(_) => return Err(Stat::TruncatedL4),
         },
         IpNumber::UDP => {
@@ -322,10 +333,18 @@ pub fn etherparse_view(reference: &Reference, frame: &[u8], dir: Direction) -> O
     }
     let port = match (&p.transport, payload.ip_number) {
         (Some(TransportSlice::Tcp(t)), IpNumber::TCP) => {
-            if upload { t.destination_port() } else { t.source_port() }
+            if upload {
+                t.destination_port()
+            } else {
+                t.source_port()
+            }
         }
         (Some(TransportSlice::Udp(u)), IpNumber::UDP) => {
-            if upload { u.destination_port() } else { u.source_port() }
+            if upload {
+                u.destination_port()
+            } else {
+                u.source_port()
+            }
         }
         (_, IpNumber::TCP | IpNumber::UDP) => return None,
         _ => 0,
@@ -345,5 +364,11 @@ pub fn show_key(k: &FlowKey) -> String {
         v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6))
     };
     let mac = k.client_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    format!("{mac} {} -> {} proto {} port {}", ip(k.client_ip), ip(k.remote_ip), k.protocol, k.remote_port)
+    format!(
+        "{mac} {} -> {} proto {} port {}",
+        ip(k.client_ip),
+        ip(k.remote_ip),
+        k.protocol,
+        k.remote_port
+    )
 }

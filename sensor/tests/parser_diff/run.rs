@@ -165,9 +165,11 @@ impl Kernel {
             pin_dir: None,
             kernel_btf: false,
         })?;
-        let xdp: &mut Xdp = ebpf.program_mut(names::XDP_PROGRAM).context("XDP program missing")?.try_into()?;
+        let xdp: &mut Xdp =
+            ebpf.program_mut(names::XDP_PROGRAM).context("XDP program missing")?.try_into()?;
         xdp.load().context("verifying the XDP program")?;
-        let tc: &mut SchedClassifier = ebpf.program_mut(names::TC_PROGRAM).context("TC program missing")?.try_into()?;
+        let tc: &mut SchedClassifier =
+            ebpf.program_mut(names::TC_PROGRAM).context("TC program missing")?.try_into()?;
         tc.load().context("verifying the TC program")?;
         let maps = KernelMaps::take(&mut ebpf)?;
         let mut k = Kernel { ebpf, maps, tc_max: 0, stats_base: Default::default() };
@@ -222,25 +224,31 @@ impl Kernel {
         let opts = TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() };
         let result = match dir {
             Direction::Upload => {
-                let p: &Xdp = self.ebpf.program(names::XDP_PROGRAM).context("XDP program")?.try_into()?;
+                let p: &Xdp =
+                    self.ebpf.program(names::XDP_PROGRAM).context("XDP program")?.try_into()?;
                 p.test_run(opts)
             }
             Direction::Download => {
-                let p: &SchedClassifier = self.ebpf.program(names::TC_PROGRAM).context("TC program")?.try_into()?;
+                let p: &SchedClassifier =
+                    self.ebpf.program(names::TC_PROGRAM).context("TC program")?.try_into()?;
                 p.test_run(opts)
             }
         };
         match result {
             Ok(r) => Ok(Some(r.return_value)),
             Err(e) if einval(&e) => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("{} test run of a {}-byte frame", dir.as_str(), frame.len())),
+            Err(e) => Err(e).with_context(|| {
+                format!("{} test run of a {}-byte frame", dir.as_str(), frame.len())
+            }),
         }
     }
 }
 
 fn einval(e: &aya::programs::ProgramError) -> bool {
     match e {
-        aya::programs::ProgramError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::EINVAL),
+        aya::programs::ProgramError::SyscallError(s) => {
+            s.io_error.raw_os_error() == Some(libc::EINVAL)
+        }
         _ => false,
     }
 }
@@ -340,11 +348,19 @@ impl Differential {
                 self.report.stats[frame.dir.index()][Stat::Seen as usize] += 1;
             }
             (Expected::Refused, Some(rc)) => {
-                self.mismatch(&frame, &format!("the test runner was expected to refuse it, but it ran (returned {rc:#x})"));
+                self.mismatch(
+                    &frame,
+                    &format!(
+                        "the test runner was expected to refuse it, but it ran (returned {rc:#x})"
+                    ),
+                );
                 // Its effect is unknown to the model: the batch will differ too.
             }
             (Expected::Runs { .. }, None) => {
-                self.mismatch(&frame, "the test runner refused it (EINVAL), but it was expected to run");
+                self.mismatch(
+                    &frame,
+                    "the test runner refused it (EINVAL), but it was expected to run",
+                );
             }
         }
         self.batch.push((frame, expected));
@@ -393,7 +409,11 @@ impl Differential {
         Ok(())
     }
 
-    pub fn run(&mut self, frames: &mut impl Iterator<Item = Frame>, count: u64) -> anyhow::Result<()> {
+    pub fn run(
+        &mut self,
+        frames: &mut impl Iterator<Item = Frame>,
+        count: u64,
+    ) -> anyhow::Result<()> {
         let start = Instant::now();
         for frame in frames.take(count as usize) {
             self.push(frame)?;
@@ -411,7 +431,11 @@ fn retire_all(kernel: &mut Kernel) -> anyhow::Result<()> {
     kernel.maps.remove_clients(&macs)?;
     let left = kernel.read()?;
     if !left.flows.is_empty() || !left.clients.is_empty() {
-        bail!("{} flows and {} clients left after retiring every client", left.flows.len(), left.clients.len());
+        bail!(
+            "{} flows and {} clients left after retiring every client",
+            left.flows.len(),
+            left.clients.len()
+        );
     }
     Ok(())
 }
@@ -420,8 +444,11 @@ fn retire_all(kernel: &mut Kernel) -> anyhow::Result<()> {
 fn compare(kernel: &Kernel, model: &Model) -> anyhow::Result<Option<String>> {
     let snap = kernel.read()?;
     let mut diff = Vec::new();
-    let got: HashMap<FlowKey, Count> =
-        snap.flows.iter().map(|(k, c)| (*k, Count { packets: c.packets, bytes: c.bytes })).collect();
+    let got: HashMap<FlowKey, Count> = snap
+        .flows
+        .iter()
+        .map(|(k, c)| (*k, Count { packets: c.packets, bytes: c.bytes }))
+        .collect();
     let keys: HashSet<&FlowKey> = got.keys().chain(model.flows.keys()).collect();
     for k in keys {
         let (g, w) = (got.get(k), model.flows.get(k));
@@ -429,8 +456,11 @@ fn compare(kernel: &Kernel, model: &Model) -> anyhow::Result<Option<String>> {
             diff.push(format!("flow {}: kernel {g:?}, reference {w:?}", show_key(k)));
         }
     }
-    let got: HashMap<[u8; 6], Count> =
-        snap.clients.iter().map(|(m, c)| (*m, Count { packets: c.packets, bytes: c.bytes })).collect();
+    let got: HashMap<[u8; 6], Count> = snap
+        .clients
+        .iter()
+        .map(|(m, c)| (*m, Count { packets: c.packets, bytes: c.bytes }))
+        .collect();
     let macs: HashSet<&[u8; 6]> = got.keys().chain(model.clients.keys()).collect();
     for m in macs {
         let (g, w) = (got.get(m), model.clients.get(m));
@@ -440,9 +470,14 @@ fn compare(kernel: &Kernel, model: &Model) -> anyhow::Result<Option<String>> {
     }
     for dir in Direction::ALL {
         for stat in Stat::ALL {
-            let (g, w) = (snap.stats[dir.index()][stat as usize], model.stats[dir.index()][stat as usize]);
+            let (g, w) =
+                (snap.stats[dir.index()][stat as usize], model.stats[dir.index()][stat as usize]);
             if g != w {
-                diff.push(format!("stat {}/{}: kernel {g}, reference {w}", dir.as_str(), stat.as_str()));
+                diff.push(format!(
+                    "stat {}/{}: kernel {g}, reference {w}",
+                    dir.as_str(),
+                    stat.as_str()
+                ));
             }
         }
     }
@@ -479,7 +514,8 @@ fn localise(lan: &[IpNet], frames: &[(Frame, Expected)]) -> anyhow::Result<Vec<S
 /// The first 128 bytes of a frame in hex, for a mismatch report.
 pub fn hex(b: &[u8]) -> String {
     let shown: Vec<String> = b.iter().take(128).map(|x| format!("{x:02x}")).collect();
-    let mut s = shown.chunks(16).map(|c| format!("  {}", c.join(" "))).collect::<Vec<_>>().join("\n");
+    let mut s =
+        shown.chunks(16).map(|c| format!("  {}", c.join(" "))).collect::<Vec<_>>().join("\n");
     if b.len() > 128 {
         s.push_str(&format!("\n  ... ({} bytes in all)", b.len()));
     }

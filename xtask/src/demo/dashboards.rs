@@ -95,13 +95,9 @@ pub fn substitute(expr: &str, values: &BTreeMap<String, String>) -> Result<Strin
         out.push_str(&rest[..i]);
         let tail = &rest[i..];
         let (name, format, len) = if let Some(braced) = tail.strip_prefix("${") {
-            let end = braced
-                .find('}')
-                .with_context(|| format!("unclosed ${{ in {expr:?}"))?;
+            let end = braced.find('}').with_context(|| format!("unclosed ${{ in {expr:?}"))?;
             let inner = &braced[..end];
-            let (n, f) = inner
-                .split_once(':')
-                .map_or((inner, None), |(n, f)| (n, Some(f)));
+            let (n, f) = inner.split_once(':').map_or((inner, None), |(n, f)| (n, Some(f)));
             (n, f, end + 3)
         } else if let Some(old) = tail.strip_prefix("[[") {
             match old.find("]]") {
@@ -111,9 +107,7 @@ pub fn substitute(expr: &str, values: &BTreeMap<String, String>) -> Result<Strin
                 _ => ("", None, 1),
             }
         } else if let Some(plain) = tail.strip_prefix('$') {
-            let n = plain
-                .find(|c: char| !is_name_char(c))
-                .unwrap_or(plain.len());
+            let n = plain.find(|c: char| !is_name_char(c)).unwrap_or(plain.len());
             (&plain[..n], None, 1 + n)
         } else {
             ("", None, 1)
@@ -157,10 +151,7 @@ fn escape_regex(s: &str) -> String {
 
 /// `label_values(label)` or `label_values(selector, label)`: (selector, label).
 fn parse_label_values(query: &str) -> Option<(Option<String>, String)> {
-    let inner = query
-        .trim()
-        .strip_prefix("label_values(")?
-        .strip_suffix(')')?;
+    let inner = query.trim().strip_prefix("label_values(")?.strip_suffix(')')?;
     match inner.rsplit_once(',') {
         Some((selector, label)) => {
             Some((Some(selector.trim().to_string()), label.trim().to_string()))
@@ -183,12 +174,7 @@ impl Range {
     /// itself, or the freshest samples (the alert firing now) fall between two steps.
     pub fn ending_at(start: f64, end: f64, step: f64, scrape_interval: f64) -> Range {
         let steps = ((end - start) / step).ceil().max(1.0);
-        Range {
-            start: end - steps * step,
-            end,
-            step,
-            scrape_interval,
-        }
+        Range { start: end - steps * step, end, step, scrape_interval }
     }
 
     fn builtins(&self) -> BTreeMap<String, String> {
@@ -242,13 +228,7 @@ pub fn resolve_variables(
             }
             "custom" | "interval" => match &v.current {
                 Some(c) if !c.starts_with('$') => c.clone(),
-                _ => v
-                    .query
-                    .split(',')
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string(),
+                _ => v.query.split(',').next().unwrap_or_default().trim().to_string(),
             },
             "constant" | "textbox" => v.current.clone().unwrap_or_else(|| v.query.clone()),
             // Ad hoc filters add no text to queries.
@@ -310,15 +290,8 @@ pub fn check(
         let doc: Value =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
         // An exported dashboard may wrap the model in {"dashboard": ...}.
-        let dash = if doc["dashboard"].is_object() {
-            &doc["dashboard"]
-        } else {
-            &doc
-        };
-        let name = file
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let dash = if doc["dashboard"].is_object() { &doc["dashboard"] } else { &doc };
+        let name = file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
         let queries = panel_queries(dash);
         if queries.is_empty() {
             bail!("{}: no panel queries found", file.display());
@@ -337,21 +310,15 @@ pub fn check(
             };
             let series = match &sent {
                 Err(e) => Err(e.clone()),
-                Ok(promql) if q.instant => prom
-                    .query_at(promql, range.end)
-                    .map(|r| r.len())
-                    .map_err(|e| format!("{e:#}")),
+                Ok(promql) if q.instant => {
+                    prom.query_at(promql, range.end).map(|r| r.len()).map_err(|e| format!("{e:#}"))
+                }
                 Ok(promql) => prom
                     .query_range(promql, range.start, range.end, range.step)
                     .map(|r| r.len())
                     .map_err(|e| format!("{e:#}")),
             };
-            outcomes.push(Outcome {
-                dashboard: name.clone(),
-                query: q,
-                sent,
-                series,
-            });
+            outcomes.push(Outcome { dashboard: name.clone(), query: q, sent, series });
         }
     }
     Ok(outcomes)
@@ -363,10 +330,7 @@ mod tests {
     use serde_json::json;
 
     fn vals(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -385,10 +349,8 @@ mod tests {
             ],
             "rows": [{"panels": [{"title": "Old", "targets": [{"refId": "A", "expr": "w"}]}]}]
         });
-        let got: Vec<(String, String, Option<String>, bool)> = panel_queries(&d)
-            .into_iter()
-            .map(|q| (q.panel, q.ref_id, q.expr, q.instant))
-            .collect();
+        let got: Vec<(String, String, Option<String>, bool)> =
+            panel_queries(&d).into_iter().map(|q| (q.panel, q.ref_id, q.expr, q.instant)).collect();
         let s = |x: &str| x.to_string();
         assert_eq!(
             got,
@@ -417,10 +379,7 @@ mod tests {
             .unwrap(),
             r#"rate(m{client="redmi-note",instance=~"127\.0\.0\.1:9977"}[4s])"#
         );
-        assert_eq!(
-            substitute("m{client=\"[[client]]\"}", &v).unwrap(),
-            "m{client=\"redmi-note\"}"
-        );
+        assert_eq!(substitute("m{client=\"[[client]]\"}", &v).unwrap(), "m{client=\"redmi-note\"}");
         // Regex anchors and PromQL brackets are not variables.
         assert_eq!(
             substitute(r#"m{client=~"^a.*$"}[5m]"#, &v).unwrap(),
@@ -451,33 +410,18 @@ mod tests {
         assert_eq!(v[3].current.as_deref(), Some("10"));
         assert_eq!(
             parse_label_values(&v[2].query),
-            Some((
-                Some("gwsensor_client_info{site=\"$site\"}".to_string()),
-                "client".to_string()
-            ))
+            Some((Some("gwsensor_client_info{site=\"$site\"}".to_string()), "client".to_string()))
         );
-        assert_eq!(
-            parse_label_values("label_values(job)"),
-            Some((None, "job".to_string()))
-        );
+        assert_eq!(parse_label_values("label_values(job)"), Some((None, "job".to_string())));
         assert_eq!(parse_label_values("query_result(up)"), None);
     }
 
     #[test]
     fn builtins() {
-        let r = Range {
-            start: 1000.0,
-            end: 1090.0,
-            step: 2.0,
-            scrape_interval: 1.0,
-        };
+        let r = Range { start: 1000.0, end: 1090.0, step: 2.0, scrape_interval: 1.0 };
         let b = r.builtins();
         assert_eq!(
-            (
-                b["__rate_interval"].as_str(),
-                b["__range"].as_str(),
-                b["__interval"].as_str()
-            ),
+            (b["__rate_interval"].as_str(), b["__range"].as_str(), b["__interval"].as_str()),
             ("4s", "90s", "2s")
         );
     }

@@ -52,12 +52,8 @@ pub struct Server {
     pub ipv6: Option<&'static str>,
 }
 
-pub const UPDATE: Server = Server {
-    name: "update.miui.com",
-    role: "phone update server",
-    ipv4: "10.77.3.11",
-    ipv6: None,
-};
+pub const UPDATE: Server =
+    Server { name: "update.miui.com", role: "phone update server", ipv4: "10.77.3.11", ipv6: None };
 pub const CLOUD: Server = Server {
     name: "upload.micloud.xiaomi.net",
     role: "cloud photo server",
@@ -80,12 +76,7 @@ pub const SERVERS: [&Server; 4] = [&UPDATE, &CLOUD, &VIDEO_CDN, &WEB];
 
 /// The demo GeoIP/ASN database: (networks, country, ASN, AS organisation).
 const GEO: [(&[&str], &str, u32, &str); 2] = [
-    (
-        &["10.77.3.0/24"],
-        "CN",
-        4808,
-        "China Unicom Beijing Province Network",
-    ),
+    (&["10.77.3.0/24"], "CN", 4808, "China Unicom Beijing Province Network"),
     (&["10.77.4.0/24", "fd77:4::/64"], "US", 64500, "Example CDN"),
 ];
 
@@ -103,10 +94,7 @@ pub const DEMO_WINDOW: &str = "30s";
 pub const DEMO_WINDOW_SECS: u64 = 30;
 
 pub fn mac_text(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 impl Server {
@@ -123,8 +111,7 @@ impl Server {
         let a = parse_ip(self.ipv4);
         GEO.iter()
             .find(|(nets, ..)| {
-                nets.iter()
-                    .any(|n| n.parse::<ipnet::IpNet>().is_ok_and(|n| n.contains(&a)))
+                nets.iter().any(|n| n.parse::<ipnet::IpNet>().is_ok_and(|n| n.contains(&a)))
             })
             .map(|(_, c, asn, org)| (*c, *asn, *org))
             .unwrap_or(("", 0, ""))
@@ -132,8 +119,7 @@ impl Server {
 }
 
 fn parse_ip(s: &str) -> IpAddr {
-    s.parse()
-        .unwrap_or_else(|e| panic!("address literal {s}: {e}"))
+    s.parse().unwrap_or_else(|e| panic!("address literal {s}: {e}"))
 }
 
 /// Builds the namespaces: the household on `br-lan`, the servers on the internet host.
@@ -155,11 +141,7 @@ pub fn build_network() -> Result<Topology> {
 pub fn dns_records() -> Vec<DnsRecord> {
     SERVERS
         .iter()
-        .flat_map(|s| {
-            std::iter::once(s.ipv4)
-                .chain(s.ipv6)
-                .map(|a| DnsRecord::new(s.name, a))
-        })
+        .flat_map(|s| std::iter::once(s.ipv4).chain(s.ipv6).map(|a| DnsRecord::new(s.name, a)))
         .collect()
 }
 
@@ -223,11 +205,7 @@ pub fn demo_policy(example: &Path) -> Result<DemoPolicy> {
         .with_context(|| format!("{}: {RULE}: volume.above is not a size", example.display()))?
         .to_string();
     let threshold = parse_size(&threshold_text)?;
-    let window_was = volume
-        .get("window")
-        .and_then(Value::as_str)
-        .unwrap_or("10m")
-        .to_string();
+    let window_was = volume.get("window").and_then(Value::as_str).unwrap_or("10m").to_string();
     volume.insert("window".into(), DEMO_WINDOW.into());
     let header = format!(
         "# {} for the demo: {RULE}'s window shortened from {window_was} to {DEMO_WINDOW},\n# so that its alert resolves within the demo.\n",
@@ -247,9 +225,7 @@ pub fn demo_policy(example: &Path) -> Result<DemoPolicy> {
 /// example uses).
 fn parse_size(s: &str) -> Result<u64> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().with_context(|| format!("size {s:?}"))?;
     let mult = match unit.trim() {
@@ -291,83 +267,37 @@ pub fn demo_config(example: &Path, i: &ConfigInputs) -> Result<(String, Vec<Stri
             Value::Mapping(m)
         })
         .collect();
-    let mut inventory = doc
-        .get("inventory")
-        .and_then(Value::as_mapping)
-        .cloned()
-        .unwrap_or_default();
+    let mut inventory =
+        doc.get("inventory").and_then(Value::as_mapping).cloned().unwrap_or_default();
     inventory.insert("devices".into(), Value::Sequence(devices));
     inventory.insert("dhcp_leases".into(), Value::Sequence(Vec::new()));
     let mut geoip = Mapping::new();
-    geoip.insert(
-        "country_database".into(),
-        i.geoip.0.display().to_string().into(),
-    );
-    geoip.insert(
-        "asn_database".into(),
-        i.geoip.1.display().to_string().into(),
-    );
-    let mut alerting = doc
-        .get("alerting")
-        .and_then(Value::as_mapping)
-        .cloned()
-        .unwrap_or_default();
+    geoip.insert("country_database".into(), i.geoip.0.display().to_string().into());
+    geoip.insert("asn_database".into(), i.geoip.1.display().to_string().into());
+    let mut alerting = doc.get("alerting").and_then(Value::as_mapping).cloned().unwrap_or_default();
     let mut am = Mapping::new();
     am.insert("url".into(), i.alertmanager.into());
-    alerting.insert(
-        "alertmanagers".into(),
-        Value::Sequence(vec![Value::Mapping(am)]),
-    );
+    alerting.insert("alertmanagers".into(), Value::Sequence(vec![Value::Mapping(am)]));
 
     let prefixes = Value::Sequence(lab::LAN_PREFIXES.iter().map(|p| Value::from(*p)).collect());
     let changes: Vec<(&str, Value, &str)> = vec![
         ("interface", i.lan_if.into(), "the lab gateway's LAN bridge"),
         ("lan_prefixes", prefixes, "the lab's LAN"),
-        (
-            "poll_interval",
-            "1s".into(),
-            "faster than the default 5s, for a snappy demo",
-        ),
-        (
-            "pin_path",
-            i.pin_path.display().to_string().into(),
-            "removed when the demo ends",
-        ),
-        (
-            "state_path",
-            i.state_path.display().to_string().into(),
-            "in the lab's directory",
-        ),
-        (
-            "inventory",
-            Value::Mapping(inventory),
-            "the three devices, with their groups",
-        ),
-        (
-            "geoip",
-            Value::Mapping(geoip),
-            "the demo GeoIP/ASN databases",
-        ),
-        (
-            "alerting",
-            Value::Mapping(alerting),
-            "the lab's Alertmanager",
-        ),
-        (
-            "external_url",
-            i.external_url.into(),
-            "so alert links work from this host",
-        ),
+        ("poll_interval", "1s".into(), "faster than the default 5s, for a snappy demo"),
+        ("pin_path", i.pin_path.display().to_string().into(), "removed when the demo ends"),
+        ("state_path", i.state_path.display().to_string().into(), "in the lab's directory"),
+        ("inventory", Value::Mapping(inventory), "the three devices, with their groups"),
+        ("geoip", Value::Mapping(geoip), "the demo GeoIP/ASN databases"),
+        ("alerting", Value::Mapping(alerting), "the lab's Alertmanager"),
+        ("external_url", i.external_url.into(), "so alert links work from this host"),
     ];
     let mut notes = Vec::new();
     for (key, value, why) in changes {
         doc.insert(key.into(), value);
         notes.push(format!("{key} ({why})"));
     }
-    let header = format!(
-        "# {} adapted to the demo lab by `cargo xtask demo`.\n",
-        example.display()
-    );
+    let header =
+        format!("# {} adapted to the demo lab by `cargo xtask demo`.\n", example.display());
     Ok((header + &serde_yaml::to_string(&doc)?, notes))
 }
 
@@ -403,11 +333,7 @@ mod tests {
         let window = |doc: &mut Value| -> Value {
             let rules = doc["rules"].as_sequence_mut().unwrap();
             let rule = rules.iter_mut().find(|r| r["name"] == RULE).unwrap();
-            rule["condition"]["volume"]
-                .as_mapping_mut()
-                .unwrap()
-                .remove("window")
-                .unwrap()
+            rule["condition"]["volume"].as_mapping_mut().unwrap().remove("window").unwrap()
         };
         assert_eq!(window(&mut original), Value::from("10m"));
         assert_eq!(window(&mut demo), Value::from("30s"));
@@ -416,10 +342,7 @@ mod tests {
 
     #[test]
     fn servers_are_attributed() {
-        assert_eq!(
-            CLOUD.geo(),
-            ("CN", 4808, "China Unicom Beijing Province Network")
-        );
+        assert_eq!(CLOUD.geo(), ("CN", 4808, "China Unicom Beijing Province Network"));
         assert_eq!(VIDEO_CDN.geo().0, "US");
         assert_eq!(dns_records().len(), 6);
     }

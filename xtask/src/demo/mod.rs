@@ -50,10 +50,7 @@ pub struct DemoOpts {
 }
 
 fn section(title: &str) {
-    println!(
-        "\n── {title} {}",
-        "─".repeat(78usize.saturating_sub(title.chars().count()))
-    );
+    println!("\n── {title} {}", "─".repeat(78usize.saturating_sub(title.chars().count())));
 }
 
 pub fn run(opts: DemoOpts) -> Result<()> {
@@ -65,10 +62,7 @@ pub fn run(opts: DemoOpts) -> Result<()> {
     let root = workspace_root();
     let binary = root.join("target/release/sensor");
     if !binary.exists() {
-        bail!(
-            "{} is missing: build it with `cargo xtask build --release`",
-            binary.display()
-        );
+        bail!("{} is missing: build it with `cargo xtask build --release`", binary.display());
     }
     let policy = home::demo_policy(&root.join("deploy/policy.yaml"))?;
 
@@ -81,13 +75,7 @@ pub fn run(opts: DemoOpts) -> Result<()> {
     let dir = topo.lab.dir().to_path_buf();
 
     // The router's DNS, the internet's servers, and the monitoring.
-    services::start_dnsmasq(
-        &topo.lab,
-        &gw,
-        &["10.77.1.1".parse()?],
-        &home::dns_records(),
-        600,
-    )?;
+    services::start_dnsmasq(&topo.lab, &gw, &["10.77.1.1".parse()?], &home::dns_records(), 600)?;
     let geoip = home::write_geoip(&dir)?;
     let mut background = traffic::Background::new(Arc::new(AtomicBool::new(false)));
     for s in SERVERS {
@@ -120,10 +108,7 @@ pub fn run(opts: DemoOpts) -> Result<()> {
     std::fs::write(&config, config_text)?;
     let checked = output(Command::new(&binary).arg("check-config").arg(&config))?;
     let mut cmd = Command::new(&binary);
-    cmd.arg("run")
-        .arg("--config")
-        .arg(&config)
-        .env("NO_COLOR", "1");
+    cmd.arg("run").arg("--config").arg(&config).env("NO_COLOR", "1");
     // Own process group: the terminal's Ctrl-C goes to the demo, which stops the agent itself
     // (and the agent saves its state on the way out).
     cmd.process_group(0);
@@ -138,14 +123,8 @@ pub fn run(opts: DemoOpts) -> Result<()> {
 
     let rules = monitoring::rule_files(&root.join("deploy/prometheus"))?;
     let prometheus: SocketAddr = PROMETHEUS.parse()?;
-    let prom = Prometheus::start(
-        &topo.lab,
-        &gw,
-        prometheus,
-        METRICS,
-        &am_addr.to_string(),
-        &rules,
-    )?;
+    let prom =
+        Prometheus::start(&topo.lab, &gw, prometheus, METRICS, &am_addr.to_string(), &rules)?;
     prom.wait_scraping(Duration::from_secs(30))
         .map_err(|e| anyhow::anyhow!("{e:#}\nPrometheus's log:\n{}", prom.log()))?;
     let prom_fwd = monitoring::forward(prometheus, &gw, prometheus)?;
@@ -242,10 +221,8 @@ pub fn run(opts: DemoOpts) -> Result<()> {
     let mut outcome = Ok(());
     while !stop.load(Ordering::SeqCst) {
         if let Some(status) = agent.try_wait()? {
-            outcome = Err(anyhow::anyhow!(
-                "the agent exited ({status}); its log:\n{}",
-                agent.log()
-            ));
+            outcome =
+                Err(anyhow::anyhow!("the agent exited ({status}); its log:\n{}", agent.log()));
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -289,14 +266,8 @@ fn print_setting(
     section("The internet (lab DNS records, demo GeoIP/ASN database)");
     for s in SERVERS {
         let (country, asn, org) = s.geo();
-        let addrs = std::iter::once(s.ipv4)
-            .chain(s.ipv6)
-            .collect::<Vec<_>>()
-            .join(" ");
-        println!(
-            "  {:<27} {:<22} {country} AS{asn} {org:<38} {}",
-            s.name, addrs, s.role
-        );
+        let addrs = std::iter::once(s.ipv4).chain(s.ipv6).collect::<Vec<_>>().join(" ");
+        println!("  {:<27} {:<22} {country} AS{asn} {org:<38} {}", s.name, addrs, s.role);
     }
     section("The router: deploy/sensor.yaml and deploy/policy.yaml");
     println!("  sensor check-config: {}", checked.replace('\n', "; "));
@@ -320,10 +291,7 @@ fn print_setting(
         ),
         r => println!(
             "  Prometheus: scrapes the agent every second, with the rules in {}",
-            r.iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            r.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         ),
     }
 }
@@ -375,45 +343,31 @@ fn run_dashboards(
 /// The table of panel → series; returns how many queries ran and the problems (queries
 /// without data, or none run because the alert never fired).
 fn print_dashboards(dir: &Path, outcomes: Option<&[dashboards::Outcome]>) -> (usize, Vec<String>) {
-    section(&format!(
-        "Dashboards ({}/**/*.json) against the demo's Prometheus",
-        dir.display()
-    ));
+    section(&format!("Dashboards ({}/**/*.json) against the demo's Prometheus", dir.display()));
     let Some(outcomes) = outcomes else {
         println!("  not run: the alert never fired");
-        return (
-            0,
-            vec!["the dashboards were not checked (the alert never fired)".into()],
-        );
+        return (0, vec!["the dashboards were not checked (the alert never fired)".into()]);
     };
     if outcomes.is_empty() {
         println!("  no dashboards");
         return (0, Vec::new());
     }
-    println!(
-        "  {:<28} {:<40} {:<4} {:>6}",
-        "dashboard", "panel", "ref", "series"
-    );
+    println!("  {:<28} {:<40} {:<4} {:>6}", "dashboard", "panel", "ref", "series");
     let mut problems = Vec::new();
     for o in outcomes {
         let series = match &o.series {
             Ok(n) => n.to_string(),
             Err(_) => "error".to_string(),
         };
-        println!(
-            "  {:<28} {:<40} {:<4} {:>6}",
-            o.dashboard, o.query.panel, o.query.ref_id, series
-        );
+        println!("  {:<28} {:<40} {:<4} {:>6}", o.dashboard, o.query.panel, o.query.ref_id, series);
         if !o.ok() {
             let why = match (&o.sent, &o.series) {
                 (Err(e), _) | (_, Err(e)) => e.clone(),
                 (Ok(q), Ok(_)) => format!("no data for {q}"),
             };
             println!("      ✗ {why}");
-            problems.push(format!(
-                "{} / {} / {}: {why}",
-                o.dashboard, o.query.panel, o.query.ref_id
-            ));
+            problems
+                .push(format!("{} / {} / {}: {why}", o.dashboard, o.query.panel, o.query.ref_id));
         }
     }
     println!(
@@ -425,11 +379,9 @@ fn print_dashboards(dir: &Path, outcomes: Option<&[dashboards::Outcome]>) -> (us
 }
 
 fn print_logs(agent: &lab::Process, prom: &Prometheus, am: &Alertmanager) {
-    for (name, log) in [
-        ("agent", agent.log()),
-        ("Prometheus", prom.log()),
-        ("Alertmanager", am.log()),
-    ] {
+    for (name, log) in
+        [("agent", agent.log()), ("Prometheus", prom.log()), ("Alertmanager", am.log())]
+    {
         let lines: Vec<&str> = log.lines().collect();
         eprintln!(
             "===== {name} (last 40 lines) =====\n{}",
@@ -449,10 +401,7 @@ fn finish(topo: lab::Topology, pins: lab::PinDir, agent: &lab::Process) -> Resul
     let left = lab::ip(&["netns", "list"]).unwrap_or_default();
     let leaked: Vec<&String> = names
         .iter()
-        .filter(|n| {
-            left.lines()
-                .any(|l| l.split_whitespace().next() == Some(n.as_str()))
-        })
+        .filter(|n| left.lines().any(|l| l.split_whitespace().next() == Some(n.as_str())))
         .collect();
     if !leaked.is_empty() {
         bail!("namespaces left behind: {leaked:?} (remove them with `ip netns del NAME`)");
@@ -460,9 +409,6 @@ fn finish(topo: lab::Topology, pins: lab::PinDir, agent: &lab::Process) -> Resul
     if pin_path.exists() {
         bail!("pinned maps left behind in {}", pin_path.display());
     }
-    println!(
-        "[demo] cleaned up: {} namespaces and the pinned maps removed",
-        names.len()
-    );
+    println!("[demo] cleaned up: {} namespaces and the pinned maps removed", names.len());
     stopped
 }

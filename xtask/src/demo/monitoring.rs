@@ -42,28 +42,18 @@ impl Prometheus {
         std::fs::write(&config, config_yaml(agent, alertmanager, rule_files))?;
         let mut cmd = Command::new(PROMETHEUS_BINARY);
         cmd.arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
             .arg(format!("--web.listen-address={listen}"))
             .arg("--storage.tsdb.retention.time=1d")
             .arg("--log.level=warn");
         let process = lab.spawn(ns, cmd).with_context(|| {
             format!("starting {PROMETHEUS_BINARY} (apt-get install prometheus)")
         })?;
-        let p = Prometheus {
-            ns: ns.to_string(),
-            addr: listen,
-            process,
-        };
+        let p = Prometheus { ns: ns.to_string(), addr: listen, process };
         let deadline = Instant::now() + Duration::from_secs(60);
         while lab::http_get(ns, &format!("{}/-/ready", p.url())).is_err() {
             if let Some(status) = p.process.try_wait()? {
-                bail!(
-                    "prometheus exited ({status}) before it was ready:\n{}",
-                    p.process.log()
-                );
+                bail!("prometheus exited ({status}) before it was ready:\n{}", p.process.log());
             }
             if Instant::now() > deadline {
                 bail!("prometheus not ready after 60 s:\n{}", p.process.log());
@@ -109,10 +99,7 @@ impl Prometheus {
 
     /// An instant query at `time` (Unix seconds).
     pub fn query_at(&self, promql: &str, time: f64) -> Result<Vec<Value>> {
-        let data = self.api(&format!(
-            "/api/v1/query?query={}&time={time:.3}",
-            encode(promql)
-        ))?;
+        let data = self.api(&format!("/api/v1/query?query={}&time={time:.3}", encode(promql)))?;
         Ok(result_of(&data))
     }
 
@@ -124,21 +111,14 @@ impl Prometheus {
         start: f64,
         end: f64,
     ) -> Result<Vec<String>> {
-        let mut q = format!(
-            "/api/v1/label/{}/values?start={start:.3}&end={end:.3}",
-            encode(label)
-        );
+        let mut q = format!("/api/v1/label/{}/values?start={start:.3}&end={end:.3}", encode(label));
         if let Some(s) = selector {
             q.push_str(&format!("&match[]={}", encode(s)));
         }
         let data = self.api(&q)?;
         Ok(data
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
             .unwrap_or_default())
     }
 
@@ -175,21 +155,14 @@ fn encode(s: &str) -> String {
 }
 
 fn config_yaml(agent: &str, alertmanager: &str, rule_files: &[PathBuf]) -> String {
-    let rules: String = rule_files
-        .iter()
-        .map(|f| format!("  - {}\n", f.display()))
-        .collect();
+    let rules: String = rule_files.iter().map(|f| format!("  - {}\n", f.display())).collect();
     format!(
         "# Written by `cargo xtask demo`.\n\
          global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
          rule_files:\n{rules}\
          alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [\"{alertmanager}\"]\n\
          scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: [\"{agent}\"]\n        labels: {{site: {SITE}}}\n",
-        rules = if rules.is_empty() {
-            "  []\n".to_string()
-        } else {
-            rules
-        },
+        rules = if rules.is_empty() { "  []\n".to_string() } else { rules },
     )
 }
 
@@ -239,22 +212,12 @@ mod tests {
 
     #[test]
     fn scrape_config() {
-        let y = config_yaml(
-            "127.0.0.1:9977",
-            "127.0.0.1:9093",
-            &[PathBuf::from("/r/a.yml")],
-        );
+        let y = config_yaml("127.0.0.1:9977", "127.0.0.1:9093", &[PathBuf::from("/r/a.yml")]);
         let v: serde_yaml::Value = serde_yaml::from_str(&y).unwrap();
         assert_eq!(v["rule_files"][0], "/r/a.yml");
         assert_eq!(v["scrape_configs"][0]["job_name"], JOB);
-        assert_eq!(
-            v["scrape_configs"][0]["static_configs"][0]["targets"][0],
-            "127.0.0.1:9977"
-        );
-        assert_eq!(
-            v["scrape_configs"][0]["static_configs"][0]["labels"]["site"],
-            SITE
-        );
+        assert_eq!(v["scrape_configs"][0]["static_configs"][0]["targets"][0], "127.0.0.1:9977");
+        assert_eq!(v["scrape_configs"][0]["static_configs"][0]["labels"]["site"], SITE);
         assert_eq!(
             v["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"][0],
             "127.0.0.1:9093"

@@ -89,10 +89,7 @@ impl Timeline {
             print!("\r\x1b[2K          {} {what}", self.stamp());
             let _ = std::io::stdout().flush();
             self.progress_open = true;
-        } else if self
-            .last_progress
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
-        {
+        } else if self.last_progress.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
             println!("          {} {what}", self.stamp());
             self.last_progress = Some(Instant::now());
         }
@@ -110,18 +107,12 @@ pub struct Seen {
 
 impl Seen {
     fn ends_at(&self) -> Option<SystemTime> {
-        self.alert["endsAt"]
-            .as_str()
-            .and_then(|s| humantime::parse_rfc3339_weak(s).ok())
+        self.alert["endsAt"].as_str().and_then(|s| humantime::parse_rfc3339_weak(s).ok())
     }
 
     /// `alertname for client → destination`, with the parts the alert has.
     fn title(&self) -> String {
-        let mut t = self
-            .labels
-            .get("alertname")
-            .cloned()
-            .unwrap_or_else(|| "?".into());
+        let mut t = self.labels.get("alertname").cloned().unwrap_or_else(|| "?".into());
         if let Some(c) = self.labels.get("client") {
             t.push_str(&format!(" for {c}"));
         }
@@ -158,13 +149,7 @@ const UPLOAD_RATE: u64 = 1_000_000;
 
 impl<'a> Story<'a> {
     pub fn new(ctx: Ctx<'a>, tl: Timeline) -> Story<'a> {
-        Story {
-            ctx,
-            tl,
-            seen: BTreeMap::new(),
-            am_errors: 0,
-            problems: Vec::new(),
-        }
+        Story { ctx, tl, seen: BTreeMap::new(), am_errors: 0, problems: Vec::new() }
     }
 
     /// One look at the world: Ctrl-C, the agent still alive, Alertmanager's alerts (new ones
@@ -174,18 +159,14 @@ impl<'a> Story<'a> {
             return Err(Interrupted.into());
         }
         if let Some(status) = self.ctx.agent.try_wait()? {
-            bail!(
-                "the agent exited ({status}); its log:\n{}",
-                self.ctx.agent.log()
-            );
+            bail!("the agent exited ({status}); its log:\n{}", self.ctx.agent.log());
         }
         let alerts = match self.ctx.am.alerts() {
             Ok(a) => a,
             Err(e) => {
                 self.am_errors += 1;
                 if self.am_errors == 20 {
-                    self.problems
-                        .push(format!("Alertmanager's API keeps failing: {e:#}"));
+                    self.problems.push(format!("Alertmanager's API keeps failing: {e:#}"));
                 }
                 return Ok(());
             }
@@ -208,13 +189,7 @@ impl<'a> Story<'a> {
                                 .collect()
                         })
                         .unwrap_or_default();
-                    let s = Seen {
-                        alert: a,
-                        labels,
-                        first: now,
-                        gone: None,
-                        gone_at: None,
-                    };
+                    let s = Seen { alert: a, labels, first: now, gone: None, gone_at: None };
                     self.print_fired(&s);
                     self.seen.insert(fp, s);
                 }
@@ -231,15 +206,10 @@ impl<'a> Story<'a> {
         for fp in gone {
             let s = &self.seen[&fp];
             let (title, lasted) = (s.title(), now.saturating_sub(s.first));
-            let ends = s
-                .ends_at()
-                .and_then(|e| e.duration_since(SystemTime::now()).ok());
+            let ends = s.ends_at().and_then(|e| e.duration_since(SystemTime::now()).ok());
             self.tl.say(
                 "Alertmanager",
-                &format!(
-                    "✔ RESOLVED  {title}  (active for {:.0} s)",
-                    lasted.as_secs_f64()
-                ),
+                &format!("✔ RESOLVED  {title}  (active for {:.0} s)", lasted.as_secs_f64()),
             );
             if let Some(left) = ends {
                 self.tl.detail(&format!(
@@ -262,8 +232,7 @@ impl<'a> Story<'a> {
                 s.labels.get("severity").map_or("", String::as_str)
             ),
         );
-        self.tl
-            .detail(&format!("labels       {}", labels.join(" ")));
+        self.tl.detail(&format!("labels       {}", labels.join(" ")));
         for key in ["summary", "description"] {
             if let Some(v) = a["annotations"][key].as_str() {
                 self.tl.detail(&format!("{key:<12} {v}"));
@@ -328,11 +297,8 @@ impl<'a> Story<'a> {
     }
 
     fn is_expected(&self, s: &Seen) -> bool {
-        let labels: Vec<(String, String)> = s
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let labels: Vec<(String, String)> =
+            s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         labels == self.expected()
     }
 
@@ -345,11 +311,8 @@ impl<'a> Story<'a> {
         while_firing: &mut dyn FnMut(&mut Timeline) -> Result<()>,
     ) -> Result<()> {
         let topo = self.ctx.topo;
-        let (phone, laptop, tv) = (
-            topo.client(PHONE.name),
-            topo.client(home::LAPTOP.name),
-            topo.client(home::TV.name),
-        );
+        let (phone, laptop, tv) =
+            (topo.client(PHONE.name), topo.client(home::LAPTOP.name), topo.client(home::TV.name));
         let dns = home::DNS_SERVER.parse()?;
         let inet = topo.internet.ns.clone();
         let policy = self.ctx.policy;
@@ -394,10 +357,7 @@ impl<'a> Story<'a> {
         );
         self.tl.say(
             laptop.name.as_str(),
-            &format!(
-                "browses {} ([{web_addr}]:80): 300 kB pages every 4 s",
-                web.name
-            ),
+            &format!("browses {} ([{web_addr}]:80): 300 kB pages every 4 s", web.name),
         );
 
         // Routine: update checks, small and mostly downloads.
@@ -430,9 +390,7 @@ impl<'a> Story<'a> {
             );
         } else {
             let titles: Vec<String> = self.seen.values().map(Seen::title).collect();
-            self.problems.push(format!(
-                "alerts during the routine update checks: {titles:?}"
-            ));
+            self.problems.push(format!("alerts during the routine update checks: {titles:?}"));
         }
 
         // The upload: cloud sync is off, yet the phone sends its photos to the maker's cloud.
@@ -484,10 +442,7 @@ impl<'a> Story<'a> {
             },
         )?;
         if !finished {
-            bail!(
-                "the photo upload did not finish within {} s",
-                size / UPLOAD_RATE + 30
-            );
+            bail!("the photo upload did not finish within {} s", size / UPLOAD_RATE + 30);
         }
         upload.join().context("the photo upload")?;
         let upload_ended = self.tl.elapsed();
@@ -503,17 +458,11 @@ impl<'a> Story<'a> {
         let fired = self.wait_until(
             Duration::from_secs(20),
             |s| s.seen.values().any(|a| s.is_expected(a)),
-            |t| {
-                format!(
-                    "waiting for {RULE} at Alertmanager… {:.0} s",
-                    t.as_secs_f64()
-                )
-            },
+            |t| format!("waiting for {RULE} at Alertmanager… {:.0} s", t.as_secs_f64()),
         )?;
         if !fired {
-            self.problems.push(format!(
-                "{RULE} did not reach Alertmanager within 20 s of the upload"
-            ));
+            self.problems
+                .push(format!("{RULE} did not reach Alertmanager within 20 s of the upload"));
             return Ok(());
         }
 
@@ -530,9 +479,7 @@ impl<'a> Story<'a> {
             },
         )?;
         if !scraped {
-            self.problems.push(format!(
-                "Prometheus has no {q} within 10 s of the alert firing"
-            ));
+            self.problems.push(format!("Prometheus has no {q} within 10 s of the alert firing"));
         }
         while_firing(&mut self.tl)?;
 
@@ -547,11 +494,7 @@ impl<'a> Story<'a> {
         let window = policy.window_secs;
         let resolved = self.wait_until(
             Duration::from_secs(window + 30),
-            |s| {
-                s.seen
-                    .values()
-                    .any(|a| s.is_expected(a) && a.gone.is_some())
-            },
+            |s| s.seen.values().any(|a| s.is_expected(a) && a.gone.is_some()),
             |t| {
                 format!(
                     "the {window} s window drains… {:.0} s since the upload ended",
@@ -607,28 +550,13 @@ impl<'a> Story<'a> {
             .query(&q)?
             .iter()
             .map(|s| {
-                let v = s["value"][1]
-                    .as_str()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0.0);
-                (
-                    s["metric"]["client"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    v,
-                )
+                let v = s["value"][1].as_str().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+                (s["metric"]["client"].as_str().unwrap_or_default().to_string(), v)
             })
             .collect();
         rows.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let text: Vec<String> = rows
-            .iter()
-            .map(|(c, v)| format!("{c} {}", human(*v)))
-            .collect();
-        self.tl.say(
-            "Prometheus",
-            &format!("uploads during the story: {}", text.join(", ")),
-        );
+        let text: Vec<String> = rows.iter().map(|(c, v)| format!("{c} {}", human(*v))).collect();
+        self.tl.say("Prometheus", &format!("uploads during the story: {}", text.join(", ")));
         Ok(())
     }
 
@@ -654,28 +582,18 @@ impl<'a> Story<'a> {
             many => problems.push(format!("{RULE} fired {} times, expected once", many.len())),
         }
         for s in self.seen.values().filter(|s| !self.is_expected(s)) {
-            problems.push(format!(
-                "unexpected alert {} with labels {:?}",
-                s.title(),
-                s.labels
-            ));
+            problems.push(format!("unexpected alert {} with labels {:?}", s.title(), s.labels));
         }
         problems
     }
 
     /// Every alert seen, for the final report: (title, fired at, resolved at).
     pub fn alerts(&self) -> Vec<(String, Duration, Option<Duration>)> {
-        self.seen
-            .values()
-            .map(|s| (s.title(), s.first, s.gone))
-            .collect()
+        self.seen.values().map(|s| (s.title(), s.first, s.gone)).collect()
     }
 }
 
 /// Unix seconds now, for Prometheus ranges.
 pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }

@@ -30,12 +30,8 @@ struct Totals {
 /// The table: one block per device (name, vendor, group, totals), then its top destinations
 /// (name or address, country, ASN) by bytes.
 pub fn render(clients: &Value, flows: &Value, top: usize) -> Result<String> {
-    let clients = clients["clients"]
-        .as_array()
-        .context("/api/v1/clients: no clients array")?;
-    let flows = flows["flows"]
-        .as_array()
-        .context("/api/v1/flows: no flows array")?;
+    let clients = clients["clients"].as_array().context("/api/v1/clients: no clients array")?;
+    let flows = flows["flows"].as_array().context("/api/v1/flows: no flows array")?;
     let mut out = String::new();
     out.push_str(&format!(
         "  {:<16} {:<30} {:<8} {:>10} {:>10}\n",
@@ -64,11 +60,7 @@ pub fn render(clients: &Value, flows: &Value, top: usize) -> Result<String> {
                 _ => String::new(),
             };
             let e = dest
-                .entry((
-                    what,
-                    f["country"].as_str().unwrap_or_default().to_string(),
-                    asn,
-                ))
+                .entry((what, f["country"].as_str().unwrap_or_default().to_string(), asn))
                 .or_default();
             e.up += f["upload_bytes"].as_f64().unwrap_or(0.0);
             e.down += f["download_bytes"].as_f64().unwrap_or(0.0);

@@ -61,18 +61,13 @@ fn serve(mut conn: TcpStream) -> std::io::Result<()> {
     let text = String::from_utf8_lossy(&head[..body_start]).into_owned();
     let request_line = text.lines().next().unwrap_or_default();
     let mut words = request_line.split_whitespace();
-    let (method, path) = (
-        words.next().unwrap_or_default(),
-        words.next().unwrap_or_default(),
-    );
+    let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
     if method == "POST" {
         let length: usize = text
             .lines()
             .find_map(|l| {
                 let (k, v) = l.split_once(':')?;
-                k.trim()
-                    .eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
+                k.trim().eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
             })
             .unwrap_or(0);
         let mut received = head.len() - body_start;
@@ -89,10 +84,7 @@ fn serve(mut conn: TcpStream) -> std::io::Result<()> {
         )?;
         return Ok(());
     }
-    let size: usize = path
-        .strip_prefix("/bytes/")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let size: usize = path.strip_prefix("/bytes/").and_then(|n| n.parse().ok()).unwrap_or(0);
     conn.write_all(format!("HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n").as_bytes())?;
     let chunk = vec![0x5a_u8; 16 * 1024];
     let mut left = size;
@@ -105,10 +97,8 @@ fn serve(mut conn: TcpStream) -> std::io::Result<()> {
 }
 
 fn connect(ns: &str, to: SocketAddr) -> Result<TcpStream> {
-    let conn = in_netns(ns, || {
-        TcpStream::connect_timeout(&to, Duration::from_secs(3))
-    })?
-    .with_context(|| format!("connecting to {to} from {ns}"))?;
+    let conn = in_netns(ns, || TcpStream::connect_timeout(&to, Duration::from_secs(3)))?
+        .with_context(|| format!("connecting to {to} from {ns}"))?;
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     Ok(conn)
 }
@@ -121,8 +111,7 @@ pub fn http_download(ns: &str, to: SocketAddr, host: &str, size: usize) -> Resul
             .as_bytes(),
     )?;
     let mut answer = Vec::with_capacity(size + 256);
-    conn.read_to_end(&mut answer)
-        .with_context(|| format!("downloading from {host} ({to})"))?;
+    conn.read_to_end(&mut answer).with_context(|| format!("downloading from {host} ({to})"))?;
     let body = answer
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -181,11 +170,7 @@ impl Upload {
             }
             Ok(())
         });
-        Ok(Upload {
-            sent,
-            size,
-            thread: Some(thread),
-        })
+        Ok(Upload { sent, size, thread: Some(thread) })
     }
 
     pub fn sent(&self) -> u64 {
@@ -198,9 +183,7 @@ impl Upload {
 
     pub fn join(mut self) -> Result<()> {
         match self.thread.take() {
-            Some(t) => t
-                .join()
-                .map_err(|_| anyhow::anyhow!("the upload thread panicked"))?,
+            Some(t) => t.join().map_err(|_| anyhow::anyhow!("the upload thread panicked"))?,
             None => Ok(()),
         }
     }
@@ -214,16 +197,12 @@ pub struct Background {
 
 impl Background {
     pub fn new(stop: Arc<AtomicBool>) -> Background {
-        Background {
-            stop,
-            threads: Vec::new(),
-        }
+        Background { stop, threads: Vec::new() }
     }
 
     /// An HTTP server (see [`start_http_server`]) on `addr` in `ns`.
     pub fn serve_http(&mut self, ns: &str, addr: SocketAddr) -> Result<()> {
-        self.threads
-            .push(start_http_server(ns, addr, self.stop.clone())?);
+        self.threads.push(start_http_server(ns, addr, self.stop.clone())?);
         Ok(())
     }
 

@@ -81,10 +81,7 @@ impl Agent {
             ),
         )?;
         let mut cmd = Command::new(binary);
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&config)
-            .env("NO_COLOR", "1");
+        cmd.arg("run").arg("--config").arg(&config).env("NO_COLOR", "1");
         let process = topo.lab.spawn(&topo.gateway.ns, cmd)?;
         lab::wait_agent_ready(
             &topo.gateway.ns,
@@ -93,20 +90,13 @@ impl Agent {
             Duration::from_secs(30),
         )
         .map_err(|e| anyhow::anyhow!("{e:#}; the agent's log:\n{}", process.log()))?;
-        Ok(Agent {
-            process,
-            _pins: pins,
-        })
+        Ok(Agent { process, _pins: pins })
     }
 
     pub fn cost(&self) -> Result<Cost> {
         let pid = self.process.pid();
         let (bpf_ns, bpf_runs) = bpf_run_time(pid)?;
-        Ok(Cost {
-            process: cpu::process_cpu(pid)?,
-            bpf_ns,
-            bpf_runs,
-        })
+        Ok(Cost { process: cpu::process_cpu(pid)?, bpf_ns, bpf_runs })
     }
 
     pub fn counted(&self, ns: &str) -> Result<Counted> {
@@ -123,10 +113,9 @@ impl Agent {
             .unwrap_or_default();
         Ok(Counted {
             upload_packets: per_mac.values().sum(),
-            seen: scrape.value(
-                "gwsensor_packets_total",
-                &[("direction", "upload"), ("reason", "seen")],
-            )? as u64,
+            seen: scrape
+                .value("gwsensor_packets_total", &[("direction", "upload"), ("reason", "seen")])?
+                as u64,
             per_mac,
             xdp_mode,
             polls: scrape.value("gwsensor_poll_duration_seconds_count", &[])? as u64,
@@ -173,9 +162,7 @@ pub fn bpf_run_time(pid: u32) -> Result<(u64, u64)> {
     if progs.is_empty() {
         bail!("process {pid} holds no BPF program");
     }
-    Ok(progs
-        .values()
-        .fold((0, 0), |(t, c), (ns, runs)| (t + ns, c + runs)))
+    Ok(progs.values().fold((0, 0), |(t, c), (ns, runs)| (t + ns, c + runs)))
 }
 
 /// (prog_id, run_time_ns, run_cnt) of a BPF program descriptor's fdinfo; None for anything

@@ -171,8 +171,7 @@ fn open_here(ifname: &str) -> Result<Blaster> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).context(format!("bind to {ifname}"));
     }
-    set_int(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1)
-        .context("PACKET_QDISC_BYPASS")?;
+    set_int(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1).context("PACKET_QDISC_BYPASS")?;
     set_int(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF, 4 << 20).context("SO_SNDBUF")?;
     Ok(Blaster { fd })
 }
@@ -188,11 +187,7 @@ fn set_int(fd: &OwnedFd, level: i32, name: i32, value: i32) -> std::io::Result<(
             std::mem::size_of::<i32>() as u32,
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 #[cfg(test)]

@@ -88,11 +88,7 @@ fn parse_stat(text: &str) -> Result<Stat> {
             .parse::<u64>()
             .with_context(|| format!("field {n} is not a number"))
     };
-    Ok(Stat {
-        ppid: field(4)? as u32,
-        utime: field(14)?,
-        stime: field(15)?,
-    })
+    Ok(Stat { ppid: field(4)? as u32, utime: field(14)?, stime: field(15)? })
 }
 
 fn ticks(n: u64) -> Duration {
@@ -132,9 +128,7 @@ fn parse_link_json(json: &str) -> Result<LinkCounters> {
     let v: serde_json::Value = serde_json::from_str(json)?;
     let stats = &v[0]["stats64"];
     let get = |dir: &str, key: &str| -> Result<u64> {
-        stats[dir][key]
-            .as_u64()
-            .with_context(|| format!("no stats64.{dir}.{key}"))
+        stats[dir][key].as_u64().with_context(|| format!("no stats64.{dir}.{key}"))
     };
     if stats.is_null() {
         bail!("no stats64 in {json}");
@@ -155,14 +149,7 @@ mod tests {
     fn stat_fields_are_counted_from_the_last_parenthesis() {
         let line = "4242 (pmacctd: Core (x) y) S 4200 4242 4200 0 -1 4194560 1365 0 0 0 \
                     1234 56 0 0 20 0 1 0 9921 20312064 1618 18446744073709551615";
-        assert_eq!(
-            parse_stat(line).unwrap(),
-            Stat {
-                ppid: 4200,
-                utime: 1234,
-                stime: 56
-            }
-        );
+        assert_eq!(parse_stat(line).unwrap(), Stat { ppid: 4200, utime: 1234, stime: 56 });
         assert!(parse_stat("4242 (x) S 1").is_err());
     }
 
@@ -185,12 +172,7 @@ mod tests {
         let json = r#"[{"ifindex":2,"ifname":"lan0","stats64":{"rx":{"bytes":700,"packets":10,"errors":0,"dropped":1,"over_errors":0,"multicast":0},"tx":{"bytes":0,"packets":3,"errors":0,"dropped":2,"carrier_errors":0,"collisions":0}}}]"#;
         assert_eq!(
             parse_link_json(json).unwrap(),
-            LinkCounters {
-                rx_packets: 10,
-                rx_dropped: 1,
-                tx_packets: 3,
-                tx_dropped: 2
-            }
+            LinkCounters { rx_packets: 10, rx_dropped: 1, tx_packets: 3, tx_dropped: 2 }
         );
         assert!(parse_link_json(r#"[{"ifname":"lan0"}]"#).is_err());
     }

@@ -124,23 +124,13 @@ fn spec(rng: &mut Rng) -> FrameSpec {
 pub fn build(spec: &FrameSpec, gateway_mac: [u8; 6]) -> Result<Vec<u8>> {
     let eth = PacketBuilder::ethernet2(client_mac(spec.client), gateway_mac);
     let l3 = if spec.ipv6 {
-        eth.ipv6(
-            client_v6(spec.client).octets(),
-            remote_v6(spec.remote).octets(),
-            64,
-        )
+        eth.ipv6(client_v6(spec.client).octets(), remote_v6(spec.remote).octets(), 64)
     } else {
-        eth.ipv4(
-            client_v4(spec.client).octets(),
-            remote_v4(spec.remote).octets(),
-            64,
-        )
+        eth.ipv4(client_v4(spec.client).octets(), remote_v4(spec.remote).octets(), 64)
     };
     let mut out = Vec::with_capacity(spec.len);
     if spec.tcp {
-        let b = l3
-            .tcp(spec.client_port, spec.remote_port, 1, 64_240)
-            .ack(1);
+        let b = l3.tcp(spec.client_port, spec.remote_port, 1, 64_240).ack(1);
         let payload = vec![0; spec.len.saturating_sub(b.size(0))];
         b.write(&mut out, &payload)
     } else {
@@ -156,10 +146,7 @@ pub fn build(spec: &FrameSpec, gateway_mac: [u8; 6]) -> Result<Vec<u8>> {
 pub fn mix(gateway_mac: [u8; 6]) -> Result<Mix> {
     let mut rng = Rng(0x5eed_f00d_9ee7_0001);
     let specs: Vec<FrameSpec> = (0..POOL).map(|_| spec(&mut rng)).collect();
-    let frames = specs
-        .iter()
-        .map(|s| build(s, gateway_mac))
-        .collect::<Result<_>>()?;
+    let frames = specs.iter().map(|s| build(s, gateway_mac)).collect::<Result<_>>()?;
     Ok(Mix { frames, specs })
 }
 
@@ -178,11 +165,8 @@ impl Mix {
     /// Distinct (client MAC, client IP, remote IP, protocol, remote port) keys in the pool: the
     /// flows both monitors aggregate into.
     pub fn flows(&self) -> usize {
-        let mut keys: Vec<_> = self
-            .specs
-            .iter()
-            .map(|s| (s.client, s.ipv6, s.remote, s.tcp, s.remote_port))
-            .collect();
+        let mut keys: Vec<_> =
+            self.specs.iter().map(|s| (s.client, s.ipv6, s.remote, s.tcp, s.remote_port)).collect();
         keys.sort_unstable();
         keys.dedup();
         keys.len()
@@ -220,40 +204,23 @@ mod tests {
         };
         assert_eq!(eth.source(), [0x02, 0x42, 0x77, 0x01, 0, 7]);
         assert_eq!(eth.destination(), GW);
-        let Some(NetSlice::Ipv4(ip)) = &p.net else {
-            panic!("not IPv4")
-        };
+        let Some(NetSlice::Ipv4(ip)) = &p.net else { panic!("not IPv4") };
         assert_eq!(ip.header().source_addr(), Ipv4Addr::new(10, 77, 1, 27));
         assert_eq!(ip.header().destination_addr(), Ipv4Addr::new(10, 77, 3, 64));
-        let Some(TransportSlice::Tcp(tcp)) = &p.transport else {
-            panic!("not TCP")
-        };
+        let Some(TransportSlice::Tcp(tcp)) = &p.transport else { panic!("not TCP") };
         assert_eq!((tcp.source_port(), tcp.destination_port()), (40_002, 443));
         assert!(tcp.ack());
         let header = ip.header().to_header();
         assert_eq!(header.header_checksum, header.calc_header_checksum());
         assert_eq!(
             tcp.checksum(),
-            tcp.to_header()
-                .calc_checksum_ipv4(&header, tcp.payload())
-                .unwrap()
+            tcp.to_header().calc_checksum_ipv4(&header, tcp.payload()).unwrap()
         );
 
-        let v6 = build(
-            &FrameSpec {
-                ipv6: true,
-                tcp: false,
-                len: 1514,
-                ..spec
-            },
-            GW,
-        )
-        .unwrap();
+        let v6 = build(&FrameSpec { ipv6: true, tcp: false, len: 1514, ..spec }, GW).unwrap();
         assert_eq!(v6.len(), 1514);
         let p = SlicedPacket::from_ethernet(&v6).unwrap();
-        let Some(NetSlice::Ipv6(ip)) = &p.net else {
-            panic!("not IPv6")
-        };
+        let Some(NetSlice::Ipv6(ip)) = &p.net else { panic!("not IPv6") };
         assert_eq!(ip.header().source_addr(), "fd77:1::1:7".parse::<Ipv6Addr>().unwrap());
         assert_eq!(ip.header().destination_addr(), "fd77:3::40".parse::<Ipv6Addr>().unwrap());
         assert!(matches!(p.transport, Some(TransportSlice::Udp(_))));

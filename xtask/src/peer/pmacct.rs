@@ -133,11 +133,7 @@ impl Pmacctd {
         if log.contains("Missing data detected") {
             bail!("pmacctd lost data between its core and plugin:\n{log}");
         }
-        Ok(Counted {
-            packets,
-            rows,
-            pcap,
-        })
+        Ok(Counted { packets, rows, pcap })
     }
 }
 
@@ -156,9 +152,8 @@ pub fn parse_csv(text: &str) -> Result<(u64, usize)> {
             continue;
         }
         let i = column.with_context(|| format!("line {}: data before the header", n + 1))?;
-        let value = fields
-            .get(i)
-            .with_context(|| format!("line {}: no PACKETS field: {line}", n + 1))?;
+        let value =
+            fields.get(i).with_context(|| format!("line {}: no PACKETS field: {line}", n + 1))?;
         packets += value
             .parse::<u64>()
             .with_context(|| format!("line {}: PACKETS is not a number: {line}", n + 1))?;
@@ -178,25 +173,15 @@ pub fn parse_pcap_stats(log: &str) -> Option<PcapStats> {
         .find(|l| l.contains("received_packets=") && l.contains("dropped_packets="))?;
     let value = |key: &str| -> Option<u64> {
         let start = line.find(key)? + key.len();
-        line[start..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse()
-            .ok()
+        line[start..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
     };
-    Some(PcapStats {
-        received: value("received_packets=")?,
-        dropped: value("dropped_packets=")?,
-    })
+    Some(PcapStats { received: value("received_packets=")?, dropped: value("dropped_packets=")? })
 }
 
 /// pmacctd's version and its Debian package's, for the report: `1.7.7-git (Debian pmacct
 /// 1.7.7-1+b1)`.
 pub fn version() -> Result<String> {
-    let out = Command::new("pmacctd")
-        .arg("-V")
-        .output()
-        .context("running pmacctd -V")?;
+    let out = Command::new("pmacctd").arg("-V").output().context("running pmacctd -V")?;
     let text = String::from_utf8_lossy(&out.stdout);
     // "Promiscuous Mode Accounting Daemon, pmacctd 1.7.7-git [RELEASE]"
     let own = text
@@ -243,13 +228,7 @@ mod tests {
                    NOTICE ( default/core ): +++\n\
                    NOTICE ( default/core ): [lan0,0] received_packets=1000000 dropped_packets=4711\n\
                    NOTICE ( default/core ): ---\n";
-        assert_eq!(
-            parse_pcap_stats(log),
-            Some(PcapStats {
-                received: 1_000_000,
-                dropped: 4711
-            })
-        );
+        assert_eq!(parse_pcap_stats(log), Some(PcapStats { received: 1_000_000, dropped: 4711 }));
         assert_eq!(parse_pcap_stats("INFO ( default/core ): OK, Exiting ...\n"), None);
     }
 

@@ -8,7 +8,6 @@ use anyhow::Result;
 
 use super::{agent, blaster::Sent, cpu::LinkCounters, pmacct};
 
-
 /// Offered rate of a run: frames per second, or unpaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rate {
@@ -140,11 +139,7 @@ pub const COMMAND: &str = "cargo xtask bench --peer";
 
 /// "1.23 M" / "987 k": frame counts and rates read at a glance; exact counts are in the table.
 fn kilo(x: f64) -> String {
-    if x >= 1e6 {
-        format!("{:.2} M", x / 1e6)
-    } else {
-        format!("{:.0} k", x / 1e3)
-    }
+    if x >= 1e6 { format!("{:.2} M", x / 1e6) } else { format!("{:.0} k", x / 1e3) }
 }
 
 /// 1000000 → "1,000,000".
@@ -189,11 +184,8 @@ pub fn headline(results: &[RateResult]) -> String {
          much before the kernel's capture work{miss}.",
         rate = match r.rate.per_second() {
             // The generator shares the machine: say so when it fell short of the offer.
-            Some(offered) if s.wire.sent.rate() < 0.95 * offered as f64 => format!(
-                "{} offered ({} pps achieved)",
-                r.rate.label(),
-                kilo(s.wire.sent.rate())
-            ),
+            Some(offered) if s.wire.sent.rate() < 0.95 * offered as f64 =>
+                format!("{} offered ({} pps achieved)", r.rate.label(), kilo(s.wire.sent.rate())),
             _ => r.rate.label(),
         },
         clients = super::frames::CLIENTS,

@@ -96,19 +96,9 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<OwnedFd> {
 fn attach_here(ifname: &str) -> Result<XdpPass> {
     let insns = [
         // r0 = XDP_PASS (BPF_ALU64 | BPF_MOV | BPF_K)
-        Insn {
-            code: 0xb7,
-            regs: 0,
-            off: 0,
-            imm: XDP_PASS,
-        },
+        Insn { code: 0xb7, regs: 0, off: 0, imm: XDP_PASS },
         // exit (BPF_JMP | BPF_EXIT)
-        Insn {
-            code: 0x95,
-            regs: 0,
-            off: 0,
-            imm: 0,
-        },
+        Insn { code: 0x95, regs: 0, off: 0, imm: 0 },
     ];
     let license = c"GPL";
     let mut name = [0u8; 16];
