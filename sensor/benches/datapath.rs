@@ -24,9 +24,9 @@ use aya::{
 use etherparse::PacketBuilder;
 use ipnet::IpNet;
 use sensor::{
-    collector::{KernelMaps, Snapshot},
     common::{Direction, Stat, names},
-    loader::{LoadOptions, load},
+    kernel::collector::{KernelMaps, Snapshot},
+    kernel::loader::{LoadOptions, load},
 };
 
 const XDP_PASS: u32 = 2;
@@ -690,7 +690,7 @@ fn render_doc(table: &str, summary: &str, m: &Machine) -> String {
          \n\
          ### Method\n\
          \n\
-         - The programs are loaded privately with `sensor::loader::load` (no pinning, nothing \
+         - The programs are loaded privately with `sensor::kernel::loader::load` (no pinning, nothing \
            attached), with kernel BTF off, LAN prefixes {lan} and the default map capacities. \
            Naming events are off in that load, and no frame of the mix names a destination (no \
            DNS answer, ClientHello or HTTP request), so the figures are the cost of parsing and \

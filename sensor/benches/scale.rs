@@ -36,18 +36,18 @@ use lab::{Lab, Process, prom::Scrape};
 use sensor::{
     accounting::Accounting,
     agent,
-    collector::{KernelMaps, ReadMethod, Snapshot},
+    agent::pipeline::{Pipeline, PollTimings},
     common::{Direction, names},
     config::Config,
     enrich::Enricher,
-    loader::{LoadOptions, load},
-    metrics::Metrics,
-    pipeline::{Pipeline, PollTimings},
+    export::metrics::Metrics,
+    export::server::SharedView,
+    kernel::collector::{KernelMaps, ReadMethod, Snapshot},
+    kernel::loader::{LoadOptions, load},
     policy::{
         Policy,
         eval::{EvalState, Evaluator},
     },
-    server::SharedView,
 };
 
 const XDP_PASS: u32 = 2;
@@ -377,7 +377,7 @@ fn measure_agent(
     let (sum1, count1) = wait_polls(poll_stats(&s)?.1 + 2.0)?;
     let (scrape_time, text, parsed) = scrape(ns)?;
     for (c, want) in sent.iter().enumerate() {
-        let mac = sensor::labels::mac(&client_mac(c));
+        let mac = sensor::types::labels::mac(&client_mac(c));
         let labels = [("mac", mac.as_str()), ("direction", "upload")];
         ensure!(
             parsed.matching("gwsensor_client_bytes_total", &labels).count() == 1,

@@ -2,7 +2,6 @@
 //! file, line and column, and say how to fix them.
 
 use std::{
-    fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -15,7 +14,11 @@ use sensor_common::{
 };
 use serde::Deserialize;
 
-use crate::enrich::{NamesConfig, geo::GeoConfig, inventory::InventoryConfig};
+use crate::{
+    enrich::{NamesConfig, geo::GeoConfig, inventory::InventoryConfig},
+    kernel::loader::{TcAttach, XdpMode},
+    types::{DestinationLevel, LocatedError},
+};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -107,41 +110,6 @@ impl Default for DestinationsConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum DestinationLevel {
-    /// Registrable domain (`xiaomi.net`), else the IP.
-    #[default]
-    Domain,
-    /// The full name (`api.micloud.xiaomi.net`), else the IP.
-    Fqdn,
-    Ip,
-    /// `AS4808`, else the IP.
-    Asn,
-    /// ISO country code, else the IP.
-    Country,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpMode {
-    /// Driver (native) mode, falling back to generic (skb) mode where the driver lacks XDP.
-    #[default]
-    Auto,
-    Driver,
-    Generic,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum TcAttach {
-    /// TCX where the kernel has it (6.6+), else a clsact qdisc filter over netlink.
-    #[default]
-    Auto,
-    Tcx,
-    Netlink,
-}
-
 fn default_events_per_second() -> u32 {
     DEFAULT_EVENTS_PER_SEC_PER_CPU
 }
@@ -183,57 +151,10 @@ fn default_state_save_interval() -> Duration {
     Duration::from_secs(60)
 }
 
-/// A configuration error located in its file.
-#[derive(Debug, thiserror::Error)]
-pub struct ConfigError {
-    pub path: PathBuf,
-    /// 1-based line and column, where known.
-    pub location: Option<(usize, usize)>,
-    pub message: String,
-    pub hint: Option<String>,
-}
-
-impl ConfigError {
-    /// A YAML parse error of the file at `path`, located, with the hint `hint_for` finds for
-    /// its message.
-    pub fn from_yaml(
-        e: &serde_yaml::Error,
-        path: &Path,
-        hint_for: fn(&str) -> Option<String>,
-    ) -> ConfigError {
-        let message = e.to_string();
-        // serde_yaml appends " at line X column Y"; the location is already in front.
-        let message = match message.find(" at line ") {
-            Some(i) => message[..i].to_string(),
-            None => message,
-        };
-        ConfigError {
-            path: path.to_owned(),
-            location: e.location().map(|l| (l.line(), l.column())),
-            hint: hint_for(&message),
-            message,
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.path.display())?;
-        if let Some((line, col)) = self.location {
-            write!(f, ":{line}:{col}")?;
-        }
-        write!(f, ": {}", self.message)?;
-        if let Some(hint) = &self.hint {
-            write!(f, "\n  hint: {hint}")?;
-        }
-        Ok(())
-    }
-}
-
 impl Config {
     /// Reads and validates a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    pub fn load(path: &Path) -> Result<Config, LocatedError> {
+        let text = std::fs::read_to_string(path).map_err(|e| LocatedError {
             path: path.to_owned(),
             location: None,
             message: format!("cannot read the file: {e}"),
@@ -250,7 +171,7 @@ impl Config {
     }
 
     /// Loads the policy file the config names (an empty policy when none is named).
-    pub fn load_policy(&self) -> Result<crate::policy::Policy, ConfigError> {
+    pub fn load_policy(&self) -> Result<crate::policy::Policy, LocatedError> {
         match &self.policy {
             Some(path) => crate::policy::Policy::load(path),
             None => Ok(crate::policy::Policy::default()),
@@ -263,15 +184,15 @@ impl Config {
     }
 
     /// Parses and validates config text; `path` is only used in error messages.
-    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    pub fn parse(text: &str, path: &Path) -> Result<Config, LocatedError> {
         let config: Config =
-            serde_yaml::from_str(text).map_err(|e| ConfigError::from_yaml(&e, path, hint_for))?;
+            serde_yaml::from_str(text).map_err(|e| LocatedError::from_yaml(&e, path, hint_for))?;
         config.validate(text, path)?;
         Ok(config)
     }
 
-    fn validate(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
-        let fail = |key: &str, message: String, hint: &str| ConfigError {
+    fn validate(&self, text: &str, path: &Path) -> Result<(), LocatedError> {
+        let fail = |key: &str, message: String, hint: &str| LocatedError {
             path: path.to_owned(),
             location: locate_key(text, key),
             message,
@@ -361,7 +282,7 @@ fn locate_key(text: &str, key: &str) -> Option<(usize, usize)> {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Config, ConfigError> {
+    fn parse(text: &str) -> Result<Config, LocatedError> {
         Config::parse(text, Path::new("sensor.yaml"))
     }
 

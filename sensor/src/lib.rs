@@ -1,26 +1,19 @@
-//! The gateway sensor agent. Data flows one way:
-//! kernel maps → [`collector`] → [`accounting`] → [`metrics`] ([`exposition`]) / [`server`].
-//! [`loader`] puts the eBPF programs in the kernel; [`state`] keeps the accounting across
-//! restarts; [`config`] is the YAML configuration. [`alerting`] delivers alerts to Alertmanager.
+//! The gateway sensor agent. Data flows one way, one folder a stage:
+//! [`kernel`] (load the programs, read their maps) → [`accounting`] (deltas into counters that
+//! only grow) → [`enrich`] (names for devices and destinations) → [`policy`] (rules, alerts) →
+//! [`export`] (/metrics, the JSON API) and [`alerting`] (Alertmanager). [`agent`] runs the
+//! stages on a schedule and keeps their state across restarts; [`config`] is the YAML
+//! configuration every stage gets its part of. [`types`] holds what several stages share.
+//! See docs/design.md.
 
 pub mod accounting;
 pub mod agent;
 pub mod alerting;
-pub mod api;
-pub mod bpf_batch;
-pub mod collector;
 pub mod config;
 pub mod enrich;
-pub mod events;
-pub mod exposition;
-pub mod labels;
-pub mod loader;
-pub mod metrics;
-pub mod netif;
-pub mod pipeline;
+pub mod export;
+pub mod kernel;
 pub mod policy;
-pub mod sdnotify;
-pub mod server;
-pub mod state;
+pub mod types;
 
 pub use sensor_common as common;

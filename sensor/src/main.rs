@@ -70,7 +70,11 @@ fn fetch(api: &ApiArgs, path: &str) -> Result<serde_json::Value, String> {
     serde_json::from_str(&body).map_err(|e| format!("{url} did not answer JSON: {e}"))
 }
 
-fn print_api(api: &ApiArgs, path: &str, render: impl Fn(&sensor::api::View) -> String) -> ExitCode {
+fn print_api(
+    api: &ApiArgs,
+    path: &str,
+    render: impl Fn(&sensor::export::api::View) -> String,
+) -> ExitCode {
     let value = match fetch(api, path) {
         Ok(v) => v,
         Err(e) => {
@@ -83,7 +87,7 @@ fn print_api(api: &ApiArgs, path: &str, render: impl Fn(&sensor::api::View) -> S
         return ExitCode::SUCCESS;
     }
     // The endpoints return parts of a View: fill the rest with defaults.
-    match serde_json::from_value::<sensor::api::View>(merge_view(value)) {
+    match serde_json::from_value::<sensor::export::api::View>(merge_view(value)) {
         Ok(view) => {
             print!("{}", render(&view));
             ExitCode::SUCCESS
@@ -108,13 +112,15 @@ fn merge_view(mut value: serde_json::Value) -> serde_json::Value {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Clients { api } => print_api(&api, "/api/v1/clients", sensor::api::clients_table),
+        Command::Clients { api } => {
+            print_api(&api, "/api/v1/clients", sensor::export::api::clients_table)
+        }
         Command::Flows { client, api } => {
             let path = match &client {
                 Some(c) => format!("/api/v1/flows?client={}", percent_encode(c)),
                 None => "/api/v1/flows".to_string(),
             };
-            print_api(&api, &path, |v| sensor::api::flows_table(&v.flows))
+            print_api(&api, &path, |v| sensor::export::api::flows_table(&v.flows))
         }
         Command::CheckConfig { file } => {
             match Config::load(&file).and_then(|c| c.load_policy().map(|p| (c, p))) {

@@ -18,9 +18,9 @@ use aya::{
 use etherparse::{PacketBuilder, VlanId};
 use ipnet::IpNet;
 use sensor::{
-    collector::{KernelMaps, Snapshot},
     common::{Direction, EventKind, EventOutcome, FlowKey, Stat, names},
-    loader::{LoadOptions, install_capture, load, load_with_events},
+    kernel::collector::{KernelMaps, Snapshot},
+    kernel::loader::{LoadOptions, install_capture, load, load_with_events},
 };
 
 const XDP_PASS: u32 = 2;
@@ -1885,7 +1885,7 @@ fn a_partial_set_of_pinned_client_slot_maps_is_refused() {
 #[test]
 fn batch_read_equals_iteration_and_what_was_sent() {
     require_root!();
-    use sensor::collector::ReadMethod;
+    use sensor::kernel::collector::ReadMethod;
     let s = Sensor::with_capacities(16_384, 64);
     let mut flows = BTreeMap::new();
     let mut clients: BTreeMap<[u8; 6], Count> = BTreeMap::new();
@@ -1945,8 +1945,8 @@ fn batch_reader_reads_every_entry_per_cpu_at_any_chunk_size() {
         HashMap as BpfHashMap, IterableMap as _, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues,
     };
     use sensor::{
-        bpf_batch::{BatchReader, Layout},
         common::{ClientKey, Counters, FlowValue},
+        kernel::bpf_batch::{BatchReader, Layout},
     };
     use std::os::fd::AsFd as _;
     let cpus = aya::util::nr_cpus().unwrap();
@@ -2037,7 +2037,7 @@ fn batch_reader_reads_every_entry_per_cpu_at_any_chunk_size() {
 fn batch_lookup_on_a_map_without_batch_ops_is_unsupported() {
     require_root!();
     use aya::maps::Map;
-    use sensor::bpf_batch::{BatchError, BatchReader, Layout};
+    use sensor::kernel::bpf_batch::{BatchError, BatchReader, Layout};
     use std::os::fd::AsFd as _;
     let prefixes: Vec<IpNet> = LAN.iter().map(|p| p.parse().unwrap()).collect();
     let (mut ebpf, _) = load(&LoadOptions {
@@ -2069,7 +2069,8 @@ fn overflowing_the_flow_map_keeps_client_totals_exact_and_counts_evictions() {
     require_root!();
     use sensor::{
         accounting::{Accounting, DestKey, Params},
-        metrics::{ClientLabels, Metrics},
+        enrich::ClientLabels,
+        export::metrics::Metrics,
     };
     use std::collections::BTreeSet;
     const FLOW_CAPACITY: u32 = 64;

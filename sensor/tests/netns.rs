@@ -530,9 +530,9 @@ fn bridge_two_clients_exact_counts() {
 #[test]
 fn download_gso_with_offloaded_vlan_tag_counts_the_tag_per_segment() {
     use sensor::{
-        collector::KernelMaps,
-        config::{TcAttach, XdpMode},
-        loader::{LoadOptions, attach, load},
+        kernel::collector::KernelMaps,
+        kernel::loader::{LoadOptions, attach, load},
+        kernel::loader::{TcAttach, XdpMode},
     };
     if !privileged() {
         return;

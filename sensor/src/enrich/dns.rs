@@ -26,7 +26,7 @@ use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData};
 use hickory_proto::serialize::binary::DecodeError;
 
-pub use super::names::ParseError;
+use super::parse::ParseError;
 
 /// What a DNS response taught: the name the client asked for and the addresses it resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,7 +176,7 @@ fn name_to_string(name: &Name) -> Result<String, ParseError> {
         }
         wire.extend_from_slice(label);
     }
-    super::names::normalize_hostname(&wire)
+    super::parse::normalize_hostname(&wire)
 }
 
 #[cfg(test)]

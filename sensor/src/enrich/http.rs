@@ -16,7 +16,7 @@
 
 use httparse::{Error as HttpError, Header, Request, Status};
 
-use super::names::{ParseError, is_ipv4_literal, normalize_hostname};
+use super::parse::{ParseError, is_ipv4_literal, normalize_hostname};
 
 /// Headers parsed at most. A 1280-byte copy holds far fewer real headers than this.
 const MAX_HEADERS: usize = 128;

@@ -17,7 +17,7 @@ use std::{
 use serde::Deserialize;
 
 use super::oui::{DEFAULT_OUI_PATHS, OuiDb, Vendor};
-use crate::accounting::Mac;
+use crate::types::Mac;
 
 /// The `inventory` part of the configuration.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -88,14 +88,14 @@ impl InventoryConfig {
                     "inventory.devices[{i}] ({:?}) has the same MAC {} as inventory.devices[{first}] ({:?}); list each \
                      device once",
                     d.name,
-                    crate::labels::mac(&mac),
+                    crate::types::labels::mac(&mac),
                     self.devices[first].name
                 ));
             }
             if d.name.trim().is_empty() {
                 return Err(format!(
                     "inventory.devices[{i}] ({}) has an empty name; give it one, e.g. name: living-room-tv",
-                    crate::labels::mac(&mac)
+                    crate::types::labels::mac(&mac)
                 ));
             }
             if let Some(key) = d.tags.keys().find(|k| !is_label_name(k)) {

@@ -9,20 +9,31 @@ pub mod http;
 pub mod inventory;
 pub mod names;
 pub mod oui;
+mod parse;
 pub mod tls;
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use sensor_common::{EventKind, FlowKey};
 use serde::Deserialize;
 
 use crate::{
-    accounting::{DestKey, Mac, Namer},
-    config::DestinationLevel,
-    events::Observation,
-    labels,
-    metrics::ClientLabels,
+    accounting::{DestKey, Namer},
+    kernel::events::Observation,
+    types::{DestinationLevel, Mac, labels},
 };
+
+/// How a client is named in the metrics (from the inventory, DHCP leases or a fallback).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientLabels {
+    pub name: String,
+    pub group: String,
+    pub vendor: String,
+    pub source: String,
+    pub tags: BTreeMap<String, String>,
+}
+
+pub const NAMESPACE: &str = "gwsensor";
 
 /// How long names are kept, and how many.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -90,7 +101,7 @@ impl Enricher {
     }
 
     /// Learns from one naming event. An error means its payload did not parse.
-    pub fn learn(&mut self, obs: &Observation, now: u64) -> Result<(), dns::ParseError> {
+    pub fn learn(&mut self, obs: &Observation, now: u64) -> Result<(), parse::ParseError> {
         let client = obs.key.client_mac;
         let remote = labels::ip(&obs.key.remote_ip);
         match obs.kind {

@@ -18,7 +18,7 @@ use std::{
 use anyhow::Context as _;
 use hashbrown::HashTable;
 
-use crate::accounting::Mac;
+use crate::types::Mac;
 
 /// The registry files of Debian's `ieee-data` package (`apt-get install ieee-data`).
 pub const DEFAULT_OUI_PATHS: &[&str] = &[

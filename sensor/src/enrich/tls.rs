@@ -29,7 +29,7 @@ use tls_parser::{
     parse_tls_handshake_client_hello, parse_tls_record_header,
 };
 
-use super::names::{ParseError, is_ipv4_literal, normalize_hostname};
+use super::parse::{ParseError, is_ipv4_literal, normalize_hostname};
 
 /// TLS record header: type (1), version (2), length (2).
 const RECORD_HEADER_LEN: usize = 5;

@@ -18,10 +18,7 @@ use super::{
     matcher::{ClientFacts, FlowFacts, PollFacts, destination_label, write_destination_label},
     spec::{Condition, Direction, GroupBy},
 };
-use crate::{
-    alerting::{self, Alert, AlertStatus},
-    api::human_bytes,
-};
+use crate::types::{Alert, AlertStatus, alert::fingerprint, labels::human_bytes};
 
 /// Most series held over all rules; beyond it new ones are not tracked (and counted).
 pub const MAX_SERIES: usize = 20_000;
@@ -354,8 +351,7 @@ impl Series {
         resolved_at: Option<u64>,
     ) -> AlertStatus {
         if !self.flag(FINGERPRINT) {
-            self.fingerprint =
-                alerting::fingerprint(&labels(rule, self, destination_of(id, &self.labels)));
+            self.fingerprint = fingerprint(&labels(rule, self, destination_of(id, &self.labels)));
             self.set_flag(FINGERPRINT, true);
         }
         AlertStatus {

@@ -11,7 +11,7 @@ pub mod values;
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
-use crate::config::ConfigError;
+use crate::types::LocatedError;
 use matcher::DnsBypass;
 use spec::{Condition, GroupBy, MatchSpec, PolicySpec, RuleSpec};
 use template::Template;
@@ -54,8 +54,8 @@ impl Default for Policy {
 }
 
 impl Policy {
-    pub fn load(path: &Path) -> Result<Policy, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    pub fn load(path: &Path) -> Result<Policy, LocatedError> {
+        let text = std::fs::read_to_string(path).map_err(|e| LocatedError {
             path: path.to_owned(),
             location: None,
             message: format!("cannot read the policy file: {e}"),
@@ -67,10 +67,10 @@ impl Policy {
     }
 
     /// Parses and validates policy text; `path` is only used in error messages.
-    pub fn parse(text: &str, path: &Path) -> Result<Policy, ConfigError> {
+    pub fn parse(text: &str, path: &Path) -> Result<Policy, LocatedError> {
         let spec: PolicySpec =
-            serde_yaml::from_str(text).map_err(|e| ConfigError::from_yaml(&e, path, hint_for))?;
-        let fail = |rule: Option<&str>, message: String, hint: &str| ConfigError {
+            serde_yaml::from_str(text).map_err(|e| LocatedError::from_yaml(&e, path, hint_for))?;
+        let fail = |rule: Option<&str>, message: String, hint: &str| LocatedError {
             path: path.to_owned(),
             location: rule.and_then(|name| locate_rule(text, name)),
             message,

@@ -5,7 +5,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use crate::alerting::Alert;
+use crate::types::Alert;
 
 /// Unix seconds as the alerts' times.
 fn at(secs: u64) -> SystemTime {
@@ -86,7 +86,7 @@ const TV: [u8; 6] = [0xa4, 0x77, 0x33, 0x00, 0x00, 0x02];
 fn client(mac: [u8; 6], name: &str, group: &str) -> ClientFacts {
     ClientFacts {
         mac,
-        mac_text: crate::labels::mac(&mac),
+        mac_text: crate::types::labels::mac(&mac),
         name: name.into(),
         group: group.into(),
         ..ClientFacts::default()
@@ -356,7 +356,7 @@ fn new_destination_after_learning_and_across_a_restart() {
 #[test]
 fn learnt_destinations_from_an_older_state_file_stay_learnt() {
     let yaml = "rules:\n  - name: NewDest\n    condition: {new_destination: {by: domain, learning: 1h, window: 10m}}\n";
-    let phone = crate::labels::mac(&PHONE);
+    let phone = crate::types::labels::mac(&PHONE);
     let old = format!(
         r#"{{"started":{T0},"devices":{{}},"series":{{}},"destinations":{{"{phone}":{{"first_seen":{T0},"seen":{{"domain":["example.com","198.51.100.9"]}}}}}}}}"#
     );
@@ -384,7 +384,7 @@ fn learnt_destinations_from_an_older_state_file_stay_learnt() {
 #[test]
 fn series_of_an_older_state_file_load_and_save_the_same() {
     let yaml = "rules:\n  - name: Up\n    for: 5m\n    condition: {volume: {direction: upload, above: 5MB, window: 10m}}\n  - name: NewDevice\n    condition: {new_device: {learning: 10m, window: 1h}}\n";
-    let (mac, tv) = (crate::labels::mac(&PHONE), crate::labels::mac(&TV));
+    let (mac, tv) = (crate::types::labels::mac(&PHONE), crate::types::labels::mac(&TV));
     let labels = r#""client":"phone","group":"phones","vendor":"Xiaomi""#;
     let sample =
         |t: u64, up: u64| format!(r#"{{"t":{t},"bytes":[{up},0],"packets":[{},0]}}"#, up / 1000);

@@ -20,9 +20,9 @@ use aya::{
 };
 use ipnet::IpNet;
 use sensor::{
-    collector::{KernelMaps, Snapshot},
     common::{Direction, FlowKey, Stat, names},
-    loader::{LoadOptions, load},
+    kernel::collector::{KernelMaps, Snapshot},
+    kernel::loader::{LoadOptions, load},
 };
 
 use super::{

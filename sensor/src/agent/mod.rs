@@ -16,19 +16,25 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+pub mod pipeline;
+mod sdnotify;
+pub mod state;
+
+use pipeline::Pipeline;
+
 use crate::{
     accounting::Params,
     alerting::Notifier,
-    collector::KernelMaps,
     config::Config,
     enrich::Enricher,
-    events,
-    loader::{self, LoadOptions},
-    metrics::Metrics,
-    netif,
-    pipeline::Pipeline,
+    export::{metrics::Metrics, server},
+    kernel::{
+        collector::KernelMaps,
+        events,
+        loader::{self, LoadOptions},
+        netif,
+    },
     policy::eval::Evaluator,
-    sdnotify, server, state,
 };
 
 /// How fast a remote's activity score halves: ranks "top" remotes by the last minutes.

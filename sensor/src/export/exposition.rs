@@ -10,11 +10,12 @@ use std::{fmt::Write as _, ops::Range, sync::Arc};
 
 use sensor_common::{Direction, EventKind, EventOutcome, Stat};
 
+use super::NAMESPACE;
 use crate::{
-    accounting::{Accounting, Mac, Tally},
-    collector::Snapshot,
-    labels,
-    metrics::{ClientLabels, NAMESPACE},
+    accounting::{Accounting, Tally},
+    enrich::ClientLabels,
+    kernel::collector::Snapshot,
+    types::{Mac, labels},
 };
 
 /// A scrape's traffic text comes in chunks of about this size (whole clients each).

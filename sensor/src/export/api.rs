@@ -6,7 +6,11 @@ use std::{collections::BTreeMap, sync::Arc};
 use sensor_common::Direction;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::{collector::Snapshot, enrich::geo::GeoInfo, labels};
+use crate::{
+    enrich::geo::GeoInfo,
+    kernel::collector::Snapshot,
+    types::labels::{self, human_bytes},
+};
 
 /// Everything the API serves, as of the last poll, in the form it is served (and read back
 /// by `sensor clients` / `sensor flows`).
@@ -209,18 +213,6 @@ impl Serialize for Flows<'_> {
     }
 }
 
-/// Bytes in a short human form (1.5 MB), for the tables.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1000.0 && unit < UNITS.len() - 1 {
-        v /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
-}
-
 /// A plain text table: columns padded to their widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -292,14 +284,6 @@ mod tests {
     use sensor_common::{Counters, FlowKey};
 
     use super::*;
-
-    #[test]
-    fn human_bytes_reads_well() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(999), "999 B");
-        assert_eq!(human_bytes(40_000_000), "40.0 MB");
-        assert_eq!(human_bytes(1_234), "1.2 kB");
-    }
 
     #[test]
     fn tables_pad_columns() {

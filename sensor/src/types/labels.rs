@@ -1,4 +1,5 @@
-//! How kernel key fields read as Prometheus label values.
+//! How kernel key fields and counts read as text: Prometheus label values, table cells and
+//! alert descriptions.
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -28,6 +29,18 @@ pub fn protocol(proto: u8) -> String {
     }
 }
 
+/// Bytes in a short human form (1.5 MB), for the tables.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1000.0 && unit < UNITS.len() - 1 {
+        v /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,5 +58,13 @@ mod tests {
         assert_eq!(protocol(6), "tcp");
         assert_eq!(protocol(58), "icmpv6");
         assert_eq!(protocol(47), "47");
+    }
+
+    #[test]
+    fn human_bytes_reads_well() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(40_000_000), "40.0 MB");
+        assert_eq!(human_bytes(1_234), "1.2 kB");
     }
 }

@@ -1,10 +1,7 @@
 //! The Prometheus exposition: traffic counters rendered from the accounting after each poll,
 //! and the agent's own health metrics.
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, RwLock},
-};
+use std::sync::{Arc, RwLock};
 
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -12,26 +9,16 @@ use prometheus::{
 };
 use sensor_common::EventKind;
 
-use crate::{
-    accounting::{Accounting, Mac},
-    collector::Snapshot,
+use super::{
+    NAMESPACE,
     exposition::{Chunks, Traffic},
 };
-
-/// How a client is named in the metrics (from the inventory, DHCP leases or a fallback).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ClientLabels {
-    pub name: String,
-    pub group: String,
-    pub vendor: String,
-    pub source: String,
-    pub tags: BTreeMap<String, String>,
-}
-
-pub const NAMESPACE: &str = "gwsensor";
+use crate::{
+    accounting::Accounting, enrich::ClientLabels, kernel::collector::Snapshot, types::Mac,
+};
 
 /// Health metrics are ordinary registered collectors; traffic families are rebuilt each poll
-/// and written as text per scrape ([`crate::exposition`]).
+/// and written as text per scrape ([`super::exposition`]).
 pub struct Metrics {
     registry: Registry,
     pub poll_duration: Histogram,

@@ -19,7 +19,7 @@ use axum::{
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::{api::LiveView, metrics::Metrics};
+use super::{api::LiveView, metrics::Metrics};
 
 /// The latest API view, replaced whole after each poll.
 pub type SharedView = Arc<RwLock<Arc<LiveView>>>;
@@ -48,7 +48,7 @@ async fn flows(State(state): State<AppState>, Query(q): Query<FlowsQuery>) -> im
     #[derive(serde::Serialize)]
     struct Body<'a> {
         updated: u64,
-        flows: crate::api::Flows<'a>,
+        flows: super::api::Flows<'a>,
     }
     let view = current(&state.view);
     // Serialized straight from the compact view: no list of flow structs or JSON tree between.

@@ -18,9 +18,8 @@ use ipnet::IpNet;
 use sensor_common::{
     ClientKey, Counters, FlowKey, FlowValue, LanPrefix, LanPrefixes, MAX_LAN_PREFIXES, names,
 };
+use serde::Deserialize;
 use tracing::{info, warn};
-
-use crate::config::{TcAttach, XdpMode};
 
 /// The eBPF object built by build.rs, embedded so the agent is one self-contained binary.
 pub fn ebpf_object() -> &'static [u8] {
@@ -341,6 +340,26 @@ fn attach_tc(ebpf: &mut Ebpf, iface: &str, mode: TcAttach) -> anyhow::Result<&'s
     .with_context(|| format!("attaching the TC egress filter to {iface}"))?;
     info!(interface = iface, "TC egress program attached as a clsact filter (netlink)");
     Ok("netlink")
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Driver (native) mode, falling back to generic (skb) mode where the driver lacks XDP.
+    #[default]
+    Auto,
+    Driver,
+    Generic,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TcAttach {
+    /// TCX where the kernel has it (6.6+), else a clsact qdisc filter over netlink.
+    #[default]
+    Auto,
+    Tcx,
+    Netlink,
 }
 
 #[cfg(test)]

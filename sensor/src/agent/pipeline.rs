@@ -12,20 +12,23 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
-    accounting::{self, Accounting, FastMap, FastSet, Params},
-    alerting::{Alert, AlertStatus},
-    api::{ClientView, FlowRow, LiveView, Owner},
-    collector::{KernelMaps, Snapshot},
+    accounting::{self, Accounting, Params},
     enrich::{Enricher, PollNamer, domain, geo::GeoInfo},
-    events::Observation,
-    labels,
-    metrics::Metrics,
+    export::{
+        api::{ClientView, FlowRow, LiveView, Owner},
+        metrics::Metrics,
+        server::SharedView,
+    },
+    kernel::{
+        collector::{KernelMaps, Snapshot},
+        events::Observation,
+    },
     policy::{
         eval::Evaluator,
         matcher::{ClientFacts, FlowFacts},
         spec::Condition,
     },
-    server::SharedView,
+    types::{Alert, AlertStatus, FastMap, FastSet, labels},
 };
 
 pub struct Pipeline {

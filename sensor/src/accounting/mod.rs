@@ -17,14 +17,10 @@ use hashbrown::HashTable;
 use sensor_common::{Counters, Direction, FlowKey};
 use serde::{Deserialize, Serialize};
 
-use crate::collector::Snapshot;
-
-pub type Mac = [u8; 6];
-
-/// A hash map with a fast, randomly seeded hasher: the per-flow maps are hashed several times
-/// per flow and poll, and SipHash dominated the poll at 65,536 flows.
-pub type FastMap<K, V> = foldhash::HashMap<K, V>;
-pub type FastSet<K> = foldhash::HashSet<K>;
+use crate::{
+    kernel::collector::Snapshot,
+    types::{FastMap, Mac},
+};
 
 /// Packets and bytes per direction (indexed by [`Direction::index`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

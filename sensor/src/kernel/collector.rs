@@ -21,7 +21,7 @@ use sensor_common::{
 };
 use tracing::info;
 
-use crate::bpf_batch::{BatchError, BatchReader, Layout};
+use super::bpf_batch::{BatchError, BatchReader, Layout};
 
 /// How the hash maps (flows, client slots) are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,10 @@
+//! What leaves the agent: Prometheus metrics ([`metrics`], the per-scrape traffic text of
+//! [`exposition`]), the JSON API's view ([`api`]) and the HTTP server for both ([`server`]).
+
+pub mod api;
+pub mod exposition;
+pub mod metrics;
+pub mod server;
+
+/// Prefix of every metric the agent exports.
+pub const NAMESPACE: &str = "gwsensor";
