@@ -5,13 +5,12 @@ pub mod alert;
 pub mod labels;
 pub mod level;
 pub mod located;
+pub mod mac;
 
 pub use alert::{Alert, AlertStatus};
 pub use level::DestinationLevel;
 pub use located::LocatedError;
-
-/// A client's Ethernet address, as the kernel keys it.
-pub type Mac = [u8; 6];
+pub use mac::Mac;
 
 /// A hash map with a fast, randomly seeded hasher: the per-flow maps are hashed several times
 /// per flow and poll, and SipHash dominated the poll at 65,536 flows.
