@@ -354,3 +354,44 @@ fn openwrt_init_script_parses() {
             && text.contains("CONF=/etc/gateway-sensor/sensor.yaml")
     );
 }
+
+/// Every health alert links its runbook section: `runbook_url` is the repository's
+/// docs/runbook.md with the alert's name, lower case, as anchor, and that section exists.
+#[test]
+fn every_health_alert_has_a_runbook_section() {
+    let root = repo();
+    let cargo = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let repository = cargo
+        .lines()
+        .find_map(|l| l.strip_prefix("repository = "))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .expect("Cargo.toml names the repository");
+    let base = format!("{repository}/blob/main/docs/runbook.md#");
+    let runbook = std::fs::read_to_string(root.join("docs/runbook.md")).unwrap();
+    let sections: Vec<String> =
+        runbook.lines().filter_map(|l| l.strip_prefix("## ")).map(|h| h.to_lowercase()).collect();
+    let rules: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root.join("deploy/prometheus/rules/gateway-sensor-health.yml"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut alerts = 0;
+    let mut wrong = Vec::new();
+    for group in rules["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let Some(name) = rule["alert"].as_str() else { continue };
+            alerts += 1;
+            let expected = format!("{base}{}", name.to_lowercase());
+            match rule["annotations"]["runbook_url"].as_str() {
+                Some(url) if url == expected => {}
+                other => wrong.push(format!("{name}: runbook_url {other:?}, expected {expected}")),
+            }
+            if !sections.contains(&name.to_lowercase()) {
+                wrong.push(format!("{name}: no `## {name}` section in docs/runbook.md"));
+            }
+        }
+    }
+    assert_eq!(alerts, 12, "health alerts in the rules file");
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert_eq!(sections.len(), alerts, "runbook sections without an alert: {sections:?}");
+}
