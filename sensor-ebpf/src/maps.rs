@@ -1,0 +1,91 @@
+//! Every map and loader-set global of the programs, in one place. The agent finds them by name
+//! in the object: the maps by their `#[map(name = ...)]`, the globals (written with
+//! `EbpfLoader::override_global`) by their unmangled symbol. Renaming one breaks the loader.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray, Queue, RingBuf},
+};
+use sensor_common::{
+    ClientKey, Counters, DEFAULT_CLIENT_CAPACITY, DEFAULT_FLOW_CAPACITY, EVENT_RING_BYTES,
+    EVENT_STATS_LEN, FlowKey, FlowValue, LanPrefix, LanPrefixes, MAX_LAN_PREFIXES, PendingEvent,
+    RateWindow, STATS_LEN,
+};
+
+/// Per-flow counters, and the flow's client slot. LRU so that memory stays bounded whatever the
+/// traffic; the per-client totals below keep every count even when a flow is evicted. The one
+/// hash lookup of a known flow's packet.
+#[map(name = "FLOWS")]
+pub(crate) static FLOWS: LruPerCpuHashMap<FlowKey, FlowValue> =
+    LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+
+/// Client MAC → slot in `CLIENT_TOTALS`. Read only for the first packet of a flow (on a CPU);
+/// written only when a new client gets a slot (and by the agent when it retires one).
+#[map(name = "CLIENT_SLOTS")]
+pub(crate) static CLIENT_SLOTS: HashMap<ClientKey, u32> =
+    HashMap::with_max_entries(DEFAULT_CLIENT_CAPACITY, 0);
+
+/// Per-client totals by slot: an array (the kernel inlines the lookup), never evicted. When
+/// every slot is held, new clients are counted in the `client_table_full` stat instead of
+/// displacing others. Its size is the client capacity (set by the loader).
+#[map(name = "CLIENT_TOTALS")]
+pub(crate) static CLIENT_TOTALS: PerCpuArray<Counters> =
+    PerCpuArray::with_max_entries(DEFAULT_CLIENT_CAPACITY, 0);
+
+/// Slots of retired clients, zeroed and pushed by the agent; popped before a new slot is used.
+#[map(name = "FREE_SLOTS")]
+pub(crate) static FREE_SLOTS: Queue<u32> = Queue::with_max_entries(DEFAULT_CLIENT_CAPACITY, 0);
+
+/// Slot 0: how many slots were ever handed out (the next never-used slot).
+#[map(name = "NEXT_SLOT")]
+pub(crate) static NEXT_SLOT: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Per CPU: the last reading of the coarse clock and the jiffies it was taken at (see
+/// [`coarse_now`](crate::account::coarse_now)).
+#[map(name = "CLOCK")]
+pub(crate) static CLOCK: PerCpuArray<ClockReading> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+pub(crate) struct ClockReading {
+    pub(crate) jiffies: u64,
+    pub(crate) ns: u64,
+}
+
+/// Packet outcomes by direction: slot `Stat::slot(direction)`. The `seen` slots stay 0 (the
+/// agent sums the outcomes).
+#[map(name = "STATS")]
+pub(crate) static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+
+/// Payload starts that name a destination (DNS answers, TLS ClientHellos, HTTP requests),
+/// for the agent to parse. Bounded twice: the ring's size and a per-second ceiling.
+#[map(name = "EVENTS")]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
+
+/// Events by kind and outcome: slot `EventOutcome::slot(kind)`.
+#[map(name = "EVENT_STATS")]
+pub(crate) static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_STATS_LEN, 0);
+
+/// The current one-second window of the event rate limit, per CPU.
+#[map(name = "EVENT_RATE")]
+pub(crate) static EVENT_RATE: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(1, 0);
+
+/// The XDP program's staged event, read by the capture program it tail-calls.
+#[map(name = "EVENT_PENDING")]
+pub(crate) static EVENT_PENDING: PerCpuArray<PendingEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Slot 0: the XDP capture program (set by the loader).
+#[map(name = "EVENT_TAIL")]
+pub(crate) static EVENT_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Events allowed per second on each CPU (set by the loader; 0 disables events).
+#[unsafe(no_mangle)]
+pub(crate) static EVENTS_PER_SEC_PER_CPU: u32 = 0;
+
+/// LAN prefixes, written by the loader into .rodata: the verifier sees a frozen map, so the
+/// common case (a few prefixes) costs a handful of compares and no map lookup.
+#[unsafe(no_mangle)]
+pub(crate) static LAN_PREFIXES: LanPrefixes = LanPrefixes {
+    count: 0,
+    _pad: 0,
+    prefixes: [LanPrefix { addr: [0; 4], mask: [0; 4] }; MAX_LAN_PREFIXES],
+};
