@@ -12,7 +12,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     match Config::parse(text, Path::new("fuzz.yaml")) {
         Ok(config) => {
-            assert!(!config.interface.is_empty() && config.interface.len() < 16, "{:?}", config.interface);
+            assert!(
+                !config.interface.is_empty() && config.interface.len() < 16,
+                "{:?}",
+                config.interface
+            );
             assert!(config.flow_capacity >= 16 && config.client_capacity >= 1);
             assert!(config.top_remotes >= 1 && config.series_budget >= 1);
         }

@@ -16,7 +16,12 @@ fuzz_target!(|data: &[u8]| {
     match Policy::parse(text, Path::new("fuzz.yaml")) {
         Ok(policy) => {
             let rules = policy.rules.len();
-            let mut ev = Evaluator::new(policy, EvalState::default(), "http://sensor".into(), Duration::from_secs(900));
+            let mut ev = Evaluator::new(
+                policy,
+                EvalState::default(),
+                "http://sensor".into(),
+                Duration::from_secs(900),
+            );
             let client = ClientFacts {
                 mac: [0x64, 0x09, 0x80, 1, 2, 3],
                 mac_text: "64:09:80:01:02:03".into(),
@@ -41,7 +46,11 @@ fuzz_target!(|data: &[u8]| {
             };
             // Polls across a day and a week boundary, so that schedules are exercised.
             for now in [1_795_392_000u64, 1_795_392_060, 1_795_478_400, 1_795_996_800] {
-                let outcome = ev.evaluate(&PollFacts { now, clients: vec![client.clone()], flows: vec![flow.clone()] });
+                let outcome = ev.evaluate(&PollFacts {
+                    now,
+                    clients: vec![client.clone()],
+                    flows: vec![flow.clone()],
+                });
                 assert!(outcome.counts.len() <= rules);
             }
         }

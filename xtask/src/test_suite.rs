@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{
     apt::{TEST_TOOLS, ensure_debian_packages},
     process::{cargo, run, workspace_root},
-    toolchain::{ensure_clippy, ensure_toolchain},
+    toolchain::{ensure_clippy, ensure_rustfmt, ensure_toolchain},
 };
 
 /// Tests read this and fail instead of skipping when they lack root, bpffs or namespaces.
@@ -27,7 +27,16 @@ pub fn run_all() -> Result<()> {
     }
     ensure_toolchain()?;
     ensure_clippy()?;
+    ensure_rustfmt()?;
     ensure_debian_packages(TEST_TOOLS)?;
+
+    // Formatting first: the cheapest check (rustfmt.toml at the root; the eBPF crate too).
+    run("fmt", "every workspace crate, rustfmt.toml", cargo().args(["fmt", "--all", "--check"]))?;
+    run(
+        "fmt",
+        "the fuzz targets (a workspace of their own)",
+        cargo().args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--all", "--check"]),
+    )?;
 
     // Lints first: cheaper than the test build and the likeliest failure on a fresh change.
     run(

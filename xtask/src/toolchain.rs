@@ -32,13 +32,26 @@ pub fn ensure_toolchain() -> Result<()> {
 
 /// `cargo clippy` for the toolchain running xtask; minimal rustup profiles leave it out.
 pub fn ensure_clippy() -> Result<()> {
+    ensure_component("clippy")
+}
+
+/// rustfmt for `cargo fmt --check` (in rustup's default profile, but not in the minimal one).
+pub fn ensure_rustfmt() -> Result<()> {
+    ensure_component("rustfmt")
+}
+
+/// A rustup component of the toolchain `cargo xtask` runs with, whose cargo subcommand has
+/// the component's name (`cargo clippy`, `cargo fmt` for rustfmt).
+fn ensure_component(component: &str) -> Result<()> {
     let start = Instant::now();
-    if output(cargo().arg("clippy").arg("--version")).is_ok() {
-        report(LABEL, "clippy", "already installed", start);
+    let subcommand = if component == "rustfmt" { "fmt" } else { component };
+    if output(cargo().arg(subcommand).arg("--version")).is_ok() {
+        report(LABEL, component, "already installed", start);
         return Ok(());
     }
     // No --toolchain: rustup picks the toolchain `cargo xtask` runs with (RUSTUP_TOOLCHAIN).
-    run(LABEL, "clippy: installing", rustup().args(["component", "add", "clippy"]))?;
+    let what = format!("{component}: installing");
+    run(LABEL, &what, rustup().args(["component", "add", component]))?;
     Ok(())
 }
 
