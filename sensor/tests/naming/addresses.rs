@@ -18,7 +18,7 @@ fn one_client_across_address_changes() {
     let phone = topo.client("phone");
     let (mac, cns, inet) = (phone.mac_text(), phone.ns.clone(), topo.internet.ns.clone());
     let devices = [Device { mac: &mac, name: "phone", group: "", tags: &[] }];
-    let agent = Agent::start(&topo, &config(&topo, &pins, &devices, &[], ""));
+    let agent = start_agent(&topo, config(&topo, &pins, &devices, &[], ""));
     let mut ledger = Ledger::default();
     ledger.name(&mac, "phone");
     let cn = |remote: &str| -> (&'static str, (&'static str, &'static str)) {

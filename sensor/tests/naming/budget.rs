@@ -24,9 +24,9 @@ fn series_budget_keeps_the_most_active_destinations() {
         Device { mac: &amac, name: "client-a", group: "", tags: &[] },
         Device { mac: &bmac, name: "client-b", group: "", tags: &[] },
     ];
-    let agent = Agent::start(
+    let agent = start_agent(
         &topo,
-        &config(
+        config(
             &topo,
             &pins,
             &devices,

@@ -1,25 +1,18 @@
-//! The scenarios' shared setup and checks: GeoIP databases, config, resolving, flow naming.
+//! The scenarios' shared setup and checks: the test GeoIP databases, the agent's config with
+//! an inventory, real DNS queries booked in the ledger, and the naming each flow must show.
+
+use lab::{
+    agent::{Config, Launch, Observation},
+    mmdb::GeoDatabases,
+};
 
 use super::*;
 
-/// Writes the test country and ASN databases into `dir`; returns the config's `geoip:` block.
-pub(crate) fn geo_databases(dir: &Path) -> String {
-    let net = |s: &str| s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
-    let mut country = MmdbWriter::new("GeoLite2-Country");
-    let mut asn = MmdbWriter::new("GeoLite2-ASN");
-    for prefix in ["10.77.3.0/24", "fd77:3::/64"] {
-        country.insert_country(net(prefix), "CN");
-        asn.insert_asn(net(prefix), 4808, "China Unicom");
-    }
-    for prefix in ["10.77.4.0/24", "fd77:4::/64"] {
-        country.insert_country(net(prefix), "US");
-        asn.insert_asn(net(prefix), 64500, "Example CDN");
-    }
-    let (c, a) = (dir.join("country.mmdb"), dir.join("asn.mmdb"));
-    country.write(&c).expect("writing the country database");
-    asn.write(&a).expect("writing the ASN database");
-    format!("geoip:\n  country_database: {}\n  asn_database: {}\n", c.display(), a.display())
-}
+/// The lab's "internet" in the test GeoIP databases (see the crate's doc).
+const GEO: [lab::mmdb::Geo; 2] = [
+    (&["10.77.3.0/24", "fd77:3::/64"], "CN", 4808, "China Unicom"),
+    (&["10.77.4.0/24", "fd77:4::/64"], "US", 64500, "Example CDN"),
+];
 
 /// A static inventory entry.
 pub(crate) struct Device<'a> {
@@ -37,7 +30,7 @@ pub(crate) fn config(
     devices: &[Device],
     leases: &[&Path],
     extra: &str,
-) -> String {
+) -> Config {
     let mut inventory = String::from("inventory:\n");
     if devices.is_empty() {
         inventory.push_str("  devices: []\n");
@@ -57,24 +50,45 @@ pub(crate) fn config(
     let leases: Vec<String> =
         leases.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
     inventory.push_str(&format!("  dhcp_leases: [{}]\n", leases.join(", ")));
-    format!(
-        "interface: {iface}\n\
-         lan_prefixes: [\"{v4}\", \"{v6}\"]\n\
-         poll_interval: {poll}ms\n\
-         metrics_listen: {METRICS}\n\
-         pin_path: {pin}\n\
-         state_path: {state}\n\
-         {geo}\
-         {inventory}\
-         {extra}",
-        iface = topo.gateway.lan_if,
-        v4 = lab::LAN_PREFIXES[0],
-        v6 = lab::LAN_PREFIXES[1],
-        poll = POLL.as_millis(),
-        pin = pins.path().display(),
-        state = topo.lab.dir().join("state.json").display(),
-        geo = geo_databases(topo.lab.dir()),
-    )
+    let geo = GeoDatabases::write(topo.lab.dir(), "", &GEO).expect("writing the GeoIP databases");
+    Config::for_topology(topo, pins)
+        .poll(POLL)
+        .with(&geo.config_yaml())
+        .with(&inventory)
+        .with(extra)
+}
+
+/// The agent under test, on the gateway, ready.
+pub(crate) fn start_agent<'t>(topo: &'t Topology, config: Config) -> Agent<'t> {
+    Agent::start(&topo.lab, &topo.gateway.ns, Launch::new(env!("CARGO_BIN_EXE_sensor")), &config)
+        .unwrap_or_else(|e| panic!("starting the agent: {e:#}"))
+}
+
+/// Returns just after a poll completed, so that what the caller does next (a short TCP
+/// exchange) most likely falls within one poll interval: the kernel counts a connection's
+/// handshake before the ClientHello (or HTTP request) that names it, and the agent names
+/// flows when it attributes each poll's deltas.
+pub(crate) fn wait_poll(agent: &Agent) {
+    if let Err(e) = agent.wait_next_poll(Duration::from_secs(10)) {
+        agent.fail(&format!("the agent did not poll within 10 s: {e:#}"));
+    }
+}
+
+/// Waits until the agent has read at least `n` naming events of `kind`.
+pub(crate) fn wait_events(agent: &Agent, kind: &str, n: f64) {
+    agent.expect(&format!("waiting for {n} {kind} events"), |o| {
+        let got = o.value("gwsensor_events_received_total", &[("kind", kind)]).unwrap_or(0.0);
+        if got >= n {
+            vec![]
+        } else {
+            vec![format!("gwsensor_events_received_total{{kind={kind:?}}} = {got}, want >= {n}")]
+        }
+    });
+}
+
+/// `sensor <args>` run inside the gateway namespace against the agent.
+pub(crate) fn cli(agent: &Agent, args: &[&str]) -> String {
+    agent.cli(args).unwrap_or_else(|e| agent.fail(&format!("{e:#}")))
 }
 
 /// One real DNS query from client `mac` in `ns` to `server` (the gateway's dnsmasq), checked
@@ -92,17 +106,13 @@ pub(crate) fn resolve(
     want: &[&str],
 ) {
     let x = services::dns_query(ns, server, name, qtype)
-        .unwrap_or_else(|e| agent.fail(&format!("resolving {name}: {e:#}"), None, &[]));
+        .unwrap_or_else(|e| agent.fail(&format!("resolving {name}: {e:#}")));
     let got: Vec<String> = x.addrs.iter().map(|(a, _)| a.to_string()).collect();
     if x.rcode != 0 || got != want {
-        agent.fail(
-            &format!(
-                "{name} type {qtype} via {server}: rcode {}, answer {got:?}, want {want:?}",
-                x.rcode
-            ),
-            None,
-            &[],
-        );
+        agent.fail(&format!(
+            "{name} type {qtype} via {server}: rcode {}, answer {got:?}, want {want:?}",
+            x.rcode
+        ));
     }
     let resolver = server.ip().to_string();
     let dest = (resolver.as_str(), NO_GEO);
@@ -113,7 +123,7 @@ pub(crate) fn resolve(
 /// Checks one flow of the API against its expected naming.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn check_flow(
-    o: &Obs,
+    o: &Observation,
     mac: &str,
     remote: &str,
     protocol: &str,
@@ -145,7 +155,7 @@ pub(crate) fn check_flow(
 }
 
 pub(crate) fn check_value(
-    o: &Obs,
+    o: &Observation,
     out: &mut Vec<String>,
     name: &str,
     labels: &[(&str, &str)],
@@ -160,7 +170,7 @@ pub(crate) fn check_value(
 
 /// The naming counters: at least `min` events of each kind read, none unparsable, none
 /// dropped or rate-limited.
-pub(crate) fn check_events(o: &Obs, min: &[(&str, f64)]) -> Vec<String> {
+pub(crate) fn check_events(o: &Observation, min: &[(&str, f64)]) -> Vec<String> {
     let mut out = Vec::new();
     for (kind, n) in min {
         check_value(

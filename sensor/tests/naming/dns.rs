@@ -37,7 +37,7 @@ fn dns_answers_name_udp_destinations_ipv4_and_ipv6() {
     )
     .expect("starting dnsmasq");
     let devices = [Device { mac: &mac, name: "phone", group: "", tags: &[] }];
-    let agent = Agent::start(&topo, &config(&topo, &pins, &devices, &[], ""));
+    let agent = start_agent(&topo, config(&topo, &pins, &devices, &[], ""));
     let mut ledger = Ledger::default();
     ledger.name(&mac, "phone");
 
@@ -56,7 +56,7 @@ fn dns_answers_name_udp_destinations_ipv4_and_ipv6() {
     // from its first bytes" (docs/design.md) is what this exercises.
     let (dns4, dns6) = (sa("10.77.1.1:53"), sa("[fd77:1::1]:53"));
     let xiaomi = ("xiaomi.net", CN);
-    agent.wait_poll();
+    wait_poll(&agent);
     let started = Instant::now();
     resolve(
         &agent,
@@ -95,15 +95,11 @@ fn dns_answers_name_udp_destinations_ipv4_and_ipv6() {
     // DNS over TCP (what a resolver falls back to for a truncated answer). TCP's own bytes are
     // not predictable: the flow's counters from the API stand in for them below.
     let x = services::dns_query_tcp(&cns, dns4, "ota.tcp-only.net", DNS_A)
-        .unwrap_or_else(|e| agent.fail(&format!("resolving over TCP: {e:#}"), None, &[]));
+        .unwrap_or_else(|e| agent.fail(&format!("resolving over TCP: {e:#}")));
     if x.rcode != 0
         || x.addrs.iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>() != ["10.77.3.12"]
     {
-        agent.fail(
-            &format!("ota.tcp-only.net over TCP: rcode {}, answer {:?}", x.rcode, x.addrs),
-            None,
-            &[],
-        );
+        agent.fail(&format!("ota.tcp-only.net over TCP: rcode {}, answer {:?}", x.rcode, x.addrs));
     }
     // 2 × 292 B to the name learnt over TCP
     send_udp(&cns, sa("10.77.1.10:40005"), ota.addr(), 2, 250).unwrap();

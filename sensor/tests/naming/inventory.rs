@@ -60,7 +60,7 @@ fn device_names_inventory_dhcp_oui_and_cli() {
         group: "phones",
         tags: &[("owner", "alice")],
     }];
-    let agent = Agent::start(&topo, &config(&topo, &pins, &devices, &[&leases], ""));
+    let agent = start_agent(&topo, config(&topo, &pins, &devices, &[&leases], ""));
 
     let mut ledger = Ledger::default();
     ledger.name(&macs["redmi"], "redmi-note");
@@ -101,7 +101,7 @@ fn device_names_inventory_dhcp_oui_and_cli() {
     srv_cn.wait_for(sent, DELIVERY_TIMEOUT).unwrap();
     srv_us.wait_for(2, DELIVERY_TIMEOUT).unwrap();
 
-    let info = |o: &Obs, labels: &[(&str, &str)]| -> Vec<String> {
+    let info = |o: &Observation, labels: &[(&str, &str)]| -> Vec<String> {
         match o.value("gwsensor_client_info", labels) {
             Some(1.0) => vec![],
             got => {
@@ -113,7 +113,7 @@ fn device_names_inventory_dhcp_oui_and_cli() {
             }
         }
     };
-    let client_fields = |o: &Obs, mac: &str, want: &[(&str, Value)]| -> Vec<String> {
+    let client_fields = |o: &Observation, mac: &str, want: &[(&str, Value)]| -> Vec<String> {
         let Some(c) = o.client_by_mac(mac) else {
             return vec![format!("{mac} missing from /api/v1/clients")];
         };
@@ -283,7 +283,7 @@ fn device_names_inventory_dhcp_oui_and_cli() {
     });
 
     // 6. The CLI, run like a user on the router, against this agent.
-    let json: Value = serde_json::from_str(&agent.cli(&["clients", "--json"]))
+    let json: Value = serde_json::from_str(&cli(&agent, &["clients", "--json"]))
         .expect("sensor clients --json prints JSON");
     let clients = json["clients"].as_array().cloned().unwrap_or_default();
     let mut problems = Vec::new();
@@ -316,7 +316,7 @@ fn device_names_inventory_dhcp_oui_and_cli() {
             None => problems.push(format!("sensor clients --json: no client {mac}")),
         }
     }
-    let table = agent.cli(&["clients"]);
+    let table = cli(&agent, &["clients"]);
     let (header, rows) = parse_table(&table);
     if header != ["CLIENT", "MAC", "GROUP", "VENDOR", "IPS", "UPLOAD", "DOWNLOAD", "FLOWS"]
         || rows.len() != 4
@@ -368,7 +368,7 @@ fn device_names_inventory_dhcp_oui_and_cli() {
             problems.push(format!("sensor clients row {got:?}, want {want:?}"));
         }
     }
-    let table = agent.cli(&["flows", "--client", "redmi-note"]);
+    let table = cli(&agent, &["flows", "--client", "redmi-note"]);
     let (header, rows) = parse_table(&table);
     let got: Vec<Vec<&str>> =
         rows.iter().map(|r| header.iter().map(|h| r[h].as_str()).collect()).collect();
@@ -382,8 +382,8 @@ fn device_names_inventory_dhcp_oui_and_cli() {
         problems.push(format!("sensor flows --client redmi-note: header {header:?} rows {got:?}, want {want:?}:\n{table}"));
     }
     for who in ["redmi-note", "64:09:80:AA:00:01"] {
-        let json: Value =
-            serde_json::from_str(&agent.cli(&["flows", "--client", who, "--json"])).expect("JSON");
+        let json: Value = serde_json::from_str(&cli(&agent, &["flows", "--client", who, "--json"]))
+            .expect("JSON");
         let flows = json["flows"].as_array().cloned().unwrap_or_default();
         let remotes: Vec<(&str, u64)> = flows
             .iter()
@@ -398,6 +398,6 @@ fn device_names_inventory_dhcp_oui_and_cli() {
         }
     }
     if !problems.is_empty() {
-        agent.fail("the CLI does not show what the agent sees", None, &problems);
+        agent.report("the CLI does not show what the agent sees", None, &problems, &[]);
     }
 }

@@ -18,6 +18,14 @@
 //!   10.77.4.0/24, fd77:4::/64 → US, AS64500 "Example CDN"
 //! The LAN (10.77.1.0/24, fd77:1::/64), where the resolver is, is in neither.
 
+mod addresses;
+mod budget;
+mod checks;
+mod dns;
+mod inventory;
+mod ledger;
+mod sni_http;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
@@ -27,21 +35,18 @@ use std::{
 };
 
 use lab::{
-    LanKind, Process, Topology, TopologyBuilder, UdpReceiver,
-    mmdb::MmdbWriter,
+    Agent, LanKind, Topology, TopologyBuilder, UdpReceiver,
+    agent::Observation,
+    ledger::{Count, Dir, udp_frame},
     prom::{Scrape, format_sample},
     send_udp,
     services::{self, DNS_A, DNS_AAAA, DnsRecord},
 };
 use serde_json::Value;
 
-const ETHERNET: u64 = 14;
-const IPV4: u64 = 20;
-const IPV6: u64 = 40;
-const UDP: u64 = 8;
+use self::{checks::*, ledger::*};
 
 const POLL: Duration = Duration::from_millis(200);
-const METRICS: &str = "127.0.0.1:9977";
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// (country, asn) labels of the lab's networks.
@@ -64,24 +69,6 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
 }
 
-/// The Ethernet frame of a UDP datagram of `payload` bytes to or from `peer`.
-fn udp_frame(peer: IpAddr, payload: u64) -> u64 {
-    ETHERNET + if peer.is_ipv4() { IPV4 } else { IPV6 } + UDP + payload
-}
-
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
-
-mod addresses;
-mod budget;
-mod checks;
-mod dns;
-mod harness;
-mod inventory;
-mod ledger;
-mod sni_http;
-
-use checks::*;
-use harness::*;
-use ledger::*;

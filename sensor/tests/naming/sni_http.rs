@@ -46,14 +46,14 @@ fn sni_and_http_host_win_over_dns() {
             .unwrap();
 
     let devices = [Device { mac: &mac, name: "phone", group: "", tags: &[] }];
-    let agent = Agent::start(&topo, &config(&topo, &pins, &devices, &[], ""));
+    let agent = start_agent(&topo, config(&topo, &pins, &devices, &[], ""));
     let mut ledger = Ledger::default();
     ledger.name(&mac, "phone");
 
     let dns4 = sa("10.77.1.1:53");
     resolve(&agent, &mut ledger, &mac, &cns, dns4, "cdn.decoy-cdn.net", DNS_A, &[tls_ip]);
     resolve(&agent, &mut ledger, &mac, &cns, dns4, "edge.example.net", DNS_A, &[http_ip]);
-    agent.wait_events("dns", 2.0);
+    wait_events(&agent, "dns", 2.0);
 
     // The DNS names do name these addresses: a UDP flow to each counts under them.
     let quic_tls = UdpReceiver::bind(&inet, SocketAddr::new(ip(tls_ip), 443)).unwrap();
@@ -66,7 +66,7 @@ fn sni_and_http_host_win_over_dns() {
     quic_http.wait_for(2, DELIVERY_TIMEOUT).unwrap();
 
     // TLS: a short exchange with SNI photos.i.mi.com, started right after a poll.
-    agent.wait_poll();
+    wait_poll(&agent);
     let mut s_client = Command::new("openssl");
     s_client.args([
         "s_client",
@@ -82,25 +82,21 @@ fn sni_and_http_host_win_over_dns() {
         b"GET / HTTP/1.0\r\n\r\n",
         Duration::from_secs(15),
     )
-    .unwrap_or_else(|e| agent.fail(&format!("openssl s_client: {e:#}"), None, &[]));
+    .unwrap_or_else(|e| agent.fail(&format!("openssl s_client: {e:#}")));
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() || !stdout.contains("HTTP/1.0 200 ok") {
-        agent.fail(
-            &format!(
-                "openssl s_client failed ({}):\n{stdout}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            None,
-            &[],
-        );
+        agent.fail(&format!(
+            "openssl s_client failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
 
     // HTTP: a plain request whose Host names the flow, sent several polls after the handshake:
     // the handshake's packets must still count under the Host name, not the DNS name.
     let request = b"GET /firmware.bin HTTP/1.1\r\nHost: firmware.example.org\r\nUser-Agent: lab\r\nConnection: close\r\n\r\n";
     let answer = services::tcp_exchange_after(&cns, http.addr(), POLL * 3, request)
-        .unwrap_or_else(|e| agent.fail(&format!("HTTP request: {e:#}"), None, &[]));
+        .unwrap_or_else(|e| agent.fail(&format!("HTTP request: {e:#}")));
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.0 200 OK") && answer.ends_with("firmware v2\n"), "{answer}");
     assert_eq!(http.hosts(), ["firmware.example.org"]);
