@@ -1,57 +1,112 @@
-//! A real Prometheus Alertmanager (Debian's `prometheus-alertmanager`) inside a lab namespace,
-//! for tests and the demo: started with a minimal config, read back through its API v2.
+//! A real Prometheus Alertmanager (Debian's `prometheus-alertmanager`) for tests and the demo:
+//! in a lab namespace or on the host's loopback, alone, clustered or behind TLS and basic
+//! auth, started with a minimal config and read back through its API v2 and its metrics.
 
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::{Lab, Process, traffic::http_get};
+use crate::{Lab, Process, http::Client, prom::Scrape, wait};
 
 pub const BINARY: &str = "prometheus-alertmanager";
 
-/// Groups and notifies fast (tests), routes to a receiver that does nothing: the alerts are
-/// read back from the API.
-const CONFIG: &str = "route:\n  receiver: lab\n  group_by: [alertname, client]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: lab\n";
-
-pub struct Alertmanager {
-    pub ns: String,
-    pub addr: SocketAddr,
-    process: Process,
-}
-
 /// How an Alertmanager joins a cluster: its own gossip port and its peers' (all on loopback).
+#[derive(Debug, Clone)]
 pub struct Cluster {
     pub port: u16,
     pub peers: Vec<u16>,
 }
 
+/// TLS and basic auth in front of its API (`--web.config.file`), and what a client needs to
+/// get through.
+#[derive(Debug, Clone)]
+pub struct Web {
+    /// The web config file's text (tls_server_config, basic_auth_users).
+    pub config: String,
+    /// The certificate authority of its server certificate (PEM).
+    pub ca_pem: Vec<u8>,
+    pub user: String,
+    pub password: String,
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// Keeps the storage and config of several apart (and lets a restart on the same port find
+    /// its data).
+    pub name: String,
+    pub port: u16,
+    /// None: one process, no gossip (what it holds came from its clients alone).
+    pub cluster: Option<Cluster>,
+    /// The route's group_wait: how long it holds a new group's first notification.
+    pub group_wait: Duration,
+    pub web: Option<Web>,
+}
+
+impl Setup {
+    /// `name` on 127.0.0.1:`port`, alone, plain HTTP, group_wait 1 s.
+    pub fn new(name: &str, port: u16) -> Setup {
+        Setup {
+            name: name.to_string(),
+            port,
+            cluster: None,
+            group_wait: Duration::from_secs(1),
+            web: None,
+        }
+    }
+
+    /// Gossips on `port` with the Alertmanagers gossiping on `peers`.
+    pub fn cluster(mut self, port: u16, peers: &[u16]) -> Setup {
+        self.cluster = Some(Cluster { port, peers: peers.to_vec() });
+        self
+    }
+
+    pub fn group_wait(mut self, d: Duration) -> Setup {
+        self.group_wait = d;
+        self
+    }
+
+    pub fn web(mut self, web: Web) -> Setup {
+        self.web = Some(web);
+        self
+    }
+
+    /// Groups and notifies fast, and routes to a receiver that does nothing: the alerts are
+    /// read back from the API.
+    fn config(&self) -> String {
+        format!(
+            "route:\n  receiver: lab\n  group_by: [alertname, client]\n  group_wait: {}ms\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: lab\n",
+            self.group_wait.as_millis()
+        )
+    }
+}
+
+pub struct Alertmanager {
+    /// Its namespace, None on the host.
+    pub ns: Option<String>,
+    pub addr: SocketAddr,
+    url: String,
+    http: Client,
+    process: Process,
+}
+
 impl Alertmanager {
-    /// Starts one on 127.0.0.1:`port` in `ns` and waits until its API answers. `name` keeps the
-    /// storage and config of several apart (and lets a restart on the same port find its data).
-    pub fn start(
-        lab: &Lab,
-        ns: &str,
-        name: &str,
-        port: u16,
-        cluster: Option<&Cluster>,
-    ) -> anyhow::Result<Alertmanager> {
-        let dir: PathBuf = lab.dir().join(format!("alertmanager-{name}"));
+    /// Starts one on 127.0.0.1:`setup.port` in `ns` (None: on the host) and waits until its
+    /// API answers; its files are in the lab's directory.
+    pub fn start(lab: &Lab, ns: Option<&str>, setup: Setup) -> anyhow::Result<Alertmanager> {
+        let dir: PathBuf = lab.dir().join(format!("alertmanager-{}", setup.name));
         std::fs::create_dir_all(dir.join("data"))
             .with_context(|| format!("creating {}", dir.display()))?;
         let config = dir.join("alertmanager.yml");
-        std::fs::write(&config, CONFIG)?;
+        std::fs::write(&config, setup.config())
+            .with_context(|| format!("writing {}", config.display()))?;
         let mut cmd = Command::new(BINARY);
         cmd.arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!("--web.listen-address=127.0.0.1:{}", setup.port))
             .arg("--log.level=info");
-        match cluster {
+        match &setup.cluster {
             None => {
                 cmd.arg("--cluster.listen-address=");
             }
@@ -65,12 +120,24 @@ impl Alertmanager {
                 }
             }
         }
-        let process = lab.spawn(ns, cmd).with_context(|| {
+        let (scheme, http) = match &setup.web {
+            None => ("http", Client::new(ns)),
+            Some(web) => {
+                let file = dir.join("web.yml");
+                std::fs::write(&file, &web.config)
+                    .with_context(|| format!("writing {}", file.display()))?;
+                cmd.arg(format!("--web.config.file={}", file.display()));
+                ("https", Client::trusting(ns, &web.ca_pem)?.basic_auth(&web.user, &web.password))
+            }
+        };
+        let process = lab.spawn_at(ns, cmd).with_context(|| {
             format!("starting {BINARY} (apt-get install prometheus-alertmanager)")
         })?;
         let am = Alertmanager {
-            ns: ns.to_string(),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            ns: ns.map(str::to_string),
+            addr: SocketAddr::from(([127, 0, 0, 1], setup.port)),
+            url: format!("{scheme}://127.0.0.1:{}", setup.port),
+            http,
             process,
         };
         am.wait_ready(Duration::from_secs(20))?;
@@ -78,34 +145,30 @@ impl Alertmanager {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.url.clone()
     }
 
     fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if http_get(&self.ns, &format!("{}/-/ready", self.url())).is_ok() {
-                return Ok(());
-            }
-            if let Some(status) = self.process.try_wait()? {
-                bail!(
-                    "alertmanager exited ({status}) before it was ready:\n{}",
-                    self.process.log()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!("alertmanager not ready after {timeout:?}:\n{}", self.process.log());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let ready =
+            wait::until("alertmanager to be ready", timeout, Duration::from_millis(100), || {
+                if let Some(status) = self.process.try_wait()? {
+                    bail!("alertmanager exited ({status}) before it was ready");
+                }
+                Ok(self.get("/-/ready").is_ok().then_some(()))
+            });
+        ready.map_err(|e| anyhow::anyhow!("{e:#}:\n{}", self.process.log()))
     }
 
-    /// Every alert it holds (API v2), active or not.
+    /// GET `path` of its API (the body of a 200).
+    pub fn get(&self, path: &str) -> anyhow::Result<String> {
+        self.http.get_ok(&format!("{}{path}", self.url))
+    }
+
+    /// Every alert it holds (API v2) that has not ended.
     pub fn alerts(&self) -> anyhow::Result<Vec<Value>> {
-        let body = http_get(&self.ns, &format!("{}/api/v2/alerts", self.url()))?;
-        match serde_json::from_str(&body)? {
+        match serde_json::from_str(&self.get("/api/v2/alerts")?)? {
             Value::Array(alerts) => Ok(alerts),
-            other => bail!("{}/api/v2/alerts answered {other}", self.url()),
+            other => bail!("{}/api/v2/alerts answered {other}", self.url),
         }
     }
 
@@ -117,6 +180,23 @@ impl Alertmanager {
             .filter(|a| a["status"]["state"] == "active")
             .filter(|a| labels.iter().all(|(k, v)| a["labels"][*k] == *v))
             .collect())
+    }
+
+    /// Waits until it holds exactly `count` alerts, all processed (state "active").
+    pub fn wait_alerts(&self, count: usize, timeout: Duration) -> anyhow::Result<Vec<Value>> {
+        let what = format!("{} to hold {count} active alert(s)", self.url);
+        wait::until(&what, timeout, Duration::from_millis(100), || {
+            let alerts = self.alerts()?;
+            Ok((alerts.len() == count && alerts.iter().all(|a| a["status"]["state"] == "active"))
+                .then_some(alerts))
+        })
+    }
+
+    /// Alerts it received through its API, by status ("firing" or "resolved"), from its own
+    /// metrics.
+    pub fn received(&self, status: &str) -> anyhow::Result<f64> {
+        let scrape = Scrape::parse(&self.get("/metrics")?)?;
+        Ok(scrape.sum("alertmanager_alerts_received_total", &[("status", status)]))
     }
 
     pub fn log(&self) -> String {

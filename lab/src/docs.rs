@@ -1,9 +1,61 @@
 //! Generated sections of a Markdown file (docs/benchmarks.md): each benchmark of `cargo xtask
-//! bench` rewrites its own section, between markers, and leaves the rest of the file as it is.
+//! bench` rewrites its own section, between markers, and leaves the rest of the file as it is,
+//! and says when and on what machine it ran, all in the same words.
 
-use std::{fs, path::Path};
+use std::{fs, path::Path, process::Command};
 
 use anyhow::Context as _;
+
+/// The machine a benchmark ran on, as its section reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    /// CPUs this process may use ("?" when unknown).
+    pub cpus: String,
+    /// /proc/cpuinfo's first `model name` ("unknown" when absent, as on some ARM kernels).
+    pub cpu_model: String,
+    pub kernel: String,
+    /// /proc/loadavg's 1, 5 and 15 minute averages: how busy the machine was.
+    pub load: String,
+}
+
+impl Machine {
+    /// This machine, now (the load average changes: read it when the run ends).
+    pub fn current() -> Machine {
+        let read = |path: &str| fs::read_to_string(path).ok();
+        Machine {
+            cpus: std::thread::available_parallelism()
+                .map_or_else(|_| "?".into(), |n| n.to_string()),
+            cpu_model: read("/proc/cpuinfo")
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+                        .map(|(_, v)| v.trim().to_string())
+                })
+                .unwrap_or_else(|| "unknown".into()),
+            kernel: read("/proc/sys/kernel/osrelease")
+                .map_or_else(|| "?".into(), |s| s.trim().to_string()),
+            load: read("/proc/loadavg")
+                .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+                .unwrap_or_else(|| "?".into()),
+        }
+    }
+
+    /// `4 CPUs, <model>, kernel <release>`.
+    pub fn summary(&self) -> String {
+        format!("{} CPUs, {}, kernel {}", self.cpus, self.cpu_model, self.kernel)
+    }
+}
+
+/// The date and time in UTC to the minute (`2025-01-31 14:05 UTC`), from date(1).
+pub fn now_utc() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown date".into())
+}
 
 fn begin(id: &str) -> String {
     format!(
@@ -73,6 +125,14 @@ mod tests {
         );
         // Rewriting with the same body changes nothing.
         assert_eq!(with_section(&three, "b", "## B\n\nbee").unwrap(), three);
+    }
+
+    #[test]
+    fn the_machine_and_the_date_are_filled_in() {
+        let m = Machine::current();
+        assert!(m.summary().contains(" CPUs, "), "{m:?}");
+        assert_eq!(m.load.split_whitespace().count(), 3, "{m:?}");
+        assert!(now_utc().ends_with(" UTC"));
     }
 
     #[test]

@@ -8,26 +8,41 @@
 //! Traffic only ever goes to addresses inside the lab (10.77.0.0/16, fd77::/16).
 //!
 //! Needs root (CAP_SYS_ADMIN + CAP_NET_ADMIN) and iproute2 (`ip`, `bridge`).
+//!
+//! Everything that tests, benches, the demo and the peer bench run against the lab is here too,
+//! written once: [`agent`] (the real agent started, awaited and read: /metrics, the API, the
+//! CLI), [`alertmanager`] and [`prometheus`] (the real services, in a namespace or on the
+//! host's loopback, the latter without root), [`dashboards`] (the Grafana dashboards read,
+//! checked and run), [`http`] (the one HTTP client), [`ledger`] (expected counts), [`wait`]
+//! (deadlines) and [`docs`] (benchmark sections and the machine they ran on).
 
+pub mod agent;
 pub mod alertmanager;
 mod cmd;
 pub mod dashboards;
 pub mod docs;
 mod gate;
+pub mod http;
+pub mod ledger;
 pub mod mmdb;
 mod netns;
 mod process;
 pub mod prom;
+pub mod prometheus;
 pub mod services;
 mod topology;
 mod traffic;
+pub mod wait;
 
+pub use agent::Agent;
 pub use cmd::{bridge, ip, run};
 pub use gate::{PinDir, cannot_run, lab_tests_can_run, privileged_required};
 pub use netns::{Lab, in_netns};
-pub use process::{Process, wait_agent_ready};
-pub use topology::{Client, Gateway, Internet, LAN_PREFIXES, LanKind, Topology, TopologyBuilder};
-pub use traffic::{TcpForwarder, UdpReceiver, http_get, send_udp};
+pub use process::{Process, tail};
+pub use topology::{
+    Client, Gateway, Internet, LAN_PREFIXES, LanKind, Topology, TopologyBuilder, mac_text,
+};
+pub use traffic::{TcpForwarder, UdpReceiver, send_udp};
 
 use std::sync::{
     Arc,

@@ -13,7 +13,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    path::Path,
+    path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -327,6 +327,49 @@ fn encode(value: &MmdbValue, out: &mut Vec<u8>) {
                 encode(v, out);
             }
         }
+    }
+}
+
+/// One attribution of the lab's test GeoIP databases: (networks, ISO country code, ASN,
+/// AS organisation).
+pub type Geo<'a> = (&'a [&'a str], &'a str, u32, &'a str);
+
+/// A country and an ASN database written for a lab run.
+#[derive(Debug, Clone)]
+pub struct GeoDatabases {
+    pub country: PathBuf,
+    pub asn: PathBuf,
+}
+
+impl GeoDatabases {
+    /// Writes `<stem>country.mmdb` and `<stem>asn.mmdb` (GeoLite2-Country and GeoLite2-ASN
+    /// layouts) into `dir`, each network of `geo` attributed as given.
+    pub fn write(dir: &Path, stem: &str, geo: &[Geo]) -> anyhow::Result<GeoDatabases> {
+        let mut country = MmdbWriter::new("GeoLite2-Country");
+        let mut asn = MmdbWriter::new("GeoLite2-ASN");
+        for (nets, code, number, org) in geo {
+            for n in *nets {
+                let net: IpNet = n.parse().with_context(|| format!("network {n}"))?;
+                country.insert_country(net, code);
+                asn.insert_asn(net, *number, org);
+            }
+        }
+        let dbs = GeoDatabases {
+            country: dir.join(format!("{stem}country.mmdb")),
+            asn: dir.join(format!("{stem}asn.mmdb")),
+        };
+        country.write(&dbs.country)?;
+        asn.write(&dbs.asn)?;
+        Ok(dbs)
+    }
+
+    /// The agent config's `geoip:` block naming them.
+    pub fn config_yaml(&self) -> String {
+        format!(
+            "geoip:\n  country_database: {}\n  asn_database: {}\n",
+            self.country.display(),
+            self.asn.display()
+        )
     }
 }
 

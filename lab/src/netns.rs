@@ -2,6 +2,7 @@
 
 use std::{
     fs::File,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::Command,
     sync::{
@@ -88,12 +89,24 @@ impl Lab {
     /// private /sys): the agent's pinned maps under /sys/fs/bpf must be the host's bpffs so
     /// they survive a restart. The lab kills it on Drop if it is still running.
     pub fn spawn(&self, ns: &str, cmd: Command) -> anyhow::Result<Process> {
-        let seq = self.procs.lock().unwrap().len();
+        self.spawn_at(Some(ns), cmd)
+    }
+
+    /// Like [`Lab::spawn`], in the caller's own network namespace: services that unprivileged
+    /// tests run on the host's loopback (no namespace needs root; a lab without any does not).
+    pub fn spawn_on_host(&self, cmd: Command) -> anyhow::Result<Process> {
+        self.spawn_at(None, cmd)
+    }
+
+    /// [`Lab::spawn`] in `ns`, or [`Lab::spawn_on_host`] when `ns` is None.
+    pub fn spawn_at(&self, ns: Option<&str>, cmd: Command) -> anyhow::Result<Process> {
+        let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
         let stem =
             Path::new(cmd.get_program()).file_name().map(|s| s.to_string_lossy().into_owned());
-        let log = self.dir().join(format!("{}-{seq}.log", stem.as_deref().unwrap_or("proc")));
+        let log =
+            self.dir().join(format!("{}-{}.log", stem.as_deref().unwrap_or("proc"), procs.len()));
         let p = Process::spawn(ns, cmd, log)?;
-        self.procs.lock().unwrap().push(p.clone());
+        procs.push(p.clone());
         Ok(p)
     }
 
@@ -120,6 +133,26 @@ impl Drop for Lab {
             eprintln!("lab {}: keeping {}", self.tag, dir.keep().display());
         }
     }
+}
+
+/// Makes `cmd` join network namespace `ns` between fork and exec (in the host's mount
+/// namespace, unlike `ip netns exec`). The returned file must stay open until `cmd` is spawned.
+pub(crate) fn enter_before_exec(cmd: &mut Command, ns: &str) -> anyhow::Result<File> {
+    let path = Path::new("/run/netns").join(ns);
+    let netns = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let fd = netns.as_raw_fd();
+    // SAFETY: setns(2) is a plain syscall, async-signal-safe, touching no allocator state; the
+    // caller keeps `netns` open until spawn() returns, and it is close-on-exec, so the child
+    // does not keep it.
+    unsafe {
+        cmd.pre_exec(move || {
+            if nix::libc::setns(fd, nix::libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(netns)
 }
 
 /// Runs `f` on a fresh thread that has joined network namespace `ns` (by name, as in

@@ -1,8 +1,8 @@
-//! Child processes running inside a lab namespace.
+//! Child processes of a lab: inside one of its namespaces or on the host, their output in a
+//! log file of the lab, so a failure can show what they said.
 
 use std::{
     fs::File,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex},
@@ -29,26 +29,24 @@ struct Inner {
 }
 
 impl Process {
-    pub(crate) fn spawn(ns: &str, mut cmd: Command, log: PathBuf) -> anyhow::Result<Process> {
-        let netns_path = Path::new("/run/netns").join(ns);
-        let netns =
-            File::open(&netns_path).with_context(|| format!("opening {}", netns_path.display()))?;
+    /// Starts `cmd` with stdout and stderr into `log`: inside network namespace `ns`, or in the
+    /// caller's own network namespace (the host's) when `ns` is None.
+    pub(crate) fn spawn(
+        ns: Option<&str>,
+        mut cmd: Command,
+        log: PathBuf,
+    ) -> anyhow::Result<Process> {
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
-        let fd = netns.as_raw_fd();
         let desc = format!("{cmd:?}");
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        // SAFETY: setns(2) is a plain syscall, async-signal-safe, touching no allocator state;
-        // `netns` outlives spawn() and is close-on-exec, so the child does not keep it.
-        unsafe {
-            cmd.pre_exec(move || {
-                if nix::libc::setns(fd, nix::libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().with_context(|| format!("starting {desc} in {ns}"))?;
+        let netns = match ns {
+            Some(ns) => Some(crate::netns::enter_before_exec(&mut cmd, ns)?),
+            None => None,
+        };
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {desc} in {}", ns.unwrap_or("the host")))?;
         drop(netns);
         Ok(Process { inner: Arc::new(Inner { pid: child.id(), log, child: Mutex::new(child) }) })
     }
@@ -69,9 +67,16 @@ impl Process {
             .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.inner.log.display()))
     }
 
+    /// The last `lines` lines of the log, for error messages that must stay readable.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log(), lines)
+    }
+
     /// `Some(status)` once it has exited (reaping it), `None` while it runs.
     pub fn try_wait(&self) -> anyhow::Result<Option<ExitStatus>> {
-        Ok(self.inner.child.lock().unwrap().try_wait()?)
+        // A poisoned lock only means another thread panicked while waiting: the child is intact.
+        let mut child = self.inner.child.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(child.try_wait()?)
     }
 
     /// Sends `sig` unless it has already exited.
@@ -110,30 +115,10 @@ impl Process {
     }
 }
 
-/// Waits until the agent `process` running in `ns` serves `metrics_url` with its XDP attach
-/// mode (its programs are in place), or fails if it exits or `timeout` passes. The caller adds
-/// the log when it reports the error.
-pub fn wait_agent_ready(
-    ns: &str,
-    metrics_url: &str,
-    process: &Process,
-    timeout: std::time::Duration,
-) -> anyhow::Result<()> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(status) = process.try_wait()? {
-            anyhow::bail!("the agent exited during startup ({status})");
-        }
-        if crate::http_get(ns, metrics_url)
-            .is_ok_and(|body| body.contains("gwsensor_xdp_attach_mode"))
-        {
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            anyhow::bail!(
-                "the agent did not serve {metrics_url} with gwsensor_xdp_attach_mode within {timeout:?}"
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+/// The last `lines` lines of `text`, with a note of how many were left out.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    let skipped = all.len().saturating_sub(lines);
+    let shown = all[skipped..].join("\n");
+    if skipped == 0 { shown } else { format!("({skipped} earlier lines not shown)\n{shown}") }
 }

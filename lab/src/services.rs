@@ -7,7 +7,6 @@
 use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::Path,
     process::{Command, Output, Stdio},
     sync::{
@@ -398,21 +397,9 @@ pub fn output_in_netns(
     stdin: &[u8],
     timeout: Duration,
 ) -> anyhow::Result<Output> {
-    let netns_path = Path::new("/run/netns").join(ns);
-    let netns = std::fs::File::open(&netns_path)
-        .with_context(|| format!("opening {}", netns_path.display()))?;
-    let fd = netns.as_raw_fd();
     let desc = format!("{cmd:?}");
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    // SAFETY: setns(2) is async-signal-safe; `netns` outlives spawn() and is close-on-exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if nix::libc::setns(fd, nix::libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let netns = crate::netns::enter_before_exec(&mut cmd, ns)?;
     let mut child = cmd.spawn().with_context(|| format!("starting {desc} in {ns}"))?;
     drop(netns);
     let mut input = child.stdin.take().expect("piped");

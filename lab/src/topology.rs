@@ -97,7 +97,8 @@ const INET_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 2, 2];
 /// LAN prefixes, as the agent's `lan_prefixes` wants them.
 pub const LAN_PREFIXES: [&str; 2] = ["10.77.1.0/24", "fd77:1::/64"];
 
-fn mac_text(m: &[u8; 6]) -> String {
+/// A MAC as the agent labels it: lower-case hex, colon-separated.
+pub fn mac_text(m: &[u8; 6]) -> String {
     format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
 }
 

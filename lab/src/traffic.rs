@@ -1,7 +1,7 @@
-//! Traffic of known shape between lab hosts, and reaching servers inside a namespace.
+//! Traffic of known shape between lab hosts, and reaching servers inside a namespace from the
+//! host.
 
 use std::{
-    io::{Read as _, Write as _},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc,
@@ -129,39 +129,6 @@ impl Drop for UdpReceiver {
             let _ = t.join();
         }
     }
-}
-
-/// HTTP/1.0 GET of `url` (`http://host:port/path`) from inside `ns`; the body on a 200, an
-/// error with the status line otherwise. The agent serves /metrics on the gateway's
-/// loopback, which only code inside the gateway namespace can reach.
-pub fn http_get(ns: &str, url: &str) -> anyhow::Result<String> {
-    let rest = url
-        .strip_prefix("http://")
-        .with_context(|| format!("{url}: only http:// URLs are supported"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let addr: SocketAddr =
-        authority.parse().with_context(|| format!("{url}: host must be an IP:port"))?;
-    let response = in_netns(ns, || -> anyhow::Result<Vec<u8>> {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n")?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf)?;
-        Ok(buf)
-    })?
-    .with_context(|| format!("GET {url} in {ns}"))?;
-    let text =
-        String::from_utf8(response).with_context(|| format!("GET {url}: response is not UTF-8"))?;
-    let (head, body) =
-        text.split_once("\r\n\r\n").with_context(|| format!("GET {url}: malformed response"))?;
-    let status = head.lines().next().unwrap_or("");
-    if status.split_whitespace().nth(1) != Some("200") {
-        bail!("GET {url} in {ns}: {status}\n{body}");
-    }
-    Ok(body.to_string())
 }
 
 /// Forwards TCP connections accepted on a host address to a server inside a namespace, e.g.

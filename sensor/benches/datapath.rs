@@ -12,7 +12,7 @@
 use std::{
     fmt::Write as _,
     net::{Ipv4Addr, Ipv6Addr},
-    process::{Command, ExitCode},
+    process::ExitCode,
     time::Duration,
 };
 
@@ -23,6 +23,7 @@ use aya::{
 };
 use etherparse::PacketBuilder;
 use ipnet::IpNet;
+use lab::docs::{Machine, now_utc};
 use sensor::{
     common::{Direction, Stat, names},
     kernel::collector::{KernelMaps, Snapshot},
@@ -473,34 +474,6 @@ fn row(
     Row { what: what.into(), sensor, baseline, note: note.into() }
 }
 
-fn machine() -> (String, String, String) {
-    let nproc =
-        std::thread::available_parallelism().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    (nproc, kernel, cpu)
-}
-
-fn now_utc() -> String {
-    Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown date".into())
-}
-
 fn bench(write_docs: bool) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let p = Programs::load()?;
@@ -596,10 +569,7 @@ fn bench(write_docs: bool) -> anyhow::Result<()> {
     ));
 
     let verdict = if added_known <= TARGET_ADDED_NS { "met" } else { "NOT met" };
-    let (nproc, kernel, cpu) = machine();
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into());
+    let machine = Machine::current();
     let date = now_utc();
 
     let mut table = String::new();
@@ -635,12 +605,14 @@ fn bench(write_docs: bool) -> anyhow::Result<()> {
     );
     println!("\n{table}\n{summary}\n");
     println!(
-        "machine: {nproc} CPUs, {cpu}, kernel {kernel}; load {load}; {date}; took {:.0?}",
+        "machine: {}; load {}; {date}; took {:.0?}",
+        machine.summary(),
+        machine.load,
         started.elapsed()
     );
 
     if write_docs {
-        let doc = render_doc(&table, &summary, &Machine { nproc, kernel, cpu, date, load });
+        let doc = render_doc(&table, &summary, &machine, &date);
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
         // Its own section only: the other benchmarks of `cargo xtask bench` write theirs.
         lab::docs::write_section(&path, "datapath", &doc)?;
@@ -654,17 +626,8 @@ fn more_or_less(d: f64) -> String {
     if d < 0.0 { format!("{:.0} ns less than", -d) } else { format!("{d:.0} ns more than") }
 }
 
-struct Machine {
-    nproc: String,
-    kernel: String,
-    cpu: String,
-    date: String,
-    /// /proc/loadavg when the run ended: how busy the machine was.
-    load: String,
-}
-
-fn render_doc(table: &str, summary: &str, m: &Machine) -> String {
-    let Machine { nproc, kernel, cpu, date, load } = m;
+fn render_doc(table: &str, summary: &str, m: &Machine, date: &str) -> String {
+    let Machine { cpus: nproc, kernel, cpu_model: cpu, load } = m;
     format!(
         "## Datapath\n\
          \n\

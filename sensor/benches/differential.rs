@@ -117,15 +117,6 @@ fn summary(r: &Report, seed: u64) -> String {
     )
 }
 
-fn cmd(program: &str, args: &[&str]) -> String {
-    std::process::Command::new(program)
-        .args(args)
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
 fn render_doc(r: &Report, seed: u64) -> String {
     let mut table = String::from("| Outcome | upload (XDP) | download (TC) |\n|---|---:|---:|\n");
     for stat in Stat::ALL {
@@ -153,9 +144,8 @@ fn render_doc(r: &Report, seed: u64) -> String {
             r.mismatches.iter().take(5).map(|m| format!("```\n{m}\n```")).collect();
         format!("\nThe first mismatches:\n\n{}\n", shown.join("\n"))
     };
-    let date = cmd("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
-    let kernel = cmd("uname", &["-r"]);
-    let nproc = cmd("nproc", &[]);
+    let date = lab::docs::now_utc();
+    let lab::docs::Machine { cpus: nproc, kernel, .. } = lab::docs::Machine::current();
     format!(
         "## Differential parser test\n\
          \n\

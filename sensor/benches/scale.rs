@@ -20,19 +20,24 @@
 use std::{
     fmt::Write as _,
     path::Path,
-    process::{Command, ExitCode},
+    process::ExitCode,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use aya::{
     Ebpf,
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use etherparse::PacketBuilder;
 use ipnet::IpNet;
-use lab::{Lab, Process, prom::Scrape};
+use lab::{
+    Agent, Lab,
+    agent::{Config as AgentConfig, Launch},
+    docs::{Machine, now_utc},
+    prom::Scrape,
+};
 use sensor::{
     accounting::Accounting,
     agent,
@@ -263,9 +268,10 @@ fn status_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
-fn scrape(ns: &str) -> anyhow::Result<(Duration, String, Scrape)> {
+/// One scrape of the agent, timed from outside.
+fn scrape(agent: &Agent) -> anyhow::Result<(Duration, String, Scrape)> {
     let started = Instant::now();
-    let text = lab::http_get(ns, &format!("http://{AGENT_METRICS}/metrics"))?;
+    let text = agent.scrape_text()?;
     let took = started.elapsed();
     let parsed = Scrape::parse(&text)?;
     Ok((took, text, parsed))
@@ -295,69 +301,37 @@ fn run_agent(
     lab::ip(&["-n", &ns, "link", "add", "lan0", "type", "veth", "peer", "name", "lan1"])?;
     lab::ip(&["-n", &ns, "link", "set", "lan0", "up"])?;
     lab::ip(&["-n", &ns, "link", "set", "lan1", "up"])?;
-    let config = lab.dir().join("sensor.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "interface: lan0\n\
-             lan_prefixes: [\"{LAN}\"]\n\
-             flow_capacity: {cap}\n\
+    let config = AgentConfig::new("lan0", pins, &lab.dir().join("state.json"))
+        .lan_prefixes(&[LAN])
+        .poll(AGENT_POLL)
+        .metrics(AGENT_METRICS.parse()?)
+        .with(&format!(
+            "flow_capacity: {cap}\n\
              client_capacity: {CLIENT_CAPACITY}\n\
-             poll_interval: {poll}ms\n\
-             metrics_listen: {AGENT_METRICS}\n\
-             pin_path: {pins}\n\
-             state_path: {state}\n\
              state_save_interval: 2s\n\
              policy: {policy}\n",
             cap = case.capacity,
-            poll = AGENT_POLL.as_millis(),
-            pins = pins.display(),
-            state = lab.dir().join("state.json").display(),
             // As deployed: the example policy is evaluated on every poll.
             policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy.yaml").display(),
-        ),
-    )?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sensor"));
-    cmd.arg("run").arg("--config").arg(&config).env("RUST_LOG", "warn").env("NO_COLOR", "1");
-    let agent = lab.spawn(&ns, cmd)?;
-    let result = measure_agent(case, inst, &ns, &agent, rounds, sent);
-    if result.is_err() {
-        eprintln!("===== agent log =====\n{}", agent.log());
-    }
-    let stopped = agent.terminate(Duration::from_secs(60));
-    let run = result?;
-    match stopped {
-        Ok(status) if status.success() => Ok(run),
-        Ok(status) => bail!("the agent exited with {status} on SIGTERM:\n{}", agent.log()),
-        Err(e) => Err(e),
-    }
+        ));
+    let launch = Launch::new(env!("CARGO_BIN_EXE_sensor"))
+        .log("warn")
+        .ready_within(Duration::from_secs(120));
+    let agent = Agent::start(&lab, &ns, launch, &config)?;
+    let run = measure_agent(case, inst, &agent, rounds, sent).map_err(|e| agent.with_log(e))?;
+    agent.stop(Duration::from_secs(60))?;
+    Ok(run)
 }
 
 fn measure_agent(
     case: &Case,
     inst: &Instance,
-    ns: &str,
-    agent: &Process,
+    agent: &Agent,
     rounds: usize,
     sent: &mut [u64],
 ) -> anyhow::Result<AgentRun> {
-    lab::wait_agent_ready(
-        ns,
-        &format!("http://{AGENT_METRICS}/metrics"),
-        agent,
-        Duration::from_secs(120),
-    )?;
     let wait_polls = |at_least: f64| -> anyhow::Result<(f64, f64)> {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            let (_, _, s) = scrape(ns)?;
-            let (sum, count) = poll_stats(&s)?;
-            if count >= at_least {
-                return Ok((sum, count));
-            }
-            ensure!(Instant::now() < deadline, "the agent made {count} polls, expected {at_least}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        poll_stats(&agent.wait_polls(at_least, Duration::from_secs(300))?)
     };
     // The first poll takes in the whole map as new; then measure polls under traffic.
     let (sum0, count0) = wait_polls(1.0)?;
@@ -367,15 +341,15 @@ fn measure_agent(
             sent[c] += b;
         }
         passes += 1;
-        let (_, _, s) = scrape(ns)?;
+        let (_, _, s) = scrape(agent)?;
         if passes >= rounds && poll_stats(&s)?.1 >= count0 + 3.0 {
             break;
         }
     }
     // A poll after the last pass, so that the scrape shows everything sent.
-    let (_, _, s) = scrape(ns)?;
+    let (_, _, s) = scrape(agent)?;
     let (sum1, count1) = wait_polls(poll_stats(&s)?.1 + 2.0)?;
-    let (scrape_time, text, parsed) = scrape(ns)?;
+    let (scrape_time, text, parsed) = scrape(agent)?;
     for (c, want) in sent.iter().enumerate() {
         let mac = sensor::types::labels::mac(&client_mac(c));
         let labels = [("mac", mac.as_str()), ("direction", "upload")];
@@ -395,8 +369,8 @@ fn measure_agent(
         polls: (count1 - count0) as u64,
         scrape: scrape_time,
         scrape_bytes: text.len(),
-        hwm_kb: status_kb(agent.pid(), "VmHWM")?,
-        rss_kb: status_kb(agent.pid(), "VmRSS")?,
+        hwm_kb: status_kb(agent.process().pid(), "VmHWM")?,
+        rss_kb: status_kb(agent.process().pid(), "VmRSS")?,
         flows_tracked,
     })
 }
@@ -572,34 +546,6 @@ fn mb(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
 
-fn now_utc() -> String {
-    Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown date".into())
-}
-
-fn machine() -> String {
-    let nproc =
-        std::thread::available_parallelism().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    format!("{nproc} CPUs, {cpu}, kernel {kernel}")
-}
-
 fn bench(
     write_docs: bool,
     only: Option<usize>,
@@ -644,7 +590,12 @@ fn bench(
     }
     let (reads, polls, agents, verdict) = tables(&all)?;
     println!("\n{reads}\n{polls}\n{agents}\n{verdict}");
-    println!("machine: {}; {}; took {:.0?}", machine(), now_utc(), started.elapsed());
+    println!(
+        "machine: {}; {}; took {:.0?}",
+        Machine::current().summary(),
+        now_utc(),
+        started.elapsed()
+    );
     if write_docs {
         ensure!(
             only.is_none() && clients.is_none() && !no_agent,
@@ -775,10 +726,8 @@ fn tables(all: &[Figures]) -> anyhow::Result<(String, String, String, String)> {
 
 fn render_section(reads: &str, polls: &str, agents: &str, verdict: &str) -> String {
     let date = now_utc();
-    let machine = machine();
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
+    let m = Machine::current();
+    let (machine, load) = (m.summary(), m.load);
     format!(
         "## Scale limits of the agent\n\
          \n\

@@ -8,17 +8,19 @@ use std::{
     fs,
     net::TcpListener,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::Arc,
+    process::{Command, Stdio},
     time::{Duration, Instant, SystemTime},
 };
 
+use lab::{
+    Lab,
+    alertmanager::{Alertmanager, BINARY as ALERTMANAGER, Setup, Web},
+};
 use prometheus::{Encoder as _, Registry, TextEncoder};
 use sensor::alerting::{Alert, AlertingConfig, AlertmanagerTarget, BasicAuth, Notifier};
 use serde_json::{Value, json};
 
 const SUITE: &str = "alertmanager tests";
-const ALERTMANAGER: &str = "prometheus-alertmanager";
 const POLL: Duration = Duration::from_secs(5);
 /// endsAt of a firing alert: 4 × max(poll 5s, resend 1m).
 const VALIDITY: Duration = Duration::from_secs(240);
@@ -155,115 +157,24 @@ impl Security {
     }
 }
 
-struct Alertmanager {
-    child: Child,
-    dir: tempfile::TempDir,
-    url: String,
-    http: ureq::Agent,
-    authorization: Option<String>,
-}
-
-impl Alertmanager {
-    fn start(port: u16, security: Option<&Security>) -> Alertmanager {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("alertmanager.yml");
-        fs::write(
-            &config,
-            "route:\n  receiver: blackhole\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: blackhole\n",
-        )
-        .unwrap();
-        let log = fs::File::create(dir.path().join("alertmanager.log")).unwrap();
-        let mut cmd = Command::new(ALERTMANAGER);
-        cmd.arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            // One process, no gossip: what it holds came from the notifier.
-            .arg("--cluster.listen-address=")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        let mut tls = ureq::tls::TlsConfig::builder();
-        let (scheme, authorization) = match security {
-            Some(s) => {
-                let web = dir.path().join("web.yml");
-                fs::write(&web, s.web_config()).unwrap();
-                cmd.arg(format!("--web.config.file={}", web.display()));
-                let ca = ureq::tls::Certificate::from_pem(&fs::read(&s.ca).unwrap()).unwrap();
-                tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![ca])));
-                use base64::Engine as _;
-                let basic = base64::engine::general_purpose::STANDARD
-                    .encode(format!("{}:{}", s.user, s.password));
-                ("https", Some(format!("Basic {basic}")))
-            }
-            None => ("http", None),
-        };
-        let child = cmd.spawn().expect("starting prometheus-alertmanager");
-        let http: ureq::Agent = ureq::Agent::config_builder()
-            .tls_config(tls.build())
-            .proxy(None)
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(5)))
-            .build()
-            .into();
-        let mut am = Alertmanager {
-            child,
-            dir,
-            url: format!("{scheme}://127.0.0.1:{port}"),
-            http,
-            authorization,
-        };
-        wait_until("Alertmanager to be ready", Duration::from_secs(15), || {
-            if let Ok(Some(status)) = am.child.try_wait() {
-                panic!("Alertmanager exited ({status}):\n{}", am.log());
-            }
-            am.get("/-/ready").ok().filter(|(status, _)| *status == 200)
+/// An Alertmanager on the host's loopback, `port`, its files in `lab`'s directory; behind TLS
+/// and basic auth with `security`. Holds a new group's notification for no time at all.
+fn alertmanager(lab: &Lab, port: u16, security: Option<&Security>) -> Alertmanager {
+    let mut setup = Setup::new(&format!("am-{port}"), port).group_wait(Duration::ZERO);
+    if let Some(s) = security {
+        setup = setup.web(Web {
+            config: s.web_config(),
+            ca_pem: fs::read(&s.ca).unwrap(),
+            user: s.user.clone(),
+            password: s.password.clone(),
         });
-        am
     }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("alertmanager.log")).unwrap_or_default()
-    }
-
-    fn get(&self, path: &str) -> Result<(u16, String), ureq::Error> {
-        let mut req = self.http.get(format!("{}{path}", self.url));
-        if let Some(a) = &self.authorization {
-            req = req.header("Authorization", a);
-        }
-        let mut resp = req.call()?;
-        Ok((resp.status().as_u16(), resp.body_mut().read_to_string()?))
-    }
-
-    /// GET /api/v2/alerts: the alerts it holds that have not ended.
-    fn alerts(&self) -> Vec<Value> {
-        let (status, body) = self.get("/api/v2/alerts").unwrap();
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    /// Waits until it holds exactly `count` alerts, all processed (state "active").
-    fn wait_alerts(&self, count: usize, timeout: Duration) -> Vec<Value> {
-        wait_until(&format!("{} to hold {count} active alert(s)", self.url), timeout, || {
-            let alerts = self.alerts();
-            (alerts.len() == count && alerts.iter().all(|a| a["status"]["state"] == "active"))
-                .then_some(alerts)
-        })
-    }
-
-    /// Alerts it received through its API, by status ("firing" or "resolved").
-    fn received(&self, status: &str) -> f64 {
-        let (_, body) = self.get("/metrics").unwrap();
-        lab::prom::Scrape::parse(&body)
-            .unwrap()
-            .sum("alertmanager_alerts_received_total", &[("status", status)])
-    }
+    Alertmanager::start(lab, None, setup).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-impl Drop for Alertmanager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The lab that owns the Alertmanagers of a test: no namespace, only their files and processes.
+fn new_lab() -> Lab {
+    Lab::new("gwam").unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -370,18 +281,19 @@ fn a_firing_alert_arrives_and_its_resolution_ends_it() {
     if !can_run(&[ALERTMANAGER]) {
         return;
     }
-    let am = Alertmanager::start(free_port(), None);
+    let lab = new_lab();
+    let am = alertmanager(&lab, free_port(), None);
     let reg = registry();
-    let notifier = Notifier::start(&config(vec![target(&am.url)]), POLL, &reg).unwrap();
+    let notifier = Notifier::start(&config(vec![target(&am.url())]), POLL, &reg).unwrap();
     assert_eq!(
-        counts(&reg, &am.url),
+        counts(&reg, &am.url()),
         (0.0, 0.0, 0.0, 0.0, -1.0),
         "series at 0 before anything is sent, no up yet"
     );
 
     let started = now_ms();
     notifier.update_alerts(started, &[alert("redmi-note", started, None)]);
-    let got = am.wait_alerts(1, Duration::from_secs(10));
+    let got = am.wait_alerts(1, Duration::from_secs(10)).unwrap();
     let seen = SystemTime::now();
     assert_is_alert(&got[0], "redmi-note");
     assert_eq!(got[0]["startsAt"], rfc3339(started));
@@ -392,16 +304,16 @@ fn a_firing_alert_arrives_and_its_resolution_ends_it() {
         "endsAt {} not sending time + 240s",
         got[0]["endsAt"]
     );
-    assert_counts(&reg, &am.url, (1.0, 0.0, 0.0, 0.0, 1.0));
-    assert_eq!(am.received("firing"), 1.0);
+    assert_counts(&reg, &am.url(), (1.0, 0.0, 0.0, 0.0, 1.0));
+    assert_eq!(am.received("firing").unwrap(), 1.0);
 
     // The next poll: still firing, not due again before the resend interval.
     notifier.update_alerts(started + POLL, &[alert("redmi-note", started, None)]);
     let resolved = now_ms();
     notifier.update_alerts(resolved, &[alert("redmi-note", started, Some(resolved))]);
-    am.wait_alerts(0, Duration::from_secs(10));
-    assert_counts(&reg, &am.url, (2.0, 0.0, 0.0, 0.0, 1.0));
-    assert_eq!((am.received("firing"), am.received("resolved")), (1.0, 1.0));
+    am.wait_alerts(0, Duration::from_secs(10)).unwrap();
+    assert_counts(&reg, &am.url(), (2.0, 0.0, 0.0, 0.0, 1.0));
+    assert_eq!((am.received("firing").unwrap(), am.received("resolved").unwrap()), (1.0, 1.0));
     shutdown(notifier, Duration::from_secs(2));
 }
 
@@ -410,17 +322,18 @@ fn every_alertmanager_gets_it_and_one_that_was_down_gets_it_when_back() {
     if !can_run(&[ALERTMANAGER]) {
         return;
     }
+    let lab = new_lab();
     let down_port = free_port();
     let down_url = format!("http://127.0.0.1:{down_port}");
-    let up = Alertmanager::start(free_port(), None);
+    let up = alertmanager(&lab, free_port(), None);
     let reg = registry();
     let notifier =
-        Notifier::start(&config(vec![target(&down_url), target(&up.url)]), POLL, &reg).unwrap();
+        Notifier::start(&config(vec![target(&down_url), target(&up.url())]), POLL, &reg).unwrap();
 
     let started = now_ms();
     notifier.update_alerts(started, &[alert("tv", started, None)]);
     // The running one is not held up by the one that is down.
-    let at_up = up.wait_alerts(1, Duration::from_secs(5));
+    let at_up = up.wait_alerts(1, Duration::from_secs(5)).unwrap();
     assert_is_alert(&at_up[0], "tv");
     wait_until("a failed attempt at the down Alertmanager", Duration::from_secs(5), || {
         let (sent, failed, dropped, queued, upv) = counts(&reg, &down_url);
@@ -430,8 +343,8 @@ fn every_alertmanager_gets_it_and_one_that_was_down_gets_it_when_back() {
     // It comes back on the same port: the queued alert arrives, with endsAt from the moment
     // it was actually sent (an endsAt from the enqueue time would be older).
     let back_at = now_ms();
-    let back = Alertmanager::start(down_port, None);
-    let at_back = back.wait_alerts(1, Duration::from_secs(20));
+    let back = alertmanager(&lab, down_port, None);
+    let at_back = back.wait_alerts(1, Duration::from_secs(20)).unwrap();
     assert_is_alert(&at_back[0], "tv");
     assert_eq!(at_back[0]["startsAt"], rfc3339(started));
     assert!(
@@ -447,8 +360,8 @@ fn every_alertmanager_gets_it_and_one_that_was_down_gets_it_when_back() {
         });
     assert!(failed >= 1.0);
     assert_eq!((sent, dropped, queued, upv), (1.0, 0.0, 0.0, 1.0));
-    assert_counts(&reg, &up.url, (1.0, 0.0, 0.0, 0.0, 1.0));
-    assert_eq!((back.received("firing"), up.received("firing")), (1.0, 1.0));
+    assert_counts(&reg, &up.url(), (1.0, 0.0, 0.0, 0.0, 1.0));
+    assert_eq!((back.received("firing").unwrap(), up.received("firing").unwrap()), (1.0, 1.0));
     shutdown(notifier, Duration::from_secs(2));
 }
 
@@ -457,15 +370,16 @@ fn basic_auth_over_tls_with_a_custom_ca() {
     if !can_run(&[ALERTMANAGER, "openssl", "htpasswd"]) {
         return;
     }
+    let lab = new_lab();
     let dir = tempfile::tempdir().unwrap();
     let security = Security::create(dir.path(), "alice", "s3cret");
-    let am = Alertmanager::start(free_port(), Some(&security));
+    let am = alertmanager(&lab, free_port(), Some(&security));
     let password = dir.path().join("password");
     fs::write(&password, "s3cret\n").unwrap();
     let wrong = dir.path().join("wrong");
     fs::write(&wrong, "guess").unwrap();
     let secured = |password_file: &Path, ca: Option<&Path>| AlertmanagerTarget {
-        url: am.url.clone(),
+        url: am.url(),
         basic_auth: Some(BasicAuth {
             username: "alice".into(),
             password_file: password_file.into(),
@@ -488,11 +402,11 @@ fn basic_auth_over_tls_with_a_custom_ca() {
         notifiers.push((client, n, reg));
     }
 
-    let got = am.wait_alerts(1, Duration::from_secs(10));
+    let got = am.wait_alerts(1, Duration::from_secs(10)).unwrap();
     assert_is_alert(&got[0], "laptop");
     for (client, _, reg) in &notifiers {
         let c = wait_until(&format!("{client}'s first attempt"), Duration::from_secs(10), || {
-            let c = counts(reg, &am.url);
+            let c = counts(reg, &am.url());
             (c.4 != -1.0).then_some(c)
         });
         match *client {
@@ -504,8 +418,8 @@ fn basic_auth_over_tls_with_a_custom_ca() {
         }
     }
     // Only the authenticated, verified one got through.
-    assert_eq!(am.alerts().len(), 1);
-    assert_eq!(am.received("firing"), 1.0);
+    assert_eq!(am.alerts().unwrap().len(), 1);
+    assert_eq!(am.received("firing").unwrap(), 1.0);
     for (_, n, _) in notifiers {
         shutdown(n, Duration::from_millis(500));
     }
@@ -516,9 +430,10 @@ fn reconfiguring_keeps_queues_and_send_times() {
     if !can_run(&[ALERTMANAGER]) {
         return;
     }
+    let lab = new_lab();
     let a_port = free_port();
     let a_url = format!("http://127.0.0.1:{a_port}");
-    let b = Alertmanager::start(free_port(), None);
+    let b = alertmanager(&lab, free_port(), None);
     let reg = registry();
     let notifier = Notifier::start(&config(vec![target(&a_url)]), POLL, &reg).unwrap();
     let t0 = now_ms();
@@ -530,33 +445,35 @@ fn reconfiguring_keeps_queues_and_send_times() {
     });
 
     // B added: it gets the alert at the next poll; A keeps its queue.
-    notifier.reconfigure(&config(vec![target(&a_url), target(&b.url)]), POLL).unwrap();
+    notifier.reconfigure(&config(vec![target(&a_url), target(&b.url())]), POLL).unwrap();
     notifier.update_alerts(t0 + POLL, &firing);
-    assert_is_alert(&b.wait_alerts(1, Duration::from_secs(5))[0], "phone");
-    let a = Alertmanager::start(a_port, None);
-    assert_is_alert(&a.wait_alerts(1, Duration::from_secs(20))[0], "phone");
+    assert_is_alert(&b.wait_alerts(1, Duration::from_secs(5)).unwrap()[0], "phone");
+    let a = alertmanager(&lab, a_port, None);
+    assert_is_alert(&a.wait_alerts(1, Duration::from_secs(20)).unwrap()[0], "phone");
     wait_until("the send to A counted", Duration::from_secs(5), || {
         (counts(&reg, &a_url).0 == 1.0).then_some(())
     });
 
     // A removed: its series end. B kept its send time: the next poll sends nothing.
-    notifier.reconfigure(&config(vec![target(&b.url)]), POLL).unwrap();
+    notifier.reconfigure(&config(vec![target(&b.url())]), POLL).unwrap();
     assert_eq!(metric(&reg, "alert_notifications_sent_total", &a_url), None);
     notifier.update_alerts(t0 + 2 * POLL, &firing);
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(counts(&reg, &b.url), (1.0, 0.0, 0.0, 0.0, 1.0));
-    assert_eq!(b.received("firing"), 1.0);
+    assert_eq!(counts(&reg, &b.url()), (1.0, 0.0, 0.0, 0.0, 1.0));
+    assert_eq!(b.received("firing").unwrap(), 1.0);
 
     // A shorter resend interval applies at the next poll.
-    let fast =
-        AlertingConfig { resend_interval: Duration::from_secs(1), ..config(vec![target(&b.url)]) };
+    let fast = AlertingConfig {
+        resend_interval: Duration::from_secs(1),
+        ..config(vec![target(&b.url())])
+    };
     notifier.reconfigure(&fast, POLL).unwrap();
     notifier.update_alerts(t0 + 3 * POLL, &firing);
     wait_until("the resend to B", Duration::from_secs(5), || {
-        (counts(&reg, &b.url).0 == 2.0).then_some(())
+        (counts(&reg, &b.url()).0 == 2.0).then_some(())
     });
-    assert_eq!(b.received("firing"), 2.0);
-    assert_eq!(a.received("firing"), 1.0);
+    assert_eq!(b.received("firing").unwrap(), 2.0);
+    assert_eq!(a.received("firing").unwrap(), 1.0);
     shutdown(notifier, Duration::from_secs(2));
 }
 
@@ -565,6 +482,7 @@ fn a_full_queue_drops_the_oldest_and_delivers_the_rest() {
     if !can_run(&[ALERTMANAGER]) {
         return;
     }
+    let lab = new_lab();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let reg = registry();
@@ -579,8 +497,8 @@ fn a_full_queue_drops_the_oldest_and_delivers_the_rest() {
         let (sent, failed, dropped, queued, up) = counts(&reg, &url);
         (failed >= 2.0 && queued == 2.0).then(|| assert_eq!((sent, dropped, up), (0.0, 1.0, 0.0)))
     });
-    let am = Alertmanager::start(port, None);
-    let got = am.wait_alerts(2, Duration::from_secs(20));
+    let am = alertmanager(&lab, port, None);
+    let got = am.wait_alerts(2, Duration::from_secs(20)).unwrap();
     let clients: Vec<&str> = got.iter().map(|a| a["labels"]["client"].as_str().unwrap()).collect();
     let mut clients = clients;
     clients.sort_unstable();
@@ -595,6 +513,7 @@ fn shutdown_flushes_the_queue_within_the_grace_period() {
     if !can_run(&[ALERTMANAGER]) {
         return;
     }
+    let lab = new_lab();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let reg = registry();
@@ -605,10 +524,10 @@ fn shutdown_flushes_the_queue_within_the_grace_period() {
     wait_until("three failed attempts", Duration::from_secs(10), || {
         (counts(&reg, &url).1 >= 3.0).then_some(())
     });
-    let am = Alertmanager::start(port, None);
+    let am = alertmanager(&lab, port, None);
     let took = shutdown(notifier, Duration::from_secs(5));
     assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
-    assert_is_alert(&am.wait_alerts(1, Duration::from_secs(2))[0], "console");
+    assert_is_alert(&am.wait_alerts(1, Duration::from_secs(2)).unwrap()[0], "console");
     assert_eq!(counts(&reg, &url).0, 1.0);
 
     // An Alertmanager that stays down does not hold shutdown beyond its grace period.

@@ -7,13 +7,16 @@
 //! GWSENSOR_TEST_REQUIRE_PRIVILEGED=1 (`cargo xtask test` installs them).
 
 use std::{
-    net::TcpListener,
+    net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Output, Stdio},
 };
 
-use lab::dashboards::{self, Vars};
+use lab::{
+    Lab,
+    dashboards::{self, Vars},
+    prometheus::{self, Prometheus},
+};
 
 const SUITE: &str = "deploy checks";
 
@@ -174,7 +177,9 @@ fn dashboards_follow_the_rules() {
         let problems = dashboards::validate(&d.json);
         assert!(problems.is_empty(), "{}:\n{}", d.path.display(), problems.join("\n"));
     }
-    let vars = |d: &dashboards::Dashboard| dashboards::variables(&d.json).join(",");
+    let vars = |d: &dashboards::Dashboard| {
+        dashboards::variables(&d.json).iter().map(|v| v.name.clone()).collect::<Vec<_>>().join(",")
+    };
     assert_eq!(vars(&all[0]), "datasource,site,instance,client");
     assert_eq!(vars(&all[1]), "datasource,site,instance");
     assert_eq!(vars(&all[2]), "datasource,site,instance");
@@ -187,84 +192,26 @@ fn dashboards_follow_the_rules() {
     assert_eq!(uids.len(), 3);
 }
 
-/// A throwaway Prometheus on loopback with no targets, killed when dropped.
-struct Prometheus {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start() -> Option<Prometheus> {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("prometheus.yml"), "global:\n  scrape_interval: 15s\n")
-            .unwrap();
-        // A free port: bound and released; Prometheus binds it right after.
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let url = format!("http://127.0.0.1:{port}");
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                lab::cannot_run(
-                    SUITE,
-                    &format!("needs `prometheus` ({e}); cargo xtask test installs it"),
-                );
-                return None;
-            }
-        };
-        let mut prom = Prometheus { child, url, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while ureq::get(format!("{}/-/ready", prom.url)).call().is_err() {
-            if let Ok(Some(status)) = prom.child.try_wait() {
-                panic!("prometheus exited during startup: {status}");
-            }
-            assert!(Instant::now() < deadline, "prometheus not ready within 60 s");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Some(prom)
+/// A throwaway Prometheus on the host's loopback with no targets (its lab stops it), or None
+/// when `prometheus` is not installed and that may be skipped.
+fn start_prometheus(lab: &Lab) -> Option<Prometheus> {
+    if let Err(e) = Command::new(prometheus::BINARY).arg("--version").output() {
+        lab::cannot_run(SUITE, &format!("needs `prometheus` ({e}); cargo xtask test installs it"));
+        return None;
     }
-
-    /// Error message for a query Prometheus refuses, None when it is accepted.
-    fn refuses(&self, expr: &str) -> Option<String> {
-        let response = ureq::get(format!("{}/api/v1/query", self.url))
-            .query("query", expr)
-            .config()
-            .http_status_as_error(false)
-            .build()
-            .call();
-        match response {
-            Ok(mut r) if r.status() == 200 => {
-                let body = r.body_mut().read_to_string().unwrap_or_default();
-                (!body.contains(r#""status":"success""#)).then_some(body)
-            }
-            Ok(mut r) => Some(format!(
-                "HTTP {}: {}",
-                r.status(),
-                r.body_mut().read_to_string().unwrap_or_default()
-            )),
-            Err(e) => Some(format!("request failed: {e}")),
-        }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    // A free port: bound and released; Prometheus binds it right after.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = SocketAddr::from(([127, 0, 0, 1], port));
+    Some(
+        Prometheus::start(lab, None, listen, "global:\n  scrape_interval: 15s\n")
+            .unwrap_or_else(|e| panic!("{e:#}")),
+    )
 }
 
 #[test]
 fn every_dashboard_query_is_accepted_by_prometheus() {
-    let Some(prom) = Prometheus::start() else { return };
+    let lab = Lab::new("gwdeploy").unwrap();
+    let Some(prom) = start_prometheus(&lab) else { return };
     // The checker itself: a broken query must be refused.
     assert!(prom.refuses("sum(rate(gwsensor_client_bytes_total[5m])").is_some());
     let vars = Vars {
@@ -276,7 +223,7 @@ fn every_dashboard_query_is_accepted_by_prometheus() {
     let mut checked = 0;
     let mut refused = Vec::new();
     for d in dashboards::load_all(&dashboards::dashboards_dir()).unwrap() {
-        for (title, expr) in dashboards::panel_queries(&d.json, &vars) {
+        for (title, expr) in dashboards::filled_queries(&d.json, &vars.values()).unwrap() {
             if let Some(why) = prom.refuses(&expr) {
                 refused.push(format!("{} / {title}: {expr}\n  {why}", d.path.display()));
             }

@@ -11,20 +11,19 @@ use std::{
     collections::BTreeMap,
     io::Write as _,
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use lab::{LanKind, Process, Topology, TopologyBuilder, UdpReceiver, prom::Scrape, send_udp};
-
-const ETHERNET: u64 = 14;
-const IPV4: u64 = 20;
-const IPV6: u64 = 40;
-const UDP: u64 = 8;
+use lab::{
+    Agent, LanKind, Topology, TopologyBuilder, UdpReceiver,
+    agent::{Config, Launch},
+    ledger::{Count, Dir, ETHERNET, IPV4, IPV6, UDP, add_frames, compare},
+    prom::Scrape,
+    send_udp,
+};
 
 const POLL: Duration = Duration::from_millis(200);
-const METRICS: &str = "127.0.0.1:9977";
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// True when the test can run; false (after a loud notice) when it should be skipped.
@@ -39,91 +38,45 @@ fn sa(s: &str) -> SocketAddr {
 // ---------------------------------------------------------------------------------------
 // What the sensor should report, accumulated as traffic is sent.
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Dir {
-    Upload,
-    Download,
-}
-
-impl Dir {
-    fn label(self) -> &'static str {
-        match self {
-            Dir::Upload => "upload",
-            Dir::Download => "download",
-        }
-    }
-}
-
-/// (packets, bytes)
-type Count = (u64, u64);
-
 #[derive(Default)]
 struct Ledger {
-    /// client MAC → the name the config's inventory gives it (the `client` label)
-    names: BTreeMap<String, String>,
-    /// (client MAC, direction) → totals
-    clients: BTreeMap<(String, Dir), Count>,
+    /// Names (from the inventory) and client totals.
+    base: lab::ledger::Ledger,
     /// (client MAC, direction, remote IP, remote port) → totals; protocol is always udp here
     remotes: BTreeMap<(String, Dir, String, u16), Count>,
 }
 
 impl Ledger {
     fn for_topology(topo: &Topology) -> Ledger {
-        let names = topo.clients.iter().map(|c| (c.mac_text(), c.name.clone())).collect();
-        Ledger { names, ..Ledger::default() }
-    }
-
-    fn name<'a>(&'a self, mac: &'a str) -> &'a str {
-        self.names.get(mac).map_or(mac, String::as_str)
+        let mut base = lab::ledger::Ledger::default();
+        for c in &topo.clients {
+            base.name(&c.mac_text(), &c.name);
+        }
+        Ledger { base, ..Ledger::default() }
     }
 
     /// Records `packets` UDP frames of `frame` bytes each between a client and a remote.
     fn udp(&mut self, mac: &str, dir: Dir, remote: SocketAddr, packets: u64, frame: u64) {
-        let c = self.clients.entry((mac.to_string(), dir)).or_default();
-        c.0 += packets;
-        c.1 += packets * frame;
+        self.base.add_client(mac, dir, packets, packets * frame);
         let r = self
             .remotes
             .entry((mac.to_string(), dir, remote.ip().to_string(), remote.port()))
             .or_default();
-        r.0 += packets;
-        r.1 += packets * frame;
+        add_frames(r, packets, frame);
     }
 
     fn client(&self, mac: &str, dir: Dir) -> Count {
-        self.clients.get(&(mac.to_string(), dir)).copied().unwrap_or_default()
+        self.base.client(mac, dir)
     }
 
     /// Every difference between the scrape and the ledger, as readable lines.
     fn mismatches(&self, scrape: &Scrape) -> Vec<String> {
         let mut out = Vec::new();
-        let mut cmp = |what: String, got: Option<f64>, want: u64| {
-            if got != Some(want as f64) {
-                out.push(format!(
-                    "{what}: got {}, want {want}",
-                    got.map_or("nothing".into(), |v| v.to_string())
-                ));
-            }
-        };
-        for ((mac, dir), (packets, bytes)) in &self.clients {
-            let labels =
-                [("client", self.name(mac)), ("mac", mac.as_str()), ("direction", dir.label())];
-            let id = format!("{mac} {}", dir.label());
-            cmp(
-                format!("client packets {id}"),
-                scrape.get("gwsensor_client_packets_total", &labels),
-                *packets,
-            );
-            cmp(
-                format!("client bytes   {id}"),
-                scrape.get("gwsensor_client_bytes_total", &labels),
-                *bytes,
-            );
-        }
+        self.base.client_mismatches(scrape, &mut out);
         for ((mac, dir, remote, port), (packets, bytes)) in &self.remotes {
             let port = port.to_string();
             let labels = [
-                ("client", self.name(mac)),
+                ("client", self.base.label(mac)),
                 ("mac", mac.as_str()),
                 ("direction", dir.label()),
                 ("remote", remote.as_str()),
@@ -131,12 +84,14 @@ impl Ledger {
                 ("port", port.as_str()),
             ];
             let id = format!("{mac} {} {remote} udp/{port}", dir.label());
-            cmp(
+            compare(
+                &mut out,
                 format!("remote packets {id}"),
                 scrape.get("gwsensor_remote_packets_total", &labels),
                 *packets,
             );
-            cmp(
+            compare(
+                &mut out,
                 format!("remote bytes   {id}"),
                 scrape.get("gwsensor_remote_bytes_total", &labels),
                 *bytes,
@@ -145,12 +100,9 @@ impl Ledger {
         // Anything counted for our clients that was not sent is noise or double counting.
         for name in ["gwsensor_remote_packets_total", "gwsensor_client_packets_total"] {
             for s in scrape.series(name) {
-                let (mac, dir) = (
-                    s.label("mac"),
-                    if s.label("direction") == "upload" { Dir::Upload } else { Dir::Download },
-                );
+                let (mac, dir) = (s.label("mac"), Dir::of_label(s.label("direction")));
                 let known = if name == "gwsensor_client_packets_total" {
-                    self.clients.contains_key(&(mac.to_string(), dir))
+                    self.base.clients.contains_key(&(mac.to_string(), dir))
                 } else {
                     s.label("protocol") == "udp"
                         && s.label("port").parse::<u16>().is_ok_and(|p| {
@@ -174,136 +126,33 @@ impl Ledger {
 // ---------------------------------------------------------------------------------------
 // The agent under test.
 
-struct Agent<'t> {
-    topo: &'t Topology,
-    config: PathBuf,
-    process: Option<Process>,
-}
-
-impl<'t> Agent<'t> {
-    fn start(topo: &'t Topology, config_yaml: &str) -> Agent<'t> {
-        let config = topo.lab.dir().join("sensor.yaml");
-        std::fs::write(&config, config_yaml).unwrap();
-        let mut agent = Agent { topo, config, process: None };
-        agent.spawn();
-        agent
-    }
-
-    fn spawn(&mut self) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sensor"));
-        cmd.arg("run").arg("--config").arg(&self.config);
-        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .env("NO_COLOR", "1");
-        let p = self.topo.lab.spawn(&self.topo.gateway.ns, cmd).expect("starting the agent");
-        self.process = Some(p);
-        self.wait_ready();
-    }
-
-    /// Ready = /metrics answers and reports the XDP attachment (programs are in place).
-    fn wait_ready(&self) {
-        let url = format!("http://{METRICS}/metrics");
-        if let Err(e) = lab::wait_agent_ready(
-            &self.topo.gateway.ns,
-            &url,
-            self.process(),
-            Duration::from_secs(60),
-        ) {
-            self.fail(&format!("{e:#}"), None, &[]);
-        }
-    }
-
-    fn process(&self) -> &Process {
-        self.process.as_ref().expect("agent not running")
-    }
-
-    fn scrape_text(&self) -> anyhow::Result<String> {
-        lab::http_get(&self.topo.gateway.ns, &format!("http://{METRICS}/metrics"))
-    }
-
-    fn scrape(&self) -> (String, Scrape) {
-        let text = self
-            .scrape_text()
-            .unwrap_or_else(|e| self.fail(&format!("scrape failed: {e:#}"), None, &[]));
-        let parsed = Scrape::parse(&text)
-            .unwrap_or_else(|e| self.fail(&format!("unparsable scrape: {e:#}"), Some(&text), &[]));
-        (text, parsed)
-    }
-
-    /// SIGTERM, wait for a clean exit, start again with the same config.
-    fn restart(&mut self) {
-        let p = self.process.take().unwrap();
-        match p.terminate(Duration::from_secs(15)) {
-            Ok(status) if status.success() => {}
-            Ok(status) => self.fail(&format!("agent exited with {status} on SIGTERM"), None, &[]),
-            Err(e) => self.fail(&format!("{e:#}"), None, &[]),
-        }
-        self.spawn();
-    }
-
-    /// Polls /metrics until it matches the ledger, then keeps watching for two more poll
-    /// intervals (a late double count must not slip through); fails with every mismatch,
-    /// the scrape and the agent's logs if it does not match within the deadline.
-    fn expect(&self, ledger: &Ledger, context: &str) -> Scrape {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut matched_since: Option<Instant> = None;
-        loop {
-            let (text, scrape) = self.scrape();
-            let bad = ledger.mismatches(&scrape);
-            if bad.is_empty() {
-                let since = *matched_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= 2 * POLL + Duration::from_millis(100) {
-                    return scrape;
-                }
-            } else if matched_since.is_some() || Instant::now() > deadline {
-                self.fail(
-                    &format!("{context}: metrics do not match the traffic sent"),
-                    Some(&text),
-                    &bad,
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn fail(&self, msg: &str, scrape: Option<&str>, mismatches: &[String]) -> ! {
-        for log in self.topo.lab.logs() {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            eprintln!("===== {} =====\n{text}", log.display());
-        }
-        if let Some(s) = scrape {
-            eprintln!("===== scrape =====\n{s}");
-        }
-        if !mismatches.is_empty() {
-            eprintln!("===== mismatches =====\n{}", mismatches.join("\n"));
-        }
-        panic!("{msg}\n{}", mismatches.join("\n"));
-    }
-}
-
 /// The agent's config: the lab's LAN, fast polls, private pins and state, and an inventory
 /// naming each lab client (so the `client` label is the client's name).
-fn config(topo: &Topology, pins: &lab::PinDir, extra: &str) -> String {
+fn start_agent<'t>(topo: &'t Topology, pins: &lab::PinDir, extra: &str) -> Agent<'t> {
     let devices: String = topo
         .clients
         .iter()
         .map(|c| format!("    - {{ mac: \"{}\", name: {} }}\n", c.mac_text(), c.name))
         .collect();
-    format!(
-        "interface: {iface}\n\
-         lan_prefixes: [\"{v4}\", \"{v6}\"]\n\
-         poll_interval: {poll}ms\n\
-         metrics_listen: {METRICS}\n\
-         pin_path: {pin}\n\
-         state_path: {state}\n\
-         inventory:\n  devices:\n{devices}\
-         {extra}",
-        iface = topo.gateway.lan_if,
-        v4 = lab::LAN_PREFIXES[0],
-        v6 = lab::LAN_PREFIXES[1],
-        poll = POLL.as_millis(),
-        pin = pins.path().display(),
-        state = topo.lab.dir().join("state.json").display(),
-    )
+    let config = Config::for_topology(topo, pins)
+        .poll(POLL)
+        .with(&format!("inventory:\n  devices:\n{devices}"))
+        .with(extra);
+    Agent::start(&topo.lab, &topo.gateway.ns, Launch::new(env!("CARGO_BIN_EXE_sensor")), &config)
+        .unwrap_or_else(|e| panic!("starting the agent: {e:#}"))
+}
+
+/// The scrape, text and parsed; fails the test when there is none.
+fn scrape_of(agent: &Agent) -> (String, Scrape) {
+    let text = agent.scrape_text().unwrap_or_else(|e| agent.fail(&format!("scrape failed: {e:#}")));
+    let parsed = Scrape::parse(&text)
+        .unwrap_or_else(|e| agent.fail(&format!("unparsable scrape: {e:#}\n{text}")));
+    (text, parsed)
+}
+
+/// Waits until the scrape matches the ledger and stays so for two polls.
+fn expect(agent: &Agent, ledger: &Ledger, context: &str) {
+    agent.expect(context, |o| ledger.mismatches(&o.scrape));
 }
 
 /// `promtool check metrics` on a real scrape: names, types, HELP, counter suffixes.
@@ -330,10 +179,11 @@ fn promtool_check(agent: &Agent, text: &str) {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        agent.fail(
+        agent.report(
             &format!("promtool check metrics failed ({}):\n{report}", out.status),
-            Some(text),
+            None,
             &[],
+            &[("scrape", text.to_string())],
         );
     }
 }
@@ -341,8 +191,8 @@ fn promtool_check(agent: &Agent, text: &str) {
 fn assert_gauge(agent: &Agent, scrape: &Scrape, name: &str, labels: &[(&str, &str)], want: f64) {
     match scrape.value(name, labels) {
         Ok(v) if v == want => {}
-        Ok(v) => agent.fail(&format!("{name}{labels:?} = {v}, want {want}"), None, &[]),
-        Err(e) => agent.fail(&format!("{e:#}"), None, &[]),
+        Ok(v) => agent.fail(&format!("{name}{labels:?} = {v}, want {want}")),
+        Err(e) => agent.fail(&format!("{e:#}")),
     }
 }
 
@@ -363,8 +213,8 @@ fn plain_veth_exact_counts_survive_restart() {
     let mac = phone.mac_text();
     let inet = &topo.internet.ns;
 
-    let mut agent = Agent::start(&topo, &config(&topo, &pins, ""));
-    let (_, scrape) = agent.scrape();
+    let mut agent = start_agent(&topo, &pins, "");
+    let (_, scrape) = scrape_of(&agent);
     assert_gauge(
         &agent,
         &scrape,
@@ -399,14 +249,16 @@ fn plain_veth_exact_counts_survive_restart() {
     // The same totals written out: upload 10 × 1042 + 4 × 762, download 6 × 1242 + 5 × 562.
     assert_eq!(ledger.client(&mac, Dir::Upload), (14, 10_420 + 3_048));
     assert_eq!(ledger.client(&mac, Dir::Download), (11, 7_452 + 2_810));
-    agent.expect(&ledger, "before restart");
-    let (text, _) = agent.scrape();
+    expect(&agent, &ledger, "before restart");
+    let (text, _) = scrape_of(&agent);
     promtool_check(&agent, &text);
 
     // Restart: the counts must come back exactly (pinned maps + state file), and new
     // traffic must add to them, not restart from zero nor count anything twice.
-    agent.restart();
-    let (_, scrape) = agent.scrape();
+    if let Err(e) = agent.restart(Duration::from_secs(15)) {
+        agent.fail(&format!("{e:#}"));
+    }
+    let (_, scrape) = scrape_of(&agent);
     assert_gauge(
         &agent,
         &scrape,
@@ -414,7 +266,7 @@ fn plain_veth_exact_counts_survive_restart() {
         &[("interface", "lan0"), ("mode", "driver")],
         1.0,
     );
-    agent.expect(&ledger, "right after restart");
+    expect(&agent, &ledger, "right after restart");
 
     let srv4b = UdpReceiver::bind(inet, sa("10.77.2.2:5004")).unwrap();
     // Upload, IPv4, same series again: 3 × 1042 B.
@@ -431,9 +283,9 @@ fn plain_veth_exact_counts_survive_restart() {
     }
     assert_eq!(ledger.client(&mac, Dir::Upload), (14 + 5, 13_468 + 3 * 1_042 + 2 * 242));
     assert_eq!(ledger.client(&mac, Dir::Download), (11 + 2, 10_262 + 2 * 562));
-    agent.expect(&ledger, "after restart and more traffic");
+    expect(&agent, &ledger, "after restart and more traffic");
 
-    let (text, _) = agent.scrape();
+    let (text, _) = scrape_of(&agent);
     promtool_check(&agent, &text);
 }
 
@@ -457,8 +309,8 @@ fn bridge_two_clients_exact_counts() {
     let (pmac, lmac) = (phone.mac_text(), laptop.mac_text());
     let inet = &topo.internet.ns;
 
-    let agent = Agent::start(&topo, &config(&topo, &pins, "tc_attach: netlink\n"));
-    let (_, scrape) = agent.scrape();
+    let agent = start_agent(&topo, &pins, "tc_attach: netlink\n");
+    let (_, scrape) = scrape_of(&agent);
     assert_gauge(
         &agent,
         &scrape,
@@ -512,9 +364,9 @@ fn bridge_two_clients_exact_counts() {
     assert_eq!(ledger.client(&lmac, Dir::Upload), (5, 3 * 1462 + 2 * 106));
     assert_eq!(ledger.client(&pmac, Dir::Download), (6, 5 * 1142 + 1294));
     assert_eq!(ledger.client(&lmac, Dir::Download), (4, 4 * 1062));
-    agent.expect(&ledger, "bridge");
+    expect(&agent, &ledger, "bridge");
 
-    let (text, _) = agent.scrape();
+    let (text, _) = scrape_of(&agent);
     promtool_check(&agent, &text);
 }
 

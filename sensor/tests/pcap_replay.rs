@@ -26,24 +26,26 @@
 //! skips loudly otherwise, and fails under CI=true or GWSENSOR_TEST_REQUIRE_PRIVILEGED=1.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 use etherparse::{PacketBuilder, VlanId};
 use ipnet::IpNet;
-use lab::{LanKind, Process, Topology, TopologyBuilder};
+use lab::{
+    Agent, LanKind, TopologyBuilder,
+    agent::{Config, Launch},
+};
 use pcap_file::{
     DataLink, Endianness, TsResolution,
     pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter},
 };
 
 const POLL: Duration = Duration::from_millis(200);
-const METRICS: &str = "127.0.0.1:9977";
 
 /// The lab gateway's LAN MAC (lab::topology), the gateway side of every capture frame.
 const GW_MAC: [u8; 6] = [0x02, 0x77, 0x00, 0x00, 0x01, 0x01];
@@ -489,9 +491,8 @@ fn parse_conversations(text: &str) -> anyhow::Result<BTreeMap<Pair, (u64, Bytes)
 
 /// The agent's flows summed per conversation (upload and download together), and per
 /// conversation, direction: (upload packets, upload bytes, download packets, download bytes).
-fn agent_conversations(ns: &str) -> anyhow::Result<BTreeMap<Pair, [u64; 4]>> {
-    let text = lab::http_get(ns, &format!("http://{METRICS}/api/v1/flows"))?;
-    let v: serde_json::Value = serde_json::from_str(&text).context("flows JSON")?;
+fn agent_conversations(agent: &Agent) -> anyhow::Result<BTreeMap<Pair, [u64; 4]>> {
+    let v = agent.api_json("/api/v1/flows")?;
     let mut convs: BTreeMap<Pair, [u64; 4]> = BTreeMap::new();
     for f in v["flows"].as_array().context("flows array")? {
         let ip =
@@ -510,28 +511,6 @@ fn agent_conversations(ns: &str) -> anyhow::Result<BTreeMap<Pair, [u64; 4]>> {
 
 fn privileged() -> bool {
     lab::lab_tests_can_run("pcap replay test", &["tcpreplay", "tshark"])
-}
-
-struct Agent<'t> {
-    topo: &'t Topology,
-    _process: Process,
-}
-
-impl Agent<'_> {
-    fn logs(&self) -> String {
-        self.topo
-            .lab
-            .logs()
-            .iter()
-            .map(|l| {
-                format!(
-                    "===== {} =====\n{}",
-                    l.display(),
-                    std::fs::read_to_string(l).unwrap_or_default()
-                )
-            })
-            .collect()
-    }
 }
 
 #[test]
@@ -564,39 +543,16 @@ fn replayed_capture_matches_tshark_conversations() {
     ])
     .expect("turning forwarding off");
 
-    let config = topo.lab.dir().join("sensor.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "interface: {}\nlan_prefixes: [\"{}\", \"{}\"]\npoll_interval: {}ms\nmetrics_listen: {METRICS}\npin_path: {}\nstate_path: {}\n",
-            gw.lan_if,
-            lab::LAN_PREFIXES[0],
-            lab::LAN_PREFIXES[1],
-            POLL.as_millis(),
-            pins.path().display(),
-            topo.lab.dir().join("state.json").display()
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sensor"));
-    cmd.arg("run").arg("--config").arg(&config).env("RUST_LOG", "info").env("NO_COLOR", "1");
-    let process = topo.lab.spawn(&gw.ns, cmd).expect("starting the agent");
-    lab::wait_agent_ready(
-        &gw.ns,
-        &format!("http://{METRICS}/metrics"),
-        &process,
-        Duration::from_secs(60),
-    )
-    .expect("agent ready");
-    let agent = Agent { topo: &topo, _process: process };
+    let config = Config::for_topology(&topo, &pins).poll(POLL);
+    let agent = Agent::start(&topo.lab, &gw.ns, Launch::new(env!("CARGO_BIN_EXE_sensor")), &config)
+        .unwrap_or_else(|e| panic!("starting the agent: {e:#}"));
 
     let pcap = capture_path();
     let (from_lan, from_gw, n_lan, n_gw) =
         split_by_side(&pcap, topo.lab.dir()).expect("splitting the capture");
     replay(&client.ns, &client.ifname, &from_lan, n_lan)
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.logs()));
-    replay(&gw.ns, &gw.lan_if, &from_gw, n_gw)
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.logs()));
+        .unwrap_or_else(|e| agent.fail(&format!("{e:#}")));
+    replay(&gw.ns, &gw.lan_if, &from_gw, n_gw).unwrap_or_else(|e| agent.fail(&format!("{e:#}")));
 
     let lan: Vec<IpNet> = lab::LAN_PREFIXES.iter().map(|p| p.parse().unwrap()).collect();
     let in_lan = |ip: &IpAddr| lan.iter().any(|n| n.contains(ip));
@@ -609,40 +565,38 @@ fn replayed_capture_matches_tshark_conversations() {
 
     // The agent shows what the kernel counted at its last poll: wait until it matches, then two
     // more polls (a late extra count must not slip through).
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut matched_since: Option<Instant> = None;
-    loop {
-        let got = agent_conversations(&gw.ns).expect("reading /api/v1/flows");
-        let totals: BTreeMap<Pair, (u64, u64)> =
-            got.iter().map(|(p, c)| (*p, (c[0] + c[2], c[1] + c[3]))).collect();
-        if totals == want {
-            let since = *matched_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= 2 * POLL + Duration::from_millis(100) {
-                // Per direction too, for conversations with one LAN end: the LAN end's frames are
-                // uploads, the other end's downloads.
-                check_directions(&pcap, &got, &in_lan);
-                return;
-            }
-        } else if matched_since.is_some() || Instant::now() > deadline {
-            let mut diff = Vec::new();
-            for p in want.keys().chain(totals.keys()).collect::<std::collections::BTreeSet<_>>() {
-                if want.get(p) != totals.get(p) {
-                    diff.push(format!(
+    let totals = |got: &BTreeMap<Pair, [u64; 4]>| -> BTreeMap<Pair, (u64, u64)> {
+        got.iter().map(|(p, c)| (*p, (c[0] + c[2], c[1] + c[3]))).collect()
+    };
+    let settled = lab::wait::settle(
+        agent.settle_timing(),
+        || agent_conversations(&agent),
+        |got| {
+            let totals = totals(got);
+            let keys: BTreeSet<&Pair> = want.keys().chain(totals.keys()).collect();
+            keys.into_iter()
+                .filter(|p| want.get(p) != totals.get(p))
+                .map(|p| {
+                    format!(
                         "{} <-> {}: tshark {:?}, sensor {:?}",
                         p.0,
                         p.1,
                         want.get(p),
                         totals.get(p)
-                    ));
-                }
-            }
-            panic!(
-                "the sensor's conversations differ from tshark's (frames, bytes):\n{}\n{}",
-                diff.join("\n"),
-                agent.logs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
+                    )
+                })
+                .collect()
+        },
+    );
+    match settled {
+        // Per direction too, for conversations with one LAN end: the LAN end's frames are
+        // uploads, the other end's downloads.
+        Ok(Ok(got)) => check_directions(&pcap, &got, &in_lan),
+        Ok(Err(m)) => agent.fail(&format!(
+            "the sensor's conversations differ from tshark's (frames, bytes):\n{}",
+            m.complaints.join("\n")
+        )),
+        Err(e) => agent.fail(&format!("reading /api/v1/flows: {e:#}")),
     }
 }
 

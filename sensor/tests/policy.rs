@@ -7,15 +7,14 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    path::Path,
-    process::Command,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use lab::{
-    LanKind, Process, Topology, TopologyBuilder, UdpReceiver,
-    alertmanager::{self, Alertmanager, Cluster},
-    mmdb::MmdbWriter,
+    LanKind, Topology, TopologyBuilder, UdpReceiver,
+    agent::{Config, Launch},
+    alertmanager::{self, Alertmanager, Setup},
+    mmdb::GeoDatabases,
     prom::Scrape,
     send_udp,
     services::{self, DNS_A, DnsRecord},
@@ -23,7 +22,6 @@ use lab::{
 use serde_json::Value;
 
 const POLL: Duration = Duration::from_millis(250);
-const METRICS: &str = "127.0.0.1:9977";
 const PHONE_MAC: [u8; 6] = [0x64, 0x09, 0x80, 0x77, 0x00, 0x01];
 const LAPTOP_MAC: [u8; 6] = [0x3c, 0xa9, 0xf4, 0x77, 0x00, 0x02];
 const GUEST_MAC: [u8; 6] = [0x3c, 0xa9, 0xf4, 0x77, 0x00, 0x03];
@@ -44,24 +42,15 @@ fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
-fn geo_databases(dir: &Path) -> String {
-    let net = |s: &str| s.parse().unwrap();
-    let mut country = MmdbWriter::new("GeoLite2-Country");
-    let mut asn = MmdbWriter::new("GeoLite2-ASN");
-    country.insert_country(net("10.77.3.0/24"), "CN");
-    asn.insert_asn(net("10.77.3.0/24"), 4808, "China Unicom");
-    country.insert_country(net("10.77.4.0/24"), "US");
-    asn.insert_asn(net("10.77.4.0/24"), 64500, "Example CDN");
-    let (c, a) = (dir.join("country.mmdb"), dir.join("asn.mmdb"));
-    country.write(&c).unwrap();
-    asn.write(&a).unwrap();
-    format!("geoip:\n  country_database: {}\n  asn_database: {}\n", c.display(), a.display())
-}
+/// The lab's "internet" in the test GeoIP database.
+const GEO: [lab::mmdb::Geo; 2] = [
+    (&["10.77.3.0/24"], "CN", 4808, "China Unicom"),
+    (&["10.77.4.0/24"], "US", 64500, "Example CDN"),
+];
 
+/// The agent under test and the Alertmanagers it sends to (shown when a test fails).
 struct Agent<'t> {
-    topo: &'t Topology,
-    process: Process,
-    config: std::path::PathBuf,
+    agent: lab::Agent<'t>,
     ams: Vec<&'t Alertmanager>,
 }
 
@@ -71,49 +60,23 @@ impl<'t> Agent<'t> {
     fn start(topo: &'t Topology, pins: &lab::PinDir, alerting: &str, policy: &str) -> Agent<'t> {
         let dir = topo.lab.dir();
         std::fs::write(dir.join("policy.yaml"), policy).unwrap();
-        let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-        let config = format!(
-            "interface: {iface}\nlan_prefixes: [\"{v4}\", \"{v6}\"]\npoll_interval: {poll}ms\nmetrics_listen: {METRICS}\n\
-             pin_path: {pin}\nstate_path: {state}\n{geo}\
-             inventory:\n  devices:\n    - {{ mac: \"{phone}\", name: phone, group: phones }}\n\
+        let geo = GeoDatabases::write(dir, "", &GEO).unwrap();
+        let config = Config::for_topology(topo, pins).poll(POLL).with(&geo.config_yaml()).with(&format!(
+            "inventory:\n  devices:\n    - {{ mac: \"{phone}\", name: phone, group: phones }}\n\
              \x20   - {{ mac: \"{laptop}\", name: laptop, group: laptops }}\n    - {{ mac: \"{guest}\", name: guest-tablet, group: guests }}\n\
              \x20 dhcp_leases: []\npolicy: policy.yaml\nexternal_url: http://gateway.lab:9977\n{alerting}",
-            iface = topo.gateway.lan_if,
-            v4 = lab::LAN_PREFIXES[0],
-            v6 = lab::LAN_PREFIXES[1],
-            poll = POLL.as_millis(),
-            pin = pins.path().display(),
-            state = dir.join("state.json").display(),
-            geo = geo_databases(dir),
-            phone = mac(PHONE_MAC),
-            laptop = mac(LAPTOP_MAC),
-            guest = mac(GUEST_MAC),
-        );
-        let path = dir.join("sensor.yaml");
-        std::fs::write(&path, config).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sensor"));
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "info,sensor::alerting=debug")
-            .env("NO_COLOR", "1");
-        let process = topo.lab.spawn(&topo.gateway.ns, cmd).expect("starting the agent");
-        let agent = Agent { topo, process, config: path, ams: Vec::new() };
-        if let Err(e) = lab::wait_agent_ready(
-            &topo.gateway.ns,
-            &format!("http://{METRICS}/metrics"),
-            &agent.process,
-            Duration::from_secs(60),
-        ) {
-            agent.fail(&format!("{e:#}"));
-        }
-        agent
+            phone = lab::mac_text(&PHONE_MAC),
+            laptop = lab::mac_text(&LAPTOP_MAC),
+            guest = lab::mac_text(&GUEST_MAC),
+        ));
+        let launch = Launch::new(env!("CARGO_BIN_EXE_sensor")).log("info,sensor::alerting=debug");
+        let agent = lab::Agent::start(&topo.lab, &topo.gateway.ns, launch, &config)
+            .unwrap_or_else(|e| panic!("starting the agent: {e:#}"));
+        Agent { agent, ams: Vec::new() }
     }
 
     fn scrape(&self) -> Scrape {
-        let text = lab::http_get(&self.topo.gateway.ns, &format!("http://{METRICS}/metrics"))
-            .unwrap_or_else(|e| self.fail(&format!("{e:#}")));
-        Scrape::parse(&text).unwrap_or_else(|e| self.fail(&format!("{e:#}")))
+        self.agent.scrape().unwrap_or_else(|e| self.fail(&format!("{e:#}")))
     }
 
     fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -122,16 +85,8 @@ impl<'t> Agent<'t> {
 
     /// Waits until `f` returns Some, failing with every log after `timeout`.
     fn wait<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            if Instant::now() > deadline {
-                self.fail(&format!("timed out after {timeout:?} waiting for {what}"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        lab::wait::until(what, timeout, Duration::from_millis(50), || Ok(f()))
+            .unwrap_or_else(|e| self.fail(&format!("{e:#}")))
     }
 
     /// The active alerts of `am` with these labels, once there are exactly `n` of them.
@@ -148,27 +103,19 @@ impl<'t> Agent<'t> {
     }
 
     fn reload(&self, policy: &str) {
-        std::fs::write(self.topo.lab.dir().join("policy.yaml"), policy).unwrap();
-        self.process.signal(nix::sys::signal::Signal::SIGHUP).unwrap();
+        std::fs::write(self.agent.config_path().with_file_name("policy.yaml"), policy).unwrap();
+        self.agent.reload().unwrap();
     }
 
     fn fail(&self, msg: &str) -> ! {
-        for log in self.topo.lab.logs() {
-            eprintln!(
-                "===== {} =====\n{}",
-                log.display(),
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        for am in &self.ams {
-            eprintln!("===== alerts at {} =====\n{:#?}", am.url(), am.alerts().ok());
-        }
-        eprintln!(
-            "===== config {} =====\n{}",
-            self.config.display(),
-            std::fs::read_to_string(&self.config).unwrap_or_default()
-        );
-        panic!("{msg}");
+        let alerts: Vec<(String, String)> = self
+            .ams
+            .iter()
+            .map(|am| (format!("alerts at {}", am.url()), format!("{:#?}", am.alerts().ok())))
+            .collect();
+        let extra: Vec<(&str, String)> =
+            alerts.iter().map(|(title, text)| (title.as_str(), text.clone())).collect();
+        self.agent.report(msg, None, &[], &extra)
     }
 }
 
@@ -230,18 +177,14 @@ fn bulk_upload_fires_at_every_alertmanager_and_resolves() {
     .expect("starting dnsmasq");
     let am1 = Alertmanager::start(
         &topo.lab,
-        &gw,
-        "one",
-        19093,
-        Some(&Cluster { port: 19094, peers: vec![19096] }),
+        Some(&gw),
+        Setup::new("one", 19093).cluster(19094, &[19096]),
     )
     .unwrap();
     let am2 = Alertmanager::start(
         &topo.lab,
-        &gw,
-        "two",
-        19095,
-        Some(&Cluster { port: 19096, peers: vec![19094] }),
+        Some(&gw),
+        Setup::new("two", 19095).cluster(19096, &[19094]),
     )
     .unwrap();
     let alerting = "alerting:\n  alertmanagers:\n    - url: http://127.0.0.1:19093\n    - url: http://127.0.0.1:19095\n    - url: http://127.0.0.1:19097\n";
@@ -333,7 +276,7 @@ fn bulk_upload_fires_at_every_alertmanager_and_resolves() {
             &[("alertmanager", "http://127.0.0.1:19097")]
         ) >= 1.0
     );
-    let am3 = Alertmanager::start(&topo.lab, &gw, "three", 19097, None).unwrap();
+    let am3 = Alertmanager::start(&topo.lab, Some(&gw), Setup::new("three", 19097)).unwrap();
     agent.ams.push(&am3);
     let at3 = agent.wait_active(
         &am3,
@@ -420,7 +363,7 @@ fn new_device_and_dns_bypass_fire_and_reload_is_safe() {
         600,
     )
     .unwrap();
-    let am = Alertmanager::start(&topo.lab, &gw, "one", 19193, None).unwrap();
+    let am = Alertmanager::start(&topo.lab, Some(&gw), Setup::new("one", 19193)).unwrap();
     let mut agent = Agent::start(
         &topo,
         &pins,

@@ -11,11 +11,15 @@ use std::{
     net::SocketAddr,
     os::unix::net::UnixDatagram,
     path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
-use lab::{LanKind, Process, Topology, TopologyBuilder, UdpReceiver, prom::Scrape, send_udp};
+use lab::{
+    Agent, LanKind, Process, Topology, TopologyBuilder, UdpReceiver,
+    agent::{Config, Launch},
+    prom::Scrape,
+    send_udp,
+};
 use nix::sys::signal::Signal;
 
 const METRICS: &str = "127.0.0.1:9977";
@@ -31,35 +35,38 @@ fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
 }
 
-fn config(topo: &Topology, pins: &lab::PinDir) -> String {
-    format!(
-        "interface: {}\nlan_prefixes: [\"{}\"]\npoll_interval: 200ms\nmetrics_listen: {METRICS}\npin_path: {}\nstate_path: {}\n\
-         inventory:\n  devices:\n    - {{ mac: \"{}\", name: phone }}\n",
-        topo.gateway.lan_if,
-        lab::LAN_PREFIXES[0],
-        pins.path().display(),
-        topo.lab.dir().join("state.json").display(),
-        topo.clients[0].mac_text(),
-    )
+fn config(topo: &Topology, pins: &lab::PinDir) -> Config {
+    Config::for_topology(topo, pins)
+        .lan_prefixes(&[lab::LAN_PREFIXES[0]])
+        .poll(Duration::from_millis(200))
+        .with(&format!(
+            "inventory:\n  devices:\n    - {{ mac: \"{}\", name: phone }}\n",
+            topo.clients[0].mac_text()
+        ))
 }
 
-/// Starts `sensor run` in the gateway namespace with exactly `caps` as its bounding (and so
-/// effective) capability set and $NOTIFY_SOCKET pointing at `notify`.
-fn start_agent(topo: &Topology, caps: &[&str], config: &Path, notify: &Path) -> Process {
+/// Starts `sensor run` (config file `<name>.yaml`) in the gateway namespace with exactly `caps`
+/// as its bounding (and so effective) capability set and $NOTIFY_SOCKET pointing at `notify`;
+/// returns at once (the test watches it start).
+fn start_agent<'t>(
+    topo: &'t Topology,
+    name: &str,
+    caps: &[&str],
+    config: &Config,
+    notify: &Path,
+) -> Agent<'t> {
     let set: String = std::iter::once("-all".to_string())
         .chain(caps.iter().map(|c| format!("+{c}")))
         .collect::<Vec<_>>()
         .join(",");
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--bounding-set", &set, "--inh-caps=-all", "--"])
-        .arg(env!("CARGO_BIN_EXE_sensor"))
-        .arg("run")
-        .arg("--config")
-        .arg(config)
+    let launch = Launch::new(env!("CARGO_BIN_EXE_sensor"))
+        .name(name)
+        .wrapped_in("setpriv", &["--bounding-set", &set, "--inh-caps=-all", "--"])
         .env("NOTIFY_SOCKET", notify)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1");
-    topo.lab.spawn(&topo.gateway.ns, cmd).expect("starting the agent under setpriv")
+        .log("info")
+        .no_ready_wait();
+    Agent::start(&topo.lab, &topo.gateway.ns, launch, config)
+        .unwrap_or_else(|e| panic!("starting the agent under setpriv: {e:#}"))
 }
 
 fn notify_socket(topo: &Topology, name: &str) -> (UnixDatagram, std::path::PathBuf) {
@@ -102,19 +109,16 @@ fn with_the_units_three_capabilities_the_agent_counts_and_notifies_ready_and_sto
         .client("phone", [0x64, 0x09, 0x80, 0x77, 0x00, 0x21])
         .build()
         .expect("building the lab");
-    let cfg = topo.lab.dir().join("sensor.yaml");
-    std::fs::write(&cfg, config(&topo, &pins)).unwrap();
     let (sock, path) = notify_socket(&topo, "notify.sock");
-    let agent = start_agent(&topo, &UNIT_CAPABILITIES, &cfg, &path);
-    let fail = |msg: &str| -> ! { panic!("{msg}\n===== agent log =====\n{}", agent.log()) };
+    let agent = start_agent(&topo, "sensor", &UNIT_CAPABILITIES, &config(&topo, &pins), &path);
+    let fail = |msg: &str| -> ! { panic!("{msg}\n{}", agent.log_tail()) };
 
-    let ready = receive(&sock, START_TIMEOUT, Some(&agent))
+    let ready = receive(&sock, START_TIMEOUT, Some(agent.process()))
         .unwrap_or_else(|| fail("no READY=1 from the agent"));
     assert_eq!(ready, format!("READY=1\nSTATUS=counting on lan0, metrics at {METRICS}\n"));
     // READY means ready: the programs are attached and /metrics answers at that moment.
-    let metrics_url = format!("http://{METRICS}/metrics");
-    let text = lab::http_get(&topo.gateway.ns, &metrics_url)
-        .unwrap_or_else(|e| fail(&format!("/metrics after READY=1: {e:#}")));
+    let text =
+        agent.scrape_text().unwrap_or_else(|e| fail(&format!("/metrics after READY=1: {e:#}")));
     let scrape = Scrape::parse(&text).unwrap();
     assert_eq!(
         scrape.get("gwsensor_xdp_attach_mode", &[("interface", "lan0"), ("mode", "driver")]),
@@ -130,7 +134,7 @@ fn with_the_units_three_capabilities_the_agent_counts_and_notifies_ready_and_sto
     let labels = [("client", "phone"), ("mac", "64:09:80:77:00:21"), ("direction", "upload")];
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let text = lab::http_get(&topo.gateway.ns, &metrics_url).unwrap_or_default();
+        let text = agent.scrape_text().unwrap_or_default();
         let scrape = Scrape::parse(&text).unwrap_or_default();
         let got = (
             scrape.get("gwsensor_client_packets_total", &labels),
@@ -145,11 +149,11 @@ fn with_the_units_three_capabilities_the_agent_counts_and_notifies_ready_and_sto
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    agent.signal(Signal::SIGTERM).unwrap();
+    agent.process().signal(Signal::SIGTERM).unwrap();
     let stopping = receive(&sock, Duration::from_secs(15), None)
         .unwrap_or_else(|| fail("no STOPPING=1 after SIGTERM"));
     assert_eq!(stopping, "STOPPING=1\nSTATUS=saving state and detaching\n");
-    match agent.wait_timeout(Duration::from_secs(15)).unwrap() {
+    match agent.process().wait_timeout(Duration::from_secs(15)).unwrap() {
         Some(status) if status.success() => {}
         other => fail(&format!("the agent did not exit cleanly after SIGTERM: {other:?}")),
     }
@@ -178,15 +182,14 @@ fn without_any_one_of_the_three_capabilities_the_agent_refuses_to_start() {
     ];
     for (missing, error) in expected {
         let pins = lab::PinDir::new("systemd", &format!("no-{missing}"));
-        let cfg = topo.lab.dir().join(format!("sensor-no-{missing}.yaml"));
-        std::fs::write(&cfg, config(&topo, &pins)).unwrap();
         let (sock, path) = notify_socket(&topo, &format!("notify-no-{missing}.sock"));
         let caps: Vec<&str> = UNIT_CAPABILITIES.into_iter().filter(|c| *c != missing).collect();
-        let agent = start_agent(&topo, &caps, &cfg, &path);
-        let status = agent.wait_timeout(START_TIMEOUT).unwrap();
-        let log = agent.log();
+        let name = format!("sensor-no-{missing}");
+        let agent = start_agent(&topo, &name, &caps, &config(&topo, &pins), &path);
+        let status = agent.process().wait_timeout(START_TIMEOUT).unwrap();
+        let log = agent.process().log();
         if status.is_none() {
-            agent.signal(Signal::SIGKILL).unwrap();
+            agent.process().signal(Signal::SIGKILL).unwrap();
         }
         assert_eq!(
             status.and_then(|s| s.code()),

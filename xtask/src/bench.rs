@@ -5,7 +5,7 @@
 //! all of them ran and wrote their sections). `--peer` runs the side-by-side comparison with
 //! pmacctd instead.
 
-use std::{fs, path::Path, process::Command, time::SystemTime};
+use std::{fs, path::Path, time::SystemTime};
 
 use anyhow::{Result, bail};
 
@@ -76,8 +76,8 @@ pub fn run_bench(opts: &BenchOpts) -> Result<()> {
             let doc = fuzz::render_doc(
                 &runs,
                 opts.fuzz_seconds,
-                &text_of("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-                &machine(),
+                &lab::docs::now_utc(),
+                &lab::docs::Machine::current().summary(),
             );
             lab::docs::write_section(&results, "fuzzing", &doc)?;
             println!("[bench] fuzzing results written to {}", results.display());
@@ -109,16 +109,4 @@ fn say_written(results: &Path, before: Option<SystemTime>, what: &str) {
 
 fn modified(path: &Path) -> Option<SystemTime> {
     fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
-fn text_of(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
-fn machine() -> String {
-    format!("{} CPUs; kernel {}", text_of("nproc", &[]), text_of("uname", &["-r"]))
 }

@@ -100,15 +100,8 @@ pub fn run() -> Result<()> {
     drop(topo);
 
     let setup = report::Setup {
-        date: command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu_model: cpu_model(),
-        kernel: read_trimmed("/proc/sys/kernel/osrelease"),
-        load: read_trimmed("/proc/loadavg")
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" "),
+        date: lab::docs::now_utc(),
+        machine: lab::docs::Machine::current(),
         pmacct_version: pmacct::version()?,
         frames_per_run: FRAMES_PER_RUN,
         clients: frames::CLIENTS,
@@ -240,18 +233,17 @@ impl Bench<'_> {
 
     fn sensor(&self, rate: Rate, i: usize) -> Result<SensorRun> {
         let t = Instant::now();
-        let ns = &self.topo.gateway.ns;
         let agent = Agent::start(self.topo, self.binary, &format!("r{i}"))?;
-        let polls_before = agent.counted(ns)?.polls;
+        let polls_before = agent.counted()?.polls;
         let before = agent.cost()?;
         let wire = self.traffic(rate)?;
-        let counted = agent.wait_counted(ns, wire.lan.rx_packets, Duration::from_secs(10))?;
+        let counted = agent.wait_counted(wire.lan.rx_packets, Duration::from_secs(10))?;
         let cost = agent.cost()?.since(&before);
         agent.stop()?;
         let per_client_exact = (wire.sent.frames == wire.lan.rx_packets).then(|| {
             let expected = self.mix.per_client(wire.sent.frames);
             expected.iter().enumerate().all(|(c, &n)| {
-                let mac = mac_text(&frames::client_mac(c));
+                let mac = lab::mac_text(&frames::client_mac(c));
                 counted.per_mac.get(&mac).copied().unwrap_or(0) == n
             }) && counted.per_mac.len() == frames::CLIENTS
         });
@@ -328,38 +320,5 @@ impl Bench<'_> {
             t,
         );
         Ok(run)
-    }
-}
-
-fn mac_text(m: &[u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
-
-fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into())
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "?".into())
-}
-
-fn command_line(program: &str, args: &[&str]) -> String {
-    lab::run(program, args).map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mac_text_is_colon_hex() {
-        assert_eq!(mac_text(&[0x02, 0x42, 0x77, 1, 0, 0xab]), "02:42:77:01:00:ab");
     }
 }

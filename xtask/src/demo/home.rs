@@ -4,11 +4,11 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use anyhow::{Context as _, Result, bail};
-use lab::{LanKind, Topology, TopologyBuilder, mmdb::MmdbWriter, services::DnsRecord};
+use lab::{LanKind, Topology, TopologyBuilder, mmdb::GeoDatabases, services::DnsRecord};
 use serde_yaml::{Mapping, Value};
 
 /// A device of the household, as the inventory names it.
@@ -75,7 +75,7 @@ pub const WEB: Server = Server {
 pub const SERVERS: [&Server; 4] = [&UPDATE, &CLOUD, &VIDEO_CDN, &WEB];
 
 /// The demo GeoIP/ASN database: (networks, country, ASN, AS organisation).
-const GEO: [(&[&str], &str, u32, &str); 2] = [
+const GEO: [lab::mmdb::Geo; 2] = [
     (&["10.77.3.0/24"], "CN", 4808, "China Unicom Beijing Province Network"),
     (&["10.77.4.0/24", "fd77:4::/64"], "US", 64500, "Example CDN"),
 ];
@@ -88,14 +88,13 @@ pub const METRICS: &str = "127.0.0.1:9977";
 pub const PROMETHEUS: &str = "127.0.0.1:9090";
 pub const ALERTMANAGER_PORT: u16 = 9093;
 
+/// The agent's poll interval in the demo (faster than the default 5 s, for a snappy demo).
+pub const POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The example rule the story triggers, and the demo's shorter window for it.
 pub const RULE: &str = "PhoneCloudUploadWhileSyncOff";
 pub const DEMO_WINDOW: &str = "30s";
 pub const DEMO_WINDOW_SECS: u64 = 30;
-
-pub fn mac_text(m: &[u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
 
 impl Server {
     pub fn v4(&self, port: u16) -> SocketAddr {
@@ -145,21 +144,9 @@ pub fn dns_records() -> Vec<DnsRecord> {
         .collect()
 }
 
-/// Writes the demo country and ASN databases into `dir`; returns their paths.
-pub fn write_geoip(dir: &Path) -> Result<(PathBuf, PathBuf)> {
-    let mut country = MmdbWriter::new("GeoLite2-Country");
-    let mut asn = MmdbWriter::new("GeoLite2-ASN");
-    for (nets, code, number, org) in GEO {
-        for n in nets {
-            let net: ipnet::IpNet = n.parse().with_context(|| format!("network {n}"))?;
-            country.insert_country(net, code);
-            asn.insert_asn(net, number, org);
-        }
-    }
-    let (c, a) = (dir.join("demo-country.mmdb"), dir.join("demo-asn.mmdb"));
-    country.write(&c)?;
-    asn.write(&a)?;
-    Ok((c, a))
+/// Writes the demo country and ASN databases into `dir`.
+pub fn write_geoip(dir: &Path) -> Result<GeoDatabases> {
+    GeoDatabases::write(dir, "demo-", &GEO)
 }
 
 /// What the demo changed in the example policy, for the screen.
@@ -246,7 +233,7 @@ pub struct ConfigInputs<'a> {
     pub lan_if: &'a str,
     pub pin_path: &'a Path,
     pub state_path: &'a Path,
-    pub geoip: &'a (PathBuf, PathBuf),
+    pub geoip: &'a GeoDatabases,
     pub alertmanager: &'a str,
     pub external_url: &'a str,
 }
@@ -261,7 +248,7 @@ pub fn demo_config(example: &Path, i: &ConfigInputs) -> Result<(String, Vec<Stri
         .iter()
         .map(|d| {
             let mut m = Mapping::new();
-            m.insert("mac".into(), mac_text(&d.mac).into());
+            m.insert("mac".into(), lab::mac_text(&d.mac).into());
             m.insert("name".into(), d.name.into());
             m.insert("group".into(), d.group.into());
             Value::Mapping(m)
@@ -272,8 +259,8 @@ pub fn demo_config(example: &Path, i: &ConfigInputs) -> Result<(String, Vec<Stri
     inventory.insert("devices".into(), Value::Sequence(devices));
     inventory.insert("dhcp_leases".into(), Value::Sequence(Vec::new()));
     let mut geoip = Mapping::new();
-    geoip.insert("country_database".into(), i.geoip.0.display().to_string().into());
-    geoip.insert("asn_database".into(), i.geoip.1.display().to_string().into());
+    geoip.insert("country_database".into(), i.geoip.country.display().to_string().into());
+    geoip.insert("asn_database".into(), i.geoip.asn.display().to_string().into());
     let mut alerting = doc.get("alerting").and_then(Value::as_mapping).cloned().unwrap_or_default();
     let mut am = Mapping::new();
     am.insert("url".into(), i.alertmanager.into());
@@ -283,7 +270,11 @@ pub fn demo_config(example: &Path, i: &ConfigInputs) -> Result<(String, Vec<Stri
     let changes: Vec<(&str, Value, &str)> = vec![
         ("interface", i.lan_if.into(), "the lab gateway's LAN bridge"),
         ("lan_prefixes", prefixes, "the lab's LAN"),
-        ("poll_interval", "1s".into(), "faster than the default 5s, for a snappy demo"),
+        (
+            "poll_interval",
+            format!("{}s", POLL.as_secs()).into(),
+            "faster than the default 5s, for a snappy demo",
+        ),
         ("pin_path", i.pin_path.display().to_string().into(), "removed when the demo ends"),
         ("state_path", i.state_path.display().to_string().into(), "in the lab's directory"),
         ("inventory", Value::Mapping(inventory), "the three devices, with their groups"),
@@ -305,7 +296,7 @@ pub fn demo_config(example: &Path, i: &ConfigInputs) -> Result<(String, Vec<Stri
 mod tests {
     use super::*;
 
-    fn repo(path: &str) -> PathBuf {
+    fn repo(path: &str) -> std::path::PathBuf {
         crate::process::workspace_root().join(path)
     }
 

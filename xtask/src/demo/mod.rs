@@ -8,10 +8,12 @@
 //!
 //! - `home`: devices, servers, GeoIP, DNS, the config and policy derived from deploy/.
 //! - `traffic`: the lab's HTTP servers, the devices' requests, the background traffic.
-//! - `monitoring`: Prometheus and the host forwarders.
+//! - `monitoring`: Prometheus's config and the host forwarders.
 //! - `story`: the timeline and the alerts as Alertmanager shows them.
 //! - `summary`: the per-device table from the agent's API.
-//! - `dashboards`: the panel queries of grafana/*.json.
+//! - `dashboards`: the panel queries of grafana/dashboards/*.json.
+//!
+//! The agent, Prometheus, Alertmanager and the dashboard reader are lab's, as the tests use them.
 
 mod dashboards;
 mod home;
@@ -21,9 +23,7 @@ mod summary;
 mod traffic;
 
 use std::{
-    collections::BTreeMap,
     net::SocketAddr,
-    os::unix::process::CommandExt as _,
     path::Path,
     process::Command,
     sync::{
@@ -34,11 +34,17 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use lab::{alertmanager::Alertmanager, services};
+use lab::{
+    Agent,
+    agent::Launch,
+    alertmanager::{Alertmanager, Setup},
+    dashboards::{Outcome, Range},
+    prometheus::Prometheus,
+    services,
+};
 
 use crate::process::{output, workspace_root};
-use home::{ALERTMANAGER_PORT, DEVICES, METRICS, PROMETHEUS, SERVERS};
-use monitoring::Prometheus;
+use home::{ALERTMANAGER_PORT, DEVICES, METRICS, POLL as DEMO_POLL, PROMETHEUS, SERVERS};
 use story::{Ctx, Interrupted, Story, Timeline};
 
 #[derive(clap::Args)]
@@ -84,7 +90,7 @@ pub fn run(opts: DemoOpts) -> Result<()> {
             background.serve_http(&inet, v6)?;
         }
     }
-    let am = Alertmanager::start(&topo.lab, &gw, "demo", ALERTMANAGER_PORT, None)?;
+    let am = Alertmanager::start(&topo.lab, Some(&gw), Setup::new("demo", ALERTMANAGER_PORT))?;
     let am_addr = SocketAddr::from(([127, 0, 0, 1], ALERTMANAGER_PORT));
     let metrics: SocketAddr = METRICS.parse()?;
     let metrics_fwd = monitoring::forward(metrics, &gw, metrics)?;
@@ -105,27 +111,26 @@ pub fn run(opts: DemoOpts) -> Result<()> {
         },
     )?;
     let config = dir.join("sensor.yaml");
-    std::fs::write(&config, config_text)?;
+    std::fs::write(&config, &config_text)?;
     let checked = output(Command::new(&binary).arg("check-config").arg(&config))?;
-    let mut cmd = Command::new(&binary);
-    cmd.arg("run").arg("--config").arg(&config).env("NO_COLOR", "1");
     // Own process group: the terminal's Ctrl-C goes to the demo, which stops the agent itself
     // (and the agent saves its state on the way out).
-    cmd.process_group(0);
-    let agent = topo.lab.spawn(&gw, cmd)?;
-    lab::wait_agent_ready(
-        &gw,
-        &format!("http://{METRICS}/metrics"),
-        &agent,
-        Duration::from_secs(60),
-    )
-    .map_err(|e| anyhow::anyhow!("{e:#}; the agent's log:\n{}", agent.log()))?;
+    let launch = Launch::new(&binary).own_process_group();
+    let agent = Agent::start_yaml(&topo.lab, &gw, launch, &config_text, metrics, DEMO_POLL)?;
+    // The story and the clean-up hold the process; `agent` (which borrows the lab) reads it.
+    let agent_process = agent.process().clone();
 
     let rules = monitoring::rule_files(&root.join("deploy/prometheus"))?;
     let prometheus: SocketAddr = PROMETHEUS.parse()?;
-    let prom =
-        Prometheus::start(&topo.lab, &gw, prometheus, METRICS, &am_addr.to_string(), &rules)?;
-    prom.wait_scraping(Duration::from_secs(30))
+    let prom = monitoring::start_prometheus(
+        &topo.lab,
+        &gw,
+        prometheus,
+        METRICS,
+        &am_addr.to_string(),
+        &rules,
+    )?;
+    prom.wait_scraping(monitoring::JOB, Duration::from_secs(30))
         .map_err(|e| anyhow::anyhow!("{e:#}\nPrometheus's log:\n{}", prom.log()))?;
     let prom_fwd = monitoring::forward(prometheus, &gw, prometheus)?;
 
@@ -142,7 +147,7 @@ pub fn run(opts: DemoOpts) -> Result<()> {
     let mut story = Story::new(
         Ctx {
             topo: &topo,
-            agent: &agent,
+            agent: &agent_process,
             am: &am,
             prom: &prom,
             policy: &policy,
@@ -151,21 +156,19 @@ pub fn run(opts: DemoOpts) -> Result<()> {
         Timeline::new(),
     );
     // --replay-once: the dashboards' queries run while the alert fires.
-    let dashboards_dir = root.join("grafana");
-    let mut dashboard_outcomes: Option<Vec<dashboards::Outcome>> = None;
+    let dashboards_dir = lab::dashboards::dashboards_dir();
+    let mut dashboard_outcomes: Option<Vec<Outcome>> = None;
     let mut while_firing = |tl: &mut Timeline| -> Result<()> {
         if !opts.replay_once {
             return Ok(());
         }
-        let range = dashboards::Range::ending_at(story_start, story::unix_now(), 2.0, 1.0);
-        let outcomes = run_dashboards(&dashboards_dir, &prom, &range)?;
+        let range = Range::ending_at(story_start, story::unix_now(), 2.0, 1.0);
+        let outcomes = dashboards::run(&dashboards_dir, &prom, &range)?;
         let with_data = outcomes.iter().filter(|o| o.ok()).count();
-        let what = match outcomes.len() {
-            0 => format!("none in {}", dashboards_dir.display()),
-            n => format!(
-                "{n} panel queries run against Prometheus while the alert fires: {with_data} with data"
-            ),
-        };
+        let what = format!(
+            "{} panel queries run against Prometheus while the alert fires: {with_data} with data",
+            outcomes.len()
+        );
         tl.say("Grafana dashboards", &what);
         dashboard_outcomes = Some(outcomes);
         Ok(())
@@ -175,7 +178,7 @@ pub fn run(opts: DemoOpts) -> Result<()> {
         Err(e) if e.is::<Interrupted>() => {
             println!("\n[demo] interrupted: cleaning up");
             drop(background);
-            finish(topo, pins, &agent)?;
+            finish(topo, pins, &agent_process)?;
             return if opts.replay_once { Err(e) } else { Ok(()) };
         }
         Err(e) => {
@@ -186,14 +189,14 @@ pub fn run(opts: DemoOpts) -> Result<()> {
     let mut problems = story.verdict();
 
     section("Per device (agent API: /api/v1/clients, /api/v1/flows)");
-    let clients = api_json(&gw, "/api/v1/clients")?;
-    let flows = api_json(&gw, "/api/v1/flows")?;
+    let clients = agent.api_json("/api/v1/clients")?;
+    let flows = agent.api_json("/api/v1/flows")?;
     print!("{}", summary::render(&clients, &flows, 3)?);
     urls.print(&dir);
 
     if opts.replay_once {
         let (queries, dashboard_problems) =
-            print_dashboards(&dashboards_dir, dashboard_outcomes.as_deref());
+            dashboards::print(&dashboards_dir, dashboard_outcomes.as_deref());
         problems.extend(dashboard_problems);
         section("Verdict");
         for (title, fired, gone) in story.alerts() {
@@ -201,16 +204,14 @@ pub fn run(opts: DemoOpts) -> Result<()> {
             println!("  alert {title}: fired at {}, resolved {gone}", mmss(fired));
         }
         drop(background);
-        let cleaned = finish(topo, pins, &agent);
+        let cleaned = finish(topo, pins, &agent_process);
         if !problems.is_empty() {
             bail!("the demo replay failed:\n  - {}", problems.join("\n  - "));
         }
         cleaned?;
-        let dashboards = match queries {
-            0 => "no dashboards to check".to_string(),
-            n => format!("all {n} dashboard queries returned data"),
-        };
-        println!("[demo] replay: every expected alert fired and resolved; {dashboards}");
+        println!(
+            "[demo] replay: every expected alert fired and resolved; all {queries} dashboard queries returned data"
+        );
         return Ok(());
     }
 
@@ -220,9 +221,8 @@ pub fn run(opts: DemoOpts) -> Result<()> {
     println!("\n[demo] running until Ctrl-C (the TV keeps streaming, the laptop keeps browsing)…");
     let mut outcome = Ok(());
     while !stop.load(Ordering::SeqCst) {
-        if let Some(status) = agent.try_wait()? {
-            outcome =
-                Err(anyhow::anyhow!("the agent exited ({status}); its log:\n{}", agent.log()));
+        if let Some(status) = agent.process().try_wait()? {
+            outcome = Err(agent.with_log(anyhow::anyhow!("the agent exited ({status})")));
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -230,17 +230,12 @@ pub fn run(opts: DemoOpts) -> Result<()> {
     println!("\n[demo] stopping: traffic, agent, Prometheus, Alertmanager, namespaces…");
     drop(background);
     drop((metrics_fwd, am_fwd, prom_fwd));
-    let cleaned = finish(topo, pins, &agent);
+    let cleaned = finish(topo, pins, &agent_process);
     outcome.and(cleaned)
 }
 
 fn mmss(d: Duration) -> String {
     format!("{:02}:{:02}", d.as_secs() / 60, d.as_secs() % 60)
-}
-
-fn api_json(ns: &str, path: &str) -> Result<serde_json::Value> {
-    let body = lab::http_get(ns, &format!("http://{METRICS}{path}"))?;
-    serde_json::from_str(&body).with_context(|| format!("{path}: not JSON"))
 }
 
 fn print_setting(
@@ -323,70 +318,11 @@ impl Urls {
     }
 }
 
-/// Runs the dashboards' panel queries over `range`.
-fn run_dashboards(
-    dir: &Path,
-    prom: &Prometheus,
-    range: &dashboards::Range,
-) -> Result<Vec<dashboards::Outcome>> {
-    let preferred: BTreeMap<&str, &str> = [
-        ("client", home::PHONE.name),
-        ("instance", METRICS),
-        ("site", monitoring::SITE),
-        ("job", monitoring::JOB),
-    ]
-    .into_iter()
-    .collect();
-    dashboards::check(dir, prom, range, &preferred)
-}
-
-/// The table of panel → series; returns how many queries ran and the problems (queries
-/// without data, or none run because the alert never fired).
-fn print_dashboards(dir: &Path, outcomes: Option<&[dashboards::Outcome]>) -> (usize, Vec<String>) {
-    section(&format!("Dashboards ({}/**/*.json) against the demo's Prometheus", dir.display()));
-    let Some(outcomes) = outcomes else {
-        println!("  not run: the alert never fired");
-        return (0, vec!["the dashboards were not checked (the alert never fired)".into()]);
-    };
-    if outcomes.is_empty() {
-        println!("  no dashboards");
-        return (0, Vec::new());
-    }
-    println!("  {:<28} {:<40} {:<4} {:>6}", "dashboard", "panel", "ref", "series");
-    let mut problems = Vec::new();
-    for o in outcomes {
-        let series = match &o.series {
-            Ok(n) => n.to_string(),
-            Err(_) => "error".to_string(),
-        };
-        println!("  {:<28} {:<40} {:<4} {:>6}", o.dashboard, o.query.panel, o.query.ref_id, series);
-        if !o.ok() {
-            let why = match (&o.sent, &o.series) {
-                (Err(e), _) | (_, Err(e)) => e.clone(),
-                (Ok(q), Ok(_)) => format!("no data for {q}"),
-            };
-            println!("      ✗ {why}");
-            problems
-                .push(format!("{} / {} / {}: {why}", o.dashboard, o.query.panel, o.query.ref_id));
-        }
-    }
-    println!(
-        "  {} queries, {} with data",
-        outcomes.len(),
-        outcomes.iter().filter(|o| o.ok()).count()
-    );
-    (outcomes.len(), problems)
-}
-
-fn print_logs(agent: &lab::Process, prom: &Prometheus, am: &Alertmanager) {
+fn print_logs(agent: &Agent, prom: &Prometheus, am: &Alertmanager) {
     for (name, log) in
-        [("agent", agent.log()), ("Prometheus", prom.log()), ("Alertmanager", am.log())]
+        [("agent", agent.process().log()), ("Prometheus", prom.log()), ("Alertmanager", am.log())]
     {
-        let lines: Vec<&str> = log.lines().collect();
-        eprintln!(
-            "===== {name} (last 40 lines) =====\n{}",
-            lines[lines.len().saturating_sub(40)..].join("\n")
-        );
+        eprintln!("===== {name} (last 40 lines) =====\n{}", lab::tail(&log, 40));
     }
 }
 

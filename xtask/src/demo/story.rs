@@ -15,12 +15,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use lab::{Process, Topology, alertmanager::Alertmanager, services};
+use lab::{Process, Topology, alertmanager::Alertmanager, prometheus::Prometheus, services};
 use serde_json::Value;
 
 use super::{
     home::{self, DemoPolicy, PHONE, RULE},
-    monitoring::Prometheus,
     summary::human,
     traffic::{self, Background, Upload},
 };
@@ -282,7 +281,7 @@ impl<'a> Story<'a> {
     }
 
     fn expected(&self) -> Vec<(String, String)> {
-        let mac = home::mac_text(&PHONE.mac);
+        let mac = lab::mac_text(&PHONE.mac);
         [
             ("alertname", RULE),
             ("client", PHONE.name),

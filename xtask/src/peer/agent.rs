@@ -5,22 +5,24 @@
 use std::{
     collections::BTreeMap,
     path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-use lab::{PinDir, Process, Topology, prom::Scrape};
+use lab::{
+    PinDir, Topology,
+    agent::{Config, Launch},
+};
 
 use super::cpu;
 
-const METRICS: &str = "127.0.0.1:9977";
 /// The agent's default poll interval, which the bench leaves as it is: the agent's work is per
 /// poll (every flow read, every series updated), so this is what sets its share per frame.
-pub const POLL: Duration = Duration::from_secs(5);
+pub const POLL: Duration = lab::agent::DEFAULT_POLL;
 
-pub struct Agent {
-    process: Process,
+/// The agent under the bench, with its own pin directory (and state file) per run.
+pub struct Agent<'l> {
+    agent: lab::Agent<'l>,
     _pins: PinDir,
 }
 
@@ -60,48 +62,26 @@ pub struct Counted {
     pub polls: u64,
 }
 
-impl Agent {
-    pub fn start(topo: &Topology, binary: &Path, tag: &str) -> Result<Agent> {
+impl<'l> Agent<'l> {
+    pub fn start(topo: &'l Topology, binary: &Path, tag: &str) -> Result<Agent<'l>> {
         let pins = PinDir::new("peer", tag);
-        let dir = topo.lab.dir();
-        let config = dir.join(format!("sensor-{tag}.yaml"));
-        std::fs::write(
-            &config,
-            format!(
-                "interface: {iface}\n\
-                 lan_prefixes: [\"{v4}\", \"{v6}\"]\n\
-                 metrics_listen: {METRICS}\n\
-                 pin_path: {pin}\n\
-                 state_path: {state}\n",
-                iface = topo.gateway.lan_if,
-                v4 = lab::LAN_PREFIXES[0],
-                v6 = lab::LAN_PREFIXES[1],
-                pin = pins.path().display(),
-                state = dir.join(format!("state-{tag}.json")).display(),
-            ),
-        )?;
-        let mut cmd = Command::new(binary);
-        cmd.arg("run").arg("--config").arg(&config).env("NO_COLOR", "1");
-        let process = topo.lab.spawn(&topo.gateway.ns, cmd)?;
-        lab::wait_agent_ready(
-            &topo.gateway.ns,
-            &format!("http://{METRICS}/metrics"),
-            &process,
-            Duration::from_secs(30),
-        )
-        .map_err(|e| anyhow::anyhow!("{e:#}; the agent's log:\n{}", process.log()))?;
-        Ok(Agent { process, _pins: pins })
+        let config = Config::for_topology(topo, &pins)
+            .state(&topo.lab.dir().join(format!("state-{tag}.json")));
+        let launch = Launch::new(binary)
+            .name(&format!("sensor-{tag}"))
+            .ready_within(Duration::from_secs(30));
+        let agent = lab::Agent::start(&topo.lab, &topo.gateway.ns, launch, &config)?;
+        Ok(Agent { agent, _pins: pins })
     }
 
     pub fn cost(&self) -> Result<Cost> {
-        let pid = self.process.pid();
+        let pid = self.agent.process().pid();
         let (bpf_ns, bpf_runs) = bpf_run_time(pid)?;
         Ok(Cost { process: cpu::process_cpu(pid)?, bpf_ns, bpf_runs })
     }
 
-    pub fn counted(&self, ns: &str) -> Result<Counted> {
-        let text = lab::http_get(ns, &format!("http://{METRICS}/metrics"))?;
-        let scrape = Scrape::parse(&text)?;
+    pub fn counted(&self) -> Result<Counted> {
+        let scrape = self.agent.scrape()?;
         let mut per_mac = BTreeMap::new();
         for s in scrape.matching("gwsensor_client_packets_total", &[("direction", "upload")]) {
             *per_mac.entry(s.label("mac").to_string()).or_insert(0) += s.value as u64;
@@ -125,11 +105,11 @@ impl Agent {
     /// Waits for the agent's next poll after the traffic, then scrapes until it has exported
     /// `expected` frames or `timeout` passes; returns the last scrape either way. Scrapes are
     /// few (they cost the agent CPU too, and are counted).
-    pub fn wait_counted(&self, ns: &str, expected: u64, timeout: Duration) -> Result<Counted> {
+    pub fn wait_counted(&self, expected: u64, timeout: Duration) -> Result<Counted> {
         std::thread::sleep(POLL + Duration::from_millis(500));
         let deadline = Instant::now() + timeout;
         loop {
-            let c = self.counted(ns)?;
+            let c = self.counted()?;
             if c.seen >= expected || Instant::now() > deadline {
                 return Ok(c);
             }
@@ -138,10 +118,7 @@ impl Agent {
     }
 
     pub fn stop(self) -> Result<()> {
-        self.process
-            .terminate(Duration::from_secs(10))
-            .map(drop)
-            .with_context(|| format!("stopping the agent; its log:\n{}", self.process.log()))
+        self.agent.stop(Duration::from_secs(10)).context("stopping the agent")
     }
 }
 

@@ -121,10 +121,7 @@ fn per_frame(d: Duration, frames: u64) -> f64 {
 /// The machine and software the numbers come from.
 pub struct Setup {
     pub date: String,
-    pub cpus: usize,
-    pub cpu_model: String,
-    pub kernel: String,
-    pub load: String,
+    pub machine: lab::docs::Machine,
     pub pmacct_version: String,
     pub frames_per_run: u64,
     pub clients: usize,
@@ -398,9 +395,10 @@ pub fn render(results: &[RateResult], setup: &Setup) -> Result<String> {
 
     writeln!(s, "### Machine and run\n")?;
     writeln!(s, "- Date: {}", setup.date)?;
-    writeln!(s, "- Machine: {} CPUs, {}", setup.cpus, setup.cpu_model)?;
-    writeln!(s, "- Kernel: {}", setup.kernel)?;
-    writeln!(s, "- Load average (1, 5, 15 min) at the end: {}", setup.load)?;
+    let m = &setup.machine;
+    writeln!(s, "- Machine: {} CPUs, {}", m.cpus, m.cpu_model)?;
+    writeln!(s, "- Kernel: {}", m.kernel)?;
+    writeln!(s, "- Load average (1, 5, 15 min) at the end: {}", m.load)?;
     writeln!(s, "- Took {:.0} s", setup.took.as_secs_f64())?;
     writeln!(s, "- Command: `{COMMAND}` (as root)\n")?;
     writeln!(

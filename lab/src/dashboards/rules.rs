@@ -1,163 +1,18 @@
-//! The Grafana dashboards in `grafana/dashboards/`: structural checks (the rules every dashboard
-//! follows) and the PromQL each panel runs, with the dashboard variables filled in, so tests
-//! and the demo can run exactly what a person looking at the dashboard would see.
+//! The rules every dashboard of the repository follows: Grafana 9 or later, a `datasource`
+//! variable used everywhere instead of a hard-coded data source, the common variables, units,
+//! unique panel ids, and no reference to a variable that has no value.
 
-use std::{
-    collections::BTreeSet,
-    path::{Path, PathBuf},
-};
+use std::collections::BTreeSet;
 
-use anyhow::{Context as _, bail};
 use serde_json::Value;
+
+use super::{Vars, fill, is_row, panel_queries, panels, text};
 
 /// The data source every panel and query names: the dashboard's own variable, never a UID.
 pub const DATASOURCE: &str = "${datasource}";
 
 /// Variables every dashboard has (beside `datasource`).
 pub const COMMON_VARIABLES: [&str; 2] = ["site", "instance"];
-
-/// Values for the dashboard variables (and Grafana's interval variables) when queries are
-/// extracted. `instance` and `site` are regexes (`.*` is Grafana's "All").
-#[derive(Debug, Clone)]
-pub struct Vars {
-    pub client: String,
-    pub instance: String,
-    pub site: String,
-    /// `$__rate_interval`: at least four scrape intervals.
-    pub rate_interval: String,
-    /// `$__interval`.
-    pub interval: String,
-}
-
-impl Default for Vars {
-    fn default() -> Self {
-        Vars {
-            client: String::new(),
-            instance: ".*".into(),
-            site: ".*".into(),
-            rate_interval: "2m".into(),
-            interval: "30s".into(),
-        }
-    }
-}
-
-/// A dashboard file, parsed.
-#[derive(Debug, Clone)]
-pub struct Dashboard {
-    pub path: PathBuf,
-    pub json: Value,
-}
-
-/// The repository's `grafana/dashboards` directory.
-pub fn dashboards_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../grafana/dashboards")
-}
-
-/// Every `*.json` in `dir`, parsed, sorted by file name.
-pub fn load_all(dir: &Path) -> anyhow::Result<Vec<Dashboard>> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    paths.sort();
-    if paths.is_empty() {
-        bail!("no dashboards (*.json) in {}", dir.display());
-    }
-    paths.iter().map(|p| load(p)).collect()
-}
-
-pub fn load(path: &Path) -> anyhow::Result<Dashboard> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let json = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid JSON", path.display()))?;
-    Ok(Dashboard { path: path.to_path_buf(), json })
-}
-
-/// Every panel, rows' nested panels included, in file order.
-pub fn panels(dashboard: &Value) -> Vec<&Value> {
-    fn walk<'a>(list: Option<&'a Value>, out: &mut Vec<&'a Value>) {
-        for p in list.and_then(Value::as_array).into_iter().flatten() {
-            out.push(p);
-            walk(p.get("panels"), out);
-        }
-    }
-    let mut out = Vec::new();
-    walk(dashboard.get("panels"), &mut out);
-    out
-}
-
-fn is_row(panel: &Value) -> bool {
-    panel.get("type").and_then(Value::as_str) == Some("row")
-}
-
-fn text<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("")
-}
-
-/// (panel title, PromQL) for every query of every panel, variables substituted, in file order.
-pub fn panel_queries(dashboard: &Value, vars: &Vars) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for panel in panels(dashboard).into_iter().filter(|p| !is_row(p)) {
-        let title = substitute(text(panel, "title"), vars);
-        for target in panel.get("targets").and_then(Value::as_array).into_iter().flatten() {
-            out.push((title.clone(), substitute(text(target, "expr"), vars)));
-        }
-    }
-    out
-}
-
-/// Replaces `$name` and `${name}` for the dashboard variables and Grafana's interval variables.
-/// Unknown variables are left as they are (and [`validate`] reports them).
-pub fn substitute(text: &str, vars: &Vars) -> String {
-    let values: [(&str, &str); 6] = [
-        ("__rate_interval", &vars.rate_interval),
-        ("__interval", &vars.interval),
-        ("__range", "1h"),
-        ("client", &vars.client),
-        ("instance", &vars.instance),
-        ("site", &vars.site),
-    ];
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 1..];
-        let (name, len) = variable_at(after);
-        match values.iter().find(|(n, _)| *n == name) {
-            Some((_, value)) if len > 0 => out.push_str(value),
-            _ => out.push_str(&rest[at..at + 1 + len]),
-        }
-        rest = &after[len..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// The variable name right after a `$`, and how many bytes its reference takes (`{name}` or
-/// `name`); (`""`, 0) when none follows.
-fn variable_at(s: &str) -> (&str, usize) {
-    if let Some(inner) = s.strip_prefix('{') {
-        return match inner.find('}') {
-            Some(end) => (inner[..end].split(':').next().unwrap_or(""), end + 2),
-            None => ("", 0),
-        };
-    }
-    let len = s.bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'_').count();
-    (&s[..len], len)
-}
-
-/// The names of the dashboard's template variables.
-pub fn variables(dashboard: &Value) -> Vec<&str> {
-    dashboard
-        .pointer("/templating/list")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .map(|v| text(v, "name"))
-        .collect()
-}
 
 /// Every rule a dashboard breaks, as readable lines; empty when it is fine.
 pub fn validate(dashboard: &Value) -> Vec<String> {
@@ -221,17 +76,18 @@ pub fn validate(dashboard: &Value) -> Vec<String> {
             }
         }
     }
-    // After substitution no `$name` may be left: it would be a typo or an undefined variable
-    // (`$1` in label_replace is PromQL's own).
-    let vars = Vars { client: "c".into(), ..Vars::default() };
-    for (title, expr) in panel_queries(dashboard, &vars) {
-        let mut rest = expr.as_str();
-        while let Some(at) = rest.find('$') {
-            rest = &rest[at + 1..];
-            let (name, _) = variable_at(rest);
-            if !name.is_empty() && !name.bytes().all(|b| b.is_ascii_digit()) {
-                problems.push(format!("panel {title:?}: unknown variable ${name} in {expr}"));
+    // Every variable a query refers to must have a value: an unknown one is a typo or an
+    // undefined variable (`$1` in label_replace is PromQL's own).
+    let values = Vars { client: "c".into(), ..Vars::default() }.values();
+    for q in panel_queries(dashboard) {
+        let title = fill(&q.panel, &values).map_or(q.panel.clone(), |(t, _)| t);
+        match fill(q.expr.as_deref().unwrap_or(""), &values) {
+            Ok((expr, unknown)) => {
+                for name in unknown {
+                    problems.push(format!("panel {title:?}: unknown variable ${name} in {expr}"));
+                }
             }
+            Err(e) => problems.push(format!("panel {title:?}: {e:#}")),
         }
     }
     problems
@@ -311,33 +167,6 @@ fn check_datasources(v: &Value, at: &str, problems: &mut Vec<String>) {
 mod tests {
     use super::*;
 
-    fn vars() -> Vars {
-        Vars {
-            client: "redmi-note".into(),
-            instance: "gw:9977".into(),
-            site: "home".into(),
-            ..Vars::default()
-        }
-    }
-
-    #[test]
-    fn substitutes_plain_braced_and_interval_variables() {
-        assert_eq!(
-            substitute(
-                r#"rate(x{client="$client", instance=~"${instance}", site=~"${site:regex}"}[$__rate_interval])"#,
-                &vars()
-            ),
-            r#"rate(x{client="redmi-note", instance=~"gw:9977", site=~"home"}[2m])"#
-        );
-        // Unknown variables, PromQL's $1 and a lone $ stay.
-        assert_eq!(
-            substitute(r#"label_replace(x, "a", "$1", "b", "(.*)") $nope $"#, &vars()),
-            r#"label_replace(x, "a", "$1", "b", "(.*)") $nope $"#
-        );
-        // A longer name is not its prefix variable.
-        assert_eq!(substitute("$clients $client", &vars()), "$clients redmi-note");
-    }
-
     fn minimal(panel_expr: &str, unit: &str, ds_uid: &str) -> Value {
         serde_json::json!({
             "uid": "u", "title": "t", "schemaVersion": 39,
@@ -360,8 +189,11 @@ mod tests {
     fn a_correct_dashboard_passes_and_yields_its_queries() {
         let d = minimal(r#"sum(up{instance=~"$instance"})"#, "none", DATASOURCE);
         assert_eq!(validate(&d), Vec::<String>::new());
+        let values =
+            Vars { client: "redmi-note".into(), instance: "gw:9977".into(), ..Vars::default() }
+                .values();
         assert_eq!(
-            panel_queries(&d, &vars()),
+            super::super::filled_queries(&d, &values).unwrap(),
             vec![("p".to_string(), r#"sum(up{instance=~"gw:9977"})"#.to_string())]
         );
     }
