@@ -1,0 +1,282 @@
+//! Client slots: per-client totals in an array, one slot per client MAC.
+
+use std::net::Ipv4Addr;
+
+use ipnet::IpNet;
+use sensor::{
+    common::{Direction, Stat, names},
+    kernel::loader::{LoadOptions, load},
+};
+
+use crate::{
+    CLIENT_MAC, CLIENT4, GW_MAC, IPPROTO_TCP, IPPROTO_UDP, LAN, REMOTE4, client_n,
+    expect::{Count, check, down, key, show_key, up},
+    frames::{tcp4, udp4},
+    harness::{Sensor, require_root},
+};
+
+/// Runs the calling thread (and so its test runs) on `cpu` only.
+fn pin_to_cpu(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+}
+
+#[test]
+fn new_clients_get_slots_in_order_and_exact_totals() {
+    require_root!();
+    let s = Sensor::new();
+    let mut flows = vec![];
+    let mut clients = vec![];
+    for i in 0..5u8 {
+        let (mac, ip) = client_n(i);
+        // Two flows each (one known client, one new flow: no new slot), sizes distinct.
+        let a = udp4(mac, GW_MAC, ip, REMOTE4, 51000, 443, 100 + usize::from(i));
+        let b = tcp4(mac, GW_MAC, ip, REMOTE4, 40000, 80, 300 + usize::from(i));
+        s.upload(&a);
+        s.upload(&b);
+        flows.push((key(mac, ip, REMOTE4, IPPROTO_UDP, 443), up(&[&a])));
+        flows.push((key(mac, ip, REMOTE4, IPPROTO_TCP, 80), up(&[&b])));
+        clients.push((mac, up(&[&a, &b])));
+    }
+    let slots = s.maps.client_slots().unwrap();
+    let want: std::collections::HashMap<[u8; 6], u32> =
+        (0..5u8).map(|i| (client_n(i).0, u32::from(i))).collect();
+    assert_eq!(slots, want, "one slot per client, handed out in order");
+    check(
+        &s.snapshot(),
+        &flows,
+        &clients,
+        &[(Direction::Upload, Stat::Seen, 10), (Direction::Upload, Stat::Counted, 10)],
+    );
+}
+
+/// The flow map is an LRU: flows go when it is full, but the client's totals (an array slot,
+/// never evicted) keep every packet.
+#[test]
+fn client_totals_stay_exact_when_its_flows_are_evicted() {
+    require_root!();
+    const FLOW_CAPACITY: u32 = 16;
+    let s = Sensor::with_capacities(FLOW_CAPACITY, 8);
+    let frames: Vec<Vec<u8>> = (0..200u16)
+        .map(|i| {
+            udp4(CLIENT_MAC, GW_MAC, CLIENT4, REMOTE4, 51000, 1000 + i, 20 + usize::from(i % 50))
+        })
+        .collect();
+    for f in &frames {
+        s.upload(f);
+    }
+    // A flow evicted long ago, seen again: a fresh flow entry, the same client slot.
+    s.upload(&frames[0]);
+    let snap = s.snapshot();
+    let all: Vec<&[u8]> =
+        frames.iter().map(|f| f.as_slice()).chain([frames[0].as_slice()]).collect();
+    let total = up(&all);
+    let got = snap.clients.get(&CLIENT_MAC).map(|c| Count { packets: c.packets, bytes: c.bytes });
+    assert_eq!(
+        got,
+        Some(total),
+        "client totals over 201 packets, most of whose flows were evicted"
+    );
+    assert_eq!(snap.clients.len(), 1);
+    assert!(
+        !snap.flows.is_empty() && snap.flows.len() <= FLOW_CAPACITY as usize,
+        "{} flows in a map of {FLOW_CAPACITY}",
+        snap.flows.len()
+    );
+    // Every flow still there has exactly what its frame carried (each was seen once, but the
+    // first twice: its second packet went into a new entry after the old one was evicted).
+    for (k, c) in &snap.flows {
+        let i = usize::from(k.remote_port - 1000);
+        let want = up(&[&frames[i]]);
+        assert_eq!(Count { packets: c.packets, bytes: c.bytes }, want, "flow {}", show_key(k));
+    }
+    let stats = snap.stats;
+    assert_eq!(stats[Direction::Upload.index()][Stat::Seen as usize], 201);
+    assert_eq!(stats[Direction::Upload.index()][Stat::Counted as usize], 201);
+    assert_eq!(s.maps.client_slots().unwrap().get(&CLIENT_MAC), Some(&0));
+}
+
+/// Retiring a client frees its slot; the next new client takes it, starting from zero; the
+/// retired client, back, gets a new slot and starts from zero too.
+#[test]
+fn retired_client_slot_goes_to_the_next_new_client_with_fresh_totals() {
+    require_root!();
+    let mut s = Sensor::new();
+    let (a, a_ip) = client_n(1);
+    let (b, b_ip) = client_n(2);
+    let (c, c_ip) = client_n(3);
+    let fa = udp4(a, GW_MAC, a_ip, REMOTE4, 51000, 443, 111);
+    let fa_down = udp4(GW_MAC, a, REMOTE4, a_ip, 443, 51000, 1111);
+    let fb = udp4(b, GW_MAC, b_ip, REMOTE4, 51000, 443, 222);
+    let fc = tcp4(c, GW_MAC, c_ip, REMOTE6_AS_V4, 40000, 443, 333);
+    s.upload(&fa);
+    s.download(&fa_down);
+    s.upload(&fb);
+    assert_eq!(s.maps.client_slots().unwrap(), [(a, 0), (b, 1)].into_iter().collect());
+
+    s.maps.remove_client(&a).unwrap();
+    // A's flow and totals are gone; B is untouched.
+    check(
+        &s.snapshot(),
+        &[(key(b, b_ip, REMOTE4, IPPROTO_UDP, 443), up(&[&fb]))],
+        &[(b, up(&[&fb]))],
+        &[
+            (Direction::Upload, Stat::Seen, 2),
+            (Direction::Upload, Stat::Counted, 2),
+            (Direction::Download, Stat::Seen, 1),
+            (Direction::Download, Stat::Counted, 1),
+        ],
+    );
+
+    // C is new: it gets A's old slot, with nothing of A's in it.
+    s.upload(&fc);
+    assert_eq!(s.maps.client_slots().unwrap(), [(b, 1), (c, 0)].into_iter().collect());
+    // A is back: a new slot (the free list is empty again), counting from zero.
+    s.upload(&fa);
+    assert_eq!(s.maps.client_slots().unwrap(), [(b, 1), (c, 0), (a, 2)].into_iter().collect());
+    check(
+        &s.snapshot(),
+        &[
+            (key(b, b_ip, REMOTE4, IPPROTO_UDP, 443), up(&[&fb])),
+            (key(c, c_ip, REMOTE6_AS_V4, IPPROTO_TCP, 443), up(&[&fc])),
+            (key(a, a_ip, REMOTE4, IPPROTO_UDP, 443), up(&[&fa])),
+        ],
+        &[(a, up(&[&fa])), (b, up(&[&fb])), (c, up(&[&fc]))],
+        &[
+            (Direction::Upload, Stat::Seen, 4),
+            (Direction::Upload, Stat::Counted, 4),
+            (Direction::Download, Stat::Seen, 1),
+            (Direction::Download, Stat::Counted, 1),
+        ],
+    );
+    // Retiring a client the kernel does not know (or twice) is harmless.
+    s.maps.remove_clients(&[client_n(9).0, b, b]).unwrap();
+    assert_eq!(s.maps.client_slots().unwrap(), [(c, 0), (a, 2)].into_iter().collect());
+}
+
+/// A remote for the test above that is not REMOTE4 (so the flows differ by more than the MAC).
+const REMOTE6_AS_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+
+/// When every slot is held, a new client's packets are not counted (client_table_full); known
+/// clients, even on new flows, still are. A retired client's slot lets the new one in.
+#[test]
+fn new_client_is_client_table_full_when_every_slot_is_held() {
+    require_root!();
+    let mut s = Sensor::with_capacities(4096, 2);
+    let (a, a_ip) = client_n(1);
+    let (b, b_ip) = client_n(2);
+    let (c, c_ip) = client_n(3);
+    let fa = udp4(a, GW_MAC, a_ip, REMOTE4, 51000, 443, 10);
+    let fb = udp4(b, GW_MAC, b_ip, REMOTE4, 51000, 443, 20);
+    let fb2 = tcp4(b, GW_MAC, b_ip, REMOTE4, 40000, 80, 25);
+    let fc = udp4(c, GW_MAC, c_ip, REMOTE4, 51000, 443, 30);
+    let fc_down = udp4(GW_MAC, c, REMOTE4, c_ip, 443, 51000, 40);
+    for f in [&fa, &fb, &fc, &fb2] {
+        s.upload(f);
+    }
+    s.download(&fc_down);
+    check(
+        &s.snapshot(),
+        &[
+            (key(a, a_ip, REMOTE4, IPPROTO_UDP, 443), up(&[&fa])),
+            (key(b, b_ip, REMOTE4, IPPROTO_UDP, 443), up(&[&fb])),
+            (key(b, b_ip, REMOTE4, IPPROTO_TCP, 80), up(&[&fb2])),
+        ],
+        &[(a, up(&[&fa])), (b, up(&[&fb, &fb2]))],
+        &[
+            (Direction::Upload, Stat::Seen, 4),
+            (Direction::Upload, Stat::Counted, 3),
+            (Direction::Upload, Stat::ClientTableFull, 1),
+            (Direction::Download, Stat::Seen, 1),
+            (Direction::Download, Stat::ClientTableFull, 1),
+        ],
+    );
+
+    s.maps.remove_client(&a).unwrap();
+    s.upload(&fc);
+    assert_eq!(s.maps.client_slots().unwrap(), [(b, 1), (c, 0)].into_iter().collect());
+    check(
+        &s.snapshot(),
+        &[
+            (key(b, b_ip, REMOTE4, IPPROTO_UDP, 443), up(&[&fb])),
+            (key(b, b_ip, REMOTE4, IPPROTO_TCP, 80), up(&[&fb2])),
+            (key(c, c_ip, REMOTE4, IPPROTO_UDP, 443), up(&[&fc])),
+        ],
+        &[(b, up(&[&fb, &fb2])), (c, up(&[&fc]))],
+        &[
+            (Direction::Upload, Stat::Seen, 5),
+            (Direction::Upload, Stat::Counted, 4),
+            (Direction::Upload, Stat::ClientTableFull, 1),
+            (Direction::Download, Stat::Seen, 1),
+            (Direction::Download, Stat::ClientTableFull, 1),
+        ],
+    );
+}
+
+/// A flow inserted on one CPU has a zeroed value on the others: the first packet there must
+/// find the flow's client slot (not take the zero for slot 0, which is another client's).
+#[test]
+fn a_flow_counted_on_two_cpus_adds_to_its_own_client() {
+    require_root!();
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("note: one CPU only; nothing to check");
+        return;
+    }
+    let s = Sensor::new();
+    let (a, a_ip) = client_n(1);
+    let (b, b_ip) = client_n(2);
+    let fa = udp4(a, GW_MAC, a_ip, REMOTE4, 51000, 443, 10);
+    let fb = udp4(b, GW_MAC, b_ip, REMOTE4, 51000, 443, 500);
+    let fb_down = udp4(GW_MAC, b, REMOTE4, b_ip, 443, 51000, 900);
+    pin_to_cpu(0);
+    s.upload(&fa);
+    s.upload(&fb);
+    pin_to_cpu(1);
+    s.upload(&fb);
+    s.download(&fb_down);
+    s.upload(&fb);
+    assert_eq!(s.maps.client_slots().unwrap(), [(a, 0), (b, 1)].into_iter().collect());
+    let b_count = up(&[&fb, &fb, &fb]) + down(&[&fb_down]);
+    check(
+        &s.snapshot(),
+        &[
+            (key(a, a_ip, REMOTE4, IPPROTO_UDP, 443), up(&[&fa])),
+            (key(b, b_ip, REMOTE4, IPPROTO_UDP, 443), b_count),
+        ],
+        &[(a, up(&[&fa])), (b, b_count)],
+        &[
+            (Direction::Upload, Stat::Seen, 4),
+            (Direction::Upload, Stat::Counted, 4),
+            (Direction::Download, Stat::Seen, 1),
+            (Direction::Download, Stat::Counted, 1),
+        ],
+    );
+}
+
+/// The client-slot maps are pinned as a set: with one of them gone (a fresh `NEXT_SLOT` would
+/// hand out slots that clients hold), loading is refused with a message saying what to do.
+#[test]
+fn a_partial_set_of_pinned_client_slot_maps_is_refused() {
+    require_root!();
+    lab::ensure_bpffs().expect("pinning needs a BPF filesystem at /sys/fs/bpf");
+    let pins = lab::PinDir::new("kernel", "partial-slots");
+    let dir = pins.path().to_path_buf();
+    let prefixes: Vec<IpNet> = LAN.iter().map(|p| p.parse().unwrap()).collect();
+    let opts = LoadOptions {
+        lan_prefixes: &prefixes,
+        flow_capacity: 1024,
+        client_capacity: 8,
+        pin_dir: Some(&dir),
+        kernel_btf: false,
+    };
+    drop(load(&opts).expect("first load: creates and pins the maps"));
+    // Reused as they are.
+    let (_, caps) =
+        load(&LoadOptions { client_capacity: 16, ..opts }).expect("second load: reuses the pins");
+    assert_eq!(caps.clients, 8, "pinned client maps keep their capacity");
+    std::fs::remove_file(dir.join(names::NEXT_SLOT)).unwrap();
+    let err = load(&opts).map(|_| ()).expect_err("a partial set must be refused");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("NEXT_SLOT") && msg.contains("rm -r"), "{msg}");
+}

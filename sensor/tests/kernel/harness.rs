@@ -1,0 +1,124 @@
+//! The test harness: the privilege check, and `Sensor`, a private instance of the programs
+//! (no pinning, so its maps start empty) with one-frame runs through XDP and TC.
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    programs::{SchedClassifier, TestRun as _, TestRunOptions, TestRunResult, Xdp},
+};
+use ipnet::IpNet;
+use sensor::{
+    common::names,
+    kernel::collector::{KernelMaps, Snapshot},
+    kernel::loader::{LoadOptions, load},
+};
+
+use crate::{LAN, TC_ACT_UNSPEC, XDP_PASS};
+
+// Privileges
+
+pub(crate) fn privileged() -> bool {
+    nix::unistd::geteuid().is_root()
+        || lab::cannot_run(
+            "kernel tests",
+            "need root (to load eBPF programs and run BPF_PROG_TEST_RUN)",
+        )
+}
+
+/// Skips the test (returns) unless privileged.
+macro_rules! require_root {
+    () => {
+        if !$crate::harness::privileged() {
+            return;
+        }
+    };
+}
+pub(crate) use require_root;
+
+// A private instance of the programs
+
+pub(crate) struct Sensor {
+    pub(crate) ebpf: Ebpf,
+    pub(crate) maps: KernelMaps,
+}
+
+impl Sensor {
+    pub(crate) fn new() -> Sensor {
+        Sensor::with_btf(false).expect("loading the eBPF programs")
+    }
+
+    pub(crate) fn with_btf(kernel_btf: bool) -> anyhow::Result<Sensor> {
+        Sensor::with_options(kernel_btf, 4096, 256)
+    }
+
+    /// Small maps, to make the flow LRU evict or the client slots run out.
+    pub(crate) fn with_capacities(flow_capacity: u32, client_capacity: u32) -> Sensor {
+        Sensor::with_options(false, flow_capacity, client_capacity)
+            .expect("loading the eBPF programs")
+    }
+
+    pub(crate) fn with_options(
+        kernel_btf: bool,
+        flow_capacity: u32,
+        client_capacity: u32,
+    ) -> anyhow::Result<Sensor> {
+        let prefixes: Vec<IpNet> = LAN.iter().map(|p| p.parse().unwrap()).collect();
+        let (mut ebpf, _) = load(&LoadOptions {
+            lan_prefixes: &prefixes,
+            flow_capacity,
+            client_capacity,
+            pin_dir: None,
+            kernel_btf,
+        })?;
+        for name in [names::XDP_PROGRAM, names::XDP_PASS_PROGRAM] {
+            let prog: &mut Xdp =
+                ebpf.program_mut(name).with_context(|| format!("{name} missing"))?.try_into()?;
+            prog.load().with_context(|| format!("verifying {name}"))?;
+        }
+        let tc: &mut SchedClassifier =
+            ebpf.program_mut(names::TC_PROGRAM).context("TC program missing")?.try_into()?;
+        tc.load().context("verifying the TC program")?;
+        let maps = KernelMaps::take(&mut ebpf)?;
+        Ok(Sensor { ebpf, maps })
+    }
+
+    pub(crate) fn xdp_run(
+        &self,
+        name: &str,
+        opts: TestRunOptions<'_>,
+    ) -> anyhow::Result<TestRunResult> {
+        let prog: &Xdp = self.ebpf.program(name).unwrap().try_into()?;
+        Ok(prog.test_run(opts)?)
+    }
+
+    pub(crate) fn tc_run(&self, opts: TestRunOptions<'_>) -> anyhow::Result<TestRunResult> {
+        let prog: &SchedClassifier = self.ebpf.program(names::TC_PROGRAM).unwrap().try_into()?;
+        Ok(prog.test_run(opts)?)
+    }
+
+    /// One frame through the XDP program (upload direction).
+    pub(crate) fn upload(&self, frame: &[u8]) {
+        let r = self
+            .xdp_run(
+                names::XDP_PROGRAM,
+                TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() },
+            )
+            .unwrap_or_else(|e| panic!("XDP test run of a {}-byte frame: {e:#}", frame.len()));
+        assert_eq!(r.return_value, XDP_PASS, "the XDP program must always pass the packet");
+    }
+
+    /// One frame through the TC program (download direction).
+    pub(crate) fn download(&self, frame: &[u8]) {
+        let r = self
+            .tc_run(TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() })
+            .unwrap_or_else(|e| panic!("TC test run of a {}-byte frame: {e:#}", frame.len()));
+        assert_eq!(
+            r.return_value, TC_ACT_UNSPEC,
+            "the TC program must always return TC_ACT_UNSPEC"
+        );
+    }
+
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        self.maps.read().expect("reading the maps")
+    }
+}
