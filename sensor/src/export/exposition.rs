@@ -10,7 +10,7 @@ use std::{fmt::Write as _, ops::Range, sync::Arc};
 
 use sensor_common::{Direction, EventKind, EventOutcome, Stat};
 
-use super::NAMESPACE;
+use super::{FamilyDoc, NAMESPACE};
 use crate::{
     accounting::{Accounting, Tally},
     enrich::ClientLabels,
@@ -154,6 +154,15 @@ const FAMILIES: [(Family, &str, &str, &str); 11] = [
         "Flows that left the kernel flow map between two polls (LRU evictions).",
     ),
 ];
+
+/// The traffic families, as the catalogue lists them.
+pub fn families() -> impl Iterator<Item = FamilyDoc> {
+    FAMILIES.iter().map(|(_, name, kind, help)| FamilyDoc {
+        name: format!("{NAMESPACE}_{name}"),
+        kind,
+        help: help.to_string(),
+    })
+}
 
 /// The Prometheus text format's escaping of a label value.
 pub fn escape_into(out: &mut String, value: &str) {

@@ -1,26 +1,53 @@
 //! The Prometheus exposition: traffic counters rendered from the accounting after each poll,
 //! and the agent's own health metrics.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Registry, TextEncoder, core::Collector, proto::MetricType,
 };
 use sensor_common::EventKind;
 
 use super::{
-    NAMESPACE,
+    FamilyDoc, NAMESPACE,
     exposition::{Chunks, Traffic},
 };
 use crate::{
     accounting::Accounting, enrich::ClientLabels, kernel::collector::Snapshot, types::Mac,
 };
 
+/// The registry and a list of what was registered in it: a family without series yet does
+/// not show in a scrape, but is in the catalogue (which docs/metrics.md is checked against).
+struct Families {
+    registry: Registry,
+    registered: Mutex<Vec<FamilyDoc>>,
+}
+
+impl Families {
+    fn register(&self, collector: Box<dyn Collector>) -> prometheus::Result<()> {
+        let docs = collector.collect().into_iter().map(|mf| FamilyDoc {
+            name: format!("{NAMESPACE}_{}", mf.name()),
+            kind: match mf.get_field_type() {
+                MetricType::COUNTER => "counter",
+                MetricType::GAUGE => "gauge",
+                MetricType::HISTOGRAM => "histogram",
+                MetricType::SUMMARY => "summary",
+                MetricType::UNTYPED => "untyped",
+            },
+            help: mf.help().to_string(),
+        });
+        let docs: Vec<FamilyDoc> = docs.collect();
+        self.registry.register(collector)?;
+        self.registered.lock().unwrap_or_else(|e| e.into_inner()).extend(docs);
+        Ok(())
+    }
+}
+
 /// Health metrics are ordinary registered collectors; traffic families are rebuilt each poll
 /// and written as text per scrape ([`super::exposition`]).
 pub struct Metrics {
-    registry: Registry,
+    families: Families,
     pub poll_duration: Histogram,
     pub flows_tracked: IntGauge,
     pub flows_capacity: IntGauge,
@@ -46,16 +73,19 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> prometheus::Result<Metrics> {
-        let registry = Registry::new_custom(Some(NAMESPACE.into()), None)?;
+        let families = Families {
+            registry: Registry::new_custom(Some(NAMESPACE.into()), None)?,
+            registered: Mutex::default(),
+        };
         let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
             let g = IntGauge::new(name, help)?;
-            registry.register(Box::new(g.clone()))?;
+            families.register(Box::new(g.clone()))?;
             Ok(g)
         };
         let gauge_vec =
             |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntGaugeVec> {
                 let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(g.clone()))?;
+                families.register(Box::new(g.clone()))?;
                 Ok(g)
             };
         let poll_duration = Histogram::with_opts(
@@ -65,13 +95,13 @@ impl Metrics {
             )
             .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
         )?;
-        registry.register(Box::new(poll_duration.clone()))?;
+        families.register(Box::new(poll_duration.clone()))?;
         let build_info =
             gauge_vec("build_info", "Version of the running agent (always 1).", &["version"])?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
             let c = IntCounter::new(name, help)?;
-            registry.register(Box::new(c.clone()))?;
+            families.register(Box::new(c.clone()))?;
             Ok(c)
         };
         let policy_violations = IntCounterVec::new(
@@ -81,7 +111,7 @@ impl Metrics {
             ),
             &["rule", "client"],
         )?;
-        registry.register(Box::new(policy_violations.clone()))?;
+        families.register(Box::new(policy_violations.clone()))?;
         let policy_evaluation = Histogram::with_opts(
             HistogramOpts::new(
                 "policy_evaluation_seconds",
@@ -91,7 +121,7 @@ impl Metrics {
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
             ]),
         )?;
-        registry.register(Box::new(policy_evaluation.clone()))?;
+        families.register(Box::new(policy_evaluation.clone()))?;
         let metrics = Metrics {
             policy_violations,
             policy_evaluation,
@@ -155,7 +185,7 @@ impl Metrics {
                     ),
                     &["kind"],
                 )?;
-                registry.register(Box::new(c.clone()))?;
+                families.register(Box::new(c.clone()))?;
                 c
             },
             events_dropped: {
@@ -163,7 +193,7 @@ impl Metrics {
                     "events_dropped_total",
                     "Naming events read but dropped in the agent (malformed, or the agent was too busy).",
                 )?;
-                registry.register(Box::new(c.clone()))?;
+                families.register(Box::new(c.clone()))?;
                 c
             },
             name_parse_errors: {
@@ -174,7 +204,7 @@ impl Metrics {
                     ),
                     &["kind"],
                 )?;
-                registry.register(Box::new(c.clone()))?;
+                families.register(Box::new(c.clone()))?;
                 c
             },
             names_cached: gauge(
@@ -186,7 +216,7 @@ impl Metrics {
                 "Enrichment sources that are missing or unreadable (OUI, leases, GeoIP databases); see the log.",
             )?,
             traffic: RwLock::new(Arc::default()),
-            registry,
+            families,
         };
         // Every kind shows from the start (0), so that rate() sees the first events.
         for kind in EventKind::ALL {
@@ -211,7 +241,19 @@ impl Metrics {
 
     /// The registry, for components that register their own collectors (alert delivery).
     pub fn registry(&self) -> &Registry {
-        &self.registry
+        &self.families.registry
+    }
+
+    /// Registers a component's own collector (alert delivery), catalogued like the agent's.
+    pub fn register(&self, collector: Box<dyn Collector>) -> prometheus::Result<()> {
+        self.families.register(collector)
+    }
+
+    /// Every family the agent can export: the registered ones, then the traffic families.
+    pub fn catalogue(&self) -> Vec<FamilyDoc> {
+        let mut all = self.families.registered.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        all.extend(super::exposition::families());
+        all
     }
 
     /// Pending and firing alerts per rule; rules no longer in the policy disappear.
@@ -228,7 +270,7 @@ impl Metrics {
     pub fn exposition(&self) -> Result<(Vec<u8>, Chunks), prometheus::Error> {
         let traffic = self.traffic.read().map(|t| Arc::clone(&t)).unwrap_or_default();
         let mut health = Vec::with_capacity(16 * 1024);
-        TextEncoder::new().encode(&self.registry.gather(), &mut health)?;
+        TextEncoder::new().encode(&self.families.registry.gather(), &mut health)?;
         Ok((health, traffic.chunks()))
     }
 
