@@ -27,7 +27,7 @@ pub struct DestId(u32);
 pub(super) struct DestNames {
     /// Ids by key, hashed through `keys`: each key is stored once (a full map of flows with
     /// a destination each held every key twice).
-    pub(super) index: HashTable<DestId>,
+    index: HashTable<DestId>,
     hasher: foldhash::fast::RandomState,
     /// By id; a free id holds an empty key.
     keys: Vec<DestKey>,
@@ -75,6 +75,11 @@ impl DestNames {
             }
             self.free.push(id);
         }
+    }
+
+    /// Distinct destinations held.
+    pub(super) fn len(&self) -> usize {
+        self.index.len()
     }
 
     pub(super) fn key(&self, id: DestId) -> &DestKey {

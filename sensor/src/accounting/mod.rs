@@ -295,7 +295,7 @@ impl Accounting {
             .collect();
         for mac in &retired {
             if let Some(account) = self.clients.remove(mac) {
-                account.destinations.entries.keys().for_each(|id| self.destinations.release(*id));
+                account.destinations.keys().for_each(|id| self.destinations.release(*id));
             }
             self.clients_last.remove(mac);
         }
@@ -320,6 +320,6 @@ impl Accounting {
 
     /// Distinct destinations the clients' tables hold.
     pub fn destinations_tracked(&self) -> usize {
-        self.destinations.index.len()
+        self.destinations.len()
     }
 }

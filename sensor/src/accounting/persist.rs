@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     Accounting, ClientAccount, LastRead, RemoteId,
     dest_names::{DestId, DestKey, DestNames},
-    ranked::{Entry, Ranked, unix_u32},
+    ranked::{Kept, Ranked, Series},
     tally::Tally,
 };
 use crate::{kernel::collector::Snapshot, types::Mac};
@@ -38,12 +38,12 @@ where
         use serde::ser::SerializeStruct;
         let set = self.set;
         let entries = Pairs(|| {
-            set.entries.iter().map(|(k, e)| {
+            set.kept().map(|(k, kept)| {
                 let file = EntryFile {
-                    exported: set.value(e),
-                    in_top: e.in_top(),
-                    score: f64::from(e.score),
-                    last_active: u64::from(e.last_active),
+                    exported: kept.series.exported,
+                    in_top: kept.series.in_top,
+                    score: f64::from(kept.score),
+                    last_active: kept.last_active,
                 };
                 ((self.name)(k), file)
             })
@@ -82,16 +82,11 @@ struct RankedIn<N> {
 
 impl<N> RankedIn<N> {
     fn into_ranked<K: Copy + Eq + Hash + Ord>(self, mut key: impl FnMut(N) -> K) -> Ranked<K> {
-        let mut set = Ranked { other: self.other, ..Ranked::default() };
-        for (name, file) in self.entries {
-            let mut entry = Entry::new(file.score as f32, unix_u32(file.last_active), file.in_top);
-            if file.in_top || !file.exported.is_zero() {
-                entry.set_slot(set.values.len() as u32);
-                set.values.push(file.exported);
-            }
-            set.entries.insert(key(name), entry);
-        }
-        set
+        let keys = self.entries.into_iter().map(|(name, file)| {
+            let series = Series { exported: file.exported, in_top: file.in_top };
+            (key(name), Kept { series, score: file.score as f32, last_active: file.last_active })
+        });
+        Ranked::restored(self.other, keys)
     }
 }
 

@@ -9,12 +9,12 @@ use crate::types::FastMap;
 /// One key's place in a [`Ranked`] set. 12 bytes: a client can have thousands of keys, and only
 /// its top few carry a series, so the value of a series lives apart (see [`Ranked::values`]).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Entry {
+struct Entry {
     /// Recent activity in bytes, halving every `Params::score_half_life_secs`: what "top"
     /// ranks by, so that a remote that was busy last week does not hold a series forever.
-    pub(super) score: f32,
+    score: f32,
     /// Unix seconds (fits until 2106) of the last poll that saw it carry traffic.
-    pub(super) last_active: u32,
+    last_active: u32,
     /// Where its series' value is in [`Ranked::values`] (low 31 bits; [`NO_SLOT`] before it
     /// first had a series) and whether it has a series of its own now (top bit).
     place: u32,
@@ -24,13 +24,13 @@ const NO_SLOT: u32 = 0x7fff_ffff;
 const IN_TOP: u32 = 0x8000_0000;
 
 impl Entry {
-    pub(super) fn new(score: f32, last_active: u32, in_top: bool) -> Entry {
+    fn new(score: f32, last_active: u32, in_top: bool) -> Entry {
         let mut e = Entry { score, last_active, place: NO_SLOT };
         e.set_in_top(in_top);
         e
     }
 
-    pub(super) fn in_top(&self) -> bool {
+    fn in_top(&self) -> bool {
         self.place & IN_TOP != 0
     }
 
@@ -42,7 +42,7 @@ impl Entry {
         self.place & NO_SLOT
     }
 
-    pub(super) fn set_slot(&mut self, slot: u32) {
+    fn set_slot(&mut self, slot: u32) {
         self.place = (self.place & IN_TOP) | (slot & NO_SLOT);
     }
 }
@@ -56,15 +56,24 @@ pub struct Series {
     pub in_top: bool,
 }
 
+/// One key as the state file keeps it: its series and what ranks it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Kept {
+    pub(super) series: Series,
+    pub(super) score: f32,
+    /// Unix seconds of the last poll that saw it carry traffic.
+    pub(super) last_active: u64,
+}
+
 /// One client's series of one kind (remotes, destinations): its most active keys have a
 /// series of their own, the others' traffic is summed into `other`. A key that loses its series
 /// keeps its value in memory, so that if it wins one back the series continues where it was.
 #[derive(Debug, Clone)]
 pub struct Ranked<K> {
-    pub(super) entries: FastMap<K, Entry>,
+    entries: FastMap<K, Entry>,
     /// Values of the keys that have had a series, by [`Entry::slot`]; freed slots are zero.
-    pub(super) values: Vec<Tally>,
-    pub(super) free: Vec<u32>,
+    values: Vec<Tally>,
+    free: Vec<u32>,
     pub other: Tally,
 }
 
@@ -162,8 +171,12 @@ impl<K: Copy + Eq + Hash + Ord> Ranked<K> {
         });
     }
 
-    pub(super) fn value(&self, entry: &Entry) -> Tally {
+    fn value(&self, entry: &Entry) -> Tally {
         self.values.get(entry.slot() as usize).copied().unwrap_or_default()
+    }
+
+    fn series_of(&self, entry: &Entry) -> Series {
+        Series { exported: self.value(entry), in_top: entry.in_top() }
     }
 
     /// Keys with a series of their own, with its value.
@@ -173,7 +186,36 @@ impl<K: Copy + Eq + Hash + Ord> Ranked<K> {
 
     /// One key's series, if the key is tracked.
     pub fn get(&self, key: &K) -> Option<Series> {
-        self.entries.get(key).map(|e| Series { exported: self.value(e), in_top: e.in_top() })
+        self.entries.get(key).map(|e| self.series_of(e))
+    }
+
+    /// Keys tracked, with or without a series (retiring a client releases its destinations).
+    pub(super) fn keys(&self) -> impl Iterator<Item = &K> {
+        self.entries.keys()
+    }
+
+    /// Every tracked key as the state file keeps it.
+    pub(super) fn kept(&self) -> impl Iterator<Item = (&K, Kept)> {
+        self.entries.iter().map(|(k, e)| {
+            let last_active = u64::from(e.last_active);
+            (k, Kept { series: self.series_of(e), score: e.score, last_active })
+        })
+    }
+
+    /// A set back from the state file, its keys as [`Ranked::kept`] gave them. A key that has
+    /// or had a series gets a slot for its value.
+    pub(super) fn restored(other: Tally, keys: impl IntoIterator<Item = (K, Kept)>) -> Ranked<K> {
+        let mut set = Ranked { other, ..Ranked::default() };
+        for (key, kept) in keys {
+            let Series { exported, in_top } = kept.series;
+            let mut entry = Entry::new(kept.score, unix_u32(kept.last_active), in_top);
+            if in_top || !exported.is_zero() {
+                entry.set_slot(set.values.len() as u32);
+                set.values.push(exported);
+            }
+            set.entries.insert(key, entry);
+        }
+        set
     }
 
     /// Keys tracked, with or without a series.
@@ -198,7 +240,7 @@ impl<K: Copy + Eq + Hash + Ord> Ranked<K> {
     }
 }
 
-pub(super) fn unix_u32(secs: u64) -> u32 {
+fn unix_u32(secs: u64) -> u32 {
     u32::try_from(secs).unwrap_or(u32::MAX)
 }
 

@@ -25,7 +25,7 @@ fn exported_bytes<K: Copy + Eq + Hash + Ord>(set: &Ranked<K>) -> u64 {
 /// A client's destination series by name.
 fn destination(a: &Accounting, name: &str) -> Option<Series> {
     let d = &a.clients[&MAC].destinations;
-    d.entries.keys().find(|id| a.destination(**id).destination == name).and_then(|id| d.get(id))
+    d.keys().find(|id| a.destination(**id).destination == name).and_then(|id| d.get(id))
 }
 
 #[test]
@@ -69,8 +69,7 @@ fn destinations_aggregate_flows_by_name() {
     let one = destination(&a, "one.example").unwrap();
     assert_eq!(one.exported, Tally { packets: [15, 0], bytes: [15_000, 0] });
     assert_eq!(
-        a.destination(*d.entries.keys().min_by_key(|id| &a.destination(**id).destination).unwrap())
-            .asn,
+        a.destination(*d.keys().min_by_key(|id| &a.destination(**id).destination).unwrap()).asn,
         64_500
     );
     assert_eq!(d.series().count(), 2);
