@@ -264,9 +264,7 @@ fn reload(
             warn!(key, "SIGHUP: `{key}` changed; it takes effect at the next restart");
         }
     }
-    // Names learnt from traffic stay: only the sources that come from files are replaced.
-    pipeline.enricher.inventory = enricher.inventory;
-    pipeline.enricher.geo = enricher.geo;
+    pipeline.replace_enrichment(enricher);
     pipeline.params = params(&new);
     notifier.reconfigure(&new.alerting, running.poll_interval)?;
     pipeline.policy.replace(policy, new.external_url(), new.alerting.resolved_retention);

@@ -164,6 +164,12 @@ impl Pipeline {
         Ok(alerts)
     }
 
+    /// Naming from a reloaded config (SIGHUP), from the next poll on; see
+    /// [`Enricher::replace_sources`] for what is kept.
+    pub fn replace_enrichment(&mut self, reloaded: Enricher) {
+        self.enricher.replace_sources(reloaded);
+    }
+
     /// The alert `alerts.statuses[i]` stands for, built now (the notifier asks only for what
     /// it sends).
     pub fn alert(&self, alerts: &PollAlerts, i: usize) -> Option<Alert> {

@@ -123,6 +123,15 @@ impl Enricher {
         Ok(())
     }
 
+    /// Takes over the sources that come from files (the inventory with its lease files, the
+    /// GeoIP databases) of an enricher made from a reloaded config. The names learnt from
+    /// traffic stay (no file holds them), and so do the name cache's limits and the
+    /// destination level this enricher started with.
+    pub fn replace_sources(&mut self, reloaded: Enricher) {
+        self.inventory = reloaded.inventory;
+        self.geo = reloaded.geo;
+    }
+
     /// Re-reads changed lease files and forgets expired names; returns new warnings.
     pub fn maintain(&mut self, now: u64) -> Vec<String> {
         self.names.expire(now);

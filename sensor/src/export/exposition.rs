@@ -483,7 +483,7 @@ mod tests {
     use crate::accounting::{DestKey, Params};
 
     const PARAMS: Params =
-        Params { top_remotes: 1, top_destinations: 5, ..crate::accounting::tests::PARAMS };
+        Params { top_remotes: 1, top_destinations: 5, ..crate::accounting::fixtures::PARAMS };
 
     fn text(traffic: Traffic) -> String {
         Arc::new(traffic).chunks().collect()
