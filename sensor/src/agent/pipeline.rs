@@ -24,9 +24,9 @@ use crate::{
         events::Observation,
     },
     policy::{
+        condition::Condition,
         eval::Evaluator,
         matcher::{ClientFacts, FlowFacts},
-        spec::Condition,
     },
     types::{Alert, AlertStatus, FastMap, FastSet, labels},
 };

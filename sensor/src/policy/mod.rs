@@ -1,6 +1,7 @@
 //! The policy (docs/policy.md): what each device may do. Loaded from YAML with errors that
 //! name the file, line and column, then evaluated on every poll by [`eval::Evaluator`].
 
+pub mod condition;
 pub mod countries;
 pub mod eval;
 pub mod matcher;
@@ -12,12 +13,11 @@ pub mod values;
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use crate::types::LocatedError;
+use condition::Condition;
 use matcher::DnsBypass;
-use spec::{Condition, GroupBy, MatchSpec, PolicySpec, RuleSpec};
+use spec::{MatchSpec, PolicySpec, RuleSpec};
 use template::Template;
-
-/// Labels the sensor sets on every alert; rules cannot redefine them.
-pub const RESERVED_LABELS: &[&str] = &["alertname", "severity", "client", "mac", "destination"];
+use values::GroupBy;
 
 /// A validated policy, ready to evaluate.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,11 +6,26 @@ use std::{fmt, marker::PhantomData, net::IpAddr};
 use globset::{GlobBuilder, GlobMatcher};
 use ipnet::IpNet;
 use serde::{
-    Deserialize, Deserializer,
+    Deserialize, Deserializer, Serialize,
     de::{self, IntoDeserializer as _, value::MapAccessDeserializer},
 };
 
 use super::countries;
+
+/// What names the destination an alert is about (one alert per client and destination).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    /// Registrable domain (xiaomi.net), else the address.
+    #[default]
+    Domain,
+    Fqdn,
+    Ip,
+    Asn,
+    Country,
+    /// One alert per client.
+    None,
+}
 
 /// One value or a list of them: `country: CN` and `country: [CN, HK]` both read.
 #[derive(Debug, Clone, PartialEq)]
@@ -325,6 +340,9 @@ impl ByteSize {
 }
 text_value!(ByteSize, ByteSize::parse);
 
+/// Labels the sensor sets on every alert; rules cannot redefine them.
+pub const RESERVED_LABELS: &[&str] = &["alertname", "severity", "client", "mac", "destination"];
+
 /// A label name as Prometheus and Alertmanager accept it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct LabelName(pub String);
@@ -340,7 +358,7 @@ impl LabelName {
                 "`{text}` is not a label name (letters, digits and _, not starting with a digit)"
             ));
         }
-        if super::RESERVED_LABELS.contains(&text) {
+        if RESERVED_LABELS.contains(&text) {
             return Err(format!("label `{text}` is set by the sensor itself; choose another name"));
         }
         Ok(LabelName(text.to_string()))
