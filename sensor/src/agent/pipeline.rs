@@ -24,7 +24,6 @@ use crate::{
         events::Observation,
     },
     policy::{
-        condition::Condition,
         eval::Evaluator,
         matcher::{ClientFacts, FlowFacts},
     },
@@ -172,13 +171,8 @@ impl Pipeline {
 
     fn evaluate_policy(&mut self, snap: &Snapshot, now: u64) -> PollAlerts {
         let started = Instant::now();
-        // Only new_device rules (or none): the flows would be named for nothing.
-        let needs_flows = self
-            .policy
-            .policy()
-            .rules
-            .iter()
-            .any(|r| !matches!(r.condition, Condition::NewDevice(_)));
+        // No rule counts flows (e.g. only new_device rules): they would be named for nothing.
+        let needs_flows = self.policy.policy().needs_flows();
         let gained = || self.accounting.gained().take(if needs_flows { usize::MAX } else { 0 });
         let (clients, index) = self.policy_clients(snap, gained().map(|(key, _)| &key.client_mac));
         let mut outcome = self.policy.begin(now, &clients);

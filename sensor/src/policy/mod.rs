@@ -54,6 +54,12 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// Whether any rule counts flows: with none, a poll's flows need not be named for the
+    /// policy.
+    pub fn needs_flows(&self) -> bool {
+        self.rules.iter().any(|r| r.condition.needs_flows())
+    }
+
     pub fn load(path: &Path) -> Result<Policy, LocatedError> {
         let text = std::fs::read_to_string(path).map_err(|e| LocatedError {
             path: path.to_owned(),
@@ -102,28 +108,8 @@ impl Policy {
 }
 
 fn compile(r: &RuleSpec) -> Result<Rule, (String, &'static str)> {
-    let condition = r
-        .condition
-        .single()
-        .map_err(|m| (m, "conditions: traffic, volume, rate, new_destination, new_device, dns_bypass (docs/policy.md)"))?;
-    if condition.window() < Duration::from_secs(1) {
-        return Err(("the condition's window is shorter than 1s".into(), "use e.g. `window: 10m`"));
-    }
-    match &condition {
-        Condition::Volume(v) if v.above.0 == 0 => {
-            return Err((
-                "`volume.above` is 0".into(),
-                "for any traffic at all use the `traffic` condition",
-            ));
-        }
-        Condition::Rate(c) if c.bytes_per_second.is_some() == c.packets_per_second.is_some() => {
-            return Err((
-                "`rate` needs exactly one of bytes_per_second and packets_per_second".into(),
-                "e.g. `rate: {bytes_per_second: 1MB, window: 1m}`",
-            ));
-        }
-        _ => {}
-    }
+    let condition = r.condition.single().map_err(|m| (m, condition::KINDS_HINT))?;
+    condition.validate()?;
     if let Some(i) = r.except.iter().position(MatchSpec::is_empty) {
         return Err((
             format!("exception {} names no client and no destination", i + 1),
@@ -138,7 +124,7 @@ fn compile(r: &RuleSpec) -> Result<Rule, (String, &'static str)> {
             "e.g. `schedule: {windows: [{days: [mon, tue], from: \"22:00\", to: \"06:00\"}]}`",
         ));
     }
-    let (summary, description) = default_texts(&condition);
+    let (summary, description) = condition.default_texts();
     Ok(Rule {
         name: r.name.0.clone(),
         matches: r.matches.clone(),
@@ -158,36 +144,6 @@ fn template(text: &str) -> Template {
     // The built-in texts only use known placeholders (a unit test parses each).
     Template::parse(text)
         .unwrap_or_else(|_| Template::parse("{{ rule }}").expect("a plain placeholder parses"))
-}
-
-/// Summary and description of a rule that gives none.
-fn default_texts(condition: &Condition) -> (&'static str, &'static str) {
-    match condition {
-        Condition::Traffic(_) => (
-            "{{ client }} talks to {{ destination }}",
-            "{{ client }} ({{ mac }}) exchanged {{ bytes }} in {{ packets }} packets with {{ destination }} ({{ country }} {{ asn }}) within {{ window }}.",
-        ),
-        Condition::Volume(_) => (
-            "{{ client }} moved {{ bytes }} to/from {{ destination }} within {{ window }}",
-            "{{ client }} ({{ mac }}) moved {{ bytes }} with {{ destination }} ({{ country }} {{ asn }}) within {{ window }}, above the rule's limit.",
-        ),
-        Condition::Rate(_) => (
-            "{{ client }} sustains {{ rate }} with {{ destination }}",
-            "{{ client }} ({{ mac }}) averaged {{ rate }} with {{ destination }} ({{ country }} {{ asn }}) over {{ window }}.",
-        ),
-        Condition::NewDestination(_) => (
-            "{{ client }} contacted a new destination: {{ destination }}",
-            "{{ client }} ({{ mac }}) talked to {{ destination }} ({{ country }} {{ asn }}) for the first time since its learning period ended.",
-        ),
-        Condition::NewDevice(_) => (
-            "New device on the LAN: {{ client }}",
-            "A device never seen before joined the LAN: {{ client }} ({{ mac }}, vendor {{ vendor }}).",
-        ),
-        Condition::DnsBypass(_) => (
-            "{{ client }} resolves names around the configured resolvers ({{ destination }})",
-            "{{ client }} ({{ mac }}) used DNS at {{ destination }} ({{ country }} {{ asn }}) instead of the configured resolvers within {{ window }}.",
-        ),
-    }
 }
 
 fn hint_for(message: &str) -> Option<String> {

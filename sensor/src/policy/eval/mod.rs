@@ -20,7 +20,7 @@ use stored::{KnownDestinations, Levels, Seen, level_name};
 
 use super::{
     Policy, Rule,
-    condition::{Condition, Direction},
+    condition::{Feed, FlowFilter, Measured},
     matcher::{ClientFacts, FlowFacts, PollFacts, destination_label},
     values::GroupBy,
 };
@@ -54,6 +54,7 @@ pub struct Outcome {
     pub series: usize,
 }
 
+/// The policy with everything it remembers, fed one poll at a time.
 pub struct Evaluator {
     policy: Policy,
     state: EvalState,
@@ -152,10 +153,13 @@ impl Evaluator {
             if rule.schedule.as_ref().is_some_and(|s| !s.contains(now)) {
                 continue;
             }
-            let Condition::NewDevice(c) = &rule.condition else { continue };
+            let learning = match rule.condition.feed() {
+                Feed::NewDevices { learning } => learning,
+                Feed::Flows(_) => continue,
+            };
             for &(i, first_seen) in &new_devices {
                 let client = &clients[i];
-                let learnt = first_seen < self.state.started.saturating_add(c.learning.as_secs());
+                let learnt = first_seen < self.state.started.saturating_add(learning.as_secs());
                 if learnt
                     || !rule.matches.matches_client(client)
                     || self.device_excepted(rule, client)
@@ -184,13 +188,15 @@ impl Evaluator {
         let rules = std::mem::take(&mut self.policy.rules);
         let exceptions = std::mem::take(&mut self.policy.exceptions);
         for rule in &rules {
-            if rule.schedule.as_ref().is_some_and(|s| !s.contains(now))
-                || matches!(rule.condition, Condition::NewDevice(_))
-            {
+            if rule.schedule.as_ref().is_some_and(|s| !s.contains(now)) {
                 continue;
             }
+            let filter = match rule.condition.feed() {
+                Feed::Flows(filter) => filter,
+                Feed::NewDevices { .. } => continue,
+            };
             let window = rule.condition.window().as_secs().max(1);
-            let event = matches!(rule.condition, Condition::NewDestination(_));
+            let event = rule.condition.is_event();
             let mut excepts = Vec::new();
             for run in client_runs(flows) {
                 // The client half of the match and of the exceptions, once per client.
@@ -208,12 +214,12 @@ impl Evaluator {
                     {
                         continue;
                     }
-                    let counts = match &rule.condition {
-                        Condition::DnsBypass(_) => self.policy.dns.is_bypass(f),
-                        Condition::NewDestination(_) => {
+                    let counts = match filter {
+                        FlowFilter::All => true,
+                        FlowFilter::NewDestinations { .. } => {
                             new_destinations.get(i).copied().unwrap_or(false)
                         }
-                        _ => true,
+                        FlowFilter::DnsBypass => self.policy.dns.is_bypass(f),
                     };
                     if !counts {
                         continue;
@@ -265,15 +271,18 @@ impl Evaluator {
         flows: &[FlowFacts],
     ) -> Vec<bool> {
         let mut new = vec![false; flows.len()];
-        let rules: Vec<(GroupBy, u64)> = self
-            .policy
-            .rules
-            .iter()
-            .filter_map(|r| match &r.condition {
-                Condition::NewDestination(c) => Some((c.by, c.learning.as_secs())),
-                _ => None,
-            })
-            .collect();
+        let rules: Vec<(GroupBy, u64)> =
+            self.policy
+                .rules
+                .iter()
+                .filter_map(|r| match r.condition.feed() {
+                    Feed::Flows(FlowFilter::NewDestinations { by, learning }) => {
+                        Some((by, learning.as_secs()))
+                    }
+                    Feed::Flows(FlowFilter::All | FlowFilter::DnsBypass)
+                    | Feed::NewDevices { .. } => None,
+                })
+                .collect();
         if rules.is_empty() {
             return new;
         }
@@ -364,8 +373,13 @@ impl Evaluator {
             if s.event_at().is_some_and(|t| t + window <= now) {
                 s.set_event_at(None);
             }
-            let (bytes, packets) = measured(rule, s);
-            let holds = holds(rule, s, bytes, packets, window);
+            let (bytes, packets) = s.measured(rule.condition.direction());
+            let holds = rule.condition.holds(&Measured {
+                bytes,
+                packets,
+                window,
+                event: s.event_at().is_some(),
+            });
             if holds {
                 s.last_bytes = bytes;
                 s.last_packets = packets;
@@ -425,47 +439,6 @@ impl Evaluator {
 fn fire(rule: &Rule, s: &Series, now: u64, outcome: &mut Outcome) -> Phase {
     outcome.fired.push((rule.name.clone(), s.labels.client.to_string()));
     Phase::Firing { fired_at: now }
-}
-
-fn direction_index(d: Direction) -> &'static [usize] {
-    match d {
-        Direction::Upload => &[0],
-        Direction::Download => &[1],
-        Direction::Both => &[0, 1],
-    }
-}
-
-fn condition_direction(c: &Condition) -> Direction {
-    match c {
-        Condition::Traffic(c) => c.direction,
-        Condition::Volume(c) => c.direction,
-        Condition::Rate(c) => c.direction,
-        _ => Direction::Both,
-    }
-}
-
-/// Bytes and packets in the window, in the condition's direction.
-fn measured(rule: &Rule, s: &Series) -> (u64, u64) {
-    let dirs = direction_index(condition_direction(&rule.condition));
-    s.samples.iter().fold((0, 0), |(b, p), x| {
-        (
-            b + dirs.iter().map(|&d| x.bytes[d]).sum::<u64>(),
-            p + dirs.iter().map(|&d| x.packets[d]).sum::<u64>(),
-        )
-    })
-}
-
-fn holds(rule: &Rule, s: &Series, bytes: u64, packets: u64, window: u64) -> bool {
-    match &rule.condition {
-        Condition::Traffic(_) | Condition::DnsBypass(_) => packets > 0,
-        Condition::Volume(v) => bytes > v.above.0,
-        Condition::Rate(r) => match (r.bytes_per_second, r.packets_per_second) {
-            (Some(bps), _) => bytes as f64 / window as f64 > bps.0 as f64,
-            (None, Some(pps)) => packets as f64 / window as f64 > pps as f64,
-            (None, None) => false,
-        },
-        Condition::NewDestination(_) | Condition::NewDevice(_) => s.event_at().is_some(),
-    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::condition::Direction;
+
 /// Samples a series keeps per window at most: samples closer together than window/64 are
 /// added up, so a series' memory is bounded however often its flows gain. A sample then
 /// leaves the window up to window/64 late (never early); windows under 64 s stay exact.
@@ -301,6 +303,26 @@ impl Series {
             }
             _ => self.samples.push_back(sample),
         }
+    }
+
+    /// Bytes and packets in the window, in `direction`.
+    pub(super) fn measured(&self, direction: Direction) -> (u64, u64) {
+        let dirs = direction_index(direction);
+        self.samples.iter().fold((0, 0), |(b, p), x| {
+            (
+                b + dirs.iter().map(|&d| x.bytes[d]).sum::<u64>(),
+                p + dirs.iter().map(|&d| x.packets[d]).sum::<u64>(),
+            )
+        })
+    }
+}
+
+/// A sample's indices (upload, download) that count in `d`.
+fn direction_index(d: Direction) -> &'static [usize] {
+    match d {
+        Direction::Upload => &[0],
+        Direction::Download => &[1],
+        Direction::Both => &[0, 1],
     }
 }
 
