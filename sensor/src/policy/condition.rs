@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::values::{ByteSize, GroupBy};
+use super::{
+    error::PolicyError,
+    values::{ByteSize, GroupBy},
+};
 
 /// Which way traffic counts: `upload` is client → remote.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -42,7 +45,7 @@ pub enum Condition {
 }
 
 impl ConditionSpec {
-    pub fn single(&self) -> Result<Condition, String> {
+    pub fn single(&self) -> Result<Condition, PolicyError> {
         // Taken apart field by field: a kind added to the file but not here does not compile.
         let ConditionSpec { traffic, volume, rate, new_destination, new_device, dns_bypass } = self;
         let mut all: Vec<Condition> = [
@@ -58,8 +61,8 @@ impl ConditionSpec {
         .collect();
         match all.len() {
             1 => Ok(all.remove(0)),
-            0 => Err("the condition is empty".into()),
-            _ => Err("a rule has exactly one condition; write a second rule for the other".into()),
+            0 => Err(PolicyError::NoCondition),
+            _ => Err(PolicyError::TwoConditions),
         }
     }
 }
@@ -188,30 +191,21 @@ impl Condition {
         }
     }
 
-    /// Checked when the policy loads: what is wrong, and how to fix it.
-    pub(super) fn validate(&self) -> Result<(), (String, &'static str)> {
+    /// Checked when the policy loads.
+    pub(super) fn validate(&self) -> Result<(), PolicyError> {
         if self.window() < Duration::from_secs(1) {
-            return Err((
-                "the condition's window is shorter than 1s".into(),
-                "use e.g. `window: 10m`",
-            ));
+            return Err(PolicyError::ShortWindow);
         }
         let refused = match self {
-            Condition::Volume(v) => (v.above.0 == 0).then_some((
-                "`volume.above` is 0",
-                "for any traffic at all use the `traffic` condition",
-            )),
+            Condition::Volume(v) => (v.above.0 == 0).then_some(PolicyError::VolumeZero),
             Condition::Rate(c) => (c.bytes_per_second.is_some() == c.packets_per_second.is_some())
-                .then_some((
-                    "`rate` needs exactly one of bytes_per_second and packets_per_second",
-                    "e.g. `rate: {bytes_per_second: 1MB, window: 1m}`",
-                )),
+                .then_some(PolicyError::RateThreshold),
             Condition::Traffic(_)
             | Condition::NewDestination(_)
             | Condition::NewDevice(_)
             | Condition::DnsBypass(_) => None,
         };
-        refused.map_or(Ok(()), |(message, hint)| Err((message.into(), hint)))
+        refused.map_or(Ok(()), Err)
     }
 
     /// Summary and description of a rule that gives none (templates, docs/policy.md).

@@ -3,6 +3,7 @@
 
 pub mod condition;
 pub mod countries;
+pub mod error;
 pub mod eval;
 pub mod matcher;
 pub mod schedule;
@@ -14,6 +15,7 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use crate::types::LocatedError;
 use condition::Condition;
+pub use error::PolicyError;
 use matcher::DnsBypass;
 use spec::{MatchSpec, PolicySpec, RuleSpec};
 use template::Template;
@@ -76,53 +78,40 @@ impl Policy {
     pub fn parse(text: &str, path: &Path) -> Result<Policy, LocatedError> {
         let spec: PolicySpec =
             serde_yaml::from_str(text).map_err(|e| LocatedError::from_yaml(&e, path, hint_for))?;
-        let fail = |rule: Option<&str>, message: String, hint: &str| LocatedError {
+        let fail = |rule: Option<&str>, message: String, e: &PolicyError| LocatedError {
             path: path.to_owned(),
             location: rule.and_then(|name| locate_rule(text, name)),
             message,
-            hint: Some(hint.to_string()),
+            hint: hint(e).map(str::to_string),
         };
         if let Some(i) = spec.exceptions.iter().position(MatchSpec::is_empty) {
-            return Err(fail(
-                None,
-                format!("global exception {} names no client and no destination", i + 1),
-                "an empty exception would silence every rule; give it a `client` or a `destination`",
-            ));
+            let e = PolicyError::EmptyGlobalException(i + 1);
+            return Err(fail(None, e.to_string(), &e));
         }
         let mut rules: Vec<Rule> = Vec::with_capacity(spec.rules.len());
         for r in &spec.rules {
             let name = r.name.0.as_str();
             if rules.iter().any(|x| x.name == name) {
-                return Err(fail(
-                    Some(name),
-                    format!("two rules are named `{name}`"),
-                    "rule names become the alert's alertname and must be unique",
-                ));
+                let e = PolicyError::DuplicateRule(name.to_string());
+                return Err(fail(Some(name), e.to_string(), &e));
             }
-            rules.push(compile(r).map_err(|(message, hint)| {
-                fail(Some(name), format!("rule `{name}`: {message}"), hint)
-            })?);
+            rules
+                .push(compile(r).map_err(|e| fail(Some(name), format!("rule `{name}`: {e}"), &e))?);
         }
         Ok(Policy { rules, exceptions: spec.exceptions, dns: DnsBypass::new(&spec.dns) })
     }
 }
 
-fn compile(r: &RuleSpec) -> Result<Rule, (String, &'static str)> {
-    let condition = r.condition.single().map_err(|m| (m, condition::KINDS_HINT))?;
+fn compile(r: &RuleSpec) -> Result<Rule, PolicyError> {
+    let condition = r.condition.single()?;
     condition.validate()?;
     if let Some(i) = r.except.iter().position(MatchSpec::is_empty) {
-        return Err((
-            format!("exception {} names no client and no destination", i + 1),
-            "an empty exception would silence the rule; give it a `client` or a `destination`",
-        ));
+        return Err(PolicyError::EmptyException(i + 1));
     }
     if let Some(s) = &r.schedule
         && s.windows.is_empty()
     {
-        return Err((
-            "the schedule has no windows".into(),
-            "e.g. `schedule: {windows: [{days: [mon, tue], from: \"22:00\", to: \"06:00\"}]}`",
-        ));
+        return Err(PolicyError::EmptySchedule);
     }
     let (summary, description) = condition.default_texts();
     Ok(Rule {
@@ -144,6 +133,46 @@ fn template(text: &str) -> Template {
     // The built-in texts only use known placeholders (a unit test parses each).
     Template::parse(text)
         .unwrap_or_else(|_| Template::parse("{{ rule }}").expect("a plain placeholder parses"))
+}
+
+/// How to fix an error about a rule, or the policy, as a whole. A bad value has none: its
+/// message says what a good one looks like.
+fn hint(e: &PolicyError) -> Option<&'static str> {
+    match e {
+        PolicyError::NoCondition | PolicyError::TwoConditions => Some(condition::KINDS_HINT),
+        PolicyError::ShortWindow => Some("use e.g. `window: 10m`"),
+        PolicyError::VolumeZero => Some("for any traffic at all use the `traffic` condition"),
+        PolicyError::RateThreshold => Some("e.g. `rate: {bytes_per_second: 1MB, window: 1m}`"),
+        PolicyError::EmptyException(_) => {
+            Some("an empty exception would silence the rule; give it a `client` or a `destination`")
+        }
+        PolicyError::EmptySchedule => {
+            Some("e.g. `schedule: {windows: [{days: [mon, tue], from: \"22:00\", to: \"06:00\"}]}`")
+        }
+        PolicyError::EmptyGlobalException(_) => Some(
+            "an empty exception would silence every rule; give it a `client` or a `destination`",
+        ),
+        PolicyError::DuplicateRule(_) => {
+            Some("rule names become the alert's alertname and must be unique")
+        }
+        PolicyError::Glob { .. }
+        | PolicyError::EmptyDomain
+        | PolicyError::Domain(_)
+        | PolicyError::Cidr(_)
+        | PolicyError::Country(_)
+        | PolicyError::Asn(_)
+        | PolicyError::PortRange(_)
+        | PolicyError::Protocol(_)
+        | PolicyError::Mac(_)
+        | PolicyError::Size(_)
+        | PolicyError::LabelName(_)
+        | PolicyError::ReservedLabel(_)
+        | PolicyError::TimeZone(_)
+        | PolicyError::Day(_)
+        | PolicyError::TimeOfDay(_)
+        | PolicyError::UnclosedPlaceholder(_)
+        | PolicyError::UnknownPlaceholder { .. } => None,
+    }
 }
 
 fn hint_for(message: &str) -> Option<String> {

@@ -61,3 +61,40 @@ fn shipped_example_policy_loads() {
         p.rules.iter().map(|r| &r.name).collect::<Vec<_>>()
     );
 }
+
+/// Errors about a rule as a whole, in full: located at the rule's name, with their hint.
+#[test]
+fn rule_errors_read_in_full_with_their_hint() {
+    let rule = |body: &str| error(&format!("rules:\n  - name: R\n{body}"));
+    assert_eq!(
+        rule("    condition: {volume: {above: 0}}\n"),
+        "policy.yaml:2:5: rule `R`: `volume.above` is 0\n  hint: for any traffic at all use the `traffic` condition"
+    );
+    assert_eq!(
+        rule("    condition: {}\n"),
+        "policy.yaml:2:5: rule `R`: the condition is empty\n  hint: conditions: traffic, volume, rate, new_destination, new_device, dns_bypass (docs/policy.md)"
+    );
+    assert_eq!(
+        rule("    condition: {traffic: {window: 0s}}\n"),
+        "policy.yaml:2:5: rule `R`: the condition's window is shorter than 1s\n  hint: use e.g. `window: 10m`"
+    );
+    assert_eq!(
+        rule("    condition: {traffic: {}}\n    except: [{client: {name: tv}}, {}]\n"),
+        "policy.yaml:2:5: rule `R`: exception 2 names no client and no destination\n  hint: an empty exception would silence the rule; give it a `client` or a `destination`"
+    );
+    assert_eq!(
+        rule("    condition: {traffic: {}}\n    schedule: {windows: []}\n"),
+        "policy.yaml:2:5: rule `R`: the schedule has no windows\n  hint: e.g. `schedule: {windows: [{days: [mon, tue], from: \"22:00\", to: \"06:00\"}]}`"
+    );
+    assert_eq!(
+        error("exceptions: [{}]\n"),
+        "policy.yaml: global exception 1 names no client and no destination\n  hint: an empty exception would silence every rule; give it a `client` or a `destination`"
+    );
+    let e = rule("    condition: {traffic: {}}\n    summary: \"{{ client\"\n");
+    assert!(e.contains(": `{{` without `}}` in template `{{ client`"), "{e}");
+    let e = rule("    condition: {traffic: {}}\n    summary: \"{{ clinet }}\"\n");
+    assert!(
+        e.contains(": unknown placeholder `{{ clinet }}`; known: rule, severity, client,"),
+        "{e}"
+    );
+}

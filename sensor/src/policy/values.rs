@@ -10,7 +10,7 @@ use serde::{
     de::{self, IntoDeserializer as _, value::MapAccessDeserializer},
 };
 
-use super::countries;
+use super::{countries, error::PolicyError};
 
 /// What names the destination an alert is about (one alert per client and destination).
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Serialize)]
@@ -89,10 +89,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
 /// is raised inside the visitor, so serde_yaml locates it at the value itself.
 pub(super) fn from_text<'de, D: Deserializer<'de>, T>(
     d: D,
-    parse: impl Fn(&str) -> Result<T, String>,
+    parse: impl Fn(&str) -> Result<T, PolicyError>,
 ) -> Result<T, D::Error> {
     struct V<F>(F);
-    impl<'de, T, F: Fn(&str) -> Result<T, String>> de::Visitor<'de> for V<F> {
+    impl<'de, T, F: Fn(&str) -> Result<T, PolicyError>> de::Visitor<'de> for V<F> {
         type Value = T;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("a string or a number")
@@ -138,12 +138,15 @@ impl PartialEq for Pattern {
 }
 
 impl Pattern {
-    pub fn parse(text: &str) -> Result<Pattern, String> {
+    pub fn parse(text: &str) -> Result<Pattern, PolicyError> {
         let glob = GlobBuilder::new(text)
             .case_insensitive(true)
             .literal_separator(false)
             .build()
-            .map_err(|e| format!("invalid glob `{text}`: {}", e.kind()))?;
+            .map_err(|e| PolicyError::Glob {
+            text: text.into(),
+            reason: e.kind().to_string(),
+        })?;
         Ok(Pattern { text: text.to_string(), glob: glob.compile_matcher() })
     }
     pub fn matches(&self, s: &str) -> bool {
@@ -161,18 +164,16 @@ pub enum DomainPattern {
 }
 
 impl DomainPattern {
-    pub fn parse(text: &str) -> Result<DomainPattern, String> {
+    pub fn parse(text: &str) -> Result<DomainPattern, PolicyError> {
         let t = text.trim().trim_end_matches('.').to_ascii_lowercase();
         if t.is_empty() {
-            return Err("empty domain".into());
+            return Err(PolicyError::EmptyDomain);
         }
         if t.contains(['*', '?', '[']) {
             return Pattern::parse(&t).map(DomainPattern::Glob);
         }
         if t.contains(|c: char| c.is_whitespace() || c == '/' || c == ':') {
-            return Err(format!(
-                "`{text}` is not a domain (write e.g. xiaomi.net or *.micloud.com)"
-            ));
+            return Err(PolicyError::Domain(text.into()));
         }
         Ok(DomainPattern::Suffix(t))
     }
@@ -199,16 +200,14 @@ text_value!(DomainPattern, DomainPattern::parse);
 pub struct Cidr(pub IpNet);
 
 impl Cidr {
-    pub fn parse(text: &str) -> Result<Cidr, String> {
+    pub fn parse(text: &str) -> Result<Cidr, PolicyError> {
         let t = text.trim();
         if let Ok(net) = t.parse::<IpNet>() {
             return Ok(Cidr(net.trunc()));
         }
-        t.parse::<IpAddr>().map(|ip| Cidr(IpNet::from(ip))).map_err(|_| {
-            format!(
-                "`{text}` is not a CIDR (write e.g. 203.0.113.0/24, 2001:db8::/32 or 198.51.100.7)"
-            )
-        })
+        t.parse::<IpAddr>()
+            .map(|ip| Cidr(IpNet::from(ip)))
+            .map_err(|_| PolicyError::Cidr(text.into()))
     }
     pub fn contains(&self, ip: &IpAddr) -> bool {
         self.0.contains(ip)
@@ -221,12 +220,12 @@ text_value!(Cidr, Cidr::parse);
 pub struct Country(pub String);
 
 impl Country {
-    pub fn parse(text: &str) -> Result<Country, String> {
+    pub fn parse(text: &str) -> Result<Country, PolicyError> {
         let code = text.trim().to_ascii_uppercase();
         if countries::is_known(&code) {
             Ok(Country(code))
         } else {
-            Err(format!("unknown country code `{text}` (ISO 3166-1 alpha-2, e.g. CN, US, DE)"))
+            Err(PolicyError::Country(text.into()))
         }
     }
 }
@@ -237,12 +236,12 @@ text_value!(Country, Country::parse);
 pub struct Asn(pub u32);
 
 impl Asn {
-    pub fn parse(text: &str) -> Result<Asn, String> {
+    pub fn parse(text: &str) -> Result<Asn, PolicyError> {
         let t = text.trim();
         let digits = t.strip_prefix("AS").or_else(|| t.strip_prefix("as")).unwrap_or(t);
         match digits.parse::<u32>() {
             Ok(n) if n > 0 => Ok(Asn(n)),
-            _ => Err(format!("`{text}` is not an AS number (write e.g. 4808 or AS4808)")),
+            _ => Err(PolicyError::Asn(text.into())),
         }
     }
 }
@@ -253,8 +252,8 @@ text_value!(Asn, Asn::parse);
 pub struct PortRange(pub u16, pub u16);
 
 impl PortRange {
-    pub fn parse(text: &str) -> Result<PortRange, String> {
-        let bad = || format!("`{text}` is not a port or port range (write e.g. 443 or 8000-8100)");
+    pub fn parse(text: &str) -> Result<PortRange, PolicyError> {
+        let bad = || PolicyError::PortRange(text.into());
         let port = |s: &str| s.trim().parse::<u16>().map_err(|_| bad());
         match text.split_once('-') {
             Some((a, b)) => {
@@ -275,13 +274,13 @@ text_value!(PortRange, PortRange::parse);
 pub struct Protocol(pub u8);
 
 impl Protocol {
-    pub fn parse(text: &str) -> Result<Protocol, String> {
+    pub fn parse(text: &str) -> Result<Protocol, PolicyError> {
         match text.trim().to_ascii_lowercase().as_str() {
             "tcp" => Ok(Protocol(6)),
             "udp" => Ok(Protocol(17)),
             "icmp" => Ok(Protocol(1)),
             "icmpv6" => Ok(Protocol(58)),
-            _ => Err(format!("unknown protocol `{text}` (one of tcp, udp, icmp, icmpv6)")),
+            _ => Err(PolicyError::Protocol(text.into())),
         }
     }
 }
@@ -292,16 +291,14 @@ text_value!(Protocol, Protocol::parse);
 pub struct MacAddr(pub [u8; 6]);
 
 impl MacAddr {
-    pub fn parse(text: &str) -> Result<MacAddr, String> {
+    pub fn parse(text: &str) -> Result<MacAddr, PolicyError> {
         let parts: Vec<&str> = text.trim().split([':', '-']).collect();
         let mut mac = [0u8; 6];
         if parts.len() != 6 {
-            return Err(format!("`{text}` is not a MAC address (write e.g. 64:09:80:4a:1c:07)"));
+            return Err(PolicyError::Mac(text.into()));
         }
         for (b, p) in mac.iter_mut().zip(&parts) {
-            *b = u8::from_str_radix(p, 16).map_err(|_| {
-                format!("`{text}` is not a MAC address (write e.g. 64:09:80:4a:1c:07)")
-            })?;
+            *b = u8::from_str_radix(p, 16).map_err(|_| PolicyError::Mac(text.into()))?;
         }
         Ok(MacAddr(mac))
     }
@@ -313,11 +310,11 @@ text_value!(MacAddr, MacAddr::parse);
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
-    pub fn parse(text: &str) -> Result<ByteSize, String> {
+    pub fn parse(text: &str) -> Result<ByteSize, PolicyError> {
         let t = text.trim();
         let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let bad = || format!("`{text}` is not a size (write e.g. 5MB, 500kB, 1.5GB or 5MiB)");
+        let bad = || PolicyError::Size(text.into());
         let n: f64 = num.parse().map_err(|_| bad())?;
         let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
@@ -348,18 +345,16 @@ pub const RESERVED_LABELS: &[&str] = &["alertname", "severity", "client", "mac",
 pub struct LabelName(pub String);
 
 impl LabelName {
-    pub fn parse(text: &str) -> Result<LabelName, String> {
+    pub fn parse(text: &str) -> Result<LabelName, PolicyError> {
         let ok = text
             .chars()
             .enumerate()
             .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
         if text.is_empty() || !ok {
-            return Err(format!(
-                "`{text}` is not a label name (letters, digits and _, not starting with a digit)"
-            ));
+            return Err(PolicyError::LabelName(text.into()));
         }
         if RESERVED_LABELS.contains(&text) {
-            return Err(format!("label `{text}` is set by the sensor itself; choose another name"));
+            return Err(PolicyError::ReservedLabel(text.into()));
         }
         Ok(LabelName(text.to_string()))
     }
@@ -381,6 +376,57 @@ mod tests {
         let g = DomainPattern::parse("*.micloud.*").unwrap();
         assert!(g.matches("eu.micloud.com"));
         assert!(!g.matches("micloud.com"));
+    }
+
+    /// Every refusal in full: the text as written and what a good one looks like.
+    #[test]
+    fn refusals_say_what_a_good_value_looks_like() {
+        let refusals = [
+            (
+                Pattern::parse("a[").map(|_| ()),
+                "invalid glob `a[`: unclosed character class; missing ']'",
+            ),
+            (DomainPattern::parse(" . ").map(|_| ()), "empty domain"),
+            (
+                DomainPattern::parse("a b").map(|_| ()),
+                "`a b` is not a domain (write e.g. xiaomi.net or *.micloud.com)",
+            ),
+            (
+                Cidr::parse("10/8").map(|_| ()),
+                "`10/8` is not a CIDR (write e.g. 203.0.113.0/24, 2001:db8::/32 or 198.51.100.7)",
+            ),
+            (
+                Country::parse("XX").map(|_| ()),
+                "unknown country code `XX` (ISO 3166-1 alpha-2, e.g. CN, US, DE)",
+            ),
+            (
+                Asn::parse("AS0").map(|_| ()),
+                "`AS0` is not an AS number (write e.g. 4808 or AS4808)",
+            ),
+            (
+                PortRange::parse("9-1").map(|_| ()),
+                "`9-1` is not a port or port range (write e.g. 443 or 8000-8100)",
+            ),
+            (
+                Protocol::parse("sctp").map(|_| ()),
+                "unknown protocol `sctp` (one of tcp, udp, icmp, icmpv6)",
+            ),
+            (
+                ByteSize::parse("5 parsecs").map(|_| ()),
+                "`5 parsecs` is not a size (write e.g. 5MB, 500kB, 1.5GB or 5MiB)",
+            ),
+            (
+                LabelName::parse("9x").map(|_| ()),
+                "`9x` is not a label name (letters, digits and _, not starting with a digit)",
+            ),
+            (
+                LabelName::parse("mac").map(|_| ()),
+                "label `mac` is set by the sensor itself; choose another name",
+            ),
+        ];
+        for (result, message) in refusals {
+            assert_eq!(result.map_err(|e| e.to_string()), Err(message.to_string()));
+        }
     }
 
     #[test]
