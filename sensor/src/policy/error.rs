@@ -3,6 +3,8 @@
 //! rule's name and given a hint by `Policy::parse`. Either way the user sees a
 //! `LocatedError` (path:line:column, message, hint).
 
+use crate::types::mac::MacError;
+
 /// An error in the policy, worded for the person who wrote it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
@@ -23,8 +25,8 @@ pub enum PolicyError {
     PortRange(String),
     #[error("unknown protocol `{0}` (one of tcp, udp, icmp, icmpv6)")]
     Protocol(String),
-    #[error("`{0}` is not a MAC address (write e.g. 64:09:80:4a:1c:07)")]
-    Mac(String),
+    #[error(transparent)]
+    Mac(#[from] MacError),
     #[error("`{0}` is not a size (write e.g. 5MB, 500kB, 1.5GB or 5MiB)")]
     Size(String),
     #[error("`{0}` is not a label name (letters, digits and _, not starting with a digit)")]

@@ -11,6 +11,7 @@ use serde::{
 };
 
 use super::{countries, error::PolicyError};
+use crate::types::mac;
 
 /// What names the destination an alert is about (one alert per client and destination).
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Serialize)]
@@ -286,21 +287,14 @@ impl Protocol {
 }
 text_value!(Protocol, Protocol::parse);
 
-/// A MAC address, `64:09:80:4a:1c:07` or with dashes.
+/// A MAC address, `64:09:80:4a:1c:07` or with dashes, as the inventory and lease files take
+/// it (one parser for all: `crate::types::mac`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MacAddr(pub [u8; 6]);
 
 impl MacAddr {
     pub fn parse(text: &str) -> Result<MacAddr, PolicyError> {
-        let parts: Vec<&str> = text.trim().split([':', '-']).collect();
-        let mut mac = [0u8; 6];
-        if parts.len() != 6 {
-            return Err(PolicyError::Mac(text.into()));
-        }
-        for (b, p) in mac.iter_mut().zip(&parts) {
-            *b = u8::from_str_radix(p, 16).map_err(|_| PolicyError::Mac(text.into()))?;
-        }
-        Ok(MacAddr(mac))
+        Ok(MacAddr(mac::parse(text)?))
     }
 }
 text_value!(MacAddr, MacAddr::parse);
@@ -423,6 +417,14 @@ mod tests {
                 LabelName::parse("mac").map(|_| ()),
                 "label `mac` is set by the sensor itself; choose another name",
             ),
+            (
+                MacAddr::parse("64:09:80:4a:1c").map(|_| ()),
+                "`64:09:80:4a:1c` is not a MAC address (write six bytes in hex, e.g. 64:09:80:4a:1c:07)",
+            ),
+            (
+                MacAddr::parse("64:09:80-4a:1c:07").map(|_| ()),
+                "`64:09:80-4a:1c:07` is not a MAC address (write six bytes in hex, e.g. 64:09:80:4a:1c:07)",
+            ),
         ];
         for (result, message) in refusals {
             assert_eq!(result.map_err(|e| e.to_string()), Err(message.to_string()));
@@ -452,6 +454,7 @@ mod tests {
             MacAddr::parse("64-09-80-4A-1C-07").unwrap().0,
             [0x64, 0x09, 0x80, 0x4a, 0x1c, 0x07]
         );
+        assert_eq!(MacAddr::parse("64:9:80:4a:1c:7").unwrap().0, [0x64, 9, 0x80, 0x4a, 0x1c, 7]);
         assert!(LabelName::parse("team").is_ok());
         assert!(LabelName::parse("9x").is_err());
         assert!(LabelName::parse("alertname").is_err());
