@@ -26,7 +26,6 @@ use crate::{
     policy::{
         eval::Evaluator,
         matcher::{ClientFacts, FlowFacts},
-        spec::Condition,
     },
     types::{Alert, AlertStatus, FastMap, FastSet, labels},
 };
@@ -178,13 +177,8 @@ impl Pipeline {
 
     fn evaluate_policy(&mut self, snap: &Snapshot, now: u64) -> PollAlerts {
         let started = Instant::now();
-        // Only new_device rules (or none): the flows would be named for nothing.
-        let needs_flows = self
-            .policy
-            .policy()
-            .rules
-            .iter()
-            .any(|r| !matches!(r.condition, Condition::NewDevice(_)));
+        // No rule counts flows (e.g. only new_device rules): they would be named for nothing.
+        let needs_flows = self.policy.policy().needs_flows();
         let gained = || self.accounting.gained().take(if needs_flows { usize::MAX } else { 0 });
         let (clients, index) = self.policy_clients(snap, gained().map(|(key, _)| &key.client_mac));
         let mut outcome = self.policy.begin(now, &clients);

@@ -4,8 +4,8 @@
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use super::{
-    spec::{ClientMatch, DestinationMatch, DnsSpec, GroupBy, MatchSpec, Scope},
-    values::{Cidr, DomainPattern},
+    spec::{ClientMatch, DestinationMatch, DnsSpec, MatchSpec, Scope},
+    values::{Cidr, DomainPattern, GroupBy},
 };
 
 /// A client as the policy names it.

@@ -1,7 +1,9 @@
 //! The policy (docs/policy.md): what each device may do. Loaded from YAML with errors that
 //! name the file, line and column, then evaluated on every poll by [`eval::Evaluator`].
 
+pub mod condition;
 pub mod countries;
+pub mod error;
 pub mod eval;
 pub mod matcher;
 pub mod schedule;
@@ -12,12 +14,12 @@ pub mod values;
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use crate::types::LocatedError;
+use condition::Condition;
+pub use error::PolicyError;
 use matcher::DnsBypass;
-use spec::{Condition, GroupBy, MatchSpec, PolicySpec, RuleSpec};
+use spec::{MatchSpec, PolicySpec, RuleSpec};
 use template::Template;
-
-/// Labels the sensor sets on every alert; rules cannot redefine them.
-pub const RESERVED_LABELS: &[&str] = &["alertname", "severity", "client", "mac", "destination"];
+use values::GroupBy;
 
 /// A validated policy, ready to evaluate.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +56,12 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// Whether any rule counts flows: with none, a poll's flows need not be named for the
+    /// policy.
+    pub fn needs_flows(&self) -> bool {
+        self.rules.iter().any(|r| r.condition.needs_flows())
+    }
+
     pub fn load(path: &Path) -> Result<Policy, LocatedError> {
         let text = std::fs::read_to_string(path).map_err(|e| LocatedError {
             path: path.to_owned(),
@@ -70,75 +78,42 @@ impl Policy {
     pub fn parse(text: &str, path: &Path) -> Result<Policy, LocatedError> {
         let spec: PolicySpec =
             serde_yaml::from_str(text).map_err(|e| LocatedError::from_yaml(&e, path, hint_for))?;
-        let fail = |rule: Option<&str>, message: String, hint: &str| LocatedError {
+        let fail = |rule: Option<&str>, message: String, e: &PolicyError| LocatedError {
             path: path.to_owned(),
             location: rule.and_then(|name| locate_rule(text, name)),
             message,
-            hint: Some(hint.to_string()),
+            hint: hint(e).map(str::to_string),
         };
         if let Some(i) = spec.exceptions.iter().position(MatchSpec::is_empty) {
-            return Err(fail(
-                None,
-                format!("global exception {} names no client and no destination", i + 1),
-                "an empty exception would silence every rule; give it a `client` or a `destination`",
-            ));
+            let e = PolicyError::EmptyGlobalException(i + 1);
+            return Err(fail(None, e.to_string(), &e));
         }
         let mut rules: Vec<Rule> = Vec::with_capacity(spec.rules.len());
         for r in &spec.rules {
             let name = r.name.0.as_str();
             if rules.iter().any(|x| x.name == name) {
-                return Err(fail(
-                    Some(name),
-                    format!("two rules are named `{name}`"),
-                    "rule names become the alert's alertname and must be unique",
-                ));
+                let e = PolicyError::DuplicateRule(name.to_string());
+                return Err(fail(Some(name), e.to_string(), &e));
             }
-            rules.push(compile(r).map_err(|(message, hint)| {
-                fail(Some(name), format!("rule `{name}`: {message}"), hint)
-            })?);
+            rules
+                .push(compile(r).map_err(|e| fail(Some(name), format!("rule `{name}`: {e}"), &e))?);
         }
         Ok(Policy { rules, exceptions: spec.exceptions, dns: DnsBypass::new(&spec.dns) })
     }
 }
 
-fn compile(r: &RuleSpec) -> Result<Rule, (String, &'static str)> {
-    let condition = r
-        .condition
-        .single()
-        .map_err(|m| (m, "conditions: traffic, volume, rate, new_destination, new_device, dns_bypass (docs/policy.md)"))?;
-    if condition.window() < Duration::from_secs(1) {
-        return Err(("the condition's window is shorter than 1s".into(), "use e.g. `window: 10m`"));
-    }
-    match &condition {
-        Condition::Volume(v) if v.above.0 == 0 => {
-            return Err((
-                "`volume.above` is 0".into(),
-                "for any traffic at all use the `traffic` condition",
-            ));
-        }
-        Condition::Rate(c) if c.bytes_per_second.is_some() == c.packets_per_second.is_some() => {
-            return Err((
-                "`rate` needs exactly one of bytes_per_second and packets_per_second".into(),
-                "e.g. `rate: {bytes_per_second: 1MB, window: 1m}`",
-            ));
-        }
-        _ => {}
-    }
+fn compile(r: &RuleSpec) -> Result<Rule, PolicyError> {
+    let condition = r.condition.single()?;
+    condition.validate()?;
     if let Some(i) = r.except.iter().position(MatchSpec::is_empty) {
-        return Err((
-            format!("exception {} names no client and no destination", i + 1),
-            "an empty exception would silence the rule; give it a `client` or a `destination`",
-        ));
+        return Err(PolicyError::EmptyException(i + 1));
     }
     if let Some(s) = &r.schedule
         && s.windows.is_empty()
     {
-        return Err((
-            "the schedule has no windows".into(),
-            "e.g. `schedule: {windows: [{days: [mon, tue], from: \"22:00\", to: \"06:00\"}]}`",
-        ));
+        return Err(PolicyError::EmptySchedule);
     }
-    let (summary, description) = default_texts(&condition);
+    let (summary, description) = condition.default_texts();
     Ok(Rule {
         name: r.name.0.clone(),
         matches: r.matches.clone(),
@@ -160,33 +135,43 @@ fn template(text: &str) -> Template {
         .unwrap_or_else(|_| Template::parse("{{ rule }}").expect("a plain placeholder parses"))
 }
 
-/// Summary and description of a rule that gives none.
-fn default_texts(condition: &Condition) -> (&'static str, &'static str) {
-    match condition {
-        Condition::Traffic(_) => (
-            "{{ client }} talks to {{ destination }}",
-            "{{ client }} ({{ mac }}) exchanged {{ bytes }} in {{ packets }} packets with {{ destination }} ({{ country }} {{ asn }}) within {{ window }}.",
+/// How to fix an error about a rule, or the policy, as a whole. A bad value has none: its
+/// message says what a good one looks like.
+fn hint(e: &PolicyError) -> Option<&'static str> {
+    match e {
+        PolicyError::NoCondition | PolicyError::TwoConditions => Some(condition::KINDS_HINT),
+        PolicyError::ShortWindow => Some("use e.g. `window: 10m`"),
+        PolicyError::VolumeZero => Some("for any traffic at all use the `traffic` condition"),
+        PolicyError::RateThreshold => Some("e.g. `rate: {bytes_per_second: 1MB, window: 1m}`"),
+        PolicyError::EmptyException(_) => {
+            Some("an empty exception would silence the rule; give it a `client` or a `destination`")
+        }
+        PolicyError::EmptySchedule => {
+            Some("e.g. `schedule: {windows: [{days: [mon, tue], from: \"22:00\", to: \"06:00\"}]}`")
+        }
+        PolicyError::EmptyGlobalException(_) => Some(
+            "an empty exception would silence every rule; give it a `client` or a `destination`",
         ),
-        Condition::Volume(_) => (
-            "{{ client }} moved {{ bytes }} to/from {{ destination }} within {{ window }}",
-            "{{ client }} ({{ mac }}) moved {{ bytes }} with {{ destination }} ({{ country }} {{ asn }}) within {{ window }}, above the rule's limit.",
-        ),
-        Condition::Rate(_) => (
-            "{{ client }} sustains {{ rate }} with {{ destination }}",
-            "{{ client }} ({{ mac }}) averaged {{ rate }} with {{ destination }} ({{ country }} {{ asn }}) over {{ window }}.",
-        ),
-        Condition::NewDestination(_) => (
-            "{{ client }} contacted a new destination: {{ destination }}",
-            "{{ client }} ({{ mac }}) talked to {{ destination }} ({{ country }} {{ asn }}) for the first time since its learning period ended.",
-        ),
-        Condition::NewDevice(_) => (
-            "New device on the LAN: {{ client }}",
-            "A device never seen before joined the LAN: {{ client }} ({{ mac }}, vendor {{ vendor }}).",
-        ),
-        Condition::DnsBypass(_) => (
-            "{{ client }} resolves names around the configured resolvers ({{ destination }})",
-            "{{ client }} ({{ mac }}) used DNS at {{ destination }} ({{ country }} {{ asn }}) instead of the configured resolvers within {{ window }}.",
-        ),
+        PolicyError::DuplicateRule(_) => {
+            Some("rule names become the alert's alertname and must be unique")
+        }
+        PolicyError::Glob { .. }
+        | PolicyError::EmptyDomain
+        | PolicyError::Domain(_)
+        | PolicyError::Cidr(_)
+        | PolicyError::Country(_)
+        | PolicyError::Asn(_)
+        | PolicyError::PortRange(_)
+        | PolicyError::Protocol(_)
+        | PolicyError::Mac(_)
+        | PolicyError::Size(_)
+        | PolicyError::LabelName(_)
+        | PolicyError::ReservedLabel(_)
+        | PolicyError::TimeZone(_)
+        | PolicyError::Day(_)
+        | PolicyError::TimeOfDay(_)
+        | PolicyError::UnclosedPlaceholder(_)
+        | PolicyError::UnknownPlaceholder { .. } => None,
     }
 }
 

@@ -3,7 +3,10 @@
 use jiff::{Timestamp, civil::Weekday, tz::TimeZone};
 use serde::{Deserialize, Deserializer};
 
-use super::values::{OneOrMany, from_text};
+use super::{
+    error::PolicyError,
+    values::{OneOrMany, from_text},
+};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -31,9 +34,7 @@ pub struct Zone(pub TimeZone);
 impl<'de> Deserialize<'de> for Zone {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         from_text(d, |name| {
-            TimeZone::get(name).map(Zone).map_err(|_| {
-                format!("unknown time zone `{name}` (an IANA name such as Europe/Berlin or UTC)")
-            })
+            TimeZone::get(name).map(Zone).map_err(|_| PolicyError::TimeZone(name.into()))
         })
     }
 }
@@ -52,11 +53,7 @@ impl<'de> Deserialize<'de> for Day {
                 "fri" => Weekday::Friday,
                 "sat" => Weekday::Saturday,
                 "sun" => Weekday::Sunday,
-                _ => {
-                    return Err(format!(
-                        "`{name}` is not a day (mon, tue, wed, thu, fri, sat, sun)"
-                    ));
-                }
+                _ => return Err(PolicyError::Day(name.into())),
             };
             Ok(Day(day))
         })
@@ -77,7 +74,7 @@ impl<'de> Deserialize<'de> for TimeOfDay {
                 Some((h, m)) if (h < 24 && m < 60) || (h == 24 && m == 0) => {
                     Ok(TimeOfDay(h * 60 + m))
                 }
-                _ => Err(format!("`{text}` is not a time of day (write HH:MM, e.g. 22:00)")),
+                _ => Err(PolicyError::TimeOfDay(text.into())),
             }
         })
     }
@@ -168,5 +165,23 @@ mod tests {
             .is_err()
         );
         assert!(serde_yaml::from_str::<Schedule>("timezone: Mars/Olympus\nwindows: []").is_err());
+        // In full, as check-config prints them (after the key and before the location).
+        for (yaml, message) in [
+            (
+                "timezone: Mars/Olympus\nwindows: []",
+                "unknown time zone `Mars/Olympus` (an IANA name such as Europe/Berlin or UTC)",
+            ),
+            (
+                "windows: [{days: funday, from: \"1:00\", to: \"2:00\"}]",
+                "`funday` is not a day (mon, tue, wed, thu, fri, sat, sun)",
+            ),
+            (
+                "windows: [{from: \"25:00\", to: \"06:00\"}]",
+                "`25:00` is not a time of day (write HH:MM, e.g. 22:00)",
+            ),
+        ] {
+            let e = serde_yaml::from_str::<Schedule>(yaml).map(|_| ()).unwrap_err().to_string();
+            assert!(e.contains(message), "{e}");
+        }
     }
 }

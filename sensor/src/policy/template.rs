@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer};
 
+use super::error::PolicyError;
+
 /// Placeholders an alert can fill in.
 pub const FIELDS: &[&str] = &[
     "rule",
@@ -35,7 +37,7 @@ enum Part {
 }
 
 impl Template {
-    pub fn parse(text: &str) -> Result<Template, String> {
+    pub fn parse(text: &str) -> Result<Template, PolicyError> {
         let mut parts = Vec::new();
         let mut rest = text;
         while let Some(start) = rest.find("{{") {
@@ -43,15 +45,14 @@ impl Template {
                 parts.push(Part::Text(rest[..start].to_string()));
             }
             let after = &rest[start + 2..];
-            let end = after
-                .find("}}")
-                .ok_or_else(|| format!("`{{{{` without `}}}}` in template `{text}`"))?;
+            let end =
+                after.find("}}").ok_or_else(|| PolicyError::UnclosedPlaceholder(text.into()))?;
             let field = after[..end].trim();
             if !FIELDS.contains(&field) {
-                return Err(format!(
-                    "unknown placeholder `{{{{ {field} }}}}`; known: {}",
-                    FIELDS.join(", ")
-                ));
+                return Err(PolicyError::UnknownPlaceholder {
+                    field: field.into(),
+                    known: FIELDS.join(", "),
+                });
             }
             parts.push(Part::Field(field.to_string()));
             rest = &after[end + 2..];
@@ -97,6 +98,7 @@ mod tests {
         assert!(
             Template::parse("{{ clinet }}")
                 .unwrap_err()
+                .to_string()
                 .contains("unknown placeholder `{{ clinet }}`")
         );
         assert!(Template::parse("{{ client").is_err());

@@ -6,11 +6,27 @@ use std::{fmt, marker::PhantomData, net::IpAddr};
 use globset::{GlobBuilder, GlobMatcher};
 use ipnet::IpNet;
 use serde::{
-    Deserialize, Deserializer,
+    Deserialize, Deserializer, Serialize,
     de::{self, IntoDeserializer as _, value::MapAccessDeserializer},
 };
 
-use super::countries;
+use super::{countries, error::PolicyError};
+use crate::types::mac;
+
+/// What names the destination an alert is about (one alert per client and destination).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    /// Registrable domain (xiaomi.net), else the address.
+    #[default]
+    Domain,
+    Fqdn,
+    Ip,
+    Asn,
+    Country,
+    /// One alert per client.
+    None,
+}
 
 /// One value or a list of them: `country: CN` and `country: [CN, HK]` both read.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,10 +90,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
 /// is raised inside the visitor, so serde_yaml locates it at the value itself.
 pub(super) fn from_text<'de, D: Deserializer<'de>, T>(
     d: D,
-    parse: impl Fn(&str) -> Result<T, String>,
+    parse: impl Fn(&str) -> Result<T, PolicyError>,
 ) -> Result<T, D::Error> {
     struct V<F>(F);
-    impl<'de, T, F: Fn(&str) -> Result<T, String>> de::Visitor<'de> for V<F> {
+    impl<'de, T, F: Fn(&str) -> Result<T, PolicyError>> de::Visitor<'de> for V<F> {
         type Value = T;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("a string or a number")
@@ -123,12 +139,15 @@ impl PartialEq for Pattern {
 }
 
 impl Pattern {
-    pub fn parse(text: &str) -> Result<Pattern, String> {
+    pub fn parse(text: &str) -> Result<Pattern, PolicyError> {
         let glob = GlobBuilder::new(text)
             .case_insensitive(true)
             .literal_separator(false)
             .build()
-            .map_err(|e| format!("invalid glob `{text}`: {}", e.kind()))?;
+            .map_err(|e| PolicyError::Glob {
+            text: text.into(),
+            reason: e.kind().to_string(),
+        })?;
         Ok(Pattern { text: text.to_string(), glob: glob.compile_matcher() })
     }
     pub fn matches(&self, s: &str) -> bool {
@@ -146,18 +165,16 @@ pub enum DomainPattern {
 }
 
 impl DomainPattern {
-    pub fn parse(text: &str) -> Result<DomainPattern, String> {
+    pub fn parse(text: &str) -> Result<DomainPattern, PolicyError> {
         let t = text.trim().trim_end_matches('.').to_ascii_lowercase();
         if t.is_empty() {
-            return Err("empty domain".into());
+            return Err(PolicyError::EmptyDomain);
         }
         if t.contains(['*', '?', '[']) {
             return Pattern::parse(&t).map(DomainPattern::Glob);
         }
         if t.contains(|c: char| c.is_whitespace() || c == '/' || c == ':') {
-            return Err(format!(
-                "`{text}` is not a domain (write e.g. xiaomi.net or *.micloud.com)"
-            ));
+            return Err(PolicyError::Domain(text.into()));
         }
         Ok(DomainPattern::Suffix(t))
     }
@@ -184,16 +201,14 @@ text_value!(DomainPattern, DomainPattern::parse);
 pub struct Cidr(pub IpNet);
 
 impl Cidr {
-    pub fn parse(text: &str) -> Result<Cidr, String> {
+    pub fn parse(text: &str) -> Result<Cidr, PolicyError> {
         let t = text.trim();
         if let Ok(net) = t.parse::<IpNet>() {
             return Ok(Cidr(net.trunc()));
         }
-        t.parse::<IpAddr>().map(|ip| Cidr(IpNet::from(ip))).map_err(|_| {
-            format!(
-                "`{text}` is not a CIDR (write e.g. 203.0.113.0/24, 2001:db8::/32 or 198.51.100.7)"
-            )
-        })
+        t.parse::<IpAddr>()
+            .map(|ip| Cidr(IpNet::from(ip)))
+            .map_err(|_| PolicyError::Cidr(text.into()))
     }
     pub fn contains(&self, ip: &IpAddr) -> bool {
         self.0.contains(ip)
@@ -206,12 +221,12 @@ text_value!(Cidr, Cidr::parse);
 pub struct Country(pub String);
 
 impl Country {
-    pub fn parse(text: &str) -> Result<Country, String> {
+    pub fn parse(text: &str) -> Result<Country, PolicyError> {
         let code = text.trim().to_ascii_uppercase();
         if countries::is_known(&code) {
             Ok(Country(code))
         } else {
-            Err(format!("unknown country code `{text}` (ISO 3166-1 alpha-2, e.g. CN, US, DE)"))
+            Err(PolicyError::Country(text.into()))
         }
     }
 }
@@ -222,12 +237,12 @@ text_value!(Country, Country::parse);
 pub struct Asn(pub u32);
 
 impl Asn {
-    pub fn parse(text: &str) -> Result<Asn, String> {
+    pub fn parse(text: &str) -> Result<Asn, PolicyError> {
         let t = text.trim();
         let digits = t.strip_prefix("AS").or_else(|| t.strip_prefix("as")).unwrap_or(t);
         match digits.parse::<u32>() {
             Ok(n) if n > 0 => Ok(Asn(n)),
-            _ => Err(format!("`{text}` is not an AS number (write e.g. 4808 or AS4808)")),
+            _ => Err(PolicyError::Asn(text.into())),
         }
     }
 }
@@ -238,8 +253,8 @@ text_value!(Asn, Asn::parse);
 pub struct PortRange(pub u16, pub u16);
 
 impl PortRange {
-    pub fn parse(text: &str) -> Result<PortRange, String> {
-        let bad = || format!("`{text}` is not a port or port range (write e.g. 443 or 8000-8100)");
+    pub fn parse(text: &str) -> Result<PortRange, PolicyError> {
+        let bad = || PolicyError::PortRange(text.into());
         let port = |s: &str| s.trim().parse::<u16>().map_err(|_| bad());
         match text.split_once('-') {
             Some((a, b)) => {
@@ -260,35 +275,26 @@ text_value!(PortRange, PortRange::parse);
 pub struct Protocol(pub u8);
 
 impl Protocol {
-    pub fn parse(text: &str) -> Result<Protocol, String> {
+    pub fn parse(text: &str) -> Result<Protocol, PolicyError> {
         match text.trim().to_ascii_lowercase().as_str() {
             "tcp" => Ok(Protocol(6)),
             "udp" => Ok(Protocol(17)),
             "icmp" => Ok(Protocol(1)),
             "icmpv6" => Ok(Protocol(58)),
-            _ => Err(format!("unknown protocol `{text}` (one of tcp, udp, icmp, icmpv6)")),
+            _ => Err(PolicyError::Protocol(text.into())),
         }
     }
 }
 text_value!(Protocol, Protocol::parse);
 
-/// A MAC address, `64:09:80:4a:1c:07` or with dashes.
+/// A MAC address, `64:09:80:4a:1c:07` or with dashes, as the inventory and lease files take
+/// it (one parser for all: `crate::types::mac`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MacAddr(pub [u8; 6]);
 
 impl MacAddr {
-    pub fn parse(text: &str) -> Result<MacAddr, String> {
-        let parts: Vec<&str> = text.trim().split([':', '-']).collect();
-        let mut mac = [0u8; 6];
-        if parts.len() != 6 {
-            return Err(format!("`{text}` is not a MAC address (write e.g. 64:09:80:4a:1c:07)"));
-        }
-        for (b, p) in mac.iter_mut().zip(&parts) {
-            *b = u8::from_str_radix(p, 16).map_err(|_| {
-                format!("`{text}` is not a MAC address (write e.g. 64:09:80:4a:1c:07)")
-            })?;
-        }
-        Ok(MacAddr(mac))
+    pub fn parse(text: &str) -> Result<MacAddr, PolicyError> {
+        Ok(MacAddr(mac::parse(text)?))
     }
 }
 text_value!(MacAddr, MacAddr::parse);
@@ -298,11 +304,11 @@ text_value!(MacAddr, MacAddr::parse);
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
-    pub fn parse(text: &str) -> Result<ByteSize, String> {
+    pub fn parse(text: &str) -> Result<ByteSize, PolicyError> {
         let t = text.trim();
         let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let bad = || format!("`{text}` is not a size (write e.g. 5MB, 500kB, 1.5GB or 5MiB)");
+        let bad = || PolicyError::Size(text.into());
         let n: f64 = num.parse().map_err(|_| bad())?;
         let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
@@ -325,23 +331,24 @@ impl ByteSize {
 }
 text_value!(ByteSize, ByteSize::parse);
 
+/// Labels the sensor sets on every alert; rules cannot redefine them.
+pub const RESERVED_LABELS: &[&str] = &["alertname", "severity", "client", "mac", "destination"];
+
 /// A label name as Prometheus and Alertmanager accept it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct LabelName(pub String);
 
 impl LabelName {
-    pub fn parse(text: &str) -> Result<LabelName, String> {
+    pub fn parse(text: &str) -> Result<LabelName, PolicyError> {
         let ok = text
             .chars()
             .enumerate()
             .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
         if text.is_empty() || !ok {
-            return Err(format!(
-                "`{text}` is not a label name (letters, digits and _, not starting with a digit)"
-            ));
+            return Err(PolicyError::LabelName(text.into()));
         }
-        if super::RESERVED_LABELS.contains(&text) {
-            return Err(format!("label `{text}` is set by the sensor itself; choose another name"));
+        if RESERVED_LABELS.contains(&text) {
+            return Err(PolicyError::ReservedLabel(text.into()));
         }
         Ok(LabelName(text.to_string()))
     }
@@ -363,6 +370,65 @@ mod tests {
         let g = DomainPattern::parse("*.micloud.*").unwrap();
         assert!(g.matches("eu.micloud.com"));
         assert!(!g.matches("micloud.com"));
+    }
+
+    /// Every refusal in full: the text as written and what a good one looks like.
+    #[test]
+    fn refusals_say_what_a_good_value_looks_like() {
+        let refusals = [
+            (
+                Pattern::parse("a[").map(|_| ()),
+                "invalid glob `a[`: unclosed character class; missing ']'",
+            ),
+            (DomainPattern::parse(" . ").map(|_| ()), "empty domain"),
+            (
+                DomainPattern::parse("a b").map(|_| ()),
+                "`a b` is not a domain (write e.g. xiaomi.net or *.micloud.com)",
+            ),
+            (
+                Cidr::parse("10/8").map(|_| ()),
+                "`10/8` is not a CIDR (write e.g. 203.0.113.0/24, 2001:db8::/32 or 198.51.100.7)",
+            ),
+            (
+                Country::parse("XX").map(|_| ()),
+                "unknown country code `XX` (ISO 3166-1 alpha-2, e.g. CN, US, DE)",
+            ),
+            (
+                Asn::parse("AS0").map(|_| ()),
+                "`AS0` is not an AS number (write e.g. 4808 or AS4808)",
+            ),
+            (
+                PortRange::parse("9-1").map(|_| ()),
+                "`9-1` is not a port or port range (write e.g. 443 or 8000-8100)",
+            ),
+            (
+                Protocol::parse("sctp").map(|_| ()),
+                "unknown protocol `sctp` (one of tcp, udp, icmp, icmpv6)",
+            ),
+            (
+                ByteSize::parse("5 parsecs").map(|_| ()),
+                "`5 parsecs` is not a size (write e.g. 5MB, 500kB, 1.5GB or 5MiB)",
+            ),
+            (
+                LabelName::parse("9x").map(|_| ()),
+                "`9x` is not a label name (letters, digits and _, not starting with a digit)",
+            ),
+            (
+                LabelName::parse("mac").map(|_| ()),
+                "label `mac` is set by the sensor itself; choose another name",
+            ),
+            (
+                MacAddr::parse("64:09:80:4a:1c").map(|_| ()),
+                "`64:09:80:4a:1c` is not a MAC address (write six bytes in hex, e.g. 64:09:80:4a:1c:07)",
+            ),
+            (
+                MacAddr::parse("64:09:80-4a:1c:07").map(|_| ()),
+                "`64:09:80-4a:1c:07` is not a MAC address (write six bytes in hex, e.g. 64:09:80:4a:1c:07)",
+            ),
+        ];
+        for (result, message) in refusals {
+            assert_eq!(result.map_err(|e| e.to_string()), Err(message.to_string()));
+        }
     }
 
     #[test]
@@ -388,6 +454,7 @@ mod tests {
             MacAddr::parse("64-09-80-4A-1C-07").unwrap().0,
             [0x64, 0x09, 0x80, 0x4a, 0x1c, 0x07]
         );
+        assert_eq!(MacAddr::parse("64:9:80:4a:1c:7").unwrap().0, [0x64, 9, 0x80, 0x4a, 0x1c, 7]);
         assert!(LabelName::parse("team").is_ok());
         assert!(LabelName::parse("9x").is_err());
         assert!(LabelName::parse("alertname").is_err());
