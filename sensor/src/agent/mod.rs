@@ -77,7 +77,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     raise_memlock_limit();
 
     let mut policy = config.load_policy().map_err(|e| anyhow::anyhow!("{e}"))?;
-    policy.dns.allow_networks(&prefixes);
+    policy.allow_lan_resolvers(&prefixes);
     if let Some(path) = &config.policy {
         info!(policy = %path.display(), rules = policy.rules.len(), "policy loaded");
     }
@@ -240,7 +240,7 @@ fn reload(
 ) -> anyhow::Result<Config> {
     let new = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut policy = new.load_policy().map_err(|e| anyhow::anyhow!("{e}"))?;
-    policy.dns.allow_networks(lan_prefixes);
+    policy.allow_lan_resolvers(lan_prefixes);
     let (enricher, warnings) =
         Enricher::new(&new.inventory, &new.geoip, &new.names, new.destinations.level)?;
     for warning in &warnings {

@@ -56,6 +56,12 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// The LAN's own hosts (the router, a Pi-hole) are always allowed resolvers for
+    /// `dns_bypass`, whatever the file lists.
+    pub fn allow_lan_resolvers(&mut self, lan_prefixes: &[ipnet::IpNet]) {
+        self.dns.allow_networks(lan_prefixes);
+    }
+
     /// Whether any rule counts flows: with none, a poll's flows need not be named for the
     /// policy.
     pub fn needs_flows(&self) -> bool {
