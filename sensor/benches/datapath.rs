@@ -135,7 +135,7 @@ impl Programs {
     }
 
     fn snapshot(&self) -> anyhow::Result<Snapshot> {
-        self.maps.read()
+        Ok(self.maps.read()?)
     }
 }
 
