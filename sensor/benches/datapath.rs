@@ -136,7 +136,7 @@ impl Programs {
     }
 
     fn snapshot(&self) -> anyhow::Result<Snapshot> {
-        self.maps.read()
+        Ok(self.maps.read()?)
     }
 }
 

@@ -239,8 +239,8 @@ impl Config {
                 "the defaults are 20 destinations per client and a budget of 10000 series",
             ));
         }
-        if let Err(message) = self.alerting.validate() {
-            return Err(fail("alerting", message, "see docs/alerting.md"));
+        if let Err(e) = self.alerting.validate() {
+            return Err(fail("alerting", e.to_string(), "see docs/alerting.md"));
         }
         if self.top_remotes == 0 {
             return Err(fail(

@@ -2,6 +2,7 @@
 
 use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sensor::config::Config;
 
@@ -59,15 +60,13 @@ struct ApiArgs {
 }
 
 /// Fetches an API path from the running agent and decodes it.
-fn fetch(api: &ApiArgs, path: &str) -> Result<serde_json::Value, String> {
+fn fetch(api: &ApiArgs, path: &str) -> anyhow::Result<serde_json::Value> {
     let url = format!("{}{path}", api.api.trim_end_matches('/'));
     let body =
-        ureq::get(&url).call().and_then(|mut r| r.body_mut().read_to_string()).map_err(|e| {
-            format!(
-                "cannot reach the agent at {url}: {e} (is `sensor run` running? pass --api URL)"
-            )
-        })?;
-    serde_json::from_str(&body).map_err(|e| format!("{url} did not answer JSON: {e}"))
+        ureq::get(&url).call().and_then(|mut r| r.body_mut().read_to_string()).with_context(
+            || format!("cannot reach the agent at {url} (is `sensor run` running? pass --api URL)"),
+        )?;
+    serde_json::from_str(&body).with_context(|| format!("{url} did not answer JSON"))
 }
 
 fn print_api(
@@ -78,7 +77,7 @@ fn print_api(
     let value = match fetch(api, path) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {e:#}");
             return ExitCode::FAILURE;
         }
     };

@@ -5,20 +5,19 @@
 use std::{
     collections::BTreeMap,
     io::Read as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use base64::Engine as _;
 use serde::Serialize;
-use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
+use ureq::tls::{RootCerts, TlsConfig};
 
 use super::{
-    Alert,
-    config::{AlertmanagerTarget, read_secret},
-    schedule::ends_at,
+    config::AlertmanagerTarget, error::AlertingError, schedule::ends_at, secrets::read_secret,
 };
+use crate::types::alert::Alert;
 
 const USER_AGENT: &str = concat!("gwsensor/", env!("CARGO_PKG_VERSION"));
 /// How much of an error response goes into the log.
@@ -80,26 +79,6 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t.max(SystemTime::UNIX_EPOCH)).to_string()
 }
 
-/// Reads a PEM file of CA certificates.
-pub(crate) fn read_ca_file(path: &Path) -> Result<Vec<Certificate<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut certs = Vec::new();
-    for item in ureq::tls::parse_pem(&pem) {
-        match item {
-            Ok(PemItem::Certificate(c)) => certs.push(c),
-            Ok(_) => {}
-            Err(e) => return Err(format!("{} is not valid PEM: {e}", path.display())),
-        }
-    }
-    if certs.is_empty() {
-        return Err(format!(
-            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----): give the CA certificate that signed the Alertmanager's",
-            path.display()
-        ));
-    }
-    Ok(certs)
-}
-
 #[derive(Debug, Clone, PartialEq)]
 enum Auth {
     None,
@@ -109,7 +88,7 @@ enum Auth {
 
 impl Auth {
     /// The `Authorization` header, reading the secret now (files may be rotated).
-    fn header(&self) -> Result<Option<String>, String> {
+    fn header(&self) -> Result<Option<String>, AlertingError> {
         Ok(match self {
             Auth::None => None,
             Auth::Basic { username, password_file } => {
@@ -126,11 +105,13 @@ fn basic_auth_header(username: &str, password: &str) -> String {
     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
 }
 
-/// Why a POST failed.
+/// Why a POST failed: the delivery outcome, which decides between retrying and dropping
+/// ([`SendError::retryable`]).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SendError {
+    /// The password or token file could not be read (retried: it may be fixed meanwhile).
     #[error("{0}")]
-    Credentials(String),
+    Credentials(AlertingError),
     #[error("{0}")]
     Transport(ureq::Error),
     #[error("HTTP {status}: {body}")]
@@ -155,9 +136,9 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(target: &AlertmanagerTarget, timeout: Duration) -> Result<Endpoint, String> {
+    pub fn new(target: &AlertmanagerTarget, timeout: Duration) -> Result<Endpoint, AlertingError> {
         let roots = match &target.tls_ca_file {
-            Some(path) => RootCerts::Specific(Arc::new(read_ca_file(path)?)),
+            Some(path) => RootCerts::Specific(Arc::new(target.ca_certificates(path)?)),
             None => RootCerts::WebPki,
         };
         let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -284,6 +265,30 @@ mod tests {
     }
 
     #[test]
+    fn an_unusable_ca_file_names_the_target_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "hello").unwrap();
+        let target = AlertmanagerTarget {
+            url: "https://am.lan:9093".into(),
+            basic_auth: None,
+            bearer_token_file: None,
+            tls_ca_file: Some(ca.clone()),
+        };
+        // Read again when the target is built (after validation, or on SIGHUP): said alike.
+        let Err(e) = Endpoint::new(&target, Duration::from_secs(10)) else { panic!("built") };
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "alertmanager https://am.lan:9093: tls_ca_file: {} holds no PEM certificate \
+                 (-----BEGIN CERTIFICATE-----): give the CA certificate that signed the \
+                 Alertmanager's",
+                ca.display()
+            )
+        );
+    }
+
+    #[test]
     fn only_rejections_are_final() {
         let status = |status| SendError::Status { status, body: String::new() };
         assert!(!status(400).retryable());
@@ -291,6 +296,8 @@ mod tests {
         for s in [401, 403, 404, 429, 500, 503] {
             assert!(status(s).retryable(), "{s}");
         }
-        assert!(SendError::Credentials("x".into()).retryable());
+        assert!(
+            SendError::Credentials(AlertingError::EmptySecret { path: "x".into() }).retryable()
+        );
     }
 }

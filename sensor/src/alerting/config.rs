@@ -1,10 +1,19 @@
 //! The `alerting:` section of sensor.yaml: where alerts go, how often they are re-sent, and its
 //! validation (messages say what to change).
 
-use std::{collections::HashSet, path::PathBuf, time::Duration};
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::Deserialize;
-use ureq::http::Uri;
+use ureq::{http::Uri, tls::Certificate};
+
+use super::{
+    error::AlertingError,
+    secrets::{read_ca_file, read_secret},
+};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,24 +86,22 @@ fn default_queue_capacity() -> usize {
 
 impl AlertingConfig {
     /// Checks what serde cannot: URLs, files, and values that would make delivery misbehave.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), AlertingError> {
+        let setting = |setting, rule| Err(AlertingError::Setting { setting, rule });
         if self.resend_interval.is_zero() {
-            return Err("alerting.resend_interval must be above 0 (default 1m)".into());
+            return setting("resend_interval", "above 0 (default 1m)");
         }
         if self.timeout.is_zero() {
-            return Err("alerting.timeout must be above 0 (default 10s)".into());
+            return setting("timeout", "above 0 (default 10s)");
         }
         if self.queue_capacity == 0 {
-            return Err("alerting.queue_capacity must be at least 1 (default 10000)".into());
+            return setting("queue_capacity", "at least 1 (default 10000)");
         }
         let mut seen = HashSet::new();
         for target in &self.alertmanagers {
             target.validate()?;
             if !seen.insert(target.url.as_str()) {
-                return Err(format!(
-                    "alerting.alertmanagers lists {} twice: give each Alertmanager once",
-                    target.url
-                ));
+                return Err(AlertingError::DuplicateTarget { url: target.url.clone() });
             }
         }
         Ok(())
@@ -102,84 +109,64 @@ impl AlertingConfig {
 }
 
 impl AlertmanagerTarget {
-    fn validate(&self) -> Result<(), String> {
-        let url = &self.url;
-        let uri: Uri = url.parse().map_err(|e| {
-            format!("alertmanager url {url:?} is not a URL ({e}): write e.g. http://127.0.0.1:9093")
-        })?;
+    fn validate(&self) -> Result<(), AlertingError> {
+        let url = || self.url.clone();
+        let uri: Uri =
+            self.url.parse().map_err(|error| AlertingError::NotAUrl { url: url(), error })?;
         let https = match uri.scheme_str() {
             Some("http") => false,
             Some("https") => true,
-            _ => {
-                return Err(format!(
-                    "alertmanager url {url:?} must start with http:// or https://, e.g. http://127.0.0.1:9093"
-                ));
-            }
+            _ => return Err(AlertingError::UrlScheme { url: url() }),
         };
         let Some(authority) = uri.authority() else {
-            return Err(format!(
-                "alertmanager url {url:?} has no host: write e.g. http://127.0.0.1:9093"
-            ));
+            return Err(AlertingError::UrlHost { url: url() });
         };
-        // The URL is a metric label and appears in logs: credentials do not belong in it.
         if authority.as_str().contains('@') {
-            return Err(format!(
-                "alertmanager url {url:?} holds credentials: move them to basic_auth (username, password_file)"
-            ));
+            return Err(AlertingError::UrlCredentials { url: url() });
         }
         if uri.query().is_some() {
-            return Err(format!(
-                "alertmanager url {url:?} has a query string: give the base URL only"
-            ));
+            return Err(AlertingError::UrlQuery { url: url() });
         }
         if uri.path().trim_end_matches('/').ends_with("/api/v2/alerts") {
-            return Err(format!(
-                "alertmanager url {url:?} includes /api/v2/alerts: give the base URL (e.g. http://127.0.0.1:9093); the path is appended"
-            ));
+            return Err(AlertingError::UrlPushPath { url: url() });
         }
         if self.basic_auth.is_some() && self.bearer_token_file.is_some() {
-            return Err(format!(
-                "alertmanager {url}: basic_auth and bearer_token_file are both set: keep one"
-            ));
+            return Err(AlertingError::BothAuth { url: url() });
         }
         if let Some(auth) = &self.basic_auth {
             if auth.username.is_empty() || auth.username.contains(':') {
-                return Err(format!(
-                    "alertmanager {url}: basic_auth.username must be non-empty and without ':'"
-                ));
+                return Err(AlertingError::Username { url: url() });
             }
-            read_secret(&auth.password_file)
-                .map_err(|e| format!("alertmanager {url}: basic_auth.password_file: {e}"))?;
+            read_secret(&auth.password_file).map_err(self.file("basic_auth.password_file"))?;
         }
         if let Some(path) = &self.bearer_token_file {
-            read_secret(path).map_err(|e| format!("alertmanager {url}: bearer_token_file: {e}"))?;
+            read_secret(path).map_err(self.file("bearer_token_file"))?;
         }
         if let Some(path) = &self.tls_ca_file {
             if !https {
-                return Err(format!(
-                    "alertmanager {url}: tls_ca_file is set but the URL is http://: use https:// or drop tls_ca_file"
-                ));
+                return Err(AlertingError::CaOverHttp { url: url() });
             }
-            super::client::read_ca_file(path)
-                .map_err(|e| format!("alertmanager {url}: tls_ca_file: {e}"))?;
+            self.ca_certificates(path)?;
         }
         Ok(())
     }
-}
 
-/// A password or token file's content without surrounding whitespace (editors add a newline).
-pub(crate) fn read_secret(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        format!(
-            "cannot read {}: {e} (check the path and that the agent may read it)",
-            path.display()
-        )
-    })?;
-    let secret = text.trim();
-    if secret.is_empty() {
-        return Err(format!("{} is empty: write the secret into it", path.display()));
+    /// The certificates of `tls_ca_file` (at `path`).
+    pub(crate) fn ca_certificates(
+        &self,
+        path: &Path,
+    ) -> Result<Vec<Certificate<'static>>, AlertingError> {
+        read_ca_file(path).map_err(self.file("tls_ca_file"))
     }
-    Ok(secret.to_string())
+
+    /// An error of the file under `key`, said of this target.
+    fn file(&self, key: &'static str) -> impl FnOnce(AlertingError) -> AlertingError + '_ {
+        move |error| AlertingError::TargetFile {
+            url: self.url.clone(),
+            key,
+            error: Box::new(error),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -199,7 +186,7 @@ mod tests {
         assert_eq!(c.queue_capacity, 10_000);
         assert_eq!(c.alertmanagers[0].url, "http://127.0.0.1:9093");
         assert_eq!(c.alertmanagers[0].basic_auth, None);
-        assert_eq!(c.validate(), Ok(()));
+        c.validate().unwrap();
         assert_eq!(parse("{}"), AlertingConfig::default());
     }
 
@@ -223,7 +210,7 @@ mod tests {
         std::fs::write(&empty, "\n").unwrap();
         let not_pem = dir.path().join("ca.pem");
         std::fs::write(&not_pem, "hello").unwrap();
-        let check = |yaml: String| parse(&yaml).validate().unwrap_err();
+        let check = |yaml: String| parse(&yaml).validate().unwrap_err().to_string();
         let pw = pw.display();
         for (yaml, want) in [
             (
@@ -285,6 +272,6 @@ mod tests {
         let ok = parse(&format!(
             "alertmanagers: [{{url: 'https://am:9093/prefix/', basic_auth: {{username: alice, password_file: {pw}}}}}]"
         ));
-        assert_eq!(ok.validate(), Ok(()));
+        ok.validate().unwrap();
     }
 }

@@ -8,9 +8,11 @@
 
 mod client;
 mod config;
+mod error;
 mod metrics;
 mod queue;
 mod schedule;
+mod secrets;
 mod worker;
 
 use std::{
@@ -19,10 +21,10 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::Context as _;
 use tracing::{info, warn};
 
 pub use config::{AlertingConfig, AlertmanagerTarget, BasicAuth};
+pub use error::AlertingError;
 
 use client::{Endpoint, Validity};
 use metrics::NotifierMetrics;
@@ -48,10 +50,10 @@ impl Notifier {
         config: &AlertingConfig,
         poll_interval: Duration,
         registry: &prometheus::Registry,
-    ) -> anyhow::Result<Notifier> {
-        config.validate().map_err(anyhow::Error::msg)?;
+    ) -> Result<Notifier, AlertingError> {
+        config.validate()?;
         let metrics = NotifierMetrics::register(registry)
-            .context("registering the alert notifier's metrics")?;
+            .map_err(|error| AlertingError::Metrics { error })?;
         let validity = Validity { poll_interval, resend_interval: config.resend_interval };
         let mut targets = Vec::with_capacity(config.alertmanagers.len());
         for (target, endpoint) in config.alertmanagers.iter().zip(endpoints(config)?) {
@@ -108,8 +110,8 @@ impl Notifier {
         &self,
         config: &AlertingConfig,
         poll_interval: Duration,
-    ) -> anyhow::Result<()> {
-        config.validate().map_err(anyhow::Error::msg)?;
+    ) -> Result<(), AlertingError> {
+        config.validate()?;
         let mut new_endpoints = endpoints(config)?;
         let validity = Validity { poll_interval, resend_interval: config.resend_interval };
         let mut inner = self.lock();
@@ -180,15 +182,8 @@ impl Notifier {
 }
 
 /// Every target's HTTP side, built before anything changes so a bad file fails the whole call.
-fn endpoints(config: &AlertingConfig) -> anyhow::Result<Vec<Endpoint>> {
-    config
-        .alertmanagers
-        .iter()
-        .map(|t| {
-            Endpoint::new(t, config.timeout)
-                .map_err(|e| anyhow::anyhow!("alertmanager {}: {e}", t.url))
-        })
-        .collect()
+fn endpoints(config: &AlertingConfig) -> Result<Vec<Endpoint>, AlertingError> {
+    config.alertmanagers.iter().map(|t| Endpoint::new(t, config.timeout)).collect()
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::{
     sync::Arc,
 };
 
-use super::Alert;
+use crate::types::alert::Alert;
 
 /// A queued alert. `seq` orders the queue (lower = older).
 #[derive(Debug, Clone, PartialEq)]

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::{Alert, AlertStatus};
+use crate::types::alert::{Alert, AlertStatus};
 
 /// What was last queued for one alert to one Alertmanager.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

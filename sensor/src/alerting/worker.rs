@@ -12,12 +12,13 @@ use std::{
 use tracing::{debug, error, info, warn};
 
 use super::{
-    Alert, AlertStatus,
     client::{self, Endpoint, Validity},
+    error::AlertingError,
     metrics::TargetMetrics,
     queue::AlertQueue,
     schedule::{LastSent, backoff, jittered, needs_sending},
 };
+use crate::types::alert::{Alert, AlertStatus};
 
 /// Builds the alert of the i-th status of a poll (shared between the Alertmanagers).
 pub(crate) type Get<'a> = &'a mut dyn FnMut(usize) -> Option<Arc<Alert>>;
@@ -112,7 +113,7 @@ impl Target {
         validity: Validity,
         capacity: usize,
         metrics: TargetMetrics,
-    ) -> anyhow::Result<Target> {
+    ) -> Result<Target, AlertingError> {
         let shared = Arc::new(Shared {
             url: url.to_string(),
             state: Mutex::new(State {
@@ -128,9 +129,7 @@ impl Target {
         let thread = std::thread::Builder::new()
             .name("alert-notify".into())
             .spawn(move || run(&worker))
-            .map_err(|e| {
-                anyhow::anyhow!("starting the sender thread for Alertmanager {url}: {e}")
-            })?;
+            .map_err(|error| AlertingError::SpawnSender { url: url.to_string(), error })?;
         Ok(Target { shared, thread: Some(thread) })
     }
 

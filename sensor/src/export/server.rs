@@ -7,7 +7,6 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use anyhow::Context as _;
 use axum::{
     Json, Router,
     body::{Body, Bytes},
@@ -20,6 +19,15 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use super::{api::LiveView, metrics::Metrics};
+
+/// What can go wrong in serving the metrics and the API.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("listening on {addr} for /metrics (is another agent running? change `metrics_listen`)")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("serving HTTP")]
+    Serve { source: std::io::Error },
+}
 
 /// The latest API view, replaced whole after each poll.
 pub type SharedView = Arc<RwLock<Arc<LiveView>>>;
@@ -88,12 +96,8 @@ async fn scrape(State(state): State<AppState>) -> Response {
 }
 
 /// Binds first (so a busy port fails startup with a clear error), then serves until `stop`.
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!(
-            "listening on {addr} for /metrics (is another agent running? change `metrics_listen`)"
-        )
-    })
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ExportError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| ExportError::Bind { addr, source })
 }
 
 pub async fn serve(
@@ -101,7 +105,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     view: SharedView,
     mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> Result<(), ExportError> {
     let app = Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -113,5 +117,5 @@ pub async fn serve(
             let _ = stop.wait_for(|s| *s).await;
         })
         .await
-        .context("serving HTTP")
+        .map_err(|source| ExportError::Serve { source })
 }

@@ -7,11 +7,10 @@ use std::{
     sync::atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
-use anyhow::Context as _;
 use aya::{
     Ebpf,
     maps::{
-        HashMap as BpfHashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuHashMap,
+        HashMap as BpfHashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
         PerCpuValues, Queue,
     },
 };
@@ -21,7 +20,10 @@ use sensor_common::{
 };
 use tracing::info;
 
-use super::bpf_batch::{BatchError, BatchReader, Layout};
+use super::{
+    bpf_batch::{BatchError, BatchReader, Layout},
+    error::KernelError,
+};
 
 /// How the hash maps (flows, client slots) are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,12 +110,18 @@ fn client_key(mac: &[u8; 6]) -> ClientKey {
 }
 
 impl KernelMaps {
-    pub fn take(ebpf: &mut Ebpf) -> anyhow::Result<KernelMaps> {
-        let mut take = |name: &str| {
-            ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"))
-        };
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
-        let flows = PerCpuHashMap::try_from(take(names::FLOWS)?)?;
+    pub fn take(ebpf: &mut Ebpf) -> Result<KernelMaps, KernelError> {
+        /// Takes map `map` out of the object as a `T`.
+        fn take<T: TryFrom<Map, Error = MapError>>(
+            ebpf: &mut Ebpf,
+            map: &'static str,
+        ) -> Result<T, KernelError> {
+            let taken = ebpf.take_map(map).ok_or(KernelError::MissingMap { map })?;
+            T::try_from(taken).map_err(|source| KernelError::OpenMap { map, source })
+        }
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(file, source)| KernelError::PossibleCpus { file, source })?;
+        let flows: PerCpuHashMap<_, _, _> = take(ebpf, names::FLOWS)?;
         // Unknown (an old kernel's map info): the reads are sized by the last one alone.
         let flow_capacity =
             flows.map().info().map_or(usize::MAX, |info| info.max_entries() as usize);
@@ -123,11 +131,11 @@ impl KernelMaps {
             flows_read: AtomicUsize::new(0),
             flow_capacity,
             flows,
-            client_slots: BpfHashMap::try_from(take(names::CLIENT_SLOTS)?)?,
-            client_totals: PerCpuArray::try_from(take(names::CLIENT_TOTALS)?)?,
-            free_slots: Queue::try_from(take(names::FREE_SLOTS)?)?,
-            stats: PerCpuArray::try_from(take(names::STATS)?)?,
-            event_stats: PerCpuArray::try_from(take(names::EVENT_STATS)?)?,
+            client_slots: take(ebpf, names::CLIENT_SLOTS)?,
+            client_totals: take(ebpf, names::CLIENT_TOTALS)?,
+            free_slots: take(ebpf, names::FREE_SLOTS)?,
+            stats: take(ebpf, names::STATS)?,
+            event_stats: take(ebpf, names::EVENT_STATS)?,
         })
     }
 
@@ -145,9 +153,9 @@ impl KernelMaps {
     /// and returns `None` so that the caller iterates.
     fn batch<T>(
         &self,
-        what: &str,
+        map: &'static str,
         read: impl FnOnce() -> Result<T, BatchError>,
-    ) -> anyhow::Result<Option<T>> {
+    ) -> Result<Option<T>, KernelError> {
         if self.read_method() == ReadMethod::Iterate {
             return Ok(None);
         }
@@ -160,12 +168,15 @@ impl KernelMaps {
                 self.set_read_method(ReadMethod::Iterate);
                 Ok(None)
             }
-            Err(e) => Err(e).with_context(|| format!("reading the {what} map")),
+            Err(source) => Err(KernelError::BatchRead { map, source }),
         }
     }
 
     /// Every flow with its CPUs' counters summed, each passed once to `each`.
-    pub fn for_each_flow(&self, mut each: impl FnMut(&FlowKey, Counters)) -> anyhow::Result<()> {
+    pub fn for_each_flow(
+        &self,
+        mut each: impl FnMut(&FlowKey, Counters),
+    ) -> Result<(), KernelError> {
         let reader = BatchReader::<FlowKey, FlowValue>::new(Layout::PerCpu { cpus: self.cpus });
         let fd = self.flows.map().fd().as_fd();
         let batched = self.batch("flow", || {
@@ -192,14 +203,16 @@ impl KernelMaps {
                 }
                 // Evicted by the LRU while we iterate: skipped.
                 Err(MapError::KeyNotFound) => continue,
-                Err(e) => return Err(e).context("reading the flow map"),
+                Err(source) => {
+                    return Err(KernelError::Map { doing: "reading the flow map", source });
+                }
             }
         }
         Ok(())
     }
 
     /// Reads every map.
-    pub fn read(&self) -> anyhow::Result<Snapshot> {
+    pub fn read(&self) -> Result<Snapshot, KernelError> {
         // Sized from the last read: growing by doubling would hold up to three times the list
         // while it is copied.
         let expected = self.flows_read.load(Ordering::Relaxed);
@@ -216,7 +229,8 @@ impl KernelMaps {
             if stat == Stat::Seen as usize {
                 continue;
             }
-            let values = self.stats.get(&slot, 0).context("reading the stats map")?;
+            let values =
+                self.stats.get(&slot, 0).map_err(KernelError::map("reading the stats map"))?;
             snap.stats[dir][stat] = values.iter().sum();
         }
         // The kernel gives every packet exactly one outcome and does not count `seen` (one
@@ -230,7 +244,10 @@ impl KernelMaps {
                 .sum();
         }
         for slot in 0..EVENT_STATS_LEN {
-            let values = self.event_stats.get(&slot, 0).context("reading the event stats map")?;
+            let values = self
+                .event_stats
+                .get(&slot, 0)
+                .map_err(KernelError::map("reading the event stats map"))?;
             let (kind, outcome) =
                 (slot as usize / EventOutcome::COUNT, slot as usize % EventOutcome::COUNT);
             snap.events[kind][outcome] = values.iter().sum();
@@ -241,7 +258,7 @@ impl KernelMaps {
     /// Each client's totals: its slot, then that slot's counters on every CPU. The totals map
     /// is an array read whole in one batch (a lookup per client took milliseconds at
     /// thousands of clients); entry by entry where batches are unavailable.
-    fn client_totals(&self) -> anyhow::Result<HashMap<[u8; 6], Counters>> {
+    fn client_totals(&self) -> Result<HashMap<[u8; 6], Counters>, KernelError> {
         let slots = self.client_slots()?;
         let mut clients = HashMap::with_capacity(slots.len());
         let owner: HashMap<u32, [u8; 6]> = slots.iter().map(|(mac, slot)| (*slot, *mac)).collect();
@@ -260,8 +277,10 @@ impl KernelMaps {
         })?;
         if batched.is_none() {
             for (mac, slot) in slots {
-                let values =
-                    self.client_totals.get(&slot, 0).context("reading the client totals map")?;
+                let values = self
+                    .client_totals
+                    .get(&slot, 0)
+                    .map_err(KernelError::map("reading the client totals map"))?;
                 clients.insert(mac, sum(values.iter()));
             }
         }
@@ -269,7 +288,7 @@ impl KernelMaps {
     }
 
     /// Every client holding a slot, with its slot in the totals map.
-    pub fn client_slots(&self) -> anyhow::Result<HashMap<[u8; 6], u32>> {
+    pub fn client_slots(&self) -> Result<HashMap<[u8; 6], u32>, KernelError> {
         let mut slots = HashMap::new();
         let reader = BatchReader::<ClientKey, u32>::new(Layout::Plain);
         let fd = self.client_slots.map().fd().as_fd();
@@ -289,7 +308,9 @@ impl KernelMaps {
                     slots.insert(key.mac, slot);
                 }
                 Err(MapError::KeyNotFound) => continue,
-                Err(e) => return Err(e).context("reading the client slot map"),
+                Err(source) => {
+                    return Err(KernelError::Map { doing: "reading the client slot map", source });
+                }
             }
         }
         Ok(slots)
@@ -297,7 +318,7 @@ impl KernelMaps {
 
     /// Forgets a retired client's kernel totals and flows, so departed devices never fill the
     /// maps; see [`KernelMaps::remove_clients`].
-    pub fn remove_client(&mut self, mac: &[u8; 6]) -> anyhow::Result<()> {
+    pub fn remove_client(&mut self, mac: &[u8; 6]) -> Result<(), KernelError> {
         self.remove_clients(std::slice::from_ref(mac))
     }
 
@@ -320,7 +341,7 @@ impl KernelMaps {
     /// microseconds of its retirement. Packets of the retired client counted between steps 1
     /// and 3 are dropped with its totals (it then counts from zero under a new slot), and a
     /// crash between steps 1 and 4 leaks the slot (until the pinned maps are removed).
-    pub fn remove_clients(&mut self, macs: &[[u8; 6]]) -> anyhow::Result<()> {
+    pub fn remove_clients(&mut self, macs: &[[u8; 6]]) -> Result<(), KernelError> {
         if macs.is_empty() {
             return Ok(());
         }
@@ -331,11 +352,19 @@ impl KernelMaps {
             let slot = match self.client_slots.get(&key, 0) {
                 Ok(slot) => slot,
                 Err(MapError::KeyNotFound) => continue,
-                Err(e) => return Err(e).context("reading a retired client's slot"),
+                Err(source) => {
+                    return Err(KernelError::Map {
+                        doing: "reading a retired client's slot",
+                        source,
+                    });
+                }
             };
             match self.client_slots.remove(&key) {
-                Err(e) if !absent(&e) => {
-                    return Err(e).context("removing a retired client from the kernel slot map");
+                Err(source) if !absent(&source) => {
+                    return Err(KernelError::Map {
+                        doing: "removing a retired client from the kernel slot map",
+                        source,
+                    });
                 }
                 _ => slots.push(slot),
             }
@@ -349,19 +378,28 @@ impl KernelMaps {
                 doomed.push(*key);
             }
         })
-        .context("scanning the flow map for a retired client's flows")?;
+        .map_err(|e| KernelError::RetireScan { source: Box::new(e) })?;
         for key in &doomed {
             match self.flows.remove(key) {
                 // Evicted by the LRU since the scan: gone all the same.
-                Err(e) if !absent(&e) => return Err(e).context("removing a retired client's flow"),
+                Err(source) if !absent(&source) => {
+                    return Err(KernelError::Map {
+                        doing: "removing a retired client's flow",
+                        source,
+                    });
+                }
                 _ => {}
             }
         }
 
         for slot in slots {
-            let zero = PerCpuValues::try_from(vec![Counters::default(); self.cpus])?;
-            self.client_totals.set(slot, zero, 0).context("zeroing a retired client's totals")?;
-            self.free_slots.push(slot, 0).context("freeing a retired client's slot")?;
+            const ZEROING: &str = "zeroing a retired client's totals";
+            let zero = PerCpuValues::try_from(vec![Counters::default(); self.cpus])
+                .map_err(|e| KernelError::map(ZEROING)(e.into()))?;
+            self.client_totals.set(slot, zero, 0).map_err(KernelError::map(ZEROING))?;
+            self.free_slots
+                .push(slot, 0)
+                .map_err(KernelError::map("freeing a retired client's slot"))?;
         }
         Ok(())
     }

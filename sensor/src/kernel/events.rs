@@ -3,11 +3,12 @@
 
 use std::mem::size_of;
 
-use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use sensor_common::{Direction, EVENT_DATA_MAX, Event, EventKind, FlowKey};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::warn;
+
+use super::error::KernelError;
 
 /// One event, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,10 +51,11 @@ pub fn spawn_reader(
     ring: RingBuf<MapData>,
     tx: mpsc::Sender<Observation>,
     on_drop: impl Fn() + Send + 'static,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> Result<tokio::task::JoinHandle<()>, KernelError> {
     // SAFETY: the ring buffer owns its map fd and keeps it open while it lives; the AsyncFd
     // owns the ring buffer.
-    let mut fd = unsafe { AsyncFd::register(ring) }.context("watching the events ring buffer")?;
+    let mut fd = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| KernelError::WatchEvents { source: e.into() })?;
     Ok(tokio::spawn(async move {
         loop {
             let mut guard = match fd.readable_mut().await {

@@ -4,12 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapInfo, ProgramArray},
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, Xdp,
+        LinkOrder, Program, ProgramError, SchedClassifier, TcAttachType, Xdp,
         tc::{self, NlOptions, TcAttachOptions},
         xdp::XdpMode as AyaXdpMode,
     },
@@ -20,6 +19,8 @@ use sensor_common::{
 };
 use serde::Deserialize;
 use tracing::{info, warn};
+
+use super::error::KernelError;
 
 /// The eBPF object built by build.rs, embedded so the agent is one self-contained binary.
 pub fn ebpf_object() -> &'static [u8] {
@@ -51,9 +52,9 @@ const CLIENT_SLOT_MAPS: [&str; 4] =
     [names::CLIENT_SLOTS, names::CLIENT_TOTALS, names::FREE_SLOTS, names::NEXT_SLOT];
 
 /// The `LAN_PREFIXES` global: each prefix IPv4-mapped, as address and mask words.
-pub fn lan_prefixes_global(prefixes: &[IpNet]) -> anyhow::Result<LanPrefixes> {
+pub fn lan_prefixes_global(prefixes: &[IpNet]) -> Result<LanPrefixes, KernelError> {
     if prefixes.len() > MAX_LAN_PREFIXES {
-        bail!("{} LAN prefixes; at most {MAX_LAN_PREFIXES} are supported", prefixes.len());
+        return Err(KernelError::TooManyPrefixes { count: prefixes.len() });
     }
     let mut global = LanPrefixes::default();
     for (slot, net) in global.prefixes.iter_mut().zip(prefixes) {
@@ -75,7 +76,7 @@ fn words(b: &[u8; 16]) -> [u32; 4] {
 }
 
 /// Loads the object with naming events off (programs are not yet verified; see [`attach`]).
-pub fn load(opts: &LoadOptions) -> anyhow::Result<(Ebpf, Capacities)> {
+pub fn load(opts: &LoadOptions) -> Result<(Ebpf, Capacities), KernelError> {
     load_with_events(opts, 0)
 }
 
@@ -84,7 +85,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<(Ebpf, Capacities)> {
 pub fn load_with_events(
     opts: &LoadOptions,
     events_per_sec_per_cpu: u32,
-) -> anyhow::Result<(Ebpf, Capacities)> {
+) -> Result<(Ebpf, Capacities), KernelError> {
     let prefixes = lan_prefixes_global(opts.lan_prefixes)?;
     let mut capacities = Capacities { flows: opts.flow_capacity, clients: opts.client_capacity };
     let mut loader = EbpfLoader::new();
@@ -115,19 +116,7 @@ pub fn load_with_events(
         check_pinned::<u32, Counters>(&pin(names::CLIENT_TOTALS), &mut client[1])?;
         check_pinned::<(), u32>(&pin(names::FREE_SLOTS), &mut client[2])?;
         if client[1..].iter().any(|c| *c != client[0]) {
-            bail!(
-                "the pinned client maps in {} disagree on their capacity ({}/{}/{} entries in {}, \
-                 {}, {}): remove them with `rm -r {}` (this resets the kernel counters; the \
-                 exported counters continue from the state file)",
-                dir.display(),
-                client[0],
-                client[1],
-                client[2],
-                names::CLIENT_SLOTS,
-                names::CLIENT_TOTALS,
-                names::FREE_SLOTS,
-                dir.display()
-            );
+            return Err(KernelError::ClientPinCapacities { dir: dir.into(), capacities: client });
         }
         capacities.clients = client[0];
         for (name, path) in &pins {
@@ -140,74 +129,53 @@ pub fn load_with_events(
         .map_max_entries(names::CLIENT_SLOTS, capacities.clients)
         .map_max_entries(names::CLIENT_TOTALS, capacities.clients)
         .map_max_entries(names::FREE_SLOTS, capacities.clients);
-    let ebpf = loader.load(ebpf_object()).context("loading the eBPF object into the kernel")?;
+    let ebpf = loader.load(ebpf_object()).map_err(KernelError::Load)?;
     Ok((ebpf, capacities))
 }
 
 /// The client-slot maps must all be pinned or none: refuses a partial set (an interrupted
 /// cleanup, say) rather than hand out slots that clients already hold.
-fn check_client_slot_pins(dir: &Path) -> anyhow::Result<()> {
-    let (present, missing): (Vec<&str>, Vec<&str>) =
+fn check_client_slot_pins(dir: &Path) -> Result<(), KernelError> {
+    let (present, missing): (Vec<&'static str>, Vec<&'static str>) =
         CLIENT_SLOT_MAPS.iter().copied().partition(|name| dir.join(name).exists());
     if !present.is_empty() && !missing.is_empty() {
-        bail!(
-            "{} holds pinned maps {} but not {}: the client slot maps only work as a set; remove \
-             them all with `rm -r {}` (this resets the kernel counters; the exported counters \
-             continue from the state file)",
-            dir.display(),
-            present.join(", "),
-            missing.join(", "),
-            dir.display()
-        );
+        return Err(KernelError::PartialClientPins { dir: dir.into(), present, missing });
     }
     Ok(())
 }
 
 /// The pin directory must be on a BPF filesystem, or pinning fails with an obscure error.
-fn prepare_pin_dir(dir: &Path) -> anyhow::Result<()> {
+fn prepare_pin_dir(dir: &Path) -> Result<(), KernelError> {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     let parent = dir.parent().unwrap_or(dir);
-    let fs = nix::sys::statfs::statfs(parent).with_context(|| {
-        format!(
-            "{} does not exist: mount the BPF filesystem with `mount -t bpf bpf /sys/fs/bpf`",
-            parent.display()
-        )
-    })?;
+    let fs = nix::sys::statfs::statfs(parent)
+        .map_err(|source| KernelError::PinParentMissing { dir: parent.into(), source })?;
     // f_type is an i32 on 32-bit routers and an i64 elsewhere.
     #[allow(clippy::unnecessary_cast)]
     let fs_type = fs.filesystem_type().0 as i64;
     if fs_type != BPF_FS_MAGIC {
-        bail!(
-            "{} is not on a BPF filesystem, so maps cannot be pinned there: mount one with \
-             `mount -t bpf bpf /sys/fs/bpf`, or set `pin_path` below a bpf mount. (Started with \
-             `ip netns exec`? It mounts a fresh /sys without the BPF filesystem: use \
-             `nsenter --net=/run/netns/NAME` instead.)",
-            parent.display()
-        );
+        return Err(KernelError::NotBpfFs { dir: parent.into() });
     }
     std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating pin directory {}", dir.display()))
+        .map_err(|source| KernelError::CreatePinDir { dir: dir.into(), source })
 }
 
 /// A pinned map from an older build must have the same layout; its capacity wins over the
 /// config because resizing means recreating it (losing the counts).
-fn check_pinned<K, V>(path: &Path, capacity: &mut u32) -> anyhow::Result<()> {
+fn check_pinned<K, V>(path: &Path, capacity: &mut u32) -> Result<(), KernelError> {
     let info = match MapInfo::from_pin(path) {
         Ok(info) => info,
         Err(_) if !path.exists() => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("reading pinned map {}", path.display())),
+        Err(source) => return Err(KernelError::ReadPinnedMap { path: path.into(), source }),
     };
     let (k, v) = (size_of::<K>() as u32, size_of::<V>() as u32);
     if info.key_size() != k || info.value_size() != v {
-        bail!(
-            "pinned map {} has key/value sizes {}/{} but this build uses {k}/{v} (its layout \
-             changed): remove the old maps with `rm -r {}` (this resets the kernel counters; the \
-             exported counters continue from the state file)",
-            path.display(),
-            info.key_size(),
-            info.value_size(),
-            path.parent().unwrap_or(path).display()
-        );
+        return Err(KernelError::PinnedLayout {
+            path: path.into(),
+            dir: path.parent().unwrap_or(path).into(),
+            found: (info.key_size(), info.value_size()),
+            expected: (k, v),
+        });
     }
     if *capacity != 0 && info.max_entries() != *capacity {
         warn!(
@@ -237,45 +205,81 @@ pub fn attach(
     iface: &str,
     xdp: XdpMode,
     tc: TcAttach,
-) -> anyhow::Result<Attachment> {
+) -> Result<Attachment, KernelError> {
     let xdp_mode = attach_xdp(ebpf, iface, xdp)?;
     let tc_mode = attach_tc(ebpf, iface, tc)?;
     Ok(Attachment { xdp_mode, tc_mode })
 }
 
-fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode) -> anyhow::Result<&'static str> {
+/// The program types the agent loads; aya's `load` is inherent to each.
+trait Verifiable {
+    fn verify(&mut self) -> Result<(), ProgramError>;
+}
+
+impl Verifiable for Xdp {
+    fn verify(&mut self) -> Result<(), ProgramError> {
+        self.load()
+    }
+}
+
+impl Verifiable for SchedClassifier {
+    fn verify(&mut self) -> Result<(), ProgramError> {
+        self.load()
+    }
+}
+
+/// The program `name` of the object, of type `P` and verified by the kernel; `role` names it
+/// in errors ("XDP", "TC").
+fn verified<'a, P>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+    role: &'static str,
+) -> Result<&'a mut P, KernelError>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+    P: Verifiable,
+{
+    let prog: &mut P = ebpf
+        .program_mut(name)
+        .ok_or(KernelError::MissingProgram { program: role })?
+        .try_into()
+        .map_err(|source| KernelError::PrepareProgram { program: role, source })?;
+    prog.verify().map_err(|source| KernelError::Verify { program: role, source })?;
+    Ok(prog)
+}
+
+fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode) -> Result<&'static str, KernelError> {
     install_capture(ebpf)?;
-    let prog: &mut Xdp = ebpf
-        .program_mut(names::XDP_PROGRAM)
-        .context("XDP program missing from the eBPF object")?
-        .try_into()?;
-    prog.load().context("the kernel verifier rejected the XDP program")?;
+    let prog: &mut Xdp = verified(ebpf, names::XDP_PROGRAM, "XDP")?;
+    let attach_in = |prog: &mut Xdp, mode: &'static str, flags| {
+        prog.attach(iface, flags).map(|_| mode).map_err(|source| KernelError::AttachXdp {
+            mode,
+            interface: iface.into(),
+            source,
+        })
+    };
     match mode {
-        XdpMode::Driver => {
-            prog.attach(iface, AyaXdpMode::Driver)
-                .with_context(|| format!("attaching XDP in driver mode to {iface}"))?;
-            Ok("driver")
-        }
-        XdpMode::Generic => {
-            prog.attach(iface, AyaXdpMode::Skb)
-                .with_context(|| format!("attaching XDP in generic mode to {iface}"))?;
-            Ok("generic")
-        }
+        XdpMode::Driver => attach_in(prog, "driver", AyaXdpMode::Driver),
+        XdpMode::Generic => attach_in(prog, "generic", AyaXdpMode::Skb),
         XdpMode::Auto => match prog.attach(iface, AyaXdpMode::Driver) {
             Ok(_) => {
                 info!(interface = iface, "XDP attached in driver (native) mode");
                 Ok("driver")
             }
-            Err(e) => {
-                prog.attach(iface, AyaXdpMode::Skb).with_context(|| {
-                    format!("attaching XDP to {iface} (driver mode failed first: {e})")
-                })?;
-                info!(
-                    interface = iface,
-                    "XDP attached in generic (skb) mode: the driver has no native XDP ({e})"
-                );
-                Ok("generic")
-            }
+            Err(driver) => match prog.attach(iface, AyaXdpMode::Skb) {
+                Ok(_) => {
+                    info!(
+                        interface = iface,
+                        "XDP attached in generic (skb) mode: the driver has no native XDP ({driver})"
+                    );
+                    Ok("generic")
+                }
+                Err(source) => Err(KernelError::AttachXdpFallback {
+                    interface: iface.into(),
+                    driver: Box::new(driver),
+                    source,
+                }),
+            },
         },
     }
 }
@@ -283,27 +287,23 @@ fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode) -> anyhow::Result<&'s
 /// Loads the XDP capture program into the tail-call slot, so that the counting program never
 /// runs without it (it copies event payloads; verified on its own to keep the verifier's work
 /// small).
-pub fn install_capture(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    let capture: &mut Xdp = ebpf
-        .program_mut(names::XDP_CAPTURE_PROGRAM)
-        .context("XDP capture program missing from the eBPF object")?
-        .try_into()?;
-    capture.load().context("the kernel verifier rejected the XDP capture program")?;
-    let capture_fd = capture.fd()?.try_clone()?;
+pub fn install_capture(ebpf: &mut Ebpf) -> Result<(), KernelError> {
+    const ROLE: &str = "XDP capture";
+    let capture: &mut Xdp = verified(ebpf, names::XDP_CAPTURE_PROGRAM, ROLE)?;
+    let capture_fd = capture
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+        .map_err(|source| KernelError::PrepareProgram { program: ROLE, source })?;
     let mut tail: ProgramArray<_> = ebpf
         .map_mut(names::EVENT_TAIL)
-        .context("tail-call map missing from the eBPF object")?
-        .try_into()?;
-    tail.set(0, &capture_fd, 0).context("installing the XDP capture program")?;
-    Ok(())
+        .ok_or(KernelError::MissingMap { map: names::EVENT_TAIL })?
+        .try_into()
+        .map_err(|source| KernelError::OpenMap { map: names::EVENT_TAIL, source })?;
+    tail.set(0, &capture_fd, 0).map_err(KernelError::map("installing the XDP capture program"))
 }
 
-fn attach_tc(ebpf: &mut Ebpf, iface: &str, mode: TcAttach) -> anyhow::Result<&'static str> {
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(names::TC_PROGRAM)
-        .context("TC program missing from the eBPF object")?
-        .try_into()?;
-    prog.load().context("the kernel verifier rejected the TC program")?;
+fn attach_tc(ebpf: &mut Ebpf, iface: &str, mode: TcAttach) -> Result<&'static str, KernelError> {
+    let prog: &mut SchedClassifier = verified(ebpf, names::TC_PROGRAM, "TC")?;
     if mode != TcAttach::Netlink {
         match prog.attach_with_options(
             iface,
@@ -314,8 +314,8 @@ fn attach_tc(ebpf: &mut Ebpf, iface: &str, mode: TcAttach) -> anyhow::Result<&'s
                 info!(interface = iface, "TC egress program attached with TCX");
                 return Ok("tcx");
             }
-            Err(e) if mode == TcAttach::Tcx => {
-                return Err(e).with_context(|| format!("attaching TC egress with TCX to {iface} (needs kernel 6.6+; try `tc_attach: netlink`)"));
+            Err(source) if mode == TcAttach::Tcx => {
+                return Err(KernelError::AttachTcx { interface: iface.into(), source });
             }
             Err(e) => info!(interface = iface, "TCX unavailable ({e}); using a clsact qdisc"),
         }
@@ -329,7 +329,7 @@ fn attach_tc(ebpf: &mut Ebpf, iface: &str, mode: TcAttach) -> anyhow::Result<&'s
         let exists =
             matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
         if !exists && !e.to_string().contains("exists") {
-            return Err(e).with_context(|| format!("adding a clsact qdisc to {iface}"));
+            return Err(KernelError::AddClsact { interface: iface.into(), source: e });
         }
     }
     prog.attach_with_options(
@@ -337,7 +337,7 @@ fn attach_tc(ebpf: &mut Ebpf, iface: &str, mode: TcAttach) -> anyhow::Result<&'s
         TcAttachType::Egress,
         TcAttachOptions::Netlink(NlOptions::default()),
     )
-    .with_context(|| format!("attaching the TC egress filter to {iface}"))?;
+    .map_err(|source| KernelError::AttachTc { interface: iface.into(), source })?;
     info!(interface = iface, "TC egress program attached as a clsact filter (netlink)");
     Ok("netlink")
 }

@@ -1,14 +1,15 @@
 //! What the LAN interface itself says about the LAN: its prefixes, the default `lan_prefixes`.
 
-use anyhow::{Context as _, bail};
 use ipnet::IpNet;
 use nix::ifaddrs::getifaddrs;
 
+use super::error::KernelError;
+
 /// Every prefix configured on `iface` (IPv4 and IPv6, link-local included: a client's
 /// link-local traffic to the router is client traffic too).
-pub fn prefixes(iface: &str) -> anyhow::Result<Vec<IpNet>> {
+pub fn prefixes(iface: &str) -> Result<Vec<IpNet>, KernelError> {
     let mut out = Vec::new();
-    for ifa in getifaddrs().context("listing interface addresses")? {
+    for ifa in getifaddrs().map_err(|source| KernelError::ListAddresses { source })? {
         if ifa.interface_name != iface {
             continue;
         }
@@ -20,25 +21,38 @@ pub fn prefixes(iface: &str) -> anyhow::Result<Vec<IpNet>> {
         } else {
             continue;
         };
-        let net = net.context("interface netmask is not a prefix")?.trunc();
+        let net = net
+            .map_err(|source| KernelError::NotAPrefix { interface: iface.into(), source })?
+            .trunc();
         if !out.contains(&net) {
             out.push(net);
         }
     }
     if out.is_empty() {
-        bail!(
-            "interface {iface} has no IP addresses, so the LAN prefixes cannot be derived: \
-             set `lan_prefixes` in the config (e.g. [192.168.1.0/24, \"fd00::/64\"])"
-        );
+        return Err(KernelError::NoAddresses { interface: iface.into() });
     }
     Ok(out)
 }
 
 /// The interface's index, or an error that says the interface is missing.
-pub fn ifindex(iface: &str) -> anyhow::Result<u32> {
-    nix::net::if_::if_nametoindex(iface).with_context(|| {
-        format!(
-            "interface {iface} not found (check `interface` in the config; `ip link` lists them)"
-        )
-    })
+pub fn ifindex(iface: &str) -> Result<u32, KernelError> {
+    nix::net::if_::if_nametoindex(iface)
+        .map_err(|source| KernelError::InterfaceNotFound { interface: iface.into(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_interface_says_where_to_look() {
+        let e = ifindex("gws-none0").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "interface gws-none0 not found (check `interface` in the config; `ip link` lists them)"
+        );
+        // The OS error follows in the chain (`{:#}` at the binary's edge).
+        let os = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(os.as_deref(), Some("ENODEV: No such device"));
+    }
 }
