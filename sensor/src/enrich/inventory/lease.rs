@@ -1,0 +1,51 @@
+//! One lease, as every lease format's parser gives it, and what the parsers share.
+
+use std::net::IpAddr;
+
+use crate::types::Mac;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Lease {
+    pub(super) mac: Mac,
+    pub(super) ip: IpAddr,
+    pub(super) hostname: Option<String>,
+    /// Unix seconds; `u64::MAX` for a lease that never ends.
+    pub(super) ends: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LeaseFormat {
+    Dnsmasq,
+    Isc,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct ParsedLeases {
+    /// None: neither format (an empty file is dnsmasq with no leases).
+    pub(super) format: Option<LeaseFormat>,
+    pub(super) leases: Vec<Lease>,
+    /// 1-based lines of the entries skipped.
+    pub(super) malformed: Vec<usize>,
+}
+
+/// A device-chosen hostname made safe for a label: no control characters, at most 63
+/// characters (a DNS label), none for `*` or empty.
+pub(super) fn clean_hostname(raw: &str) -> Option<String> {
+    let cleaned: String = raw.chars().filter(|c| !c.is_control()).take(63).collect();
+    let cleaned = cleaned.trim();
+    (!cleaned.is_empty() && cleaned != "*").then(|| cleaned.to_string())
+}
+
+/// MAC as a lease file writes it: `aa:bb:cc:dd:ee:ff`, bytes of one or two hex digits.
+pub(super) fn parse_lease_mac(s: &str) -> Option<Mac> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
