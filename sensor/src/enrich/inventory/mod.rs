@@ -18,8 +18,7 @@ use std::{
 };
 
 pub use config::{InventoryConfig, StaticDevice, parse_mac};
-use lease::Lease;
-use lease_file::{LeaseFile, MacLeases};
+use lease_file::LeaseFiles;
 
 use super::oui::{DEFAULT_OUI_PATHS, OuiDb, Vendor};
 use crate::types::Mac;
@@ -81,9 +80,7 @@ pub fn fallback_name(mac: &Mac, vendor: &Vendor) -> String {
 pub struct Inventory {
     devices: HashMap<Mac, StaticDevice>,
     oui: OuiDb,
-    lease_files: Vec<LeaseFile>,
-    /// Per MAC, merged over all lease files.
-    leases: HashMap<Mac, MacLeases>,
+    leases: LeaseFiles,
 }
 
 impl Inventory {
@@ -131,17 +128,8 @@ impl Inventory {
             };
             warnings.push(format!("OUI {what} {listed} not found: {consequence} ({fix})"));
         }
-        let lease_files = cfg
-            .dhcp_leases
-            .iter()
-            .map(|path| LeaseFile {
-                path: path.clone(),
-                stamp: None,
-                leases: Vec::new(),
-                last_warning: None,
-            })
-            .collect();
-        let mut inventory = Inventory { devices, oui, lease_files, leases: HashMap::new() };
+        let leases = LeaseFiles::new(&cfg.dhcp_leases);
+        let mut inventory = Inventory { devices, oui, leases };
         warnings.extend(inventory.refresh());
         Ok((inventory, warnings))
     }
@@ -150,27 +138,7 @@ impl Inventory {
     /// `stat` per file). Returns warnings for files that cannot be read, each once until it
     /// changes; a file that cannot be read keeps the leases last read from it.
     pub fn refresh(&mut self) -> Vec<String> {
-        let mut warnings = Vec::new();
-        let mut changed = false;
-        for file in &mut self.lease_files {
-            let warning = match file.check() {
-                Ok(c) => {
-                    changed |= c.changed;
-                    c.warning
-                }
-                Err(w) => Some(w),
-            };
-            if warning != file.last_warning {
-                if let Some(w) = &warning {
-                    warnings.push(w.clone());
-                }
-                file.last_warning = warning;
-            }
-        }
-        if changed {
-            self.merge();
-        }
-        warnings
+        self.leases.refresh()
     }
 
     /// Who `mac` is: the inventory entry, else the DHCP hostname of its most recent lease
@@ -186,7 +154,7 @@ impl Inventory {
                 source: NameSource::Inventory,
             };
         }
-        if let Some(hostname) = self.leases.get(mac).and_then(|l| l.hostname.as_ref()) {
+        if let Some(hostname) = self.leases.hostname(mac) {
             return Device {
                 name: hostname.clone(),
                 group: String::new(),
@@ -206,7 +174,7 @@ impl Inventory {
 
     /// The addresses leased to `mac`, most recent first.
     pub fn lease_ips(&self, mac: &Mac) -> Vec<IpAddr> {
-        self.leases.get(mac).map(|l| l.ips.clone()).unwrap_or_default()
+        self.leases.ips(mac)
     }
 
     /// The vendor of `mac` alone.
@@ -217,26 +185,6 @@ impl Inventory {
     /// The OUI registry in use.
     pub fn oui(&self) -> &OuiDb {
         &self.oui
-    }
-
-    /// Leases from all files per MAC, most recent first: latest end, then later file.
-    fn merge(&mut self) {
-        let mut all: Vec<(u64, usize, usize, &Lease)> = Vec::new();
-        for (f, file) in self.lease_files.iter().enumerate() {
-            all.extend(file.leases.iter().enumerate().map(|(i, l)| (l.ends, f, i, l)));
-        }
-        all.sort_by_key(|&(ends, file, line, _)| std::cmp::Reverse((ends, file, line)));
-        let mut merged: HashMap<Mac, MacLeases> = HashMap::new();
-        for (_, _, _, lease) in all {
-            let entry = merged.entry(lease.mac).or_default();
-            if entry.hostname.is_none() {
-                entry.hostname = lease.hostname.clone();
-            }
-            if !entry.ips.contains(&lease.ip) {
-                entry.ips.push(lease.ip);
-            }
-        }
-        self.leases = merged;
     }
 }
 
@@ -309,7 +257,7 @@ mod tests {
         assert_eq!(inv.device(&static_lease).name, "scale");
         assert_eq!(inv.lease_ips(&static_lease), vec![ip("192.168.1.2"), ip("192.168.1.3")]);
         // The IPv6 leases name no MAC.
-        assert!(inv.leases.values().all(|l| l.ips.iter().all(|ip| ip.is_ipv4())));
+        assert!(inv.leases.by_mac.values().all(|l| l.ips.iter().all(|ip| ip.is_ipv4())));
         assert_eq!(inv.lease_ips(&UNKNOWN), Vec::<IpAddr>::new());
     }
 
@@ -407,9 +355,9 @@ mod tests {
         assert_eq!(inv.device(&XIAOMI).name, "robot2");
 
         // Unchanged: nothing re-read (the parsed leases are the same object).
-        let before = inv.lease_files[0].leases.as_ptr();
+        let before = inv.leases.files[0].leases.as_ptr();
         assert!(inv.refresh().is_empty());
-        assert_eq!(inv.lease_files[0].leases.as_ptr(), before);
+        assert_eq!(inv.leases.files[0].leases.as_ptr(), before);
 
         // Garbage: one warning, and the old leases stay until the file is fixed.
         std::fs::write(&path, "hello world, this is not a lease file\n").unwrap();
