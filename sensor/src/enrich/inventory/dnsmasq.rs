@@ -3,13 +3,24 @@
 
 use std::net::IpAddr;
 
-use super::lease::{Lease, LeaseFormat, ParsedLeases, clean_hostname, parse_lease_mac};
+use super::lease::{Lease, Parsed, clean_hostname, first_word, parse_lease_mac};
+
+pub(super) const NAME: &str = "dnsmasq";
+
+/// A file whose first statement is a number (a lease's expiry) or `duid` (the line before
+/// the IPv6 leases); also an empty one, as dnsmasq writes it when it has no leases.
+pub(super) fn recognizes(text: &str) -> bool {
+    match first_word(text) {
+        None => true,
+        Some(word) => word == "duid" || word.parse::<u64>().is_ok(),
+    }
+}
 
 /// dnsmasq: `<expiry> <mac> <ip> <hostname> <client-id>` per line (expiry 0: never). IPv6
 /// leases follow a `duid <server duid>` line and carry an IAID where the MAC would be:
 /// they name no MAC and are skipped.
-pub(super) fn parse_dnsmasq(text: &str) -> ParsedLeases {
-    let mut out = ParsedLeases { format: Some(LeaseFormat::Dnsmasq), ..Default::default() };
+pub(super) fn parse(text: &str) -> Parsed {
+    let mut out = Parsed::default();
     // A last line without its newline is being written: not malformed, just not there yet.
     let complete = if text.ends_with('\n') {
         text

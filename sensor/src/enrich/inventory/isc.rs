@@ -6,7 +6,28 @@ use std::{
     net::IpAddr,
 };
 
-use super::lease::{Lease, LeaseFormat, ParsedLeases, clean_hostname, parse_lease_mac};
+use super::lease::{Lease, Parsed, clean_hostname, first_word, parse_lease_mac};
+
+pub(super) const NAME: &str = "ISC dhcpd";
+
+/// A file whose first statement is one dhcpd writes at the top level.
+pub(super) fn recognizes(text: &str) -> bool {
+    const STATEMENTS: &[&str] = &[
+        "lease",
+        "host",
+        "authoring-byte-order",
+        "server-duid",
+        "failover",
+        "ia-na",
+        "ia-ta",
+        "ia-pd",
+        "db-time-format",
+        "group",
+        "subclass",
+        "class",
+    ];
+    first_word(text).is_some_and(|word| STATEMENTS.contains(&word))
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Token {
@@ -193,8 +214,8 @@ pub(super) fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 /// ISC dhcpd.leases: `lease <ip> { ... }` blocks appended as leases change, so for one IP the
 /// last block is its state, and for one MAC the last block is its current lease. Leases in
 /// `binding state free`, `abandoned` or `backup` belong to no device and are ignored.
-pub(super) fn parse_isc(text: &str) -> ParsedLeases {
-    let mut out = ParsedLeases { format: Some(LeaseFormat::Isc), ..Default::default() };
+pub(super) fn parse(text: &str) -> Parsed {
+    let mut out = Parsed::default();
     let tokens = isc_tokens(text);
     let mut pos = 0;
     let mut complete = true;
@@ -292,7 +313,7 @@ mod tests {
     #[test]
     fn truncated_isc_file_keeps_complete_blocks() {
         let text = "lease 10.0.0.2 {\n  hardware ethernet 64:09:80:12:34:56;\n  client-hostname \"a\";\n}\nlease 10.0.0.3 {\n  hardware ethernet 60:8b:0e:aa:bb:cc;\n  client-hos";
-        let parsed = parse_isc(text);
+        let parsed = parse(text);
         assert_eq!(parsed.leases.len(), 1);
         assert_eq!(parsed.leases[0].hostname.as_deref(), Some("a"));
         assert_eq!(parsed.malformed, vec![5]);

@@ -1,4 +1,5 @@
-//! One lease, as every lease format's parser gives it, and what the parsers share.
+//! One lease, as every lease format's parser gives it, and what the parsers share. A leaf of
+//! the inventory: the parsers and `lease_file` import it, it imports neither.
 
 use std::net::IpAddr;
 
@@ -13,19 +14,20 @@ pub(super) struct Lease {
     pub(super) ends: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum LeaseFormat {
-    Dnsmasq,
-    Isc,
-}
-
+/// What a format's parser read from one file.
 #[derive(Debug, Default)]
-pub(super) struct ParsedLeases {
-    /// None: neither format (an empty file is dnsmasq with no leases).
-    pub(super) format: Option<LeaseFormat>,
+pub(super) struct Parsed {
     pub(super) leases: Vec<Lease>,
     /// 1-based lines of the entries skipped.
     pub(super) malformed: Vec<usize>,
+}
+
+/// The first word of the first line that is not blank or a comment, if any: what most
+/// formats are recognized by.
+pub(super) fn first_word(text: &str) -> Option<&str> {
+    let first =
+        text.lines().map(|l| l.split('#').next().unwrap_or("").trim()).find(|l| !l.is_empty())?;
+    first.split(|c: char| c.is_whitespace() || c == '{' || c == ';').next()
 }
 
 /// A device-chosen hostname made safe for a label: no control characters, at most 63

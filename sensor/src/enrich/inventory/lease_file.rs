@@ -1,5 +1,6 @@
 //! The DHCP servers' lease files: each re-read only when its size, modification time or inode
-//! changed (so it can be checked every poll), its format recognized by its content.
+//! changed (so it can be checked every poll), its format recognized by its content, and the
+//! leases of all files merged per MAC. [`LeaseFormat`] lists the formats.
 
 use std::{
     collections::HashMap, net::IpAddr, os::unix::fs::MetadataExt as _, path::PathBuf,
@@ -7,9 +8,8 @@ use std::{
 };
 
 use super::{
-    dnsmasq::parse_dnsmasq,
-    isc::parse_isc,
-    lease::{Lease, LeaseFormat, ParsedLeases},
+    dnsmasq, isc,
+    lease::{Lease, Parsed},
 };
 use crate::types::Mac;
 
@@ -166,9 +166,10 @@ impl LeaseFile {
             return Ok(Checked {
                 changed: false,
                 warning: Some(format!(
-                    "{} is not a dnsmasq or ISC dhcpd leases file: no device names from it (the \
-                     leases read before are kept)",
-                    self.path.display()
+                    "{} is not a {} leases file: no device names from it (the leases read \
+                     before are kept)",
+                    self.path.display(),
+                    LeaseFormat::names()
                 )),
             });
         }
@@ -184,33 +185,92 @@ impl LeaseFile {
     }
 }
 
+/// The lease file formats, each read by its own file: the one place that lists them. A new
+/// format is a variant, its arm in each match below and its place in [`LeaseFormat::ALL`]
+/// (docs/design.md, "Adding a lease format").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LeaseFormat {
+    Dnsmasq,
+    Isc,
+}
+
+impl LeaseFormat {
+    /// Every format, in the order they are asked whether a file is theirs (dnsmasq's takes
+    /// an empty file, which is no other's) and named in warnings.
+    const ALL: [LeaseFormat; 2] = [LeaseFormat::Dnsmasq, LeaseFormat::Isc];
+
+    /// As the user knows it, for warnings.
+    fn name(self) -> &'static str {
+        match self {
+            LeaseFormat::Dnsmasq => dnsmasq::NAME,
+            LeaseFormat::Isc => isc::NAME,
+        }
+    }
+
+    /// Whether `text` is a file of this format, from its first lines.
+    fn recognizes(self, text: &str) -> bool {
+        match self {
+            LeaseFormat::Dnsmasq => dnsmasq::recognizes(text),
+            LeaseFormat::Isc => isc::recognizes(text),
+        }
+    }
+
+    fn parse(self, text: &str) -> Parsed {
+        match self {
+            LeaseFormat::Dnsmasq => dnsmasq::parse(text),
+            LeaseFormat::Isc => isc::parse(text),
+        }
+    }
+
+    /// The formats' names as a warning lists them: `a`, `a or b`, `a, b or c`.
+    pub(super) fn names() -> String {
+        let names = LeaseFormat::ALL.map(LeaseFormat::name);
+        match names.split_last() {
+            Some((last, [])) => last.to_string(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct ParsedLeases {
+    /// None: no format recognized the text.
+    pub(super) format: Option<LeaseFormat>,
+    pub(super) leases: Vec<Lease>,
+    /// 1-based lines of the entries skipped.
+    pub(super) malformed: Vec<usize>,
+}
+
+/// The leases of `text`, read by the first format that recognizes it.
 pub(super) fn parse_leases(text: &str) -> ParsedLeases {
-    let first =
-        text.lines().map(|l| l.split('#').next().unwrap_or("").trim()).find(|l| !l.is_empty());
-    let Some(first) = first else {
-        return ParsedLeases { format: Some(LeaseFormat::Dnsmasq), ..Default::default() };
+    let Some(format) = LeaseFormat::ALL.into_iter().find(|f| f.recognizes(text)) else {
+        return ParsedLeases::default();
     };
-    let word =
-        first.split(|c: char| c.is_whitespace() || c == '{' || c == ';').next().unwrap_or("");
-    const ISC_STATEMENTS: &[&str] = &[
-        "lease",
-        "host",
-        "authoring-byte-order",
-        "server-duid",
-        "failover",
-        "ia-na",
-        "ia-ta",
-        "ia-pd",
-        "db-time-format",
-        "group",
-        "subclass",
-        "class",
-    ];
-    if ISC_STATEMENTS.contains(&word) {
-        parse_isc(text)
-    } else if word == "duid" || word.parse::<u64>().is_ok() {
-        parse_dnsmasq(text)
-    } else {
-        ParsedLeases::default()
+    let Parsed { leases, malformed } = format.parse(text);
+    ParsedLeases { format: Some(format), leases, malformed }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_format_is_told_by_its_first_statement() {
+        for (text, format) in [
+            ("1763900000 64:09:80:12:34:56 192.168.1.23 vacuum *\n", Some(LeaseFormat::Dnsmasq)),
+            ("duid 00:01:00:01:2c:5f:1a:2b:64:09:80:12:34:56\n", Some(LeaseFormat::Dnsmasq)),
+            // dnsmasq writes an empty file when it has no leases.
+            ("", Some(LeaseFormat::Dnsmasq)),
+            ("# nothing yet\n\n", Some(LeaseFormat::Dnsmasq)),
+            ("lease 10.0.0.2 {\n}\n", Some(LeaseFormat::Isc)),
+            ("# dhcpd\nauthoring-byte-order little-endian;\n", Some(LeaseFormat::Isc)),
+            ("server-duid \"x\";\n", Some(LeaseFormat::Isc)),
+            ("hello world, this is not a lease file\n", None),
+            ("{ 1763900000 }\n", None),
+        ] {
+            assert_eq!(parse_leases(text).format, format, "{text:?}");
+        }
+        assert_eq!(LeaseFormat::names(), "dnsmasq or ISC dhcpd");
     }
 }

@@ -2,8 +2,8 @@
 //! the DHCP server, else a stable name made from its vendor and MAC.
 //!
 //! The parts: [`config`] (what the user lists, validated), `lease_file` (the DHCP servers'
-//! lease files, re-read as they change), one parser per lease format (`dnsmasq`, `isc`), and
-//! here the three sources merged into a [`Device`].
+//! lease files, re-read as they change), one parser per lease format (`dnsmasq`, `isc`; listed
+//! in `lease_file::LeaseFormat`), and here the three sources merged into a [`Device`].
 
 pub mod config;
 mod dnsmasq;
@@ -195,8 +195,7 @@ mod tests {
     use super::{
         config::tests::{RANDOM, XIAOMI, config, data, device},
         isc::days_from_civil,
-        lease::LeaseFormat,
-        lease_file::parse_leases,
+        lease_file::{LeaseFormat, parse_leases},
         *,
     };
 
@@ -363,7 +362,7 @@ mod tests {
         std::fs::write(&path, "hello world, this is not a lease file\n").unwrap();
         let w = inv.refresh();
         assert_eq!(w.len(), 1);
-        assert!(w[0].contains("not a dnsmasq or ISC dhcpd leases file"), "{w:?}");
+        assert!(w[0].contains(&format!("not a {} leases file", LeaseFormat::names())), "{w:?}");
         assert_eq!(inv.device(&XIAOMI).name, "robot2");
         assert!(inv.refresh().is_empty());
 
