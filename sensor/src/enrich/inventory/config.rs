@@ -9,7 +9,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::types::Mac;
+use crate::types::{Mac, mac};
 
 /// The `inventory` part of the configuration.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -33,7 +33,8 @@ pub struct InventoryConfig {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct StaticDevice {
-    /// `aa:bb:cc:dd:ee:ff` (or with `-`), any case.
+    /// Six bytes in hex of one or two digits, `:` or `-` between them, any case:
+    /// `aa:bb:cc:dd:ee:ff`, `AA-BB-CC-DD-EE-FF`, `64:9:80:4a:1c:7` ([`mac::parse`]).
     pub mac: String,
     pub name: String,
     #[serde(default)]
@@ -41,20 +42,6 @@ pub struct StaticDevice {
     /// Extra labels; keys must be Prometheus label names.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
-}
-
-/// Parses `aa:bb:cc:dd:ee:ff` or `AA-BB-CC-DD-EE-FF` (two hex digits per byte).
-pub fn parse_mac(s: &str) -> Option<Mac> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.trim().split([':', '-']);
-    for byte in &mut mac {
-        let part = parts.next()?;
-        if part.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
 }
 
 /// A Prometheus label name: `[a-zA-Z_][a-zA-Z0-9_]*`, not starting with `__` (reserved).
@@ -70,10 +57,10 @@ impl InventoryConfig {
     pub fn validate(&self) -> Result<(), String> {
         let mut seen: HashMap<Mac, usize> = HashMap::new();
         for (i, d) in self.devices.iter().enumerate() {
-            let Some(mac) = parse_mac(&d.mac) else {
+            let Ok(mac) = mac::parse(&d.mac) else {
                 return Err(format!(
-                    "inventory.devices[{i}] ({:?}): {:?} is not a MAC address; write six two-digit hex \
-                     bytes, e.g. mac: \"aa:bb:cc:dd:ee:ff\"",
+                    "inventory.devices[{i}] ({:?}): {:?} is not a MAC address; write six bytes in hex, \
+                     e.g. mac: \"aa:bb:cc:dd:ee:ff\"",
                     d.name, d.mac
                 ));
             };
@@ -146,19 +133,22 @@ pub(super) mod tests {
 
     #[test]
     fn mac_syntax() {
-        assert_eq!(parse_mac("64:09:80:12:34:56"), Some(XIAOMI));
-        assert_eq!(parse_mac("64-09-80-12-34-56"), Some(XIAOMI));
-        assert_eq!(parse_mac(" 64:09:80:12:34:56 "), Some(XIAOMI));
-        assert_eq!(parse_mac("DA:A1:19:01:02:03"), Some(RANDOM));
-        for bad in [
-            "64:09:80:12:34",
-            "64:09:80:12:34:56:78",
-            "64:9:80:12:34:56",
-            "64:09:80:12:34:zz",
-            "640980123456",
-            "",
-        ] {
-            assert_eq!(parse_mac(bad), None, "{bad}");
+        // The inventory takes what types::mac::parse takes, as lease files and the policy do.
+        let parse = |s: &str| {
+            let valid = config(vec![device(s, "x")], vec![]).validate().is_ok();
+            let parsed = mac::parse(s).ok();
+            assert_eq!(valid, parsed.is_some(), "{s}");
+            parsed
+        };
+        assert_eq!(parse("64:09:80:12:34:56"), Some(XIAOMI));
+        assert_eq!(parse("64-09-80-12-34-56"), Some(XIAOMI));
+        assert_eq!(parse(" 64:09:80:12:34:56 "), Some(XIAOMI));
+        assert_eq!(parse("DA:A1:19:01:02:03"), Some(RANDOM));
+        assert_eq!(parse("64:9:80:12:34:56"), Some(XIAOMI));
+        for bad in
+            ["64:09:80:12:34", "64:09:80:12:34:56:78", "64:09:80:12:34:zz", "640980123456", ""]
+        {
+            assert_eq!(parse(bad), None, "{bad}");
         }
     }
 

@@ -3,7 +3,8 @@
 
 use std::net::IpAddr;
 
-use super::lease::{Lease, Parsed, clean_hostname, first_word, parse_lease_mac};
+use super::lease::{Lease, Parsed, clean_hostname, first_word};
+use crate::types::mac;
 
 pub(super) const NAME: &str = "dnsmasq";
 
@@ -40,7 +41,7 @@ pub(super) fn parse(text: &str) -> Parsed {
             }
             let expiry: u64 = fields[0].parse().map_err(|_| ())?;
             let ip: IpAddr = fields[2].parse().map_err(|_| ())?;
-            let Some(mac) = parse_lease_mac(fields[1]) else {
+            let Ok(mac) = mac::parse(fields[1]) else {
                 // An IPv6 lease's IAID: no MAC to name.
                 return if ip.is_ipv6() { Ok(None) } else { Err(()) };
             };

@@ -6,7 +6,8 @@ use std::{
     net::IpAddr,
 };
 
-use super::lease::{Lease, Parsed, clean_hostname, first_word, parse_lease_mac};
+use super::lease::{Lease, Parsed, clean_hostname, first_word};
+use crate::types::mac;
 
 pub(super) const NAME: &str = "ISC dhcpd";
 
@@ -249,7 +250,7 @@ pub(super) fn parse(text: &str) -> Parsed {
         for s in body {
             match (word(s.words.first()), word(s.words.get(1))) {
                 (Some("hardware"), Some("ethernet")) => {
-                    match word(s.words.get(2)).and_then(parse_lease_mac) {
+                    match word(s.words.get(2)).and_then(|w| mac::parse(w).ok()) {
                         Some(m) => mac = Some(m),
                         None => bad = true,
                     }

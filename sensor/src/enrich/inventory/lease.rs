@@ -37,17 +37,3 @@ pub(super) fn clean_hostname(raw: &str) -> Option<String> {
     let cleaned = cleaned.trim();
     (!cleaned.is_empty() && cleaned != "*").then(|| cleaned.to_string())
 }
-
-/// MAC as a lease file writes it: `aa:bb:cc:dd:ee:ff`, bytes of one or two hex digits.
-pub(super) fn parse_lease_mac(s: &str) -> Option<Mac> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for byte in &mut mac {
-        let part = parts.next()?;
-        if part.is_empty() || part.len() > 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}

@@ -17,11 +17,11 @@ use std::{
     path::PathBuf,
 };
 
-pub use config::{InventoryConfig, StaticDevice, parse_mac};
+pub use config::{InventoryConfig, StaticDevice};
 use lease_file::LeaseFiles;
 
 use super::oui::{DEFAULT_OUI_PATHS, OuiDb, Vendor};
-use crate::types::Mac;
+use crate::types::{Mac, mac};
 
 /// Where a device's name came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -91,8 +91,11 @@ impl Inventory {
     pub fn new(cfg: &InventoryConfig) -> anyhow::Result<(Inventory, Vec<String>)> {
         cfg.validate().map_err(anyhow::Error::msg)?;
         let mut warnings = Vec::new();
-        let devices =
-            cfg.devices.iter().filter_map(|d| Some((parse_mac(&d.mac)?, d.clone()))).collect();
+        let devices = cfg
+            .devices
+            .iter()
+            .filter_map(|d| Some((mac::parse(&d.mac).ok()?, d.clone())))
+            .collect();
         let (oui_paths, defaults): (Vec<PathBuf>, bool) = match &cfg.oui_databases {
             Some(paths) => (paths.clone(), false),
             None => (DEFAULT_OUI_PATHS.iter().map(PathBuf::from).collect(), true),
