@@ -9,7 +9,10 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::types::{Mac, mac};
+use crate::{
+    enrich::error::EnrichError,
+    types::{Mac, mac},
+};
 
 /// The `inventory` part of the configuration.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -54,30 +57,27 @@ fn is_label_name(s: &str) -> bool {
 
 impl InventoryConfig {
     /// Checks the devices: MAC syntax, duplicates, names, tag keys.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), EnrichError> {
         let mut seen: HashMap<Mac, usize> = HashMap::new();
         for (i, d) in self.devices.iter().enumerate() {
             let Ok(mac) = mac::parse(&d.mac) else {
-                return Err(format!(
-                    "inventory.devices[{i}] ({:?}): {:?} is not a MAC address; write six bytes in hex, \
-                     e.g. mac: \"aa:bb:cc:dd:ee:ff\"",
-                    d.name, d.mac
-                ));
+                return Err(EnrichError::DeviceMac {
+                    index: i,
+                    name: d.name.clone(),
+                    mac: d.mac.clone(),
+                });
             };
             if let Some(first) = seen.insert(mac, i) {
-                return Err(format!(
-                    "inventory.devices[{i}] ({:?}) has the same MAC {} as inventory.devices[{first}] ({:?}); list each \
-                     device once",
-                    d.name,
-                    crate::types::labels::mac(&mac),
-                    self.devices[first].name
-                ));
+                return Err(EnrichError::DuplicateDevice {
+                    index: i,
+                    name: d.name.clone(),
+                    mac,
+                    first,
+                    first_name: self.devices[first].name.clone(),
+                });
             }
             if d.name.trim().is_empty() {
-                return Err(format!(
-                    "inventory.devices[{i}] ({}) has an empty name; give it one, e.g. name: living-room-tv",
-                    crate::types::labels::mac(&mac)
-                ));
+                return Err(EnrichError::DeviceName { index: i, mac });
             }
             if let Some(key) = d.tags.keys().find(|k| !is_label_name(k)) {
                 let suggestion: String = key
@@ -92,11 +92,12 @@ impl InventoryConfig {
                 } else {
                     suggestion.to_string()
                 };
-                return Err(format!(
-                    "inventory.devices[{i}] ({:?}): tag key {key:?} is not a Prometheus label name; use \
-                     letters, digits and underscores, not starting with a digit or `__` (e.g. {suggestion})",
-                    d.name
-                ));
+                return Err(EnrichError::TagKey {
+                    index: i,
+                    name: d.name.clone(),
+                    key: key.clone(),
+                    suggestion,
+                });
             }
         }
         Ok(())
@@ -177,7 +178,9 @@ pub(super) mod tests {
 
     #[test]
     fn validation_says_what_to_fix() {
-        let check = |devices: Vec<StaticDevice>| config(devices, vec![]).validate().unwrap_err();
+        let check = |devices: Vec<StaticDevice>| {
+            config(devices, vec![]).validate().unwrap_err().to_string()
+        };
         let e = check(vec![device("64:09:80:12:34", "vacuum")]);
         assert!(
             e.contains("\"64:09:80:12:34\" is not a MAC address")
@@ -212,6 +215,7 @@ pub(super) mod tests {
         let mut d = device("64:09:80:12:34:56", "vacuum");
         d.tags.insert("room_2".into(), "kitchen".into());
         d.tags.insert("_private".into(), "yes".into());
-        assert_eq!(config(vec![d], vec![]).validate(), Ok(()));
+        let valid = config(vec![d], vec![]).validate();
+        assert!(valid.is_ok(), "{valid:?}");
     }
 }

@@ -11,7 +11,7 @@ use super::{
     dnsmasq, isc,
     lease::{Lease, Parsed},
 };
-use crate::types::Mac;
+use crate::{enrich::error::EnrichError, types::Mac};
 
 /// The configured lease files, and their leases merged per MAC.
 #[derive(Debug)]
@@ -48,7 +48,7 @@ impl LeaseFiles {
                     changed |= c.changed;
                     c.warning
                 }
-                Err(w) => Some(w),
+                Err(w) => Some(w.to_string()),
             };
             if warning != file.last_warning {
                 if let Some(w) = &warning {
@@ -127,19 +127,13 @@ struct Checked {
 
 impl LeaseFile {
     /// Re-reads the file if its stamp changed. Err: a warning, the old leases kept.
-    fn check(&mut self) -> Result<Checked, String> {
+    fn check(&mut self) -> Result<Checked, EnrichError> {
         let meta = match std::fs::metadata(&self.path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(format!(
-                    "DHCP leases file {} does not exist (yet): device names from it will appear once \
-                     the DHCP server writes it",
-                    self.path.display()
-                ));
+                return Err(EnrichError::LeasesMissing { path: self.path.clone() });
             }
-            Err(e) => {
-                return Err(format!("cannot read DHCP leases file {}: {e}", self.path.display()));
-            }
+            Err(error) => return Err(EnrichError::LeasesRead { path: self.path.clone(), error }),
         };
         let stamp = Stamp {
             len: meta.len(),
@@ -152,7 +146,7 @@ impl LeaseFile {
             return Ok(Checked { changed: false, warning: self.last_warning.clone() });
         }
         let bytes = std::fs::read(&self.path)
-            .map_err(|e| format!("cannot read DHCP leases file {}: {e}", self.path.display()))?;
+            .map_err(|error| EnrichError::LeasesRead { path: self.path.clone(), error })?;
         if bytes.is_empty() && !self.leases.is_empty() {
             // dnsmasq rewrites its file in place (truncate, write): an empty read is most
             // likely that moment. Keep the leases, and look again at the next call.
@@ -165,21 +159,19 @@ impl LeaseFile {
         if parsed.format.is_none() {
             return Ok(Checked {
                 changed: false,
-                warning: Some(format!(
-                    "{} is not a {} leases file: no device names from it (the leases read \
-                     before are kept)",
-                    self.path.display(),
-                    LeaseFormat::names()
-                )),
+                warning: Some(
+                    EnrichError::LeasesFormat {
+                        path: self.path.clone(),
+                        formats: LeaseFormat::names(),
+                    }
+                    .to_string(),
+                ),
             });
         }
         self.leases = parsed.leases;
-        let warning = parsed.malformed.first().map(|first| {
-            format!(
-                "{}: {} malformed lease line(s) skipped (first at line {first})",
-                self.path.display(),
-                parsed.malformed.len()
-            )
+        let warning = parsed.malformed.first().map(|&first| {
+            let count = parsed.malformed.len();
+            EnrichError::LeasesMalformed { path: self.path.clone(), count, first }.to_string()
         });
         Ok(Checked { changed: true, warning })
     }

@@ -20,7 +20,10 @@ use std::{
 pub use config::{InventoryConfig, StaticDevice};
 use lease_file::LeaseFiles;
 
-use super::oui::{DEFAULT_OUI_PATHS, OuiDb, Vendor};
+use super::{
+    error::EnrichError,
+    oui::{DEFAULT_OUI_PATHS, OuiDb, Vendor},
+};
 use crate::types::{Mac, mac};
 
 /// Where a device's name came from.
@@ -88,8 +91,8 @@ impl Inventory {
     /// lease files. Missing files are warnings (vendors stay empty; a lease file may only be
     /// created later by the DHCP server); an invalid device list or a malformed OUI file named
     /// in `oui_databases` is an error.
-    pub fn new(cfg: &InventoryConfig) -> anyhow::Result<(Inventory, Vec<String>)> {
-        cfg.validate().map_err(anyhow::Error::msg)?;
+    pub fn new(cfg: &InventoryConfig) -> Result<(Inventory, Vec<String>), EnrichError> {
+        cfg.validate()?;
         let mut warnings = Vec::new();
         let devices = cfg
             .devices
@@ -108,9 +111,9 @@ impl Inventory {
                 // Debian's files are not the user's doing: a format change there should cost
                 // the vendor labels, not the agent.
                 Err(e) if defaults => {
-                    warnings.push(format!("{e:#}: vendors from it will be missing"))
+                    warnings.push(format!("{e}: vendors from it will be missing"))
                 }
-                Err(e) => anyhow::bail!("{e:#} (check inventory.oui_databases)"),
+                Err(e) => return Err(EnrichError::OuiConfigured(Box::new(e))),
             }
         }
         if !missing.is_empty() {

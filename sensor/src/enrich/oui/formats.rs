@@ -3,6 +3,8 @@
 //! knows how they are stored. Tested through `OuiDb::load` with the samples in
 //! tests/data/inventory.
 
+use crate::enrich::error::EnrichError;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Format {
     IeeeCsv,
@@ -10,8 +12,8 @@ pub(super) enum Format {
     Manuf,
 }
 
-/// (1-based line, message)
-pub(super) type LineError = (usize, String);
+/// (1-based line, what is wrong there: one of `EnrichError`'s line problems)
+pub(super) type LineError = (usize, EnrichError);
 
 pub(super) fn detect(text: &str) -> Option<Format> {
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
@@ -35,7 +37,7 @@ fn parse_hex_prefix(s: &str) -> Option<(u8, u64)> {
 }
 
 /// Takes each entry read: (prefix length in bits, prefix value, organization).
-pub(super) type Sink<'a> = dyn FnMut(u8, u64, &str) -> Result<(), String> + 'a;
+pub(super) type Sink<'a> = dyn FnMut(u8, u64, &str) -> Result<(), EnrichError> + 'a;
 
 pub(super) fn parse_ieee_csv(text: &str, add: &mut Sink<'_>) -> Result<(), LineError> {
     let mut header = true;
@@ -44,19 +46,12 @@ pub(super) fn parse_ieee_csv(text: &str, add: &mut Sink<'_>) -> Result<(), LineE
             return Ok(());
         }
         if fields.len() < 3 {
-            return Err((
-                line,
-                format!(
-                    "expected `Registry,Assignment,Organization Name,...`, found {} field(s)",
-                    fields.len()
-                ),
-            ));
+            return Err((line, EnrichError::CsvFields { found: fields.len() }));
         }
         let assignment = fields[1].trim();
-        let (bits, value) =
-            parse_hex_prefix(assignment).filter(|(bits, _)| (24..=48).contains(bits)).ok_or_else(
-                || (line, format!("`{assignment}` is not a MAC prefix (6, 7 or 9 hex digits)")),
-            )?;
+        let (bits, value) = parse_hex_prefix(assignment)
+            .filter(|(bits, _)| (24..=48).contains(bits))
+            .ok_or_else(|| (line, EnrichError::IeeePrefix { text: assignment.to_string() }))?;
         let name = fields[2].trim();
         if !name.is_empty() {
             add(bits, value, name).map_err(|m| (line, m))?;
@@ -114,7 +109,7 @@ fn for_each_csv_record(
         }
     }
     if in_quotes {
-        return Err((quote_line, "quoted field never closed".into()));
+        return Err((quote_line, EnrichError::CsvQuote));
     }
     if !field.is_empty() || !fields.is_empty() {
         fields.push(field);
@@ -140,9 +135,7 @@ pub(super) fn parse_ieee_txt(text: &str, add: &mut Sink<'_>) -> Result<(), LineE
             let value = parse_hex_prefix(&digits)
                 .filter(|(bits, _)| *bits == 24)
                 .map(|(_, v)| v)
-                .ok_or_else(|| {
-                (line, format!("`{prefix}` is not an OUI (expected XX-XX-XX)"))
-            })?;
+                .ok_or_else(|| (line, EnrichError::IeeeOui { text: prefix.to_string() }))?;
             let name = raw[at + "(hex)".len()..].trim();
             if !name.is_empty() {
                 pending = Some((line, value, name));
@@ -159,10 +152,8 @@ pub(super) fn parse_ieee_txt(text: &str, add: &mut Sink<'_>) -> Result<(), LineE
             let (low, high) = (low.trim(), high.trim());
             let valid = |s: &str| s.len() == 6 && s.bytes().all(|b| b.is_ascii_hexdigit());
             if !valid(low) || !valid(high) {
-                return Err((
-                    line,
-                    format!("`{range}` is not a range of the OUI at line {hex_line}"),
-                ));
+                let range = range.to_string();
+                return Err((line, EnrichError::IeeeRange { range, oui_line: hex_line }));
             }
             let common = low
                 .bytes()
@@ -199,7 +190,7 @@ pub(super) fn parse_manuf(text: &str, add: &mut Sink<'_>) -> Result<(), LineErro
 }
 
 /// (prefix length in bits, prefix value, organization)
-fn parse_manuf_line(line: &str) -> Result<(u8, u64, &str), String> {
+fn parse_manuf_line(line: &str) -> Result<(u8, u64, &str), EnrichError> {
     let (prefix, rest) = match line.split_once(|c: char| c.is_whitespace()) {
         Some((p, r)) => (p, r.trim()),
         None => (line, ""),
@@ -208,9 +199,7 @@ fn parse_manuf_line(line: &str) -> Result<(u8, u64, &str), String> {
         Some((a, m)) => (a, Some(m)),
         None => (prefix, None),
     };
-    let bad = || {
-        format!("`{prefix}` is not a MAC prefix (expected e.g. 00:00:0C or 00:1B:C5:00:00:00/36)")
-    };
+    let bad = || EnrichError::ManufPrefix { text: prefix.to_string() };
     let bytes: Vec<u8> = addr
         .split([':', '-', '.'])
         .map(|b| if b.len() == 2 { u8::from_str_radix(b, 16).ok() } else { None })

@@ -20,15 +20,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::Context as _;
-
 #[cfg(test)]
 use self::table::Key as _;
 use self::{
     formats::{Format, detect, parse_ieee_csv, parse_ieee_txt, parse_manuf},
     table::{Interner, Names, Staged, Table, merge_into},
 };
-use crate::types::Mac;
+use crate::{enrich::error::EnrichError, types::Mac};
 
 /// The registry files of Debian's `ieee-data` package (`apt-get install ieee-data`).
 pub const DEFAULT_OUI_PATHS: &[&str] = &[
@@ -96,7 +94,7 @@ impl OuiDb {
     }
 
     /// Reads one registry file (IEEE CSV or TXT, or Wireshark `manuf`).
-    pub fn load(path: &Path) -> anyhow::Result<OuiDb> {
+    pub fn load(path: &Path) -> Result<OuiDb, EnrichError> {
         let mut db = OuiDb::empty();
         db.add_file(path)?;
         Ok(db)
@@ -104,7 +102,7 @@ impl OuiDb {
 
     /// Reads several registry files into one database; a prefix in a later file replaces the
     /// same prefix from an earlier one.
-    pub fn load_all<P: AsRef<Path>>(paths: &[P]) -> anyhow::Result<OuiDb> {
+    pub fn load_all<P: AsRef<Path>>(paths: &[P]) -> Result<OuiDb, EnrichError> {
         let mut db = OuiDb::empty();
         for path in paths {
             db.add_file(path.as_ref())?;
@@ -113,9 +111,9 @@ impl OuiDb {
     }
 
     /// Adds a registry file's entries; returns how many it had.
-    pub fn add_file(&mut self, path: &Path) -> anyhow::Result<usize> {
+    pub fn add_file(&mut self, path: &Path) -> Result<usize, EnrichError> {
         let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read OUI database {}", path.display()))?;
+            .map_err(|error| EnrichError::OuiRead { path: path.to_owned(), error })?;
         let text = String::from_utf8_lossy(&bytes);
         let count = self.add_text(&text, path)?;
         self.files.push(path.to_owned());
@@ -125,14 +123,14 @@ impl OuiDb {
     /// Adds a registry file's entries from its text; `origin` names it in errors. A prefix
     /// given again, in this text or an earlier one, now names the later organization. A text
     /// with an error adds nothing.
-    pub fn add_text(&mut self, text: &str, origin: &Path) -> anyhow::Result<usize> {
+    pub fn add_text(&mut self, text: &str, origin: &Path) -> Result<usize, EnrichError> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         // Names are stored as they are read, each once; the prefixes wait in `staged` until
         // the whole text has parsed, so that an error leaves the tables as they were.
         let names_before = self.names.count();
         let mut interner = Interner::new(&self.names);
         let mut staged: Vec<Staged> = Vec::new();
-        let mut add = |bits: u8, key: u64, name: &str| -> Result<(), String> {
+        let mut add = |bits: u8, key: u64, name: &str| -> Result<(), EnrichError> {
             let id = interner.intern(&mut self.names, name)?;
             staged.push((bits, key, id));
             Ok(())
@@ -141,20 +139,17 @@ impl OuiDb {
             Some(Format::IeeeCsv) => parse_ieee_csv(text, &mut add),
             Some(Format::IeeeTxt) => parse_ieee_txt(text, &mut add),
             Some(Format::Manuf) => parse_manuf(text, &mut add),
-            None => Err((
-                1,
-                "not an OUI registry file: expected the IEEE's oui.csv/mam.csv/oui36.csv \
-                 (header `Registry,Assignment,Organization Name,Organization Address`), \
-                 oui.txt (`XX-XX-XX   (hex)  Organization` lines) or Wireshark's manuf \
-                 (`00:00:0C<TAB>Cisco<TAB>Cisco Systems, Inc` lines)"
-                    .to_string(),
-            )),
+            None => Err((1, EnrichError::OuiFormat)),
         };
         // Only needed while loading: kept, the index would add a quarter to the database.
         drop(interner);
-        if let Err((line, message)) = parsed {
+        if let Err((line, problem)) = parsed {
             self.names.truncate(names_before);
-            anyhow::bail!("{}:{line}: {message}", origin.display());
+            return Err(EnrichError::OuiLine {
+                path: origin.to_owned(),
+                line,
+                problem: Box::new(problem),
+            });
         }
         self.names.shrink_to_fit();
         let count = staged.len();

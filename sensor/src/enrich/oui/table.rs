@@ -5,6 +5,8 @@ use std::hash::BuildHasher as _;
 
 use hashbrown::HashTable;
 
+use crate::enrich::error::EnrichError;
+
 /// A prefix as read, before it joins its table: (bits, prefix, name id).
 pub(super) type Staged = (u8, u64, u32);
 
@@ -112,11 +114,11 @@ impl Names {
     }
 
     /// Appends `name`; returns its id.
-    fn push(&mut self, name: &str) -> Result<u32, String> {
+    fn push(&mut self, name: &str) -> Result<u32, EnrichError> {
         let id = u32::try_from(self.ends.len());
         let end = u32::try_from(self.text.len() + name.len());
         let (Ok(id), Ok(end)) = (id, end) else {
-            return Err("more than 4 GiB of organization names".into());
+            return Err(EnrichError::OuiNames);
         };
         self.text.push_str(name);
         self.ends.push(end);
@@ -156,7 +158,7 @@ impl Interner {
     }
 
     /// The id of `name` in `names`, appending it if new.
-    pub(super) fn intern(&mut self, names: &mut Names, name: &str) -> Result<u32, String> {
+    pub(super) fn intern(&mut self, names: &mut Names, name: &str) -> Result<u32, EnrichError> {
         let hash = self.hasher.hash_one(name);
         if let Some(&id) = self.index.find(hash, |&id| names.get(id) == name) {
             return Ok(id);
