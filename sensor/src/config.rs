@@ -229,8 +229,8 @@ impl Config {
                 "use e.g. `poll_interval: 5s`; Prometheus scrapes every 15s or more anyway",
             ));
         }
-        if let Err(message) = self.inventory.validate() {
-            return Err(fail("inventory", message, "see docs/config.md, section inventory"));
+        if let Err(e) = self.inventory.validate() {
+            return Err(fail("inventory", e.to_string(), "see docs/config.md, section inventory"));
         }
         if self.destinations.top_per_client == 0 || self.series_budget == 0 {
             return Err(fail(

@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod domain;
+mod error;
 pub mod geo;
 pub mod http;
 pub mod inventory;
@@ -16,6 +17,8 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use sensor_common::{EventKind, FlowKey};
 use serde::Deserialize;
+
+pub use error::EnrichError;
 
 use crate::{
     accounting::{DestKey, Namer},
@@ -88,7 +91,7 @@ impl Enricher {
         geo: &geo::GeoConfig,
         names: &NamesConfig,
         level: DestinationLevel,
-    ) -> anyhow::Result<(Enricher, Vec<String>)> {
+    ) -> Result<(Enricher, Vec<String>), EnrichError> {
         let (inventory, mut warnings) = inventory::Inventory::new(inventory)?;
         let (geo, geo_warnings) = geo::Geo::open(geo);
         warnings.extend(geo_warnings);

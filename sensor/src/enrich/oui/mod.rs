@@ -8,17 +8,25 @@
 //!
 //! A locally administered address (bit 0x02 of the first byte) is not from any registry:
 //! phones and laptops make one up per network for privacy. Those are [`Vendor::Randomized`].
+//!
+//! Here the database and its lookups; `table` keeps the prefixes compactly, `formats` reads
+//! the registry files.
+
+mod formats;
+mod table;
 
 use std::{
     fmt,
-    hash::BuildHasher as _,
     path::{Path, PathBuf},
 };
 
-use anyhow::Context as _;
-use hashbrown::HashTable;
-
-use crate::types::Mac;
+#[cfg(test)]
+use self::table::Key as _;
+use self::{
+    formats::{Format, detect, parse_ieee_csv, parse_ieee_txt, parse_manuf},
+    table::{Interner, Names, Staged, Table, merge_into},
+};
+use crate::{enrich::error::EnrichError, types::Mac};
 
 /// The registry files of Debian's `ieee-data` package (`apt-get install ieee-data`).
 pub const DEFAULT_OUI_PATHS: &[&str] = &[
@@ -86,7 +94,7 @@ impl OuiDb {
     }
 
     /// Reads one registry file (IEEE CSV or TXT, or Wireshark `manuf`).
-    pub fn load(path: &Path) -> anyhow::Result<OuiDb> {
+    pub fn load(path: &Path) -> Result<OuiDb, EnrichError> {
         let mut db = OuiDb::empty();
         db.add_file(path)?;
         Ok(db)
@@ -94,7 +102,7 @@ impl OuiDb {
 
     /// Reads several registry files into one database; a prefix in a later file replaces the
     /// same prefix from an earlier one.
-    pub fn load_all<P: AsRef<Path>>(paths: &[P]) -> anyhow::Result<OuiDb> {
+    pub fn load_all<P: AsRef<Path>>(paths: &[P]) -> Result<OuiDb, EnrichError> {
         let mut db = OuiDb::empty();
         for path in paths {
             db.add_file(path.as_ref())?;
@@ -103,9 +111,9 @@ impl OuiDb {
     }
 
     /// Adds a registry file's entries; returns how many it had.
-    pub fn add_file(&mut self, path: &Path) -> anyhow::Result<usize> {
+    pub fn add_file(&mut self, path: &Path) -> Result<usize, EnrichError> {
         let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read OUI database {}", path.display()))?;
+            .map_err(|error| EnrichError::OuiRead { path: path.to_owned(), error })?;
         let text = String::from_utf8_lossy(&bytes);
         let count = self.add_text(&text, path)?;
         self.files.push(path.to_owned());
@@ -115,14 +123,14 @@ impl OuiDb {
     /// Adds a registry file's entries from its text; `origin` names it in errors. A prefix
     /// given again, in this text or an earlier one, now names the later organization. A text
     /// with an error adds nothing.
-    pub fn add_text(&mut self, text: &str, origin: &Path) -> anyhow::Result<usize> {
+    pub fn add_text(&mut self, text: &str, origin: &Path) -> Result<usize, EnrichError> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         // Names are stored as they are read, each once; the prefixes wait in `staged` until
         // the whole text has parsed, so that an error leaves the tables as they were.
         let names_before = self.names.count();
         let mut interner = Interner::new(&self.names);
         let mut staged: Vec<Staged> = Vec::new();
-        let mut add = |bits: u8, key: u64, name: &str| -> Result<(), String> {
+        let mut add = |bits: u8, key: u64, name: &str| -> Result<(), EnrichError> {
             let id = interner.intern(&mut self.names, name)?;
             staged.push((bits, key, id));
             Ok(())
@@ -131,20 +139,17 @@ impl OuiDb {
             Some(Format::IeeeCsv) => parse_ieee_csv(text, &mut add),
             Some(Format::IeeeTxt) => parse_ieee_txt(text, &mut add),
             Some(Format::Manuf) => parse_manuf(text, &mut add),
-            None => Err((
-                1,
-                "not an OUI registry file: expected the IEEE's oui.csv/mam.csv/oui36.csv \
-                 (header `Registry,Assignment,Organization Name,Organization Address`), \
-                 oui.txt (`XX-XX-XX   (hex)  Organization` lines) or Wireshark's manuf \
-                 (`00:00:0C<TAB>Cisco<TAB>Cisco Systems, Inc` lines)"
-                    .to_string(),
-            )),
+            None => Err((1, EnrichError::OuiFormat)),
         };
         // Only needed while loading: kept, the index would add a quarter to the database.
         drop(interner);
-        if let Err((line, message)) = parsed {
+        if let Err((line, problem)) = parsed {
             self.names.truncate(names_before);
-            anyhow::bail!("{}:{line}: {message}", origin.display());
+            return Err(EnrichError::OuiLine {
+                path: origin.to_owned(),
+                line,
+                problem: Box::new(problem),
+            });
         }
         self.names.shrink_to_fit();
         let count = staged.len();
@@ -215,408 +220,6 @@ impl OuiDb {
         });
         wide.chain(narrow)
     }
-}
-
-/// A prefix as read, before it joins its table: (bits, prefix, name id).
-type Staged = (u8, u64, u32);
-
-/// The prefixes of one length, sorted by prefix, each with its organization's id in
-/// [`Names`].
-#[derive(Clone, Debug)]
-struct Table<K> {
-    bits: u8,
-    slots: Vec<(K, u32)>,
-}
-
-impl<K: Key> Table<K> {
-    /// The organization id of the prefix of `value` (a MAC address's 48 bits), if listed.
-    fn get(&self, value: u64) -> Option<u32> {
-        let key = K::of(value >> (48 - u32::from(self.bits)));
-        let at = self.slots.binary_search_by_key(&key, |&(k, _)| k).ok()?;
-        Some(self.slots[at].1)
-    }
-}
-
-/// Adds the `bits`-long prefixes of `staged` to their table in `tables` (longest first),
-/// making the table if it is the first of its length.
-fn merge_into<K: Key>(tables: &mut Vec<Table<K>>, bits: u8, staged: &[Staged]) {
-    let at = match tables.iter().position(|t| t.bits <= bits) {
-        Some(at) if tables[at].bits == bits => at,
-        Some(at) => {
-            tables.insert(at, Table { bits, slots: Vec::new() });
-            at
-        }
-        None => {
-            tables.push(Table { bits, slots: Vec::new() });
-            tables.len() - 1
-        }
-    };
-    let slots = &mut tables[at].slots;
-    let new = staged.iter().filter(|(b, ..)| *b == bits);
-    // Exactly: a table is not grown again until the next file, so slack would be kept.
-    slots.reserve_exact(new.clone().count());
-    slots.extend(new.map(|&(_, key, id)| (K::of(key), id)));
-    // A stable sort keeps equal prefixes in the order they came (the tables' before the
-    // text's, the text's in its order), so that the last of each run is the latest.
-    slots.sort_by_key(|&(key, _)| key);
-    slots.dedup_by(|later, kept| {
-        let same = later.0 == kept.0;
-        if same {
-            kept.1 = later.1;
-        }
-        same
-    });
-    slots.shrink_to_fit();
-}
-
-/// A prefix as a table keeps it. Those of up to 32 bits (the /24s and /28s, four in five)
-/// fit a `u32`, for 8-byte slots; longer ones take two `u32`s, for 12-byte slots where a
-/// `u64` would be padded to 16.
-trait Key: Copy + Ord {
-    fn of(prefix: u64) -> Self;
-    #[cfg(test)]
-    fn to_u64(self) -> u64;
-}
-
-impl Key for u32 {
-    fn of(prefix: u64) -> u32 {
-        // Only the tables of up to 32 bits have u32 keys: nothing is cut off.
-        prefix as u32
-    }
-    #[cfg(test)]
-    fn to_u64(self) -> u64 {
-        u64::from(self)
-    }
-}
-
-impl Key for [u32; 2] {
-    fn of(prefix: u64) -> [u32; 2] {
-        // High half first, so that arrays order as the prefixes do.
-        [(prefix >> 32) as u32, prefix as u32]
-    }
-    #[cfg(test)]
-    fn to_u64(self) -> u64 {
-        (u64::from(self[0]) << 32) | u64::from(self[1])
-    }
-}
-
-/// Organization names, each stored once (Apple alone has ~1,000 prefixes), in one string:
-/// a `String` or `Box<str>` each would cost a pointer and an allocation per name.
-#[derive(Clone, Debug, Default)]
-struct Names {
-    text: String,
-    /// Where each name ends in `text`; it starts where the one before ends.
-    ends: Vec<u32>,
-}
-
-impl Names {
-    fn count(&self) -> usize {
-        self.ends.len()
-    }
-
-    fn get(&self, id: u32) -> &str {
-        let id = id as usize;
-        let start = match id {
-            0 => 0,
-            _ => self.ends[id - 1] as usize,
-        };
-        &self.text[start..self.ends[id] as usize]
-    }
-
-    /// Appends `name`; returns its id.
-    fn push(&mut self, name: &str) -> Result<u32, String> {
-        let id = u32::try_from(self.ends.len());
-        let end = u32::try_from(self.text.len() + name.len());
-        let (Ok(id), Ok(end)) = (id, end) else {
-            return Err("more than 4 GiB of organization names".into());
-        };
-        self.text.push_str(name);
-        self.ends.push(end);
-        Ok(id)
-    }
-
-    /// Forgets the names after the first `count`.
-    fn truncate(&mut self, count: usize) {
-        self.ends.truncate(count);
-        self.text.truncate(self.ends.last().map_or(0, |&end| end as usize));
-        self.shrink_to_fit();
-    }
-
-    fn shrink_to_fit(&mut self) {
-        self.text.shrink_to_fit();
-        self.ends.shrink_to_fit();
-    }
-}
-
-/// An index of the names of a [`Names`] by their text, to store each name once. Only kept
-/// while a text is read.
-struct Interner {
-    index: HashTable<u32>,
-    hasher: foldhash::fast::RandomState,
-}
-
-impl Interner {
-    fn new(names: &Names) -> Interner {
-        let hasher = foldhash::fast::RandomState::default();
-        let mut index = HashTable::with_capacity(names.count());
-        // `push` keeps the count within u32.
-        for id in 0..names.count() as u32 {
-            let hash = hasher.hash_one(names.get(id));
-            index.insert_unique(hash, id, |&id| hasher.hash_one(names.get(id)));
-        }
-        Interner { index, hasher }
-    }
-
-    /// The id of `name` in `names`, appending it if new.
-    fn intern(&mut self, names: &mut Names, name: &str) -> Result<u32, String> {
-        let hash = self.hasher.hash_one(name);
-        if let Some(&id) = self.index.find(hash, |&id| names.get(id) == name) {
-            return Ok(id);
-        }
-        let id = names.push(name)?;
-        let hasher = &self.hasher;
-        self.index.insert_unique(hash, id, |&id| hasher.hash_one(names.get(id)));
-        Ok(id)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
-    IeeeCsv,
-    IeeeTxt,
-    Manuf,
-}
-
-/// (1-based line, message)
-type LineError = (usize, String);
-
-fn detect(text: &str) -> Option<Format> {
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-    let first = lines.clone().next()?;
-    if first.starts_with("Registry,Assignment") {
-        return Some(Format::IeeeCsv);
-    }
-    if lines.clone().take(50).any(|l| l.contains("(hex)") || l.contains("(base 16)")) {
-        return Some(Format::IeeeTxt);
-    }
-    let data = lines.find(|l| !l.starts_with('#'))?;
-    parse_manuf_line(data).ok().map(|_| Format::Manuf)
-}
-
-/// Hex digits (an IEEE `Assignment`, 6, 7 or 9 of them) as (bits, value).
-fn parse_hex_prefix(s: &str) -> Option<(u8, u64)> {
-    if s.is_empty() || s.len() > 12 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    Some(((s.len() * 4) as u8, u64::from_str_radix(s, 16).ok()?))
-}
-
-/// Takes each entry read: (prefix length in bits, prefix value, organization).
-type Sink<'a> = dyn FnMut(u8, u64, &str) -> Result<(), String> + 'a;
-
-fn parse_ieee_csv(text: &str, add: &mut Sink<'_>) -> Result<(), LineError> {
-    let mut header = true;
-    for_each_csv_record(text, |line, fields| {
-        if std::mem::take(&mut header) {
-            return Ok(());
-        }
-        if fields.len() < 3 {
-            return Err((
-                line,
-                format!(
-                    "expected `Registry,Assignment,Organization Name,...`, found {} field(s)",
-                    fields.len()
-                ),
-            ));
-        }
-        let assignment = fields[1].trim();
-        let (bits, value) =
-            parse_hex_prefix(assignment).filter(|(bits, _)| (24..=48).contains(bits)).ok_or_else(
-                || (line, format!("`{assignment}` is not a MAC prefix (6, 7 or 9 hex digits)")),
-            )?;
-        let name = fields[2].trim();
-        if !name.is_empty() {
-            add(bits, value, name).map_err(|m| (line, m))?;
-        }
-        Ok(())
-    })
-}
-
-/// Calls `f` with each record's first line and fields: RFC 4180 quoting, with quoted fields
-/// that span lines (the IEEE files have such addresses) and doubled quotes.
-fn for_each_csv_record(
-    text: &str,
-    mut f: impl FnMut(usize, &[String]) -> Result<(), LineError>,
-) -> Result<(), LineError> {
-    let mut fields: Vec<String> = Vec::new();
-    let mut field = String::new();
-    let mut in_quotes = false;
-    let mut line = 1;
-    let mut record_line = 1;
-    let mut quote_line = 1;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if in_quotes {
-            match c {
-                '"' if chars.peek() == Some(&'"') => {
-                    chars.next();
-                    field.push('"');
-                }
-                '"' => in_quotes = false,
-                '\n' => {
-                    line += 1;
-                    field.push('\n');
-                }
-                c => field.push(c),
-            }
-            continue;
-        }
-        match c {
-            '"' => {
-                in_quotes = true;
-                quote_line = line;
-            }
-            ',' => fields.push(std::mem::take(&mut field)),
-            '\r' => {}
-            '\n' => {
-                fields.push(std::mem::take(&mut field));
-                if !(fields.len() == 1 && fields[0].is_empty()) {
-                    f(record_line, &fields)?;
-                }
-                fields.clear();
-                line += 1;
-                record_line = line;
-            }
-            c => field.push(c),
-        }
-    }
-    if in_quotes {
-        return Err((quote_line, "quoted field never closed".into()));
-    }
-    if !field.is_empty() || !fields.is_empty() {
-        fields.push(field);
-        f(record_line, &fields)?;
-    }
-    Ok(())
-}
-
-/// `oui.txt`, `mam.txt`, `oui36.txt`, `iab.txt`: an `XX-XX-XX   (hex)  Org` line, then an
-/// `XXXXXX     (base 16)  Org` line whose range (`900000-9FFFFF` for MA-M, `F2F000-F2FFFF`
-/// for MA-S) gives the longer prefixes. Address lines are ignored.
-fn parse_ieee_txt(text: &str, add: &mut Sink<'_>) -> Result<(), LineError> {
-    // (line, 24-bit prefix, organization) of the `(hex)` line not yet completed.
-    let mut pending: Option<(usize, u64, &str)> = None;
-    for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
-        if let Some(at) = raw.find("(hex)") {
-            if let Some((hex_line, prefix, name)) = pending.take() {
-                add(24, prefix, name).map_err(|m| (hex_line, m))?;
-            }
-            let prefix = raw[..at].trim();
-            let digits: String = prefix.chars().filter(|c| *c != '-' && *c != ':').collect();
-            let value = parse_hex_prefix(&digits)
-                .filter(|(bits, _)| *bits == 24)
-                .map(|(_, v)| v)
-                .ok_or_else(|| {
-                (line, format!("`{prefix}` is not an OUI (expected XX-XX-XX)"))
-            })?;
-            let name = raw[at + "(hex)".len()..].trim();
-            if !name.is_empty() {
-                pending = Some((line, value, name));
-            }
-        } else if let Some(at) = raw.find("(base 16)") {
-            let Some((hex_line, prefix, name)) = pending.take() else {
-                continue;
-            };
-            let range = raw[..at].trim();
-            let Some((low, high)) = range.split_once('-') else {
-                add(24, prefix, name).map_err(|m| (hex_line, m))?;
-                continue;
-            };
-            let (low, high) = (low.trim(), high.trim());
-            let valid = |s: &str| s.len() == 6 && s.bytes().all(|b| b.is_ascii_hexdigit());
-            if !valid(low) || !valid(high) {
-                return Err((
-                    line,
-                    format!("`{range}` is not a range of the OUI at line {hex_line}"),
-                ));
-            }
-            let common = low
-                .bytes()
-                .zip(high.bytes())
-                .take_while(|(a, b)| a.eq_ignore_ascii_case(b))
-                .count();
-            let sub =
-                if common == 0 { 0 } else { u64::from_str_radix(&low[..common], 16).unwrap_or(0) };
-            add((24 + 4 * common) as u8, (prefix << (4 * common)) | sub, name)
-                .map_err(|m| (hex_line, m))?;
-        }
-    }
-    if let Some((hex_line, prefix, name)) = pending {
-        add(24, prefix, name).map_err(|m| (hex_line, m))?;
-    }
-    Ok(())
-}
-
-/// Wireshark's `manuf`: `00:00:0C<TAB>Cisco<TAB>Cisco Systems, Inc`, or with a mask,
-/// `00:1B:C5:00:00:00/36<TAB>Converg<TAB>Converging Systems Inc.`. Older files put the long
-/// name in a `# comment` after the short one.
-fn parse_manuf(text: &str, add: &mut Sink<'_>) -> Result<(), LineError> {
-    for (i, raw) in text.lines().enumerate() {
-        let trimmed = raw.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        let (bits, value, name) = parse_manuf_line(trimmed).map_err(|m| (i + 1, m))?;
-        if !name.is_empty() {
-            add(bits, value, name).map_err(|m| (i + 1, m))?;
-        }
-    }
-    Ok(())
-}
-
-/// (prefix length in bits, prefix value, organization)
-fn parse_manuf_line(line: &str) -> Result<(u8, u64, &str), String> {
-    let (prefix, rest) = match line.split_once(|c: char| c.is_whitespace()) {
-        Some((p, r)) => (p, r.trim()),
-        None => (line, ""),
-    };
-    let (addr, mask) = match prefix.split_once('/') {
-        Some((a, m)) => (a, Some(m)),
-        None => (prefix, None),
-    };
-    let bad = || {
-        format!("`{prefix}` is not a MAC prefix (expected e.g. 00:00:0C or 00:1B:C5:00:00:00/36)")
-    };
-    let bytes: Vec<u8> = addr
-        .split([':', '-', '.'])
-        .map(|b| if b.len() == 2 { u8::from_str_radix(b, 16).ok() } else { None })
-        .collect::<Option<_>>()
-        .ok_or_else(bad)?;
-    if bytes.is_empty() || bytes.len() > 6 {
-        return Err(bad());
-    }
-    let bits = match mask {
-        Some(m) => m.parse::<u8>().ok().filter(|b| (1..=48).contains(b)).ok_or_else(bad)?,
-        None => (bytes.len() * 8) as u8,
-    };
-    if usize::from(bits) > bytes.len() * 8 {
-        return Err(bad());
-    }
-    let mut full = [0u8; 8];
-    full[2..2 + bytes.len()].copy_from_slice(&bytes);
-    let value = u64::from_be_bytes(full) >> (48 - u32::from(bits));
-    // Tab-separated: short name, then the registry's full name when there is one.
-    let mut fields = rest.split('\t').map(str::trim).filter(|s| !s.is_empty());
-    let short = fields.next().unwrap_or("");
-    let long = fields.next();
-    let name = match (long, short.split_once('#')) {
-        (Some(long), _) => long.trim_start_matches('#').trim(),
-        (None, Some((_, comment))) if !comment.trim().is_empty() => comment.trim(),
-        (None, Some((short, _))) => short.trim(),
-        (None, None) => short,
-    };
-    Ok((bits, value, name))
 }
 
 #[cfg(test)]
