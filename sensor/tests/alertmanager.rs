@@ -284,7 +284,8 @@ fn a_firing_alert_arrives_and_its_resolution_ends_it() {
     let lab = new_lab();
     let am = alertmanager(&lab, free_port(), None);
     let reg = registry();
-    let notifier = Notifier::start(&config(vec![target(&am.url())]), POLL, &reg).unwrap();
+    let notifier =
+        Notifier::start(&config(vec![target(&am.url())]), POLL, &|c| reg.register(c)).unwrap();
     assert_eq!(
         counts(&reg, &am.url()),
         (0.0, 0.0, 0.0, 0.0, -1.0),
@@ -328,7 +329,10 @@ fn every_alertmanager_gets_it_and_one_that_was_down_gets_it_when_back() {
     let up = alertmanager(&lab, free_port(), None);
     let reg = registry();
     let notifier =
-        Notifier::start(&config(vec![target(&down_url), target(&up.url())]), POLL, &reg).unwrap();
+        Notifier::start(&config(vec![target(&down_url), target(&up.url())]), POLL, &|c| {
+            reg.register(c)
+        })
+        .unwrap();
 
     let started = now_ms();
     notifier.update_alerts(started, &[alert("tv", started, None)]);
@@ -397,7 +401,7 @@ fn basic_auth_over_tls_with_a_custom_ca() {
         ("no-ca", secured(&password, None)),
     ] {
         let reg = registry();
-        let n = Notifier::start(&config(vec![target]), POLL, &reg).unwrap();
+        let n = Notifier::start(&config(vec![target]), POLL, &|c| reg.register(c)).unwrap();
         n.update_alerts(now, &[alert(client, now, None)]);
         notifiers.push((client, n, reg));
     }
@@ -435,7 +439,8 @@ fn reconfiguring_keeps_queues_and_send_times() {
     let a_url = format!("http://127.0.0.1:{a_port}");
     let b = alertmanager(&lab, free_port(), None);
     let reg = registry();
-    let notifier = Notifier::start(&config(vec![target(&a_url)]), POLL, &reg).unwrap();
+    let notifier =
+        Notifier::start(&config(vec![target(&a_url)]), POLL, &|c| reg.register(c)).unwrap();
     let t0 = now_ms();
     let firing = [alert("phone", t0, None)];
     notifier.update_alerts(t0, &firing);
@@ -487,7 +492,7 @@ fn a_full_queue_drops_the_oldest_and_delivers_the_rest() {
     let url = format!("http://127.0.0.1:{port}");
     let reg = registry();
     let cfg = AlertingConfig { queue_capacity: 2, ..config(vec![target(&url)]) };
-    let notifier = Notifier::start(&cfg, POLL, &reg).unwrap();
+    let notifier = Notifier::start(&cfg, POLL, &|c| reg.register(c)).unwrap();
     let now = now_ms();
     notifier.update_alerts(
         now,
@@ -517,7 +522,8 @@ fn shutdown_flushes_the_queue_within_the_grace_period() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let reg = registry();
-    let notifier = Notifier::start(&config(vec![target(&url)]), POLL, &reg).unwrap();
+    let notifier =
+        Notifier::start(&config(vec![target(&url)]), POLL, &|c| reg.register(c)).unwrap();
     let now = now_ms();
     notifier.update_alerts(now, &[alert("console", now, None)]);
     // Three failures: the next retry is 3.2 to 4 s away, so what sends it below is the flush.
@@ -533,7 +539,8 @@ fn shutdown_flushes_the_queue_within_the_grace_period() {
     // An Alertmanager that stays down does not hold shutdown beyond its grace period.
     let dead_url = format!("http://127.0.0.1:{}", free_port());
     let reg = registry();
-    let notifier = Notifier::start(&config(vec![target(&dead_url)]), POLL, &reg).unwrap();
+    let notifier =
+        Notifier::start(&config(vec![target(&dead_url)]), POLL, &|c| reg.register(c)).unwrap();
     notifier.update_alerts(now, &[alert("console", now, None)]);
     let took = shutdown(notifier, Duration::from_secs(1));
     assert!(took < Duration::from_millis(1600), "shutdown took {took:?}");

@@ -136,7 +136,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         events: events_rx,
         timings: Default::default(),
     };
-    let notifier = Notifier::start(&config.alerting, config.poll_interval, metrics.registry())?;
+    let notifier =
+        Notifier::start(&config.alerting, config.poll_interval, &|c| metrics.register(c))?;
     let listener = server::bind(config.metrics_listen).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let http =

@@ -1,6 +1,6 @@
 //! The notifier's own metrics, one series per Alertmanager (`alertmanager` = its configured URL).
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, core::Collector};
 
 const LABEL: &str = "alertmanager";
 
@@ -14,15 +14,18 @@ pub(crate) struct NotifierMetrics {
 }
 
 impl NotifierMetrics {
-    pub fn register(registry: &Registry) -> prometheus::Result<NotifierMetrics> {
+    /// Registers through `register` (the agent's catalogued registry).
+    pub fn register(
+        register: &dyn Fn(Box<dyn Collector>) -> prometheus::Result<()>,
+    ) -> prometheus::Result<NotifierMetrics> {
         let counter = |name: &str, help: &str| -> prometheus::Result<IntCounterVec> {
             let c = IntCounterVec::new(Opts::new(name, help), &[LABEL])?;
-            registry.register(Box::new(c.clone()))?;
+            register(Box::new(c.clone()))?;
             Ok(c)
         };
         let gauge = |name: &str, help: &str| -> prometheus::Result<IntGaugeVec> {
             let g = IntGaugeVec::new(Opts::new(name, help), &[LABEL])?;
-            registry.register(Box::new(g.clone()))?;
+            register(Box::new(g.clone()))?;
             Ok(g)
         };
         Ok(NotifierMetrics {

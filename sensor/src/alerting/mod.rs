@@ -45,14 +45,14 @@ struct Inner {
 
 impl Notifier {
     /// Starts one sending thread per Alertmanager. `poll_interval` is needed for endsAt.
-    /// Registers its self-metrics in `registry`.
+    /// Registers its self-metrics through `register`.
     pub fn start(
         config: &AlertingConfig,
         poll_interval: Duration,
-        registry: &prometheus::Registry,
+        register: &dyn Fn(Box<dyn prometheus::core::Collector>) -> prometheus::Result<()>,
     ) -> Result<Notifier, AlertingError> {
         config.validate()?;
-        let metrics = NotifierMetrics::register(registry)
+        let metrics = NotifierMetrics::register(register)
             .map_err(|error| AlertingError::Metrics { error })?;
         let validity = Validity { poll_interval, resend_interval: config.resend_interval };
         let mut targets = Vec::with_capacity(config.alertmanagers.len());
@@ -223,8 +223,10 @@ mod tests {
     #[test]
     fn without_alertmanagers_it_is_inert() {
         let registry = prometheus::Registry::new_custom(Some("gwsensor".into()), None).unwrap();
-        let n =
-            Notifier::start(&AlertingConfig::default(), Duration::from_secs(5), &registry).unwrap();
+        let n = Notifier::start(&AlertingConfig::default(), Duration::from_secs(5), &|c| {
+            registry.register(c)
+        })
+        .unwrap();
         n.update_alerts(SystemTime::now(), &[alert(&[("alertname", "x")])]);
         assert!(n.lock().targets.is_empty());
     }

@@ -239,11 +239,6 @@ impl Metrics {
         }
     }
 
-    /// The registry, for components that register their own collectors (alert delivery).
-    pub fn registry(&self) -> &Registry {
-        &self.families.registry
-    }
-
     /// Registers a component's own collector (alert delivery), catalogued like the agent's.
     pub fn register(&self, collector: Box<dyn Collector>) -> prometheus::Result<()> {
         self.families.register(collector)
