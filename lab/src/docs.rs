@@ -1,8 +1,10 @@
-//! Generated sections of a Markdown file (docs/benchmarks.md): each benchmark of `cargo xtask
-//! bench` rewrites its own section, between markers, and leaves the rest of the file as it is,
-//! and says when and on what machine it ran, all in the same words.
+//! The project's docs as tests and benchmarks use them. Generated sections of a Markdown file
+//! (docs/benchmarks.md): each benchmark of `cargo xtask bench` rewrites its own section,
+//! between markers, and leaves the rest of the file as it is, and says when and on what
+//! machine it ran, all in the same words. And the metrics reference (docs/metrics.md), which
+//! tests hold the agent's catalogue and real scrapes to.
 
-use std::{fs, path::Path, process::Command};
+use std::{collections::BTreeMap, fs, path::Path, process::Command};
 
 use anyhow::Context as _;
 
@@ -97,6 +99,27 @@ pub fn write_section(path: &Path, id: &str, body: &str) -> anyhow::Result<()> {
     };
     let new = with_section(&text, id, body).with_context(|| path.display().to_string())?;
     fs::write(path, new).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Every family docs/metrics.md documents, `name → type`, from its tables' rows
+/// (`| \`gwsensor_x\` | counter | ...`). A name with two rows is an error.
+pub fn metric_reference(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut rows = BTreeMap::new();
+    for line in text.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let [_, name, kind, ..] = cells.as_slice() else { continue };
+        let Some(name) = name.strip_prefix('`').and_then(|n| n.strip_suffix('`')) else {
+            continue;
+        };
+        if !name.starts_with("gwsensor_") {
+            continue;
+        }
+        if rows.insert(name.to_string(), kind.to_string()).is_some() {
+            anyhow::bail!("{}: {name} has two rows", path.display());
+        }
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]

@@ -10,21 +10,9 @@ use sensor::{
     export::metrics::Metrics,
 };
 
-/// `name → type` of every row of docs/metrics.md's tables: "| `gwsensor_x` | type | ...".
 fn documented() -> BTreeMap<String, String> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut rows = BTreeMap::new();
-    for line in text.lines() {
-        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-        let [_, name, kind, ..] = cells.as_slice() else { continue };
-        let Some(name) = name.strip_prefix("`gwsensor_").and_then(|n| n.strip_suffix('`')) else {
-            continue;
-        };
-        let previous = rows.insert(format!("gwsensor_{name}"), kind.to_string());
-        assert!(previous.is_none(), "gwsensor_{name} has two rows in docs/metrics.md");
-    }
-    rows
+    lab::docs::metric_reference(&path).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 #[test]

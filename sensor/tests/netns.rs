@@ -11,6 +11,7 @@ use std::{
     collections::BTreeMap,
     io::Write as _,
     net::{IpAddr, SocketAddr},
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -155,8 +156,23 @@ fn expect(agent: &Agent, ledger: &Ledger, context: &str) {
     agent.expect(context, |o| ledger.mismatches(&o.scrape));
 }
 
-/// `promtool check metrics` on a real scrape: names, types, HELP, counter suffixes.
+/// A real scrape's lint: every family in it is in docs/metrics.md with its type, then
+/// `promtool check metrics` (names, types, HELP, counter suffixes).
 fn promtool_check(agent: &Agent, text: &str) {
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md");
+    let documented = lab::docs::metric_reference(&reference).unwrap_or_else(|e| panic!("{e:#}"));
+    let undocumented: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter(|l| {
+            let mut words = l.split(' ');
+            let (name, kind) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+            documented.get(name).map(String::as_str) != Some(kind)
+        })
+        .collect();
+    if !undocumented.is_empty() {
+        agent.fail(&format!("families not in docs/metrics.md as typed: {undocumented:?}"));
+    }
     let child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
