@@ -21,8 +21,8 @@ pub struct InventoryConfig {
     /// Devices named by the user; they win over DHCP hostnames.
     #[serde(default)]
     pub devices: Vec<StaticDevice>,
-    /// DHCP lease files (dnsmasq's, ISC dhcpd's: any format `lease_file::LeaseFormat` lists),
-    /// e.g. `/tmp/dhcp.leases` on OpenWrt.
+    /// DHCP lease files in any format `lease_file::LeaseFormat` lists, e.g. dnsmasq's
+    /// `/tmp/dhcp.leases` on OpenWrt.
     #[serde(default)]
     pub dhcp_leases: Vec<PathBuf>,
     /// OUI registry files (IEEE CSV/TXT or Wireshark `manuf`). Absent: Debian's `ieee-data`

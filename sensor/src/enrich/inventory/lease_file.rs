@@ -187,8 +187,9 @@ pub(super) enum LeaseFormat {
 }
 
 impl LeaseFormat {
-    /// Every format, in the order they are asked whether a file is theirs (dnsmasq's takes
-    /// an empty file, which is no other's) and named in warnings.
+    /// Every format, in the order they are asked whether a file is theirs and named in
+    /// warnings. dnsmasq's takes a file without a statement (blank or only comments, as
+    /// dnsmasq leaves it without leases): a format whose lines all start with `#` goes first.
     const ALL: [LeaseFormat; 2] = [LeaseFormat::Dnsmasq, LeaseFormat::Isc];
 
     /// As the user knows it, for warnings.

@@ -2,8 +2,8 @@
 //! the DHCP server, else a stable name made from its vendor and MAC.
 //!
 //! The parts: [`config`] (what the user lists, validated), `lease_file` (the DHCP servers'
-//! lease files, re-read as they change), one parser per lease format (`dnsmasq`, `isc`; listed
-//! in `lease_file::LeaseFormat`), and here the three sources merged into a [`Device`].
+//! lease files, re-read as they change), one parser per lease format in a file of its own
+//! (listed in `lease_file::LeaseFormat`), and here the three sources merged into a [`Device`].
 
 pub mod config;
 mod dnsmasq;
