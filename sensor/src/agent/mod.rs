@@ -76,7 +76,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     info!(prefixes = %shown.join(", "), "clients are the hosts inside these LAN prefixes");
     raise_memlock_limit();
 
-    let mut policy = config.load_policy().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut policy = config.load_policy()?;
     policy.allow_lan_resolvers(&prefixes);
     if let Some(path) = &config.policy {
         info!(policy = %path.display(), rules = policy.rules.len(), "policy loaded");
@@ -202,7 +202,12 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     save_state(&config, &pipeline, &metrics);
     notifier.shutdown(NOTIFY_GRACE).await;
     let _ = stop_tx.send(true);
-    let _ = http.await;
+    // The server stops on `stop_tx`; an error it ended with earlier is said here at least.
+    match http.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!("the HTTP server had failed: {e:#}"),
+        Err(e) => warn!("the HTTP server task ended abnormally: {e}"),
+    }
     reader.abort();
     drop(pipeline);
     drop(ebpf);
@@ -239,8 +244,8 @@ fn reload(
     pipeline: &mut Pipeline,
     notifier: &Notifier,
 ) -> anyhow::Result<Config> {
-    let new = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut policy = new.load_policy().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let new = Config::load(path)?;
+    let mut policy = new.load_policy()?;
     policy.allow_lan_resolvers(lan_prefixes);
     let (enricher, warnings) =
         Enricher::new(&new.inventory, &new.geoip, &new.names, new.destinations.level)?;
