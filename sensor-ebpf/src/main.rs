@@ -120,12 +120,17 @@ fn observe<C: EbpfContext>(
     size: Size,
     event: impl FnOnce(&FlowKey, &EventStart),
 ) {
-    let outcome = match parse(pkt, dir, key) {
+    // Exactly one outcome per packet, and no `seen` count: the agent derives it as the sum of
+    // the outcomes, which saves an array update per packet.
+    let (outcome, n) = match parse(pkt, dir, key) {
         Ok((key, header_len)) => {
             let packets = size.segs as u64;
             let bytes = wire_bytes(size.len, size.segs, header_len as u64, size.per_frame);
             let now = coarse_now();
             let outcome = account(key, dir, packets, bytes, now);
+            // Counted before the event: XDP emits it through a tail call, which does not
+            // return when it succeeds, so nothing after `event` runs for that packet.
+            let n = bump_stat(outcome, dir);
             if let Some(kind) = event_kind(key, header_len, dir, pkt) {
                 if allow_event(now) && header_len <= MAX_PAYLOAD_OFF {
                     let start = EventStart {
@@ -139,15 +144,13 @@ fn observe<C: EbpfContext>(
                     bump_event(kind, EventOutcome::RateLimited);
                 }
             }
-            outcome
+            (outcome, n)
         }
-        Err(stat) => stat,
+        Err(stat) => (stat, bump_stat(stat, dir)),
     };
-    // Exactly one outcome per packet, and no `seen` count: the agent derives it as the sum of
-    // the outcomes, which saves an array update per packet.
-    let n = bump_stat(outcome, dir);
     // Diagnostics only for map failures, and only on the 1st, 2nd, 4th, 8th... occurrence per
-    // CPU, so that logging never becomes a per-packet cost.
+    // CPU, so that logging never becomes a per-packet cost. (A packet whose event went out
+    // through XDP's tail call does not get here: its occurrence is counted, not logged.)
     if matches!(outcome, Stat::FlowUpdateFailed | Stat::ClientTableFull) && n & (n - 1) == 0 {
         let which = outcome as u32;
         warn!(ctx, "gwsensor: map update failed (stat {}), occurrence {}", which, n);

@@ -9,8 +9,8 @@ use sensor::{
 };
 
 use crate::{
-    CLIENT_MAC, CLIENT4, GW_MAC, IPPROTO_UDP, LAN, REMOTE4, XDP_PASS,
-    expect::{check, key, up},
+    CLIENT_MAC, CLIENT4, GW_MAC, IPPROTO_TCP, IPPROTO_UDP, LAN, REMOTE4, XDP_PASS,
+    expect::{check, down, key, up},
     frames::{tcp4, udp4},
     harness::{Sensor, require_root},
 };
@@ -66,6 +66,22 @@ fn loads_and_sends_events_with_naming_events_on() {
     let snap = s.snapshot();
     assert_eq!(snap.event(EventKind::DnsResponse, EventOutcome::Sent), 1);
     assert_eq!(snap.event(EventKind::HttpRequest, EventOutcome::Sent), 1);
+    // A packet that raises an event is counted like any other, in the stats too: XDP's tail
+    // call to the capture program does not return, so its outcome must be counted before it.
+    check(
+        &snap,
+        &[
+            (key(CLIENT_MAC, CLIENT4, REMOTE4, IPPROTO_UDP, 53), down(&[&dns])),
+            (key(CLIENT_MAC, CLIENT4, REMOTE4, IPPROTO_TCP, 80), up(&[&http])),
+        ],
+        &[(CLIENT_MAC, up(&[&http]) + down(&[&dns]))],
+        &[
+            (Direction::Upload, Stat::Seen, 1),
+            (Direction::Upload, Stat::Counted, 1),
+            (Direction::Download, Stat::Seen, 1),
+            (Direction::Download, Stat::Counted, 1),
+        ],
+    );
 }
 
 #[test]
