@@ -248,6 +248,15 @@ where
     Ok(prog)
 }
 
+/// Verifies the counting programs (XDP, TC and the XDP baseline) without attaching them: what
+/// `BPF_PROG_TEST_RUN` needs, for the kernel tests and the benchmarks.
+pub fn verify_for_test_runs(ebpf: &mut Ebpf) -> Result<(), KernelError> {
+    verified::<Xdp>(ebpf, names::XDP_PROGRAM, "XDP")?;
+    verified::<Xdp>(ebpf, names::XDP_PASS_PROGRAM, "XDP baseline")?;
+    verified::<SchedClassifier>(ebpf, names::TC_PROGRAM, "TC")?;
+    Ok(())
+}
+
 fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode) -> Result<&'static str, KernelError> {
     install_capture(ebpf)?;
     let prog: &mut Xdp = verified(ebpf, names::XDP_PROGRAM, "XDP")?;

@@ -1,7 +1,6 @@
 //! The test harness: the privilege check, and `Sensor`, a private instance of the programs
 //! (no pinning, so its maps start empty) with one-frame runs through XDP and TC.
 
-use anyhow::Context as _;
 use aya::{
     Ebpf,
     programs::{SchedClassifier, TestRun as _, TestRunOptions, TestRunResult, Xdp},
@@ -10,7 +9,7 @@ use ipnet::IpNet;
 use sensor::{
     common::names,
     kernel::collector::{KernelMaps, Snapshot},
-    kernel::loader::{LoadOptions, load},
+    kernel::loader::{LoadOptions, load, verify_for_test_runs},
 };
 
 use crate::{LAN, TC_ACT_UNSPEC, XDP_PASS};
@@ -70,14 +69,7 @@ impl Sensor {
             pin_dir: None,
             kernel_btf,
         })?;
-        for name in [names::XDP_PROGRAM, names::XDP_PASS_PROGRAM] {
-            let prog: &mut Xdp =
-                ebpf.program_mut(name).with_context(|| format!("{name} missing"))?.try_into()?;
-            prog.load().with_context(|| format!("verifying {name}"))?;
-        }
-        let tc: &mut SchedClassifier =
-            ebpf.program_mut(names::TC_PROGRAM).context("TC program missing")?.try_into()?;
-        tc.load().context("verifying the TC program")?;
+        verify_for_test_runs(&mut ebpf)?;
         let maps = KernelMaps::take(&mut ebpf)?;
         Ok(Sensor { ebpf, maps })
     }

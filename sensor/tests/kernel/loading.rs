@@ -1,11 +1,11 @@
 //! Loading: with and without kernel BTF, with naming events on, and the baseline program.
 
-use aya::programs::{SchedClassifier, TestRunOptions, Xdp};
+use aya::programs::TestRunOptions;
 use ipnet::IpNet;
 use sensor::{
     common::{Direction, EventKind, EventOutcome, Stat, names},
     kernel::collector::KernelMaps,
-    kernel::loader::{LoadOptions, install_capture, load_with_events},
+    kernel::loader::{LoadOptions, install_capture, load_with_events, verify_for_test_runs},
 };
 
 use crate::{
@@ -50,10 +50,7 @@ fn loads_and_sends_events_with_naming_events_on() {
     };
     let (mut ebpf, _) = load_with_events(&opts, 100).expect("loading with events on");
     install_capture(&mut ebpf).expect("verifying the capture program");
-    let xdp: &mut Xdp = ebpf.program_mut(names::XDP_PROGRAM).unwrap().try_into().unwrap();
-    xdp.load().expect("verifying the XDP program with events on");
-    let tc: &mut SchedClassifier = ebpf.program_mut(names::TC_PROGRAM).unwrap().try_into().unwrap();
-    tc.load().expect("verifying the TC program with events on");
+    verify_for_test_runs(&mut ebpf).expect("verifying the XDP and TC programs with events on");
     let maps = KernelMaps::take(&mut ebpf).unwrap();
     let s = Sensor { ebpf, maps };
 

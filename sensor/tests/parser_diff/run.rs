@@ -22,7 +22,7 @@ use ipnet::IpNet;
 use sensor::{
     common::{Direction, FlowKey, Stat, names},
     kernel::collector::{KernelMaps, Snapshot},
-    kernel::loader::{LoadOptions, load},
+    kernel::loader::{LoadOptions, load, verify_for_test_runs},
 };
 
 use super::{
@@ -165,12 +165,7 @@ impl Kernel {
             pin_dir: None,
             kernel_btf: false,
         })?;
-        let xdp: &mut Xdp =
-            ebpf.program_mut(names::XDP_PROGRAM).context("XDP program missing")?.try_into()?;
-        xdp.load().context("verifying the XDP program")?;
-        let tc: &mut SchedClassifier =
-            ebpf.program_mut(names::TC_PROGRAM).context("TC program missing")?.try_into()?;
-        tc.load().context("verifying the TC program")?;
+        verify_for_test_runs(&mut ebpf)?;
         let maps = KernelMaps::take(&mut ebpf)?;
         let mut k = Kernel { ebpf, maps, tc_max: 0, stats_base: Default::default() };
         k.tc_max = k.probe_tc_max()?;
