@@ -157,11 +157,9 @@ const FAMILIES: [(Family, &str, &str, &str); 11] = [
 
 /// The traffic families, as the catalogue lists them.
 pub fn families() -> impl Iterator<Item = FamilyDoc> {
-    FAMILIES.iter().map(|(_, name, kind, help)| FamilyDoc {
-        name: format!("{NAMESPACE}_{name}"),
-        kind,
-        help: help.to_string(),
-    })
+    FAMILIES
+        .iter()
+        .map(|(_, name, kind, _)| FamilyDoc { name: format!("{NAMESPACE}_{name}"), kind })
 }
 
 /// The Prometheus text format's escaping of a label value.

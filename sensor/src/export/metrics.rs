@@ -35,7 +35,6 @@ impl Families {
                 MetricType::SUMMARY => "summary",
                 MetricType::UNTYPED => "untyped",
             },
-            help: mf.help().to_string(),
         });
         let docs: Vec<FamilyDoc> = docs.collect();
         self.registry.register(collector)?;

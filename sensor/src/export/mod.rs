@@ -9,11 +9,10 @@ pub mod server;
 /// Prefix of every metric the agent exports.
 pub const NAMESPACE: &str = "gwsensor";
 
-/// A metric family the agent can export: its full name, type and help.
+/// A metric family the agent can export: its full name and type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FamilyDoc {
     pub name: String,
     /// `counter`, `gauge` or `histogram`, as in the exposition's `# TYPE` line.
     pub kind: &'static str,
-    pub help: String,
 }
