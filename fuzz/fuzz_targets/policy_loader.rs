@@ -33,6 +33,7 @@ fuzz_target!(|data: &[u8]| {
             let flow = FlowFacts {
                 client: 0,
                 remote_ip: "203.0.113.9".parse().ok(),
+                reach: sensor::types::address::Reach::Internet,
                 protocol: 17,
                 port: 53,
                 name: "api.xiaomi.net".into(),

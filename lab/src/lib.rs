@@ -42,7 +42,7 @@ pub use process::{Process, tail};
 pub use topology::{
     Client, Gateway, Internet, LAN_PREFIXES, LanKind, Topology, TopologyBuilder, mac_text,
 };
-pub use traffic::{TcpForwarder, UdpReceiver, send_udp};
+pub use traffic::{TcpForwarder, UdpReceiver, send_icmpv6, send_udp};
 
 use std::sync::{
     Arc,

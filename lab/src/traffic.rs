@@ -2,7 +2,7 @@
 //! host.
 
 use std::{
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv6Addr, Shutdown, SocketAddr, SocketAddrV6, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -28,6 +28,8 @@ pub fn send_udp(
 ) -> anyhow::Result<()> {
     in_netns(ns, || -> anyhow::Result<()> {
         let sock = UdpSocket::bind(from).with_context(|| format!("binding UDP {from} in {ns}"))?;
+        // A device's discovery broadcasts (255.255.255.255) need it; harmless otherwise.
+        sock.set_broadcast(true).with_context(|| format!("allowing broadcast from {from}"))?;
         let buf: Vec<u8> = (0..payload).map(|i| (i % 251) as u8).collect();
         for _ in 0..count {
             let n = sock
@@ -35,6 +37,48 @@ pub fn send_udp(
                 .with_context(|| format!("sending UDP {from} -> {to} in {ns}"))?;
             if n != payload {
                 bail!("short UDP send {from} -> {to}: {n} of {payload} bytes");
+            }
+        }
+        Ok(())
+    })?
+}
+
+/// Sends `count` ICMPv6 messages of `icmp_type` (code 0, `body` bytes after the 4-byte header;
+/// the kernel fills in the checksum) from `from` to `to` (a link-scoped group needs the
+/// interface: `to`'s scope id) inside namespace `ns`: a device's router solicitations (133 to
+/// ff02::2) and MLDv2 reports (143 to ff02::16) without waiting for the kernel to send them.
+pub fn send_icmpv6(
+    ns: &str,
+    from: Ipv6Addr,
+    to: SocketAddrV6,
+    icmp_type: u8,
+    count: usize,
+    body: usize,
+) -> anyhow::Result<()> {
+    use nix::sys::socket::{
+        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn6, bind, sendto,
+        socket,
+    };
+    use std::os::fd::AsRawFd as _;
+    in_netns(ns, || -> anyhow::Result<()> {
+        let fd = socket(
+            AddressFamily::Inet6,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::IcmpV6,
+        )
+        .with_context(|| format!("opening a raw ICMPv6 socket in {ns}"))?;
+        bind(fd.as_raw_fd(), &SockaddrIn6::from(SocketAddrV6::new(from, 0, 0, 0)))
+            .with_context(|| format!("binding ICMPv6 to {from} in {ns}"))?;
+        let mut msg = vec![0u8; 4 + body];
+        msg[0] = icmp_type;
+        for _ in 0..count {
+            let n = sendto(fd.as_raw_fd(), &msg, &SockaddrIn6::from(to), MsgFlags::empty())
+                .with_context(|| {
+                    format!("sending ICMPv6 type {icmp_type} {from} -> {to} in {ns}")
+                })?;
+            if n != msg.len() {
+                bail!("short ICMPv6 send {from} -> {to}: {n} of {} bytes", msg.len());
             }
         }
         Ok(())

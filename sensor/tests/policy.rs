@@ -6,7 +6,7 @@
 //! 10.77.4.0/24 → US (AS64500). The LAN is 10.77.1.0/24; dnsmasq answers on 10.77.1.1.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, SocketAddr, SocketAddrV6},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -25,6 +25,7 @@ const POLL: Duration = Duration::from_millis(250);
 const PHONE_MAC: [u8; 6] = [0x64, 0x09, 0x80, 0x77, 0x00, 0x01];
 const LAPTOP_MAC: [u8; 6] = [0x3c, 0xa9, 0xf4, 0x77, 0x00, 0x02];
 const GUEST_MAC: [u8; 6] = [0x3c, 0xa9, 0xf4, 0x77, 0x00, 0x03];
+const CAMERA_MAC: [u8; 6] = [0x2c, 0xaa, 0x8e, 0x77, 0x00, 0x04];
 
 fn can_run() -> bool {
     lab::lab_tests_can_run("policy tests", &["dnsmasq", alertmanager::BINARY])
@@ -43,9 +44,13 @@ fn unix_now() -> f64 {
 }
 
 /// The lab's "internet" in the test GeoIP database.
-const GEO: [lab::mmdb::Geo; 2] = [
+const GEO: [lab::mmdb::Geo; 4] = [
     (&["10.77.3.0/24"], "CN", 4808, "China Unicom"),
     (&["10.77.4.0/24"], "US", 64500, "Example CDN"),
+    // Public-looking remotes (`scope: remote`), and a database that places multicast in a
+    // country, as real ones have blocks that cover it.
+    (&["198.51.100.0/24"], "CN", 4808, "China Unicom"),
+    (&["224.0.0.0/4", "ff00::/8"], "US", 64501, "Multicast Example"),
 ];
 
 /// The agent under test and the Alertmanagers it sends to (shown when a test fails).
@@ -64,10 +69,11 @@ impl<'t> Agent<'t> {
         let config = Config::for_topology(topo, pins).poll(POLL).with(&geo.config_yaml()).with(&format!(
             "inventory:\n  devices:\n    - {{ mac: \"{phone}\", name: phone, group: phones }}\n\
              \x20   - {{ mac: \"{laptop}\", name: laptop, group: laptops }}\n    - {{ mac: \"{guest}\", name: guest-tablet, group: guests }}\n\
-             \x20 dhcp_leases: []\npolicy: policy.yaml\nexternal_url: http://gateway.lab:9977\n{alerting}",
+             \x20   - {{ mac: \"{camera}\", name: camera, group: cameras }}\n\x20 dhcp_leases: []\npolicy: policy.yaml\nexternal_url: http://gateway.lab:9977\n{alerting}",
             phone = lab::mac_text(&PHONE_MAC),
             laptop = lab::mac_text(&LAPTOP_MAC),
             guest = lab::mac_text(&GUEST_MAC),
+            camera = lab::mac_text(&CAMERA_MAC),
         ));
         let launch = Launch::new(env!("CARGO_BIN_EXE_sensor")).log("info,sensor::alerting=debug");
         let agent = lab::Agent::start(&topo.lab, &topo.gateway.ns, launch, &config)
@@ -435,4 +441,126 @@ fn new_device_and_dns_bypass_fire_and_reload_is_safe() {
     );
     let still = agent.wait_active(&am, &[("alertname", "DnsBypass")], 1, Duration::from_secs(5));
     assert_eq!(still[0]["startsAt"], bypass[0]["startsAt"]);
+}
+
+/// The shipped policy, with the phones' week of learning shortened to seconds.
+fn shipped_policy() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/policy.yaml");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert!(text.contains("learning: 7d"), "deploy/policy.yaml changed: adapt this test");
+    text.replace("learning: 7d", "learning: 2s")
+}
+
+/// A household's chatter on its own network (a camera's SSDP and mDNS, discovery broadcasts,
+/// LLMNR, router solicitations, MLD reports) with the shipped policy: no alert, no new
+/// destination, though the test database places multicast in the US. The same rules then fire
+/// for the internet: CameraForeignCountry for a CN remote, PhoneNewDestination for a new one.
+#[test]
+fn a_households_own_network_raises_nothing() {
+    if !can_run() {
+        return;
+    }
+    let pins = lab::PinDir::new("policy", "local");
+    let topo = TopologyBuilder::new("gwp-local")
+        .lan(LanKind::Bridge)
+        .client("phone", PHONE_MAC)
+        .client("camera", CAMERA_MAC)
+        .remote(ip("198.51.100.7"))
+        .remote(ip("198.51.100.8"))
+        .build()
+        .expect("building the lab");
+    let am =
+        Alertmanager::start(&topo.lab, Some(&topo.gateway.ns), Setup::new("one", 19293)).unwrap();
+    let mut agent = Agent::start(
+        &topo,
+        &pins,
+        "alerting:\n  alertmanagers: [{url: \"http://127.0.0.1:19293\"}]\n",
+        &shipped_policy(),
+    );
+    agent.ams = vec![&am];
+    let inet = topo.internet.ns.clone();
+    let cloud = UdpReceiver::bind(&inet, sa("198.51.100.7:443")).unwrap();
+    let other = UdpReceiver::bind(&inet, sa("198.51.100.8:443")).unwrap();
+    let (phone, camera) = (topo.client("phone").clone(), topo.client("camera").clone());
+    // The phone's first sighting starts its learning (2 s): what it reaches then is known.
+    send_udp(&phone.ns, SocketAddr::new(phone.ipv4.into(), 6001), cloud.addr(), 1, 100).unwrap();
+    cloud.wait_for(1, Duration::from_secs(5)).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+
+    let chatter = |c: &lab::Client| {
+        let scope = lab::in_netns(&c.ns, || nix::net::if_::if_nametoindex(c.ifname.as_str()))
+            .unwrap()
+            .unwrap();
+        let v4 = |port| SocketAddr::new(c.ipv4.into(), port);
+        let v6 = |port| SocketAddr::new(c.ipv6.into(), port);
+        let group6 =
+            |g: &str, port| SocketAddr::V6(SocketAddrV6::new(g.parse().unwrap(), port, 0, scope));
+        for (from, to) in [
+            (v4(1900), sa("239.255.255.250:1900")),
+            (v4(5353), sa("224.0.0.251:5353")),
+            (v4(5355), sa("224.0.0.252:5355")),
+            (v4(9), sa("255.255.255.255:9")),
+            (v6(5353), group6("ff02::fb", 5353)),
+            (v6(3702), group6("ff02::c", 3702)),
+        ] {
+            send_udp(&c.ns, from, to, 2, 120).unwrap_or_else(|e| panic!("{from} -> {to}: {e:#}"));
+        }
+        let group = |g: &str| SocketAddrV6::new(g.parse().unwrap(), 0, 0, scope);
+        lab::send_icmpv6(&c.ns, c.ipv6, group("ff02::2"), 133, 2, 4).unwrap();
+        lab::send_icmpv6(&c.ns, c.ipv6, group("ff02::16"), 143, 2, 24).unwrap();
+    };
+    chatter(&camera);
+    chatter(&phone);
+    // Every one of them counted: 6 UDP kinds and 2 ICMPv6 kinds, twice each, per client.
+    for c in [&phone, &camera] {
+        let mac = c.mac_text();
+        agent.wait(&format!("{mac}'s chatter counted"), Duration::from_secs(10), || {
+            let s = agent.scrape();
+            let remotes: Vec<String> = s
+                .series("gwsensor_remote_packets_total")
+                .filter(|x| x.label("mac") == mac)
+                .map(|x| x.label("remote").to_string())
+                .collect();
+            (remotes.len() >= 8).then_some(())
+        });
+        let s = agent.scrape();
+        for remote in ["239.255.255.250", "224.0.0.251", "255.255.255.255", "ff02::2", "ff02::16"] {
+            let labels = [("mac", mac.as_str()), ("remote", remote), ("direction", "upload")];
+            assert_eq!(s.sum("gwsensor_remote_packets_total", &labels), 2.0, "{mac} {remote}");
+        }
+    }
+    // Two more polls for the policy, then: nothing pending, nothing firing, nothing sent.
+    std::thread::sleep(4 * POLL);
+    let s = agent.scrape();
+    for state in ["pending", "firing"] {
+        assert_eq!(s.sum("gwsensor_policy_alerts", &[("state", state)]), 0.0, "{state}");
+    }
+    assert_eq!(am.alerts().unwrap(), Vec::<Value>::new());
+    // The multicast series carry no country, whatever the database says.
+    let countries: Vec<String> = s
+        .series("gwsensor_destination_packets_total")
+        .filter(|x| {
+            x.label("destination").starts_with("2") || x.label("destination").starts_with("ff")
+        })
+        .filter(|x| !x.label("country").is_empty() || !x.label("asn").is_empty())
+        .map(|x| format!("{} {} {}", x.label("destination"), x.label("country"), x.label("asn")))
+        .collect();
+    assert_eq!(countries, Vec::<String>::new());
+
+    // The internet: the camera reaches CN, the phone a destination it never contacted.
+    send_udp(&camera.ns, SocketAddr::new(camera.ipv4.into(), 6002), cloud.addr(), 1, 100).unwrap();
+    send_udp(&phone.ns, SocketAddr::new(phone.ipv4.into(), 6003), other.addr(), 1, 100).unwrap();
+    let foreign = agent.wait_active(
+        &am,
+        &[("alertname", "CameraForeignCountry")],
+        1,
+        Duration::from_secs(10),
+    );
+    assert_eq!(foreign[0]["labels"]["destination"], "CN");
+    assert_eq!(foreign[0]["labels"]["client"], "camera");
+    let new =
+        agent.wait_active(&am, &[("alertname", "PhoneNewDestination")], 1, Duration::from_secs(10));
+    assert_eq!(new[0]["labels"]["destination"], "198.51.100.8");
+    std::thread::sleep(2 * POLL);
+    assert_eq!(am.alerts().unwrap().len(), 2, "{:#?}", am.alerts());
 }

@@ -59,10 +59,12 @@ fn flow_facts(
     // Its destination has the remote's country and ASN: no second lookup.
     let geo = accounting.destination(gain.destination());
     let name = enricher.flow_name(key, now).unwrap_or_default().to_ascii_lowercase();
+    let remote = labels::ip(&key.remote_ip);
     FlowFacts {
         // policy_clients indexed every gain's client.
         client: index.get(&key.client_mac).copied().unwrap_or_default(),
-        remote_ip: Some(labels::ip(&key.remote_ip)),
+        remote_ip: Some(remote),
+        reach: enricher.reach(&remote),
         protocol: key.protocol,
         port: key.remote_port,
         domain: if name.is_empty() { String::new() } else { domain::registrable(&name) },
@@ -128,6 +130,7 @@ impl Pipeline {
         for warning in self.enricher.maintain(now) {
             warn!("{warning}");
         }
+        self.refresh_router_addresses();
         // Map reads are blocking syscalls (milliseconds for a full map): keep them off the reactor.
         let mut stage = Instant::now();
         let mut lap = || std::mem::replace(&mut stage, Instant::now()).elapsed();
@@ -161,6 +164,19 @@ impl Pipeline {
         self.metrics.poll_duration.observe(total.as_secs_f64());
         self.timings = PollTimings { read, account, publish, view, policy, total };
         Ok(alerts)
+    }
+
+    /// The router's own addresses are local (never remote, a new destination or in a
+    /// country); read each poll, as a delegated prefix can change at any time.
+    fn refresh_router_addresses(&mut self) {
+        match crate::kernel::netif::host_addresses() {
+            Ok(addrs) => {
+                if self.enricher.set_router_addresses(addrs) {
+                    tracing::debug!("the router's own addresses changed");
+                }
+            }
+            Err(e) => warn!("cannot list the router's own addresses: {e}"),
+        }
     }
 
     /// Naming from a reloaded config (SIGHUP), from the next poll on; see

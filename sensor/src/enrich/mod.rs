@@ -23,7 +23,11 @@ pub use error::EnrichError;
 use crate::{
     accounting::{DestKey, Namer},
     kernel::events::Observation,
-    types::{DestinationLevel, Mac, labels},
+    types::{
+        DestinationLevel, FastSet, Mac,
+        address::{self, Reach},
+        labels,
+    },
 };
 
 /// How a client is named in the metrics (from the inventory, DHCP leases or a fallback).
@@ -81,6 +85,8 @@ pub struct Enricher {
     pub names: names::NameCache,
     pub geo: geo::Geo,
     level: DestinationLevel,
+    /// The router's own addresses (every interface's): local, like the LAN's.
+    router: FastSet<IpAddr>,
 }
 
 impl Enricher {
@@ -100,7 +106,7 @@ impl Enricher {
             names.max_names,
             names.flow_name_ttl.as_secs(),
         );
-        Ok((Enricher { inventory, names, geo, level }, warnings))
+        Ok((Enricher { inventory, names, geo, level, router: FastSet::default() }, warnings))
     }
 
     /// Learns from one naming event. An error means its payload did not parse.
@@ -146,8 +152,29 @@ impl Enricher {
         self.names.name_for(key.client_mac, labels::ip(&key.remote_ip), key.remote_port, now)
     }
 
+    /// Country and AS of a remote; none for the network itself (a database may place a
+    /// multicast group or the router's public address somewhere, which would be wrong here).
     pub fn geo(&self, ip: IpAddr) -> geo::GeoInfo {
-        self.geo.lookup(ip)
+        if self.reach(&ip) == Reach::Network {
+            geo::GeoInfo::default()
+        } else {
+            self.geo.lookup(ip)
+        }
+    }
+
+    /// How far traffic to `ip` goes: [`address::reach`], and the router's own addresses are
+    /// the network itself.
+    pub fn reach(&self, ip: &IpAddr) -> Reach {
+        if self.router.contains(&canonical(*ip)) { Reach::Network } else { address::reach(ip) }
+    }
+
+    /// Replaces the router's own addresses; returns whether they changed (an ISP rotated
+    /// the prefix, an interface came up).
+    pub fn set_router_addresses(&mut self, addrs: impl IntoIterator<Item = IpAddr>) -> bool {
+        let addrs: FastSet<IpAddr> = addrs.into_iter().map(canonical).collect();
+        let changed = addrs != self.router;
+        self.router = addrs;
+        changed
     }
 
     /// Whether destinations are named by names (domain or fqdn level), not by address or network.
@@ -162,7 +189,7 @@ impl Enricher {
     pub fn destination_into(&self, key: &FlowKey, now: u64, out: &mut DestKey) {
         use std::fmt::Write as _;
         let ip = labels::ip(&key.remote_ip);
-        let info = self.geo.lookup(ip);
+        let info = self.geo(ip);
         let name = || self.flow_name(key, now);
         out.destination.clear();
         match self.level {
@@ -197,6 +224,14 @@ impl Enricher {
     }
 }
 
+/// IPv4-mapped IPv6 addresses as the IPv4 address they stand for.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// Destinations as of one poll's time.
 pub struct PollNamer<'a> {
     pub enricher: &'a Enricher,
@@ -220,5 +255,77 @@ impl Namer for PollNamer<'_> {
                 key.remote_port,
                 self.now,
             )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The router's own addresses (a delegated prefix's, the WAN's) are the network itself:
+    /// never remote, never in a country, whatever a database says; they follow a change.
+    #[test]
+    fn the_routers_own_addresses_are_the_network() {
+        let (mut e, _) = Enricher::new(
+            &inventory::InventoryConfig::default(),
+            &geo::GeoConfig::default(),
+            &NamesConfig::default(),
+            DestinationLevel::Domain,
+        )
+        .unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(e.reach(&ip("2001:db8:1::1")), Reach::Internet);
+        assert!(e.set_router_addresses([ip("2001:db8:1::1"), ip("198.51.100.2")]));
+        assert!(!e.set_router_addresses([ip("198.51.100.2"), ip("2001:db8:1::1")]), "same set");
+        assert_eq!(e.reach(&ip("2001:db8:1::1")), Reach::Network);
+        assert_eq!(e.reach(&ip("::ffff:198.51.100.2")), Reach::Network, "IPv4-mapped");
+        assert_eq!(e.reach(&ip("2001:db8:1::2")), Reach::Internet);
+        assert_eq!(e.reach(&ip("192.168.1.7")), Reach::Lan);
+        // A rotated prefix: the old address is the internet's again.
+        assert!(e.set_router_addresses([ip("2001:db8:2::1")]));
+        assert_eq!(e.reach(&ip("2001:db8:1::1")), Reach::Internet);
+        assert_eq!(e.reach(&ip("2001:db8:2::1")), Reach::Network);
+    }
+
+    /// A database that places multicast or the router's public address in a country (real ones
+    /// have blocks that cover them) names neither.
+    #[test]
+    fn the_network_is_in_no_country() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = lab::mmdb::MmdbWriter::new("GeoLite2-Country");
+        c.insert_country("224.0.0.0/4".parse().unwrap(), "US");
+        c.insert_country("198.51.100.0/24".parse().unwrap(), "CN");
+        c.insert_country("10.77.0.0/16".parse().unwrap(), "DE");
+        let path = dir.path().join("country.mmdb");
+        c.write(&path).unwrap();
+        let geo = geo::GeoConfig { country_database: Some(path), asn_database: None };
+        let (mut e, warnings) = Enricher::new(
+            &inventory::InventoryConfig::default(),
+            &geo,
+            &NamesConfig::default(),
+            DestinationLevel::Country,
+        )
+        .unwrap();
+        assert!(warnings.iter().all(|w| !w.contains("country")), "{warnings:?}");
+        e.set_router_addresses(["198.51.100.2".parse().unwrap()]);
+        let country = |s: &str| e.geo(s.parse().unwrap()).country;
+        assert_eq!(country("239.255.255.250"), "");
+        assert_eq!(country("198.51.100.2"), "", "the router's own");
+        assert_eq!(country("198.51.100.3"), "CN");
+        assert_eq!(country("10.77.3.2"), "DE", "a private range a database places is kept");
+        // The destination series at the country level: the address stands in.
+        let key = |ip: [u8; 4]| FlowKey {
+            client_mac: [2, 0, 0, 0, 0, 1],
+            client_ip: std::net::Ipv4Addr::new(192, 168, 1, 9).to_ipv6_mapped().octets(),
+            remote_ip: std::net::Ipv4Addr::from(ip).to_ipv6_mapped().octets(),
+            protocol: 17,
+            remote_port: 1900,
+            ..FlowKey::default()
+        };
+        let mut out = DestKey::default();
+        e.destination_into(&key([239, 255, 255, 250]), 0, &mut out);
+        assert_eq!((out.destination.as_str(), out.country.as_str()), ("239.255.255.250", ""));
+        e.destination_into(&key([198, 51, 100, 3]), 0, &mut out);
+        assert_eq!((out.destination.as_str(), out.country.as_str()), ("CN", "CN"));
     }
 }

@@ -34,6 +34,21 @@ pub fn prefixes(iface: &str) -> Result<Vec<IpNet>, KernelError> {
     Ok(out)
 }
 
+/// Every address of this machine, on any interface (the router's own: its LAN addresses, its
+/// WAN address, a delegated prefix's address). Traffic from a client to them is local.
+pub fn host_addresses() -> Result<Vec<std::net::IpAddr>, KernelError> {
+    let mut out = Vec::new();
+    for ifa in getifaddrs().map_err(|source| KernelError::ListAddresses { source })? {
+        let Some(addr) = ifa.address else { continue };
+        if let Some(a) = addr.as_sockaddr_in() {
+            out.push(a.ip().into());
+        } else if let Some(a) = addr.as_sockaddr_in6() {
+            out.push(a.ip().into());
+        }
+    }
+    Ok(out)
+}
+
 /// The interface's index, or an error that says the interface is missing.
 pub fn ifindex(iface: &str) -> Result<u32, KernelError> {
     nix::net::if_::if_nametoindex(iface)
@@ -43,6 +58,12 @@ pub fn ifindex(iface: &str) -> Result<u32, KernelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hosts_addresses_include_loopback() {
+        let all = host_addresses().unwrap();
+        assert!(all.contains(&std::net::IpAddr::from([127, 0, 0, 1])), "{all:?}");
+    }
 
     #[test]
     fn a_missing_interface_says_where_to_look() {

@@ -3,6 +3,8 @@
 
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 
+use crate::types::address::Reach;
+
 use super::{
     spec::{ClientMatch, DestinationMatch, DnsSpec, MatchSpec, Scope},
     values::{Cidr, DomainPattern, GroupBy},
@@ -25,6 +27,9 @@ pub struct FlowFacts {
     /// Index into [`PollFacts::clients`].
     pub client: usize,
     pub remote_ip: Option<IpAddr>,
+    /// How far the remote is (`Enricher::reach`): `Lan` and `Network` are `scope: local`,
+    /// `Network` (multicast, broadcast, link-local, the router) is never a new destination.
+    pub reach: Reach,
     pub protocol: u8,
     pub port: u16,
     /// The name the client used (SNI, Host, DNS), lower case; empty when unknown.
@@ -70,7 +75,7 @@ impl DestinationMatch {
             && self.domain.any_or_empty(|d| d.matches(&f.name))
             && self.port.any_or_empty(|p| p.contains(f.port))
             && self.protocol.any_or_empty(|p| p.0 == f.protocol)
-            && self.scope.is_none_or(|s| ip.is_some_and(|ip| (s == Scope::Local) == is_local(&ip)))
+            && self.scope.is_none_or(|s| ip.is_some() && (s == Scope::Local) == f.reach.is_local())
     }
 }
 
@@ -92,27 +97,6 @@ impl MatchSpec {
 
     pub fn is_empty(&self) -> bool {
         self.client.is_empty() && self.destination.is_empty()
-    }
-}
-
-/// Private, loopback, link-local, CGNAT and unique-local addresses.
-pub fn is_local(ip: &IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || (o[0] == 100 && (o[1] & 0xc0) == 64)
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-        }
     }
 }
 
@@ -231,8 +215,10 @@ mod tests {
     use super::*;
 
     fn flow(ip: &str, protocol: u8, port: u16, name: &str) -> FlowFacts {
+        let remote_ip = ip.parse().ok();
         FlowFacts {
-            remote_ip: ip.parse().ok(),
+            remote_ip,
+            reach: remote_ip.map_or(Reach::Internet, |ip| crate::types::address::reach(&ip)),
             protocol,
             port,
             name: name.into(),

@@ -1,6 +1,7 @@
 //! Types that two or more stages share. A leaf: it imports nothing of the crate, so every
 //! stage may use it without an import circle (see docs/design.md, "Modules").
 
+pub mod address;
 pub mod alert;
 pub mod labels;
 pub mod level;

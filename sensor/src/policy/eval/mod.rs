@@ -24,7 +24,7 @@ use super::{
     matcher::{ClientFacts, FlowFacts, PollFacts, destination_label},
     values::GroupBy,
 };
-use crate::types::{Alert, AlertStatus};
+use crate::types::{Alert, AlertStatus, address::Reach};
 
 /// Most series held over all rules; beyond it new ones are not tracked (and counted).
 pub const MAX_SERIES: usize = 20_000;
@@ -302,6 +302,11 @@ impl Evaluator {
             for &(by, learning) in &rules {
                 let set = known.seen.set(level_name(by));
                 for (i, f) in flows.iter().enumerate().skip(run.start).take(run.len()) {
+                    // The network itself (multicast, broadcast, the router) is never a new
+                    // destination: a phone's mDNS or router solicitation is not news.
+                    if f.reach == Reach::Network {
+                        continue;
+                    }
                     if set.len() < MAX_KNOWN_PER_CLIENT
                         && set.insert(Seen::of(f, by))
                         && learnt(learning)

@@ -12,7 +12,10 @@ use crate::{
         Policy,
         matcher::{ClientFacts, FlowFacts, PollFacts},
     },
-    types::Alert,
+    types::{
+        Alert,
+        address::{self, Reach},
+    },
 };
 
 /// Unix seconds as the alerts' times.
@@ -61,9 +64,11 @@ impl Poll {
     ) -> Poll {
         let domain =
             if name.is_empty() { String::new() } else { crate::enrich::domain::registrable(name) };
+        let remote_ip = ip.parse().ok();
         self.flows.push(FlowFacts {
             client,
-            remote_ip: ip.parse().ok(),
+            remote_ip,
+            reach: remote_ip.map_or(Reach::Internet, |ip| address::reach(&ip)),
             protocol: 6,
             port,
             name: name.into(),
@@ -479,4 +484,69 @@ fn reload_keeps_state_of_rules_that_remain() {
     assert_eq!(a[0].labels["severity"], "warning");
     ev.replace(policy("rules: []\n"), "http://sensor:9977".into(), Duration::from_secs(900));
     assert!(poll(T0 + 120).run(&mut ev).alerts.is_empty());
+}
+
+/// A household's own-network chatter (SSDP, mDNS, LLMNR, DHCP broadcasts, router solicitations,
+/// MLD reports, link-local) is never remote and never a new destination: the shipped
+/// CameraForeignCountry and PhoneNewDestination rules fired on it before.
+#[test]
+fn the_network_itself_is_never_remote_nor_a_new_destination() {
+    let yaml = r#"
+rules:
+  - name: ForeignCountry
+    match:
+      client: {group: media}
+      destination: {scope: remote}
+    condition: {traffic: {window: 5m}}
+    group_by: country
+    except: [{destination: {country: [DE]}}]
+  - name: NewDest
+    match: {client: {group: phones}}
+    condition: {new_destination: {by: domain, learning: 1h, window: 10m}}
+"#;
+    let mut ev = evaluator(yaml);
+    let chatter = [
+        ("239.255.255.250", 1900),
+        ("224.0.0.251", 5353),
+        ("224.0.0.252", 5355),
+        ("255.255.255.255", 67),
+        ("169.254.1.1", 80),
+        ("ff02::2", 0),
+        ("ff02::16", 0),
+        ("ff02::fb", 5353),
+        ("ff02::c", 3702),
+        ("fe80::1", 53),
+    ];
+    let household = |now: u64| {
+        let mut p = poll(now);
+        for (ip, port) in chatter {
+            p = p.flow(0, ip, port, "", "", 300, 0).flow(1, ip, port, "", "", 300, 0);
+        }
+        // A LAN host is local too (not remote), though a phone's first visit to it is news.
+        p.flow(1, "192.168.1.50", 445, "", "", 5_000, 100)
+    };
+    let o = household(T0).run(&mut ev);
+    assert!(o.alerts.is_empty(), "learning, and nothing remote: {:?}", o.alerts);
+    // After the learning hour the same chatter again, and for the first time: still nothing.
+    let o = household(T0 + 3600).run(&mut ev);
+    assert!(o.alerts.is_empty(), "{:?}", o.alerts);
+    let o = poll(T0 + 3601)
+        .flow(0, "ff02::1:ff00:7", 0, "", "", 72, 0)
+        .flow(1, "224.0.0.22", 0, "", "", 54, 0)
+        .run(&mut ev);
+    assert!(o.alerts.is_empty(), "new groups are not new destinations: {:?}", o.alerts);
+    // The same two rules on the internet: each fires once.
+    let o = poll(T0 + 3602)
+        .flow(0, "203.0.113.7", 443, "sync.xiaomi.net", "CN", 10, 10)
+        .flow(1, "198.51.100.4", 443, "", "CN", 10, 10)
+        .run(&mut ev);
+    let mut fired: Vec<(String, String)> = firing(&ev, &o)
+        .iter()
+        .map(|a| (a.labels["alertname"].clone(), a.labels["destination"].clone()))
+        .collect();
+    fired.sort();
+    assert_eq!(
+        fired,
+        [("ForeignCountry".into(), "CN".into()), ("NewDest".into(), "xiaomi.net".into())]
+    );
 }
