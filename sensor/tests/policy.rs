@@ -26,6 +26,8 @@ const PHONE_MAC: [u8; 6] = [0x64, 0x09, 0x80, 0x77, 0x00, 0x01];
 const LAPTOP_MAC: [u8; 6] = [0x3c, 0xa9, 0xf4, 0x77, 0x00, 0x02];
 const GUEST_MAC: [u8; 6] = [0x3c, 0xa9, 0xf4, 0x77, 0x00, 0x03];
 const CAMERA_MAC: [u8; 6] = [0x2c, 0xaa, 0x8e, 0x77, 0x00, 0x04];
+/// A phone on its private (randomized) MAC, named in the inventory with its maker.
+const PRIVATE_MAC: [u8; 6] = [0x6a, 0x1f, 0x33, 0x77, 0x00, 0x05];
 
 fn can_run() -> bool {
     lab::lab_tests_can_run("policy tests", &["dnsmasq", alertmanager::BINARY])
@@ -69,11 +71,12 @@ impl<'t> Agent<'t> {
         let config = Config::for_topology(topo, pins).poll(POLL).with(&geo.config_yaml()).with(&format!(
             "inventory:\n  devices:\n    - {{ mac: \"{phone}\", name: phone, group: phones }}\n\
              \x20   - {{ mac: \"{laptop}\", name: laptop, group: laptops }}\n    - {{ mac: \"{guest}\", name: guest-tablet, group: guests }}\n\
-             \x20   - {{ mac: \"{camera}\", name: camera, group: cameras }}\n\x20 dhcp_leases: []\npolicy: policy.yaml\nexternal_url: http://gateway.lab:9977\n{alerting}",
+             \x20   - {{ mac: \"{camera}\", name: camera, group: cameras }}\n\x20   - {{ mac: \"{private}\", name: private-phone, group: phones, vendor: Xiaomi }}\n\x20 dhcp_leases: []\npolicy: policy.yaml\nexternal_url: http://gateway.lab:9977\n{alerting}",
             phone = lab::mac_text(&PHONE_MAC),
             laptop = lab::mac_text(&LAPTOP_MAC),
             guest = lab::mac_text(&GUEST_MAC),
             camera = lab::mac_text(&CAMERA_MAC),
+            private = lab::mac_text(&PRIVATE_MAC),
         ));
         let launch = Launch::new(env!("CARGO_BIN_EXE_sensor")).log("info,sensor::alerting=debug");
         let agent = lab::Agent::start(&topo.lab, &topo.gateway.ns, launch, &config)
@@ -443,12 +446,12 @@ fn new_device_and_dns_bypass_fire_and_reload_is_safe() {
     assert_eq!(still[0]["startsAt"], bypass[0]["startsAt"]);
 }
 
-/// The shipped policy, with the phones' week of learning shortened to seconds.
-fn shipped_policy() -> String {
+/// The shipped policy, with the phones' week of learning replaced by `learning`.
+fn shipped_policy(learning: &str) -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/policy.yaml");
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     assert!(text.contains("learning: 7d"), "deploy/policy.yaml changed: adapt this test");
-    text.replace("learning: 7d", "learning: 2s")
+    text.replace("learning: 7d", &format!("learning: {learning}"))
 }
 
 /// A household's chatter on its own network (a camera's SSDP and mDNS, discovery broadcasts,
@@ -475,7 +478,7 @@ fn a_households_own_network_raises_nothing() {
         &topo,
         &pins,
         "alerting:\n  alertmanagers: [{url: \"http://127.0.0.1:19293\"}]\n",
-        &shipped_policy(),
+        &shipped_policy("2s"),
     );
     agent.ams = vec![&am];
     let inet = topo.internet.ns.clone();
@@ -561,6 +564,90 @@ fn a_households_own_network_raises_nothing() {
     let new =
         agent.wait_active(&am, &[("alertname", "PhoneNewDestination")], 1, Duration::from_secs(10));
     assert_eq!(new[0]["labels"]["destination"], "198.51.100.8");
+    std::thread::sleep(2 * POLL);
+    assert_eq!(am.alerts().unwrap().len(), 2, "{:#?}", am.alerts());
+}
+
+/// The shipped story rule, end to end: a phone on a private MAC that the inventory names
+/// (`vendor: Xiaomi`) uploads 6 MB split over two of the maker's domains; a phone with a
+/// Xiaomi MAC uploads 6 MB split over three addresses in China. Each part is under the rule's
+/// 5 MB; together each phone fires it once (`group_by: client`), and nothing else fires.
+#[test]
+fn the_shipped_story_rule_catches_a_private_mac_and_a_split_upload() {
+    if !can_run() {
+        return;
+    }
+    let pins = lab::PinDir::new("policy", "split");
+    let cn = ["10.77.3.21", "10.77.3.22", "10.77.3.23"];
+    let maker = [("upload.micloud.xiaomi.net", "10.77.4.31"), ("sync.xiaomi.com", "10.77.4.32")];
+    let mut builder = TopologyBuilder::new("gwp-split")
+        .lan(LanKind::Bridge)
+        .client("phone", PHONE_MAC)
+        .client("private", PRIVATE_MAC);
+    for a in cn.iter().chain(maker.iter().map(|(_, a)| a)) {
+        builder = builder.remote(ip(a));
+    }
+    let topo = builder.build().expect("building the lab");
+    let gw = topo.gateway.ns.clone();
+    let records: Vec<DnsRecord> = maker.iter().map(|(n, a)| DnsRecord::new(n, a)).collect();
+    services::start_dnsmasq(&topo.lab, &gw, &[ip("10.77.1.1")], &records, 600).unwrap();
+    let am = Alertmanager::start(&topo.lab, Some(&gw), Setup::new("one", 19393)).unwrap();
+    let mut agent = Agent::start(
+        &topo,
+        &pins,
+        "alerting:\n  alertmanagers: [{url: \"http://127.0.0.1:19393\"}]\n",
+        &shipped_policy("7d"),
+    );
+    agent.ams = vec![&am];
+    let inet = topo.internet.ns.clone();
+    let (phone, private) = (topo.client("phone").clone(), topo.client("private").clone());
+    for (n, _) in maker {
+        services::dns_query(&private.ns, sa("10.77.1.1:53"), n, DNS_A).unwrap();
+    }
+    // 3,300 datagrams of 1,000 bytes to each maker domain; 2,200 to each CN address.
+    let upload = |c: &lab::Client, port: u16, to: &str, datagrams: usize| {
+        let rx = UdpReceiver::bind(&inet, SocketAddr::new(ip(to), 443)).unwrap();
+        let from = SocketAddr::new(c.ipv4.into(), port);
+        // Paced: the receiver's socket buffer, not the sensor, would lose a burst.
+        for _ in 0..datagrams / 25 {
+            send_udp(&c.ns, from, rx.addr(), 25, 1000).unwrap();
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        // UDP on a loaded machine may lose a few; the sizes leave room (6.6 MB each phone
+        // at 5 MB), and this only checks the upload really crossed the gateway.
+        rx.wait_for(datagrams as u64 * 95 / 100, Duration::from_secs(10)).unwrap();
+    };
+    for (i, (_, a)) in maker.iter().enumerate() {
+        upload(&private, 7000 + i as u16, a, 3300);
+    }
+    for (i, a) in cn.iter().enumerate() {
+        upload(&phone, 7100 + i as u16, a, 2200);
+    }
+    let fired = agent.wait_active(
+        &am,
+        &[("alertname", "PhoneCloudUploadWhileSyncOff")],
+        2,
+        Duration::from_secs(10),
+    );
+    let mut got: Vec<Vec<(String, String)>> = fired.iter().map(labels_of).collect();
+    got.sort();
+    let want = |client: &str, mac: &[u8; 6]| {
+        owned(&[
+            ("alertname", "PhoneCloudUploadWhileSyncOff"),
+            ("client", client),
+            ("mac", &lab::mac_text(mac)),
+            ("severity", "critical"),
+            ("story", "cloud-sync-off"),
+        ])
+    };
+    assert_eq!(got, [want("phone", &PHONE_MAC), want("private-phone", &PRIVATE_MAC)]);
+    // The private phone is reported as such, under the maker the inventory gave it.
+    let s = agent.scrape();
+    let info = [("mac", lab::mac_text(&PRIVATE_MAC)), ("vendor", "Xiaomi".into())];
+    let info: Vec<(&str, &str)> = info.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut with_type = info.clone();
+    with_type.push(("mac_type", "private"));
+    assert_eq!(s.sum("gwsensor_client_info", &with_type), 1.0, "{info:?}");
     std::thread::sleep(2 * POLL);
     assert_eq!(am.alerts().unwrap().len(), 2, "{:#?}", am.alerts());
 }

@@ -249,6 +249,7 @@ impl Pipeline {
                     name: l.name,
                     group: l.group,
                     vendor: l.vendor,
+                    oui_vendor: l.oui_vendor,
                     tags: l.tags,
                 });
                 clients.len() - 1

@@ -35,7 +35,13 @@ use crate::{
 pub struct ClientLabels {
     pub name: String,
     pub group: String,
+    /// The inventory's vendor if the user gave one, else the OUI registry's.
     pub vendor: String,
+    /// The OUI registry's vendor alone (`randomized` for a private MAC); the policy's `vendor`
+    /// matches it too.
+    pub oui_vendor: String,
+    /// `private` for a locally administered (randomized) MAC, else `universal`.
+    pub mac_type: &'static str,
     pub source: String,
     pub tags: BTreeMap<String, String>,
 }
@@ -215,9 +221,11 @@ impl Enricher {
     pub fn client_labels(&self, mac: &Mac) -> ClientLabels {
         let device = self.inventory.device(mac);
         ClientLabels {
+            vendor: device.vendor_label(),
+            oui_vendor: device.vendor.label(),
+            mac_type: if oui::is_locally_administered(mac) { "private" } else { "universal" },
             name: device.name,
             group: device.group,
-            vendor: device.vendor.label(),
             source: device.source.as_str().to_string(),
             tags: device.tags,
         }

@@ -211,6 +211,7 @@ impl Traffic {
             let info = t.span(|s| {
                 label(s, "group", &names.group);
                 label(s, "vendor", &names.vendor);
+                label(s, "mac_type", names.mac_type);
                 label(s, "source", &names.source);
                 for (k, v) in &names.tags {
                     // Tag keys are validated as label names by the config.
@@ -521,6 +522,8 @@ mod tests {
             name: "kid's \"tab\" \\ 2".into(),
             group: "kids".into(),
             vendor: "Xiaomi".into(),
+            oui_vendor: "Xiaomi Communications Co Ltd".into(),
+            mac_type: "universal",
             source: "inventory".into(),
             tags: [("owner".to_string(), "alice".to_string())].into(),
         };
@@ -531,7 +534,7 @@ mod tests {
             format!("gwsensor_client_bytes_total{{{c},direction=\"upload\"}} 3080"),
             format!("gwsensor_client_packets_total{{{c},direction=\"download\"}} 0"),
             format!(
-                "gwsensor_client_info{{{c},group=\"kids\",vendor=\"Xiaomi\",source=\"inventory\",tag_owner=\"alice\"}} 1"
+                "gwsensor_client_info{{{c},group=\"kids\",vendor=\"Xiaomi\",mac_type=\"universal\",source=\"inventory\",tag_owner=\"alice\"}} 1"
             ),
             format!(
                 "gwsensor_remote_bytes_total{{{c},direction=\"upload\",remote=\"93.184.216.34\",protocol=\"udp\",port=\"443\"}} 3000"

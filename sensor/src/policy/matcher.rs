@@ -17,7 +17,10 @@ pub struct ClientFacts {
     pub mac_text: String,
     pub name: String,
     pub group: String,
+    /// What the inventory says, else the OUI registry's (as the `vendor` label).
     pub vendor: String,
+    /// The OUI registry's alone; `vendor` patterns match either.
+    pub oui_vendor: String,
     pub tags: BTreeMap<String, String>,
 }
 
@@ -59,7 +62,7 @@ impl ClientMatch {
         self.name.any_or_empty(|p| p.matches(&c.name))
             && self.group.any_or_empty(|p| p.matches(&c.group))
             && self.mac.any_or_empty(|m| m.0 == c.mac)
-            && self.vendor.any_or_empty(|p| p.matches(&c.vendor))
+            && self.vendor.any_or_empty(|p| p.matches(&c.vendor) || p.matches(&c.oui_vendor))
             && self.tag.iter().all(|(k, values)| {
                 c.tags.get(k).is_some_and(|v| values.any_or_empty(|p| p.matches(v)))
             })

@@ -24,7 +24,8 @@ pub enum GroupBy {
     Ip,
     Asn,
     Country,
-    /// One alert per client.
+    /// One alert per client: all matching destinations summed (`none` or `client`).
+    #[serde(alias = "client")]
     None,
 }
 

@@ -285,7 +285,7 @@ impl<'a> Story<'a> {
         [
             ("alertname", RULE),
             ("client", PHONE.name),
-            ("destination", "xiaomi.net"),
+            // The rule sums the maker's domains and China per phone (`group_by: client`).
             ("mac", mac.as_str()),
             ("severity", "critical"),
             ("story", "cloud-sync-off"),

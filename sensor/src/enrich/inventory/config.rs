@@ -42,6 +42,11 @@ pub struct StaticDevice {
     pub name: String,
     #[serde(default)]
     pub group: String,
+    /// Who made it, as the user knows it (`Xiaomi`): the `vendor` label, and matched by a
+    /// policy's `vendor` besides the OUI registry's. What names a phone on a private
+    /// (randomized) MAC, whose address says nothing of its maker.
+    #[serde(default)]
+    pub vendor: String,
     /// Extra labels; keys must be Prometheus label names.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,

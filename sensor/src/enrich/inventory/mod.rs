@@ -50,8 +50,19 @@ pub struct Device {
     pub name: String,
     pub group: String,
     pub tags: BTreeMap<String, String>,
+    /// The OUI registry's answer for the address.
     pub vendor: Vendor,
+    /// The inventory's `vendor`, empty when the user gave none.
+    pub stated_vendor: String,
     pub source: NameSource,
+}
+
+impl Device {
+    /// The vendor to show: what the user said, else the registry's (`randomized` for a
+    /// private MAC).
+    pub fn vendor_label(&self) -> String {
+        if self.stated_vendor.is_empty() { self.vendor.label() } else { self.stated_vendor.clone() }
+    }
 }
 
 /// The name of a device nobody named: `<vendor>-<last three bytes>`, e.g. `xiaomi-123456`,
@@ -157,6 +168,7 @@ impl Inventory {
                 group: d.group.clone(),
                 tags: d.tags.clone(),
                 vendor,
+                stated_vendor: d.vendor.trim().to_string(),
                 source: NameSource::Inventory,
             };
         }
@@ -166,6 +178,7 @@ impl Inventory {
                 group: String::new(),
                 tags: BTreeMap::new(),
                 vendor,
+                stated_vendor: String::new(),
                 source: NameSource::Dhcp,
             };
         }
@@ -174,6 +187,7 @@ impl Inventory {
             group: String::new(),
             tags: BTreeMap::new(),
             vendor,
+            stated_vendor: String::new(),
             source: NameSource::Fallback,
         }
     }

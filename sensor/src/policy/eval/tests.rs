@@ -550,3 +550,100 @@ rules:
         [("ForeignCountry".into(), "CN".into()), ("NewDest".into(), "xiaomi.net".into())]
     );
 }
+
+/// The shipped story rule (deploy/policy.yaml) sums the maker's domains and China per phone:
+/// 6 MB split over three CN addresses, or over xiaomi.net and xiaomi.com, fires once; a phone
+/// on a private MAC fires when the inventory says who made it, and only then. Per destination
+/// (the rule without `group_by: client`) the same uploads raise nothing.
+#[test]
+fn the_shipped_story_rule_sums_a_split_upload_and_sees_a_private_mac() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy.yaml");
+    let shipped = std::fs::read_to_string(&path).unwrap();
+    let phone = |mac: [u8; 6], name: &str, vendor: &str, oui_vendor: &str| ClientFacts {
+        vendor: vendor.into(),
+        oui_vendor: oui_vendor.into(),
+        ..client(mac, name, "phones")
+    };
+    let xiaomi = "Xiaomi Communications Co Ltd";
+    const PRIVATE: [u8; 6] = [0x6a, 0x1f, 0x33, 0x0c, 0x7e, 0x05];
+    const UNNAMED: [u8; 6] = [0x7e, 0x00, 0x11, 0x22, 0x33, 0x44];
+    let clients = vec![
+        phone(PHONE, "redmi", xiaomi, xiaomi),
+        phone(PRIVATE, "private-redmi", "Xiaomi", "randomized"),
+        phone(UNNAMED, "randomized-223344", "randomized", "randomized"),
+    ];
+    let flow = |client: usize, ip: &str, name: &str, country: &str| {
+        let remote_ip = ip.parse().ok();
+        FlowFacts {
+            client,
+            remote_ip,
+            reach: remote_ip.map_or(Reach::Internet, |ip| address::reach(&ip)),
+            protocol: 6,
+            port: 443,
+            name: name.into(),
+            domain: if name.is_empty() {
+                String::new()
+            } else {
+                crate::enrich::domain::registrable(name)
+            },
+            country: country.into(),
+            upload_bytes: 2_000_000,
+            upload_packets: 1_400,
+            ..FlowFacts::default()
+        }
+    };
+    let uploads = |ev: &mut Evaluator, now: u64| {
+        let mut flows = Vec::new();
+        // The Xiaomi-OUI phone and the unnamed private one: three unnamed addresses in China,
+        // 2 MB each.
+        for client in [0, 2] {
+            for ip in ["203.0.113.21", "203.0.113.22", "203.0.113.23"] {
+                flows.push(flow(client, ip, "", "CN"));
+            }
+        }
+        // The named private phone: two of the maker's domains, in the US, 3 MB each.
+        for (ip, name) in
+            [("198.51.100.31", "upload.xiaomi.net"), ("198.51.100.32", "sync.xiaomi.com")]
+        {
+            let mut f = flow(1, ip, name, "US");
+            f.upload_bytes = 3_000_000;
+            flows.push(f);
+        }
+        flows.sort_by_key(|f| f.client);
+        ev.evaluate(&PollFacts { now, clients: clients.clone(), flows })
+    };
+
+    let mut ev = evaluator(&shipped);
+    let o = uploads(&mut ev, T0);
+    let mut fired: Vec<Vec<(String, String)>> = firing(&ev, &o)
+        .iter()
+        .map(|a| a.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .collect();
+    fired.sort();
+    let labels = |client: &str, mac: [u8; 6]| -> Vec<(String, String)> {
+        [
+            ("alertname", "PhoneCloudUploadWhileSyncOff"),
+            ("client", client),
+            ("mac", crate::types::labels::mac(&mac).as_str()),
+            ("severity", "critical"),
+            ("story", "cloud-sync-off"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    };
+    assert_eq!(fired, [labels("private-redmi", PRIVATE), labels("redmi", PHONE)]);
+    let summary: Vec<String> =
+        firing(&ev, &o).iter().map(|a| a.annotations["summary"].clone()).collect();
+    assert!(
+        summary.contains(&"redmi uploaded 6.0 MB to its maker's cloud or to China in 10m".into()),
+        "{summary:?}"
+    );
+
+    // The same rules per destination: every part stays under 5 MB.
+    let per_destination = shipped.replace("    group_by: client\n", "");
+    assert_ne!(per_destination, shipped);
+    let mut ev = evaluator(&per_destination);
+    let o = uploads(&mut ev, T0);
+    assert!(firing(&ev, &o).is_empty(), "{:?}", firing(&ev, &o));
+}
