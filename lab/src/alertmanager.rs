@@ -2,7 +2,18 @@
 //! in a lab namespace or on the host's loopback, alone, clustered or behind TLS and basic
 //! auth, started with a minimal config and read back through its API v2 and its metrics.
 
-use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::Command,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use serde_json::Value;
@@ -42,6 +53,8 @@ pub struct Setup {
     /// The route's group_wait: how long it holds a new group's first notification.
     pub group_wait: Duration,
     pub web: Option<Web>,
+    /// A webhook receiver (with send_resolved) instead of the receiver that does nothing.
+    pub webhook: Option<String>,
 }
 
 impl Setup {
@@ -53,6 +66,7 @@ impl Setup {
             cluster: None,
             group_wait: Duration::from_secs(1),
             web: None,
+            webhook: None,
         }
     }
 
@@ -72,11 +86,23 @@ impl Setup {
         self
     }
 
-    /// Groups and notifies fast, and routes to a receiver that does nothing: the alerts are
-    /// read back from the API.
+    /// Notifies `url` (a [`Webhook`]'s), firing and resolved alerts.
+    pub fn webhook(mut self, url: &str) -> Setup {
+        self.webhook = Some(url.to_string());
+        self
+    }
+
+    /// Groups and notifies fast, and routes to a receiver that does nothing (the alerts are
+    /// read back from the API) or to the webhook.
     fn config(&self) -> String {
+        let receiver = match &self.webhook {
+            None => String::new(),
+            Some(url) => {
+                format!("    webhook_configs:\n      - url: '{url}'\n        send_resolved: true\n")
+            }
+        };
         format!(
-            "route:\n  receiver: lab\n  group_by: [alertname, client]\n  group_wait: {}ms\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: lab\n",
+            "route:\n  receiver: lab\n  group_by: [alertname, client]\n  group_wait: {}ms\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: lab\n{receiver}",
             self.group_wait.as_millis()
         )
     }
@@ -205,5 +231,103 @@ impl Alertmanager {
 
     pub fn stop(&self) -> anyhow::Result<()> {
         self.process.terminate(Duration::from_secs(5)).map(|_| ())
+    }
+}
+
+/// A webhook receiver on the host's loopback: records every notification Alertmanager posts
+/// (its JSON body) and answers 200.
+pub struct Webhook {
+    addr: SocketAddr,
+    received: Arc<Mutex<Vec<Value>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Webhook {
+    pub fn start() -> anyhow::Result<Webhook> {
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding the webhook receiver")?;
+        let addr = listener.local_addr()?;
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, s) = (received.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(mut conn) = conn else { continue };
+                if let Some(body) = read_request_body(&mut conn)
+                    && let Ok(v) = serde_json::from_slice::<Value>(&body)
+                {
+                    r.lock().unwrap_or_else(|e| e.into_inner()).push(v);
+                }
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        Ok(Webhook { addr, received, stop, thread: Some(thread) })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/notify", self.addr)
+    }
+
+    /// The notifications so far, oldest first: each one's `status` ("firing" or "resolved")
+    /// and its alerts' `labels.client`.
+    pub fn notifications(&self) -> Vec<(String, Vec<String>)> {
+        let received = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        received
+            .iter()
+            .map(|n| {
+                let clients = n["alerts"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|a| a["labels"]["client"].as_str().unwrap_or("").to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (n["status"].as_str().unwrap_or("").to_string(), clients)
+            })
+            .collect()
+    }
+}
+
+/// The body of one HTTP/1.1 request (Content-Length framed, as Alertmanager sends).
+fn read_request_body(conn: &mut TcpStream) -> Option<Vec<u8>> {
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).to_string();
+    let length: usize = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+    })?;
+    while data.len() < head_end + length {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(data[head_end..head_end + length].to_vec())
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(500));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

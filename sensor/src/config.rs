@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::{
     enrich::{NamesConfig, geo::GeoConfig, inventory::InventoryConfig},
+    export::server::HttpConfig,
     kernel::loader::{TcAttach, XdpMode},
     types::{DestinationLevel, LocatedError},
 };
@@ -36,6 +37,9 @@ pub struct Config {
     pub poll_interval: Duration,
     #[serde(default = "default_metrics_listen")]
     pub metrics_listen: SocketAddr,
+    /// Connection limits and timeouts of the HTTP server.
+    #[serde(default)]
+    pub http: HttpConfig,
     /// Remote series per client and direction; the rest are summed into `remote="other"`.
     #[serde(default = "default_top_remotes")]
     pub top_remotes: usize,
@@ -215,43 +219,114 @@ impl Config {
                 "merge adjacent prefixes into larger ones",
             ));
         }
-        if self.flow_capacity < 16 || self.client_capacity < 1 {
-            return Err(fail(
-                if self.flow_capacity < 16 { "flow_capacity" } else { "client_capacity" },
-                "map capacities must be at least 16 flows and 1 client".into(),
-                "the defaults (65536 flows, 4096 clients) suit a household",
-            ));
-        }
-        if self.poll_interval < Duration::from_millis(100) {
-            return Err(fail(
-                "poll_interval",
-                format!("poll_interval {:?} is below 100ms", self.poll_interval),
-                "use e.g. `poll_interval: 5s`; Prometheus scrapes every 15s or more anyway",
-            ));
-        }
+        self.check_bounds().map_err(|(key, message, hint)| LocatedError {
+            path: path.to_owned(),
+            location: locate_path(text, key),
+            message,
+            hint: Some(hint),
+        })?;
         if let Err(e) = self.inventory.validate() {
             return Err(fail("inventory", e.to_string(), "see docs/config.md, section inventory"));
-        }
-        if self.destinations.top_per_client == 0 || self.series_budget == 0 {
-            return Err(fail(
-                if self.series_budget == 0 { "series_budget" } else { "destinations" },
-                "destinations.top_per_client and series_budget must be at least 1".into(),
-                "the defaults are 20 destinations per client and a budget of 10000 series",
-            ));
         }
         if let Err(e) = self.alerting.validate() {
             return Err(fail("alerting", e.to_string(), "see docs/alerting.md"));
         }
-        if self.top_remotes == 0 {
-            return Err(fail(
-                "top_remotes",
-                "top_remotes must be at least 1".into(),
-                "e.g. `top_remotes: 20`; everything beyond is summed into remote=\"other\"",
-            ));
+        Ok(())
+    }
+
+    /// Every duration and size within a range the agent works in: the kernel accepts the
+    /// maps, time arithmetic cannot overflow, and no value makes a thread die or wait for
+    /// ever. Errors: (key, what, hint with the allowed range and the default).
+    fn check_bounds(&self) -> Result<(), (&'static str, String, String)> {
+        const MS: Duration = Duration::from_millis(1);
+        const S: Duration = Duration::from_secs(1);
+        const MIN: Duration = Duration::from_secs(60);
+        const DAY: Duration = Duration::from_secs(86_400);
+        let durations: [(&'static str, Duration, Duration, Duration, &str); 12] = [
+            ("poll_interval", self.poll_interval, 100 * MS, 60 * MIN, "5s"),
+            ("remote_idle_expiry", self.remote_idle_expiry, S, 30 * DAY, "10m"),
+            ("client_idle_expiry", self.client_idle_expiry, S, 365 * DAY, "1h"),
+            ("state_save_interval", self.state_save_interval, S, DAY, "1m"),
+            ("destinations.idle_expiry", self.destinations.idle_expiry, S, 30 * DAY, "15m"),
+            ("names.dns_grace", self.names.dns_grace, Duration::ZERO, DAY, "5m"),
+            ("names.flow_name_ttl", self.names.flow_name_ttl, S, 30 * DAY, "1h"),
+            ("alerting.resend_interval", self.alerting.resend_interval, S, DAY, "1m"),
+            (
+                "alerting.resolved_retention",
+                self.alerting.resolved_retention,
+                Duration::ZERO,
+                30 * DAY,
+                "15m",
+            ),
+            ("alerting.timeout", self.alerting.timeout, 100 * MS, 10 * MIN, "10s"),
+            ("http.header_timeout", self.http.header_timeout, 100 * MS, 10 * MIN, "10s"),
+            ("http.write_timeout", self.http.write_timeout, 100 * MS, 60 * MIN, "30s"),
+        ];
+        for (key, value, min, max, default) in durations {
+            if value < min || value > max {
+                let show = |d: Duration| humantime::format_duration(d).to_string();
+                return Err((
+                    key,
+                    format!("`{key}` is {}, outside {} to {}", show(value), show(min), show(max)),
+                    format!("write a value in that range, e.g. the default `{default}`"),
+                ));
+            }
+        }
+        let sizes: [(&'static str, u64, u64, u64, u64); 10] = [
+            (
+                "flow_capacity",
+                self.flow_capacity.into(),
+                16,
+                MAX_FLOW_CAPACITY,
+                DEFAULT_FLOW_CAPACITY.into(),
+            ),
+            (
+                "client_capacity",
+                self.client_capacity.into(),
+                1,
+                MAX_CLIENT_CAPACITY,
+                DEFAULT_CLIENT_CAPACITY.into(),
+            ),
+            ("top_remotes", self.top_remotes as u64, 1, 1_000, 20),
+            ("destinations.top_per_client", self.destinations.top_per_client as u64, 1, 1_000, 20),
+            ("series_budget", self.series_budget as u64, 1, 1_000_000, 10_000),
+            ("names.max_names", self.names.max_names as u64, 1, 10_000_000, 100_000),
+            (
+                "events_per_second",
+                self.events_per_second.into(),
+                0,
+                1_000_000,
+                DEFAULT_EVENTS_PER_SEC_PER_CPU.into(),
+            ),
+            ("alerting.queue_capacity", self.alerting.queue_capacity as u64, 1, 1_000_000, 10_000),
+            ("http.max_connections", self.http.max_connections as u64, 1, 4_096, 64),
+            (
+                "http.max_connections_per_address",
+                self.http.max_connections_per_address as u64,
+                1,
+                self.http.max_connections as u64,
+                8,
+            ),
+        ];
+        for (key, value, min, max, default) in sizes {
+            if value < min || value > max {
+                let hint = if key == "http.max_connections_per_address" {
+                    format!("at most http.max_connections; the default is {default}")
+                } else {
+                    format!("write a value in that range, e.g. the default {default}")
+                };
+                return Err((key, format!("`{key}` is {value}, outside {min} to {max}"), hint));
+            }
         }
         Ok(())
     }
 }
+
+/// Largest `flow_capacity`: 4Mi flows, about 600 MB of kernel memory with 8 CPUs; far beyond
+/// what the kernel (E2BIG) and a router accept.
+pub const MAX_FLOW_CAPACITY: u64 = 1 << 22;
+/// Largest `client_capacity`.
+pub const MAX_CLIENT_CAPACITY: u64 = 1 << 16;
 
 /// Extra advice for the most common mistakes, keyed on serde's message.
 fn hint_for(message: &str) -> Option<String> {
@@ -272,10 +347,34 @@ fn hint_for(message: &str) -> Option<String> {
 
 /// Line and column of a top-level `key:` in the YAML text, for semantic errors.
 fn locate_key(text: &str, key: &str) -> Option<(usize, usize)> {
-    text.lines().enumerate().find_map(|(i, line)| {
-        let rest = line.strip_prefix(key)?;
-        rest.trim_start().starts_with(':').then_some((i + 1, 1))
-    })
+    locate_path(text, key)
+}
+
+/// Line and column of `section.key` (block style, any indentation) or a top-level `key`; the
+/// section's line when the key is not on a line of its own (flow style), None when absent.
+fn locate_path(text: &str, path: &str) -> Option<(usize, usize)> {
+    let key_of = |line: &str, key: &str| {
+        let trimmed = line.trim_start();
+        let rest = trimmed.strip_prefix(key)?;
+        rest.trim_start().starts_with(':').then_some(line.len() - trimmed.len() + 1)
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let (section, key) = match path.split_once('.') {
+        Some((section, key)) => (section, Some(key)),
+        None => (path, None),
+    };
+    let start =
+        lines.iter().position(|l| l.starts_with(section) && key_of(l, section).is_some())?;
+    let Some(key) = key else { return Some((start + 1, 1)) };
+    for (i, line) in lines.iter().enumerate().skip(start + 1) {
+        if !line.is_empty() && !line.starts_with([' ', '\t', '#']) {
+            break;
+        }
+        if let Some(column) = key_of(line, key) {
+            return Some((i + 1, column));
+        }
+    }
+    Some((start + 1, 1))
 }
 
 #[cfg(test)]
@@ -348,9 +447,62 @@ mod tests {
     fn semantic_errors_point_at_the_key() {
         let e = parse("interface: br-lan\n\npoll_interval: 10ms\n").unwrap_err();
         assert_eq!(e.location, Some((3, 1)));
-        assert!(e.message.contains("below 100ms"));
+        assert!(e.message.contains("outside 100ms to 1h"), "{e}");
         let e = parse("interface: br-lan\ntop_remotes: 0\n").unwrap_err();
         assert_eq!(e.location, Some((2, 1)));
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_with_the_range_and_their_line() {
+        for (text, line, column, message) in [
+            (
+                "interface: br-lan\nalerting:\n  resend_interval: 18446744073709551615s\n",
+                3,
+                3,
+                "`alerting.resend_interval` is 584542046090years 7months 15days 17h 5m 3s, outside 1s to 1day",
+            ),
+            (
+                "interface: br-lan\nalerting:\n  timeout: 10000y\n",
+                3,
+                3,
+                "`alerting.timeout` is 10000years, outside 100ms to 10m",
+            ),
+            (
+                "interface: br-lan\nremote_idle_expiry: 10000y\n",
+                2,
+                1,
+                "`remote_idle_expiry` is 10000years, outside 1s to 30days",
+            ),
+            (
+                "interface: br-lan\nflow_capacity: 4294967295\n",
+                2,
+                1,
+                "`flow_capacity` is 4294967295, outside 16 to 4194304",
+            ),
+            ("interface: br-lan\ntop_remotes: 0\n", 2, 1, "`top_remotes` is 0, outside 1 to 1000"),
+            (
+                "interface: br-lan\nhttp: {max_connections: 4, max_connections_per_address: 5}\n",
+                2,
+                1,
+                "`http.max_connections_per_address` is 5, outside 1 to 4",
+            ),
+            (
+                "interface: br-lan\nnames:\n  # a comment\n\n  flow_name_ttl: 0s\n",
+                5,
+                3,
+                "`names.flow_name_ttl` is 0s, outside 1s to 30days",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!((e.location, e.message.as_str()), (Some((line, column)), message), "{text}");
+            assert!(e.to_string().contains("hint: "), "{e}");
+        }
+        // The largest values allowed are accepted.
+        parse(
+            "interface: br-lan\nflow_capacity: 4194304\nclient_capacity: 65536\n\
+             alerting: {resend_interval: 1d, timeout: 10m}\n",
+        )
+        .unwrap();
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::{
 
 use lab::{
     Lab,
-    alertmanager::{Alertmanager, BINARY as ALERTMANAGER, Setup, Web},
+    alertmanager::{Alertmanager, BINARY as ALERTMANAGER, Setup, Web, Webhook},
 };
 use prometheus::{Encoder as _, Registry, TextEncoder};
 use sensor::alerting::{Alert, AlertingConfig, AlertmanagerTarget, BasicAuth, Notifier};
@@ -544,4 +544,47 @@ fn shutdown_flushes_the_queue_within_the_grace_period() {
     notifier.update_alerts(now, &[alert("console", now, None)]);
     let took = shutdown(notifier, Duration::from_secs(1));
     assert!(took < Duration::from_millis(1600), "shutdown took {took:?}");
+}
+
+#[test]
+fn an_alert_that_fired_and_resolved_during_an_outage_is_notified_firing_then_resolved() {
+    if !can_run(&[ALERTMANAGER]) {
+        return;
+    }
+    let lab = new_lab();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let reg = registry();
+    let notifier =
+        Notifier::start(&config(vec![target(&url)]), POLL, &|c| reg.register(c)).unwrap();
+    // Alertmanager is down: the alert fires, then resolves 4 s later.
+    let started = now_ms();
+    notifier.update_alerts(started, &[alert("laptop", started, None)]);
+    wait_until("a failed attempt", Duration::from_secs(5), || {
+        let (_, failed, _, queued, _) = counts(&reg, &url);
+        (failed >= 1.0 && queued == 1.0).then_some(())
+    });
+    let resolved = started + Duration::from_secs(4);
+    notifier.update_alerts(resolved, &[alert("laptop", started, Some(resolved))]);
+    // Both states are kept: the firing one has never reached Alertmanager.
+    assert_eq!(counts(&reg, &url).3, 2.0);
+
+    // Back, with a receiver that records what Alertmanager notifies (send_resolved).
+    let hook = Webhook::start().unwrap();
+    let setup =
+        Setup::new(&format!("am-{port}"), port).group_wait(Duration::ZERO).webhook(&hook.url());
+    let am = Alertmanager::start(&lab, None, setup).unwrap_or_else(|e| panic!("{e:#}"));
+    let got = wait_until("two notifications", Duration::from_secs(40), || {
+        let n = hook.notifications();
+        (n.len() >= 2).then_some(n)
+    });
+    let laptop = || vec!["laptop".to_string()];
+    assert_eq!(got, [("firing".to_string(), laptop()), ("resolved".to_string(), laptop())]);
+    assert_eq!((am.received("firing").unwrap(), am.received("resolved").unwrap()), (1.0, 1.0));
+    let (sent, _, dropped, queued, up) = counts(&reg, &url);
+    assert_eq!((sent, dropped, queued, up), (2.0, 0.0, 0.0, 1.0));
+    // Nothing more comes: no repeat of either.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(hook.notifications().len(), 2);
+    shutdown(notifier, Duration::from_secs(2));
 }

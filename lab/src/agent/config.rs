@@ -92,7 +92,7 @@ impl Config {
             .poll_interval
             .map_or(String::new(), |p| format!("poll_interval: {}ms\n", p.as_millis()));
         format!(
-            "interface: {}\nlan_prefixes: [{}]\n{poll}metrics_listen: {}\npin_path: {}\nstate_path: {}\n{}",
+            "interface: {}\nlan_prefixes: [{}]\n{poll}metrics_listen: \"{}\"\npin_path: {}\nstate_path: {}\n{}",
             self.interface,
             prefixes.join(", "),
             self.metrics_listen,
@@ -116,7 +116,7 @@ mod tests {
         assert_eq!(
             c.yaml(),
             "interface: lan0\nlan_prefixes: [\"10.77.1.0/24\", \"fd77:1::/64\"]\npoll_interval: 200ms\n\
-             metrics_listen: 127.0.0.1:9977\npin_path: /sys/fs/bpf/x\nstate_path: /tmp/s.json\n\
+             metrics_listen: \"127.0.0.1:9977\"\npin_path: /sys/fs/bpf/x\nstate_path: /tmp/s.json\n\
              inventory:\n  devices: []\ntc_attach: netlink\n"
         );
         let d =

@@ -75,6 +75,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let shown: Vec<String> = prefixes.iter().map(ToString::to_string).collect();
     info!(prefixes = %shown.join(", "), "clients are the hosts inside these LAN prefixes");
     raise_memlock_limit();
+    raise_open_files_limit(&config);
 
     let mut policy = config.load_policy()?;
     policy.allow_lan_resolvers(&prefixes);
@@ -140,8 +141,13 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         Notifier::start(&config.alerting, config.poll_interval, &|c| metrics.register(c))?;
     let listener = server::bind(config.metrics_listen).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let http =
-        tokio::spawn(server::serve(listener, metrics.clone(), pipeline.view.clone(), stop_rx));
+    let http = tokio::spawn(server::serve(
+        listener,
+        metrics.clone(),
+        pipeline.view.clone(),
+        config.http,
+        stop_rx,
+    ));
     info!(
         interface = %config.interface,
         xdp = attachment.xdp_mode,
@@ -260,6 +266,7 @@ fn reload(
         ("pin_path", new.pin_path != running.pin_path),
         ("state_path", new.state_path != running.state_path),
         ("metrics_listen", new.metrics_listen != running.metrics_listen),
+        ("http", new.http != running.http),
         ("xdp_mode", new.xdp_mode != running.xdp_mode),
         ("tc_attach", new.tc_attach != running.tc_attach),
         ("poll_interval", new.poll_interval != running.poll_interval),
@@ -288,6 +295,7 @@ fn reload(
     applied.pin_path = running.pin_path.clone();
     applied.state_path = running.state_path.clone();
     applied.metrics_listen = running.metrics_listen;
+    applied.http = running.http;
     applied.xdp_mode = running.xdp_mode;
     applied.tc_attach = running.tc_attach;
     applied.poll_interval = running.poll_interval;
@@ -302,6 +310,37 @@ fn save_state(config: &Config, pipeline: &Pipeline, metrics: &Metrics) {
             metrics.state_save_failures.inc();
             warn!("saving state failed (counters would restart after a crash): {e:#}");
         }
+    }
+}
+
+/// File descriptors the agent needs besides HTTP connections: maps, programs, the state file,
+/// lease files, databases, Alertmanager connections.
+const FD_RESERVE: u64 = 256;
+
+/// Raises the soft open-files limit to the hard one (systemd's LimitNOFILE sets both), and
+/// says so when it is still too low for `http.max_connections` plus the agent's own needs.
+fn raise_open_files_limit(config: &Config) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    let needed = config.http.max_connections as u64 + FD_RESERVE;
+    if limit.rlim_cur < needed {
+        warn!(
+            limit = limit.rlim_cur,
+            needed,
+            "the open-files limit is below http.max_connections + {FD_RESERVE}: raise LimitNOFILE \
+             or lower http.max_connections"
+        );
     }
 }
 

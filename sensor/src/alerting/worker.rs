@@ -15,7 +15,7 @@ use super::{
     client::{self, Endpoint, Validity},
     error::AlertingError,
     metrics::TargetMetrics,
-    queue::AlertQueue,
+    queue::{AlertQueue, NextSend},
     schedule::{LastSent, backoff, jittered, needs_sending},
 };
 use crate::types::alert::{Alert, AlertStatus};
@@ -40,8 +40,10 @@ pub(crate) struct Offered {
 }
 
 impl Outbox {
-    pub fn new(capacity: usize) -> Outbox {
-        Outbox { queue: AlertQueue::new(capacity), last_sent: HashMap::new() }
+    /// `max_hold`: longest a resolution waits behind its late firing state (the resend
+    /// interval: Alertmanager has notified a firing alert by then with any usual group_wait).
+    pub fn new(capacity: usize, max_hold: Duration) -> Outbox {
+        Outbox { queue: AlertQueue::new(capacity, max_hold), last_sent: HashMap::new() }
     }
 
     /// Queues the alerts of this poll that need sending (`get(i)` builds `alerts[i]`), and
@@ -65,6 +67,7 @@ impl Outbox {
             }
         }
         self.last_sent.retain(|fp, _| current.contains(fp));
+        self.queue.forget_delivered(|fp| current.contains(&fp));
         offered
     }
 }
@@ -117,7 +120,7 @@ impl Target {
         let shared = Arc::new(Shared {
             url: url.to_string(),
             state: Mutex::new(State {
-                outbox: Outbox::new(capacity),
+                outbox: Outbox::new(capacity, validity.resend_interval),
                 endpoint: Arc::new(endpoint),
                 validity,
                 stop: Stop::Running,
@@ -160,7 +163,7 @@ impl Target {
         let mut state = self.shared.lock();
         state.endpoint = Arc::new(endpoint);
         state.validity = validity;
-        let dropped = state.outbox.queue.set_capacity(capacity);
+        let dropped = state.outbox.queue.set_limits(capacity, validity.resend_interval);
         self.shared.metrics.queue_length.set(state.outbox.queue.len() as i64);
         drop(state);
         self.note_dropped(dropped);
@@ -216,11 +219,14 @@ fn run(shared: &Shared) {
         let (batch, endpoint, validity, limit) = {
             let mut state = shared.lock();
             let limit = loop {
+                let next = state.outbox.queue.next_send(Instant::now());
                 match state.stop {
                     Stop::Abort => return,
                     Stop::Flush { deadline } => {
                         let now = Instant::now();
-                        if state.outbox.queue.is_empty() || now >= deadline || flush_failed {
+                        // Delayed resolutions are not waited for: their firing alert ends at
+                        // its endsAt in Alertmanager anyway.
+                        if next != NextSend::Now || now >= deadline || flush_failed {
                             return;
                         }
                         break Some(deadline - now);
@@ -238,13 +244,22 @@ fn run(shared: &Shared) {
                         continue;
                     }
                 }
-                if state.outbox.queue.is_empty() {
-                    state = shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
-                    continue;
+                match next {
+                    NextSend::Now => break None,
+                    NextSend::At(at) => {
+                        let wait = at.saturating_duration_since(Instant::now());
+                        state = shared
+                            .wake
+                            .wait_timeout(state, wait)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    }
+                    NextSend::Idle => {
+                        state = shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+                    }
                 }
-                break None;
             };
-            let batch = state.outbox.queue.take_batch(MAX_BATCH);
+            let batch = state.outbox.queue.take_batch(MAX_BATCH, Instant::now());
             shared.metrics.queue_length.set(state.outbox.queue.len() as i64);
             (batch, state.endpoint.clone(), state.validity, limit)
         };
@@ -261,6 +276,8 @@ fn run(shared: &Shared) {
         }
         match result {
             Ok(()) => {
+                state.outbox.queue.settle(&batch, true, Instant::now());
+                shared.metrics.queue_length.set(state.outbox.queue.len() as i64);
                 shared.metrics.sent.inc_by(count as u64);
                 shared.metrics.set_up(true);
                 if failures > 0 {
@@ -285,6 +302,7 @@ fn run(shared: &Shared) {
                 warn!(alertmanager = url, alerts = count, failures, retry_in = ?wait, "cannot send alerts to Alertmanager: {e}");
             }
             Err(e) => {
+                state.outbox.queue.settle(&batch, false, Instant::now());
                 shared.metrics.failed.inc_by(count as u64);
                 shared.metrics.set_up(false);
                 error!(
@@ -343,21 +361,24 @@ mod tests {
 
     #[test]
     fn polls_on_synthetic_time() {
-        let mut outbox = Outbox::new(10);
+        let mut outbox = Outbox::new(10, Duration::from_secs(60));
         let times = queued_at(&mut outbox, (0..=1200).step_by(5));
         let mut want = vec![0, 60, 120, 150];
         want.extend((210..=1050).step_by(60));
         assert_eq!(times, want);
-        // Queue: one entry per alert, the latest state (resolved).
-        assert_eq!(outbox.queue.len(), 1);
-        assert!(outbox.queue.take_batch(64)[0].alert.resolved_at.is_some());
+        // Never delivered (no Alertmanager took it): the firing state stays queued, the
+        // resolution waits behind it.
+        assert_eq!(outbox.queue.len(), 2);
+        let batch = outbox.queue.take_batch(64, Instant::now());
+        assert_eq!(batch.len(), 1);
+        assert!(batch[0].alert.resolved_at.is_none());
         // No longer passed: forgotten.
         assert!(outbox.last_sent.is_empty());
     }
 
     #[test]
     fn refiring_after_resolution_is_sent_at_once() {
-        let mut outbox = Outbox::new(10);
+        let mut outbox = Outbox::new(10, Duration::from_secs(60));
         let resend = Duration::from_secs(60);
         let mut alert = Arc::unwrap_or_clone(evaluator(150).remove(0));
         let fp = alert.fingerprint();

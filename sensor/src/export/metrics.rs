@@ -67,6 +67,8 @@ pub struct Metrics {
     pub policy_series_dropped: IntCounter,
     pub config_last_reload_successful: IntGauge,
     pub config_reload_failures: IntCounter,
+    pub http_connections: IntGauge,
+    pub http_connections_closed: IntCounterVec,
     traffic: RwLock<Arc<Traffic>>,
 }
 
@@ -145,6 +147,26 @@ impl Metrics {
                 "config_reload_failures_total",
                 "SIGHUP reloads refused because the new config or policy was invalid.",
             )?,
+            http_connections: gauge(
+                "http_connections",
+                "HTTP connections open now (/metrics, /healthz, the API).",
+            )?,
+            http_connections_closed: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "http_connections_closed_total",
+                        "HTTP connections the agent closed, by reason: address_limit, limit (refused at once), evicted (for a client with fewer connections), header_timeout, write_timeout.",
+                    ),
+                    &["reason"],
+                )?;
+                families.register(Box::new(c.clone()))?;
+                for reason in
+                    ["address_limit", "limit", "evicted", "header_timeout", "write_timeout"]
+                {
+                    c.with_label_values(&[reason]);
+                }
+                c
+            },
             poll_duration,
             flows_tracked: gauge(
                 "flows_tracked",

@@ -1,10 +1,17 @@
 //! HTTP endpoints: `/metrics` for Prometheus, `/healthz` for service managers, and the local
-//! JSON API under `/api/v1/` (docs/api.md).
+//! JSON API under `/api/v1/` (docs/api.md); and the limits that keep one client from holding
+//! the server: connections overall and per client address, a deadline for each request head
+//! (idle keep-alive time included) and for a response the client stops reading.
 
 use std::{
+    collections::{HashMap, VecDeque},
     convert::Infallible,
-    net::SocketAddr,
-    sync::{Arc, RwLock},
+    io,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::{Arc, Mutex, MutexGuard, RwLock},
+    task::{Context, Poll},
+    time::Duration,
 };
 
 use axum::{
@@ -15,10 +22,79 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
+use prometheus::{IntCounterVec, IntGauge};
 use serde::Deserialize;
-use tokio::sync::watch;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+    sync::watch,
+    task::AbortHandle,
+};
+use tracing::{debug, warn};
 
 use super::{api::LiveView, metrics::Metrics};
+
+/// Who may hold the server's connections, and how long (`http:` in sensor.yaml). The file
+/// descriptors of the whole agent come from one limit (`LimitNOFILE`): a connection limit
+/// keeps clients from taking the ones polling and saving need.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Connections open at once, all clients together; more are closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Connections open at once from one client address.
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
+    /// Time a client has to send a whole request head, from connecting or from the end of its
+    /// previous response (so also how long an idle keep-alive connection stays open).
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A response the client reads nothing of for this long is cut and its connection closed.
+    #[serde(default = "default_write_timeout", with = "humantime_serde")]
+    pub write_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_connections: default_max_connections(),
+            max_connections_per_address: default_max_connections_per_address(),
+            header_timeout: default_header_timeout(),
+            write_timeout: default_write_timeout(),
+        }
+    }
+}
+
+fn default_max_connections() -> usize {
+    64
+}
+fn default_max_connections_per_address() -> usize {
+    8
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_write_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// The server's own metrics.
+#[derive(Clone)]
+struct ServerMetrics {
+    open: IntGauge,
+    closed: IntCounterVec,
+}
+
+impl ServerMetrics {
+    fn closed(&self, reason: &str) {
+        self.closed.with_label_values(&[reason]).inc();
+    }
+}
 
 /// What can go wrong in serving the metrics and the API.
 #[derive(Debug, thiserror::Error)]
@@ -104,18 +180,246 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     view: SharedView,
+    limits: HttpConfig,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ExportError> {
+    let counters = ServerMetrics {
+        open: metrics.http_connections.clone(),
+        closed: metrics.http_connections_closed.clone(),
+    };
     let app = Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/v1/clients", get(clients))
         .route("/api/v1/flows", get(flows))
         .with_state(AppState { metrics, view });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
-        .map_err(|source| ExportError::Serve { source })
+    let slots = Slots::new(limits, counters);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = stopped(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors (or another transient error): wait for
+                    // connections to close instead of spinning on accept.
+                    warn!("accepting an HTTP connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // Reap finished connections so the set does not grow with them.
+        while connections.try_join_next().is_some() {}
+        let address = peer.ip();
+        slots.admit(address, |slot| {
+            let _ = stream.set_nodelay(true);
+            let io = TokioIo::new(WriteDeadline::new(stream, limits.write_timeout));
+            let service = TowerToHyperService::new(app.clone());
+            connections.spawn(async move {
+                let served = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_timeout)
+                    .serve_connection(io, service)
+                    .await;
+                if let Err(e) = served {
+                    if e.is_timeout() {
+                        slot.closed("header_timeout");
+                    } else if timed_out_writing(&e) {
+                        slot.closed("write_timeout");
+                    }
+                    debug!(%peer, "HTTP connection ended: {e}");
+                }
+            })
+        });
+    }
+    // Stopping: the agent has saved its state; open connections are cut.
+    connections.shutdown().await;
+    Ok(())
+}
+
+/// Returns once `stop` is true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Whether a connection ended because [`WriteDeadline`] cut it.
+fn timed_out_writing(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::TimedOut) {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// Open connections, by client address, oldest first.
+struct Slots {
+    limits: HttpConfig,
+    metrics: ServerMetrics,
+    open: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    next_id: u64,
+    total: usize,
+    by_address: HashMap<IpAddr, VecDeque<(u64, AbortHandle)>>,
+}
+
+/// One open connection; frees its place when dropped.
+struct Slot {
+    slots: Arc<Slots>,
+    address: IpAddr,
+    id: u64,
+}
+
+impl Slot {
+    fn closed(&self, reason: &str) {
+        self.slots.metrics.closed(reason);
+    }
+}
+
+impl Slots {
+    fn new(limits: HttpConfig, metrics: ServerMetrics) -> Arc<Slots> {
+        Arc::new(Slots { limits, metrics, open: Mutex::new(Open::default()) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Open> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits a connection from `address` (`start` starts serving it), or refuses it. When
+    /// all places are taken, the address holding the most connections gives up its oldest,
+    /// if it holds more than the newcomer's: one client cannot lock the others (a Prometheus
+    /// scraping from its own address) out.
+    fn admit(self: &Arc<Self>, address: IpAddr, start: impl FnOnce(Slot) -> AbortHandle) {
+        let mut open = self.lock();
+        let mine = open.by_address.get(&address).map_or(0, VecDeque::len);
+        if mine >= self.limits.max_connections_per_address {
+            self.metrics.closed("address_limit");
+            return;
+        }
+        if open.total >= self.limits.max_connections {
+            let hog = open
+                .by_address
+                .iter()
+                .max_by_key(|(_, conns)| conns.len())
+                .filter(|(_, conns)| conns.len() > mine + 1)
+                .map(|(a, _)| *a);
+            let Some(hog) = hog else {
+                self.metrics.closed("limit");
+                return;
+            };
+            if let Some((_, handle)) = open.by_address.get_mut(&hog).and_then(VecDeque::pop_front) {
+                handle.abort();
+                open.total -= 1;
+                self.metrics.closed("evicted");
+            }
+        }
+        let id = open.next_id;
+        open.next_id += 1;
+        // Registered before the lock is released: the connection's Slot, dropped when it
+        // ends (even at once), finds itself.
+        let handle = start(Slot { slots: Arc::clone(self), address, id });
+        open.by_address.entry(address).or_default().push_back((id, handle));
+        open.total += 1;
+        self.metrics.open.set(open.total as i64);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.slots.lock();
+        let Some(conns) = open.by_address.get_mut(&self.address) else { return };
+        let Some(i) = conns.iter().position(|(id, _)| *id == self.id) else { return };
+        conns.remove(i);
+        if conns.is_empty() {
+            open.by_address.remove(&self.address);
+        }
+        open.total -= 1;
+        self.slots.metrics.open.set(open.total as i64);
+    }
+}
+
+/// A connection whose writes fail once the client has accepted nothing for `timeout`: a
+/// client that stops reading cannot hold a response (and its connection) forever.
+struct WriteDeadline {
+    inner: TcpStream,
+    timeout: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl WriteDeadline {
+    fn new(inner: TcpStream, timeout: Duration) -> WriteDeadline {
+        WriteDeadline { inner, timeout, stalled: None }
+    }
+
+    /// Passes a write's result through, starting the stall clock when it is pending.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if result.is_ready() {
+            self.stalled = None;
+            return result;
+        }
+        let timeout = self.timeout;
+        let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stalled.as_mut().poll(cx).is_ready() {
+            self.stalled = None;
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read nothing of the response for http.write_timeout",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl AsyncRead for WriteDeadline {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WriteDeadline {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, result)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, result)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch(cx, result)
+    }
 }
