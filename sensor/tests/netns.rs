@@ -331,7 +331,7 @@ fn bridge_two_clients_exact_counts() {
         &agent,
         &scrape,
         "gwsensor_xdp_attach_mode",
-        &[("interface", "br-lan"), ("mode", "generic")],
+        &[("interface", "br-lan"), ("mode", "tc_ingress")],
         1.0,
     );
     assert_gauge(
