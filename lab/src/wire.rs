@@ -197,3 +197,81 @@ pub fn link_counters(ns: &str, ifname: &str) -> anyhow::Result<LinkCounters> {
         tx_bytes: n("tx", "bytes")?,
     })
 }
+
+/// A capture of what crosses an interface (dumpcap, inside the interface's namespace), written
+/// to a pcap file: the wire's own account of frames and bytes. Checked against the
+/// interface's own frame counters when it stops, so a capture that missed frames fails loudly
+/// instead of passing for the truth.
+pub struct Capture {
+    process: crate::Process,
+    path: std::path::PathBuf,
+    ns: String,
+    ifname: String,
+    before: LinkCounters,
+}
+
+impl Capture {
+    /// Starts capturing on `ifname` in `ns` into `<lab dir>/<name>.pcap`; returns once dumpcap
+    /// says it is capturing.
+    pub fn start(lab: &crate::Lab, ns: &str, ifname: &str, name: &str) -> anyhow::Result<Capture> {
+        let path = lab.dir().join(format!("{name}.pcap"));
+        let mut cmd = std::process::Command::new("dumpcap");
+        cmd.args(["-q", "-P", "-i", ifname, "-w"]).arg(&path);
+        let process = lab.spawn(ns, cmd)?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !process.log().contains("Capturing on") {
+            if process.try_wait()?.is_some() || std::time::Instant::now() > deadline {
+                bail!("dumpcap did not start capturing on {ifname} in {ns}:\n{}", process.log());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // Said is not yet done on a loaded machine: give the capture a moment to be live.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let before = link_counters(ns, ifname)?;
+        Ok(Capture { process, path, ns: ns.into(), ifname: ifname.into(), before })
+    }
+
+    /// Stops the capture (SIGINT: dumpcap writes out what it has) and returns the file, after
+    /// checking that it holds as many frames as the interface sent and received meanwhile.
+    pub fn finish(self) -> anyhow::Result<std::path::PathBuf> {
+        let after = link_counters(&self.ns, &self.ifname)?;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        self.process.signal(nix::sys::signal::Signal::SIGINT)?;
+        if self.process.wait_timeout(std::time::Duration::from_secs(10))?.is_none() {
+            bail!("dumpcap did not stop within 10 s:\n{}", self.process.log());
+        }
+        let crossed = (after.rx_packets + after.tx_packets)
+            - (self.before.rx_packets + self.before.tx_packets);
+        let (captured, _) = capture_frames(&self.path, "frame")?;
+        if captured != crossed {
+            bail!(
+                "the capture on {} in {} holds {captured} frames where the interface counted \
+                 {crossed}: not a complete record of the wire\n{}",
+                self.ifname,
+                self.ns,
+                self.process.log()
+            );
+        }
+        Ok(self.path)
+    }
+}
+
+/// (frames, bytes) of a capture's frames that match a tshark display filter (`frame.len`:
+/// the frame as captured, FCS excluded).
+pub fn capture_frames(pcap: &std::path::Path, filter: &str) -> anyhow::Result<(u64, u64)> {
+    let out = std::process::Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(pcap)
+        .args(["-Y", filter, "-T", "fields", "-e", "frame.len"])
+        .output()
+        .context("running tshark")?;
+    if !out.status.success() {
+        bail!("tshark -Y {filter}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut n = (0, 0);
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let len: u64 = l.trim().parse().with_context(|| format!("frame.len {l:?}"))?;
+        n = (n.0 + 1, n.1 + len);
+    }
+    Ok(n)
+}
