@@ -14,7 +14,8 @@
 //! CLI), [`alertmanager`] and [`prometheus`] (the real services, in a namespace or on the
 //! host's loopback, the latter without root), [`dashboards`] (the Grafana dashboards read,
 //! checked and run), [`http`] (the one HTTP client), [`ledger`] (expected counts), [`wait`]
-//! (deadlines) and [`docs`] (benchmark sections and the machine they ran on).
+//! (deadlines), [`wire`] (frames sent by hand, offloads, link counters) and [`docs`]
+//! (benchmark sections and the machine they ran on).
 
 pub mod agent;
 pub mod alertmanager;
@@ -33,6 +34,7 @@ pub mod services;
 mod topology;
 mod traffic;
 pub mod wait;
+pub mod wire;
 
 pub use agent::Agent;
 pub use cmd::{bridge, ip, run};
@@ -42,7 +44,7 @@ pub use process::{Process, tail};
 pub use topology::{
     Client, Gateway, Internet, LAN_PREFIXES, LanKind, Topology, TopologyBuilder, mac_text,
 };
-pub use traffic::{TcpForwarder, UdpReceiver, send_icmpv6, send_udp};
+pub use traffic::{TcpForwarder, UdpReceiver, send_icmpv6, send_udp, tcp_upload};
 
 use std::sync::{
     Arc,

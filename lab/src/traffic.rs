@@ -236,3 +236,36 @@ fn relay(a: TcpStream, b: TcpStream) -> std::io::Result<()> {
     });
     Ok(())
 }
+
+/// Sends `bytes` over one TCP connection from namespace `client_ns` to a server this starts
+/// at `to` in `server_ns`, which reads to the end and closes. Returns once the client has seen
+/// the server close too, so the whole connection (handshake, data, both FINs) has been sent
+/// but for the client's last ACK, already on its way.
+pub fn tcp_upload(
+    client_ns: &str,
+    server_ns: &str,
+    to: SocketAddr,
+    bytes: usize,
+) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let listener = in_netns(server_ns, || TcpListener::bind(to))?
+        .with_context(|| format!("listening on {to} in {server_ns}"))?;
+    let server = std::thread::spawn(move || -> anyhow::Result<usize> {
+        let (mut conn, _) = listener.accept()?;
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got)?;
+        Ok(got.len())
+    });
+    let mut conn = in_netns(client_ns, || TcpStream::connect_timeout(&to, Duration::from_secs(5)))?
+        .with_context(|| format!("connecting to {to} from {client_ns}"))?;
+    let data: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
+    conn.write_all(&data).with_context(|| format!("sending {bytes} bytes to {to}"))?;
+    conn.shutdown(Shutdown::Write)?;
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest)?;
+    let received = server.join().map_err(|_| anyhow::anyhow!("the TCP server panicked"))??;
+    if received != bytes {
+        bail!("the server at {to} received {received} of {bytes} bytes");
+    }
+    Ok(())
+}

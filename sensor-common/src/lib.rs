@@ -24,6 +24,8 @@ pub mod names {
     pub const LAN_PREFIXES: &str = "LAN_PREFIXES";
     pub const XDP_PROGRAM: &str = "gwsensor_xdp";
     pub const TC_PROGRAM: &str = "gwsensor_tc";
+    /// TC ingress: uploads where the interface has no native XDP (a bridge).
+    pub const TC_INGRESS_PROGRAM: &str = "gwsensor_tc_ingress";
     /// A program that only returns XDP_PASS: the baseline of `cargo xtask bench`.
     pub const XDP_PASS_PROGRAM: &str = "gwsensor_xdp_pass";
 }
@@ -154,6 +156,30 @@ pub const fn wire_bytes(len: u64, segs: u32, header_len: u64, per_frame: u64) ->
     let segs = if segs > 1 { segs as u64 } else { 1 };
     len + (segs - 1) * header_len + segs * per_frame
 }
+
+/// Frames a packet leaves as. An skb with `gso_size` set is a GSO packet: `gso_segs` frames
+/// when the kernel counted them, else (a packet from a packet socket or tap/tun with a
+/// virtio_net_hdr, whose `gso_segs` stays 0 until the kernel segments it) as many as its
+/// payload (`len` minus the `header_len` bytes of headers) fills at `gso_size` bytes each,
+/// which is what segmentation makes of it. Anything else is one frame.
+pub const fn wire_frames(len: u64, header_len: u64, gso_segs: u32, gso_size: u32) -> u32 {
+    if gso_segs > 1 {
+        return gso_segs;
+    }
+    if gso_size == 0 || gso_segs == 1 || len <= header_len {
+        return 1;
+    }
+    let frames = (len - header_len).div_ceil(gso_size as u64);
+    if frames > u32::MAX as u64 { u32::MAX } else { frames as u32 }
+}
+
+/// The deepest a header the parser reads can end: Ethernet, [`MAX_VLAN_TAGS`] tags, an IPv6
+/// header, [`MAX_IPV6_EXT_HEADERS`] extension headers of the largest size (2,048 bytes: a
+/// length byte of 255 in 8-byte units), a TCP header with the most options (60). TC makes this
+/// much of the packet linear (or the whole packet, if shorter) when an IPv6 extension header
+/// follows the IPv6 header, so that the walk never stops at the end of the linear area.
+pub const MAX_HEADER_DEPTH: u32 =
+    14 + 4 * MAX_VLAN_TAGS as u32 + 40 + 2048 * MAX_IPV6_EXT_HEADERS as u32 + 60;
 
 /// One LAN prefix, IPv4-mapped like [`FlowKey`] addresses, as four 32-bit words in network
 /// byte order (the kernel compares `ip & mask == addr` word by word).
@@ -402,5 +428,20 @@ mod tests {
         assert_eq!(wire_bytes(66 + 3000, 3, 66, 4), 3 * (66 + 1000 + 4));
         // UDP GSO over IPv6 with a short last segment: 62-byte headers, 1000 + 1000 + 500.
         assert_eq!(wire_bytes(62 + 2500, 3, 62, 4), (62 + 1000 + 4) * 2 + (62 + 500 + 4));
+    }
+
+    #[test]
+    fn wire_frames_trusts_gso_segs_else_divides_the_payload_by_gso_size() {
+        // Not GSO.
+        assert_eq!(wire_frames(1514, 54, 0, 0), 1);
+        // The kernel counted the segments (a local TCP send, a GRO-merged packet).
+        assert_eq!(wire_frames(66 + 3000, 66, 3, 1000), 3);
+        // A virtio_net_hdr GSO packet: gso_segs 0 until segmentation. 10 segments of 1448 and
+        // one of 1 byte; and a payload that is an exact multiple.
+        assert_eq!(wire_frames(66 + 14_481, 66, 0, 1448), 11);
+        assert_eq!(wire_frames(54 + 14_480, 54, 0, 1448), 10);
+        // One segment, or no payload at all: one frame.
+        assert_eq!(wire_frames(66 + 100, 66, 1, 1448), 1);
+        assert_eq!(wire_frames(66, 66, 0, 1448), 1);
     }
 }

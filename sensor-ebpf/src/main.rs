@@ -1,6 +1,8 @@
 //! Kernel side of the gateway sensor: counts every LAN client's packets and bytes per remote
 //! endpoint. XDP on the LAN interface sees uploads (client → anywhere), a TC classifier on its
-//! egress sees downloads (anywhere → client). Both always let the packet through unchanged.
+//! egress sees downloads (anywhere → client); where the interface has no native XDP (a bridge),
+//! a TC classifier on its ingress sees the uploads instead. All always let the packet through
+//! unchanged.
 //!
 //! No CO-RE and no kernel BTF: the programs touch only packet bytes and stable `__sk_buff`
 //! fields, so they load on router kernels built without `/sys/kernel/btf/vmlinux`.
@@ -29,19 +31,21 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use core::mem::MaybeUninit;
-use sensor_common::{Direction, EventOutcome, FlowKey, Stat, wire_bytes};
+use sensor_common::{
+    Direction, EventOutcome, FlowKey, MAX_HEADER_DEPTH, Stat, wire_bytes, wire_frames,
+};
 
 use crate::{
     account::{account, bump_stat, coarse_now},
     events::{EventStart, MAX_PAYLOAD_OFF, allow_event, bump_event, emit, event_kind},
     maps::{EVENT_PENDING, EVENT_TAIL},
-    parse::{Packet, parse},
+    parse::{Packet, ipv6_ext_chain, parse},
 };
 
 #[xdp]
 pub fn gwsensor_xdp(ctx: XdpContext) -> u32 {
     let pkt = Packet { data: ctx.data(), end: ctx.data_end() };
-    let size = Size { len: (pkt.end - pkt.data) as u64, segs: 1, per_frame: 0 };
+    let size = Size { len: (pkt.end - pkt.data) as u64, gso_segs: 0, gso_size: 0, per_frame: 0 };
     let mut key = MaybeUninit::uninit();
     observe(&ctx, pkt, &mut key, Direction::Upload, size, |key, ev| {
         if let Some(slot) = EVENT_PENDING.get_ptr_mut(0) {
@@ -73,29 +77,61 @@ pub fn gwsensor_xdp_pass(_ctx: XdpContext) -> u32 {
 
 #[classifier]
 pub fn gwsensor_tc(ctx: TcContext) -> i32 {
+    tc_observe(&ctx, Direction::Download)
+}
+
+/// Uploads on an interface without native XDP (a bridge such as `br-lan`): generic XDP would
+/// see a GRO-merged packet as one, while TC has its segment count.
+#[classifier]
+pub fn gwsensor_tc_ingress(ctx: TcContext) -> i32 {
+    tc_observe(&ctx, Direction::Upload)
+}
+
+/// The TC side of both directions: makes the headers linear, sizes the skb as the frames it is
+/// on the wire, counts it and emits its event directly (no tail call: `bpf_skb_load_bytes`
+/// copies what the verifier would refuse as packet reads).
+#[inline(always)]
+fn tc_observe(ctx: &TcContext, dir: Direction) -> i32 {
     // SAFETY: `skb` is the context pointer the kernel handed us; these fields are plain reads.
-    let (gso_segs, vlan_present) =
-        unsafe { ((*ctx.skb.skb).gso_segs, (*ctx.skb.skb).vlan_present) };
-    // Headers of a locally built or forwarded skb may sit outside the linear area: pull just
-    // enough for the deepest header we parse. Only paid when the linear part is short.
-    let want = core::cmp::min(ctx.len(), 256);
-    if ((ctx.data_end() - ctx.data()) as u32) < want {
-        let _ = ctx.pull_data(want);
+    let (gso_segs, gso_size, vlan_present) = unsafe {
+        let skb = ctx.skb.skb;
+        ((*skb).gso_segs, (*skb).gso_size, (*skb).vlan_present)
+    };
+    // Headers of a locally built or forwarded skb may sit outside the linear area (a packet
+    // socket's frame of a page or more has only its Ethernet header there): pull enough for
+    // the deepest header we parse. Only paid when the linear part is short; an IPv6 extension
+    // chain can end far beyond the usual 256 bytes, so it gets the parser's whole reach.
+    let len = ctx.len();
+    pull(ctx, core::cmp::min(len, SHALLOW_PULL));
+    if ipv6_ext_chain(Packet { data: ctx.data(), end: ctx.data_end() }) {
+        pull(ctx, core::cmp::min(len, MAX_HEADER_DEPTH));
     }
     let size = Size {
-        len: ctx.len() as u64,
-        // A GSO skb is several frames on the wire: count each, with its own copy of the headers.
-        segs: if gso_segs > 1 { gso_segs } else { 1 },
-        // Each of those frames carries the 802.1Q tag that TC sees as skb metadata.
+        len: len as u64,
+        gso_segs,
+        gso_size,
+        // Each frame carries the 802.1Q tag that TC sees as skb metadata.
         per_frame: if vlan_present != 0 { 4 } else { 0 },
     };
     let pkt = Packet { data: ctx.data(), end: ctx.data_end() };
     let mut key = MaybeUninit::uninit();
-    observe(&ctx, pkt, &mut key, Direction::Download, size, |key, ev| {
-        emit(&ctx, &ev.pending(key, Direction::Download));
+    observe(ctx, pkt, &mut key, dir, size, |key, ev| {
+        emit(ctx, &ev.pending(key, dir));
     });
     // "Unspecified": carry on with whatever else is attached (TCX next / next filter).
     TC_ACT_UNSPEC
+}
+
+/// What TC makes linear of every packet whose linear part is shorter: Ethernet, two VLAN tags,
+/// IPv4 with options and TCP with options end well before it.
+const SHALLOW_PULL: u32 = 256;
+
+/// Makes the first `want` bytes (at most the packet length) linear, if they are not yet.
+#[inline(always)]
+fn pull(ctx: &TcContext, want: u32) {
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        let _ = ctx.pull_data(want);
+    }
 }
 
 /// How much a packet weighs on the wire.
@@ -103,8 +139,9 @@ pub fn gwsensor_tc(ctx: TcContext) -> i32 {
 struct Size {
     /// The packet's length (an skb's: linear and paged data, its headers once).
     len: u64,
-    /// The frames it leaves as: a GSO skb's segments, else 1.
-    segs: u32,
+    /// An skb's `gso_segs` and `gso_size` (0 for XDP): see [`wire_frames`].
+    gso_segs: u32,
+    gso_size: u32,
     /// Bytes each frame carries besides (an offloaded VLAN tag).
     per_frame: u64,
 }
@@ -124,8 +161,9 @@ fn observe<C: EbpfContext>(
     // the outcomes, which saves an array update per packet.
     let (outcome, n) = match parse(pkt, dir, key) {
         Ok((key, header_len)) => {
-            let packets = size.segs as u64;
-            let bytes = wire_bytes(size.len, size.segs, header_len as u64, size.per_frame);
+            let segs = wire_frames(size.len, header_len as u64, size.gso_segs, size.gso_size);
+            let bytes = wire_bytes(size.len, segs, header_len as u64, size.per_frame);
+            let packets = segs as u64;
             let now = coarse_now();
             let outcome = account(key, dir, packets, bytes, now);
             // Counted before the event: XDP emits it through a tail call, which does not

@@ -186,6 +186,25 @@ pub(crate) fn parse(
     Ok((unsafe { key.assume_init_ref() }, header_len))
 }
 
+/// Is this an IPv6 packet whose header is followed by an extension header? Only those can have
+/// headers that end past TC's usual pull (see `tc_observe`); read from the linear part, with
+/// the parser's VLAN walk.
+#[inline(always)]
+pub(crate) fn ipv6_ext_chain(pkt: Packet) -> bool {
+    let Some(eth) = pkt.span::<ETH_HLEN>(0) else { return false };
+    let mut ethertype = u16::from_be(eth.get::<u16, 12>());
+    let mut off = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        let Some(tag) = pkt.span::<4>(off) else { return false };
+        ethertype = u16::from_be(tag.get::<u16, 2>());
+        off += 4;
+    }
+    ethertype == ETH_P_IPV6 && pkt.span::<40>(off).is_some_and(|ip| is_ipv6_ext(ip.get::<u8, 6>()))
+}
+
 /// What the L3 parsers found besides the addresses (which they write into the key).
 struct L3 {
     /// IPv6 (addresses are native), not IPv4 (addresses are IPv4-mapped).

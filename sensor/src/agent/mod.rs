@@ -32,7 +32,7 @@ use crate::{
         collector::KernelMaps,
         events,
         loader::{self, LoadOptions},
-        netif,
+        netif, offload,
     },
     policy::eval::Evaluator,
 };
@@ -119,6 +119,21 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         .tc_attach_mode
         .with_label_values(&[config.interface.as_str(), attachment.tc_mode])
         .set(1);
+
+    let offload = offload::detect(Path::new(offload::OPENWRT_FIREWALL));
+    metrics.flow_offload.with_label_values(&["software"]).set(offload.software.into());
+    metrics.flow_offload.with_label_values(&["hardware"]).set(offload.hardware.into());
+    if offload.software || offload.hardware {
+        warn!(
+            software = offload.software,
+            hardware = offload.hardware,
+            seen = offload.sources.join("; "),
+            "flow offloading is on: an offloaded flow's packets can bypass the interface the \
+             sensor watches (hardware offload: the CPU too), and are then not counted; turn \
+             off flow_offloading and flow_offloading_hw (OpenWrt: Network > Firewall) for \
+             exact counts (docs/deploy.md)"
+        );
+    }
 
     let saved = state::load(&config.state_path)?;
     let mut pipeline = Pipeline {

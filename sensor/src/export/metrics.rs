@@ -54,6 +54,7 @@ pub struct Metrics {
     pub clients_capacity: IntGauge,
     pub xdp_attach_mode: IntGaugeVec,
     pub tc_attach_mode: IntGaugeVec,
+    pub flow_offload: IntGaugeVec,
     pub state_save_failures: IntGauge,
     pub events_received: IntCounterVec,
     pub events_dropped: IntCounter,
@@ -193,6 +194,11 @@ impl Metrics {
                 "tc_attach_mode",
                 "How the TC egress program is attached (1 for the mode in use).",
                 &["interface", "mode"],
+            )?,
+            flow_offload: gauge_vec(
+                "flow_offload",
+                "1 when the router offloads flows (kind software or hardware), which the sensor then partly misses.",
+                &["kind"],
             )?,
             state_save_failures: gauge(
                 "state_save_failures",

@@ -98,17 +98,15 @@ pub enum KernelError {
     /// `mode`: "driver" or "generic".
     #[error("attaching XDP in {mode} mode to {interface}")]
     AttachXdp { mode: &'static str, interface: String, source: ProgramError },
-    /// Auto mode: driver mode failed with `driver`, then generic mode with `source`.
-    #[error("attaching XDP to {interface} (driver mode failed first: {driver})")]
-    AttachXdpFallback { interface: String, driver: Box<ProgramError>, source: ProgramError },
+    /// `side`: "egress" or "ingress".
     #[error(
-        "attaching TC egress with TCX to {interface} (needs kernel 6.6+; try `tc_attach: netlink`)"
+        "attaching TC {side} with TCX to {interface} (needs kernel 6.6+; try `tc_attach: netlink`)"
     )]
-    AttachTcx { interface: String, source: ProgramError },
+    AttachTcx { side: &'static str, interface: String, source: ProgramError },
     #[error("adding a clsact qdisc to {interface}")]
     AddClsact { interface: String, source: TcError },
-    #[error("attaching the TC egress filter to {interface}")]
-    AttachTc { interface: String, source: ProgramError },
+    #[error("attaching the TC {side} filter to {interface}")]
+    AttachTc { side: &'static str, interface: String, source: ProgramError },
 
     #[error("reading the possible CPUs from {file}")]
     PossibleCpus { file: &'static str, source: io::Error },

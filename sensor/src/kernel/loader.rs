@@ -194,20 +194,37 @@ fn check_pinned<K, V>(path: &Path, capacity: &mut u32) -> Result<(), KernelError
 /// How the programs ended up attached, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attachment {
+    /// The upload hook: `driver` or `generic` XDP, or `tc_ingress` (TC, attached the way
+    /// `tc_mode` says) where the interface has no native XDP.
     pub xdp_mode: &'static str,
     pub tc_mode: &'static str,
 }
 
-/// Verifies and attaches both programs to `iface`. The links live as long as `ebpf`: dropping
-/// it detaches them (traffic then flows uncounted; the pinned maps keep their counts).
+/// Verifies and attaches the programs to `iface`: the upload hook (native XDP; where the
+/// interface has none, TC ingress in `auto` mode, generic XDP when forced) and TC egress. The
+/// links live as long as `ebpf`: dropping it detaches them (traffic then flows uncounted; the
+/// pinned maps keep their counts).
 pub fn attach(
     ebpf: &mut Ebpf,
     iface: &str,
     xdp: XdpMode,
     tc: TcAttach,
 ) -> Result<Attachment, KernelError> {
-    let xdp_mode = attach_xdp(ebpf, iface, xdp)?;
-    let tc_mode = attach_tc(ebpf, iface, tc)?;
+    let upload = attach_xdp(ebpf, iface, xdp)?;
+    let tc_mode = attach_tc(ebpf, iface, tc, TcAttachType::Egress)?;
+    let xdp_mode = match upload {
+        Some(mode) => mode,
+        None => {
+            let ingress = attach_tc(ebpf, iface, tc, TcAttachType::Ingress)?;
+            info!(
+                interface = iface,
+                attach = ingress,
+                "uploads counted on TC ingress: no native XDP here, and generic XDP would see \
+                 a GRO-merged packet as one"
+            );
+            "tc_ingress"
+        }
+    };
     Ok(Attachment { xdp_mode, tc_mode })
 }
 
@@ -248,20 +265,27 @@ where
     Ok(prog)
 }
 
-/// Verifies the counting programs (XDP, TC and the XDP baseline) without attaching them: what
-/// `BPF_PROG_TEST_RUN` needs, for the kernel tests and the benchmarks.
+/// Verifies the counting programs (XDP, both TC programs and the XDP baseline) without
+/// attaching them: what `BPF_PROG_TEST_RUN` needs, for the kernel tests and the benchmarks.
 pub fn verify_for_test_runs(ebpf: &mut Ebpf) -> Result<(), KernelError> {
     verified::<Xdp>(ebpf, names::XDP_PROGRAM, "XDP")?;
     verified::<Xdp>(ebpf, names::XDP_PASS_PROGRAM, "XDP baseline")?;
     verified::<SchedClassifier>(ebpf, names::TC_PROGRAM, "TC")?;
+    verified::<SchedClassifier>(ebpf, names::TC_INGRESS_PROGRAM, "TC ingress")?;
     Ok(())
 }
 
-fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode) -> Result<&'static str, KernelError> {
+/// Attaches XDP in the mode asked for; `None` for `tc`, and in `auto` mode when the driver has
+/// no native XDP (the caller counts uploads on TC ingress then).
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    mode: XdpMode,
+) -> Result<Option<&'static str>, KernelError> {
     install_capture(ebpf)?;
     let prog: &mut Xdp = verified(ebpf, names::XDP_PROGRAM, "XDP")?;
     let attach_in = |prog: &mut Xdp, mode: &'static str, flags| {
-        prog.attach(iface, flags).map(|_| mode).map_err(|source| KernelError::AttachXdp {
+        prog.attach(iface, flags).map(|_| Some(mode)).map_err(|source| KernelError::AttachXdp {
             mode,
             interface: iface.into(),
             source,
@@ -270,25 +294,16 @@ fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode) -> Result<&'static st
     match mode {
         XdpMode::Driver => attach_in(prog, "driver", AyaXdpMode::Driver),
         XdpMode::Generic => attach_in(prog, "generic", AyaXdpMode::Skb),
+        XdpMode::Tc => Ok(None),
         XdpMode::Auto => match prog.attach(iface, AyaXdpMode::Driver) {
             Ok(_) => {
                 info!(interface = iface, "XDP attached in driver (native) mode");
-                Ok("driver")
+                Ok(Some("driver"))
             }
-            Err(driver) => match prog.attach(iface, AyaXdpMode::Skb) {
-                Ok(_) => {
-                    info!(
-                        interface = iface,
-                        "XDP attached in generic (skb) mode: the driver has no native XDP ({driver})"
-                    );
-                    Ok("generic")
-                }
-                Err(source) => Err(KernelError::AttachXdpFallback {
-                    interface: iface.into(),
-                    driver: Box::new(driver),
-                    source,
-                }),
-            },
+            Err(driver) => {
+                info!(interface = iface, "no native XDP here ({driver})");
+                Ok(None)
+            }
         },
     }
 }
@@ -311,28 +326,35 @@ pub fn install_capture(ebpf: &mut Ebpf) -> Result<(), KernelError> {
     tail.set(0, &capture_fd, 0).map_err(KernelError::map("installing the XDP capture program"))
 }
 
-fn attach_tc(ebpf: &mut Ebpf, iface: &str, mode: TcAttach) -> Result<&'static str, KernelError> {
-    let prog: &mut SchedClassifier = verified(ebpf, names::TC_PROGRAM, "TC")?;
+/// Attaches the TC program of a direction (`Egress`: downloads, `Ingress`: uploads).
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    mode: TcAttach,
+    hook: TcAttachType,
+) -> Result<&'static str, KernelError> {
+    let (name, role, side) = match hook {
+        TcAttachType::Ingress => (names::TC_INGRESS_PROGRAM, "TC ingress", "ingress"),
+        _ => (names::TC_PROGRAM, "TC", "egress"),
+    };
+    let prog: &mut SchedClassifier = verified(ebpf, name, role)?;
     if mode != TcAttach::Netlink {
-        match prog.attach_with_options(
-            iface,
-            TcAttachType::Egress,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        ) {
+        match prog.attach_with_options(iface, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        {
             Ok(_) => {
-                info!(interface = iface, "TC egress program attached with TCX");
+                info!(interface = iface, "TC {side} program attached with TCX");
                 return Ok("tcx");
             }
             Err(source) if mode == TcAttach::Tcx => {
-                return Err(KernelError::AttachTcx { interface: iface.into(), source });
+                return Err(KernelError::AttachTcx { side, interface: iface.into(), source });
             }
             Err(e) => info!(interface = iface, "TCX unavailable ({e}); using a clsact qdisc"),
         }
     }
     // A netlink filter outlives a crashed agent: remove ours before adding, or packets would
     // be counted twice.
-    if let Err(e) = tc::qdisc_detach_program(iface, TcAttachType::Egress, names::TC_PROGRAM) {
-        tracing::debug!("no stale TC filter to remove: {e}");
+    if let Err(e) = tc::qdisc_detach_program(iface, hook, name) {
+        tracing::debug!("no stale TC {side} filter to remove: {e}");
     }
     if let Err(e) = tc::qdisc_add_clsact(iface) {
         let exists =
@@ -341,24 +363,24 @@ fn attach_tc(ebpf: &mut Ebpf, iface: &str, mode: TcAttach) -> Result<&'static st
             return Err(KernelError::AddClsact { interface: iface.into(), source: e });
         }
     }
-    prog.attach_with_options(
-        iface,
-        TcAttachType::Egress,
-        TcAttachOptions::Netlink(NlOptions::default()),
-    )
-    .map_err(|source| KernelError::AttachTc { interface: iface.into(), source })?;
-    info!(interface = iface, "TC egress program attached as a clsact filter (netlink)");
+    prog.attach_with_options(iface, hook, TcAttachOptions::Netlink(NlOptions::default()))
+        .map_err(|source| KernelError::AttachTc { side, interface: iface.into(), source })?;
+    info!(interface = iface, "TC {side} program attached as a clsact filter (netlink)");
     Ok("netlink")
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
-    /// Driver (native) mode, falling back to generic (skb) mode where the driver lacks XDP.
+    /// Driver (native) mode; where the driver lacks XDP, uploads are counted on TC ingress
+    /// instead (exact for GRO-merged packets, which generic XDP counts as one).
     #[default]
     Auto,
     Driver,
+    /// Generic (skb) XDP: after GRO, so a merged packet counts as one (not exact on a bridge).
     Generic,
+    /// No XDP: uploads on TC ingress, as `auto` does where the driver lacks native XDP.
+    Tc,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

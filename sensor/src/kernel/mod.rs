@@ -1,6 +1,7 @@
 //! The kernel side, seen from the agent: loading and attaching the eBPF programs
 //! ([`loader`]), reading their maps each poll ([`collector`], [`bpf_batch`]), the naming events
-//! they hand up ([`events`]), and the LAN interface itself ([`netif`]). Their failures are one
+//! they hand up ([`events`]), the LAN interface itself ([`netif`]) and the router's flow
+//! offloading, which hides packets from them ([`offload`]). Their failures are one
 //! [`KernelError`].
 
 pub mod bpf_batch;
@@ -9,5 +10,6 @@ mod error;
 pub mod events;
 pub mod loader;
 pub mod netif;
+pub mod offload;
 
 pub use error::KernelError;

@@ -115,7 +115,7 @@ fn upload_and_download_of_one_conversation_share_a_flow() {
 
 /// GSO: one skb of `segs` segments is `segs` frames on the wire, each with its own copy of the
 /// headers. The test run takes gso_segs/gso_size from the context we pass in.
-fn gso_ctx(segs: u32, size: u32) -> [u8; 192] {
+pub(crate) fn gso_ctx(segs: u32, size: u32) -> [u8; 192] {
     let mut ctx = [0u8; 192];
     ctx[164..168].copy_from_slice(&segs.to_ne_bytes()); // __sk_buff.gso_segs
     ctx[176..180].copy_from_slice(&size.to_ne_bytes()); // __sk_buff.gso_size
@@ -178,6 +178,37 @@ fn download_gso_udp_counts_every_segment_with_its_headers() {
     check(
         &s.snapshot(),
         &[(key(CLIENT_MAC, CLIENT6, REMOTE6, IPPROTO_UDP, 443), c)],
+        &[(CLIENT_MAC, c)],
+        &[(Direction::Download, Stat::Seen, 1), (Direction::Download, Stat::Counted, 1)],
+    );
+}
+
+/// A GSO packet from a packet socket or tap/tun with a virtio_net_hdr reaches TC with
+/// `gso_segs` 0 (the kernel fills it in only when it segments) and `gso_size` set: it is as
+/// many frames as its payload fills at `gso_size` each, with their headers. (Counted as one
+/// frame before: 10 wire frames of 15,140 B came out as 2 / 14,532 B in the trace.)
+#[test]
+fn download_gso_with_gso_segs_0_counts_payload_over_gso_size_frames() {
+    require_root!();
+    // TCP over IPv4 without options: headers 14 + 20 + 20 = 54; 2,500 bytes of payload at a
+    // gso_size of 1000 is frames of 1000, 1000 and 500.
+    let f = tcp4(GW_MAC, CLIENT_MAC, REMOTE4, CLIENT4, 443, 40000, 2500);
+    assert_eq!(f.len(), 54 + 2500);
+    let s = Sensor::new();
+    let ctx = gso_ctx(0, 1000);
+    let r = s
+        .tc_run(TestRunOptions {
+            data_in: Some(&f),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(r.return_value, TC_ACT_UNSPEC);
+    let c = Count { packets: [0, 3], bytes: [0, (54 + 1000) * 2 + (54 + 500)] };
+    check(
+        &s.snapshot(),
+        &[(key(CLIENT_MAC, CLIENT4, REMOTE4, IPPROTO_TCP, 443), c)],
         &[(CLIENT_MAC, c)],
         &[(Direction::Download, Stat::Seen, 1), (Direction::Download, Stat::Counted, 1)],
     );

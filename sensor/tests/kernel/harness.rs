@@ -84,7 +84,17 @@ impl Sensor {
     }
 
     pub(crate) fn tc_run(&self, opts: TestRunOptions<'_>) -> anyhow::Result<TestRunResult> {
-        let prog: &SchedClassifier = self.ebpf.program(names::TC_PROGRAM).unwrap().try_into()?;
+        self.tc_run_of(names::TC_PROGRAM, opts)
+    }
+
+    /// A run of a TC program by name: `gwsensor_tc` (egress, downloads) or
+    /// `gwsensor_tc_ingress` (uploads where the interface has no native XDP).
+    pub(crate) fn tc_run_of(
+        &self,
+        name: &str,
+        opts: TestRunOptions<'_>,
+    ) -> anyhow::Result<TestRunResult> {
+        let prog: &SchedClassifier = self.ebpf.program(name).unwrap().try_into()?;
         Ok(prog.test_run(opts)?)
     }
 

@@ -82,3 +82,49 @@ fn upload_counts_ethernet_padding_as_frame_bytes() {
     f.resize(60, 0);
     assert_counted_upload(&f, key(CLIENT_MAC, CLIENT4, REMOTE4, IPPROTO_UDP, 123));
 }
+
+/// TC ingress, the upload hook where the interface has no native XDP (a bridge): a plain
+/// frame counts as XDP counts it, and a GRO-merged packet (the kernel's segment count in
+/// `gso_segs`) as the frames that crossed the wire, each with its headers.
+#[test]
+fn upload_on_tc_ingress_counts_plain_frames_and_gro_merged_segments() {
+    use aya::programs::TestRunOptions;
+    use sensor::common::{Direction, Stat, names};
+
+    use crate::{
+        TC_ACT_UNSPEC,
+        download::gso_ctx,
+        expect::{Count, check, up},
+        harness::Sensor,
+    };
+    require_root!();
+    let plain = udp6(CLIENT_MAC, GW_MAC, CLIENT6, REMOTE6, 51000, 443, 900);
+    // Three segments of 1000 merged by GRO (a test-run skb holds at most ~3.7 kB): headers
+    // 14 + 20 + 20 = 54.
+    let merged = tcp4(CLIENT_MAC, GW_MAC, CLIENT4, REMOTE4, 40000, 443, 3 * 1000);
+    let s = Sensor::new();
+    for (frame, ctx) in [(&plain, None), (&merged, Some(gso_ctx(3, 1000)))] {
+        let r = s
+            .tc_run_of(
+                names::TC_INGRESS_PROGRAM,
+                TestRunOptions {
+                    data_in: Some(frame),
+                    ctx_in: ctx.as_ref().map(|c| c.as_slice()),
+                    repeat: 1,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(r.return_value, TC_ACT_UNSPEC);
+    }
+    let merged_count = Count { packets: [3, 0], bytes: [3 * (54 + 1000), 0] };
+    check(
+        &s.snapshot(),
+        &[
+            (key(CLIENT_MAC, CLIENT6, REMOTE6, IPPROTO_UDP, 443), up(&[&plain])),
+            (key(CLIENT_MAC, CLIENT4, REMOTE4, IPPROTO_TCP, 443), merged_count),
+        ],
+        &[(CLIENT_MAC, up(&[&plain]) + merged_count)],
+        &[(Direction::Upload, Stat::Seen, 2), (Direction::Upload, Stat::Counted, 2)],
+    );
+}

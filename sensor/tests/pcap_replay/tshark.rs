@@ -91,16 +91,5 @@ pub(crate) fn conv_filter(a: &IpAddr, b: &IpAddr) -> String {
 
 /// (frames, bytes) of the capture's frames that match a display filter.
 pub(crate) fn tshark_frames(pcap: &Path, filter: &str) -> (u64, u64) {
-    let out = Command::new("tshark")
-        .args(["-n", "-r"])
-        .arg(pcap)
-        .args(["-Y", filter, "-T", "fields", "-e", "frame.len"])
-        .output()
-        .expect("running tshark");
-    assert!(out.status.success(), "tshark -Y {filter}: {}", String::from_utf8_lossy(&out.stderr));
-    let lens: Vec<u64> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().parse().expect("frame.len"))
-        .collect();
-    (lens.len() as u64, lens.iter().sum())
+    lab::wire::capture_frames(pcap, filter).unwrap_or_else(|e| panic!("{e:#}"))
 }
