@@ -77,21 +77,23 @@ impl Capture for TcContext {
         // instead (the payload offset against the packet length), which tells the verifier
         // nothing about the length register passed below.
         let want = core::hint::black_box(want);
-        if want == 0 || want > EVENT_DATA_MAX {
+        // The length must be proven in 1..=EVENT_DATA_MAX. `want == 0 || want > MAX` compiles
+        // to a `== 0` jump, from which verifiers before ~6.8 learn no lower bound (6.1 refuses
+        // the program). So: bound `want - 1` to 0..MAX-1, hide it from LLVM (which would
+        // otherwise pass `want` itself, a register the verifier never saw checked), and add 1
+        // back. sensor/tests/ebpf_object.rs checks the emitted instructions keep this shape.
+        let below = want.wrapping_sub(1);
+        if below >= EVENT_DATA_MAX {
             return 0;
         }
+        let len = core::hint::black_box(below) + 1;
         // skb_load_bytes also reads what sits outside the linear area. Called directly: the
         // verifier must see a length of at least 1, which aya's wrapper does not prove.
-        // SAFETY: dst holds EVENT_DATA_MAX bytes and 1 <= want <= EVENT_DATA_MAX.
+        // SAFETY: dst holds EVENT_DATA_MAX bytes and 1 <= len <= EVENT_DATA_MAX.
         let rc = unsafe {
-            bpf_skb_load_bytes(
-                self.skb.skb.cast(),
-                off as u32,
-                dst.as_mut_ptr().cast(),
-                want as u32,
-            )
+            bpf_skb_load_bytes(self.skb.skb.cast(), off as u32, dst.as_mut_ptr().cast(), len as u32)
         };
-        if rc == 0 { want } else { 0 }
+        if rc == 0 { len } else { 0 }
     }
 }
 

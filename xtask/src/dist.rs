@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 
 use crate::{
     apt::ensure_debian_packages,
-    process::{cargo, output, run, workspace_root},
+    process::{cargo, output, run, target_dir, workspace_root},
 };
 
 const LABEL: &str = "dist";
@@ -27,7 +27,13 @@ const DIST_TOOLS: &[(&str, &str)] =
 /// A static build: Rust target, the name `file` gives its machine, and how to run it here.
 struct Static {
     target: &'static str,
+    /// Debian's name for the architecture.
+    debian_arch: &'static str,
     machine: &'static str,
+    /// C compiler for the C and assembly in the dependency tree (ring), and the Debian
+    /// packages that provide it (with their headers): (binary or file, package).
+    cc: &'static str,
+    cc_packages: &'static [(&'static str, &'static str)],
     /// Linker: the musl targets ship their own C runtime (self-contained crt objects and
     /// libc.a), so the toolchain's own lld links them without a cross gcc; None = rustc's default.
     linker: Option<&'static str>,
@@ -36,10 +42,28 @@ struct Static {
 }
 
 const STATIC_BUILDS: [Static; 2] = [
-    Static { target: "x86_64-unknown-linux-musl", machine: "x86-64", linker: None, runner: None },
+    Static {
+        target: "x86_64-unknown-linux-musl",
+        debian_arch: "amd64",
+        machine: "x86-64",
+        // musl's gcc wrapper (the cc crate looks for x86_64-linux-musl-gcc, which Debian
+        // does not ship under that name).
+        cc: "musl-gcc",
+        cc_packages: &[("musl-gcc", "musl-tools")],
+        linker: None,
+        runner: None,
+    },
     Static {
         target: "aarch64-unknown-linux-musl",
+        debian_arch: "arm64",
         machine: "ARM aarch64",
+        // ring's C needs only freestanding headers and musl's libc.a provides what it calls,
+        // so Debian's glibc cross compiler builds its objects.
+        cc: "aarch64-linux-gnu-gcc",
+        cc_packages: &[
+            ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+            ("/usr/aarch64-linux-gnu/include/stdint.h", "libc6-dev-arm64-cross"),
+        ],
         linker: Some("rust-lld"),
         runner: Some("qemu-aarch64-static"),
     },
@@ -52,13 +76,11 @@ pub fn run_dist() -> Result<()> {
     );
     ensure_debian_packages(DIST_TOOLS)?;
     ensure_cargo_deb()?;
-    let dist = workspace_root().join("target/dist");
+    let dist = target_dir().join("dist");
     fs::create_dir_all(&dist).with_context(|| format!("creating {}", dist.display()))?;
 
     let mut artifacts = vec![build_deb(&dist)?];
-    for build in &STATIC_BUILDS {
-        artifacts.push(build_static(build, &dist)?);
-    }
+    artifacts.extend(static_binaries(&dist)?.into_iter().map(|s| s.sensor));
 
     let names: Vec<String> = artifacts.iter().map(|p| file_name(p)).collect();
     let sums = output(Command::new("sha256sum").current_dir(&dist).args(&names))?;
@@ -118,33 +140,87 @@ fn build_deb(dist: &Path) -> Result<PathBuf> {
     Ok(deb)
 }
 
-fn build_static(build: &Static, dist: &Path) -> Result<PathBuf> {
+/// The static binaries of one architecture: the sensor (stripped, checked) and the kernel
+/// matrix's checker (xtask/guest), built in the same cargo run so they share the build.
+pub struct StaticBinaries {
+    pub debian_arch: &'static str,
+    pub sensor: PathBuf,
+    pub checker: PathBuf,
+}
+
+/// Builds and checks the static sensor and checker for x86_64 and aarch64 into `dist`
+/// (`cargo xtask dist`; `cargo xtask test` too, so packaging cannot rot unseen and the matrix
+/// guests run exactly these binaries).
+pub fn static_binaries(dist: &Path) -> Result<Vec<StaticBinaries>> {
+    static_binaries_for(dist, &["amd64", "arm64"])
+}
+
+/// [`static_binaries`] for these Debian architectures only.
+pub fn static_binaries_for(dist: &Path, archs: &[&str]) -> Result<Vec<StaticBinaries>> {
+    ensure_debian_packages(DIST_TOOLS)?;
+    fs::create_dir_all(dist).with_context(|| format!("creating {}", dist.display()))?;
+    STATIC_BUILDS
+        .iter()
+        .filter(|b| archs.contains(&b.debian_arch))
+        .map(|b| build_static(b, dist))
+        .collect()
+}
+
+/// `rustup target add` only when the target's standard library is missing (the call itself
+/// is idempotent, but slow and noisy).
+fn ensure_rust_target(target: &str) -> Result<()> {
+    let installed = output(Command::new("rustup").current_dir(workspace_root()).args([
+        "target",
+        "list",
+        "--installed",
+    ]))?;
+    if installed.lines().any(|l| l.trim() == target) {
+        return Ok(());
+    }
     run(
         LABEL,
-        &format!("Rust target {}", build.target),
-        Command::new("rustup").current_dir(workspace_root()).args(["target", "add", build.target]),
+        &format!("Rust target {target}"),
+        Command::new("rustup").current_dir(workspace_root()).args(["target", "add", target]),
     )?;
-    let mut cmd = cargo();
-    cmd.args(["build", "-p", "sensor", "--release", "--target", build.target]);
-    if let Some(linker) = build.linker {
-        cmd.env(
-            format!("CARGO_TARGET_{}_LINKER", build.target.to_uppercase().replace('-', "_")),
-            linker,
-        );
-    }
-    run(LABEL, &format!("static binary for {}", build.target), &mut cmd)?;
+    Ok(())
+}
 
-    let built = workspace_root().join("target").join(build.target).join("release/sensor");
+fn build_static(build: &Static, dist: &Path) -> Result<StaticBinaries> {
+    ensure_rust_target(build.target)?;
+    ensure_debian_packages(build.cc_packages)?;
+    let target_env = build.target.replace('-', "_");
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "-p",
+        "sensor",
+        "-p",
+        "matrix-guest",
+        "--release",
+        "--target",
+        build.target,
+    ])
+    .env(format!("CC_{target_env}"), build.cc);
+    if let Some(linker) = build.linker {
+        cmd.env(format!("CARGO_TARGET_{}_LINKER", target_env.to_uppercase()), linker);
+    }
+    run(LABEL, &format!("static binaries for {}", build.target), &mut cmd)?;
+
+    let release = target_dir().join(build.target).join("release");
     let arch = build.target.split('-').next().unwrap_or(build.target);
     let out = dist.join(format!("sensor-{VERSION}-{arch}-linux-musl"));
     // Symbols off: routers have little flash (about 9 MB → 7 MB).
     run(
         LABEL,
         &format!("stripping {}", file_name(&out)),
-        Command::new(objcopy()?).arg("--strip-all").arg(&built).arg(&out),
+        Command::new(objcopy()?).arg("--strip-all").arg(release.join("sensor")).arg(&out),
     )?;
     check_static(build, &out)?;
-    Ok(out)
+    Ok(StaticBinaries {
+        debian_arch: build.debian_arch,
+        sensor: out,
+        checker: release.join("matrix-guest"),
+    })
 }
 
 /// The toolchain's own objcopy (LLVM), which handles every target.

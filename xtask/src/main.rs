@@ -6,6 +6,7 @@ mod bench;
 mod demo;
 mod dist;
 mod fuzz;
+mod matrix;
 mod peer;
 mod process;
 mod sensor_build;
@@ -42,6 +43,14 @@ enum Task {
     /// Run all tests: clippy (warnings are errors), then every test target, including the
     /// kernel and network-namespace tests. Needs root.
     Test,
+    /// Build the static (musl) binaries and run only the kernel matrix (part of `test`): boots
+    /// Debian's 5.10, 6.1 and 6.12 amd64 and 6.1 arm64 kernels under qemu, checks loading,
+    /// attaching, counting and naming events in each, and writes the table in docs/deploy.md.
+    Matrix {
+        /// Only these kernels, as suite-arch (e.g. bookworm-amd64,bookworm-arm64).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
     /// Run the datapath benchmark, the full differential parser test and every fuzz target,
     /// and write docs/benchmarks.md; fails on a parser mismatch or a fuzz crash.
     Bench(bench::BenchOpts),
@@ -53,15 +62,41 @@ enum Task {
     Dist,
 }
 
-fn main() -> Result<()> {
+/// A failure is one line (`error: what: why: cause`), not a Debug dump or a backtrace: the
+/// steps' errors already name the command and its fix.
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    match run_task(cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_task(command: Task) -> Result<()> {
+    match command {
         Task::Setup => setup(),
         Task::Build { release } => {
             toolchain::ensure_toolchain()?;
             sensor_build::build_sensor(release)
         }
         Task::Test => test_suite::run_all(),
+        Task::Matrix { only } => {
+            toolchain::ensure_toolchain()?;
+            let archs: Vec<&str> = if only.is_empty() {
+                vec!["amd64", "arm64"]
+            } else {
+                ["amd64", "arm64"]
+                    .into_iter()
+                    .filter(|a| only.iter().any(|k| k.ends_with(a)))
+                    .collect()
+            };
+            let dist = process::target_dir().join("dist");
+            let statics = dist::static_binaries_for(&dist, &archs)?;
+            matrix::run_matrix(&statics, &only)
+        }
         Task::Bench(opts) => bench::run_bench(&opts),
         Task::Demo(opts) => {
             // Checked first, before minutes of setup and build.

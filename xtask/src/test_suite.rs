@@ -7,7 +7,8 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     apt::{TEST_TOOLS, ensure_debian_packages},
-    process::{cargo, run, workspace_root},
+    dist, matrix,
+    process::{cargo, run, target_dir, workspace_root},
     toolchain::{ensure_clippy, ensure_rustfmt, ensure_toolchain},
 };
 
@@ -82,6 +83,10 @@ pub fn run_all() -> Result<()> {
             .args(HOST_PACKAGES)
             .args(["--all-targets", "--no-fail-fast"]),
     )?;
+    // Packaging and old kernels: the static binaries `cargo xtask dist` ships (built and run
+    // here so they cannot rot unseen), then the kernel matrix, whose guests run them.
+    let statics = dist::static_binaries(&target_dir().join("dist"))?;
+    matrix::run_matrix(&statics, &[])?;
     // The demo's story end to end: the release agent, a real Prometheus and Alertmanager, the
     // expected alert firing and resolving, and every dashboard panel query returning data.
     run(

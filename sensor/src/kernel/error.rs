@@ -22,6 +22,11 @@ const RESETS: &str =
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
+    #[error(
+        "Linux {release} is too old: the sensor's eBPF programs need BPF atomic fetch-and-add \
+         (BPF_ATOMIC with BPF_FETCH, for the client slot allocator), which Linux has from 5.12"
+    )]
+    KernelTooOld { release: String },
     #[error("{count} LAN prefixes; at most {MAX_LAN_PREFIXES} are supported")]
     TooManyPrefixes { count: usize },
 

@@ -86,6 +86,7 @@ pub fn load_with_events(
     opts: &LoadOptions,
     events_per_sec_per_cpu: u32,
 ) -> Result<(Ebpf, Capacities), KernelError> {
+    check_kernel_release()?;
     let prefixes = lan_prefixes_global(opts.lan_prefixes)?;
     let mut capacities = Capacities { flows: opts.flow_capacity, clients: opts.client_capacity };
     let mut loader = EbpfLoader::new();
@@ -131,6 +132,29 @@ pub fn load_with_events(
         .map_max_entries(names::FREE_SLOTS, capacities.clients);
     let ebpf = loader.load(ebpf_object()).map_err(KernelError::Load)?;
     Ok((ebpf, capacities))
+}
+
+/// The oldest kernel the programs load on: the client slot allocator takes slots with an
+/// atomic fetch-and-add, which the verifier accepts from 5.12. Refused here with one line,
+/// before the verifier would refuse with a page of instructions.
+pub const MIN_KERNEL: (u32, u32) = (5, 12);
+
+fn check_kernel_release() -> Result<(), KernelError> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release = release.trim().to_owned();
+    match release_version(&release) {
+        Some(v) if v < MIN_KERNEL => Err(KernelError::KernelTooOld { release }),
+        // Unparsable: let the verifier decide.
+        _ => Ok(()),
+    }
+}
+
+/// (major, minor) of a release string such as `5.10.0-35-amd64`.
+fn release_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 /// The client-slot maps must all be pinned or none: refuses a partial set (an interrupted
@@ -417,6 +441,15 @@ mod tests {
         assert_eq!(g.prefixes[1].mask, be_words(u128::MAX << 64));
         assert_eq!(g.prefixes[2].mask, [0; 4]);
         assert_eq!(g.prefixes[3], LanPrefix::default());
+    }
+
+    #[test]
+    fn release_versions_parse() {
+        assert_eq!(release_version("5.10.0-35-amd64"), Some((5, 10)));
+        assert_eq!(release_version("6.12.44-fc-v1147"), Some((6, 12)));
+        assert_eq!(release_version("garbage"), None);
+        assert!(release_version("5.10.0-35-amd64").unwrap() < MIN_KERNEL);
+        assert!(release_version("5.15.167").unwrap() >= MIN_KERNEL);
     }
 
     #[test]

@@ -1,0 +1,268 @@
+//! The kernel matrix's checker (`cargo xtask test` boots each matrix kernel under qemu with an
+//! initramfs holding busybox, the kernel's network modules and this program, static musl).
+//!
+//! Inside the guest it loads the sensor's programs with and without kernel BTF and with naming
+//! events on, then, for each interface and attach mode (a veth with native and with generic
+//! XDP, a bridge `br-lan`), attaches them as the agent does, sends known frames both ways
+//! through AF_PACKET sockets and checks the kernel's counts (flows, client totals, outcome
+//! stats) and naming events (DNS answer via TC, HTTP request and TLS ClientHello via XDP's
+//! capture) exactly against what it sent. One JSON line per check on stdout (the serial
+//! console), each prefixed `MATRIX `; the host builds docs/deploy.md's table from them.
+
+mod frames;
+mod net;
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use aya::maps::RingBuf;
+use ipnet::IpNet;
+use sensor::{
+    common::{Counters, Direction, EventKind, EventOutcome, FlowKey, Stat, names},
+    kernel::{
+        KernelError,
+        collector::{KernelMaps, Snapshot},
+        events::decode,
+        loader::{
+            LoadOptions, TcAttach, XdpMode, attach, install_capture, load, load_with_events,
+            verify_for_test_runs,
+        },
+    },
+};
+
+use crate::frames::Traffic;
+
+const LAN: &str = "192.168.1.0/24";
+
+fn main() {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let btf = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+    emit("kernel", true, &format!("{} btf={btf}", kernel.trim()));
+
+    let mut all_ok = true;
+    let mut check = |name: &str, result: Result<String>| {
+        let (ok, detail) = match result {
+            Ok(detail) => (true, detail),
+            Err(e) => (false, format!("{e:#}")),
+        };
+        all_ok &= ok;
+        emit(name, ok, &detail);
+    };
+
+    // Kernels older than the minimum are refused at startup by design (one line naming the
+    // missing feature): that refusal is this kernel's result.
+    let prefixes = lan();
+    if let Err(e @ KernelError::KernelTooOld { .. }) = load(&options(&prefixes, false)) {
+        emit("refused", true, &e.to_string());
+        emit("done", true, "");
+        return;
+    }
+
+    check("load-no-btf", load_check(false, 0));
+    check("load-btf", if btf { load_check(true, 0) } else { Err(anyhow::anyhow!("no BTF")) });
+    check("load-events", load_check(false, 100));
+
+    check("veth-xdp-driver", traffic_check(Setup::Veth, XdpMode::Driver, TcAttach::Auto, true));
+    check(
+        "veth-xdp-generic",
+        traffic_check(Setup::Veth, XdpMode::Generic, TcAttach::Netlink, false),
+    );
+    check("br-lan", traffic_check(Setup::Bridge, XdpMode::Auto, TcAttach::Auto, false));
+    emit("done", all_ok, "");
+}
+
+fn emit(check: &str, ok: bool, detail: &str) {
+    let line = serde_json::json!({ "check": check, "ok": ok, "detail": detail });
+    println!("MATRIX {line}");
+}
+
+fn lan() -> Vec<IpNet> {
+    vec![LAN.parse().expect("a valid prefix")]
+}
+
+fn options(prefixes: &[IpNet], kernel_btf: bool) -> LoadOptions<'_> {
+    LoadOptions {
+        lan_prefixes: prefixes,
+        flow_capacity: 1024,
+        client_capacity: 64,
+        pin_dir: None,
+        kernel_btf,
+    }
+}
+
+/// Loads and verifies every program (XDP, TC, the XDP baseline and the event capture).
+fn load_check(kernel_btf: bool, events_per_sec: u32) -> Result<String> {
+    let prefixes = lan();
+    let start = Instant::now();
+    let (mut ebpf, _) = load_with_events(&options(&prefixes, kernel_btf), events_per_sec)
+        .context("loading the object")?;
+    install_capture(&mut ebpf).context("verifying the XDP capture program")?;
+    verify_for_test_runs(&mut ebpf).context("verifying the XDP and TC programs")?;
+    if events_per_sec == 0 {
+        // The plain loader is the agent's path with events off: the same object.
+        drop(ebpf);
+        let (mut ebpf, _) = load(&options(&prefixes, kernel_btf))?;
+        verify_for_test_runs(&mut ebpf)?;
+    }
+    Ok(format!("verified in {:.1}s", start.elapsed().as_secs_f64()))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Setup {
+    /// The sensor on `lan0`, a veth whose peer `cli0` is the client's side.
+    Veth,
+    /// The sensor on `br-lan`, a bridge whose port `port0` is a veth to the client's `cli0`.
+    Bridge,
+}
+
+/// Attaches as the agent does, sends [`Traffic`] through the interface both ways, and checks
+/// the counts and events exactly.
+fn traffic_check(setup: Setup, xdp: XdpMode, tc: TcAttach, kernel_btf: bool) -> Result<String> {
+    let iface = match setup {
+        Setup::Veth => net::veth()?,
+        Setup::Bridge => net::bridge()?,
+    };
+    let result = run_traffic(&iface, xdp, tc, kernel_btf);
+    net::teardown(&iface);
+    result
+}
+
+fn run_traffic(iface: &net::Lan, xdp: XdpMode, tc: TcAttach, kernel_btf: bool) -> Result<String> {
+    let prefixes = lan();
+    let (mut ebpf, _) = load_with_events(&options(&prefixes, kernel_btf), 100)?;
+    let attachment = attach(&mut ebpf, &iface.sensor, xdp, tc)
+        .with_context(|| format!("attaching to {}", iface.sensor))?;
+    let mut ring = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("no EVENTS map")?)?;
+    let maps = KernelMaps::take(&mut ebpf)?;
+
+    let traffic = Traffic::new(iface.sensor_mac);
+    let up_sock = net::PacketSocket::new(&iface.client)?;
+    let down_sock = net::PacketSocket::new(&iface.sensor)?;
+    for f in traffic.upload() {
+        up_sock.send(&f.bytes)?;
+    }
+    for f in traffic.download() {
+        down_sock.send(&f.bytes)?;
+    }
+
+    // The frames cross the veth asynchronously (NAPI); wait until the counts settle.
+    let want = traffic.expected();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut snap = maps.read()?;
+    while !matches(&snap, &want) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        snap = maps.read()?;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let snap = maps.read()?;
+    compare(&snap, &want)?;
+
+    // Naming events: one each, carrying the payload that was sent.
+    let mut seen: Vec<(EventKind, FlowKey, Vec<u8>)> = Vec::new();
+    while let Some(record) = ring.next() {
+        let obs = decode(&record).context("an undecodable event record")?;
+        seen.push((obs.kind, obs.key, obs.data));
+    }
+    for (kind, key, payload) in traffic.events() {
+        let found = seen.iter().filter(|(k, f, _)| *k == kind && *f == key).collect::<Vec<_>>();
+        ensure!(found.len() == 1, "{kind:?} events for its flow: {} (want 1)", found.len());
+        ensure!(found[0].2 == payload, "{kind:?} event carries other bytes than were sent");
+        ensure!(
+            snap.event(kind, EventOutcome::Sent) == 1,
+            "{kind:?} events sent per the kernel's stats: {}",
+            snap.event(kind, EventOutcome::Sent)
+        );
+    }
+    ensure!(seen.len() == 3, "events in the ring buffer: {} (want 3)", seen.len());
+    let (up, down) = (want.totals(Direction::Upload), want.totals(Direction::Download));
+    Ok(format!(
+        "xdp={} tc={}; exact: up {}p/{}B, down {}p/{}B; events dns+http+tls",
+        attachment.xdp_mode, attachment.tc_mode, up.0, up.1, down.0, down.1
+    ))
+}
+
+/// What the kernel must have counted: per flow, and the outcome stats.
+pub(crate) struct Expected {
+    pub(crate) flows: Vec<(FlowKey, Counters)>,
+    pub(crate) client_mac: [u8; 6],
+}
+
+impl Expected {
+    /// (packets, bytes) in one direction over every flow.
+    fn totals(&self, dir: Direction) -> (u64, u64) {
+        let d = dir.index();
+        self.flows.iter().fold((0, 0), |(p, b), (_, c)| (p + c.packets[d], b + c.bytes[d]))
+    }
+}
+
+fn same(a: &Counters, b: &Counters) -> bool {
+    a.packets == b.packets && a.bytes == b.bytes
+}
+
+fn matches(snap: &Snapshot, want: &Expected) -> bool {
+    compare(snap, want).is_ok()
+}
+
+fn compare(snap: &Snapshot, want: &Expected) -> Result<()> {
+    ensure!(
+        snap.flows.len() == want.flows.len(),
+        "{} flows counted, {} sent: {:?}",
+        snap.flows.len(),
+        want.flows.len(),
+        snap.flows.iter().map(|(k, c)| (describe(k), c.packets, c.bytes)).collect::<Vec<_>>()
+    );
+    for (key, counters) in &want.flows {
+        let Some((_, got)) = snap.flows.iter().find(|(k, _)| k == key) else {
+            bail!("flow {} not counted", describe(key));
+        };
+        ensure!(
+            same(got, counters),
+            "flow {}: counted packets {:?} bytes {:?}, sent {:?} / {:?}",
+            describe(key),
+            got.packets,
+            got.bytes,
+            counters.packets,
+            counters.bytes
+        );
+    }
+    let mut total = Counters::default();
+    for (_, c) in &want.flows {
+        total.merge(c);
+    }
+    let client = snap.clients.get(&want.client_mac).copied().unwrap_or_default();
+    ensure!(
+        same(&client, &total) && snap.clients.len() == 1,
+        "client totals {:?}/{:?} ({} clients), sent {:?}/{:?}",
+        client.packets,
+        client.bytes,
+        snap.clients.len(),
+        total.packets,
+        total.bytes
+    );
+    for dir in [Direction::Upload, Direction::Download] {
+        let counted = snap.stat(Stat::Counted, dir);
+        let packets = want.totals(dir).0;
+        ensure!(counted == packets, "{dir:?}: stat counted {counted}, sent {packets}");
+        let other: u64 = Stat::ALL
+            .iter()
+            .filter(|s| !matches!(s, Stat::Seen | Stat::Counted))
+            .map(|s| snap.stat(*s, dir))
+            .sum();
+        ensure!(other == 0, "{dir:?}: {other} packets with another outcome than counted");
+    }
+    Ok(())
+}
+
+fn describe(k: &FlowKey) -> String {
+    let ip = |b: [u8; 16]| {
+        let v6 = std::net::Ipv6Addr::from(b);
+        v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+    };
+    format!("{}->{}:{}/{}", ip(k.client_ip), ip(k.remote_ip), k.remote_port, k.protocol)
+}
+
+/// The client's address (in [`LAN`]).
+pub(crate) const CLIENT4: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
