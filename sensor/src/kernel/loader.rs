@@ -42,10 +42,16 @@ pub fn load_floor() -> Result<Ebpf, KernelError> {
     Ok(ebpf)
 }
 
-/// Attaches the loaded floor program to `iface` in driver (native) XDP mode; the attachment
+/// Attaches the floor program that [`load_floor`] loaded to `iface` in driver (native) XDP mode; the attachment
 /// lasts as long as `ebpf`.
 pub fn attach_floor(ebpf: &mut Ebpf, iface: &str) -> Result<(), KernelError> {
-    let prog: &mut Xdp = verified(ebpf, names::FLOOR_PROGRAM, "XDP floor")?;
+    const ROLE: &str = "XDP floor";
+    // Already verified (loaded) by `load_floor`.
+    let prog: &mut Xdp = ebpf
+        .program_mut(names::FLOOR_PROGRAM)
+        .ok_or(KernelError::MissingProgram { program: ROLE })?
+        .try_into()
+        .map_err(|source| KernelError::PrepareProgram { program: ROLE, source })?;
     prog.attach(iface, AyaXdpMode::Driver).map(|_| ()).map_err(|source| KernelError::AttachXdp {
         mode: "driver",
         interface: iface.into(),
