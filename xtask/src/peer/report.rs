@@ -267,9 +267,9 @@ pub fn headline(results: &[RateResult]) -> String {
         "At {rate} of mixed IPv4/IPv6 traffic from {clients} clients, the sensor counted {what} \
          of the {recv} frames for {sensor:.0} ns of CPU per frame (kernel programs {bpf:.0} ns, \
          agent {agent:.0} ns). pmacctd counted {pm_what} for {pmw:.0} ns per frame, {pm_ratio:.1}× \
-         as much ({pmp:.0} ns in its processes, {pmc:+.0} ns of capture work in the kernel); \
+         as much ({pmp:.0} ns in its processes, {pmc:+.0} ns of capture work in the kernel){pm_miss}; \
          darkstat counted {ds_what} for {dsw:.0} ns per frame, {ds_ratio:.1}× as much ({dsp:.0} \
-         ns in its process, {dsc:+.0} ns of capture work). The floor, the least XDP program that \
+         ns in its process, {dsc:+.0} ns of capture work){ds_miss}. The floor, the least XDP program that \
          counts the sensor's flow key, ran {floor:.0} ns per frame on the same traffic: the \
          sensor's kernel programs cost {floor_ratio:.2}× that.",
         rate = match r.rate.per_second() {
@@ -295,6 +295,21 @@ pub fn headline(results: &[RateResult]) -> String {
         dsc = ds.capture,
         floor = r.floor.prog_ns_per_frame(),
         floor_ratio = r.floor_ratio(),
+        pm_miss = not_comparable(r.pmacct.counted.packets, r.pmacct.wire.lan.rx_packets),
+        ds_miss = not_comparable(r.darkstat.counted.packets, r.darkstat.wire.lan.rx_packets),
+    )
+}
+
+/// A peer that missed frames spent its CPU on fewer of them: its cost per frame received is
+/// then no like-for-like figure, and the text says so.
+fn not_comparable(counted: u64, received: u64) -> String {
+    if counted >= received {
+        return String::new();
+    }
+    format!(
+        ", but it processed only {:.1}% of the frames (libpcap dropped the rest), so that figure \
+         is not a cost of counting them all",
+        100.0 * counted as f64 / received.max(1) as f64
     )
 }
 
@@ -401,6 +416,7 @@ pub fn render(results: &[RateResult], setup: &Setup) -> Result<String> {
         "| Offered rate | sensor: kernel programs | sensor: agent (polls) | **sensor** | **pmacctd** (processes, capture) | **darkstat** (process, capture) | pmacctd ÷ sensor | darkstat ÷ sensor |"
     )?;
     writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|")?;
+    let mut missed = Vec::new();
     for r in results {
         let (pm, ds) = (r.pmacct_whole(), r.darkstat_whole());
         let sensor = r.sensor.total_ns_per_frame();
@@ -416,8 +432,25 @@ pub fn render(results: &[RateResult], setup: &Setup) -> Result<String> {
             pm.total() / sensor,
             ds.total() / sensor,
         )?;
+        for (name, counted, received) in [
+            ("pmacctd", r.pmacct.counted.packets, r.pmacct.wire.lan.rx_packets),
+            ("darkstat", r.darkstat.counted.packets, r.darkstat.wire.lan.rx_packets),
+        ] {
+            if counted < received {
+                missed.push(format!("{name} at {}", r.rate.label()));
+            }
+        }
     }
     writeln!(s)?;
+
+    if !missed.is_empty() {
+        writeln!(
+            s,
+            "Missed frames (see *Frames counted*): {}. A peer's CPU per frame received there \
+             covers only the frames it processed, so its ratio is not a like-for-like cost.\n",
+            missed.join(", ")
+        )?;
+    }
 
     writeln!(s, "### The kernel programs against the floor\n")?;
     writeln!(
