@@ -29,14 +29,14 @@ pub fn gwsensor_floor(ctx: XdpContext) -> u32 {
     let (data, end) = (ctx.data(), ctx.data_end());
     if let Some(key) = key(data, end) {
         let len = (end - data) as u64;
-        match FLOOR_FLOWS.get_ptr_mut(&key) {
+        match FLOOR_FLOWS.get_ptr_mut(key) {
             // SAFETY: this CPU's copy of the value.
             Some(v) => unsafe {
                 (*v)[0] += 1;
                 (*v)[1] += len;
             },
             None => {
-                let _ = FLOOR_FLOWS.insert(&key, &[1, len], BPF_NOEXIST as u64);
+                let _ = FLOOR_FLOWS.insert(key, [1, len], BPF_NOEXIST as u64);
             }
         }
     }

@@ -456,13 +456,12 @@ pub fn render(results: &[RateResult], setup: &Setup) -> Result<String> {
     writeln!(
         s,
         "Run time per frame of the XDP programs as the kernel measures it (BPF statistics), same \
-         traffic: the floor (`{floor}`: parses just enough to build the sensor's flow key, then \
+         traffic: the floor (`gwsensor_floor`: parses just enough to build the sensor's flow key, then \
          one lookup-and-add of packets and bytes in one LRU per-CPU hash of the same capacity as \
          the sensor's flows, nothing else; a separate bench-only object, sensor's example \
          `xdp_floor`), and the sensor's programs (parsing, LAN check, flow and client totals, \
          stats, clock). The do-nothing program shows what the statistics' own clock reads cost \
-         per run.\n",
-        floor = "gwsensor_floor",
+         per run.\n"
     )?;
     writeln!(
         s,
