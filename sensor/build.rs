@@ -1,5 +1,7 @@
 //! Builds the eBPF programs (crate `sensor-ebpf`) for the BPF target with aya-build, so that
-//! `cargo build -p sensor` yields one binary with the object embedded. Needs nightly rust-src
+//! `cargo build -p sensor` yields one binary with the object embedded. (aya-build builds every
+//! binary of the crate: the programs' object `sensor-ebpf`, and `sensor-floor`, the benchmarks'
+//! separate floor object.) Needs nightly rust-src
 //! and bpf-linker: `cargo xtask setup` installs both.
 use anyhow::{Context as _, anyhow};
 

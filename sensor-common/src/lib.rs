@@ -28,6 +28,11 @@ pub mod names {
     pub const TC_INGRESS_PROGRAM: &str = "gwsensor_tc_ingress";
     /// A program that only returns XDP_PASS: the baseline of `cargo xtask bench`.
     pub const XDP_PASS_PROGRAM: &str = "gwsensor_xdp_pass";
+    /// The benchmarks' floor (a separate, bench-only object: sensor-ebpf's `sensor-floor`
+    /// binary): the least XDP program that counts the flow key.
+    pub const FLOOR_PROGRAM: &str = "gwsensor_floor";
+    /// Its one map: an LRU per-CPU hash of `FlowKey` → [packets, bytes].
+    pub const FLOOR_FLOWS: &str = "FLOOR_FLOWS";
 }
 
 /// Default capacity of the flow LRU map.

@@ -1,13 +1,17 @@
-//! `cargo xtask bench --peer`: the sensor and Debian's pmacctd side by side. In the lab's
+//! `cargo xtask bench --peer`: the sensor beside Debian's pmacctd and darkstat. In the lab's
 //! namespaces a generator writes a fixed number of frames (many clients to many remotes, mixed
 //! sizes, IPv4 and IPv6) into the gateway's LAN veth at several offered rates; each rate runs
-//! with no monitor, with the sensor (release build) and with pmacctd on that interface. For each
-//! run: frames sent, received by the interface, counted, and the CPU each monitor used. The
-//! results replace the "Side by side with pmacct" section of docs/benchmarks.md.
+//! with no monitor, with a do-nothing XDP program, with the floor (the least XDP program that
+//! counts the sensor's flow key), with the sensor (release build), with pmacctd and with darkstat
+//! on that interface. For each run: frames sent, received by the interface, counted (checked
+//! against what was sent), and the CPU each monitor used. The results replace the "Side by side
+//! with pmacct and darkstat" section of docs/benchmarks.md.
 
 mod agent;
 mod blaster;
 mod cpu;
+mod darkstat;
+mod floor;
 mod frames;
 mod pmacct;
 mod report;
@@ -25,15 +29,17 @@ use lab::{LanKind, Topology, TopologyBuilder};
 use self::{
     agent::{Agent, BpfStats},
     blaster::Blaster,
+    darkstat::Darkstat,
+    floor::Floor,
     frames::Mix,
     pmacct::Pmacctd,
-    report::{PmacctRun, Rate, RateResult, SensorRun, Wire, XdpPassRun},
+    report::{DarkstatRun, FloorRun, PmacctRun, Rate, RateResult, SensorRun, Wire, XdpPassRun},
     xdp_pass::XdpPass,
 };
 use crate::{
     apt::ensure_debian_packages,
     process::{report as step, workspace_root},
-    sensor_build::build_sensor,
+    sensor_build::{build_floor_example, build_sensor, release_binary},
     toolchain::ensure_toolchain,
 };
 
@@ -42,20 +48,22 @@ const LABEL: &str = "peer";
 const FRAMES_PER_RUN: u64 = 1_000_000;
 const RATES: [Rate; 3] = [Rate::Paced(100_000), Rate::Paced(250_000), Rate::Max];
 /// The tools the bench drives, and their Debian packages.
-const TOOLS: &[(&str, &str)] = &[("pmacctd", "pmacct"), ("ip", "iproute2")];
+const TOOLS: &[(&str, &str)] =
+    &[("pmacctd", "pmacct"), ("darkstat", "darkstat"), ("ip", "iproute2")];
 /// The lab client whose veth carries the generator's frames (its own MAC is not used).
 const GENERATOR_MAC: [u8; 6] = [0x02, 0x42, 0x77, 0x00, 0x00, 0x01];
 
 pub fn run() -> Result<()> {
     let started = Instant::now();
     lab::check_privileged().context(
-        "the peer bench needs root (it builds network namespaces, loads eBPF, runs pmacctd)",
+        "the peer bench needs root (it builds network namespaces, loads eBPF, runs pmacctd and darkstat)",
     )?;
     ensure_toolchain()?;
     ensure_debian_packages(TOOLS)?;
     build_sensor(true)?;
+    let floor_binary = build_floor_example()?;
     lab::ensure_bpffs()?;
-    let binary = workspace_root().join("target/release/sensor");
+    let binary = release_binary();
     let stop = lab::interrupt_flag()?;
 
     let t = Instant::now();
@@ -86,16 +94,25 @@ pub fn run() -> Result<()> {
         t,
     );
 
-    let bench = Bench { topo: &topo, blaster: &blaster, mix: &mix, binary: &binary, stop: &stop };
+    let bench = Bench {
+        topo: &topo,
+        blaster: &blaster,
+        mix: &mix,
+        binary: &binary,
+        floor_binary: &floor_binary,
+        stop: &stop,
+    };
     let mut results = Vec::new();
     let mut xdp_mode = String::new();
     for (i, rate) in RATES.into_iter().enumerate() {
         let baseline = bench.baseline(rate)?;
         let xdp_pass = bench.xdp_pass(rate)?;
+        let floor = bench.floor(rate)?;
         let sensor = bench.sensor(rate, i)?;
         xdp_mode.clone_from(&sensor.counted.xdp_mode);
         let pmacct = bench.pmacct(rate, i)?;
-        results.push(RateResult { rate, baseline, xdp_pass, sensor, pmacct });
+        let darkstat = bench.darkstat(rate)?;
+        results.push(RateResult { rate, baseline, xdp_pass, floor, sensor, pmacct, darkstat });
     }
     drop(topo);
 
@@ -103,6 +120,7 @@ pub fn run() -> Result<()> {
         date: lab::docs::now_utc(),
         machine: lab::docs::Machine::current(),
         pmacct_version: pmacct::version()?,
+        darkstat_version: darkstat::version()?,
         frames_per_run: FRAMES_PER_RUN,
         clients: frames::CLIENTS,
         remotes: frames::REMOTES,
@@ -125,6 +143,16 @@ pub fn run() -> Result<()> {
             inexact.join(", ")
         );
     }
+    // The floor is only a floor if it did the counting: every frame, into the pool's flows.
+    let floor_inexact: Vec<String> =
+        results.iter().filter(|r| !r.floor.exact(mix.flows())).map(|r| r.rate.label()).collect();
+    if !floor_inexact.is_empty() {
+        bail!(
+            "the floor program did not count every frame into the pool's {} flows at: {}",
+            mix.flows(),
+            floor_inexact.join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -138,6 +166,7 @@ struct Bench<'a> {
     blaster: &'a Blaster,
     mix: &'a Mix,
     binary: &'a PathBuf,
+    floor_binary: &'a PathBuf,
     stop: &'a AtomicBool,
 }
 
@@ -231,6 +260,35 @@ impl Bench<'_> {
         Ok(run)
     }
 
+    fn floor(&self, rate: Rate) -> Result<FloorRun> {
+        let t = Instant::now();
+        let floor = Floor::start(
+            &self.topo.lab,
+            &self.topo.gateway.ns,
+            &self.topo.gateway.lan_if,
+            self.floor_binary,
+        )?;
+        let (before, _) = floor.run_time()?;
+        let wire = self.traffic(rate)?;
+        let (after, _) = floor.run_time()?;
+        let counted = floor.stop()?;
+        let run = FloorRun { wire, run_ns: after - before, counted };
+        self.say(
+            rate,
+            "floor",
+            &run.wire,
+            &format!(
+                ", counted {} in {} flows; program {:.0} ns/frame, sending path {:.0} ns/frame",
+                run.counted.packets,
+                run.counted.flows,
+                run.prog_ns_per_frame(),
+                run.wire.sender_ns_per_frame()
+            ),
+            t,
+        );
+        Ok(run)
+    }
+
     fn sensor(&self, rate: Rate, i: usize) -> Result<SensorRun> {
         let t = Instant::now();
         let agent = Agent::start(self.topo, self.binary, &format!("r{i}"))?;
@@ -315,6 +373,67 @@ impl Bench<'_> {
                 run.counted.rows,
                 run.counted.pcap.received,
                 run.counted.pcap.dropped,
+                run.ns_per_frame()
+            ),
+            t,
+        );
+        Ok(run)
+    }
+
+    fn darkstat(&self, rate: Rate) -> Result<DarkstatRun> {
+        let t = Instant::now();
+        let ds = Darkstat::start(&self.topo.lab, &self.topo.gateway.ns, &self.topo.gateway.lan_if)?;
+        let totals_before = ds.totals()?;
+        let before = ds.cpu()?;
+        let wire = self.traffic(rate)?;
+        // As for pmacctd: libpcap hands over a partly filled block after 1 s; then wait until
+        // darkstat has seen every frame and its CPU time stops growing.
+        std::thread::sleep(Duration::from_millis(1500));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut last = ds.cpu()?;
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = ds.cpu()?;
+            let seen = ds.totals()?.packets - totals_before.packets;
+            if (now == last && seen >= wire.lan.rx_packets) || Instant::now() > deadline {
+                break;
+            }
+            last = now;
+        }
+        let cpu = ds.cpu()?.saturating_sub(before);
+        let totals = ds.totals()?;
+        let out_bytes = ds.hosts()?;
+        ds.stop()?;
+        let per_host_exact = (wire.sent.frames == wire.lan.rx_packets).then(|| {
+            self.mix
+                .ip_bytes_per_client_address(wire.sent.frames)
+                .iter()
+                .all(|(addr, &bytes)| out_bytes.get(addr) == Some(&bytes))
+        });
+        let run = DarkstatRun {
+            wire,
+            cpu,
+            counted: darkstat::Counted {
+                packets: totals.packets - totals_before.packets,
+                dropped: totals.dropped - totals_before.dropped,
+                out_bytes,
+            },
+            per_host_exact,
+        };
+        self.say(
+            rate,
+            "darkstat",
+            &run.wire,
+            &format!(
+                ", counted {}{} ({} hosts), libpcap dropped {}; {:.0} ns/frame",
+                run.counted.packets,
+                match run.per_host_exact {
+                    Some(true) => " (every client address's bytes exact)",
+                    Some(false) => " (PER-HOST BYTES DIFFER)",
+                    None => "",
+                },
+                run.counted.out_bytes.len(),
+                run.counted.dropped,
                 run.ns_per_frame()
             ),
             t,

@@ -16,7 +16,8 @@ pub fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask's manifest directory has a parent")
 }
 
-/// Cargo's target directory: `CARGO_TARGET_DIR` when set, else target/ in the workspace.
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` (relative to the workspace root, where
+/// [`cargo`] runs) if set, else the workspace's `target`.
 pub fn target_dir() -> std::path::PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
         Some(dir) => workspace_root().join(dir),

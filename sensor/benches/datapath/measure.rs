@@ -30,6 +30,8 @@ pub(crate) fn percentile(v: &mut [f64], p: f64) -> f64 {
 pub(crate) struct Known {
     pub(crate) xdp: Vec<f64>,
     pub(crate) pass: Vec<f64>,
+    /// The floor (`names::FLOOR_PROGRAM`), interleaved with the two above.
+    pub(crate) floor: Vec<f64>,
     pub(crate) tc: Vec<f64>,
     /// Indices into the mix of the sample.
     pub(crate) sample: Vec<usize>,
@@ -38,16 +40,19 @@ pub(crate) struct Known {
 pub(crate) fn measure_known(p: &Programs, m: &Mix) -> anyhow::Result<Known> {
     let sample: Vec<usize> =
         (0..SAMPLE).map(|k| k * FLOWS / SAMPLE + (k * 37) % (FLOWS / SAMPLE)).collect();
-    let mut out = Known { xdp: vec![], pass: vec![], tc: vec![], sample: sample.clone() };
+    let mut out =
+        Known { xdp: vec![], pass: vec![], floor: vec![], tc: vec![], sample: sample.clone() };
     for &i in &sample {
-        let (mut x, mut b, mut t) = (vec![], vec![], vec![]);
+        let (mut x, mut b, mut f, mut t) = (vec![], vec![], vec![], vec![]);
         for _ in 0..ROUNDS {
             b.push(ns(p.xdp(names::XDP_PASS_PROGRAM, &m.up[i], REPEAT)?));
             x.push(ns(p.xdp(names::XDP_PROGRAM, &m.up[i], REPEAT)?));
+            f.push(ns(p.xdp(names::FLOOR_PROGRAM, &m.up[i], REPEAT)?));
             t.push(ns(p.tc(&m.down[i], REPEAT)?));
         }
         out.xdp.push(median(&mut x));
         out.pass.push(median(&mut b));
+        out.floor.push(median(&mut f));
         out.tc.push(median(&mut t));
     }
     Ok(out)

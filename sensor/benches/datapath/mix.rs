@@ -183,10 +183,12 @@ pub(crate) fn mix() -> Mix {
     Mix { flows, up, down, new_up }
 }
 
-/// Runs every frame of the mix once in each direction, and checks all were counted as flows.
+/// Runs every frame of the mix once in each direction (and each upload frame through the
+/// floor), and checks all were counted as flows, the floor's under the sensor's keys.
 pub(crate) fn prime(p: &Programs, m: &Mix) -> anyhow::Result<()> {
     for (u, d) in m.up.iter().zip(&m.down) {
         p.xdp(names::XDP_PROGRAM, u, 1)?;
+        p.xdp(names::FLOOR_PROGRAM, u, 1)?;
         p.tc(d, 1)?;
     }
     let snap = p.snapshot()?;
@@ -201,6 +203,29 @@ pub(crate) fn prime(p: &Programs, m: &Mix) -> anyhow::Result<()> {
         snap.clients.len()
     );
     check_all_counted(&snap)?;
+    check_floor_keys(p, &snap)?;
+    Ok(())
+}
+
+/// The floor counted the same flows as the sensor, under the same keys, one packet and the
+/// same upload bytes each: it does the sensor's counting work, no less.
+pub(crate) fn check_floor_keys(p: &Programs, snap: &Snapshot) -> anyhow::Result<()> {
+    let floor = p.floor_flows()?;
+    ensure!(
+        floor.len() == snap.flows.len(),
+        "floor: {} flows, sensor {}",
+        floor.len(),
+        snap.flows.len()
+    );
+    for ((fk, [packets, bytes]), (sk, c)) in floor.iter().zip(&snap.flows) {
+        ensure!(fk == sk, "floor key {fk:?} where the sensor has {sk:?}");
+        ensure!(
+            *packets == c.packets[0] && *bytes == c.bytes[0],
+            "floor counted {packets} packets / {bytes} bytes for {fk:?}, the sensor {} / {}",
+            c.packets[0],
+            c.bytes[0]
+        );
+    }
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use sensor::common::{Direction, Stat, names};
 
 use crate::{
     FLOWS,
-    mix::{check_all_counted, mix},
+    mix::{check_all_counted, check_floor_keys, mix},
     programs::Programs,
 };
 
@@ -15,11 +15,13 @@ pub(crate) fn smoke() -> anyhow::Result<()> {
     for i in (0..FLOWS).step_by(FLOWS / 50) {
         p.xdp(names::XDP_PROGRAM, &m.up[i], 1)?;
         p.xdp(names::XDP_PASS_PROGRAM, &m.up[i], 1)?;
+        p.xdp(names::FLOOR_PROGRAM, &m.up[i], 1)?;
         p.tc(&m.down[i], 1)?;
     }
     let snap = p.snapshot()?;
     ensure!(snap.flows.len() == 50, "{} flows, expected 50", snap.flows.len());
     check_all_counted(&snap)?;
+    check_floor_keys(&p, &snap)?;
     ensure!(
         snap.stat(Stat::Counted, Direction::Upload) == 50
             && snap.stat(Stat::Counted, Direction::Download) == 50

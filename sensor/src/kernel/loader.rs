@@ -27,6 +27,38 @@ pub fn ebpf_object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"))
 }
 
+/// The benchmarks' floor (sensor-ebpf's bench-only `sensor-floor` binary): the least XDP
+/// program that counts the flow key, one LRU per-CPU hash and nothing else. A separate object
+/// that the agent never loads (aya creates every map of an object it loads).
+pub fn floor_object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-floor"))
+}
+
+/// Loads the floor object privately (no BTF, nothing pinned) and verifies its program, for
+/// test runs or to attach it; its program is `names::FLOOR_PROGRAM`.
+pub fn load_floor() -> Result<Ebpf, KernelError> {
+    let mut ebpf = EbpfLoader::new().btf(None).load(floor_object()).map_err(KernelError::Load)?;
+    verified::<Xdp>(&mut ebpf, names::FLOOR_PROGRAM, "XDP floor")?;
+    Ok(ebpf)
+}
+
+/// Attaches the floor program that [`load_floor`] loaded to `iface` in driver (native) XDP mode; the attachment
+/// lasts as long as `ebpf`.
+pub fn attach_floor(ebpf: &mut Ebpf, iface: &str) -> Result<(), KernelError> {
+    const ROLE: &str = "XDP floor";
+    // Already verified (loaded) by `load_floor`.
+    let prog: &mut Xdp = ebpf
+        .program_mut(names::FLOOR_PROGRAM)
+        .ok_or(KernelError::MissingProgram { program: ROLE })?
+        .try_into()
+        .map_err(|source| KernelError::PrepareProgram { program: ROLE, source })?;
+    prog.attach(iface, AyaXdpMode::Driver).map(|_| ()).map_err(|source| KernelError::AttachXdp {
+        mode: "driver",
+        interface: iface.into(),
+        source,
+    })
+}
+
 /// What to load. `pin_dir: None` keeps the maps private to this process (tests, benchmarks).
 pub struct LoadOptions<'a> {
     pub lan_prefixes: &'a [IpNet],

@@ -3,7 +3,10 @@
 //! protocols. The pool is built from a fixed seed, so every run (and both monitors in a run)
 //! sees the same frames in the same order.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Context as _, Result};
 use etherparse::PacketBuilder;
@@ -162,6 +165,23 @@ impl Mix {
         out
     }
 
+    /// IP bytes (the frame without its 14-byte Ethernet header: what darkstat counts) sent by
+    /// each client address when the first `count` frames of the endless pool are sent.
+    pub fn ip_bytes_per_client_address(&self, count: u64) -> BTreeMap<IpAddr, u64> {
+        let pool = self.specs.len() as u64;
+        let (rounds, rest) = (count / pool, (count % pool) as usize);
+        let mut out = BTreeMap::new();
+        for (i, (s, f)) in self.specs.iter().zip(&self.frames).enumerate() {
+            let addr = if s.ipv6 {
+                IpAddr::V6(client_v6(s.client))
+            } else {
+                IpAddr::V4(client_v4(s.client))
+            };
+            *out.entry(addr).or_insert(0) += (rounds + u64::from(i < rest)) * (f.len() as u64 - 14);
+        }
+        out
+    }
+
     /// Distinct (client MAC, client IP, remote IP, protocol, remote port) keys in the pool: the
     /// flows both monitors aggregate into.
     pub fn flows(&self) -> usize {
@@ -256,5 +276,22 @@ mod tests {
         let in_pool = mix.specs.iter().filter(|s| s.client == first).count() as u64;
         let in_rest = mix.specs[..10].iter().filter(|s| s.client == first).count() as u64;
         assert_eq!(per[first], 2 * in_pool + in_rest);
+
+        let bytes = mix.ip_bytes_per_client_address(count);
+        let ip_len = |i: usize| mix.frames[i].len() as u64 - 14;
+        assert_eq!(
+            bytes.values().sum::<u64>(),
+            2 * (0..POOL).map(ip_len).sum::<u64>() + (0..10).map(ip_len).sum::<u64>()
+        );
+        let s = mix.specs[0];
+        let addr =
+            if s.ipv6 { IpAddr::V6(client_v6(s.client)) } else { IpAddr::V4(client_v4(s.client)) };
+        let of_first = |range: std::ops::Range<usize>| -> u64 {
+            range
+                .filter(|&i| mix.specs[i].client == s.client && mix.specs[i].ipv6 == s.ipv6)
+                .map(ip_len)
+                .sum()
+        };
+        assert_eq!(bytes[&addr], 2 * of_first(0..POOL) + of_first(0..10));
     }
 }
