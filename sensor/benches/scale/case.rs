@@ -25,12 +25,23 @@ pub(crate) struct Figures {
     pub(crate) first_poll: PollTimings,
     pub(crate) poll: PollTimings,
     pub(crate) idle_poll: PollTimings,
+    /// CPU time of this thread in `poll` and `idle_poll` (on a shared machine, less noisy
+    /// than their wall times; printed while exploring, not written to the docs).
+    pub(crate) poll_cpu: Duration,
+    pub(crate) idle_cpu: Duration,
     pub(crate) render: Duration,
     pub(crate) render_bytes: usize,
     pub(crate) api_json: Duration,
     pub(crate) api_bytes: usize,
     pub(crate) evictions: u64,
     pub(crate) agent: Option<AgentRun>,
+}
+
+/// CPU time this thread used so far (the poll runs on it: `block_in_place` outside a runtime
+/// runs in place).
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map_or(Duration::ZERO, Duration::from)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -83,12 +94,17 @@ pub(crate) fn run_case(case: &Case, timed: bool, with_agent: bool) -> anyhow::Re
     inst.pipeline.poll()?;
     let first_poll = inst.pipeline.timings;
     let mut polls = Vec::new();
+    let mut cpus = Vec::new();
     let (mut renders, mut render_bytes) = (Vec::new(), 0);
-    for _ in 0..if timed { ROUNDS } else { 1 } {
+    // SCALE_ROUNDS=n: more polls, for a steadier median or a profile.
+    let rounds = std::env::var("SCALE_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(ROUNDS);
+    for _ in 0..if timed { rounds } else { 1 } {
         for (c, b) in inst.pass(case)?.into_iter().enumerate() {
             sent[c] += b;
         }
+        let cpu = thread_cpu();
         inst.pipeline.poll()?;
+        cpus.push(thread_cpu() - cpu);
         polls.push(inst.pipeline.timings);
         // What a scrape costs: the text written chunk by chunk (a scrape sends each on).
         let started = Instant::now();
@@ -109,7 +125,9 @@ pub(crate) fn run_case(case: &Case, timed: bool, with_agent: bool) -> anyhow::Re
     polls.sort_by_key(|t| t.total);
     let poll = polls[polls.len() / 2];
     // No traffic since the last poll: what a map of idle flows costs.
+    let cpu = thread_cpu();
     inst.pipeline.poll()?;
+    let idle_cpu = thread_cpu() - cpu;
     let idle_poll = inst.pipeline.timings;
 
     let view = inst
@@ -142,6 +160,8 @@ pub(crate) fn run_case(case: &Case, timed: bool, with_agent: bool) -> anyhow::Re
         first_poll,
         poll,
         idle_poll,
+        poll_cpu: median(cpus),
+        idle_cpu,
         render: median(renders),
         render_bytes,
         api_json,

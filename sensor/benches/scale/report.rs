@@ -49,7 +49,7 @@ pub(crate) fn bench(
         );
         let f = run_case(case, true, !no_agent)?;
         eprintln!(
-            "  read batch {:.1} ms, iterate {:.1} ms; poll {:.1} ms (read {:.1}, account {:.1}, publish {:.1}, view {:.1}, policy {:.1}), idle {:.1} ms; render {:.1} ms {} B{}",
+            "  read batch {:.1} ms, iterate {:.1} ms; poll {:.1} ms (read {:.1}, account {:.1}, publish {:.1}, view {:.1}, policy {:.1}), idle {:.1} ms; cpu: poll {:.1} ms, idle {:.1} ms; render {:.1} ms {} B{}",
             ms(f.batch_read),
             ms(f.iter_read),
             ms(f.poll.total),
@@ -59,6 +59,8 @@ pub(crate) fn bench(
             ms(f.poll.view),
             ms(f.poll.policy),
             ms(f.idle_poll.total),
+            ms(f.poll_cpu),
+            ms(f.idle_cpu),
             ms(f.render),
             f.render_bytes,
             f.agent.as_ref().map_or(String::new(), |a| format!(

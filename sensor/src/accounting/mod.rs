@@ -31,7 +31,7 @@ pub use ranked::{Ranked, Series};
 pub use tally::Tally;
 
 use crate::{
-    kernel::collector::Snapshot,
+    kernel::collector::{Snapshot, flow_order},
     types::{FastMap, Mac},
 };
 
@@ -224,11 +224,12 @@ impl Accounting {
         self.gains.clear();
         let mut scratch = DestKey::default();
         for (i, (key, counters)) in snap.flows.iter().enumerate() {
-            while let Some((k, _)) = prev.next_if(|(k, _)| k < key) {
+            let order = flow_order(key);
+            while let Some((k, _)) = prev.next_if(|(k, _)| flow_order(k) < order) {
                 evicted += u64::from(gone(k));
             }
             let before = prev
-                .next_if(|(k, _)| k == key)
+                .next_if(|(k, _)| flow_order(k) == order)
                 .filter(|(k, _)| !last.held.contains(k))
                 .map(|(_, c)| Tally::of(c));
             if before.is_none() {

@@ -65,17 +65,39 @@ pub struct Snapshot {
     pub events: [[u64; EventOutcome::COUNT]; EventKind::COUNT],
 }
 
+/// [`FlowKey`]'s own order (its fields in turn, arrays byte by byte) as integers: the same
+/// order, without a `memcmp` call per address. A poll sorts a full map's read and walks it
+/// beside the last one by this order; the byte-wise comparisons were most of that time.
+#[inline]
+pub fn flow_order(k: &FlowKey) -> (u128, u128, u64, u64) {
+    let [m0, m1, m2, m3, m4, m5] = k.client_mac;
+    let [p0, p1] = k.remote_port.to_be_bytes();
+    let [x0, x1, x2, x3, x4, x5, x6] = k._pad;
+    (
+        u128::from_be_bytes(k.client_ip),
+        u128::from_be_bytes(k.remote_ip),
+        u64::from_be_bytes([m0, m1, m2, m3, m4, m5, p0, p1]),
+        u64::from_be_bytes([k.protocol, x0, x1, x2, x3, x4, x5, x6]),
+    )
+}
+
+/// `a` before `b` in [`FlowKey`]'s order (see [`flow_order`]).
+#[inline]
+pub fn flow_cmp(a: &FlowKey, b: &FlowKey) -> std::cmp::Ordering {
+    flow_order(a).cmp(&flow_order(b))
+}
+
 impl Snapshot {
     /// A snapshot of these flows, sorted by key, each key once (the first kept).
     pub fn sorted(mut flows: Vec<(FlowKey, Counters)>) -> Snapshot {
-        flows.sort_by_key(|a| a.0);
+        flows.sort_by(|a, b| flow_cmp(&a.0, &b.0));
         flows.dedup_by(|a, b| a.0 == b.0);
         Snapshot { flows, ..Snapshot::default() }
     }
 
     /// Whether the flows are sorted by key, each key once (what [`KernelMaps::read`] returns).
     pub fn is_sorted(&self) -> bool {
-        self.flows.is_sorted_by(|a, b| a.0 < b.0)
+        self.flows.is_sorted_by(|a, b| flow_cmp(&a.0, &b.0).is_lt())
     }
 
     pub fn stat(&self, stat: Stat, dir: Direction) -> u64 {
@@ -222,7 +244,7 @@ impl KernelMaps {
         let mut snap = Snapshot { flows: Vec::with_capacity(room), ..Snapshot::default() };
         self.for_each_flow(|key, counters| snap.flows.push((*key, counters)))?;
         self.flows_read.store(snap.flows.len(), Ordering::Relaxed);
-        snap.flows.sort_unstable_by_key(|a| a.0);
+        snap.flows.sort_unstable_by(|a, b| flow_cmp(&a.0, &b.0));
         snap.clients = self.client_totals()?;
         for slot in 0..STATS_LEN {
             let (dir, stat) = (slot as usize / Stat::COUNT, slot as usize % Stat::COUNT);
@@ -402,5 +424,45 @@ impl KernelMaps {
                 .map_err(KernelError::map("freeing a retired client's slot"))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The integer order is `FlowKey`'s own: keys that differ in any one field, or in several,
+    /// compare the same both ways (the read is sorted by one, `Snapshot::sorted` by the other).
+    #[test]
+    fn flow_order_is_the_keys_own_order() {
+        let mut keys = Vec::new();
+        for byte in [0u8, 1, 0x7f, 0x80, 0xff] {
+            for field in 0..7 {
+                let mut k = FlowKey::default();
+                match field {
+                    0 => k.client_ip[15 - usize::from(byte % 16)] = byte,
+                    1 => k.remote_ip[usize::from(byte % 16)] = byte,
+                    2 => k.client_mac[usize::from(byte % 6)] = byte,
+                    3 => k.remote_port = u16::from(byte) << 8 | u16::from(byte ^ 0x5a),
+                    4 => k.remote_port = u16::from(byte),
+                    5 => k.protocol = byte,
+                    _ => k._pad[usize::from(byte % 7)] = byte,
+                }
+                keys.push(k);
+                // The same with an earlier field set too: later fields must not decide.
+                k.client_ip[3] = byte.wrapping_add(1);
+                keys.push(k);
+            }
+        }
+        for a in &keys {
+            for b in &keys {
+                assert_eq!(flow_cmp(a, b), a.cmp(b), "{a:?} vs {b:?}");
+            }
+        }
+        let mut by_ord = keys.clone();
+        by_ord.sort();
+        let mut by_order = keys;
+        by_order.sort_by(flow_cmp);
+        assert_eq!(by_ord, by_order);
     }
 }
