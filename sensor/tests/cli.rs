@@ -18,7 +18,7 @@ fn check_config_accepts_the_shipped_example() {
     let (ok, stdout, stderr) = sensor(&["check-config", example.to_str().unwrap()]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("sensor.yaml: ok (interface br-lan)\n"), "{stdout}");
-    assert!(stdout.ends_with("policy.yaml: ok (6 rules)\n"), "{stdout}");
+    assert!(stdout.ends_with("policy.yaml: ok (7 rules)\n"), "{stdout}");
 }
 
 #[test]

@@ -10,11 +10,14 @@ use sensor::{common::EVENT_DATA_MAX, kernel::loader::ebpf_object};
 struct Insn {
     code: u8,
     dst: u8,
+    src: u8,
     imm: i32,
 }
 
 const BPF_CALL: u8 = 0x85;
 const BPF_LD_IMM64: u8 = 0x18;
+/// ALU64 move of a register: `dst = src` (the verifier copies the bounds with it).
+const MOV64_REG: u8 = 0xbf;
 /// ALU64 add of an immediate: `dst += imm`.
 const ADD64_IMM: u8 = 0x07;
 /// Unsigned `if dst > imm goto` (64 and 32-bit forms).
@@ -35,6 +38,7 @@ fn programs() -> Vec<(String, Vec<Insn>)> {
                 let insn = Insn {
                     code: b[0],
                     dst: b[1] & 0x0f,
+                    src: b[1] >> 4,
                     imm: i32::from_le_bytes([b[4], b[5], b[6], b[7]]),
                 };
                 insns.push(insn);
@@ -71,16 +75,24 @@ fn skb_load_bytes_length_is_bounded_in_a_form_old_verifiers_follow() {
             }
             calls += 1;
             let before = &insns[..at];
-            let set = before
-                .iter()
-                .rposition(|i| writes(i, 4))
-                .unwrap_or_else(|| panic!("{section}: r4 never set before the call at {at}"));
+            // Follow register moves back to where the length was made.
+            let (mut reg, mut end) = (4u8, at);
+            let set = loop {
+                let set = before[..end].iter().rposition(|i| writes(i, reg)).unwrap_or_else(|| {
+                    panic!("{section}: r{reg} never set before the call at {at}")
+                });
+                if before[set].code == MOV64_REG {
+                    (reg, end) = (before[set].src, set);
+                    continue;
+                }
+                break set;
+            };
             let last = before[set];
             assert!(
                 last.code == ADD64_IMM && last.imm == 1,
-                "{section}: the last write of bpf_skb_load_bytes's length (r4) before the call \
-                 at instruction {at} is {last:?}, not `r4 += 1`: the compiler folded the bound \
-                 back into a form 6.1's verifier does not follow"
+                "{section}: the last write of bpf_skb_load_bytes's length (r4, via r{reg}) before \
+                 the call at instruction {at} is {last:?}, not `r{reg} += 1`: the compiler folded \
+                 the bound back into a form 6.1's verifier does not follow"
             );
             let window = &before[set.saturating_sub(16)..set];
             assert!(
@@ -94,6 +106,7 @@ fn skb_load_bytes_length_is_bounded_in_a_form_old_verifiers_follow() {
             );
         }
     }
-    // The TC event capture is the one caller; none would make this test pass by accident.
-    assert_eq!(calls, 1, "calls of bpf_skb_load_bytes in the object");
+    // The TC event capture is the one caller, inlined in the egress and the ingress program;
+    // none would make this test pass by accident.
+    assert_eq!(calls, 2, "calls of bpf_skb_load_bytes in the object");
 }

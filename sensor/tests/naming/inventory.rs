@@ -134,6 +134,7 @@ fn device_names_inventory_dhcp_oui_and_cli() {
                 ("mac", redmi_mac),
                 ("group", "phones"),
                 ("vendor", XIAOMI_VENDOR),
+                ("mac_type", "universal"),
                 ("source", "inventory"),
                 ("tag_owner", "alice"),
             ],
@@ -145,6 +146,7 @@ fn device_names_inventory_dhcp_oui_and_cli() {
                 ("mac", tv_mac),
                 ("group", ""),
                 ("vendor", "Google, Inc."),
+                ("mac_type", "universal"),
                 ("source", "fallback"),
             ],
         ));
@@ -155,6 +157,7 @@ fn device_names_inventory_dhcp_oui_and_cli() {
                 ("mac", vacuum_mac),
                 ("group", ""),
                 ("vendor", XIAOMI_VENDOR),
+                ("mac_type", "universal"),
                 ("source", "fallback"),
             ],
         ));
@@ -165,6 +168,7 @@ fn device_names_inventory_dhcp_oui_and_cli() {
                 ("mac", laptop_mac),
                 ("group", ""),
                 ("vendor", "randomized"),
+                ("mac_type", "private"),
                 ("source", "fallback"),
             ],
         ));
@@ -230,6 +234,7 @@ fn device_names_inventory_dhcp_oui_and_cli() {
                 ("mac", tv_mac),
                 ("group", ""),
                 ("vendor", "Google, Inc."),
+                ("mac_type", "universal"),
                 ("source", "dhcp"),
             ],
         ));
@@ -240,6 +245,7 @@ fn device_names_inventory_dhcp_oui_and_cli() {
                 ("mac", redmi_mac),
                 ("group", "phones"),
                 ("vendor", XIAOMI_VENDOR),
+                ("mac_type", "universal"),
                 ("source", "inventory"),
                 ("tag_owner", "alice"),
             ],
@@ -251,6 +257,7 @@ fn device_names_inventory_dhcp_oui_and_cli() {
                 ("mac", laptop_mac),
                 ("group", ""),
                 ("vendor", "randomized"),
+                ("mac_type", "private"),
                 ("source", "fallback"),
             ],
         ));
