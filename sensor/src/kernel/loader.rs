@@ -268,19 +268,42 @@ pub fn attach(
 ) -> Result<Attachment, KernelError> {
     let upload = attach_xdp(ebpf, iface, xdp)?;
     let tc_mode = attach_tc(ebpf, iface, tc, TcAttachType::Egress)?;
-    let xdp_mode = match upload {
-        Some(mode) => mode,
-        None => {
-            let ingress = attach_tc(ebpf, iface, tc, TcAttachType::Ingress)?;
-            info!(
-                interface = iface,
-                attach = ingress,
-                "uploads counted on TC ingress: no native XDP here, and generic XDP would see \
-                 a GRO-merged packet as one"
-            );
-            "tc_ingress"
-        }
-    };
+    let xdp_mode =
+        match upload {
+            Some(mode) => mode,
+            None => match attach_tc(ebpf, iface, tc, TcAttachType::Ingress) {
+                Ok(ingress) => {
+                    info!(
+                        interface = iface,
+                        attach = ingress,
+                        "uploads counted on TC ingress: no native XDP here, and generic XDP would \
+                     see a GRO-merged packet as one"
+                    );
+                    "tc_ingress"
+                }
+                // Linux 6.1's verifier runs out of its instruction budget on the TC ingress
+                // program (the kernel matrix shows it); counting on generic XDP beats not starting.
+                Err(KernelError::Verify { source, .. }) if xdp == XdpMode::Auto => {
+                    tracing::warn!(
+                        interface = iface,
+                        "this kernel's verifier refused the TC ingress program ({source}): uploads \
+                     are counted by generic XDP, which counts a GRO-merged packet as one (on a \
+                     bridge, turn GRO off on its ports for exact packet counts)"
+                    );
+                    // Loaded (verified) by attach_xdp already: only attached here.
+                    let prog: &mut Xdp = ebpf
+                        .program_mut(names::XDP_PROGRAM)
+                        .ok_or(KernelError::MissingProgram { program: "XDP" })?
+                        .try_into()
+                        .map_err(|source| KernelError::PrepareProgram { program: "XDP", source })?;
+                    prog.attach(iface, AyaXdpMode::Skb).map_err(|source| {
+                        KernelError::AttachXdp { mode: "generic", interface: iface.into(), source }
+                    })?;
+                    "generic"
+                }
+                Err(e) => return Err(e),
+            },
+        };
     Ok(Attachment { xdp_mode, tc_mode })
 }
 
