@@ -34,6 +34,19 @@ enum Command {
         /// YAML config file.
         file: PathBuf,
     },
+    /// Take the programs off the interface: `sensor run` leaves them attached when it stops,
+    /// counting into the pinned maps, so that a restart or upgrade loses nothing. Removes the
+    /// pinned links (below `pin_path`/links) and the sensor's clsact filters on `interface`.
+    /// Stop the agent first (for uninstalling: the package's prerm runs this).
+    Detach {
+        /// YAML config file of the agent (its `interface` and `pin_path`).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Also remove the pinned maps: resets the kernel counters (the exported counters
+        /// continue from the state file). Needed when a new build changes the map layout.
+        #[arg(long)]
+        maps: bool,
+    },
     /// List the clients the running agent sees: name, MAC, vendor, addresses, traffic.
     Clients {
         #[command(flatten)]
@@ -132,6 +145,35 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Detach { config, maps } => {
+            let config = match Config::load(&config) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match sensor::kernel::links::detach(&config.pin_path, &config.interface, maps) {
+                Ok(done) if done.is_empty() => {
+                    println!(
+                        "nothing attached or pinned: {} and {} are clean",
+                        config.interface,
+                        config.pin_path.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(done) => {
+                    for line in done {
+                        println!("{line}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {:#}", anyhow::Error::from(e));
                     ExitCode::FAILURE
                 }
             }

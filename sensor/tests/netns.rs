@@ -16,6 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::programs::{SchedClassifier, TcAttachType};
 use lab::{
     Agent, LanKind, Topology, TopologyBuilder, UdpReceiver,
     agent::{Config, Launch},
@@ -638,4 +639,242 @@ fn vlan_tagger_before_all(ifname: &str, vid: i32) -> anyhow::Result<std::os::fd:
     drop(prog_fd);
     // SAFETY: as above.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(link as i32) })
+}
+
+// ---------------------------------------------------------------------------------------
+// Restarts, crashes and upgrades lose nothing (issue 14): the programs stay attached while the
+// agent is down, counting into the pinned maps, and the next agent adopts them.
+
+#[test]
+fn steady_stream_counted_exactly_through_sigterm_kill9_and_upgrade_tcx() {
+    restart_under_traffic("tcx", "");
+}
+
+#[test]
+fn steady_stream_counted_exactly_through_sigterm_kill9_and_upgrade_clsact() {
+    restart_under_traffic("clsact", "tc_attach: netlink\n");
+}
+
+/// A UDP stream of `payload`-byte datagrams in batches until `stop`; the number sent.
+fn stream(
+    ns: String,
+    from: SocketAddr,
+    to: SocketAddr,
+    payload: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<anyhow::Result<u64>> {
+    std::thread::spawn(move || {
+        let mut sent = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            send_udp(&ns, from, to, 10, payload)?;
+            sent += 10;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(sent)
+    })
+}
+
+/// Scrapes `url` from `ns` every 0.5 s until `stop`; returns how many scrapes answered and
+/// every client, remote or destination counter sample that was lower than in the scrape
+/// before (a counter going backwards).
+fn watch_counters(
+    ns: String,
+    url: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(u64, Vec<String>)> {
+    std::thread::spawn(move || {
+        let http = lab::http::Client::new(Some(&ns));
+        let mut last: BTreeMap<String, f64> = BTreeMap::new();
+        let (mut answered, mut backwards) = (0, Vec::new());
+        loop {
+            let done = stop.load(std::sync::atomic::Ordering::Relaxed);
+            // Down between agents: no answer, nothing to compare.
+            if let Some(scrape) = http.get_ok(&url).ok().and_then(|t| Scrape::parse(&t).ok()) {
+                answered += 1;
+                let counters = scrape.samples.iter().filter(|s| {
+                    s.name.ends_with("_total")
+                        && ["gwsensor_client_", "gwsensor_remote_", "gwsensor_destination_"]
+                            .iter()
+                            .any(|p| s.name.starts_with(p))
+                });
+                for s in counters {
+                    let key = format!("{}{:?}", s.name, s.labels);
+                    if let Some(before) = last.insert(key, s.value)
+                        && s.value < before
+                    {
+                        backwards
+                            .push(format!("{} went from {before} to", lab::prom::format_sample(s)));
+                    }
+                }
+            }
+            if done {
+                return (answered, backwards);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    })
+}
+
+/// What is on `lan0` in the gateway, as the kernel says: `ip link` (XDP), the TCX programs
+/// of both sides (by name) and `tc filter show` (clsact filters).
+fn hooks_on(topo: &Topology) -> String {
+    let gw = &topo.gateway.ns;
+    let link =
+        lab::ip(&["-n", gw, "link", "show", "dev", "lan0"]).unwrap_or_else(|e| format!("{e:#}"));
+    let tcx = [TcAttachType::Ingress, TcAttachType::Egress]
+        .map(|side| {
+            let progs = lab::in_netns(gw, || SchedClassifier::query_tcx("lan0", side));
+            match progs {
+                Ok(Ok((_, progs))) => progs
+                    .iter()
+                    .map(|p| format!("tcx/{side:?} {}\n", p.name_as_str().unwrap_or("?")))
+                    .collect(),
+                Ok(Err(e)) => format!("query_tcx {side:?}: {e}\n"),
+                Err(e) => format!("{e:#}\n"),
+            }
+        })
+        .join("");
+    let tc = ["ingress", "egress"]
+        .map(|side| {
+            lab::run("tc", &["-n", gw, "filter", "show", "dev", "lan0", side])
+                .unwrap_or_else(|e| format!("{e:#}"))
+        })
+        .join("");
+    format!("{link}{tcx}{tc}")
+}
+
+/// Asserts the counting programs are on `lan0` while no agent runs.
+fn assert_attached_while_down(topo: &Topology, pins: &lab::PinDir, tc: &str, when: &str) {
+    let hooks = hooks_on(topo);
+    assert!(hooks.contains("prog/xdp"), "{when}: no XDP program on lan0:\n{hooks}");
+    let links = pins.path().join("links");
+    assert!(links.join("xdp_driver").exists(), "{when}: {} has no xdp_driver pin", links.display());
+    match tc {
+        "tcx" => {
+            assert!(
+                hooks.contains("tcx/Egress gwsensor_tc"),
+                "{when}: no TCX egress program:\n{hooks}"
+            );
+            assert!(links.join("tcx_egress").exists(), "{when}: no tcx_egress pin");
+        }
+        _ => assert!(
+            hooks.contains("pref 18259 bpf") && hooks.contains("gwsensor_tc"),
+            "{when}: no clsact filter of ours:\n{hooks}"
+        ),
+    }
+}
+
+fn restart_under_traffic(tc: &str, extra: &str) {
+    if !privileged() {
+        return;
+    }
+    let pins = lab::PinDir::new("test", &format!("restart-{tc}"));
+    let topo = TopologyBuilder::new(&format!("gwt-rs{}", &tc[..2]))
+        .lan(LanKind::Veth)
+        .client("phone", [0x64, 0x09, 0x80, 0x77, 0x00, 0x01])
+        .build()
+        .expect("building the lab");
+    let phone = topo.client("phone");
+    let mac = phone.mac_text();
+    let inet = &topo.internet.ns;
+
+    let mut agent = start_agent(&topo, &pins, extra);
+    let (_, scrape) = scrape_of(&agent);
+    assert_gauge(
+        &agent,
+        &scrape,
+        "gwsensor_xdp_attach_mode",
+        &[("interface", "lan0"), ("mode", "driver")],
+        1.0,
+    );
+    let want_tc = if tc == "tcx" { "tcx" } else { "netlink" };
+    assert_gauge(
+        &agent,
+        &scrape,
+        "gwsensor_tc_attach_mode",
+        &[("interface", "lan0"), ("mode", want_tc)],
+        1.0,
+    );
+
+    let srv = UdpReceiver::bind(inet, sa("10.77.2.2:5011")).unwrap();
+    let phone_rx = UdpReceiver::bind(&phone.ns, sa("10.77.1.10:6011")).unwrap();
+    let stop_streams = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_watch = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher =
+        watch_counters(topo.gateway.ns.clone(), agent.url("/metrics"), stop_watch.clone());
+    // Upload 300 B and download 400 B payloads, ~2,000 datagrams a second each way.
+    let up =
+        stream(phone.ns.clone(), sa("10.77.1.10:40011"), srv.addr(), 300, stop_streams.clone());
+    let down =
+        stream(inet.clone(), sa("10.77.2.2:5012"), phone_rx.addr(), 400, stop_streams.clone());
+    // Traffic flows for a while in each state; how long does not matter to the assertions.
+    let pause = || std::thread::sleep(Duration::from_secs(1));
+    let again = |agent: &mut Agent, binary: Option<&Path>, what: &str| {
+        if let Err(e) = agent.start_again(binary) {
+            agent.fail(&format!("starting again after {what}: {e:#}"));
+        }
+    };
+
+    pause();
+    // 1. SIGTERM, then start: the programs stay attached while it is down.
+    agent.stop(Duration::from_secs(15)).unwrap_or_else(|e| panic!("SIGTERM: {e:#}"));
+    assert_attached_while_down(&topo, &pins, tc, "after SIGTERM");
+    pause();
+    again(&mut agent, None, "SIGTERM");
+    pause();
+    // 2. SIGKILL (a crash: no last poll, no state save), then start.
+    agent.kill9().unwrap_or_else(|e| panic!("{e:#}"));
+    assert_attached_while_down(&topo, &pins, tc, "after kill -9");
+    pause();
+    again(&mut agent, None, "kill -9");
+    pause();
+    // 3. An upgrade: SIGTERM, then the binary from another path. It is the same build (a
+    // copy): what is proven is that a new process from a new file adopts the links; a build
+    // with another map layout is refused at start (KernelError::PinnedLayout).
+    agent.stop(Duration::from_secs(15)).unwrap_or_else(|e| panic!("SIGTERM: {e:#}"));
+    let upgraded = topo.lab.dir().join("sensor-upgraded");
+    std::fs::copy(env!("CARGO_BIN_EXE_sensor"), &upgraded).expect("copying the binary");
+    pause();
+    again(&mut agent, Some(&upgraded), "the upgrade");
+    pause();
+
+    stop_streams.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent_up = up.join().expect("upload stream").expect("upload stream");
+    let sent_down = down.join().expect("download stream").expect("download stream");
+    srv.wait_for(sent_up, DELIVERY_TIMEOUT).unwrap();
+    phone_rx.wait_for(sent_down, DELIVERY_TIMEOUT).unwrap();
+    let mut ledger = Ledger::for_topology(&topo);
+    ledger.udp(&mac, Dir::Upload, srv.addr(), sent_up, ETHERNET + IPV4 + UDP + 300);
+    ledger.udp(&mac, Dir::Download, sa("10.77.2.2:5012"), sent_down, ETHERNET + IPV4 + UDP + 400);
+    expect(&agent, &ledger, &format!("after {sent_up} up and {sent_down} down through 3 restarts"));
+    stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (answered, backwards) = watcher.join().expect("the scraper");
+    assert!(answered > 0, "no scrape answered");
+    if !backwards.is_empty() {
+        agent.fail(&format!(
+            "counters went backwards ({answered} scrapes):\n{}",
+            backwards.join("\n")
+        ));
+    }
+
+    // Uninstall: `sensor detach` takes everything off the interface and unpins it.
+    agent.stop(Duration::from_secs(15)).unwrap_or_else(|e| panic!("SIGTERM: {e:#}"));
+    let mut detach = Command::new(env!("CARGO_BIN_EXE_sensor"));
+    detach.args(["detach", "--maps", "-c"]).arg(agent.config_path());
+    let out =
+        lab::services::output_in_netns(&topo.gateway.ns, detach, b"", Duration::from_secs(20))
+            .expect("running sensor detach");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "sensor detach failed: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("detached and unpinned") && said.contains("xdp_driver"), "{said}");
+    assert!(said.contains("unpinned map"), "{said}");
+    let hooks = hooks_on(&topo);
+    assert!(!hooks.contains("prog/xdp"), "XDP still on lan0 after sensor detach:\n{hooks}");
+    assert!(!hooks.contains("tcx/"), "TCX still on lan0 after sensor detach:\n{hooks}");
+    assert!(!hooks.contains("bpf"), "a clsact filter is left after sensor detach:\n{hooks}");
+    assert!(!pins.path().exists(), "{} is left after sensor detach --maps", pins.path().display());
 }

@@ -359,6 +359,26 @@ impl<'l> Agent<'l> {
         self.await_ready()
     }
 
+    /// SIGKILL, as a crash or the OOM killer would end it: no last poll, no state save, no
+    /// cleanup. Waits until it has exited.
+    pub fn kill9(&self) -> anyhow::Result<()> {
+        self.process.signal(Signal::SIGKILL)?;
+        match self.process.wait_timeout(Duration::from_secs(10))? {
+            Some(_) => Ok(()),
+            None => bail!("pid {} still runs 10 s after SIGKILL", self.process.pid()),
+        }
+    }
+
+    /// Starts it again on the same config after [`Agent::stop`] or [`Agent::kill9`], awaited
+    /// as at the start: the same binary, or `binary` from now on (an upgrade).
+    pub fn start_again(&mut self, binary: Option<&Path>) -> anyhow::Result<()> {
+        if let Some(binary) = binary {
+            self.launch.binary = binary.to_path_buf();
+        }
+        self.process = Agent::spawn(self.lab, &self.ns, &self.launch, &self.config_path)?;
+        self.await_ready()
+    }
+
     /// `sensor <args>` run in the agent's namespace against it, as a user on the router would:
     /// with the CLI's default `--api` when the agent listens there, else `--api` to it. Its
     /// stdout, or an error with everything it printed.

@@ -100,8 +100,13 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     };
     let (mut ebpf, capacities) = loader::load_with_events(&options, config.events_per_second)?;
     spawn_kernel_logger(&mut ebpf);
-    let attachment =
-        loader::attach(&mut ebpf, &config.interface, config.xdp_mode, config.tc_attach)?;
+    let attachment = loader::attach_pinned(
+        &mut ebpf,
+        &config.interface,
+        config.xdp_mode,
+        config.tc_attach,
+        &config.pin_path,
+    )?;
     let maps = KernelMaps::take(&mut ebpf)?;
     let ring =
         ebpf.take_map(names::EVENTS).context("events ring buffer missing from the eBPF object")?;
@@ -233,7 +238,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     drop(pipeline);
     drop(ebpf);
     info!(
-        "stopped: programs detached from {} (traffic flows on, uncounted); counters kept in {} and {}",
+        "stopped: programs stay attached to {} and keep counting into the pinned maps until the \
+         next start adopts them (`sensor detach` removes them); counters kept in {} and {}",
         config.interface,
         config.pin_path.display(),
         config.state_path.display()

@@ -65,7 +65,8 @@ pub enum KernelError {
     /// A map pinned by a build with another key or value layout.
     #[error(
         "pinned map {} has key/value sizes {}/{} but this build uses {}/{} (its layout changed): \
-         remove the old maps with `rm -r {}` ({RESETS})",
+         the programs of the old build may still be counting into them; stop the agent and run \
+         `sensor detach --maps -c CONFIG` (or remove {}) before starting this build ({RESETS})",
         path.display(), found.0, found.1, expected.0, expected.1, dir.display()
     )]
     PinnedLayout { path: PathBuf, dir: PathBuf, found: (u32, u32), expected: (u32, u32) },
@@ -108,6 +109,11 @@ pub enum KernelError {
         "attaching TC {side} with TCX to {interface} (needs kernel 6.6+; try `tc_attach: netlink`)"
     )]
     AttachTcx { side: &'static str, interface: String, source: ProgramError },
+    /// A link pinned below `<pin_path>/links/`.
+    #[error("{doing} {}", path.display())]
+    PinnedLink { doing: &'static str, path: PathBuf, source: io::Error },
+    #[error("removing the clsact {side} filter from {interface}")]
+    RemoveTcFilter { side: &'static str, interface: String, source: TcError },
     #[error("adding a clsact qdisc to {interface}")]
     AddClsact { interface: String, source: TcError },
     #[error("attaching the TC {side} filter to {interface}")]

@@ -9,8 +9,9 @@ use aya::{
     maps::{MapInfo, ProgramArray},
     programs::{
         LinkOrder, Program, ProgramError, SchedClassifier, TcAttachType, Xdp,
-        tc::{self, NlOptions, TcAttachOptions},
-        xdp::XdpMode as AyaXdpMode,
+        links::FdLink,
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
+        xdp::{XdpLink, XdpMode as AyaXdpMode},
     },
 };
 use ipnet::IpNet;
@@ -20,7 +21,11 @@ use sensor_common::{
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use super::error::KernelError;
+use super::{
+    error::KernelError,
+    links::{self, Hook, LinkPins},
+    netif,
+};
 
 /// The eBPF object built by build.rs, embedded so the agent is one self-contained binary.
 pub fn ebpf_object() -> &'static [u8] {
@@ -83,6 +88,16 @@ pub struct Capacities {
 const CLIENT_SLOT_MAPS: [&str; 4] =
     [names::CLIENT_SLOTS, names::CLIENT_TOTALS, names::FREE_SLOTS, names::NEXT_SLOT];
 
+/// Every map the agent pins (what `sensor detach --maps` removes).
+pub const PINNED_MAPS: [&str; 6] = [
+    names::FLOWS,
+    names::STATS,
+    names::CLIENT_SLOTS,
+    names::CLIENT_TOTALS,
+    names::FREE_SLOTS,
+    names::NEXT_SLOT,
+];
+
 /// The `LAN_PREFIXES` global: each prefix IPv4-mapped, as address and mask words.
 pub fn lan_prefixes_global(prefixes: &[IpNet]) -> Result<LanPrefixes, KernelError> {
     if prefixes.len() > MAX_LAN_PREFIXES {
@@ -133,11 +148,7 @@ pub fn load_with_events(
     let pins: Vec<(&str, PathBuf)>;
     if let Some(dir) = opts.pin_dir {
         prepare_pin_dir(dir)?;
-        pins = [names::FLOWS, names::STATS]
-            .iter()
-            .chain(&CLIENT_SLOT_MAPS)
-            .map(|name| (*name, dir.join(name)))
-            .collect();
+        pins = PINNED_MAPS.iter().map(|name| (*name, dir.join(name))).collect();
         let pin = |name: &str| dir.join(name);
         check_pinned::<FlowKey, FlowValue>(&pin(names::FLOWS), &mut capacities.flows)?;
         check_pinned::<u32, u64>(&pin(names::STATS), &mut 0)?;
@@ -258,53 +269,222 @@ pub struct Attachment {
 
 /// Verifies and attaches the programs to `iface`: the upload hook (native XDP; where the
 /// interface has none, TC ingress in `auto` mode, generic XDP when forced) and TC egress. The
-/// links live as long as `ebpf`: dropping it detaches them (traffic then flows uncounted; the
-/// pinned maps keep their counts).
+/// links live as long as `ebpf`: dropping it detaches them. For tests and the matrix guest; the
+/// agent uses [`attach_pinned`].
 pub fn attach(
     ebpf: &mut Ebpf,
     iface: &str,
     xdp: XdpMode,
     tc: TcAttach,
 ) -> Result<Attachment, KernelError> {
-    let upload = attach_xdp(ebpf, iface, xdp)?;
-    let tc_mode = attach_tc(ebpf, iface, tc, TcAttachType::Egress)?;
-    let xdp_mode =
-        match upload {
-            Some(mode) => mode,
-            None => match attach_tc(ebpf, iface, tc, TcAttachType::Ingress) {
-                Ok(ingress) => {
-                    info!(
-                        interface = iface,
-                        attach = ingress,
-                        "uploads counted on TC ingress: no native XDP here, and generic XDP would \
+    attach_with(ebpf, iface, xdp, tc, None)
+}
+
+/// [`attach`], with attachments that outlive the process: XDP and TCX links pinned under
+/// `<pin_dir>/links/`, clsact filters at our fixed priority and handle. Links that an earlier
+/// agent left on the same hook of `iface` are adopted: their program is swapped for this
+/// load's atomically, so no packet goes uncounted across a restart, crash or upgrade. Pins of
+/// another interface or mode are detached once the new hooks are in place.
+pub fn attach_pinned(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    xdp: XdpMode,
+    tc: TcAttach,
+    pin_dir: &Path,
+) -> Result<Attachment, KernelError> {
+    attach_with(ebpf, iface, xdp, tc, Some(&LinkPins::new(pin_dir)))
+}
+
+fn attach_with(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    xdp: XdpMode,
+    tc: TcAttach,
+    pins: Option<&LinkPins>,
+) -> Result<Attachment, KernelError> {
+    let ifindex = netif::ifindex(iface)?;
+    let at = Hooked { iface, ifindex, pins };
+    let upload = attach_xdp(ebpf, &at, xdp)?;
+    let tc_mode = attach_tc(ebpf, &at, tc, TcAttachType::Egress)?;
+    let xdp_mode = match upload {
+        Some(mode) => mode,
+        None => match attach_tc(ebpf, &at, tc, TcAttachType::Ingress) {
+            Ok(ingress) => {
+                info!(
+                    interface = iface,
+                    attach = ingress,
+                    "uploads counted on TC ingress: no native XDP here, and generic XDP would \
                      see a GRO-merged packet as one"
-                    );
-                    "tc_ingress"
-                }
-                // Linux 6.1's verifier runs out of its instruction budget on the TC ingress
-                // program (the kernel matrix shows it); counting on generic XDP beats not starting.
-                Err(KernelError::Verify { source, .. }) if xdp == XdpMode::Auto => {
-                    tracing::warn!(
-                        interface = iface,
-                        "this kernel's verifier refused the TC ingress program ({source}): uploads \
+                );
+                "tc_ingress"
+            }
+            // Linux 6.1's verifier runs out of its instruction budget on the TC ingress
+            // program (the kernel matrix shows it); counting on generic XDP beats not starting.
+            Err(KernelError::Verify { source, .. }) if xdp == XdpMode::Auto => {
+                tracing::warn!(
+                    interface = iface,
+                    "this kernel's verifier refused the TC ingress program ({source}): uploads \
                      are counted by generic XDP, which counts a GRO-merged packet as one (on a \
                      bridge, turn GRO off on its ports for exact packet counts)"
-                    );
-                    // Loaded (verified) by attach_xdp already: only attached here.
-                    let prog: &mut Xdp = ebpf
-                        .program_mut(names::XDP_PROGRAM)
-                        .ok_or(KernelError::MissingProgram { program: "XDP" })?
-                        .try_into()
-                        .map_err(|source| KernelError::PrepareProgram { program: "XDP", source })?;
-                    prog.attach(iface, AyaXdpMode::Skb).map_err(|source| {
-                        KernelError::AttachXdp { mode: "generic", interface: iface.into(), source }
-                    })?;
-                    "generic"
-                }
-                Err(e) => return Err(e),
-            },
-        };
+                );
+                // Loaded (verified) by attach_xdp already: only attached here.
+                let prog: &mut Xdp = ebpf
+                    .program_mut(names::XDP_PROGRAM)
+                    .ok_or(KernelError::MissingProgram { program: "XDP" })?
+                    .try_into()
+                    .map_err(|source| KernelError::PrepareProgram { program: "XDP", source })?;
+                at.xdp(prog, Hook::XdpGeneric)?;
+                "generic"
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    if let Some(pins) = pins {
+        sweep(pins, iface, xdp_mode, tc_mode)?;
+    }
     Ok(Attachment { xdp_mode, tc_mode })
+}
+
+/// After attaching: detaches what an earlier run left on hooks this one does not use (another
+/// interface, another mode), so that nothing counts twice. After, not before, so that a mode
+/// change has no gap (at worst a moment of counting twice).
+fn sweep(
+    pins: &LinkPins,
+    iface: &str,
+    xdp_mode: &'static str,
+    tc_mode: &'static str,
+) -> Result<(), KernelError> {
+    let tcx = tc_mode == "tcx";
+    let used = |hook: Hook| match hook {
+        Hook::XdpDriver => xdp_mode == "driver",
+        Hook::XdpGeneric => xdp_mode == "generic",
+        Hook::TcxEgress => tcx,
+        Hook::TcxIngress => tcx && xdp_mode == "tc_ingress",
+    };
+    for hook in Hook::ALL.into_iter().filter(|h| !used(*h)) {
+        let removed = pins.remove(hook).map_err(|source| KernelError::PinnedLink {
+            doing: "detaching a pinned link an earlier run left",
+            path: pins.path(hook),
+            source,
+        })?;
+        if removed {
+            warn!(
+                link = %pins.path(hook).display(),
+                "detached the {} link an earlier run left (the interface or attach mode changed)",
+                hook.pin_name()
+            );
+        }
+    }
+    let netlink_sides = [
+        (TcAttachType::Egress, tc_mode == "netlink"),
+        (TcAttachType::Ingress, tc_mode == "netlink" && xdp_mode == "tc_ingress"),
+    ];
+    for (side, _) in netlink_sides.into_iter().filter(|(_, used)| !used) {
+        match links::remove_tc_filters(iface, side) {
+            Ok(true) => warn!(
+                interface = iface,
+                "removed the clsact {side:?} filter an earlier run left (the attach mode changed)"
+            ),
+            Ok(false) => {}
+            Err(e) => warn!(interface = iface, "removing an old clsact {side:?} filter: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// Where the programs go: the interface, and the pins when attachments are to outlive us.
+struct Hooked<'a> {
+    iface: &'a str,
+    ifindex: u32,
+    pins: Option<&'a LinkPins>,
+}
+
+impl Hooked<'_> {
+    /// Attaches `prog` as XDP in `hook`'s mode: adopts the pinned link of this interface (an
+    /// atomic program swap), or attaches and pins a new one.
+    fn xdp(&self, prog: &mut Xdp, hook: Hook) -> Result<(), KernelError> {
+        let (mode, flags) = match hook {
+            Hook::XdpGeneric => ("generic", AyaXdpMode::Skb),
+            _ => ("driver", AyaXdpMode::Driver),
+        };
+        let err = |source| KernelError::AttachXdp { mode, interface: self.iface.into(), source };
+        let Some(pins) = self.pins else {
+            return prog.attach(self.iface, flags).map(|_| ()).map_err(err);
+        };
+        if let Some(old) = self.adoptable(hook)? {
+            let link = XdpLink::try_from(old).map_err(|e| self.link_error(hook, e))?;
+            let id = prog.attach_to_link(link).map_err(err)?;
+            // Ours no more: the pin keeps it attached when this process ends.
+            drop(prog.take_link(id).map_err(err)?);
+            info!(interface = self.iface, "XDP ({mode}) link adopted: program swapped in place");
+            return Ok(());
+        }
+        let id = prog.attach(self.iface, flags).map_err(err)?;
+        let link = prog.take_link(id).map_err(err)?;
+        match FdLink::try_from(link) {
+            Ok(fd) => self.pin(pins, hook, fd),
+            // A netlink XDP attachment (no XDP links before 5.9): it stays attached when this
+            // process ends too (aya detaches it only through the link just taken), but the
+            // next agent cannot swap it: it replaces it.
+            Err(e) => {
+                warn!(
+                    interface = self.iface,
+                    "XDP attached without a BPF link ({e}); it cannot be pinned, so a restart \
+                     re-attaches it"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// The pinned link of `hook` on this interface, if any.
+    fn adoptable(&self, hook: Hook) -> Result<Option<FdLink>, KernelError> {
+        let Some(pins) = self.pins else { return Ok(None) };
+        pins.adoptable(hook, self.ifindex).map_err(|source| KernelError::PinnedLink {
+            doing: "opening the pinned link",
+            path: pins.path(hook),
+            source,
+        })
+    }
+
+    /// Detaches the pinned link of `hook` when it is on this interface: the kernel runs one
+    /// XDP mode at a time, so a change of `xdp_mode` has to take the old one off first (the
+    /// one restart that leaves a moment uncounted, said in the log).
+    fn drop_pin_on_this_interface(&self, hook: Hook) -> Result<(), KernelError> {
+        let Some(pins) = self.pins else { return Ok(()) };
+        let err = |source| KernelError::PinnedLink {
+            doing: "detaching a pinned link of another XDP mode",
+            path: pins.path(hook),
+            source,
+        };
+        if pins.info(hook).map_err(err)?.is_some_and(|i| i.ifindex == self.ifindex) {
+            pins.remove(hook).map_err(err)?;
+            warn!(
+                interface = self.iface,
+                "xdp_mode changed: detached the {} link first (uploads are uncounted until the \
+                 new one is attached)",
+                hook.pin_name()
+            );
+        }
+        Ok(())
+    }
+
+    /// A link that is not what its pin name says.
+    fn link_error(&self, hook: Hook, e: aya::programs::links::LinkError) -> KernelError {
+        KernelError::PinnedLink {
+            doing: "taking over the link",
+            path: self.pins.map(|p| p.path(hook)).unwrap_or_default(),
+            source: std::io::Error::other(e),
+        }
+    }
+
+    fn pin(&self, pins: &LinkPins, hook: Hook, link: FdLink) -> Result<(), KernelError> {
+        pins.pin(hook, link).map_err(|source| KernelError::PinnedLink {
+            doing: "pinning the link",
+            path: pins.path(hook),
+            source,
+        })
+    }
 }
 
 /// The program types the agent loads; aya's `load` is inherent to each.
@@ -358,31 +538,31 @@ pub fn verify_for_test_runs(ebpf: &mut Ebpf) -> Result<(), KernelError> {
 /// no native XDP (the caller counts uploads on TC ingress then).
 fn attach_xdp(
     ebpf: &mut Ebpf,
-    iface: &str,
+    at: &Hooked,
     mode: XdpMode,
 ) -> Result<Option<&'static str>, KernelError> {
     install_capture(ebpf)?;
     let prog: &mut Xdp = verified(ebpf, names::XDP_PROGRAM, "XDP")?;
-    let attach_in = |prog: &mut Xdp, mode: &'static str, flags| {
-        prog.attach(iface, flags).map(|_| Some(mode)).map_err(|source| KernelError::AttachXdp {
-            mode,
-            interface: iface.into(),
-            source,
-        })
-    };
     match mode {
-        XdpMode::Driver => attach_in(prog, "driver", AyaXdpMode::Driver),
-        XdpMode::Generic => attach_in(prog, "generic", AyaXdpMode::Skb),
+        XdpMode::Driver => {
+            at.drop_pin_on_this_interface(Hook::XdpGeneric)?;
+            at.xdp(prog, Hook::XdpDriver).map(|()| Some("driver"))
+        }
+        XdpMode::Generic => {
+            at.drop_pin_on_this_interface(Hook::XdpDriver)?;
+            at.xdp(prog, Hook::XdpGeneric).map(|()| Some("generic"))
+        }
         XdpMode::Tc => Ok(None),
-        XdpMode::Auto => match prog.attach(iface, AyaXdpMode::Driver) {
-            Ok(_) => {
-                info!(interface = iface, "XDP attached in driver (native) mode");
+        XdpMode::Auto => match at.xdp(prog, Hook::XdpDriver) {
+            Ok(()) => {
+                info!(interface = at.iface, "XDP attached in driver (native) mode");
                 Ok(Some("driver"))
             }
-            Err(driver) => {
-                info!(interface = iface, "no native XDP here ({driver})");
+            Err(KernelError::AttachXdp { source: driver, .. }) => {
+                info!(interface = at.iface, "no native XDP here ({driver})");
                 Ok(None)
             }
+            Err(e) => Err(e),
         },
     }
 }
@@ -408,32 +588,42 @@ pub fn install_capture(ebpf: &mut Ebpf) -> Result<(), KernelError> {
 /// Attaches the TC program of a direction (`Egress`: downloads, `Ingress`: uploads).
 fn attach_tc(
     ebpf: &mut Ebpf,
-    iface: &str,
+    at: &Hooked,
     mode: TcAttach,
     hook: TcAttachType,
 ) -> Result<&'static str, KernelError> {
-    let (name, role, side) = match hook {
-        TcAttachType::Ingress => (names::TC_INGRESS_PROGRAM, "TC ingress", "ingress"),
-        _ => (names::TC_PROGRAM, "TC", "egress"),
+    let iface = at.iface;
+    let (name, role, side, tcx_hook) = match hook {
+        TcAttachType::Ingress => {
+            (names::TC_INGRESS_PROGRAM, "TC ingress", "ingress", Hook::TcxIngress)
+        }
+        _ => (names::TC_PROGRAM, "TC", "egress", Hook::TcxEgress),
     };
     let prog: &mut SchedClassifier = verified(ebpf, name, role)?;
     if mode != TcAttach::Netlink {
+        let tcx_err = |source| KernelError::AttachTcx { side, interface: iface.into(), source };
+        if let Some(old) = at.adoptable(tcx_hook)? {
+            let link =
+                SchedClassifierLink::try_from(old).map_err(|e| at.link_error(tcx_hook, e))?;
+            let id = prog.attach_to_link(link).map_err(tcx_err)?;
+            drop(prog.take_link(id).map_err(tcx_err)?);
+            info!(interface = iface, "TC {side} TCX link adopted: program swapped in place");
+            return Ok("tcx");
+        }
         match prog.attach_with_options(iface, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
         {
-            Ok(_) => {
+            Ok(id) => {
+                if let Some(pins) = at.pins {
+                    let link = prog.take_link(id).map_err(tcx_err)?;
+                    let fd = FdLink::try_from(link).map_err(|e| at.link_error(tcx_hook, e))?;
+                    at.pin(pins, tcx_hook, fd)?;
+                }
                 info!(interface = iface, "TC {side} program attached with TCX");
                 return Ok("tcx");
             }
-            Err(source) if mode == TcAttach::Tcx => {
-                return Err(KernelError::AttachTcx { side, interface: iface.into(), source });
-            }
+            Err(source) if mode == TcAttach::Tcx => return Err(tcx_err(source)),
             Err(e) => info!(interface = iface, "TCX unavailable ({e}); using a clsact qdisc"),
         }
-    }
-    // A netlink filter outlives a crashed agent: remove ours before adding, or packets would
-    // be counted twice.
-    if let Err(e) = tc::qdisc_detach_program(iface, hook, name) {
-        tracing::debug!("no stale TC {side} filter to remove: {e}");
     }
     if let Err(e) = tc::qdisc_add_clsact(iface) {
         let exists =
@@ -442,9 +632,45 @@ fn attach_tc(
             return Err(KernelError::AddClsact { interface: iface.into(), source: e });
         }
     }
-    prog.attach_with_options(iface, hook, TcAttachOptions::Netlink(NlOptions::default()))
-        .map_err(|source| KernelError::AttachTc { side, interface: iface.into(), source })?;
-    info!(interface = iface, "TC {side} program attached as a clsact filter (netlink)");
+    let err = |source| KernelError::AttachTc { side, interface: iface.into(), source };
+    if at.pins.is_none() {
+        // A netlink filter outlives a crashed agent: remove ours before adding, or packets
+        // would be counted twice.
+        if let Err(e) = tc::qdisc_detach_program(iface, hook, name) {
+            tracing::debug!("no stale TC {side} filter to remove: {e}");
+        }
+        prog.attach_with_options(iface, hook, TcAttachOptions::Netlink(NlOptions::default()))
+            .map_err(err)?;
+        info!(interface = iface, "TC {side} program attached as a clsact filter (netlink)");
+        return Ok("netlink");
+    }
+    // Our filter sits at a fixed priority and handle: replace it in place (the new program
+    // takes over between two packets), or add it.
+    let ours =
+        SchedClassifierLink::attached(iface, hook, links::TC_PRIORITY, links::TC_HANDLE, None)
+            .map_err(|e| err(tc::TcError::IoError(e).into()))?;
+    let id = match prog.attach_to_link(ours) {
+        Ok(id) => {
+            info!(interface = iface, "TC {side} clsact filter adopted: program replaced in place");
+            id
+        }
+        Err(replace) => {
+            tracing::debug!("no clsact {side} filter of ours to replace: {replace}");
+            // One an older build left at another priority would count twice.
+            if let Err(e) = tc::qdisc_detach_program(iface, hook, name) {
+                tracing::debug!("no stale TC {side} filter to remove: {e}");
+            }
+            let options =
+                NlOptions { priority: links::TC_PRIORITY, handle: links::TC_HANDLE, classid: None };
+            let id = prog
+                .attach_with_options(iface, hook, TcAttachOptions::Netlink(options))
+                .map_err(err)?;
+            info!(interface = iface, "TC {side} program attached as a clsact filter (netlink)");
+            id
+        }
+    };
+    // Dropping the link would delete the filter; it is to stay when this process ends.
+    std::mem::forget(prog.take_link(id).map_err(err)?);
     Ok("netlink")
 }
 

@@ -8,6 +8,7 @@ pub mod bpf_batch;
 pub mod collector;
 mod error;
 pub mod events;
+pub mod links;
 pub mod loader;
 pub mod netif;
 pub mod offload;
