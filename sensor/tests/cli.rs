@@ -68,7 +68,15 @@ fn check_config_reports_a_missing_file() {
 fn help_explains_the_commands() {
     let (ok, stdout, _) = sensor(&["--help"]);
     assert!(ok);
-    for word in ["run", "check-config", "XDP", "Prometheus"] {
+    for word in ["run", "check-config", "detach", "XDP", "Prometheus"] {
         assert!(stdout.contains(word), "--help lacks {word}: {stdout}");
     }
+}
+
+#[test]
+fn detach_reports_a_missing_config_without_touching_anything() {
+    let (ok, stdout, stderr) = sensor(&["detach", "--maps", "-c", "/nonexistent/sensor.yaml"]);
+    assert!(!ok);
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.starts_with("/nonexistent/sensor.yaml: cannot read the file"), "{stderr}");
 }

@@ -787,7 +787,8 @@ fn restart_under_traffic(tc: &str, extra: &str) {
         &[("interface", "lan0"), ("mode", "driver")],
         1.0,
     );
-    let want_tc = if tc == "tcx" { "tcx" } else { "netlink" };
+    let (want_tc, tc_log) =
+        if tc == "tcx" { ("tcx", "TCX link") } else { ("netlink", "clsact filter") };
     assert_gauge(
         &agent,
         &scrape,
@@ -809,9 +810,15 @@ fn restart_under_traffic(tc: &str, extra: &str) {
         stream(inet.clone(), sa("10.77.2.2:5012"), phone_rx.addr(), 400, stop_streams.clone());
     // Traffic flows for a while in each state; how long does not matter to the assertions.
     let pause = || std::thread::sleep(Duration::from_secs(1));
+    // Each new agent must have taken over its predecessor's attachments, not added its own.
+    let adopted = ["XDP (driver) link adopted", &format!("TC egress {tc_log} adopted")];
     let again = |agent: &mut Agent, binary: Option<&Path>, what: &str| {
         if let Err(e) = agent.start_again(binary) {
             agent.fail(&format!("starting again after {what}: {e:#}"));
+        }
+        let log = agent.process().log();
+        if let Some(missing) = adopted.iter().find(|a| !log.contains(**a)) {
+            agent.fail(&format!("after {what}, the log does not say \"{missing}\""));
         }
     };
 

@@ -137,6 +137,11 @@ fn build_deb(dist: &Path) -> Result<PathBuf> {
             deb.display()
         );
     }
+    // The agent leaves its programs attached when it stops: a remove takes them off.
+    let prerm = output(Command::new("dpkg-deb").arg("--info").arg(&deb).arg("prerm"))?;
+    for needed in ["systemctl stop gateway-sensor.service", "sensor detach --maps"] {
+        ensure!(prerm.contains(needed), "prerm of {} lacks {needed:?}:\n{prerm}", deb.display());
+    }
     Ok(deb)
 }
 

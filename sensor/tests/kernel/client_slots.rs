@@ -280,3 +280,36 @@ fn a_partial_set_of_pinned_client_slot_maps_is_refused() {
     let msg = format!("{err:#}");
     assert!(msg.contains("NEXT_SLOT") && msg.contains("rm -r"), "{msg}");
 }
+
+/// A map pinned by a build with another layout is refused (the old build's programs may still
+/// be counting into it), with the way out: `sensor detach --maps`.
+#[test]
+fn a_pinned_map_of_another_layout_is_refused_naming_sensor_detach() {
+    require_root!();
+    lab::ensure_bpffs().expect("pinning needs a BPF filesystem at /sys/fs/bpf");
+    let pins = lab::PinDir::new("kernel", "old-layout");
+    let dir = pins.path().to_path_buf();
+    std::fs::create_dir_all(&dir).unwrap();
+    // STATS is u32 → u64 in this build; an "old" one with 4-byte values.
+    let stats = dir.join(names::STATS);
+    lab::run(
+        "bpftool",
+        &["map", "create", stats.to_str().unwrap(), "type", "array", "key", "4", "value", "4"]
+            .into_iter()
+            .chain(["entries", "4", "name", "old_stats"])
+            .collect::<Vec<_>>(),
+    )
+    .expect("bpftool map create");
+    let prefixes: Vec<IpNet> = LAN.iter().map(|p| p.parse().unwrap()).collect();
+    let opts = LoadOptions {
+        lan_prefixes: &prefixes,
+        flow_capacity: 1024,
+        client_capacity: 8,
+        pin_dir: Some(&dir),
+        kernel_btf: false,
+    };
+    let err = load(&opts).map(|_| ()).expect_err("another layout must be refused");
+    let msg = format!("{err:#}");
+    assert!(msg.contains(names::STATS) && msg.contains("4/8"), "{msg}");
+    assert!(msg.contains("sensor detach --maps"), "{msg}");
+}
