@@ -72,6 +72,10 @@ pub struct LinkPins {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PinnedInfo {
     pub link_type: u32,
+    /// The link's id: an adopted link keeps it.
+    pub id: u32,
+    /// The program attached through it: adoption swaps it.
+    pub prog_id: u32,
     pub ifindex: u32,
 }
 
@@ -283,7 +287,7 @@ fn pinned_info(path: &Path) -> io::Result<Option<PinnedInfo>> {
 }
 
 fn parse_link_info(info: &[u32; 32]) -> PinnedInfo {
-    PinnedInfo { link_type: info[0], ifindex: info[4] }
+    PinnedInfo { link_type: info[0], id: info[1], prog_id: info[2], ifindex: info[4] }
 }
 
 fn link_detach(fd: &OwnedFd) -> io::Result<()> {
@@ -316,7 +320,10 @@ mod tests {
         raw[1] = 99; // link id
         raw[2] = 123; // program id
         raw[4] = 7; // xdp.ifindex
-        assert_eq!(parse_link_info(&raw), PinnedInfo { link_type: 6, ifindex: 7 });
+        assert_eq!(
+            parse_link_info(&raw),
+            PinnedInfo { link_type: 6, id: 99, prog_id: 123, ifindex: 7 }
+        );
         assert_eq!(Hook::XdpGeneric.link_type(), 6);
         assert_eq!(Hook::TcxEgress.link_type(), 11);
     }

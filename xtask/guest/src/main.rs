@@ -26,9 +26,10 @@ use sensor::{
         KernelError,
         collector::{KernelMaps, Snapshot},
         events::decode,
+        links::{self, Hook, LinkPins},
         loader::{
-            LoadOptions, TcAttach, XdpMode, attach, install_capture, load, load_with_events,
-            verify_for_test_runs,
+            LoadOptions, TcAttach, XdpMode, attach, attach_pinned, install_capture, load,
+            load_with_events, verify_for_test_runs,
         },
     },
 };
@@ -71,6 +72,7 @@ fn main() {
         traffic_check(Setup::Veth, XdpMode::Generic, TcAttach::Netlink, false),
     );
     check("br-lan", traffic_check(Setup::Bridge, XdpMode::Auto, TcAttach::Auto, false));
+    check("restart", restart_check());
     emit("done", all_ok, "");
 }
 
@@ -189,6 +191,79 @@ fn run_traffic(iface: &net::Lan, xdp: XdpMode, tc: TcAttach, kernel_btf: bool) -
     Ok(format!(
         "xdp={} tc={}; exact: up {}p/{}B, down {}p/{}B; events dns+http+tls",
         attachment.xdp_mode, attachment.tc_mode, up.0, up.1, down.0, down.1
+    ))
+}
+
+/// What a crash does to the agent's pinned attachments (issue 14): loads and attaches on a veth
+/// as the agent does (links pinned), drops everything as a dying process would, sends the
+/// frames while no process holds the programs, then loads afresh and attaches again, which
+/// must adopt the links (same link, program swapped), and the pinned maps must hold exactly
+/// what was sent.
+fn restart_check() -> Result<String> {
+    let iface = net::veth()?;
+    let pins = std::path::Path::new("/sys/fs/bpf/matrix-restart");
+    let result = run_restart(&iface, pins);
+    let cleanup = links::detach(pins, &iface.sensor, true);
+    net::teardown(&iface);
+    let result = result?;
+    cleanup.context("sensor detach --maps")?;
+    Ok(result)
+}
+
+fn run_restart(iface: &net::Lan, pins: &std::path::Path) -> Result<String> {
+    let prefixes = lan();
+    let opts = LoadOptions { pin_dir: Some(pins), ..options(&prefixes, false) };
+    let (mut ebpf, _) = load_with_events(&opts, 100).context("first load")?;
+    let (xdp, tc) = (XdpMode::Driver, TcAttach::Auto);
+    attach_pinned(&mut ebpf, &iface.sensor, xdp, tc, pins).context("first attach")?;
+    let link_pins = LinkPins::new(pins);
+    let hooks = [Hook::XdpDriver, Hook::TcxEgress];
+    let before = hooks.map(|h| link_pins.info(h));
+    drop(ebpf);
+
+    let traffic = Traffic::new(iface.sensor_mac);
+    let up_sock = net::PacketSocket::new(&iface.client)?;
+    let down_sock = net::PacketSocket::new(&iface.sensor)?;
+    for f in traffic.upload() {
+        up_sock.send(&f.bytes)?;
+    }
+    for f in traffic.download() {
+        down_sock.send(&f.bytes)?;
+    }
+    // Counted by the orphaned programs into the pinned maps, read through a fresh load.
+    let (mut ebpf, _) = load_with_events(&opts, 100).context("second load")?;
+    let attachment =
+        attach_pinned(&mut ebpf, &iface.sensor, xdp, tc, pins).context("second attach")?;
+    let mut adopted = Vec::new();
+    for (hook, before) in hooks.into_iter().zip(before) {
+        let (Some(before), Some(after)) = (before?, link_pins.info(hook)?) else { continue };
+        ensure!(
+            after.id == before.id && after.prog_id != before.prog_id,
+            "{}: not adopted (link {} -> {}, program {} -> {})",
+            hook.pin_name(),
+            before.id,
+            after.id,
+            before.prog_id,
+            after.prog_id
+        );
+        adopted.push(hook.pin_name());
+    }
+    ensure!(!adopted.is_empty(), "no pinned link to adopt");
+    let maps = KernelMaps::take(&mut ebpf)?;
+    let want = traffic.expected();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut snap = maps.read()?;
+    while !matches(&snap, &want) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        snap = maps.read()?;
+    }
+    compare(&snap, &want).context("counted while no process held the programs")?;
+    Ok(format!(
+        "xdp={} tc={}; frames sent with no process holding the programs counted exactly; \
+         adopted {}",
+        attachment.xdp_mode,
+        attachment.tc_mode,
+        adopted.join(", ")
     ))
 }
 

@@ -86,13 +86,14 @@ const KERNELS: [Kernel; 4] = [
 const MODULES: [&str; 6] = ["llc", "stp", "bridge", "veth", "sch_ingress", "cls_bpf"];
 
 /// The checks, in the checker's order, and their column headings.
-const CHECKS: [(&str, &str); 6] = [
+const CHECKS: [(&str, &str); 7] = [
     ("load-no-btf", "load, no kernel BTF"),
     ("load-btf", "load, kernel BTF"),
     ("load-events", "load, naming events on"),
     ("veth-xdp-driver", "veth: XDP driver, TC auto"),
     ("veth-xdp-generic", "veth: XDP generic, TC clsact"),
     ("br-lan", "br-lan: XDP auto, TC auto"),
+    ("restart", "veth: counted with no process, links adopted"),
 ];
 
 impl Arch {
@@ -468,7 +469,10 @@ fn write_table(outcomes: &[Outcome], total: Duration) -> Result<()> {
         "\nEvery traffic check sends the same frames both ways (UDP, an HTTP request, a TLS \
          ClientHello, a DNS answer) and requires the flows, client totals and outcome stats to \
          equal them exactly, and one naming event each for DNS, HTTP and TLS carrying the bytes \
-         sent. Whole matrix: {} under qemu TCG on the test machine.\n",
+         sent. The restart check attaches with pinned links, drops every fd as a dying agent \
+         would, sends the same frames while no process holds the programs, then loads afresh: \
+         the pinned links must be adopted (same link, new program) and the pinned maps must \
+         hold the frames exactly (the naming events of that time are dropped). Whole matrix: {} under qemu TCG on the test machine.\n",
         format_duration(total)
     ));
     if !notes.is_empty() {
