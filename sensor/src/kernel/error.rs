@@ -102,7 +102,11 @@ pub enum KernelError {
     Verify { program: &'static str, source: ProgramError },
 
     /// `mode`: "driver" or "generic".
-    #[error("attaching XDP in {mode} mode to {interface}")]
+    #[error(
+        "attaching XDP in {mode} mode to {interface} (if another XDP program holds it, `ip link \
+         show {interface}` names it; one left by a sensor with another `pin_path` goes with \
+         `sensor detach` on that config)"
+    )]
     AttachXdp { mode: &'static str, interface: String, source: ProgramError },
     /// `side`: "egress" or "ingress".
     #[error(

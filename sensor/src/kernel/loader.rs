@@ -354,14 +354,7 @@ fn sweep(
     xdp_mode: &'static str,
     tc_mode: &'static str,
 ) -> Result<(), KernelError> {
-    let tcx = tc_mode == "tcx";
-    let used = |hook: Hook| match hook {
-        Hook::XdpDriver => xdp_mode == "driver",
-        Hook::XdpGeneric => xdp_mode == "generic",
-        Hook::TcxEgress => tcx,
-        Hook::TcxIngress => tcx && xdp_mode == "tc_ingress",
-    };
-    for hook in Hook::ALL.into_iter().filter(|h| !used(*h)) {
+    for hook in unused_hooks(xdp_mode, tc_mode) {
         let removed = pins.remove(hook).map_err(|source| KernelError::PinnedLink {
             doing: "detaching a pinned link an earlier run left",
             path: pins.path(hook),
@@ -375,11 +368,7 @@ fn sweep(
             );
         }
     }
-    let netlink_sides = [
-        (TcAttachType::Egress, tc_mode == "netlink"),
-        (TcAttachType::Ingress, tc_mode == "netlink" && xdp_mode == "tc_ingress"),
-    ];
-    for (side, _) in netlink_sides.into_iter().filter(|(_, used)| !used) {
+    for side in unused_filters(xdp_mode, tc_mode) {
         match links::remove_tc_filters(iface, side) {
             Ok(true) => warn!(
                 interface = iface,
@@ -390,6 +379,28 @@ fn sweep(
         }
     }
     Ok(())
+}
+
+/// The pinned links an attachment as `xdp_mode`/`tc_mode` (an [`Attachment`]'s) does not use.
+fn unused_hooks(xdp_mode: &str, tc_mode: &str) -> Vec<Hook> {
+    let tcx = tc_mode == "tcx";
+    let used = |hook: &Hook| match hook {
+        Hook::XdpDriver => xdp_mode == "driver",
+        Hook::XdpGeneric => xdp_mode == "generic",
+        Hook::TcxEgress => tcx,
+        Hook::TcxIngress => tcx && xdp_mode == "tc_ingress",
+    };
+    Hook::ALL.into_iter().filter(|h| !used(h)).collect()
+}
+
+/// The sides where such an attachment has no clsact filter of ours.
+fn unused_filters(xdp_mode: &str, tc_mode: &str) -> Vec<TcAttachType> {
+    let netlink = tc_mode == "netlink";
+    [(TcAttachType::Egress, netlink), (TcAttachType::Ingress, netlink && xdp_mode == "tc_ingress")]
+        .into_iter()
+        .filter(|(_, used)| !used)
+        .map(|(side, _)| side)
+        .collect()
 }
 
 /// Where the programs go: the interface, and the pins when attachments are to outlive us.
@@ -731,6 +742,20 @@ mod tests {
         assert_eq!(release_version("garbage"), None);
         assert!(release_version("5.10.0-35-amd64").unwrap() < MIN_KERNEL);
         assert!(release_version("5.15.167").unwrap() >= MIN_KERNEL);
+    }
+
+    #[test]
+    fn the_sweep_keeps_exactly_the_hooks_in_use() {
+        use Hook::*;
+        assert_eq!(unused_hooks("driver", "tcx"), [XdpGeneric, TcxIngress]);
+        assert_eq!(unused_hooks("tc_ingress", "tcx"), [XdpDriver, XdpGeneric]);
+        // The 6.1 bridge fallback: generic XDP up, clsact down.
+        assert_eq!(unused_hooks("generic", "netlink"), [XdpDriver, TcxEgress, TcxIngress]);
+        assert_eq!(unused_hooks("tc_ingress", "netlink"), Hook::ALL);
+        assert_eq!(unused_filters("driver", "tcx"), [TcAttachType::Egress, TcAttachType::Ingress]);
+        assert_eq!(unused_filters("driver", "netlink"), [TcAttachType::Ingress]);
+        assert!(unused_filters("tc_ingress", "netlink").is_empty());
+        assert_eq!(unused_filters("tc_ingress", "tcx").len(), 2);
     }
 
     #[test]
