@@ -885,3 +885,43 @@ fn restart_under_traffic(tc: &str, extra: &str) {
     assert!(!hooks.contains("bpf"), "a clsact filter is left after sensor detach:\n{hooks}");
     assert!(!pins.path().exists(), "{} is left after sensor detach --maps", pins.path().display());
 }
+
+/// A change of `tc_attach` between two runs: the new agent attaches with TCX, then removes the
+/// clsact filter the old run left, so every packet is counted once.
+#[test]
+fn changing_the_tc_mode_between_runs_leaves_one_program_per_hook() {
+    if !privileged() {
+        return;
+    }
+    let pins = lab::PinDir::new("test", "mode-change");
+    let topo = TopologyBuilder::new("gwt-mode")
+        .lan(LanKind::Veth)
+        .client("phone", [0x64, 0x09, 0x80, 0x77, 0x00, 0x01])
+        .build()
+        .expect("building the lab");
+    let phone = topo.client("phone");
+    let mac = phone.mac_text();
+    let inet = &topo.internet.ns;
+
+    let mut agent = start_agent(&topo, &pins, "tc_attach: netlink\n");
+    agent.stop(Duration::from_secs(15)).unwrap_or_else(|e| panic!("SIGTERM: {e:#}"));
+    let hooks = hooks_on(&topo);
+    assert!(hooks.contains("pref 18259 bpf"), "the clsact filter should stay:\n{hooks}");
+    let yaml = std::fs::read_to_string(agent.config_path()).unwrap();
+    std::fs::write(agent.config_path(), yaml.replace("tc_attach: netlink\n", "")).unwrap();
+    if let Err(e) = agent.start_again(None) {
+        agent.fail(&format!("starting with TCX: {e:#}"));
+    }
+    let hooks = hooks_on(&topo);
+    assert!(hooks.contains("tcx/Egress gwsensor_tc"), "no TCX egress program:\n{hooks}");
+    assert!(!hooks.contains("pref 18259"), "the old clsact filter is left:\n{hooks}");
+    let log = agent.process().log();
+    assert!(log.contains("removed the clsact Egress filter an earlier run left"), "{log}");
+
+    let phone_rx = UdpReceiver::bind(&phone.ns, sa("10.77.1.10:6021")).unwrap();
+    send_udp(inet, sa("10.77.2.2:5021"), phone_rx.addr(), 7, 100).unwrap();
+    phone_rx.wait_for(7, DELIVERY_TIMEOUT).unwrap();
+    let mut ledger = Ledger::for_topology(&topo);
+    ledger.udp(&mac, Dir::Download, sa("10.77.2.2:5021"), 7, ETHERNET + IPV4 + UDP + 100);
+    expect(&agent, &ledger, "downloads after the mode change, counted once");
+}
