@@ -50,6 +50,17 @@ impl PinDir {
     pub fn path(&self) -> &Path {
         &self.0
     }
+
+    /// Removes every pin, as a reboot empties the BPF filesystem (pinned links go with theirs,
+    /// which detaches them).
+    pub fn remove_all(&self) -> anyhow::Result<()> {
+        match std::fs::remove_dir_all(&self.0) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(anyhow::Error::from(e).context(format!("removing {}", self.0.display())))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Drop for PinDir {

@@ -151,8 +151,9 @@ fn default_pin_path() -> PathBuf {
 fn default_state_path() -> PathBuf {
     PathBuf::from("/var/lib/gateway-sensor/state.json")
 }
+/// Zero: after every poll. Exported counters advance when the state holding them is saved.
 fn default_state_save_interval() -> Duration {
-    Duration::from_secs(60)
+    Duration::ZERO
 }
 
 impl Config {
@@ -246,7 +247,7 @@ impl Config {
             ("poll_interval", self.poll_interval, 100 * MS, 60 * MIN, "5s"),
             ("remote_idle_expiry", self.remote_idle_expiry, S, 30 * DAY, "10m"),
             ("client_idle_expiry", self.client_idle_expiry, S, 365 * DAY, "1h"),
-            ("state_save_interval", self.state_save_interval, S, DAY, "1m"),
+            ("state_save_interval", self.state_save_interval, Duration::ZERO, DAY, "0s"),
             ("destinations.idle_expiry", self.destinations.idle_expiry, S, 30 * DAY, "15m"),
             ("names.dns_grace", self.names.dns_grace, Duration::ZERO, DAY, "5m"),
             ("names.flow_name_ttl", self.names.flow_name_ttl, S, 30 * DAY, "1h"),

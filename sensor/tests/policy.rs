@@ -88,8 +88,10 @@ impl<'t> Agent<'t> {
         self.agent.scrape().unwrap_or_else(|e| self.fail(&format!("{e:#}")))
     }
 
+    /// A metric as it stands (counters show once saved: see `scrape_saved`).
     fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.scrape().get(name, labels).unwrap_or(0.0)
+        let scrape = self.agent.scrape_saved(Duration::from_secs(10));
+        scrape.unwrap_or_else(|e| self.fail(&format!("{e:#}"))).get(name, labels).unwrap_or(0.0)
     }
 
     /// Waits until `f` returns Some, failing with every log after `timeout`.

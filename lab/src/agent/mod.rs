@@ -5,6 +5,7 @@
 
 mod config;
 mod observe;
+mod watch;
 
 use std::{
     ffi::OsString,
@@ -21,6 +22,7 @@ use serde_json::Value;
 pub use self::{
     config::{Config, DEFAULT_METRICS, DEFAULT_POLL},
     observe::Observation,
+    watch::{CounterWatch, Watched},
 };
 use crate::{
     Lab, Process,
@@ -309,6 +311,13 @@ impl<'l> Agent<'l> {
         .map_err(|e| self.with_log(e))
     }
 
+    /// A scrape whose counters include everything the agent counted before the call: counters
+    /// show as of the agent's last state save (after each poll by default), so it waits two
+    /// polls (the first one may have been under way).
+    pub fn scrape_saved(&self, timeout: Duration) -> anyhow::Result<Scrape> {
+        self.wait_polls(self.polls()? + 2.0, timeout)
+    }
+
     /// How [`Agent::expect`] looks: up to 15 s for a match, which must then hold for two polls.
     pub fn settle_timing(&self) -> Settle {
         Settle {
@@ -355,28 +364,37 @@ impl<'l> Agent<'l> {
     /// [`Agent::stop`], then the same binary on the same config, awaited as at the start.
     pub fn restart(&mut self, grace: Duration) -> anyhow::Result<()> {
         self.stop(grace)?;
-        self.process = Agent::spawn(self.lab, &self.ns, &self.launch, &self.config_path)?;
-        self.await_ready()
+        self.start_again()
     }
 
-    /// SIGKILL, as a crash or the OOM killer would end it: no last poll, no state save, no
-    /// cleanup. Waits until it has exited.
-    pub fn kill9(&self) -> anyhow::Result<()> {
+    /// SIGKILL, as a crash or the OOM killer ends it: no last poll, no state save. Returns once
+    /// the process is gone.
+    pub fn kill(&self) -> anyhow::Result<()> {
         self.process.signal(Signal::SIGKILL)?;
         match self.process.wait_timeout(Duration::from_secs(10))? {
             Some(_) => Ok(()),
-            None => bail!("pid {} still runs 10 s after SIGKILL", self.process.pid()),
+            None => Err(self.with_log(anyhow::anyhow!("the agent outlived SIGKILL by 10 s"))),
         }
     }
 
-    /// Starts it again on the same config after [`Agent::stop`] or [`Agent::kill9`], awaited
-    /// as at the start: the same binary, or `binary` from now on (an upgrade).
-    pub fn start_again(&mut self, binary: Option<&Path>) -> anyhow::Result<()> {
-        if let Some(binary) = binary {
-            self.launch.binary = binary.to_path_buf();
-        }
+    /// After [`Agent::stop`] or [`Agent::kill`]: the same binary on the same config, awaited
+    /// as at the start.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
         self.process = Agent::spawn(self.lab, &self.ns, &self.launch, &self.config_path)?;
         self.await_ready()
+    }
+
+    /// After [`Agent::stop`]: `binary` from now on (an upgrade), on the same config, awaited as
+    /// at the start.
+    pub fn upgrade_to(&mut self, binary: &Path) -> anyhow::Result<()> {
+        self.launch.binary = binary.to_path_buf();
+        self.start_again()
+    }
+
+    /// Scrapes /metrics every `interval` on a thread, through stops and crashes, watching for
+    /// any counter that goes backwards.
+    pub fn watch_counters(&self, interval: Duration) -> CounterWatch {
+        CounterWatch::start(&self.ns, self.url("/metrics"), interval)
     }
 
     /// `sensor <args>` run in the agent's namespace against it, as a user on the router would:

@@ -106,6 +106,8 @@ pub(crate) fn run_case(case: &Case, timed: bool, with_agent: bool) -> anyhow::Re
         inst.pipeline.poll()?;
         cpus.push(thread_cpu() - cpu);
         polls.push(inst.pipeline.timings);
+        // The agent releases the families once the state is saved (its own cost, not timed here).
+        inst.pipeline.metrics.release(&inst.pipeline.metrics.counters());
         // What a scrape costs: the text written chunk by chunk (a scrape sends each on).
         let started = Instant::now();
         let (health, traffic) = inst.pipeline.metrics.exposition()?;

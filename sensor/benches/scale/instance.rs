@@ -42,7 +42,7 @@ pub(crate) struct Instance {
 
 pub(crate) fn load_instance(case: &Case, pins: &Path) -> anyhow::Result<Instance> {
     let prefixes: Vec<IpNet> = vec![LAN.parse()?];
-    let (mut ebpf, caps) = load(&LoadOptions {
+    let (mut ebpf, loaded) = load(&LoadOptions {
         lan_prefixes: &prefixes,
         flow_capacity: case.capacity,
         client_capacity: CLIENT_CAPACITY,
@@ -50,9 +50,9 @@ pub(crate) fn load_instance(case: &Case, pins: &Path) -> anyhow::Result<Instance
         kernel_btf: false,
     })?;
     ensure!(
-        caps.flows == case.capacity,
+        loaded.capacities.flows == case.capacity,
         "flow map of {} entries, wanted {}",
-        caps.flows,
+        loaded.capacities.flows,
         case.capacity
     );
     let prog: &mut Xdp =

@@ -10,6 +10,7 @@
 mod dest_names;
 #[cfg(test)]
 pub(crate) mod fixtures;
+mod kernel_counters;
 mod persist;
 mod ranked;
 mod tally;
@@ -26,12 +27,16 @@ use serde::{Deserialize, Serialize};
 
 use dest_names::DestNames;
 pub use dest_names::{DestId, DestKey};
+pub use kernel_counters::KernelCounters;
 use ranked::enforce_budget;
 pub use ranked::{Ranked, Series};
 pub use tally::Tally;
 
 use crate::{
-    kernel::collector::{Snapshot, flow_order},
+    kernel::{
+        collector::{Snapshot, flow_order},
+        loader::KeptMaps,
+    },
     types::{FastMap, Mac},
 };
 
@@ -115,6 +120,8 @@ pub struct Accounting {
     pub clients: BTreeMap<Mac, ClientAccount>,
     /// Flows that left the kernel map between two polls (LRU evictions, mostly).
     pub flow_evictions: u64,
+    /// The kernel's packet outcomes and naming events, as exported.
+    pub kernel: KernelCounters,
     last: LastRead,
     clients_last: HashMap<Mac, Tally>,
     last_update: u64,
@@ -176,6 +183,7 @@ impl Accounting {
         params: &Params,
         namer: &dyn Namer,
     ) -> Vec<Mac> {
+        self.kernel.update(&snap.stats, &snap.events);
         let mut clients_last = HashMap::with_capacity(snap.clients.len());
         for (mac, counters) in &snap.clients {
             let cur = Tally::of(counters);
@@ -307,6 +315,21 @@ impl Accounting {
             self.last.retired = gone;
         }
         retired
+    }
+
+    /// The kernel's maps were made anew since the last read (a reboot, or pins removed; the
+    /// event counters at every start): their next values are all new, not growth over the
+    /// last read (which would lose what they counted up to it, and desynchronise a client's
+    /// total from its series).
+    pub fn kernel_maps_recreated(&mut self, maps: &KeptMaps) {
+        if !maps.flows {
+            self.last = LastRead::default();
+            self.waiting.clear();
+        }
+        if !maps.clients {
+            self.clients_last.clear();
+        }
+        self.kernel.maps_recreated(!maps.stats);
     }
 
     /// The flows that grew in the last update, with their gains.

@@ -8,7 +8,7 @@ use sensor_common::{Counters, FlowKey};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Accounting, ClientAccount, LastRead, RemoteId,
+    Accounting, ClientAccount, KernelCounters, LastRead, RemoteId,
     dest_names::{DestId, DestKey, DestNames},
     ranked::{Kept, Ranked, Series},
     tally::Tally,
@@ -124,6 +124,9 @@ struct AccountingIn {
     #[serde(deserialize_with = "as_pairs::deserialize")]
     clients_last: HashMap<Mac, Tally>,
     last_update: u64,
+    /// Absent in files written before the kernel's outcome counters were kept here.
+    #[serde(default)]
+    kernel: KernelCounters,
 }
 
 impl Serialize for Accounting {
@@ -145,12 +148,13 @@ impl Serialize for Accounting {
                 )
             })
         });
-        let mut st = s.serialize_struct("Accounting", 5)?;
+        let mut st = s.serialize_struct("Accounting", 6)?;
         st.serialize_field("clients", &clients)?;
         st.serialize_field("flow_evictions", &self.flow_evictions)?;
         st.serialize_field("flows_last", &self.last)?;
         st.serialize_field("clients_last", &Pairs(|| self.clients_last.iter()))?;
         st.serialize_field("last_update", &self.last_update)?;
+        st.serialize_field("kernel", &self.kernel)?;
         st.end()
     }
 }
@@ -185,6 +189,7 @@ impl<'de> Deserialize<'de> for Accounting {
             last: file.flows_last,
             clients_last: file.clients_last,
             last_update: file.last_update,
+            kernel: file.kernel,
             destinations: names,
             ..Accounting::default()
         })
@@ -301,6 +306,30 @@ mod tests {
         assert_eq!(b.clients[&MAC].totals, Tally { packets: [3, 1], bytes: [300, 100] });
     }
 
+    /// After a reboot the maps are new: a client whose new traffic is already more than its
+    /// saved kernel values at the first poll must gain all of it (the old baseline would have
+    /// swallowed the saved values: 3 packets and 300 + 100 bytes here), and its total must
+    /// still equal the sum of its series.
+    #[test]
+    fn after_a_reboot_all_new_kernel_counts_add_to_the_saved_totals() {
+        use crate::kernel::loader::KeptMaps;
+        let mut a = Accounting::default();
+        update(&mut a, &snap(&[(key(1, 53), counters(3, 300, 1, 100))]), 100, &PARAMS);
+        let text = serde_json::to_string(&a).unwrap();
+        let mut b: Accounting = serde_json::from_str(&text).unwrap();
+        b.kernel_maps_recreated(&KeptMaps::default());
+        update(&mut b, &snap(&[(key(1, 53), counters(4, 420, 2, 220))]), 200, &PARAMS);
+        let want = Tally { packets: [7, 3], bytes: [720, 320] };
+        assert_eq!(b.clients[&MAC].totals, want);
+        let r = b.clients[&MAC].remotes.get(&RemoteId::of(&key(1, 53))).unwrap();
+        assert_eq!(r.exported, want);
+        // With the pins kept (an agent restart), the same read is growth over the saved one.
+        let mut c: Accounting = serde_json::from_str(&text).unwrap();
+        c.kernel_maps_recreated(&KeptMaps { flows: true, clients: true, stats: true });
+        update(&mut c, &snap(&[(key(1, 53), counters(4, 420, 2, 220))]), 200, &PARAMS);
+        assert_eq!(c.clients[&MAC].totals, Tally { packets: [4, 2], bytes: [420, 220] });
+    }
+
     /// A state file as this version and the ones before it write it (one client, one remote,
     /// one destination, one flow: no map order to vary). It must keep loading, and be written
     /// back the same, byte for byte.
@@ -319,14 +348,27 @@ mod tests {
         r#""clients_last":[[[2,0,0,0,0,1],{"packets":[3,1],"bytes":[300,100]}]],"last_update":105}"#,
     );
 
+    /// What this version adds at the end: the kernel's outcome counters (none in these
+    /// fixtures' snapshots).
+    const KERNEL: &str = concat!(
+        r#","kernel":{"stats":[[0,0,0,0,0,0,0,0,0,0,0,0],[0,0,0,0,0,0,0,0,0,0,0,0]],"#,
+        r#""events":[[0,0,0],[0,0,0],[0,0,0]],"#,
+        r#""last_stats":[[0,0,0,0,0,0,0,0,0,0,0,0],[0,0,0,0,0,0,0,0,0,0,0,0]],"#,
+        r#""last_events":[[0,0,0],[0,0,0],[0,0,0]]}}"#,
+    );
+
     #[test]
     fn a_state_file_of_earlier_versions_loads_and_is_written_back_the_same() {
         let a: Accounting = serde_json::from_str(STATE_FILE).unwrap();
-        assert_eq!(serde_json::to_string(&a).unwrap(), STATE_FILE);
+        let current = format!("{}{KERNEL}", STATE_FILE.strip_suffix('}').unwrap());
+        assert_eq!(serde_json::to_string(&a).unwrap(), current);
+        // This version's own file loads and is written back the same.
+        let b: Accounting = serde_json::from_str(&current).unwrap();
+        assert_eq!(serde_json::to_string(&b).unwrap(), current);
         // And it is the file this version writes for the same traffic.
         let mut fresh = Accounting::default();
         update(&mut fresh, &snap(&[(key(1, 53), counters(2, 200, 1, 100))]), 100, &PARAMS);
         update(&mut fresh, &snap(&[(key(1, 53), counters(3, 300, 1, 100))]), 105, &PARAMS);
-        assert_eq!(serde_json::to_string(&fresh).unwrap(), STATE_FILE);
+        assert_eq!(serde_json::to_string(&fresh).unwrap(), current);
     }
 }

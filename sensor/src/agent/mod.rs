@@ -98,7 +98,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         pin_dir: Some(&config.pin_path),
         kernel_btf: true,
     };
-    let (mut ebpf, capacities) = loader::load_with_events(&options, config.events_per_second)?;
+    let (mut ebpf, loaded) = loader::load_with_events(&options, config.events_per_second)?;
+    let capacities = loaded.capacities;
     spawn_kernel_logger(&mut ebpf);
     let attachment = loader::attach_pinned(
         &mut ebpf,
@@ -140,7 +141,17 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         );
     }
 
-    let saved = state::load(&config.state_path)?;
+    let mut saved = state::load(&config.state_path)?;
+    let maps_new = !(loaded.kept.flows && loaded.kept.clients);
+    if maps_new && !saved.accounting.clients.is_empty() {
+        info!(
+            "the kernel maps are new (a reboot, or the pins were removed): counting goes on \
+             from the totals in {}",
+            config.state_path.display()
+        );
+    }
+    saved.accounting.kernel_maps_recreated(&loaded.kept);
+    metrics.continue_counters(std::mem::take(&mut saved.counters));
     let mut pipeline = Pipeline {
         maps,
         accounting: saved.accounting,
@@ -186,7 +197,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut ticker = tokio::time::interval(config.poll_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_save = Instant::now();
+    // The first poll saves at once: scrapes see counters from the start, not after an interval.
+    let mut last_save: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {
@@ -194,9 +206,11 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
                     Ok(alerts) => notifier.update(SystemTime::now(), &alerts.statuses, &|i| pipeline.alert(&alerts, i)),
                     Err(e) => warn!("poll failed: {e:#}"),
                 }
-                if last_save.elapsed() >= config.state_save_interval {
+                // Scrapes see a poll's counters once they are on disk: no restart, crash or
+                // reboot can then continue from below what was exported.
+                if last_save.is_none_or(|t| t.elapsed() >= config.state_save_interval) {
                     save_state(&config, &pipeline, &metrics);
-                    last_save = Instant::now();
+                    last_save = Some(Instant::now());
                 }
             }
             _ = sighup.recv() => {
@@ -324,12 +338,21 @@ fn reload(
     Ok(applied)
 }
 
+/// Saves the state; once saved, scrapes see its counters.
 fn save_state(config: &Config, pipeline: &Pipeline, metrics: &Metrics) {
-    match state::save(&config.state_path, &pipeline.accounting, pipeline.policy.state()) {
-        Ok(()) => metrics.state_save_failures.set(0),
+    let counters = metrics.counters();
+    match state::save(&config.state_path, &pipeline.accounting, pipeline.policy.state(), &counters)
+    {
+        Ok(()) => {
+            metrics.state_save_failures.set(0);
+            metrics.release(&counters);
+        }
         Err(e) => {
             metrics.state_save_failures.inc();
-            warn!("saving state failed (counters would restart after a crash): {e:#}");
+            warn!(
+                "saving state failed; exported traffic counters stay where they were until a \
+                 save works again: {e:#}"
+            );
         }
     }
 }

@@ -153,7 +153,7 @@ impl Pipeline {
         }
         let view = lap();
         let enricher = &self.enricher;
-        self.metrics.publish(&self.accounting, &snap, &|mac| enricher.client_labels(mac));
+        self.metrics.publish(&self.accounting, &|mac| enricher.client_labels(mac));
         self.metrics.flows_tracked.set(snap.flows.len() as i64);
         self.metrics.clients_tracked.set(snap.clients.len() as i64);
         self.metrics.names_cached.set(self.enricher.names.len() as i64);

@@ -5,7 +5,7 @@ use std::{fs, io::Write as _, path::Path};
 
 use anyhow::Context as _;
 
-use crate::{accounting::Accounting, policy::eval::EvalState};
+use crate::{accounting::Accounting, export::continued::SavedCounter, policy::eval::EvalState};
 
 /// Format version of the state file: bumped when its meaning changes.
 const VERSION: u32 = 1;
@@ -18,6 +18,9 @@ pub struct Saved {
     /// Absent in files written before the policy existed.
     #[serde(default)]
     pub policy: EvalState,
+    /// The agent's own counters (absent in files written before they were continued).
+    #[serde(default)]
+    pub counters: Vec<SavedCounter>,
 }
 
 #[derive(serde::Deserialize)]
@@ -33,6 +36,7 @@ struct StateFileRef<'a> {
     version: u32,
     accounting: &'a Accounting,
     policy: &'a EvalState,
+    counters: &'a [SavedCounter],
 }
 
 /// Loads the state, or a fresh accounting when there is no file yet. A file that cannot be
@@ -66,7 +70,12 @@ pub fn load(path: &Path) -> anyhow::Result<Saved> {
 }
 
 /// Writes the state atomically: a crash mid-write leaves the previous file intact.
-pub fn save(path: &Path, accounting: &Accounting, policy: &EvalState) -> anyhow::Result<()> {
+pub fn save(
+    path: &Path,
+    accounting: &Accounting,
+    policy: &EvalState,
+    counters: &[SavedCounter],
+) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)
             .with_context(|| format!("creating state directory {}", dir.display()))?;
@@ -75,11 +84,14 @@ pub fn save(path: &Path, accounting: &Accounting, policy: &EvalState) -> anyhow:
     let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     // Streamed: with a full flow map the file is tens of megabytes, not worth holding twice.
     let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
-    serde_json::to_writer(&mut out, &StateFileRef { version: VERSION, accounting, policy })
-        .map_err(std::io::Error::from)
-        .and_then(|()| out.flush())
-        .and_then(|()| out.get_ref().sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
+    serde_json::to_writer(
+        &mut out,
+        &StateFileRef { version: VERSION, accounting, policy, counters },
+    )
+    .map_err(std::io::Error::from)
+    .and_then(|()| out.flush())
+    .and_then(|()| out.get_ref().sync_all())
+    .with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("replacing state file {}", path.display()))
 }
 
@@ -106,8 +118,16 @@ mod tests {
         assert!(fresh.accounting.clients.is_empty());
         let mut a = Accounting::default();
         a.flow_evictions = 7;
-        save(&path, &a, &EvalState::default()).unwrap();
-        assert_eq!(load(&path).unwrap().accounting.flow_evictions, 7);
+        let counters = vec![SavedCounter {
+            name: "gwsensor_events_dropped_total".into(),
+            help: "Events dropped.".into(),
+            labels: vec![],
+            value: 4.0,
+        }];
+        save(&path, &a, &EvalState::default(), &counters).unwrap();
+        let loaded = load(&path).unwrap();
+        assert_eq!(loaded.accounting.flow_evictions, 7);
+        assert_eq!(loaded.counters, counters);
     }
 
     #[test]

@@ -14,7 +14,6 @@ use super::{FamilyDoc, NAMESPACE};
 use crate::{
     accounting::{Accounting, Tally},
     enrich::ClientLabels,
-    kernel::collector::Snapshot,
     types::{Mac, labels},
 };
 
@@ -183,14 +182,10 @@ fn label(out: &mut String, name: impl std::fmt::Display, value: &str) {
 
 impl Traffic {
     /// The families of the accounting and the kernel stats; `client` names each client.
-    pub fn new(
-        acct: &Accounting,
-        snap: &Snapshot,
-        client: &dyn Fn(&Mac) -> ClientLabels,
-    ) -> Traffic {
+    pub fn new(acct: &Accounting, client: &dyn Fn(&Mac) -> ClientLabels) -> Traffic {
         let mut t = Traffic {
-            stats: snap.stats,
-            events: snap.events,
+            stats: acct.kernel.stats,
+            events: acct.kernel.events,
             evictions: acct.flow_evictions,
             ..Traffic::default()
         };
@@ -479,7 +474,10 @@ mod tests {
     use sensor_common::{Counters, FlowKey};
 
     use super::*;
-    use crate::accounting::{DestKey, Params};
+    use crate::{
+        accounting::{DestKey, Params},
+        kernel::collector::Snapshot,
+    };
 
     const PARAMS: Params =
         Params { top_remotes: 1, top_destinations: 5, ..crate::accounting::fixtures::PARAMS };
@@ -527,7 +525,7 @@ mod tests {
             source: "inventory".into(),
             tags: [("owner".to_string(), "alice".to_string())].into(),
         };
-        let text = text(Traffic::new(&acct, &snap, &labels));
+        let text = text(Traffic::new(&acct, &labels));
         let c = r#"client="kid's \"tab\" \\ 2",mac="64:09:80:00:00:01""#;
         for line in [
             "# TYPE gwsensor_client_bytes_total counter".to_string(),
@@ -586,7 +584,7 @@ mod tests {
         let mut acct = Accounting::default();
         let dest = |_: &FlowKey| DestKey::default();
         acct.update(&Arc::new(snap.clone()), 100, &PARAMS, &dest);
-        let traffic = Arc::new(Traffic::new(&acct, &snap, &|m| ClientLabels {
+        let traffic = Arc::new(Traffic::new(&acct, &|m| ClientLabels {
             name: labels::mac(m),
             ..ClientLabels::default()
         }));

@@ -11,11 +11,10 @@ use sensor_common::EventKind;
 
 use super::{
     FamilyDoc, NAMESPACE,
+    continued::{Continued, SavedCounter},
     exposition::{Chunks, Traffic},
 };
-use crate::{
-    accounting::Accounting, enrich::ClientLabels, kernel::collector::Snapshot, types::Mac,
-};
+use crate::{accounting::Accounting, enrich::ClientLabels, types::Mac};
 
 /// The registry and a list of what was registered in it: a family without series yet does
 /// not show in a scrape, but is in the catalogue (which docs/metrics.md is checked against).
@@ -70,7 +69,12 @@ pub struct Metrics {
     pub config_reload_failures: IntCounter,
     pub http_connections: IntGauge,
     pub http_connections_closed: IntCounterVec,
+    /// The traffic families scrapes get, and the ones the last poll made, held back until
+    /// [`Metrics::release`] (the agent releases them once the state holding them is saved).
     traffic: RwLock<Arc<Traffic>>,
+    staged: Mutex<Option<Arc<Traffic>>>,
+    /// The registered counters, continued across starts and released like the traffic.
+    continued: Mutex<Continued>,
 }
 
 impl Metrics {
@@ -243,6 +247,8 @@ impl Metrics {
                 "Enrichment sources that are missing or unreadable (OUI, leases, GeoIP databases); see the log.",
             )?,
             traffic: RwLock::new(Arc::default()),
+            staged: Mutex::default(),
+            continued: Mutex::default(),
             families,
         };
         // Every kind shows from the start (0), so that rate() sees the first events.
@@ -253,15 +259,31 @@ impl Metrics {
         Ok(metrics)
     }
 
-    /// Rebuilds the traffic families from the accounting and the kernel stats.
-    pub fn publish(
-        &self,
-        acct: &Accounting,
-        snap: &Snapshot,
-        client: &dyn Fn(&Mac) -> ClientLabels,
-    ) {
-        let traffic = Arc::new(Traffic::new(acct, snap, client));
-        if let Ok(mut slot) = self.traffic.write() {
+    /// Rebuilds the traffic families from the accounting, held back until [`Metrics::release`].
+    pub fn publish(&self, acct: &Accounting, client: &dyn Fn(&Mac) -> ClientLabels) {
+        let traffic = Arc::new(Traffic::new(acct, client));
+        *self.staged.lock().unwrap_or_else(|e| e.into_inner()) = Some(traffic);
+    }
+
+    /// The registered counters continue from these (the state file's, at start).
+    pub fn continue_counters(&self, saved: Vec<SavedCounter>) {
+        self.continued.lock().unwrap_or_else(|e| e.into_inner()).continue_from(saved);
+    }
+
+    /// Every registered counter series as it stands (what the state file saves).
+    pub fn counters(&self) -> Vec<SavedCounter> {
+        let gathered = self.families.registry.gather();
+        self.continued.lock().unwrap_or_else(|e| e.into_inner()).snapshot(&gathered)
+    }
+
+    /// Lets scrapes see the traffic families the last [`Metrics::publish`] made and the
+    /// registered counters as `counters` has them. The agent calls it once the state holding
+    /// both is saved: an exported counter is then never higher than what a restart (even after
+    /// a crash and a reboot) continues from.
+    pub fn release(&self, counters: &[SavedCounter]) {
+        self.continued.lock().unwrap_or_else(|e| e.into_inner()).release(counters);
+        let staged = self.staged.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let (Some(traffic), Ok(mut slot)) = (staged, self.traffic.write()) {
             *slot = traffic;
         }
     }
@@ -292,7 +314,9 @@ impl Metrics {
     pub fn exposition(&self) -> Result<(Vec<u8>, Chunks), prometheus::Error> {
         let traffic = self.traffic.read().map(|t| Arc::clone(&t)).unwrap_or_default();
         let mut health = Vec::with_capacity(16 * 1024);
-        TextEncoder::new().encode(&self.families.registry.gather(), &mut health)?;
+        let gathered = self.families.registry.gather();
+        let families = self.continued.lock().unwrap_or_else(|e| e.into_inner()).exposed(gathered);
+        TextEncoder::new().encode(&families, &mut health)?;
         Ok((health, traffic.chunks()))
     }
 
@@ -315,10 +339,16 @@ mod tests {
     fn render_joins_health_and_traffic() {
         let m = Metrics::new().unwrap();
         m.flows_tracked.set(7);
-        m.publish(&Accounting::default(), &Snapshot::default(), &|_| ClientLabels::default());
+        let mut acct = Accounting::default();
+        acct.flow_evictions = 3;
+        m.publish(&acct, &|_| ClientLabels::default());
+        // Held back until released (the agent releases once the state is saved).
+        let text = m.render().unwrap();
+        assert!(text.lines().any(|l| l == "gwsensor_flow_evictions_total 0"), "{text}");
+        m.release(&m.counters());
         let text = m.render().unwrap();
         assert!(text.lines().any(|l| l == "gwsensor_flows_tracked 7"), "{text}");
-        assert!(text.lines().any(|l| l == "gwsensor_flow_evictions_total 0"), "{text}");
+        assert!(text.lines().any(|l| l == "gwsensor_flow_evictions_total 3"), "{text}");
         // No client: no client family at all, not even its HELP line.
         assert!(
             !text.contains("gwsensor_client_bytes_total")

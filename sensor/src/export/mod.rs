@@ -2,6 +2,7 @@
 //! [`exposition`]), the JSON API's view ([`api`]) and the HTTP server for both ([`server`]).
 
 pub mod api;
+pub mod continued;
 pub mod exposition;
 pub mod metrics;
 pub mod server;

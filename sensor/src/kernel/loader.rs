@@ -82,6 +82,23 @@ pub struct Capacities {
     pub clients: u32,
 }
 
+/// Which pinned maps the load reused (their counts go on) rather than made anew (their counts
+/// start from zero: the first load after a reboot, or after the pins were removed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeptMaps {
+    pub flows: bool,
+    /// The client slot maps, with the client totals (all or none: see `CLIENT_SLOT_MAPS`).
+    pub clients: bool,
+    pub stats: bool,
+}
+
+/// What a load found and made.
+#[derive(Debug, Clone, Copy)]
+pub struct Loaded {
+    pub capacities: Capacities,
+    pub kept: KeptMaps,
+}
+
 /// The maps that hand out client slots: pinned together or not at all, since a slot is only
 /// meaningful with all of them (a fresh `NEXT_SLOT` beside old `CLIENT_SLOTS` would hand out
 /// slots that are taken).
@@ -123,7 +140,7 @@ fn words(b: &[u8; 16]) -> [u32; 4] {
 }
 
 /// Loads the object with naming events off (programs are not yet verified; see [`attach`]).
-pub fn load(opts: &LoadOptions) -> Result<(Ebpf, Capacities), KernelError> {
+pub fn load(opts: &LoadOptions) -> Result<(Ebpf, Loaded), KernelError> {
     load_with_events(opts, 0)
 }
 
@@ -132,7 +149,7 @@ pub fn load(opts: &LoadOptions) -> Result<(Ebpf, Capacities), KernelError> {
 pub fn load_with_events(
     opts: &LoadOptions,
     events_per_sec_per_cpu: u32,
-) -> Result<(Ebpf, Capacities), KernelError> {
+) -> Result<(Ebpf, Loaded), KernelError> {
     check_kernel_release()?;
     let prefixes = lan_prefixes_global(opts.lan_prefixes)?;
     let mut capacities = Capacities { flows: opts.flow_capacity, clients: opts.client_capacity };
@@ -146,6 +163,7 @@ pub fn load_with_events(
         true,
     );
     let pins: Vec<(&str, PathBuf)>;
+    let mut kept = KeptMaps::default();
     if let Some(dir) = opts.pin_dir {
         prepare_pin_dir(dir)?;
         pins = PINNED_MAPS.iter().map(|name| (*name, dir.join(name))).collect();
@@ -163,6 +181,12 @@ pub fn load_with_events(
             return Err(KernelError::ClientPinCapacities { dir: dir.into(), capacities: client });
         }
         capacities.clients = client[0];
+        // Checked above: each of these is a map of our layout, or absent.
+        kept = KeptMaps {
+            flows: pin(names::FLOWS).exists(),
+            clients: pin(names::CLIENT_TOTALS).exists(),
+            stats: pin(names::STATS).exists(),
+        };
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
@@ -174,7 +198,7 @@ pub fn load_with_events(
         .map_max_entries(names::CLIENT_TOTALS, capacities.clients)
         .map_max_entries(names::FREE_SLOTS, capacities.clients);
     let ebpf = loader.load(ebpf_object()).map_err(KernelError::Load)?;
-    Ok((ebpf, capacities))
+    Ok((ebpf, Loaded { capacities, kept }))
 }
 
 /// The oldest kernel the programs load on: the client slot allocator takes slots with an

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use ipnet::IpNet;
 use sensor::{
     common::{Direction, Stat, names},
-    kernel::loader::{LoadOptions, load},
+    kernel::loader::{KeptMaps, LoadOptions, load},
 };
 
 use crate::{
@@ -270,11 +270,14 @@ fn a_partial_set_of_pinned_client_slot_maps_is_refused() {
         pin_dir: Some(&dir),
         kernel_btf: false,
     };
-    drop(load(&opts).expect("first load: creates and pins the maps"));
+    let (ebpf, first) = load(&opts).expect("first load: creates and pins the maps");
+    drop(ebpf);
+    assert_eq!(first.kept, KeptMaps::default(), "nothing was pinned before");
     // Reused as they are.
-    let (_, caps) =
+    let (_, again) =
         load(&LoadOptions { client_capacity: 16, ..opts }).expect("second load: reuses the pins");
-    assert_eq!(caps.clients, 8, "pinned client maps keep their capacity");
+    assert_eq!(again.capacities.clients, 8, "pinned client maps keep their capacity");
+    assert_eq!(again.kept, KeptMaps { flows: true, clients: true, stats: true });
     std::fs::remove_file(dir.join(names::NEXT_SLOT)).unwrap();
     let err = load(&opts).map(|_| ()).expect_err("a partial set must be refused");
     let msg = format!("{err:#}");

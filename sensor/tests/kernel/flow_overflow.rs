@@ -71,10 +71,7 @@ fn overflowing_the_flow_map_keeps_client_totals_exact_and_counts_evictions() {
         previous = now;
         let snap = std::sync::Arc::new(snap);
         acct.update(&snap, 1000 + u64::from(round) * 5, &params, &namer);
-        metrics.publish(&acct, &snap, &|_| ClientLabels {
-            name: "c".into(),
-            ..ClientLabels::default()
-        });
+        metrics.publish(&acct, &|_| ClientLabels { name: "c".into(), ..ClientLabels::default() });
     }
     assert!(evicted >= 100, "{evicted} evictions: the map of {FLOW_CAPACITY} took 300 flows");
     assert_eq!(acct.flow_evictions, evicted);
@@ -93,6 +90,7 @@ fn overflowing_the_flow_map_keeps_client_totals_exact_and_counts_evictions() {
             "flows evicted before any read are missing from the remote series"
         );
     }
+    metrics.release(&metrics.counters());
     let text = metrics.render().unwrap();
     assert!(
         text.lines().any(|l| l == format!("gwsensor_flow_evictions_total {evicted}")),
