@@ -157,7 +157,15 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match sensor::kernel::links::detach(&config.pin_path, &config.interface, maps) {
+            // anyhow at the binary's edge: the kernel errors' chains print whole with {:#}.
+            let done = (|| -> anyhow::Result<Vec<String>> {
+                let mut done = sensor::kernel::links::detach(&config.pin_path, &config.interface)?;
+                if maps {
+                    done.extend(sensor::kernel::loader::unpin_maps(&config.pin_path)?);
+                }
+                Ok(done)
+            })();
+            match done {
                 Ok(done) if done.is_empty() => {
                     println!(
                         "nothing attached or pinned: {} and {} are clean",
@@ -173,7 +181,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("error: {:#}", anyhow::Error::from(e));
+                    eprintln!("error: {e:#}");
                     ExitCode::FAILURE
                 }
             }

@@ -167,10 +167,9 @@ pub fn remove_tc_filters(iface: &str, side: TcAttachType) -> Result<bool, tc::Tc
 }
 
 /// `sensor detach`: takes the programs off `iface` (the pinned links below `pin_path`, our
-/// clsact filters on both sides) and, with `maps`, removes the pinned maps too (the kernel
-/// counters; the exported counters continue from the state file). Returns what it did, a line
-/// each. The agent should be stopped first: it would re-attach at its next start anyway.
-pub fn detach(pin_path: &Path, iface: &str, maps: bool) -> Result<Vec<String>, KernelError> {
+/// clsact filters on both sides; `loader::unpin_maps` does `--maps`). Returns what it did, a
+/// line each. The agent should be stopped first: it would re-attach at its next start anyway.
+pub fn detach(pin_path: &Path, iface: &str) -> Result<Vec<String>, KernelError> {
     let mut done = Vec::new();
     let pins = LinkPins::new(pin_path);
     for hook in Hook::ALL {
@@ -202,24 +201,6 @@ pub fn detach(pin_path: &Path, iface: &str, maps: bool) -> Result<Vec<String>, K
             if removed {
                 done.push(format!("removed the clsact {} filter from {iface}", side_name(side)));
             }
-        }
-    }
-    if maps {
-        for name in super::loader::PINNED_MAPS {
-            let path = pin_path.join(name);
-            match std::fs::remove_file(&path) {
-                Ok(()) => done.push(format!("unpinned map {}", path.display())),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(KernelError::PinnedLink { doing: "unpinning map", path, source });
-                }
-            }
-        }
-        match std::fs::remove_dir(pin_path) {
-            Ok(()) => done.push(format!("removed {}", pin_path.display())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            // Something else of the operator's is pinned there: leave it.
-            Err(_) => {}
         }
     }
     Ok(done)

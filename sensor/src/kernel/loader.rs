@@ -115,6 +115,28 @@ pub const PINNED_MAPS: [&str; 6] = [
     names::NEXT_SLOT,
 ];
 
+/// `sensor detach --maps`: unpins the maps in `pin_dir` (the kernel counters; the exported
+/// counters continue from the state file), after [`links::detach`], and removes the directory
+/// when nothing else is pinned there. Returns what it did, a line each.
+pub fn unpin_maps(pin_dir: &Path) -> Result<Vec<String>, KernelError> {
+    let mut done = Vec::new();
+    for name in PINNED_MAPS {
+        let path = pin_dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => done.push(format!("unpinned map {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(KernelError::PinnedLink { doing: "unpinning map", path, source });
+            }
+        }
+    }
+    // Not empty: something else of the operator's is pinned there; leave it.
+    if std::fs::remove_dir(pin_dir).is_ok() {
+        done.push(format!("removed {}", pin_dir.display()));
+    }
+    Ok(done)
+}
+
 /// The `LAN_PREFIXES` global: each prefix IPv4-mapped, as address and mask words.
 pub fn lan_prefixes_global(prefixes: &[IpNet]) -> Result<LanPrefixes, KernelError> {
     if prefixes.len() > MAX_LAN_PREFIXES {

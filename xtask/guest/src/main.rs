@@ -203,7 +203,9 @@ fn restart_check() -> Result<String> {
     let iface = net::veth()?;
     let pins = std::path::Path::new("/sys/fs/bpf/matrix-restart");
     let result = run_restart(&iface, pins);
-    let cleanup = links::detach(pins, &iface.sensor, true);
+    let cleanup = links::detach(pins, &iface.sensor)
+        .map_err(anyhow::Error::from)
+        .and_then(|_| Ok(sensor::kernel::loader::unpin_maps(pins)?));
     net::teardown(&iface);
     let result = result?;
     cleanup.context("sensor detach --maps")?;
