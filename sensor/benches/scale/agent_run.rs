@@ -118,6 +118,9 @@ fn measure_agent(
     // A poll after the last pass, so that the scrape shows everything sent.
     let (_, _, s) = scrape(agent)?;
     let (sum1, count1) = wait_polls(poll_stats(&s)?.1 + 2.0)?;
+    // Counters show once saved (every 2 s here): three more polls of 1 s hold a save after
+    // the last pass.
+    agent.wait_polls(count1 + 3.0, Duration::from_secs(300))?;
     let (scrape_time, text, parsed) = scrape(agent)?;
     for (c, want) in sent.iter().enumerate() {
         let mac = sensor::types::labels::mac(&client_mac(c));
