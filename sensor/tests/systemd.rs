@@ -152,7 +152,7 @@ fn with_the_units_three_capabilities_the_agent_counts_and_notifies_ready_and_sto
     agent.process().signal(Signal::SIGTERM).unwrap();
     let stopping = receive(&sock, Duration::from_secs(15), None)
         .unwrap_or_else(|| fail("no STOPPING=1 after SIGTERM"));
-    assert_eq!(stopping, "STOPPING=1\nSTATUS=saving state and detaching\n");
+    assert_eq!(stopping, "STOPPING=1\nSTATUS=saving state; the programs stay attached\n");
     match agent.process().wait_timeout(Duration::from_secs(15)).unwrap() {
         Some(status) if status.success() => {}
         other => fail(&format!("the agent did not exit cleanly after SIGTERM: {other:?}")),

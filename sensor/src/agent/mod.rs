@@ -1,5 +1,6 @@
 //! The running agent's lifecycle: load and attach, start the event reader and the HTTP server,
-//! run the [`Pipeline`] on an interval until told to stop, then save state and detach.
+//! run the [`Pipeline`] on an interval until told to stop, then save state (the programs stay
+//! attached, for the next start to adopt).
 
 use std::{
     path::Path,
@@ -231,7 +232,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         }
     }
 
-    sdnotify::stopping("saving state and detaching");
+    sdnotify::stopping("saving state; the programs stay attached");
     // A last poll so that the state file holds everything counted up to now.
     match pipeline.poll() {
         Ok(alerts) => {
