@@ -834,6 +834,10 @@ fn assert_attached_while_down(topo: &Topology, pins: &lab::PinDir, tc: &str, whe
     }
 }
 
+/// The binary the restart test upgrades to (set by `cargo xtask test`: the static release
+/// build); unset, a copy of the test's own build.
+const UPGRADE_BINARY: &str = "GWSENSOR_UPGRADE_BINARY";
+
 fn restart_under_traffic(tc: &str, extra: &str) {
     if !privileged() {
         return;
@@ -907,12 +911,16 @@ fn restart_under_traffic(tc: &str, extra: &str) {
     pause();
     again(&mut agent, None, "kill -9");
     pause();
-    // 3. An upgrade: SIGTERM, then the binary from another path. It is the same build (a
-    // copy): what is proven is that a new process from a new file adopts the links; a build
-    // with another map layout is refused at start (KernelError::PinnedLayout).
+    // 3. An upgrade: SIGTERM, then another binary. `cargo xtask test` runs this test a second
+    // time with UPGRADE_BINARY set to the static release build it ships (another build: other
+    // target, profile and program instances, same map layout); run alone, a copy of this
+    // build from another path. A build with another map layout has its own test below.
     agent.stop(Duration::from_secs(15)).unwrap_or_else(|e| panic!("SIGTERM: {e:#}"));
     let upgraded = topo.lab.dir().join("sensor-upgraded");
-    std::fs::copy(env!("CARGO_BIN_EXE_sensor"), &upgraded).expect("copying the binary");
+    let from = std::env::var_os(UPGRADE_BINARY)
+        .map_or_else(|| env!("CARGO_BIN_EXE_sensor").into(), std::path::PathBuf::from);
+    std::fs::copy(&from, &upgraded)
+        .unwrap_or_else(|e| panic!("copying {} ({UPGRADE_BINARY}): {e}", from.display()));
     pause();
     again(&mut agent, Some(&upgraded), "the upgrade");
     pause();
@@ -998,4 +1006,98 @@ fn changing_the_tc_mode_between_runs_leaves_one_program_per_hook() {
     let mut ledger = Ledger::for_topology(&topo);
     ledger.udp(&mac, Dir::Download, sa("10.77.2.2:5021"), 7, ETHERNET + IPV4 + UDP + 100);
     expect(&agent, &ledger, "downloads after the mode change, counted once");
+}
+
+/// An upgrade to a build whose maps have another layout: the new agent swaps its programs into
+/// the pinned links (same links: the hooks are never empty) and puts new maps in place of the
+/// old pins; the exported counters go on from the state file, never backwards, and what is sent
+/// after is counted exactly. The old build is stood in for by its mark: a pinned STATS of
+/// another layout (4-byte values).
+#[test]
+fn a_map_layout_change_swaps_the_programs_in_place_and_replaces_the_maps() {
+    use sensor::{
+        common::names,
+        kernel::{
+            links::{Hook, LinkPins},
+            loader::STAGED_DIR,
+        },
+    };
+    if !privileged() {
+        return;
+    }
+    let pins = lab::PinDir::new("test", "layout-change");
+    let topo = TopologyBuilder::new("gwt-lay")
+        .lan(LanKind::Veth)
+        .client("phone", [0x64, 0x09, 0x80, 0x77, 0x00, 0x01])
+        .build()
+        .expect("building the lab");
+    let phone = topo.client("phone");
+    let mac = phone.mac_text();
+    let inet = &topo.internet.ns;
+    let srv = UdpReceiver::bind(inet, sa("10.77.2.2:5031")).unwrap();
+    let phone_rx = UdpReceiver::bind(&phone.ns, sa("10.77.1.10:6031")).unwrap();
+    let remote = sa("10.77.2.2:5032");
+    let mut ledger = Ledger::for_topology(&topo);
+    let mut exchange = |agent: &Agent, up: u64, down: u64, context: &str| {
+        let (had_up, had_down) = (srv.datagrams(), phone_rx.datagrams());
+        send_udp(&phone.ns, sa("10.77.1.10:40031"), srv.addr(), up as usize, 200).unwrap();
+        send_udp(inet, remote, phone_rx.addr(), down as usize, 300).unwrap();
+        srv.wait_for(had_up + up, DELIVERY_TIMEOUT).unwrap();
+        phone_rx.wait_for(had_down + down, DELIVERY_TIMEOUT).unwrap();
+        ledger.udp(&mac, Dir::Upload, srv.addr(), up, ETHERNET + IPV4 + UDP + 200);
+        ledger.udp(&mac, Dir::Download, remote, down, ETHERNET + IPV4 + UDP + 300);
+        expect(agent, &ledger, context);
+    };
+
+    let mut agent = start_agent(&topo, &pins, "");
+    let watch = agent.watch_counters(Duration::from_millis(100));
+    exchange(&agent, 5, 7, "before the upgrade");
+    agent.stop(Duration::from_secs(15)).unwrap_or_else(|e| panic!("SIGTERM: {e:#}"));
+    let links = LinkPins::new(pins.path());
+    let hooks = [Hook::XdpDriver, Hook::TcxEgress];
+    let before = hooks.map(|h| links.info(h).unwrap().expect("a pinned link while down"));
+    // The old build's mark: its STATS had 4-byte values (its programs would count into it).
+    let stats = pins.path().join(names::STATS);
+    std::fs::remove_file(&stats).unwrap();
+    lab::run(
+        "bpftool",
+        &["map", "create", stats.to_str().unwrap(), "type", "percpu_array", "key", "4"]
+            .into_iter()
+            .chain(["value", "4", "entries", "4", "name", "old_stats"])
+            .collect::<Vec<_>>(),
+    )
+    .expect("bpftool map create");
+
+    if let Err(e) = agent.start_again() {
+        agent.fail(&format!("starting over maps of another layout: {e:#}"));
+    }
+    let log = agent.process().log();
+    for said in [
+        "the pinned maps have another layout (STATS is type 6, key/value 4/4",
+        "XDP (driver) link adopted",
+        "TC egress TCX link adopted",
+        "pinned in place of the old build's: FLOWS, STATS, CLIENT_SLOTS",
+    ] {
+        if !log.contains(said) {
+            agent.fail(&format!("the log does not say \"{said}\""));
+        }
+    }
+    for (hook, before) in hooks.into_iter().zip(before) {
+        let after = links.info(hook).unwrap().expect("the link is still pinned");
+        assert_eq!(after.id, before.id, "{}: a new link, so the hook was empty", hook.pin_name());
+        assert_ne!(after.prog_id, before.prog_id, "{}: the old program", hook.pin_name());
+    }
+    let info = aya::maps::MapInfo::from_pin(&stats).expect("reading the pinned STATS");
+    assert_eq!((info.key_size(), info.value_size()), (4, 8), "STATS is not the new one");
+    assert!(!pins.path().join(STAGED_DIR).exists(), "the staged maps are left");
+    let hooks = hooks_on(&topo);
+    assert_eq!(hooks.matches("gwsensor_tc").count(), 1, "one TC program, ours:\n{hooks}");
+    assert_eq!(hooks.matches("prog/xdp").count(), 1, "one XDP program:\n{hooks}");
+
+    exchange(&agent, 3, 4, "after the upgrade: new maps, totals from the state file");
+    let seen = watch.finish();
+    if !seen.decreases.is_empty() {
+        agent.fail(&format!("counters went backwards:\n{}", seen.decreases.join("\n")));
+    }
+    assert!(seen.scrapes > 0 && seen.gaps > 0, "{} scrapes, {} gaps", seen.scrapes, seen.gaps);
 }

@@ -86,6 +86,25 @@ pub fn run_all() -> Result<()> {
     // Packaging and old kernels: the static binaries `cargo xtask dist` ships (built and run
     // here so they cannot rot unseen), then the kernel matrix, whose guests run them.
     let statics = dist::static_binaries(&target_dir().join("dist"))?;
+    // An upgrade to another build: the restart test again, its third agent the static release
+    // binary just built (the host build is already compiled: this only runs it).
+    let amd64 = statics
+        .iter()
+        .find(|s| s.debian_arch == "amd64")
+        .context("the static amd64 build is missing from dist")?;
+    run(
+        "test",
+        "restart under traffic, upgrading to the static release build",
+        cargo().env(REQUIRE_PRIVILEGED, "1").env("GWSENSOR_UPGRADE_BINARY", &amd64.sensor).args([
+            "test",
+            "-p",
+            "sensor",
+            "--test",
+            "netns",
+            "--",
+            "steady_stream_counted",
+        ]),
+    )?;
     matrix::run_matrix(&statics, &[])?;
     // The demo's story end to end: the release agent, a real Prometheus and Alertmanager, the
     // expected alert firing and resolving, and every dashboard panel query returning data.

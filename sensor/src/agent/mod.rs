@@ -146,8 +146,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let maps_new = !(loaded.kept.flows && loaded.kept.clients);
     if maps_new && !saved.accounting.clients.is_empty() {
         info!(
-            "the kernel maps are new (a reboot, or the pins were removed): counting goes on \
-             from the totals in {}",
+            "the kernel maps are new (a reboot, the pins were removed, or another build's \
+             map layout was replaced): counting goes on from the totals in {}",
             config.state_path.display()
         );
     }

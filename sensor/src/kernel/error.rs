@@ -62,14 +62,6 @@ pub enum KernelError {
     CreatePinDir { dir: PathBuf, source: io::Error },
     #[error("reading pinned map {}", path.display())]
     ReadPinnedMap { path: PathBuf, source: MapError },
-    /// A map pinned by a build with another key or value layout.
-    #[error(
-        "pinned map {} has key/value sizes {}/{} but this build uses {}/{} (its layout changed): \
-         the programs of the old build may still be counting into them; stop the agent and run \
-         `sensor detach --maps -c CONFIG` (or remove {}) before starting this build ({RESETS})",
-        path.display(), found.0, found.1, expected.0, expected.1, dir.display()
-    )]
-    PinnedLayout { path: PathBuf, dir: PathBuf, found: (u32, u32), expected: (u32, u32) },
     #[error(
         "{} holds pinned maps {} but not {}: the client slot maps only work as a set; remove \
          them all with `rm -r {}` ({RESETS})",

@@ -2,7 +2,7 @@
 //! reuses pinned maps so counts survive restarts, and attaches XDP (upload) and TC (download)
 //! to the LAN interface.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -16,7 +16,8 @@ use aya::{
 };
 use ipnet::IpNet;
 use sensor_common::{
-    ClientKey, Counters, FlowKey, FlowValue, LanPrefix, LanPrefixes, MAX_LAN_PREFIXES, names,
+    ClientKey, Counters, FlowKey, FlowValue, LanPrefix, LanPrefixes, MAX_LAN_PREFIXES, STATS_LEN,
+    names,
 };
 use serde::Deserialize;
 use tracing::{info, warn};
@@ -130,6 +131,10 @@ pub fn unpin_maps(pin_dir: &Path) -> Result<Vec<String>, KernelError> {
             }
         }
     }
+    if pin_dir.join(STAGED_DIR).exists() {
+        remove_staged(pin_dir)?;
+        done.push(format!("removed {}", pin_dir.join(STAGED_DIR).display()));
+    }
     // Not empty: something else of the operator's is pinned there; leave it.
     if std::fs::remove_dir(pin_dir).is_ok() {
         done.push(format!("removed {}", pin_dir.display()));
@@ -184,33 +189,35 @@ pub fn load_with_events(
         &events_per_sec_per_cpu,
         true,
     );
-    let pins: Vec<(&str, PathBuf)>;
     let mut kept = KeptMaps::default();
     if let Some(dir) = opts.pin_dir {
         prepare_pin_dir(dir)?;
-        pins = PINNED_MAPS.iter().map(|name| (*name, dir.join(name))).collect();
-        let pin = |name: &str| dir.join(name);
-        check_pinned::<FlowKey, FlowValue>(&pin(names::FLOWS), &mut capacities.flows)?;
-        check_pinned::<u32, u64>(&pin(names::STATS), &mut 0)?;
-        check_client_slot_pins(dir)?;
-        check_pinned::<u32, u64>(&pin(names::NEXT_SLOT), &mut 0)?;
-        // One capacity for the three client maps: pinned ones keep theirs, and must agree.
-        let mut client = [capacities.clients; 3];
-        check_pinned::<ClientKey, u32>(&pin(names::CLIENT_SLOTS), &mut client[0])?;
-        check_pinned::<u32, Counters>(&pin(names::CLIENT_TOTALS), &mut client[1])?;
-        check_pinned::<(), u32>(&pin(names::FREE_SLOTS), &mut client[2])?;
-        if client[1..].iter().any(|c| *c != client[0]) {
-            return Err(KernelError::ClientPinCapacities { dir: dir.into(), capacities: client });
-        }
-        capacities.clients = client[0];
-        // Checked above: each of these is a map of our layout, or absent.
-        kept = KeptMaps {
-            flows: pin(names::FLOWS).exists(),
-            clients: pin(names::CLIENT_TOTALS).exists(),
-            stats: pin(names::STATS).exists(),
-        };
-        for (name, path) in &pins {
-            loader.map_pin_path(name, path.as_path());
+        let changed = layout_changes(dir)?;
+        // Left by a replacement that did not finish (a crash between load and attach): made
+        // anew below if this load replaces again, never adopted.
+        remove_staged(dir)?;
+        if changed.is_empty() {
+            kept = keep_pinned(dir, &mut capacities)?;
+            for name in PINNED_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        } else {
+            // Another build's maps: this build's programs cannot use them, and their counts
+            // since that build's last state save cannot be read. Fresh maps, pinned aside
+            // until `attach_pinned` has swapped the programs in (the hooks are never empty).
+            warn!(
+                pin_dir = %dir.display(),
+                "the pinned maps have another layout ({}): a build with another map layout \
+                 ran before; this one replaces them with new maps once its programs are \
+                 swapped in (what the old programs counted since the last state save is lost)",
+                changed.iter().map(LayoutChange::to_string).collect::<Vec<_>>().join("; ")
+            );
+            let staged = dir.join(STAGED_DIR);
+            std::fs::create_dir_all(&staged)
+                .map_err(|source| KernelError::CreatePinDir { dir: staged.clone(), source })?;
+            for name in PINNED_MAPS {
+                loader.map_pin_path(name, staged.join(name));
+            }
         }
     }
     // After the pin checks, so that a map created beside pinned ones gets their capacity.
@@ -273,24 +280,121 @@ fn prepare_pin_dir(dir: &Path) -> Result<(), KernelError> {
         .map_err(|source| KernelError::CreatePinDir { dir: dir.into(), source })
 }
 
-/// A pinned map from an older build must have the same layout; its capacity wins over the
-/// config because resizing means recreating it (losing the counts).
-fn check_pinned<K, V>(path: &Path, capacity: &mut u32) -> Result<(), KernelError> {
-    let info = match MapInfo::from_pin(path) {
-        Ok(info) => info,
-        Err(_) if !path.exists() => return Ok(()),
-        Err(source) => return Err(KernelError::ReadPinnedMap { path: path.into(), source }),
+/// The maps' layouts in this build: type, key and value sizes, and the entries of the maps
+/// whose size is part of the layout (a new stat slot grows `STATS`). A pinned map that
+/// differs in any of them belongs to another build.
+fn layouts() -> [MapLayout; 6] {
+    use aya::maps::MapType as T;
+    let sized = |name, kind, k: usize, v: usize, entries| MapLayout {
+        name,
+        kind: kind as u32,
+        sizes: (k as u32, v as u32),
+        entries,
     };
-    let (k, v) = (size_of::<K>() as u32, size_of::<V>() as u32);
-    if info.key_size() != k || info.value_size() != v {
-        return Err(KernelError::PinnedLayout {
-            path: path.into(),
-            dir: path.parent().unwrap_or(path).into(),
-            found: (info.key_size(), info.value_size()),
-            expected: (k, v),
-        });
+    [
+        sized(names::FLOWS, T::LruPerCpuHash, size_of::<FlowKey>(), size_of::<FlowValue>(), None),
+        sized(names::STATS, T::PerCpuArray, 4, 8, Some(STATS_LEN)),
+        sized(names::CLIENT_SLOTS, T::Hash, size_of::<ClientKey>(), 4, None),
+        sized(names::CLIENT_TOTALS, T::PerCpuArray, 4, size_of::<Counters>(), None),
+        sized(names::FREE_SLOTS, T::Queue, 0, 4, None),
+        sized(names::NEXT_SLOT, T::Array, 4, 8, Some(1)),
+    ]
+}
+
+/// What a pinned map must be for this build to use it.
+#[derive(Debug, Clone, Copy)]
+struct MapLayout {
+    name: &'static str,
+    /// `bpf_map_type`.
+    kind: u32,
+    /// Key and value sizes.
+    sizes: (u32, u32),
+    /// Entries, where they are part of the layout rather than a capacity.
+    entries: Option<u32>,
+}
+
+/// A pinned map that another build made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LayoutChange {
+    name: &'static str,
+    found: String,
+    expected: String,
+}
+
+impl std::fmt::Display for LayoutChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is {}, this build's is {}", self.name, self.found, self.expected)
     }
-    if *capacity != 0 && info.max_entries() != *capacity {
+}
+
+impl MapLayout {
+    /// `type T, key/value K/V[, N entries]`, as a log line says it.
+    fn describe(kind: u32, sizes: (u32, u32), entries: Option<u32>) -> String {
+        let n = entries.map(|n| format!(", {n} entries")).unwrap_or_default();
+        format!("type {kind}, key/value {}/{}{n}", sizes.0, sizes.1)
+    }
+
+    /// `None` when the pinned map `info` is of this layout.
+    fn change(&self, info: &MapInfo) -> Option<LayoutChange> {
+        let kind = info.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
+        let sizes = (info.key_size(), info.value_size());
+        let entries = self.entries.map(|_| info.max_entries());
+        if (kind, sizes, entries) == (self.kind, self.sizes, self.entries) {
+            return None;
+        }
+        Some(LayoutChange {
+            name: self.name,
+            found: Self::describe(kind, sizes, entries),
+            expected: Self::describe(self.kind, self.sizes, self.entries),
+        })
+    }
+}
+
+/// The pinned maps in `dir` that this build cannot use as they are.
+fn layout_changes(dir: &Path) -> Result<Vec<LayoutChange>, KernelError> {
+    let mut changes = Vec::new();
+    for layout in layouts() {
+        if let Some(info) = pinned_info(&dir.join(layout.name))? {
+            changes.extend(layout.change(&info));
+        }
+    }
+    Ok(changes)
+}
+
+fn pinned_info(path: &Path) -> Result<Option<MapInfo>, KernelError> {
+    match MapInfo::from_pin(path) {
+        Ok(info) => Ok(Some(info)),
+        Err(_) if !path.exists() => Ok(None),
+        Err(source) => Err(KernelError::ReadPinnedMap { path: path.into(), source }),
+    }
+}
+
+/// Pinned maps of this build's layout are used as they are: their counts go on, and their
+/// capacities win over the config (resizing means new maps, losing the kernel's counts).
+fn keep_pinned(dir: &Path, capacities: &mut Capacities) -> Result<KeptMaps, KernelError> {
+    let pin = |name: &str| dir.join(name);
+    check_client_slot_pins(dir)?;
+    keep_capacity(&pin(names::FLOWS), &mut capacities.flows)?;
+    // One capacity for the three client maps: pinned ones keep theirs, and must agree.
+    let mut client = [capacities.clients; 3];
+    keep_capacity(&pin(names::CLIENT_SLOTS), &mut client[0])?;
+    keep_capacity(&pin(names::CLIENT_TOTALS), &mut client[1])?;
+    keep_capacity(&pin(names::FREE_SLOTS), &mut client[2])?;
+    if client[1..].iter().any(|c| *c != client[0]) {
+        return Err(KernelError::ClientPinCapacities { dir: dir.into(), capacities: client });
+    }
+    capacities.clients = client[0];
+    Ok(KeptMaps {
+        flows: pin(names::FLOWS).exists(),
+        clients: pin(names::CLIENT_TOTALS).exists(),
+        stats: pin(names::STATS).exists(),
+    })
+}
+
+/// A pinned map keeps its capacity, with a warning when the config asks for another.
+fn keep_capacity(path: &Path, capacity: &mut u32) -> Result<(), KernelError> {
+    let Some(info) = pinned_info(path)? else { return Ok(()) };
+    if info.max_entries() != *capacity {
         warn!(
             pinned = info.max_entries(),
             configured = *capacity,
@@ -302,6 +406,47 @@ fn check_pinned<K, V>(path: &Path, capacity: &mut u32) -> Result<(), KernelError
         *capacity = info.max_entries();
     }
     Ok(())
+}
+
+/// Below the pin directory: a replacement's new maps, until its programs are attached.
+pub const STAGED_DIR: &str = "replacing";
+
+/// Removes what an unfinished replacement staged (and the directory).
+fn remove_staged(dir: &Path) -> Result<(), KernelError> {
+    let staged = dir.join(STAGED_DIR);
+    match std::fs::remove_dir_all(&staged) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(KernelError::PinnedLink {
+            doing: "removing an unfinished replacement's maps",
+            path: staged,
+            source,
+        }),
+    }
+}
+
+/// Ends a replacement (a load that found another build's maps): once this load's programs
+/// are on the hooks, its maps take the old pins' names, one atomic rename each, and the old
+/// maps go when nothing holds them. Nothing to do after a load that used the pins.
+pub fn finish_replacement(dir: &Path) -> Result<Vec<&'static str>, KernelError> {
+    let staged = dir.join(STAGED_DIR);
+    let mut moved = Vec::new();
+    for name in PINNED_MAPS {
+        let (from, to) = (staged.join(name), dir.join(name));
+        match std::fs::rename(&from, &to) {
+            Ok(()) => moved.push(name),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(KernelError::PinnedLink {
+                    doing: "putting the new map in place of the old",
+                    path: to,
+                    source,
+                });
+            }
+        }
+    }
+    remove_staged(dir)?;
+    Ok(moved)
 }
 
 /// How the programs ended up attached, for logs and metrics.
@@ -330,7 +475,9 @@ pub fn attach(
 /// `<pin_dir>/links/`, clsact filters at our fixed priority and handle. Links that an earlier
 /// agent left on the same hook of `iface` are adopted: their program is swapped for this
 /// load's atomically, so no packet goes uncounted across a restart, crash or upgrade. Pins of
-/// another interface or mode are detached once the new hooks are in place.
+/// another interface or mode are detached once the new hooks are in place. When the load
+/// replaced another build's maps, the new maps take their pins' names last
+/// ([`finish_replacement`]).
 pub fn attach_pinned(
     ebpf: &mut Ebpf,
     iface: &str,
@@ -338,7 +485,16 @@ pub fn attach_pinned(
     tc: TcAttach,
     pin_dir: &Path,
 ) -> Result<Attachment, KernelError> {
-    attach_with(ebpf, iface, xdp, tc, Some(&LinkPins::new(pin_dir)))
+    let attachment = attach_with(ebpf, iface, xdp, tc, Some(&LinkPins::new(pin_dir)))?;
+    let replaced = finish_replacement(pin_dir)?;
+    if !replaced.is_empty() {
+        warn!(
+            pin_dir = %pin_dir.display(),
+            "the programs now count into new maps, pinned in place of the old build's: {}",
+            replaced.join(", ")
+        );
+    }
+    Ok(attachment)
 }
 
 fn attach_with(

@@ -2,10 +2,11 @@
 
 use std::net::Ipv4Addr;
 
+use aya::maps::MapInfo;
 use ipnet::IpNet;
 use sensor::{
     common::{Direction, Stat, names},
-    kernel::loader::{KeptMaps, LoadOptions, load},
+    kernel::loader::{KeptMaps, LoadOptions, PINNED_MAPS, STAGED_DIR, finish_replacement, load},
 };
 
 use crate::{
@@ -284,25 +285,33 @@ fn a_partial_set_of_pinned_client_slot_maps_is_refused() {
     assert!(msg.contains("NEXT_SLOT") && msg.contains("rm -r"), "{msg}");
 }
 
-/// A map pinned by a build with another layout is refused (the old build's programs may still
-/// be counting into it), with the way out: `sensor detach --maps`.
+/// The maps another build pinned with another layout (a new stat slot, a bigger key) are
+/// replaced, not refused: the load makes new maps and stages them beside the old pins (whose
+/// programs may still be counting), and `finish_replacement`, which `attach_pinned` runs once
+/// the new programs are on the hooks, renames them over the old pins. A staged set that was
+/// never finished is not adopted by the next load.
 #[test]
-fn a_pinned_map_of_another_layout_is_refused_naming_sensor_detach() {
+fn pinned_maps_of_another_layout_are_replaced_after_the_attach() {
     require_root!();
     lab::ensure_bpffs().expect("pinning needs a BPF filesystem at /sys/fs/bpf");
     let pins = lab::PinDir::new("kernel", "old-layout");
     let dir = pins.path().to_path_buf();
     std::fs::create_dir_all(&dir).unwrap();
-    // STATS is u32 → u64 in this build; an "old" one with 4-byte values.
+    let pinned = |name: &str| {
+        let info = MapInfo::from_pin(dir.join(name)).expect("reading a pinned map");
+        (info.id(), info.key_size(), info.value_size())
+    };
+    // STATS is a u32 → u64 array in this build; an "old" one with 4-byte values.
     let stats = dir.join(names::STATS);
     lab::run(
         "bpftool",
-        &["map", "create", stats.to_str().unwrap(), "type", "array", "key", "4", "value", "4"]
+        &["map", "create", stats.to_str().unwrap(), "type", "percpu_array", "key", "4"]
             .into_iter()
-            .chain(["entries", "4", "name", "old_stats"])
+            .chain(["value", "4", "entries", "4", "name", "old_stats"])
             .collect::<Vec<_>>(),
     )
     .expect("bpftool map create");
+    let old = pinned(names::STATS);
     let prefixes: Vec<IpNet> = LAN.iter().map(|p| p.parse().unwrap()).collect();
     let opts = LoadOptions {
         lan_prefixes: &prefixes,
@@ -311,8 +320,43 @@ fn a_pinned_map_of_another_layout_is_refused_naming_sensor_detach() {
         pin_dir: Some(&dir),
         kernel_btf: false,
     };
-    let err = load(&opts).map(|_| ()).expect_err("another layout must be refused");
-    let msg = format!("{err:#}");
-    assert!(msg.contains(names::STATS) && msg.contains("4/8"), "{msg}");
-    assert!(msg.contains("sensor detach --maps"), "{msg}");
+    let (ebpf, loaded) = load(&opts).expect("another layout is replaced, not refused");
+    assert_eq!(loaded.kept, KeptMaps::default(), "nothing of another layout is kept");
+    assert_eq!(loaded.capacities.clients, 8);
+    // Until the attach, the old pin stays where it is and the new maps wait aside.
+    assert_eq!(pinned(names::STATS), old, "the old pin is replaced only after the attach");
+    let staged = dir.join(STAGED_DIR);
+    for name in PINNED_MAPS {
+        assert!(staged.join(name).exists(), "{name} is not staged in {}", staged.display());
+    }
+    let new_stats = MapInfo::from_pin(staged.join(names::STATS)).unwrap().id();
+    let moved = finish_replacement(&dir).expect("finishing the replacement");
+    assert_eq!(moved, PINNED_MAPS.to_vec());
+    assert_eq!(pinned(names::STATS), (new_stats, 4, 8), "the new STATS is pinned in place");
+    assert!(!staged.exists(), "{} is left", staged.display());
+    drop(ebpf);
+
+    // Now of this layout: kept as it is.
+    let (ebpf, again) = load(&opts).expect("loading over the replaced pins");
+    assert_eq!(again.kept, KeptMaps { flows: true, clients: true, stats: true });
+    assert_eq!(pinned(names::STATS).0, new_stats);
+    drop(ebpf);
+
+    // A replacement that never reached its attach (a crash) leaves a staged set: the next
+    // load of this layout removes it rather than adopt it.
+    std::fs::create_dir_all(&staged).unwrap();
+    let stray = staged.join(names::STATS);
+    lab::run(
+        "bpftool",
+        &["map", "create", stray.to_str().unwrap(), "type", "percpu_array", "key", "4"]
+            .into_iter()
+            .chain(["value", "8", "entries", "4", "name", "stray_stats"])
+            .collect::<Vec<_>>(),
+    )
+    .expect("bpftool map create");
+    let (_ebpf, third) = load(&opts).expect("loading beside a stray staged set");
+    assert_eq!(third.kept, KeptMaps { flows: true, clients: true, stats: true });
+    assert!(!staged.exists(), "the stray staged set is left");
+    assert_eq!(finish_replacement(&dir).expect("nothing to finish"), Vec::<&str>::new());
+    assert_eq!(pinned(names::STATS).0, new_stats, "a stray staged map replaced the pin");
 }

@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use aya::maps::RingBuf;
+use aya::maps::{MapInfo, RingBuf};
 use ipnet::IpNet;
 use sensor::{
     common::{Counters, Direction, EventKind, EventOutcome, FlowKey, Stat, names},
@@ -28,8 +28,8 @@ use sensor::{
         events::decode,
         links::{self, Hook, LinkPins},
         loader::{
-            LoadOptions, TcAttach, XdpMode, attach, attach_pinned, install_capture, load,
-            load_with_events, verify_for_test_runs,
+            KeptMaps, LoadOptions, STAGED_DIR, TcAttach, XdpMode, attach, attach_pinned,
+            install_capture, load, load_with_events, verify_for_test_runs,
         },
     },
 };
@@ -220,7 +220,7 @@ fn run_restart(iface: &net::Lan, pins: &std::path::Path) -> Result<String> {
     attach_pinned(&mut ebpf, &iface.sensor, xdp, tc, pins).context("first attach")?;
     let link_pins = LinkPins::new(pins);
     let hooks = [Hook::XdpDriver, Hook::TcxEgress];
-    let before = hooks.map(|h| link_pins.info(h));
+    let before_first = hooks.map(|h| link_pins.info(h));
     drop(ebpf);
 
     let traffic = Traffic::new(iface.sensor_mac);
@@ -236,9 +236,65 @@ fn run_restart(iface: &net::Lan, pins: &std::path::Path) -> Result<String> {
     let (mut ebpf, _) = load_with_events(&opts, 100).context("second load")?;
     let attachment =
         attach_pinned(&mut ebpf, &iface.sensor, xdp, tc, pins).context("second attach")?;
+    let before = hooks.map(|h| link_pins.info(h));
+    let adopted = adopted_links(&link_pins, &hooks, before_first)?;
+    let maps = KernelMaps::take(&mut ebpf)?;
+    let want = traffic.expected();
+    wait_counted(&maps, &want).context("counted while no process held the programs")?;
+    drop((maps, ebpf));
+
+    // A build with another map layout: stood in for by a pinned STATS of another layout (this
+    // build's EVENT_RATE map). The next load makes new maps; the attach swaps its programs into
+    // the same links, then puts the new maps in place of the pins.
+    let stats = pins.join(names::STATS);
+    std::fs::remove_file(&stats).context("removing the STATS pin")?;
+    let (other, _) = load(&options(&prefixes, false)).context("loading a private set of maps")?;
+    other
+        .map(names::EVENT_RATE)
+        .context("no EVENT_RATE map in the object")?
+        .pin(&stats)
+        .context("pinning the stand-in STATS")?;
+    drop(other);
+    let stand_in = MapInfo::from_pin(&stats).context("reading the stand-in STATS")?.id();
+    let (mut ebpf, loaded) = load_with_events(&opts, 100).context("load over another layout")?;
+    ensure!(loaded.kept == KeptMaps::default(), "maps of another layout kept: {:?}", loaded.kept);
+    attach_pinned(&mut ebpf, &iface.sensor, xdp, tc, pins).context("attach over another layout")?;
+    adopted_links(&link_pins, &hooks, before).context("after the layout change")?;
+    let info = MapInfo::from_pin(&stats).context("reading the new STATS pin")?;
+    ensure!(
+        info.id() != stand_in && info.value_size() == 8,
+        "STATS pin not replaced: map {} with value size {}",
+        info.id(),
+        info.value_size()
+    );
+    ensure!(!pins.join(STAGED_DIR).exists(), "the staged maps were left");
+    for f in traffic.upload() {
+        up_sock.send(&f.bytes)?;
+    }
+    for f in traffic.download() {
+        down_sock.send(&f.bytes)?;
+    }
+    let maps = KernelMaps::take(&mut ebpf)?;
+    wait_counted(&maps, &want).context("counted into the new maps after the layout change")?;
+    Ok(format!(
+        "xdp={} tc={}; frames sent with no process holding the programs counted exactly; \
+         adopted {}; a layout change kept the links and counted into new maps exactly",
+        attachment.xdp_mode,
+        attachment.tc_mode,
+        adopted.join(", ")
+    ))
+}
+
+/// The hooks whose pinned link is the one it was (`before`) with a new program in it: each
+/// load's programs are new, so an adopted link shows a new program id on the same link id.
+fn adopted_links(
+    link_pins: &LinkPins,
+    hooks: &[Hook],
+    before: [std::io::Result<Option<links::PinnedInfo>>; 2],
+) -> Result<Vec<&'static str>> {
     let mut adopted = Vec::new();
-    for (hook, before) in hooks.into_iter().zip(before) {
-        let (Some(before), Some(after)) = (before?, link_pins.info(hook)?) else { continue };
+    for (hook, before) in hooks.iter().zip(before) {
+        let (Some(before), Some(after)) = (before?, link_pins.info(*hook)?) else { continue };
         ensure!(
             after.id == before.id && after.prog_id != before.prog_id,
             "{}: not adopted (link {} -> {}, program {} -> {})",
@@ -251,22 +307,18 @@ fn run_restart(iface: &net::Lan, pins: &std::path::Path) -> Result<String> {
         adopted.push(hook.pin_name());
     }
     ensure!(!adopted.is_empty(), "no pinned link to adopt");
-    let maps = KernelMaps::take(&mut ebpf)?;
-    let want = traffic.expected();
+    Ok(adopted)
+}
+
+/// Waits up to 10 s for `maps` to hold exactly `want`.
+fn wait_counted(maps: &KernelMaps, want: &Expected) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut snap = maps.read()?;
-    while !matches(&snap, &want) && Instant::now() < deadline {
+    while !matches(&snap, want) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
         snap = maps.read()?;
     }
-    compare(&snap, &want).context("counted while no process held the programs")?;
-    Ok(format!(
-        "xdp={} tc={}; frames sent with no process holding the programs counted exactly; \
-         adopted {}",
-        attachment.xdp_mode,
-        attachment.tc_mode,
-        adopted.join(", ")
-    ))
+    compare(&snap, want)
 }
 
 /// What the kernel must have counted: per flow, and the outcome stats.
