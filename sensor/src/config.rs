@@ -54,6 +54,9 @@ pub struct Config {
     /// A client unseen this long is retired from the metrics until it is seen again.
     #[serde(default = "default_client_idle_expiry", with = "humantime_serde")]
     pub client_idle_expiry: Duration,
+    /// How many remotes and destinations the agent remembers (with or without a series).
+    #[serde(default)]
+    pub tracking: TrackingConfig,
     #[serde(default = "default_pin_path")]
     pub pin_path: PathBuf,
     #[serde(default = "default_state_path")]
@@ -88,6 +91,36 @@ pub struct Config {
     /// Where alerts go (docs/alerting.md). No Alertmanagers: alerts are only metrics.
     #[serde(default)]
     pub alerting: crate::alerting::AlertingConfig,
+}
+
+/// Bounds on what is remembered per kind (remote endpoints, and destinations, each): a port
+/// scan or a device talking to every address must not grow memory and the state file without
+/// end. Beyond a bound the least active keys without a series are forgotten; their traffic
+/// stays in `other`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrackingConfig {
+    /// Remotes, and destinations, remembered per client.
+    #[serde(default = "default_tracked_per_client")]
+    pub per_client: usize,
+    /// Remotes, and destinations, remembered over all clients together.
+    #[serde(default = "default_tracked_total")]
+    pub total: usize,
+}
+
+impl Default for TrackingConfig {
+    fn default() -> Self {
+        TrackingConfig { per_client: default_tracked_per_client(), total: default_tracked_total() }
+    }
+}
+
+/// Sized for a 128 MB router: 16,384 remotes and as many destinations take about 2 MB in
+/// memory and 5 MB in the state file (docs/benchmarks.md, "Tracking under a scan").
+fn default_tracked_per_client() -> usize {
+    2_048
+}
+fn default_tracked_total() -> usize {
+    16_384
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -273,7 +306,8 @@ impl Config {
                 ));
             }
         }
-        let sizes: [(&'static str, u64, u64, u64, u64); 10] = [
+        let top = self.top_remotes.max(self.destinations.top_per_client) as u64;
+        let sizes: [(&'static str, u64, u64, u64, u64); 12] = [
             (
                 "flow_capacity",
                 self.flow_capacity.into(),
@@ -292,6 +326,16 @@ impl Config {
             ("destinations.top_per_client", self.destinations.top_per_client as u64, 1, 1_000, 20),
             ("series_budget", self.series_budget as u64, 1, 1_000_000, 10_000),
             ("names.max_names", self.names.max_names as u64, 1, 10_000_000, 100_000),
+            // A client's top series are never forgotten, and no more keys than the series
+            // budget have one: the bounds must leave room for both.
+            ("tracking.per_client", self.tracking.per_client as u64, top, 1 << 20, 2_048),
+            (
+                "tracking.total",
+                self.tracking.total as u64,
+                (self.tracking.per_client as u64).max(self.series_budget as u64),
+                1 << 22,
+                16_384,
+            ),
             (
                 "events_per_second",
                 self.events_per_second.into(),
@@ -313,6 +357,15 @@ impl Config {
             if value < min || value > max {
                 let hint = if key == "http.max_connections_per_address" {
                     format!("at most http.max_connections; the default is {default}")
+                } else if key == "tracking.per_client" {
+                    format!(
+                        "at least top_remotes and destinations.top_per_client; the default is \
+                         {default}"
+                    )
+                } else if key == "tracking.total" {
+                    format!(
+                        "at least tracking.per_client and series_budget; the default is {default}"
+                    )
                 } else {
                     format!("write a value in that range, e.g. the default {default}")
                 };

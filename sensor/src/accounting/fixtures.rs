@@ -16,6 +16,8 @@ pub(crate) const PARAMS: Params = Params {
     remote_idle_expiry_secs: 600,
     destination_idle_expiry_secs: 600,
     client_idle_expiry_secs: 3600,
+    tracked_per_client: 2_048,
+    tracked_total: 16_384,
     score_half_life_secs: 60.0,
     name_wait_secs: 2,
 };

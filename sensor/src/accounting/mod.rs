@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 use dest_names::DestNames;
 pub use dest_names::{DestId, DestKey};
 pub use kernel_counters::KernelCounters;
-use ranked::enforce_budget;
 pub use ranked::{Ranked, Series};
+use ranked::{enforce_budget, forget_least_active};
 pub use tally::Tally;
 
 use crate::{
@@ -79,6 +79,10 @@ pub struct Params {
     pub destination_idle_expiry_secs: u64,
     /// A client unseen this long is retired: its series end until it is seen again.
     pub client_idle_expiry_secs: u64,
+    /// Remotes, and destinations, remembered per client, and over all clients: beyond them the
+    /// least active keys without a series are forgotten (their traffic is in `other`).
+    pub tracked_per_client: usize,
+    pub tracked_total: usize,
     pub score_half_life_secs: f64,
     /// Longest a new flow waits for its own name before it counts under its DNS name or address.
     pub name_wait_secs: u64,
@@ -131,6 +135,9 @@ pub struct Accounting {
     waiting: FastMap<FlowKey, u64>,
     /// Every flow that gained traffic in the last update, with its gain (the policy's input).
     gains: Vec<Gain>,
+    /// Remotes and destinations forgotten in the last update to stay within the tracking
+    /// bounds ([`Params::tracked_total`]).
+    forgotten: [u64; 2],
 }
 
 /// The flows as last read: the previous poll's snapshot itself (shared with the API view, not
@@ -294,6 +301,22 @@ impl Accounting {
                 .destinations
                 .expire(now, params.destination_idle_expiry_secs, |id| names.release(*id));
         }
+        // Bounded whatever the traffic (a scan reaches a new remote with every packet).
+        let per_client = params.tracked_per_client;
+        self.forgotten = [
+            forget_least_active(
+                accounts.iter_mut().map(|a| &mut a.remotes),
+                per_client,
+                params.tracked_total,
+                |_| {},
+            ),
+            forget_least_active(
+                accounts.iter_mut().map(|a| &mut a.destinations),
+                per_client,
+                params.tracked_total,
+                |id| names.release(*id),
+            ),
+        ];
         drop(accounts);
 
         let retired: Vec<Mac> = self
@@ -340,6 +363,19 @@ impl Accounting {
     /// The destination a client's destination series is for.
     pub fn destination(&self, id: DestId) -> &DestKey {
         self.destinations.key(id)
+    }
+
+    /// Remotes and destinations forgotten in the last update to stay within the tracking
+    /// bounds (least active first; their traffic stays in `other`).
+    pub fn forgotten(&self) -> [u64; 2] {
+        self.forgotten
+    }
+
+    /// Remotes and destinations remembered over all clients.
+    pub fn tracked(&self) -> [usize; 2] {
+        self.clients
+            .values()
+            .fold([0, 0], |[r, d], a| [r + a.remotes.len(), d + a.destinations.len()])
     }
 
     /// Distinct destinations the clients' tables hold.

@@ -171,6 +171,25 @@ impl<K: Copy + Eq + Hash + Ord> Ranked<K> {
         });
     }
 
+    /// Forgets `key`: its series (if it had one) ends, as when it expires.
+    fn forget(&mut self, key: &K) -> bool {
+        let Some(e) = self.entries.remove(key) else { return false };
+        if e.slot() != NO_SLOT {
+            self.values[e.slot() as usize] = Tally::default();
+            self.free.push(e.slot());
+        }
+        true
+    }
+
+    /// The keys without a series, least worth keeping first: those that never had one (no
+    /// value to continue), then by activity.
+    fn forgettable(&self) -> impl Iterator<Item = (Forgettable, K)> + '_ {
+        self.entries
+            .iter()
+            .filter(|(_, e)| !e.in_top())
+            .map(|(k, e)| (Forgettable { had_series: e.slot() != NO_SLOT, score: e.score }, *k))
+    }
+
     fn value(&self, entry: &Entry) -> Tally {
         self.values.get(entry.slot() as usize).copied().unwrap_or_default()
     }
@@ -260,4 +279,73 @@ pub(super) fn enforce_budget<'a, K: 'a>(
     for entry in holders.into_iter().take(excess) {
         entry.set_in_top(false);
     }
+}
+
+/// What decides which keys go first when there are too many: see [`Ranked::forgettable`].
+#[derive(Debug, Clone, Copy)]
+struct Forgettable {
+    had_series: bool,
+    score: f32,
+}
+
+impl Forgettable {
+    fn order(&self, other: &Forgettable) -> std::cmp::Ordering {
+        self.had_series.cmp(&other.had_series).then(self.score.total_cmp(&other.score))
+    }
+}
+
+/// Keeps at most `per_client` keys in each set and `total` over all of them by forgetting
+/// keys without a series, least worth keeping first ([`Ranked::forgettable`]); `forgotten`
+/// sees each. Keys with a series are never forgotten here: the bounds are validated to leave
+/// room for every client's top and the series budget. Returns how many were forgotten.
+pub(super) fn forget_least_active<'a, K: Copy + Eq + Hash + Ord + 'a>(
+    sets: impl Iterator<Item = &'a mut Ranked<K>>,
+    per_client: usize,
+    total: usize,
+    mut forgotten: impl FnMut(&K),
+) -> u64 {
+    let mut sets: Vec<&mut Ranked<K>> = sets.collect();
+    let mut count = 0u64;
+    for set in sets.iter_mut() {
+        let excess = set.len().saturating_sub(per_client);
+        if excess == 0 {
+            continue;
+        }
+        let mut candidates: Vec<(Forgettable, K)> = set.forgettable().collect();
+        let excess = excess.min(candidates.len());
+        if excess == 0 {
+            continue;
+        }
+        candidates.select_nth_unstable_by(excess - 1, |a, b| a.0.order(&b.0).then(a.1.cmp(&b.1)));
+        for (_, key) in &candidates[..excess] {
+            if set.forget(key) {
+                forgotten(key);
+                count += 1;
+            }
+        }
+    }
+    let held: usize = sets.iter().map(|s| s.len()).sum();
+    let excess = held.saturating_sub(total);
+    if excess == 0 {
+        return count;
+    }
+    let mut candidates: Vec<(Forgettable, u32, K)> = sets
+        .iter()
+        .enumerate()
+        .flat_map(|(i, set)| set.forgettable().map(move |(f, k)| (f, i as u32, k)))
+        .collect();
+    let excess = excess.min(candidates.len());
+    if excess == 0 {
+        return count;
+    }
+    candidates.select_nth_unstable_by(excess - 1, |a, b| {
+        a.0.order(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
+    });
+    for (_, set, key) in &candidates[..excess] {
+        if sets[*set as usize].forget(key) {
+            forgotten(key);
+            count += 1;
+        }
+    }
+    count
 }

@@ -228,3 +228,46 @@ fn a_flow_waits_at_most_name_wait() {
     a.update(&Arc::new(snap(&[(key(9, 22), counters(3, 200, 0, 0))])), 102, &PARAMS, &namer);
     assert_eq!(a.clients[&MAC].destinations.carried().bytes[0], 200);
 }
+
+/// A scan: one busy remote and many one-packet ones. Each client keeps at most
+/// `tracked_per_client` remotes and destinations, all clients together `tracked_total`; the
+/// least active without a series go first, the top series stay, and every byte stays in the
+/// client's series or `other` (totals exact).
+#[test]
+fn a_scan_is_forgotten_least_active_first_within_the_tracking_bounds() {
+    let mut a = Accounting::default();
+    let params = Params { tracked_per_client: 6, tracked_total: 9, ..PARAMS };
+    let scan = |mac: [u8; 6], busy: u64, first: u8, n: u8| {
+        let mut flows = vec![(key(1, 443), counters(10, busy, 0, 0))];
+        flows.extend((first..first + n).map(|r| (key(r, 9), counters(1, 60, 0, 0))));
+        snap_for(mac, &flows)
+    };
+    // First client: the busy remote and 20 scanned ones (remotes 10..30, 60 B each).
+    update(&mut a, &scan(MAC, 50_000, 10, 20), 100, &params);
+    let c = &a.clients[&MAC];
+    assert_eq!(c.remotes.len(), 6);
+    assert_eq!(c.destinations.len(), 6);
+    assert_eq!(a.forgotten(), [15, 15]);
+    assert!(remote(&a, 1, 443).unwrap().in_top, "the busy remote keeps its series");
+    assert_eq!(c.totals.bytes[0], 50_000 + 20 * 60);
+    assert_eq!(exported_bytes(&c.remotes), c.totals.bytes[0], "bytes lost with the keys");
+    assert_eq!(exported_bytes(&c.destinations), c.totals.bytes[0]);
+
+    // A second client scans too: over both, at most 9 of each kind.
+    let second = [2, 0, 0, 0, 0, 2];
+    let mut s = scan(MAC, 50_000, 10, 20);
+    let more = scan(second, 40_000, 100, 20);
+    s.flows.extend(more.flows);
+    s.clients.extend(more.clients);
+    update(&mut a, &s, 105, &params);
+    assert_eq!(a.tracked(), [9, 9]);
+    for mac in [MAC, second] {
+        let c = &a.clients[&mac];
+        assert!(c.remotes.get(&RemoteId::of(&key(1, 443))).unwrap().in_top, "{mac:?}");
+        assert_eq!(exported_bytes(&c.remotes), c.totals.bytes[0], "{mac:?}");
+        assert_eq!(exported_bytes(&c.destinations), c.totals.bytes[0], "{mac:?}");
+    }
+    assert_eq!(a.clients[&second].totals.bytes[0], 40_000 + 20 * 60);
+    // The forgotten destinations' names were released: only the kept ones are held.
+    assert_eq!(a.destinations_tracked(), 9 - 1, "one.example is held by both clients");
+}

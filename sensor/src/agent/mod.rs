@@ -271,6 +271,8 @@ pub fn params(config: &Config) -> Params {
         remote_idle_expiry_secs: config.remote_idle_expiry.as_secs().max(1),
         destination_idle_expiry_secs: config.destinations.idle_expiry.as_secs().max(1),
         client_idle_expiry_secs: config.client_idle_expiry.as_secs().max(1),
+        tracked_per_client: config.tracking.per_client,
+        tracked_total: config.tracking.total,
         score_half_life_secs: SCORE_HALF_LIFE.as_secs_f64(),
         name_wait_secs: NAME_WAIT.as_secs(),
     }

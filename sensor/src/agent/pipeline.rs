@@ -155,6 +155,11 @@ impl Pipeline {
         let enricher = &self.enricher;
         self.metrics.publish(&self.accounting, &|mac| enricher.client_labels(mac));
         self.metrics.flows_tracked.set(snap.flows.len() as i64);
+        let (tracked, forgotten) = (self.accounting.tracked(), self.accounting.forgotten());
+        for (i, kind) in ["remote", "destination"].into_iter().enumerate() {
+            self.metrics.tracked.with_label_values(&[kind]).set(tracked[i] as i64);
+            self.metrics.tracking_forgotten.with_label_values(&[kind]).inc_by(forgotten[i]);
+        }
         self.metrics.clients_tracked.set(snap.clients.len() as i64);
         self.metrics.names_cached.set(self.enricher.names.len() as i64);
         let publish = lap();

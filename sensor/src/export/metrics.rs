@@ -48,6 +48,10 @@ pub struct Metrics {
     families: Families,
     pub poll_duration: Histogram,
     pub flows_tracked: IntGauge,
+    /// Remotes and destinations remembered, by kind (`remote`, `destination`).
+    pub tracked: IntGaugeVec,
+    /// Remotes and destinations forgotten to stay within `tracking`, by kind.
+    pub tracking_forgotten: IntCounterVec,
     pub flows_capacity: IntGauge,
     pub clients_tracked: IntGauge,
     pub clients_capacity: IntGauge,
@@ -140,6 +144,31 @@ impl Metrics {
                 "policy_series",
                 "(rule, client, destination) series the policy evaluator tracks.",
             )?,
+            tracked: {
+                let g = gauge_vec(
+                    "tracked",
+                    "Remotes and destinations the agent remembers (with or without a series of their own), by kind.",
+                    &["kind"],
+                )?;
+                for kind in ["remote", "destination"] {
+                    g.with_label_values(&[kind]);
+                }
+                g
+            },
+            tracking_forgotten: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "tracking_forgotten_total",
+                        "Remotes and destinations forgotten to stay within the tracking bounds (least active first; their traffic stays in \"other\"), by kind.",
+                    ),
+                    &["kind"],
+                )?;
+                families.register(Box::new(c.clone()))?;
+                for kind in ["remote", "destination"] {
+                    c.with_label_values(&[kind]);
+                }
+                c
+            },
             policy_series_dropped: counter(
                 "policy_series_dropped_total",
                 "Series the policy evaluator could not track (its limit was reached).",

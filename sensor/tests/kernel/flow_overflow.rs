@@ -34,6 +34,8 @@ fn overflowing_the_flow_map_keeps_client_totals_exact_and_counts_evictions() {
         remote_idle_expiry_secs: 3600,
         destination_idle_expiry_secs: 3600,
         client_idle_expiry_secs: 3600,
+        tracked_per_client: 2_048,
+        tracked_total: 16_384,
         score_half_life_secs: 120.0,
         name_wait_secs: 2,
     };
