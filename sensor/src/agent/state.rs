@@ -55,10 +55,7 @@ pub fn load(path: &Path) -> anyhow::Result<Saved> {
             state.version
         ),
         Err(e) => {
-            let aside = path.with_extension("corrupt");
-            fs::rename(path, &aside).with_context(|| {
-                format!("moving unreadable state file {} aside", path.display())
-            })?;
+            let aside = keep_aside(path)?;
             tracing::warn!(
                 "state file {} is unreadable ({e}); kept as {} and starting afresh",
                 path.display(),
@@ -67,6 +64,34 @@ pub fn load(path: &Path) -> anyhow::Result<Saved> {
             Ok(Saved::default())
         }
     }
+}
+
+/// How many unreadable state files are kept: `state.corrupt`, then `state.corrupt.1` to
+/// `state.corrupt.9`.
+const CORRUPT_KEPT: usize = 10;
+
+/// Moves an unreadable state file aside under the first of its [`CORRUPT_KEPT`] names that is
+/// free, so that a second corrupt file never replaces the first (the first is usually the one
+/// that tells what went wrong). When all are taken the last name is reused: the disk holds at
+/// most [`CORRUPT_KEPT`] of them, however often it happens.
+fn keep_aside(path: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let first = path.with_extension("corrupt");
+    let names = std::iter::once(first.clone()).chain((1..CORRUPT_KEPT).map(|i| {
+        let mut name = first.clone().into_os_string();
+        name.push(format!(".{i}"));
+        std::path::PathBuf::from(name)
+    }));
+    let mut aside = first.clone();
+    for name in names {
+        aside = name;
+        // symlink_metadata: a dangling symlink is taken too, and not followed.
+        if fs::symlink_metadata(&aside).is_err() {
+            break;
+        }
+    }
+    fs::rename(path, &aside)
+        .with_context(|| format!("moving unreadable state file {} aside", path.display()))?;
+    Ok(aside)
 }
 
 /// Writes the state atomically: a crash mid-write leaves the previous file intact.
@@ -137,5 +162,29 @@ mod tests {
         fs::write(&path, b"{not json").unwrap();
         assert!(load(&path).unwrap().accounting.clients.is_empty());
         assert_eq!(fs::read(dir.path().join("state.corrupt")).unwrap(), b"{not json");
+    }
+
+    /// Each corrupt file gets a name of its own: the second does not replace the first; at
+    /// most ten are kept, the last name taking the newest.
+    #[test]
+    fn a_second_corrupt_file_does_not_replace_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        for i in 0..12 {
+            fs::write(&path, format!("{{corrupt {i}")).unwrap();
+            assert!(load(&path).unwrap().accounting.clients.is_empty());
+            assert!(!path.exists());
+        }
+        let read = |name: &str| fs::read_to_string(dir.path().join(name)).unwrap();
+        assert_eq!(read("state.corrupt"), "{corrupt 0");
+        assert_eq!(read("state.corrupt.1"), "{corrupt 1");
+        assert_eq!(read("state.corrupt.8"), "{corrupt 8");
+        assert_eq!(read("state.corrupt.9"), "{corrupt 11");
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 10, "{names:?}");
     }
 }
