@@ -543,6 +543,16 @@ mod tests {
     }
 
     #[test]
+    fn alerting_site_is_read_and_an_empty_one_refused_at_its_section() {
+        let c = parse("interface: br-lan\nalerting:\n  site: home-1\n").unwrap();
+        assert_eq!(c.alerting.site.as_deref(), Some("home-1"));
+        assert_eq!(parse("interface: br-lan\n").unwrap().alerting.site, None);
+        let e = parse("interface: br-lan\nalerting:\n  site: \"\"\n").unwrap_err();
+        assert_eq!(e.location, Some((2, 1)));
+        assert!(e.message.starts_with("alerting.site must be a name"), "{e}");
+    }
+
+    #[test]
     fn missing_interface_says_what_to_add() {
         let e = parse("flow_capacity: 100\n").unwrap_err();
         assert!(e.to_string().contains("missing field `interface`"), "{e}");
