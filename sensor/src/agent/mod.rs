@@ -155,6 +155,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     }
     saved.accounting.kernel_maps_recreated(&loaded.kept);
     metrics.continue_counters(std::mem::take(&mut saved.counters));
+    // Violations of rules removed while the agent was stopped are not continued.
+    metrics.keep_policy_rules(&rule_names(&policy));
     let mut pipeline = Pipeline {
         maps,
         accounting: saved.accounting,
@@ -323,6 +325,7 @@ fn reload(
     pipeline.replace_enrichment(enricher);
     pipeline.params = params(&new);
     notifier.reconfigure(&new.alerting, running.poll_interval)?;
+    pipeline.metrics.keep_policy_rules(&rule_names(&policy));
     pipeline.policy.replace(policy, new.external_url(), new.alerting.resolved_retention);
     info!(
         rules = pipeline.policy.policy().rules.len(),
@@ -344,6 +347,10 @@ fn reload(
     applied.poll_interval = running.poll_interval;
     applied.events_per_second = running.events_per_second;
     Ok((applied, warnings))
+}
+
+fn rule_names(policy: &crate::policy::Policy) -> Vec<&str> {
+    policy.rules.iter().map(|r| r.name.as_str()).collect()
 }
 
 /// The warnings of a reload that the running enrichment did not already give (`warned`): a

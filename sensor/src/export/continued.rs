@@ -59,6 +59,24 @@ impl Continued {
             .collect()
     }
 
+    /// Drops the series of family `name` (its full name, as saved) whose labels `keep`
+    /// refuses, from what the counters continue from and from what scrapes see.
+    pub fn forget(&mut self, name: &str, keep: &dyn Fn(&[(String, String)]) -> bool) {
+        self.base.retain(|c| c.name != name || keep(&c.labels));
+        for family in self.released.iter_mut().filter(|f| f.name() == name) {
+            family.mut_metric().retain(|m| {
+                let labels: Vec<(String, String)> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name().to_string(), l.value().to_string()))
+                    .collect();
+                keep(&labels)
+            });
+        }
+        // A family without series is not shown at all (no HELP line for nothing).
+        self.released.retain(|f| !f.get_metric().is_empty());
+    }
+
     /// Scrapes see `counters` from now on.
     pub fn release(&mut self, counters: &[SavedCounter]) {
         self.released = families(counters);
