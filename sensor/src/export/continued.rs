@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 /// A series' family name and labels.
 type SeriesId = (String, Vec<(String, String)>);
 
+/// Which series of a family to keep, by their labels.
+type KeepLabels<'a> = &'a dyn Fn(&[(String, String)]) -> bool;
+
 /// One counter series as saved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SavedCounter {
@@ -61,7 +64,7 @@ impl Continued {
 
     /// Drops the series of family `name` (its full name, as saved) whose labels `keep`
     /// refuses, from what the counters continue from and from what scrapes see.
-    pub fn forget(&mut self, name: &str, keep: &dyn Fn(&[(String, String)]) -> bool) {
+    pub fn forget(&mut self, name: &str, keep: KeepLabels<'_>) {
         self.base.retain(|c| c.name != name || keep(&c.labels));
         for family in self.released.iter_mut().filter(|f| f.name() == name) {
             family.mut_metric().retain(|m| {
