@@ -24,8 +24,9 @@ pub const MAX_DEPTH: usize = 64;
 /// Most scalar text (keys and values, in bytes) the document holds once every alias is
 /// expanded. Without aliases a file within [`MAX_FILE_BYTES`] stays below it.
 pub const MAX_EXPANDED_BYTES: usize = 2 << 20;
-/// Most nodes (scalars, sequences, mappings) once every alias is expanded. Without aliases a
-/// file within [`MAX_FILE_BYTES`] holds at most about half a million (two bytes a node).
+/// Most nodes (scalars, sequences, mappings) once every alias is expanded. A real file holds
+/// a few hundred; without aliases only a file of one-byte nodes (`{a,a,a,...}`: a key and its
+/// empty value per two bytes) near [`MAX_FILE_BYTES`] gets there.
 pub const MAX_EXPANDED_NODES: usize = 1_000_000;
 
 /// Reads a config or policy file: refuses what is not a regular file before reading a byte,
@@ -186,6 +187,8 @@ fn deep_flow(text: &str) -> Option<(usize, usize)> {
                 i += 1;
                 while i < bytes.len() {
                     match bytes[i] {
+                        // An escape: the next byte is not the closing quote (an escaped
+                        // line break is not counted as a line; only locations depend on it).
                         b'\\' if b == b'"' => i += 1,
                         b'\n' => {
                             line += 1;
