@@ -101,7 +101,7 @@ pub fn load(path: &Path) -> anyhow::Result<Saved> {
 /// `state.corrupt.9`.
 const CORRUPT_KEPT: usize = 10;
 
-/// Moves an unreadable state file aside under the first of its [`CORRUPT_KEPT`] names that is
+/// Moves a state file that is not continued from (unreadable, or implausible) aside under the first of its [`CORRUPT_KEPT`] names that is
 /// free, so that a second corrupt file never replaces the first (the first is usually the one
 /// that tells what went wrong). When all are taken the last name is reused: the disk holds at
 /// most [`CORRUPT_KEPT`] of them, however often it happens.
@@ -115,13 +115,13 @@ fn keep_aside(path: &Path) -> anyhow::Result<std::path::PathBuf> {
     let mut aside = first.clone();
     for name in names {
         aside = name;
-        // symlink_metadata: a dangling symlink is taken too, and not followed.
+        // symlink_metadata: a name held by a dangling symlink counts as taken too.
         if fs::symlink_metadata(&aside).is_err() {
             break;
         }
     }
     fs::rename(path, &aside)
-        .with_context(|| format!("moving unreadable state file {} aside", path.display()))?;
+        .with_context(|| format!("moving state file {} aside", path.display()))?;
     Ok(aside)
 }
 
