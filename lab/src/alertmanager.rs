@@ -273,6 +273,17 @@ impl Webhook {
         format!("http://{}/notify", self.addr)
     }
 
+    /// `http://host:port`, for a sender that appends its own path (the sensor's notifier
+    /// posts to `{url}/api/v2/alerts`; any path is recorded).
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every JSON body received so far, oldest first, as posted.
+    pub fn bodies(&self) -> Vec<Value> {
+        self.received.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The notifications so far, oldest first: each one's `status` ("firing" or "resolved")
     /// and its alerts' `labels.client`.
     pub fn notifications(&self) -> Vec<(String, Vec<String>)> {

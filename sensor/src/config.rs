@@ -18,7 +18,7 @@ use crate::{
     enrich::{NamesConfig, geo::GeoConfig, inventory::InventoryConfig},
     export::server::HttpConfig,
     kernel::loader::{TcAttach, XdpMode},
-    types::{DestinationLevel, LocatedError},
+    types::{DestinationLevel, LocatedError, user_file},
 };
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -192,12 +192,11 @@ fn default_state_save_interval() -> Duration {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, LocatedError> {
-        let text = std::fs::read_to_string(path).map_err(|e| LocatedError {
-            path: path.to_owned(),
-            location: None,
-            message: format!("cannot read the file: {e}"),
-            hint: Some("pass the path of a YAML config, e.g. deploy/sensor.yaml".into()),
-        })?;
+        let text = user_file::read_user_file(
+            path,
+            "config file",
+            "pass the path of a YAML config, e.g. deploy/sensor.yaml",
+        )?;
         let mut config = Config::parse(&text, path)?;
         if let Some(policy) = &config.policy
             && policy.is_relative()
@@ -223,6 +222,7 @@ impl Config {
 
     /// Parses and validates config text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, LocatedError> {
+        user_file::check_yaml(text, path)?;
         let config: Config =
             serde_yaml::from_str(text).map_err(|e| LocatedError::from_yaml(&e, path, hint_for))?;
         config.validate(text, path)?;
@@ -557,6 +557,52 @@ mod tests {
              alerting: {resend_interval: 1d, timeout: 10m}\n",
         )
         .unwrap();
+    }
+
+    /// check-config and SIGHUP both read the files through `Config::load` and `load_policy`:
+    /// a FIFO (or a directory, a device) is refused at once, named, not waited on.
+    #[test]
+    fn a_fifo_as_config_or_policy_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = nix::sys::stat::Mode::S_IRWXU;
+        let config_fifo = dir.path().join("fifo.yaml");
+        nix::unistd::mkfifo(&config_fifo, mode).unwrap();
+        let policy_fifo = dir.path().join("policy.yaml");
+        nix::unistd::mkfifo(&policy_fifo, mode).unwrap();
+        let config = dir.path().join("sensor.yaml");
+        std::fs::write(&config, "interface: br-lan\npolicy: policy.yaml\n").unwrap();
+
+        let start = std::time::Instant::now();
+        let e = Config::load(&config_fifo).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: the config file is a FIFO (named pipe), not a regular file\n  hint: pass \
+                 the path of a YAML config, e.g. deploy/sensor.yaml (a regular file)",
+                config_fifo.display()
+            )
+        );
+        let e = Config::load(&config).unwrap().load_policy().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: the policy file is a FIFO (named pipe), not a regular file\n  hint: point \
+                 `policy:` in the config at a policy YAML, e.g. deploy/policy.yaml (a regular \
+                 file)",
+                policy_fifo.display()
+            )
+        );
+        assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn alerting_site_is_read_and_an_empty_one_refused_at_its_section() {
+        let c = parse("interface: br-lan\nalerting:\n  site: home-1\n").unwrap();
+        assert_eq!(c.alerting.site.as_deref(), Some("home-1"));
+        assert_eq!(parse("interface: br-lan\n").unwrap().alerting.site, None);
+        let e = parse("interface: br-lan\nalerting:\n  site: \"\"\n").unwrap_err();
+        assert_eq!(e.location, Some((2, 1)));
+        assert!(e.message.starts_with("alerting.site must be a name"), "{e}");
     }
 
     #[test]

@@ -39,6 +39,28 @@ fn check_config_validates_the_policy_with_its_location() {
 }
 
 #[test]
+fn check_config_refuses_a_fifo_as_the_policy_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("sensor.yaml"), "interface: br-lan\npolicy: rules.yaml\n")
+        .unwrap();
+    let fifo = dir.path().join("rules.yaml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let config = dir.path().join("sensor.yaml");
+    // Without a writer, a blocking open of the FIFO would wait for ever.
+    let start = std::time::Instant::now();
+    let (ok, stdout, stderr) = sensor(&["check-config", config.to_str().unwrap()]);
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    assert!(!ok, "a FIFO must be refused: {stdout}");
+    assert!(
+        stderr.starts_with(&format!(
+            "{}: the policy file is a FIFO (named pipe), not a regular file\n  hint: point",
+            fifo.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_config_names_file_line_and_fix() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.yaml");
@@ -61,7 +83,10 @@ fn check_config_names_file_line_and_fix() {
 fn check_config_reports_a_missing_file() {
     let (ok, _, stderr) = sensor(&["check-config", "/nonexistent/sensor.yaml"]);
     assert!(!ok);
-    assert!(stderr.starts_with("/nonexistent/sensor.yaml: cannot read the file"), "{stderr}");
+    assert!(
+        stderr.starts_with("/nonexistent/sensor.yaml: cannot read the config file"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -78,5 +103,8 @@ fn detach_reports_a_missing_config_without_touching_anything() {
     let (ok, stdout, stderr) = sensor(&["detach", "--maps", "-c", "/nonexistent/sensor.yaml"]);
     assert!(!ok);
     assert!(stdout.is_empty(), "{stdout}");
-    assert!(stderr.starts_with("/nonexistent/sensor.yaml: cannot read the file"), "{stderr}");
+    assert!(
+        stderr.starts_with("/nonexistent/sensor.yaml: cannot read the config file"),
+        "{stderr}"
+    );
 }

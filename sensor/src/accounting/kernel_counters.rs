@@ -35,6 +35,21 @@ impl KernelCounters {
         );
     }
 
+    /// The largest value held, exported or last read.
+    pub(super) fn max_value(&self) -> u64 {
+        [
+            self.stats.as_flattened(),
+            self.last_stats.as_flattened(),
+            self.events.as_flattened(),
+            self.last_events.as_flattened(),
+        ]
+        .into_iter()
+        .flatten()
+        .copied()
+        .max()
+        .unwrap_or(0)
+    }
+
     /// The kernel's maps were made anew (`stats`: the stats map; the event map always is):
     /// their next values count whole.
     pub fn maps_recreated(&mut self, stats: bool) {

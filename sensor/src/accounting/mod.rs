@@ -30,7 +30,7 @@ pub use dest_names::{DestId, DestKey};
 pub use kernel_counters::KernelCounters;
 pub use ranked::{Ranked, Series};
 use ranked::{enforce_budget, forget_least_active};
-pub use tally::Tally;
+pub use tally::{MAX_PLAUSIBLE, Tally};
 
 use crate::{
     kernel::{
@@ -276,7 +276,7 @@ impl Accounting {
         }
         // Flows read last time but not now left the map (LRU evictions, mostly).
         evicted += prev.filter(|(k, _)| gone(k)).count() as u64;
-        self.flow_evictions += evicted;
+        self.flow_evictions = self.flow_evictions.saturating_add(evicted);
         self.waiting = waiting;
         self.last = LastRead { snap, held, retired: HashSet::new() };
 

@@ -8,7 +8,7 @@ use sensor_common::{Counters, FlowKey};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Accounting, ClientAccount, KernelCounters, LastRead, RemoteId,
+    Accounting, ClientAccount, KernelCounters, LastRead, MAX_PLAUSIBLE, RemoteId,
     dest_names::{DestId, DestKey, DestNames},
     ranked::{Kept, Ranked, Series},
     tally::Tally,
@@ -194,6 +194,48 @@ impl<'de> Deserialize<'de> for Accounting {
             ..Accounting::default()
         })
     }
+}
+
+impl Accounting {
+    /// The first counter above [`MAX_PLAUSIBLE`] in an accounting restored from a state file,
+    /// described ("client 02:00:00:00:00:01 totals: upload bytes 18446744073709551610");
+    /// None when every counter is plausible. Exported values and the kernel values last read
+    /// alike: no kernel counter gets there either, so either is a damaged or edited file.
+    pub fn implausible(&self) -> Option<String> {
+        let mac = crate::types::labels::mac;
+        for (m, account) in &self.clients {
+            let client = |part: &str, what: String| format!("client {} {part}: {what}", mac(m));
+            if let Some(what) = account.totals.implausible() {
+                return Some(client("totals", what));
+            }
+            if let Some(what) = ranked_implausible(&account.remotes) {
+                return Some(client("remotes", what));
+            }
+            if let Some(what) = ranked_implausible(&account.destinations) {
+                return Some(client("destinations", what));
+            }
+        }
+        if let Some((m, what)) =
+            self.clients_last.iter().find_map(|(m, t)| Some((m, t.implausible()?)))
+        {
+            return Some(format!("client {} last kernel read: {what}", mac(m)));
+        }
+        if let Some(what) = self.last.flows().find_map(|(_, c)| Tally::of(c).implausible()) {
+            return Some(format!("a flow's last kernel read: {what}"));
+        }
+        if self.flow_evictions > MAX_PLAUSIBLE {
+            return Some(format!("flow evictions {}", self.flow_evictions));
+        }
+        let kernel = self.kernel.max_value();
+        (kernel > MAX_PLAUSIBLE).then(|| format!("kernel outcome counter {kernel}"))
+    }
+}
+
+/// The first implausible series of a set (its own or `other`).
+fn ranked_implausible<K: Copy + Eq + Hash + Ord>(set: &Ranked<K>) -> Option<String> {
+    set.kept()
+        .find_map(|(_, kept)| kept.series.exported.implausible())
+        .or_else(|| set.other.implausible().map(|what| format!("other: {what}")))
 }
 
 impl Serialize for LastRead {

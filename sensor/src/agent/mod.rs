@@ -91,6 +91,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         warn!("{warning}");
     }
     metrics.config_warnings.set(warnings.len() as i64);
+    // What the running enrichment warned about: a reload logs only what is new.
+    let mut warned = warnings;
 
     let options = LoadOptions {
         lan_prefixes: &prefixes,
@@ -153,6 +155,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     }
     saved.accounting.kernel_maps_recreated(&loaded.kept);
     metrics.continue_counters(std::mem::take(&mut saved.counters));
+    // Violations of rules removed while the agent was stopped are not continued.
+    metrics.keep_policy_rules(&rule_names(&policy));
     let mut pipeline = Pipeline {
         maps,
         accounting: saved.accounting,
@@ -215,10 +219,12 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
                 }
             }
             _ = sighup.recv() => {
-                match reload(config_path, &config, &prefixes, &mut pipeline, &notifier) {
-                    Ok(new) => {
+                match reload(config_path, &config, &prefixes, &mut pipeline, &notifier, &warned) {
+                    Ok((new, warnings)) => {
                         config = new;
                         metrics.config_last_reload_successful.set(1);
+                        metrics.config_warnings.set(warnings.len() as i64);
+                        warned = warnings;
                     }
                     Err(e) => {
                         metrics.config_last_reload_successful.set(0);
@@ -281,19 +287,22 @@ pub fn params(config: &Config) -> Params {
 /// Re-reads the config and the policy (SIGHUP). Applies what can change while running:
 /// the policy, naming of clients, series limits and expiries. Keys that shape the kernel side
 /// (interface, capacities, pins) need a restart; a change there is logged, not applied.
+/// Returns the config in effect and the enrichment's warnings, of which only those not in
+/// `warned` (the running enrichment's) are logged.
 fn reload(
     path: &Path,
     running: &Config,
     lan_prefixes: &[ipnet::IpNet],
     pipeline: &mut Pipeline,
     notifier: &Notifier,
-) -> anyhow::Result<Config> {
+    warned: &[String],
+) -> anyhow::Result<(Config, Vec<String>)> {
     let new = Config::load(path)?;
     let mut policy = new.load_policy()?;
     policy.allow_lan_resolvers(lan_prefixes);
     let (enricher, warnings) =
         Enricher::new(&new.inventory, &new.geoip, &new.names, new.destinations.level)?;
-    for warning in &warnings {
+    for warning in unlogged(warned, &warnings) {
         warn!("{warning}");
     }
     let restart_only = [
@@ -318,6 +327,7 @@ fn reload(
     pipeline.replace_enrichment(enricher);
     pipeline.params = params(&new);
     notifier.reconfigure(&new.alerting, running.poll_interval)?;
+    pipeline.metrics.keep_policy_rules(&rule_names(&policy));
     pipeline.policy.replace(policy, new.external_url(), new.alerting.resolved_retention);
     info!(
         rules = pipeline.policy.policy().rules.len(),
@@ -338,7 +348,18 @@ fn reload(
     applied.tc_attach = running.tc_attach;
     applied.poll_interval = running.poll_interval;
     applied.events_per_second = running.events_per_second;
-    Ok(applied)
+    Ok((applied, warnings))
+}
+
+fn rule_names(policy: &crate::policy::Policy) -> Vec<&str> {
+    policy.rules.iter().map(|r| r.name.as_str()).collect()
+}
+
+/// The warnings of a reload that the running enrichment did not already give (`warned`): a
+/// SIGHUP that changes nothing repeats none of them (a missing GeoIP database is said once,
+/// not at every reload); one that appears, or comes back after it was fixed, is logged.
+fn unlogged<'a>(warned: &[String], warnings: &'a [String]) -> Vec<&'a String> {
+    warnings.iter().filter(|w| !warned.contains(w)).collect()
 }
 
 /// Saves the state; once saved, scrapes see its counters.
@@ -433,4 +454,39 @@ fn spawn_kernel_logger(ebpf: &mut aya::Ebpf) {
             guard.clear_ready();
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The warnings `Enricher::new` gives for missing GeoIP databases are the same at start
+    /// and at a SIGHUP that changed nothing: that SIGHUP logs none of them. One that is new
+    /// (a database named since, and missing) is logged alone.
+    #[test]
+    fn a_reload_that_changes_nothing_repeats_no_warning() {
+        use crate::enrich::geo::GeoConfig;
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse("interface: br-lan\n", Path::new("sensor.yaml")).unwrap();
+        let open = |geoip: &GeoConfig| {
+            Enricher::new(&config.inventory, geoip, &config.names, config.destinations.level)
+                .map(|(_, warnings)| warnings)
+                .unwrap()
+        };
+        let both = GeoConfig {
+            country_database: Some(dir.path().join("country.mmdb")),
+            asn_database: Some(dir.path().join("asn.mmdb")),
+        };
+        let at_start = open(&both);
+        assert!(at_start.iter().any(|w| w.contains("country.mmdb not found")), "{at_start:?}");
+        assert!(at_start.iter().any(|w| w.contains("asn.mmdb not found")), "{at_start:?}");
+        let at_reload = open(&both);
+        assert_eq!(unlogged(&at_start, &at_reload), Vec::<&String>::new());
+
+        let country_only = GeoConfig { asn_database: None, ..both.clone() };
+        let running = open(&country_only);
+        let fresh = unlogged(&running, &at_reload);
+        assert_eq!(fresh.len(), 1, "{fresh:?}");
+        assert!(fresh[0].contains("asn.mmdb not found"), "{fresh:?}");
+    }
 }

@@ -5,7 +5,11 @@ use std::{fs, io::Write as _, path::Path};
 
 use anyhow::Context as _;
 
-use crate::{accounting::Accounting, export::continued::SavedCounter, policy::eval::EvalState};
+use crate::{
+    accounting::{Accounting, MAX_PLAUSIBLE},
+    export::continued::SavedCounter,
+    policy::eval::EvalState,
+};
 
 /// Format version of the state file: bumped when its meaning changes.
 const VERSION: u32 = 1;
@@ -21,6 +25,19 @@ pub struct Saved {
     /// The agent's own counters (absent in files written before they were continued).
     #[serde(default)]
     pub counters: Vec<SavedCounter>,
+}
+
+impl Saved {
+    /// The first counter that no real traffic reaches (above [`MAX_PLAUSIBLE`], or for the
+    /// agent's own counters also negative), described; None when all are plausible.
+    fn implausible(&self) -> Option<String> {
+        self.accounting.implausible().or_else(|| {
+            self.counters
+                .iter()
+                .find(|c| !(0.0..=MAX_PLAUSIBLE as f64).contains(&c.value))
+                .map(|c| format!("{}{:?} {}", c.name, c.labels, c.value))
+        })
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -48,17 +65,28 @@ pub fn load(path: &Path) -> anyhow::Result<Saved> {
         Err(e) => return Err(e).with_context(|| format!("reading state file {}", path.display())),
     };
     match serde_json::from_slice::<StateFile>(&text) {
-        Ok(state) if state.version == VERSION => Ok(state.saved),
+        Ok(state) if state.version == VERSION => match state.saved.implausible() {
+            None => Ok(state.saved),
+            // Continuing from it would export a counter that soon stops (saturates) or, added
+            // to elsewhere, wraps: start afresh, the file kept for a look.
+            Some(what) => {
+                let aside = keep_aside(path)?;
+                tracing::warn!(
+                    "state file {} holds an implausible counter ({what}, above 2^62); kept as \
+                     {} and starting afresh",
+                    path.display(),
+                    aside.display()
+                );
+                Ok(Saved::default())
+            }
+        },
         Ok(state) => anyhow::bail!(
             "state file {} has version {} but this agent reads version {VERSION}: move it away to start counting afresh",
             path.display(),
             state.version
         ),
         Err(e) => {
-            let aside = path.with_extension("corrupt");
-            fs::rename(path, &aside).with_context(|| {
-                format!("moving unreadable state file {} aside", path.display())
-            })?;
+            let aside = keep_aside(path)?;
             tracing::warn!(
                 "state file {} is unreadable ({e}); kept as {} and starting afresh",
                 path.display(),
@@ -67,6 +95,34 @@ pub fn load(path: &Path) -> anyhow::Result<Saved> {
             Ok(Saved::default())
         }
     }
+}
+
+/// How many unreadable state files are kept: `state.corrupt`, then `state.corrupt.1` to
+/// `state.corrupt.9`.
+const CORRUPT_KEPT: usize = 10;
+
+/// Moves a state file that is not continued from (unreadable, or implausible) aside under the first of its [`CORRUPT_KEPT`] names that is
+/// free, so that a second corrupt file never replaces the first (the first is usually the one
+/// that tells what went wrong). When all are taken the last name is reused: the disk holds at
+/// most [`CORRUPT_KEPT`] of them, however often it happens.
+fn keep_aside(path: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let first = path.with_extension("corrupt");
+    let names = std::iter::once(first.clone()).chain((1..CORRUPT_KEPT).map(|i| {
+        let mut name = first.clone().into_os_string();
+        name.push(format!(".{i}"));
+        std::path::PathBuf::from(name)
+    }));
+    let mut aside = first.clone();
+    for name in names {
+        aside = name;
+        // symlink_metadata: a name held by a dangling symlink counts as taken too.
+        if fs::symlink_metadata(&aside).is_err() {
+            break;
+        }
+    }
+    fs::rename(path, &aside)
+        .with_context(|| format!("moving state file {} aside", path.display()))?;
+    Ok(aside)
 }
 
 /// Writes the state atomically: a crash mid-write leaves the previous file intact.
@@ -137,5 +193,76 @@ mod tests {
         fs::write(&path, b"{not json").unwrap();
         assert!(load(&path).unwrap().accounting.clients.is_empty());
         assert_eq!(fs::read(dir.path().join("state.corrupt")).unwrap(), b"{not json");
+    }
+
+    /// A counter no traffic reaches (restored, it would soon wrap or stop) refuses the file:
+    /// kept aside like a corrupt one, counting starts afresh. Up to 2^62 is kept.
+    #[test]
+    fn implausible_counters_refuse_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let with_totals = |bytes: u64| {
+            let text = serde_json::json!({"version": VERSION, "accounting": {
+                "clients": [[[2, 0, 0, 0, 0, 1], {
+                    "totals": {"packets": [3, 1], "bytes": [bytes, 100]},
+                    "remotes": {"entries": [], "other": {"packets": [0, 0], "bytes": [0, 0]}},
+                    "destinations": {"entries": [], "other": {"packets": [0, 0], "bytes": [0, 0]}},
+                    "last_seen": 105}]],
+                "flow_evictions": 0, "flows_last": [], "clients_last": [], "last_update": 105}});
+            fs::write(&path, text.to_string()).unwrap();
+        };
+        with_totals(MAX_PLAUSIBLE);
+        let kept = load(&path).unwrap();
+        assert_eq!(kept.accounting.clients[&[2, 0, 0, 0, 0, 1]].totals.bytes, [MAX_PLAUSIBLE, 100]);
+        assert_eq!(kept.accounting.implausible(), None);
+
+        with_totals(u64::MAX - 5);
+        let saved = load(&path).unwrap();
+        assert!(saved.accounting.clients.is_empty());
+        assert!(!path.exists());
+        let aside = fs::read_to_string(dir.path().join("state.corrupt")).unwrap();
+        let refused: StateFile = serde_json::from_str(&aside).unwrap();
+        assert_eq!(
+            refused.saved.implausible().as_deref(),
+            Some("client 02:00:00:00:00:01 totals: upload bytes 18446744073709551610")
+        );
+
+        // The agent's own counters: negative or beyond 2^62.
+        let a = Accounting::default();
+        for value in [-1.0, 1e19] {
+            let counter = SavedCounter {
+                name: "gwsensor_events_dropped_total".into(),
+                help: "Events dropped.".into(),
+                labels: vec![("kind".into(), "dns".into())],
+                value,
+            };
+            save(&path, &a, &EvalState::default(), &[counter]).unwrap();
+            assert!(load(&path).unwrap().counters.is_empty());
+        }
+        assert!(dir.path().join("state.corrupt.2").exists());
+    }
+
+    /// Each corrupt file gets a name of its own: the second does not replace the first; at
+    /// most ten are kept, the last name taking the newest.
+    #[test]
+    fn a_second_corrupt_file_does_not_replace_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        for i in 0..12 {
+            fs::write(&path, format!("{{corrupt {i}")).unwrap();
+            assert!(load(&path).unwrap().accounting.clients.is_empty());
+            assert!(!path.exists());
+        }
+        let read = |name: &str| fs::read_to_string(dir.path().join(name)).unwrap();
+        assert_eq!(read("state.corrupt"), "{corrupt 0");
+        assert_eq!(read("state.corrupt.1"), "{corrupt 1");
+        assert_eq!(read("state.corrupt.8"), "{corrupt 8");
+        assert_eq!(read("state.corrupt.9"), "{corrupt 11");
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 10, "{names:?}");
     }
 }

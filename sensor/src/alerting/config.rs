@@ -33,6 +33,10 @@ pub struct AlertingConfig {
     /// Alerts waiting per Alertmanager; beyond it the oldest are dropped.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
+    /// The `site` label of every alert sent (which gateway, when several send to one
+    /// Alertmanager), unless the rule's own labels set `site`. Unset: no such label.
+    #[serde(default)]
+    pub site: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -67,6 +71,7 @@ impl Default for AlertingConfig {
             resolved_retention: default_resolved_retention(),
             timeout: default_timeout(),
             queue_capacity: default_queue_capacity(),
+            site: None,
         }
     }
 }
@@ -96,6 +101,9 @@ impl AlertingConfig {
         }
         if self.queue_capacity == 0 {
             return setting("queue_capacity", "at least 1 (default 10000)");
+        }
+        if self.site.as_ref().is_some_and(|site| site.trim().is_empty()) {
+            return setting("site", "a name, e.g. `site: home` (leave it out for no site label)");
         }
         let mut seen = HashSet::new();
         for target in &self.alertmanagers {

@@ -41,6 +41,8 @@ pub struct Notifier {
 struct Inner {
     targets: Vec<Target>,
     resend_interval: Duration,
+    /// `alerting.site`: the `site` label of every alert sent.
+    site: Option<String>,
 }
 
 impl Notifier {
@@ -70,7 +72,11 @@ impl Notifier {
             info!(alertmanagers = ?urls, "sending alerts to Alertmanager");
         }
         Ok(Notifier {
-            inner: Mutex::new(Inner { targets, resend_interval: config.resend_interval }),
+            inner: Mutex::new(Inner {
+                targets,
+                resend_interval: config.resend_interval,
+                site: config.site.clone(),
+            }),
             metrics,
         })
     }
@@ -91,7 +97,10 @@ impl Notifier {
         }
         let current: HashSet<u64> = alerts.iter().map(|a| a.fingerprint).collect();
         let mut built: HashMap<usize, Option<Arc<Alert>>> = HashMap::new();
-        let mut get = |i: usize| built.entry(i).or_insert_with(|| build(i).map(Arc::new)).clone();
+        let site = inner.site.as_deref();
+        let mut get = |i: usize| {
+            built.entry(i).or_insert_with(|| build(i).map(|a| Arc::new(with_site(a, site)))).clone()
+        };
         for target in &inner.targets {
             target.offer(now, alerts, &current, inner.resend_interval, &mut get);
         }
@@ -153,6 +162,7 @@ impl Notifier {
         }
         inner.targets = targets;
         inner.resend_interval = config.resend_interval;
+        inner.site = config.site.clone();
         Ok(())
     }
 
@@ -179,6 +189,18 @@ impl Notifier {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The alert with the `site` label, unless its rule set one (as Prometheus's external labels:
+/// the alert's own label wins). Alert identity inside the agent (its fingerprint) is without
+/// it: one site per agent.
+fn with_site(mut alert: Alert, site: Option<&str>) -> Alert {
+    if let Some(site) = site
+        && alert.labels.get("site").is_none_or(String::is_empty)
+    {
+        alert.labels.insert("site".into(), site.into());
+    }
+    alert
 }
 
 /// Every target's HTTP side, built before anything changes so a bad file fails the whole call.
@@ -218,6 +240,71 @@ mod tests {
         // The separators keep "ab"="c" and "a"="bc" apart.
         assert_ne!(alert(&[("ab", "c")]).fingerprint(), alert(&[("a", "bc")]).fingerprint());
         assert_ne!(alert(&[("client", "tv")]).fingerprint(), a.fingerprint());
+    }
+
+    /// `alerting.site` is a label of every alert on the wire, unless the rule set `site`;
+    /// a reload changes it; without it there is no such label.
+    #[test]
+    fn every_alert_sent_carries_the_site_label() {
+        let webhook = lab::alertmanager::Webhook::start().unwrap();
+        let config = |site: Option<&str>| AlertingConfig {
+            alertmanagers: vec![AlertmanagerTarget {
+                url: webhook.base_url(),
+                basic_auth: None,
+                bearer_token_file: None,
+                tls_ca_file: None,
+            }],
+            site: site.map(str::to_string),
+            ..AlertingConfig::default()
+        };
+        let registry = prometheus::Registry::new_custom(Some("gwsensor".into()), None).unwrap();
+        let poll = Duration::from_secs(5);
+        let n = Notifier::start(&config(Some("home-1")), poll, &|c| registry.register(c)).unwrap();
+        let labels_sent = |count: usize| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while webhook.bodies().len() < count && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let bodies = webhook.bodies();
+            assert_eq!(bodies.len(), count, "{bodies:?}");
+            let mut labels: Vec<String> = bodies[count - 1]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["labels"].to_string())
+                .collect();
+            labels.sort();
+            labels
+        };
+        n.update_alerts(
+            SystemTime::now(),
+            &[
+                alert(&[("alertname", "Up"), ("client", "tv")]),
+                alert(&[("alertname", "Own"), ("client", "tv"), ("site", "attic")]),
+            ],
+        );
+        assert_eq!(
+            labels_sent(1),
+            [
+                r#"{"alertname":"Own","client":"tv","site":"attic"}"#,
+                r#"{"alertname":"Up","client":"tv","site":"home-1"}"#,
+            ]
+        );
+        n.reconfigure(&config(None), poll).unwrap();
+        n.update_alerts(SystemTime::now(), &[alert(&[("alertname", "New"), ("client", "tv")])]);
+        assert_eq!(labels_sent(2), [r#"{"alertname":"New","client":"tv"}"#]);
+        n.reconfigure(&config(Some("home-2")), poll).unwrap();
+        n.update_alerts(SystemTime::now(), &[alert(&[("alertname", "Next"), ("client", "tv")])]);
+        assert_eq!(labels_sent(3), [r#"{"alertname":"Next","client":"tv","site":"home-2"}"#]);
+    }
+
+    #[test]
+    fn an_empty_site_is_refused() {
+        let config = AlertingConfig { site: Some(" ".into()), ..AlertingConfig::default() };
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "alerting.site must be a name, e.g. `site: home` (leave it out for no site label)"
+        );
     }
 
     #[test]

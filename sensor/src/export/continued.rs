@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 /// A series' family name and labels.
 type SeriesId = (String, Vec<(String, String)>);
 
+/// Which series of a family to keep, by their labels.
+type KeepLabels<'a> = &'a dyn Fn(&[(String, String)]) -> bool;
+
 /// One counter series as saved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SavedCounter {
@@ -57,6 +60,24 @@ impl Continued {
         all.into_iter()
             .map(|((name, labels), (help, value))| SavedCounter { name, help, labels, value })
             .collect()
+    }
+
+    /// Drops the series of family `name` (its full name, as saved) whose labels `keep`
+    /// refuses, from what the counters continue from and from what scrapes see.
+    pub fn forget(&mut self, name: &str, keep: KeepLabels<'_>) {
+        self.base.retain(|c| c.name != name || keep(&c.labels));
+        for family in self.released.iter_mut().filter(|f| f.name() == name) {
+            family.mut_metric().retain(|m| {
+                let labels: Vec<(String, String)> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name().to_string(), l.value().to_string()))
+                    .collect();
+                keep(&labels)
+            });
+        }
+        // A family without series is not shown at all (no HELP line for nothing).
+        self.released.retain(|f| !f.get_metric().is_empty());
     }
 
     /// Scrapes see `counters` from now on.

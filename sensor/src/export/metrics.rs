@@ -329,6 +329,30 @@ impl Metrics {
         all
     }
 
+    /// Keeps the `policy_violations_total` series of the rules in `rules` only: a rule removed
+    /// from the policy (SIGHUP, or while the agent was stopped: the state file still holds its
+    /// series) leaves /metrics at once, from this process's counts, from what they continue
+    /// from and from what scrapes see. A rule of that name added again starts from 0.
+    pub fn keep_policy_rules(&self, rules: &[&str]) {
+        let kept = |rule: &str| rules.contains(&rule);
+        for family in self.policy_violations.collect() {
+            for metric in family.get_metric() {
+                let label = |name: &str| {
+                    metric.get_label().iter().find(|l| l.name() == name).map(|l| l.value())
+                };
+                if let (Some(rule), Some(client)) = (label("rule"), label("client"))
+                    && !kept(rule)
+                {
+                    // Absent already is fine: nothing to remove.
+                    let _ = self.policy_violations.remove_label_values(&[rule, client]);
+                }
+            }
+        }
+        let name = format!("{}_policy_violations_total", super::NAMESPACE);
+        let keep = |labels: &[(String, String)]| labels.iter().any(|(n, v)| n == "rule" && kept(v));
+        self.continued.lock().unwrap_or_else(|e| e.into_inner()).forget(&name, &keep);
+    }
+
     /// Pending and firing alerts per rule; rules no longer in the policy disappear.
     pub fn set_policy_alerts(&self, counts: &std::collections::BTreeMap<String, (usize, usize)>) {
         self.policy_alerts.reset();
@@ -362,6 +386,74 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rule removed from the policy takes its violation series out of /metrics at once:
+    /// this process's, the ones continued from the state file, and the ones scrapes saw.
+    #[test]
+    fn a_removed_rule_leaves_no_violation_series() {
+        let m = Metrics::new().unwrap();
+        let saved = |rule: &str, client: &str, value: f64| SavedCounter {
+            name: "gwsensor_policy_violations_total".into(),
+            help: "Alerts that started firing, by policy rule and client.".into(),
+            labels: vec![("client".into(), client.into()), ("rule".into(), rule.into())],
+            value,
+        };
+        // From the state file: a rule removed while the agent was stopped, and two kept.
+        m.continue_counters(vec![
+            saved("Gone", "tv", 4.0),
+            saved("Kept", "tv", 2.0),
+            saved("Old", "phone", 1.0),
+        ]);
+        m.policy_violations.with_label_values(&["Kept", "tv"]).inc();
+        m.policy_violations.with_label_values(&["Old", "laptop"]).inc();
+        m.release(&m.counters());
+        let violations = |m: &Metrics| -> Vec<String> {
+            m.render()
+                .unwrap()
+                .lines()
+                .filter(|l| l.starts_with("gwsensor_policy_violations_total"))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(
+            violations(&m),
+            [
+                r#"gwsensor_policy_violations_total{client="laptop",rule="Old"} 1"#,
+                r#"gwsensor_policy_violations_total{client="phone",rule="Old"} 1"#,
+                r#"gwsensor_policy_violations_total{client="tv",rule="Gone"} 4"#,
+                r#"gwsensor_policy_violations_total{client="tv",rule="Kept"} 3"#,
+            ]
+        );
+        // At start, the policy has Kept and Old: Gone leaves, before the next save.
+        m.keep_policy_rules(&["Kept", "Old"]);
+        assert_eq!(
+            violations(&m),
+            [
+                r#"gwsensor_policy_violations_total{client="laptop",rule="Old"} 1"#,
+                r#"gwsensor_policy_violations_total{client="phone",rule="Old"} 1"#,
+                r#"gwsensor_policy_violations_total{client="tv",rule="Kept"} 3"#,
+            ]
+        );
+        // A SIGHUP removes Old: its series go, the saved one and this process's alike, and
+        // stay gone after the next save.
+        m.keep_policy_rules(&["Kept"]);
+        let kept = [r#"gwsensor_policy_violations_total{client="tv",rule="Kept"} 3"#];
+        assert_eq!(violations(&m), kept);
+        m.release(&m.counters());
+        assert_eq!(violations(&m), kept);
+        assert_eq!(
+            m.counters()
+                .iter()
+                .filter(|c| c.name == "gwsensor_policy_violations_total")
+                .map(|c| c.value)
+                .collect::<Vec<_>>(),
+            [3.0]
+        );
+        // No rule left: no series, and no family without series.
+        m.keep_policy_rules(&[]);
+        m.release(&m.counters());
+        assert!(!m.render().unwrap().contains("gwsensor_policy_violations_total"));
+    }
 
     /// The registry's health metrics and the traffic text in one scrape.
     #[test]

@@ -13,7 +13,7 @@ pub mod values;
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
-use crate::types::LocatedError;
+use crate::types::{LocatedError, user_file};
 use condition::Condition;
 pub use error::PolicyError;
 use matcher::DnsBypass;
@@ -69,19 +69,17 @@ impl Policy {
     }
 
     pub fn load(path: &Path) -> Result<Policy, LocatedError> {
-        let text = std::fs::read_to_string(path).map_err(|e| LocatedError {
-            path: path.to_owned(),
-            location: None,
-            message: format!("cannot read the policy file: {e}"),
-            hint: Some(
-                "point `policy:` in the config at a policy YAML, e.g. deploy/policy.yaml".into(),
-            ),
-        })?;
+        let text = user_file::read_user_file(
+            path,
+            "policy file",
+            "point `policy:` in the config at a policy YAML, e.g. deploy/policy.yaml",
+        )?;
         Policy::parse(&text, path)
     }
 
     /// Parses and validates policy text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Policy, LocatedError> {
+        user_file::check_yaml(text, path)?;
         let spec: PolicySpec =
             serde_yaml::from_str(text).map_err(|e| LocatedError::from_yaml(&e, path, hint_for))?;
         let fail = |rule: Option<&str>, message: String, e: &PolicyError| LocatedError {

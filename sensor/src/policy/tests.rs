@@ -98,3 +98,49 @@ fn rule_errors_read_in_full_with_their_hint() {
         "{e}"
     );
 }
+
+fn max_rss_bytes() -> u64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    usage.ru_maxrss as u64 * 1024
+}
+
+/// An alias bomb in label values (plain strings, nothing to validate them on the way): the
+/// deserialization alone would make 2,500 copies of a megabyte, 2.5 GB. It is refused before,
+/// quickly, and the process never grows anywhere near that.
+#[test]
+fn a_megabyte_behind_2500_aliases_is_refused_before_deserializing() {
+    let mut text = format!(
+        "big: &big \"{}\"\nrules:\n  - name: R\n    condition: {{traffic: {{}}}}\n    labels:\n",
+        "x".repeat(1_000_000)
+    );
+    for i in 0..2_500 {
+        text.push_str(&format!("      l{i}: *big\n"));
+    }
+    let start = std::time::Instant::now();
+    let e = error(&text);
+    assert!(start.elapsed() < std::time::Duration::from_secs(5), "{:?}", start.elapsed());
+    assert!(max_rss_bytes() < 1 << 30, "{} bytes", max_rss_bytes());
+    assert_eq!(
+        e,
+        "policy.yaml:1:6: the YAML expands to more than 2097152 bytes of text (aliases \
+         expanded)\n  hint: write the values out, or use fewer aliases (`*name`) to large anchors"
+    );
+}
+
+/// 100,000 nested `[`: refused at once, at the first level too deep.
+#[test]
+fn deep_nesting_is_refused_at_once() {
+    let start = std::time::Instant::now();
+    let e = error(&format!("rules: {}", "[".repeat(100_000)));
+    assert!(start.elapsed() < std::time::Duration::from_secs(2), "{:?}", start.elapsed());
+    assert_eq!(
+        e,
+        "policy.yaml:1:72: the YAML nests more than 64 levels deep\n  hint: write it with at \
+         most 64 levels of lists and mappings"
+    );
+}

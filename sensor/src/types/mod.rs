@@ -7,6 +7,7 @@ pub mod labels;
 pub mod level;
 pub mod located;
 pub mod mac;
+pub mod user_file;
 
 pub use alert::{Alert, AlertStatus};
 pub use level::DestinationLevel;

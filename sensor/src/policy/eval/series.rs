@@ -296,9 +296,10 @@ impl Series {
             Some(last) if last.t / step == sample.t / step => {
                 // Keyed by its newest part, so that nothing leaves the window early.
                 last.t = last.t.max(sample.t);
+                // Saturating: a sample restored from a damaged state file must not wrap.
                 for d in 0..2 {
-                    last.bytes[d] += sample.bytes[d];
-                    last.packets[d] += sample.packets[d];
+                    last.bytes[d] = last.bytes[d].saturating_add(sample.bytes[d]);
+                    last.packets[d] = last.packets[d].saturating_add(sample.packets[d]);
                 }
             }
             _ => self.samples.push_back(sample),
@@ -308,11 +309,10 @@ impl Series {
     /// Bytes and packets in the window, in `direction`.
     pub(super) fn measured(&self, direction: Direction) -> (u64, u64) {
         let dirs = direction_index(direction);
-        self.samples.iter().fold((0, 0), |(b, p), x| {
-            (
-                b + dirs.iter().map(|&d| x.bytes[d]).sum::<u64>(),
-                p + dirs.iter().map(|&d| x.packets[d]).sum::<u64>(),
-            )
+        self.samples.iter().fold((0u64, 0u64), |(b, p), x| {
+            dirs.iter().fold((b, p), |(b, p), &d| {
+                (b.saturating_add(x.bytes[d]), p.saturating_add(x.packets[d]))
+            })
         })
     }
 }
@@ -334,4 +334,34 @@ pub(super) fn destination_of<'a>(id: &'a str, labels: &SeriesLabels) -> &'a str 
 pub(super) fn series_id(rule: &str, mac: &str, destination: &str) -> Box<str> {
     // Exactly sized (format! leaves slack): a new series keeps its id as its key.
     [rule, mac, destination].join("\u{1f}").into_boxed_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A window holding a sample near the top of u64 (restored from a damaged state file)
+    /// stops at u64::MAX: adding to it, or summing it with others, never wraps to a small
+    /// value (which would resolve an alert) nor panics.
+    #[test]
+    fn window_sums_saturate() {
+        let labels = SeriesLabels {
+            rule: "R".into(),
+            mac: "02:00:00:00:00:01".into(),
+            client: "tv".into(),
+            group: "".into(),
+            vendor: "".into(),
+            country: "".into(),
+            asn: 0,
+        };
+        let mut s = Series::new(Arc::new(labels));
+        let sample = |t: u64, bytes: u64| Sample { t, bytes: [bytes, 1], packets: [bytes, 1] };
+        s.record(sample(100, u64::MAX - 1), 600);
+        s.record(sample(101, 10), 600);
+        assert_eq!(s.measured(Direction::Upload), (u64::MAX, u64::MAX));
+        s.record(sample(500, 10), 600);
+        assert_eq!(s.samples.iter().count(), 2);
+        assert_eq!(s.measured(Direction::Both), (u64::MAX, u64::MAX));
+        assert_eq!(s.measured(Direction::Download), (3, 3));
+    }
 }
