@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use crate::{
     enrich::{NamesConfig, geo::GeoConfig, inventory::InventoryConfig},
-    export::server::HttpConfig,
+    export::{server::HttpConfig, web::WebConfig},
     kernel::loader::{TcAttach, XdpMode},
     types::{DestinationLevel, LocatedError, user_file},
 };
@@ -35,8 +35,18 @@ pub struct Config {
     pub client_capacity: u32,
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// `/metrics` and `/healthz`.
     #[serde(default = "default_metrics_listen")]
     pub metrics_listen: SocketAddr,
+    /// TLS and authentication of `metrics_listen`.
+    #[serde(default)]
+    pub metrics_web: WebConfig,
+    /// The JSON API (`/api/v1/...`, what `sensor clients` and `sensor flows` read).
+    #[serde(default = "default_api_listen")]
+    pub api_listen: SocketAddr,
+    /// TLS and authentication of `api_listen`.
+    #[serde(default)]
+    pub api_web: WebConfig,
     /// Connection limits and timeouts of the HTTP server.
     #[serde(default)]
     pub http: HttpConfig,
@@ -85,7 +95,7 @@ pub struct Config {
     #[serde(default)]
     pub policy: Option<PathBuf>,
     /// How the sensor is reached from where alerts are read, for the alerts' generatorURL.
-    /// Unset: `http://<metrics_listen>`.
+    /// Unset: `http://<api_listen>` (`https://` with `api_web.tls_cert_file`).
     #[serde(default)]
     pub external_url: Option<String>,
     /// Where alerts go (docs/alerting.md). No Alertmanagers: alerts are only metrics.
@@ -163,6 +173,13 @@ fn default_metrics_listen() -> SocketAddr {
     // Loopback by default: exposing traffic metadata to the LAN is the user's decision.
     SocketAddr::from(([127, 0, 0, 1], 9977))
 }
+/// Also the default `--api` of `sensor clients` and `sensor flows`.
+pub const DEFAULT_API_LISTEN: SocketAddr =
+    SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9978));
+fn default_api_listen() -> SocketAddr {
+    // Loopback too: the API lists every flow of every device.
+    DEFAULT_API_LISTEN
+}
 fn default_top_remotes() -> usize {
     20
 }
@@ -217,7 +234,10 @@ impl Config {
 
     /// Base URL of the sensor's API as alert readers reach it.
     pub fn external_url(&self) -> String {
-        self.external_url.clone().unwrap_or_else(|| format!("http://{}", self.metrics_listen))
+        self.external_url.clone().unwrap_or_else(|| {
+            let scheme = if self.api_web.is_tls() { "https" } else { "http" };
+            format!("{scheme}://{}", self.api_listen)
+        })
     }
 
     /// Parses and validates config text; `path` is only used in error messages.
@@ -259,6 +279,26 @@ impl Config {
             message,
             hint: Some(hint),
         })?;
+        if same_port(self.metrics_listen, self.api_listen) {
+            return Err(fail(
+                "api_listen",
+                format!(
+                    "`api_listen` ({}) and `metrics_listen` ({}) are the same port",
+                    self.api_listen, self.metrics_listen
+                ),
+                "give the API a port of its own, e.g. the default 127.0.0.1:9978",
+            ));
+        }
+        for (section, web) in [("metrics_web", &self.metrics_web), ("api_web", &self.api_web)] {
+            if let Err(e) = web.load() {
+                return Err(LocatedError {
+                    path: path.to_owned(),
+                    location: locate_path(text, &format!("{section}.{}", e.web_key())),
+                    message: format!("{section}.{e}"),
+                    hint: Some(e.hint().to_string()),
+                });
+            }
+        }
         if let Err(e) = self.inventory.validate() {
             return Err(fail("inventory", e.to_string(), "see docs/config.md, section inventory"));
         }
@@ -376,6 +416,12 @@ impl Config {
     }
 }
 
+/// Whether two listen addresses would take the same port (the same address, or one of them
+/// every address).
+fn same_port(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 /// Largest `flow_capacity`: 4Mi flows, about 600 MB of kernel memory with 8 CPUs; far beyond
 /// what the kernel (E2BIG) and a router accept.
 pub const MAX_FLOW_CAPACITY: u64 = 1 << 22;
@@ -394,6 +440,8 @@ fn hint_for(message: &str) -> Option<String> {
         Some("durations look like 500ms, 5s, 10m or 1h".into())
     } else if message.contains("SocketAddr") || message.contains("socket address") {
         Some("write host:port, e.g. 127.0.0.1:9977 or \"[::]:9977\"".into())
+    } else if message.contains("basic_auth_users") {
+        Some("write `basic_auth_users: {USER: BCRYPT_HASH}`".into())
     } else {
         None
     }

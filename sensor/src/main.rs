@@ -64,8 +64,9 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ApiArgs {
-    /// Base URL of the running agent (its `metrics_listen`).
-    #[arg(long, env = "GWSENSOR_API", default_value = "http://127.0.0.1:9977")]
+    /// Base URL of the running agent's API (its `api_listen`; the default is the default
+    /// `api_listen`).
+    #[arg(long, env = "GWSENSOR_API", default_value = "http://127.0.0.1:9978")]
     api: String,
     /// Print the API's JSON instead of a table.
     #[arg(long)]

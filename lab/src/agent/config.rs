@@ -10,10 +10,42 @@ use std::{
 
 use crate::{LAN_PREFIXES, PinDir, Topology};
 
-/// Where the agent serves /metrics and its API unless told otherwise; also the CLI's default
-/// `--api`.
+/// Where the agent serves /metrics unless told otherwise (its default `metrics_listen`).
 pub const DEFAULT_METRICS: SocketAddr =
     SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9977));
+
+/// Where the agent serves its JSON API unless told otherwise (its default `api_listen`); also
+/// the CLI's default `--api`.
+pub const DEFAULT_API: SocketAddr =
+    SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9978));
+
+/// TLS and basic auth in front of one of the agent's listeners (`metrics_web:` / `api_web:`),
+/// and what a client needs to get through.
+#[derive(Debug, Clone)]
+pub struct Secured {
+    /// The server's certificate and key (PEM files).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The certificate authority a client trusts (PEM text).
+    pub ca_pem: Vec<u8>,
+    pub user: String,
+    pub password: String,
+    /// The bcrypt hash of `password`, as the config holds it.
+    pub bcrypt_hash: String,
+}
+
+impl Secured {
+    /// The `<section>:` block of the config.
+    fn yaml(&self, section: &str) -> String {
+        format!(
+            "{section}:\n  tls_cert_file: {}\n  tls_key_file: {}\n  basic_auth_users:\n    {}: '{}'\n",
+            self.cert.display(),
+            self.key.display(),
+            self.user,
+            self.bcrypt_hash
+        )
+    }
+}
 
 /// The agent's own default `poll_interval`.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(5);
@@ -26,6 +58,11 @@ pub struct Config {
     /// None: the agent's default ([`DEFAULT_POLL`]).
     pub poll_interval: Option<Duration>,
     pub metrics_listen: SocketAddr,
+    pub api_listen: SocketAddr,
+    /// TLS and basic auth of /metrics (None: plain HTTP, open).
+    pub metrics_web: Option<Secured>,
+    /// TLS and basic auth of the API.
+    pub api_web: Option<Secured>,
     pub pin_path: PathBuf,
     pub state_path: PathBuf,
     /// Further top-level keys, as YAML text (each line ending in a newline).
@@ -33,13 +70,17 @@ pub struct Config {
 }
 
 impl Config {
-    /// Watching `interface` for the lab's LAN prefixes, serving on [`DEFAULT_METRICS`].
+    /// Watching `interface` for the lab's LAN prefixes, serving on [`DEFAULT_METRICS`] and
+    /// [`DEFAULT_API`].
     pub fn new(interface: &str, pin_path: &Path, state_path: &Path) -> Config {
         Config {
             interface: interface.to_string(),
             lan_prefixes: LAN_PREFIXES.iter().map(|p| p.to_string()).collect(),
             poll_interval: None,
             metrics_listen: DEFAULT_METRICS,
+            api_listen: DEFAULT_API,
+            metrics_web: None,
+            api_web: None,
             pin_path: pin_path.to_path_buf(),
             state_path: state_path.to_path_buf(),
             extra: String::new(),
@@ -67,6 +108,23 @@ impl Config {
         self
     }
 
+    pub fn api(mut self, listen: SocketAddr) -> Config {
+        self.api_listen = listen;
+        self
+    }
+
+    /// /metrics behind TLS and basic auth.
+    pub fn metrics_secured(mut self, web: Secured) -> Config {
+        self.metrics_web = Some(web);
+        self
+    }
+
+    /// The API behind TLS and basic auth.
+    pub fn api_secured(mut self, web: Secured) -> Config {
+        self.api_web = Some(web);
+        self
+    }
+
     pub fn state(mut self, path: &Path) -> Config {
         self.state_path = path.to_path_buf();
         self
@@ -91,11 +149,17 @@ impl Config {
         let poll = self
             .poll_interval
             .map_or(String::new(), |p| format!("poll_interval: {}ms\n", p.as_millis()));
+        let web = |section: &str, web: &Option<Secured>| {
+            web.as_ref().map_or(String::new(), |w| w.yaml(section))
+        };
         format!(
-            "interface: {}\nlan_prefixes: [{}]\n{poll}metrics_listen: \"{}\"\npin_path: {}\nstate_path: {}\n{}",
+            "interface: {}\nlan_prefixes: [{}]\n{poll}metrics_listen: \"{}\"\napi_listen: \"{}\"\n{}{}pin_path: {}\nstate_path: {}\n{}",
             self.interface,
             prefixes.join(", "),
             self.metrics_listen,
+            self.api_listen,
+            web("metrics_web", &self.metrics_web),
+            web("api_web", &self.api_web),
             self.pin_path.display(),
             self.state_path.display(),
             self.extra,
@@ -116,7 +180,8 @@ mod tests {
         assert_eq!(
             c.yaml(),
             "interface: lan0\nlan_prefixes: [\"10.77.1.0/24\", \"fd77:1::/64\"]\npoll_interval: 200ms\n\
-             metrics_listen: \"127.0.0.1:9977\"\npin_path: /sys/fs/bpf/x\nstate_path: /tmp/s.json\n\
+             metrics_listen: \"127.0.0.1:9977\"\napi_listen: \"127.0.0.1:9978\"\npin_path: /sys/fs/bpf/x\n\
+             state_path: /tmp/s.json\n\
              inventory:\n  devices: []\ntc_attach: netlink\n"
         );
         let d =
@@ -124,5 +189,25 @@ mod tests {
         assert_eq!(d.effective_poll(), DEFAULT_POLL);
         assert!(!d.yaml().contains("poll_interval"), "{}", d.yaml());
         assert!(d.yaml().contains("lan_prefixes: [\"10.0.0.0/8\"]\n"));
+        let secured = Secured {
+            cert: "/l/c.crt".into(),
+            key: "/l/c.key".into(),
+            ca_pem: Vec::new(),
+            user: "prometheus".into(),
+            password: "pw".into(),
+            bcrypt_hash: "$2b$04$x".into(),
+        };
+        let e = Config::new("lan0", Path::new("/p"), Path::new("/s"))
+            .api("127.0.0.1:19978".parse().unwrap())
+            .metrics_secured(secured);
+        assert!(
+            e.yaml().contains(
+                "metrics_listen: \"127.0.0.1:9977\"\napi_listen: \"127.0.0.1:19978\"\n\
+                 metrics_web:\n  tls_cert_file: /l/c.crt\n  tls_key_file: /l/c.key\n  \
+                 basic_auth_users:\n    prometheus: '$2b$04$x'\npin_path: /p\n"
+            ),
+            "{}",
+            e.yaml()
+        );
     }
 }

@@ -20,7 +20,7 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 pub use self::{
-    config::{Config, DEFAULT_METRICS, DEFAULT_POLL},
+    config::{Config, DEFAULT_API, DEFAULT_METRICS, DEFAULT_POLL, Secured},
     observe::Observation,
     watch::{CounterWatch, Watched},
 };
@@ -125,44 +125,82 @@ impl Launch {
     }
 }
 
+/// One of the agent's listeners as a client reaches it.
+#[derive(Clone)]
+struct Endpoint {
+    addr: SocketAddr,
+    scheme: &'static str,
+    http: Client,
+}
+
+impl Endpoint {
+    /// From namespace `ns`: plain HTTP, or HTTPS with basic auth through `secured`.
+    fn new(ns: &str, addr: SocketAddr, secured: Option<&Secured>) -> anyhow::Result<Endpoint> {
+        Ok(match secured {
+            None => Endpoint { addr, scheme: "http", http: Client::new(Some(ns)) },
+            Some(s) => Endpoint {
+                addr,
+                scheme: "https",
+                http: Client::trusting(Some(ns), &s.ca_pem)?.basic_auth(&s.user, &s.password),
+            },
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}://{}{path}", self.scheme, self.addr)
+    }
+}
+
 /// A running agent in namespace `ns` of a lab (which stops it if the caller does not).
 pub struct Agent<'l> {
     lab: &'l Lab,
     ns: String,
     launch: Launch,
     config_path: PathBuf,
-    metrics: SocketAddr,
+    metrics: Endpoint,
+    api: Endpoint,
     poll: Duration,
     process: Process,
-    http: Client,
 }
 
 impl<'l> Agent<'l> {
-    /// Writes `config` into the lab's directory and starts the agent on it in `ns`.
+    /// Writes `config` into the lab's directory and starts the agent on it in `ns`; reads it
+    /// over TLS with basic auth where the config secures a listener.
     pub fn start(
         lab: &'l Lab,
         ns: &str,
         launch: Launch,
         config: &Config,
     ) -> anyhow::Result<Agent<'l>> {
-        Agent::start_yaml(
-            lab,
-            ns,
-            launch,
-            &config.yaml(),
-            config.metrics_listen,
-            config.effective_poll(),
-        )
+        let metrics = Endpoint::new(ns, config.metrics_listen, config.metrics_web.as_ref())?;
+        let api = Endpoint::new(ns, config.api_listen, config.api_web.as_ref())?;
+        Agent::launch(lab, ns, launch, &config.yaml(), metrics, api, config.effective_poll())
     }
 
     /// Like [`Agent::start`] with a whole config of the caller's (the demo adapts the shipped
-    /// example); `metrics` and `poll` must be its `metrics_listen` and `poll_interval`.
+    /// example); `metrics`, `api` and `poll` must be its `metrics_listen`, `api_listen` and
+    /// `poll_interval` (plain HTTP).
     pub fn start_yaml(
         lab: &'l Lab,
         ns: &str,
         launch: Launch,
         yaml: &str,
         metrics: SocketAddr,
+        api: SocketAddr,
+        poll: Duration,
+    ) -> anyhow::Result<Agent<'l>> {
+        let metrics = Endpoint::new(ns, metrics, None)?;
+        let api = Endpoint::new(ns, api, None)?;
+        Agent::launch(lab, ns, launch, yaml, metrics, api, poll)
+    }
+
+    fn launch(
+        lab: &'l Lab,
+        ns: &str,
+        launch: Launch,
+        yaml: &str,
+        metrics: Endpoint,
+        api: Endpoint,
         poll: Duration,
     ) -> anyhow::Result<Agent<'l>> {
         let config_path = lab.dir().join(format!("{}.yaml", launch.name));
@@ -175,9 +213,9 @@ impl<'l> Agent<'l> {
             launch,
             config_path,
             metrics,
+            api,
             poll,
             process,
-            http: Client::new(Some(ns)),
         };
         agent.await_ready()?;
         Ok(agent)
@@ -208,7 +246,11 @@ impl<'l> Agent<'l> {
     }
 
     pub fn metrics_addr(&self) -> SocketAddr {
-        self.metrics
+        self.metrics.addr
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api.addr
     }
 
     /// The poll interval it runs with.
@@ -216,9 +258,19 @@ impl<'l> Agent<'l> {
         self.poll
     }
 
-    /// `http://<metrics_listen><path>`.
+    /// The listener serving `path`: the API's for `/api/...`, else the metrics'.
+    fn endpoint(&self, path: &str) -> &Endpoint {
+        if path.starts_with("/api/") { &self.api } else { &self.metrics }
+    }
+
+    /// `http(s)://<metrics_listen><path>`, or `<api_listen>` for an `/api/` path.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.metrics)
+        self.endpoint(path).url(path)
+    }
+
+    /// The API's base URL (`http(s)://<api_listen>`), what `sensor clients --api` takes.
+    pub fn api_url(&self) -> String {
+        self.api.url("")
     }
 
     /// The last lines of its log, under a header.
@@ -249,6 +301,7 @@ impl<'l> Agent<'l> {
                     bail!("the agent exited during startup ({status})");
                 }
                 Ok(self
+                    .metrics
                     .http
                     .get_ok(&url)
                     .is_ok_and(|body| body.contains("gwsensor_xdp_attach_mode"))
@@ -258,9 +311,9 @@ impl<'l> Agent<'l> {
         ready.map_err(|e| self.with_log(e))
     }
 
-    /// GET `path` (the body of a 200).
+    /// GET `path` (the body of a 200) from the listener that serves it.
     pub fn get(&self, path: &str) -> anyhow::Result<String> {
-        self.http.get_ok(&self.url(path)).map_err(|e| self.with_log(e))
+        self.endpoint(path).http.get_ok(&self.url(path)).map_err(|e| self.with_log(e))
     }
 
     pub fn scrape_text(&self) -> anyhow::Result<String> {
@@ -394,7 +447,7 @@ impl<'l> Agent<'l> {
     /// Scrapes /metrics every `interval` on a thread, through stops and crashes, watching for
     /// any counter that goes backwards.
     pub fn watch_counters(&self, interval: Duration) -> CounterWatch {
-        CounterWatch::start(&self.ns, self.url("/metrics"), interval)
+        CounterWatch::start(self.metrics.http.clone(), self.url("/metrics"), interval)
     }
 
     /// `sensor <args>` run in the agent's namespace against it, as a user on the router would:
@@ -403,8 +456,8 @@ impl<'l> Agent<'l> {
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
         let mut cmd = Command::new(&self.launch.binary);
         cmd.args(args).env_remove("GWSENSOR_API");
-        if self.metrics != DEFAULT_METRICS {
-            cmd.arg("--api").arg(self.url(""));
+        if self.api.addr != DEFAULT_API || self.api.scheme != "http" {
+            cmd.arg("--api").arg(self.api_url());
         }
         let out = crate::services::output_in_netns(&self.ns, cmd, b"", Duration::from_secs(20))
             .with_context(|| format!("sensor {args:?}"))?;

@@ -60,11 +60,11 @@ pub struct CounterWatch {
 }
 
 impl CounterWatch {
-    /// Scrapes `url` from namespace `ns` every `interval` until finished.
-    pub fn start(ns: &str, url: String, interval: Duration) -> CounterWatch {
+    /// Scrapes `url` with `client` (bound to the agent's namespace) every `interval` until
+    /// finished.
+    pub fn start(client: Client, url: String, interval: Duration) -> CounterWatch {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Watched::default()));
-        let client = Client::new(Some(ns));
         let thread = {
             let (stop, seen) = (Arc::clone(&stop), Arc::clone(&seen));
             std::thread::spawn(move || {

@@ -175,26 +175,49 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     };
     let notifier =
         Notifier::start(&config.alerting, config.poll_interval, &|c| metrics.register(c))?;
-    let listener = server::bind(config.metrics_listen).await?;
+    let metrics_listener = server::Listener {
+        tcp: server::bind(config.metrics_listen, "metrics_listen", "/metrics").await?,
+        web: config.metrics_web.load()?,
+    };
+    let api_listener = server::Listener {
+        tcp: server::bind(config.api_listen, "api_listen", "the JSON API").await?,
+        web: config.api_web.load()?,
+    };
+    for (key, listen, web) in [
+        ("metrics", config.metrics_listen, &config.metrics_web),
+        ("api", config.api_listen, &config.api_web),
+    ] {
+        if web.has_auth() && !web.is_tls() && !listen.ip().is_loopback() {
+            warn!(
+                "{key}_web: passwords and tokens cross the network in clear text to {listen}: \
+                 set tls_cert_file and tls_key_file too"
+            );
+        }
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let http = tokio::spawn(server::serve(
-        listener,
+        metrics_listener,
+        api_listener,
         metrics.clone(),
         pipeline.view.clone(),
         config.http,
         stop_rx,
     ));
+    let scheme = |web: &crate::export::web::WebConfig| if web.is_tls() { "https" } else { "http" };
     info!(
         interface = %config.interface,
         xdp = attachment.xdp_mode,
         tc = attachment.tc_mode,
         pins = %config.pin_path.display(),
-        "counting; metrics at http://{}/metrics, clients at /api/v1/clients",
-        config.metrics_listen
+        "counting; metrics at {}://{}/metrics, clients at {}://{}/api/v1/clients",
+        scheme(&config.metrics_web),
+        config.metrics_listen,
+        scheme(&config.api_web),
+        config.api_listen,
     );
     sdnotify::ready(&format!(
-        "counting on {}, metrics at {}",
-        config.interface, config.metrics_listen
+        "counting on {}, metrics at {}, API at {}",
+        config.interface, config.metrics_listen, config.api_listen
     ));
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -314,6 +337,9 @@ fn reload(
         ("state_path", new.state_path != running.state_path),
         ("metrics_listen", new.metrics_listen != running.metrics_listen),
         ("http", new.http != running.http),
+        ("api_listen", new.api_listen != running.api_listen),
+        ("metrics_web", new.metrics_web != running.metrics_web),
+        ("api_web", new.api_web != running.api_web),
         ("xdp_mode", new.xdp_mode != running.xdp_mode),
         ("tc_attach", new.tc_attach != running.tc_attach),
         ("poll_interval", new.poll_interval != running.poll_interval),
@@ -344,6 +370,9 @@ fn reload(
     applied.state_path = running.state_path.clone();
     applied.metrics_listen = running.metrics_listen;
     applied.http = running.http;
+    applied.api_listen = running.api_listen;
+    applied.metrics_web = running.metrics_web.clone();
+    applied.api_web = running.api_web.clone();
     applied.xdp_mode = running.xdp_mode;
     applied.tc_attach = running.tc_attach;
     applied.poll_interval = running.poll_interval;

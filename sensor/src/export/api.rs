@@ -171,6 +171,11 @@ impl LiveView {
     /// Flows of one client, matched by name or MAC (all flows for `None`), sorted by client,
     /// then by bytes, largest first; made one at a time as they are serialized.
     pub fn flows_of<'a>(&'a self, client: Option<&str>) -> Flows<'a> {
+        Flows { view: self, order: self.order_of(client) }
+    }
+
+    /// Indices of [`LiveView::flows_of`]'s flows, in its order.
+    fn order_of(&self, client: Option<&str>) -> Vec<u32> {
         let matches =
             |o: &Owner| client.is_none_or(|c| o.name == c || o.mac.eq_ignore_ascii_case(c));
         let wanted: Vec<bool> = self.owners.iter().map(matches).collect();
@@ -183,7 +188,94 @@ impl LiveView {
         };
         let owner = |i: u32| &self.owners[self.rows[i as usize].owner as usize].name;
         order.sort_by(|&a, &b| owner(a).cmp(owner(b)).then(bytes(b).cmp(&bytes(a))));
-        Flows { view: self, order }
+        order
+    }
+
+    /// `GET /api/v1/flows` as JSON text, in chunks of about [`JSON_CHUNK`] bytes made as they
+    /// are asked for: `{"updated":N,"flows":[...]}`.
+    pub fn flows_json(self: &Arc<LiveView>, client: Option<&str>) -> JsonChunks {
+        let order = self.order_of(client);
+        JsonChunks::new(self, "flows", order.len(), Some(order), |view, i, out| {
+            serde_json::to_writer(out, &view.flow(i))
+        })
+    }
+
+    /// `GET /api/v1/clients` as JSON text, in chunks: `{"updated":N,"clients":[...]}`.
+    pub fn clients_json(self: &Arc<LiveView>) -> JsonChunks {
+        JsonChunks::new(self, "clients", self.clients.len(), None, |view, i, out| {
+            serde_json::to_writer(out, &view.clients[i])
+        })
+    }
+}
+
+/// About this many bytes of JSON a chunk of a streamed answer holds (one item more at most).
+pub const JSON_CHUNK: usize = 64 * 1024;
+
+/// Writes item `i` of a view as JSON.
+type WriteItem = fn(&LiveView, usize, &mut Vec<u8>) -> serde_json::Result<()>;
+
+/// An API answer `{"updated":N,"<list>":[items]}` as chunks of text, each made when asked for:
+/// the view is shared, not copied, while a client reads (`http.write_timeout` bounds how long).
+pub struct JsonChunks {
+    view: Arc<LiveView>,
+    head: Option<String>,
+    order: Option<Vec<u32>>,
+    len: usize,
+    next: usize,
+    write: WriteItem,
+    chunk: usize,
+    done: bool,
+}
+
+impl JsonChunks {
+    fn new(
+        view: &Arc<LiveView>,
+        list: &str,
+        len: usize,
+        order: Option<Vec<u32>>,
+        write: WriteItem,
+    ) -> JsonChunks {
+        JsonChunks {
+            view: Arc::clone(view),
+            head: Some(format!("{{\"updated\":{},\"{list}\":[", view.updated)),
+            order,
+            len,
+            next: 0,
+            write,
+            chunk: JSON_CHUNK,
+            done: false,
+        }
+    }
+}
+
+impl Iterator for JsonChunks {
+    type Item = std::io::Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let mut out = Vec::with_capacity(self.chunk + self.chunk / 4);
+        if let Some(head) = self.head.take() {
+            out.extend_from_slice(head.as_bytes());
+        }
+        while self.next < self.len && out.len() < self.chunk {
+            if self.next > 0 {
+                out.push(b',');
+            }
+            let i = self.order.as_ref().map_or(self.next, |o| o[self.next] as usize);
+            if let Err(e) = (self.write)(&self.view, i, &mut out) {
+                // The body ends in an error: the client sees a cut answer, never a short one.
+                self.done = true;
+                return Some(Err(std::io::Error::other(e)));
+            }
+            self.next += 1;
+        }
+        if self.next >= self.len {
+            out.extend_from_slice(b"]}");
+            self.done = true;
+        }
+        Some(Ok(out))
     }
 }
 
@@ -373,5 +465,35 @@ mod tests {
         let json = serde_json::to_value(view.flows_of(Some("tv"))).unwrap();
         assert_eq!(json.as_array().map(Vec::len), Some(1));
         assert_eq!(json[0]["remote_ip"], "93.184.216.9");
+    }
+
+    /// The streamed answers are the whole answers, cut anywhere between items.
+    #[test]
+    fn json_chunks_join_to_the_whole_answer() {
+        let view = Arc::new(live_view());
+        for chunk in [1, 200, JSON_CHUNK] {
+            let mut chunks = view.flows_json(None);
+            chunks.chunk = chunk;
+            let parts: Vec<Vec<u8>> = chunks.map(Result::unwrap).collect();
+            // The head alone, then an item a chunk; a flow and more a chunk; all in one.
+            let want = match chunk {
+                1 => 4,
+                200 => 3,
+                _ => 1,
+            };
+            assert_eq!(parts.len(), want, "chunk {chunk}");
+            let whole: serde_json::Value = serde_json::from_slice(&parts.concat()).unwrap();
+            assert_eq!(
+                whole,
+                serde_json::json!({"updated": 100, "flows": serde_json::to_value(view.flows_of(None)).unwrap()})
+            );
+        }
+        let text: Vec<u8> = view.flows_json(Some("nobody")).map(Result::unwrap).flatten().collect();
+        assert_eq!(String::from_utf8(text).unwrap(), r#"{"updated":100,"flows":[]}"#);
+        let tv: Vec<u8> = view.flows_json(Some("tv")).map(Result::unwrap).flatten().collect();
+        let tv: serde_json::Value = serde_json::from_slice(&tv).unwrap();
+        assert_eq!(tv["flows"].as_array().map(Vec::len), Some(1));
+        let clients: Vec<u8> = view.clients_json().map(Result::unwrap).flatten().collect();
+        assert_eq!(String::from_utf8(clients).unwrap(), r#"{"updated":100,"clients":[]}"#);
     }
 }

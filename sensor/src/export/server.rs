@@ -8,6 +8,7 @@ use std::{
     convert::Infallible,
     io,
     net::{IpAddr, SocketAddr},
+    path::PathBuf,
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard, RwLock},
     task::{Context, Poll},
@@ -15,7 +16,7 @@ use std::{
 };
 
 use axum::{
-    Json, Router,
+    Router,
     body::{Body, Bytes},
     extract::{Query, State},
     http::{HeaderValue, StatusCode, header},
@@ -36,7 +37,11 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::{api::LiveView, metrics::Metrics};
+use super::{
+    api::LiveView,
+    metrics::Metrics,
+    web::{self, Web},
+};
 
 /// Who may hold the server's connections, and how long (`http:` in sensor.yaml). The file
 /// descriptors of the whole agent come from one limit (`LimitNOFILE`): a connection limit
@@ -96,13 +101,80 @@ impl ServerMetrics {
     }
 }
 
-/// What can go wrong in serving the metrics and the API.
+/// What can go wrong in serving the metrics and the API, and in loading a listener's TLS and
+/// authentication (`metrics_web:` / `api_web:`).
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("listening on {addr} for /metrics (is another agent running? change `metrics_listen`)")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("listening on {addr} for {what} (is another agent running? change `{key}`)")]
+    Bind { addr: SocketAddr, key: &'static str, what: &'static str, source: std::io::Error },
     #[error("serving HTTP")]
     Serve { source: std::io::Error },
+    #[error("{present} is set without {missing}")]
+    TlsHalf { present: &'static str, missing: &'static str },
+    #[error("{key}: cannot read {}: {source}", path.display())]
+    WebFile { key: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{key}: {}: {error}", path.display())]
+    Pem { key: &'static str, path: PathBuf, error: String },
+    #[error(
+        "tls_cert_file {} and tls_key_file {} are not a usable certificate and key: {error}",
+        cert.display(),
+        key.display()
+    )]
+    CertKey { cert: PathBuf, key: PathBuf, error: String },
+    #[error("basic_auth_users has {count} users, outside 1 to {}", super::web::MAX_USERS)]
+    UserCount { count: usize },
+    #[error("basic_auth_users: the user name `{user}` is empty or holds `:` or a control character")]
+    UserName { user: String },
+    #[error("basic_auth_users: the hash of `{user}` is not a bcrypt hash ({error})")]
+    NotBcrypt { user: String, error: String },
+    #[error(
+        "basic_auth_users: the hash of `{user}` has cost {cost}, outside {} to {}",
+        super::web::MIN_BCRYPT_COST,
+        super::web::MAX_BCRYPT_COST
+    )]
+    BcryptCost { user: String, cost: u32 },
+    #[error("bearer_token_file: {} {what}", path.display())]
+    Token { path: PathBuf, what: &'static str },
+}
+
+impl ExportError {
+    /// The key of `metrics_web:` / `api_web:` a loading error is about (where it is located).
+    pub fn web_key(&self) -> &'static str {
+        match self {
+            ExportError::TlsHalf { present, .. } => present,
+            ExportError::WebFile { key, .. } | ExportError::Pem { key, .. } => key,
+            ExportError::CertKey { .. } => "tls_cert_file",
+            ExportError::UserCount { .. }
+            | ExportError::UserName { .. }
+            | ExportError::NotBcrypt { .. }
+            | ExportError::BcryptCost { .. } => "basic_auth_users",
+            ExportError::Token { .. } => "bearer_token_file",
+            ExportError::Bind { key, .. } => key,
+            ExportError::Serve { .. } => "",
+        }
+    }
+
+    /// How to fix it.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            ExportError::TlsHalf { .. } => "set both tls_cert_file and tls_key_file, or neither",
+            ExportError::WebFile { .. } => "check the path and that the agent's user can read it",
+            ExportError::Pem { .. } | ExportError::CertKey { .. } => {
+                "tls_cert_file: PEM certificates, the server's first; tls_key_file: its PEM \
+                 private key (openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+                 -nodes -keyout key.pem -out cert.pem)"
+            }
+            ExportError::UserCount { .. } | ExportError::UserName { .. } => {
+                "write `basic_auth_users: {USER: BCRYPT_HASH}`, user names without `:`"
+            }
+            ExportError::NotBcrypt { .. } | ExportError::BcryptCost { .. } => {
+                "write the bcrypt hash of the password, e.g. from `htpasswd -nBC 10 USER` (the \
+                 part after `USER:`), cost 4 to 17"
+            }
+            ExportError::Token { .. } => "put one token (no spaces, at most 4096 bytes) in the file",
+            ExportError::Bind { .. } | ExportError::Serve { .. } => "",
+        }
+    }
 }
 
 /// The latest API view, replaced whole after each poll.
@@ -118,9 +190,19 @@ fn current(view: &SharedView) -> Arc<LiveView> {
     view.read().map(|v| v.clone()).unwrap_or_default()
 }
 
-async fn clients(State(state): State<AppState>) -> impl IntoResponse {
-    let view = current(&state.view);
-    Json(serde_json::json!({ "updated": view.updated, "clients": view.clients }))
+/// A JSON body written a chunk at a time as the client reads it (a full flow map is some
+/// 20 MB of JSON: never whole in memory).
+fn json_stream(chunks: impl Iterator<Item = io::Result<Bytes>> + Send + 'static) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        Body::from_stream(futures_util::stream::iter(chunks)),
+    )
+        .into_response()
+}
+
+async fn clients(State(state): State<AppState>) -> Response {
+    json_stream(current(&state.view).clients_json().map(|c| c.map(Bytes::from)))
 }
 
 #[derive(Deserialize)]
@@ -128,25 +210,8 @@ struct FlowsQuery {
     client: Option<String>,
 }
 
-async fn flows(State(state): State<AppState>, Query(q): Query<FlowsQuery>) -> impl IntoResponse {
-    #[derive(serde::Serialize)]
-    struct Body<'a> {
-        updated: u64,
-        flows: super::api::Flows<'a>,
-    }
-    let view = current(&state.view);
-    // Serialized straight from the compact view: no list of flow structs or JSON tree between.
-    match serde_json::to_vec(&Body {
-        updated: view.updated,
-        flows: view.flows_of(q.client.as_deref()),
-    }) {
-        Ok(body) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain")],
-            format!("{e}\n").into_bytes(),
-        ),
-    }
+async fn flows(State(state): State<AppState>, Query(q): Query<FlowsQuery>) -> Response {
+    json_stream(current(&state.view).flows_json(q.client.as_deref()).map(|c| c.map(Bytes::from)))
 }
 
 async fn scrape(State(state): State<AppState>) -> Response {
@@ -171,34 +236,81 @@ async fn scrape(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Binds first (so a busy port fails startup with a clear error), then serves until `stop`.
-pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ExportError> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|source| ExportError::Bind { addr, source })
+/// Binds first (so a busy port fails startup with a clear error); `key` is the config key of
+/// the address, `what` what is served there.
+pub async fn bind(
+    addr: SocketAddr,
+    key: &'static str,
+    what: &'static str,
+) -> Result<tokio::net::TcpListener, ExportError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ExportError::Bind { addr, key, what, source })
 }
 
+/// A bound listener and its security.
+pub struct Listener {
+    pub tcp: tokio::net::TcpListener,
+    pub web: Web,
+}
+
+/// `/metrics` and `/healthz` on `metrics`, the JSON API on `api`, until `stop`. The connection
+/// limits (`http:`) hold for both together: one budget of file descriptors.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    metrics_listener: Listener,
+    api_listener: Listener,
     metrics: Arc<Metrics>,
     view: SharedView,
     limits: HttpConfig,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<(), ExportError> {
     let counters = ServerMetrics {
         open: metrics.http_connections.clone(),
         closed: metrics.http_connections_closed.clone(),
     };
-    let app = Router::new()
-        .route("/metrics", get(scrape))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/api/v1/clients", get(clients))
-        .route("/api/v1/flows", get(flows))
-        .with_state(AppState { metrics, view });
+    let state = AppState { metrics, view };
+    // /healthz stays open to service managers (it says nothing but "ok").
+    let metrics_app = protect(
+        Router::new().route("/metrics", get(scrape)).with_state(state.clone()),
+        &metrics_listener.web,
+    )
+    .route("/healthz", get(|| async { "ok\n" }));
+    let api_app = protect(
+        Router::new()
+            .route("/api/v1/clients", get(clients))
+            .route("/api/v1/flows", get(flows))
+            .with_state(state),
+        &api_listener.web,
+    );
     let slots = Slots::new(limits, counters);
+    tokio::join!(
+        accept(metrics_listener, metrics_app, Arc::clone(&slots), limits, stop.clone()),
+        accept(api_listener, api_app, slots, limits, stop),
+    );
+    Ok(())
+}
+
+/// `router` behind the listener's authentication, when it has one.
+fn protect(router: Router, web: &Web) -> Router {
+    match &web.auth {
+        Some(auth) => router
+            .route_layer(axum::middleware::from_fn_with_state(Arc::clone(auth), web::require)),
+        None => router,
+    }
+}
+
+async fn accept(
+    listener: Listener,
+    app: Router,
+    slots: Arc<Slots>,
+    limits: HttpConfig,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
             () = stopped(&mut stop) => break,
-            accepted = listener.accept() => match accepted {
+            accepted = listener.tcp.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors (or another transient error): wait for
@@ -214,28 +326,46 @@ pub async fn serve(
         let address = peer.ip();
         slots.admit(address, |slot| {
             let _ = stream.set_nodelay(true);
-            let io = TokioIo::new(WriteDeadline::new(stream, limits.write_timeout));
-            let service = TowerToHyperService::new(app.clone());
+            let io = WriteDeadline::new(stream, limits.write_timeout);
+            let app = app.clone();
+            let tls = listener.web.tls.clone();
             connections.spawn(async move {
-                let served = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(limits.header_timeout)
-                    .serve_connection(io, service)
-                    .await;
-                if let Err(e) = served {
-                    if e.is_timeout() {
-                        slot.closed("header_timeout");
-                    } else if timed_out_writing(&e) {
-                        slot.closed("write_timeout");
+                let Some(acceptor) = tls else {
+                    return serve_connection(TokioIo::new(io), app, limits, slot, peer).await;
+                };
+                // The handshake is part of the request head's time.
+                match tokio::time::timeout(limits.header_timeout, acceptor.accept(io)).await {
+                    Ok(Ok(tls)) => serve_connection(TokioIo::new(tls), app, limits, slot, peer).await,
+                    Ok(Err(e)) => {
+                        slot.closed("tls_handshake");
+                        debug!(%peer, "TLS handshake failed: {e}");
                     }
-                    debug!(%peer, "HTTP connection ended: {e}");
+                    Err(_) => slot.closed("header_timeout"),
                 }
             })
         });
     }
     // Stopping: the agent has saved its state; open connections are cut.
     connections.shutdown().await;
-    Ok(())
+}
+
+async fn serve_connection<I>(io: TokioIo<I>, app: Router, limits: HttpConfig, slot: Slot, peer: SocketAddr)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(io, TowerToHyperService::new(app))
+        .await;
+    if let Err(e) = served {
+        if e.is_timeout() {
+            slot.closed("header_timeout");
+        } else if timed_out_writing(&e) {
+            slot.closed("write_timeout");
+        }
+        debug!(%peer, "HTTP connection ended: {e}");
+    }
 }
 
 /// Returns once `stop` is true (or its sender is gone).

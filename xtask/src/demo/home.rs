@@ -85,6 +85,8 @@ pub const DNS_SERVER: &str = "10.77.1.1:53";
 
 /// Inside the gateway namespace; the same ports are forwarded to the host when free.
 pub const METRICS: &str = "127.0.0.1:9977";
+/// The agent's JSON API (deploy/sensor.yaml's `api_listen`).
+pub const API: &str = "127.0.0.1:9978";
 pub const PROMETHEUS: &str = "127.0.0.1:9090";
 pub const ALERTMANAGER_PORT: u16 = 9093;
 

@@ -44,7 +44,7 @@ use lab::{
 };
 
 use crate::process::{output, workspace_root};
-use home::{ALERTMANAGER_PORT, DEVICES, METRICS, POLL as DEMO_POLL, PROMETHEUS, SERVERS};
+use home::{ALERTMANAGER_PORT, API, DEVICES, METRICS, POLL as DEMO_POLL, PROMETHEUS, SERVERS};
 use story::{Ctx, Interrupted, Story, Timeline};
 
 #[derive(clap::Args)]
@@ -94,8 +94,11 @@ pub fn run(opts: DemoOpts) -> Result<()> {
     let am_addr = SocketAddr::from(([127, 0, 0, 1], ALERTMANAGER_PORT));
     let metrics: SocketAddr = METRICS.parse()?;
     let metrics_fwd = monitoring::forward(metrics, &gw, metrics)?;
+    let api: SocketAddr = API.parse()?;
+    let api_fwd = monitoring::forward(api, &gw, api)?;
     let am_fwd = monitoring::forward(am_addr, &gw, am_addr)?;
-    let external_url = format!("http://{}", metrics_fwd.local_addr());
+    // Alert links lead to the API's flows of the device.
+    let external_url = format!("http://{}", api_fwd.local_addr());
 
     // The agent, with the example config and policy adapted to the lab.
     std::fs::write(dir.join("policy.yaml"), &policy.yaml)?;
@@ -116,7 +119,7 @@ pub fn run(opts: DemoOpts) -> Result<()> {
     // Own process group: the terminal's Ctrl-C goes to the demo, which stops the agent itself
     // (and the agent saves its state on the way out).
     let launch = Launch::new(&binary).own_process_group();
-    let agent = Agent::start_yaml(&topo.lab, &gw, launch, &config_text, metrics, DEMO_POLL)?;
+    let agent = Agent::start_yaml(&topo.lab, &gw, launch, &config_text, metrics, api, DEMO_POLL)?;
     // The story and the clean-up hold the process; `agent` (which borrows the lab) reads it.
     let agent_process = agent.process().clone();
 
@@ -136,7 +139,7 @@ pub fn run(opts: DemoOpts) -> Result<()> {
 
     print_setting(&topo, &policy, &changes, checked.trim(), &rules);
     let urls = Urls {
-        metrics: format!("{external_url}/metrics"),
+        metrics: format!("http://{}/metrics", metrics_fwd.local_addr()),
         api: external_url.clone(),
         prometheus: format!("http://{}", prom_fwd.local_addr()),
         alertmanager: format!("http://{}", am_fwd.local_addr()),
@@ -229,7 +232,7 @@ pub fn run(opts: DemoOpts) -> Result<()> {
     }
     println!("\n[demo] stopping: traffic, agent, Prometheus, Alertmanager, namespaces…");
     drop(background);
-    drop((metrics_fwd, am_fwd, prom_fwd));
+    drop((metrics_fwd, api_fwd, am_fwd, prom_fwd));
     let cleaned = finish(topo, pins, &agent_process);
     outcome.and(cleaned)
 }
