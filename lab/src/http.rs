@@ -16,11 +16,21 @@ pub struct Client {
     authorization: Option<String>,
 }
 
-/// A response: its status and whole body (any status; [`Client::get_ok`] wants a 200).
+/// A response: its status, headers and whole body (any status; [`Client::get_ok`] wants a
+/// 200).
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
+    /// Names in lower case, in the order received.
+    pub headers: Vec<(String, String)>,
     pub body: String,
+}
+
+impl Response {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
 }
 
 impl Client {
@@ -77,9 +87,14 @@ impl Client {
             }
             let mut response = request.call()?;
             let status = response.status().as_u16();
+            let headers = response
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+                .collect();
             // No size limit: a scrape of many clients is larger than ureq's default 10 MB.
             let body = response.body_mut().with_config().limit(u64::MAX).read_to_string()?;
-            Ok(Response { status, body })
+            Ok(Response { status, headers, body })
         };
         let result = match &self.ns {
             // Sockets made inside the namespace's thread belong to it for their whole life.

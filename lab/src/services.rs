@@ -478,6 +478,72 @@ pub fn self_signed_cert(
     Ok((cert, key))
 }
 
+/// A test certificate authority and a server certificate it signed for 127.0.0.1 (subject
+/// alternative name IP:127.0.0.1, what Go's and rustls's clients check), written by `openssl`
+/// into a directory: for a lab service behind TLS (a secured Alertmanager, the agent's
+/// listeners).
+#[derive(Debug, Clone)]
+pub struct TestPki {
+    /// The CA's certificate (PEM): what a client trusts.
+    pub ca: std::path::PathBuf,
+    /// The server's certificate and key (PEM).
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TestPki {
+    /// Writes `ca.crt`, `server.crt` and `server.key` (and their by-products) into `dir`.
+    pub fn create(dir: &Path) -> anyhow::Result<TestPki> {
+        let path = |name: &str| dir.join(name).display().to_string();
+        let openssl = |args: &[&str]| {
+            crate::cmd::run("openssl", args)
+                .context("generating a test certificate (apt-get install openssl)")
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let (ca_key, ca) = (path("ca.key"), path("ca.crt"));
+        let (key, csr, cert) = (path("server.key"), path("server.csr"), path("server.crt"));
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &["-days", "2", "-subj", "/CN=gwsensor test CA", "-keyout", &ca_key, "-out", &ca],
+            ]
+            .concat(),
+        )?;
+        openssl(&[&["req"][..], &ec, &["-subj", "/CN=127.0.0.1", "-keyout", &key, "-out", &csr]].concat())?;
+        let ext = dir.join("server.ext");
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n\
+             extendedKeyUsage=serverAuth\n",
+        )
+        .with_context(|| format!("writing {}", ext.display()))?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext.display().to_string(),
+            "-out",
+            &cert,
+        ])?;
+        Ok(TestPki { ca: ca.into(), cert: cert.into(), key: key.into() })
+    }
+
+    /// The CA certificate's PEM text.
+    pub fn ca_pem(&self) -> anyhow::Result<Vec<u8>> {
+        std::fs::read(&self.ca).with_context(|| format!("reading {}", self.ca.display()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -654,6 +654,61 @@ mod tests {
     }
 
     #[test]
+    fn listeners_are_apart_and_their_web_settings_located() {
+        let c = parse("interface: br-lan\n").unwrap();
+        assert_eq!(c.api_listen, "127.0.0.1:9978".parse().unwrap());
+        assert_eq!(c.external_url(), "http://127.0.0.1:9978");
+        assert_eq!(c.metrics_web, WebConfig::default());
+        let e = parse(
+            "interface: br-lan\nmetrics_listen: \"[::]:9977\"\napi_listen: 127.0.0.1:9977\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.location, e.message.as_str()),
+            (
+                Some((3, 1)),
+                "`api_listen` (127.0.0.1:9977) and `metrics_listen` ([::]:9977) are the same port"
+            )
+        );
+        parse("interface: br-lan\nmetrics_listen: \"[::]:9977\"\napi_listen: 127.0.0.1:9978\n")
+            .unwrap();
+        let e = parse(
+            "interface: br-lan\nmetrics_web:\n  tls_cert_file: /nonexistent/c.pem\n  \
+             tls_key_file: /nonexistent/k.pem\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.location, Some((3, 3)));
+        assert_eq!(
+            e.message,
+            "metrics_web.tls_cert_file: cannot read /nonexistent/c.pem: No such file or \
+             directory (os error 2)"
+        );
+        let e = parse("interface: br-lan\napi_web:\n  tls_key_file: /k.pem\n").unwrap_err();
+        assert_eq!(
+            (e.location, e.message.as_str()),
+            (Some((3, 3)), "api_web.tls_key_file is set without tls_cert_file")
+        );
+        let e = parse(
+            "interface: br-lan\napi_web:\n  basic_auth_users:\n    alice: \
+             '$2y$31$JjkvHPOmCQOMaRmQtqBGWOx0mRm3zmUhpW4Jvw7g1wHSGqgvgwCoi'\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.location, e.message.as_str()),
+            (
+                Some((3, 3)),
+                "api_web.basic_auth_users: the hash of `alice` has cost 31, outside 4 to 17"
+            )
+        );
+        assert!(e.to_string().contains("hint: write the bcrypt hash"), "{e}");
+        let e = parse("interface: br-lan\napi_web: {basic_auth_users: {}}\n").unwrap_err();
+        assert_eq!(
+            (e.location, e.message.as_str()),
+            (Some((2, 1)), "api_web.basic_auth_users has 0 users, outside 1 to 1000")
+        );
+    }
+
+    #[test]
     fn missing_interface_says_what_to_add() {
         let e = parse("flow_capacity: 100\n").unwrap_err();
         assert!(e.to_string().contains("missing field `interface`"), "{e}");

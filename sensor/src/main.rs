@@ -237,3 +237,25 @@ fn percent_encode(s: &str) -> String {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    /// `sensor clients` and `sensor flows` reach an agent on its default config.
+    #[test]
+    fn the_default_api_url_is_the_default_api_listen() {
+        let cli = Cli::command();
+        for command in ["clients", "flows"] {
+            let sub = cli.find_subcommand(command).unwrap();
+            let api = sub.get_arguments().find(|a| a.get_id() == "api").unwrap();
+            let defaults: Vec<String> =
+                api.get_default_values().iter().map(|v| v.to_string_lossy().into()).collect();
+            assert_eq!(defaults, [format!("http://{}", sensor::config::DEFAULT_API_LISTEN)]);
+        }
+        let config = Config::parse("interface: br-lan\n", std::path::Path::new("s.yaml")).unwrap();
+        assert_eq!(config.api_listen, sensor::config::DEFAULT_API_LISTEN);
+    }
+}

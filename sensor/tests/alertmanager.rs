@@ -90,53 +90,11 @@ struct Security {
 impl Security {
     /// A CA, a server certificate for 127.0.0.1 signed by it, and `user`'s bcrypt hash.
     fn create(dir: &Path, user: &str, password: &str) -> Security {
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        run(&[
-            &["req", "-x509"][..],
-            &ec,
-            &["-days", "2", "-subj", "/CN=gwsensor test CA", "-keyout", "ca.key", "-out", "ca.crt"],
-        ]
-        .concat());
-        run(&[
-            &["req"][..],
-            &ec,
-            &["-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr"],
-        ]
-        .concat());
-        fs::write(
-            dir.join("server.ext"),
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server.crt",
-        ]);
+        let pki = lab::services::TestPki::create(dir).unwrap_or_else(|e| panic!("{e:#}"));
         Security {
-            ca: dir.join("ca.crt"),
-            cert: dir.join("server.crt"),
-            key: dir.join("server.key"),
+            ca: pki.ca,
+            cert: pki.cert,
+            key: pki.key,
             user: user.into(),
             password: password.into(),
         }
