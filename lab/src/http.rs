@@ -90,7 +90,9 @@ impl Client {
             let headers = response
                 .headers()
                 .iter()
-                .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+                .map(|(n, v)| {
+                    (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into())
+                })
                 .collect();
             // No size limit: a scrape of many clients is larger than ureq's default 10 MB.
             let body = response.body_mut().with_config().limit(u64::MAX).read_to_string()?;

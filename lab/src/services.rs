@@ -510,7 +510,10 @@ impl TestPki {
             ]
             .concat(),
         )?;
-        openssl(&[&["req"][..], &ec, &["-subj", "/CN=127.0.0.1", "-keyout", &key, "-out", &csr]].concat())?;
+        openssl(
+            &[&["req"][..], &ec, &["-subj", "/CN=127.0.0.1", "-keyout", &key, "-out", &csr]]
+                .concat(),
+        )?;
         let ext = dir.join("server.ext");
         std::fs::write(
             &ext,

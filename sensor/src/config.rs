@@ -659,10 +659,9 @@ mod tests {
         assert_eq!(c.api_listen, "127.0.0.1:9978".parse().unwrap());
         assert_eq!(c.external_url(), "http://127.0.0.1:9978");
         assert_eq!(c.metrics_web, WebConfig::default());
-        let e = parse(
-            "interface: br-lan\nmetrics_listen: \"[::]:9977\"\napi_listen: 127.0.0.1:9977\n",
-        )
-        .unwrap_err();
+        let e =
+            parse("interface: br-lan\nmetrics_listen: \"[::]:9977\"\napi_listen: 127.0.0.1:9977\n")
+                .unwrap_err();
         assert_eq!(
             (e.location, e.message.as_str()),
             (

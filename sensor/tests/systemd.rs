@@ -23,6 +23,7 @@ use lab::{
 use nix::sys::signal::Signal;
 
 const METRICS: &str = "127.0.0.1:9977";
+const API: &str = "127.0.0.1:9978";
 /// The unit's CapabilityBoundingSet, in setpriv's words.
 const UNIT_CAPABILITIES: [&str; 3] = ["bpf", "net_admin", "perfmon"];
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -115,7 +116,10 @@ fn with_the_units_three_capabilities_the_agent_counts_and_notifies_ready_and_sto
 
     let ready = receive(&sock, START_TIMEOUT, Some(agent.process()))
         .unwrap_or_else(|| fail("no READY=1 from the agent"));
-    assert_eq!(ready, format!("READY=1\nSTATUS=counting on lan0, metrics at {METRICS}\n"));
+    assert_eq!(
+        ready,
+        format!("READY=1\nSTATUS=counting on lan0, metrics at {METRICS}, API at {API}\n")
+    );
     // READY means ready: the programs are attached and /metrics answers at that moment.
     let text =
         agent.scrape_text().unwrap_or_else(|e| fail(&format!("/metrics after READY=1: {e:#}")));

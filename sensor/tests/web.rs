@@ -6,12 +6,12 @@
 use std::{net::SocketAddr, time::Duration};
 
 use lab::{
-    LanKind, TopologyBuilder,
+    LanKind, TopologyBuilder, UdpReceiver,
     agent::{Agent, Config, DEFAULT_API, DEFAULT_METRICS, Launch, Secured},
     http::Client,
     prometheus::Prometheus,
+    send_udp,
     services::TestPki,
-    UdpReceiver, send_udp,
 };
 
 const USER: &str = "prometheus";
@@ -98,13 +98,18 @@ fn prometheus_scrapes_metrics_over_tls_with_basic_auth_and_the_api_is_apart() {
     let server = UdpReceiver::bind(inet, sa("10.77.2.2:5001")).unwrap();
     send_udp(&laptop.ns, SocketAddr::from((laptop.ipv4, 40001)), server.addr(), 3, 100).unwrap();
     let mac = laptop.mac_text();
-    lab::wait::until("the laptop in the API", Duration::from_secs(15), Duration::from_millis(200), || {
-        let clients = agent.api_json("/api/v1/clients")?;
-        Ok(clients["clients"]
-            .as_array()
-            .is_some_and(|c| c.iter().any(|c| c["mac"] == mac.as_str()))
-            .then_some(()))
-    })
+    lab::wait::until(
+        "the laptop in the API",
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        || {
+            let clients = agent.api_json("/api/v1/clients")?;
+            Ok(clients["clients"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["mac"] == mac.as_str()))
+                .then_some(()))
+        },
+    )
     .unwrap_or_else(|e| agent.fail(&format!("{e:#}")));
     let table = agent.cli(&["clients"]).unwrap_or_else(|e| agent.fail(&format!("{e:#}")));
     let mut lines = table.lines();
@@ -124,7 +129,11 @@ fn prometheus_scrapes_metrics_over_tls_with_basic_auth_and_the_api_is_apart() {
         .collect();
     assert_eq!(laptop_flows.len(), 1, "{flows:#}");
     assert_eq!(
-        (&laptop_flows[0]["protocol"], &laptop_flows[0]["port"], &laptop_flows[0]["upload_packets"]),
+        (
+            &laptop_flows[0]["protocol"],
+            &laptop_flows[0]["port"],
+            &laptop_flows[0]["upload_packets"]
+        ),
         (&serde_json::json!("udp"), &serde_json::json!(5001), &serde_json::json!(3)),
         "{flows:#}"
     );

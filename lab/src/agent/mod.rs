@@ -207,16 +207,8 @@ impl<'l> Agent<'l> {
         std::fs::write(&config_path, yaml)
             .with_context(|| format!("writing {}", config_path.display()))?;
         let process = Agent::spawn(lab, ns, &launch, &config_path)?;
-        let agent = Agent {
-            lab,
-            ns: ns.to_string(),
-            launch,
-            config_path,
-            metrics,
-            api,
-            poll,
-            process,
-        };
+        let agent =
+            Agent { lab, ns: ns.to_string(), launch, config_path, metrics, api, poll, process };
         agent.await_ready()?;
         Ok(agent)
     }

@@ -177,11 +177,11 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         Notifier::start(&config.alerting, config.poll_interval, &|c| metrics.register(c))?;
     let metrics_listener = server::Listener {
         tcp: server::bind(config.metrics_listen, "metrics_listen", "/metrics").await?,
-        web: config.metrics_web.load()?,
+        web: config.metrics_web.load().context("metrics_web")?,
     };
     let api_listener = server::Listener {
         tcp: server::bind(config.api_listen, "api_listen", "the JSON API").await?,
-        web: config.api_web.load()?,
+        web: config.api_web.load().context("api_web")?,
     };
     for (key, listen, web) in [
         ("metrics", config.metrics_listen, &config.metrics_web),

@@ -488,12 +488,12 @@ mod tests {
                 serde_json::json!({"updated": 100, "flows": serde_json::to_value(view.flows_of(None)).unwrap()})
             );
         }
-        let text: Vec<u8> = view.flows_json(Some("nobody")).map(Result::unwrap).flatten().collect();
+        let text: Vec<u8> = view.flows_json(Some("nobody")).flat_map(Result::unwrap).collect();
         assert_eq!(String::from_utf8(text).unwrap(), r#"{"updated":100,"flows":[]}"#);
-        let tv: Vec<u8> = view.flows_json(Some("tv")).map(Result::unwrap).flatten().collect();
+        let tv: Vec<u8> = view.flows_json(Some("tv")).flat_map(Result::unwrap).collect();
         let tv: serde_json::Value = serde_json::from_slice(&tv).unwrap();
         assert_eq!(tv["flows"].as_array().map(Vec::len), Some(1));
-        let clients: Vec<u8> = view.clients_json().map(Result::unwrap).flatten().collect();
+        let clients: Vec<u8> = view.clients_json().flat_map(Result::unwrap).collect();
         assert_eq!(String::from_utf8(clients).unwrap(), r#"{"updated":100,"clients":[]}"#);
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod continued;
+pub mod error;
 pub mod exposition;
 pub mod metrics;
 pub mod server;

@@ -8,7 +8,6 @@ use std::{
     convert::Infallible,
     io,
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard, RwLock},
     task::{Context, Poll},
@@ -39,6 +38,7 @@ use tracing::{debug, warn};
 
 use super::{
     api::LiveView,
+    error::ExportError,
     metrics::Metrics,
     web::{self, Web},
 };
@@ -98,82 +98,6 @@ struct ServerMetrics {
 impl ServerMetrics {
     fn closed(&self, reason: &str) {
         self.closed.with_label_values(&[reason]).inc();
-    }
-}
-
-/// What can go wrong in serving the metrics and the API, and in loading a listener's TLS and
-/// authentication (`metrics_web:` / `api_web:`).
-#[derive(Debug, thiserror::Error)]
-pub enum ExportError {
-    #[error("listening on {addr} for {what} (is another agent running? change `{key}`)")]
-    Bind { addr: SocketAddr, key: &'static str, what: &'static str, source: std::io::Error },
-    #[error("serving HTTP")]
-    Serve { source: std::io::Error },
-    #[error("{present} is set without {missing}")]
-    TlsHalf { present: &'static str, missing: &'static str },
-    #[error("{key}: cannot read {}: {source}", path.display())]
-    WebFile { key: &'static str, path: PathBuf, source: std::io::Error },
-    #[error("{key}: {}: {error}", path.display())]
-    Pem { key: &'static str, path: PathBuf, error: String },
-    #[error(
-        "tls_cert_file {} and tls_key_file {} are not a usable certificate and key: {error}",
-        cert.display(),
-        key.display()
-    )]
-    CertKey { cert: PathBuf, key: PathBuf, error: String },
-    #[error("basic_auth_users has {count} users, outside 1 to {}", super::web::MAX_USERS)]
-    UserCount { count: usize },
-    #[error("basic_auth_users: the user name `{user}` is empty or holds `:` or a control character")]
-    UserName { user: String },
-    #[error("basic_auth_users: the hash of `{user}` is not a bcrypt hash ({error})")]
-    NotBcrypt { user: String, error: String },
-    #[error(
-        "basic_auth_users: the hash of `{user}` has cost {cost}, outside {} to {}",
-        super::web::MIN_BCRYPT_COST,
-        super::web::MAX_BCRYPT_COST
-    )]
-    BcryptCost { user: String, cost: u32 },
-    #[error("bearer_token_file: {} {what}", path.display())]
-    Token { path: PathBuf, what: &'static str },
-}
-
-impl ExportError {
-    /// The key of `metrics_web:` / `api_web:` a loading error is about (where it is located).
-    pub fn web_key(&self) -> &'static str {
-        match self {
-            ExportError::TlsHalf { present, .. } => present,
-            ExportError::WebFile { key, .. } | ExportError::Pem { key, .. } => key,
-            ExportError::CertKey { .. } => "tls_cert_file",
-            ExportError::UserCount { .. }
-            | ExportError::UserName { .. }
-            | ExportError::NotBcrypt { .. }
-            | ExportError::BcryptCost { .. } => "basic_auth_users",
-            ExportError::Token { .. } => "bearer_token_file",
-            ExportError::Bind { key, .. } => key,
-            ExportError::Serve { .. } => "",
-        }
-    }
-
-    /// How to fix it.
-    pub fn hint(&self) -> &'static str {
-        match self {
-            ExportError::TlsHalf { .. } => "set both tls_cert_file and tls_key_file, or neither",
-            ExportError::WebFile { .. } => "check the path and that the agent's user can read it",
-            ExportError::Pem { .. } | ExportError::CertKey { .. } => {
-                "tls_cert_file: PEM certificates, the server's first; tls_key_file: its PEM \
-                 private key (openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
-                 -nodes -keyout key.pem -out cert.pem)"
-            }
-            ExportError::UserCount { .. } | ExportError::UserName { .. } => {
-                "write `basic_auth_users: {USER: BCRYPT_HASH}`, user names without `:`"
-            }
-            ExportError::NotBcrypt { .. } | ExportError::BcryptCost { .. } => {
-                "write the bcrypt hash of the password, e.g. from `htpasswd -nBC 10 USER` (the \
-                 part after `USER:`), cost 4 to 17"
-            }
-            ExportError::Token { .. } => "put one token (no spaces, at most 4096 bytes) in the file",
-            ExportError::Bind { .. } | ExportError::Serve { .. } => "",
-        }
     }
 }
 
@@ -243,9 +167,12 @@ pub async fn bind(
     key: &'static str,
     what: &'static str,
 ) -> Result<tokio::net::TcpListener, ExportError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| ExportError::Bind { addr, key, what, source })
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| ExportError::Bind {
+        addr,
+        key,
+        what,
+        source,
+    })
 }
 
 /// A bound listener and its security.
@@ -293,8 +220,9 @@ pub async fn serve(
 /// `router` behind the listener's authentication, when it has one.
 fn protect(router: Router, web: &Web) -> Router {
     match &web.auth {
-        Some(auth) => router
-            .route_layer(axum::middleware::from_fn_with_state(Arc::clone(auth), web::require)),
+        Some(auth) => {
+            router.route_layer(axum::middleware::from_fn_with_state(Arc::clone(auth), web::require))
+        }
         None => router,
     }
 }
@@ -335,7 +263,9 @@ async fn accept(
                 };
                 // The handshake is part of the request head's time.
                 match tokio::time::timeout(limits.header_timeout, acceptor.accept(io)).await {
-                    Ok(Ok(tls)) => serve_connection(TokioIo::new(tls), app, limits, slot, peer).await,
+                    Ok(Ok(tls)) => {
+                        serve_connection(TokioIo::new(tls), app, limits, slot, peer).await
+                    }
                     Ok(Err(e)) => {
                         slot.closed("tls_handshake");
                         debug!(%peer, "TLS handshake failed: {e}");
@@ -349,8 +279,13 @@ async fn accept(
     connections.shutdown().await;
 }
 
-async fn serve_connection<I>(io: TokioIo<I>, app: Router, limits: HttpConfig, slot: Slot, peer: SocketAddr)
-where
+async fn serve_connection<I>(
+    io: TokioIo<I>,
+    app: Router,
+    limits: HttpConfig,
+    slot: Slot,
+    peer: SocketAddr,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let served = hyper::server::conn::http1::Builder::new()

@@ -24,7 +24,7 @@ use tokio_rustls::{
     },
 };
 
-use super::server::ExportError;
+use super::error::ExportError;
 
 /// Most users of `basic_auth_users`.
 pub const MAX_USERS: usize = 1_000;
@@ -73,10 +73,16 @@ impl WebConfig {
             (None, None) => None,
             (Some(cert), Some(key)) => Some(TlsAcceptor::from(Arc::new(server_config(cert, key)?))),
             (Some(_), None) => {
-                return Err(ExportError::TlsHalf { present: "tls_cert_file", missing: "tls_key_file" });
+                return Err(ExportError::TlsHalf {
+                    present: "tls_cert_file",
+                    missing: "tls_key_file",
+                });
             }
             (None, Some(_)) => {
-                return Err(ExportError::TlsHalf { present: "tls_key_file", missing: "tls_cert_file" });
+                return Err(ExportError::TlsHalf {
+                    present: "tls_key_file",
+                    missing: "tls_cert_file",
+                });
             }
         };
         let users = match &self.basic_auth_users {
@@ -113,9 +119,10 @@ fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, ExportError> {
 
 fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, ExportError> {
     let pem = read("tls_cert_file", cert)?;
-    let chain = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ExportError::Pem { key: "tls_cert_file", path: cert.into(), error: e.to_string() })?;
+    let chain =
+        CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>().map_err(|e| {
+            ExportError::Pem { key: "tls_cert_file", path: cert.into(), error: e.to_string() }
+        })?;
     if chain.is_empty() {
         return Err(ExportError::Pem {
             key: "tls_cert_file",
@@ -147,7 +154,7 @@ fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, ExportError> {
 
 fn check_users(users: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ExportError> {
     if users.is_empty() || users.len() > MAX_USERS {
-        return Err(ExportError::UserCount { count: users.len() });
+        return Err(ExportError::UserCount { count: users.len(), max: MAX_USERS });
     }
     for (user, hash) in users {
         if user.is_empty() || user.contains(':') || user.chars().any(char::is_control) {
@@ -158,7 +165,12 @@ fn check_users(users: &BTreeMap<String, String>) -> Result<BTreeMap<String, Stri
         })?;
         let cost = parts.get_cost();
         if !(MIN_BCRYPT_COST..=MAX_BCRYPT_COST).contains(&cost) {
-            return Err(ExportError::BcryptCost { user: user.clone(), cost });
+            return Err(ExportError::BcryptCost {
+                user: user.clone(),
+                cost,
+                min: MIN_BCRYPT_COST,
+                max: MAX_BCRYPT_COST,
+            });
         }
     }
     Ok(users.clone())
@@ -176,7 +188,10 @@ fn read_token(path: &Path) -> Result<String, ExportError> {
         return Err(ExportError::Token { path: path.into(), what: "holds more than 4096 bytes" });
     }
     if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(ExportError::Token { path: path.into(), what: "holds spaces or control characters" });
+        return Err(ExportError::Token {
+            path: path.into(),
+            what: "holds spaces or control characters",
+        });
     }
     Ok(token.to_string())
 }
@@ -202,7 +217,10 @@ impl Auth {
         let Some((scheme, credentials)) = value.trim().split_once(' ') else { return false };
         let credentials = credentials.trim();
         if scheme.eq_ignore_ascii_case("bearer") {
-            return self.token.as_deref().is_some_and(|t| same(t.as_bytes(), credentials.as_bytes()));
+            return self
+                .token
+                .as_deref()
+                .is_some_and(|t| same(t.as_bytes(), credentials.as_bytes()));
         }
         if !scheme.eq_ignore_ascii_case("basic") || self.users.is_empty() {
             return false;
@@ -259,9 +277,7 @@ impl Auth {
     pub fn challenges(&self) -> Vec<HeaderValue> {
         let mut out = Vec::new();
         if !self.users.is_empty() {
-            out.push(HeaderValue::from_static(
-                "Basic realm=\"gateway sensor\", charset=\"UTF-8\"",
-            ));
+            out.push(HeaderValue::from_static("Basic realm=\"gateway sensor\", charset=\"UTF-8\""));
         }
         if self.token.is_some() {
             out.push(HeaderValue::from_static("Bearer realm=\"gateway sensor\""));
@@ -352,7 +368,10 @@ mod tests {
         assert!(!a.allows(&headers("Bearer tok-12")).await);
         assert!(!a.allows(&headers("Bearer tok-1234")).await);
         assert!(!a.allows(&basic("u", "tok-123")).await);
-        assert_eq!(a.challenges(), vec![HeaderValue::from_static("Bearer realm=\"gateway sensor\"")]);
+        assert_eq!(
+            a.challenges(),
+            vec![HeaderValue::from_static("Bearer realm=\"gateway sensor\"")]
+        );
     }
 
     #[test]
