@@ -71,15 +71,91 @@ struct ApiArgs {
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// For an https:// --api: PEM file of the CA that signed the API's certificate (the
+    /// certificate itself when self-signed) instead of the built-in roots.
+    #[arg(long, env = "GWSENSOR_API_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// A user of the API's `api_web.basic_auth_users`; the password is read from
+    /// --password-file.
+    #[arg(long, env = "GWSENSOR_API_USER", requires = "password_file")]
+    user: Option<String>,
+    /// File holding the password of --user.
+    #[arg(long, env = "GWSENSOR_API_PASSWORD_FILE", requires = "user")]
+    password_file: Option<PathBuf>,
+    /// File holding the API's bearer token (`api_web.bearer_token_file`).
+    #[arg(long, env = "GWSENSOR_API_TOKEN_FILE", conflicts_with = "user")]
+    token_file: Option<PathBuf>,
+}
+
+/// Largest API answer read: a full flow map of 4Mi flows is about 1.3 GB of JSON; the default
+/// 65,536 flows about 21 MB.
+const MAX_ANSWER: u64 = 2 << 30;
+
+/// A secret file's content without surrounding whitespace.
+fn read_secret(path: &std::path::Path) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text.trim().to_string())
+}
+
+/// The HTTP client for the API: the CA of --ca-file, and the credentials to send.
+fn client(api: &ApiArgs) -> anyhow::Result<(ureq::Agent, Option<String>)> {
+    use ureq::tls::{PemItem, RootCerts, TlsConfig};
+    let mut tls = TlsConfig::builder();
+    if let Some(path) = &api.ca_file {
+        let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        anyhow::ensure!(!certs.is_empty(), "{} holds no PEM certificate", path.display());
+        tls = tls.root_certs(RootCerts::Specific(std::sync::Arc::new(certs)));
+    }
+    let agent = ureq::Agent::config_builder()
+        .tls_config(tls.build())
+        .http_status_as_error(false)
+        .build()
+        .into();
+    use base64::Engine as _;
+    let authorization = match (&api.user, &api.password_file, &api.token_file) {
+        (Some(user), Some(file), _) => Some(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{user}:{}", read_secret(file)?))
+        )),
+        (_, _, Some(file)) => Some(format!("Bearer {}", read_secret(file)?)),
+        _ => None,
+    };
+    Ok((agent, authorization))
 }
 
 /// Fetches an API path from the running agent and decodes it.
 fn fetch(api: &ApiArgs, path: &str) -> anyhow::Result<serde_json::Value> {
     let url = format!("{}{path}", api.api.trim_end_matches('/'));
-    let body =
-        ureq::get(&url).call().and_then(|mut r| r.body_mut().read_to_string()).with_context(
-            || format!("cannot reach the agent at {url} (is `sensor run` running? pass --api URL)"),
-        )?;
+    let (agent, authorization) = client(api)?;
+    let mut request = agent.get(&url);
+    if let Some(a) = &authorization {
+        request = request.header("Authorization", a);
+    }
+    let mut response = request.call().with_context(|| {
+        format!("cannot reach the agent at {url} (is `sensor run` running? pass --api URL)")
+    })?;
+    match response.status().as_u16() {
+        200 => {}
+        401 => anyhow::bail!(
+            "{url} answered 401: the API wants credentials (--user and --password-file, or \
+             --token-file), and those given (if any) are not accepted"
+        ),
+        status => anyhow::bail!("{url} answered HTTP {status} (is --api the agent's api_listen?)"),
+    }
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_ANSWER)
+        .read_to_string()
+        .with_context(|| format!("reading the answer of {url}"))?;
     serde_json::from_str(&body).with_context(|| format!("{url} did not answer JSON"))
 }
 

@@ -1,7 +1,7 @@
 //! The agent's two listeners (issue 16): `/metrics` behind TLS and bcrypt basic auth, scraped
 //! by a real Prometheus; 401 with a challenge without or with wrong credentials; the JSON API
 //! on a listener of its own (neither serves the other's paths); `sensor clients` on its
-//! defaults.
+//! defaults, and against a secured API with its CA and a password.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -161,4 +161,72 @@ fn prometheus_scrapes_metrics_over_tls_with_basic_auth_and_the_api_is_apart() {
         .query(&format!("gwsensor_client_bytes_total{{mac=\"{mac}\",direction=\"upload\"}}"))
         .unwrap_or_else(|e| agent.fail(&format!("{e:#}")));
     assert_eq!(laptop_bytes.len(), 1, "{laptop_bytes:?}");
+}
+
+#[test]
+fn a_secured_api_answers_the_cli_with_its_ca_and_password_only() {
+    if !lab::lab_tests_can_run("web tests", &["openssl"]) {
+        return;
+    }
+    let pins = lab::PinDir::new("test", "webapi");
+    let topo = TopologyBuilder::new("gwt-webapi")
+        .lan(LanKind::Veth)
+        .client("tv", [0x64, 0x09, 0x80, 0x77, 0x00, 0x32])
+        .build()
+        .expect("building the lab");
+    let pki_dir = topo.lab.dir().join("pki");
+    std::fs::create_dir_all(&pki_dir).unwrap();
+    let pki = TestPki::create(&pki_dir).unwrap_or_else(|e| panic!("{e:#}"));
+    let secured = Secured {
+        cert: pki.cert.clone(),
+        key: pki.key.clone(),
+        ca_pem: pki.ca_pem().unwrap(),
+        user: "alice".into(),
+        password: PASSWORD.into(),
+        bcrypt_hash: bcrypt::hash(PASSWORD, 4).unwrap(),
+    };
+    let config = Config::for_topology(&topo, &pins)
+        .poll(Duration::from_millis(500))
+        .api_secured(secured.clone());
+    let agent = Agent::start(
+        &topo.lab,
+        &topo.gateway.ns,
+        Launch::new(env!("CARGO_BIN_EXE_sensor")),
+        &config,
+    )
+    .unwrap_or_else(|e| panic!("starting the agent: {e:#}"));
+    // /metrics stays plain and open (Agent::start waited on it).
+    assert!(agent.scrape_text().unwrap().contains("gwsensor_xdp_attach_mode"));
+    // The API: 401 and the challenge without the password.
+    let ns = topo.gateway.ns.clone();
+    let r = Client::trusting(Some(&ns), &secured.ca_pem)
+        .unwrap()
+        .get(&format!("https://{DEFAULT_API}/api/v1/clients"))
+        .unwrap();
+    assert_eq!(
+        (r.status, r.body.as_str(), r.header("www-authenticate")),
+        (401, "unauthorized\n", Some(CHALLENGE))
+    );
+    // The CLI with the CA but no password: refused, saying what it needs.
+    let out = agent.cli_output(&["clients"], false).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr,
+        format!(
+            "error: https://{DEFAULT_API}/api/v1/clients answered 401: the API wants credentials \
+             (--user and --password-file, or --token-file), and those given (if any) are not \
+             accepted\n"
+        )
+    );
+    // With them: the table.
+    let table = agent.cli(&["clients"]).unwrap_or_else(|e| agent.fail(&format!("{e:#}")));
+    assert_eq!(
+        table.lines().next().map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["CLIENT", "MAC", "GROUP", "VENDOR", "IPS", "UPLOAD", "DOWNLOAD", "FLOWS"]),
+        "{table}"
+    );
+    let flows: serde_json::Value =
+        serde_json::from_str(&agent.cli(&["flows", "--json"]).unwrap()).unwrap();
+    assert!(flows["flows"].is_array(), "{flows}");
 }

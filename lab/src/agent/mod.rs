@@ -131,17 +131,19 @@ struct Endpoint {
     addr: SocketAddr,
     scheme: &'static str,
     http: Client,
+    secured: Option<Secured>,
 }
 
 impl Endpoint {
     /// From namespace `ns`: plain HTTP, or HTTPS with basic auth through `secured`.
     fn new(ns: &str, addr: SocketAddr, secured: Option<&Secured>) -> anyhow::Result<Endpoint> {
         Ok(match secured {
-            None => Endpoint { addr, scheme: "http", http: Client::new(Some(ns)) },
+            None => Endpoint { addr, scheme: "http", http: Client::new(Some(ns)), secured: None },
             Some(s) => Endpoint {
                 addr,
                 scheme: "https",
                 http: Client::trusting(Some(ns), &s.ca_pem)?.basic_auth(&s.user, &s.password),
+                secured: Some(s.clone()),
             },
         })
     }
@@ -443,16 +445,11 @@ impl<'l> Agent<'l> {
     }
 
     /// `sensor <args>` run in the agent's namespace against it, as a user on the router would:
-    /// with the CLI's default `--api` when the agent listens there, else `--api` to it. Its
+    /// with the CLI's default `--api` when the agent's API listens there in plain HTTP, else
+    /// `--api` to it (and `--ca-file`, `--user`, `--password-file` for a secured API). Its
     /// stdout, or an error with everything it printed.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut cmd = Command::new(&self.launch.binary);
-        cmd.args(args).env_remove("GWSENSOR_API");
-        if self.api.addr != DEFAULT_API || self.api.scheme != "http" {
-            cmd.arg("--api").arg(self.api_url());
-        }
-        let out = crate::services::output_in_netns(&self.ns, cmd, b"", Duration::from_secs(20))
-            .with_context(|| format!("sensor {args:?}"))?;
+        let out = self.cli_output(args, true)?;
         if !out.status.success() {
             bail!(
                 "sensor {args:?} failed ({}):\n{}{}",
@@ -463,6 +460,37 @@ impl<'l> Agent<'l> {
         }
         String::from_utf8(out.stdout)
             .with_context(|| format!("sensor {args:?}: output is not UTF-8"))
+    }
+
+    /// Like [`Agent::cli`], whatever its exit status; without the credentials of a secured API
+    /// unless `credentials`.
+    pub fn cli_output(
+        &self,
+        args: &[&str],
+        credentials: bool,
+    ) -> anyhow::Result<std::process::Output> {
+        let mut cmd = Command::new(&self.launch.binary);
+        cmd.args(args);
+        for var in ["GWSENSOR_API", "GWSENSOR_API_CA_FILE", "GWSENSOR_API_USER"] {
+            cmd.env_remove(var);
+        }
+        cmd.env_remove("GWSENSOR_API_PASSWORD_FILE").env_remove("GWSENSOR_API_TOKEN_FILE");
+        if self.api.addr != DEFAULT_API || self.api.scheme != "http" {
+            cmd.arg("--api").arg(self.api_url());
+        }
+        if let Some(s) = &self.api.secured {
+            let ca = self.lab.dir().join("cli-api-ca.pem");
+            std::fs::write(&ca, &s.ca_pem).with_context(|| format!("writing {}", ca.display()))?;
+            cmd.arg("--ca-file").arg(&ca);
+            if credentials {
+                let password = self.lab.dir().join("cli-api-password");
+                std::fs::write(&password, &s.password)
+                    .with_context(|| format!("writing {}", password.display()))?;
+                cmd.arg("--user").arg(&s.user).arg("--password-file").arg(&password);
+            }
+        }
+        crate::services::output_in_netns(&self.ns, cmd, b"", Duration::from_secs(20))
+            .with_context(|| format!("sensor {args:?}"))
     }
 
     /// For tests: fails with `msg` (see [`Agent::report`]).
