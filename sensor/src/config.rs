@@ -234,10 +234,13 @@ impl Config {
 
     /// Base URL of the sensor's API as alert readers reach it.
     pub fn external_url(&self) -> String {
-        self.external_url.clone().unwrap_or_else(|| {
-            let scheme = if self.api_web.is_tls() { "https" } else { "http" };
-            format!("{scheme}://{}", self.api_listen)
-        })
+        self.external_url.clone().unwrap_or_else(|| self.api_base_url())
+    }
+
+    /// `http://<api_listen>`, `https://` with `api_web` TLS: the default `external_url`.
+    pub fn api_base_url(&self) -> String {
+        let scheme = if self.api_web.is_tls() { "https" } else { "http" };
+        format!("{scheme}://{}", self.api_listen)
     }
 
     /// Parses and validates config text; `path` is only used in error messages.

@@ -354,7 +354,9 @@ fn reload(
     pipeline.params = params(&new);
     notifier.reconfigure(&new.alerting, running.poll_interval)?;
     pipeline.metrics.keep_policy_rules(&rule_names(&policy));
-    pipeline.policy.replace(policy, new.external_url(), new.alerting.resolved_retention);
+    // The API keeps its running address until a restart: links lead there meanwhile.
+    let external_url = new.external_url.clone().unwrap_or_else(|| running.api_base_url());
+    pipeline.policy.replace(policy, external_url, new.alerting.resolved_retention);
     info!(
         rules = pipeline.policy.policy().rules.len(),
         "SIGHUP: configuration and policy reloaded"
