@@ -1101,3 +1101,122 @@ fn a_map_layout_change_swaps_the_programs_in_place_and_replaces_the_maps() {
     }
     assert!(seen.scrapes > 0 && seen.gaps > 0, "{} scrapes, {} gaps", seen.scrapes, seen.gaps);
 }
+
+/// A port scan from LAN clients, scaled to the test command (the full million remotes in ten
+/// minutes is `cargo xtask bench`'s, figures in docs/benchmarks.md): three clients each reach
+/// 15,000 unique remotes. With the shipped tracking bounds each client remembers 2,048 remotes
+/// and 2,048 destinations, the rest is forgotten (and counted), every byte stays in the
+/// client's series or `other`, the totals are exact, and memory and the state file stay small,
+/// running and at the next start.
+#[test]
+fn a_scan_of_unique_remotes_stays_within_the_tracking_bounds() {
+    const PER_CLIENT: u32 = 15_000;
+    const FRAME: u64 = ETHERNET + IPV4 + UDP + 20;
+    const BUSY_REMOTES: usize = 20;
+    const BUSY_PACKETS: usize = 5;
+    const BUSY_FRAME: u64 = ETHERNET + IPV4 + UDP + 1_000;
+    const TRACKED: u64 = 2_048;
+    const MB: u64 = 1024;
+    if !privileged() {
+        return;
+    }
+    let pins = lab::PinDir::new("test", "scan");
+    let topo = TopologyBuilder::new("gwt-scan")
+        .lan(LanKind::Bridge)
+        .client("cam", [0x64, 0x09, 0x80, 0x77, 0x00, 0x11])
+        .client("plug", [0x64, 0x09, 0x80, 0x77, 0x00, 0x12])
+        .client("laptop", [0x64, 0x09, 0x80, 0x77, 0x00, 0x13])
+        .build()
+        .expect("building the lab");
+    // The scanned addresses end at the gateway, silently (a blackhole sends no ICMP back).
+    lab::ip(&["-n", &topo.gateway.ns, "route", "add", "blackhole", "100.64.0.0/10"]).unwrap();
+    let mut agent = start_agent(&topo, &pins, "");
+    let mut ledger = lab::ledger::Ledger::default();
+    // Each client's own top: 20 busy remotes (a series each, as many as `top_remotes`), sent
+    // and counted before the scan, so that the scanned remotes (one small packet each) never
+    // take a series: a series that leaves the top takes its value out of the sum below.
+    let send = |ns: &str, to: &[std::net::Ipv4Addr], payload: usize| {
+        lab::in_netns(ns, || -> anyhow::Result<()> {
+            let sock = std::net::UdpSocket::bind("0.0.0.0:40100")?;
+            for to in to {
+                sock.send_to(&vec![0x5a; payload], (*to, 9))?;
+            }
+            Ok(())
+        })
+        .unwrap()
+        .unwrap();
+    };
+    for (k, client) in topo.clients.iter().enumerate() {
+        ledger.name(&client.mac_text(), &client.name);
+        let busy: Vec<_> = (0..BUSY_REMOTES)
+            .flat_map(|j| [std::net::Ipv4Addr::new(100, 100, k as u8, j as u8); BUSY_PACKETS])
+            .collect();
+        send(&client.ns, &busy, 1_000);
+        let packets = busy.len() as u64;
+        ledger.add_client(&client.mac_text(), Dir::Upload, packets, packets * BUSY_FRAME);
+    }
+    agent.expect("the busy remotes", |o| {
+        let mut out = Vec::new();
+        ledger.client_mismatches(&o.scrape, &mut out);
+        out
+    });
+    for (k, client) in topo.clients.iter().enumerate() {
+        let scan: Vec<_> = (0..PER_CLIENT)
+            .map(|i| {
+                let [_, _, hi, lo] = i.to_be_bytes();
+                std::net::Ipv4Addr::new(100, 64 + k as u8, hi, lo)
+            })
+            .collect();
+        send(&client.ns, &scan, 20);
+        let packets = u64::from(PER_CLIENT);
+        ledger.add_client(&client.mac_text(), Dir::Upload, packets, packets * FRAME);
+    }
+    let per_client = (BUSY_REMOTES * BUSY_PACKETS) as f64 + f64::from(PER_CLIENT);
+    let check = |o: &lab::agent::Observation| {
+        let mut out = Vec::new();
+        ledger.client_mismatches(&o.scrape, &mut out);
+        for client in &topo.clients {
+            // Every packet in one of the client's remote series or its `other`.
+            let mac = client.mac_text();
+            let series: f64 = o
+                .scrape
+                .series("gwsensor_remote_packets_total")
+                .filter(|s| s.label("mac") == mac && s.label("direction") == "upload")
+                .map(|s| s.value)
+                .sum();
+            if series != per_client {
+                out.push(format!("{mac}: its remote series and other hold {series} packets"));
+            }
+        }
+        for kind in ["remote", "destination"] {
+            let tracked = o.scrape.get("gwsensor_tracked", &[("kind", kind)]);
+            if tracked != Some((3 * TRACKED) as f64) {
+                out.push(format!("gwsensor_tracked{{kind=\"{kind}\"}} is {tracked:?}"));
+            }
+            let forgotten = o.scrape.get("gwsensor_tracking_forgotten_total", &[("kind", kind)]);
+            let want = 3 * (u64::from(PER_CLIENT) + BUSY_REMOTES as u64 - TRACKED);
+            if forgotten != Some(want as f64) {
+                out.push(format!("forgotten {kind}s: {forgotten:?}, want {want}"));
+            }
+        }
+        out
+    };
+    agent.expect("after the scan", check);
+    let running = agent.process().status_kb("VmHWM").unwrap();
+    assert!(running <= 64 * MB, "peak RSS while running: {running} kB");
+
+    agent.stop(Duration::from_secs(15)).unwrap_or_else(|e| panic!("SIGTERM: {e:#}"));
+    let state = std::fs::metadata(topo.lab.dir().join("state.json")).expect("the state file").len();
+    assert!(state <= 16 * MB * MB, "state file: {state} bytes");
+    if let Err(e) = agent.start_again() {
+        agent.fail(&format!("starting again after the scan: {e:#}"));
+    }
+    agent.expect("after a restart", check);
+    let restarted = agent.process().status_kb("VmHWM").unwrap();
+    eprintln!(
+        "scan of {} remotes: peak RSS {running} kB running, {restarted} kB after a restart; \
+         state file {state} bytes",
+        3 * PER_CLIENT
+    );
+    assert!(restarted <= 64 * MB, "peak RSS after the restart: {restarted} kB");
+}
