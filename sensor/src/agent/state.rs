@@ -50,9 +50,9 @@ struct Version {
 /// The state file, its fields listed rather than `Saved` flattened in: serde buffers a
 /// flattened struct's content as a tree of owned values before deserializing it, several times
 /// the file's size in memory (a restart after a scan peaked 30 MB above the running agent).
+/// (`version`, read by [`Version`] first, is skipped here.)
 #[derive(serde::Deserialize)]
 struct StateFile {
-    version: u32,
     accounting: Accounting,
     #[serde(default)]
     policy: EvalState,
