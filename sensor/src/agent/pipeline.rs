@@ -187,7 +187,7 @@ impl Pipeline {
     /// Naming from a reloaded config (SIGHUP), from the next poll on; see
     /// [`Enricher::replace_sources`] for what is kept.
     pub fn replace_enrichment(&mut self, reloaded: Enricher) {
-        self.enricher.replace_sources(reloaded);
+        self.enricher.replace_sources(reloaded, unix_now());
     }
 
     /// The alert `alerts.statuses[i]` stands for, built now (the notifier asks only for what
