@@ -136,7 +136,7 @@ fn prometheus_config_and_health_rules_pass_promtool() {
     let rules = dir.join("rules");
     let out = run("promtool", &["check", "rules", "gateway-sensor-health.yml"], &rules).unwrap();
     assert_ok("promtool check rules", &out);
-    assert!(text(&out).contains("SUCCESS: 12 rules found"), "{}", text(&out));
+    assert!(text(&out).contains("SUCCESS: 13 rules found"), "{}", text(&out));
     // Each alert fires for the unhealthy gateway, with exact labels and texts, and not for the
     // healthy one (gateway-sensor-health.test.yml).
     let out =
@@ -347,7 +347,7 @@ fn every_health_alert_has_a_runbook_section() {
             }
         }
     }
-    assert_eq!(alerts, 12, "health alerts in the rules file");
+    assert_eq!(alerts, 13, "health alerts in the rules file");
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     assert_eq!(sections.len(), alerts, "runbook sections without an alert: {sections:?}");
 }

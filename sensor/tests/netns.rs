@@ -1269,3 +1269,83 @@ fn a_scan_of_unique_remotes_stays_within_the_tracking_bounds() {
         lab::docs::write_section(&doc, "scan", &body).expect("writing docs/benchmarks.md");
     }
 }
+
+/// A device on the LAN sends from made-up source MACs (one packet each) until the kernel's
+/// client slots are all taken. The agent retires those clients (nothing ever answered them) at
+/// the first poll that does not see them, so a device that joins after the flood is counted,
+/// exactly, instead of waiting `client_idle_expiry`; a device that was talking keeps its slot.
+#[test]
+fn a_flood_of_spoofed_macs_does_not_keep_new_devices_out() {
+    const SLOTS: u64 = 16;
+    const SPOOFED: u8 = 40;
+    if !privileged() {
+        return;
+    }
+    let pins = lab::PinDir::new("test", "spoof");
+    let topo = TopologyBuilder::new("gwt-spoof")
+        .lan(LanKind::Bridge)
+        .client("phone", [0x64, 0x09, 0x80, 0x77, 0x00, 0x31])
+        .client("rogue", [0x64, 0x09, 0x80, 0x77, 0x00, 0x32])
+        .client("laptop", [0x64, 0x09, 0x80, 0x77, 0x00, 0x33])
+        .build()
+        .expect("building the lab");
+    lab::ip(&["-n", &topo.gateway.ns, "route", "add", "blackhole", "100.64.0.0/10"]).unwrap();
+    let agent = start_agent(&topo, &pins, &format!("client_capacity: {SLOTS}\n"));
+    let inet = &topo.internet.ns;
+    let mut ledger = Ledger::for_topology(&topo);
+    let mut exchange = |agent: &Agent, name: &str, port: u16, n: u64, context: &str| {
+        let client = topo.client(name);
+        let rx_addr = SocketAddr::new(client.ipv4.into(), port);
+        let srv = UdpReceiver::bind(inet, sa(&format!("10.77.2.2:{port}"))).unwrap();
+        let rx = UdpReceiver::bind(&client.ns, rx_addr).unwrap();
+        let from = SocketAddr::new(client.ipv4.into(), port + 1);
+        send_udp(&client.ns, from, srv.addr(), n as usize, 100).unwrap();
+        let remote = sa(&format!("10.77.2.2:{}", port + 2));
+        send_udp(inet, remote, rx.addr(), n as usize, 100).unwrap();
+        srv.wait_for(n, DELIVERY_TIMEOUT).unwrap();
+        rx.wait_for(n, DELIVERY_TIMEOUT).unwrap();
+        let mac = client.mac_text();
+        ledger.udp(&mac, Dir::Upload, srv.addr(), n, ETHERNET + IPV4 + UDP + 100);
+        ledger.udp(&mac, Dir::Download, remote, n, ETHERNET + IPV4 + UDP + 100);
+        expect(agent, &ledger, context);
+    };
+    exchange(&agent, "phone", 5041, 3, "the phone before the flood");
+
+    // The flood: one UDP packet from each made-up MAC and LAN address, to a blackholed remote.
+    let rogue = topo.client("rogue");
+    let frames: Vec<Vec<u8>> = (0..SPOOFED)
+        .map(|n| {
+            let mut frame = Vec::new();
+            etherparse::PacketBuilder::ethernet2([0x02, 0x66, 0, 0, 0, n], topo.gateway.lan_mac)
+                .ipv4([10, 77, 1, 100 + n], [100, 64, 0, 1], 64)
+                .udp(40000, 9)
+                .write(&mut frame, &[0; 20])
+                .unwrap();
+            frame
+        })
+        .collect();
+    lab::wire::send_frames(&rogue.ns, &rogue.ifname, &frames).unwrap();
+    // 15 free slots went to the first spoofed MACs; once a poll no longer sees them (they
+    // send nothing more) they are retired, being one-way with three quarters of slots held.
+    let seen = agent.expect("the spoofed MACs retired", |o| {
+        let one_way = o.scrape.get("gwsensor_clients_retired_total", &[("reason", "one_way")]);
+        let mut out = Vec::new();
+        if one_way != Some((SLOTS - 1) as f64) {
+            out.push(format!("clients retired one-way: {one_way:?}, want {}", SLOTS - 1));
+        }
+        let full = o.scrape.get(
+            "gwsensor_packets_total",
+            &[("direction", "upload"), ("reason", "client_table_full")],
+        );
+        let want = f64::from(SPOOFED) - (SLOTS - 1) as f64;
+        if full != Some(want) {
+            out.push(format!("client_table_full uploads: {full:?}, want {want}"));
+        }
+        out
+    });
+    assert_eq!(seen.scrape.get("gwsensor_clients_tracked", &[]), Some(1.0), "the phone's slot");
+
+    // A device that joins now gets a slot, and the phone kept its own: both exact.
+    exchange(&agent, "laptop", 5051, 5, "the laptop after the flood");
+    exchange(&agent, "phone", 5061, 2, "the phone after the flood");
+}

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, ensure};
+use anyhow::ensure;
 use lab::{
     Agent, Lab,
     agent::{Config as AgentConfig, Launch},

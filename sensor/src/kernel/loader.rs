@@ -231,10 +231,11 @@ pub fn load_with_events(
     let existed: Vec<bool> = pin_paths.iter().map(|p| p.exists()).collect();
     let ebpf = loader.load(ebpf_object()).map_err(|e| {
         for (path, existed) in pin_paths.iter().zip(existed) {
-            if !existed && path.exists() {
-                if let Err(err) = std::fs::remove_file(path) {
-                    warn!("removing {} after the failed load: {err}", path.display());
-                }
+            if !existed
+                && path.exists()
+                && let Err(err) = std::fs::remove_file(path)
+            {
+                warn!("removing {} after the failed load: {err}", path.display());
             }
         }
         KernelError::Load(e)
