@@ -55,6 +55,20 @@ impl Process {
         self.inner.pid
     }
 
+    /// A kB figure of its `/proc/PID/status`: `VmHWM` (peak resident set), `VmRSS`, ...
+    pub fn status_kb(&self, field: &str) -> anyhow::Result<u64> {
+        let pid = self.inner.pid;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("reading /proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| {
+                v.trim_start_matches(':').trim().trim_end_matches("kB").trim().parse().ok()
+            })
+            .with_context(|| format!("no {field} in /proc/{pid}/status"))
+    }
+
     /// Where stdout and stderr go (both into one file, interleaved as written).
     pub fn log_path(&self) -> &Path {
         &self.inner.log

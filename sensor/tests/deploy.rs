@@ -110,12 +110,21 @@ fn deb_package_installs_what_the_unit_uses() {
     for needed in [
         r#"["target/release/sensor", "usr/bin/", "755"]"#,
         r#"["../deploy/sensor.yaml", "etc/gateway-sensor/sensor.yaml", "640"]"#,
-        r#"conf-files = ["/etc/gateway-sensor/sensor.yaml"]"#,
+        r#"["../deploy/policy.yaml", "etc/gateway-sensor/policy.yaml", "640"]"#,
+        r#"conf-files = ["/etc/gateway-sensor/sensor.yaml", "/etc/gateway-sensor/policy.yaml"]"#,
         r#"unit-name = "gateway-sensor""#,
         r#"maintainer-scripts = "../deploy/debian/""#,
     ] {
         assert!(deb.contains(needed), "[package.metadata.deb] lacks {needed}");
     }
+    // The installed config's policy (relative to the config) is installed too: without it
+    // `systemctl start` after `apt install` fails at once (it did: the package had no policy).
+    let config: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(repo().join("deploy/sensor.yaml")).unwrap())
+            .unwrap();
+    let policy = config["policy"].as_str().expect("deploy/sensor.yaml names a policy");
+    let installed = format!(r#""etc/gateway-sensor/{policy}""#);
+    assert!(deb.contains(&installed), "the package does not install {installed}");
 }
 
 #[test]
@@ -127,7 +136,7 @@ fn prometheus_config_and_health_rules_pass_promtool() {
     let rules = dir.join("rules");
     let out = run("promtool", &["check", "rules", "gateway-sensor-health.yml"], &rules).unwrap();
     assert_ok("promtool check rules", &out);
-    assert!(text(&out).contains("SUCCESS: 12 rules found"), "{}", text(&out));
+    assert!(text(&out).contains("SUCCESS: 13 rules found"), "{}", text(&out));
     // Each alert fires for the unhealthy gateway, with exact labels and texts, and not for the
     // healthy one (gateway-sensor-health.test.yml).
     let out =
@@ -338,7 +347,7 @@ fn every_health_alert_has_a_runbook_section() {
             }
         }
     }
-    assert_eq!(alerts, 12, "health alerts in the rules file");
+    assert_eq!(alerts, 13, "health alerts in the rules file");
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     assert_eq!(sections.len(), alerts, "runbook sections without an alert: {sections:?}");
 }

@@ -1101,3 +1101,251 @@ fn a_map_layout_change_swaps_the_programs_in_place_and_replaces_the_maps() {
     }
     assert!(seen.scrapes > 0 && seen.gaps > 0, "{} scrapes, {} gaps", seen.scrapes, seen.gaps);
 }
+
+/// A port scan from LAN clients, scaled to the test command: three clients each reach 15,000
+/// unique remotes, with the shipped config's tracking bounds and the shipped policy. Each
+/// client remembers 2,048 remotes and 2,048 destinations, the rest is forgotten (and counted),
+/// every packet stays in the client's series or `other`, the totals are exact, and memory and
+/// the state file stay small, running and at the next start. `cargo xtask bench --scan` runs
+/// it at full size (GWSENSOR_SCAN_PER_CLIENT, paced over GWSENSOR_SCAN_SECONDS) and writes
+/// the figures into docs/benchmarks.md (GWSENSOR_SCAN_DOCS).
+#[test]
+fn a_scan_of_unique_remotes_stays_within_the_tracking_bounds() {
+    const FRAME: u64 = ETHERNET + IPV4 + UDP + 20;
+    const BUSY_REMOTES: usize = 20;
+    const BUSY_PACKETS: usize = 5;
+    const BUSY_FRAME: u64 = ETHERNET + IPV4 + UDP + 1_000;
+    const TRACKED: u64 = 2_048;
+    const MB: u64 = 1024;
+    if !privileged() {
+        return;
+    }
+    let env = |name: &str, default: u32| {
+        std::env::var(name).ok().map_or(default, |v| v.parse().expect("a number"))
+    };
+    let per_client = env("GWSENSOR_SCAN_PER_CLIENT", 15_000);
+    let seconds = env("GWSENSOR_SCAN_SECONDS", 0);
+    assert!(per_client <= 1 << 20, "at most 2^20 remotes per client");
+    let pins = lab::PinDir::new("test", "scan");
+    let topo = TopologyBuilder::new("gwt-scan")
+        .lan(LanKind::Bridge)
+        .client("cam", [0x64, 0x09, 0x80, 0x77, 0x00, 0x11])
+        .client("plug", [0x64, 0x09, 0x80, 0x77, 0x00, 0x12])
+        .client("laptop", [0x64, 0x09, 0x80, 0x77, 0x00, 0x13])
+        .build()
+        .expect("building the lab");
+    // The scanned addresses end at the gateway, silently (a blackhole sends no ICMP back).
+    lab::ip(&["-n", &topo.gateway.ns, "route", "add", "blackhole", "100.64.0.0/10"]).unwrap();
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy.yaml");
+    let mut agent = start_agent(&topo, &pins, &format!("policy: {}\n", policy.display()));
+    let mut ledger = lab::ledger::Ledger::default();
+    // Each client's own top: 20 busy remotes (a series each, as many as `top_remotes`), sent
+    // and counted before the scan, so that the scanned remotes (one small packet each) never
+    // take a series: a series that leaves the top takes its value out of the sum below.
+    let send =
+        |ns: &str, to: &mut (dyn Iterator<Item = std::net::Ipv4Addr> + Send), payload: usize| {
+            lab::in_netns(ns, || -> anyhow::Result<()> {
+                let sock = std::net::UdpSocket::bind("0.0.0.0:40100")?;
+                for to in to {
+                    sock.send_to(&vec![0x5a; payload], (to, 9))?;
+                }
+                Ok(())
+            })
+            .unwrap()
+            .unwrap();
+        };
+    for (k, client) in topo.clients.iter().enumerate() {
+        ledger.name(&client.mac_text(), &client.name);
+        let mut busy = (0..BUSY_REMOTES)
+            .flat_map(|j| [std::net::Ipv4Addr::new(100, 120, k as u8, j as u8); BUSY_PACKETS]);
+        send(&client.ns, &mut busy, 1_000);
+        let packets = (BUSY_REMOTES * BUSY_PACKETS) as u64;
+        ledger.add_client(&client.mac_text(), Dir::Upload, packets, packets * BUSY_FRAME);
+    }
+    agent.expect("the busy remotes", |o| {
+        let mut out = Vec::new();
+        ledger.client_mismatches(&o.scrape, &mut out);
+        out
+    });
+    // Client k's remotes: 100.(64 + 16k).0.0 up, one each (16 × 65,536 addresses a client).
+    let remote = |k: usize, i: u32| {
+        let [_, b1, b2, b3] = i.to_be_bytes();
+        std::net::Ipv4Addr::new(100, 64 + 16 * k as u8 + b1, b2, b3)
+    };
+    let started = Instant::now();
+    let slices = seconds.max(1);
+    for slice in 0..slices {
+        let bound = |s: u32| (u64::from(per_client) * u64::from(s) / u64::from(slices)) as u32;
+        let (from, to) = (bound(slice), bound(slice + 1));
+        for (k, client) in topo.clients.iter().enumerate() {
+            send(&client.ns, &mut (from..to).map(|i| remote(k, i)), 20);
+        }
+        if seconds > 0 {
+            let due = started + Duration::from_secs(u64::from(slice) + 1);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+    }
+    for client in &topo.clients {
+        let packets = u64::from(per_client);
+        ledger.add_client(&client.mac_text(), Dir::Upload, packets, packets * FRAME);
+    }
+    let sent = (BUSY_REMOTES * BUSY_PACKETS) as f64 + f64::from(per_client);
+    // Paced over minutes, remotes also expire (`remote_idle_expiry`), busy ones included: then
+    // only the totals and the bounds are exact, not the forgotten count or the series' sum.
+    let exact = seconds == 0;
+    let check = |o: &lab::agent::Observation| {
+        let mut out = Vec::new();
+        ledger.client_mismatches(&o.scrape, &mut out);
+        for client in topo.clients.iter().filter(|_| exact) {
+            // Every packet in one of the client's remote series or its `other`.
+            let mac = client.mac_text();
+            let series: f64 = o
+                .scrape
+                .series("gwsensor_remote_packets_total")
+                .filter(|s| s.label("mac") == mac && s.label("direction") == "upload")
+                .map(|s| s.value)
+                .sum();
+            if series != sent {
+                out.push(format!("{mac}: its remote series and other hold {series} packets"));
+            }
+        }
+        for kind in ["remote", "destination"] {
+            let tracked = o.scrape.get("gwsensor_tracked", &[("kind", kind)]);
+            let bound = (3 * TRACKED) as f64;
+            if tracked.is_none_or(|t| t > bound || (exact && t != bound)) {
+                out.push(format!("gwsensor_tracked{{kind=\"{kind}\"}} is {tracked:?}"));
+            }
+            let forgotten = o.scrape.get("gwsensor_tracking_forgotten_total", &[("kind", kind)]);
+            let want = 3 * (u64::from(per_client) + BUSY_REMOTES as u64 - TRACKED);
+            if exact && forgotten != Some(want as f64) {
+                out.push(format!("forgotten {kind}s: {forgotten:?}, want {want}"));
+            }
+        }
+        out
+    };
+    let seen = agent.expect("after the scan", check);
+    let running = agent.process().status_kb("VmHWM").unwrap();
+    let forgotten = seen.scrape.get("gwsensor_tracking_forgotten_total", &[("kind", "remote")]);
+
+    agent.stop(Duration::from_secs(15)).unwrap_or_else(|e| panic!("SIGTERM: {e:#}"));
+    let state = std::fs::metadata(topo.lab.dir().join("state.json")).expect("the state file").len();
+    if let Err(e) = agent.start_again() {
+        agent.fail(&format!("starting again after the scan: {e:#}"));
+    }
+    agent.expect("after a restart", check);
+    let restarted = agent.process().status_kb("VmHWM").unwrap();
+    let report = format!(
+        "{} unique remotes from 3 clients ({per_client} each) in {:.0} s, with \
+         deploy/sensor.yaml's tracking bounds and deploy/policy.yaml: the agent's peak RSS \
+         (VmHWM) was {:.1} MB while running and {:.1} MB after a restart; the state file was \
+         {:.1} MB; {} remotes forgotten; client totals exact.",
+        3 * per_client,
+        started.elapsed().as_secs_f64(),
+        running as f64 / 1024.0,
+        restarted as f64 / 1024.0,
+        state as f64 / 1e6,
+        forgotten.unwrap_or(f64::NAN),
+    );
+    eprintln!("{report}");
+    assert!(running <= 64 * MB, "peak RSS while running: {running} kB");
+    assert!(restarted <= 64 * MB, "peak RSS after the restart: {restarted} kB");
+    assert!(state <= 16 * MB * MB, "state file: {state} bytes");
+    if std::env::var_os("GWSENSOR_SCAN_DOCS").is_some() {
+        let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
+        let body = format!(
+            "## Tracking under a scan\n\n{report} Targets: peak RSS at most 64 MB running and at \
+             the next start, a state file of at most 16 MB.\n\nMeasured by `cargo xtask bench \
+             --scan` ({}, debug build of the agent as the test command runs it): the netns test \
+             `a_scan_of_unique_remotes_stays_within_the_tracking_bounds` with \
+             GWSENSOR_SCAN_PER_CLIENT={per_client} and GWSENSOR_SCAN_SECONDS={seconds}: each \
+             client first sends 5 datagrams of 1,000 bytes to each of 20 remotes (its top), then \
+             one 20-byte datagram to each of its unique remotes, paced over the run; the \
+             gateway blackholes them. The test command runs the same test with 15,000 remotes \
+             a client, unpaced, and then also checks that exactly 2,048 remotes and 2,048 \
+             destinations a client are remembered, that the forgotten count is exact, and that \
+             every packet is in a remote series or `other`.\n",
+            lab::docs::now_utc()
+        );
+        lab::docs::write_section(&doc, "scan", &body).expect("writing docs/benchmarks.md");
+    }
+}
+
+/// A device on the LAN sends from made-up source MACs (one packet each) until the kernel's
+/// client slots are all taken. The agent retires those clients (nothing ever answered them) at
+/// the first poll that does not see them, so a device that joins after the flood is counted,
+/// exactly, instead of waiting `client_idle_expiry`; a device that was talking keeps its slot.
+#[test]
+fn a_flood_of_spoofed_macs_does_not_keep_new_devices_out() {
+    const SLOTS: u64 = 16;
+    const SPOOFED: u8 = 40;
+    if !privileged() {
+        return;
+    }
+    let pins = lab::PinDir::new("test", "spoof");
+    let topo = TopologyBuilder::new("gwt-spoof")
+        .lan(LanKind::Bridge)
+        .client("phone", [0x64, 0x09, 0x80, 0x77, 0x00, 0x31])
+        .client("rogue", [0x64, 0x09, 0x80, 0x77, 0x00, 0x32])
+        .client("laptop", [0x64, 0x09, 0x80, 0x77, 0x00, 0x33])
+        .build()
+        .expect("building the lab");
+    lab::ip(&["-n", &topo.gateway.ns, "route", "add", "blackhole", "100.64.0.0/10"]).unwrap();
+    let agent = start_agent(&topo, &pins, &format!("client_capacity: {SLOTS}\n"));
+    let inet = &topo.internet.ns;
+    let mut ledger = Ledger::for_topology(&topo);
+    let mut exchange = |agent: &Agent, name: &str, port: u16, n: u64, context: &str| {
+        let client = topo.client(name);
+        let rx_addr = SocketAddr::new(client.ipv4.into(), port);
+        let srv = UdpReceiver::bind(inet, sa(&format!("10.77.2.2:{port}"))).unwrap();
+        let rx = UdpReceiver::bind(&client.ns, rx_addr).unwrap();
+        let from = SocketAddr::new(client.ipv4.into(), port + 1);
+        send_udp(&client.ns, from, srv.addr(), n as usize, 100).unwrap();
+        let remote = sa(&format!("10.77.2.2:{}", port + 2));
+        send_udp(inet, remote, rx.addr(), n as usize, 100).unwrap();
+        srv.wait_for(n, DELIVERY_TIMEOUT).unwrap();
+        rx.wait_for(n, DELIVERY_TIMEOUT).unwrap();
+        let mac = client.mac_text();
+        ledger.udp(&mac, Dir::Upload, srv.addr(), n, ETHERNET + IPV4 + UDP + 100);
+        ledger.udp(&mac, Dir::Download, remote, n, ETHERNET + IPV4 + UDP + 100);
+        expect(agent, &ledger, context);
+    };
+    exchange(&agent, "phone", 5041, 3, "the phone before the flood");
+
+    // The flood: one UDP packet from each made-up MAC and LAN address, to a blackholed remote.
+    let rogue = topo.client("rogue");
+    let frames: Vec<Vec<u8>> = (0..SPOOFED)
+        .map(|n| {
+            let mut frame = Vec::new();
+            etherparse::PacketBuilder::ethernet2([0x02, 0x66, 0, 0, 0, n], topo.gateway.lan_mac)
+                .ipv4([10, 77, 1, 100 + n], [100, 64, 0, 1], 64)
+                .udp(40000, 9)
+                .write(&mut frame, &[0; 20])
+                .unwrap();
+            frame
+        })
+        .collect();
+    lab::wire::send_frames(&rogue.ns, &rogue.ifname, &frames).unwrap();
+    // 15 free slots went to the first spoofed MACs; once a poll no longer sees them (they
+    // send nothing more) they are retired, being one-way with three quarters of slots held.
+    let seen = agent.expect("the spoofed MACs retired", |o| {
+        let one_way = o.scrape.get("gwsensor_clients_retired_total", &[("reason", "one_way")]);
+        let mut out = Vec::new();
+        if one_way != Some((SLOTS - 1) as f64) {
+            out.push(format!("clients retired one-way: {one_way:?}, want {}", SLOTS - 1));
+        }
+        let full = o.scrape.get(
+            "gwsensor_packets_total",
+            &[("direction", "upload"), ("reason", "client_table_full")],
+        );
+        let want = f64::from(SPOOFED) - (SLOTS - 1) as f64;
+        if full != Some(want) {
+            out.push(format!("client_table_full uploads: {full:?}, want {want}"));
+        }
+        out
+    });
+    assert_eq!(seen.scrape.get("gwsensor_clients_tracked", &[]), Some(1.0), "the phone's slot");
+
+    // A device that joins now gets a slot, and the phone kept its own: both exact.
+    exchange(&agent, "laptop", 5051, 5, "the laptop after the flood");
+    exchange(&agent, "phone", 5061, 2, "the phone after the flood");
+}

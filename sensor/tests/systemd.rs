@@ -101,65 +101,114 @@ fn receive(sock: &UnixDatagram, timeout: Duration, agent: Option<&Process>) -> O
 
 #[test]
 fn with_the_units_three_capabilities_the_agent_counts_and_notifies_ready_and_stopping() {
+    three_capabilities("tcx");
+}
+
+/// The same with a clsact filter over netlink (kernels before 6.6), through a `kill -9`: the
+/// next agent, with the same three capabilities, replaces the filter the killed one left.
+#[test]
+fn with_the_units_three_capabilities_the_clsact_filter_is_replaced_after_kill_9() {
+    three_capabilities("netlink");
+}
+
+fn three_capabilities(tc: &str) {
     if !can_run() {
         return;
     }
-    let pins = lab::PinDir::new("systemd", "caps");
-    let topo = TopologyBuilder::new("gwt-sdn")
+    let pins = lab::PinDir::new("systemd", &format!("caps-{tc}"));
+    let topo = TopologyBuilder::new(&format!("gwt-sd{}", &tc[..1]))
         .lan(LanKind::Veth)
         .client("phone", [0x64, 0x09, 0x80, 0x77, 0x00, 0x21])
         .build()
         .expect("building the lab");
     let (sock, path) = notify_socket(&topo, "notify.sock");
-    let agent = start_agent(&topo, "sensor", &UNIT_CAPABILITIES, &config(&topo, &pins), &path);
-    let fail = |msg: &str| -> ! { panic!("{msg}\n{}", agent.log_tail()) };
+    let config = config(&topo, &pins).with(&format!("tc_attach: {tc}\n"));
+    let mut agent = start_agent(&topo, "sensor", &UNIT_CAPABILITIES, &config, &path);
+    let fail = |agent: &Agent, msg: &str| -> ! { panic!("{msg}\n{}", agent.log_tail()) };
 
     let ready = receive(&sock, START_TIMEOUT, Some(agent.process()))
-        .unwrap_or_else(|| fail("no READY=1 from the agent"));
+        .unwrap_or_else(|| fail(&agent, "no READY=1 from the agent"));
     assert_eq!(
         ready,
         format!("READY=1\nSTATUS=counting on lan0, metrics at {METRICS}, API at {API}\n")
     );
     // READY means ready: the programs are attached and /metrics answers at that moment.
-    let text =
-        agent.scrape_text().unwrap_or_else(|e| fail(&format!("/metrics after READY=1: {e:#}")));
+    let text = agent
+        .scrape_text()
+        .unwrap_or_else(|e| fail(&agent, &format!("/metrics after READY=1: {e:#}")));
     let scrape = Scrape::parse(&text).unwrap();
     assert_eq!(
         scrape.get("gwsensor_xdp_attach_mode", &[("interface", "lan0"), ("mode", "driver")]),
         Some(1.0),
         "{text}"
     );
+    assert_eq!(
+        scrape.get("gwsensor_tc_attach_mode", &[("interface", "lan0"), ("mode", tc)]),
+        Some(1.0),
+        "{text}"
+    );
 
-    // And it counts with nothing more: 4 datagrams of 100 bytes, 14 + 20 + 8 + 100 = 142 B each.
+    // And it counts with nothing more: datagrams of 100 bytes, 14 + 20 + 8 + 100 = 142 B each.
     let phone = topo.client("phone");
     let server = UdpReceiver::bind(&topo.internet.ns, sa("10.77.2.2:5001")).unwrap();
-    send_udp(&phone.ns, sa("10.77.1.10:40001"), server.addr(), 4, 100).unwrap();
-    server.wait_for(4, Duration::from_secs(5)).unwrap();
-    let labels = [("client", "phone"), ("mac", "64:09:80:77:00:21"), ("direction", "upload")];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = agent.scrape_text().unwrap_or_default();
-        let scrape = Scrape::parse(&text).unwrap_or_default();
-        let got = (
-            scrape.get("gwsensor_client_packets_total", &labels),
-            scrape.get("gwsensor_client_bytes_total", &labels),
-        );
-        if got == (Some(4.0), Some(568.0)) {
-            break;
+    let phone_rx = UdpReceiver::bind(&phone.ns, sa("10.77.1.10:6001")).unwrap();
+    let counted = |agent: &Agent, sent: u64| {
+        let labels = |dir| [("client", "phone"), ("mac", "64:09:80:77:00:21"), ("direction", dir)];
+        let want = (Some(sent as f64), Some((sent * 142) as f64));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = agent.scrape_text().unwrap_or_default();
+            let scrape = Scrape::parse(&text).unwrap_or_default();
+            let got = |dir| {
+                (
+                    scrape.get("gwsensor_client_packets_total", &labels(dir)),
+                    scrape.get("gwsensor_client_bytes_total", &labels(dir)),
+                )
+            };
+            if got("upload") == want && got("download") == want {
+                break;
+            }
+            if Instant::now() > deadline {
+                let seen = (got("upload"), got("download"));
+                fail(agent, &format!("phone (up, down): {seen:?}, want {want:?} each\n{text}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        if Instant::now() > deadline {
-            fail(&format!("upload of phone: got (packets, bytes) {got:?}, want (4, 568)\n{text}"));
+    };
+    let exchange = |n: u64, total: u64| {
+        send_udp(&phone.ns, sa("10.77.1.10:40001"), server.addr(), n as usize, 100).unwrap();
+        send_udp(&topo.internet.ns, sa("10.77.2.2:5002"), phone_rx.addr(), n as usize, 100)
+            .unwrap();
+        server.wait_for(total, Duration::from_secs(5)).unwrap();
+        phone_rx.wait_for(total, Duration::from_secs(5)).unwrap();
+    };
+    exchange(4, 4);
+    counted(&agent, 4);
+
+    if tc == "netlink" {
+        // A crash, then the next start with the same three capabilities: it must replace the
+        // filter left on lan0 (netlink, CAP_NET_ADMIN) and go on counting, downloads too.
+        agent.kill().unwrap_or_else(|e| panic!("{e:#}"));
+        if let Err(e) = agent.start_again() {
+            fail(&agent, &format!("starting again after kill -9: {e:#}"));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        receive(&sock, START_TIMEOUT, Some(agent.process()))
+            .unwrap_or_else(|| fail(&agent, "no READY=1 after kill -9"));
+        let log = agent.process().log();
+        if !log.contains("TC egress clsact filter adopted") {
+            fail(&agent, "the agent after kill -9 did not adopt the clsact filter");
+        }
+        exchange(3, 7);
+        counted(&agent, 7);
     }
 
     agent.process().signal(Signal::SIGTERM).unwrap();
     let stopping = receive(&sock, Duration::from_secs(15), None)
-        .unwrap_or_else(|| fail("no STOPPING=1 after SIGTERM"));
+        .unwrap_or_else(|| fail(&agent, "no STOPPING=1 after SIGTERM"));
     assert_eq!(stopping, "STOPPING=1\nSTATUS=saving state; the programs stay attached\n");
     match agent.process().wait_timeout(Duration::from_secs(15)).unwrap() {
         Some(status) if status.success() => {}
-        other => fail(&format!("the agent did not exit cleanly after SIGTERM: {other:?}")),
+        other => fail(&agent, &format!("the agent did not exit cleanly after SIGTERM: {other:?}")),
     }
 }
 

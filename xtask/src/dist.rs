@@ -117,6 +117,7 @@ fn build_deb(dist: &Path) -> Result<PathBuf> {
     for path in [
         "./usr/bin/sensor",
         "./etc/gateway-sensor/sensor.yaml",
+        "./etc/gateway-sensor/policy.yaml",
         "/systemd/system/gateway-sensor.service",
         "./usr/share/doc/gateway-sensor/deploy.md",
     ] {
@@ -124,7 +125,7 @@ fn build_deb(dist: &Path) -> Result<PathBuf> {
     }
     let conffiles = output(Command::new("dpkg-deb").arg("--info").arg(&deb).arg("conffiles"))?;
     ensure!(
-        conffiles.trim() == "/etc/gateway-sensor/sensor.yaml",
+        conffiles.trim() == "/etc/gateway-sensor/sensor.yaml\n/etc/gateway-sensor/policy.yaml",
         "conffiles of {}: {conffiles:?}",
         deb.display()
     );

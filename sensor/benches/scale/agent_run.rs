@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, ensure};
+use anyhow::ensure;
 use lab::{
     Agent, Lab,
     agent::{Config as AgentConfig, Launch},
@@ -26,15 +26,6 @@ pub(crate) struct AgentRun {
     pub(crate) hwm_kb: u64,
     pub(crate) rss_kb: u64,
     pub(crate) flows_tracked: f64,
-}
-
-fn status_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim_start_matches(':').trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
 /// One scrape of the agent, timed from outside.
@@ -141,8 +132,8 @@ fn measure_agent(
         polls: (count1 - count0) as u64,
         scrape: scrape_time,
         scrape_bytes: text.len(),
-        hwm_kb: status_kb(agent.process().pid(), "VmHWM")?,
-        rss_kb: status_kb(agent.process().pid(), "VmRSS")?,
+        hwm_kb: agent.process().status_kb("VmHWM")?,
+        rss_kb: agent.process().status_kb("VmRSS")?,
         flows_tracked,
     })
 }

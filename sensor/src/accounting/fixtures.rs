@@ -18,6 +18,7 @@ pub(crate) const PARAMS: Params = Params {
     client_idle_expiry_secs: 3600,
     tracked_per_client: 2_048,
     tracked_total: 16_384,
+    client_slots: 0,
     score_half_life_secs: 60.0,
     name_wait_secs: 2,
 };

@@ -83,6 +83,8 @@ pub struct Params {
     /// least active keys without a series are forgotten (their traffic is in `other`).
     pub tracked_per_client: usize,
     pub tracked_total: usize,
+    /// Client slots in the kernel (0: unknown, no early retirement).
+    pub client_slots: usize,
     pub score_half_life_secs: f64,
     /// Longest a new flow waits for its own name before it counts under its DNS name or address.
     pub name_wait_secs: u64,
@@ -138,6 +140,8 @@ pub struct Accounting {
     /// Remotes and destinations forgotten in the last update to stay within the tracking
     /// bounds ([`Params::tracked_total`]).
     forgotten: [u64; 2],
+    /// Clients retired in the last update because slots were short and nothing answered them.
+    retired_one_way: u64,
 }
 
 /// The flows as last read: the previous poll's snapshot itself (shared with the API view, not
@@ -191,6 +195,7 @@ impl Accounting {
         namer: &dyn Namer,
     ) -> Vec<Mac> {
         self.kernel.update(&snap.stats, &snap.events);
+        let slots_held = snap.clients.len();
         let mut clients_last = HashMap::with_capacity(snap.clients.len());
         for (mac, counters) in &snap.clients {
             let cur = Tally::of(counters);
@@ -319,12 +324,27 @@ impl Accounting {
         ];
         drop(accounts);
 
+        // Kernel slots are few (`client_capacity`) and taken by any source MAC: when three
+        // quarters are held, a client that never got a packet back (a spoofed or one-packet
+        // MAC: nothing answers it) leaves as soon as a poll does not see it, so that a flood of
+        // made-up MACs cannot keep real devices out for `client_idle_expiry`.
+        let short = params.client_slots > 0 && slots_held * 4 >= params.client_slots * 3;
+        let mut one_way = 0;
         let retired: Vec<Mac> = self
             .clients
             .iter()
-            .filter(|(_, a)| now.saturating_sub(a.last_seen) >= params.client_idle_expiry_secs)
+            .filter(|(_, a)| {
+                let idle = now.saturating_sub(a.last_seen);
+                if idle >= params.client_idle_expiry_secs {
+                    return true;
+                }
+                let spoofable = short && idle > 0 && a.totals.packets[1] == 0;
+                one_way += u64::from(spoofable);
+                spoofable
+            })
             .map(|(mac, _)| *mac)
             .collect();
+        self.retired_one_way = one_way;
         for mac in &retired {
             if let Some(account) = self.clients.remove(mac) {
                 account.destinations.keys().for_each(|id| self.destinations.release(*id));
@@ -369,6 +389,12 @@ impl Accounting {
     /// bounds (least active first; their traffic stays in `other`).
     pub fn forgotten(&self) -> [u64; 2] {
         self.forgotten
+    }
+
+    /// Of the clients the last update retired, those retired early: slots were short and no
+    /// packet had ever gone to them (the rest had been idle for `client_idle_expiry`).
+    pub fn retired_one_way(&self) -> u64 {
+        self.retired_one_way
     }
 
     /// Remotes and destinations remembered over all clients.

@@ -271,3 +271,38 @@ fn a_scan_is_forgotten_least_active_first_within_the_tracking_bounds() {
     // The forgotten destinations' names were released: only the kept ones are held.
     assert_eq!(a.destinations_tracked(), 9 - 1, "one.example is held by both clients");
 }
+
+/// With three quarters of the kernel's client slots held, a client no packet ever went to (a
+/// spoofed or one-packet source MAC) is retired at the first poll that does not see it; one
+/// that got traffic back stays for `client_idle_expiry`; with slots to spare nothing changes.
+#[test]
+fn one_way_clients_leave_early_when_slots_are_short() {
+    let mut a = Accounting::default();
+    let params = Params { client_slots: 4, ..PARAMS };
+    let spoofed = |n: u8| snap_for([2, 0, 0, 0, 9, n], &[(key(9, 9), counters(1, 60, 0, 0))]);
+    let real = snap_for(MAC, &[(key(1, 443), counters(3, 300, 2, 200))]);
+    let merged = |snaps: &[&Snapshot]| {
+        let mut s = Snapshot::default();
+        for part in snaps {
+            s.flows.extend(part.flows.iter().copied());
+            s.clients.extend(part.clients.iter().map(|(m, c)| (*m, *c)));
+        }
+        s
+    };
+    // Two of four slots: not short; the one-way client stays though this poll does not see it.
+    update(&mut a, &merged(&[&real, &spoofed(1)]), 100, &params);
+    let retired = update(&mut a, &merged(&[&real, &spoofed(1)]), 105, &params);
+    assert!(retired.is_empty());
+    assert_eq!(a.retired_one_way(), 0);
+    // Two spoofed MACs more: three of four held, short. The one seen before and not again,
+    // which nothing answered, leaves at once; the new ones at the next poll that misses them
+    // (the kernel frees the slots of those retired: they are gone from its reads).
+    let retired = update(&mut a, &merged(&[&real, &spoofed(2), &spoofed(3)]), 110, &params);
+    assert_eq!(retired, vec![[2, 0, 0, 0, 9, 1]]);
+    assert_eq!(a.retired_one_way(), 1);
+    let mut retired = update(&mut a, &merged(&[&real, &spoofed(2), &spoofed(3)]), 115, &params);
+    retired.sort();
+    assert_eq!(retired, vec![[2, 0, 0, 0, 9, 2], [2, 0, 0, 0, 9, 3]]);
+    assert_eq!(a.retired_one_way(), 2);
+    assert!(a.clients.contains_key(&MAC));
+}

@@ -167,7 +167,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
             config.alerting.resolved_retention,
         ),
         enricher,
-        params: params(&config),
+        // The kernel's slots (pinned maps keep their size, whatever the config says).
+        params: Params { client_slots: capacities.clients as usize, ..params(&config) },
         metrics: metrics.clone(),
         view: server::SharedView::default(),
         events: events_rx,
@@ -302,6 +303,7 @@ pub fn params(config: &Config) -> Params {
         client_idle_expiry_secs: config.client_idle_expiry.as_secs().max(1),
         tracked_per_client: config.tracking.per_client,
         tracked_total: config.tracking.total,
+        client_slots: 0,
         score_half_life_secs: SCORE_HALF_LIFE.as_secs_f64(),
         name_wait_secs: NAME_WAIT.as_secs(),
     }
@@ -351,7 +353,7 @@ fn reload(
         }
     }
     pipeline.replace_enrichment(enricher);
-    pipeline.params = params(&new);
+    pipeline.params = Params { client_slots: pipeline.params.client_slots, ..params(&new) };
     notifier.reconfigure(&new.alerting, running.poll_interval)?;
     pipeline.metrics.keep_policy_rules(&rule_names(&policy));
     // The API keeps its running address until a restart: links lead there meanwhile.

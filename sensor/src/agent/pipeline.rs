@@ -139,9 +139,22 @@ impl Pipeline {
         let enricher = &self.enricher;
         let retired =
             self.accounting.update(&snap, now, &self.params, &PollNamer { enricher, now });
-        for mac in &retired {
-            info!(client = %labels::mac(mac), "client idle: retired from the metrics until seen again");
+        let one_way = self.accounting.retired_one_way();
+        if one_way > 0 {
+            warn!(
+                retired = one_way,
+                held = snap.clients.len(),
+                capacity = self.params.client_slots,
+                "client slots are short: retired the clients no packet ever went to (spoofed \
+                 or one-packet MACs) that this poll did not see"
+            );
         }
+        for mac in &retired {
+            info!(client = %labels::mac(mac), "client retired from the metrics until seen again");
+        }
+        let idle = retired.len() as u64 - one_way;
+        self.metrics.clients_retired.with_label_values(&["idle"]).inc_by(idle);
+        self.metrics.clients_retired.with_label_values(&["one_way"]).inc_by(one_way);
         // One pass over the flow map for all of them (retiring frees their kernel slots).
         self.maps.remove_clients(&retired)?;
         let account = lap();
@@ -187,7 +200,7 @@ impl Pipeline {
     /// Naming from a reloaded config (SIGHUP), from the next poll on; see
     /// [`Enricher::replace_sources`] for what is kept.
     pub fn replace_enrichment(&mut self, reloaded: Enricher) {
-        self.enricher.replace_sources(reloaded);
+        self.enricher.replace_sources(reloaded, unix_now());
     }
 
     /// The alert `alerts.statuses[i]` stands for, built now (the notifier asks only for what

@@ -40,11 +40,24 @@ impl Saved {
     }
 }
 
+/// The state file's version alone, read first: a file of another version may not parse as
+/// this version's state, and must be refused as such, not taken for a corrupt file.
+#[derive(serde::Deserialize)]
+struct Version {
+    version: u32,
+}
+
+/// The state file, its fields listed rather than `Saved` flattened in: serde buffers a
+/// flattened struct's content as a tree of owned values before deserializing it, several times
+/// the file's size in memory (a restart after a scan peaked 30 MB above the running agent).
+/// (`version`, read by [`Version`] first, is skipped here.)
 #[derive(serde::Deserialize)]
 struct StateFile {
-    version: u32,
-    #[serde(flatten)]
-    saved: Saved,
+    accounting: Accounting,
+    #[serde(default)]
+    policy: EvalState,
+    #[serde(default)]
+    counters: Vec<SavedCounter>,
 }
 
 /// What [`save`] writes: [`StateFile`], borrowing the accounting and the policy state (no copy).
@@ -59,14 +72,22 @@ struct StateFileRef<'a> {
 /// Loads the state, or a fresh accounting when there is no file yet. A file that cannot be
 /// read as state is kept aside (renamed `.corrupt`) rather than silently overwritten.
 pub fn load(path: &Path) -> anyhow::Result<Saved> {
-    let text = match fs::read(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Saved::default()),
-        Err(e) => return Err(e).with_context(|| format!("reading state file {}", path.display())),
+    // Streamed from the file (never held whole: with a full flow map it is megabytes), in two
+    // passes: the version (the rest skipped unparsed), then the state.
+    let Some(version) = read_json::<Version>(path)? else { return Ok(Saved::default()) };
+    let parsed = match version {
+        Ok(Version { version }) if version != VERSION => anyhow::bail!(
+            "state file {} has version {version} but this agent reads version {VERSION}: move it away to start counting afresh",
+            path.display(),
+        ),
+        Ok(_) => read_json::<StateFile>(path)?
+            .unwrap_or_else(|| Err(serde_json::Error::io(std::io::ErrorKind::NotFound.into()))),
+        Err(e) => Err(e),
     };
-    match serde_json::from_slice::<StateFile>(&text) {
-        Ok(state) if state.version == VERSION => match state.saved.implausible() {
-            None => Ok(state.saved),
+    match parsed.map(|f| Saved { accounting: f.accounting, policy: f.policy, counters: f.counters })
+    {
+        Ok(saved) => match saved.implausible() {
+            None => Ok(saved),
             // Continuing from it would export a counter that soon stops (saturates) or, added
             // to elsewhere, wraps: start afresh, the file kept for a look.
             Some(what) => {
@@ -80,11 +101,6 @@ pub fn load(path: &Path) -> anyhow::Result<Saved> {
                 Ok(Saved::default())
             }
         },
-        Ok(state) => anyhow::bail!(
-            "state file {} has version {} but this agent reads version {VERSION}: move it away to start counting afresh",
-            path.display(),
-            state.version
-        ),
         Err(e) => {
             let aside = keep_aside(path)?;
             tracing::warn!(
@@ -95,6 +111,28 @@ pub fn load(path: &Path) -> anyhow::Result<Saved> {
             Ok(Saved::default())
         }
     }
+}
+
+/// Parses the JSON file at `path` as `T`, streamed; `None` when there is no file. Only a
+/// regular file is read (a FIFO there would stall the start).
+fn read_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> anyhow::Result<Option<Result<T, serde_json::Error>>> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = match fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading state file {}", path.display())),
+    };
+    let metadata =
+        file.metadata().with_context(|| format!("reading state file {}", path.display()))?;
+    anyhow::ensure!(
+        metadata.is_file(),
+        "state file {} is not a regular file: point state_path at a file the agent may replace",
+        path.display()
+    );
+    let reader = std::io::BufReader::with_capacity(1 << 16, file);
+    Ok(Some(serde_json::from_reader(reader)))
 }
 
 /// How many unreadable state files are kept: `state.corrupt`, then `state.corrupt.1` to
@@ -195,6 +233,24 @@ mod tests {
         assert_eq!(fs::read(dir.path().join("state.corrupt")).unwrap(), b"{not json");
     }
 
+    /// A file of another version is refused with a message saying so (not kept aside as
+    /// corrupt, though this version cannot parse it), and a FIFO at the path refuses the
+    /// start at once instead of waiting for a writer.
+    #[test]
+    fn another_version_and_a_fifo_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        fs::write(&path, br#"{"version": 2, "accounting": "a shape of the future"}"#).unwrap();
+        let err = format!("{:#}", load(&path).unwrap_err());
+        assert!(err.contains("has version 2 but this agent reads version 1"), "{err}");
+        assert!(path.exists(), "the file of another version was moved");
+
+        let fifo = dir.path().join("fifo.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = format!("{:#}", load(&fifo).unwrap_err());
+        assert!(err.contains("is not a regular file"), "{err}");
+    }
+
     /// A counter no traffic reaches (restored, it would soon wrap or stop) refuses the file:
     /// kept aside like a corrupt one, counting starts afresh. Up to 2^62 is kept.
     #[test]
@@ -223,7 +279,7 @@ mod tests {
         let aside = fs::read_to_string(dir.path().join("state.corrupt")).unwrap();
         let refused: StateFile = serde_json::from_str(&aside).unwrap();
         assert_eq!(
-            refused.saved.implausible().as_deref(),
+            refused.accounting.implausible().as_deref(),
             Some("client 02:00:00:00:00:01 totals: upload bytes 18446744073709551610")
         );
 

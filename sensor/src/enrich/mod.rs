@@ -138,13 +138,15 @@ impl Enricher {
         Ok(())
     }
 
-    /// Takes over the sources that come from files (the inventory with its lease files, the
-    /// GeoIP databases) of an enricher made from a reloaded config. The names learnt from
-    /// traffic stay (no file holds them), and so do the name cache's limits and the
-    /// destination level this enricher started with.
-    pub fn replace_sources(&mut self, reloaded: Enricher) {
+    /// Takes over what a reloaded config says: the sources that come from files (the
+    /// inventory with its lease files, the GeoIP databases), the name cache's limits and the
+    /// destination level. The names learnt from traffic stay (no file holds them); flows are
+    /// named at the new level from the next poll on (series at the old level end when idle).
+    pub fn replace_sources(&mut self, reloaded: Enricher, now: u64) {
         self.inventory = reloaded.inventory;
         self.geo = reloaded.geo;
+        self.level = reloaded.level;
+        self.names.take_limits(&reloaded.names, now);
     }
 
     /// Re-reads changed lease files and forgets expired names; returns new warnings.
@@ -293,6 +295,53 @@ mod tests {
         assert!(e.set_router_addresses([ip("2001:db8:2::1")]));
         assert_eq!(e.reach(&ip("2001:db8:1::1")), Reach::Internet);
         assert_eq!(e.reach(&ip("2001:db8:2::1")), Reach::Network);
+    }
+
+    /// A SIGHUP's config takes effect at once for the destination level and the name cache's
+    /// limits (issue 16: they were kept from the start): flows are named at the new level, a
+    /// lower `max_names` drops names at once, and a new `flow_name_ttl` applies to names
+    /// learnt after it; names learnt before stay.
+    #[test]
+    fn a_reload_changes_the_level_and_the_name_limits() {
+        let enricher = |level, names: NamesConfig| {
+            Enricher::new(
+                &inventory::InventoryConfig::default(),
+                &geo::GeoConfig::default(),
+                &names,
+                level,
+            )
+            .unwrap()
+            .0
+        };
+        let mut e = enricher(DestinationLevel::Domain, NamesConfig::default());
+        let key = |last: u8| FlowKey {
+            client_mac: [2, 0, 0, 0, 0, 1],
+            remote_ip: std::net::Ipv4Addr::new(203, 0, 113, last).to_ipv6_mapped().octets(),
+            protocol: 6,
+            remote_port: 443,
+            ..FlowKey::default()
+        };
+        let remote = |last: u8| IpAddr::from(std::net::Ipv4Addr::new(203, 0, 113, last));
+        for (last, name) in [(1, "a.cdn.example.com"), (2, "b.example.org"), (3, "c.example.net")] {
+            e.names.learn_flow_name([2, 0, 0, 0, 0, 1], remote(last), 443, name, 100);
+        }
+        let mut out = DestKey::default();
+        e.destination_into(&key(1), 100, &mut out);
+        assert_eq!(out.destination, "example.com");
+
+        let names = NamesConfig {
+            max_names: 2,
+            flow_name_ttl: std::time::Duration::from_secs(60),
+            ..NamesConfig::default()
+        };
+        e.replace_sources(enricher(DestinationLevel::Fqdn, names), 100);
+        assert_eq!(e.names.len(), 2, "the lower max_names drops the name closest to expiry");
+        e.destination_into(&key(3), 100, &mut out);
+        assert_eq!(out.destination, "c.example.net", "named at the new level");
+        e.names.learn_flow_name([2, 0, 0, 0, 0, 1], remote(4), 443, "d.example.net", 100);
+        assert_eq!(e.flow_name(&key(4), 159), Some("d.example.net"));
+        assert_eq!(e.flow_name(&key(4), 160), None, "the new flow_name_ttl (60 s)");
+        assert_eq!(e.flow_name(&key(3), 160), Some("c.example.net"), "learnt before: 1 h");
     }
 
     /// A database that places multicast or the router's public address in a country (real ones

@@ -84,6 +84,21 @@ impl NameCache {
         }
     }
 
+    /// Takes `other`'s limits (a reloaded config's `names.*`): names learnt from now on live
+    /// by the new grace and TTL (those learnt before keep their expiry), and a lower
+    /// `max_entries` drops the names closest to expiry at once.
+    pub fn take_limits(&mut self, other: &NameCache, now: u64) {
+        self.grace_secs = other.grace_secs;
+        self.flow_name_ttl_secs = other.flow_name_ttl_secs;
+        self.max_entries = other.max_entries;
+        self.expire(now);
+        while self.by_expiry.len() > self.max_entries {
+            let Some(((_, seq), slot)) = self.by_expiry.pop_first() else { break };
+            self.remove(slot, seq);
+            self.evicted += 1;
+        }
+    }
+
     /// Learns every address of `answer` as `answer.qname` for `client`. Addresses whose TTL +
     /// grace is 0 are not kept.
     pub fn learn_dns(&mut self, client: Mac, answer: &DnsAnswer, now: u64) {

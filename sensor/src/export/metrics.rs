@@ -48,6 +48,8 @@ pub struct Metrics {
     families: Families,
     pub poll_duration: Histogram,
     pub flows_tracked: IntGauge,
+    /// Clients retired from their kernel slots, by reason (`idle`, `one_way`).
+    pub clients_retired: IntCounterVec,
     /// Remotes and destinations remembered, by kind (`remote`, `destination`).
     pub tracked: IntGaugeVec,
     /// Remotes and destinations forgotten to stay within `tracking`, by kind.
@@ -144,6 +146,20 @@ impl Metrics {
                 "policy_series",
                 "(rule, client, destination) series the policy evaluator tracks.",
             )?,
+            clients_retired: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "clients_retired_total",
+                        "Clients whose kernel slot was freed, by reason: idle (unseen for client_idle_expiry) or one_way (slots were short and no packet had ever gone to the client: a spoofed or one-packet MAC).",
+                    ),
+                    &["reason"],
+                )?;
+                families.register(Box::new(c.clone()))?;
+                for reason in ["idle", "one_way"] {
+                    c.with_label_values(&[reason]);
+                }
+                c
+            },
             tracked: {
                 let g = gauge_vec(
                     "tracked",

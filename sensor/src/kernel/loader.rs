@@ -190,6 +190,7 @@ pub fn load_with_events(
         true,
     );
     let mut kept = KeptMaps::default();
+    let mut pin_paths: Vec<std::path::PathBuf> = Vec::new();
     if let Some(dir) = opts.pin_dir {
         prepare_pin_dir(dir)?;
         let changed = layout_changes(dir)?;
@@ -198,9 +199,7 @@ pub fn load_with_events(
         remove_staged(dir)?;
         if changed.is_empty() {
             kept = keep_pinned(dir, &mut capacities)?;
-            for name in PINNED_MAPS {
-                loader.map_pin_path(name, dir.join(name));
-            }
+            pin_paths = PINNED_MAPS.iter().map(|name| dir.join(name)).collect();
         } else {
             // Another build's maps: this build's programs cannot use them, and their counts
             // since that build's last state save cannot be read. Fresh maps, pinned aside
@@ -215,9 +214,10 @@ pub fn load_with_events(
             let staged = dir.join(STAGED_DIR);
             std::fs::create_dir_all(&staged)
                 .map_err(|source| KernelError::CreatePinDir { dir: staged.clone(), source })?;
-            for name in PINNED_MAPS {
-                loader.map_pin_path(name, staged.join(name));
-            }
+            pin_paths = PINNED_MAPS.iter().map(|name| staged.join(name)).collect();
+        }
+        for (name, path) in PINNED_MAPS.iter().zip(&pin_paths) {
+            loader.map_pin_path(name, path.as_path());
         }
     }
     // After the pin checks, so that a map created beside pinned ones gets their capacity.
@@ -226,7 +226,20 @@ pub fn load_with_events(
         .map_max_entries(names::CLIENT_SLOTS, capacities.clients)
         .map_max_entries(names::CLIENT_TOTALS, capacities.clients)
         .map_max_entries(names::FREE_SLOTS, capacities.clients);
-    let ebpf = loader.load(ebpf_object()).map_err(KernelError::Load)?;
+    // Which pins are there before: a load that fails part-way (the kernel refuses a map) must
+    // not leave the ones it made, or the next start finds a partial set and refuses it.
+    let existed: Vec<bool> = pin_paths.iter().map(|p| p.exists()).collect();
+    let ebpf = loader.load(ebpf_object()).map_err(|e| {
+        for (path, existed) in pin_paths.iter().zip(existed) {
+            if !existed
+                && path.exists()
+                && let Err(err) = std::fs::remove_file(path)
+            {
+                warn!("removing {} after the failed load: {err}", path.display());
+            }
+        }
+        KernelError::Load(e)
+    })?;
     Ok((ebpf, Loaded { capacities, kept }))
 }
 

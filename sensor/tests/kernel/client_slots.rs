@@ -360,3 +360,30 @@ fn pinned_maps_of_another_layout_are_replaced_after_the_attach() {
     assert_eq!(finish_replacement(&dir).expect("nothing to finish"), Vec::<&str>::new());
     assert_eq!(pinned(names::STATS).0, new_stats, "a stray staged map replaced the pin");
 }
+
+/// A load the kernel refuses part-way (a capacity it will not allocate: the config's range
+/// check stops this value, the kernel's limits can be lower) leaves none of the pins it made,
+/// so the next start does not find a partial set. aya creates the maps in no fixed order, so
+/// this tries several loads: in some, maps that the kernel accepts are pinned before the one
+/// it refuses.
+#[test]
+fn a_failed_load_leaves_no_pins() {
+    require_root!();
+    lab::ensure_bpffs().expect("pinning needs a BPF filesystem at /sys/fs/bpf");
+    let pins = lab::PinDir::new("kernel", "failed-load");
+    let dir = pins.path().to_path_buf();
+    let prefixes: Vec<IpNet> = LAN.iter().map(|p| p.parse().unwrap()).collect();
+    let opts = LoadOptions {
+        lan_prefixes: &prefixes,
+        flow_capacity: 1024,
+        client_capacity: u32::MAX,
+        pin_dir: Some(&dir),
+        kernel_btf: false,
+    };
+    for attempt in 0..6 {
+        let err = load(&opts).map(|_| ()).expect_err("the kernel refuses 2^32 client slots");
+        let left: Vec<_> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "attempt {attempt}: {left:?} left after: {err:#}");
+    }
+}

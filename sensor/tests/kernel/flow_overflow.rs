@@ -36,6 +36,7 @@ fn overflowing_the_flow_map_keeps_client_totals_exact_and_counts_evictions() {
         client_idle_expiry_secs: 3600,
         tracked_per_client: 2_048,
         tracked_total: 16_384,
+        client_slots: 0,
         score_half_life_secs: 120.0,
         name_wait_secs: 2,
     };
