@@ -40,6 +40,7 @@ pub fn run_bench(opts: &BenchOpts) -> Result<()> {
     }
     if opts.scan {
         ensure_toolchain()?;
+        crate::sensor_build::build_sensor(true)?;
         run(
             "bench",
             "a scan of 1,000,000 unique remotes in 10 minutes",
@@ -48,6 +49,7 @@ pub fn run_bench(opts: &BenchOpts) -> Result<()> {
                 .env("GWSENSOR_SCAN_PER_CLIENT", "333334")
                 .env("GWSENSOR_SCAN_SECONDS", "600")
                 .env("GWSENSOR_SCAN_DOCS", "1")
+                .env("GWSENSOR_SCAN_BINARY", crate::sensor_build::release_binary())
                 .args(["test", "-p", "sensor", "--test", "netns", "--"])
                 .args(["a_scan_of_unique_remotes_stays_within_the_tracking_bounds", "--exact"])
                 .arg("--nocapture"),

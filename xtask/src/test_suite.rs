@@ -72,6 +72,9 @@ pub fn run_all() -> Result<()> {
         Ok(ci) => println!("[test] CI={ci}"),
         Err(_) => println!("[test] CI is not set"),
     }
+    // The release build, as deployed: the scan test measures its memory (the demo runs it
+    // later; built once).
+    crate::sensor_build::build_sensor(true)?;
     // --no-fail-fast: one failing test binary must not hide the results of the others; the
     // exit status is still non-zero if any failed.
     run(
@@ -79,6 +82,7 @@ pub fn run_all() -> Result<()> {
         "all host packages and targets",
         cargo()
             .env(REQUIRE_PRIVILEGED, "1")
+            .env("GWSENSOR_SCAN_BINARY", crate::sensor_build::release_binary())
             .arg("test")
             .args(HOST_PACKAGES)
             .args(["--all-targets", "--no-fail-fast"]),
