@@ -16,6 +16,7 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     pub const EVENT_STATS: &str = "EVENT_STATS";
     pub const EVENT_RATE: &str = "EVENT_RATE";
+    pub const EVENT_CLIENT_RATE: &str = "EVENT_CLIENT_RATE";
     pub const EVENT_PENDING: &str = "EVENT_PENDING";
     pub const EVENT_TAIL: &str = "EVENT_TAIL";
     /// XDP program that copies a staged event's payload (tail-called by the XDP program).

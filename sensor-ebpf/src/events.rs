@@ -9,11 +9,11 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use sensor_common::{
-    Direction, EVENT_DATA_MAX, Event, EventKind, EventOutcome, FlowKey, PendingEvent,
+    Direction, EVENT_DATA_MAX, Event, EventKind, EventOutcome, FlowKey, PendingEvent, RateWindow,
 };
 
 use crate::{
-    maps::{EVENT_RATE, EVENT_STATS, EVENTS, EVENTS_PER_SEC_PER_CPU},
+    maps::{EVENT_CLIENT_RATE, EVENT_RATE, EVENT_STATS, EVENTS, EVENTS_PER_SEC_PER_CPU, FLOWS},
     parse::{IPPROTO_TCP, IPPROTO_UDP, Packet},
 };
 
@@ -181,13 +181,34 @@ pub(crate) fn emit<C: Capture>(ctx: &C, pending: &PendingEvent) {
     bump_event(kind, EventOutcome::Sent);
 }
 
+/// Whether an event of `key`'s flow may go out now: within its client's half of the per-CPU
+/// budget, then within the budget. A client over its half is refused before it takes from the
+/// budget, so the others always have the other half.
 #[inline(always)]
-pub(crate) fn allow_event(now: u64) -> bool {
+pub(crate) fn allow_event(key: &FlowKey, now: u64) -> bool {
     // SAFETY: read of a loader-set static.
     let limit = unsafe { core::ptr::read_volatile(&EVENTS_PER_SEC_PER_CPU) } as u64;
+    // The flow was just counted, so this CPU's copy of it knows its client's slot; a flow the
+    // map refused has no entry and goes by the overall budget alone.
+    if let Some(flow) = FLOWS.get_ptr(key) {
+        // SAFETY: this CPU's copy of the value, read once.
+        let slot = unsafe { (*flow).client_slot };
+        if slot != 0
+            && let Some(w) = EVENT_CLIENT_RATE.get_ptr_mut(slot - 1)
+            // SAFETY: per-CPU slot, no concurrent writer.
+            && !take(unsafe { &mut *w }, now, limit.div_ceil(2))
+        {
+            return false;
+        }
+    }
     let Some(w) = EVENT_RATE.get_ptr_mut(0) else { return false };
     // SAFETY: per-CPU slot, no concurrent writer.
-    let w = unsafe { &mut *w };
+    take(unsafe { &mut *w }, now, limit)
+}
+
+/// One event from a one-second window of at most `limit`; false when it is used up.
+#[inline(always)]
+fn take(w: &mut RateWindow, now: u64, limit: u64) -> bool {
     if now.wrapping_sub(w.start_ns) >= 1_000_000_000 {
         w.start_ns = now;
         w.count = 0;

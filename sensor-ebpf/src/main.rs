@@ -170,7 +170,7 @@ fn observe<C: EbpfContext>(
             // return when it succeeds, so nothing after `event` runs for that packet.
             let n = bump_stat(outcome, dir);
             if let Some(kind) = event_kind(key, header_len, dir, pkt) {
-                if allow_event(now) && header_len <= MAX_PAYLOAD_OFF {
+                if header_len <= MAX_PAYLOAD_OFF && allow_event(key, now) {
                     let start = EventStart {
                         kind,
                         payload_off: header_len as u16,

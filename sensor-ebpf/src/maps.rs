@@ -69,6 +69,13 @@ pub(crate) static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(
 #[map(name = "EVENT_RATE")]
 pub(crate) static EVENT_RATE: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(1, 0);
 
+/// Each client's one-second window of naming events, per CPU, by client slot (sized like
+/// `CLIENT_TOTALS` by the loader): a client gets at most half of [`EVENTS_PER_SEC_PER_CPU`],
+/// so one device cannot use up the naming budget of the others.
+#[map(name = "EVENT_CLIENT_RATE")]
+pub(crate) static EVENT_CLIENT_RATE: PerCpuArray<RateWindow> =
+    PerCpuArray::with_max_entries(DEFAULT_CLIENT_CAPACITY, 0);
+
 /// The XDP program's staged event, read by the capture program it tail-calls.
 #[map(name = "EVENT_PENDING")]
 pub(crate) static EVENT_PENDING: PerCpuArray<PendingEvent> = PerCpuArray::with_max_entries(1, 0);

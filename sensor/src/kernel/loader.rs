@@ -225,7 +225,8 @@ pub fn load_with_events(
         .map_max_entries(names::FLOWS, capacities.flows)
         .map_max_entries(names::CLIENT_SLOTS, capacities.clients)
         .map_max_entries(names::CLIENT_TOTALS, capacities.clients)
-        .map_max_entries(names::FREE_SLOTS, capacities.clients);
+        .map_max_entries(names::FREE_SLOTS, capacities.clients)
+        .map_max_entries(names::EVENT_CLIENT_RATE, capacities.clients);
     // Which pins are there before: a load that fails part-way (the kernel refuses a map) must
     // not leave the ones it made, or the next start finds a partial set and refuses it.
     let existed: Vec<bool> = pin_paths.iter().map(|p| p.exists()).collect();

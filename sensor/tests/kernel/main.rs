@@ -24,6 +24,7 @@ mod flow_overflow;
 mod ipv4_header;
 mod ipv6_extensions;
 mod loading;
+mod naming_budget;
 mod not_client;
 mod truncated;
 mod upload;

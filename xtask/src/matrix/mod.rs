@@ -95,7 +95,7 @@ const CHECKS: [(&str, &str); 7] = [
     ("veth-xdp-driver", "veth: XDP driver, TC auto"),
     ("veth-xdp-generic", "veth: XDP generic, TC clsact"),
     ("br-lan", "br-lan: XDP auto, TC auto"),
-    ("restart", "veth: counted with no process, links adopted"),
+    ("restart", "veth: counted with no process, links adopted, new map layout"),
 ];
 
 impl Arch {
@@ -474,7 +474,11 @@ fn write_table(outcomes: &[Outcome], total: Duration) -> Result<()> {
          sent. The restart check attaches with pinned links, drops every fd as a dying agent \
          would, sends the same frames while no process holds the programs, then loads afresh: \
          the pinned links must be adopted (same link, new program) and the pinned maps must \
-         hold the frames exactly (the naming events of that time are dropped). Whole matrix: {} under qemu TCG on the test machine.\n",
+         hold the frames exactly (the naming events of that time are dropped). Then it stands \
+         in for a build with another map layout (a pinned STATS of another layout) and loads \
+         again: the same links must get the new programs, new maps must replace the pins, and \
+         the same frames sent again must be counted in them exactly. Whole matrix: {} under \
+         qemu TCG on the test machine.\n",
         format_duration(total)
     ));
     if !notes.is_empty() {
