@@ -785,9 +785,18 @@ fn stream(
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<anyhow::Result<u64>> {
     std::thread::spawn(move || {
+        // One socket for the whole stream: binding the port anew every few milliseconds failed
+        // now and then with EADDRINUSE while the test process spawned a child (between its
+        // fork and exec the child holds a copy of the last socket).
+        let sock = lab::in_netns(&ns, || std::net::UdpSocket::bind(from))?
+            .map_err(|e| anyhow::anyhow!("binding UDP {from} in {ns}: {e}"))?;
+        let buf: Vec<u8> = (0..payload).map(|i| (i % 251) as u8).collect();
         let mut sent = 0;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            send_udp(&ns, from, to, 10, payload)?;
+            for _ in 0..10 {
+                let n = sock.send_to(&buf, to)?;
+                anyhow::ensure!(n == payload, "short UDP send {from} -> {to}: {n} of {payload}");
+            }
             sent += 10;
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -38,6 +38,10 @@ pub struct Traffic {
     stats: [[u64; Stat::COUNT]; 2],
     events: [[u64; EventOutcome::COUNT]; EventKind::COUNT],
     evictions: u64,
+    /// Made from an accounting ([`Traffic::new`]). The empty families an agent serves before
+    /// its first poll is released have no lines at all: zeros there would read as a reset of
+    /// the kernel's counters after every start.
+    made: bool,
 }
 
 #[derive(Debug)]
@@ -187,6 +191,7 @@ impl Traffic {
             stats: acct.kernel.stats,
             events: acct.kernel.events,
             evictions: acct.flow_evictions,
+            made: true,
             ..Traffic::default()
         };
         // The "other" series of every client share their labels.
@@ -292,7 +297,9 @@ impl Traffic {
             Family::ClientTotals { .. } | Family::ClientInfo => !self.clients.is_empty(),
             Family::Remotes { .. } => self.remote_lines,
             Family::Destinations { .. } => self.destination_lines,
-            Family::Overflow | Family::Packets | Family::KernelEvents | Family::Evictions => true,
+            Family::Overflow | Family::Packets | Family::KernelEvents | Family::Evictions => {
+                self.made
+            }
         }
     }
 
@@ -560,6 +567,17 @@ mod tests {
             }
         }
         assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), seen.len());
+    }
+
+    /// Before its first poll is released an agent serves no traffic family at all: the
+    /// kernel's counters at zero would read as a reset after every start (a test scraping
+    /// through restarts saw `gwsensor_packets_total` go 15 → 0); from an accounting, even an
+    /// empty one, they are there.
+    #[test]
+    fn no_traffic_family_before_the_first_poll() {
+        assert_eq!(text(Traffic::default()), "");
+        let fresh = text(Traffic::new(&Accounting::default(), &|_: &Mac| ClientLabels::default()));
+        assert!(fresh.lines().any(|l| l == "gwsensor_flow_evictions_total 0"), "{fresh}");
     }
 
     /// Thousands of clients: the text comes in chunks of whole lines, each family whole and
