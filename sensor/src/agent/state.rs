@@ -40,8 +40,8 @@ impl Saved {
     }
 }
 
-/// The state file's version alone, read first: a file of another version may not parse as
-/// this version's state, and must be refused as such, not taken for a corrupt file.
+/// The state file's version alone: read only when the file does not parse as this version's
+/// state, so that a file of another version is refused as such, not taken for a corrupt one.
 #[derive(serde::Deserialize)]
 struct Version {
     version: u32,
@@ -50,9 +50,9 @@ struct Version {
 /// The state file, its fields listed rather than `Saved` flattened in: serde buffers a
 /// flattened struct's content as a tree of owned values before deserializing it, several times
 /// the file's size in memory (a restart after a scan peaked 30 MB above the running agent).
-/// (`version`, read by [`Version`] first, is skipped here.)
 #[derive(serde::Deserialize)]
 struct StateFile {
+    version: u32,
     accounting: Accounting,
     #[serde(default)]
     policy: EvalState,
@@ -72,18 +72,19 @@ struct StateFileRef<'a> {
 /// Loads the state, or a fresh accounting when there is no file yet. A file that cannot be
 /// read as state is kept aside (renamed `.corrupt`) rather than silently overwritten.
 pub fn load(path: &Path) -> anyhow::Result<Saved> {
-    // Streamed from the file (never held whole: with a full flow map it is megabytes), in two
-    // passes: the version (the rest skipped unparsed), then the state.
-    let Some(version) = read_json::<Version>(path)? else { return Ok(Saved::default()) };
-    let parsed = match version {
-        Ok(Version { version }) if version != VERSION => anyhow::bail!(
+    // Streamed from the file (never held whole: with a full flow map it is megabytes).
+    let Some(parsed) = read_json::<StateFile>(path)? else { return Ok(Saved::default()) };
+    let version = match &parsed {
+        Ok(file) => Some(file.version),
+        // Unreadable as this version's state: another version's, or damaged?
+        Err(_) => read_json::<Version>(path)?.and_then(Result::ok).map(|v| v.version),
+    };
+    if let Some(version) = version.filter(|v| *v != VERSION) {
+        anyhow::bail!(
             "state file {} has version {version} but this agent reads version {VERSION}: move it away to start counting afresh",
             path.display(),
-        ),
-        Ok(_) => read_json::<StateFile>(path)?
-            .unwrap_or_else(|| Err(serde_json::Error::io(std::io::ErrorKind::NotFound.into()))),
-        Err(e) => Err(e),
-    };
+        );
+    }
     match parsed.map(|f| Saved { accounting: f.accounting, policy: f.policy, counters: f.counters })
     {
         Ok(saved) => match saved.implausible() {
