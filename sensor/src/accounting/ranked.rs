@@ -305,42 +305,39 @@ pub(super) fn forget_least_active<'a, K: Copy + Eq + Hash + Ord + 'a>(
     mut forgotten: impl FnMut(&K),
 ) -> u64 {
     let mut sets: Vec<&mut Ranked<K>> = sets.collect();
-    let mut count = 0u64;
-    for set in sets.iter_mut() {
-        let excess = set.len().saturating_sub(per_client);
-        if excess == 0 {
-            continue;
-        }
-        let mut candidates: Vec<(Forgettable, K)> = set.forgettable().collect();
-        let excess = excess.min(candidates.len());
-        if excess == 0 {
-            continue;
-        }
-        candidates.select_nth_unstable_by(excess - 1, |a, b| a.0.order(&b.0).then(a.1.cmp(&b.1)));
-        for (_, key) in &candidates[..excess] {
-            if set.forget(key) {
-                forgotten(key);
-                count += 1;
-            }
-        }
+    let mut count = 0;
+    for i in 0..sets.len() {
+        let excess = sets[i].len().saturating_sub(per_client);
+        count += forget_excess(&mut sets, Some(i), excess, &mut forgotten);
     }
-    let held: usize = sets.iter().map(|s| s.len()).sum();
-    let excess = held.saturating_sub(total);
+    let excess = sets.iter().map(|s| s.len()).sum::<usize>().saturating_sub(total);
+    count + forget_excess(&mut sets, None, excess, &mut forgotten)
+}
+
+/// Forgets the `excess` keys least worth keeping of set `only` (all sets: `None`).
+fn forget_excess<K: Copy + Eq + Hash + Ord>(
+    sets: &mut [&mut Ranked<K>],
+    only: Option<usize>,
+    excess: usize,
+    forgotten: &mut impl FnMut(&K),
+) -> u64 {
     if excess == 0 {
-        return count;
+        return 0;
     }
     let mut candidates: Vec<(Forgettable, u32, K)> = sets
         .iter()
         .enumerate()
+        .filter(|(i, _)| only.is_none_or(|o| o == *i))
         .flat_map(|(i, set)| set.forgettable().map(move |(f, k)| (f, i as u32, k)))
         .collect();
     let excess = excess.min(candidates.len());
     if excess == 0 {
-        return count;
+        return 0;
     }
     candidates.select_nth_unstable_by(excess - 1, |a, b| {
         a.0.order(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
     });
+    let mut count = 0;
     for (_, set, key) in &candidates[..excess] {
         if sets[*set as usize].forget(key) {
             forgotten(key);
