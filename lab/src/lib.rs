@@ -102,6 +102,16 @@ pub fn ensure_bpffs() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Pins a new per-CPU array of 4 entries with 4-byte keys and `value_size`-byte values at
+/// `path` (`bpftool map create`): a map of a layout of the tests' choosing, standing in for
+/// one that another build pinned.
+pub fn pin_percpu_array(path: &std::path::Path, value_size: u32, name: &str) -> anyhow::Result<()> {
+    let path = path.to_str().context("a pin path that is not UTF-8")?;
+    let value = value_size.to_string();
+    let args = ["map", "create", path, "type", "percpu_array", "key", "4", "value", &value];
+    run("bpftool", &[&args[..], &["entries", "4", "name", name]].concat()).map(|_| ())
+}
+
 /// A flag that turns true on SIGINT/SIGTERM, so long-running lab users (demo, benchmarks)
 /// leave their loops and let [`Lab`]'s Drop remove the namespaces. Installs a process-wide
 /// handler: call it once per process.

@@ -1078,14 +1078,7 @@ fn a_map_layout_change_swaps_the_programs_in_place_and_replaces_the_maps() {
     // The old build's mark: its STATS had 4-byte values (its programs would count into it).
     let stats = pins.path().join(names::STATS);
     std::fs::remove_file(&stats).unwrap();
-    lab::run(
-        "bpftool",
-        &["map", "create", stats.to_str().unwrap(), "type", "percpu_array", "key", "4"]
-            .into_iter()
-            .chain(["value", "4", "entries", "4", "name", "old_stats"])
-            .collect::<Vec<_>>(),
-    )
-    .expect("bpftool map create");
+    lab::pin_percpu_array(&stats, 4, "old_stats").expect("bpftool map create");
 
     if let Err(e) = agent.start_again() {
         agent.fail(&format!("starting over maps of another layout: {e:#}"));
@@ -1168,23 +1161,25 @@ fn a_scan_of_unique_remotes_stays_within_the_tracking_bounds() {
     // Each client's own top: 20 busy remotes (a series each, as many as `top_remotes`), sent
     // and counted before the scan, so that the scanned remotes (one small packet each) never
     // take a series: a series that leaves the top takes its value out of the sum below.
-    let send =
-        |ns: &str, to: &mut (dyn Iterator<Item = std::net::Ipv4Addr> + Send), payload: usize| {
-            lab::in_netns(ns, || -> anyhow::Result<()> {
-                let sock = std::net::UdpSocket::bind("0.0.0.0:40100")?;
-                for to in to {
-                    sock.send_to(&vec![0x5a; payload], (to, 9))?;
-                }
-                Ok(())
-            })
-            .unwrap()
-            .unwrap();
-        };
+    // One socket per client for the whole run (a socket belongs to the namespace it was made
+    // in; binding anew each time races with child processes holding a copy).
+    let sockets: Vec<std::net::UdpSocket> = topo
+        .clients
+        .iter()
+        .map(|c| lab::in_netns(&c.ns, || std::net::UdpSocket::bind("0.0.0.0:40100")).unwrap())
+        .collect::<Result<_, _>>()
+        .expect("binding the clients' sockets");
+    let send = |k: usize, to: &mut dyn Iterator<Item = std::net::Ipv4Addr>, payload: usize| {
+        let buf = vec![0x5a; payload];
+        for to in to {
+            sockets[k].send_to(&buf, (to, 9)).expect("sending a datagram");
+        }
+    };
     for (k, client) in topo.clients.iter().enumerate() {
         ledger.name(&client.mac_text(), &client.name);
         let mut busy = (0..BUSY_REMOTES)
             .flat_map(|j| [std::net::Ipv4Addr::new(100, 120, k as u8, j as u8); BUSY_PACKETS]);
-        send(&client.ns, &mut busy, 1_000);
+        send(k, &mut busy, 1_000);
         let packets = (BUSY_REMOTES * BUSY_PACKETS) as u64;
         ledger.add_client(&client.mac_text(), Dir::Upload, packets, packets * BUSY_FRAME);
     }
@@ -1203,8 +1198,8 @@ fn a_scan_of_unique_remotes_stays_within_the_tracking_bounds() {
     for slice in 0..slices {
         let bound = |s: u32| (u64::from(per_client) * u64::from(s) / u64::from(slices)) as u32;
         let (from, to) = (bound(slice), bound(slice + 1));
-        for (k, client) in topo.clients.iter().enumerate() {
-            send(&client.ns, &mut (from..to).map(|i| remote(k, i)), 20);
+        for k in 0..topo.clients.len() {
+            send(k, &mut (from..to).map(|i| remote(k, i)), 20);
         }
         if seconds > 0 {
             let due = started + Duration::from_secs(u64::from(slice) + 1);

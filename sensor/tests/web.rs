@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use lab::{
-    LanKind, TopologyBuilder, UdpReceiver,
+    LanKind, Topology, TopologyBuilder, UdpReceiver,
     agent::{Agent, Config, DEFAULT_API, DEFAULT_METRICS, Launch, Secured},
     http::Client,
     prometheus::Prometheus,
@@ -22,6 +22,29 @@ fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// A listener's TLS (a CA and a server certificate made in the lab's directory) and `user`
+/// with [`PASSWORD`], hashed at bcrypt `cost`; and the CA's file.
+fn secured(topo: &Topology, user: &str, cost: u32) -> (Secured, std::path::PathBuf) {
+    let pki_dir = topo.lab.dir().join("pki");
+    std::fs::create_dir_all(&pki_dir).unwrap();
+    let pki = TestPki::create(&pki_dir).unwrap_or_else(|e| panic!("{e:#}"));
+    let secured = Secured {
+        cert: pki.cert.clone(),
+        key: pki.key.clone(),
+        ca_pem: pki.ca_pem().unwrap(),
+        user: user.into(),
+        password: PASSWORD.into(),
+        bcrypt_hash: bcrypt::hash(PASSWORD, cost).unwrap(),
+    };
+    (secured, pki.ca)
+}
+
+/// The agent on `config` in the gateway namespace, awaited.
+fn start<'t>(topo: &'t Topology, config: &Config) -> Agent<'t> {
+    Agent::start(&topo.lab, &topo.gateway.ns, Launch::new(env!("CARGO_BIN_EXE_sensor")), config)
+        .unwrap_or_else(|e| panic!("starting the agent: {e:#}"))
+}
+
 #[test]
 fn prometheus_scrapes_metrics_over_tls_with_basic_auth_and_the_api_is_apart() {
     if !lab::lab_tests_can_run("web tests", &["prometheus", "openssl"]) {
@@ -34,28 +57,12 @@ fn prometheus_scrapes_metrics_over_tls_with_basic_auth_and_the_api_is_apart() {
         .build()
         .expect("building the lab");
     let laptop = topo.client("laptop");
-    let pki_dir = topo.lab.dir().join("pki");
-    std::fs::create_dir_all(&pki_dir).unwrap();
-    let pki = TestPki::create(&pki_dir).unwrap_or_else(|e| panic!("{e:#}"));
-    let secured = Secured {
-        cert: pki.cert.clone(),
-        key: pki.key.clone(),
-        ca_pem: pki.ca_pem().unwrap(),
-        user: USER.into(),
-        password: PASSWORD.into(),
-        bcrypt_hash: bcrypt::hash(PASSWORD, 6).unwrap(),
-    };
+    let (secured, ca_file) = secured(&topo, USER, 6);
     let config = Config::for_topology(&topo, &pins)
         .poll(Duration::from_millis(500))
         .metrics_secured(secured.clone());
     // Started and awaited through /metrics over TLS with the password.
-    let agent = Agent::start(
-        &topo.lab,
-        &topo.gateway.ns,
-        Launch::new(env!("CARGO_BIN_EXE_sensor")),
-        &config,
-    )
-    .unwrap_or_else(|e| panic!("starting the agent: {e:#}"));
+    let agent = start(&topo, &config);
     let ns = topo.gateway.ns.clone();
     let (metrics, api) = (DEFAULT_METRICS, DEFAULT_API);
 
@@ -145,7 +152,7 @@ fn prometheus_scrapes_metrics_over_tls_with_basic_auth_and_the_api_is_apart() {
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: gateway-sensor\n    \
          scheme: https\n    tls_config:\n      ca_file: {}\n    basic_auth:\n      username: {USER}\n      \
          password_file: {}\n    static_configs:\n      - targets: [\"{metrics}\"]\n",
-        pki.ca.display(),
+        ca_file.display(),
         password_file.display()
     );
     let prom = Prometheus::start(&topo.lab, Some(&ns), sa("127.0.0.1:19090"), &prometheus_config)
@@ -174,27 +181,11 @@ fn a_secured_api_answers_the_cli_with_its_ca_and_password_only() {
         .client("tv", [0x64, 0x09, 0x80, 0x77, 0x00, 0x32])
         .build()
         .expect("building the lab");
-    let pki_dir = topo.lab.dir().join("pki");
-    std::fs::create_dir_all(&pki_dir).unwrap();
-    let pki = TestPki::create(&pki_dir).unwrap_or_else(|e| panic!("{e:#}"));
-    let secured = Secured {
-        cert: pki.cert.clone(),
-        key: pki.key.clone(),
-        ca_pem: pki.ca_pem().unwrap(),
-        user: "alice".into(),
-        password: PASSWORD.into(),
-        bcrypt_hash: bcrypt::hash(PASSWORD, 4).unwrap(),
-    };
+    let (secured, _) = secured(&topo, "alice", 4);
     let config = Config::for_topology(&topo, &pins)
         .poll(Duration::from_millis(500))
         .api_secured(secured.clone());
-    let agent = Agent::start(
-        &topo.lab,
-        &topo.gateway.ns,
-        Launch::new(env!("CARGO_BIN_EXE_sensor")),
-        &config,
-    )
-    .unwrap_or_else(|e| panic!("starting the agent: {e:#}"));
+    let agent = start(&topo, &config);
     // /metrics stays plain and open (Agent::start waited on it).
     assert!(agent.scrape_text().unwrap().contains("gwsensor_xdp_attach_mode"));
     // The API: 401 and the challenge without the password.

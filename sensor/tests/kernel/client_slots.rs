@@ -16,6 +16,17 @@ use crate::{
     harness::{Sensor, require_root},
 };
 
+/// Loading with the maps pinned in `dir`: 1024 flows, `clients` client slots, no kernel BTF.
+fn pinned<'a>(prefixes: &'a [IpNet], dir: &'a std::path::Path, clients: u32) -> LoadOptions<'a> {
+    LoadOptions {
+        lan_prefixes: prefixes,
+        flow_capacity: 1024,
+        client_capacity: clients,
+        pin_dir: Some(dir),
+        kernel_btf: false,
+    }
+}
+
 /// Runs the calling thread (and so its test runs) on `cpu` only.
 fn pin_to_cpu(cpu: usize) {
     let mut set = nix::sched::CpuSet::new();
@@ -264,13 +275,7 @@ fn a_partial_set_of_pinned_client_slot_maps_is_refused() {
     let pins = lab::PinDir::new("kernel", "partial-slots");
     let dir = pins.path().to_path_buf();
     let prefixes: Vec<IpNet> = LAN.iter().map(|p| p.parse().unwrap()).collect();
-    let opts = LoadOptions {
-        lan_prefixes: &prefixes,
-        flow_capacity: 1024,
-        client_capacity: 8,
-        pin_dir: Some(&dir),
-        kernel_btf: false,
-    };
+    let opts = pinned(&prefixes, &dir, 8);
     let (ebpf, first) = load(&opts).expect("first load: creates and pins the maps");
     drop(ebpf);
     assert_eq!(first.kept, KeptMaps::default(), "nothing was pinned before");
@@ -297,34 +302,21 @@ fn pinned_maps_of_another_layout_are_replaced_after_the_attach() {
     let pins = lab::PinDir::new("kernel", "old-layout");
     let dir = pins.path().to_path_buf();
     std::fs::create_dir_all(&dir).unwrap();
-    let pinned = |name: &str| {
+    let pin_info = |name: &str| {
         let info = MapInfo::from_pin(dir.join(name)).expect("reading a pinned map");
         (info.id(), info.key_size(), info.value_size())
     };
     // STATS is a u32 → u64 array in this build; an "old" one with 4-byte values.
     let stats = dir.join(names::STATS);
-    lab::run(
-        "bpftool",
-        &["map", "create", stats.to_str().unwrap(), "type", "percpu_array", "key", "4"]
-            .into_iter()
-            .chain(["value", "4", "entries", "4", "name", "old_stats"])
-            .collect::<Vec<_>>(),
-    )
-    .expect("bpftool map create");
-    let old = pinned(names::STATS);
+    lab::pin_percpu_array(&stats, 4, "old_stats").expect("bpftool map create");
+    let old = pin_info(names::STATS);
     let prefixes: Vec<IpNet> = LAN.iter().map(|p| p.parse().unwrap()).collect();
-    let opts = LoadOptions {
-        lan_prefixes: &prefixes,
-        flow_capacity: 1024,
-        client_capacity: 8,
-        pin_dir: Some(&dir),
-        kernel_btf: false,
-    };
+    let opts = pinned(&prefixes, &dir, 8);
     let (ebpf, loaded) = load(&opts).expect("another layout is replaced, not refused");
     assert_eq!(loaded.kept, KeptMaps::default(), "nothing of another layout is kept");
     assert_eq!(loaded.capacities.clients, 8);
     // Until the attach, the old pin stays where it is and the new maps wait aside.
-    assert_eq!(pinned(names::STATS), old, "the old pin is replaced only after the attach");
+    assert_eq!(pin_info(names::STATS), old, "the old pin is replaced only after the attach");
     let staged = dir.join(STAGED_DIR);
     for name in PINNED_MAPS {
         assert!(staged.join(name).exists(), "{name} is not staged in {}", staged.display());
@@ -332,33 +324,26 @@ fn pinned_maps_of_another_layout_are_replaced_after_the_attach() {
     let new_stats = MapInfo::from_pin(staged.join(names::STATS)).unwrap().id();
     let moved = finish_replacement(&dir).expect("finishing the replacement");
     assert_eq!(moved, PINNED_MAPS.to_vec());
-    assert_eq!(pinned(names::STATS), (new_stats, 4, 8), "the new STATS is pinned in place");
+    assert_eq!(pin_info(names::STATS), (new_stats, 4, 8), "the new STATS is pinned in place");
     assert!(!staged.exists(), "{} is left", staged.display());
     drop(ebpf);
 
     // Now of this layout: kept as it is.
     let (ebpf, again) = load(&opts).expect("loading over the replaced pins");
     assert_eq!(again.kept, KeptMaps { flows: true, clients: true, stats: true });
-    assert_eq!(pinned(names::STATS).0, new_stats);
+    assert_eq!(pin_info(names::STATS).0, new_stats);
     drop(ebpf);
 
     // A replacement that never reached its attach (a crash) leaves a staged set: the next
     // load of this layout removes it rather than adopt it.
     std::fs::create_dir_all(&staged).unwrap();
     let stray = staged.join(names::STATS);
-    lab::run(
-        "bpftool",
-        &["map", "create", stray.to_str().unwrap(), "type", "percpu_array", "key", "4"]
-            .into_iter()
-            .chain(["value", "8", "entries", "4", "name", "stray_stats"])
-            .collect::<Vec<_>>(),
-    )
-    .expect("bpftool map create");
+    lab::pin_percpu_array(&stray, 8, "stray_stats").expect("bpftool map create");
     let (_ebpf, third) = load(&opts).expect("loading beside a stray staged set");
     assert_eq!(third.kept, KeptMaps { flows: true, clients: true, stats: true });
     assert!(!staged.exists(), "the stray staged set is left");
     assert_eq!(finish_replacement(&dir).expect("nothing to finish"), Vec::<&str>::new());
-    assert_eq!(pinned(names::STATS).0, new_stats, "a stray staged map replaced the pin");
+    assert_eq!(pin_info(names::STATS).0, new_stats, "a stray staged map replaced the pin");
 }
 
 /// A load the kernel refuses part-way (a capacity it will not allocate: the config's range
@@ -373,13 +358,7 @@ fn a_failed_load_leaves_no_pins() {
     let pins = lab::PinDir::new("kernel", "failed-load");
     let dir = pins.path().to_path_buf();
     let prefixes: Vec<IpNet> = LAN.iter().map(|p| p.parse().unwrap()).collect();
-    let opts = LoadOptions {
-        lan_prefixes: &prefixes,
-        flow_capacity: 1024,
-        client_capacity: u32::MAX,
-        pin_dir: Some(&dir),
-        kernel_btf: false,
-    };
+    let opts = pinned(&prefixes, &dir, u32::MAX);
     for attempt in 0..6 {
         let err = load(&opts).map(|_| ()).expect_err("the kernel refuses 2^32 client slots");
         let left: Vec<_> =

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use sensor::{
     common::names,
     kernel::collector::{KernelMaps, Snapshot},
-    kernel::loader::{LoadOptions, load, verify_for_test_runs},
+    kernel::loader::{LoadOptions, install_capture, load, load_with_events, verify_for_test_runs},
 };
 
 use crate::{LAN, TC_ACT_UNSPEC, XDP_PASS};
@@ -72,6 +72,24 @@ impl Sensor {
         verify_for_test_runs(&mut ebpf)?;
         let maps = KernelMaps::take(&mut ebpf)?;
         Ok(Sensor { ebpf, maps })
+    }
+
+    /// With naming events on, up to `per_sec_per_cpu` a second and CPU, the capture program
+    /// installed (with them off, the verifier prunes the event paths as dead code).
+    pub(crate) fn with_events(per_sec_per_cpu: u32) -> Sensor {
+        let prefixes: Vec<IpNet> = LAN.iter().map(|p| p.parse().unwrap()).collect();
+        let opts = LoadOptions {
+            lan_prefixes: &prefixes,
+            flow_capacity: 4096,
+            client_capacity: 256,
+            pin_dir: None,
+            kernel_btf: false,
+        };
+        let (mut ebpf, _) = load_with_events(&opts, per_sec_per_cpu).expect("loading with events");
+        install_capture(&mut ebpf).expect("verifying the capture program");
+        verify_for_test_runs(&mut ebpf).expect("verifying the XDP and TC programs with events");
+        let maps = KernelMaps::take(&mut ebpf).unwrap();
+        Sensor { ebpf, maps }
     }
 
     pub(crate) fn xdp_run(

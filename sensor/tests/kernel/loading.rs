@@ -1,15 +1,13 @@
 //! Loading: with and without kernel BTF, with naming events on, and the baseline program.
 
 use aya::programs::TestRunOptions;
-use ipnet::IpNet;
 use sensor::{
     common::{Direction, EventKind, EventOutcome, Stat, names},
-    kernel::collector::KernelMaps,
-    kernel::loader::{LoadOptions, install_capture, load_with_events, verify_for_test_runs},
+    kernel::loader::install_capture,
 };
 
 use crate::{
-    CLIENT_MAC, CLIENT4, GW_MAC, IPPROTO_TCP, IPPROTO_UDP, LAN, REMOTE4, XDP_PASS,
+    CLIENT_MAC, CLIENT4, GW_MAC, IPPROTO_TCP, IPPROTO_UDP, REMOTE4, XDP_PASS,
     expect::{check, down, key, up},
     frames::{tcp4, udp4},
     harness::{Sensor, require_root},
@@ -40,19 +38,7 @@ fn loads_without_and_with_kernel_btf() {
 #[test]
 fn loads_and_sends_events_with_naming_events_on() {
     require_root!();
-    let prefixes: Vec<IpNet> = LAN.iter().map(|p| p.parse().unwrap()).collect();
-    let opts = LoadOptions {
-        lan_prefixes: &prefixes,
-        flow_capacity: 4096,
-        client_capacity: 256,
-        pin_dir: None,
-        kernel_btf: false,
-    };
-    let (mut ebpf, _) = load_with_events(&opts, 100).expect("loading with events on");
-    install_capture(&mut ebpf).expect("verifying the capture program");
-    verify_for_test_runs(&mut ebpf).expect("verifying the XDP and TC programs with events on");
-    let maps = KernelMaps::take(&mut ebpf).unwrap();
-    let s = Sensor { ebpf, maps };
+    let s = Sensor::with_events(100);
 
     // A DNS answer to a client (TC) and an HTTP request from it (XDP, through the tail call).
     let dns = udp4(GW_MAC, CLIENT_MAC, REMOTE4, CLIENT4, 53, 51000, 60);

@@ -2,15 +2,10 @@
 //! send per second, so a device that floods DNS answers (or ClientHellos) cannot keep the
 //! others' flows from being named.
 
-use ipnet::IpNet;
-use sensor::{
-    common::{EventKind, EventOutcome},
-    kernel::collector::KernelMaps,
-    kernel::loader::{LoadOptions, install_capture, load_with_events, verify_for_test_runs},
-};
+use sensor::common::{EventKind, EventOutcome};
 
 use crate::{
-    CLIENT_MAC, CLIENT2_MAC, CLIENT4, CLIENT4_B, GW_MAC, LAN, REMOTE4,
+    CLIENT_MAC, CLIENT2_MAC, CLIENT4, CLIENT4_B, GW_MAC, REMOTE4,
     frames::udp4,
     harness::{Sensor, require_root},
 };
@@ -26,19 +21,7 @@ fn a_client_gets_at_most_half_of_the_naming_budget() {
     let mut set = nix::sched::CpuSet::new();
     set.set(0).unwrap();
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
-    let prefixes: Vec<IpNet> = LAN.iter().map(|p| p.parse().unwrap()).collect();
-    let opts = LoadOptions {
-        lan_prefixes: &prefixes,
-        flow_capacity: 4096,
-        client_capacity: 256,
-        pin_dir: None,
-        kernel_btf: false,
-    };
-    let (mut ebpf, _) = load_with_events(&opts, 100).expect("loading with events on");
-    install_capture(&mut ebpf).expect("verifying the capture program");
-    verify_for_test_runs(&mut ebpf).expect("verifying the programs with events on");
-    let maps = KernelMaps::take(&mut ebpf).unwrap();
-    let s = Sensor { ebpf, maps };
+    let s = Sensor::with_events(100);
 
     let answer = |mac, ip, port| udp4(GW_MAC, mac, REMOTE4, ip, 53, port, 60);
     for i in 0..150 {

@@ -149,14 +149,8 @@ fn run_traffic(iface: &net::Lan, xdp: XdpMode, tc: TcAttach, kernel_btf: bool) -
     let maps = KernelMaps::take(&mut ebpf)?;
 
     let traffic = Traffic::new(iface.sensor_mac);
-    let up_sock = net::PacketSocket::new(&iface.client)?;
-    let down_sock = net::PacketSocket::new(&iface.sensor)?;
-    for f in traffic.upload() {
-        up_sock.send(&f.bytes)?;
-    }
-    for f in traffic.download() {
-        down_sock.send(&f.bytes)?;
-    }
+    let sockets = Sockets::new(iface)?;
+    sockets.send(&traffic)?;
 
     // The frames cross the veth asynchronously (NAPI); wait until the counts settle.
     let want = traffic.expected();
@@ -224,14 +218,8 @@ fn run_restart(iface: &net::Lan, pins: &std::path::Path) -> Result<String> {
     drop(ebpf);
 
     let traffic = Traffic::new(iface.sensor_mac);
-    let up_sock = net::PacketSocket::new(&iface.client)?;
-    let down_sock = net::PacketSocket::new(&iface.sensor)?;
-    for f in traffic.upload() {
-        up_sock.send(&f.bytes)?;
-    }
-    for f in traffic.download() {
-        down_sock.send(&f.bytes)?;
-    }
+    let sockets = Sockets::new(iface)?;
+    sockets.send(&traffic)?;
     // Counted by the orphaned programs into the pinned maps, read through a fresh load.
     let (mut ebpf, _) = load_with_events(&opts, 100).context("second load")?;
     let attachment =
@@ -268,12 +256,7 @@ fn run_restart(iface: &net::Lan, pins: &std::path::Path) -> Result<String> {
         info.value_size()
     );
     ensure!(!pins.join(STAGED_DIR).exists(), "the staged maps were left");
-    for f in traffic.upload() {
-        up_sock.send(&f.bytes)?;
-    }
-    for f in traffic.download() {
-        down_sock.send(&f.bytes)?;
-    }
+    sockets.send(&traffic)?;
     let maps = KernelMaps::take(&mut ebpf)?;
     wait_counted(&maps, &want).context("counted into the new maps after the layout change")?;
     Ok(format!(
@@ -319,6 +302,33 @@ fn wait_counted(maps: &KernelMaps, want: &Expected) -> Result<()> {
         snap = maps.read()?;
     }
     compare(&snap, want)
+}
+
+/// Raw sockets on both ends of the LAN veth: the client's sends uploads, the sensor side's
+/// downloads.
+struct Sockets {
+    up: net::PacketSocket,
+    down: net::PacketSocket,
+}
+
+impl Sockets {
+    fn new(iface: &net::Lan) -> Result<Sockets> {
+        Ok(Sockets {
+            up: net::PacketSocket::new(&iface.client)?,
+            down: net::PacketSocket::new(&iface.sensor)?,
+        })
+    }
+
+    /// Every frame of `traffic`, uploads then downloads.
+    fn send(&self, traffic: &Traffic) -> Result<()> {
+        for f in traffic.upload() {
+            self.up.send(&f.bytes)?;
+        }
+        for f in traffic.download() {
+            self.down.send(&f.bytes)?;
+        }
+        Ok(())
+    }
 }
 
 /// What the kernel must have counted: per flow, and the outcome stats.
