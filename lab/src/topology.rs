@@ -374,6 +374,40 @@ impl Topology {
             .unwrap_or_else(|| panic!("no client named {name}"))
     }
 
+    /// Renumbers the LAN's IPv6 as an ISP's new delegation does: the gateway's LAN address
+    /// leaves its /64 (deleted) for host ::1 of `prefix` (a /64, e.g. fd77:5::), each client
+    /// moves to host ::(10+i) of it, with the default route and permanent neighbours both
+    /// ways as [`TopologyBuilder::build`] made them; the internet host routes the new /64 to
+    /// the gateway. Renumbers from the addresses built, once; the fields stay as built (a
+    /// running agent borrows the topology). Returns the clients' new addresses, in order.
+    pub fn renumber_lan_ipv6(&self, prefix: Ipv6Addr) -> anyhow::Result<Vec<Ipv6Addr>> {
+        let net = prefix.segments();
+        let host = |h: u16| Ipv6Addr::new(net[0], net[1], net[2], net[3], 0, 0, 0, h);
+        let (gw_ns, lan_if) = (self.gateway.ns.clone(), self.gateway.lan_if.clone());
+        let new_gw = host(1);
+        let via = self.gateway.wan_ipv6.to_string();
+        let dst = format!("{prefix}/64");
+        ip(&["-n", &self.internet.ns, "-6", "route", "add", &dst, "via", &via, "dev", "eth0"])?;
+        let old = format!("{}/64", self.gateway.lan_ipv6);
+        ip(&["-n", &gw_ns, "-6", "addr", "del", &old, "dev", &lan_if])?;
+        let new = format!("{new_gw}/64");
+        ip(&["-n", &gw_ns, "-6", "addr", "add", &new, "dev", &lan_if, "nodad"])?;
+        let gw_mac = mac_text(&self.gateway.lan_mac);
+        let mut moved = Vec::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            let addr = host(0x10 + i as u16);
+            let (ns, dev) = (c.ns.as_str(), c.ifname.as_str());
+            ip(&["-n", ns, "-6", "addr", "del", &format!("{}/64", c.ipv6), "dev", dev])?;
+            ip(&["-n", ns, "-6", "addr", "add", &format!("{addr}/64"), "dev", dev, "nodad"])?;
+            let gw = new_gw.to_string();
+            ip(&["-n", ns, "-6", "route", "replace", "default", "via", &gw, "dev", dev])?;
+            neigh(ns, dev, &new_gw.into(), &gw_mac)?;
+            neigh(&gw_ns, &lan_if, &addr.into(), &c.mac_text())?;
+            moved.push(addr);
+        }
+        Ok(moved)
+    }
+
     /// See [`crate::in_netns`].
     pub fn in_netns<T: Send, F: FnOnce() -> T + Send>(&self, ns: &str, f: F) -> anyhow::Result<T> {
         self.lab.in_netns(ns, f)

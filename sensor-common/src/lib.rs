@@ -196,13 +196,25 @@ pub struct LanPrefix {
     pub mask: [u32; 4],
 }
 
-/// The LAN prefixes, set as a read-only global when the program is loaded.
+/// One set of LAN prefixes: the first `count` of `prefixes`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct LanPrefixes {
     pub count: u32,
     pub _pad: u32,
     pub prefixes: [LanPrefix; MAX_LAN_PREFIXES],
+}
+
+/// The one value of the `LAN_PREFIXES` array map: two sets, of which the programs read
+/// `sets[active & 1]`. An array map's update copies the value in place, so a program could
+/// read a set half written; the agent writes the set nobody reads, then flips `active` (a
+/// second update whose only changed byte is `active`'s): a packet sees the old set or the new.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LanPrefixSets {
+    pub active: u32,
+    pub _pad: u32,
+    pub sets: [LanPrefixes; 2],
 }
 
 /// What happened to a packet. The STATS per-CPU array has `2 * Stat::COUNT` slots:
@@ -396,6 +408,7 @@ mod user {
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::LanPrefixes {}
+    unsafe impl aya::Pod for super::LanPrefixSets {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::PendingEvent {}
     unsafe impl aya::Pod for super::RateWindow {}
@@ -413,6 +426,7 @@ const _: () = assert!(core::mem::align_of::<ClientKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Counters>() == 48);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 56);
 const _: () = assert!(core::mem::size_of::<LanPrefixes>() == 8 + 32 * MAX_LAN_PREFIXES);
+const _: () = assert!(core::mem::size_of::<LanPrefixSets>() == 8 + 2 * (8 + 32 * MAX_LAN_PREFIXES));
 const _: () = assert!(core::mem::size_of::<Event>() == 48 + 1 + 1 + 2 + 4 + 8 + EVENT_DATA_MAX);
 const _: () = assert!(core::mem::offset_of!(Event, data).is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<PendingEvent>() == 64);

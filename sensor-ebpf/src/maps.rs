@@ -8,8 +8,7 @@ use aya_ebpf::{
 };
 use sensor_common::{
     ClientKey, Counters, DEFAULT_CLIENT_CAPACITY, DEFAULT_FLOW_CAPACITY, EVENT_RING_BYTES,
-    EVENT_STATS_LEN, FlowKey, FlowValue, LanPrefix, LanPrefixes, MAX_LAN_PREFIXES, PendingEvent,
-    RateWindow, STATS_LEN,
+    EVENT_STATS_LEN, FlowKey, FlowValue, LanPrefixSets, PendingEvent, RateWindow, STATS_LEN,
 };
 
 /// Per-flow counters, and the flow's client slot. LRU so that memory stays bounded whatever the
@@ -88,11 +87,8 @@ pub(crate) static EVENT_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0
 #[unsafe(no_mangle)]
 pub(crate) static EVENTS_PER_SEC_PER_CPU: u32 = 0;
 
-/// LAN prefixes, written by the loader into .rodata: the verifier sees a frozen map, so the
-/// common case (a few prefixes) costs a handful of compares and no map lookup.
-#[unsafe(no_mangle)]
-pub(crate) static LAN_PREFIXES: LanPrefixes = LanPrefixes {
-    count: 0,
-    _pad: 0,
-    prefixes: [LanPrefix { addr: [0; 4], mask: [0; 4] }; MAX_LAN_PREFIXES],
-};
+/// Slot 0: the LAN prefixes (client addresses), written by the agent at load and whenever the
+/// interface's prefixes change (a rotated IPv6 delegation). An array: the verifier inlines the
+/// lookup of slot 0, one per packet.
+#[map(name = "LAN_PREFIXES")]
+pub(crate) static LAN_PREFIXES: Array<LanPrefixSets> = Array::with_max_entries(1, 0);

@@ -337,23 +337,36 @@ fn parse_ipv6(
 }
 
 /// Is this address (the four words of an IPv4-mapped or IPv6 address, network byte order)
-/// inside one of the LAN prefixes?
+/// inside one of the LAN prefixes? One lookup of the `LAN_PREFIXES` array (inlined by the
+/// verifier); the set is the one `active` names (see [`sensor_common::LanPrefixSets`]).
+///
+/// Unrolled, not a loop: the set's size is a map value the verifier does not know, and it
+/// cannot prune a state that leaves a loop until every path through the loop is explored, so a
+/// loop with an exit per prefix had it verify the rest of the program once per exit (Linux
+/// 6.18 gave up at a million instructions). Unrolled, the exits are plain branches that meet.
 #[inline(always)]
 fn in_lan(w: [u32; 4]) -> bool {
-    // SAFETY: reads of a static; volatile so the compiler does not fold the zero default.
-    let count = unsafe { core::ptr::read_volatile(&LAN_PREFIXES.count) } as usize;
-    for i in 0..MAX_LAN_PREFIXES {
-        if i >= count {
-            break;
-        }
-        let p = unsafe { core::ptr::read_volatile(&LAN_PREFIXES.prefixes[i]) };
-        if w[0] & p.mask[0] == p.addr[0]
-            && w[1] & p.mask[1] == p.addr[1]
-            && w[2] & p.mask[2] == p.addr[2]
-            && w[3] & p.mask[3] == p.addr[3]
-        {
-            return true;
-        }
+    let Some(sets) = LAN_PREFIXES.get(0) else { return false };
+    // `active` is read once, and the set's address depends on it: the set read is the one it
+    // named (the agent writes a set before it names it).
+    let set = &sets.sets[(sets.active & 1) as usize];
+    let count = set.count as usize;
+    macro_rules! check {
+        ($($i:literal)*) => {$(
+            if $i >= count {
+                return false;
+            }
+            let p = &set.prefixes[$i];
+            if w[0] & p.mask[0] == p.addr[0]
+                && w[1] & p.mask[1] == p.addr[1]
+                && w[2] & p.mask[2] == p.addr[2]
+                && w[3] & p.mask[3] == p.addr[3]
+            {
+                return true;
+            }
+        )*};
     }
+    const _: () = assert!(MAX_LAN_PREFIXES == 16, "one check! per prefix slot");
+    check!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
     false
 }

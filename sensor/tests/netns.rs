@@ -1372,3 +1372,131 @@ fn a_flood_of_spoofed_macs_does_not_keep_new_devices_out() {
     exchange(&agent, "laptop", 5051, 5, "the laptop after the flood");
     exchange(&agent, "phone", 5061, 2, "the phone after the flood");
 }
+
+/// Issue 15: with `lan_prefixes` unset, the clients' prefixes follow the interface. Under a
+/// steady IPv4 stream both ways, the LAN's IPv6 /64 is replaced (the gateway's address
+/// deleted and one of a new /64 added, the phone moved into it), as an ISP's rotated
+/// delegation does; the phone's IPv6 streams run before and after, from its old and its new
+/// address. Every packet of every stream is counted for the phone, exactly: nothing of the old
+/// prefix is lost before the change, nothing of the new one is `not_client` after it, and the
+/// IPv4 stream goes on through the swap of the kernel's prefix set. The change is one change.
+#[test]
+fn lan_prefixes_follow_a_renumbered_interface() {
+    if !privileged() {
+        return;
+    }
+    let pins = lab::PinDir::new("test", "follow");
+    let topo = TopologyBuilder::new("gwt-follow")
+        .lan(LanKind::Veth)
+        .client("phone", [0x64, 0x09, 0x80, 0x77, 0x00, 0x01])
+        .build()
+        .expect("building the lab");
+    let (phone_ns, mac, old_ip6) = {
+        let phone = topo.client("phone");
+        (phone.ns.clone(), phone.mac_text(), phone.ipv6)
+    };
+    let inet = topo.internet.ns.clone();
+    let devices = format!("inventory:\n  devices:\n    - {{ mac: \"{mac}\", name: phone }}\n");
+    let config = Config::for_topology(&topo, &pins).lan_prefixes(&[]).poll(POLL).with(&devices);
+    let agent = Agent::start(
+        &topo.lab,
+        &topo.gateway.ns,
+        Launch::new(env!("CARGO_BIN_EXE_sensor")),
+        &config,
+    )
+    .unwrap_or_else(|e| panic!("starting the agent: {e:#}"));
+    let value = |scrape: &Scrape, name: &str| {
+        scrape.value(name, &[]).unwrap_or_else(|e| agent.fail(&format!("{e:#}")))
+    };
+    let (_, scrape) = scrape_of(&agent);
+    assert_eq!(value(&scrape, "gwsensor_lan_prefixes"), 2.0, "10.77.1.0/24 and fd77:1::/64");
+    assert_eq!(value(&scrape, "gwsensor_lan_prefix_changes_total"), 0.0);
+
+    let stop_v4 = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let srv4 = UdpReceiver::bind(&inet, sa("10.77.2.2:5021")).unwrap();
+    let phone4 = UdpReceiver::bind(&phone_ns, sa("10.77.1.10:6021")).unwrap();
+    let up4 = stream(phone_ns.clone(), sa("10.77.1.10:40021"), srv4.addr(), 300, stop_v4.clone());
+    let down4 = stream(inet.clone(), sa("10.77.2.2:5022"), phone4.addr(), 400, stop_v4.clone());
+
+    // IPv6 streams both ways from (to) `phone6` for a second; what they sent, after delivery.
+    let srv6 = UdpReceiver::bind(&inet, sa("[fd77:2::2]:5023")).unwrap();
+    let mut ledger = Ledger::for_topology(&topo);
+    let ipv6_phase = |phone6: std::net::Ipv6Addr, port: u16, ledger: &mut Ledger| {
+        let phone_rx = UdpReceiver::bind(&phone_ns, SocketAddr::new(phone6.into(), 6023)).unwrap();
+        let from_inet = sa(&format!("[fd77:2::2]:{port}"));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let before = srv6.datagrams();
+        let up = stream(
+            phone_ns.clone(),
+            SocketAddr::new(phone6.into(), 40023),
+            srv6.addr(),
+            500,
+            stop.clone(),
+        );
+        let down = stream(inet.clone(), from_inet, phone_rx.addr(), 600, stop.clone());
+        std::thread::sleep(Duration::from_secs(1));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent_up = up.join().expect("IPv6 upload stream").expect("IPv6 upload stream");
+        let sent_down = down.join().expect("IPv6 download stream").expect("IPv6 download stream");
+        srv6.wait_for(before + sent_up, DELIVERY_TIMEOUT).unwrap();
+        phone_rx.wait_for(sent_down, DELIVERY_TIMEOUT).unwrap();
+        ledger.udp(&mac, Dir::Upload, srv6.addr(), sent_up, ETHERNET + IPV6 + UDP + 500);
+        ledger.udp(&mac, Dir::Download, from_inet, sent_down, ETHERNET + IPV6 + UDP + 600);
+        (sent_up, sent_down)
+    };
+    let old_phase = ipv6_phase(old_ip6, 5024, &mut ledger);
+
+    // The delegation rotates: fd77:1::/64 out, fd77:5::/64 in.
+    let moved = topo.renumber_lan_ipv6("fd77:5::".parse().unwrap()).expect("renumbering the LAN");
+    let new_ip6 = moved[0];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, scrape) = scrape_of(&agent);
+        if value(&scrape, "gwsensor_lan_prefix_changes_total") >= 1.0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            agent.fail("the LAN prefix change was not followed within 10 s");
+        }
+        std::thread::sleep(POLL);
+    }
+    let log = agent.process().log();
+    if !log.contains("the LAN prefixes changed") || !log.contains("fd77:5::/64") {
+        agent.fail("the log does not say the LAN prefixes changed to fd77:5::/64");
+    }
+    // The renumbering's own frames (MLD reports from ::, to group MACs) are `not_client`;
+    // they are over within the second. From then on nothing may be.
+    std::thread::sleep(Duration::from_secs(1));
+    let not_client = |scrape: &Scrape| {
+        ["upload", "download"]
+            .map(|d| {
+                scrape
+                    .value("gwsensor_packets_total", &[("direction", d), ("reason", "not_client")])
+                    .unwrap_or(0.0)
+            })
+            .iter()
+            .sum::<f64>()
+    };
+    let not_client_after_change = not_client(&scrape_of(&agent).1);
+    let new_phase = ipv6_phase(new_ip6, 5025, &mut ledger);
+
+    stop_v4.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent_up = up4.join().expect("upload stream").expect("upload stream");
+    let sent_down = down4.join().expect("download stream").expect("download stream");
+    srv4.wait_for(sent_up, DELIVERY_TIMEOUT).unwrap();
+    phone4.wait_for(sent_down, DELIVERY_TIMEOUT).unwrap();
+    ledger.udp(&mac, Dir::Upload, srv4.addr(), sent_up, ETHERNET + IPV4 + UDP + 300);
+    ledger.udp(&mac, Dir::Download, sa("10.77.2.2:5022"), sent_down, ETHERNET + IPV4 + UDP + 400);
+    expect(
+        &agent,
+        &ledger,
+        &format!(
+            "IPv4 {sent_up} up / {sent_down} down throughout; IPv6 {old_phase:?} (up, down) from \
+             the old prefix, {new_phase:?} from the new"
+        ),
+    );
+    let (_, scrape) = scrape_of(&agent);
+    assert_eq!(value(&scrape, "gwsensor_lan_prefix_changes_total"), 1.0, "one rotation");
+    assert_eq!(value(&scrape, "gwsensor_lan_prefixes"), 2.0, "10.77.1.0/24 and fd77:5::/64");
+    assert_eq!(not_client(&scrape), not_client_after_change, "not_client after the change");
+}

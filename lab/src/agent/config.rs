@@ -93,6 +93,7 @@ impl Config {
         Config::new(&topo.gateway.lan_if, pins.path(), &topo.lab.dir().join("state.json"))
     }
 
+    /// `&[]`: none in the config, so the agent follows the interface's.
     pub fn lan_prefixes(mut self, prefixes: &[&str]) -> Config {
         self.lan_prefixes = prefixes.iter().map(|p| p.to_string()).collect();
         self
@@ -146,6 +147,12 @@ impl Config {
 
     pub fn yaml(&self) -> String {
         let prefixes: Vec<String> = self.lan_prefixes.iter().map(|p| format!("{p:?}")).collect();
+        // None: the agent follows the interface's own prefixes.
+        let prefixes = if prefixes.is_empty() {
+            String::new()
+        } else {
+            format!("lan_prefixes: [{}]\n", prefixes.join(", "))
+        };
         let poll = self
             .poll_interval
             .map_or(String::new(), |p| format!("poll_interval: {}ms\n", p.as_millis()));
@@ -153,9 +160,8 @@ impl Config {
             web.as_ref().map_or(String::new(), |w| w.yaml(section))
         };
         format!(
-            "interface: {}\nlan_prefixes: [{}]\n{poll}metrics_listen: \"{}\"\napi_listen: \"{}\"\n{}{}pin_path: {}\nstate_path: {}\n{}",
+            "interface: {}\n{prefixes}{poll}metrics_listen: \"{}\"\napi_listen: \"{}\"\n{}{}pin_path: {}\nstate_path: {}\n{}",
             self.interface,
-            prefixes.join(", "),
             self.metrics_listen,
             self.api_listen,
             web("metrics_web", &self.metrics_web),

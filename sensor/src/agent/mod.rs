@@ -17,10 +17,12 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+pub mod lan_follow;
 pub mod pipeline;
 mod sdnotify;
 pub mod state;
 
+use lan_follow::Follower;
 use pipeline::Pipeline;
 
 use crate::{
@@ -30,8 +32,11 @@ use crate::{
     enrich::Enricher,
     export::{metrics::Metrics, server},
     kernel::{
+        KernelError,
+        addr_watch::AddressWatch,
         collector::KernelMaps,
         events,
+        lan_prefixes::LanPrefixMap,
         loader::{self, LoadOptions},
         netif, offload,
     },
@@ -66,12 +71,18 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     keep_large_buffers_out_of_the_heap();
     let mut config = config;
     netif::ifindex(&config.interface)?;
-    let prefixes = if config.lan_prefixes.is_empty() {
-        let derived = netif::prefixes(&config.interface)?;
-        info!(interface = %config.interface, "lan_prefixes not set: using the interface's own prefixes");
-        derived
+    // Unset `lan_prefixes`: the interface's, followed. The watch opens before the read, so
+    // that a change in between is seen.
+    let (mut prefixes, watch) = if config.lan_prefixes.is_empty() {
+        let watch = AddressWatch::open()?;
+        let derived = lan_follow::interface_prefixes(&config.interface)?;
+        info!(
+            interface = %config.interface,
+            "lan_prefixes not set: using the interface's own prefixes, and following their changes"
+        );
+        (derived, Some(watch))
     } else {
-        config.lan_prefixes.clone()
+        (config.lan_prefixes.clone(), None)
     };
     let shown: Vec<String> = prefixes.iter().map(ToString::to_string).collect();
     info!(prefixes = %shown.join(", "), "clients are the hosts inside these LAN prefixes");
@@ -112,12 +123,20 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         &config.pin_path,
     )?;
     let maps = KernelMaps::take(&mut ebpf)?;
+    let mut follower = match watch {
+        Some(watch) => {
+            let map = LanPrefixMap::take(&mut ebpf)?;
+            Some(Follower::new(&config.interface, watch, map, prefixes.clone()))
+        }
+        None => None,
+    };
     let ring =
         ebpf.take_map(names::EVENTS).context("events ring buffer missing from the eBPF object")?;
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let dropped = metrics.events_dropped.clone();
     let reader = events::spawn_reader(RingBuf::try_from(ring)?, events_tx, move || dropped.inc())?;
 
+    metrics.lan_prefixes.set(prefixes.len() as i64);
     metrics.flows_capacity.set(capacities.flows.into());
     metrics.clients_capacity.set(capacities.clients.into());
     metrics
@@ -242,6 +261,29 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
                     last_save = Some(Instant::now());
                 }
             }
+            settled = lan_prefixes_settled(&mut follower) => {
+                let applied = settled.and_then(|()| match &mut follower {
+                    Some(f) => f.apply(),
+                    None => Ok(None),
+                });
+                match applied {
+                    Ok(Some(change)) => {
+                        metrics.lan_prefix_changes.inc();
+                        metrics.lan_prefixes.set(change.new.len() as i64);
+                        pipeline.policy.set_lan_prefixes(&change.new);
+                        prefixes = change.new;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(
+                            "following the LAN prefixes failed; they stay {} until a restart: {:#}",
+                            lan_follow::shown(&prefixes),
+                            anyhow::Error::from(e)
+                        );
+                        follower = None;
+                    }
+                }
+            }
             _ = sighup.recv() => {
                 match reload(config_path, &config, &prefixes, &mut pipeline, &notifier, &warned) {
                     Ok((new, warnings)) => {
@@ -290,6 +332,15 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         config.state_path.display()
     );
     Ok(())
+}
+
+/// The next settled change of the interface's addresses; never, when the prefixes are the
+/// config's.
+async fn lan_prefixes_settled(follower: &mut Option<Follower>) -> Result<(), KernelError> {
+    match follower {
+        Some(f) => f.settled().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The accounting knobs of a config.

@@ -73,6 +73,9 @@ pub struct Metrics {
     pub policy_series_dropped: IntCounter,
     pub config_last_reload_successful: IntGauge,
     pub config_reload_failures: IntCounter,
+    /// Changes of the LAN prefixes followed from the interface (`lan_prefixes` unset).
+    pub lan_prefix_changes: IntCounter,
+    pub lan_prefixes: IntGauge,
     pub http_connections: IntGauge,
     pub http_connections_closed: IntCounterVec,
     /// The traffic families scrapes get, and the ones the last poll made, held back until
@@ -196,6 +199,14 @@ impl Metrics {
             config_reload_failures: counter(
                 "config_reload_failures_total",
                 "SIGHUP reloads refused because the new config or policy was invalid.",
+            )?,
+            lan_prefix_changes: counter(
+                "lan_prefix_changes_total",
+                "Changes of the LAN prefixes followed from the interface's addresses (lan_prefixes not set).",
+            )?,
+            lan_prefixes: gauge(
+                "lan_prefixes",
+                "LAN prefixes the kernel programs count as clients now.",
             )?,
             http_connections: gauge(
                 "http_connections",

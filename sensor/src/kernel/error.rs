@@ -43,6 +43,8 @@ pub enum KernelError {
          `lan_prefixes` in the config (e.g. [192.168.1.0/24, \"fd00::/64\"])"
     )]
     NoAddresses { interface: String },
+    #[error("watching the interfaces' address changes (a NETLINK_ROUTE socket)")]
+    WatchAddresses { source: io::Error },
 
     /// `dir` is the parent of the pin directory, which must be on the BPF filesystem.
     #[error(

@@ -15,15 +15,13 @@ use aya::{
     },
 };
 use ipnet::IpNet;
-use sensor_common::{
-    ClientKey, Counters, FlowKey, FlowValue, LanPrefix, LanPrefixes, MAX_LAN_PREFIXES, STATS_LEN,
-    names,
-};
+use sensor_common::{ClientKey, Counters, FlowKey, FlowValue, LanPrefixSets, STATS_LEN, names};
 use serde::Deserialize;
 use tracing::{info, warn};
 
 use super::{
     error::KernelError,
+    lan_prefixes::{self, LanPrefixMap},
     links::{self, Hook, LinkPins},
     netif,
 };
@@ -106,14 +104,16 @@ pub struct Loaded {
 const CLIENT_SLOT_MAPS: [&str; 4] =
     [names::CLIENT_SLOTS, names::CLIENT_TOTALS, names::FREE_SLOTS, names::NEXT_SLOT];
 
-/// Every map the agent pins (what `sensor detach --maps` removes).
-pub const PINNED_MAPS: [&str; 6] = [
+/// Every map the agent pins (what `sensor detach --maps` removes). `LAN_PREFIXES` is rewritten
+/// at every load: pinned so that a layout change of it is replaced like the others'.
+pub const PINNED_MAPS: [&str; 7] = [
     names::FLOWS,
     names::STATS,
     names::CLIENT_SLOTS,
     names::CLIENT_TOTALS,
     names::FREE_SLOTS,
     names::NEXT_SLOT,
+    names::LAN_PREFIXES,
 ];
 
 /// `sensor detach --maps`: unpins the maps in `pin_dir` (the kernel counters; the exported
@@ -142,30 +142,6 @@ pub fn unpin_maps(pin_dir: &Path) -> Result<Vec<String>, KernelError> {
     Ok(done)
 }
 
-/// The `LAN_PREFIXES` global: each prefix IPv4-mapped, as address and mask words.
-pub fn lan_prefixes_global(prefixes: &[IpNet]) -> Result<LanPrefixes, KernelError> {
-    if prefixes.len() > MAX_LAN_PREFIXES {
-        return Err(KernelError::TooManyPrefixes { count: prefixes.len() });
-    }
-    let mut global = LanPrefixes::default();
-    for (slot, net) in global.prefixes.iter_mut().zip(prefixes) {
-        let (addr, len) = match net.trunc() {
-            IpNet::V4(n) => (n.addr().to_ipv6_mapped().octets(), 96 + n.prefix_len()),
-            IpNet::V6(n) => (n.addr().octets(), n.prefix_len()),
-        };
-        let mask = (u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)).to_be_bytes();
-        *slot = LanPrefix { addr: words(&addr), mask: words(&mask) };
-    }
-    global.count = prefixes.len() as u32;
-    Ok(global)
-}
-
-fn words(b: &[u8; 16]) -> [u32; 4] {
-    std::array::from_fn(|i| {
-        u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
-    })
-}
-
 /// Loads the object with naming events off (programs are not yet verified; see [`attach`]).
 pub fn load(opts: &LoadOptions) -> Result<(Ebpf, Loaded), KernelError> {
     load_with_events(opts, 0)
@@ -178,17 +154,14 @@ pub fn load_with_events(
     events_per_sec_per_cpu: u32,
 ) -> Result<(Ebpf, Loaded), KernelError> {
     check_kernel_release()?;
-    let prefixes = lan_prefixes_global(opts.lan_prefixes)?;
+    // Refused before any map is made; written once the object is loaded.
+    lan_prefixes::encode(opts.lan_prefixes)?;
     let mut capacities = Capacities { flows: opts.flow_capacity, clients: opts.client_capacity };
     let mut loader = EbpfLoader::new();
     if !opts.kernel_btf {
         loader.btf(None);
     }
-    loader.override_global(names::LAN_PREFIXES, &prefixes, true).override_global(
-        names::EVENTS_PER_SEC_PER_CPU,
-        &events_per_sec_per_cpu,
-        true,
-    );
+    loader.override_global(names::EVENTS_PER_SEC_PER_CPU, &events_per_sec_per_cpu, true);
     let mut kept = KeptMaps::default();
     let mut pin_paths: Vec<std::path::PathBuf> = Vec::new();
     if let Some(dir) = opts.pin_dir {
@@ -230,7 +203,7 @@ pub fn load_with_events(
     // Which pins are there before: a load that fails part-way (the kernel refuses a map) must
     // not leave the ones it made, or the next start finds a partial set and refuses it.
     let existed: Vec<bool> = pin_paths.iter().map(|p| p.exists()).collect();
-    let ebpf = loader.load(ebpf_object()).map_err(|e| {
+    let mut ebpf = loader.load(ebpf_object()).map_err(|e| {
         for (path, existed) in pin_paths.iter().zip(existed) {
             if !existed
                 && path.exists()
@@ -241,6 +214,8 @@ pub fn load_with_events(
         }
         KernelError::Load(e)
     })?;
+    // A kept map may be read by the programs of the agent before: swapped, not overwritten.
+    LanPrefixMap::borrow(&mut ebpf)?.set(opts.lan_prefixes)?;
     Ok((ebpf, Loaded { capacities, kept }))
 }
 
@@ -297,7 +272,7 @@ fn prepare_pin_dir(dir: &Path) -> Result<(), KernelError> {
 /// The maps' layouts in this build: type, key and value sizes, and the entries of the maps
 /// whose size is part of the layout (a new stat slot grows `STATS`). A pinned map that
 /// differs in any of them belongs to another build.
-fn layouts() -> [MapLayout; 6] {
+fn layouts() -> [MapLayout; 7] {
     use aya::maps::MapType as T;
     let sized = |name, kind, k: usize, v: usize, entries| MapLayout {
         name,
@@ -312,6 +287,7 @@ fn layouts() -> [MapLayout; 6] {
         sized(names::CLIENT_TOTALS, T::PerCpuArray, 4, size_of::<Counters>(), None),
         sized(names::FREE_SLOTS, T::Queue, 0, 4, None),
         sized(names::NEXT_SLOT, T::Array, 4, 8, Some(1)),
+        sized(names::LAN_PREFIXES, T::Array, 4, size_of::<LanPrefixSets>(), Some(1)),
     ]
 }
 
@@ -929,28 +905,6 @@ pub enum TcAttach {
 mod tests {
     use super::*;
 
-    fn be_words(hex: u128) -> [u32; 4] {
-        words(&hex.to_be_bytes())
-    }
-
-    #[test]
-    fn prefixes_become_mapped_address_and_mask_words() {
-        let nets: Vec<IpNet> = vec![
-            "192.168.1.77/24".parse().unwrap(),
-            "fd00:1::/64".parse().unwrap(),
-            "::/0".parse().unwrap(),
-        ];
-        let g = lan_prefixes_global(&nets).unwrap();
-        assert_eq!(g.count, 3);
-        // Host bits are dropped; IPv4 sits behind ::ffff: with 96 more mask bits.
-        assert_eq!(g.prefixes[0].addr, be_words(0xffff_c0a8_0100));
-        assert_eq!(g.prefixes[0].mask, be_words(u128::MAX << 8));
-        assert_eq!(g.prefixes[1].addr, be_words(0xfd00_0001_0000_0000_0000_0000_0000_0000));
-        assert_eq!(g.prefixes[1].mask, be_words(u128::MAX << 64));
-        assert_eq!(g.prefixes[2].mask, [0; 4]);
-        assert_eq!(g.prefixes[3], LanPrefix::default());
-    }
-
     #[test]
     fn release_versions_parse() {
         assert_eq!(release_version("5.10.0-35-amd64"), Some((5, 10)));
@@ -972,12 +926,5 @@ mod tests {
         assert_eq!(unused_filters("driver", "netlink"), [TcAttachType::Ingress]);
         assert!(unused_filters("tc_ingress", "netlink").is_empty());
         assert_eq!(unused_filters("tc_ingress", "tcx").len(), 2);
-    }
-
-    #[test]
-    fn too_many_prefixes_are_refused() {
-        let nets: Vec<IpNet> =
-            (0..=MAX_LAN_PREFIXES).map(|i| format!("10.{i}.0.0/16").parse().unwrap()).collect();
-        assert!(lan_prefixes_global(&nets).is_err());
     }
 }

@@ -174,6 +174,8 @@ const DOH_ADDRESSES: &[&str] = &[
 #[derive(Debug, Clone, PartialEq)]
 pub struct DnsBypass {
     resolvers: Vec<Cidr>,
+    /// The LAN prefixes: apart from `resolvers`, as they follow the interface's.
+    lan: Vec<Cidr>,
     doh_domains: Vec<DomainPattern>,
     doh_addresses: Vec<Cidr>,
 }
@@ -186,19 +188,27 @@ impl DnsBypass {
         let mut doh_addresses: Vec<Cidr> =
             DOH_ADDRESSES.iter().filter_map(|a| Cidr::parse(a).ok()).collect();
         doh_addresses.extend(spec.doh_addresses.iter().copied());
-        DnsBypass { resolvers: spec.resolvers.0.clone(), doh_domains, doh_addresses }
+        DnsBypass {
+            resolvers: spec.resolvers.0.clone(),
+            lan: Vec::new(),
+            doh_domains,
+            doh_addresses,
+        }
     }
 
-    /// The LAN itself (the router, a Pi-hole) is always an allowed resolver.
+    /// The LAN itself (the router, a Pi-hole) is always an allowed resolver: `nets` replace the
+    /// LAN prefixes allowed before (they change with the interface's).
     pub fn allow_networks(&mut self, nets: &[ipnet::IpNet]) {
-        self.resolvers.extend(nets.iter().map(|n| Cidr(*n)));
+        self.lan = nets.iter().map(|n| Cidr(*n)).collect();
     }
 
     pub fn is_bypass(&self, f: &FlowFacts) -> bool {
         const TCP: u8 = 6;
         const UDP: u8 = 17;
         let Some(ip) = f.remote_ip else { return false };
-        if !matches!(f.protocol, TCP | UDP) || self.resolvers.iter().any(|r| r.contains(&ip)) {
+        if !matches!(f.protocol, TCP | UDP)
+            || self.resolvers.iter().chain(&self.lan).any(|r| r.contains(&ip))
+        {
             return false;
         }
         match f.port {

@@ -57,7 +57,7 @@ impl Default for Policy {
 
 impl Policy {
     /// The LAN's own hosts (the router, a Pi-hole) are always allowed resolvers for
-    /// `dns_bypass`, whatever the file lists.
+    /// `dns_bypass`, whatever the file lists; `lan_prefixes` replace the ones set before.
     pub fn allow_lan_resolvers(&mut self, lan_prefixes: &[ipnet::IpNet]) {
         self.dns.allow_networks(lan_prefixes);
     }

@@ -366,3 +366,35 @@ fn a_failed_load_leaves_no_pins() {
         assert!(left.is_empty(), "attempt {attempt}: {left:?} left after: {err:#}");
     }
 }
+
+/// `LAN_PREFIXES` is a map since the prefixes follow the interface: the pins of a build
+/// before it (the other maps, of this layout) are kept, and it is made and pinned beside them;
+/// a pinned one of another layout (a per-CPU array standing in) has the set replaced.
+#[test]
+fn the_lan_prefixes_map_joins_older_pins_and_is_replaced_when_its_layout_differs() {
+    require_root!();
+    lab::ensure_bpffs().expect("pinning needs a BPF filesystem at /sys/fs/bpf");
+    let pins = lab::PinDir::new("kernel", "lan-prefixes-pin");
+    let dir = pins.path().to_path_buf();
+    let prefixes: Vec<IpNet> = LAN.iter().map(|p| p.parse().unwrap()).collect();
+    let opts = pinned(&prefixes, &dir, 8);
+    let value_size = |path: &std::path::Path| MapInfo::from_pin(path).unwrap().value_size();
+    let pin = dir.join(names::LAN_PREFIXES);
+    let (ebpf, _) = load(&opts).expect("first load");
+    drop(ebpf);
+    // An older build's pins: all but LAN_PREFIXES.
+    std::fs::remove_file(&pin).unwrap();
+    let (ebpf, older) = load(&opts).expect("loading over an older build's pins");
+    assert_eq!(older.kept, KeptMaps { flows: true, clients: true, stats: true });
+    assert_eq!(value_size(&pin), size_of::<sensor::common::LanPrefixSets>() as u32);
+    drop(ebpf);
+
+    std::fs::remove_file(&pin).unwrap();
+    lab::pin_percpu_array(&pin, 520, "old_prefixes").expect("bpftool map create");
+    let (ebpf, other) = load(&opts).expect("another layout of LAN_PREFIXES is replaced");
+    assert_eq!(other.kept, KeptMaps::default(), "the whole set is replaced");
+    assert_eq!(value_size(&pin), 520, "the old pin stays until the attach");
+    assert_eq!(finish_replacement(&dir).expect("finishing"), PINNED_MAPS.to_vec());
+    assert_eq!(value_size(&pin), size_of::<sensor::common::LanPrefixSets>() as u32);
+    drop(ebpf);
+}

@@ -111,3 +111,50 @@ fn group_client_mac_is_not_client() {
         Stat::NotClient,
     );
 }
+
+/// The agent rewrites the LAN prefixes of loaded programs (`lan_prefixes` unset: the
+/// interface's, followed): from the write on, packets are classified by the new set, each of
+/// its slots up to the last one the programs check; the prefix left out is not client traffic
+/// any more, the one kept still is.
+#[test]
+fn lan_prefixes_rewritten_while_loaded_take_effect_at_once() {
+    use ipnet::IpNet;
+    use sensor::{common::MAX_LAN_PREFIXES, kernel::lan_prefixes::LanPrefixMap};
+
+    require_root!();
+    let mut s = crate::harness::Sensor::new();
+    let v4 = udp4(CLIENT_MAC, GW_MAC, CLIENT4, REMOTE4, 51000, 53, 20);
+    let old6 = udp6(CLIENT_MAC, GW_MAC, CLIENT6, REMOTE6, 51000, 53, 20);
+    let new6 = udp6(CLIENT_MAC, GW_MAC, OUTSIDE6, REMOTE6, 51000, 53, 20);
+    let outcomes = |s: &crate::harness::Sensor| {
+        let snap = s.snapshot();
+        (snap.stat(Stat::Counted, Direction::Upload), snap.stat(Stat::NotClient, Direction::Upload))
+    };
+    for f in [&v4, &old6, &new6] {
+        s.upload(f);
+    }
+    assert_eq!(outcomes(&s), (2, 1), "before: fd00:2::/64 is outside");
+
+    // The IPv6 prefix rotated (fd00:1::/64 → fd00:2::/64): in the last slot, behind fillers.
+    let mut nets: Vec<IpNet> = vec!["192.168.1.0/24".parse().unwrap()];
+    nets.extend(
+        (1..MAX_LAN_PREFIXES - 1).map(|i| format!("10.{i}.0.0/16").parse::<IpNet>().unwrap()),
+    );
+    nets.push("fd00:2::/64".parse().unwrap());
+    let mut map = LanPrefixMap::borrow(&mut s.ebpf).expect("the LAN_PREFIXES map");
+    map.set(&nets).expect("writing the LAN prefixes");
+    let active = map.get().expect("reading the LAN prefixes");
+    assert_eq!(active, sensor::kernel::lan_prefixes::encode(&nets).unwrap());
+    for f in [&v4, &old6, &new6] {
+        s.upload(f);
+    }
+    assert_eq!(outcomes(&s), (2 + 2, 1 + 1), "after: fd00:1::/64 is outside, fd00:2::/64 in");
+
+    // And back, into the other set: the swap goes both ways.
+    let mut map = LanPrefixMap::borrow(&mut s.ebpf).expect("the LAN_PREFIXES map");
+    map.set(&["192.168.1.0/24".parse().unwrap(), "fd00:1::/64".parse().unwrap()]).unwrap();
+    for f in [&v4, &old6, &new6] {
+        s.upload(f);
+    }
+    assert_eq!(outcomes(&s), (4 + 2, 2 + 1), "back to fd00:1::/64");
+}

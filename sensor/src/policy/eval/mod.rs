@@ -102,6 +102,12 @@ impl Evaluator {
         &self.policy
     }
 
+    /// The LAN prefixes changed (followed from the interface): its hosts are the allowed
+    /// resolvers from now on.
+    pub fn set_lan_prefixes(&mut self, lan_prefixes: &[ipnet::IpNet]) {
+        self.policy.allow_lan_resolvers(lan_prefixes);
+    }
+
     /// A new policy (SIGHUP): series of rules that still exist keep their windows and alerts.
     pub fn replace(&mut self, policy: Policy, external_url: String, resolved_retention: Duration) {
         let names: BTreeSet<&str> = policy.rules.iter().map(|r| r.name.as_str()).collect();
