@@ -23,6 +23,8 @@ pub mod names {
     pub const XDP_CAPTURE_PROGRAM: &str = "gwsensor_xdp_capture";
     pub const EVENTS_PER_SEC_PER_CPU: &str = "EVENTS_PER_SEC_PER_CPU";
     pub const LAN_PREFIXES: &str = "LAN_PREFIXES";
+    /// Global: how many prefix slots the programs check (see `LAN_SLOTS` in sensor-ebpf).
+    pub const LAN_SLOTS: &str = "LAN_SLOTS";
     pub const XDP_PROGRAM: &str = "gwsensor_xdp";
     pub const TC_PROGRAM: &str = "gwsensor_tc";
     /// TC ingress: uploads where the interface has no native XDP (a bridge).

@@ -8,7 +8,7 @@ use sensor_common::{
     Direction, FlowKey, MAX_IPV6_EXT_HEADERS, MAX_LAN_PREFIXES, MAX_VLAN_TAGS, Stat,
 };
 
-use crate::maps::LAN_PREFIXES;
+use crate::maps::{LAN_PREFIXES, LAN_SLOTS};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -344,8 +344,12 @@ fn parse_ipv6(
 /// cannot prune a state that leaves a loop until every path through the loop is explored, so a
 /// loop with an exit per prefix had it verify the rest of the program once per exit (Linux
 /// 6.18 gave up at a million instructions). Unrolled, the exits are plain branches that meet.
+/// Still, each slot costs the verifier a walk of the rest of the program: it explores only the
+/// `LAN_SLOTS` the loader set.
 #[inline(always)]
 fn in_lan(w: [u32; 4]) -> bool {
+    // SAFETY: a read of a static; volatile so the compiler does not fold the zero default.
+    let slots = unsafe { core::ptr::read_volatile(&LAN_SLOTS) } as usize;
     let Some(sets) = LAN_PREFIXES.get(0) else { return false };
     // `active` is read once, and the set's address depends on it: the set read is the one it
     // named (the agent writes a set before it names it).
@@ -353,6 +357,9 @@ fn in_lan(w: [u32; 4]) -> bool {
     let count = set.count as usize;
     macro_rules! check {
         ($($i:literal)*) => {$(
+            if $i >= slots {
+                return false;
+            }
             if $i >= count {
                 return false;
             }

@@ -16,22 +16,23 @@ use crate::kernel::{KernelError, addr_watch::AddressWatch, lan_prefixes::LanPref
 /// addresses each): the prefixes are re-read once the interface has been quiet this long.
 pub const QUIET: Duration = Duration::from_secs(1);
 
-/// The interface's prefixes, at most [`MAX_LAN_PREFIXES`] (the first ones; the rest said in a
-/// warning).
-pub fn interface_prefixes(interface: &str) -> Result<Vec<IpNet>, KernelError> {
+/// The interface's prefixes, at most `slots` (the first ones; the rest said in a warning): at
+/// start [`MAX_LAN_PREFIXES`], then as many as the loaded programs check
+/// ([`Loaded::lan_slots`](crate::kernel::loader::Loaded)).
+pub fn interface_prefixes(interface: &str, slots: usize) -> Result<Vec<IpNet>, KernelError> {
     let mut prefixes = netif::prefixes(interface)?;
-    if prefixes.len() > MAX_LAN_PREFIXES {
-        let left: Vec<String> =
-            prefixes[MAX_LAN_PREFIXES..].iter().map(ToString::to_string).collect();
+    if prefixes.len() > slots {
+        let left: Vec<String> = prefixes[slots..].iter().map(ToString::to_string).collect();
         warn!(
             interface,
-            "the interface has {} prefixes; the kernel program checks at most \
-             {MAX_LAN_PREFIXES}: traffic of {} is not counted as client traffic (set \
-             `lan_prefixes` to choose)",
+            "the interface has {} prefixes; the kernel programs check {slots} (the prefixes at \
+             start and {} spare, at most {MAX_LAN_PREFIXES}; a restart checks more): traffic \
+             of {} is not counted as client traffic (set `lan_prefixes` to choose)",
             prefixes.len(),
+            crate::kernel::loader::SPARE_LAN_SLOTS,
             left.join(", ")
         );
-        prefixes.truncate(MAX_LAN_PREFIXES);
+        prefixes.truncate(slots);
     }
     Ok(prefixes)
 }
@@ -42,6 +43,8 @@ pub struct Follower {
     watch: AddressWatch,
     map: LanPrefixMap<MapData>,
     current: Vec<IpNet>,
+    /// How many prefixes the loaded programs check.
+    slots: usize,
     /// When the last burst of changes counts as over.
     settles: Option<Instant>,
 }
@@ -59,8 +62,9 @@ impl Follower {
         watch: AddressWatch,
         map: LanPrefixMap<MapData>,
         current: Vec<IpNet>,
+        slots: usize,
     ) -> Follower {
-        Follower { interface: interface.into(), watch, map, current, settles: None }
+        Follower { interface: interface.into(), watch, map, current, slots, settles: None }
     }
 
     /// Completes once addresses changed and then stayed quiet for [`QUIET`]. Cancel-safe: what
@@ -89,7 +93,7 @@ impl Follower {
     /// Re-reads the interface's prefixes and, when they differ from the kernel's, writes them
     /// there. An interface without addresses (down, being renumbered) keeps the prefixes.
     pub fn apply(&mut self) -> Result<Option<Change>, KernelError> {
-        let new = match interface_prefixes(&self.interface) {
+        let new = match interface_prefixes(&self.interface, self.slots) {
             Ok(new) => new,
             Err(KernelError::NoAddresses { .. }) => {
                 warn!(

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::RingBuf;
-use sensor_common::names;
+use sensor_common::{MAX_LAN_PREFIXES, names};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, watch},
@@ -75,7 +75,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     // that a change in between is seen.
     let (mut prefixes, watch) = if config.lan_prefixes.is_empty() {
         let watch = AddressWatch::open()?;
-        let derived = lan_follow::interface_prefixes(&config.interface)?;
+        let derived = lan_follow::interface_prefixes(&config.interface, MAX_LAN_PREFIXES)?;
         info!(
             interface = %config.interface,
             "lan_prefixes not set: using the interface's own prefixes, and following their changes"
@@ -126,7 +126,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let mut follower = match watch {
         Some(watch) => {
             let map = LanPrefixMap::take(&mut ebpf)?;
-            Some(Follower::new(&config.interface, watch, map, prefixes.clone()))
+            Some(Follower::new(&config.interface, watch, map, prefixes.clone(), loaded.lan_slots))
         }
         None => None,
     };

@@ -15,7 +15,9 @@ use aya::{
     },
 };
 use ipnet::IpNet;
-use sensor_common::{ClientKey, Counters, FlowKey, FlowValue, LanPrefixSets, STATS_LEN, names};
+use sensor_common::{
+    ClientKey, Counters, FlowKey, FlowValue, LanPrefixSets, MAX_LAN_PREFIXES, STATS_LEN, names,
+};
 use serde::Deserialize;
 use tracing::{info, warn};
 
@@ -96,7 +98,14 @@ pub struct KeptMaps {
 pub struct Loaded {
     pub capacities: Capacities,
     pub kept: KeptMaps,
+    /// How many LAN prefixes the programs check (until the next load).
+    pub lan_slots: usize,
 }
+
+/// Prefix slots the programs check beyond the prefixes at load: room for prefixes that follow
+/// the interface to grow (a rotation that adds the new prefix before it removes the old).
+/// Each slot costs the verifier a walk of the rest of the program, so not all 16.
+pub const SPARE_LAN_SLOTS: usize = 4;
 
 /// The maps that hand out client slots: pinned together or not at all, since a slot is only
 /// meaningful with all of them (a fresh `NEXT_SLOT` beside old `CLIENT_SLOTS` would hand out
@@ -161,7 +170,11 @@ pub fn load_with_events(
     if !opts.kernel_btf {
         loader.btf(None);
     }
-    loader.override_global(names::EVENTS_PER_SEC_PER_CPU, &events_per_sec_per_cpu, true);
+    let lan_slots = (opts.lan_prefixes.len() + SPARE_LAN_SLOTS).min(MAX_LAN_PREFIXES);
+    let lan_slots_global = lan_slots as u32;
+    loader
+        .override_global(names::EVENTS_PER_SEC_PER_CPU, &events_per_sec_per_cpu, true)
+        .override_global(names::LAN_SLOTS, &lan_slots_global, true);
     let mut kept = KeptMaps::default();
     let mut pin_paths: Vec<std::path::PathBuf> = Vec::new();
     if let Some(dir) = opts.pin_dir {
@@ -216,7 +229,7 @@ pub fn load_with_events(
     })?;
     // A kept map may be read by the programs of the agent before: swapped, not overwritten.
     LanPrefixMap::borrow(&mut ebpf)?.set(opts.lan_prefixes)?;
-    Ok((ebpf, Loaded { capacities, kept }))
+    Ok((ebpf, Loaded { capacities, kept, lan_slots }))
 }
 
 /// The oldest kernel the programs load on: the client slot allocator takes slots with an

@@ -119,7 +119,7 @@ fn group_client_mac_is_not_client() {
 #[test]
 fn lan_prefixes_rewritten_while_loaded_take_effect_at_once() {
     use ipnet::IpNet;
-    use sensor::{common::MAX_LAN_PREFIXES, kernel::lan_prefixes::LanPrefixMap};
+    use sensor::kernel::{lan_prefixes::LanPrefixMap, loader::SPARE_LAN_SLOTS};
 
     require_root!();
     let mut s = crate::harness::Sensor::new();
@@ -135,11 +135,11 @@ fn lan_prefixes_rewritten_while_loaded_take_effect_at_once() {
     }
     assert_eq!(outcomes(&s), (2, 1), "before: fd00:2::/64 is outside");
 
-    // The IPv6 prefix rotated (fd00:1::/64 → fd00:2::/64): in the last slot, behind fillers.
+    // The IPv6 prefix rotated (fd00:1::/64 → fd00:2::/64): in the last slot the programs check
+    // (the two prefixes at load and the spare ones), behind fillers.
+    let slots = 2 + SPARE_LAN_SLOTS;
     let mut nets: Vec<IpNet> = vec!["192.168.1.0/24".parse().unwrap()];
-    nets.extend(
-        (1..MAX_LAN_PREFIXES - 1).map(|i| format!("10.{i}.0.0/16").parse::<IpNet>().unwrap()),
-    );
+    nets.extend((1..slots - 1).map(|i| format!("10.{i}.0.0/16").parse::<IpNet>().unwrap()));
     nets.push("fd00:2::/64".parse().unwrap());
     let mut map = LanPrefixMap::borrow(&mut s.ebpf).expect("the LAN_PREFIXES map");
     map.set(&nets).expect("writing the LAN prefixes");
@@ -150,11 +150,19 @@ fn lan_prefixes_rewritten_while_loaded_take_effect_at_once() {
     }
     assert_eq!(outcomes(&s), (2 + 2, 1 + 1), "after: fd00:1::/64 is outside, fd00:2::/64 in");
 
+    // One slot further is past what the programs check: not client traffic.
+    nets.insert(slots - 1, "10.99.0.0/16".parse().unwrap());
+    LanPrefixMap::borrow(&mut s.ebpf).unwrap().set(&nets).unwrap();
+    for f in [&v4, &old6, &new6] {
+        s.upload(f);
+    }
+    assert_eq!(outcomes(&s), (4 + 1, 2 + 2), "a prefix past the checked slots is not seen");
+
     // And back, into the other set: the swap goes both ways.
     let mut map = LanPrefixMap::borrow(&mut s.ebpf).expect("the LAN_PREFIXES map");
     map.set(&["192.168.1.0/24".parse().unwrap(), "fd00:1::/64".parse().unwrap()]).unwrap();
     for f in [&v4, &old6, &new6] {
         s.upload(f);
     }
-    assert_eq!(outcomes(&s), (4 + 2, 2 + 1), "back to fd00:1::/64");
+    assert_eq!(outcomes(&s), (5 + 2, 4 + 1), "back to fd00:1::/64");
 }
