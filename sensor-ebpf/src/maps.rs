@@ -94,8 +94,8 @@ pub(crate) static EVENTS_PER_SEC_PER_CPU: u32 = 0;
 pub(crate) static LAN_PREFIXES: Array<LanPrefixSets> = Array::with_max_entries(1, 0);
 
 /// How many of `LAN_PREFIXES`'s slots the programs check, set by the loader (the prefixes at
-/// load and a few spare, for a rotation that adds the new prefix before it removes the old):
-/// a constant to the verifier, which then explores only those slots. All 16 made Linux 6.1's
+/// load and one spare, for a rotation that adds the new prefix before it removes the old):
+/// a constant to the verifier, which then explores only those slots. More made Linux 6.1's
 /// verifier give up on the TC program with naming events on.
 #[unsafe(no_mangle)]
 pub(crate) static LAN_SLOTS: u32 = 0;

@@ -26,7 +26,7 @@ pub fn interface_prefixes(interface: &str, slots: usize) -> Result<Vec<IpNet>, K
         warn!(
             interface,
             "the interface has {} prefixes; the kernel programs check {slots} (the prefixes at \
-             start and {} spare, at most {MAX_LAN_PREFIXES}; a restart checks more): traffic \
+             start and {} spare, at most {MAX_LAN_PREFIXES}; a restart checks them all): traffic \
              of {} is not counted as client traffic (set `lan_prefixes` to choose)",
             prefixes.len(),
             crate::kernel::loader::SPARE_LAN_SLOTS,

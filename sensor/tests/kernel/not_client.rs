@@ -136,7 +136,7 @@ fn lan_prefixes_rewritten_while_loaded_take_effect_at_once() {
     assert_eq!(outcomes(&s), (2, 1), "before: fd00:2::/64 is outside");
 
     // The IPv6 prefix rotated (fd00:1::/64 → fd00:2::/64): in the last slot the programs check
-    // (the two prefixes at load and the spare ones), behind fillers.
+    // (the two prefixes at load and the spare one), behind a filler.
     let slots = 2 + SPARE_LAN_SLOTS;
     let mut nets: Vec<IpNet> = vec!["192.168.1.0/24".parse().unwrap()];
     nets.extend((1..slots - 1).map(|i| format!("10.{i}.0.0/16").parse::<IpNet>().unwrap()));
