@@ -32,12 +32,16 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use core::mem::MaybeUninit;
 use sensor_common::{
-    Direction, EventOutcome, FlowKey, MAX_HEADER_DEPTH, Stat, wire_bytes, wire_frames,
+    Direction, EventKind, EventOutcome, FlowKey, MAX_EVENT_CHUNKS, MAX_HEADER_DEPTH, Stat,
+    wire_bytes, wire_frames,
 };
 
 use crate::{
     account::{account, bump_stat, coarse_now},
-    events::{EventStart, MAX_PAYLOAD_OFF, allow_event, bump_event, emit, event_kind},
+    events::{
+        EventStart, MAX_PAYLOAD_OFF, allow_event, bump_event, emit, event_kind, follow_hello,
+        next_chunk,
+    },
     maps::{EVENT_PENDING, EVENT_TAIL},
     parse::{Packet, ipv6_ext_chain, parse},
 };
@@ -60,11 +64,18 @@ pub fn gwsensor_xdp(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// Tail-called by `gwsensor_xdp` to copy a staged event's payload into the ring buffer.
+/// Tail-called by `gwsensor_xdp` to copy a staged event's payload into the ring buffer; a
+/// payload of several chunks tail-calls this program again for each next one.
 #[xdp]
 pub fn gwsensor_xdp_capture(ctx: XdpContext) -> u32 {
-    if let Some(pending) = EVENT_PENDING.get(0) {
+    if let Some(pending) = EVENT_PENDING.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, staged by the program that tail-called this one on this CPU.
+        let pending = unsafe { &mut *pending };
         emit(&ctx, pending);
+        if next_chunk(pending) {
+            // SAFETY: as above; does not return on success.
+            unsafe { EVENT_TAIL.tail_call(&ctx, 0) };
+        }
     }
     xdp_action::XDP_PASS
 }
@@ -116,7 +127,13 @@ fn tc_observe(ctx: &TcContext, dir: Direction) -> i32 {
     let pkt = Packet { data: ctx.data(), end: ctx.data_end() };
     let mut key = MaybeUninit::uninit();
     observe(ctx, pkt, &mut key, dir, size, |key, ev| {
-        emit(ctx, &ev.pending(key, dir));
+        let mut pending = ev.pending(key, dir);
+        for _ in 0..MAX_EVENT_CHUNKS {
+            emit(ctx, &pending);
+            if !next_chunk(&mut pending) {
+                break;
+            }
+        }
     });
     // "Unspecified": carry on with whatever else is attached (TCX next / next filter).
     TC_ACT_UNSPEC
@@ -160,23 +177,24 @@ fn observe<C: EbpfContext>(
     // Exactly one outcome per packet, and no `seen` count: the agent derives it as the sum of
     // the outcomes, which saves an array update per packet.
     let (outcome, n) = match parse(pkt, dir, key) {
-        Ok((key, header_len)) => {
+        Ok((key, header_len, seq)) => {
             let segs = wire_frames(size.len, header_len as u64, size.gso_segs, size.gso_size);
             let bytes = wire_bytes(size.len, segs, header_len as u64, size.per_frame);
             let packets = segs as u64;
             let now = coarse_now();
-            let outcome = account(key, dir, packets, bytes, now);
+            let (outcome, young) = account(key, dir, packets, bytes, now);
             // Counted before the event: XDP emits it through a tail call, which does not
             // return when it succeeds, so nothing after `event` runs for that packet.
             let n = bump_stat(outcome, dir);
-            if let Some(kind) = event_kind(key, header_len, dir, pkt) {
+            if let Some(found) = event_kind(key, header_len, seq, dir, pkt, young) {
+                let kind = found.kind;
                 if header_len <= MAX_PAYLOAD_OFF && allow_event(key, now) {
-                    let start = EventStart {
-                        kind,
-                        payload_off: header_len as u16,
-                        payload_len: (size.len as usize).saturating_sub(header_len) as u32,
-                        now,
-                    };
+                    let payload_len = (size.len as usize).saturating_sub(header_len) as u32;
+                    if kind == EventKind::TlsClientHello {
+                        follow_hello(key, seq, payload_len, found.hello_len);
+                    }
+                    let start =
+                        EventStart { kind, payload_off: header_len as u16, payload_len, now, seq };
                     event(key, &start);
                 } else {
                     bump_event(kind, EventOutcome::RateLimited);

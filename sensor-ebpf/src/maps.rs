@@ -4,12 +4,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray, Queue, RingBuf},
+    maps::{
+        Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray, Queue, RingBuf,
+    },
 };
 use sensor_common::{
     ClientKey, Counters, DEFAULT_CLIENT_CAPACITY, DEFAULT_FLOW_CAPACITY, EVENT_RING_BYTES,
-    EVENT_STATS_LEN, FlowKey, FlowValue, LanPrefix, LanPrefixes, MAX_LAN_PREFIXES, PendingEvent,
-    RateWindow, STATS_LEN,
+    EVENT_STATS_LEN, FlowKey, FlowValue, HELLO_TAILS_CAPACITY, HelloTail, LanPrefix, LanPrefixes,
+    MAX_LAN_PREFIXES, PendingEvent, RateWindow, STATS_LEN,
 };
 
 /// Per-flow counters, and the flow's client slot. LRU so that memory stays bounded whatever the
@@ -83,6 +85,13 @@ pub(crate) static EVENT_PENDING: PerCpuArray<PendingEvent> = PerCpuArray::with_m
 /// Slot 0: the XDP capture program (set by the loader).
 #[map(name = "EVENT_TAIL")]
 pub(crate) static EVENT_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// ClientHellos followed into their later segments (see [`HelloTail`]). Shared by the CPUs:
+/// a flow's segments need not arrive on the CPU its first one did. LRU, so a flow that ends
+/// before its ClientHello does leaves no entry behind for long.
+#[map(name = "HELLO_TAILS")]
+pub(crate) static HELLO_TAILS: LruHashMap<FlowKey, HelloTail> =
+    LruHashMap::with_max_entries(HELLO_TAILS_CAPACITY, 0);
 
 /// Events allowed per second on each CPU (set by the loader; 0 disables events).
 #[unsafe(no_mangle)]

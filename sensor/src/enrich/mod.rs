@@ -6,6 +6,7 @@ pub mod dns;
 pub mod domain;
 mod error;
 pub mod geo;
+pub mod hello;
 pub mod http;
 pub mod inventory;
 pub mod names;
@@ -93,6 +94,8 @@ pub struct Enricher {
     level: DestinationLevel,
     /// The router's own addresses (every interface's): local, like the LAN's.
     router: FastSet<IpAddr>,
+    /// ClientHellos over TCP arriving in several pieces.
+    tcp_hellos: hello::TcpHellos,
 }
 
 impl Enricher {
@@ -112,7 +115,17 @@ impl Enricher {
             names.max_names,
             names.flow_name_ttl.as_secs(),
         );
-        Ok((Enricher { inventory, names, geo, level, router: FastSet::default() }, warnings))
+        Ok((
+            Enricher {
+                inventory,
+                names,
+                geo,
+                level,
+                router: FastSet::default(),
+                tcp_hellos: hello::TcpHellos::default(),
+            },
+            warnings,
+        ))
     }
 
     /// Learns from one naming event. An error means its payload did not parse.
@@ -124,11 +137,15 @@ impl Enricher {
                 let answer = dns::parse_response(&obs.data, obs.key.protocol == 6)?;
                 self.names.learn_dns(client, &answer, now);
             }
-            EventKind::TlsClientHello => {
-                if let Some(sni) = tls::client_hello_sni(&obs.data)? {
+            EventKind::TlsClientHello | EventKind::TlsSegment => {
+                let first = obs.kind == EventKind::TlsClientHello && obs.chunk_off == 0;
+                let seq = obs.seq.wrapping_add(u32::from(obs.chunk_off));
+                let progress = self.tcp_hellos.add(&obs.key, first, seq, &obs.data, now)?;
+                if let hello::Progress::Named(Some(sni)) = progress {
                     self.names.learn_flow_name(client, remote, obs.key.remote_port, &sni, now);
                 }
             }
+            EventKind::QuicInitial => {}
             EventKind::HttpRequest => {
                 if let Some(host) = http::request_host(&obs.data)? {
                     self.names.learn_flow_name(client, remote, obs.key.remote_port, &host, now);
@@ -149,10 +166,17 @@ impl Enricher {
         self.names.take_limits(&reloaded.names, now);
     }
 
-    /// Re-reads changed lease files and forgets expired names; returns new warnings.
+    /// Re-reads changed lease files, forgets expired names and gives up ClientHellos that did
+    /// not arrive whole in time; returns new warnings.
     pub fn maintain(&mut self, now: u64) -> Vec<String> {
         self.names.expire(now);
+        self.tcp_hellos.expire(now);
         self.inventory.refresh()
+    }
+
+    /// ClientHellos given up since the last call (they never arrived whole), by kind.
+    pub fn take_given_up(&mut self) -> [(EventKind, u64); 1] {
+        [(EventKind::TlsClientHello, self.tcp_hellos.take_given_up())]
     }
 
     /// The name the client used for this flow's remote end, if one is known.

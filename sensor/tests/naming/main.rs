@@ -21,6 +21,7 @@
 mod addresses;
 mod budget;
 mod checks;
+mod chromium;
 mod dns;
 mod inventory;
 mod ledger;
