@@ -228,7 +228,7 @@ pub(crate) fn follow_hello(key: &FlowKey, seq: u32, payload_len: u32, hello_len:
     }
     let tail = HelloTail { start_seq: seq, len: hello_len, segments: HELLO_MAX_SEGMENTS, _pad: 0 };
     // A full map drops its least recent entry; a failure only leaves this one unnamed.
-    let _ = HELLO_TAILS.insert(key, &tail, 0);
+    let _ = HELLO_TAILS.insert(key, tail, 0);
 }
 
 /// Whether a staged event has another chunk to hand up, and moves it there.
