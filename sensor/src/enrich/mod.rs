@@ -12,6 +12,7 @@ pub mod inventory;
 pub mod names;
 pub mod oui;
 mod parse;
+pub mod quic;
 pub mod tls;
 
 use std::{collections::BTreeMap, net::IpAddr};
