@@ -130,9 +130,11 @@ impl Pipeline {
         for warning in self.enricher.maintain(now) {
             warn!("{warning}");
         }
-        for (kind, n) in self.enricher.take_given_up() {
+        let tally = self.enricher.take_tally();
+        for (kind, n) in tally.given_up {
             self.metrics.name_parse_errors.with_label_values(&[kind.as_str()]).inc_by(n);
         }
+        self.metrics.tls_ech.inc_by(tally.ech);
         self.refresh_router_addresses();
         // Map reads are blocking syscalls (milliseconds for a full map): keep them off the reactor.
         let mut stage = Instant::now();

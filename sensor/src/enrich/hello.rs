@@ -1,12 +1,19 @@
-//! ClientHellos that span several packets, put back together before they are parsed.
+//! ClientHellos that span several packets, put back together before they are parsed: TCP
+//! segments ([`TcpHellos`]) and QUIC Initials ([`QuicHellos`]).
 //!
 //! A ClientHello with a post-quantum key share (X25519MLKEM768, sent by every major browser and
 //! Android's TLS stack) is ~1.9 kB: over TCP it spans two segments, and the kernel hands up
 //! the first segment and then the later ones it follows (`TlsSegment` events, placed by their
 //! sequence numbers), each in chunks of at most `EVENT_DATA_MAX` bytes. Here the pieces of a
 //! flow are laid out by stream offset (out of order, retransmitted and overlapping pieces are
-//! fine: a byte's first copy is kept) and the ClientHello is parsed as soon as the bytes from
-//! its start are contiguous far enough to hold its server_name.
+//! fine: a byte's first copy is kept) and the ClientHello is parsed once the bytes from its
+//! start are contiguous to its end. (A server_name found earlier is used only if the rest never
+//! comes: an `encrypted_client_hello` extension after it would change what it means.)
+//!
+//! QUIC: each datagram comes in chunks too (one, for Chromium's 1,250-byte Initials); they are
+//! joined, then handed to the connection's [`InitialAssembler`], which decrypts and gathers
+//! the CRYPTO frames. Connections under one flow key are told apart by the Destination
+//! Connection ID of their first Initial.
 //!
 //! Bounds: a flow waits at most [`WAIT_SECS`] and gathers at most [`MAX_BYTES`]; at most
 //! [`MAX_PENDING`] flows wait at once (the oldest is given up first). A flow given up counts
@@ -14,7 +21,11 @@
 
 use sensor_common::FlowKey;
 
-use super::{parse::ParseError, tls};
+use super::{
+    parse::ParseError,
+    quic::InitialAssembler,
+    tls::{self, Hello},
+};
 use crate::types::FastMap;
 
 /// How long a flow's ClientHello may take to arrive whole.
@@ -29,8 +40,8 @@ const MAX_PIECES: usize = 32;
 /// What a piece brought.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Progress {
-    /// The ClientHello is whole (or its server_name is): its name, if any.
-    Named(Option<String>),
+    /// The ClientHello is read: its name, if any, and whether it offers ECH.
+    Named(Hello),
     /// More of it is still to come.
     Waiting,
 }
@@ -56,6 +67,9 @@ struct Pending {
     /// Pieces by sequence number of their first byte.
     pieces: Vec<(u32, Vec<u8>)>,
     since: u64,
+    /// What the bytes so far say, when they hold a server_name but not the whole ClientHello:
+    /// the answer if the rest never comes.
+    partial: Option<Hello>,
 }
 
 impl Pending {
@@ -84,11 +98,8 @@ impl TcpHellos {
         now: u64,
     ) -> Result<Progress, ParseError> {
         // The common case: a ClientHello that its first chunk holds whole.
-        if first {
-            match tls::client_hello_sni(data) {
-                Err(ParseError::Truncated) => {}
-                done => return done.map(Progress::Named),
-            }
+        if first && whole(data) {
+            return tls::client_hello_info(data).map(Progress::Named);
         }
         let list = self.pending.get(key);
         let at = list.and_then(|l| {
@@ -115,7 +126,7 @@ impl TcpHellos {
                     self.count -= 1;
                     self.given_up += 1;
                 }
-                list.push(Pending { start: None, pieces: Vec::new(), since: now });
+                list.push(Pending { start: None, pieces: Vec::new(), since: now, partial: None });
                 self.count += 1;
                 list.len() - 1
             }
@@ -133,8 +144,13 @@ impl TcpHellos {
         p.pieces.push((seq, data.to_vec()));
         let Some(start) = p.start else { return Ok(Progress::Waiting) };
         let stream = contiguous(start, &p.pieces);
-        match tls::client_hello_sni(&stream) {
+        let read = tls::client_hello_info(&stream);
+        match read {
             Err(ParseError::Truncated) if stream.len() < MAX_BYTES => Ok(Progress::Waiting),
+            Ok(hello) if !whole(&stream) && stream.len() < MAX_BYTES => {
+                p.partial = Some(hello);
+                Ok(Progress::Waiting)
+            }
             done => {
                 self.remove(key, at);
                 done.map(Progress::Named)
@@ -142,21 +158,28 @@ impl TcpHellos {
         }
     }
 
-    /// Gives up hellos that waited longer than [`WAIT_SECS`]. Pieces that never saw their
-    /// ClientHello's start go silently: mostly the later segments of one that was named from
-    /// its first (its server_name came early).
-    pub fn expire(&mut self, now: u64) {
+    /// Ends hellos that waited longer than [`WAIT_SECS`]: those whose server_name had come
+    /// are returned to be learnt; the others are given up. Pieces that never saw their
+    /// ClientHello's start go silently (mostly retransmissions after it was read).
+    pub fn expire(&mut self, now: u64) -> Vec<(FlowKey, Hello)> {
         let mut given_up = 0;
-        self.pending.retain(|_, list| {
-            list.retain(|p| {
+        let mut late = Vec::new();
+        self.pending.retain(|key, list| {
+            list.retain_mut(|p| {
                 let keep = now.saturating_sub(p.since) < WAIT_SECS;
-                given_up += u64::from(!keep && p.start.is_some());
+                if !keep {
+                    match p.partial.take() {
+                        Some(hello) => late.push((*key, hello)),
+                        None => given_up += u64::from(p.start.is_some()),
+                    }
+                }
                 keep
             });
             !list.is_empty()
         });
         self.count = self.pending.values().map(Vec::len).sum();
         self.given_up += given_up;
+        late
     }
 
     /// Hellos given up since the last call.
@@ -194,6 +217,179 @@ impl TcpHellos {
             self.given_up += 1;
         }
     }
+}
+
+/// Whether `stream` holds the whole first TLS record it starts (a ClientHello's, as a rule).
+fn whole(stream: &[u8]) -> bool {
+    match stream.get(3..5) {
+        Some(&[a, b]) => stream.len() >= 5 + usize::from(u16::from_be_bytes([a, b])),
+        _ => false,
+    }
+}
+
+/// The QUIC connections whose Initials are being read, by flow.
+#[derive(Default)]
+pub struct QuicHellos {
+    flows: FastMap<FlowKey, QuicFlow>,
+    /// Connections held, over all flows.
+    count: usize,
+    /// Connections given up since the last take (see [`QuicHellos::expire`]).
+    given_up: u64,
+}
+
+#[derive(Default)]
+struct QuicFlow {
+    /// A datagram whose chunks are still arriving: its packet's time stamp, its length and
+    /// the bytes so far.
+    partial: Option<(u64, u32, Vec<u8>)>,
+    conns: Vec<QuicConn>,
+}
+
+struct QuicConn {
+    /// The Destination Connection ID of its first Initial.
+    dcid: Vec<u8>,
+    assembler: InitialAssembler,
+    since: u64,
+    /// An Initial of it was read (its CRYPTO data is under way): giving it up is a failure,
+    /// where a connection none of whose datagrams opened is just noise.
+    opened: bool,
+}
+
+impl QuicHellos {
+    /// Takes one chunk of a client's QUIC datagram: `data` at `chunk_off` of a datagram of
+    /// `len` bytes sent at `stamp` (the kernel's time stamp, the same for its chunks).
+    pub fn add(
+        &mut self,
+        key: &FlowKey,
+        stamp: u64,
+        len: u32,
+        chunk_off: u16,
+        data: &[u8],
+        now: u64,
+    ) -> Result<Progress, ParseError> {
+        let max = MAX_CHUNKS * sensor_common::EVENT_DATA_MAX;
+        let want = (len as usize).min(max);
+        let flow = self.flows.entry(*key).or_default();
+        let datagram = if chunk_off == 0 && data.len() >= want {
+            flow.partial = None;
+            data.to_vec()
+        } else {
+            let mut partial = match flow.partial.take() {
+                Some(p)
+                    if chunk_off != 0 && p.0 == stamp && p.2.len() == usize::from(chunk_off) =>
+                {
+                    p
+                }
+                _ if chunk_off == 0 => (stamp, len, Vec::new()),
+                // A chunk whose start is lost (the ring was full): the datagram cannot be read.
+                _ => return Ok(Progress::Waiting),
+            };
+            partial.2.extend_from_slice(data);
+            if partial.2.len() < want {
+                flow.partial = Some(partial);
+                return Ok(Progress::Waiting);
+            }
+            partial.2
+        };
+        let Some(dcid) = initial_dcid(&datagram) else {
+            return Err(ParseError::NotClientHello);
+        };
+        let at = match flow.conns.iter().position(|c| c.dcid == dcid) {
+            Some(at) => at,
+            None => {
+                if flow.conns.len() >= PER_KEY {
+                    flow.conns.remove(0);
+                    self.count -= 1;
+                }
+                flow.conns.push(QuicConn {
+                    dcid: dcid.to_vec(),
+                    assembler: InitialAssembler::new(),
+                    since: now,
+                    opened: false,
+                });
+                self.count += 1;
+                flow.conns.len() - 1
+            }
+        };
+        let conn = &mut flow.conns[at];
+        if conn.assembler.is_finished() {
+            // A retransmission of a connection already read.
+            return Ok(Progress::Waiting);
+        }
+        match conn.assembler.push_hello(&datagram) {
+            Ok(hello) => Ok(Progress::Named(hello)),
+            Err(ParseError::Truncated) => {
+                conn.opened = true;
+                Ok(Progress::Waiting)
+            }
+            Err(e) if conn.assembler.is_finished() => Err(e),
+            // Not an Initial of this connection that opens (the server's connection ID after
+            // its reply, an injected packet): noise, not a failure.
+            Err(_) => Ok(Progress::Waiting),
+        }
+        .inspect(|_| self.bound())
+    }
+
+    /// Forgets connections older than [`WAIT_SECS`]; those that were under way and never
+    /// finished are given up.
+    pub fn expire(&mut self, now: u64) {
+        let mut given_up = 0;
+        self.flows.retain(|_, flow| {
+            flow.conns.retain(|c| {
+                let keep = now.saturating_sub(c.since) < WAIT_SECS;
+                given_up += u64::from(!keep && c.opened && !c.assembler.is_finished());
+                keep
+            });
+            // A datagram's later chunks come right after its first: one left over is stale.
+            flow.partial = None;
+            !flow.conns.is_empty()
+        });
+        self.count = self.flows.values().map(|f| f.conns.len()).sum();
+        self.given_up += given_up;
+    }
+
+    /// Connections given up since the last call.
+    pub fn take_given_up(&mut self) -> u64 {
+        std::mem::take(&mut self.given_up)
+    }
+
+    /// Connections held.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Beyond [`MAX_PENDING`] connections, the oldest go (given up if under way).
+    fn bound(&mut self) {
+        while self.count > MAX_PENDING {
+            let oldest = self
+                .flows
+                .iter()
+                .flat_map(|(k, f)| f.conns.iter().enumerate().map(move |(i, c)| (c.since, *k, i)))
+                .min_by_key(|(since, _, _)| *since);
+            let Some((_, key, at)) = oldest else { break };
+            if let Some(flow) = self.flows.get_mut(&key) {
+                let c = flow.conns.remove(at);
+                self.given_up += u64::from(c.opened && !c.assembler.is_finished());
+                self.count -= 1;
+                if flow.conns.is_empty() {
+                    self.flows.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// Chunks a datagram comes in at most (the kernel's `MAX_EVENT_CHUNKS`).
+const MAX_CHUNKS: usize = sensor_common::MAX_EVENT_CHUNKS;
+
+/// The Destination Connection ID of a long-header packet starting `datagram`.
+fn initial_dcid(datagram: &[u8]) -> Option<&[u8]> {
+    let len = usize::from(*datagram.get(5)?);
+    datagram.get(6..6 + len)
 }
 
 /// The stream from `start` as far as the pieces cover it without a gap (at most
@@ -243,13 +439,18 @@ mod tests {
         exts.push(0);
         exts.extend_from_slice(&(host.len() as u16).to_be_bytes());
         exts.extend_from_slice(host);
+        record(&exts)
+    }
+
+    /// A TLS record holding a ClientHello with these extensions.
+    fn record(exts: &[u8]) -> Vec<u8> {
         let mut body = vec![3, 3];
         body.extend([7u8; 32]);
         body.push(0); // session id
         body.extend_from_slice(&[0, 2, 0x13, 0x01]); // one cipher suite
         body.extend_from_slice(&[1, 0]); // compression: null
         body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
-        body.extend(exts);
+        body.extend_from_slice(exts);
         let mut hs = vec![1];
         hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
         hs.extend(body);
@@ -257,6 +458,10 @@ mod tests {
         rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
         rec.extend(hs);
         rec
+    }
+
+    fn named(name: &str, ech: bool) -> Progress {
+        Progress::Named(Hello { sni: Some(name.into()), ech })
     }
 
     fn key(last: u8) -> FlowKey {
@@ -312,7 +517,8 @@ mod tests {
     }
 
     /// Chromium 156's ClientHello (recorded from `chromium --headless=new` on Debian 12): 1,926
-    /// bytes with its X25519MLKEM768 key share, its server_name at byte 1,898.
+    /// bytes with its X25519MLKEM768 key share, its server_name at byte 1,898, and a GREASE
+    /// `encrypted_client_hello` extension (Chrome offers one when it knows no ECH config).
     const CHROMIUM: &[u8] = include_bytes!("../../tests/data/chromium/clienthello-tcp.bin");
     const CHROMIUM_NAME: &str = "rec.pq-tls.example";
 
@@ -323,7 +529,7 @@ mod tests {
     fn chromiums_clienthello_split_anywhere_in_any_order() {
         assert_eq!(CHROMIUM.len(), 1926);
         assert!(CHROMIUM.windows(2).any(|w| w == [0x11, 0xec]), "the X25519MLKEM768 group");
-        let named = Progress::Named(Some(CHROMIUM_NAME.into()));
+        let named = named(CHROMIUM_NAME, true);
         for cut in 1..CHROMIUM.len() {
             let (a, b) = CHROMIUM.split_at(cut);
             let isn = 4_000_000_000u32.wrapping_add(cut as u32 * 7919);
@@ -352,7 +558,7 @@ mod tests {
     /// Three segments, every order, for cuts across the ClientHello.
     #[test]
     fn chromiums_clienthello_in_three_segments_in_every_order() {
-        let named = Progress::Named(Some(CHROMIUM_NAME.into()));
+        let named = named(CHROMIUM_NAME, true);
         for c1 in (100..1800).step_by(173) {
             for c2 in [c1 + 1, c1 + 400, 1900].into_iter().filter(|&c2| c2 > c1 && c2 < 1926) {
                 let segs = [&CHROMIUM[..c1], &CHROMIUM[c1..c2], &CHROMIUM[c2..]];
@@ -377,10 +583,7 @@ mod tests {
     fn a_hello_in_one_chunk_is_named_at_once_and_kept_nowhere() {
         let mut h = TcpHellos::default();
         let hello = client_hello("one.example.com", 100);
-        assert_eq!(
-            h.add(&key(1), true, 5, &hello, 100),
-            Ok(Progress::Named(Some("one.example.com".into())))
-        );
+        assert_eq!(h.add(&key(1), true, 5, &hello, 100), Ok(named("one.example.com", false)));
         assert!(h.is_empty());
     }
 
@@ -397,7 +600,7 @@ mod tests {
             for order in permutations(ps.len()) {
                 let mut h = TcpHellos::default();
                 let got = feed(&mut h, &key(1), &ps, &order);
-                let named = Progress::Named(Some("pq.example.org".into()));
+                let named = named("pq.example.org", false);
                 assert_eq!(got.last(), Some(&named), "order {order:?}");
                 assert!(
                     got[..got.len() - 1].iter().all(|p| *p == Progress::Waiting),
@@ -423,7 +626,7 @@ mod tests {
         assert_eq!(h.add(&k, false, isn + 1000, &hello[1000..2400], 1), Ok(Progress::Waiting));
         assert_eq!(
             h.add(&k, false, isn + 2000, &hello[2000..], 1),
-            Ok(Progress::Named(Some("rt.example.net".into())))
+            Ok(named("rt.example.net", false))
         );
         assert_eq!(h.len(), 1, "the other flow still waits");
     }
@@ -438,12 +641,9 @@ mod tests {
         assert_eq!(h.add(&k, true, 900_000, &b[..1460], 1), Ok(Progress::Waiting));
         assert_eq!(
             h.add(&k, false, 900_000 + 1460, &b[1460..], 1),
-            Ok(Progress::Named(Some("b.example.com".into())))
+            Ok(named("b.example.com", false))
         );
-        assert_eq!(
-            h.add(&k, false, 10 + 1460, &a[1460..], 1),
-            Ok(Progress::Named(Some("a.example.com".into())))
-        );
+        assert_eq!(h.add(&k, false, 10 + 1460, &a[1460..], 1), Ok(named("a.example.com", false)));
         assert!(h.is_empty());
     }
 
@@ -458,6 +658,39 @@ mod tests {
         h.expire(100 + WAIT_SECS);
         assert_eq!((h.len(), h.take_given_up()), (0, 1));
         assert_eq!(h.take_given_up(), 0);
+    }
+
+    /// A server_name in the first segment, the rest lost: the name is learnt when the wait ends
+    /// (not at once: an ECH extension after it would change what it means).
+    #[test]
+    fn a_name_without_the_rest_is_used_when_the_wait_ends() {
+        // The name first, then a large key share.
+        let big = {
+            let mut exts = Vec::new();
+            let host = b"early.example.com";
+            exts.extend_from_slice(&[0, 0]);
+            exts.extend_from_slice(&((host.len() + 5) as u16).to_be_bytes());
+            exts.extend_from_slice(&((host.len() + 3) as u16).to_be_bytes());
+            exts.push(0);
+            exts.extend_from_slice(&(host.len() as u16).to_be_bytes());
+            exts.extend_from_slice(host);
+            exts.extend_from_slice(&[0, 0x33, 0x07, 0xd0]);
+            exts.extend(std::iter::repeat_n(0xab, 2000));
+            record(&exts)
+        };
+        let mut h = TcpHellos::default();
+        assert_eq!(h.add(&key(1), true, 0, &big[..1460], 100), Ok(Progress::Waiting));
+        assert!(h.expire(100 + WAIT_SECS - 1).is_empty());
+        let late = h.expire(100 + WAIT_SECS);
+        assert_eq!(late, [(key(1), Hello { sni: Some("early.example.com".into()), ech: false })]);
+        assert_eq!(h.take_given_up(), 0);
+        // With the rest, it is read at once.
+        let mut h = TcpHellos::default();
+        assert_eq!(h.add(&key(1), true, 0, &big[..1460], 100), Ok(Progress::Waiting));
+        assert_eq!(
+            h.add(&key(1), false, 1460, &big[1460..], 100),
+            Ok(named("early.example.com", false))
+        );
     }
 
     /// Garbage after a valid start ends the flow with an error, not a wait.
@@ -489,5 +722,92 @@ mod tests {
             h.add(&k, true, 0, &hello[..1460], i as u64).unwrap();
         }
         assert_eq!((h.len(), h.take_given_up()), (MAX_PENDING, 1), "the oldest went");
+    }
+
+    // QUIC
+
+    /// Chromium 156's first three Initials to `rec.pq-quic.example` (recorded as above, with
+    /// `--origin-to-force-quic-on`): 1,250-byte datagrams, the ClientHello over the first two,
+    /// the third a retransmission.
+    const INITIALS: [&[u8]; 3] = [
+        include_bytes!("../../tests/data/chromium/initial-0.bin"),
+        include_bytes!("../../tests/data/chromium/initial-1.bin"),
+        include_bytes!("../../tests/data/chromium/initial-2.bin"),
+    ];
+
+    fn quic_key(last: u8) -> FlowKey {
+        FlowKey { protocol: 17, ..key(last) }
+    }
+
+    /// Each datagram whole in one chunk, as the kernel hands up a 1,250-byte one.
+    fn push(h: &mut QuicHellos, k: &FlowKey, stamp: u64, d: &[u8]) -> Progress {
+        h.add(k, stamp, d.len() as u32, 0, d, 100).unwrap()
+    }
+
+    #[test]
+    fn chromiums_initials_in_every_order() {
+        let want = Progress::Named(Hello { sni: Some("rec.pq-quic.example".into()), ech: true });
+        for order in permutations(3) {
+            let mut h = QuicHellos::default();
+            let got: Vec<Progress> =
+                order.iter().map(|&i| push(&mut h, &quic_key(1), i as u64, INITIALS[i])).collect();
+            let names: Vec<&Progress> = got.iter().filter(|p| **p != Progress::Waiting).collect();
+            assert_eq!(names, [&want], "{order:?}: {got:?}");
+            h.expire(100 + WAIT_SECS);
+            assert_eq!((h.len(), h.take_given_up()), (0, 0));
+        }
+    }
+
+    /// A 1,400-byte datagram comes in two chunks (1,280 + 120) with one time stamp: read once
+    /// both are there. A chunk of another datagram (another stamp) does not complete it.
+    #[test]
+    fn a_datagram_in_chunks_is_joined() {
+        use crate::enrich::quic::tests::{client_hello, crypto_frame, seal};
+        let dcid = [7u8; 8];
+        let mut payload = crypto_frame(0, &client_hello("chunks.example.net", 600, false));
+        payload.resize(1400 - 50, 0);
+        let d = seal(1, &dcid, &dcid, 0, 2, &payload);
+        assert!(d.len() > 1280 && d.len() < 1500, "{}", d.len());
+        let len = d.len() as u32;
+        let k = quic_key(1);
+        let mut h = QuicHellos::default();
+        assert_eq!(h.add(&k, 5, len, 0, &d[..1280], 100), Ok(Progress::Waiting));
+        assert_eq!(h.add(&k, 6, len, 1280, &d[1280..], 100), Ok(Progress::Waiting), "other stamp");
+        assert_eq!(h.add(&k, 7, len, 0, &d[..1280], 100), Ok(Progress::Waiting));
+        assert_eq!(
+            h.add(&k, 7, len, 1280, &d[1280..], 100),
+            Ok(named("chunks.example.net", false))
+        );
+    }
+
+    /// Two connections under one flow key (two client ports to one server): each is read
+    /// with the keys of its own first Destination Connection ID; a connection that opened
+    /// and never finished is given up, datagrams that never open are not counted.
+    #[test]
+    fn connections_are_apart_and_given_up_only_when_under_way() {
+        use crate::enrich::quic::tests::{client_hello, crypto_frame, seal};
+        let k = quic_key(1);
+        let hello = client_hello("two.example.org", 1500, false);
+        let (a, b) = ([1u8; 8], [2u8; 8]);
+        let part = |dcid: &[u8; 8], range: std::ops::Range<usize>| {
+            let mut p = crypto_frame(range.start, &hello[range]);
+            p.resize(1200, 0);
+            seal(1, dcid, dcid, 0, 2, &p)
+        };
+        let mut h = QuicHellos::default();
+        let cut = 1000;
+        assert_eq!(push(&mut h, &k, 1, &part(&a, 0..cut)), Progress::Waiting);
+        assert_eq!(push(&mut h, &k, 2, &part(&b, 0..cut)), Progress::Waiting);
+        assert_eq!(
+            push(&mut h, &k, 3, &part(&b, cut..hello.len())),
+            named("two.example.org", false)
+        );
+        // Noise: an Initial that does not open, under a new connection ID.
+        let mut noise = part(&a, 0..cut);
+        noise[6] ^= 0xff;
+        assert_eq!(push(&mut h, &k, 4, &noise), Progress::Waiting);
+        assert_eq!(h.len(), 3);
+        h.expire(100 + WAIT_SECS);
+        assert_eq!((h.len(), h.take_given_up()), (0, 1), "only `a` was under way");
     }
 }

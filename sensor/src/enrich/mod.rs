@@ -97,6 +97,19 @@ pub struct Enricher {
     router: FastSet<IpAddr>,
     /// ClientHellos over TCP arriving in several pieces.
     tcp_hellos: hello::TcpHellos,
+    /// QUIC connections whose Initials are being read.
+    quic_hellos: hello::QuicHellos,
+    /// ClientHellos offering ECH read since the last [`Enricher::take_tally`].
+    ech: u64,
+}
+
+/// What naming saw besides names, since the last [`Enricher::take_tally`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct NamingTally {
+    /// ClientHellos given up (they never arrived whole), by kind: `tls`, `quic`.
+    pub given_up: [(EventKind, u64); 2],
+    /// ClientHellos (TCP or QUIC) with an `encrypted_client_hello` extension.
+    pub ech: u64,
 }
 
 impl Enricher {
@@ -124,6 +137,8 @@ impl Enricher {
                 level,
                 router: FastSet::default(),
                 tcp_hellos: hello::TcpHellos::default(),
+                quic_hellos: hello::QuicHellos::default(),
+                ech: 0,
             },
             warnings,
         ))
@@ -142,11 +157,23 @@ impl Enricher {
                 let first = obs.kind == EventKind::TlsClientHello && obs.chunk_off == 0;
                 let seq = obs.seq.wrapping_add(u32::from(obs.chunk_off));
                 let progress = self.tcp_hellos.add(&obs.key, first, seq, &obs.data, now)?;
-                if let hello::Progress::Named(Some(sni)) = progress {
-                    self.names.learn_flow_name(client, remote, obs.key.remote_port, &sni, now);
+                if let hello::Progress::Named(hello) = progress {
+                    self.learn_hello(&obs.key, &hello, now);
                 }
             }
-            EventKind::QuicInitial => {}
+            EventKind::QuicInitial => {
+                let progress = self.quic_hellos.add(
+                    &obs.key,
+                    obs.ktime_ns,
+                    obs.payload_len,
+                    obs.chunk_off,
+                    &obs.data,
+                    now,
+                )?;
+                if let hello::Progress::Named(hello) = progress {
+                    self.learn_hello(&obs.key, &hello, now);
+                }
+            }
             EventKind::HttpRequest => {
                 if let Some(host) = http::request_host(&obs.data)? {
                     self.names.learn_flow_name(client, remote, obs.key.remote_port, &host, now);
@@ -154,6 +181,30 @@ impl Enricher {
             }
         }
         Ok(())
+    }
+
+    /// Learns what a ClientHello names: its SNI for the flow, as an outer name (a DNS name of
+    /// the address wins) when it offers ECH.
+    fn learn_hello(&mut self, key: &FlowKey, hello: &tls::Hello, now: u64) {
+        self.ech += u64::from(hello.ech);
+        let Some(sni) = &hello.sni else { return };
+        let (client, remote) = (key.client_mac, labels::ip(&key.remote_ip));
+        if hello.ech {
+            self.names.learn_outer_name(client, remote, key.remote_port, sni, now);
+        } else {
+            self.names.learn_flow_name(client, remote, key.remote_port, sni, now);
+        }
+    }
+
+    /// What naming saw besides names since the last call.
+    pub fn take_tally(&mut self) -> NamingTally {
+        NamingTally {
+            given_up: [
+                (EventKind::TlsClientHello, self.tcp_hellos.take_given_up()),
+                (EventKind::QuicInitial, self.quic_hellos.take_given_up()),
+            ],
+            ech: std::mem::take(&mut self.ech),
+        }
     }
 
     /// Takes over what a reloaded config says: the sources that come from files (the
@@ -171,13 +222,11 @@ impl Enricher {
     /// not arrive whole in time; returns new warnings.
     pub fn maintain(&mut self, now: u64) -> Vec<String> {
         self.names.expire(now);
-        self.tcp_hellos.expire(now);
+        for (key, hello) in self.tcp_hellos.expire(now) {
+            self.learn_hello(&key, &hello, now);
+        }
+        self.quic_hellos.expire(now);
         self.inventory.refresh()
-    }
-
-    /// ClientHellos given up since the last call (they never arrived whole), by kind.
-    pub fn take_given_up(&mut self) -> [(EventKind, u64); 1] {
-        [(EventKind::TlsClientHello, self.tcp_hellos.take_given_up())]
     }
 
     /// The name the client used for this flow's remote end, if one is known.

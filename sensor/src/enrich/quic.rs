@@ -490,7 +490,7 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// RFC 9001 Appendix A: the client's first Destination Connection ID.
@@ -616,7 +616,7 @@ mod tests {
 
     /// A client Initial: header with `dcid`, protected with the keys of `key_dcid` (the client's
     /// first DCID), as a client seals it (RFC 9001 §5).
-    fn seal(
+    pub(crate) fn seal(
         version: u32,
         key_dcid: &[u8],
         dcid: &[u8],
@@ -648,7 +648,7 @@ mod tests {
         pkt
     }
 
-    fn crypto_frame(offset: usize, data: &[u8]) -> Vec<u8> {
+    pub(crate) fn crypto_frame(offset: usize, data: &[u8]) -> Vec<u8> {
         let mut f = vec![0x06];
         f.extend(varint(offset as u64));
         f.extend(varint(data.len() as u64));
@@ -665,7 +665,7 @@ mod tests {
 
     /// A ClientHello handshake message naming `name`, with `pad` bytes of padding extension
     /// (a stand-in for a post-quantum key share) and an ECH extension if `ech`.
-    fn client_hello(name: &str, pad: usize, ech: bool) -> Vec<u8> {
+    pub(crate) fn client_hello(name: &str, pad: usize, ech: bool) -> Vec<u8> {
         let mut exts = Vec::new();
         let mut entry = vec![0];
         entry.extend((name.len() as u16).to_be_bytes());

@@ -64,6 +64,7 @@ pub struct Metrics {
     pub events_received: IntCounterVec,
     pub events_dropped: IntCounter,
     pub name_parse_errors: IntCounterVec,
+    pub tls_ech: IntCounter,
     pub names_cached: IntGauge,
     pub config_warnings: IntGauge,
     pub policy_violations: IntCounterVec,
@@ -283,6 +284,10 @@ impl Metrics {
                 families.register(Box::new(c.clone()))?;
                 c
             },
+            tls_ech: counter(
+                "tls_ech_total",
+                "ClientHellos (TLS or QUIC) offering Encrypted Client Hello: their SNI names only the client-facing server (GREASE ECH included).",
+            )?,
             names_cached: gauge(
                 "names_cached",
                 "Names (from DNS, SNI and HTTP Host) held for attributing flows.",

@@ -89,6 +89,7 @@ fn named_share(o: &Observation, mac: &str, protocol: &str, hosts: &[String]) -> 
         }
     }
     let named = hosts.len() - missing.len() - wrong.len();
+    eprintln!("{protocol}: {named} of {} flows named", hosts.len());
     let mut out = Vec::new();
     if !missing.is_empty() {
         out.push(format!(
@@ -137,6 +138,9 @@ fn chromium_is_named_over_tcp_and_quic() {
     assert!(segments >= HOSTS as f64, "tls_segment events: {segments}");
 
     let quic_hosts: Vec<String> = (0..HOSTS).map(|i| format!("q{i}.pq-quic.example")).collect();
-    browse(&topo, &agent, laptop, true, &quic_hosts);
+    let o = browse(&topo, &agent, laptop, true, &quic_hosts);
     assert!(udp.datagrams() >= 2 * HOSTS as u64, "{} datagrams", udp.datagrams());
+    // Chromium's post-quantum ClientHello spans two Initials.
+    let initials = o.value("gwsensor_events_received_total", &[("kind", "quic")]).unwrap_or(0.0);
+    assert!(initials >= 2.0 * HOSTS as f64, "quic events: {initials}");
 }
