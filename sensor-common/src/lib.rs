@@ -20,8 +20,10 @@ pub mod names {
     pub const EVENT_PENDING: &str = "EVENT_PENDING";
     pub const EVENT_TAIL: &str = "EVENT_TAIL";
     pub const HELLO_TAILS: &str = "HELLO_TAILS";
+    pub const TC_EVENT_TAIL: &str = "TC_EVENT_TAIL";
     /// XDP program that copies a staged event's payload (tail-called by the XDP program).
     pub const XDP_CAPTURE_PROGRAM: &str = "gwsensor_xdp_capture";
+    pub const TC_CAPTURE_PROGRAM: &str = "gwsensor_tc_capture";
     pub const EVENTS_PER_SEC_PER_CPU: &str = "EVENTS_PER_SEC_PER_CPU";
     pub const LAN_PREFIXES: &str = "LAN_PREFIXES";
     pub const XDP_PROGRAM: &str = "gwsensor_xdp";

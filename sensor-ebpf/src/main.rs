@@ -32,8 +32,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use core::mem::MaybeUninit;
 use sensor_common::{
-    Direction, EventKind, EventOutcome, FlowKey, MAX_EVENT_CHUNKS, MAX_HEADER_DEPTH, Stat,
-    wire_bytes, wire_frames,
+    Direction, EventKind, EventOutcome, FlowKey, MAX_HEADER_DEPTH, Stat, wire_bytes, wire_frames,
 };
 
 use crate::{
@@ -42,7 +41,7 @@ use crate::{
         EventStart, MAX_PAYLOAD_OFF, allow_event, bump_event, emit, event_kind, follow_hello,
         next_chunk,
     },
-    maps::{EVENT_PENDING, EVENT_TAIL},
+    maps::{EVENT_PENDING, EVENT_TAIL, TC_EVENT_TAIL, TC_PENDING, XDP_PENDING},
     parse::{Packet, ipv6_ext_chain, parse},
 };
 
@@ -52,7 +51,7 @@ pub fn gwsensor_xdp(ctx: XdpContext) -> u32 {
     let size = Size { len: (pkt.end - pkt.data) as u64, gso_segs: 0, gso_size: 0, per_frame: 0 };
     let mut key = MaybeUninit::uninit();
     observe(&ctx, pkt, &mut key, Direction::Upload, size, |key, ev| {
-        if let Some(slot) = EVENT_PENDING.get_ptr_mut(0) {
+        if let Some(slot) = EVENT_PENDING.get_ptr_mut(XDP_PENDING) {
             // SAFETY: per-CPU slot; the tail call below runs on this CPU, right after.
             unsafe {
                 *slot = ev.pending(key, Direction::Upload);
@@ -68,7 +67,7 @@ pub fn gwsensor_xdp(ctx: XdpContext) -> u32 {
 /// payload of several chunks tail-calls this program again for each next one.
 #[xdp]
 pub fn gwsensor_xdp_capture(ctx: XdpContext) -> u32 {
-    if let Some(pending) = EVENT_PENDING.get_ptr_mut(0) {
+    if let Some(pending) = EVENT_PENDING.get_ptr_mut(XDP_PENDING) {
         // SAFETY: per-CPU slot, staged by the program that tail-called this one on this CPU.
         let pending = unsafe { &mut *pending };
         emit(&ctx, pending);
@@ -78,6 +77,23 @@ pub fn gwsensor_xdp_capture(ctx: XdpContext) -> u32 {
         }
     }
     xdp_action::XDP_PASS
+}
+
+/// Tail-called by the TC programs to copy a staged event's payload into the ring buffer, a
+/// chunk a call like [`gwsensor_xdp_capture`]. On its own, so that the counting programs stay
+/// well within what old verifiers explore (6.1 refused them with the copy inlined per chunk).
+#[classifier]
+pub fn gwsensor_tc_capture(ctx: TcContext) -> i32 {
+    if let Some(pending) = EVENT_PENDING.get_ptr_mut(TC_PENDING) {
+        // SAFETY: per-CPU slot, staged by the program that tail-called this one on this CPU.
+        let pending = unsafe { &mut *pending };
+        emit(&ctx, pending);
+        if next_chunk(pending) {
+            // SAFETY: as above; does not return on success.
+            unsafe { TC_EVENT_TAIL.tail_call(&ctx, 0) };
+        }
+    }
+    TC_ACT_UNSPEC
 }
 
 /// Baseline for benchmarks: what an XDP program costs when it does nothing.
@@ -99,8 +115,8 @@ pub fn gwsensor_tc_ingress(ctx: TcContext) -> i32 {
 }
 
 /// The TC side of both directions: makes the headers linear, sizes the skb as the frames it is
-/// on the wire, counts it and emits its event directly (no tail call: `bpf_skb_load_bytes`
-/// copies what the verifier would refuse as packet reads).
+/// on the wire, counts it and stages its event for the TC capture program (which copies with
+/// `bpf_skb_load_bytes`, also what lies outside the linear area).
 #[inline(always)]
 fn tc_observe(ctx: &TcContext, dir: Direction) -> i32 {
     // SAFETY: `skb` is the context pointer the kernel handed us; these fields are plain reads.
@@ -127,11 +143,12 @@ fn tc_observe(ctx: &TcContext, dir: Direction) -> i32 {
     let pkt = Packet { data: ctx.data(), end: ctx.data_end() };
     let mut key = MaybeUninit::uninit();
     observe(ctx, pkt, &mut key, dir, size, |key, ev| {
-        let mut pending = ev.pending(key, dir);
-        for _ in 0..MAX_EVENT_CHUNKS {
-            emit(ctx, &pending);
-            if !next_chunk(&mut pending) {
-                break;
+        if let Some(slot) = EVENT_PENDING.get_ptr_mut(TC_PENDING) {
+            // SAFETY: per-CPU slot; the tail call below runs on this CPU, right after.
+            unsafe {
+                *slot = ev.pending(key, dir);
+                // Does not return on success; on failure the packet passes all the same.
+                TC_EVENT_TAIL.tail_call(ctx, 0);
             }
         }
     });
