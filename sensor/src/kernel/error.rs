@@ -128,6 +128,13 @@ pub enum KernelError {
     RetireScan { source: Box<KernelError> },
     #[error("watching the events ring buffer")]
     WatchEvents { source: io::Error },
+    /// The capture of clients' DHCP requests (device fingerprints; `inventory.dhcp_fingerprint`
+    /// turns it off).
+    #[error(
+        "DHCP capture on {interface}: {doing} (set `inventory.dhcp_fingerprint: false` to run \
+         without device fingerprints)"
+    )]
+    DhcpCapture { doing: &'static str, interface: String, source: io::Error },
 }
 
 impl KernelError {

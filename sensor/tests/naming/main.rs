@@ -22,6 +22,7 @@ mod addresses;
 mod budget;
 mod checks;
 mod dns;
+mod fingerprint;
 mod inventory;
 mod ledger;
 mod sni_http;
