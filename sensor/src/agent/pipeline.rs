@@ -392,6 +392,8 @@ impl Pipeline {
                     mac: labels::mac(mac),
                     group: l.group,
                     vendor: l.vendor,
+                    os: l.os,
+                    device_class: l.device_class,
                     source: l.source,
                     tags: l.tags,
                     ips: addrs.into_iter().collect(),

@@ -117,6 +117,11 @@ fn dhcp_fingerprints_name_os_and_class_and_drive_the_policy() {
         if o.value("gwsensor_client_info", &phone_info) != Some(1.0) {
             bad.push(format!("no gwsensor_client_info{phone_info:?}; present: {:#?}", present()));
         }
+        let api = o.client_by_mac("6a:1f:33:10:20:30");
+        let api = api.map(|c| (c["os"].as_str(), c["device_class"].as_str()));
+        if api != Some((Some("android"), Some("phone"))) {
+            bad.push(format!("/api/v1/clients: the phone's os and device_class are {api:?}"));
+        }
         // The laptop's name and vendor come from the OUI registry (Intel's prefix): only
         // what the fingerprint adds is checked.
         let want = [("os", "windows"), ("device_class", "computer"), ("mac_type", "universal")];
