@@ -130,7 +130,15 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
             };
             requests.with_label_values(&[outcome]).inc();
         };
-        Some(dhcp_socket::spawn_reader(&config.interface, ifindex, dhcp_tx, on_drop)?)
+        // Fingerprints are a best effort, like the other naming sources: without the socket
+        // (no CAP_NET_RAW, a sandbox without AF_PACKET) the agent counts on, and says so.
+        match dhcp_socket::spawn_reader(&config.interface, ifindex, dhcp_tx, on_drop) {
+            Ok(reader) => Some(reader),
+            Err(e) => {
+                warn!("{:#}; counting goes on without device fingerprints", anyhow::Error::new(e));
+                None
+            }
+        }
     } else {
         info!("inventory.dhcp_fingerprint is off: no device fingerprints from DHCP");
         None

@@ -131,8 +131,8 @@ pub enum KernelError {
     /// The capture of clients' DHCP requests (device fingerprints; `inventory.dhcp_fingerprint`
     /// turns it off).
     #[error(
-        "DHCP capture on {interface}: {doing} (set `inventory.dhcp_fingerprint: false` to run \
-         without device fingerprints)"
+        "DHCP capture on {interface}: {doing} (needs CAP_NET_RAW and the AF_PACKET address \
+         family; `inventory.dhcp_fingerprint: false` turns the capture off)"
     )]
     DhcpCapture { doing: &'static str, interface: String, source: io::Error },
 }
