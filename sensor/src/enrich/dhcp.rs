@@ -115,7 +115,7 @@ fn udp_payload(frame: &[u8]) -> Result<(Mac, Version, &[u8]), ParseError> {
         *frame.get(12).ok_or(ParseError::Truncated)?,
         *frame.get(13).ok_or(ParseError::Truncated)?,
     ]);
-    let ip = &frame[14..];
+    let ip = frame.get(14..).ok_or(ParseError::Truncated)?;
     let (version, udp, port) = match ethertype {
         ETHERTYPE_IPV4 => {
             let ihl = usize::from(ip.first().ok_or(ParseError::Truncated)? & 0x0f) * 4;
@@ -275,7 +275,9 @@ const HOSTNAMES: &[(&str, Identity)] = &[
     ("*iphone*", id(Some("ios"), Some("phone"), Some("Apple"))),
     ("*ipad*", id(Some("ios"), Some("tablet"), Some("Apple"))),
     ("*macbook*", id(Some("macos"), Some("computer"), Some("Apple"))),
-    ("*imac*", id(Some("macos"), Some("computer"), Some("Apple"))),
+    // macOS names a Mac `iMac` or `<Owner>s-iMac` (not `*imac*`: `primacy`, `jimac`).
+    ("imac*", id(Some("macos"), Some("computer"), Some("Apple"))),
+    ("*s-imac*", id(Some("macos"), Some("computer"), Some("Apple"))),
     ("galaxy-tab*", id(None, Some("tablet"), Some("Samsung"))),
     ("galaxy*", id(None, Some("phone"), Some("Samsung"))),
     ("redmi*", id(None, Some("phone"), Some("Xiaomi"))),
@@ -283,9 +285,8 @@ const HOSTNAMES: &[(&str, Identity)] = &[
     ("poco*", id(None, Some("phone"), Some("Xiaomi"))),
     // Android before 8 named itself android-<16 hex digits>.
     ("android-*", id(Some("android"), Some("phone"), None)),
-    // Windows' own names for a new install.
-    ("desktop-*", id(Some("windows"), Some("computer"), None)),
-    ("laptop-*", id(Some("windows"), Some("computer"), None)),
+    // Not Windows' own `DESKTOP-XXXXXXX`: people name Linux machines `laptop-...` too, and
+    // every Windows says `MSFT 5.0` in its vendor class anyway.
 ];
 
 /// Vendor classes (DHCPv4 option 60, DHCPv6 option 16), matched case-insensitively like

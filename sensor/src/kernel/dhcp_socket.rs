@@ -20,6 +20,8 @@ use super::error::KernelError;
 pub const MAX_PER_SECOND: u32 = 50;
 /// Longest frame read: a DHCP request fits an Ethernet MTU.
 const SNAP: usize = 1600;
+/// Frames read before the reader lets other tasks run.
+const BATCH: usize = 64;
 
 /// One captured frame, from its Ethernet header on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,12 +171,14 @@ pub fn spawn_reader(
                     return;
                 }
             };
-            loop {
+            // A batch at a time, then the other tasks' turn: a flood of DHCP frames (each
+            // read, most dropped by the rate) must not hold this worker thread.
+            for _ in 0..BATCH {
                 match receive(fd.get_ref(), &mut buf) {
                     Ok(Some(len)) => {
                         if !bucket.take(Instant::now()) {
                             on_drop(Dropped::RateLimited);
-                        } else if tx.try_send(Frame(buf[..len].to_vec())).is_err() {
+                        } else if tx.try_send(Frame(buf[..len.min(SNAP)].to_vec())).is_err() {
                             on_drop(Dropped::QueueFull);
                         }
                     }
@@ -190,6 +194,8 @@ pub fn spawn_reader(
                     }
                 }
             }
+            drop(guard);
+            tokio::task::yield_now().await;
         }
     }))
 }

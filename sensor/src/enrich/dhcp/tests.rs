@@ -143,6 +143,14 @@ fn apple_windows_and_linux_requests() {
         identity(&[(60, b"udhcp 1.36.1"), (12, b"ipcam")]),
         Identity { os: Some("linux"), class: Some("embedded"), vendor: None }
     );
+    // macOS by its default host name; a name that only contains "imac" says nothing.
+    assert_eq!(
+        identity(&[(12, b"Annas-iMac")]),
+        Identity { os: Some("macos"), class: Some("computer"), vendor: Some("Apple") }
+    );
+    assert_eq!(identity(&[(12, b"primacy")]), Identity::default());
+    // A Windows-like host name without Windows' vendor class is not taken for Windows.
+    assert_eq!(identity(&[(12, b"LAPTOP-ALICE"), (60, b"dhcpcd-10.0.6")]).os, Some("linux"));
     // Nothing known: nothing said.
     assert_eq!(identity(&[(12, b"workstation"), (55, &[1, 3, 6])]), Identity::default());
 }
