@@ -3,12 +3,15 @@
 //! about the device that sent it (host name, vendor class, the options it asks for), and the
 //! operating system, device class and maker a small table derives from that.
 //!
-//! The frames come from [`crate::kernel::dhcp_socket`]; the messages are decoded by `dhcproto`.
-//! A fingerprint is kept per client MAC, bounded, and saved in the state file.
+//! The frames come from [`crate::kernel::dhcp_socket`], sent by any device on the LAN: every
+//! read is bounds-checked, and a malformed frame is an error, never a panic. (Decoded here, not
+//! with the `dhcproto` crate: its 0.15 decoder panics on such frames, `chaddr()` on a length
+//! above 16 and DHCPv6 option lengths below their fixed part, which a mutation test found at
+//! once; see `mutated_frames_never_panic`.) A fingerprint is kept per client MAC, bounded, and
+//! saved in the state file.
 
 use std::collections::BTreeMap;
 
-use dhcproto::{Decodable as _, v4, v6};
 use serde::{Deserialize, Serialize};
 
 use super::parse::ParseError;
@@ -146,60 +149,98 @@ fn udp_payload(frame: &[u8]) -> Result<(Mac, Version, &[u8]), ParseError> {
     Ok((mac, version, udp.get(8..len).ok_or(ParseError::Truncated)?))
 }
 
-/// A DHCPv4 client request: its evidence and its `chaddr` (Ethernet only).
+/// Where DHCPv4 options start: after the fixed BOOTP header (236 bytes) and the magic cookie.
+const V4_OPTIONS_AT: usize = 240;
+const MAGIC_COOKIE: [u8; 4] = [99, 130, 83, 99];
+
+/// A DHCPv4 client request (RFC 2131): its evidence and its `chaddr` (Ethernet only).
 fn parse_v4(payload: &[u8]) -> Result<Option<(Request, Option<Mac>)>, ParseError> {
-    let msg = v4::Message::from_bytes(payload).map_err(|e| ParseError::Malformed(e.to_string()))?;
-    let request = matches!(
-        msg.opts().msg_type(),
-        Some(v4::MessageType::Discover | v4::MessageType::Request | v4::MessageType::Inform)
-    );
-    if msg.opcode() != v4::Opcode::BootRequest || !request {
+    let header = payload.get(..V4_OPTIONS_AT).ok_or(ParseError::Truncated)?;
+    if header[236..] != MAGIC_COOKIE {
+        return Err(ParseError::Malformed("no DHCP magic cookie".into()));
+    }
+    // BOOTREQUEST, from a client (a server's or relay's reply is not).
+    if header[0] != 1 {
         return Ok(None);
     }
-    let mut r = Request::default();
-    for opt in msg.opts().iter().map(|(_, o)| o) {
-        match opt {
-            v4::DhcpOption::Hostname(name) => r.hostname = clip(name),
-            v4::DhcpOption::ClassIdentifier(bytes) => r.vendor_class = text(bytes),
-            v4::DhcpOption::ClientIdentifier(bytes) => r.client_id = hex(bytes),
-            v4::DhcpOption::ParameterRequestList(codes) => {
-                r.parameters = join(codes.iter().map(|c| u8::from(*c)));
-            }
-            _ => {}
-        }
+    // Hardware type 1 (Ethernet), 6 bytes long.
+    let chaddr =
+        (header[1] == 1 && header[2] == 6).then(|| Mac::try_from(&header[28..34]).ok()).flatten();
+    let options = v4_options(&payload[V4_OPTIONS_AT..])?;
+    let value = |code: u8| options.get(&code).map(Vec::as_slice);
+    // DISCOVER, REQUEST or INFORM (DECLINE and RELEASE say nothing new).
+    if !matches!(value(53), Some([1 | 3 | 8])) {
+        return Ok(None);
     }
-    let chaddr = (msg.htype() == v4::HType::Eth)
-        .then(|| msg.chaddr().get(..6).and_then(|b| Mac::try_from(b).ok()))
-        .flatten();
+    let r = Request {
+        hostname: value(12).map(text).unwrap_or_default(),
+        vendor_class: value(60).map(text).unwrap_or_default(),
+        enterprise: None,
+        parameters: value(55).map(|codes| join(codes.iter())).unwrap_or_default(),
+        client_id: value(61).map(hex).unwrap_or_default(),
+    };
     Ok(Some((r, chaddr)))
 }
 
-/// A DHCPv6 client request: its evidence and the MAC in its DUID, if the DUID has one.
+/// DHCPv4 options by code; a code given more than once is one value, the parts concatenated
+/// (RFC 3396). Pad (0) is skipped; End (255), or the end of the packet, ends them.
+fn v4_options(mut rest: &[u8]) -> Result<BTreeMap<u8, Vec<u8>>, ParseError> {
+    let mut options: BTreeMap<u8, Vec<u8>> = BTreeMap::new();
+    while let Some((&code, tail)) = rest.split_first() {
+        match code {
+            255 => break,
+            0 => rest = tail,
+            _ => {
+                let (&len, tail) = tail.split_first().ok_or(ParseError::Truncated)?;
+                let (value, tail) =
+                    tail.split_at_checked(usize::from(len)).ok_or(ParseError::Truncated)?;
+                options.entry(code).or_default().extend_from_slice(value);
+                rest = tail;
+            }
+        }
+    }
+    Ok(options)
+}
+
+/// A DHCPv6 client message (RFC 8415): its evidence and the MAC in its DUID, if it has one.
 fn parse_v6(payload: &[u8]) -> Result<Option<(Request, Option<Mac>)>, ParseError> {
-    use v6::MessageType as T;
-    let msg = v6::Message::from_bytes(payload).map_err(|e| ParseError::Malformed(e.to_string()))?;
-    if !matches!(
-        msg.msg_type(),
-        T::Solicit | T::Request | T::Renew | T::Rebind | T::InformationRequest
-    ) {
+    let (&kind, rest) = payload.split_first().ok_or(ParseError::Truncated)?;
+    // SOLICIT, REQUEST, RENEW, REBIND, INFORMATION-REQUEST.
+    if !matches!(kind, 1 | 3 | 5 | 6 | 11) {
         return Ok(None);
     }
+    // After the transaction id: options, each code (2 bytes), length (2), value.
+    let mut rest = rest.get(3..).ok_or(ParseError::Truncated)?;
     let mut r = Request::default();
     let mut duid_mac = None;
-    for opt in msg.opts().iter() {
-        match opt {
-            v6::DhcpOption::ClientId(duid) => {
-                r.client_id = hex(duid);
-                duid_mac = mac_of_duid(duid);
+    while !rest.is_empty() {
+        let (head, tail) = rest.split_at_checked(4).ok_or(ParseError::Truncated)?;
+        let code = u16::from_be_bytes([head[0], head[1]]);
+        let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+        let (value, tail) = tail.split_at_checked(len).ok_or(ParseError::Truncated)?;
+        rest = tail;
+        match code {
+            1 => {
+                r.client_id = hex(value);
+                duid_mac = mac_of_duid(value);
             }
-            v6::DhcpOption::VendorClass(class) => {
-                r.enterprise = Some(class.num);
-                r.vendor_class = class.data.first().map(|d| text(d)).unwrap_or_default();
+            6 => {
+                let codes = value.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+                r.parameters = join(codes);
             }
-            v6::DhcpOption::ORO(oro) => r.parameters = join(oro.opts.iter().map(|c| u16::from(*c))),
-            v6::DhcpOption::Unknown(o) if o.code() == v6::OptionCode::ClientFqdn => {
-                r.hostname = fqdn_host(o.data());
+            // Enterprise number, then data items of a 2-byte length each (RFC 8415 21.16).
+            16 => {
+                let (num, data) = value
+                    .split_first_chunk::<4>()
+                    .ok_or_else(|| ParseError::Malformed("vendor class too short".into()))?;
+                r.enterprise = Some(u32::from_be_bytes(*num));
+                r.vendor_class = data
+                    .split_first_chunk::<2>()
+                    .and_then(|(len, item)| item.get(..usize::from(u16::from_be_bytes(*len))))
+                    .map(text)
+                    .unwrap_or_default();
             }
+            39 => r.hostname = fqdn_host(value),
             _ => {}
         }
     }
@@ -231,10 +272,6 @@ fn text(bytes: &[u8]) -> String {
         .collect::<String>()
         .trim()
         .to_string()
-}
-
-fn clip(s: &str) -> String {
-    text(s.as_bytes())
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -210,6 +210,20 @@ fn other_dhcp_and_broken_frames() {
         let _ = parse_frame(&frame[..len]);
     }
     assert_eq!(parse_frame(&frame[..20]), Err(ParseError::Truncated));
+    // What made dhcproto 0.15 panic: a hardware address length above 16 (taken as no
+    // chaddr), a DHCPv6 vendor class shorter than its enterprise number.
+    let mut long_hlen = android_discover();
+    long_hlen[2] = 217;
+    let s = parsed(&v4_frame(OTHER, &long_hlen));
+    assert_eq!((s.mac, s.other_mac), (OTHER, None));
+    let short_vendor = v6_message(1, &[(16, &[0, 0])]);
+    assert!(matches!(parse_frame(&v6_frame(PHONE, &short_vendor)), Err(ParseError::Malformed(_))));
+    // An option that claims more than the packet holds.
+    let cut = v6_message(1, &[(39, &[0, 5, b'h'])]);
+    let mut cut_frame = v6_frame(PHONE, &cut);
+    let at = cut_frame.len() - 3 - 2;
+    cut_frame[at..at + 2].copy_from_slice(&9u16.to_be_bytes());
+    assert_eq!(parse_frame(&cut_frame), Err(ParseError::Truncated));
     // Not to the server port.
     let mut to_client = frame.clone();
     to_client[14 + 20 + 3] = 68;
@@ -270,4 +284,39 @@ fn globs() {
     assert!(glob("udhcp *", "udhcp 1.36.1"));
     assert!(!glob("udhcp *", "udhcpc"));
     assert!(glob("galaxy*", "Galaxy"));
+}
+
+/// The frames come from any device on the LAN: mutated requests (bytes flipped, options cut,
+/// lengths lied about) give an error or a request, never a panic, and a request's fields stay
+/// within their bounds. Seeded, so a failure repeats.
+#[test]
+fn mutated_frames_never_panic() {
+    let mut rng = fastrand::Rng::with_seed(15);
+    let duid = [0, 3, 0, 1, 0x6a, 0x1f, 0x33, 0x10, 0x20, 0x30];
+    let vendor = [&311u32.to_be_bytes()[..], &[0, 8], b"MSFT 5.0"].concat();
+    let fqdn = [&[0u8, 5][..], b"host1", &[0]].concat();
+    let originals = [
+        v4_frame(PHONE, &android_discover()),
+        v6_frame(PHONE, &v6_message(1, &[(1, &duid), (16, &vendor), (39, &fqdn), (6, &[0, 23])])),
+    ];
+    for _ in 0..50_000 {
+        let mut f = originals[rng.usize(..originals.len())].clone();
+        for _ in 0..rng.usize(1..8) {
+            if f.len() <= 15 {
+                break;
+            }
+            let at = rng.usize(14..f.len());
+            match rng.u8(..3) {
+                0 => f[at] = rng.u8(..),
+                1 => f.truncate(at),
+                _ => f.insert(at, rng.u8(..)),
+            }
+        }
+        if let Ok(Some(s)) = parse_frame(&f) {
+            let r = &s.request;
+            assert!(r.hostname.len() <= MAX_FIELD && r.vendor_class.len() <= MAX_FIELD);
+            assert!(r.parameters.len() <= MAX_FIELD && r.client_id.len() <= MAX_FIELD);
+            let _ = classify(r);
+        }
+    }
 }
