@@ -24,7 +24,7 @@ const DHCPV4_SERVER_PORT: u16 = 67;
 const DHCPV6_SERVER_PORT: u16 = 547;
 /// Longest text kept of a field (host name, vendor class, parameter list): label values stay
 /// short, and a client cannot fill the state file.
-const MAX_FIELD: usize = 128;
+pub const MAX_FIELD: usize = 128;
 
 /// What one DHCP request says about its sender, as sent (the evidence the identity is derived
 /// from, kept so that a newer table re-derives it after a restart).
@@ -159,8 +159,9 @@ fn parse_v4(payload: &[u8]) -> Result<Option<(Request, Option<Mac>)>, ParseError
     if header[236..] != MAGIC_COOKIE {
         return Err(ParseError::Malformed("no DHCP magic cookie".into()));
     }
-    // BOOTREQUEST, from a client (a server's or relay's reply is not).
-    if header[0] != 1 {
+    // BOOTREQUEST (a server's reply is not), straight from the client: a relayed one (giaddr
+    // set) comes from the relay's address, not the client's.
+    if header[0] != 1 || header[24..28] != [0; 4] {
         return Ok(None);
     }
     // Hardware type 1 (Ethernet), 6 bytes long.

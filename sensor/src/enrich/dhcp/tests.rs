@@ -204,6 +204,10 @@ fn other_dhcp_and_broken_frames() {
     let mut reply = v4_message(2, PHONE, &[]);
     reply[0] = 2;
     assert_eq!(parse_frame(&v4_frame(PHONE, &reply)).unwrap(), None);
+    // Relayed (giaddr set): the frame's source is the relay.
+    let mut relayed = android_discover();
+    relayed[24..28].copy_from_slice(&[10, 77, 1, 1]);
+    assert_eq!(parse_frame(&v4_frame(OTHER, &relayed)).unwrap(), None);
     // Cut anywhere: an error or nothing, never a panic.
     let frame = v4_frame(PHONE, &android_discover());
     for len in 0..frame.len() {
@@ -319,4 +323,19 @@ fn mutated_frames_never_panic() {
             let _ = classify(r);
         }
     }
+}
+
+/// The fuzz target's seeds (fuzz/seeds/dhcp_frame/) are the requests they claim to be.
+#[test]
+fn the_fuzz_seeds_are_real_requests() {
+    let android = include_bytes!("../../../../fuzz/seeds/dhcp_frame/android_discover.bin");
+    let windows = include_bytes!("../../../../fuzz/seeds/dhcp_frame/windows_solicit.bin");
+    assert_eq!(
+        classify(&parsed(android).request),
+        Identity { os: Some("android"), class: Some("phone"), vendor: Some("Xiaomi") }
+    );
+    assert_eq!(
+        classify(&parsed(windows).request),
+        Identity { os: Some("windows"), class: Some("computer"), vendor: None }
+    );
 }
