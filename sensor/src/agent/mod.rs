@@ -68,6 +68,7 @@ fn keep_large_buffers_out_of_the_heap() {
 pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     keep_large_buffers_out_of_the_heap();
     let mut config = config;
+    let ifindex = netif::ifindex(&config.interface)?;
     let prefixes = if config.lan_prefixes.is_empty() {
         let derived = netif::prefixes(&config.interface)?;
         info!(interface = %config.interface, "lan_prefixes not set: using the interface's own prefixes");
@@ -80,7 +81,6 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     raise_memlock_limit();
     raise_open_files_limit(&config);
 
-    let ifindex = netif::ifindex(&config.interface)?;
     let mut policy = config.load_policy()?;
     policy.allow_lan_resolvers(&prefixes);
     if let Some(path) = &config.policy {

@@ -1,7 +1,6 @@
 //! Enrichment: names what the collector counted. Devices (inventory, DHCP leases, DHCP
-//! fingerprints, OUI vendor),
-//! destinations (DNS answers, TLS SNI, HTTP Host), networks (country, ASN) and registrable
-//! domains.
+//! fingerprints, OUI vendor), destinations (DNS answers, TLS SNI, HTTP Host), networks
+//! (country, ASN) and registrable domains.
 
 pub mod dhcp;
 pub mod dns;
