@@ -21,6 +21,7 @@ pub mod agent;
 pub mod alertmanager;
 mod cmd;
 pub mod dashboards;
+pub mod dhcp;
 pub mod docs;
 mod gate;
 pub mod http;

@@ -38,6 +38,8 @@ pub struct Pipeline {
     pub metrics: Arc<Metrics>,
     pub view: SharedView,
     pub events: mpsc::Receiver<Observation>,
+    /// Clients' DHCP requests (none arrive when `inventory.dhcp_fingerprint` is off).
+    pub dhcp: mpsc::Receiver<crate::kernel::dhcp_socket::Frame>,
     pub policy: Evaluator,
     /// Where the last poll's time went.
     pub timings: PollTimings,
@@ -127,6 +129,7 @@ impl Pipeline {
         let started = Instant::now();
         let now = unix_now();
         self.learn_names(now);
+        self.learn_fingerprints(now);
         for warning in self.enricher.maintain(now) {
             warn!("{warning}");
         }
@@ -273,6 +276,9 @@ impl Pipeline {
                     group: l.group,
                     vendor: l.vendor,
                     oui_vendor: l.oui_vendor,
+                    fingerprint_vendor: l.fingerprint_vendor,
+                    os: l.os,
+                    device_class: l.device_class,
                     tags: l.tags,
                 });
                 clients.len() - 1
@@ -291,6 +297,33 @@ impl Pipeline {
                 tracing::debug!(kind, client = %labels::mac(&obs.key.client_mac), "unparsable naming event: {e}");
             }
         }
+    }
+
+    /// The DHCP requests captured since the last poll fingerprint their clients before they
+    /// are named.
+    fn learn_fingerprints(&mut self, now: u64) {
+        while let Ok(frame) = self.dhcp.try_recv() {
+            let outcome = match self.enricher.learn_dhcp(&frame.0, now) {
+                Ok(Some(sighting)) => {
+                    if let Some(inner) = sighting.other_mac {
+                        tracing::debug!(
+                            client = %labels::mac(&sighting.mac),
+                            inside = %labels::mac(&inner),
+                            "a DHCP request names another hardware address than its frame's \
+                             source; fingerprinted under the source"
+                        );
+                    }
+                    "learnt"
+                }
+                Ok(None) => "not_a_request",
+                Err(e) => {
+                    tracing::debug!("unparsable DHCP frame: {e}");
+                    "malformed"
+                }
+            };
+            self.metrics.dhcp_requests.with_label_values(&[outcome]).inc();
+        }
+        self.metrics.dhcp_fingerprints.set(self.enricher.fingerprints.len() as i64);
     }
 
     /// The API's view of this poll. Takes the snapshot's flow list as it is; per flow it only
@@ -364,6 +397,8 @@ impl Pipeline {
                     mac: labels::mac(mac),
                     group: l.group,
                     vendor: l.vendor,
+                    os: l.os,
+                    device_class: l.device_class,
                     source: l.source,
                     tags: l.tags,
                     ips: addrs.into_iter().collect(),

@@ -23,6 +23,7 @@ mod budget;
 mod checks;
 mod chromium;
 mod dns;
+mod fingerprint;
 mod inventory;
 mod ledger;
 mod sni_http;
