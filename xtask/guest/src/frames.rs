@@ -55,20 +55,20 @@ impl Traffic {
         let hello = client_hello("example.org");
         let answer = dns_answer("example.net", [93, 184, 216, 34]);
         let mut frames = vec![up_udp(18), up_udp(400), up_udp(1400), down_udp(100), down_udp(1000)];
-        let mut f = tcp(CLIENT_MAC, gw_mac, CLIENT4, REMOTE4, 40001, 80, SEQ, &http);
+        let mut f = tcp_up(gw_mac, 40001, 80, SEQ, &http);
         f.event = Some((EventKind::HttpRequest, http));
         frames.push(f);
-        let mut f = tcp(CLIENT_MAC, gw_mac, CLIENT4, REMOTE4, 40002, 443, SEQ, &hello);
+        let mut f = tcp_up(gw_mac, 40002, 443, SEQ, &hello);
         f.event = Some((EventKind::TlsClientHello, hello));
         frames.push(f);
         // A post-quantum-sized ClientHello: its second segment is followed by sequence number.
         let long = padded_client_hello("pq.example.org", 1900);
         let (first, second) = long.split_at(LONG_CUT);
-        let mut f = tcp(CLIENT_MAC, gw_mac, CLIENT4, REMOTE4, 40003, 8443, LONG_SEQ, first);
+        let mut f = tcp_up(gw_mac, 40003, 8443, LONG_SEQ, first);
         f.event = Some((EventKind::TlsClientHello, first.to_vec()));
         frames.push(f);
         let second_seq = LONG_SEQ + LONG_CUT as u32;
-        let mut f = tcp(CLIENT_MAC, gw_mac, CLIENT4, REMOTE4, 40003, 8443, second_seq, second);
+        let mut f = tcp_up(gw_mac, 40003, 8443, second_seq, second);
         f.event = Some((EventKind::TlsSegment, second.to_vec()));
         frames.push(f);
         // A QUIC v1 Initial of 1,350 bytes: two chunks.
@@ -196,16 +196,9 @@ fn udp(
     Frame { bytes: f, key, dir, event: None }
 }
 
-fn tcp(
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    sport: u16,
-    dport: u16,
-    seq: u32,
-    payload: &[u8],
-) -> Frame {
+/// A TCP segment from the client to the remote, through the sensor's interface `gw_mac`.
+fn tcp_up(gw_mac: [u8; 6], sport: u16, dport: u16, seq: u32, payload: &[u8]) -> Frame {
+    let (src_mac, dst_mac, src, dst) = (CLIENT_MAC, gw_mac, CLIENT4, REMOTE4);
     let mut f = eth_ipv4(src_mac, dst_mac, src, dst, IPPROTO_TCP, 20 + payload.len());
     f.extend_from_slice(&sport.to_be_bytes());
     f.extend_from_slice(&dport.to_be_bytes());
