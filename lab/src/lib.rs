@@ -21,6 +21,7 @@ pub mod agent;
 pub mod alertmanager;
 mod cmd;
 pub mod dashboards;
+pub mod dhcp;
 pub mod docs;
 mod gate;
 pub mod http;
@@ -44,7 +45,7 @@ pub use process::{Process, tail};
 pub use topology::{
     Client, Gateway, Internet, LAN_PREFIXES, LanKind, Topology, TopologyBuilder, mac_text,
 };
-pub use traffic::{TcpForwarder, UdpReceiver, send_icmpv6, send_udp, tcp_upload};
+pub use traffic::{TcpForwarder, TcpSink, UdpReceiver, send_icmpv6, send_udp, tcp_upload};
 
 use std::sync::{
     Arc,

@@ -175,6 +175,62 @@ impl Drop for UdpReceiver {
     }
 }
 
+/// A TCP server inside a namespace that accepts every connection and reads what arrives,
+/// never answering: a client's first flight (its ClientHello) goes out, nothing comes back.
+/// Connections stay open until the sink is dropped.
+pub struct TcpSink {
+    addr: SocketAddr,
+    accepted: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TcpSink {
+    pub fn start(ns: &str, addr: SocketAddr) -> anyhow::Result<TcpSink> {
+        let listener = in_netns(ns, || TcpListener::bind(addr))?
+            .with_context(|| format!("binding TCP {addr} in {ns}"))?;
+        listener.set_nonblocking(true)?;
+        let accepted = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, s) = (accepted.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            use std::io::Read as _;
+            let mut open: Vec<TcpStream> = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            while !s.load(Ordering::Relaxed) {
+                while let Ok((conn, _)) = listener.accept() {
+                    if conn.set_nonblocking(true).is_ok() {
+                        a.fetch_add(1, Ordering::Relaxed);
+                        open.push(conn);
+                    }
+                }
+                // Drain what clients send, so their windows never close.
+                open.retain_mut(|c| !matches!(c.read(&mut buf), Ok(0)));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Ok(TcpSink { addr, accepted, stop, thread: Some(thread) })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for TcpSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Forwards TCP connections accepted on a host address to a server inside a namespace, e.g.
 /// to make the agent's /metrics (on the gateway's loopback) reachable from the host.
 pub struct TcpForwarder {

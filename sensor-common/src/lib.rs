@@ -19,8 +19,11 @@ pub mod names {
     pub const EVENT_CLIENT_RATE: &str = "EVENT_CLIENT_RATE";
     pub const EVENT_PENDING: &str = "EVENT_PENDING";
     pub const EVENT_TAIL: &str = "EVENT_TAIL";
+    pub const HELLO_TAILS: &str = "HELLO_TAILS";
+    pub const TC_EVENT_TAIL: &str = "TC_EVENT_TAIL";
     /// XDP program that copies a staged event's payload (tail-called by the XDP program).
     pub const XDP_CAPTURE_PROGRAM: &str = "gwsensor_xdp_capture";
+    pub const TC_CAPTURE_PROGRAM: &str = "gwsensor_tc_capture";
     pub const EVENTS_PER_SEC_PER_CPU: &str = "EVENTS_PER_SEC_PER_CPU";
     pub const LAN_PREFIXES: &str = "LAN_PREFIXES";
     /// Global: how many prefix slots the programs check (see `LAN_SLOTS` in sensor-ebpf).
@@ -314,12 +317,25 @@ pub enum EventKind {
     TlsClientHello = 1,
     /// A plain HTTP request from a client: carries the Host header.
     HttpRequest = 2,
+    /// A later segment of a ClientHello that did not fit its first one (a post-quantum key
+    /// share makes it ~1.9 kB): `seq` places it in the stream.
+    TlsSegment = 3,
+    /// A QUIC Initial (v1 or v2) from a client, any UDP port: its CRYPTO frames carry the
+    /// ClientHello, protected with keys anyone can derive from the packet.
+    QuicInitial = 4,
 }
+// A payload longer than EVENT_DATA_MAX goes out in several chunks (up to MAX_EVENT_CHUNKS) for
+// the ClientHello kinds (TLS, its segments, QUIC): a ClientHello must arrive whole to be read.
 
 impl EventKind {
-    pub const COUNT: usize = 3;
-    pub const ALL: [EventKind; 3] =
-        [EventKind::DnsResponse, EventKind::TlsClientHello, EventKind::HttpRequest];
+    pub const COUNT: usize = 5;
+    pub const ALL: [EventKind; 5] = [
+        EventKind::DnsResponse,
+        EventKind::TlsClientHello,
+        EventKind::HttpRequest,
+        EventKind::TlsSegment,
+        EventKind::QuicInitial,
+    ];
 
     pub fn from_u8(v: u8) -> Option<EventKind> {
         EventKind::ALL.get(v as usize).copied()
@@ -330,6 +346,8 @@ impl EventKind {
             EventKind::DnsResponse => "dns",
             EventKind::TlsClientHello => "tls",
             EventKind::HttpRequest => "http",
+            EventKind::TlsSegment => "tls_segment",
+            EventKind::QuicInitial => "quic",
         }
     }
 }
@@ -377,6 +395,11 @@ pub struct Event {
     /// L4 payload length in the packet (can exceed `captured`).
     pub payload_len: u32,
     pub ktime_ns: u64,
+    /// TCP: the segment's sequence number (0 for UDP).
+    pub seq: u32,
+    /// Where `data` starts in the payload: a multiple of [`EVENT_DATA_MAX`] (a chunk).
+    pub chunk_off: u16,
+    pub _pad: u16,
     pub data: [u8; EVENT_DATA_MAX],
 }
 
@@ -391,7 +414,33 @@ pub struct PendingEvent {
     pub payload_off: u16,
     pub payload_len: u32,
     pub ktime_ns: u64,
+    pub seq: u32,
+    pub chunk_off: u16,
+    pub _pad: u16,
 }
+
+/// Chunks of [`EVENT_DATA_MAX`] one packet's payload is handed up in at most (a GRO-merged skb
+/// of a ClientHello's segments, a 1,472-byte QUIC datagram).
+pub const MAX_EVENT_CHUNKS: usize = 3;
+
+/// A ClientHello the kernel follows into later segments: `HELLO_TAILS[flow]`. Segments whose
+/// sequence number lies in `(start_seq, start_seq + len)` are handed up, at most `segments`
+/// more of them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HelloTail {
+    pub start_seq: u32,
+    pub len: u32,
+    pub segments: u32,
+    pub _pad: u32,
+}
+
+/// The most bytes of a ClientHello followed across segments (a 4 kB one with room to spare).
+pub const HELLO_MAX_LEN: u32 = 8192;
+/// The most later segments of one ClientHello handed up.
+pub const HELLO_MAX_SEGMENTS: u32 = 6;
+/// Flows whose ClientHello is being followed at once; the least recent is dropped beyond it.
+pub const HELLO_TAILS_CAPACITY: u32 = 1024;
 
 /// Per-CPU window of the event rate limit.
 #[repr(C)]
@@ -414,6 +463,7 @@ mod user {
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::PendingEvent {}
     unsafe impl aya::Pod for super::RateWindow {}
+    unsafe impl aya::Pod for super::HelloTail {}
 }
 
 // Layout is part of the kernel/user contract: a change here must be deliberate.
@@ -429,9 +479,11 @@ const _: () = assert!(core::mem::size_of::<Counters>() == 48);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 56);
 const _: () = assert!(core::mem::size_of::<LanPrefixes>() == 8 + 32 * MAX_LAN_PREFIXES);
 const _: () = assert!(core::mem::size_of::<LanPrefixSets>() == 8 + 2 * (8 + 32 * MAX_LAN_PREFIXES));
-const _: () = assert!(core::mem::size_of::<Event>() == 48 + 1 + 1 + 2 + 4 + 8 + EVENT_DATA_MAX);
+const _: () =
+    assert!(core::mem::size_of::<Event>() == 48 + 1 + 1 + 2 + 4 + 8 + 4 + 2 + 2 + EVENT_DATA_MAX);
 const _: () = assert!(core::mem::offset_of!(Event, data).is_multiple_of(8));
-const _: () = assert!(core::mem::size_of::<PendingEvent>() == 64);
+const _: () = assert!(core::mem::size_of::<PendingEvent>() == 72);
+const _: () = assert!(core::mem::size_of::<HelloTail>() == 16);
 
 #[cfg(test)]
 mod tests {

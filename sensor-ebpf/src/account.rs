@@ -9,6 +9,7 @@ use aya_ebpf::{
 use sensor_common::{ClientKey, Counters, Direction, FlowKey, FlowValue, Stat};
 
 use crate::{
+    events::YOUNG_PACKETS,
     maps::{CLIENT_SLOTS, CLIENT_TOTALS, CLOCK, FLOWS, FREE_SLOTS, NEXT_SLOT, STATS},
     parse::{K_MAC, key_word},
 };
@@ -60,10 +61,18 @@ pub(crate) fn coarse_now() -> u64 {
 
 /// Adds one packet (or a GSO batch) to its flow and to its client's totals. A known flow costs
 /// one hash lookup (`FLOWS`) and one array lookup (`CLIENT_TOTALS`, at the slot the flow holds).
+/// Also says whether the flow is young: new, or with at most [`YOUNG_PACKETS`] packets in this
+/// direction on this CPU.
 #[inline(always)]
-pub(crate) fn account(key: &FlowKey, dir: Direction, packets: u64, bytes: u64, now: u64) -> Stat {
+pub(crate) fn account(
+    key: &FlowKey,
+    dir: Direction,
+    packets: u64,
+    bytes: u64,
+    now: u64,
+) -> (Stat, bool) {
     let Some(flow) = FLOWS.get_ptr_mut(key) else {
-        return account_new_flow(key, dir, packets, bytes, now);
+        return (account_new_flow(key, dir, packets, bytes, now), true);
     };
     // SAFETY: this CPU's copy of the value; only this program on this CPU writes it.
     let flow = unsafe { &mut *flow };
@@ -75,16 +84,16 @@ pub(crate) fn account(key: &FlowKey, dir: Direction, packets: u64, bytes: u64, n
                 flow.client_slot = slot + 1;
                 slot
             }
-            Err(stat) => return stat,
+            Err(stat) => return (stat, false),
         },
     };
     let Some(totals) = CLIENT_TOTALS.get_ptr_mut(slot) else {
-        return Stat::ClientTableFull;
+        return (Stat::ClientTableFull, false);
     };
     add(&mut flow.counters, dir, packets, bytes, now);
     // SAFETY: this CPU's element of the per-CPU array.
     add(unsafe { &mut *totals }, dir, packets, bytes, now);
-    Stat::Counted
+    (Stat::Counted, flow.counters.packets[dir.index()] <= YOUNG_PACKETS)
 }
 
 /// The first packet of a flow (or of a flow evicted since): its client's slot, then the flow.

@@ -1,5 +1,5 @@
 //! Naming events: which packets carry a payload that names a destination (DNS answers, TLS
-//! ClientHellos, HTTP requests), the per-CPU rate limit on them, and copying a staged event
+//! ClientHellos with their later segments, QUIC Initials, HTTP requests), the per-CPU rate limit on them, and copying a staged event
 //! with its payload start into the ring buffer for the agent. The counting never depends on
 //! any of it: a packet is counted before it is looked at for an event.
 
@@ -9,16 +9,22 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use sensor_common::{
-    Direction, EVENT_DATA_MAX, Event, EventKind, EventOutcome, FlowKey, PendingEvent, RateWindow,
+    Direction, EVENT_DATA_MAX, Event, EventKind, EventOutcome, FlowKey, HELLO_MAX_LEN,
+    HELLO_MAX_SEGMENTS, HelloTail, MAX_EVENT_CHUNKS, PendingEvent, RateWindow,
 };
 
 use crate::{
-    maps::{EVENT_CLIENT_RATE, EVENT_RATE, EVENT_STATS, EVENTS, EVENTS_PER_SEC_PER_CPU, FLOWS},
+    maps::{
+        EVENT_CLIENT_RATE, EVENT_RATE, EVENT_STATS, EVENTS, EVENTS_PER_SEC_PER_CPU, FLOWS,
+        HELLO_TAILS,
+    },
     parse::{IPPROTO_TCP, IPPROTO_UDP, Packet},
 };
 
 /// Deepest payload offset an event is taken from (headers beyond this are not worth naming).
 pub(crate) const MAX_PAYLOAD_OFF: usize = 1024;
+/// Deepest packet offset a chunk is copied from.
+const MAX_COPY_OFF: usize = MAX_PAYLOAD_OFF + (MAX_EVENT_CHUNKS - 1) * EVENT_DATA_MAX;
 
 /// Copies packet bytes into an event, however the program type allows.
 pub(crate) trait Capture: EbpfContext {
@@ -33,7 +39,7 @@ impl Capture for XdpContext {
         // read checked against the packet end.
         let pkt = Packet { data: self.data(), end: self.data_end() };
         // `off` comes through a map: give the verifier its bound again.
-        if off > MAX_PAYLOAD_OFF {
+        if off > MAX_COPY_OFF {
             return 0;
         }
         let mut n = 0;
@@ -104,6 +110,7 @@ pub(crate) struct EventStart {
     pub(crate) payload_off: u16,
     pub(crate) payload_len: u32,
     pub(crate) now: u64,
+    pub(crate) seq: u32,
 }
 
 impl EventStart {
@@ -116,57 +123,151 @@ impl EventStart {
             payload_off: self.payload_off,
             payload_len: self.payload_len,
             ktime_ns: self.now,
+            seq: self.seq,
+            chunk_off: 0,
+            _pad: 0,
         }
     }
 }
 
-/// Does this packet's payload name a destination? DNS answers to clients, ClientHellos and
-/// HTTP requests from clients. Only the first bytes are looked at.
+/// A packet whose payload names a destination: the kind of event, and for a ClientHello the
+/// length its first TLS record announces (to follow it into later segments).
+pub(crate) struct Found {
+    pub(crate) kind: EventKind,
+    pub(crate) hello_len: u32,
+}
+
+/// A flow's first few packets (on this CPU) are the ones looked at for the later segments of
+/// a ClientHello and for QUIC Initials; an established flow's packets cost nothing more.
+pub(crate) const YOUNG_PACKETS: u64 = 8;
+
+/// Does this packet's payload name a destination? DNS answers to clients, ClientHellos (and
+/// their later segments), QUIC Initials and HTTP requests from clients. Only the first bytes
+/// are looked at, and only a young flow's (`young`) for segments and Initials.
 #[inline(always)]
 pub(crate) fn event_kind(
     key: &FlowKey,
     header_len: usize,
+    seq: u32,
     dir: Direction,
     pkt: Packet,
-) -> Option<EventKind> {
+    young: bool,
+) -> Option<Found> {
     let proto = key.protocol;
+    let found = |kind| Some(Found { kind, hello_len: 0 });
     match dir {
         Direction::Download
             if key.remote_port == 53 && (proto == IPPROTO_UDP || proto == IPPROTO_TCP) =>
         {
             // A TCP segment with no payload (an ACK) carries no answer.
-            pkt.span::<1>(header_len).map(|_| EventKind::DnsResponse)
+            pkt.span::<1>(header_len).and_then(|_| found(EventKind::DnsResponse))
         }
         Direction::Upload if proto == IPPROTO_TCP && key.remote_port != 0 => {
-            let head = pkt.span::<6>(header_len)?;
-            let (b0, b1, b5) = (head.get::<u8, 0>(), head.get::<u8, 1>(), head.get::<u8, 5>());
-            // TLS record: handshake (22), version 3.x, first message a ClientHello (1).
-            if b0 == 22 && b1 == 3 && b5 == 1 {
-                return Some(EventKind::TlsClientHello);
+            // A segment with no payload (an ACK) names nothing.
+            pkt.span::<1>(header_len)?;
+            if let Some(head) = pkt.span::<6>(header_len) {
+                let (b0, b1, b5) = (head.get::<u8, 0>(), head.get::<u8, 1>(), head.get::<u8, 5>());
+                // TLS record: handshake (22), version 3.x, first message a ClientHello (1).
+                if b0 == 22 && b1 == 3 && b5 == 1 {
+                    let record = u16::from_be(head.get::<u16, 3>()) as u32;
+                    return Some(Found { kind: EventKind::TlsClientHello, hello_len: 5 + record });
+                }
+                const METHODS: [[u8; 4]; 7] =
+                    [*b"GET ", *b"POST", *b"HEAD", *b"PUT ", *b"DELE", *b"OPTI", *b"PATC"];
+                let method = head.get::<u32, 0>();
+                if METHODS.iter().any(|m| method == u32::from_ne_bytes(*m)) {
+                    return found(EventKind::HttpRequest);
+                }
             }
-            const METHODS: [[u8; 4]; 7] =
-                [*b"GET ", *b"POST", *b"HEAD", *b"PUT ", *b"DELE", *b"OPTI", *b"PATC"];
-            let method = head.get::<u32, 0>();
-            METHODS
-                .iter()
-                .any(|m| method == u32::from_ne_bytes(*m))
-                .then_some(EventKind::HttpRequest)
+            if young && hello_segment(key, seq) {
+                return found(EventKind::TlsSegment);
+            }
+            None
+        }
+        Direction::Upload if proto == IPPROTO_UDP && young => {
+            let head = pkt.span::<5>(header_len)?;
+            let b0 = head.get::<u8, 0>();
+            let version = u32::from_be(head.get::<u32, 1>());
+            // Long header with the fixed bit, and the Initial type of its version (RFC 9000
+            // 17.2: 0b00; RFC 9369 3.2: 0b01 for version 2).
+            let initial = match version {
+                QUIC_V1 => b0 & 0xf0 == 0xc0,
+                QUIC_V2 => b0 & 0xf0 == 0xd0,
+                _ => false,
+            };
+            if initial { found(EventKind::QuicInitial) } else { None }
         }
         _ => None,
     }
 }
 
+const QUIC_V1: u32 = 0x0000_0001;
+const QUIC_V2: u32 = 0x6b33_43cf;
+
+/// Whether this segment continues a ClientHello being followed; takes one of its segments.
+#[inline(always)]
+fn hello_segment(key: &FlowKey, seq: u32) -> bool {
+    let Some(tail) = HELLO_TAILS.get_ptr_mut(key) else { return false };
+    // SAFETY: a value of the shared map. Another CPU may update it at once; a lost decrement
+    // only lets one more segment through, still bounded by the sequence window.
+    let tail = unsafe { &mut *tail };
+    let into = seq.wrapping_sub(tail.start_seq);
+    if into == 0 || into >= tail.len || tail.segments == 0 {
+        return false;
+    }
+    tail.segments -= 1;
+    true
+}
+
+/// Follows a ClientHello announcing `hello_len` bytes that its first segment (of
+/// `payload_len`) does not hold: its next segments become events too.
+#[inline(always)]
+pub(crate) fn follow_hello(key: &FlowKey, seq: u32, payload_len: u32, hello_len: u32) {
+    if payload_len >= hello_len || hello_len > HELLO_MAX_LEN {
+        return;
+    }
+    let tail = HelloTail { start_seq: seq, len: hello_len, segments: HELLO_MAX_SEGMENTS, _pad: 0 };
+    // A full map drops its least recent entry; a failure only leaves this one unnamed.
+    let _ = HELLO_TAILS.insert(key, tail, 0);
+}
+
+/// Whether a staged event has another chunk to hand up, and moves it there.
+#[inline(always)]
+pub(crate) fn next_chunk(pending: &mut PendingEvent) -> bool {
+    // A bit mask, not a table: LLVM turns a match on the kind into a lookup table indexed by
+    // a value whose range the verifier does not know.
+    const CHUNKED: u32 = (1 << EventKind::TlsClientHello as u32)
+        | (1 << EventKind::TlsSegment as u32)
+        | (1 << EventKind::QuicInitial as u32);
+    let kind = pending.kind as u32;
+    let chunkable = kind < 32 && (CHUNKED >> kind) & 1 != 0;
+    let next = pending.chunk_off as usize + EVENT_DATA_MAX;
+    if !chunkable
+        || next >= pending.payload_len as usize
+        || next >= MAX_EVENT_CHUNKS * EVENT_DATA_MAX
+    {
+        return false;
+    }
+    pending.chunk_off = next as u16;
+    true
+}
+
 /// Copies a staged event with the start of its payload into the ring buffer.
 #[inline(always)]
 pub(crate) fn emit<C: Capture>(ctx: &C, pending: &PendingEvent) {
-    let Some(kind) = EventKind::from_u8(pending.kind) else { return };
+    // The kind as an index, bounds-checked here: `EventKind::from_u8` compiles to a table
+    // lookup whose bound LLVM drops when it knows the kind, which the verifier does not.
+    let kind = pending.kind as u32;
+    if kind >= EventKind::COUNT as u32 {
+        return;
+    }
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        bump_event(kind, EventOutcome::RingFull);
+        bump_event_slot(kind * EventOutcome::COUNT as u32 + EventOutcome::RingFull as u32);
         return;
     };
     let ev = entry.as_mut_ptr();
-    let payload_len = pending.payload_len as usize;
-    let want = if payload_len < EVENT_DATA_MAX { payload_len } else { EVENT_DATA_MAX };
+    let rest = (pending.payload_len as usize).saturating_sub(pending.chunk_off as usize);
+    let want = if rest < EVENT_DATA_MAX { rest } else { EVENT_DATA_MAX };
     // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer record of Event size.
     unsafe {
         (*ev).key = pending.key;
@@ -174,11 +275,18 @@ pub(crate) fn emit<C: Capture>(ctx: &C, pending: &PendingEvent) {
         (*ev).direction = pending.direction;
         (*ev).payload_len = pending.payload_len;
         (*ev).ktime_ns = pending.ktime_ns;
-        let captured = ctx.capture(pending.payload_off as usize, &mut (*ev).data, want);
+        (*ev).seq = pending.seq;
+        (*ev).chunk_off = pending.chunk_off;
+        (*ev)._pad = 0;
+        let off = pending.payload_off as usize + pending.chunk_off as usize;
+        let captured = ctx.capture(off, &mut (*ev).data, want);
         (*ev).captured = captured as u16;
     }
     entry.submit(0);
-    bump_event(kind, EventOutcome::Sent);
+    // Events count packets: a later chunk is part of its packet's event.
+    if pending.chunk_off == 0 {
+        bump_event_slot(kind * EventOutcome::COUNT as u32 + EventOutcome::Sent as u32);
+    }
 }
 
 /// Whether an event of `key`'s flow may go out now: within its client's half of the per-CPU
@@ -222,7 +330,12 @@ fn take(w: &mut RateWindow, now: u64, limit: u64) -> bool {
 
 #[inline(always)]
 pub(crate) fn bump_event(kind: EventKind, outcome: EventOutcome) {
-    if let Some(p) = EVENT_STATS.get_ptr_mut(outcome.slot(kind)) {
+    bump_event_slot(outcome.slot(kind));
+}
+
+#[inline(always)]
+fn bump_event_slot(slot: u32) {
+    if let Some(p) = EVENT_STATS.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot.
         unsafe { *p += 1 };
     }

@@ -32,13 +32,16 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use core::mem::MaybeUninit;
 use sensor_common::{
-    Direction, EventOutcome, FlowKey, MAX_HEADER_DEPTH, Stat, wire_bytes, wire_frames,
+    Direction, EventKind, EventOutcome, FlowKey, MAX_HEADER_DEPTH, Stat, wire_bytes, wire_frames,
 };
 
 use crate::{
     account::{account, bump_stat, coarse_now},
-    events::{EventStart, MAX_PAYLOAD_OFF, allow_event, bump_event, emit, event_kind},
-    maps::{EVENT_PENDING, EVENT_TAIL},
+    events::{
+        EventStart, MAX_PAYLOAD_OFF, allow_event, bump_event, emit, event_kind, follow_hello,
+        next_chunk,
+    },
+    maps::{EVENT_PENDING, EVENT_TAIL, TC_EVENT_TAIL, TC_PENDING, XDP_PENDING},
     parse::{Packet, ipv6_ext_chain, parse},
 };
 
@@ -48,7 +51,7 @@ pub fn gwsensor_xdp(ctx: XdpContext) -> u32 {
     let size = Size { len: (pkt.end - pkt.data) as u64, gso_segs: 0, gso_size: 0, per_frame: 0 };
     let mut key = MaybeUninit::uninit();
     observe(&ctx, pkt, &mut key, Direction::Upload, size, |key, ev| {
-        if let Some(slot) = EVENT_PENDING.get_ptr_mut(0) {
+        if let Some(slot) = EVENT_PENDING.get_ptr_mut(XDP_PENDING) {
             // SAFETY: per-CPU slot; the tail call below runs on this CPU, right after.
             unsafe {
                 *slot = ev.pending(key, Direction::Upload);
@@ -60,13 +63,37 @@ pub fn gwsensor_xdp(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// Tail-called by `gwsensor_xdp` to copy a staged event's payload into the ring buffer.
+/// Tail-called by `gwsensor_xdp` to copy a staged event's payload into the ring buffer; a
+/// payload of several chunks tail-calls this program again for each next one.
 #[xdp]
 pub fn gwsensor_xdp_capture(ctx: XdpContext) -> u32 {
-    if let Some(pending) = EVENT_PENDING.get(0) {
+    if let Some(pending) = EVENT_PENDING.get_ptr_mut(XDP_PENDING) {
+        // SAFETY: per-CPU slot, staged by the program that tail-called this one on this CPU.
+        let pending = unsafe { &mut *pending };
         emit(&ctx, pending);
+        if next_chunk(pending) {
+            // SAFETY: as above; does not return on success.
+            unsafe { EVENT_TAIL.tail_call(&ctx, 0) };
+        }
     }
     xdp_action::XDP_PASS
+}
+
+/// Tail-called by the TC programs to copy a staged event's payload into the ring buffer, a
+/// chunk a call like [`gwsensor_xdp_capture`]. On its own, so that the counting programs stay
+/// well within what old verifiers explore (6.1 refused them with the copy inlined per chunk).
+#[classifier]
+pub fn gwsensor_tc_capture(ctx: TcContext) -> i32 {
+    if let Some(pending) = EVENT_PENDING.get_ptr_mut(TC_PENDING) {
+        // SAFETY: per-CPU slot, staged by the program that tail-called this one on this CPU.
+        let pending = unsafe { &mut *pending };
+        emit(&ctx, pending);
+        if next_chunk(pending) {
+            // SAFETY: as above; does not return on success.
+            unsafe { TC_EVENT_TAIL.tail_call(&ctx, 0) };
+        }
+    }
+    TC_ACT_UNSPEC
 }
 
 /// Baseline for benchmarks: what an XDP program costs when it does nothing.
@@ -88,8 +115,8 @@ pub fn gwsensor_tc_ingress(ctx: TcContext) -> i32 {
 }
 
 /// The TC side of both directions: makes the headers linear, sizes the skb as the frames it is
-/// on the wire, counts it and emits its event directly (no tail call: `bpf_skb_load_bytes`
-/// copies what the verifier would refuse as packet reads).
+/// on the wire, counts it and stages its event for the TC capture program (which copies with
+/// `bpf_skb_load_bytes`, also what lies outside the linear area).
 #[inline(always)]
 fn tc_observe(ctx: &TcContext, dir: Direction) -> i32 {
     // SAFETY: `skb` is the context pointer the kernel handed us; these fields are plain reads.
@@ -116,7 +143,14 @@ fn tc_observe(ctx: &TcContext, dir: Direction) -> i32 {
     let pkt = Packet { data: ctx.data(), end: ctx.data_end() };
     let mut key = MaybeUninit::uninit();
     observe(ctx, pkt, &mut key, dir, size, |key, ev| {
-        emit(ctx, &ev.pending(key, dir));
+        if let Some(slot) = EVENT_PENDING.get_ptr_mut(TC_PENDING) {
+            // SAFETY: per-CPU slot; the tail call below runs on this CPU, right after.
+            unsafe {
+                *slot = ev.pending(key, dir);
+                // Does not return on success; on failure the packet passes all the same.
+                TC_EVENT_TAIL.tail_call(ctx, 0);
+            }
+        }
     });
     // "Unspecified": carry on with whatever else is attached (TCX next / next filter).
     TC_ACT_UNSPEC
@@ -160,23 +194,24 @@ fn observe<C: EbpfContext>(
     // Exactly one outcome per packet, and no `seen` count: the agent derives it as the sum of
     // the outcomes, which saves an array update per packet.
     let (outcome, n) = match parse(pkt, dir, key) {
-        Ok((key, header_len)) => {
+        Ok((key, header_len, seq)) => {
             let segs = wire_frames(size.len, header_len as u64, size.gso_segs, size.gso_size);
             let bytes = wire_bytes(size.len, segs, header_len as u64, size.per_frame);
             let packets = segs as u64;
             let now = coarse_now();
-            let outcome = account(key, dir, packets, bytes, now);
+            let (outcome, young) = account(key, dir, packets, bytes, now);
             // Counted before the event: XDP emits it through a tail call, which does not
             // return when it succeeds, so nothing after `event` runs for that packet.
             let n = bump_stat(outcome, dir);
-            if let Some(kind) = event_kind(key, header_len, dir, pkt) {
+            if let Some(found) = event_kind(key, header_len, seq, dir, pkt, young) {
+                let kind = found.kind;
                 if header_len <= MAX_PAYLOAD_OFF && allow_event(key, now) {
-                    let start = EventStart {
-                        kind,
-                        payload_off: header_len as u16,
-                        payload_len: (size.len as usize).saturating_sub(header_len) as u32,
-                        now,
-                    };
+                    let payload_len = (size.len as usize).saturating_sub(header_len) as u32;
+                    if kind == EventKind::TlsClientHello {
+                        follow_hello(key, seq, payload_len, found.hello_len);
+                    }
+                    let start =
+                        EventStart { kind, payload_off: header_len as u16, payload_len, now, seq };
                     event(key, &start);
                 } else {
                     bump_event(kind, EventOutcome::RateLimited);

@@ -4,11 +4,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray, Queue, RingBuf},
+    maps::{
+        Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray, Queue, RingBuf,
+    },
 };
 use sensor_common::{
     ClientKey, Counters, DEFAULT_CLIENT_CAPACITY, DEFAULT_FLOW_CAPACITY, EVENT_RING_BYTES,
-    EVENT_STATS_LEN, FlowKey, FlowValue, LanPrefixSets, PendingEvent, RateWindow, STATS_LEN,
+    EVENT_STATS_LEN, FlowKey, FlowValue, HELLO_TAILS_CAPACITY, HelloTail, LanPrefixSets,
+    PendingEvent, RateWindow, STATS_LEN,
 };
 
 /// Per-flow counters, and the flow's client slot. LRU so that memory stays bounded whatever the
@@ -75,13 +78,28 @@ pub(crate) static EVENT_RATE: PerCpuArray<RateWindow> = PerCpuArray::with_max_en
 pub(crate) static EVENT_CLIENT_RATE: PerCpuArray<RateWindow> =
     PerCpuArray::with_max_entries(DEFAULT_CLIENT_CAPACITY, 0);
 
-/// The XDP program's staged event, read by the capture program it tail-calls.
+/// The staged event, read by the capture program the staging program tail-calls: slot
+/// [`XDP_PENDING`] for XDP's, [`TC_PENDING`] for the TC programs'.
 #[map(name = "EVENT_PENDING")]
-pub(crate) static EVENT_PENDING: PerCpuArray<PendingEvent> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static EVENT_PENDING: PerCpuArray<PendingEvent> = PerCpuArray::with_max_entries(2, 0);
+pub(crate) const XDP_PENDING: u32 = 0;
+pub(crate) const TC_PENDING: u32 = 1;
 
 /// Slot 0: the XDP capture program (set by the loader).
 #[map(name = "EVENT_TAIL")]
 pub(crate) static EVENT_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Slot 0: the TC capture program (set by the loader). Tail calls stay within a program type,
+/// so TC has its own array.
+#[map(name = "TC_EVENT_TAIL")]
+pub(crate) static TC_EVENT_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// ClientHellos followed into their later segments (see [`HelloTail`]). Shared by the CPUs:
+/// a flow's segments need not arrive on the CPU its first one did. LRU, so a flow that ends
+/// before its ClientHello does leaves no entry behind for long.
+#[map(name = "HELLO_TAILS")]
+pub(crate) static HELLO_TAILS: LruHashMap<FlowKey, HelloTail> =
+    LruHashMap::with_max_entries(HELLO_TAILS_CAPACITY, 0);
 
 /// Events allowed per second on each CPU (set by the loader; 0 disables events).
 #[unsafe(no_mangle)]

@@ -112,15 +112,15 @@ const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 // ---------------------------------------------------------------------------------------------
 // Parser
 
-/// Parses a packet into `key`, writing every byte of it when it succeeds; returns the key and
-/// where the L4 payload starts (for GSO byte accounting and events), or the reason the packet
-/// is not counted.
+/// Parses a packet into `key`, writing every byte of it when it succeeds; returns the key,
+/// where the L4 payload starts (for GSO byte accounting and events) and a TCP segment's
+/// sequence number (0 otherwise), or the reason the packet is not counted.
 #[inline(always)]
 pub(crate) fn parse(
     pkt: Packet,
     dir: Direction,
     key: &mut MaybeUninit<FlowKey>,
-) -> Result<(&FlowKey, usize), Stat> {
+) -> Result<(&FlowKey, usize, u32), Stat> {
     let upload = matches!(dir, Direction::Upload);
     let eth = pkt.span::<ETH_HLEN>(0).ok_or(Stat::TruncatedL2)?;
     // The client is the sender of an upload and the receiver of a download.
@@ -149,12 +149,13 @@ pub(crate) fn parse(
     };
 
     // Ports: only in the first (or only) fragment, and only for TCP and UDP.
-    let (mut port, mut header_len) = (0u16, l3.l4_off);
+    let (mut port, mut header_len, mut seq) = (0u16, l3.l4_off, 0u32);
     if l3.first_fragment {
         match l3.protocol {
             IPPROTO_TCP => {
                 let tcp = pkt.span::<20>(l3.l4_off).ok_or(Stat::TruncatedL4)?;
                 port = u16::from_be(if upload { tcp.get::<u16, 2>() } else { tcp.get::<u16, 0>() });
+                seq = u32::from_be(tcp.get::<u32, 4>());
                 let doff = ((tcp.get::<u8, 12>() >> 4) as usize) * 4;
                 header_len = l3.l4_off + if doff > 20 { doff } else { 20 };
             }
@@ -183,7 +184,7 @@ pub(crate) fn parse(
     }
     // SAFETY: every byte of the key is written: the addresses (32 bytes) by the L3 parser, then
     // the MAC (6), the port (2), and the protocol with the padding (8).
-    Ok((unsafe { key.assume_init_ref() }, header_len))
+    Ok((unsafe { key.assume_init_ref() }, header_len, seq))
 }
 
 /// Is this an IPv6 packet whose header is followed by an extension header? Only those can have

@@ -22,7 +22,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load the programs, attach them to the LAN interface and serve /metrics until SIGINT or
-    /// SIGTERM (needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON).
+    /// SIGTERM (needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON; CAP_NET_RAW for DHCP
+    /// fingerprints).
     Run {
         /// YAML config file (see docs/config.md).
         #[arg(long, short)]

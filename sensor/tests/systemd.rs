@@ -1,5 +1,6 @@
 //! The agent as deploy/systemd/gateway-sensor.service runs it: as root with only CAP_BPF,
-//! CAP_NET_ADMIN and CAP_PERFMON (the unit's CapabilityBoundingSet), telling systemd through
+//! CAP_NET_ADMIN, CAP_PERFMON and CAP_NET_RAW (the unit's CapabilityBoundingSet; the last for
+//! the DHCP capture of device fingerprints alone), telling systemd through
 //! $NOTIFY_SOCKET when it is ready (Type=notify) and when it stops. The capability set is
 //! applied with setpriv's bounding set, as systemd does; the notifications go to a real unix
 //! datagram socket bound here, as systemd's is.
@@ -25,7 +26,9 @@ use nix::sys::signal::Signal;
 const METRICS: &str = "127.0.0.1:9977";
 const API: &str = "127.0.0.1:9978";
 /// The unit's CapabilityBoundingSet, in setpriv's words.
-const UNIT_CAPABILITIES: [&str; 3] = ["bpf", "net_admin", "perfmon"];
+const UNIT_CAPABILITIES: [&str; 4] = ["bpf", "net_admin", "perfmon", "net_raw"];
+/// What the agent warns without CAP_NET_RAW (it counts on, without device fingerprints).
+const NO_DHCP_CAPTURE: &str = "DHCP capture on lan0: opening a packet socket";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn can_run() -> bool {
@@ -100,18 +103,18 @@ fn receive(sock: &UnixDatagram, timeout: Duration, agent: Option<&Process>) -> O
 }
 
 #[test]
-fn with_the_units_three_capabilities_the_agent_counts_and_notifies_ready_and_stopping() {
-    three_capabilities("tcx");
+fn with_the_units_capabilities_the_agent_counts_and_notifies_ready_and_stopping() {
+    unit_capabilities("tcx");
 }
 
 /// The same with a clsact filter over netlink (kernels before 6.6), through a `kill -9`: the
-/// next agent, with the same three capabilities, replaces the filter the killed one left.
+/// next agent, with the same capabilities, replaces the filter the killed one left.
 #[test]
-fn with_the_units_three_capabilities_the_clsact_filter_is_replaced_after_kill_9() {
-    three_capabilities("netlink");
+fn with_the_units_capabilities_the_clsact_filter_is_replaced_after_kill_9() {
+    unit_capabilities("netlink");
 }
 
-fn three_capabilities(tc: &str) {
+fn unit_capabilities(tc: &str) {
     if !can_run() {
         return;
     }
@@ -184,9 +187,12 @@ fn three_capabilities(tc: &str) {
     };
     exchange(4, 4);
     counted(&agent, 4);
+    if agent.process().log().contains(NO_DHCP_CAPTURE) {
+        fail(&agent, "the DHCP capture did not open with the unit's capabilities");
+    }
 
     if tc == "netlink" {
-        // A crash, then the next start with the same three capabilities: it must replace the
+        // A crash, then the next start with the same capabilities: it must replace the
         // filter left on lan0 (netlink, CAP_NET_ADMIN) and go on counting, downloads too.
         agent.kill().unwrap_or_else(|e| panic!("{e:#}"));
         if let Err(e) = agent.start_again() {
@@ -256,4 +262,27 @@ fn without_any_one_of_the_three_capabilities_the_agent_refuses_to_start() {
             "without CAP_{missing}: READY=1 sent\n{log}"
         );
     }
+}
+
+/// CAP_NET_RAW only opens the packet socket of the DHCP capture: without it the agent starts,
+/// says what is missing, and counts.
+#[test]
+fn without_cap_net_raw_the_agent_runs_without_device_fingerprints() {
+    if !can_run() {
+        return;
+    }
+    let topo = TopologyBuilder::new("gwt-sdr")
+        .lan(LanKind::Veth)
+        .client("phone", [0x64, 0x09, 0x80, 0x77, 0x00, 0x23])
+        .build()
+        .expect("building the lab");
+    let pins = lab::PinDir::new("systemd", "no-net_raw");
+    let (sock, path) = notify_socket(&topo, "notify-no-net_raw.sock");
+    let caps: Vec<&str> = UNIT_CAPABILITIES.into_iter().filter(|c| *c != "net_raw").collect();
+    let agent = start_agent(&topo, "sensor-no-net_raw", &caps, &config(&topo, &pins), &path);
+    let ready = receive(&sock, START_TIMEOUT, Some(agent.process()));
+    let log = agent.process().log();
+    assert!(ready.is_some_and(|r| r.starts_with("READY=1")), "no READY=1\n{log}");
+    assert!(log.contains(NO_DHCP_CAPTURE), "expected {NO_DHCP_CAPTURE:?} in the log\n{log}");
+    agent.stop(Duration::from_secs(15)).unwrap_or_else(|e| panic!("{e:#}"));
 }

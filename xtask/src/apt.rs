@@ -36,6 +36,8 @@ pub const TEST_TOOLS: &[(&str, &str)] = &[
     ("prometheus", "prometheus"),
     // The capability tests (sensor/tests/systemd.rs) run the agent under a reduced bounding set.
     ("setpriv", "util-linux"),
+    // A current browser's ClientHellos (post-quantum, over TCP and QUIC) for the naming test.
+    ("chromium", "chromium"),
 ];
 
 /// What `cargo xtask demo` runs: the lab (ip), the router's DNS (dnsmasq), vendor names (IEEE

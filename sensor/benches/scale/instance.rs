@@ -63,6 +63,7 @@ pub(crate) fn load_instance(case: &Case, pins: &Path) -> anyhow::Result<Instance
     let (enricher, _warnings) =
         Enricher::new(&config.inventory, &config.geoip, &config.names, config.destinations.level)?;
     let (_, events) = tokio::sync::mpsc::channel(1);
+    let (_, dhcp) = tokio::sync::mpsc::channel(1);
     let pipeline = Pipeline {
         maps,
         accounting: Accounting::default(),
@@ -71,6 +72,7 @@ pub(crate) fn load_instance(case: &Case, pins: &Path) -> anyhow::Result<Instance
         metrics: Arc::new(Metrics::new()?),
         view: SharedView::default(),
         events,
+        dhcp,
         // The example policy: its evaluation is part of every poll.
         policy: Evaluator::new(
             Policy::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy.yaml"))

@@ -14,10 +14,27 @@ pub struct KernelCounters {
     /// `stats[direction][stat]`, as exported.
     pub stats: Stats,
     /// `events[kind][outcome]`, as exported.
+    #[serde(deserialize_with = "events_of_fewer_kinds")]
     pub events: Events,
     /// The kernel's values at the last read.
     last_stats: Stats,
+    #[serde(deserialize_with = "events_of_fewer_kinds")]
     last_events: Events,
+}
+
+/// Event counters as a state file holds them: an earlier version knew fewer kinds (the kinds
+/// only grow, at the end); the ones it did not know start at zero.
+fn events_of_fewer_kinds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Events, D::Error> {
+    let rows = Vec::<[u64; EventOutcome::COUNT]>::deserialize(d)?;
+    let mut events = Events::default();
+    if rows.len() > events.len() {
+        return Err(serde::de::Error::invalid_length(
+            rows.len(),
+            &"at most one row per event kind",
+        ));
+    }
+    events[..rows.len()].copy_from_slice(&rows);
+    Ok(events)
 }
 
 impl KernelCounters {

@@ -391,12 +391,21 @@ mod tests {
     );
 
     /// What this version adds at the end: the kernel's outcome counters (none in these
-    /// fixtures' snapshots).
+    /// fixtures' snapshots), for five event kinds.
     const KERNEL: &str = concat!(
         r#","kernel":{"stats":[[0,0,0,0,0,0,0,0,0,0,0,0],[0,0,0,0,0,0,0,0,0,0,0,0]],"#,
-        r#""events":[[0,0,0],[0,0,0],[0,0,0]],"#,
+        r#""events":[[0,0,0],[0,0,0],[0,0,0],[0,0,0],[0,0,0]],"#,
         r#""last_stats":[[0,0,0,0,0,0,0,0,0,0,0,0],[0,0,0,0,0,0,0,0,0,0,0,0]],"#,
-        r#""last_events":[[0,0,0],[0,0,0],[0,0,0]]}}"#,
+        r#""last_events":[[0,0,0],[0,0,0],[0,0,0],[0,0,0],[0,0,0]]}}"#,
+    );
+
+    /// The kernel counters as the version before QUIC and TLS segments wrote them (three
+    /// event kinds): they load, the new kinds at zero.
+    const KERNEL_THREE_KINDS: &str = concat!(
+        r#","kernel":{"stats":[[0,0,0,0,0,0,0,0,0,0,0,7],[0,0,0,0,0,0,0,0,0,0,0,0]],"#,
+        r#""events":[[1,2,3],[4,5,6],[7,8,9]],"#,
+        r#""last_stats":[[0,0,0,0,0,0,0,0,0,0,0,0],[0,0,0,0,0,0,0,0,0,0,0,0]],"#,
+        r#""last_events":[[0,0,0],[0,0,0],[0,0,9]]}}"#,
     );
 
     #[test]
@@ -404,6 +413,15 @@ mod tests {
         let a: Accounting = serde_json::from_str(STATE_FILE).unwrap();
         let current = format!("{}{KERNEL}", STATE_FILE.strip_suffix('}').unwrap());
         assert_eq!(serde_json::to_string(&a).unwrap(), current);
+        // Three event kinds: the counts kept, the new kinds at zero.
+        let three = format!("{}{KERNEL_THREE_KINDS}", STATE_FILE.strip_suffix('}').unwrap());
+        let t: Accounting = serde_json::from_str(&three).unwrap();
+        let written = serde_json::to_string(&t).unwrap();
+        assert!(
+            written.contains(r#""events":[[1,2,3],[4,5,6],[7,8,9],[0,0,0],[0,0,0]]"#)
+                && written.contains(r#""last_events":[[0,0,0],[0,0,0],[0,0,9],[0,0,0],[0,0,0]]"#),
+            "{written}"
+        );
         // This version's own file loads and is written back the same.
         let b: Accounting = serde_json::from_str(&current).unwrap();
         assert_eq!(serde_json::to_string(&b).unwrap(), current);

@@ -35,7 +35,7 @@ use crate::{
         KernelError,
         addr_watch::AddressWatch,
         collector::KernelMaps,
-        events,
+        dhcp_socket, events,
         lan_prefixes::LanPrefixMap,
         loader::{self, LoadOptions},
         netif, offload,
@@ -50,6 +50,9 @@ const NAME_WAIT: Duration = Duration::from_secs(2);
 /// Naming events buffered between the ring-buffer reader and the poll (the excess is dropped
 /// and counted: names are a best effort, counting is not).
 const EVENT_QUEUE: usize = 8192;
+/// DHCP frames buffered between their capture and the poll: a few seconds of the capture's
+/// rate limit.
+const DHCP_QUEUE: usize = 4 * dhcp_socket::MAX_PER_SECOND as usize;
 
 /// Longest the agent waits on shutdown for queued alerts to reach Alertmanager.
 const NOTIFY_GRACE: Duration = Duration::from_secs(5);
@@ -70,7 +73,7 @@ fn keep_large_buffers_out_of_the_heap() {
 pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     keep_large_buffers_out_of_the_heap();
     let mut config = config;
-    netif::ifindex(&config.interface)?;
+    let ifindex = netif::ifindex(&config.interface)?;
     // Unset `lan_prefixes`: the interface's, followed. The watch opens before the read, so
     // that a change in between is seen.
     let (mut prefixes, watch) = if config.lan_prefixes.is_empty() {
@@ -96,7 +99,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     }
     let metrics = Arc::new(Metrics::new()?);
     metrics.config_last_reload_successful.set(1);
-    let (enricher, warnings) =
+    let (mut enricher, warnings) =
         Enricher::new(&config.inventory, &config.geoip, &config.names, config.destinations.level)?;
     for warning in &warnings {
         warn!("{warning}");
@@ -135,6 +138,29 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let dropped = metrics.events_dropped.clone();
     let reader = events::spawn_reader(RingBuf::try_from(ring)?, events_tx, move || dropped.inc())?;
+    let (dhcp_tx, dhcp_rx) = mpsc::channel(DHCP_QUEUE);
+    let dhcp_reader = if config.inventory.dhcp_fingerprint {
+        let requests = metrics.dhcp_requests.clone();
+        let on_drop = move |why| {
+            let outcome = match why {
+                dhcp_socket::Dropped::RateLimited => "rate_limited",
+                dhcp_socket::Dropped::QueueFull => "queue_full",
+            };
+            requests.with_label_values(&[outcome]).inc();
+        };
+        // Fingerprints are a best effort, like the other naming sources: without the socket
+        // (no CAP_NET_RAW, a sandbox without AF_PACKET) the agent counts on, and says so.
+        match dhcp_socket::spawn_reader(&config.interface, ifindex, dhcp_tx, on_drop) {
+            Ok(reader) => Some(reader),
+            Err(e) => {
+                warn!("{:#}; counting goes on without device fingerprints", anyhow::Error::new(e));
+                None
+            }
+        }
+    } else {
+        info!("inventory.dhcp_fingerprint is off: no device fingerprints from DHCP");
+        None
+    };
 
     metrics.lan_prefixes.set(prefixes.len() as i64);
     metrics.flows_capacity.set(capacities.flows.into());
@@ -173,6 +199,9 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         );
     }
     saved.accounting.kernel_maps_recreated(&loaded.kept);
+    // One fingerprint per client the kernel can hold.
+    enricher.fingerprints.set_capacity(capacities.clients as usize);
+    enricher.fingerprints.restore(std::mem::take(&mut saved.fingerprints));
     metrics.continue_counters(std::mem::take(&mut saved.counters));
     // Violations of rules removed while the agent was stopped are not continued.
     metrics.keep_policy_rules(&rule_names(&policy));
@@ -191,6 +220,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         view: server::SharedView::default(),
         events: events_rx,
+        dhcp: dhcp_rx,
         timings: Default::default(),
     };
     let notifier =
@@ -322,6 +352,9 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         Err(e) => warn!("the HTTP server task ended abnormally: {e}"),
     }
     reader.abort();
+    if let Some(dhcp_reader) = dhcp_reader {
+        dhcp_reader.abort();
+    }
     drop(pipeline);
     drop(ebpf);
     info!(
@@ -397,6 +430,10 @@ fn reload(
         ("tc_attach", new.tc_attach != running.tc_attach),
         ("poll_interval", new.poll_interval != running.poll_interval),
         ("events_per_second", new.events_per_second != running.events_per_second),
+        (
+            "inventory.dhcp_fingerprint",
+            new.inventory.dhcp_fingerprint != running.inventory.dhcp_fingerprint,
+        ),
     ];
     for (key, changed) in restart_only {
         if changed {
@@ -432,6 +469,7 @@ fn reload(
     applied.tc_attach = running.tc_attach;
     applied.poll_interval = running.poll_interval;
     applied.events_per_second = running.events_per_second;
+    applied.inventory.dhcp_fingerprint = running.inventory.dhcp_fingerprint;
     Ok((applied, warnings))
 }
 
@@ -449,8 +487,15 @@ fn unlogged<'a>(warned: &[String], warnings: &'a [String]) -> Vec<&'a String> {
 /// Saves the state; once saved, scrapes see its counters.
 fn save_state(config: &Config, pipeline: &Pipeline, metrics: &Metrics) {
     let counters = metrics.counters();
-    match state::save(&config.state_path, &pipeline.accounting, pipeline.policy.state(), &counters)
-    {
+    let fingerprints = pipeline.enricher.fingerprints.saved();
+    let saved = state::save(
+        &config.state_path,
+        &pipeline.accounting,
+        pipeline.policy.state(),
+        &counters,
+        &fingerprints,
+    );
+    match saved {
         Ok(()) => {
             metrics.state_save_failures.set(0);
             metrics.release(&counters);

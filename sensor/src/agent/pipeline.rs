@@ -38,6 +38,8 @@ pub struct Pipeline {
     pub metrics: Arc<Metrics>,
     pub view: SharedView,
     pub events: mpsc::Receiver<Observation>,
+    /// Clients' DHCP requests (none arrive when `inventory.dhcp_fingerprint` is off).
+    pub dhcp: mpsc::Receiver<crate::kernel::dhcp_socket::Frame>,
     pub policy: Evaluator,
     /// Where the last poll's time went.
     pub timings: PollTimings,
@@ -127,9 +129,15 @@ impl Pipeline {
         let started = Instant::now();
         let now = unix_now();
         self.learn_names(now);
+        self.learn_fingerprints(now);
         for warning in self.enricher.maintain(now) {
             warn!("{warning}");
         }
+        let tally = self.enricher.take_tally();
+        for (kind, n) in tally.given_up {
+            self.metrics.name_parse_errors.with_label_values(&[kind.as_str()]).inc_by(n);
+        }
+        self.metrics.tls_ech.inc_by(tally.ech);
         self.refresh_router_addresses();
         // Map reads are blocking syscalls (milliseconds for a full map): keep them off the reactor.
         let mut stage = Instant::now();
@@ -268,6 +276,9 @@ impl Pipeline {
                     group: l.group,
                     vendor: l.vendor,
                     oui_vendor: l.oui_vendor,
+                    fingerprint_vendor: l.fingerprint_vendor,
+                    os: l.os,
+                    device_class: l.device_class,
                     tags: l.tags,
                 });
                 clients.len() - 1
@@ -286,6 +297,33 @@ impl Pipeline {
                 tracing::debug!(kind, client = %labels::mac(&obs.key.client_mac), "unparsable naming event: {e}");
             }
         }
+    }
+
+    /// The DHCP requests captured since the last poll fingerprint their clients before they
+    /// are named.
+    fn learn_fingerprints(&mut self, now: u64) {
+        while let Ok(frame) = self.dhcp.try_recv() {
+            let outcome = match self.enricher.learn_dhcp(&frame.0, now) {
+                Ok(Some(sighting)) => {
+                    if let Some(inner) = sighting.other_mac {
+                        tracing::debug!(
+                            client = %labels::mac(&sighting.mac),
+                            inside = %labels::mac(&inner),
+                            "a DHCP request names another hardware address than its frame's \
+                             source; fingerprinted under the source"
+                        );
+                    }
+                    "learnt"
+                }
+                Ok(None) => "not_a_request",
+                Err(e) => {
+                    tracing::debug!("unparsable DHCP frame: {e}");
+                    "malformed"
+                }
+            };
+            self.metrics.dhcp_requests.with_label_values(&[outcome]).inc();
+        }
+        self.metrics.dhcp_fingerprints.set(self.enricher.fingerprints.len() as i64);
     }
 
     /// The API's view of this poll. Takes the snapshot's flow list as it is; per flow it only
@@ -359,6 +397,8 @@ impl Pipeline {
                     mac: labels::mac(mac),
                     group: l.group,
                     vendor: l.vendor,
+                    os: l.os,
+                    device_class: l.device_class,
                     source: l.source,
                     tags: l.tags,
                     ips: addrs.into_iter().collect(),

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 
 use crate::{
     accounting::{Accounting, MAX_PLAUSIBLE},
+    enrich::dhcp::SavedFingerprint,
     export::continued::SavedCounter,
     policy::eval::EvalState,
 };
@@ -14,8 +15,8 @@ use crate::{
 /// Format version of the state file: bumped when its meaning changes.
 const VERSION: u32 = 1;
 
-/// What the agent keeps across restarts: the exported counters and the policy's memory
-/// (windows, alerts, learnt destinations and devices).
+/// What the agent keeps across restarts: the exported counters, the policy's memory
+/// (windows, alerts, learnt destinations and devices) and the clients' DHCP fingerprints.
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct Saved {
     pub accounting: Accounting,
@@ -25,6 +26,9 @@ pub struct Saved {
     /// The agent's own counters (absent in files written before they were continued).
     #[serde(default)]
     pub counters: Vec<SavedCounter>,
+    /// Absent in files written before fingerprints existed.
+    #[serde(default)]
+    pub fingerprints: Vec<SavedFingerprint>,
 }
 
 impl Saved {
@@ -58,6 +62,8 @@ struct StateFile {
     policy: EvalState,
     #[serde(default)]
     counters: Vec<SavedCounter>,
+    #[serde(default)]
+    fingerprints: Vec<SavedFingerprint>,
 }
 
 /// What [`save`] writes: [`StateFile`], borrowing the accounting and the policy state (no copy).
@@ -67,6 +73,7 @@ struct StateFileRef<'a> {
     accounting: &'a Accounting,
     policy: &'a EvalState,
     counters: &'a [SavedCounter],
+    fingerprints: &'a [SavedFingerprint],
 }
 
 /// Loads the state, or a fresh accounting when there is no file yet. A file that cannot be
@@ -85,8 +92,13 @@ pub fn load(path: &Path) -> anyhow::Result<Saved> {
             path.display(),
         );
     }
-    match parsed.map(|f| Saved { accounting: f.accounting, policy: f.policy, counters: f.counters })
-    {
+    let saved = parsed.map(|f| Saved {
+        accounting: f.accounting,
+        policy: f.policy,
+        counters: f.counters,
+        fingerprints: f.fingerprints,
+    });
+    match saved {
         Ok(saved) => match saved.implausible() {
             None => Ok(saved),
             // Continuing from it would export a counter that soon stops (saturates) or, added
@@ -170,6 +182,7 @@ pub fn save(
     accounting: &Accounting,
     policy: &EvalState,
     counters: &[SavedCounter],
+    fingerprints: &[SavedFingerprint],
 ) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)
@@ -181,7 +194,7 @@ pub fn save(
     let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
     serde_json::to_writer(
         &mut out,
-        &StateFileRef { version: VERSION, accounting, policy, counters },
+        &StateFileRef { version: VERSION, accounting, policy, counters, fingerprints },
     )
     .map_err(std::io::Error::from)
     .and_then(|()| out.flush())
@@ -219,10 +232,23 @@ mod tests {
             labels: vec![],
             value: 4.0,
         }];
-        save(&path, &a, &EvalState::default(), &counters).unwrap();
+        let fingerprint = crate::enrich::dhcp::SavedFingerprint {
+            mac: [2, 0, 0, 0, 0, 1],
+            fingerprint: crate::enrich::dhcp::Fingerprint {
+                v4: Some(crate::enrich::dhcp::Request {
+                    vendor_class: "android-dhcp-13".into(),
+                    ..Default::default()
+                }),
+                v6: None,
+                seen: 9,
+            },
+        };
+        save(&path, &a, &EvalState::default(), &counters, std::slice::from_ref(&fingerprint))
+            .unwrap();
         let loaded = load(&path).unwrap();
         assert_eq!(loaded.accounting.flow_evictions, 7);
         assert_eq!(loaded.counters, counters);
+        assert_eq!(loaded.fingerprints, [fingerprint], "DHCP fingerprints are kept");
     }
 
     #[test]
@@ -293,7 +319,7 @@ mod tests {
                 labels: vec![("kind".into(), "dns".into())],
                 value,
             };
-            save(&path, &a, &EvalState::default(), &[counter]).unwrap();
+            save(&path, &a, &EvalState::default(), &[counter], &[]).unwrap();
             assert!(load(&path).unwrap().counters.is_empty());
         }
         assert!(dir.path().join("state.corrupt.2").exists());

@@ -1,16 +1,19 @@
-//! Enrichment: names what the collector counted. Devices (inventory, DHCP leases, OUI vendor),
-//! destinations (DNS answers, TLS SNI, HTTP Host), networks (country, ASN) and registrable
-//! domains.
+//! Enrichment: names what the collector counted. Devices (inventory, DHCP leases, DHCP
+//! fingerprints, OUI vendor), destinations (DNS answers, TLS SNI, HTTP Host), networks
+//! (country, ASN) and registrable domains.
 
+pub mod dhcp;
 pub mod dns;
 pub mod domain;
 mod error;
 pub mod geo;
+pub mod hello;
 pub mod http;
 pub mod inventory;
 pub mod names;
 pub mod oui;
 mod parse;
+pub mod quic;
 pub mod tls;
 
 use std::{collections::BTreeMap, net::IpAddr};
@@ -35,11 +38,20 @@ use crate::{
 pub struct ClientLabels {
     pub name: String,
     pub group: String,
-    /// The inventory's vendor if the user gave one, else the OUI registry's.
+    /// The inventory's vendor if the user gave one, else the DHCP fingerprint's hint, else the
+    /// OUI registry's.
     pub vendor: String,
     /// The OUI registry's vendor alone (`randomized` for a private MAC); the policy's `vendor`
     /// matches it too.
     pub oui_vendor: String,
+    /// The DHCP fingerprint's vendor hint alone (empty when none); the policy's `vendor`
+    /// matches it too.
+    pub fingerprint_vendor: String,
+    /// The inventory's `os` if the user gave one, else the DHCP fingerprint's; empty when
+    /// unknown.
+    pub os: String,
+    /// The inventory's `device_class` if the user gave one, else the DHCP fingerprint's.
+    pub device_class: String,
     /// `private` for a locally administered (randomized) MAC, else `universal`.
     pub mac_type: &'static str,
     pub source: String,
@@ -90,9 +102,26 @@ pub struct Enricher {
     pub inventory: inventory::Inventory,
     pub names: names::NameCache,
     pub geo: geo::Geo,
+    /// What clients' DHCP requests say they are; learnt, so kept across reloads.
+    pub fingerprints: dhcp::Fingerprints,
     level: DestinationLevel,
     /// The router's own addresses (every interface's): local, like the LAN's.
     router: FastSet<IpAddr>,
+    /// ClientHellos over TCP arriving in several pieces.
+    tcp_hellos: hello::TcpHellos,
+    /// QUIC connections whose Initials are being read.
+    quic_hellos: hello::QuicHellos,
+    /// ClientHellos offering ECH read since the last [`Enricher::take_tally`].
+    ech: u64,
+}
+
+/// What naming saw besides names, since the last [`Enricher::take_tally`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct NamingTally {
+    /// ClientHellos given up (they never arrived whole), by kind: `tls`, `quic`.
+    pub given_up: [(EventKind, u64); 2],
+    /// ClientHellos (TCP or QUIC) with an `encrypted_client_hello` extension.
+    pub ech: u64,
 }
 
 impl Enricher {
@@ -112,7 +141,22 @@ impl Enricher {
             names.max_names,
             names.flow_name_ttl.as_secs(),
         );
-        Ok((Enricher { inventory, names, geo, level, router: FastSet::default() }, warnings))
+        // Bounded like the kernel's client slots; the agent sets their real number.
+        let fingerprints = dhcp::Fingerprints::new(sensor_common::DEFAULT_CLIENT_CAPACITY as usize);
+        Ok((
+            Enricher {
+                inventory,
+                names,
+                geo,
+                fingerprints,
+                level,
+                router: FastSet::default(),
+                tcp_hellos: hello::TcpHellos::default(),
+                quic_hellos: hello::QuicHellos::default(),
+                ech: 0,
+            },
+            warnings,
+        ))
     }
 
     /// Learns from one naming event. An error means its payload did not parse.
@@ -124,9 +168,25 @@ impl Enricher {
                 let answer = dns::parse_response(&obs.data, obs.key.protocol == 6)?;
                 self.names.learn_dns(client, &answer, now);
             }
-            EventKind::TlsClientHello => {
-                if let Some(sni) = tls::client_hello_sni(&obs.data)? {
-                    self.names.learn_flow_name(client, remote, obs.key.remote_port, &sni, now);
+            EventKind::TlsClientHello | EventKind::TlsSegment => {
+                let first = obs.kind == EventKind::TlsClientHello && obs.chunk_off == 0;
+                let seq = obs.seq.wrapping_add(u32::from(obs.chunk_off));
+                let progress = self.tcp_hellos.add(&obs.key, first, seq, &obs.data, now)?;
+                if let hello::Progress::Named(hello) = progress {
+                    self.learn_hello(&obs.key, &hello, now);
+                }
+            }
+            EventKind::QuicInitial => {
+                let progress = self.quic_hellos.add(
+                    &obs.key,
+                    obs.ktime_ns,
+                    obs.payload_len,
+                    obs.chunk_off,
+                    &obs.data,
+                    now,
+                )?;
+                if let hello::Progress::Named(hello) = progress {
+                    self.learn_hello(&obs.key, &hello, now);
                 }
             }
             EventKind::HttpRequest => {
@@ -136,6 +196,42 @@ impl Enricher {
             }
         }
         Ok(())
+    }
+
+    /// Learns what a ClientHello names: its SNI for the flow, as an outer name (a DNS name of
+    /// the address wins) when it offers ECH.
+    fn learn_hello(&mut self, key: &FlowKey, hello: &tls::Hello, now: u64) {
+        self.ech += u64::from(hello.ech);
+        let Some(sni) = &hello.sni else { return };
+        let (client, remote) = (key.client_mac, labels::ip(&key.remote_ip));
+        if hello.ech {
+            self.names.learn_outer_name(client, remote, key.remote_port, sni, now);
+        } else {
+            self.names.learn_flow_name(client, remote, key.remote_port, sni, now);
+        }
+    }
+
+    /// What naming saw besides names since the last call.
+    pub fn take_tally(&mut self) -> NamingTally {
+        NamingTally {
+            given_up: [
+                (EventKind::TlsClientHello, self.tcp_hellos.take_given_up()),
+                (EventKind::QuicInitial, self.quic_hellos.take_given_up()),
+            ],
+            ech: std::mem::take(&mut self.ech),
+        }
+    }
+
+    /// Learns from a captured DHCP frame; the request taken in, `None` for DHCP that is not a
+    /// client's request. An error means the frame did not parse.
+    pub fn learn_dhcp(
+        &mut self,
+        frame: &[u8],
+        now: u64,
+    ) -> Result<Option<dhcp::Sighting>, parse::ParseError> {
+        let Some(sighting) = dhcp::parse_frame(frame)? else { return Ok(None) };
+        self.fingerprints.learn(sighting.clone(), now);
+        Ok(Some(sighting))
     }
 
     /// Takes over what a reloaded config says: the sources that come from files (the
@@ -149,9 +245,14 @@ impl Enricher {
         self.names.take_limits(&reloaded.names, now);
     }
 
-    /// Re-reads changed lease files and forgets expired names; returns new warnings.
+    /// Re-reads changed lease files, forgets expired names and gives up ClientHellos that did
+    /// not arrive whole in time; returns new warnings.
     pub fn maintain(&mut self, now: u64) -> Vec<String> {
         self.names.expire(now);
+        for (key, hello) in self.tcp_hellos.expire(now) {
+            self.learn_hello(&key, &hello, now);
+        }
+        self.quic_hellos.expire(now);
         self.inventory.refresh()
     }
 
@@ -222,9 +323,21 @@ impl Enricher {
     /// How a client reads in the metrics and the API.
     pub fn client_labels(&self, mac: &Mac) -> ClientLabels {
         let device = self.inventory.device(mac);
+        let identity = self.fingerprints.identity(mac);
+        // The user's word, then the fingerprint's, then the registry's.
+        let stated = |stated: &str, guessed: Option<&str>| {
+            if stated.is_empty() { guessed.unwrap_or_default().to_string() } else { stated.into() }
+        };
+        let vendor = match identity.vendor {
+            Some(hint) if device.stated_vendor.is_empty() => hint.to_string(),
+            _ => device.vendor_label(),
+        };
         ClientLabels {
-            vendor: device.vendor_label(),
+            vendor,
             oui_vendor: device.vendor.label(),
+            fingerprint_vendor: identity.vendor.unwrap_or_default().to_string(),
+            os: stated(&device.stated_os, identity.os),
+            device_class: stated(&device.stated_class, identity.class),
             mac_type: if oui::is_locally_administered(mac) { "private" } else { "universal" },
             name: device.name,
             group: device.group,
@@ -342,6 +455,68 @@ mod tests {
         assert_eq!(e.flow_name(&key(4), 159), Some("d.example.net"));
         assert_eq!(e.flow_name(&key(4), 160), None, "the new flow_name_ttl (60 s)");
         assert_eq!(e.flow_name(&key(3), 160), Some("c.example.net"), "learnt before: 1 h");
+    }
+
+    /// The labels' order of authority: the inventory's stated vendor, os and device_class, then
+    /// the DHCP fingerprint's, then the OUI registry's vendor (`randomized` for a private MAC).
+    #[test]
+    fn the_inventory_then_the_fingerprint_then_the_registry() {
+        let private = [0x6a, 0x1f, 0x33, 0x10, 0x20, 0x30];
+        let stated = [0x6a, 0x1f, 0x33, 0x10, 0x20, 0x31];
+        let inventory = inventory::InventoryConfig {
+            devices: vec![inventory::StaticDevice {
+                mac: "6a:1f:33:10:20:31".into(),
+                name: "tablet".into(),
+                vendor: "Lenovo".into(),
+                device_class: "tablet".into(),
+                ..Default::default()
+            }],
+            oui_databases: Some(vec![]),
+            ..Default::default()
+        };
+        let (mut e, _) = Enricher::new(
+            &inventory,
+            &geo::GeoConfig::default(),
+            &NamesConfig::default(),
+            DestinationLevel::Domain,
+        )
+        .unwrap();
+        let l = e.client_labels(&private);
+        assert_eq!(
+            (l.vendor.as_str(), l.os.as_str(), l.device_class.as_str()),
+            ("randomized", "", "")
+        );
+        for mac in [private, stated] {
+            e.fingerprints.learn(
+                dhcp::Sighting {
+                    mac,
+                    version: dhcp::Version::V4,
+                    request: dhcp::Request {
+                        hostname: "Redmi-Note-12".into(),
+                        vendor_class: "android-dhcp-13".into(),
+                        ..Default::default()
+                    },
+                    other_mac: None,
+                },
+                100,
+            );
+        }
+        let l = e.client_labels(&private);
+        assert_eq!(
+            (l.vendor.as_str(), l.os.as_str(), l.device_class.as_str(), l.mac_type),
+            ("Xiaomi", "android", "phone", "private")
+        );
+        assert_eq!(
+            (l.oui_vendor.as_str(), l.fingerprint_vendor.as_str()),
+            ("randomized", "Xiaomi")
+        );
+        let l = e.client_labels(&stated);
+        assert_eq!(
+            (l.vendor.as_str(), l.os.as_str(), l.device_class.as_str()),
+            ("Lenovo", "android", "tablet"),
+            "what the user said wins, field by field"
+        );
+        assert_eq!(l.fingerprint_vendor, "Xiaomi", "the hint stays for the policy's `vendor`");
     }
 
     /// A database that places multicast or the router's public address in a country (real ones

@@ -12,6 +12,10 @@
 //!   of the two is kept) and makes it the most recent.
 //! - **Flow names**, per (client MAC, remote address, remote port): from TLS SNI or HTTP Host,
 //!   valid while `now < last learnt + flow_name_ttl_secs`; for that flow it wins over DNS.
+//!   Except an *outer* name: the SNI of a ClientHello that offers Encrypted Client Hello names
+//!   only the client-facing server (a CDN's public name), so a DNS name of the address wins
+//!   over it. (Chrome offers a GREASE ECH extension when it knows no ECH config: its SNI is
+//!   the real one, and the address's DNS name, if any, is almost always the same.)
 //!
 //! At most `max_entries` entries in all. When a new one does not fit, expired entries are dropped
 //! first, then the live entries closest to expiry, each counted in [`NameCache::evicted`].
@@ -43,6 +47,8 @@ struct Learnt {
     seq: u64,
     /// First second at which the entry is no longer valid.
     expires: u64,
+    /// A flow name from an ECH outer ClientHello: a DNS name wins over it.
+    outer: bool,
 }
 
 impl Learnt {
@@ -123,7 +129,7 @@ impl NameCache {
             let names = self.dns.get_mut(&key).expect("just found");
             let old = names.remove(i);
             self.by_expiry.remove(&(old.expires, old.seq));
-            let learnt = Self::stamp(&mut self.next_seq, old.name, old.expires.max(expires));
+            let learnt = Self::stamp(&mut self.next_seq, old.name, old.expires.max(expires), false);
             self.by_expiry.insert((learnt.expires, learnt.seq), slot);
             names.push(learnt);
             return;
@@ -136,7 +142,7 @@ impl NameCache {
             let oldest = names.remove(0);
             self.by_expiry.remove(&(oldest.expires, oldest.seq));
         }
-        let learnt = Self::stamp(&mut self.next_seq, name.into(), expires);
+        let learnt = Self::stamp(&mut self.next_seq, name.into(), expires, false);
         self.by_expiry.insert((learnt.expires, learnt.seq), slot);
         names.push(learnt);
     }
@@ -151,6 +157,31 @@ impl NameCache {
         name: &str,
         now: u64,
     ) {
+        self.learn_flow(client, remote, port, name, now, false);
+    }
+
+    /// Learns the SNI of an ECH outer ClientHello for the flow: a DNS name of `remote` for
+    /// `client` wins over it (see the module documentation).
+    pub fn learn_outer_name(
+        &mut self,
+        client: Mac,
+        remote: IpAddr,
+        port: u16,
+        name: &str,
+        now: u64,
+    ) {
+        self.learn_flow(client, remote, port, name, now, true);
+    }
+
+    fn learn_flow(
+        &mut self,
+        client: Mac,
+        remote: IpAddr,
+        port: u16,
+        name: &str,
+        now: u64,
+        outer: bool,
+    ) {
         let expires = now.saturating_add(self.flow_name_ttl_secs);
         if name.is_empty() || expires <= now {
             return;
@@ -162,20 +193,25 @@ impl NameCache {
         } else if !self.make_room(now) {
             return;
         }
-        let learnt = Self::stamp(&mut self.next_seq, name.into(), expires);
+        let learnt = Self::stamp(&mut self.next_seq, name.into(), expires, outer);
         self.by_expiry.insert((learnt.expires, learnt.seq), Slot::Flow(client, remote, port));
         self.flows.insert(key, learnt);
     }
 
     /// The name for the flow from `client` to `remote`:`port`: its flow name if it has a valid
-    /// one, else the most recently learnt valid DNS name of `remote` for `client`.
+    /// one (unless it is an outer name and DNS has one), else the most recently learnt valid
+    /// DNS name of `remote` for `client`.
     pub fn name_for(&self, client: Mac, remote: IpAddr, port: u16, now: u64) -> Option<&str> {
         let remote = remote.to_canonical();
-        let flow = self.flows.get(&(client, remote, port));
-        if let Some(flow) = flow.filter(|f| f.valid(now)) {
+        let flow = self.flows.get(&(client, remote, port)).filter(|f| f.valid(now));
+        if let Some(flow) = flow.filter(|f| !f.outer) {
             return Some(&flow.name);
         }
-        self.dns.get(&(client, remote))?.iter().rev().find(|l| l.valid(now)).map(|l| &*l.name)
+        let dns = self
+            .dns
+            .get(&(client, remote))
+            .and_then(|names| names.iter().rev().find(|l| l.valid(now)).map(|l| &*l.name));
+        dns.or(flow.map(|f| &*f.name))
     }
 
     /// Whether the flow has a name of its own (SNI or Host), not just a DNS name.
@@ -208,10 +244,10 @@ impl NameCache {
         self.evicted
     }
 
-    fn stamp(next_seq: &mut u64, name: Box<str>, expires: u64) -> Learnt {
+    fn stamp(next_seq: &mut u64, name: Box<str>, expires: u64, outer: bool) -> Learnt {
         let seq = *next_seq;
         *next_seq += 1;
-        Learnt { name, seq, expires }
+        Learnt { name, seq, expires, outer }
     }
 
     /// Makes room for one more entry: expired entries first, then those closest to expiry.
@@ -405,6 +441,23 @@ mod tests {
         c.expire(1200);
         assert_eq!(c.name_for(LAPTOP, ip("192.0.2.77"), 8080, 601), None);
         c.check();
+    }
+
+    /// An ECH outer name names its flow only while DNS has no name for the address.
+    #[test]
+    fn a_dns_name_wins_over_an_ech_outer_name() {
+        let mut c = NameCache::new(60, 100, 3600);
+        let (mac, remote) = ([2, 0, 0, 0, 0, 1], ip("203.0.113.7"));
+        c.learn_outer_name(mac, remote, 443, "cloudflare-ech.com", 100);
+        assert_eq!(c.name_for(mac, remote, 443, 100), Some("cloudflare-ech.com"));
+        assert!(c.has_flow_name(mac, remote, 443, 100));
+        c.learn_dns(mac, &answer("secret.example.org", &[("203.0.113.7", 300)]), 101);
+        assert_eq!(c.name_for(mac, remote, 443, 101), Some("secret.example.org"));
+        // Once the DNS name expires, the outer name is what is left.
+        assert_eq!(c.name_for(mac, remote, 443, 101 + 360), Some("cloudflare-ech.com"));
+        // A plain SNI learnt later wins over DNS again.
+        c.learn_flow_name(mac, remote, 443, "inner.example.org", 102);
+        assert_eq!(c.name_for(mac, remote, 443, 102), Some("inner.example.org"));
     }
 
     #[test]

@@ -10,7 +10,11 @@
 //! - cut short: `walk_cut_short` steps over the fixed fields itself (a few bounds-checked
 //!   reads);
 //! - either way, `find_sni` frames the extensions one by one and hands each *complete* one to
-//!   tls-parser, up to the first server_name.
+//!   tls-parser, up to the first server_name (and notes an encrypted_client_hello among them:
+//!   [`Hello::ech`]).
+//!
+//! QUIC carries the same ClientHello in CRYPTO frames, without the record header:
+//! [`handshake_sni`] / [`handshake_info`] read it there (see [`super::quic`]).
 //!
 //! A server_name that is fully present is therefore found wherever the copy ends; one that is
 //! not gives `Truncated`. Only the first record is read: a ClientHello fragmented over several
@@ -36,10 +40,30 @@ const RECORD_HEADER_LEN: usize = 5;
 /// Handshake header: type (1), length (3).
 const HANDSHAKE_HEADER_LEN: usize = 4;
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;
+/// encrypted_client_hello (TLS Encrypted Client Hello).
+const EXT_ENCRYPTED_CLIENT_HELLO: u16 = 0xfe0d;
+
+/// What a ClientHello tells about the connection it opens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hello {
+    /// The server_name's host_name (see the module documentation for `None`).
+    pub sni: Option<String>,
+    /// The hello carries an `encrypted_client_hello` extension (TLS Encrypted Client Hello, type
+    /// 0xfe0d): `sni` then names only the client-facing (outer) server, not the one the client
+    /// reaches. Chrome sends a GREASE one (random bytes, same type) when it has no ECH config,
+    /// which cannot be told apart from outside: this says "ECH offered or greased". Only the
+    /// extensions in the copy are looked at: in a cut-short hello, one past the copy is missed.
+    pub ech: bool,
+}
 
 /// The server_name (host_name type) of the ClientHello starting `payload` (a TLS record). See the
 /// module documentation for the results.
 pub fn client_hello_sni(payload: &[u8]) -> Result<Option<String>, ParseError> {
+    client_hello_info(payload).map(|hello| hello.sni)
+}
+
+/// [`client_hello_sni`] and whether the hello offers ECH.
+pub fn client_hello_info(payload: &[u8]) -> Result<Hello, ParseError> {
     match payload.first() {
         None => return Err(ParseError::Truncated),
         Some(&t) if t != u8::from(TlsRecordType::Handshake) => {
@@ -56,28 +80,37 @@ pub fn client_hello_sni(payload: &[u8]) -> Result<Option<String>, ParseError> {
     if record_len == 0 || hdr.len > MAX_RECORD_LEN {
         return Err(ParseError::Malformed(format!("record length {record_len}")));
     }
-    let body = &rest[..rest.len().min(record_len)];
+    handshake_info(&rest[..rest.len().min(record_len)])
+}
 
-    match body.first() {
+/// The server_name of a ClientHello handshake message without a record header (as QUIC's CRYPTO
+/// frames carry it), whole or a prefix; the same results as [`client_hello_sni`].
+pub fn handshake_sni(msg: &[u8]) -> Result<Option<String>, ParseError> {
+    handshake_info(msg).map(|hello| hello.sni)
+}
+
+/// [`handshake_sni`] and whether the hello offers ECH.
+pub fn handshake_info(msg: &[u8]) -> Result<Hello, ParseError> {
+    match msg.first() {
         None => return Err(ParseError::Truncated),
         Some(&HANDSHAKE_CLIENT_HELLO) => {}
         Some(_) => return Err(ParseError::NotClientHello),
     }
-    let Some(&[_, a, b, c]) = body.get(..HANDSHAKE_HEADER_LEN) else {
+    let Some(&[_, a, b, c]) = msg.get(..HANDSHAKE_HEADER_LEN) else {
         return Err(ParseError::Truncated);
     };
     let hello_len = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
-    let hello = &body[HANDSHAKE_HEADER_LEN..];
+    let hello = &msg[HANDSHAKE_HEADER_LEN..];
 
     match hello.get(..hello_len) {
-        Some(hello) => complete_hello_sni(hello),
+        Some(hello) => complete_hello(hello),
         // Cut short by the copy, or continued in a following record.
         None => walk_cut_short(hello),
     }
 }
 
 /// A whole ClientHello body: tls-parser parses the fixed fields; every byte must belong to it.
-fn complete_hello_sni(hello: &[u8]) -> Result<Option<String>, ParseError> {
+fn complete_hello(hello: &[u8]) -> Result<Hello, ParseError> {
     let (rest, ch) = parse_tls_handshake_client_hello(hello)
         .map_err(|e| ParseError::Malformed(format!("ClientHello: {e:?}")))?;
     if !rest.is_empty() {
@@ -89,17 +122,17 @@ fn complete_hello_sni(hello: &[u8]) -> Result<Option<String>, ParseError> {
         )));
     }
     match ch.ext {
-        None => Ok(None),
-        Some(ext) => match find_sni(ext, true)? {
-            Sni::Found(name) => Ok(name),
-            Sni::NotHere => Ok(None),
-        },
+        None => Ok(Hello::default()),
+        Some(ext) => {
+            let found = find_sni(ext, true)?;
+            Ok(Hello { sni: found.sni.flatten(), ech: found.ech })
+        }
     }
 }
 
 /// A ClientHello body of which only a prefix is here: step over the fixed fields, then look for
 /// the server_name in the complete extensions.
-fn walk_cut_short(hello: &[u8]) -> Result<Option<String>, ParseError> {
+fn walk_cut_short(hello: &[u8]) -> Result<Hello, ParseError> {
     let mut r = Reader(hello);
     r.skip(2 + 32)?; // legacy_version, random
     let session_id = r.u8()?;
@@ -116,46 +149,58 @@ fn walk_cut_short(hello: &[u8]) -> Result<Option<String>, ParseError> {
     r.skip(usize::from(compression))?;
     let extensions_len = usize::from(r.u16()?);
     let all_here = r.0.len() >= extensions_len;
-    match find_sni(&r.0[..r.0.len().min(extensions_len)], all_here)? {
-        Sni::Found(name) => Ok(name),
+    let found = find_sni(&r.0[..r.0.len().min(extensions_len)], all_here)?;
+    match found.sni {
+        Some(name) => Ok(Hello { sni: name, ech: found.ech }),
         // Every extension is here, yet the ClientHello claims to be longer.
-        Sni::NotHere if all_here => {
+        None if all_here => {
             Err(ParseError::Malformed("ClientHello longer than its extensions".into()))
         }
-        Sni::NotHere => Err(ParseError::Truncated),
+        None => Err(ParseError::Truncated),
     }
 }
 
-enum Sni {
-    /// The server_name extension, with its host_name if it has one.
-    Found(Option<String>),
-    /// No server_name extension in these bytes.
-    NotHere,
+/// What the walk over the extensions found.
+struct Found {
+    /// `Some` once the server_name extension was seen, with its host_name if it has one.
+    sni: Option<Option<String>>,
+    /// An encrypted_client_hello extension among the complete ones.
+    ech: bool,
 }
 
 /// Frames the extensions in `exts` one by one (so that a cut is told from a lie) and hands each
-/// complete one to tls-parser, up to the first server_name. `complete`: `exts` is the whole
-/// extension block, so running out is malformed rather than truncated.
-fn find_sni(exts: &[u8], complete: bool) -> Result<Sni, ParseError> {
+/// complete one to tls-parser, up to the first server_name; past it, only the types are looked
+/// at (for ECH), so what follows the server_name cannot spoil a name found. `complete`: `exts`
+/// is the whole extension block, so running out is malformed rather than truncated.
+fn find_sni(exts: &[u8], complete: bool) -> Result<Found, ParseError> {
     let overrun = |e: ParseError| match complete {
         true => ParseError::Malformed("extension runs past the extension block".into()),
         false => e,
     };
+    let mut found = Found { sni: None, ech: false };
     let mut r = Reader(exts);
     while !r.0.is_empty() {
         let start = r.0;
-        r.skip(2).map_err(overrun)?; // type
-        let len = usize::from(r.u16().map_err(overrun)?);
-        r.skip(len).map_err(overrun)?;
+        let (ext_type, len) = match r.extension() {
+            Ok(framed) => framed,
+            // Past the server_name, the extensions only add the ECH flag: a cut there (or a
+            // lie, as before this walk went on) leaves the name as it is.
+            Err(_) if found.sni.is_some() => break,
+            Err(e) => return Err(overrun(e)),
+        };
+        found.ech |= ext_type == EXT_ENCRYPTED_CLIENT_HELLO;
+        if found.sni.is_some() {
+            continue;
+        }
         match parse_tls_client_hello_extension(&start[..4 + len]) {
             Ok((_, TlsExtension::SNI(names))) => {
-                return sni_name(&start[4..4 + len], &names).map(Sni::Found);
+                found.sni = Some(sni_name(&start[4..4 + len], &names)?);
             }
             Ok(_) => {}
             Err(e) => return Err(ParseError::Malformed(format!("extension: {e:?}"))),
         }
     }
-    Ok(Sni::NotHere)
+    Ok(found)
 }
 
 /// The host_name entry of a server_name list, normalised. `data` is the extension's content:
@@ -190,6 +235,14 @@ impl Reader<'_> {
     fn u16(&mut self) -> Result<u16, ParseError> {
         let hi = self.u8()?;
         Ok(u16::from_be_bytes([hi, self.u8()?]))
+    }
+
+    /// Steps over one extension: its type and the length of its data.
+    fn extension(&mut self) -> Result<(u16, usize), ParseError> {
+        let ext_type = self.u16()?;
+        let len = usize::from(self.u16()?);
+        self.skip(len)?;
+        Ok((ext_type, len))
     }
 }
 
@@ -424,6 +477,52 @@ mod tests {
         sh[5] = 2;
         assert_eq!(client_hello_sni(&sh), Err(ParseError::NotClientHello));
         assert_eq!(client_hello_sni(&sh[..6]), Err(ParseError::NotClientHello));
+    }
+
+    #[test]
+    fn handshake_message_without_record_header() {
+        for r in [OPENSSL_SNI, OPENSSL_NO_SNI, CURL_SNI, OPENSSL_TLS12_SNI, &chrome_like(false)] {
+            let msg = &r[RECORD_HEADER_LEN..];
+            assert_eq!(handshake_sni(msg), client_hello_sni(r));
+            for cut in 0..msg.len() {
+                let got = handshake_sni(&msg[..cut]);
+                assert_eq!(got, client_hello_sni(&r[..RECORD_HEADER_LEN + cut]), "cut at {cut}");
+            }
+        }
+        assert_eq!(handshake_sni(&[]), Err(ParseError::Truncated));
+        assert_eq!(handshake_sni(&[1, 0]), Err(ParseError::Truncated));
+        assert_eq!(handshake_sni(&[2, 0, 0, 0]), Err(ParseError::NotClientHello));
+        assert_eq!(handshake_sni(&[0x16, 3, 1]), Err(ParseError::NotClientHello));
+    }
+
+    #[test]
+    fn encrypted_client_hello_is_noticed() {
+        let hello = |r: &[u8]| client_hello_info(r).unwrap();
+        for r in [OPENSSL_SNI, OPENSSL_NO_SNI, CURL_SNI, OPENSSL_TLS12_SNI] {
+            assert!(!hello(r).ech);
+        }
+        // chrome_like ends with a (GREASE) encrypted_client_hello, after the server_name.
+        let chrome = chrome_like(true);
+        assert_eq!(hello(&chrome), super::Hello { sni: Some("www.example.com".into()), ech: true });
+        assert_eq!(handshake_info(&chrome[RECORD_HEADER_LEN..]), client_hello_info(&chrome));
+        // Cut before it: the name, without the flag.
+        assert_eq!(
+            hello(&chrome[..COPY_LIMIT]),
+            super::Hello { sni: Some("www.example.com".into()), ech: false }
+        );
+        // Before the server_name, in a cut-short hello.
+        let mut h = split(OPENSSL_SNI);
+        h.exts.insert(0, (0xfe0d, vec![0x33; 100]));
+        let r = build(&h);
+        let whole = super::Hello { sni: Some("example.test".into()), ech: true };
+        assert_eq!(hello(&r), whole);
+        let end = sni_end(&r).unwrap();
+        assert_eq!(hello(&r[..end]), whole);
+        // ... and the extensions after the server_name spoil nothing, whatever they hold.
+        let mut h = split(OPENSSL_SNI);
+        h.exts.push((0x0010, vec![0xff; 3])); // an ALPN extension tls-parser refuses
+        h.exts.push((0xfe0d, vec![]));
+        assert_eq!(hello(&build(&h)), super::Hello { sni: Some("example.test".into()), ech: true });
     }
 
     fn malformed(r: &[u8]) -> bool {

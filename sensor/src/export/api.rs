@@ -29,6 +29,11 @@ pub struct ClientView {
     pub mac: String,
     pub group: String,
     pub vendor: String,
+    /// As the `os` and `device_class` labels (absent from older agents' answers).
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub device_class: String,
     /// Where the name came from: inventory, dhcp or fallback.
     pub source: String,
     pub tags: BTreeMap<String, String>,

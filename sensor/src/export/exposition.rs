@@ -106,7 +106,7 @@ const FAMILIES: [(Family, &str, &str, &str); 11] = [
         Family::ClientInfo,
         "client_info",
         "gauge",
-        "A client's name, group, vendor, where the name came from, and its tags (always 1).",
+        "A client's name, group, vendor, OS and device class, where the name came from, and its tags (always 1).",
     ),
     (
         Family::Remotes { bytes: false },
@@ -211,6 +211,8 @@ impl Traffic {
             let info = t.span(|s| {
                 label(s, "group", &names.group);
                 label(s, "vendor", &names.vendor);
+                label(s, "os", &names.os);
+                label(s, "device_class", &names.device_class);
                 label(s, "mac_type", names.mac_type);
                 label(s, "source", &names.source);
                 for (k, v) in &names.tags {
@@ -528,6 +530,9 @@ mod tests {
             group: "kids".into(),
             vendor: "Xiaomi".into(),
             oui_vendor: "Xiaomi Communications Co Ltd".into(),
+            fingerprint_vendor: "Xiaomi".into(),
+            os: "android".into(),
+            device_class: "phone".into(),
             mac_type: "universal",
             source: "inventory".into(),
             tags: [("owner".to_string(), "alice".to_string())].into(),
@@ -539,7 +544,7 @@ mod tests {
             format!("gwsensor_client_bytes_total{{{c},direction=\"upload\"}} 3080"),
             format!("gwsensor_client_packets_total{{{c},direction=\"download\"}} 0"),
             format!(
-                "gwsensor_client_info{{{c},group=\"kids\",vendor=\"Xiaomi\",mac_type=\"universal\",source=\"inventory\",tag_owner=\"alice\"}} 1"
+                "gwsensor_client_info{{{c},group=\"kids\",vendor=\"Xiaomi\",os=\"android\",device_class=\"phone\",mac_type=\"universal\",source=\"inventory\",tag_owner=\"alice\"}} 1"
             ),
             format!(
                 "gwsensor_remote_bytes_total{{{c},direction=\"upload\",remote=\"93.184.216.34\",protocol=\"udp\",port=\"443\"}} 3000"

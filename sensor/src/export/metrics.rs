@@ -42,6 +42,10 @@ impl Families {
     }
 }
 
+/// The `outcome` values of `gwsensor_dhcp_requests_total`.
+pub const DHCP_OUTCOMES: [&str; 5] =
+    ["learnt", "not_a_request", "malformed", "rate_limited", "queue_full"];
+
 /// Health metrics are ordinary registered collectors; traffic families are rebuilt each poll
 /// and written as text per scrape ([`super::exposition`]).
 pub struct Metrics {
@@ -64,7 +68,12 @@ pub struct Metrics {
     pub events_received: IntCounterVec,
     pub events_dropped: IntCounter,
     pub name_parse_errors: IntCounterVec,
+    pub tls_ech: IntCounter,
     pub names_cached: IntGauge,
+    /// Captured DHCP frames by outcome (`learnt`, `not_a_request`, `malformed`,
+    /// `rate_limited`, `queue_full`).
+    pub dhcp_requests: IntCounterVec,
+    pub dhcp_fingerprints: IntGauge,
     pub config_warnings: IntGauge,
     pub policy_violations: IntCounterVec,
     pub policy_alerts: IntGaugeVec,
@@ -294,9 +303,28 @@ impl Metrics {
                 families.register(Box::new(c.clone()))?;
                 c
             },
+            tls_ech: counter(
+                "tls_ech_total",
+                "ClientHellos (TLS or QUIC) offering Encrypted Client Hello: their SNI names only the client-facing server (GREASE ECH included).",
+            )?,
             names_cached: gauge(
                 "names_cached",
                 "Names (from DNS, SNI and HTTP Host) held for attributing flows.",
+            )?,
+            dhcp_requests: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "dhcp_requests_total",
+                        "DHCP frames captured from clients for device fingerprints, by outcome.",
+                    ),
+                    &["outcome"],
+                )?;
+                families.register(Box::new(c.clone()))?;
+                c
+            },
+            dhcp_fingerprints: gauge(
+                "dhcp_fingerprints",
+                "Clients with a DHCP fingerprint (their latest requests) held.",
             )?,
             config_warnings: gauge(
                 "enrichment_warnings",
@@ -311,6 +339,9 @@ impl Metrics {
         for kind in EventKind::ALL {
             metrics.events_received.with_label_values(&[kind.as_str()]);
             metrics.name_parse_errors.with_label_values(&[kind.as_str()]);
+        }
+        for outcome in DHCP_OUTCOMES {
+            metrics.dhcp_requests.with_label_values(&[outcome]);
         }
         Ok(metrics)
     }

@@ -130,6 +130,13 @@ pub enum KernelError {
     RetireScan { source: Box<KernelError> },
     #[error("watching the events ring buffer")]
     WatchEvents { source: io::Error },
+    /// The capture of clients' DHCP requests (device fingerprints; `inventory.dhcp_fingerprint`
+    /// turns it off).
+    #[error(
+        "DHCP capture on {interface}: {doing} (needs CAP_NET_RAW and the AF_PACKET address \
+         family; `inventory.dhcp_fingerprint: false` turns the capture off)"
+    )]
+    DhcpCapture { doing: &'static str, interface: String, source: io::Error },
 }
 
 impl KernelError {

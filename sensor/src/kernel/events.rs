@@ -20,6 +20,10 @@ pub struct Observation {
     pub payload_len: u32,
     pub data: Vec<u8>,
     pub ktime_ns: u64,
+    /// A TCP segment's sequence number (0 for UDP).
+    pub seq: u32,
+    /// Where `data` starts in the payload (a later chunk of a long one).
+    pub chunk_off: u16,
 }
 
 /// Decodes a ring-buffer record; `None` for a record that is not a well-formed event.
@@ -41,6 +45,8 @@ pub fn decode(record: &[u8]) -> Option<Observation> {
         payload_len: ev.payload_len,
         data: ev.data[..captured].to_vec(),
         ktime_ns: ev.ktime_ns,
+        seq: ev.seq,
+        chunk_off: ev.chunk_off,
     })
 }
 
@@ -93,6 +99,9 @@ mod tests {
             captured,
             payload_len: 99,
             ktime_ns: 7,
+            seq: 0,
+            chunk_off: 0,
+            _pad: 0,
             data: [0; EVENT_DATA_MAX],
         };
         ev.data[..data.len()].copy_from_slice(data);

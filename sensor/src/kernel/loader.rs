@@ -785,22 +785,35 @@ fn attach_xdp(
     }
 }
 
-/// Loads the XDP capture program into the tail-call slot, so that the counting program never
-/// runs without it (it copies event payloads; verified on its own to keep the verifier's work
-/// small).
+/// Loads the capture programs (XDP's and TC's) into their tail-call slots, so that the
+/// counting programs never run without them (they copy event payloads; verified on their own
+/// to keep the verifier's work small).
 pub fn install_capture(ebpf: &mut Ebpf) -> Result<(), KernelError> {
-    const ROLE: &str = "XDP capture";
-    let capture: &mut Xdp = verified(ebpf, names::XDP_CAPTURE_PROGRAM, ROLE)?;
-    let capture_fd = capture
-        .fd()
-        .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
-        .map_err(|source| KernelError::PrepareProgram { program: ROLE, source })?;
+    const XDP_ROLE: &str = "XDP capture";
+    let xdp: &mut Xdp = verified(ebpf, names::XDP_CAPTURE_PROGRAM, XDP_ROLE)?;
+    let xdp = xdp.fd().and_then(|fd| fd.try_clone().map_err(ProgramError::from));
+    let xdp = xdp.map_err(|source| KernelError::PrepareProgram { program: XDP_ROLE, source })?;
+    set_tail(ebpf, names::EVENT_TAIL, &xdp, "installing the XDP capture program")?;
+    const TC_ROLE: &str = "TC capture";
+    let tc: &mut SchedClassifier = verified(ebpf, names::TC_CAPTURE_PROGRAM, TC_ROLE)?;
+    let tc = tc.fd().and_then(|fd| fd.try_clone().map_err(ProgramError::from));
+    let tc = tc.map_err(|source| KernelError::PrepareProgram { program: TC_ROLE, source })?;
+    set_tail(ebpf, names::TC_EVENT_TAIL, &tc, "installing the TC capture program")
+}
+
+/// Puts `prog` in slot 0 of the program array `map`.
+fn set_tail(
+    ebpf: &mut Ebpf,
+    map: &'static str,
+    prog: &aya::programs::ProgramFd,
+    what: &'static str,
+) -> Result<(), KernelError> {
     let mut tail: ProgramArray<_> = ebpf
-        .map_mut(names::EVENT_TAIL)
-        .ok_or(KernelError::MissingMap { map: names::EVENT_TAIL })?
+        .map_mut(map)
+        .ok_or(KernelError::MissingMap { map })?
         .try_into()
-        .map_err(|source| KernelError::OpenMap { map: names::EVENT_TAIL, source })?;
-    tail.set(0, &capture_fd, 0).map_err(KernelError::map("installing the XDP capture program"))
+        .map_err(|source| KernelError::OpenMap { map, source })?;
+    tail.set(0, prog, 0).map_err(KernelError::map(what))
 }
 
 /// Attaches the TC program of a direction (`Egress`: downloads, `Ingress`: uploads).

@@ -21,6 +21,12 @@ pub struct ClientFacts {
     pub vendor: String,
     /// The OUI registry's alone; `vendor` patterns match either.
     pub oui_vendor: String,
+    /// The DHCP fingerprint's vendor hint alone; `vendor` patterns match it too.
+    pub fingerprint_vendor: String,
+    /// The inventory's, else the DHCP fingerprint's (as the `os` label); empty when unknown.
+    pub os: String,
+    /// The inventory's, else the DHCP fingerprint's (as the `device_class` label).
+    pub device_class: String,
     pub tags: BTreeMap<String, String>,
 }
 
@@ -62,7 +68,11 @@ impl ClientMatch {
         self.name.any_or_empty(|p| p.matches(&c.name))
             && self.group.any_or_empty(|p| p.matches(&c.group))
             && self.mac.any_or_empty(|m| m.0 == c.mac)
-            && self.vendor.any_or_empty(|p| p.matches(&c.vendor) || p.matches(&c.oui_vendor))
+            && self.vendor.any_or_empty(|p| {
+                p.matches(&c.vendor) || p.matches(&c.oui_vendor) || p.matches(&c.fingerprint_vendor)
+            })
+            && self.os.any_or_empty(|p| p.matches(&c.os))
+            && self.device_class.any_or_empty(|p| p.matches(&c.device_class))
             && self.tag.iter().all(|(k, values)| {
                 c.tags.get(k).is_some_and(|v| values.any_or_empty(|p| p.matches(v)))
             })
@@ -283,6 +293,35 @@ mod tests {
         assert!(m("{mac: \"64:09:80:01:02:03\"}"));
         assert!(!m("{mac: \"64:09:80:01:02:04\"}"));
         assert!(m("{any: true}"));
+    }
+
+    /// A phone on a private MAC: the registry says `randomized`, the DHCP fingerprint says
+    /// Android, a phone, made by Xiaomi; `os`, `device_class` and `vendor` match on that.
+    #[test]
+    fn os_device_class_and_the_fingerprints_vendor() {
+        let c = ClientFacts {
+            mac: [0x6a, 0x1f, 0x33, 1, 2, 3],
+            vendor: "Xiaomi".into(),
+            oui_vendor: "randomized".into(),
+            fingerprint_vendor: "Xiaomi".into(),
+            os: "android".into(),
+            device_class: "phone".into(),
+            ..ClientFacts::default()
+        };
+        let m = |y: &str| serde_yaml::from_str::<ClientMatch>(y).unwrap().matches(&c);
+        assert!(m("{os: android}"));
+        assert!(m("{os: \"Android*\", device_class: [tablet, phone]}"));
+        assert!(!m("{os: ios}"));
+        assert!(!m("{device_class: computer}"));
+        assert!(m("{vendor: randomized}"));
+        // The user said Redmi-phone's maker is "Redmi"; the fingerprint's hint still matches.
+        let stated = ClientFacts { vendor: "Redmi".into(), ..c.clone() };
+        let m = |y: &str| serde_yaml::from_str::<ClientMatch>(y).unwrap().matches(&stated);
+        assert!(m("{vendor: xiaomi}") && m("{vendor: redmi}"));
+        // Unknown: nothing matches a named OS.
+        let unknown = ClientFacts::default();
+        let m = |y: &str| serde_yaml::from_str::<ClientMatch>(y).unwrap().matches(&unknown);
+        assert!(!m("{os: android}"));
     }
 
     #[test]

@@ -66,8 +66,15 @@ pub struct ClientMatch {
     pub group: OneOrMany<Pattern>,
     #[serde(default)]
     pub mac: OneOrMany<MacAddr>,
+    /// The inventory's vendor, the OUI registry's or the DHCP fingerprint's hint: any of them.
     #[serde(default)]
     pub vendor: OneOrMany<Pattern>,
+    /// The inventory's `os`, else the DHCP fingerprint's (`android`, `ios`, `windows`...).
+    #[serde(default)]
+    pub os: OneOrMany<Pattern>,
+    /// The inventory's `device_class`, else the DHCP fingerprint's (`phone`, `computer`...).
+    #[serde(default)]
+    pub device_class: OneOrMany<Pattern>,
     /// Inventory tags: every key given must have one of its values.
     #[serde(default)]
     pub tag: BTreeMap<String, OneOrMany<Pattern>>,

@@ -138,6 +138,19 @@ impl Sensor {
         );
     }
 
+    /// One frame through the TC ingress program (uploads where there is no native XDP).
+    pub(crate) fn upload_tc(&self, frame: &[u8]) {
+        let r = self
+            .tc_run_of(
+                names::TC_INGRESS_PROGRAM,
+                TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() },
+            )
+            .unwrap_or_else(|e| {
+                panic!("TC ingress test run of a {}-byte frame: {e:#}", frame.len())
+            });
+        assert_eq!(r.return_value, TC_ACT_UNSPEC);
+    }
+
     pub(crate) fn snapshot(&self) -> Snapshot {
         self.maps.read().expect("reading the maps")
     }

@@ -21,6 +21,7 @@ mod batch_reads;
 mod client_slots;
 mod download;
 mod flow_overflow;
+mod hello_segments;
 mod ipv4_header;
 mod ipv6_extensions;
 mod loading;

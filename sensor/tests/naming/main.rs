@@ -21,7 +21,9 @@
 mod addresses;
 mod budget;
 mod checks;
+mod chromium;
 mod dns;
+mod fingerprint;
 mod inventory;
 mod ledger;
 mod sni_http;

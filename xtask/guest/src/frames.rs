@@ -1,6 +1,7 @@
 //! The frames the checker sends: UDP both ways, an HTTP request and a TLS ClientHello from the
-//! client (XDP naming events), a DNS answer to it (a TC naming event); and what the kernel
-//! must count for them. L4 checksums are left zero:
+//! client (XDP naming events), a 1,900-byte ClientHello over two segments and a 1,350-byte QUIC
+//! Initial (events of several chunks, and a followed segment), a DNS answer to it (a TC naming
+//! event); and what the kernel must count for them. L4 checksums are left zero:
 //! nothing on the path checks them.
 
 use std::net::Ipv4Addr;
@@ -24,6 +25,21 @@ pub(crate) struct Frame {
     event: Option<(EventKind, Vec<u8>)>,
 }
 
+/// A naming event the kernel must hand up: its kind, flow, TCP sequence number (0 for UDP)
+/// and the whole payload (which may come in several chunks).
+pub(crate) struct WantEvent {
+    pub(crate) kind: EventKind,
+    pub(crate) key: FlowKey,
+    pub(crate) seq: u32,
+    pub(crate) payload: Vec<u8>,
+}
+
+/// Sequence numbers of the frames this checker sends.
+const SEQ: u32 = 1;
+/// The long ClientHello's first sequence number, and where its first segment ends.
+const LONG_SEQ: u32 = 1000;
+const LONG_CUT: usize = 1400;
+
 pub(crate) struct Traffic {
     frames: Vec<Frame>,
 }
@@ -39,11 +55,27 @@ impl Traffic {
         let hello = client_hello("example.org");
         let answer = dns_answer("example.net", [93, 184, 216, 34]);
         let mut frames = vec![up_udp(18), up_udp(400), up_udp(1400), down_udp(100), down_udp(1000)];
-        let mut f = tcp(CLIENT_MAC, gw_mac, CLIENT4, REMOTE4, 40001, 80, &http);
+        let mut f = tcp_up(gw_mac, 40001, 80, SEQ, &http);
         f.event = Some((EventKind::HttpRequest, http));
         frames.push(f);
-        let mut f = tcp(CLIENT_MAC, gw_mac, CLIENT4, REMOTE4, 40002, 443, &hello);
+        let mut f = tcp_up(gw_mac, 40002, 443, SEQ, &hello);
         f.event = Some((EventKind::TlsClientHello, hello));
+        frames.push(f);
+        // A post-quantum-sized ClientHello: its second segment is followed by sequence number.
+        let long = padded_client_hello("pq.example.org", 1900);
+        let (first, second) = long.split_at(LONG_CUT);
+        let mut f = tcp_up(gw_mac, 40003, 8443, LONG_SEQ, first);
+        f.event = Some((EventKind::TlsClientHello, first.to_vec()));
+        frames.push(f);
+        let second_seq = LONG_SEQ + LONG_CUT as u32;
+        let mut f = tcp_up(gw_mac, 40003, 8443, second_seq, second);
+        f.event = Some((EventKind::TlsSegment, second.to_vec()));
+        frames.push(f);
+        // A QUIC v1 Initial of 1,350 bytes: two chunks.
+        let mut initial = vec![0x5a; 1350];
+        initial[..5].copy_from_slice(&[0xc3, 0, 0, 0, 1]);
+        let mut f = udp(CLIENT_MAC, gw_mac, CLIENT4, REMOTE4, 40004, 443, &initial);
+        f.event = Some((EventKind::QuicInitial, initial));
         frames.push(f);
         let mut f = udp(gw_mac, CLIENT_MAC, RESOLVER4, CLIENT4, 53, 51000, &answer);
         f.event = Some((EventKind::DnsResponse, answer));
@@ -59,8 +91,17 @@ impl Traffic {
         self.frames.iter().filter(|f| f.dir == Direction::Download)
     }
 
-    pub(crate) fn events(&self) -> impl Iterator<Item = (EventKind, FlowKey, Vec<u8>)> + '_ {
-        self.frames.iter().filter_map(|f| f.event.clone().map(|(k, p)| (k, f.key, p)))
+    pub(crate) fn events(&self) -> impl Iterator<Item = WantEvent> + '_ {
+        self.frames.iter().filter_map(|f| {
+            let (kind, payload) = f.event.clone()?;
+            // The sequence number sits after the ports in a TCP header (IPv4 without options).
+            let seq = if f.key.protocol == IPPROTO_TCP {
+                u32::from_be_bytes([f.bytes[38], f.bytes[39], f.bytes[40], f.bytes[41]])
+            } else {
+                0
+            };
+            Some(WantEvent { kind, key: f.key, seq, payload })
+        })
     }
 
     /// Per flow: packets and frame bytes each way.
@@ -155,19 +196,13 @@ fn udp(
     Frame { bytes: f, key, dir, event: None }
 }
 
-fn tcp(
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    sport: u16,
-    dport: u16,
-    payload: &[u8],
-) -> Frame {
+/// A TCP segment from the client to the remote, through the sensor's interface `gw_mac`.
+fn tcp_up(gw_mac: [u8; 6], sport: u16, dport: u16, seq: u32, payload: &[u8]) -> Frame {
+    let (src_mac, dst_mac, src, dst) = (CLIENT_MAC, gw_mac, CLIENT4, REMOTE4);
     let mut f = eth_ipv4(src_mac, dst_mac, src, dst, IPPROTO_TCP, 20 + payload.len());
     f.extend_from_slice(&sport.to_be_bytes());
     f.extend_from_slice(&dport.to_be_bytes());
-    f.extend_from_slice(&1u32.to_be_bytes()); // seq
+    f.extend_from_slice(&seq.to_be_bytes());
     f.extend_from_slice(&1u32.to_be_bytes()); // ack
     f.extend_from_slice(&[0x50, 0x18]); // 20-byte header, PSH+ACK
     f.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]); // window, checksum, urgent
@@ -178,13 +213,27 @@ fn tcp(
 
 /// A TLS 1.2 record holding a ClientHello with one cipher suite and a server_name extension.
 fn client_hello(host: &str) -> Vec<u8> {
+    padded_client_hello(host, 0)
+}
+
+/// [`client_hello`], `len` bytes long in all when `len` is not 0: a padding extension (21)
+/// before the server_name makes up the rest, as a large key share would.
+fn padded_client_hello(host: &str, len: usize) -> Vec<u8> {
+    let bare = if len == 0 { Vec::new() } else { padded_client_hello(host, 0) };
+    let pad = if len == 0 { None } else { Some(len - bare.len() - 4) };
     let name = host.as_bytes();
     let mut sni = Vec::new();
     sni.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes()); // server_name_list
     sni.push(0); // host_name
     sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
     sni.extend_from_slice(name);
-    let mut ext = vec![0, 0]; // server_name
+    let mut ext = Vec::new();
+    if let Some(pad) = pad {
+        ext.extend_from_slice(&[0, 21]);
+        ext.extend_from_slice(&(pad as u16).to_be_bytes());
+        ext.extend(std::iter::repeat_n(0, pad));
+    }
+    ext.extend_from_slice(&[0, 0]); // server_name
     ext.extend_from_slice(&(sni.len() as u16).to_be_bytes());
     ext.extend_from_slice(&sni);
     let mut body = vec![0x03, 0x03];

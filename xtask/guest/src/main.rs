@@ -21,11 +21,11 @@ use anyhow::{Context as _, Result, bail, ensure};
 use aya::maps::{MapInfo, RingBuf};
 use ipnet::IpNet;
 use sensor::{
-    common::{Counters, Direction, EventKind, EventOutcome, FlowKey, Stat, names},
+    common::{Counters, Direction, EVENT_DATA_MAX, EventKind, EventOutcome, FlowKey, Stat, names},
     kernel::{
         KernelError,
         collector::{KernelMaps, Snapshot},
-        events::decode,
+        events::{Observation, decode},
         links::{self, Hook, LinkPins},
         loader::{
             KeptMaps, LoadOptions, STAGED_DIR, TcAttach, XdpMode, attach, attach_pinned,
@@ -164,26 +164,43 @@ fn run_traffic(iface: &net::Lan, xdp: XdpMode, tc: TcAttach, kernel_btf: bool) -
     let snap = maps.read()?;
     compare(&snap, &want)?;
 
-    // Naming events: one each, carrying the payload that was sent.
-    let mut seen: Vec<(EventKind, FlowKey, Vec<u8>)> = Vec::new();
+    // Naming events: each payload handed up whole, in chunks of at most EVENT_DATA_MAX placed
+    // by their offsets; one event per packet in the kernel's stats.
+    let mut seen: Vec<Observation> = Vec::new();
     while let Some(record) = ring.next() {
-        let obs = decode(&record).context("an undecodable event record")?;
-        seen.push((obs.kind, obs.key, obs.data));
+        seen.push(decode(&record).context("an undecodable event record")?);
     }
-    for (kind, key, payload) in traffic.events() {
-        let found = seen.iter().filter(|(k, f, _)| *k == kind && *f == key).collect::<Vec<_>>();
-        ensure!(found.len() == 1, "{kind:?} events for its flow: {} (want 1)", found.len());
-        ensure!(found[0].2 == payload, "{kind:?} event carries other bytes than were sent");
+    let wanted: Vec<_> = traffic.events().collect();
+    for w in &wanted {
+        let mut chunks: Vec<&Observation> =
+            seen.iter().filter(|o| o.kind == w.kind && o.key == w.key && o.seq == w.seq).collect();
+        chunks.sort_by_key(|o| o.chunk_off);
+        let offsets: Vec<u16> = chunks.iter().map(|o| o.chunk_off).collect();
+        let want_offsets: Vec<u16> = (0..w.payload.len().div_ceil(EVENT_DATA_MAX))
+            .map(|i| (i * EVENT_DATA_MAX) as u16)
+            .collect();
         ensure!(
-            snap.event(kind, EventOutcome::Sent) == 1,
-            "{kind:?} events sent per the kernel's stats: {}",
-            snap.event(kind, EventOutcome::Sent)
+            offsets == want_offsets,
+            "{:?} event chunks at offsets {offsets:?} (want {want_offsets:?})",
+            w.kind
         );
+        let joined: Vec<u8> = chunks.iter().flat_map(|o| o.data.iter().copied()).collect();
+        ensure!(joined == w.payload, "{:?} event carries other bytes than were sent", w.kind);
     }
-    ensure!(seen.len() == 3, "events in the ring buffer: {} (want 3)", seen.len());
+    for kind in EventKind::ALL {
+        let want = wanted.iter().filter(|w| w.kind == kind).count() as u64;
+        let sent = snap.event(kind, EventOutcome::Sent);
+        ensure!(sent == want, "{kind:?} events sent per the kernel's stats: {sent} (want {want})");
+    }
+    let chunks: usize = wanted.iter().map(|w| w.payload.len().div_ceil(EVENT_DATA_MAX)).sum();
+    ensure!(
+        seen.len() == chunks,
+        "event records in the ring buffer: {} (want {chunks})",
+        seen.len()
+    );
     let (up, down) = (want.totals(Direction::Upload), want.totals(Direction::Download));
     Ok(format!(
-        "xdp={} tc={}; exact: up {}p/{}B, down {}p/{}B; events dns+http+tls",
+        "xdp={} tc={}; exact: up {}p/{}B, down {}p/{}B; events dns+http+tls+tls_segment+quic",
         attachment.xdp_mode, attachment.tc_mode, up.0, up.1, down.0, down.1
     ))
 }

@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// The `inventory` part of the configuration.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct InventoryConfig {
     /// Devices named by the user; they win over DHCP hostnames.
@@ -30,6 +30,25 @@ pub struct InventoryConfig {
     /// vendor lookup.
     #[serde(default)]
     pub oui_databases: Option<Vec<PathBuf>>,
+    /// Capture clients' DHCP requests on the LAN interface for their device fingerprint (the
+    /// `os` and `device_class` labels, a vendor hint): [`crate::enrich::dhcp`].
+    #[serde(default = "default_dhcp_fingerprint")]
+    pub dhcp_fingerprint: bool,
+}
+
+fn default_dhcp_fingerprint() -> bool {
+    true
+}
+
+impl Default for InventoryConfig {
+    fn default() -> Self {
+        InventoryConfig {
+            devices: Vec::new(),
+            dhcp_leases: Vec::new(),
+            oui_databases: None,
+            dhcp_fingerprint: default_dhcp_fingerprint(),
+        }
+    }
 }
 
 /// A device the user named.
@@ -47,6 +66,14 @@ pub struct StaticDevice {
     /// (randomized) MAC, whose address says nothing of its maker.
     #[serde(default)]
     pub vendor: String,
+    /// The operating system as the user knows it (`android`): the `os` label, over what the
+    /// device's DHCP requests suggest.
+    #[serde(default)]
+    pub os: String,
+    /// What kind of device it is (`phone`, `tv`): the `device_class` label, over what the
+    /// device's DHCP requests suggest.
+    #[serde(default)]
+    pub device_class: String,
     /// Extra labels; keys must be Prometheus label names.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
@@ -134,7 +161,12 @@ pub(super) mod tests {
         devices: Vec<StaticDevice>,
         leases: Vec<PathBuf>,
     ) -> InventoryConfig {
-        InventoryConfig { devices, dhcp_leases: leases, oui_databases: Some(vec![data("oui.csv")]) }
+        InventoryConfig {
+            devices,
+            dhcp_leases: leases,
+            oui_databases: Some(vec![data("oui.csv")]),
+            ..InventoryConfig::default()
+        }
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub struct Device {
     pub vendor: Vendor,
     /// The inventory's `vendor`, empty when the user gave none.
     pub stated_vendor: String,
+    /// The inventory's `os` and `device_class`, empty when the user gave none.
+    pub stated_os: String,
+    pub stated_class: String,
     pub source: NameSource,
 }
 
@@ -169,6 +172,8 @@ impl Inventory {
                 tags: d.tags.clone(),
                 vendor,
                 stated_vendor: d.vendor.trim().to_string(),
+                stated_os: d.os.trim().to_string(),
+                stated_class: d.device_class.trim().to_string(),
                 source: NameSource::Inventory,
             };
         }
@@ -179,6 +184,8 @@ impl Inventory {
                 tags: BTreeMap::new(),
                 vendor,
                 stated_vendor: String::new(),
+                stated_os: String::new(),
+                stated_class: String::new(),
                 source: NameSource::Dhcp,
             };
         }
@@ -188,6 +195,8 @@ impl Inventory {
             tags: BTreeMap::new(),
             vendor,
             stated_vendor: String::new(),
+            stated_os: String::new(),
+            stated_class: String::new(),
             source: NameSource::Fallback,
         }
     }
