@@ -253,6 +253,11 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         config.http,
         stop_rx,
     ));
+    // Before READY=1: a stop right after it (systemd, a test) must reach the handler, not the
+    // default action (under load the agent was killed by a SIGTERM that came in between).
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let scheme = |web: &crate::export::web::WebConfig| if web.is_tls() { "https" } else { "http" };
     info!(
         interface = %config.interface,
@@ -270,9 +275,6 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         config.interface, config.metrics_listen, config.api_listen
     ));
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut ticker = tokio::time::interval(config.poll_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first poll saves at once: scrapes see counters from the start, not after an interval.
