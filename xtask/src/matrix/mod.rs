@@ -469,9 +469,11 @@ fn write_table(outcomes: &[Outcome], total: Duration) -> Result<()> {
     }
     t.push_str(&format!(
         "\nEvery traffic check sends the same frames both ways (UDP, an HTTP request, a TLS \
-         ClientHello, a DNS answer) and requires the flows, client totals and outcome stats to \
-         equal them exactly, and one naming event each for DNS, HTTP and TLS carrying the bytes \
-         sent. The restart check attaches with pinned links, drops every fd as a dying agent \
+         ClientHello, a 1,900-byte ClientHello over two segments, a 1,350-byte QUIC Initial, a \
+         DNS answer) and requires the flows, client totals and outcome stats to equal them \
+         exactly, and the naming events to carry exactly the bytes sent: one per packet in the \
+         kernel's stats, each payload in chunks of 1,280 bytes at their offsets, the second \
+         segment followed by its sequence number. The restart check attaches with pinned links, drops every fd as a dying agent \
          would, sends the same frames while no process holds the programs, then loads afresh: \
          the pinned links must be adopted (same link, new program) and the pinned maps must \
          hold the frames exactly (the naming events of that time are dropped). Then it stands \
